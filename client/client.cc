@@ -1,0 +1,275 @@
+#include "client/client.h"
+
+#include <algorithm>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "engram/v1/engram.grpc.pb.h"
+#include "proto/channel_tuning.h"
+#include "proto/wire_format.h"
+
+namespace engram {
+namespace {
+
+constexpr char kLookupMethod[] = "/engram.v1.EngramStore/Lookup";
+constexpr char kHealthMethod[] = "/grpc.health.v1.Health/Check";
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                      s.error_message());
+}
+
+LayerDescription FromProto(const v1::LayerInfo& info) {
+  LayerDescription d;
+  d.layer_id = info.layer_id();
+  d.layout.table_vocab_sizes.assign(info.config().table_vocab_sizes().begin(),
+                                    info.config().table_vocab_sizes().end());
+  d.layout.embedding_dim = info.config().embedding_dim();
+  const int dtype = static_cast<int>(info.config().dtype());
+  d.layout.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
+  d.store_keys.assign(info.store_keys().begin(), info.store_keys().end());
+  d.bytes = info.bytes();
+  return d;
+}
+
+// State of one asynchronous lookup, freed by its completion callback.
+struct LookupCall {
+  grpc::ClientContext context;
+  grpc::ByteBuffer request;
+  grpc::ByteBuffer response;
+  std::span<uint8_t> output;
+  std::function<void(absl::Status)> done;
+};
+
+}  // namespace
+
+struct Client::Impl {
+  ClientOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::EngramStore::Stub> stub;
+  std::unique_ptr<grpc::GenericStub> generic;
+
+  void SetDeadline(grpc::ClientContext* context) const {
+    context->set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
+    const std::string& address, ClientOptions options) {
+  if (address.empty()) {
+    return absl::InvalidArgumentError("empty server address");
+  }
+  grpc::ChannelArguments args = TunedChannelArguments();
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->channel = grpc::CreateCustomChannel(
+      address, grpc::InsecureChannelCredentials(), args);
+  if (impl->channel == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create a channel to '", address, "'"));
+  }
+  impl->stub = v1::EngramStore::NewStub(impl->channel);
+  impl->generic = std::make_unique<grpc::GenericStub>(impl->channel);
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+absl::StatusOr<LayerDescription> Client::Populate(
+    int64_t layer_id, const LayerLayout& layout,
+    const std::vector<std::span<const uint8_t>>& tables,
+    const PopulateProgress& progress) {
+  if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
+  if (tables.size() != static_cast<size_t>(layout.num_heads())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layout has ", layout.num_heads(), " heads but ",
+                     tables.size(), " tables were given"));
+  }
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    if (tables[h].size() != layout.table_bytes(h)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "table ", h, " has ", tables[h].size(), " bytes; [N_h = ",
+          layout.table_vocab_sizes[h], ", D = ", layout.embedding_dim, "] ",
+          DTypeName(layout.dtype), " needs ", layout.table_bytes(h)));
+    }
+  }
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  v1::PopulateResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::PopulateRequest>> writer =
+      impl_->stub->Populate(&context, &response);
+
+  v1::PopulateRequest message;
+  v1::PopulateHeader* header = message.mutable_header();
+  header->set_layer_id(layer_id);
+  for (int64_t n : layout.table_vocab_sizes) {
+    header->mutable_config()->add_table_vocab_sizes(n);
+  }
+  header->mutable_config()->set_embedding_dim(layout.embedding_dim);
+  header->mutable_config()->set_dtype(static_cast<v1::DType>(layout.dtype));
+  bool open = writer->Write(message);
+
+  const size_t row_bytes = layout.row_bytes();
+  const size_t rows_per_chunk =
+      std::max<size_t>(1, impl_->options.populate_chunk_bytes / row_bytes);
+  const uint64_t total = layout.total_bytes();
+  uint64_t sent = 0;
+  for (int h = 0; open && h < layout.num_heads(); ++h) {
+    const size_t rows = static_cast<size_t>(layout.table_vocab_sizes[h]);
+    for (size_t r = 0; open && r < rows; r += rows_per_chunk) {
+      const size_t n = std::min(rows_per_chunk, rows - r);
+      v1::TableChunk* chunk = message.mutable_chunk();
+      chunk->set_head(h);
+      chunk->set_row_offset(static_cast<int64_t>(r));
+      chunk->set_data(tables[h].data() + r * row_bytes, n * row_bytes);
+      open = writer->Write(message);
+      sent += n * row_bytes;
+      if (progress) progress(sent, total);
+    }
+  }
+  if (open) writer->WritesDone();
+  // A closed stream means the server already ended the call: its status
+  // says why.
+  if (absl::Status s = FromGrpc(writer->Finish()); !s.ok()) return s;
+  return FromProto(response.layer());
+}
+
+void Client::LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
+                         std::span<const int64_t> shape,
+                         std::span<uint8_t> output,
+                         std::optional<DType> output_dtype,
+                         std::function<void(absl::Status)> done) {
+  auto* call = new LookupCall;
+  impl_->SetDeadline(&call->context);
+  call->request = wire::EncodeLookupRequest(
+      layer_id, shape, ids,
+      output_dtype ? static_cast<int>(*output_dtype) : 0);
+  call->output = output;
+  call->done = std::move(done);
+  impl_->generic->UnaryCall(
+      &call->context, kLookupMethod, grpc::StubOptions(), &call->request,
+      &call->response, [call](grpc::Status status) {
+        absl::Status result = FromGrpc(status);
+        if (result.ok()) {
+          wire::DecodedLookup decoded;
+          result = wire::DecodeLookupResponse(call->response, call->output,
+                                              &decoded);
+        }
+        std::function<void(absl::Status)> done = std::move(call->done);
+        delete call;
+        done(std::move(result));
+      });
+}
+
+std::future<absl::Status> Client::LookupAsync(int64_t layer_id,
+                                              std::span<const int64_t> ids,
+                                              std::span<const int64_t> shape,
+                                              std::span<uint8_t> output,
+                                              std::optional<DType> output_dtype) {
+  auto promise = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> future = promise->get_future();
+  LookupAsync(layer_id, ids, shape, output, output_dtype,
+              [promise](absl::Status s) { promise->set_value(std::move(s)); });
+  return future;
+}
+
+absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
+                            std::span<const int64_t> shape,
+                            std::span<uint8_t> output,
+                            std::optional<DType> output_dtype) {
+  absl::Notification finished;
+  absl::Status result;
+  LookupAsync(layer_id, ids, shape, output, output_dtype,
+              [&](absl::Status s) {
+                result = std::move(s);
+                finished.Notify();
+              });
+  finished.WaitForNotification();
+  return result;
+}
+
+absl::StatusOr<int> Client::Remove(int64_t layer_id, bool force) {
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  v1::RemoveRequest request;
+  request.set_layer_id(layer_id);
+  request.set_force(force);
+  v1::RemoveResponse response;
+  if (absl::Status s = FromGrpc(impl_->stub->Remove(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return response.tables_removed();
+}
+
+absl::StatusOr<LayerDescription> Client::DescribeLayer(int64_t layer_id) {
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  v1::DescribeLayerRequest request;
+  request.set_layer_id(layer_id);
+  v1::LayerInfo response;
+  if (absl::Status s =
+          FromGrpc(impl_->stub->DescribeLayer(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  return FromProto(response);
+}
+
+absl::StatusOr<std::vector<LayerDescription>> Client::ListLayers() {
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  v1::ListLayersResponse response;
+  if (absl::Status s = FromGrpc(impl_->stub->ListLayers(
+          &context, v1::ListLayersRequest(), &response));
+      !s.ok()) {
+    return s;
+  }
+  std::vector<LayerDescription> layers;
+  for (const v1::LayerInfo& info : response.layers()) {
+    layers.push_back(FromProto(info));
+  }
+  return layers;
+}
+
+absl::Status Client::CheckHealth() {
+  // grpc.health.v1.HealthCheckRequest{service = ""} encodes to no bytes;
+  // the response is {status = 1 (SERVING)} -> 08 01.
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  grpc::ByteBuffer request;
+  grpc::Slice empty;
+  request = grpc::ByteBuffer(&empty, 1);
+  grpc::ByteBuffer response;
+  absl::Notification finished;
+  grpc::Status status;
+  impl_->generic->UnaryCall(&context, kHealthMethod, grpc::StubOptions(),
+                            &request, &response, [&](grpc::Status s) {
+                              status = std::move(s);
+                              finished.Notify();
+                            });
+  finished.WaitForNotification();
+  if (absl::Status s = FromGrpc(status); !s.ok()) return s;
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (response.Dump(&slices).ok()) {
+    for (const grpc::Slice& slice : slices) {
+      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    }
+  }
+  int serving_status = 0;  // UNKNOWN
+  if (bytes.size() >= 2 && bytes[0] == 0x08) serving_status = bytes[1];
+  if (serving_status == 1) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("server health is not SERVING (status ", serving_status,
+                   ": 0 UNKNOWN, 2 NOT_SERVING)"));
+}
+
+}  // namespace engram

@@ -1,0 +1,99 @@
+// engram::Client: the C++ client library of engram-store.
+//
+//   auto client = engram::Client::Connect("127.0.0.1:50051");
+//   (*client)->Populate(7, layout, tables);
+//   (*client)->Lookup(7, ids, {B, L, H}, output_bytes);
+#ifndef ENGRAM_CLIENT_CLIENT_H_
+#define ENGRAM_CLIENT_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "store/layout.h"
+
+namespace engram {
+
+struct ClientOptions {
+  // Deadline of each call (a Populate stream counts as one call).
+  absl::Duration timeout = absl::Seconds(60);
+  // Largest response accepted; match the server's --max_message_bytes.
+  int64_t max_message_bytes = int64_t{256} << 20;
+  // Row bytes per Populate chunk message (whole rows are always sent).
+  size_t populate_chunk_bytes = size_t{4} << 20;
+};
+
+// A layer as the server describes it.
+struct LayerDescription {
+  int64_t layer_id = 0;
+  LayerLayout layout;
+  std::vector<std::string> store_keys;  // engram:l{layer}:h{head}
+  int64_t bytes = 0;
+};
+
+// Called during Populate with row bytes sent so far and the total.
+using PopulateProgress = std::function<void(uint64_t sent, uint64_t total)>;
+
+// One channel to one engramd. Thread-safe: any number of threads may call
+// it at once, and calls share the channel. Errors are the server's gRPC
+// status carried as absl::Status (same code and message).
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const std::string& address, ClientOptions options = {});
+  ~Client();
+
+  // Creates layer `layer_id`: `tables[h]` holds head h's rows, row-major
+  // [N_h, D] little-endian, exactly layout.table_bytes(h) bytes. Streams in
+  // chunks; the layer is visible only once the server has every row.
+  absl::StatusOr<LayerDescription> Populate(
+      int64_t layer_id, const LayerLayout& layout,
+      const std::vector<std::span<const uint8_t>>& tables,
+      const PopulateProgress& progress = nullptr);
+
+  // Gathers rows for `ids` of logical `shape` [B, L, H] into `output`, which
+  // must hold exactly B*L*H*D elements of the output dtype (the stored one
+  // unless `output_dtype` converts among float types).
+  absl::Status Lookup(int64_t layer_id, std::span<const int64_t> ids,
+                      std::span<const int64_t> shape, std::span<uint8_t> output,
+                      std::optional<DType> output_dtype = std::nullopt);
+
+  // Asynchronous Lookup for prefetching: returns at once; `done` runs once
+  // on a gRPC thread when `output` is filled or the call failed. `ids`,
+  // `shape` and `output` must stay valid until then.
+  void LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
+                   std::span<const int64_t> shape, std::span<uint8_t> output,
+                   std::optional<DType> output_dtype,
+                   std::function<void(absl::Status)> done);
+  // The same as a future.
+  std::future<absl::Status> LookupAsync(
+      int64_t layer_id, std::span<const int64_t> ids,
+      std::span<const int64_t> shape, std::span<uint8_t> output,
+      std::optional<DType> output_dtype = std::nullopt);
+
+  // Returns the number of tables removed (0 when a populate in progress was
+  // aborted with `force`).
+  absl::StatusOr<int> Remove(int64_t layer_id, bool force = false);
+  absl::StatusOr<LayerDescription> DescribeLayer(int64_t layer_id);
+  absl::StatusOr<std::vector<LayerDescription>> ListLayers();
+  // grpc.health.v1 status of the whole server: OK when SERVING,
+  // UNAVAILABLE otherwise.
+  absl::Status CheckHealth();
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_CLIENT_CLIENT_H_

@@ -1,0 +1,309 @@
+// engramctl: command-line client of engramd.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "client/client.h"
+#include "client/npy.h"
+
+namespace engram {
+namespace {
+
+constexpr char kUsage[] = R"(engramctl: talk to an engramd server
+
+Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] COMMAND [flags] [files]
+
+  health                                  exit 0 when the server is SERVING
+  list                                    all layers, one line each
+  describe --layer=N                      one layer in detail
+  remove   --layer=N [--force]            drop a layer (--force also aborts
+                                          a populate in progress)
+  populate --layer=N [--dtype=T] H0.npy H1.npy ...
+                                          create a layer: one [N_h, D] .npy
+                                          per head (float32, float16, uint8;
+                                          --dtype=bfloat16 for uint16 bits)
+  lookup   --layer=N (--ids=1,2,.. --shape=B,L,H | --ids_npy=ids.npy)
+           [--output_dtype=T] [--out=rows.npy]
+                                          gather rows; prints them, or
+                                          writes a [B, L, H, D] .npy
+
+--address defaults to $ENGRAM_ADDRESS, else 127.0.0.1:50051.
+)";
+
+struct Args {
+  std::string command;
+  std::map<std::string, std::string> flags;
+  std::vector<std::string> files;
+};
+
+[[noreturn]] void Die(const std::string& message, int code = 1) {
+  std::cerr << "engramctl: " << message << "\n";
+  std::exit(code);
+}
+
+void Check(const absl::Status& s) {
+  if (!s.ok()) {
+    Die(absl::StrCat(absl::StatusCodeToString(s.code()), ": ", s.message()));
+  }
+}
+
+Args ParseArgs(int argc, char** argv) {
+  Args args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (a.rfind("--", 0) == 0) {
+      std::string name = a.substr(2), value = "true";
+      if (size_t eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      }
+      args.flags[name] = value;
+    } else if (args.command.empty()) {
+      args.command = a;
+    } else {
+      args.files.push_back(a);
+    }
+  }
+  if (args.command.empty()) Die(absl::StrCat("no command given\n\n", kUsage), 2);
+  return args;
+}
+
+int64_t IntFlag(const Args& args, const std::string& name) {
+  auto it = args.flags.find(name);
+  if (it == args.flags.end()) Die(absl::StrCat("missing --", name), 2);
+  int64_t v;
+  if (!absl::SimpleAtoi(it->second, &v)) {
+    Die(absl::StrCat("--", name, "=", it->second, " is not an integer"), 2);
+  }
+  return v;
+}
+
+std::vector<int64_t> IntList(const std::string& name, const std::string& text) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int64_t v;
+    if (!absl::SimpleAtoi(part, &v)) {
+      Die(absl::StrCat("--", name, ": '", part, "' is not an integer"), 2);
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+DType ParseDType(const std::string& text) {
+  if (text == "float32" || text == "f32") return DType::kFloat32;
+  if (text == "bfloat16" || text == "bf16") return DType::kBFloat16;
+  if (text == "float16" || text == "f16") return DType::kFloat16;
+  if (text == "uint8" || text == "u8") return DType::kUInt8;
+  Die(absl::StrCat("unknown dtype '", text,
+                   "' (float32, bfloat16, float16, uint8)"), 2);
+}
+
+std::string NpyDescr(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return "<f4";
+    case DType::kFloat16:
+      return "<f2";
+    case DType::kBFloat16:
+      return "<u2";  // NumPy has no bfloat16: raw bits
+    case DType::kUInt8:
+      return "|u1";
+  }
+  return "|u1";
+}
+
+void PrintLayer(const LayerDescription& d) {
+  std::cout << "layer " << d.layer_id << ": " << d.layout.num_heads()
+            << " heads, D = " << d.layout.embedding_dim << " "
+            << DTypeName(d.layout.dtype) << ", vocab sizes ["
+            << absl::StrJoin(d.layout.table_vocab_sizes, ", ") << "], "
+            << d.bytes << " bytes\n";
+}
+
+int Populate(Client& client, const Args& args) {
+  const int64_t layer = IntFlag(args, "layer");
+  if (args.files.empty()) Die("populate needs one .npy file per head", 2);
+  std::vector<NpyArray> heads;
+  LayerLayout layout;
+  for (size_t h = 0; h < args.files.size(); ++h) {
+    absl::StatusOr<NpyArray> a = ReadNpy(args.files[h]);
+    Check(a.status());
+    if (a->shape.size() != 2) {
+      Die(absl::StrCat(args.files[h], ": head table must be 2-D [N_h, D]; got ",
+                       a->shape.size(), "-D"));
+    }
+    DType dtype;
+    if (auto it = args.flags.find("dtype"); it != args.flags.end()) {
+      dtype = ParseDType(it->second);
+    } else if (a->descr == "<f4") {
+      dtype = DType::kFloat32;
+    } else if (a->descr == "<f2") {
+      dtype = DType::kFloat16;
+    } else if (a->descr == "|u1" || a->descr == "<u1") {
+      dtype = DType::kUInt8;
+    } else {
+      Die(absl::StrCat(args.files[h], ": dtype ", a->descr,
+                       " needs --dtype (e.g. --dtype=bfloat16 for uint16 bits)"));
+    }
+    if (a->item_size != DTypeSize(dtype)) {
+      Die(absl::StrCat(args.files[h], ": ", a->descr, " elements are ",
+                       a->item_size, " bytes; ", DTypeName(dtype), " needs ",
+                       DTypeSize(dtype)));
+    }
+    if (h == 0) {
+      layout.embedding_dim = a->shape[1];
+      layout.dtype = dtype;
+    } else if (a->shape[1] != layout.embedding_dim || dtype != layout.dtype) {
+      Die(absl::StrCat(args.files[h], ": D = ", a->shape[1], " ",
+                       DTypeName(dtype), " differs from head 0 (D = ",
+                       layout.embedding_dim, " ", DTypeName(layout.dtype), ")"));
+    }
+    layout.table_vocab_sizes.push_back(a->shape[0]);
+    heads.push_back(*std::move(a));
+  }
+  std::vector<std::span<const uint8_t>> tables;
+  for (const NpyArray& a : heads) tables.emplace_back(a.data);
+  const bool tty = isatty(STDERR_FILENO);
+  PopulateProgress progress = nullptr;
+  int last_percent = -1;
+  if (tty) {
+    progress = [&](uint64_t sent, uint64_t total) {
+      int percent = static_cast<int>(100 * sent / std::max<uint64_t>(total, 1));
+      if (percent == last_percent) return;
+      last_percent = percent;
+      std::fprintf(stderr, "\rpopulate layer %lld: %3d%% (%.1f of %.1f MiB)",
+                   static_cast<long long>(layer), percent, sent / 1048576.0,
+                   total / 1048576.0);
+    };
+  }
+  absl::StatusOr<LayerDescription> d =
+      client.Populate(layer, layout, tables, progress);
+  if (tty) std::fprintf(stderr, "\n");
+  Check(d.status());
+  PrintLayer(*d);
+  return 0;
+}
+
+int Lookup(Client& client, const Args& args) {
+  const int64_t layer = IntFlag(args, "layer");
+  std::vector<int64_t> ids, shape;
+  if (auto it = args.flags.find("ids_npy"); it != args.flags.end()) {
+    absl::StatusOr<NpyArray> a = ReadNpy(it->second);
+    Check(a.status());
+    if (a->descr != "<i8") Die(absl::StrCat(it->second, ": ids must be int64 (<i8)"));
+    ids.resize(a->num_elements());
+    std::memcpy(ids.data(), a->data.data(), a->data.size());
+    shape = a->shape;
+  } else {
+    auto ids_flag = args.flags.find("ids");
+    if (ids_flag == args.flags.end()) Die("lookup needs --ids or --ids_npy", 2);
+    ids = IntList("ids", ids_flag->second);
+    auto shape_flag = args.flags.find("shape");
+    shape = shape_flag == args.flags.end()
+                ? std::vector<int64_t>{1, 1, static_cast<int64_t>(ids.size())}
+                : IntList("shape", shape_flag->second);
+  }
+  absl::StatusOr<LayerDescription> d = client.DescribeLayer(layer);
+  Check(d.status());
+  std::optional<DType> out_dtype;
+  if (auto it = args.flags.find("output_dtype"); it != args.flags.end()) {
+    out_dtype = ParseDType(it->second);
+  }
+  const DType dtype = out_dtype.value_or(d->layout.dtype);
+  const int64_t dim = d->layout.embedding_dim;
+  std::vector<uint8_t> rows(ids.size() * dim * DTypeSize(dtype));
+  Check(client.Lookup(layer, ids, shape, rows, out_dtype));
+
+  std::vector<int64_t> out_shape = shape;
+  out_shape.push_back(dim);
+  if (auto it = args.flags.find("out"); it != args.flags.end()) {
+    Check(WriteNpy(it->second, NpyDescr(dtype), out_shape, rows.data(),
+                   rows.size()));
+    std::cout << "wrote [" << absl::StrJoin(out_shape, ", ") << "] "
+              << DTypeName(dtype) << " to " << it->second << "\n";
+    return 0;
+  }
+  const int64_t heads = shape.empty() ? 1 : shape.back();
+  const size_t row_bytes = dim * DTypeSize(dtype);
+  std::vector<float> values(dim);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint8_t* row = rows.data() + i * row_bytes;
+    std::cout << "[" << i / heads << ", h" << i % heads << "] id " << ids[i]
+              << ":";
+    if (dtype == DType::kUInt8) {
+      for (int64_t e = 0; e < dim; ++e) std::printf(" %02x", row[e]);
+      std::fflush(stdout);
+    } else {
+      ConvertElements(row, dtype, values.data(), DType::kFloat32, dim);
+      for (float v : values) std::cout << " " << v;
+    }
+    std::cout << "\n";
+  }
+  return 0;
+}
+
+int Run(int argc, char** argv) {
+  Args args = ParseArgs(argc, argv);
+  std::string address = "127.0.0.1:50051";
+  if (const char* env = std::getenv("ENGRAM_ADDRESS")) address = env;
+  if (auto it = args.flags.find("address"); it != args.flags.end()) {
+    address = it->second;
+  }
+  ClientOptions options;
+  if (args.flags.count("timeout_s")) {
+    options.timeout = absl::Seconds(IntFlag(args, "timeout_s"));
+  }
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect(address, options);
+  Check(client.status());
+  Client& c = **client;
+  const std::string& cmd = args.command;
+  if (cmd == "health") {
+    Check(c.CheckHealth());
+    std::cout << "SERVING\n";
+    return 0;
+  }
+  if (cmd == "list") {
+    absl::StatusOr<std::vector<LayerDescription>> layers = c.ListLayers();
+    Check(layers.status());
+    if (layers->empty()) std::cout << "no layers\n";
+    for (const LayerDescription& d : *layers) PrintLayer(d);
+    return 0;
+  }
+  if (cmd == "describe") {
+    absl::StatusOr<LayerDescription> d = c.DescribeLayer(IntFlag(args, "layer"));
+    Check(d.status());
+    PrintLayer(*d);
+    for (const std::string& key : d->store_keys) std::cout << "  " << key << "\n";
+    return 0;
+  }
+  if (cmd == "remove") {
+    absl::StatusOr<int> n =
+        c.Remove(IntFlag(args, "layer"), args.flags.count("force") > 0);
+    Check(n.status());
+    std::cout << "removed " << *n << " tables\n";
+    return 0;
+  }
+  if (cmd == "populate") return Populate(c, args);
+  if (cmd == "lookup") return Lookup(c, args);
+  Die(absl::StrCat("unknown command '", cmd, "'\n\n", kUsage), 2);
+}
+
+}  // namespace
+}  // namespace engram
+
+int main(int argc, char** argv) { return engram::Run(argc, argv); }

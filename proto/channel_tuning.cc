@@ -1,0 +1,42 @@
+#include "proto/channel_tuning.h"
+
+namespace engram {
+namespace {
+
+// 16 MiB - 1: the largest HTTP/2 frame the protocol allows.
+constexpr int kMaxFrameSize = (1 << 24) - 1;
+constexpr int kLookaheadBytes = 64 << 20;
+constexpr int kTcpReadChunk = 4 << 20;
+
+template <typename Args>
+void Tune(Args* args) {
+  args->SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kMaxFrameSize);
+  args->SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kLookaheadBytes);
+  args->SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, kTcpReadChunk);
+  args->SetInt(GRPC_ARG_TCP_MIN_READ_CHUNK_SIZE, 256 << 10);
+  args->SetInt(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, kTcpReadChunk);
+  args->SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, kTcpReadChunk);
+}
+
+// ServerBuilder takes arguments one at a time; adapt it to Tune().
+struct BuilderArgs {
+  grpc::ServerBuilder* builder;
+  void SetInt(const char* key, int value) {
+    builder->AddChannelArgument(key, value);
+  }
+};
+
+}  // namespace
+
+void ApplyTransportTuning(grpc::ServerBuilder* builder) {
+  BuilderArgs args{builder};
+  Tune(&args);
+}
+
+grpc::ChannelArguments TunedChannelArguments() {
+  grpc::ChannelArguments args;
+  Tune(&args);
+  return args;
+}
+
+}  // namespace engram

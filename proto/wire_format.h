@@ -1,0 +1,50 @@
+// Hand-encoded protobuf wire forms of the Lookup messages, so that row data
+// travels in grpc::Slices that alias the buffers it was gathered into (server)
+// or is copied once from the received slices into the caller's buffer
+// (client). The bytes are plain engram.v1 protobuf: any client parses them.
+#ifndef ENGRAM_PROTO_WIRE_FORMAT_H_
+#define ENGRAM_PROTO_WIRE_FORMAT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include <grpcpp/support/byte_buffer.h>
+
+namespace engram::wire {
+
+// Bytes EncodeLookupResponseHeader writes for these arguments.
+size_t LookupResponseHeaderSize(std::span<const int64_t> shape,
+                                size_t data_bytes);
+// Writes fields 1 (shape), 2 (dtype) and the tag and length of field 3
+// (data) of engram.v1.LookupResponse; `data_bytes` of row data must follow.
+// Returns the bytes written.
+size_t EncodeLookupResponseHeader(std::span<const int64_t> shape, int dtype,
+                                  size_t data_bytes, uint8_t* out);
+
+// A LookupResponse whose `data` lands in `out`: size checked, one copy.
+struct DecodedLookup {
+  std::vector<int64_t> shape;
+  int dtype = 0;
+  size_t data_bytes = 0;
+  // Filled only when the response carried `values` (as_values requests).
+  std::vector<float> values;
+};
+// Parses `response`; copies the data field into `out`, which must be exactly
+// its size (INVALID_ARGUMENT otherwise, DATA_LOSS for malformed bytes).
+absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
+                                  std::span<uint8_t> out, DecodedLookup* result);
+
+// Encodes an engram.v1.LookupRequest with the ids as the `row_ids` bytes
+// field. The ids are not copied: the returned buffer aliases `ids`, which must
+// outlive every use of it (the RPC).
+grpc::ByteBuffer EncodeLookupRequest(int64_t layer_id,
+                                     std::span<const int64_t> shape,
+                                     std::span<const int64_t> ids,
+                                     int output_dtype);
+
+}  // namespace engram::wire
+
+#endif  // ENGRAM_PROTO_WIRE_FORMAT_H_

@@ -1,0 +1,274 @@
+#include "server/engram_service.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "proto/wire_format.h"
+#include "server/log.h"
+#include "store/gather.h"
+#include "store/layout.h"
+
+namespace engram {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One Lookup between parse and Finish. Holds the layer so a concurrent
+// Remove cannot free the tables under the gather.
+struct LookupCall {
+  v1::LookupRequest request;
+  std::shared_ptr<const Layer> layer;
+  LookupShape shape;
+  const int64_t* ids = nullptr;
+  std::vector<int64_t> ids_copy;  // only for ids that must be realigned
+  DType out_dtype = DType::kFloat32;
+  size_t out_row_bytes = 0;
+  Clock::time_point start;
+};
+
+bool ValidDTypeValue(int v) { return v >= 1 && v <= 4; }
+
+// Resolves and checks everything about a Lookup before any row is read.
+absl::Status PrepareLookup(const LayerRegistry& layers,
+                           const ServiceLimits& limits, LookupCall* call) {
+  const v1::LookupRequest& req = call->request;
+  call->layer = layers.Find(req.layer_id());
+  if (call->layer == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("layer ", req.layer_id(), " not found"));
+  }
+  const LayerLayout& layout = call->layer->layout();
+  const bool has_bytes = !req.row_ids().empty();
+  const bool has_list = req.row_ids_list_size() > 0;
+  if (has_bytes && has_list) {
+    return absl::InvalidArgumentError(
+        "set exactly one of row_ids (int64 little-endian bytes) and "
+        "row_ids_list; both are set");
+  }
+  if (!has_bytes && !has_list) {
+    return absl::InvalidArgumentError(
+        "no row ids: set row_ids (int64 little-endian bytes) or row_ids_list");
+  }
+  int64_t num_ids;
+  if (has_bytes) {
+    const std::string& bytes = req.row_ids();
+    if (bytes.size() % sizeof(int64_t) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row_ids has ", bytes.size(),
+                       " bytes, not a multiple of 8 (int64 little-endian)"));
+    }
+    num_ids = static_cast<int64_t>(bytes.size() / sizeof(int64_t));
+    if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(int64_t) == 0) {
+      call->ids = reinterpret_cast<const int64_t*>(bytes.data());
+    } else {
+      call->ids_copy.resize(num_ids);
+      std::memcpy(call->ids_copy.data(), bytes.data(), bytes.size());
+      call->ids = call->ids_copy.data();
+    }
+  } else {
+    num_ids = req.row_ids_list_size();
+    call->ids = req.row_ids_list().data();
+  }
+  if (absl::Status s = ValidateLookupShape(
+          layout, {req.shape().data(), static_cast<size_t>(req.shape_size())},
+          num_ids, &call->shape);
+      !s.ok()) {
+    return s;
+  }
+  if (num_ids > limits.max_lookup_rows) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("lookup asks for ", num_ids, " rows; the limit is ",
+                     limits.max_lookup_rows, " (--max_lookup_rows)"));
+  }
+  const int requested = static_cast<int>(req.output_dtype());
+  if (requested != 0 && !ValidDTypeValue(requested)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output_dtype ", requested, " is not a known DType"));
+  }
+  call->out_dtype = requested == 0 ? layout.dtype : static_cast<DType>(requested);
+  if (!CanConvert(layout.dtype, call->out_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output_dtype ", DTypeName(call->out_dtype), " cannot be produced from ",
+        DTypeName(layout.dtype),
+        " rows; only float layers convert (float32/bfloat16/float16)"));
+  }
+  if (req.as_values() && !IsFloatDType(layout.dtype)) {
+    return absl::InvalidArgumentError(
+        "as_values needs a float layer; this layer holds opaque uint8 rows");
+  }
+  call->out_row_bytes = static_cast<size_t>(layout.embedding_dim) *
+                        (req.as_values() ? sizeof(float)
+                                         : DTypeSize(call->out_dtype));
+  const uint64_t out_bytes =
+      static_cast<uint64_t>(num_ids) * call->out_row_bytes;
+  // 64 bytes covers the response's shape/dtype framing.
+  if (out_bytes + 64 > static_cast<uint64_t>(limits.max_message_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "lookup response would be ", out_bytes, " bytes; the limit is ",
+        limits.max_message_bytes, " (--max_message_bytes); split the lookup"));
+  }
+  return ValidateRowIds(layout, call->shape, call->ids);
+}
+
+void FreeBuffer(void* p) { std::free(p); }
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+void FillLayerInfo(const Layer& layer, v1::LayerInfo* info) {
+  const LayerLayout& layout = layer.layout();
+  info->set_layer_id(layer.id());
+  v1::LayerConfig* config = info->mutable_config();
+  for (int64_t n : layout.table_vocab_sizes) config->add_table_vocab_sizes(n);
+  config->set_embedding_dim(layout.embedding_dim);
+  config->set_dtype(static_cast<v1::DType>(layout.dtype));
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    info->add_store_keys(StoreKey(layer.id(), h));
+  }
+  info->set_num_heads(layout.num_heads());
+  info->set_bytes(static_cast<int64_t>(layer.bytes()));
+}
+
+EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
+                             ThreadPool* pool, ServerMetrics* metrics,
+                             ServiceLimits limits)
+    : layers_(layers),
+      budget_(budget),
+      pool_(pool),
+      metrics_(metrics),
+      limits_(limits) {}
+
+void EngramService::Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
+                           const absl::Status& status) {
+  metrics_->RecordCall(rpc, static_cast<grpc::StatusCode>(status.code()));
+  reactor->Finish(ToGrpcStatus(status));
+}
+
+grpc::ServerUnaryReactor* EngramService::Lookup(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto call = std::make_shared<LookupCall>();
+  call->start = Clock::now();
+  grpc::ByteBuffer parse_copy(*request);  // shares slices; Deserialize eats it
+  if (!grpc::SerializationTraits<v1::LookupRequest>::Deserialize(
+           &parse_copy, &call->request)
+           .ok()) {
+    Finish(reactor, Rpc::kLookup,
+           absl::InvalidArgumentError("request is not a valid LookupRequest"));
+    return reactor;
+  }
+  if (absl::Status s = PrepareLookup(*layers_, limits_, call.get()); !s.ok()) {
+    Finish(reactor, Rpc::kLookup, s);
+    return reactor;
+  }
+  const LayerLayout& layout = call->layer->layout();
+  const int64_t num_ids = call->shape.num_ids();
+  const int64_t out_shape[4] = {call->shape.batch, call->shape.length,
+                                call->shape.heads, layout.embedding_dim};
+  const size_t out_bytes = static_cast<size_t>(num_ids) * call->out_row_bytes;
+
+  if (call->request.as_values()) {  // debugging path: readable floats
+    v1::LookupResponse message;
+    for (int64_t d : out_shape) message.add_shape(d);
+    message.set_dtype(v1::DTYPE_FLOAT32);
+    message.mutable_values()->Resize(
+        static_cast<int>(num_ids * layout.embedding_dim), 0.0f);
+    GatherRows(*call->layer, call->ids, 0, num_ids, DType::kFloat32,
+               reinterpret_cast<uint8_t*>(message.mutable_values()->mutable_data()));
+    bool own_buffer;
+    grpc::Status st = grpc::SerializationTraits<v1::LookupResponse>::Serialize(
+        message, response, &own_buffer);
+    if (st.ok()) {
+      metrics_->RecordLookup(
+          std::chrono::duration<double>(Clock::now() - call->start).count(),
+          num_ids, static_cast<int64_t>(out_bytes));
+    }
+    metrics_->RecordCall(Rpc::kLookup, st.error_code());
+    reactor->Finish(st);
+    return reactor;
+  }
+
+  const size_t header_bytes = wire::LookupResponseHeaderSize(out_shape, out_bytes);
+  auto* buffer = static_cast<uint8_t*>(std::malloc(header_bytes + out_bytes));
+  if (buffer == nullptr) {
+    Finish(reactor, Rpc::kLookup,
+           absl::ResourceExhaustedError(absl::StrCat(
+               "cannot allocate ", out_bytes, " bytes for the lookup response")));
+    return reactor;
+  }
+  wire::EncodeLookupResponseHeader(out_shape, static_cast<int>(call->out_dtype),
+                                   out_bytes, buffer);
+  GatherAsync(pool_, *call->layer, call->ids, num_ids, call->out_dtype,
+              buffer + header_bytes,
+              [this, call, reactor, response, buffer, header_bytes, out_bytes,
+               num_ids] {
+                grpc::Slice slice(buffer, header_bytes + out_bytes, FreeBuffer);
+                *response = grpc::ByteBuffer(&slice, 1);
+                metrics_->RecordLookup(
+                    std::chrono::duration<double>(Clock::now() - call->start)
+                        .count(),
+                    num_ids, static_cast<int64_t>(out_bytes));
+                Finish(reactor, Rpc::kLookup, absl::OkStatus());
+              });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* EngramService::Remove(
+    grpc::CallbackServerContext* context, const v1::RemoveRequest* request,
+    v1::RemoveResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<int> removed =
+      layers_->Remove(request->layer_id(), request->force());
+  if (removed.ok()) {
+    response->set_tables_removed(*removed);
+    if (*removed > 0) {
+      LogInfo(absl::StrCat("layer ", request->layer_id(), " removed (",
+                           *removed, " tables); memory is freed once in-flight "
+                           "lookups finish"));
+    } else {
+      LogInfo(absl::StrCat("populate of layer ", request->layer_id(),
+                           " aborted by a forced Remove"));
+    }
+  }
+  Finish(reactor, Rpc::kRemove, removed.status());
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* EngramService::DescribeLayer(
+    grpc::CallbackServerContext* context,
+    const v1::DescribeLayerRequest* request, v1::LayerInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::shared_ptr<const Layer> layer = layers_->Find(request->layer_id());
+  if (layer == nullptr) {
+    Finish(reactor, Rpc::kDescribeLayer,
+           absl::NotFoundError(
+               absl::StrCat("layer ", request->layer_id(), " not found")));
+    return reactor;
+  }
+  FillLayerInfo(*layer, response);
+  Finish(reactor, Rpc::kDescribeLayer, absl::OkStatus());
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* EngramService::ListLayers(
+    grpc::CallbackServerContext* context, const v1::ListLayersRequest* request,
+    v1::ListLayersResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  for (const auto& layer : layers_->List()) {
+    FillLayerInfo(*layer, response->add_layers());
+  }
+  Finish(reactor, Rpc::kListLayers, absl::OkStatus());
+  return reactor;
+}
+
+}  // namespace engram

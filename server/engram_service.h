@@ -1,0 +1,72 @@
+// The engram.v1.EngramStore gRPC service (callback API).
+#ifndef ENGRAM_SERVER_ENGRAM_SERVICE_H_
+#define ENGRAM_SERVER_ENGRAM_SERVICE_H_
+
+#include <cstdint>
+
+#include <grpcpp/grpcpp.h>
+
+#include "engram/v1/engram.grpc.pb.h"
+#include "server/metrics.h"
+#include "store/host_memory.h"
+#include "store/layer_registry.h"
+#include "store/thread_pool.h"
+
+namespace engram {
+
+struct ServiceLimits {
+  int64_t max_lookup_rows = int64_t{1} << 22;
+  int64_t max_message_bytes = int64_t{256} << 20;
+  bool pin_memory = true;
+};
+
+// Lookup is registered raw: the request is parsed with protobuf, but the
+// response is hand-encoded around a slice that owns the gathered rows, so
+// row bytes are written once (by the gather) and never copied again on the
+// server. Handlers never block: large gathers run on `pool` and finish the
+// call from there. Borrows every pointer; all must outlive the server.
+// Thread-safe.
+class EngramService final
+    : public v1::EngramStore::WithRawCallbackMethod_Lookup<
+          v1::EngramStore::CallbackService> {
+ public:
+  EngramService(LayerRegistry* layers, MemoryBudget* budget, ThreadPool* pool,
+                ServerMetrics* metrics, ServiceLimits limits);
+
+  grpc::ServerReadReactor<v1::PopulateRequest>* Populate(
+      grpc::CallbackServerContext* context,
+      v1::PopulateResponse* response) override;
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Remove(grpc::CallbackServerContext* context,
+                                   const v1::RemoveRequest* request,
+                                   v1::RemoveResponse* response) override;
+  grpc::ServerUnaryReactor* DescribeLayer(
+      grpc::CallbackServerContext* context,
+      const v1::DescribeLayerRequest* request,
+      v1::LayerInfo* response) override;
+  grpc::ServerUnaryReactor* ListLayers(grpc::CallbackServerContext* context,
+                                       const v1::ListLayersRequest* request,
+                                       v1::ListLayersResponse* response) override;
+
+ private:
+  void Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
+              const absl::Status& status);
+
+  LayerRegistry* const layers_;
+  MemoryBudget* const budget_;
+  ThreadPool* const pool_;
+  ServerMetrics* const metrics_;
+  const ServiceLimits limits_;
+};
+
+// absl -> gRPC status, same code and message (the one conversion point).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// Fills the public description of a committed layer.
+void FillLayerInfo(const Layer& layer, v1::LayerInfo* info);
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_ENGRAM_SERVICE_H_

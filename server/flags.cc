@@ -1,0 +1,192 @@
+#include "server/flags.h"
+
+#include <unistd.h>
+
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace engram {
+namespace {
+
+struct FlagSpec {
+  const char* name;
+  const char* help;
+  bool is_bool;
+  // Applies a value; false when it does not parse.
+  std::function<bool(ServerConfig*, const std::string&)> set;
+  std::function<std::string(const ServerConfig&)> show;
+};
+
+template <typename T>
+bool ParseNumber(const std::string& text, T* out) {
+  if constexpr (std::is_same_v<T, double>) {
+    return absl::SimpleAtod(text, out);
+  } else {
+    return absl::SimpleAtoi(text, out);
+  }
+}
+
+bool ParseBool(const std::string& text, bool* out) {
+  return absl::SimpleAtob(text, out);
+}
+
+const std::vector<FlagSpec>& Flags() {
+  static const auto* flags = new std::vector<FlagSpec>{
+      {"listen", "gRPC address, HOST:PORT (port 0 picks a free port)", false,
+       [](ServerConfig* c, const std::string& v) {
+         c->listen = v;
+         return !v.empty();
+       },
+       [](const ServerConfig& c) { return c.listen; }},
+      {"metrics_listen",
+       "Prometheus /metrics address, HOST:PORT; empty disables it", false,
+       [](ServerConfig* c, const std::string& v) {
+         c->metrics_listen = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.metrics_listen; }},
+      {"memory_limit_bytes",
+       "budget for table memory in bytes; 0 means 80% of physical memory",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->memory_limit_bytes);
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.memory_limit_bytes); }},
+      {"threads", "gather worker threads; 0 means one per core", false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->threads) && c->threads >= 0;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.threads); }},
+      {"max_message_bytes",
+       "largest gRPC message received or sent (requests, chunks, lookup "
+       "responses)",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->max_message_bytes) &&
+                c->max_message_bytes >= 4096 &&
+                c->max_message_bytes <= int64_t{2047} << 20;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.max_message_bytes); }},
+      {"max_lookup_rows", "most rows (B*L*H) one Lookup may ask for", false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->max_lookup_rows) && c->max_lookup_rows > 0;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.max_lookup_rows); }},
+      {"demo",
+       "serve a small synthetic layer (id 0, 4 heads, D = 8, float32) so a "
+       "first lookup works",
+       true,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseBool(v, &c->demo);
+       },
+       [](const ServerConfig& c) { return c.demo ? "true" : "false"; }},
+      {"pin_memory", "lock table memory in RAM (mlock), best effort", true,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseBool(v, &c->pin_memory);
+       },
+       [](const ServerConfig& c) { return c.pin_memory ? "true" : "false"; }},
+      {"drain_seconds",
+       "on SIGTERM/SIGINT, seconds in-flight calls get to finish", false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->drain_seconds) && c->drain_seconds >= 0;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.drain_seconds); }},
+      {"port_file",
+       "write 'grpc_port=N' and 'metrics_port=M' here once serving (for "
+       "scripts using port 0)",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->port_file = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.port_file; }},
+  };
+  return *flags;
+}
+
+}  // namespace
+
+absl::StatusOr<ServerConfig> ParseServerFlags(int argc, char** argv) {
+  ServerConfig config;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "--helpfull") {
+      config.help = true;
+      continue;
+    }
+    if (!absl::StartsWith(arg, "--")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected argument '", arg, "' (flags are --name=value)"));
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    const FlagSpec* spec = nullptr;
+    for (const FlagSpec& f : Flags()) {
+      if (name == f.name) spec = &f;
+    }
+    bool negated = false;
+    if (spec == nullptr && absl::StartsWith(name, "no")) {
+      for (const FlagSpec& f : Flags()) {
+        if (f.is_bool && name.substr(2) == f.name) spec = &f;
+      }
+      negated = spec != nullptr;
+    }
+    if (spec == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown flag --", name, " (see --help)"));
+    }
+    if (!has_value) {
+      if (spec->is_bool) {
+        value = negated ? "false" : "true";
+      } else if (i + 1 < argc) {
+        value = argv[++i];
+      } else {
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag --", name, " needs a value"));
+      }
+    }
+    if (!spec->set(&config, value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad value '", value, "' for --", spec->name, ": ",
+                       spec->help));
+    }
+  }
+  return config;
+}
+
+std::string ServerFlagsHelp() {
+  std::string out =
+      "engramd: serves Engram embedding tables over gRPC (engram.v1.EngramStore)\n"
+      "\nUsage: engramd [--flag=value ...]\n\nFlags:\n";
+  ServerConfig defaults;
+  for (const FlagSpec& f : Flags()) {
+    absl::StrAppend(&out, "  --", f.name, " (default: \"", f.show(defaults),
+                    "\")\n      ", f.help, "\n");
+  }
+  absl::StrAppend(&out, "  --help\n      print this text and exit\n");
+  return out;
+}
+
+void ResolveServerDefaults(ServerConfig* config) {
+  if (config->threads == 0) {
+    config->threads = std::max(1u, std::thread::hardware_concurrency());
+  }
+  if (config->memory_limit_bytes == 0) {
+    const uint64_t pages = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES));
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    config->memory_limit_bytes = pages * page / 10 * 8;
+  }
+}
+
+}  // namespace engram

@@ -1,0 +1,39 @@
+// engramd's command-line flags. Their names are a deployment contract:
+// manifests and scripts pass them.
+#ifndef ENGRAM_SERVER_FLAGS_H_
+#define ENGRAM_SERVER_FLAGS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace engram {
+
+struct ServerConfig {
+  std::string listen = "0.0.0.0:50051";
+  std::string metrics_listen = "0.0.0.0:9464";  // empty disables /metrics
+  uint64_t memory_limit_bytes = 0;  // 0: 80% of physical memory
+  int threads = 0;                  // 0: one per core
+  int64_t max_message_bytes = int64_t{256} << 20;
+  int64_t max_lookup_rows = int64_t{1} << 22;
+  bool demo = false;
+  bool pin_memory = true;
+  double drain_seconds = 10;
+  std::string port_file;  // written once serving: grpc_port=, metrics_port=
+  bool help = false;
+};
+
+// Parses --name=value / --name value / --bool_flag arguments. Unknown flags,
+// bad values and positional arguments are INVALID_ARGUMENT naming the flag.
+absl::StatusOr<ServerConfig> ParseServerFlags(int argc, char** argv);
+
+// The --help text: every flag with its default and meaning.
+std::string ServerFlagsHelp();
+
+// Fills defaults that depend on the machine (threads, memory limit).
+void ResolveServerDefaults(ServerConfig* config);
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_FLAGS_H_

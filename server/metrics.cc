@@ -1,0 +1,173 @@
+#include "server/metrics.h"
+
+#include <string>
+#include <vector>
+
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace engram {
+namespace {
+
+const char* RpcName(int rpc) {
+  static const char* kNames[kNumRpcs] = {"Populate", "Lookup", "Remove",
+                                         "DescribeLayer", "ListLayers"};
+  return kNames[rpc];
+}
+
+const char* CodeName(int code) {
+  static const char* kNames[kNumStatusCodes] = {
+      "OK",          "CANCELLED",        "UNKNOWN",
+      "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+      "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
+      "DATA_LOSS",   "UNAUTHENTICATED"};
+  return kNames[code];
+}
+
+prometheus::MetricFamily Gauge(std::string name, std::string help) {
+  prometheus::MetricFamily family;
+  family.name = std::move(name);
+  family.help = std::move(help);
+  family.type = prometheus::MetricType::Gauge;
+  return family;
+}
+
+void AddSample(prometheus::MetricFamily* family, double value,
+               std::vector<prometheus::ClientMetric::Label> labels = {}) {
+  prometheus::ClientMetric m;
+  m.label = std::move(labels);
+  m.gauge.value = value;
+  family->metric.push_back(std::move(m));
+}
+
+// Gauges computed at scrape time from the live registry and budget, so they
+// also reflect memory freed after the last in-flight lookup of a removed
+// layer; plus the counters of the owned prometheus registry.
+class LiveCollectable : public prometheus::Collectable {
+ public:
+  LiveCollectable(std::shared_ptr<prometheus::Registry> counters,
+                  const LayerRegistry* layers, const MemoryBudget* budget,
+                  bool pin_requested)
+      : counters_(std::move(counters)),
+        layers_(layers),
+        budget_(budget),
+        pin_requested_(pin_requested) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    std::vector<prometheus::MetricFamily> out = counters_->Collect();
+    std::vector<std::shared_ptr<const Layer>> layers = layers_->List();
+
+    prometheus::MetricFamily count =
+        Gauge("engram_layers", "Committed layers being served.");
+    AddSample(&count, static_cast<double>(layers.size()));
+    out.push_back(std::move(count));
+
+    prometheus::MetricFamily bytes = Gauge(
+        "engram_layer_bytes", "Bytes of row data stored, by layer.");
+    prometheus::MetricFamily pinned = Gauge(
+        "engram_layer_pinned",
+        "1 when every table of the layer is pinned in RAM, by layer and mode.");
+    for (const auto& layer : layers) {
+      std::string id = absl::StrCat(layer->id());
+      AddSample(&bytes, static_cast<double>(layer->bytes()), {{"layer", id}});
+      PinMode mode = layer->pin_mode();
+      AddSample(&pinned, mode == PinMode::kNone ? 0 : 1,
+                {{"layer", id}, {"mode", PinModeName(mode)}});
+    }
+    out.push_back(std::move(bytes));
+    out.push_back(std::move(pinned));
+
+    prometheus::MetricFamily limit = Gauge(
+        "engram_memory_limit_bytes", "Table memory budget (--memory_limit_bytes).");
+    AddSample(&limit, static_cast<double>(budget_->limit()));
+    out.push_back(std::move(limit));
+    prometheus::MetricFamily used = Gauge(
+        "engram_memory_used_bytes",
+        "Table memory in use: committed layers, populates in progress, and "
+        "removed layers still read by in-flight lookups.");
+    AddSample(&used, static_cast<double>(budget_->used()));
+    out.push_back(std::move(used));
+    prometheus::MetricFamily pin = Gauge(
+        "engram_memory_pin_requested", "1 when --pin_memory is on.");
+    AddSample(&pin, pin_requested_ ? 1 : 0);
+    out.push_back(std::move(pin));
+    return out;
+  }
+
+ private:
+  std::shared_ptr<prometheus::Registry> counters_;
+  const LayerRegistry* layers_;
+  const MemoryBudget* budget_;
+  bool pin_requested_;
+};
+
+}  // namespace
+
+ServerMetrics::ServerMetrics(const LayerRegistry* layers,
+                             const MemoryBudget* budget, bool pin_requested)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  auto& requests = prometheus::BuildCounter()
+                       .Name("engram_requests_total")
+                       .Help("RPCs finished, by method and gRPC status code.")
+                       .Register(*registry_);
+  auto& errors = prometheus::BuildCounter()
+                     .Name("engram_errors_total")
+                     .Help("RPCs finished with a status other than OK.")
+                     .Register(*registry_);
+  for (int r = 0; r < kNumRpcs; ++r) {
+    for (int c = 0; c < kNumStatusCodes; ++c) {
+      requests_[r][c] =
+          &requests.Add({{"rpc", RpcName(r)}, {"code", CodeName(c)}});
+      if (c != 0) {
+        errors_[r][c] =
+            &errors.Add({{"rpc", RpcName(r)}, {"code", CodeName(c)}});
+      }
+    }
+  }
+  lookup_latency_ =
+      &prometheus::BuildHistogram()
+           .Name("engram_lookup_latency_seconds")
+           .Help("Lookup latency from request parsed to response ready.")
+           .Register(*registry_)
+           .Add({}, prometheus::Histogram::BucketBoundaries{
+                        10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
+                        2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
+                        1.0});
+  lookup_rows_ = &prometheus::BuildCounter()
+                      .Name("engram_lookup_rows_total")
+                      .Help("Rows returned by successful lookups.")
+                      .Register(*registry_)
+                      .Add({});
+  lookup_bytes_ = &prometheus::BuildCounter()
+                       .Name("engram_lookup_bytes_total")
+                       .Help("Row bytes returned by successful lookups.")
+                       .Register(*registry_)
+                       .Add({});
+  populate_bytes_ = &prometheus::BuildCounter()
+                         .Name("engram_populate_bytes_total")
+                         .Help("Row bytes received by Populate streams.")
+                         .Register(*registry_)
+                         .Add({});
+  collectable_ = std::make_shared<LiveCollectable>(registry_, layers, budget,
+                                                   pin_requested);
+}
+
+void ServerMetrics::RecordCall(Rpc rpc, grpc::StatusCode code) {
+  int c = static_cast<int>(code);
+  if (c < 0 || c >= kNumStatusCodes) c = static_cast<int>(grpc::UNKNOWN);
+  const int r = static_cast<int>(rpc);
+  requests_[r][c]->Increment();
+  if (c != 0) errors_[r][c]->Increment();
+}
+
+void ServerMetrics::RecordLookup(double seconds, int64_t rows, int64_t bytes) {
+  lookup_latency_->Observe(seconds);
+  lookup_rows_->Increment(static_cast<double>(rows));
+  lookup_bytes_->Increment(static_cast<double>(bytes));
+}
+
+}  // namespace engram

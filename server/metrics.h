@@ -1,0 +1,56 @@
+// Prometheus metrics of engramd: call counters, lookup latency and volume,
+// and live gauges read from the layer registry and memory budget at scrape.
+#ifndef ENGRAM_SERVER_METRICS_H_
+#define ENGRAM_SERVER_METRICS_H_
+
+#include <array>
+#include <cstdint>
+#include <memory>
+
+#include <grpcpp/support/status.h>
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "store/host_memory.h"
+#include "store/layer_registry.h"
+
+namespace engram {
+
+enum class Rpc { kPopulate, kLookup, kRemove, kDescribeLayer, kListLayers };
+inline constexpr int kNumRpcs = 5;
+inline constexpr int kNumStatusCodes = 17;
+
+// Owns the prometheus registry. Every counter a call touches is created up
+// front, so recording is a few atomic adds with no map lookup or lock.
+// Thread-safe. `layers` and `budget` must outlive it.
+class ServerMetrics {
+ public:
+  ServerMetrics(const LayerRegistry* layers, const MemoryBudget* budget,
+                bool pin_requested);
+
+  // Everything to expose at /metrics (counters plus live gauges).
+  std::shared_ptr<prometheus::Collectable> collectable() const {
+    return collectable_;
+  }
+
+  void RecordCall(Rpc rpc, grpc::StatusCode code);
+  void RecordLookup(double seconds, int64_t rows, int64_t bytes);
+  void RecordPopulateBytes(int64_t bytes) { populate_bytes_->Increment(bytes); }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<prometheus::Collectable> collectable_;
+  std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kNumRpcs>
+      requests_{};
+  std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kNumRpcs>
+      errors_{};
+  prometheus::Histogram* lookup_latency_ = nullptr;
+  prometheus::Counter* lookup_rows_ = nullptr;
+  prometheus::Counter* lookup_bytes_ = nullptr;
+  prometheus::Counter* populate_bytes_ = nullptr;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_METRICS_H_

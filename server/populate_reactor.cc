@@ -1,0 +1,187 @@
+// EngramService::Populate: the client-streaming reactor that stages a layer
+// chunk by chunk and commits it when the stream ends complete.
+#include <atomic>
+#include <chrono>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "server/engram_service.h"
+#include "server/log.h"
+#include "store/layer_builder.h"
+
+namespace engram {
+namespace {
+
+// Lives from the first read until OnDone. gRPC serializes its callbacks
+// (one read outstanding at a time), so only the abort hook, which a forced
+// Remove runs from another thread, touches it concurrently; that hook only
+// calls TryCancel, which is thread-safe.
+class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
+ public:
+  PopulateReactor(grpc::CallbackServerContext* context,
+                  v1::PopulateResponse* response, LayerRegistry* layers,
+                  MemoryBudget* budget, ServerMetrics* metrics, bool pin)
+      : context_(context),
+        response_(response),
+        layers_(layers),
+        budget_(budget),
+        metrics_(metrics),
+        pin_(pin),
+        start_(std::chrono::steady_clock::now()) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      EndOfStream();
+      return;
+    }
+    absl::Status s;
+    switch (request_.kind_case()) {
+      case v1::PopulateRequest::kHeader:
+        s = OnHeader(request_.header());
+        break;
+      case v1::PopulateRequest::kChunk:
+        s = OnChunk(request_.chunk());
+        break;
+      default:
+        s = absl::InvalidArgumentError(
+            "a PopulateRequest must set header or chunk; this one sets neither");
+    }
+    if (!s.ok()) {
+      Fail(s);
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override {
+    ReleaseClaim();
+    delete this;
+  }
+
+ private:
+  absl::Status OnHeader(const v1::PopulateHeader& header) {
+    if (builder_ != nullptr) {
+      return absl::InvalidArgumentError(
+          "a second PopulateHeader arrived; send one header, then chunks");
+    }
+    layer_id_ = header.layer_id();
+    LayerLayout layout;
+    layout.table_vocab_sizes.assign(header.config().table_vocab_sizes().begin(),
+                                    header.config().table_vocab_sizes().end());
+    layout.embedding_dim = header.config().embedding_dim();
+    const int dtype = static_cast<int>(header.config().dtype());
+    if (dtype < 0 || dtype > 4) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("dtype ", dtype, " is not a known DType"));
+    }
+    layout.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
+    if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
+
+    absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
+        layers_->BeginPopulate(layer_id_, [ctx = context_] { ctx->TryCancel(); });
+    if (!ticket.ok()) return ticket.status();
+    ticket_ = *std::move(ticket);
+    absl::StatusOr<std::unique_ptr<LayerBuilder>> builder =
+        LayerBuilder::Create(layer_id_, std::move(layout), budget_, pin_);
+    if (!builder.ok()) return builder.status();
+    builder_ = *std::move(builder);
+    return absl::OkStatus();
+  }
+
+  absl::Status OnChunk(const v1::TableChunk& chunk) {
+    if (builder_ == nullptr) {
+      return absl::InvalidArgumentError(
+          "the first Populate message must be a PopulateHeader");
+    }
+    if (ticket_->aborted()) return AbortedByRemove();
+    metrics_->RecordPopulateBytes(static_cast<int64_t>(chunk.data().size()));
+    return builder_->AddChunk(chunk.head(), chunk.row_offset(), chunk.data());
+  }
+
+  void EndOfStream() {
+    if (context_->IsCancelled()) {
+      if (ticket_ != nullptr && ticket_->aborted()) {
+        Fail(AbortedByRemove());
+      } else {
+        Fail(absl::CancelledError("the client cancelled the populate stream"));
+      }
+      return;
+    }
+    if (builder_ == nullptr) {
+      Fail(absl::InvalidArgumentError(
+          "the populate stream ended without a PopulateHeader"));
+      return;
+    }
+    absl::StatusOr<std::shared_ptr<const Layer>> layer = builder_->Finish();
+    if (!layer.ok()) {
+      Fail(layer.status());
+      return;
+    }
+    std::shared_ptr<const Layer> committed = *layer;
+    if (absl::Status s = layers_->Commit(ticket_, std::move(*layer)); !s.ok()) {
+      Fail(s);
+      return;
+    }
+    ticket_.reset();
+    FillLayerInfo(*committed, response_->mutable_layer());
+    const double seconds = std::chrono::duration<double>(
+                               std::chrono::steady_clock::now() - start_)
+                               .count();
+    const LayerLayout& l = committed->layout();
+    LogInfo(absl::StrCat("layer ", layer_id_, " committed: ", l.num_heads(),
+                         " heads, D = ", l.embedding_dim, " ",
+                         DTypeName(l.dtype), ", ", committed->bytes(),
+                         " bytes, pinned: ", PinModeName(committed->pin_mode()),
+                         ", in ", seconds, " s"));
+    metrics_->RecordCall(Rpc::kPopulate, grpc::OK);
+    Finish(grpc::Status::OK);
+  }
+
+  absl::Status AbortedByRemove() const {
+    return absl::AbortedError(absl::StrCat(
+        "populate of layer ", layer_id_,
+        " was aborted by a forced Remove; nothing was committed"));
+  }
+
+  // Drops everything staged and ends the call with `status`.
+  void Fail(const absl::Status& status) {
+    LogWarning(absl::StrCat("populate of layer ", layer_id_,
+                            " failed, nothing kept: ", status.ToString()));
+    builder_.reset();  // frees staged tables and their budget charge
+    ReleaseClaim();
+    metrics_->RecordCall(Rpc::kPopulate,
+                         static_cast<grpc::StatusCode>(status.code()));
+    Finish(ToGrpcStatus(status));
+  }
+
+  void ReleaseClaim() {
+    if (ticket_ != nullptr) {
+      layers_->Abandon(ticket_);
+      ticket_.reset();
+    }
+  }
+
+  grpc::CallbackServerContext* const context_;
+  v1::PopulateResponse* const response_;
+  LayerRegistry* const layers_;
+  MemoryBudget* const budget_;
+  ServerMetrics* const metrics_;
+  const bool pin_;
+  const std::chrono::steady_clock::time_point start_;
+  v1::PopulateRequest request_;
+  int64_t layer_id_ = 0;
+  std::shared_ptr<PopulateTicket> ticket_;
+  std::unique_ptr<LayerBuilder> builder_;
+};
+
+}  // namespace
+
+grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
+    grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
+  return new PopulateReactor(context, response, layers_, budget_, metrics_,
+                             limits_.pin_memory);
+}
+
+}  // namespace engram

@@ -1,0 +1,124 @@
+#include "server/server.h"
+
+#include <exception>
+#include <vector>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "proto/channel_tuning.h"
+#include "server/log.h"
+#include "store/layer_builder.h"
+
+namespace engram {
+absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget,
+                          bool pin) {
+  LayerLayout layout{{1000, 1003, 1009, 1013}, 8, DType::kFloat32};
+  absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
+      layers->BeginPopulate(kDemoLayerId);
+  if (!ticket.ok()) return ticket.status();
+  auto builder = LayerBuilder::Create(kDemoLayerId, layout, budget, pin);
+  if (!builder.ok()) {
+    layers->Abandon(*ticket);
+    return builder.status();
+  }
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    const int64_t rows = layout.table_vocab_sizes[h];
+    std::vector<float> table(rows * layout.embedding_dim);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t d = 0; d < layout.embedding_dim; ++d) {
+        table[r * layout.embedding_dim + d] =
+            static_cast<float>(h * 100000 + r) + static_cast<float>(d) / 8.0f;
+      }
+    }
+    absl::Status s = (*builder)->AddChunk(
+        h, 0,
+        std::string_view(reinterpret_cast<const char*>(table.data()),
+                         table.size() * sizeof(float)));
+    if (!s.ok()) {
+      layers->Abandon(*ticket);
+      return s;
+    }
+  }
+  absl::StatusOr<std::shared_ptr<const Layer>> layer = (*builder)->Finish();
+  if (!layer.ok()) {
+    layers->Abandon(*ticket);
+    return layer.status();
+  }
+  return layers->Commit(*ticket, *std::move(layer));
+}
+
+EngramServer::EngramServer(ServerConfig config)
+    : config_(std::move(config)),
+      budget_(config_.memory_limit_bytes),
+      pool_(config_.threads),
+      metrics_(&layers_, &budget_, config_.pin_memory),
+      service_(&layers_, &budget_, &pool_, &metrics_,
+               ServiceLimits{config_.max_lookup_rows, config_.max_message_bytes,
+                             config_.pin_memory}) {}
+
+EngramServer::~EngramServer() {
+  if (server_ != nullptr) {
+    server_->Shutdown();
+    server_->Wait();
+  }
+}
+
+absl::Status EngramServer::Start() {
+  if (config_.demo) {
+    if (absl::Status s = AddDemoLayer(&layers_, &budget_, config_.pin_memory);
+        !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat("demo layer: ", s.message()));
+    }
+    LogInfo("demo layer 0 committed: heads of 1000, 1003, 1009, 1013 rows, "
+            "D = 8 float32 (row r of head h = h*100000 + r + d/8)");
+  }
+  if (!config_.metrics_listen.empty()) {
+    try {
+      exposer_ = std::make_unique<prometheus::Exposer>(config_.metrics_listen,
+                                                       /*num_threads=*/1);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on --metrics_listen=",
+                       config_.metrics_listen, ": ", e.what()));
+    }
+    exposer_->RegisterCollectable(metrics_.collectable());
+    std::vector<int> ports = exposer_->GetListeningPorts();
+    metrics_port_ = ports.empty() ? 0 : ports[0];
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(),
+                           &grpc_port_);
+  builder.RegisterService(&service_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
+  ApplyTransportTuning(&builder);
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr || grpc_port_ == 0) {
+    server_.reset();
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on --listen=", config_.listen,
+        " (address in use or not local?)"));
+  }
+  server_->GetHealthCheckService()->SetServingStatus(true);
+  return absl::OkStatus();
+}
+
+void EngramServer::Shutdown() {
+  if (server_ == nullptr) return;
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  const auto deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(config_.drain_seconds * 1000));
+  server_->Shutdown(deadline);
+  server_->Wait();
+  server_.reset();
+  exposer_.reset();
+}
+
+}  // namespace engram

@@ -1,0 +1,62 @@
+// engramd's process-level pieces: the gRPC server with health and
+// reflection, the /metrics endpoint, and the demo layer.
+#ifndef ENGRAM_SERVER_SERVER_H_
+#define ENGRAM_SERVER_SERVER_H_
+
+#include <memory>
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/exposer.h>
+
+#include "absl/status/status.h"
+#include "server/engram_service.h"
+#include "server/flags.h"
+#include "server/metrics.h"
+#include "store/host_memory.h"
+#include "store/layer_registry.h"
+#include "store/thread_pool.h"
+
+namespace engram {
+
+// The layer the --demo flag serves: id 0, heads with 1000, 1003, 1009 and
+// 1013 rows, D = 8, float32. Row r of head h holds
+// h * 100000 + r + d / 8 at element d, so a lookup is easy to check by eye.
+absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget,
+                          bool pin);
+inline constexpr int64_t kDemoLayerId = 0;
+
+// Owns everything engramd serves with. Start once, then Shutdown once (both
+// from one thread); the accessors are safe from any thread after Start.
+class EngramServer {
+ public:
+  explicit EngramServer(ServerConfig config);
+  ~EngramServer();
+
+  // Binds both listeners and starts serving. The config's port 0 picks
+  // free ports; see grpc_port() / metrics_port().
+  absl::Status Start();
+  // Health NOT_SERVING, then lets in-flight calls finish for up to
+  // drain_seconds before cancelling the rest.
+  void Shutdown();
+  // Blocks until Shutdown completes.
+  void Wait();
+
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_port_; }
+
+ private:
+  const ServerConfig config_;
+  MemoryBudget budget_;
+  LayerRegistry layers_;
+  ThreadPool pool_;
+  ServerMetrics metrics_;
+  EngramService service_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<grpc::Server> server_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_SERVER_H_

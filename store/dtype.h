@@ -1,0 +1,41 @@
+// Element types of stored rows and the float conversions Lookup offers.
+#ifndef ENGRAM_STORE_DTYPE_H_
+#define ENGRAM_STORE_DTYPE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace engram {
+
+// Numeric values match engram.v1.DType so the server edge converts by cast.
+enum class DType : int {
+  kFloat32 = 1,
+  kBFloat16 = 2,
+  kFloat16 = 3,
+  kUInt8 = 4,  // opaque row bytes; D is bytes per row
+};
+
+// Bytes per element.
+size_t DTypeSize(DType dtype);
+const char* DTypeName(DType dtype);
+bool IsFloatDType(DType dtype);
+// True when rows stored as `from` can be returned as `to`: identity, or any
+// pair of float dtypes.
+bool CanConvert(DType from, DType to);
+
+// Scalar conversions. Narrowing rounds to nearest-even; NaN stays NaN,
+// infinities and signed zeros are kept, float16 subnormals are exact.
+float BFloat16ToFloat(uint16_t v);
+uint16_t FloatToBFloat16(float f);
+float Float16ToFloat(uint16_t v);
+uint16_t FloatToFloat16(float f);
+
+// Converts `count` elements from `src` (dtype `from`) into `dst` (dtype
+// `to`). Requires CanConvert(from, to). Buffers must not overlap.
+void ConvertElements(const void* src, DType from, void* dst, DType to,
+                     size_t count);
+
+}  // namespace engram
+
+#endif  // ENGRAM_STORE_DTYPE_H_

@@ -1,0 +1,111 @@
+#include "store/gather.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "absl/synchronization/notification.h"
+
+namespace engram {
+namespace {
+
+// Rows are fetched from random places; prefetching a few ids ahead overlaps
+// the cache misses of neighbouring rows.
+constexpr int64_t kPrefetchDistance = 8;
+
+template <size_t kRowBytes>
+void CopyRowsFixed(const uint8_t* const* tables, int64_t heads,
+                   const int64_t* ids, int64_t begin, int64_t end,
+                   uint8_t* out) {
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + kPrefetchDistance < end) {
+      int64_t j = i + kPrefetchDistance;
+      __builtin_prefetch(tables[j % heads] + ids[j] * kRowBytes);
+    }
+    std::memcpy(out + i * kRowBytes, tables[i % heads] + ids[i] * kRowBytes,
+                kRowBytes);
+  }
+}
+
+void CopyRows(const uint8_t* const* tables, int64_t heads, size_t row_bytes,
+              const int64_t* ids, int64_t begin, int64_t end, uint8_t* out) {
+  switch (row_bytes) {  // common widths get a constant-size copy
+    case 128:
+      return CopyRowsFixed<128>(tables, heads, ids, begin, end, out);
+    case 256:
+      return CopyRowsFixed<256>(tables, heads, ids, begin, end, out);
+    case 320:
+      return CopyRowsFixed<320>(tables, heads, ids, begin, end, out);
+    case 512:
+      return CopyRowsFixed<512>(tables, heads, ids, begin, end, out);
+    default:
+      break;
+  }
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + kPrefetchDistance < end) {
+      int64_t j = i + kPrefetchDistance;
+      __builtin_prefetch(tables[j % heads] + ids[j] * row_bytes);
+    }
+    std::memcpy(out + i * row_bytes, tables[i % heads] + ids[i] * row_bytes,
+                row_bytes);
+  }
+}
+
+}  // namespace
+
+void GatherRows(const Layer& layer, const int64_t* ids, int64_t begin,
+                int64_t end, DType out_dtype, uint8_t* out) {
+  const LayerLayout& layout = layer.layout();
+  const int64_t heads = layout.num_heads();
+  const size_t row_bytes = layout.row_bytes();
+  if (out_dtype == layout.dtype) {
+    CopyRows(layer.table_ptrs(), heads, row_bytes, ids, begin, end, out);
+    return;
+  }
+  const size_t dim = static_cast<size_t>(layout.embedding_dim);
+  const size_t out_row_bytes = dim * DTypeSize(out_dtype);
+  for (int64_t i = begin; i < end; ++i) {
+    ConvertElements(layer.table(i % heads) + ids[i] * row_bytes, layout.dtype,
+                    out + i * out_row_bytes, out_dtype, dim);
+  }
+}
+
+void GatherAsync(ThreadPool* pool, const Layer& layer, const int64_t* ids,
+                 int64_t num_ids, DType out_dtype, uint8_t* out,
+                 std::function<void()> done) {
+  const int64_t parts = std::min<int64_t>(
+      pool == nullptr ? 1 : pool->size(), num_ids / kParallelGatherMinRows);
+  if (parts <= 1) {
+    GatherRows(layer, ids, 0, num_ids, out_dtype, out);
+    done();
+    return;
+  }
+  struct Join {
+    std::atomic<int64_t> remaining;
+    std::function<void()> done;
+  };
+  auto join = std::make_shared<Join>();
+  join->remaining.store(parts, std::memory_order_relaxed);
+  join->done = std::move(done);
+  const int64_t per_part = (num_ids + parts - 1) / parts;
+  for (int64_t p = 0; p < parts; ++p) {
+    const int64_t begin = p * per_part;
+    const int64_t end = std::min(num_ids, begin + per_part);
+    pool->Submit([&layer, ids, begin, end, out_dtype, out, join] {
+      GatherRows(layer, ids, begin, end, out_dtype, out);
+      if (join->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        join->done();
+      }
+    });
+  }
+}
+
+void GatherParallel(ThreadPool* pool, const Layer& layer, const int64_t* ids,
+                    int64_t num_ids, DType out_dtype, uint8_t* out) {
+  absl::Notification finished;
+  GatherAsync(pool, layer, ids, num_ids, out_dtype, out,
+              [&finished] { finished.Notify(); });
+  finished.WaitForNotification();
+}
+
+}  // namespace engram

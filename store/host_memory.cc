@@ -1,0 +1,94 @@
+#include "store/host_memory.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace engram {
+
+const char* PinModeName(PinMode mode) {
+  switch (mode) {
+    case PinMode::kNone:
+      return "none";
+    case PinMode::kMlock:
+      return "mlock";
+    case PinMode::kCudaHost:
+      return "cuda_host";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<HostBuffer> HostBuffer::Allocate(size_t bytes, bool try_pin) {
+  if (bytes == 0) return absl::InvalidArgumentError("empty host buffer");
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t mapped = (bytes + page - 1) / page * page;
+  void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot map ", bytes, " bytes of host memory: ", strerror(errno)));
+  }
+  // Huge pages cut TLB misses on random row reads; advisory only.
+  if (mapped >= (size_t{2} << 20)) madvise(p, mapped, MADV_HUGEPAGE);
+  HostBuffer buffer;
+  buffer.data_ = static_cast<uint8_t*>(p);
+  buffer.size_ = bytes;
+  buffer.mapped_ = mapped;
+  if (try_pin && mlock(p, mapped) == 0) buffer.pin_mode_ = PinMode::kMlock;
+  return buffer;
+}
+
+HostBuffer::HostBuffer(HostBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      mapped_(std::exchange(other.mapped_, 0)),
+      pin_mode_(std::exchange(other.pin_mode_, PinMode::kNone)) {}
+
+HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
+  if (this != &other) {
+    Release();
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    mapped_ = std::exchange(other.mapped_, 0);
+    pin_mode_ = std::exchange(other.pin_mode_, PinMode::kNone);
+  }
+  return *this;
+}
+
+HostBuffer::~HostBuffer() { Release(); }
+
+void HostBuffer::Release() {
+  if (data_ != nullptr) munmap(data_, mapped_);  // also drops any mlock
+  data_ = nullptr;
+  size_ = mapped_ = 0;
+}
+
+bool MemoryBudget::TryReserve(uint64_t bytes) {
+  uint64_t used = used_.load(std::memory_order_relaxed);
+  do {
+    if (bytes > limit_ || used > limit_ - bytes) return false;
+  } while (!used_.compare_exchange_weak(used, used + bytes,
+                                        std::memory_order_relaxed));
+  return true;
+}
+
+void MemoryBudget::Release(uint64_t bytes) {
+  used_.fetch_sub(bytes, std::memory_order_relaxed);
+}
+
+MemoryReservation& MemoryReservation::operator=(
+    MemoryReservation&& other) noexcept {
+  if (this != &other) {
+    if (budget_ != nullptr) budget_->Release(bytes_);
+    budget_ = std::exchange(other.budget_, nullptr);
+    bytes_ = other.bytes_;
+  }
+  return *this;
+}
+
+}  // namespace engram

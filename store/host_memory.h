@@ -1,0 +1,89 @@
+// Page-aligned host memory for tables, pinned where the platform allows, and
+// the byte budget every table allocation is charged against.
+#ifndef ENGRAM_STORE_HOST_MEMORY_H_
+#define ENGRAM_STORE_HOST_MEMORY_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace engram {
+
+// How a buffer's pages are held in RAM.
+enum class PinMode {
+  kNone,      // plain pageable memory (mlock refused, e.g. RLIMIT_MEMLOCK)
+  kMlock,     // locked with mlock: never swapped, but not registered with CUDA
+  kCudaHost,  // cudaHostAlloc / cudaHostRegister: DMA-able by a GPU
+};
+const char* PinModeName(PinMode mode);
+
+// One anonymous mapping, page aligned, zero filled, released on destruction.
+// Move-only; not thread-safe to mutate, safe to read concurrently.
+class HostBuffer {
+ public:
+  HostBuffer() = default;
+  // Maps `bytes` (> 0) and tries to pin them when `try_pin` is set.
+  static absl::StatusOr<HostBuffer> Allocate(size_t bytes, bool try_pin);
+  HostBuffer(HostBuffer&& other) noexcept;
+  HostBuffer& operator=(HostBuffer&& other) noexcept;
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  ~HostBuffer();
+
+  uint8_t* data() { return data_; }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  PinMode pin_mode() const { return pin_mode_; }
+
+ private:
+  void Release();
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  size_t mapped_ = 0;
+  PinMode pin_mode_ = PinMode::kNone;
+};
+
+// A byte budget shared by all tables of a process. Thread-safe (atomics).
+class MemoryBudget {
+ public:
+  explicit MemoryBudget(uint64_t limit_bytes) : limit_(limit_bytes) {}
+  // Charges `bytes`; false (and nothing charged) when it would pass the limit.
+  bool TryReserve(uint64_t bytes);
+  void Release(uint64_t bytes);
+  uint64_t limit() const { return limit_; }
+  uint64_t used() const { return used_.load(std::memory_order_relaxed); }
+
+ private:
+  const uint64_t limit_;
+  std::atomic<uint64_t> used_{0};
+};
+
+// RAII charge against a MemoryBudget; move-only. The budget must outlive it.
+class MemoryReservation {
+ public:
+  MemoryReservation() = default;
+  MemoryReservation(MemoryBudget* budget, uint64_t bytes)
+      : budget_(budget), bytes_(bytes) {}
+  MemoryReservation(MemoryReservation&& other) noexcept
+      : budget_(other.budget_), bytes_(other.bytes_) {
+    other.budget_ = nullptr;
+  }
+  MemoryReservation& operator=(MemoryReservation&& other) noexcept;
+  MemoryReservation(const MemoryReservation&) = delete;
+  MemoryReservation& operator=(const MemoryReservation&) = delete;
+  ~MemoryReservation() {
+    if (budget_ != nullptr) budget_->Release(bytes_);
+  }
+  uint64_t bytes() const { return budget_ ? bytes_ : 0; }
+
+ private:
+  MemoryBudget* budget_ = nullptr;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_STORE_HOST_MEMORY_H_

@@ -1,0 +1,52 @@
+// A committed layer: its layout and one table buffer per head.
+#ifndef ENGRAM_STORE_LAYER_H_
+#define ENGRAM_STORE_LAYER_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "store/host_memory.h"
+#include "store/layout.h"
+
+namespace engram {
+
+// Immutable once built by LayerBuilder; shared (shared_ptr<const Layer>)
+// between the registry and in-flight lookups, so its memory is released only
+// when the last reader drops it. Safe to read from any thread.
+class Layer {
+ public:
+  Layer(int64_t id, LayerLayout layout, std::vector<HostBuffer> tables,
+        MemoryReservation reservation)
+      : id_(id),
+        layout_(std::move(layout)),
+        tables_(std::move(tables)),
+        reservation_(std::move(reservation)) {
+    table_ptrs_.reserve(tables_.size());
+    for (const HostBuffer& t : tables_) table_ptrs_.push_back(t.data());
+  }
+
+  int64_t id() const { return id_; }
+  const LayerLayout& layout() const { return layout_; }
+  // Row-major [N_h, D] bytes of head h.
+  const uint8_t* table(int head) const { return table_ptrs_[head]; }
+  const uint8_t* const* table_ptrs() const { return table_ptrs_.data(); }
+  uint64_t bytes() const { return layout_.total_bytes(); }
+  // The weakest pinning among the heads.
+  PinMode pin_mode() const {
+    PinMode mode = PinMode::kCudaHost;
+    for (const HostBuffer& t : tables_) mode = std::min(mode, t.pin_mode());
+    return mode;
+  }
+
+ private:
+  const int64_t id_;
+  const LayerLayout layout_;
+  const std::vector<HostBuffer> tables_;
+  std::vector<const uint8_t*> table_ptrs_;
+  MemoryReservation reservation_;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_STORE_LAYER_H_

@@ -1,0 +1,135 @@
+#include "store/layer_builder.h"
+
+#include <bit>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace engram {
+namespace {
+
+// Index of the first set bit in [begin, end) of `bits`, or -1.
+int64_t FirstSet(const std::vector<uint64_t>& bits, int64_t begin,
+                 int64_t end) {
+  for (int64_t i = begin; i < end;) {
+    uint64_t word = bits[i >> 6] >> (i & 63);
+    if (word != 0) {
+      int64_t hit = i + std::countr_zero(word);
+      return hit < end ? hit : -1;
+    }
+    i = ((i >> 6) + 1) << 6;
+  }
+  return -1;
+}
+
+// Index of the first clear bit in [0, n), or -1.
+int64_t FirstClear(const std::vector<uint64_t>& bits, int64_t n) {
+  for (int64_t w = 0; w * 64 < n; ++w) {
+    if (~bits[w] != 0) {
+      int64_t hit = w * 64 + std::countr_zero(~bits[w]);
+      return hit < n ? hit : -1;
+    }
+  }
+  return -1;
+}
+
+void SetRange(std::vector<uint64_t>& bits, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end;) {
+    if ((i & 63) == 0 && end - i >= 64) {
+      bits[i >> 6] = ~uint64_t{0};
+      i += 64;
+    } else {
+      bits[i >> 6] |= uint64_t{1} << (i & 63);
+      ++i;
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
+    int64_t layer_id, LayerLayout layout, MemoryBudget* budget,
+    bool pin_memory) {
+  if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
+  const uint64_t bytes = layout.total_bytes();
+  if (!budget->TryReserve(bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "layer ", layer_id, " needs ", bytes, " bytes; memory budget has ",
+        budget->limit() - std::min(budget->limit(), budget->used()),
+        " of ", budget->limit(), " bytes free (--memory_limit_bytes)"));
+  }
+  std::unique_ptr<LayerBuilder> builder(new LayerBuilder(
+      layer_id, std::move(layout), MemoryReservation(budget, bytes)));
+  const LayerLayout& l = builder->layout_;
+  for (int h = 0; h < l.num_heads(); ++h) {
+    absl::StatusOr<HostBuffer> table =
+        HostBuffer::Allocate(l.table_bytes(h), pin_memory);
+    if (!table.ok()) return table.status();
+    builder->tables_.push_back(*std::move(table));
+    builder->received_.emplace_back((l.table_vocab_sizes[h] + 63) / 64, 0);
+    builder->received_per_head_.push_back(0);
+    builder->rows_total_ += l.table_vocab_sizes[h];
+  }
+  return builder;
+}
+
+LayerBuilder::LayerBuilder(int64_t layer_id, LayerLayout layout,
+                           MemoryReservation reservation)
+    : layer_id_(layer_id),
+      layout_(std::move(layout)),
+      reservation_(std::move(reservation)) {}
+
+absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
+                                    std::string_view data) {
+  if (head < 0 || head >= layout_.num_heads()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk head ", head, " is out of range: layer ",
+                     layer_id_, " has ", layout_.num_heads(), " heads"));
+  }
+  const int64_t rows_in_table = layout_.table_vocab_sizes[head];
+  const size_t row_bytes = layout_.row_bytes();
+  if (data.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk for head ", head, " at row ", row_offset, " carries no rows"));
+  }
+  if (data.size() % row_bytes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk for head ", head, " at row ", row_offset, " has ", data.size(),
+        " bytes, not a whole number of ", row_bytes, "-byte rows (D = ",
+        layout_.embedding_dim, ", ", DTypeName(layout_.dtype), ")"));
+  }
+  const int64_t rows = static_cast<int64_t>(data.size() / row_bytes);
+  if (row_offset < 0 || row_offset > rows_in_table - rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk for head ", head, " covers rows [", row_offset, ", ",
+        row_offset + rows, ") outside the table's ", rows_in_table, " rows"));
+  }
+  std::vector<uint64_t>& bits = received_[head];
+  if (int64_t dup = FirstSet(bits, row_offset, row_offset + rows); dup >= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk for head ", head, " covers rows [", row_offset, ", ",
+        row_offset + rows, ") but row ", dup, " already arrived (overlap)"));
+  }
+  std::memcpy(tables_[head].data() + row_offset * row_bytes, data.data(),
+              data.size());
+  SetRange(bits, row_offset, row_offset + rows);
+  received_per_head_[head] += rows;
+  rows_received_ += rows;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const Layer>> LayerBuilder::Finish() {
+  for (int h = 0; h < layout_.num_heads(); ++h) {
+    const int64_t n = layout_.table_vocab_sizes[h];
+    if (received_per_head_[h] != n) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "populate of layer ", layer_id_, " ended with head ", h, " missing ",
+          n - received_per_head_[h], " of ", n, " rows (first missing row ",
+          FirstClear(received_[h], n), ")"));
+    }
+  }
+  return std::make_shared<const Layer>(layer_id_, layout_, std::move(tables_),
+                                       std::move(reservation_));
+}
+
+}  // namespace engram

@@ -1,0 +1,61 @@
+// Staging area for one Populate: receives row chunks in any order, checks
+// that every row of every head arrives exactly once, and yields a Layer.
+#ifndef ENGRAM_STORE_LAYER_BUILDER_H_
+#define ENGRAM_STORE_LAYER_BUILDER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "store/host_memory.h"
+#include "store/layer.h"
+#include "store/layout.h"
+
+namespace engram {
+
+// Owns the staged tables and their budget charge until Finish hands them to
+// the Layer; dropping an unfinished builder frees everything. Not
+// thread-safe: one populate stream drives it.
+class LayerBuilder {
+ public:
+  // Validates the layout, charges its bytes to `budget` (RESOURCE_EXHAUSTED
+  // past the limit) and allocates the tables.
+  static absl::StatusOr<std::unique_ptr<LayerBuilder>> Create(
+      int64_t layer_id, LayerLayout layout, MemoryBudget* budget,
+      bool pin_memory);
+
+  // Copies whole rows of `head` starting at `row_offset`. INVALID_ARGUMENT
+  // for a bad head, offset, ragged or empty data, rows past the table end,
+  // or rows that already arrived; on error nothing is written.
+  absl::Status AddChunk(int64_t head, int64_t row_offset,
+                        std::string_view data);
+
+  // INVALID_ARGUMENT naming the first head with missing rows; otherwise the
+  // committed-ready layer. The builder is spent afterwards.
+  absl::StatusOr<std::shared_ptr<const Layer>> Finish();
+
+  int64_t layer_id() const { return layer_id_; }
+  const LayerLayout& layout() const { return layout_; }
+  int64_t rows_received() const { return rows_received_; }
+  int64_t rows_total() const { return rows_total_; }
+
+ private:
+  LayerBuilder(int64_t layer_id, LayerLayout layout,
+               MemoryReservation reservation);
+
+  const int64_t layer_id_;
+  const LayerLayout layout_;
+  MemoryReservation reservation_;
+  std::vector<HostBuffer> tables_;
+  // One bit per row per head: set once the row arrived.
+  std::vector<std::vector<uint64_t>> received_;
+  std::vector<int64_t> received_per_head_;
+  int64_t rows_received_ = 0;
+  int64_t rows_total_ = 0;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_STORE_LAYER_BUILDER_H_

@@ -1,0 +1,103 @@
+#include "store/layer_registry.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace engram {
+
+LayerRegistry::LayerRegistry()
+    : snapshot_(std::make_shared<const Snapshot>()) {}
+
+std::shared_ptr<const Layer> LayerRegistry::Find(int64_t layer_id) const {
+  std::shared_ptr<const Snapshot> snap =
+      snapshot_.load(std::memory_order_acquire);
+  auto it = snap->find(layer_id);
+  return it == snap->end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<const Layer>> LayerRegistry::List() const {
+  std::shared_ptr<const Snapshot> snap =
+      snapshot_.load(std::memory_order_acquire);
+  std::vector<std::shared_ptr<const Layer>> layers;
+  layers.reserve(snap->size());
+  for (const auto& [id, layer] : *snap) layers.push_back(layer);
+  std::sort(layers.begin(), layers.end(),
+            [](const auto& a, const auto& b) { return a->id() < b->id(); });
+  return layers;
+}
+
+size_t LayerRegistry::size() const {
+  return snapshot_.load(std::memory_order_acquire)->size();
+}
+
+absl::StatusOr<std::shared_ptr<PopulateTicket>> LayerRegistry::BeginPopulate(
+    int64_t layer_id, std::function<void()> on_abort) {
+  absl::MutexLock lock(&mu_);
+  if (snapshot_.load(std::memory_order_acquire)->contains(layer_id)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "layer ", layer_id,
+        " already exists; populate is create-only (Remove it first)"));
+  }
+  if (populating_.contains(layer_id)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "layer ", layer_id, " is being populated by another stream"));
+  }
+  auto ticket = std::make_shared<PopulateTicket>(layer_id);
+  ticket->on_abort_ = std::move(on_abort);
+  populating_[layer_id] = ticket;
+  return ticket;
+}
+
+absl::Status LayerRegistry::Commit(
+    const std::shared_ptr<PopulateTicket>& ticket,
+    std::shared_ptr<const Layer> layer) {
+  absl::MutexLock lock(&mu_);
+  auto it = populating_.find(ticket->layer_id());
+  const bool owned = it != populating_.end() && it->second == ticket;
+  if (owned) populating_.erase(it);
+  if (!owned || ticket->aborted()) {
+    return absl::AbortedError(absl::StrCat(
+        "populate of layer ", ticket->layer_id(),
+        " was aborted by a forced Remove; nothing was committed"));
+  }
+  auto next = std::make_shared<Snapshot>(*snapshot_.load());
+  (*next)[ticket->layer_id()] = std::move(layer);
+  snapshot_.store(std::move(next), std::memory_order_release);
+  return absl::OkStatus();
+}
+
+void LayerRegistry::Abandon(const std::shared_ptr<PopulateTicket>& ticket) {
+  absl::MutexLock lock(&mu_);
+  auto it = populating_.find(ticket->layer_id());
+  if (it != populating_.end() && it->second == ticket) populating_.erase(it);
+}
+
+absl::StatusOr<int> LayerRegistry::Remove(int64_t layer_id, bool force) {
+  absl::MutexLock lock(&mu_);
+  std::shared_ptr<const Snapshot> snap = snapshot_.load();
+  auto committed = snap->find(layer_id);
+  if (committed != snap->end()) {
+    const int heads = committed->second->layout().num_heads();
+    auto next = std::make_shared<Snapshot>(*snap);
+    next->erase(layer_id);
+    snapshot_.store(std::move(next), std::memory_order_release);
+    return heads;
+  }
+  auto pending = populating_.find(layer_id);
+  if (pending == populating_.end()) {
+    return absl::NotFoundError(absl::StrCat("layer ", layer_id, " not found"));
+  }
+  if (!force) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer_id,
+        " is still being populated; pass force to abort that populate"));
+  }
+  std::shared_ptr<PopulateTicket> ticket = std::move(pending->second);
+  populating_.erase(pending);
+  ticket->aborted_.store(true, std::memory_order_release);
+  if (ticket->on_abort_) ticket->on_abort_();
+  return 0;
+}
+
+}  // namespace engram

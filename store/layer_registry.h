@@ -1,0 +1,82 @@
+// The set of committed layers, with a lookup path that takes no lock.
+#ifndef ENGRAM_STORE_LAYER_REGISTRY_H_
+#define ENGRAM_STORE_LAYER_REGISTRY_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "store/layer.h"
+
+namespace engram {
+
+// A claim on a layer id held by one populate in progress. Remove with force
+// marks it aborted; the registry refuses to commit an aborted ticket.
+class PopulateTicket {
+ public:
+  explicit PopulateTicket(int64_t layer_id) : layer_id_(layer_id) {}
+  int64_t layer_id() const { return layer_id_; }
+  bool aborted() const { return aborted_.load(std::memory_order_acquire); }
+
+ private:
+  friend class LayerRegistry;
+  const int64_t layer_id_;
+  std::atomic<bool> aborted_{false};
+  // Run (under the registry's lock) when a forced Remove aborts the populate,
+  // so an idle stream is torn down at once instead of at its next chunk.
+  std::function<void()> on_abort_;
+};
+
+// Thread-safe. Readers load an immutable snapshot (atomic shared_ptr) and
+// keep the layers they use alive through their own shared_ptr, so Remove
+// hides a layer at once while its memory lives until the last in-flight
+// lookup drops it. Writers (populate begin/commit/abandon, remove) serialize
+// on `mu_` and publish a new snapshot.
+class LayerRegistry {
+ public:
+  LayerRegistry();
+
+  // The committed layer, or nullptr. Lock-free with respect to writers.
+  std::shared_ptr<const Layer> Find(int64_t layer_id) const;
+  // All committed layers, ordered by id.
+  std::vector<std::shared_ptr<const Layer>> List() const;
+  size_t size() const;
+
+  // Claims `layer_id` for a populate. ALREADY_EXISTS when the id is
+  // committed or another populate holds it. `on_abort` (may be empty) runs
+  // if a forced Remove aborts this populate before it commits or is
+  // abandoned; it must not call back into the registry.
+  absl::StatusOr<std::shared_ptr<PopulateTicket>> BeginPopulate(
+      int64_t layer_id, std::function<void()> on_abort = nullptr);
+  // Publishes `layer` under the ticket's id and releases the claim. ABORTED
+  // (nothing published) when the ticket was aborted by a forced Remove.
+  absl::Status Commit(const std::shared_ptr<PopulateTicket>& ticket,
+                      std::shared_ptr<const Layer> layer);
+  // Releases the claim without publishing (the populate failed).
+  void Abandon(const std::shared_ptr<PopulateTicket>& ticket);
+
+  // Hides the layer and returns its head count. NOT_FOUND when neither a
+  // committed layer nor a populate has the id; FAILED_PRECONDITION when only
+  // a populate in progress has it and `force` is false (with `force` that
+  // populate is aborted and 0 is returned).
+  absl::StatusOr<int> Remove(int64_t layer_id, bool force);
+
+ private:
+  using Snapshot = absl::flat_hash_map<int64_t, std::shared_ptr<const Layer>>;
+
+  std::atomic<std::shared_ptr<const Snapshot>> snapshot_;
+  mutable absl::Mutex mu_;
+  // Writers copy *snapshot_ under mu_; readers never take mu_.
+  absl::flat_hash_map<int64_t, std::shared_ptr<PopulateTicket>> populating_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_STORE_LAYER_REGISTRY_H_

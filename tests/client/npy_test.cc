@@ -1,0 +1,37 @@
+#include "client/npy.h"
+
+#include <unistd.h>
+
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+namespace engram {
+namespace {
+
+TEST(NpyTest, WriteThenReadRoundTrips) {
+  const std::string path = "/tmp/npy_test_" + std::to_string(getpid()) + ".npy";
+  std::vector<float> values = {1, 2, 3, 4, 5, 6};
+  ASSERT_TRUE(WriteNpy(path, "<f4", {2, 3}, values.data(), 24).ok());
+  auto a = ReadNpy(path);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->descr, "<f4");
+  EXPECT_EQ(a->shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(a->item_size, 4u);
+  EXPECT_EQ(0, std::memcmp(a->data.data(), values.data(), 24));
+  unlink(path.c_str());
+}
+
+TEST(NpyTest, RejectsWhatItCannotRead) {
+  EXPECT_EQ(ReadNpy("/nonexistent/x.npy").status().code(), absl::StatusCode::kNotFound);
+  const std::string path = "/tmp/npy_bad_" + std::to_string(getpid()) + ".npy";
+  { std::ofstream(path) << "not numpy"; }
+  EXPECT_EQ(ReadNpy(path).status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<int64_t> v = {1, 2};
+  ASSERT_TRUE(WriteNpy(path, ">i8", {2}, v.data(), 16).ok());
+  EXPECT_EQ(ReadNpy(path).status().code(), absl::StatusCode::kInvalidArgument);
+  unlink(path.c_str());
+}
+
+}  // namespace
+}  // namespace engram

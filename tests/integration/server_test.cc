@@ -1,0 +1,468 @@
+// End-to-end tests against a real engramd process on a loopback port.
+#include <grpcpp/grpcpp.h>
+
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "client/client.h"
+#include "engram/v1/engram.grpc.pb.h"
+#include "tests/testing/engramd_process.h"
+#include "tests/testing/random_layer.h"
+
+namespace engram {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::EngramdProcess;
+
+constexpr int64_t kMaxMessageBytes = 8 << 20;
+constexpr int64_t kMaxLookupRows = 100000;
+constexpr int64_t kMemoryLimit = 64 << 20;
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto p = EngramdProcess::Start(
+        {"--metrics_listen=127.0.0.1:0", "--threads=3",
+         absl::StrCat("--max_message_bytes=", kMaxMessageBytes),
+         absl::StrCat("--max_lookup_rows=", kMaxLookupRows),
+         absl::StrCat("--memory_limit_bytes=", kMemoryLimit)});
+    ASSERT_TRUE(p.ok()) << p.status();
+    server_ = p->release();
+  }
+  static void TearDownTestSuite() {
+    EXPECT_EQ(server_->Stop(), 0) << "graceful drain exits 0";
+    delete server_;
+  }
+
+  void SetUp() override {
+    ASSERT_TRUE(server_->Alive()) << server_->Log();
+    ClientOptions options;
+    options.max_message_bytes = 64 << 20;
+    options.populate_chunk_bytes = 1000;  // many small chunks
+    auto c = Client::Connect(server_->address(), options);
+    ASSERT_TRUE(c.ok());
+    client_ = *std::move(c);
+    stub_ = v1::EngramStore::NewStub(grpc::CreateChannel(
+        server_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  // Populates `layout` with random tables and keeps them for checking.
+  void Populate(int64_t id, const LayerLayout& layout) {
+    tables_[id] = testing::RandomTables(layout, static_cast<uint32_t>(id));
+    layouts_[id] = layout;
+    auto info = client_->Populate(id, layout, testing::Spans(tables_[id]));
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->layer_id, id);
+    EXPECT_EQ(info->bytes, static_cast<int64_t>(layout.total_bytes()));
+  }
+
+  // Random lookups of layer `id` must be bit-identical to the tables.
+  void ExpectLookupsExact(int64_t id, int64_t batch, int64_t length,
+                          std::optional<DType> out = std::nullopt) {
+    const LayerLayout& layout = layouts_[id];
+    const DType out_dtype = out.value_or(layout.dtype);
+    auto ids = testing::RandomIds(layout, batch, length, 17 * batch + length);
+    auto expected = testing::ReferenceGather(layout, tables_[id], ids, out_dtype);
+    std::vector<uint8_t> got(expected.size(), 0xCD);
+    const int64_t shape[] = {batch, length, layout.num_heads()};
+    ASSERT_TRUE(client_->Lookup(id, ids, shape, got, out).ok());
+    EXPECT_EQ(got, expected) << "layer " << id;
+  }
+
+  // grpc status of a raw LookupRequest.
+  grpc::Status RawLookup(const v1::LookupRequest& request) {
+    grpc::ClientContext context;
+    v1::LookupResponse response;
+    return stub_->Lookup(&context, request, &response);
+  }
+
+  // Sends header + chunks as given; returns the stream's status.
+  grpc::Status RawPopulate(const std::vector<v1::PopulateRequest>& messages) {
+    grpc::ClientContext context;
+    v1::PopulateResponse response;
+    auto writer = stub_->Populate(&context, &response);
+    for (const auto& m : messages) {
+      if (!writer->Write(m)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
+  static v1::PopulateRequest Header(int64_t id, std::vector<int64_t> sizes,
+                                    int64_t dim) {
+    v1::PopulateRequest m;
+    m.mutable_header()->set_layer_id(id);
+    for (int64_t n : sizes) m.mutable_header()->mutable_config()->add_table_vocab_sizes(n);
+    m.mutable_header()->mutable_config()->set_embedding_dim(dim);
+    return m;
+  }
+  static v1::PopulateRequest Chunk(int head, int64_t offset, size_t bytes) {
+    v1::PopulateRequest m;
+    m.mutable_chunk()->set_head(head);
+    m.mutable_chunk()->set_row_offset(offset);
+    m.mutable_chunk()->set_data(std::string(bytes, '\x01'));
+    return m;
+  }
+
+  void ExpectStatus(const grpc::Status& s, grpc::StatusCode code,
+                    const std::string& fragment) {
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(fragment));
+  }
+  void ExpectStatus(const absl::Status& s, absl::StatusCode code,
+                    const std::string& fragment) {
+    EXPECT_EQ(s.code(), code) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(fragment));
+  }
+
+  // A layer that every bad-input test re-checks: the server keeps serving
+  // what it had.
+  void EnsureCanary() {
+    if (layouts_.count(kCanary) == 0) Populate(kCanary, {{50, 70, 30}, 16});
+  }
+  void ExpectCanaryIntact() {
+    ASSERT_TRUE(server_->Alive());
+    ExpectLookupsExact(kCanary, 5, 2);
+  }
+
+  static constexpr int64_t kCanary = 1000;
+  static EngramdProcess* server_;
+  static std::map<int64_t, std::vector<std::vector<uint8_t>>> tables_;
+  static std::map<int64_t, LayerLayout> layouts_;
+  std::unique_ptr<Client> client_;
+  std::unique_ptr<v1::EngramStore::Stub> stub_;
+};
+
+EngramdProcess* ServerTest::server_ = nullptr;
+std::map<int64_t, std::vector<std::vector<uint8_t>>> ServerTest::tables_;
+std::map<int64_t, LayerLayout> ServerTest::layouts_;
+
+TEST_F(ServerTest, RandomMultiHeadLayersAreBitIdentical) {
+  Populate(1, {{1000, 17, 333, 1, 4096}, 64, DType::kFloat32});
+  Populate(2, {{77, 1234}, 40, DType::kBFloat16});
+  Populate(3, {{500, 501, 502}, 7, DType::kFloat16});
+  Populate(4, {{300, 10}, 132, DType::kUInt8});
+  for (int64_t id : {1, 2, 3, 4}) {
+    ExpectLookupsExact(id, 1, 1);
+    ExpectLookupsExact(id, 16, 1);
+    ExpectLookupsExact(id, 3, 700);  // spans the parallel gather split
+  }
+  ExpectLookupsExact(1, 4, 5, DType::kBFloat16);
+  ExpectLookupsExact(1, 4, 5, DType::kFloat16);
+  ExpectLookupsExact(2, 4, 5, DType::kFloat32);
+  ExpectLookupsExact(3, 4, 5, DType::kBFloat16);
+
+  auto list = client_->ListLayers();
+  ASSERT_TRUE(list.ok());
+  std::vector<int64_t> ids;
+  for (const auto& d : *list) ids.push_back(d.layer_id);
+  EXPECT_THAT(ids, ::testing::IsSupersetOf({1, 2, 3, 4}));
+  auto d = client_->DescribeLayer(2);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->layout.table_vocab_sizes, (std::vector<int64_t>{77, 1234}));
+  EXPECT_EQ(d->layout.dtype, DType::kBFloat16);
+  EXPECT_THAT(d->store_keys, ::testing::ElementsAre("engram:l2:h0", "engram:l2:h1"));
+}
+
+TEST_F(ServerTest, AsyncLookupsPrefetchConcurrently) {
+  Populate(5, {{4000, 3000}, 32});
+  std::vector<std::vector<int64_t>> ids;
+  std::vector<std::vector<uint8_t>> outs;
+  std::vector<std::future<absl::Status>> futures;
+  const int64_t shape[] = {8, 1, 2};
+  for (int i = 0; i < 16; ++i) {
+    ids.push_back(testing::RandomIds(layouts_[5], 8, 1, i));
+    outs.emplace_back(8 * 2 * 32 * 4);
+  }
+  for (int i = 0; i < 16; ++i) {
+    futures.push_back(client_->LookupAsync(5, ids[i], shape, outs[i]));
+  }
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_TRUE(futures[i].get().ok());
+    EXPECT_EQ(outs[i], testing::ReferenceGather(layouts_[5], tables_[5], ids[i],
+                                                DType::kFloat32));
+  }
+}
+
+TEST_F(ServerTest, BadLookupsGetPreciseStatusesAndServerKeepsServing) {
+  EnsureCanary();
+  const int64_t id = kCanary;
+  std::vector<int64_t> ids(6, 1);
+  std::vector<uint8_t> out(6 * 16 * 4);
+  const int64_t good[] = {2, 1, 3};
+  const int64_t rank2[] = {2, 3};
+  const int64_t wrong_h[] = {1, 3, 2};
+  ExpectStatus(client_->Lookup(id, {}, good, out), absl::StatusCode::kInvalidArgument,
+               "no row ids");
+  ExpectStatus(client_->Lookup(id, ids, rank2, out),
+               absl::StatusCode::kInvalidArgument, "rank 2");
+  ExpectStatus(client_->Lookup(id, ids, wrong_h, out),
+               absl::StatusCode::kInvalidArgument, "H = 2 must equal");
+  ids[4] = -3;
+  ExpectStatus(client_->Lookup(id, ids, good, out),
+               absl::StatusCode::kInvalidArgument, "row_ids[1, 0, 1] = -3");
+  ids[4] = 70;  // head 1 has 70 rows
+  ExpectStatus(client_->Lookup(id, ids, good, out),
+               absl::StatusCode::kInvalidArgument,
+               "row_ids[1, 0, 1] = 70 is out of range: head 1 has 70 rows");
+  ids[4] = 1;
+  ExpectStatus(client_->Lookup(404, ids, good, out), absl::StatusCode::kNotFound,
+               "layer 404 not found");
+  std::vector<uint8_t> small(10);
+  ExpectStatus(client_->Lookup(id, ids, good, small),
+               absl::StatusCode::kInvalidArgument, "output buffer holds 10");
+  ExpectStatus(client_->Lookup(id, ids, good, out, DType::kUInt8),
+               absl::StatusCode::kInvalidArgument, "cannot be produced");
+
+  v1::LookupRequest both;
+  both.set_layer_id(id);
+  for (int64_t d : good) both.add_shape(d);
+  for (int64_t v : ids) both.add_row_ids_list(v);
+  both.set_row_ids(std::string(reinterpret_cast<const char*>(ids.data()), 48));
+  ExpectStatus(RawLookup(both), grpc::StatusCode::INVALID_ARGUMENT,
+               "exactly one of row_ids");
+  v1::LookupRequest ragged = both;
+  ragged.clear_row_ids_list();
+  ragged.set_row_ids(std::string(13, '\0'));
+  ExpectStatus(RawLookup(ragged), grpc::StatusCode::INVALID_ARGUMENT,
+               "not a multiple of 8");
+  v1::LookupRequest bad_dtype = both;
+  bad_dtype.clear_row_ids();
+  bad_dtype.set_output_dtype(static_cast<v1::DType>(42));
+  ExpectStatus(RawLookup(bad_dtype), grpc::StatusCode::INVALID_ARGUMENT,
+               "output_dtype 42");
+  ExpectCanaryIntact();
+}
+
+TEST_F(ServerTest, OversizeRequestsAreResourceExhausted) {
+  EnsureCanary();
+  // More rows than --max_lookup_rows.
+  const int64_t rows = (kMaxLookupRows / 3 + 1) * 3;
+  std::vector<int64_t> ids(rows, 0);
+  std::vector<uint8_t> out(rows * 64);
+  const int64_t shape[] = {rows / 3, 1, 3};
+  ExpectStatus(client_->Lookup(kCanary, ids, shape, out),
+               absl::StatusCode::kResourceExhausted, "--max_lookup_rows");
+  // Within the row limit but the response would pass --max_message_bytes.
+  LayerLayout wide{{10, 10, 10}, 4096};
+  Populate(6, wide);
+  std::vector<int64_t> wide_ids(3 * 200, 0);
+  std::vector<uint8_t> wide_out(wide_ids.size() * 4096 * 4);
+  const int64_t wide_shape[] = {200, 1, 3};
+  ExpectStatus(client_->Lookup(6, wide_ids, wide_shape, wide_out),
+               absl::StatusCode::kResourceExhausted, "--max_message_bytes");
+  // A request message larger than the server accepts.
+  std::vector<int64_t> huge(kMaxMessageBytes / 8 + 1000, 0);
+  const int64_t huge_shape[] = {static_cast<int64_t>(huge.size()), 1, 1};
+  EXPECT_EQ(client_->Lookup(kCanary, huge, huge_shape, out).code(),
+            absl::StatusCode::kResourceExhausted);
+  // A layer past the memory budget.
+  LayerLayout big{{kMemoryLimit / 64 + 1}, 16};
+  std::vector<std::vector<uint8_t>> big_tables(1, std::vector<uint8_t>(big.total_bytes()));
+  ExpectStatus(client_->Populate(7, big, testing::Spans(big_tables)).status(),
+               absl::StatusCode::kResourceExhausted, "memory budget");
+  EXPECT_EQ(client_->DescribeLayer(7).status().code(), absl::StatusCode::kNotFound);
+  ExpectCanaryIntact();
+}
+
+TEST_F(ServerTest, BadPopulateStreamsLeaveNothingBehind) {
+  EnsureCanary();
+  const int64_t id = 20;
+  const size_t row = 4 * 4;  // D = 4 float32
+  ExpectStatus(RawPopulate({Chunk(0, 0, row)}), grpc::StatusCode::INVALID_ARGUMENT,
+               "first Populate message must be a PopulateHeader");
+  ExpectStatus(RawPopulate({Header(id, {3, 2}, 4), Chunk(0, 0, row + 3)}),
+               grpc::StatusCode::INVALID_ARGUMENT, "not a whole number");
+  ExpectStatus(RawPopulate({Header(id, {3, 2}, 4), Chunk(0, 0, 2 * row),
+                            Chunk(0, 1, 2 * row)}),
+               grpc::StatusCode::INVALID_ARGUMENT, "row 1 already arrived");
+  ExpectStatus(RawPopulate({Header(id, {3, 2}, 4), Chunk(0, 0, 3 * row),
+                            Chunk(1, 0, row)}),
+               grpc::StatusCode::INVALID_ARGUMENT,
+               "head 1 missing 1 of 2 rows (first missing row 1)");
+  ExpectStatus(RawPopulate({Header(id, {3, 2}, 4), Chunk(2, 0, row)}),
+               grpc::StatusCode::INVALID_ARGUMENT, "chunk head 2 is out of range");
+  ExpectStatus(RawPopulate({Header(id, {3, 0}, 4)}),
+               grpc::StatusCode::INVALID_ARGUMENT, "table_vocab_sizes[1] = 0");
+  ExpectStatus(RawPopulate({Header(id, {}, 4)}), grpc::StatusCode::INVALID_ARGUMENT,
+               "at least one head");
+  ExpectStatus(RawPopulate({Header(id, {3}, 0)}), grpc::StatusCode::INVALID_ARGUMENT,
+               "embedding_dim = 0");
+  ExpectStatus(RawPopulate({Header(id, {3}, 4), Header(id, {3}, 4)}),
+               grpc::StatusCode::INVALID_ARGUMENT, "second PopulateHeader");
+  ExpectStatus(RawPopulate({}), grpc::StatusCode::INVALID_ARGUMENT,
+               "without a PopulateHeader");
+  ExpectStatus(RawPopulate({v1::PopulateRequest()}),
+               grpc::StatusCode::INVALID_ARGUMENT, "sets neither");
+  EXPECT_EQ(client_->DescribeLayer(id).status().code(), absl::StatusCode::kNotFound);
+  // A complete stream for the same id now succeeds: nothing was left behind.
+  ASSERT_TRUE(RawPopulate({Header(id, {3, 2}, 4), Chunk(1, 0, 2 * row),
+                           Chunk(0, 0, 3 * row)})
+                  .ok());
+  ExpectStatus(RawPopulate({Header(id, {3, 2}, 4), Chunk(1, 0, 2 * row),
+                            Chunk(0, 0, 3 * row)}),
+               grpc::StatusCode::ALREADY_EXISTS, "create-only");
+  ExpectCanaryIntact();
+}
+
+TEST_F(ServerTest, RemoveHidesLayerAndFreesTheId) {
+  Populate(30, {{100, 200}, 8});
+  ExpectLookupsExact(30, 2, 2);
+  auto removed = client_->Remove(30);
+  ASSERT_TRUE(removed.ok());
+  EXPECT_EQ(*removed, 2);
+  std::vector<int64_t> ids = {0, 0};
+  std::vector<uint8_t> out(2 * 8 * 4);
+  const int64_t shape[] = {1, 1, 2};
+  ExpectStatus(client_->Lookup(30, ids, shape, out), absl::StatusCode::kNotFound,
+               "layer 30 not found");
+  ExpectStatus(client_->Remove(30).status(), absl::StatusCode::kNotFound, "30");
+  Populate(30, {{5}, 3});  // the id can be reused with another layout
+  ExpectLookupsExact(30, 3, 1);
+}
+
+TEST_F(ServerTest, CancelledAndForceRemovedPopulatesCommitNothing) {
+  // Client cancels mid-stream.
+  {
+    grpc::ClientContext context;
+    v1::PopulateResponse response;
+    auto writer = stub_->Populate(&context, &response);
+    ASSERT_TRUE(writer->Write(Header(40, {100}, 4)));
+    ASSERT_TRUE(writer->Write(Chunk(0, 0, 16 * 10)));
+    context.TryCancel();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // A populate in progress: plain Remove refuses, forced Remove aborts it.
+  grpc::ClientContext context;
+  v1::PopulateResponse response;
+  auto writer = stub_->Populate(&context, &response);
+  ASSERT_TRUE(writer->Write(Header(41, {100}, 4)));
+  ASSERT_TRUE(writer->Write(Chunk(0, 0, 16 * 10)));
+  absl::Status remove;
+  for (int i = 0; i < 100; ++i) {  // the header may still be in flight
+    remove = client_->Remove(41).status();
+    if (remove.code() != absl::StatusCode::kNotFound) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ExpectStatus(remove, absl::StatusCode::kFailedPrecondition, "force");
+  auto forced = client_->Remove(41, /*force=*/true);
+  ASSERT_TRUE(forced.ok()) << forced.status();
+  EXPECT_EQ(*forced, 0);
+  writer->Write(Chunk(0, 10, 16 * 90));
+  writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  EXPECT_TRUE(s.error_code() == grpc::StatusCode::ABORTED ||
+              s.error_code() == grpc::StatusCode::CANCELLED)
+      << s.error_message();
+  // Neither layer exists, and both ids can be populated again.
+  for (int64_t id : {40, 41}) {
+    EXPECT_EQ(client_->DescribeLayer(id).status().code(), absl::StatusCode::kNotFound);
+    Populate(id, {{100}, 4});
+  }
+}
+
+TEST_F(ServerTest, ConcurrentLookupsDuringRemoveAndRepopulate) {
+  Populate(50, {{2000, 3000}, 16});
+  const auto tables = tables_[50];
+  const auto layout = layouts_[50];
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0}, ok{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&, t] {
+      int i = 0;
+      while (!stop) {
+        auto ids = testing::RandomIds(layout, 4, 8, t * 100000 + ++i);
+        std::vector<uint8_t> out(ids.size() * 64);
+        const int64_t shape[] = {4, 8, 2};
+        absl::Status s = client_->Lookup(50, ids, shape, out);
+        if (s.ok()) {
+          // Every repopulate uses the same tables, so any answer must match.
+          if (out != testing::ReferenceGather(layout, tables, ids, DType::kFloat32))
+            ++wrong;
+          ++ok;
+        } else if (s.code() != absl::StatusCode::kNotFound) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (int round = 0; round < 10; ++round) {
+    ASSERT_TRUE(client_->Remove(50).ok());
+    ASSERT_TRUE(client_->Populate(50, layout, testing::Spans(tables)).ok());
+  }
+  stop = true;
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(ok.load(), 0);
+}
+
+TEST_F(ServerTest, HealthIsServing) { EXPECT_TRUE(client_->CheckHealth().ok()); }
+
+TEST_F(ServerTest, MetricsScrapeShowsCountersMoving) {
+  EnsureCanary();
+  auto before = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(before.ok()) << before.status();
+  ExpectLookupsExact(kCanary, 3, 1);
+  std::vector<uint8_t> out(16 * 4 * 3);
+  const int64_t shape[] = {1, 1, 3};
+  std::vector<int64_t> bad = {0, 0, 9999};
+  EXPECT_FALSE(client_->Lookup(kCanary, bad, shape, out).ok());
+  auto after = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(after.ok());
+  auto value = [](const std::string& text, const std::string& series) {
+    size_t p = text.find("\n" + series + " ");
+    if (p == std::string::npos) return -1.0;
+    return std::stod(text.substr(p + series.size() + 2));
+  };
+  const std::string ok_series = "engram_requests_total{code=\"OK\",rpc=\"Lookup\"}";
+  const std::string bad_series =
+      "engram_errors_total{code=\"INVALID_ARGUMENT\",rpc=\"Lookup\"}";
+  EXPECT_EQ(value(*after, ok_series), value(*before, ok_series) + 1);
+  EXPECT_EQ(value(*after, bad_series), value(*before, bad_series) + 1);
+  EXPECT_GE(value(*after, "engram_lookup_rows_total"),
+            value(*before, "engram_lookup_rows_total") + 9);
+  EXPECT_GT(value(*after, "engram_lookup_latency_seconds_count"), 0);
+  EXPECT_GT(value(*after, "engram_layers"), 0);
+  EXPECT_GT(value(*after, "engram_memory_used_bytes"), 0);
+  EXPECT_EQ(value(*after, "engram_memory_limit_bytes"), kMemoryLimit);
+  EXPECT_THAT(*after, HasSubstr("engram_layer_bytes{layer=\"1000\"} 9600"));
+}
+
+TEST(ServerProcessTest, DemoLayerServesAndSigtermDrainsWithExitZero) {
+  auto p = EngramdProcess::Start({"--demo"});
+  ASSERT_TRUE(p.ok()) << p.status();
+  auto client = Client::Connect((*p)->address());
+  ASSERT_TRUE(client.ok());
+  std::vector<int64_t> ids = {5, 6, 7, 8};
+  std::vector<float> out(4 * 8);
+  const int64_t shape[] = {1, 1, 4};
+  ASSERT_TRUE((*client)
+                  ->Lookup(0, ids, shape,
+                           {reinterpret_cast<uint8_t*>(out.data()), out.size() * 4})
+                  .ok());
+  EXPECT_EQ(out[0], 5.0f);
+  EXPECT_EQ(out[8 + 3], 100006.375f);  // head 1, row 6, d = 3
+  EXPECT_EQ(out[24 + 7], 300008.875f);
+  EXPECT_EQ((*p)->Stop(), 0);
+  EXPECT_THAT((*p)->Log(), HasSubstr("draining"));
+}
+
+TEST(ServerProcessTest, BadFlagsExitNonZeroWithOneLine) {
+  std::string out;
+  EXPECT_EQ(testing::RunCommand(testing::EngramdPath() + " --threads=abc", &out), 2);
+  EXPECT_THAT(out, HasSubstr("bad value 'abc' for --threads"));
+  EXPECT_EQ(testing::RunCommand(testing::EngramdPath() + " --nope", &out), 2);
+  EXPECT_THAT(out, HasSubstr("unknown flag --nope"));
+  EXPECT_EQ(testing::RunCommand(testing::EngramdPath() + " --help", &out), 0);
+  for (const char* flag : {"--listen", "--metrics_listen", "--memory_limit_bytes",
+                           "--threads", "--max_message_bytes", "--demo"}) {
+    EXPECT_THAT(out, HasSubstr(flag));
+  }
+}
+
+}  // namespace
+}  // namespace engram

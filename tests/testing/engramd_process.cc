@@ -1,0 +1,161 @@
+#include "tests/testing/engramd_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace engram::testing {
+
+std::string EngramdPath() { return ENGRAM_TEST_ENGRAMD; }
+std::string EngramctlPath() { return ENGRAM_TEST_ENGRAMCTL; }
+
+absl::StatusOr<std::unique_ptr<EngramdProcess>> EngramdProcess::Start(
+    const std::vector<std::string>& extra_flags) {
+  auto p = std::unique_ptr<EngramdProcess>(new EngramdProcess);
+  char dir_template[] = "/tmp/engramd_test_XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) return absl::InternalError("mkdtemp");
+  p->dir_ = dir_template;
+  const std::string port_file = p->dir_ + "/ports";
+  std::vector<std::string> args = {EngramdPath(), "--listen=127.0.0.1:0",
+                                   "--port_file=" + port_file};
+  bool metrics_set = false;
+  for (const std::string& f : extra_flags) {
+    metrics_set |= f.rfind("--metrics_listen", 0) == 0;
+  }
+  // Metrics off unless asked for: civetweb adds ~1.5 s to every shutdown.
+  if (!metrics_set) args.push_back("--metrics_listen=");
+  args.insert(args.end(), extra_flags.begin(), extra_flags.end());
+
+  const std::string log = p->dir_ + "/stderr";
+  p->pid_ = fork();
+  if (p->pid_ < 0) return absl::InternalError("fork failed");
+  if (p->pid_ == 0) {
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, STDERR_FILENO);
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream in(port_file);
+    if (in) {
+      std::string line;
+      while (std::getline(in, line)) {
+        std::vector<std::string> kv = absl::StrSplit(line, '=');
+        if (kv.size() != 2) continue;
+        if (kv[0] == "grpc_port") (void)absl::SimpleAtoi(kv[1], &p->grpc_port_);
+        if (kv[0] == "metrics_port") (void)absl::SimpleAtoi(kv[1], &p->metrics_port_);
+      }
+      if (p->grpc_port_ > 0) return p;
+    }
+    if (!p->Alive()) {
+      return absl::InternalError(
+          absl::StrCat("engramd exited during start-up: ", p->Log()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return absl::DeadlineExceededError("engramd did not start within 30 s");
+}
+
+EngramdProcess::~EngramdProcess() {
+  if (Alive()) Stop();
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+std::string EngramdProcess::address() const {
+  return absl::StrCat("127.0.0.1:", grpc_port_);
+}
+
+bool EngramdProcess::Alive() const {
+  if (pid_ <= 0) return false;
+  int status;
+  return waitpid(pid_, &status, WNOHANG) == 0;
+}
+
+int EngramdProcess::Stop() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  for (int i = 0; i < 300; ++i) {  // 30 s grace
+    pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    if (r < 0) {  // already reaped by Alive()
+      pid_ = -1;
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return -1;
+}
+
+std::string EngramdProcess::Log() const {
+  std::ifstream in(dir_ + "/stderr");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("connect to port ", port));
+  }
+  std::string req = absl::StrCat("GET ", path,
+                                 " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    close(fd);
+    return absl::UnavailableError("write failed");
+  }
+  std::string response;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) response.append(buf, n);
+  close(fd);
+  size_t body = response.find("\r\n\r\n");
+  if (body == std::string::npos) return absl::DataLossError("no HTTP body");
+  return response.substr(body + 4);
+}
+
+int RunCommand(const std::string& command, std::string* output) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return -1;
+  char buf[4096];
+  size_t n;
+  output->clear();
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) output->append(buf, n);
+  int status = pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace engram::testing

@@ -4,7 +4,7 @@
 #include <atomic>
 #include <cstring>
 
-#include "absl/synchronization/notification.h"
+#include <future>
 
 namespace engram {
 namespace {
@@ -102,10 +102,10 @@ void GatherAsync(ThreadPool* pool, const Layer& layer, const int64_t* ids,
 
 void GatherParallel(ThreadPool* pool, const Layer& layer, const int64_t* ids,
                     int64_t num_ids, DType out_dtype, uint8_t* out) {
-  absl::Notification finished;
+  std::promise<void> finished;
   GatherAsync(pool, layer, ids, num_ids, out_dtype, out,
-              [&finished] { finished.Notify(); });
-  finished.WaitForNotification();
+              [&finished] { finished.set_value(); });
+  finished.get_future().wait();
 }
 
 }  // namespace engram

@@ -6,19 +6,44 @@
 
 namespace engram {
 
-LayerRegistry::LayerRegistry()
-    : snapshot_(std::make_shared<const Snapshot>()) {}
+namespace {
+
+// Round-robin slot per thread, fixed for the thread's life.
+int ThreadStripe(int stripes) {
+  static std::atomic<int> next{0};
+  thread_local const int stripe = next.fetch_add(1, std::memory_order_relaxed);
+  return stripe % stripes;
+}
+
+}  // namespace
+
+LayerRegistry::LayerRegistry() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Publish(std::make_shared<const Snapshot>());
+}
+
+std::shared_ptr<const LayerRegistry::Snapshot> LayerRegistry::Load() const {
+  const Stripe& stripe = stripes_[ThreadStripe(kStripes)];
+  std::lock_guard<std::mutex> lock(stripe.mu);
+  return stripe.snapshot;
+}
+
+void LayerRegistry::Publish(std::shared_ptr<const Snapshot> next) {
+  for (Stripe& stripe : stripes_) {
+    std::lock_guard<std::mutex> lock(stripe.mu);
+    stripe.snapshot = next;
+  }
+  current_ = std::move(next);
+}
 
 std::shared_ptr<const Layer> LayerRegistry::Find(int64_t layer_id) const {
-  std::shared_ptr<const Snapshot> snap =
-      snapshot_.load(std::memory_order_acquire);
+  std::shared_ptr<const Snapshot> snap = Load();
   auto it = snap->find(layer_id);
   return it == snap->end() ? nullptr : it->second;
 }
 
 std::vector<std::shared_ptr<const Layer>> LayerRegistry::List() const {
-  std::shared_ptr<const Snapshot> snap =
-      snapshot_.load(std::memory_order_acquire);
+  std::shared_ptr<const Snapshot> snap = Load();
   std::vector<std::shared_ptr<const Layer>> layers;
   layers.reserve(snap->size());
   for (const auto& [id, layer] : *snap) layers.push_back(layer);
@@ -28,13 +53,13 @@ std::vector<std::shared_ptr<const Layer>> LayerRegistry::List() const {
 }
 
 size_t LayerRegistry::size() const {
-  return snapshot_.load(std::memory_order_acquire)->size();
+  return Load()->size();
 }
 
 absl::StatusOr<std::shared_ptr<PopulateTicket>> LayerRegistry::BeginPopulate(
     int64_t layer_id, std::function<void()> on_abort) {
-  absl::MutexLock lock(&mu_);
-  if (snapshot_.load(std::memory_order_acquire)->contains(layer_id)) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (current_->contains(layer_id)) {
     return absl::AlreadyExistsError(absl::StrCat(
         "layer ", layer_id,
         " already exists; populate is create-only (Remove it first)"));
@@ -52,7 +77,7 @@ absl::StatusOr<std::shared_ptr<PopulateTicket>> LayerRegistry::BeginPopulate(
 absl::Status LayerRegistry::Commit(
     const std::shared_ptr<PopulateTicket>& ticket,
     std::shared_ptr<const Layer> layer) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = populating_.find(ticket->layer_id());
   const bool owned = it != populating_.end() && it->second == ticket;
   if (owned) populating_.erase(it);
@@ -61,27 +86,26 @@ absl::Status LayerRegistry::Commit(
         "populate of layer ", ticket->layer_id(),
         " was aborted by a forced Remove; nothing was committed"));
   }
-  auto next = std::make_shared<Snapshot>(*snapshot_.load());
+  auto next = std::make_shared<Snapshot>(*current_);
   (*next)[ticket->layer_id()] = std::move(layer);
-  snapshot_.store(std::move(next), std::memory_order_release);
+  Publish(std::move(next));
   return absl::OkStatus();
 }
 
 void LayerRegistry::Abandon(const std::shared_ptr<PopulateTicket>& ticket) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = populating_.find(ticket->layer_id());
   if (it != populating_.end() && it->second == ticket) populating_.erase(it);
 }
 
 absl::StatusOr<int> LayerRegistry::Remove(int64_t layer_id, bool force) {
-  absl::MutexLock lock(&mu_);
-  std::shared_ptr<const Snapshot> snap = snapshot_.load();
-  auto committed = snap->find(layer_id);
-  if (committed != snap->end()) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto committed = current_->find(layer_id);
+  if (committed != current_->end()) {
     const int heads = committed->second->layout().num_heads();
-    auto next = std::make_shared<Snapshot>(*snap);
+    auto next = std::make_shared<Snapshot>(*current_);
     next->erase(layer_id);
-    snapshot_.store(std::move(next), std::memory_order_release);
+    Publish(std::move(next));
     return heads;
   }
   auto pending = populating_.find(layer_id);

@@ -3,15 +3,16 @@
 #define ENGRAM_STORE_LAYER_REGISTRY_H_
 
 #include <atomic>
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "store/layer.h"
 
 namespace engram {
@@ -33,11 +34,14 @@ class PopulateTicket {
   std::function<void()> on_abort_;
 };
 
-// Thread-safe. Readers load an immutable snapshot (atomic shared_ptr) and
-// keep the layers they use alive through their own shared_ptr, so Remove
-// hides a layer at once while its memory lives until the last in-flight
-// lookup drops it. Writers (populate begin/commit/abandon, remove) serialize
-// on `mu_` and publish a new snapshot.
+// Thread-safe. Readers copy an immutable snapshot pointer and keep the
+// layers they use alive through their own shared_ptr, so Remove hides a
+// layer at once while its memory lives until the last in-flight lookup drops
+// it. The snapshot pointer is replicated in kStripes cache-line-sized slots,
+// each with its own mutex, and a reader thread always uses the same slot: the
+// lookup path takes no lock shared by all readers. Writers (populate
+// begin/commit/abandon, remove) serialize on `mu_` and publish a new snapshot
+// to every slot.
 class LayerRegistry {
  public:
   LayerRegistry();
@@ -69,10 +73,22 @@ class LayerRegistry {
 
  private:
   using Snapshot = absl::flat_hash_map<int64_t, std::shared_ptr<const Layer>>;
+  static constexpr int kStripes = 16;
+  struct alignas(64) Stripe {
+    mutable std::mutex mu;
+    std::shared_ptr<const Snapshot> snapshot ABSL_GUARDED_BY(mu);
+  };
 
-  std::atomic<std::shared_ptr<const Snapshot>> snapshot_;
-  mutable absl::Mutex mu_;
-  // Writers copy *snapshot_ under mu_; readers never take mu_.
+  // The calling thread's slot's snapshot (one uncontended lock).
+  std::shared_ptr<const Snapshot> Load() const;
+  void Publish(std::shared_ptr<const Snapshot> next)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  Stripe stripes_[kStripes];
+  // std::mutex, not absl::Mutex: Debian's libabsl is not built for
+  // ThreadSanitizer, which must see these locks.
+  mutable std::mutex mu_;  // writers only; readers never take it
+  std::shared_ptr<const Snapshot> current_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<int64_t, std::shared_ptr<PopulateTicket>> populating_
       ABSL_GUARDED_BY(mu_);
 };

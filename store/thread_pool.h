@@ -2,13 +2,14 @@
 #ifndef ENGRAM_STORE_THREAD_POOL_H_
 #define ENGRAM_STORE_THREAD_POOL_H_
 
+#include <condition_variable>
 #include <deque>
+#include <mutex>
 #include <functional>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace engram {
 
@@ -27,7 +28,8 @@ class ThreadPool {
  private:
   void WorkerLoop();
 
-  absl::Mutex mu_;
+  std::mutex mu_;  // std::mutex so ThreadSanitizer sees it
+  std::condition_variable wake_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds engram-store and runs the whole test suite: every unit and
+# integration test, the Python client test, then the store's concurrency
+# tests once more under ThreadSanitizer. Installs missing Debian packages
+# first. Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-2}
+
+bash scripts/install_deps.sh
+
+echo "== build (build/)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$JOBS"
+
+echo "== tests"
+(cd build && ctest -j"$JOBS" --output-on-failure)
+
+echo "== ThreadSanitizer: store concurrency tests (build-tsan/)"
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DENGRAM_SANITIZE=thread -DENGRAM_BUILD_BENCH=OFF >/dev/null
+cmake --build build-tsan -j"$JOBS" --target layer_registry_test gather_test
+# TSan needs a non-randomized address space on some kernels.
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+  setarch "$(uname -m)" -R build-tsan/tests/layer_registry_test
+TSAN_OPTIONS="halt_on_error=1" \
+  setarch "$(uname -m)" -R build-tsan/tests/gather_test
+echo "== all tests passed"

@@ -1,0 +1,174 @@
+// gRPC Lookup through a real engramd against peers measured in the same
+// run: a naive gRPC echo of the same bytes (same server settings), raw TCP
+// loopback of the same bytes, and Redis MGET of the same rows.
+//
+//   build/bench/lookup_bench [--seconds=2] [--callers=4]
+#include <cstdio>
+#include <random>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
+#include "bench/peers.h"
+#include "client/client.h"
+#include "echo.grpc.pb.h"
+#include "proto/channel_tuning.h"
+
+namespace engram::bench {
+namespace {
+
+constexpr int kHeads = 16;
+constexpr int64_t kRowsPerHead = 65536;
+constexpr int64_t kDim = 64;  // float32: 256-byte rows
+constexpr size_t kRowBytes = kDim * 4;
+
+struct Shape {
+  const char* name;
+  int64_t batch, length;
+  int64_t rows() const { return batch * length * kHeads; }
+  uint64_t bytes() const { return rows() * kRowBytes; }
+};
+
+void PrintRow(const char* name, const Shape& s, const RunStats& r) {
+  std::printf("  %-22s %10.0f %10.2f %9.3f %9.1f %9.1f\n", name,
+              r.calls_per_s() * s.rows(), r.calls_per_s() * s.bytes() / 1e9,
+              r.calls_per_s(), r.p50_us, r.p99_us);
+}
+
+int Main(int argc, char** argv) {
+  double seconds = 2;
+  int callers = 4;
+  std::string self = argv[0];
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--serve_echo", 0) == 0) {
+      std::string port_file;
+      for (int j = 1; j < argc; ++j) {
+        std::string b = argv[j];
+        if (b.rfind("--port_file=", 0) == 0) port_file = b.substr(12);
+      }
+      return ServeEcho(port_file);
+    }
+    if (a.rfind("--seconds=", 0) == 0) seconds = std::stod(a.substr(10));
+    if (a.rfind("--callers=", 0) == 0) callers = std::stoi(a.substr(10));
+  }
+
+  auto engramd = ChildServer::Start({ENGRAM_BENCH_ENGRAMD, "--listen=127.0.0.1:0",
+                                     "--metrics_listen=", "--nopin_memory"});
+  auto echo = ChildServer::Start({self, "--serve_echo"});
+  if (!engramd || !echo) {
+    std::fprintf(stderr, "lookup_bench: a server did not start\n");
+    return 1;
+  }
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", engramd->port()));
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim, DType::kFloat32};
+  std::vector<std::vector<uint8_t>> tables(kHeads);
+  std::mt19937_64 rng(5);
+  for (auto& t : tables) {
+    t.resize(layout.table_bytes(0));
+    for (auto& b : t) b = static_cast<uint8_t>(rng());
+  }
+  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  if (auto s = (*client)->Populate(1, layout, spans); !s.ok()) {
+    std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
+    return 1;
+  }
+  grpc::ChannelArguments args = TunedChannelArguments();
+  args.SetMaxReceiveMessageSize(256 << 20);
+  auto echo_stub = Echo::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", echo->port()), grpc::InsecureChannelCredentials(),
+      args));
+
+  std::printf("lookup_bench: H = %d, D = %lld float32 (256-byte rows), %lld rows "
+              "per head, %d concurrent callers, %.1f s per figure\n",
+              kHeads, static_cast<long long>(kDim),
+              static_cast<long long>(kRowsPerHead), callers, seconds);
+  std::printf("  %-22s %10s %10s %9s %9s %9s\n", "", "rows/s", "GB/s", "calls/s",
+              "p50 us", "p99 us");
+  const Shape shapes[] = {{"decode B=1", 1, 1},
+                          {"decode B=16", 16, 1},
+                          {"decode B=256", 256, 1},
+                          {"prefill B=1 L=4096", 1, 4096}};
+  RunStats engram_b256;
+  for (const Shape& s : shapes) {
+    std::vector<std::vector<int64_t>> ids(callers);
+    std::vector<std::vector<uint8_t>> outs(callers);
+    for (int c = 0; c < callers; ++c) {
+      for (int64_t i = 0; i < s.rows(); ++i) ids[c].push_back(rng() % kRowsPerHead);
+      outs[c].resize(s.bytes());
+    }
+    const int64_t shape[] = {s.batch, s.length, kHeads};
+    RunStats engram = RunClosedLoop(callers, seconds, [&](int c) {
+      return (*client)->Lookup(1, ids[c], shape, outs[c]).ok();
+    });
+    RunStats naive = RunClosedLoop(callers, seconds, [&](int c) {
+      grpc::ClientContext context;
+      EchoRequest request;
+      request.set_bytes(static_cast<int64_t>(s.bytes()));
+      EchoResponse response;
+      return echo_stub->Echo(&context, request, &response).ok();
+    });
+    std::printf("%s: %lld rows, %.2f MB per call\n", s.name,
+                static_cast<long long>(s.rows()), s.bytes() / 1e6);
+    PrintRow("engramd Lookup", s, engram);
+    PrintRow("gRPC echo (floor)", s, naive);
+    std::printf("  %-22s %9.2fx\n", "ratio vs echo", engram.calls_per_s() / naive.calls_per_s());
+    if (s.batch == 256) engram_b256 = engram;
+    if (s.length == 4096) {
+      TcpBlaster blaster;
+      std::vector<std::unique_ptr<TcpFetcher>> fetchers;
+      std::vector<std::vector<uint8_t>> bufs(callers);
+      for (int c = 0; c < callers; ++c) fetchers.push_back(std::make_unique<TcpFetcher>(blaster.port()));
+      RunStats tcp = RunClosedLoop(callers, seconds, [&](int c) {
+        return fetchers[c]->Fetch(s.bytes(), &bufs[c]);
+      });
+      PrintRow("raw TCP loopback", s, tcp);
+      std::printf("  %-22s %9.2fx\n", "ratio vs raw TCP",
+                  engram.calls_per_s() / tcp.calls_per_s());
+    }
+  }
+
+  // Redis: the same 4096 rows per call as decode B=256, as MGET of
+  // 256-byte values, with the same number of callers.
+  auto redis = RedisPeer::Start("/usr/bin/redis-server");
+  if (!redis) {
+    std::printf("redis: /usr/bin/redis-server not available; skipped\n");
+    return 0;
+  }
+  const int64_t redis_rows = 16 * 8192;  // keys loaded into Redis
+  std::vector<std::string> keys(redis_rows), values(redis_rows);
+  for (int64_t i = 0; i < redis_rows; ++i) {
+    keys[i] = absl::StrCat("engram:l1:h", i % kHeads, ":", i / kHeads);
+    values[i].assign(reinterpret_cast<const char*>(tables[i % kHeads].data()) +
+                         (i / kHeads) * kRowBytes, kRowBytes);
+  }
+  RedisClient loader(redis->port());
+  if (!loader.SetAll(keys, values)) {
+    std::fprintf(stderr, "redis: loading keys failed\n");
+    return 1;
+  }
+  std::vector<std::unique_ptr<RedisClient>> redis_clients;
+  std::vector<std::vector<const std::string*>> redis_keys(callers);
+  std::vector<std::vector<uint8_t>> redis_out(callers, std::vector<uint8_t>(4096 * kRowBytes));
+  for (int c = 0; c < callers; ++c) {
+    redis_clients.push_back(std::make_unique<RedisClient>(redis->port()));
+    for (int i = 0; i < 4096; ++i) redis_keys[c].push_back(&keys[rng() % redis_rows]);
+  }
+  RunStats mget = RunClosedLoop(callers, seconds, [&](int c) {
+    return redis_clients[c]->MGet(redis_keys[c], kRowBytes, redis_out[c].data());
+  });
+  const Shape b256{"decode B=256", 256, 1};
+  std::printf("Redis MGET of 4096 x 256-byte values (same rows per call, same callers):\n");
+  PrintRow("redis MGET", b256, mget);
+  PrintRow("engramd Lookup", b256, engram_b256);
+  std::printf("  %-22s %9.2fx   (target >= 2x)\n", "ratio vs Redis",
+              engram_b256.calls_per_s() / mget.calls_per_s());
+  return 0;
+}
+
+}  // namespace
+}  // namespace engram::bench
+
+int main(int argc, char** argv) { return engram::bench::Main(argc, argv); }

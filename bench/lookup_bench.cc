@@ -2,7 +2,7 @@
 // run: a naive gRPC echo of the same bytes (same server settings), raw TCP
 // loopback of the same bytes, and Redis MGET of the same rows.
 //
-//   build/bench/lookup_bench [--seconds=2] [--callers=4]
+//   build/bench/lookup_bench [--seconds=2] [--callers=4] [--channels=1]
 #include <cstdio>
 #include <random>
 #include <string>
@@ -40,6 +40,7 @@ void PrintRow(const char* name, const Shape& s, const RunStats& r) {
 int Main(int argc, char** argv) {
   double seconds = 2;
   int callers = 4;
+  int channels = 1;
   std::string self = argv[0];
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -53,6 +54,7 @@ int Main(int argc, char** argv) {
     }
     if (a.rfind("--seconds=", 0) == 0) seconds = std::stod(a.substr(10));
     if (a.rfind("--callers=", 0) == 0) callers = std::stoi(a.substr(10));
+    if (a.rfind("--channels=", 0) == 0) channels = std::stoi(a.substr(11));
   }
 
   auto engramd = ChildServer::Start({ENGRAM_BENCH_ENGRAMD, "--listen=127.0.0.1:0",
@@ -62,7 +64,9 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "lookup_bench: a server did not start\n");
     return 1;
   }
-  auto client = Client::Connect(absl::StrCat("127.0.0.1:", engramd->port()));
+  ClientOptions options;
+  options.num_channels = channels;
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", engramd->port()), options);
   LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim, DType::kFloat32};
   std::vector<std::vector<uint8_t>> tables(kHeads);
   std::mt19937_64 rng(5);
@@ -77,14 +81,22 @@ int Main(int argc, char** argv) {
   }
   grpc::ChannelArguments args = TunedChannelArguments();
   args.SetMaxReceiveMessageSize(256 << 20);
-  auto echo_stub = Echo::NewStub(grpc::CreateCustomChannel(
-      absl::StrCat("127.0.0.1:", echo->port()), grpc::InsecureChannelCredentials(),
-      args));
+  // The echo gets as many connections as the engram client (--channels),
+  // callers spread over them the same way.
+  std::vector<std::unique_ptr<Echo::Stub>> echo_stubs;
+  for (int i = 0; i < channels; ++i) {
+    grpc::ChannelArguments a = args;
+    a.SetInt("engram.connection_index", i);
+    echo_stubs.push_back(Echo::NewStub(grpc::CreateCustomChannel(
+        absl::StrCat("127.0.0.1:", echo->port()),
+        grpc::InsecureChannelCredentials(), a)));
+  }
 
   std::printf("lookup_bench: H = %d, D = %lld float32 (256-byte rows), %lld rows "
-              "per head, %d concurrent callers, %.1f s per figure\n",
+              "per head, %d concurrent callers over %d connection(s), %.1f s "
+              "per figure\n",
               kHeads, static_cast<long long>(kDim),
-              static_cast<long long>(kRowsPerHead), callers, seconds);
+              static_cast<long long>(kRowsPerHead), callers, channels, seconds);
   std::printf("  %-22s %10s %10s %9s %9s %9s\n", "", "rows/s", "GB/s", "calls/s",
               "p50 us", "p99 us");
   const Shape shapes[] = {{"decode B=1", 1, 1},
@@ -108,7 +120,7 @@ int Main(int argc, char** argv) {
       EchoRequest request;
       request.set_bytes(static_cast<int64_t>(s.bytes()));
       EchoResponse response;
-      return echo_stub->Echo(&context, request, &response).ok();
+      return echo_stubs[c % channels]->Echo(&context, request, &response).ok();
     });
     std::printf("%s: %lld rows, %.2f MB per call\n", s.name,
                 static_cast<long long>(s.rows()), s.bytes() / 1e6);

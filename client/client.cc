@@ -1,8 +1,10 @@
 #include "client/client.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/impl/client_unary_call.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
@@ -51,7 +53,18 @@ struct Client::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::EngramStore::Stub> stub;
-  std::unique_ptr<grpc::GenericStub> generic;
+  // One generic stub per connection; lookups rotate over them.
+  std::vector<std::unique_ptr<grpc::GenericStub>> lookup_stubs;
+  std::atomic<uint64_t> next_lookup{0};
+
+  // Channel i carries lookup_stubs[i]; both lists rotate together.
+  std::vector<std::shared_ptr<grpc::Channel>> lookup_channels;
+
+  grpc::GenericStub* generic() { return lookup_stubs[0].get(); }
+  size_t NextLookupIndex() {
+    return next_lookup.fetch_add(1, std::memory_order_relaxed) %
+           lookup_stubs.size();
+  }
 
   void SetDeadline(grpc::ClientContext* context) const {
     context->set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
@@ -78,7 +91,17 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
         absl::StrCat("cannot create a channel to '", address, "'"));
   }
   impl->stub = v1::EngramStore::NewStub(impl->channel);
-  impl->generic = std::make_unique<grpc::GenericStub>(impl->channel);
+  impl->lookup_channels.push_back(impl->channel);
+  for (int i = 1; i < options.num_channels; ++i) {
+    // A distinct argument keeps gRPC from sharing one connection.
+    grpc::ChannelArguments extra = args;
+    extra.SetInt("engram.connection_index", i);
+    impl->lookup_channels.push_back(grpc::CreateCustomChannel(
+        address, grpc::InsecureChannelCredentials(), extra));
+  }
+  for (const auto& channel : impl->lookup_channels) {
+    impl->lookup_stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
+  }
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -153,7 +176,7 @@ void Client::LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
       output_dtype ? static_cast<int>(*output_dtype) : 0);
   call->output = output;
   call->done = std::move(done);
-  impl_->generic->UnaryCall(
+  impl_->lookup_stubs[impl_->NextLookupIndex()]->UnaryCall(
       &call->context, kLookupMethod, grpc::StubOptions(), &call->request,
       &call->response, [call](grpc::Status status) {
         absl::Status result = FromGrpc(status);
@@ -184,15 +207,22 @@ absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
                             std::span<const int64_t> shape,
                             std::span<uint8_t> output,
                             std::optional<DType> output_dtype) {
-  absl::Notification finished;
-  absl::Status result;
-  LookupAsync(layer_id, ids, shape, output, output_dtype,
-              [&](absl::Status s) {
-                result = std::move(s);
-                finished.Notify();
-              });
-  finished.WaitForNotification();
-  return result;
+  // Blocking call on this thread (as generated sync stubs do): no hop to a
+  // callback thread, which matters for small decode lookups.
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  grpc::ByteBuffer request = wire::EncodeLookupRequest(
+      layer_id, shape, ids, output_dtype ? static_cast<int>(*output_dtype) : 0);
+  grpc::ByteBuffer response;
+  const grpc::internal::RpcMethod method(kLookupMethod,
+                                         grpc::internal::RpcMethod::NORMAL_RPC);
+  grpc::Status status =
+      grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+          impl_->lookup_channels[impl_->NextLookupIndex()].get(), method,
+          &context, request, &response);
+  if (absl::Status s = FromGrpc(status); !s.ok()) return s;
+  wire::DecodedLookup decoded;
+  return wire::DecodeLookupResponse(response, output, &decoded);
 }
 
 absl::StatusOr<int> Client::Remove(int64_t layer_id, bool force) {
@@ -250,7 +280,7 @@ absl::Status Client::CheckHealth() {
   grpc::ByteBuffer response;
   absl::Notification finished;
   grpc::Status status;
-  impl_->generic->UnaryCall(&context, kHealthMethod, grpc::StubOptions(),
+  impl_->generic()->UnaryCall(&context, kHealthMethod, grpc::StubOptions(),
                             &request, &response, [&](grpc::Status s) {
                               status = std::move(s);
                               finished.Notify();

@@ -29,6 +29,10 @@ struct ClientOptions {
   int64_t max_message_bytes = int64_t{256} << 20;
   // Row bytes per Populate chunk message (whole rows are always sent).
   size_t populate_chunk_bytes = size_t{4} << 20;
+  // TCP connections to open; lookups are spread over them round-robin.
+  // One HTTP/2 connection moves its streams one frame at a time, so
+  // concurrent big lookups gain from several.
+  int num_channels = 1;
 };
 
 // A layer as the server describes it.

@@ -187,6 +187,25 @@ TEST_F(ServerTest, AsyncLookupsPrefetchConcurrently) {
   }
 }
 
+TEST_F(ServerTest, SeveralConnectionsServeSyncAndAsyncLookups) {
+  Populate(8, {{600, 900}, 24, DType::kBFloat16});
+  ClientOptions options;
+  options.num_channels = 3;
+  auto pooled = Client::Connect(server_->address(), options);
+  ASSERT_TRUE(pooled.ok());
+  const int64_t shape[] = {5, 2, 2};
+  for (int i = 0; i < 7; ++i) {  // wraps around the three connections
+    auto ids = testing::RandomIds(layouts_[8], 5, 2, 300 + i);
+    auto expected =
+        testing::ReferenceGather(layouts_[8], tables_[8], ids, DType::kBFloat16);
+    std::vector<uint8_t> sync_out(expected.size()), async_out(expected.size());
+    ASSERT_TRUE((*pooled)->Lookup(8, ids, shape, sync_out).ok());
+    ASSERT_TRUE((*pooled)->LookupAsync(8, ids, shape, async_out).get().ok());
+    EXPECT_EQ(sync_out, expected);
+    EXPECT_EQ(async_out, expected);
+  }
+}
+
 TEST_F(ServerTest, BadLookupsGetPreciseStatusesAndServerKeepsServing) {
   EnsureCanary();
   const int64_t id = kCanary;

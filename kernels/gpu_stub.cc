@@ -1,0 +1,48 @@
+// The GPU API for builds without CUDA: nothing is available.
+#include "kernels/gpu.h"
+
+namespace engram::gpu {
+namespace {
+absl::Status NotBuilt() {
+  return absl::UnavailableError(
+      "this build has no CUDA support (configure with ENGRAM_WITH_CUDA=ON "
+      "on a machine with nvcc)");
+}
+}  // namespace
+
+bool Compiled() { return false; }
+int DeviceCount(std::string* why) {
+  if (why) *why = "built without CUDA";
+  return 0;
+}
+absl::Status SetDevice(int) { return NotBuilt(); }
+std::string DeviceName(int) { return "none"; }
+absl::Status MemoryInfo(size_t*, size_t*) { return NotBuilt(); }
+absl::StatusOr<void*> DeviceAlloc(size_t) { return NotBuilt(); }
+void DeviceFree(void*) {}
+absl::Status CopyToDevice(void*, const void*, size_t) { return NotBuilt(); }
+absl::Status CopyToHost(void*, const void*, size_t) { return NotBuilt(); }
+absl::StatusOr<void*> PinnedAlloc(size_t) { return NotBuilt(); }
+void PinnedFree(void*) {}
+absl::Status HostRegister(void*, size_t) { return NotBuilt(); }
+void HostUnregister(void*) {}
+absl::StatusOr<Stream> StreamCreate() { return NotBuilt(); }
+void StreamDestroy(Stream) {}
+absl::Status CopyToDeviceAsync(void*, const void*, size_t, Stream) {
+  return NotBuilt();
+}
+absl::Status CopyToHostAsync(void*, const void*, size_t, Stream) {
+  return NotBuilt();
+}
+absl::Status StreamSynchronize(Stream) { return NotBuilt(); }
+absl::Status ResetErrorFlag(uint64_t*, Stream) { return NotBuilt(); }
+absl::Status LaunchGather(const GatherLaunch&, Stream) { return NotBuilt(); }
+absl::Status LaunchDeviceCopy(void*, const void*, size_t, Stream) {
+  return NotBuilt();
+}
+absl::StatusOr<float> TimeOnStream(Stream, int, absl::Status (*)(void*),
+                                   void*) {
+  return NotBuilt();
+}
+
+}  // namespace engram::gpu

@@ -1,5 +1,6 @@
 #include "server/engram_service.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -116,6 +117,42 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
 
 void FreeBuffer(void* p) { std::free(p); }
 
+// Response memory: pinned from the GPU tier when it serves the lookup (the
+// copy back from the device then runs at full speed), else malloc.
+struct ResponseBuffer {
+  uint8_t* data = nullptr;
+  void (*destroy)(void*) = nullptr;
+  void* user_data = nullptr;
+};
+
+ResponseBuffer AllocateResponse(GpuTier* gpu, size_t bytes) {
+  ResponseBuffer b;
+  if (gpu != nullptr) {
+    void* token = nullptr;
+    b.data = gpu->AllocResponse(bytes, &token);
+    if (b.data != nullptr) {
+      b.destroy = &GpuTier::FreeResponse;
+      b.user_data = token;
+      return b;
+    }
+  }
+  b.data = static_cast<uint8_t*>(std::malloc(bytes));
+  b.destroy = &FreeBuffer;
+  b.user_data = b.data;
+  return b;
+}
+
+// Logs the first GPU failures and then one in a thousand, so a broken
+// device cannot flood the log.
+void LogGpuFallback(const absl::Status& status) {
+  static std::atomic<int64_t> count{0};
+  const int64_t n = count.fetch_add(1, std::memory_order_relaxed);
+  if (n < 10 || n % 1000 == 0) {
+    LogWarning(absl::StrCat("GPU lookup failed, served by the CPU instead (",
+                            n + 1, " so far): ", status.ToString()));
+  }
+}
+
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -140,12 +177,29 @@ void FillLayerInfo(const Layer& layer, v1::LayerInfo* info) {
 
 EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
                              ThreadPool* pool, ServerMetrics* metrics,
-                             ServiceLimits limits)
+                             GpuTier* gpu, ServiceLimits limits)
     : layers_(layers),
       budget_(budget),
       pool_(pool),
       metrics_(metrics),
+      gpu_(gpu),
       limits_(limits) {}
+
+absl::Status EngramService::MirrorAndCommit(
+    const std::shared_ptr<PopulateTicket>& ticket, std::shared_ptr<Layer> layer) {
+  if (gpu_ != nullptr) {
+    absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> mirror =
+        gpu_->Mirror(*layer);
+    if (mirror.ok()) {
+      layer->AttachGpuMirror(*std::move(mirror));
+    } else {
+      LogWarning(absl::StrCat("layer ", layer->id(),
+                              " stays host-only (not mirrored to the GPU): ",
+                              mirror.status().ToString()));
+    }
+  }
+  return layers_->Commit(ticket, std::move(layer));
+}
 
 void EngramService::Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
                            const absl::Status& status) {
@@ -199,27 +253,61 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
   }
 
   const size_t header_bytes = wire::LookupResponseHeaderSize(out_shape, out_bytes);
-  auto* buffer = static_cast<uint8_t*>(std::malloc(header_bytes + out_bytes));
-  if (buffer == nullptr) {
+  const bool use_gpu = gpu_ != nullptr && call->layer->gpu_mirror() != nullptr &&
+                       num_ids >= limits_.gpu_min_rows;
+  // Runs once the rows are in `buffer`, on whichever thread gathered them.
+  auto finish = [this, call, reactor, response, header_bytes, out_bytes,
+                 num_ids](ResponseBuffer buffer, bool on_gpu) {
+    grpc::Slice slice(buffer.data, header_bytes + out_bytes, buffer.destroy,
+                      buffer.user_data);
+    *response = grpc::ByteBuffer(&slice, 1);
+    metrics_->RecordLookup(
+        std::chrono::duration<double>(Clock::now() - call->start).count(),
+        num_ids, static_cast<int64_t>(out_bytes));
+    metrics_->RecordTier(on_gpu);
+    Finish(reactor, Rpc::kLookup, absl::OkStatus());
+  };
+
+  if (use_gpu) {  // the device copy blocks: never on a reactor thread
+    pool_->Submit([this, call, reactor, header_bytes, out_bytes, num_ids,
+                   out_shape_copy = std::vector<int64_t>(out_shape, out_shape + 4),
+                   finish] {
+      ResponseBuffer buffer = AllocateResponse(gpu_, header_bytes + out_bytes);
+      if (buffer.data == nullptr) {
+        Finish(reactor, Rpc::kLookup,
+               absl::ResourceExhaustedError(absl::StrCat(
+                   "cannot allocate ", out_bytes,
+                   " bytes for the lookup response")));
+        return;
+      }
+      wire::EncodeLookupResponseHeader(out_shape_copy,
+                                       static_cast<int>(call->out_dtype),
+                                       out_bytes, buffer.data);
+      uint8_t* rows = buffer.data + header_bytes;
+      absl::Status s = gpu_->Gather(*call->layer->gpu_mirror(), call->ids,
+                                    num_ids, call->out_dtype, rows);
+      if (!s.ok()) {
+        metrics_->RecordGpuFallback();
+        LogGpuFallback(s);
+        GatherRows(*call->layer, call->ids, 0, num_ids, call->out_dtype, rows);
+      }
+      finish(buffer, s.ok());
+    });
+    return reactor;
+  }
+
+  ResponseBuffer buffer = AllocateResponse(nullptr, header_bytes + out_bytes);
+  if (buffer.data == nullptr) {
     Finish(reactor, Rpc::kLookup,
            absl::ResourceExhaustedError(absl::StrCat(
                "cannot allocate ", out_bytes, " bytes for the lookup response")));
     return reactor;
   }
   wire::EncodeLookupResponseHeader(out_shape, static_cast<int>(call->out_dtype),
-                                   out_bytes, buffer);
+                                   out_bytes, buffer.data);
   GatherAsync(pool_, *call->layer, call->ids, num_ids, call->out_dtype,
-              buffer + header_bytes,
-              [this, call, reactor, response, buffer, header_bytes, out_bytes,
-               num_ids] {
-                grpc::Slice slice(buffer, header_bytes + out_bytes, FreeBuffer);
-                *response = grpc::ByteBuffer(&slice, 1);
-                metrics_->RecordLookup(
-                    std::chrono::duration<double>(Clock::now() - call->start)
-                        .count(),
-                    num_ids, static_cast<int64_t>(out_bytes));
-                Finish(reactor, Rpc::kLookup, absl::OkStatus());
-              });
+              buffer.data + header_bytes,
+              [finish, buffer] { finish(buffer, /*on_gpu=*/false); });
   return reactor;
 }
 

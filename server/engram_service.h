@@ -8,6 +8,7 @@
 
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/metrics.h"
+#include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
 #include "store/thread_pool.h"
@@ -18,20 +19,24 @@ struct ServiceLimits {
   int64_t max_lookup_rows = int64_t{1} << 22;
   int64_t max_message_bytes = int64_t{256} << 20;
   bool pin_memory = true;
+  int64_t gpu_min_rows = 4096;  // smaller lookups stay on the CPU
 };
 
 // Lookup is registered raw: the request is parsed with protobuf, but the
 // response is hand-encoded around a slice that owns the gathered rows, so
 // row bytes are written once (by the gather) and never copied again on the
-// server. Handlers never block: large gathers run on `pool` and finish the
-// call from there. Borrows every pointer; all must outlive the server.
+// server. Handlers never block: large gathers and every GPU lookup run on
+// `pool` and finish the call from there. With a GPU tier (`gpu`, may be
+// null), lookups of mirrored layers from gpu_min_rows rows up are gathered
+// on the device into pinned response buffers; a GPU error falls back to the
+// CPU gather. Borrows every pointer; all must outlive the server.
 // Thread-safe.
 class EngramService final
     : public v1::EngramStore::WithRawCallbackMethod_Lookup<
           v1::EngramStore::CallbackService> {
  public:
   EngramService(LayerRegistry* layers, MemoryBudget* budget, ThreadPool* pool,
-                ServerMetrics* metrics, ServiceLimits limits);
+                ServerMetrics* metrics, GpuTier* gpu, ServiceLimits limits);
 
   grpc::ServerReadReactor<v1::PopulateRequest>* Populate(
       grpc::CallbackServerContext* context,
@@ -53,11 +58,17 @@ class EngramService final
  private:
   void Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
               const absl::Status& status);
+  // Mirrors `layer` to the GPU when there is a tier (a failure only logs:
+  // the layer is then served from host memory), then publishes it.
+  absl::Status MirrorAndCommit(const std::shared_ptr<PopulateTicket>& ticket,
+                               std::shared_ptr<Layer> layer);
+  friend class PopulateReactor;
 
   LayerRegistry* const layers_;
   MemoryBudget* const budget_;
   ThreadPool* const pool_;
   ServerMetrics* const metrics_;
+  GpuTier* const gpu_;
   const ServiceLimits limits_;
 };
 

@@ -96,6 +96,36 @@ const std::vector<FlagSpec>& Flags() {
          return ParseNumber(v, &c->drain_seconds) && c->drain_seconds >= 0;
        },
        [](const ServerConfig& c) { return absl::StrCat(c.drain_seconds); }},
+      {"gpu",
+       "CUDA device to mirror layers to and serve lookups from; -1 keeps "
+       "everything on the CPU",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->gpu) && c->gpu >= -1;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.gpu); }},
+      {"gpu_memory_limit_bytes",
+       "GPU memory budget for mirrored layers; 0 means 90% of the device's "
+       "free memory",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->gpu_memory_limit_bytes);
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.gpu_memory_limit_bytes); }},
+      {"gpu_min_rows",
+       "lookups of fewer rows are served by the CPU even when the layer is "
+       "on the GPU (the measured crossover)",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->gpu_min_rows) && c->gpu_min_rows >= 1;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.gpu_min_rows); }},
+      {"gpu_streams", "concurrent GPU lookups (CUDA streams)", false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->gpu_streams) && c->gpu_streams >= 1 &&
+                c->gpu_streams <= 64;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.gpu_streams); }},
       {"port_file",
        "write 'grpc_port=N' and 'metrics_port=M' here once serving (for "
        "scripts using port 0)",

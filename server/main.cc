@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
       " max_message_bytes=", config->max_message_bytes,
       " max_lookup_rows=", config->max_lookup_rows,
       " pin_memory=", config->pin_memory ? "true" : "false",
-      " demo=", config->demo ? "true" : "false"));
+      " demo=", config->demo ? "true" : "false",
+      " gpu=", config->gpu));
 
   engram::EngramServer server(*config);
   if (absl::Status s = server.Start(); !s.ok()) {

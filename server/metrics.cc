@@ -51,11 +51,12 @@ class LiveCollectable : public prometheus::Collectable {
  public:
   LiveCollectable(std::shared_ptr<prometheus::Registry> counters,
                   const LayerRegistry* layers, const MemoryBudget* budget,
-                  bool pin_requested)
+                  bool pin_requested, const GpuTier* gpu)
       : counters_(std::move(counters)),
         layers_(layers),
         budget_(budget),
-        pin_requested_(pin_requested) {}
+        pin_requested_(pin_requested),
+        gpu_(gpu) {}
 
   std::vector<prometheus::MetricFamily> Collect() const override {
     std::vector<prometheus::MetricFamily> out = counters_->Collect();
@@ -71,15 +72,34 @@ class LiveCollectable : public prometheus::Collectable {
     prometheus::MetricFamily pinned = Gauge(
         "engram_layer_pinned",
         "1 when every table of the layer is pinned in RAM, by layer and mode.");
+    prometheus::MetricFamily resident = Gauge(
+        "engram_layer_gpu_resident", "1 when the layer is mirrored in GPU memory.");
     for (const auto& layer : layers) {
       std::string id = absl::StrCat(layer->id());
       AddSample(&bytes, static_cast<double>(layer->bytes()), {{"layer", id}});
       PinMode mode = layer->pin_mode();
       AddSample(&pinned, mode == PinMode::kNone ? 0 : 1,
                 {{"layer", id}, {"mode", PinModeName(mode)}});
+      AddSample(&resident, layer->gpu_mirror() != nullptr ? 1 : 0, {{"layer", id}});
     }
     out.push_back(std::move(bytes));
     out.push_back(std::move(pinned));
+    out.push_back(std::move(resident));
+
+    prometheus::MetricFamily available = Gauge(
+        "engram_gpu_available", "1 when the GPU tier is serving (--gpu).");
+    AddSample(&available, gpu_ != nullptr ? 1 : 0);
+    out.push_back(std::move(available));
+    if (gpu_ != nullptr) {
+      prometheus::MetricFamily gpu_limit = Gauge(
+          "engram_gpu_memory_limit_bytes", "GPU memory budget for mirrored layers.");
+      AddSample(&gpu_limit, static_cast<double>(gpu_->budget().limit()));
+      out.push_back(std::move(gpu_limit));
+      prometheus::MetricFamily gpu_used = Gauge(
+          "engram_gpu_memory_used_bytes", "GPU memory held by layer mirrors.");
+      AddSample(&gpu_used, static_cast<double>(gpu_->budget().used()));
+      out.push_back(std::move(gpu_used));
+    }
 
     prometheus::MetricFamily limit = Gauge(
         "engram_memory_limit_bytes", "Table memory budget (--memory_limit_bytes).");
@@ -103,12 +123,14 @@ class LiveCollectable : public prometheus::Collectable {
   const LayerRegistry* layers_;
   const MemoryBudget* budget_;
   bool pin_requested_;
+  const GpuTier* gpu_;
 };
 
 }  // namespace
 
 ServerMetrics::ServerMetrics(const LayerRegistry* layers,
-                             const MemoryBudget* budget, bool pin_requested)
+                             const MemoryBudget* budget, bool pin_requested,
+                             const GpuTier* gpu)
     : registry_(std::make_shared<prometheus::Registry>()) {
   auto& requests = prometheus::BuildCounter()
                        .Name("engram_requests_total")
@@ -152,8 +174,20 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
                          .Help("Row bytes received by Populate streams.")
                          .Register(*registry_)
                          .Add({});
+  auto& tiers = prometheus::BuildCounter()
+                    .Name("engram_lookups_by_tier_total")
+                    .Help("Successful lookups by the tier that gathered them.")
+                    .Register(*registry_);
+  cpu_lookups_ = &tiers.Add({{"tier", "cpu"}});
+  gpu_lookups_ = &tiers.Add({{"tier", "gpu"}});
+  gpu_fallbacks_ = &prometheus::BuildCounter()
+                        .Name("engram_gpu_fallbacks_total")
+                        .Help("Lookups meant for the GPU served by the CPU "
+                              "after a GPU error.")
+                        .Register(*registry_)
+                        .Add({});
   collectable_ = std::make_shared<LiveCollectable>(registry_, layers, budget,
-                                                   pin_requested);
+                                                   pin_requested, gpu);
 }
 
 void ServerMetrics::RecordCall(Rpc rpc, grpc::StatusCode code) {

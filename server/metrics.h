@@ -12,6 +12,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
 
@@ -23,11 +24,12 @@ inline constexpr int kNumStatusCodes = 17;
 
 // Owns the prometheus registry. Every counter a call touches is created up
 // front, so recording is a few atomic adds with no map lookup or lock.
-// Thread-safe. `layers` and `budget` must outlive it.
+// Thread-safe. `layers`, `budget` and `gpu` (nullptr when there is no GPU
+// tier) must outlive it.
 class ServerMetrics {
  public:
   ServerMetrics(const LayerRegistry* layers, const MemoryBudget* budget,
-                bool pin_requested);
+                bool pin_requested, const GpuTier* gpu);
 
   // Everything to expose at /metrics (counters plus live gauges).
   std::shared_ptr<prometheus::Collectable> collectable() const {
@@ -37,6 +39,10 @@ class ServerMetrics {
   void RecordCall(Rpc rpc, grpc::StatusCode code);
   void RecordLookup(double seconds, int64_t rows, int64_t bytes);
   void RecordPopulateBytes(int64_t bytes) { populate_bytes_->Increment(bytes); }
+  // Which tier served a successful lookup.
+  void RecordTier(bool gpu) { (gpu ? gpu_lookups_ : cpu_lookups_)->Increment(); }
+  // A lookup meant for the GPU that the CPU served after a GPU error.
+  void RecordGpuFallback() { gpu_fallbacks_->Increment(); }
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -49,6 +55,9 @@ class ServerMetrics {
   prometheus::Counter* lookup_rows_ = nullptr;
   prometheus::Counter* lookup_bytes_ = nullptr;
   prometheus::Counter* populate_bytes_ = nullptr;
+  prometheus::Counter* cpu_lookups_ = nullptr;
+  prometheus::Counter* gpu_lookups_ = nullptr;
+  prometheus::Counter* gpu_fallbacks_ = nullptr;
 };
 
 }  // namespace engram

@@ -10,7 +10,6 @@
 #include "store/layer_builder.h"
 
 namespace engram {
-namespace {
 
 // Lives from the first read until OnDone. gRPC serializes its callbacks
 // (one read outstanding at a time), so only the abort hook, which a forced
@@ -19,14 +18,14 @@ namespace {
 class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
  public:
   PopulateReactor(grpc::CallbackServerContext* context,
-                  v1::PopulateResponse* response, LayerRegistry* layers,
-                  MemoryBudget* budget, ServerMetrics* metrics, bool pin)
+                  v1::PopulateResponse* response, EngramService* service)
       : context_(context),
         response_(response),
-        layers_(layers),
-        budget_(budget),
-        metrics_(metrics),
-        pin_(pin),
+        service_(service),
+        layers_(service->layers_),
+        budget_(service->budget_),
+        metrics_(service->metrics_),
+        pin_(service->limits_.pin_memory),
         start_(std::chrono::steady_clock::now()) {
     StartRead(&request_);
   }
@@ -114,13 +113,26 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
           "the populate stream ended without a PopulateHeader"));
       return;
     }
-    absl::StatusOr<std::shared_ptr<const Layer>> layer = builder_->Finish();
+    absl::StatusOr<std::shared_ptr<Layer>> layer = builder_->Finish();
     if (!layer.ok()) {
       Fail(layer.status());
       return;
     }
-    std::shared_ptr<const Layer> committed = *layer;
-    if (absl::Status s = layers_->Commit(ticket_, std::move(*layer)); !s.ok()) {
+    if (service_->gpu_ == nullptr) {
+      Commit(*std::move(layer));
+      return;
+    }
+    // Copying a layer to the GPU can take a while: do it on a worker, not
+    // on this reactor thread. Finish is thread-safe.
+    service_->pool_->Submit([this, l = *std::move(layer)]() mutable {
+      Commit(std::move(l));
+    });
+  }
+
+  void Commit(std::shared_ptr<Layer> layer) {
+    std::shared_ptr<const Layer> committed = layer;
+    if (absl::Status s = service_->MirrorAndCommit(ticket_, std::move(layer));
+        !s.ok()) {
       Fail(s);
       return;
     }
@@ -134,6 +146,7 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
                          " heads, D = ", l.embedding_dim, " ",
                          DTypeName(l.dtype), ", ", committed->bytes(),
                          " bytes, pinned: ", PinModeName(committed->pin_mode()),
+                         committed->gpu_mirror() != nullptr ? ", on the GPU" : "",
                          ", in ", seconds, " s"));
     metrics_->RecordCall(Rpc::kPopulate, grpc::OK);
     Finish(grpc::Status::OK);
@@ -165,6 +178,7 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
 
   grpc::CallbackServerContext* const context_;
   v1::PopulateResponse* const response_;
+  EngramService* const service_;
   LayerRegistry* const layers_;
   MemoryBudget* const budget_;
   ServerMetrics* const metrics_;
@@ -176,12 +190,9 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
   std::unique_ptr<LayerBuilder> builder_;
 };
 
-}  // namespace
-
 grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
     grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
-  return new PopulateReactor(context, response, layers_, budget_, metrics_,
-                             limits_.pin_memory);
+  return new PopulateReactor(context, response, this);
 }
 
 }  // namespace engram

@@ -12,8 +12,35 @@
 #include "store/layer_builder.h"
 
 namespace engram {
+namespace {
+
+// Opens the GPU tier for --gpu, or returns nullptr (after saying why) so
+// engramd serves from host memory: a missing GPU never stops the server.
+std::unique_ptr<GpuTier> OpenGpuTier(const ServerConfig& config) {
+  if (config.gpu < 0) return nullptr;
+  GpuTier::Options options;
+  options.device = config.gpu;
+  options.memory_limit_bytes = config.gpu_memory_limit_bytes;
+  options.streams = config.gpu_streams;
+  absl::StatusOr<std::unique_ptr<GpuTier>> tier = GpuTier::Open(options);
+  if (!tier.ok()) {
+    LogWarning(absl::StrCat("--gpu=", config.gpu,
+                            ": GPU tier not available, serving from host "
+                            "memory only: ", tier.status().ToString()));
+    return nullptr;
+  }
+  HostBuffer::EnableCudaPinning(true);
+  LogInfo(absl::StrCat("GPU tier on device ", config.gpu, ": ",
+                       (*tier)->device_name(), ", budget ",
+                       (*tier)->budget().limit(), " bytes, ", options.streams,
+                       " streams, lookups from ", config.gpu_min_rows, " rows"));
+  return *std::move(tier);
+}
+
+}  // namespace
+
 absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget,
-                          bool pin) {
+                          bool pin, GpuTier* gpu) {
   LayerLayout layout{{1000, 1003, 1009, 1013}, 8, DType::kFloat32};
   absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
       layers->BeginPopulate(kDemoLayerId);
@@ -41,10 +68,15 @@ absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget,
       return s;
     }
   }
-  absl::StatusOr<std::shared_ptr<const Layer>> layer = (*builder)->Finish();
+  absl::StatusOr<std::shared_ptr<Layer>> layer = (*builder)->Finish();
   if (!layer.ok()) {
     layers->Abandon(*ticket);
     return layer.status();
+  }
+  if (gpu != nullptr) {
+    if (auto mirror = gpu->Mirror(**layer); mirror.ok()) {
+      (*layer)->AttachGpuMirror(*std::move(mirror));
+    }
   }
   return layers->Commit(*ticket, *std::move(layer));
 }
@@ -52,11 +84,12 @@ absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget,
 EngramServer::EngramServer(ServerConfig config)
     : config_(std::move(config)),
       budget_(config_.memory_limit_bytes),
+      gpu_(OpenGpuTier(config_)),
       pool_(config_.threads),
-      metrics_(&layers_, &budget_, config_.pin_memory),
-      service_(&layers_, &budget_, &pool_, &metrics_,
+      metrics_(&layers_, &budget_, config_.pin_memory, gpu_.get()),
+      service_(&layers_, &budget_, &pool_, &metrics_, gpu_.get(),
                ServiceLimits{config_.max_lookup_rows, config_.max_message_bytes,
-                             config_.pin_memory}) {}
+                             config_.pin_memory, config_.gpu_min_rows}) {}
 
 EngramServer::~EngramServer() {
   if (server_ != nullptr) {
@@ -67,7 +100,8 @@ EngramServer::~EngramServer() {
 
 absl::Status EngramServer::Start() {
   if (config_.demo) {
-    if (absl::Status s = AddDemoLayer(&layers_, &budget_, config_.pin_memory);
+    if (absl::Status s = AddDemoLayer(&layers_, &budget_, config_.pin_memory,
+                                      gpu_.get());
         !s.ok()) {
       return absl::Status(s.code(),
                           absl::StrCat("demo layer: ", s.message()));

@@ -12,6 +12,7 @@
 #include "server/engram_service.h"
 #include "server/flags.h"
 #include "server/metrics.h"
+#include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
 #include "store/thread_pool.h"
@@ -22,7 +23,7 @@ namespace engram {
 // 1013 rows, D = 8, float32. Row r of head h holds
 // h * 100000 + r + d / 8 at element d, so a lookup is easy to check by eye.
 absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget,
-                          bool pin);
+                          bool pin, GpuTier* gpu);
 inline constexpr int64_t kDemoLayerId = 0;
 
 // Owns everything engramd serves with. Start once, then Shutdown once (both
@@ -47,6 +48,8 @@ class EngramServer {
  private:
   const ServerConfig config_;
   MemoryBudget budget_;
+  // Before layers_: layers hold GPU mirrors charged to the tier's budget.
+  std::unique_ptr<GpuTier> gpu_;
   LayerRegistry layers_;
   ThreadPool pool_;
   ServerMetrics metrics_;

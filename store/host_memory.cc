@@ -3,11 +3,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/gpu.h"
 
 namespace engram {
 
@@ -21,6 +23,14 @@ const char* PinModeName(PinMode mode) {
       return "cuda_host";
   }
   return "unknown";
+}
+
+namespace {
+std::atomic<bool> cuda_pinning{false};
+}  // namespace
+
+void HostBuffer::EnableCudaPinning(bool enabled) {
+  cuda_pinning.store(enabled, std::memory_order_relaxed);
 }
 
 absl::StatusOr<HostBuffer> HostBuffer::Allocate(size_t bytes, bool try_pin) {
@@ -39,7 +49,12 @@ absl::StatusOr<HostBuffer> HostBuffer::Allocate(size_t bytes, bool try_pin) {
   buffer.data_ = static_cast<uint8_t*>(p);
   buffer.size_ = bytes;
   buffer.mapped_ = mapped;
-  if (try_pin && mlock(p, mapped) == 0) buffer.pin_mode_ = PinMode::kMlock;
+  if (try_pin && cuda_pinning.load(std::memory_order_relaxed) &&
+      gpu::HostRegister(p, mapped).ok()) {
+    buffer.pin_mode_ = PinMode::kCudaHost;
+  } else if (try_pin && mlock(p, mapped) == 0) {
+    buffer.pin_mode_ = PinMode::kMlock;
+  }
   return buffer;
 }
 
@@ -63,7 +78,10 @@ HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
 HostBuffer::~HostBuffer() { Release(); }
 
 void HostBuffer::Release() {
-  if (data_ != nullptr) munmap(data_, mapped_);  // also drops any mlock
+  if (data_ != nullptr) {
+    if (pin_mode_ == PinMode::kCudaHost) gpu::HostUnregister(data_);
+    munmap(data_, mapped_);  // also drops any mlock
+  }
   data_ = nullptr;
   size_ = mapped_ = 0;
 }

@@ -25,8 +25,12 @@ const char* PinModeName(PinMode mode);
 class HostBuffer {
  public:
   HostBuffer() = default;
-  // Maps `bytes` (> 0) and tries to pin them when `try_pin` is set.
+  // Maps `bytes` (> 0) and tries to pin them when `try_pin` is set: with
+  // cudaHostRegister once EnableCudaPinning(true) was called (a GPU tier is
+  // up), else, or if that fails, with mlock.
   static absl::StatusOr<HostBuffer> Allocate(size_t bytes, bool try_pin);
+  // Process-wide switch, set by the server when its GPU tier opens.
+  static void EnableCudaPinning(bool enabled);
   HostBuffer(HostBuffer&& other) noexcept;
   HostBuffer& operator=(HostBuffer&& other) noexcept;
   HostBuffer(const HostBuffer&) = delete;

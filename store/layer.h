@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "store/host_memory.h"
@@ -11,7 +12,10 @@
 
 namespace engram {
 
-// Immutable once built by LayerBuilder; shared (shared_ptr<const Layer>)
+class GpuLayerMirror;
+
+// Immutable once published: LayerBuilder builds it, the server may attach a
+// GPU mirror, and only then is it shared as shared_ptr<const Layer>; shared (shared_ptr<const Layer>)
 // between the registry and in-flight lookups, so its memory is released only
 // when the last reader drops it. Safe to read from any thread.
 class Layer {
@@ -32,6 +36,14 @@ class Layer {
   const uint8_t* table(int head) const { return table_ptrs_[head]; }
   const uint8_t* const* table_ptrs() const { return table_ptrs_.data(); }
   uint64_t bytes() const { return layout_.total_bytes(); }
+  // Device copy of the tables, or nullptr when the layer is host-only.
+  const GpuLayerMirror* gpu_mirror() const { return gpu_mirror_.get(); }
+  // Only before the layer is published (the registry's lock orders it
+  // before any reader).
+  void AttachGpuMirror(std::shared_ptr<const GpuLayerMirror> mirror) {
+    gpu_mirror_ = std::move(mirror);
+  }
+
   // The weakest pinning among the heads.
   PinMode pin_mode() const {
     PinMode mode = PinMode::kCudaHost;
@@ -45,6 +57,7 @@ class Layer {
   const std::vector<HostBuffer> tables_;
   std::vector<const uint8_t*> table_ptrs_;
   MemoryReservation reservation_;
+  std::shared_ptr<const GpuLayerMirror> gpu_mirror_;
 };
 
 }  // namespace engram

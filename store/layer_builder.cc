@@ -118,7 +118,7 @@ absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<const Layer>> LayerBuilder::Finish() {
+absl::StatusOr<std::shared_ptr<Layer>> LayerBuilder::Finish() {
   for (int h = 0; h < layout_.num_heads(); ++h) {
     const int64_t n = layout_.table_vocab_sizes[h];
     if (received_per_head_[h] != n) {
@@ -128,7 +128,7 @@ absl::StatusOr<std::shared_ptr<const Layer>> LayerBuilder::Finish() {
           FirstClear(received_[h], n), ")"));
     }
   }
-  return std::make_shared<const Layer>(layer_id_, layout_, std::move(tables_),
+  return std::make_shared<Layer>(layer_id_, layout_, std::move(tables_),
                                        std::move(reservation_));
 }
 

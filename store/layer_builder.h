@@ -34,7 +34,7 @@ class LayerBuilder {
 
   // INVALID_ARGUMENT naming the first head with missing rows; otherwise the
   // committed-ready layer. The builder is spent afterwards.
-  absl::StatusOr<std::shared_ptr<const Layer>> Finish();
+  absl::StatusOr<std::shared_ptr<Layer>> Finish();
 
   int64_t layer_id() const { return layer_id_; }
   const LayerLayout& layout() const { return layout_; }

@@ -3,6 +3,8 @@
 
 #include <thread>
 
+#include "absl/strings/str_split.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -24,11 +26,19 @@ constexpr int64_t kMemoryLimit = 64 << 20;
 class ServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto p = EngramdProcess::Start(
-        {"--metrics_listen=127.0.0.1:0", "--threads=3",
-         absl::StrCat("--max_message_bytes=", kMaxMessageBytes),
-         absl::StrCat("--max_lookup_rows=", kMaxLookupRows),
-         absl::StrCat("--memory_limit_bytes=", kMemoryLimit)});
+    std::vector<std::string> flags = {
+        "--metrics_listen=127.0.0.1:0", "--threads=3",
+        absl::StrCat("--max_message_bytes=", kMaxMessageBytes),
+        absl::StrCat("--max_lookup_rows=", kMaxLookupRows),
+        absl::StrCat("--memory_limit_bytes=", kMemoryLimit)};
+    // E.g. ENGRAM_TEST_SERVER_FLAGS="--gpu=0 --gpu_min_rows=1" runs the
+    // suite against the GPU tier on a machine with a device.
+    if (const char* extra = std::getenv("ENGRAM_TEST_SERVER_FLAGS")) {
+      for (absl::string_view f : absl::StrSplit(extra, ' ', absl::SkipEmpty())) {
+        flags.emplace_back(f);
+      }
+    }
+    auto p = EngramdProcess::Start(flags);
     ASSERT_TRUE(p.ok()) << p.status();
     server_ = p->release();
   }
@@ -468,6 +478,39 @@ TEST(ServerProcessTest, DemoLayerServesAndSigtermDrainsWithExitZero) {
   EXPECT_EQ(out[24 + 7], 300008.875f);
   EXPECT_EQ((*p)->Stop(), 0);
   EXPECT_THAT((*p)->Log(), HasSubstr("draining"));
+}
+
+// With a device the GPU tier serves the lookup; without one engramd says so
+// and the CPU serves it. Either way the rows are exact.
+TEST(ServerProcessTest, GpuFlagServesFromTheGpuOrFallsBackToTheCpu) {
+  auto p = EngramdProcess::Start(
+      {"--gpu=0", "--gpu_min_rows=1", "--metrics_listen=127.0.0.1:0"});
+  ASSERT_TRUE(p.ok()) << p.status();
+  auto client = Client::Connect((*p)->address());
+  ASSERT_TRUE(client.ok());
+  LayerLayout layout{{300, 200}, 32, DType::kBFloat16};
+  auto tables = testing::RandomTables(layout, 8);
+  ASSERT_TRUE((*client)->Populate(2, layout, testing::Spans(tables)).ok());
+  auto ids = testing::RandomIds(layout, 40, 3, 9);
+  const int64_t shape[] = {40, 3, 2};
+  for (DType out : {DType::kBFloat16, DType::kFloat32}) {
+    auto expected = testing::ReferenceGather(layout, tables, ids, out);
+    std::vector<uint8_t> got(expected.size(), 0xEE);
+    ASSERT_TRUE((*client)->Lookup(2, ids, shape, got, out).ok());
+    EXPECT_EQ(got, expected);
+  }
+  auto metrics = testing::HttpGet((*p)->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok());
+  const bool gpu = metrics->find("\nengram_gpu_available 1") != std::string::npos;
+  if (gpu) {
+    EXPECT_THAT(*metrics, HasSubstr("engram_lookups_by_tier_total{tier=\"gpu\"} 2"));
+    EXPECT_THAT(*metrics, HasSubstr("engram_gpu_fallbacks_total 0"));
+    EXPECT_THAT(*metrics, HasSubstr("engram_layer_gpu_resident{layer=\"2\"} 1"));
+  } else {
+    EXPECT_THAT(*metrics, HasSubstr("engram_gpu_available 0"));
+    EXPECT_THAT(*metrics, HasSubstr("engram_lookups_by_tier_total{tier=\"cpu\"} 2"));
+    EXPECT_THAT((*p)->Log(), HasSubstr("GPU tier not available"));
+  }
 }
 
 TEST(ServerProcessTest, BadFlagsExitNonZeroWithOneLine) {

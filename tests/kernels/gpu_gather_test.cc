@@ -117,7 +117,11 @@ INSTANTIATE_TEST_SUITE_P(
         KernelCase{DType::kFloat16, DType::kBFloat16, 64},
         KernelCase{DType::kUInt8, DType::kUInt8, 132},      // FP8 + scales
         KernelCase{DType::kUInt8, DType::kUInt8, 13},       // odd: 1-byte
-        KernelCase{DType::kUInt8, DType::kUInt8, 1}));
+        KernelCase{DType::kUInt8, DType::kUInt8, 1}),
+    [](const ::testing::TestParamInfo<KernelCase>& info) {
+      return std::string(DTypeName(info.param.stored)) + "_to_" +
+             DTypeName(info.param.out) + "_D" + std::to_string(info.param.dim);
+    });
 
 TEST_F(GpuGatherTest, OutOfRangeIdsSetTheErrorFlagAndAreNeverRead) {
   LayerLayout layout{{100, 50}, 16, DType::kFloat32};

@@ -66,7 +66,11 @@ INSTANTIATE_TEST_SUITE_P(
         GatherCase{DType::kFloat16, DType::kFloat32, 17},
         GatherCase{DType::kFloat16, DType::kBFloat16, 64},
         GatherCase{DType::kUInt8, DType::kUInt8, 132},     // FP8 + scales
-        GatherCase{DType::kUInt8, DType::kUInt8, 1}));
+        GatherCase{DType::kUInt8, DType::kUInt8, 1}),
+    [](const ::testing::TestParamInfo<GatherCase>& info) {
+      return std::string(DTypeName(info.param.stored)) + "_to_" +
+             DTypeName(info.param.out) + "_D" + std::to_string(info.param.dim);
+    });
 
 }  // namespace
 }  // namespace engram

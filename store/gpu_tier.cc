@@ -1,0 +1,274 @@
+#include "store/gpu_tier.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace engram {
+namespace {
+
+constexpr size_t kMaxCachedPinnedBytes = size_t{1} << 30;
+
+size_t RoundUpPow2(size_t n) {
+  size_t p = 4096;
+  while (p < n) p <<= 1;
+  return p;
+}
+
+}  // namespace
+
+// A pinned response buffer; the header sits in front of the bytes handed
+// out so FreeResponse finds its pool from the token alone.
+struct GpuTier::PinnedBlock {
+  GpuTier* owner;
+  size_t capacity;
+  uint8_t* data;
+};
+
+GpuLayerMirror::~GpuLayerMirror() {
+  (void)gpu::SetDevice(device_);
+  for (void* t : tables_) gpu::DeviceFree(t);
+  gpu::DeviceFree(table_ptrs_);
+  gpu::DeviceFree(vocab_);
+}
+
+absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Open(const Options& options) {
+  std::string why;
+  const int count = gpu::DeviceCount(&why);
+  if (count == 0) return absl::UnavailableError(why);
+  if (options.device < 0 || options.device >= count) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--gpu=", options.device, " but ", count, " CUDA device(s) are present"));
+  }
+  if (absl::Status s = gpu::SetDevice(options.device); !s.ok()) return s;
+  size_t free_bytes = 0, total_bytes = 0;
+  if (absl::Status s = gpu::MemoryInfo(&free_bytes, &total_bytes); !s.ok()) {
+    return s;
+  }
+  uint64_t limit = options.memory_limit_bytes;
+  if (limit == 0) limit = free_bytes / 10 * 9;
+  std::unique_ptr<GpuTier> tier(new GpuTier(options, limit));
+  tier->device_name_ = gpu::DeviceName(options.device);
+  tier->slots_.resize(std::max(1, options.streams));
+  for (Slot& slot : tier->slots_) {
+    absl::StatusOr<gpu::Stream> stream = gpu::StreamCreate();
+    if (!stream.ok()) return stream.status();
+    slot.stream = *stream;
+    absl::StatusOr<void*> error = gpu::DeviceAlloc(sizeof(uint64_t));
+    if (!error.ok()) return error.status();
+    slot.device_error = static_cast<uint64_t*>(*error);
+    absl::StatusOr<void*> pinned_error = gpu::PinnedAlloc(sizeof(uint64_t));
+    if (!pinned_error.ok()) return pinned_error.status();
+    slot.pinned_error = static_cast<uint64_t*>(*pinned_error);
+  }
+  std::lock_guard<std::mutex> lock(tier->mu_);
+  for (Slot& slot : tier->slots_) tier->free_slots_.push_back(&slot);
+  return tier;
+}
+
+GpuTier::GpuTier(const Options& options, uint64_t limit)
+    : options_(options), budget_(limit) {}
+
+GpuTier::~GpuTier() {
+  (void)gpu::SetDevice(options_.device);
+  for (Slot& slot : slots_) {
+    gpu::StreamDestroy(slot.stream);
+    gpu::DeviceFree(slot.device_ids);
+    gpu::DeviceFree(slot.device_out);
+    gpu::DeviceFree(slot.device_error);
+    gpu::PinnedFree(slot.pinned_ids);
+    gpu::PinnedFree(slot.pinned_error);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [capacity, block] : pinned_cache_) {
+    gpu::PinnedFree(block);
+  }
+}
+
+absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> GpuTier::Mirror(
+    const Layer& layer) {
+  const LayerLayout& layout = layer.layout();
+  const uint64_t bytes = layout.total_bytes();
+  if (!budget_.TryReserve(bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "layer ", layer.id(), " needs ", bytes, " bytes of GPU memory; ",
+        budget_.limit() - std::min(budget_.limit(), budget_.used()), " of ",
+        budget_.limit(), " free (--gpu_memory_limit_bytes)"));
+  }
+  std::shared_ptr<GpuLayerMirror> mirror(new GpuLayerMirror);
+  mirror->reservation_ = MemoryReservation(&budget_, bytes);
+  mirror->device_ = options_.device;
+  if (absl::Status s = gpu::SetDevice(options_.device); !s.ok()) return s;
+  std::vector<const uint8_t*> device_tables;
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    absl::StatusOr<void*> table = gpu::DeviceAlloc(layout.table_bytes(h));
+    if (!table.ok()) return table.status();  // mirror's destructor cleans up
+    mirror->tables_.push_back(*table);
+    device_tables.push_back(static_cast<const uint8_t*>(*table));
+    if (absl::Status s = gpu::CopyToDevice(*table, layer.table(h),
+                                           layout.table_bytes(h));
+        !s.ok()) {
+      return s;
+    }
+  }
+  absl::StatusOr<void*> ptrs = gpu::DeviceAlloc(device_tables.size() * sizeof(void*));
+  if (!ptrs.ok()) return ptrs.status();
+  mirror->table_ptrs_ = *ptrs;
+  absl::StatusOr<void*> vocab = gpu::DeviceAlloc(layout.num_heads() * sizeof(int64_t));
+  if (!vocab.ok()) return vocab.status();
+  mirror->vocab_ = *vocab;
+  if (absl::Status s = gpu::CopyToDevice(*ptrs, device_tables.data(),
+                                         device_tables.size() * sizeof(void*));
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = gpu::CopyToDevice(*vocab, layout.table_vocab_sizes.data(),
+                                         layout.num_heads() * sizeof(int64_t));
+      !s.ok()) {
+    return s;
+  }
+  gpu::GatherLaunch& g = mirror->launch_;
+  g.tables = static_cast<const uint8_t* const*>(mirror->table_ptrs_);
+  g.vocab = static_cast<const int64_t*>(mirror->vocab_);
+  g.heads = layout.num_heads();
+  g.dim = layout.embedding_dim;
+  g.in_dtype = static_cast<int>(layout.dtype);
+  return std::shared_ptr<const GpuLayerMirror>(std::move(mirror));
+}
+
+GpuTier::Slot* GpuTier::AcquireSlot() {
+  std::unique_lock<std::mutex> lock(mu_);
+  slot_free_.wait(lock, [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return !free_slots_.empty();
+  });
+  Slot* slot = free_slots_.back();
+  free_slots_.pop_back();
+  return slot;
+}
+
+void GpuTier::ReleaseSlot(Slot* slot) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_slots_.push_back(slot);
+  }
+  slot_free_.notify_one();
+}
+
+absl::Status GpuTier::PrepareSlot(Slot* slot, size_t id_bytes, size_t out_bytes) {
+  if (slot->ids_capacity < id_bytes) {
+    const size_t capacity = RoundUpPow2(id_bytes);
+    gpu::DeviceFree(slot->device_ids);
+    gpu::PinnedFree(slot->pinned_ids);
+    slot->device_ids = nullptr;
+    slot->pinned_ids = nullptr;
+    slot->ids_capacity = 0;
+    absl::StatusOr<void*> d = gpu::DeviceAlloc(capacity);
+    if (!d.ok()) return d.status();
+    slot->device_ids = static_cast<int64_t*>(*d);
+    absl::StatusOr<void*> p = gpu::PinnedAlloc(capacity);
+    if (!p.ok()) return p.status();
+    slot->pinned_ids = static_cast<int64_t*>(*p);
+    slot->ids_capacity = capacity;
+  }
+  if (slot->out_capacity < out_bytes) {
+    const size_t capacity = RoundUpPow2(out_bytes);
+    gpu::DeviceFree(slot->device_out);
+    slot->device_out = nullptr;
+    slot->out_capacity = 0;
+    absl::StatusOr<void*> d = gpu::DeviceAlloc(capacity);
+    if (!d.ok()) return d.status();
+    slot->device_out = static_cast<uint8_t*>(*d);
+    slot->out_capacity = capacity;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuTier::Gather(const GpuLayerMirror& mirror, const int64_t* ids,
+                             int64_t num_ids, DType out_dtype,
+                             uint8_t* host_out) {
+  if (absl::Status s = gpu::SetDevice(options_.device); !s.ok()) return s;
+  const size_t id_bytes = static_cast<size_t>(num_ids) * sizeof(int64_t);
+  const size_t out_bytes = static_cast<size_t>(num_ids) * mirror.launch_.dim *
+                           DTypeSize(out_dtype);
+  Slot* slot = AcquireSlot();
+  absl::Status status = [&]() -> absl::Status {
+    if (absl::Status s = PrepareSlot(slot, id_bytes, out_bytes); !s.ok()) return s;
+    std::memcpy(slot->pinned_ids, ids, id_bytes);
+    gpu::GatherLaunch g = mirror.launch_;
+    g.out_dtype = static_cast<int>(out_dtype);
+    g.ids = slot->device_ids;
+    g.num_ids = num_ids;
+    g.out = slot->device_out;
+    g.error_flag = slot->device_error;
+    if (absl::Status s = gpu::CopyToDeviceAsync(slot->device_ids, slot->pinned_ids,
+                                                id_bytes, slot->stream);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = gpu::ResetErrorFlag(slot->device_error, slot->stream); !s.ok())
+      return s;
+    if (absl::Status s = gpu::LaunchGather(g, slot->stream); !s.ok()) return s;
+    if (absl::Status s = gpu::CopyToHostAsync(host_out, slot->device_out, out_bytes,
+                                              slot->stream);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = gpu::CopyToHostAsync(slot->pinned_error, slot->device_error,
+                                              sizeof(uint64_t), slot->stream);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = gpu::StreamSynchronize(slot->stream); !s.ok()) return s;
+    if (*slot->pinned_error != gpu::kNoError) {
+      return absl::InternalError(absl::StrCat(
+          "the device bounds check rejected row ", *slot->pinned_error,
+          " of the gather"));
+    }
+    return absl::OkStatus();
+  }();
+  ReleaseSlot(slot);
+  return status;
+}
+
+uint8_t* GpuTier::AllocResponse(size_t bytes, void** token) {
+  const size_t capacity = RoundUpPow2(bytes + sizeof(PinnedBlock));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pinned_cache_.lower_bound(capacity);
+    if (it != pinned_cache_.end() && it->first <= capacity * 2) {
+      PinnedBlock* block = it->second;
+      pinned_cached_bytes_ -= block->capacity;
+      pinned_cache_.erase(it);
+      *token = block;
+      return block->data;
+    }
+  }
+  if (!gpu::SetDevice(options_.device).ok()) return nullptr;
+  absl::StatusOr<void*> p = gpu::PinnedAlloc(capacity);
+  if (!p.ok()) return nullptr;
+  auto* block = static_cast<PinnedBlock*>(*p);
+  block->owner = this;
+  block->capacity = capacity;
+  block->data = static_cast<uint8_t*>(*p) + sizeof(PinnedBlock);
+  *token = block;
+  return block->data;
+}
+
+void GpuTier::FreeResponse(void* token) {
+  auto* block = static_cast<PinnedBlock*>(token);
+  block->owner->ReturnPinned(block);
+}
+
+void GpuTier::ReturnPinned(PinnedBlock* block) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (pinned_cached_bytes_ + block->capacity <= kMaxCachedPinnedBytes) {
+      pinned_cached_bytes_ += block->capacity;
+      pinned_cache_.emplace(block->capacity, block);
+      return;
+    }
+  }
+  gpu::PinnedFree(block);
+}
+
+}  // namespace engram

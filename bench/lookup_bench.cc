@@ -3,6 +3,7 @@
 // loopback of the same bytes, and Redis MGET of the same rows.
 //
 //   build/bench/lookup_bench [--seconds=2] [--callers=4] [--channels=1]
+//                            [--compare_gpu_tier] [--engramd=PATH]
 #include <cstdio>
 #include <random>
 #include <string>
@@ -37,10 +38,76 @@ void PrintRow(const char* name, const Shape& s, const RunStats& r) {
               r.calls_per_s(), r.p50_us, r.p99_us);
 }
 
+// --compare_gpu_tier: the same lookups against two engramd processes, one
+// serving from host memory and one from the GPU tier (--gpu=0,
+// --gpu_min_rows=1), to find where the GPU pays off.
+std::string engramd_path = ENGRAM_BENCH_ENGRAMD;
+
+int CompareTiers(double seconds, int callers, int channels) {
+  auto cpu = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
+                                 "--metrics_listen="});
+  auto gpu = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
+                                 "--metrics_listen=", "--gpu=0", "--gpu_min_rows=1"});
+  if (!cpu || !gpu) {
+    std::fprintf(stderr, "lookup_bench: a server did not start\n");
+    return 1;
+  }
+  ClientOptions options;
+  options.num_channels = channels;
+  auto cpu_client = Client::Connect(absl::StrCat("127.0.0.1:", cpu->port()), options);
+  auto gpu_client = Client::Connect(absl::StrCat("127.0.0.1:", gpu->port()), options);
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim, DType::kFloat32};
+  std::vector<std::vector<uint8_t>> tables(kHeads);
+  std::mt19937_64 rng(5);
+  for (auto& t : tables) {
+    t.resize(layout.table_bytes(0));
+    for (auto& b : t) b = static_cast<uint8_t>(rng());
+  }
+  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  for (Client* c : {cpu_client->get(), gpu_client->get()}) {
+    if (auto s = c->Populate(1, layout, spans); !s.ok()) {
+      std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
+      return 1;
+    }
+  }
+  std::printf("lookup_bench --compare_gpu_tier: H = %d, D = %lld float32, %d callers, "
+              "%d connection(s)\n", kHeads, static_cast<long long>(kDim), callers,
+              channels);
+  std::printf("  %-22s %8s %12s %12s %10s %10s %7s\n", "shape", "rows", "cpu rows/s",
+              "gpu rows/s", "cpu p50 us", "gpu p50 us", "gpu/cpu");
+  const Shape shapes[] = {{"decode B=1", 1, 1},     {"decode B=16", 16, 1},
+                          {"decode B=64", 64, 1},   {"decode B=256", 256, 1},
+                          {"prefill B=1 L=1024", 1, 1024},
+                          {"prefill B=1 L=4096", 1, 4096},
+                          {"prefill B=8 L=4096", 8, 4096}};
+  for (const Shape& s : shapes) {
+    std::vector<std::vector<int64_t>> ids(callers);
+    std::vector<std::vector<uint8_t>> outs(callers);
+    for (int c = 0; c < callers; ++c) {
+      for (int64_t i = 0; i < s.rows(); ++i) ids[c].push_back(rng() % kRowsPerHead);
+      outs[c].resize(s.bytes());
+    }
+    const int64_t shape[] = {s.batch, s.length, kHeads};
+    RunStats r[2];
+    Client* clients[2] = {cpu_client->get(), gpu_client->get()};
+    for (int t = 0; t < 2; ++t) {
+      r[t] = RunClosedLoop(callers, seconds, [&](int c) {
+        return clients[t]->Lookup(1, ids[c], shape, outs[c]).ok();
+      });
+    }
+    std::printf("  %-22s %8lld %12.0f %12.0f %10.1f %10.1f %6.2fx\n", s.name,
+                static_cast<long long>(s.rows()), r[0].calls_per_s() * s.rows(),
+                r[1].calls_per_s() * s.rows(), r[0].p50_us, r[1].p50_us,
+                r[1].calls_per_s() / r[0].calls_per_s());
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   double seconds = 2;
   int callers = 4;
   int channels = 1;
+  bool compare_gpu_tier = false;
   std::string self = argv[0];
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -55,9 +122,12 @@ int Main(int argc, char** argv) {
     if (a.rfind("--seconds=", 0) == 0) seconds = std::stod(a.substr(10));
     if (a.rfind("--callers=", 0) == 0) callers = std::stoi(a.substr(10));
     if (a.rfind("--channels=", 0) == 0) channels = std::stoi(a.substr(11));
+    if (a == "--compare_gpu_tier") compare_gpu_tier = true;
+    if (a.rfind("--engramd=", 0) == 0) engramd_path = a.substr(10);
   }
+  if (compare_gpu_tier) return CompareTiers(seconds, callers, channels);
 
-  auto engramd = ChildServer::Start({ENGRAM_BENCH_ENGRAMD, "--listen=127.0.0.1:0",
+  auto engramd = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
                                      "--metrics_listen=", "--nopin_memory"});
   auto echo = ChildServer::Start({self, "--serve_echo"});
   if (!engramd || !echo) {

@@ -19,7 +19,7 @@ struct ServiceLimits {
   int64_t max_lookup_rows = int64_t{1} << 22;
   int64_t max_message_bytes = int64_t{256} << 20;
   bool pin_memory = true;
-  int64_t gpu_min_rows = 4096;  // smaller lookups stay on the CPU
+  int64_t gpu_min_rows = 16384;  // smaller lookups stay on the CPU
 };
 
 // Lookup is registered raw: the request is parsed with protobuf, but the

@@ -22,7 +22,7 @@ struct ServerConfig {
   double drain_seconds = 10;
   int gpu = -1;                       // CUDA device for the GPU tier; -1 off
   uint64_t gpu_memory_limit_bytes = 0;  // 0: 90% of the device's free memory
-  int64_t gpu_min_rows = 4096;       // smaller lookups stay on the CPU
+  int64_t gpu_min_rows = 16384;      // measured crossover (docs/gpu_tier.md)
   int gpu_streams = 4;
   std::string port_file;  // written once serving: grpc_port=, metrics_port=
   bool help = false;

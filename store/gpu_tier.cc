@@ -7,12 +7,20 @@
 namespace engram {
 namespace {
 
-constexpr size_t kMaxCachedPinnedBytes = size_t{1} << 30;
+// Pinned allocations cost milliseconds per hundred MB, so response buffers
+// are recycled; this bounds what the cache may hold.
+constexpr size_t kMaxCachedPinnedBytes = size_t{2} << 30;
 
 size_t RoundUpPow2(size_t n) {
   size_t p = 4096;
   while (p < n) p <<= 1;
   return p;
+}
+
+// Powers of two up to 1 MiB, then whole MiB: big responses waste little.
+size_t PinnedCapacity(size_t n) {
+  constexpr size_t kMiB = size_t{1} << 20;
+  return n <= kMiB ? RoundUpPow2(n) : (n + kMiB - 1) / kMiB * kMiB;
 }
 
 }  // namespace
@@ -231,11 +239,11 @@ absl::Status GpuTier::Gather(const GpuLayerMirror& mirror, const int64_t* ids,
 }
 
 uint8_t* GpuTier::AllocResponse(size_t bytes, void** token) {
-  const size_t capacity = RoundUpPow2(bytes + sizeof(PinnedBlock));
+  const size_t capacity = PinnedCapacity(bytes + sizeof(PinnedBlock));
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = pinned_cache_.lower_bound(capacity);
-    if (it != pinned_cache_.end() && it->first <= capacity * 2) {
+    if (it != pinned_cache_.end() && it->first <= capacity + capacity / 2) {
       PinnedBlock* block = it->second;
       pinned_cached_bytes_ -= block->capacity;
       pinned_cache_.erase(it);

@@ -22,8 +22,16 @@
 
 namespace engram::testing {
 
-std::string EngramdPath() { return ENGRAM_TEST_ENGRAMD; }
-std::string EngramctlPath() { return ENGRAM_TEST_ENGRAMCTL; }
+// The build tree's binaries, unless the environment points elsewhere (e.g.
+// binaries carried to another machine).
+std::string EngramdPath() {
+  const char* env = std::getenv("ENGRAM_TEST_ENGRAMD");
+  return env != nullptr ? env : ENGRAM_TEST_ENGRAMD;
+}
+std::string EngramctlPath() {
+  const char* env = std::getenv("ENGRAM_TEST_ENGRAMCTL");
+  return env != nullptr ? env : ENGRAM_TEST_ENGRAMCTL;
+}
 
 absl::StatusOr<std::unique_ptr<EngramdProcess>> EngramdProcess::Start(
     const std::vector<std::string>& extra_flags) {

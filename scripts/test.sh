@@ -18,7 +18,7 @@ echo "== tests"
 
 echo "== ThreadSanitizer: store concurrency tests (build-tsan/)"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DENGRAM_SANITIZE=thread -DENGRAM_BUILD_BENCH=OFF >/dev/null
+  -DENGRAM_SANITIZE=thread -DENGRAM_BUILD_BENCH=OFF -DENGRAM_WITH_CUDA=OFF >/dev/null
 cmake --build build-tsan -j"$JOBS" --target layer_registry_test gather_test
 # TSan needs a non-randomized address space on some kernels.
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \

@@ -10,7 +10,7 @@ packages=(
   libabsl-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-numpy
-  redis-server curl
+  redis-server curl python3-yaml
 )
 
 missing=()
@@ -19,6 +19,10 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+
+# The manifest test renders with kubectl kustomize: use the kubectl that is
+# there, else Debian's.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install_deps: all ${#packages[@]} packages present"

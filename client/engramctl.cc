@@ -238,6 +238,7 @@ int Lookup(Client& client, const Args& args) {
     return 0;
   }
   const int64_t heads = shape.empty() ? 1 : shape.back();
+  std::cout.precision(9);  // every float32 prints exactly (max_digits10)
   const size_t row_bytes = dim * DTypeSize(dtype);
   std::vector<float> values(dim);
   for (size_t i = 0; i < ids.size(); ++i) {

@@ -56,7 +56,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 PORT=$(free_port); MPORT=$(free_port)
 ctr=$($B from "$IMAGE")
 cleanup() {
-  pkill -TERM -f "engramd --listen=127.0.0.1:$PORT" 2>/dev/null || true
+  pkill -TERM -f "^/usr/local/bin/engramd --listen=127.0.0.1:$PORT" 2>/dev/null || true
   sleep 2
   $B rm "$ctr" >/dev/null 2>&1 || true
 }
@@ -101,7 +101,8 @@ step "metrics"
 curl -fsS "http://127.0.0.1:$MPORT/metrics" | grep -E '^engram_(layers|requests_total\{code="OK",rpc="Lookup"\})'
 
 step "SIGTERM drains and exits 0"
-pkill -TERM -f "engramd --listen=127.0.0.1:$PORT"
-for i in $(seq 50); do pgrep -f "engramd --listen=127.0.0.1:$PORT" >/dev/null || break; sleep 0.2; done
+pkill -TERM -f "^/usr/local/bin/engramd --listen=127.0.0.1:$PORT"
+for i in $(seq 50); do pgrep -f "^/usr/local/bin/engramd --listen=127.0.0.1:$PORT" >/dev/null || break; sleep 0.2; done
 grep -E "draining|stopped" "$CACHE/engramd.log"
+grep -q "engramd: stopped" "$CACHE/engramd.log"
 echo "== image test passed"

@@ -66,8 +66,12 @@ struct Client::Impl {
            lookup_stubs.size();
   }
 
+  void SetDeadline(grpc::ClientContext* context,
+                   absl::Duration timeout) const {
+    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  }
   void SetDeadline(grpc::ClientContext* context) const {
-    context->set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
+    SetDeadline(context, options.timeout);
   }
 };
 
@@ -124,7 +128,7 @@ absl::StatusOr<LayerDescription> Client::Populate(
     }
   }
   grpc::ClientContext context;
-  impl_->SetDeadline(&context);
+  impl_->SetDeadline(&context, impl_->options.populate_timeout);
   v1::PopulateResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::PopulateRequest>> writer =
       impl_->stub->Populate(&context, &response);

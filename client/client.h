@@ -23,8 +23,10 @@
 namespace engram {
 
 struct ClientOptions {
-  // Deadline of each call (a Populate stream counts as one call).
+  // Deadline of each unary call (Lookup, Remove, Describe, List, health).
   absl::Duration timeout = absl::Seconds(60);
+  // Deadline of a whole Populate stream: multi-GB tables take minutes.
+  absl::Duration populate_timeout = absl::Hours(2);
   // Largest response accepted; match the server's --max_message_bytes.
   int64_t max_message_bytes = int64_t{256} << 20;
   // Row bytes per Populate chunk message (whole rows are always sent).

@@ -20,7 +20,8 @@ namespace {
 
 constexpr char kUsage[] = R"(engramctl: talk to an engramd server
 
-Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] COMMAND [flags] [files]
+Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
+                 COMMAND [flags] [files]
 
   health                                  exit 0 when the server is SERVING
   list                                    all layers, one line each
@@ -36,7 +37,9 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] COMMAND [flags] [files]
                                           gather rows; prints them, or
                                           writes a [B, L, H, D] .npy
 
---address defaults to $ENGRAM_ADDRESS, else 127.0.0.1:50051.
+--address defaults to $ENGRAM_ADDRESS, else 127.0.0.1:50051. --timeout_s
+(default 60) bounds each call; a populate stream gets --populate_timeout_s
+(default 7200).
 )";
 
 struct Args {
@@ -267,6 +270,9 @@ int Run(int argc, char** argv) {
   ClientOptions options;
   if (args.flags.count("timeout_s")) {
     options.timeout = absl::Seconds(IntFlag(args, "timeout_s"));
+  }
+  if (args.flags.count("populate_timeout_s")) {
+    options.populate_timeout = absl::Seconds(IntFlag(args, "populate_timeout_s"));
   }
   absl::StatusOr<std::unique_ptr<Client>> client =
       Client::Connect(address, options);

@@ -429,6 +429,28 @@ TEST_F(ServerTest, ConcurrentLookupsDuringRemoveAndRepopulate) {
   EXPECT_GT(ok.load(), 0);
 }
 
+TEST_F(ServerTest, PopulateHasItsOwnDeadline) {
+  ClientOptions options;
+  options.timeout = absl::Seconds(-1);  // every unary call is already late
+  options.populate_timeout = absl::Seconds(60);
+  auto client = Client::Connect(server_->address(), options);
+  ASSERT_TRUE(client.ok());
+  LayerLayout layout{{500, 300}, 64};
+  auto tables = testing::RandomTables(layout, 60);
+  EXPECT_TRUE((*client)->Populate(60, layout, testing::Spans(tables)).ok())
+      << "a populate is not bound by the unary timeout";
+  std::vector<int64_t> ids = {1, 2};
+  std::vector<uint8_t> out(2 * 256);
+  const int64_t shape[] = {1, 1, 2};
+  EXPECT_EQ((*client)->Lookup(60, ids, shape, out).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  options.populate_timeout = absl::Seconds(-1);
+  auto strict = Client::Connect(server_->address(), options);
+  EXPECT_EQ((*strict)->Populate(61, layout, testing::Spans(tables)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(client_->DescribeLayer(61).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(ServerTest, HealthIsServing) { EXPECT_TRUE(client_->CheckHealth().ok()); }
 
 TEST_F(ServerTest, MetricsScrapeShowsCountersMoving) {

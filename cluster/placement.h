@@ -8,16 +8,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "store/layout.h"  // RowRange
 
 namespace engram {
-
-// Rows [begin, end) of one head table.
-struct RowRange {
-  int64_t begin = 0;
-  int64_t end = 0;
-  int64_t size() const { return end - begin; }
-  bool operator==(const RowRange&) const = default;
-};
 
 // Head h's N rows are cut into S contiguous ranges, range k being
 // [floor(k*N/S), floor((k+1)*N/S)) (sizes differ by at most one row; some

@@ -172,7 +172,7 @@ void FillLayerInfo(const Layer& layer, v1::LayerInfo* info) {
     info->add_store_keys(StoreKey(layer.id(), h));
   }
   info->set_num_heads(layout.num_heads());
-  info->set_bytes(static_cast<int64_t>(layer.bytes()));
+  info->set_bytes(static_cast<int64_t>(layout.total_bytes()));
 }
 
 EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
@@ -187,7 +187,10 @@ EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
 
 absl::Status EngramService::MirrorAndCommit(
     const std::shared_ptr<PopulateTicket>& ticket, std::shared_ptr<Layer> layer) {
-  if (gpu_ != nullptr) {
+  if (gpu_ != nullptr && !layer->complete()) {
+    LogInfo(absl::StrCat("layer ", layer->id(), " is a shard's partial copy; ",
+                         "it stays in host memory (GPU mirrors hold whole layers)"));
+  } else if (gpu_ != nullptr) {
     absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> mirror =
         gpu_->Mirror(*layer);
     if (mirror.ok()) {

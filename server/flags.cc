@@ -9,6 +9,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/ascii.h"
 
 namespace engram {
 namespace {
@@ -126,6 +128,35 @@ const std::vector<FlagSpec>& Flags() {
                 c->gpu_streams <= 64;
        },
        [](const ServerConfig& c) { return absl::StrCat(c.gpu_streams); }},
+      {"shard_index",
+       "this shard's position in --peers (Kubernetes: the pod ordinal)", false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->shard_index) && c->shard_index >= 0;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.shard_index); }},
+      {"peers",
+       "HOST:PORT of every shard, this one included, in the same order on all "
+       "shards; empty runs a single node",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->peers = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.peers; }},
+      {"replication", "copies of every row range (on consecutive shards)", false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->replication) && c->replication >= 1;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.replication); }},
+      {"staged_timeout_seconds",
+       "populate data staged for a coordinator that never commits is dropped "
+       "after this long",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->staged_timeout_seconds) &&
+                c->staged_timeout_seconds > 0;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.staged_timeout_seconds); }},
       {"port_file",
        "write 'grpc_port=N' and 'metrics_port=M' here once serving (for "
        "scripts using port 0)",
@@ -206,6 +237,42 @@ std::string ServerFlagsHelp() {
   }
   absl::StrAppend(&out, "  --help\n      print this text and exit\n");
   return out;
+}
+
+absl::StatusOr<std::vector<std::string>> ClusterPeers(const ServerConfig& config) {
+  std::vector<std::string> peers;
+  if (config.peers.empty()) {
+    if (config.shard_index != 0 || config.replication != 1) {
+      return absl::InvalidArgumentError(
+          "--shard_index and --replication need --peers (the shard list)");
+    }
+    return peers;
+  }
+  for (absl::string_view p : absl::StrSplit(config.peers, ',')) {
+    std::string peer(absl::StripAsciiWhitespace(p));
+    if (peer.empty() || peer.find(':') == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--peers entry '", peer, "' is not HOST:PORT"));
+    }
+    for (const std::string& seen : peers) {
+      if (seen == peer) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--peers lists ", peer, " twice"));
+      }
+    }
+    peers.push_back(peer);
+  }
+  if (config.shard_index >= static_cast<int>(peers.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--shard_index=", config.shard_index, " but --peers has ", peers.size(),
+        " shards"));
+  }
+  if (config.replication > static_cast<int>(peers.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--replication=", config.replication, " exceeds the ", peers.size(),
+        " shards in --peers"));
+  }
+  return peers;
 }
 
 void ResolveServerDefaults(ServerConfig* config) {

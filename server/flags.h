@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -24,6 +25,12 @@ struct ServerConfig {
   uint64_t gpu_memory_limit_bytes = 0;  // 0: 90% of the device's free memory
   int64_t gpu_min_rows = 16384;      // measured crossover (docs/gpu_tier.md)
   int gpu_streams = 4;
+  // Sharded cluster: this shard's index into `peers` (HOST:PORT of every
+  // shard, itself included, same order on all). Empty peers: single node.
+  int shard_index = 0;
+  std::string peers;
+  int replication = 1;
+  double staged_timeout_seconds = 120;
   std::string port_file;  // written once serving: grpc_port=, metrics_port=
   bool help = false;
 };
@@ -37,6 +44,11 @@ std::string ServerFlagsHelp();
 
 // Fills defaults that depend on the machine (threads, memory limit).
 void ResolveServerDefaults(ServerConfig* config);
+
+// The --peers list split into addresses; INVALID_ARGUMENT naming the flag
+// when the cluster flags disagree (index out of range, replication above
+// the shard count, an empty or duplicate address).
+absl::StatusOr<std::vector<std::string>> ClusterPeers(const ServerConfig& config);
 
 }  // namespace engram
 

@@ -22,6 +22,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   engram::ResolveServerDefaults(&*config);
+  if (auto peers = engram::ClusterPeers(*config); !peers.ok()) {
+    std::cerr << "engramd: " << peers.status().message() << "\n";
+    return 2;
+  }
 
   // Block the stop signals in every thread (threads inherit the mask) and
   // take them synchronously below: no async-signal-safety pitfalls.
@@ -40,7 +44,11 @@ int main(int argc, char** argv) {
       " max_lookup_rows=", config->max_lookup_rows,
       " pin_memory=", config->pin_memory ? "true" : "false",
       " demo=", config->demo ? "true" : "false",
-      " gpu=", config->gpu));
+      " gpu=", config->gpu,
+      config->peers.empty() ? std::string()
+                            : absl::StrCat(" shard_index=", config->shard_index,
+                                           " peers=", config->peers,
+                                           " replication=", config->replication)));
 
   engram::EngramServer server(*config);
   if (absl::Status s = server.Start(); !s.ok()) {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -54,6 +55,35 @@ absl::StatusOr<HostBuffer> HostBuffer::Allocate(size_t bytes, bool try_pin) {
     buffer.pin_mode_ = PinMode::kCudaHost;
   } else if (try_pin && mlock(p, mapped) == 0) {
     buffer.pin_mode_ = PinMode::kMlock;
+  }
+  return buffer;
+}
+
+absl::StatusOr<HostBuffer> HostBuffer::AllocateSparse(
+    size_t bytes, const std::vector<std::pair<size_t, size_t>>& resident,
+    bool try_pin) {
+  if (bytes == 0) return absl::InvalidArgumentError("empty host buffer");
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t mapped = (bytes + page - 1) / page * page;
+  void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot reserve ", bytes, " bytes of address space: ", strerror(errno)));
+  }
+  HostBuffer buffer;
+  buffer.data_ = static_cast<uint8_t*>(p);
+  buffer.size_ = bytes;
+  buffer.mapped_ = mapped;
+  if (try_pin) {
+    bool all = true;
+    for (auto [begin, end] : resident) {
+      if (end <= begin) continue;
+      const size_t first = begin / page * page;
+      const size_t last = std::min(mapped, (end + page - 1) / page * page);
+      all &= mlock(buffer.data_ + first, last - first) == 0;
+    }
+    if (all) buffer.pin_mode_ = PinMode::kMlock;
   }
   return buffer;
 }

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -29,6 +31,13 @@ class HostBuffer {
   // cudaHostRegister once EnableCudaPinning(true) was called (a GPU tier is
   // up), else, or if that fails, with mlock.
   static absl::StatusOr<HostBuffer> Allocate(size_t bytes, bool try_pin);
+  // A mapping of `bytes` of address space of which only the `resident`
+  // byte ranges [first, second) will be written: the rest costs no memory
+  // (MAP_NORESERVE, never touched). Pins only the resident ranges (mlock).
+  // For a shard holding some row ranges of a table.
+  static absl::StatusOr<HostBuffer> AllocateSparse(
+      size_t bytes, const std::vector<std::pair<size_t, size_t>>& resident,
+      bool try_pin);
   // Process-wide switch, set by the server when its GPU tier opens.
   static void EnableCudaPinning(bool enabled);
   HostBuffer(HostBuffer&& other) noexcept;

@@ -35,7 +35,10 @@ class Layer {
   // Row-major [N_h, D] bytes of head h.
   const uint8_t* table(int head) const { return table_ptrs_[head]; }
   const uint8_t* const* table_ptrs() const { return table_ptrs_.data(); }
-  uint64_t bytes() const { return layout_.total_bytes(); }
+  // Row bytes stored here: the whole layout, or a shard's share of it.
+  uint64_t bytes() const { return reservation_.bytes(); }
+  // False for a shard's partial copy (only its row ranges are present).
+  bool complete() const { return reservation_.bytes() == layout_.total_bytes(); }
   // Device copy of the tables, or nullptr when the layer is host-only.
   const GpuLayerMirror* gpu_mirror() const { return gpu_mirror_.get(); }
   // Only before the layer is published (the registry's lock orders it

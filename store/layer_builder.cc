@@ -22,13 +22,16 @@ int64_t FirstSet(const std::vector<uint64_t>& bits, int64_t begin,
   return -1;
 }
 
-// Index of the first clear bit in [0, n), or -1.
-int64_t FirstClear(const std::vector<uint64_t>& bits, int64_t n) {
-  for (int64_t w = 0; w * 64 < n; ++w) {
-    if (~bits[w] != 0) {
-      int64_t hit = w * 64 + std::countr_zero(~bits[w]);
-      return hit < n ? hit : -1;
+// Index of the first clear bit in [begin, end), or -1.
+int64_t FirstClear(const std::vector<uint64_t>& bits, int64_t begin,
+                   int64_t end) {
+  for (int64_t i = begin; i < end;) {
+    uint64_t word = ~bits[i >> 6] >> (i & 63);
+    if (word != 0) {
+      int64_t hit = i + std::countr_zero(word);
+      return hit < end ? hit : -1;
     }
+    i = ((i >> 6) + 1) << 6;
   }
   return -1;
 }
@@ -49,35 +52,62 @@ void SetRange(std::vector<uint64_t>& bits, int64_t begin, int64_t end) {
 
 absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
     int64_t layer_id, LayerLayout layout, MemoryBudget* budget,
-    bool pin_memory) {
+    bool pin_memory, std::vector<std::vector<RowRange>> owned) {
   if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
-  const uint64_t bytes = layout.total_bytes();
+  if (!owned.empty() && owned.size() != layout.table_vocab_sizes.size()) {
+    return absl::InternalError("owned ranges must list every head");
+  }
+  uint64_t bytes = layout.total_bytes();
+  if (!owned.empty()) {
+    bytes = 0;
+    for (const auto& ranges : owned) {
+      for (RowRange r : ranges) bytes += r.size() * layout.row_bytes();
+    }
+  }
   if (!budget->TryReserve(bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "layer ", layer_id, " needs ", bytes, " bytes; memory budget has ",
         budget->limit() - std::min(budget->limit(), budget->used()),
         " of ", budget->limit(), " bytes free (--memory_limit_bytes)"));
   }
-  std::unique_ptr<LayerBuilder> builder(new LayerBuilder(
-      layer_id, std::move(layout), MemoryReservation(budget, bytes)));
+  std::unique_ptr<LayerBuilder> builder(
+      new LayerBuilder(layer_id, std::move(layout),
+                       MemoryReservation(budget, bytes), std::move(owned)));
   const LayerLayout& l = builder->layout_;
   for (int h = 0; h < l.num_heads(); ++h) {
-    absl::StatusOr<HostBuffer> table =
-        HostBuffer::Allocate(l.table_bytes(h), pin_memory);
+    absl::StatusOr<HostBuffer> table;
+    if (builder->owned_.empty()) {
+      table = HostBuffer::Allocate(l.table_bytes(h), pin_memory);
+    } else {
+      std::vector<std::pair<size_t, size_t>> resident;
+      for (RowRange r : builder->owned_[h]) {
+        resident.emplace_back(r.begin * l.row_bytes(), r.end * l.row_bytes());
+      }
+      table = HostBuffer::AllocateSparse(l.table_bytes(h), resident, pin_memory);
+    }
     if (!table.ok()) return table.status();
     builder->tables_.push_back(*std::move(table));
     builder->received_.emplace_back((l.table_vocab_sizes[h] + 63) / 64, 0);
     builder->received_per_head_.push_back(0);
-    builder->rows_total_ += l.table_vocab_sizes[h];
+    builder->rows_total_ += builder->OwnedRows(h);
   }
   return builder;
 }
 
 LayerBuilder::LayerBuilder(int64_t layer_id, LayerLayout layout,
-                           MemoryReservation reservation)
+                           MemoryReservation reservation,
+                           std::vector<std::vector<RowRange>> owned)
     : layer_id_(layer_id),
       layout_(std::move(layout)),
+      owned_(std::move(owned)),
       reservation_(std::move(reservation)) {}
+
+int64_t LayerBuilder::OwnedRows(int head) const {
+  if (owned_.empty()) return layout_.table_vocab_sizes[head];
+  int64_t rows = 0;
+  for (RowRange r : owned_[head]) rows += r.size();
+  return rows;
+}
 
 absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
                                     std::string_view data) {
@@ -104,6 +134,17 @@ absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
         "chunk for head ", head, " covers rows [", row_offset, ", ",
         row_offset + rows, ") outside the table's ", rows_in_table, " rows"));
   }
+  if (!owned_.empty()) {
+    bool held = false;
+    for (RowRange r : owned_[head]) {
+      held |= r.begin <= row_offset && row_offset + rows <= r.end;
+    }
+    if (!held) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk for head ", head, " covers rows [", row_offset, ", ",
+          row_offset + rows, ") that this shard does not hold"));
+    }
+  }
   std::vector<uint64_t>& bits = received_[head];
   if (int64_t dup = FirstSet(bits, row_offset, row_offset + rows); dup >= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -120,12 +161,20 @@ absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
 
 absl::StatusOr<std::shared_ptr<Layer>> LayerBuilder::Finish() {
   for (int h = 0; h < layout_.num_heads(); ++h) {
-    const int64_t n = layout_.table_vocab_sizes[h];
+    const int64_t n = OwnedRows(h);
     if (received_per_head_[h] != n) {
+      int64_t first_missing = -1;
+      std::vector<RowRange> ranges =
+          owned_.empty() ? std::vector<RowRange>{{0, layout_.table_vocab_sizes[h]}}
+                         : owned_[h];
+      for (RowRange r : ranges) {
+        first_missing = FirstClear(received_[h], r.begin, r.end);
+        if (first_missing >= 0) break;
+      }
       return absl::InvalidArgumentError(absl::StrCat(
           "populate of layer ", layer_id_, " ended with head ", h, " missing ",
           n - received_per_head_[h], " of ", n, " rows (first missing row ",
-          FirstClear(received_[h], n), ")"));
+          first_missing, ")"));
     }
   }
   return std::make_shared<Layer>(layer_id_, layout_, std::move(tables_),

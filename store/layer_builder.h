@@ -21,10 +21,12 @@ namespace engram {
 class LayerBuilder {
  public:
   // Validates the layout, charges its bytes to `budget` (RESOURCE_EXHAUSTED
-  // past the limit) and allocates the tables.
+  // past the limit) and allocates the tables. With `owned` (one list of
+  // row ranges per head: a shard of a cluster), only those rows are stored,
+  // charged and expected; the others are never written.
   static absl::StatusOr<std::unique_ptr<LayerBuilder>> Create(
       int64_t layer_id, LayerLayout layout, MemoryBudget* budget,
-      bool pin_memory);
+      bool pin_memory, std::vector<std::vector<RowRange>> owned = {});
 
   // Copies whole rows of `head` starting at `row_offset`. INVALID_ARGUMENT
   // for a bad head, offset, ragged or empty data, rows past the table end,
@@ -43,10 +45,13 @@ class LayerBuilder {
 
  private:
   LayerBuilder(int64_t layer_id, LayerLayout layout,
-               MemoryReservation reservation);
+               MemoryReservation reservation,
+               std::vector<std::vector<RowRange>> owned);
+  int64_t OwnedRows(int head) const;
 
   const int64_t layer_id_;
   const LayerLayout layout_;
+  const std::vector<std::vector<RowRange>> owned_;  // empty: whole tables
   MemoryReservation reservation_;
   std::vector<HostBuffer> tables_;
   // One bit per row per head: set once the row arrived.

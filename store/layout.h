@@ -13,6 +13,14 @@
 
 namespace engram {
 
+// Rows [begin, end) of one head table.
+struct RowRange {
+  int64_t begin = 0;
+  int64_t end = 0;
+  int64_t size() const { return end - begin; }
+  bool operator==(const RowRange&) const = default;
+};
+
 // Shape of one layer: a table [N_h, D] per head h, elements of `dtype`.
 // A plain value type.
 struct LayerLayout {

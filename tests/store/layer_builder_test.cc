@@ -92,6 +92,30 @@ TEST_F(LayerBuilderTest, BudgetIsEnforcedAndReleasedOnAbort) {
   EXPECT_TRUE(LayerBuilder::Create(2, layout_, &small, false).ok());
 }
 
+TEST_F(LayerBuilderTest, ShardHoldsOnlyItsRanges) {
+  // Head 0: rows [2, 5) and [8, 10); head 1: nothing.
+  auto b = LayerBuilder::Create(4, layout_, &budget_, true,
+                                {{{2, 5}, {8, 10}}, {}});
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(budget_.used(), 5 * row_) << "only held rows are charged";
+  ExpectInvalid((*b)->AddChunk(0, 4, Rows(tables_[0], row_, 4, 2)),
+                "rows [4, 6) that this shard does not hold");
+  ExpectInvalid((*b)->AddChunk(1, 0, Rows(tables_[1], row_, 0, 1)),
+                "does not hold");
+  ASSERT_TRUE((*b)->AddChunk(0, 8, Rows(tables_[0], row_, 8, 2)).ok());
+  ASSERT_TRUE((*b)->AddChunk(0, 2, Rows(tables_[0], row_, 2, 2)).ok());
+  ExpectInvalid((*b)->Finish().status(), "first missing row 4");
+  auto c = LayerBuilder::Create(5, layout_, &budget_, false, {{{2, 5}, {8, 10}}, {}});
+  ASSERT_TRUE((*c)->AddChunk(0, 2, Rows(tables_[0], row_, 2, 3)).ok());
+  ASSERT_TRUE((*c)->AddChunk(0, 8, Rows(tables_[0], row_, 8, 2)).ok());
+  auto layer = (*c)->Finish();
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  EXPECT_FALSE((*layer)->complete());
+  EXPECT_EQ((*layer)->bytes(), 5 * row_);
+  EXPECT_EQ(0, std::memcmp((*layer)->table(0) + 8 * row_, tables_[0].data() + 8 * row_,
+                           2 * row_));
+}
+
 TEST_F(LayerBuilderTest, BitmapHandlesWordBoundaries) {
   LayerLayout wide{{200}, 1, DType::kUInt8};
   MemoryBudget budget(1 << 20);

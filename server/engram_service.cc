@@ -234,6 +234,31 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
                                 call->shape.heads, layout.embedding_dim};
   const size_t out_bytes = static_cast<size_t>(num_ids) * call->out_row_bytes;
 
+  if (call->request.as_values() && cluster_ != nullptr) {
+    auto message = std::make_shared<v1::LookupResponse>();
+    for (int64_t d : out_shape) message->add_shape(d);
+    message->set_dtype(v1::DTYPE_FLOAT32);
+    message->mutable_values()->Resize(
+        static_cast<int>(num_ids * layout.embedding_dim), 0.0f);
+    cluster_->Gather(
+        call->layer, call->ids, num_ids, DType::kFloat32,
+        reinterpret_cast<uint8_t*>(message->mutable_values()->mutable_data()),
+        [this, call, message, reactor, response, num_ids, out_bytes](absl::Status s) {
+          if (s.ok()) {
+            bool own_buffer;
+            grpc::Status st = grpc::SerializationTraits<v1::LookupResponse>::Serialize(
+                *message, response, &own_buffer);
+            s = absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                             st.error_message());
+            metrics_->RecordLookup(
+                std::chrono::duration<double>(Clock::now() - call->start).count(),
+                num_ids, static_cast<int64_t>(out_bytes));
+          }
+          Finish(reactor, Rpc::kLookup, s);
+        });
+    return reactor;
+  }
+
   if (call->request.as_values()) {  // debugging path: readable floats
     v1::LookupResponse message;
     for (int64_t d : out_shape) message.add_shape(d);
@@ -308,6 +333,19 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
   }
   wire::EncodeLookupResponseHeader(out_shape, static_cast<int>(call->out_dtype),
                                    out_bytes, buffer.data);
+  if (cluster_ != nullptr) {
+    cluster_->Gather(call->layer, call->ids, num_ids, call->out_dtype,
+                     buffer.data + header_bytes,
+                     [this, finish, buffer, reactor](absl::Status s) {
+                       if (s.ok()) {
+                         finish(buffer, /*on_gpu=*/false);
+                       } else {
+                         buffer.destroy(buffer.user_data);
+                         Finish(reactor, Rpc::kLookup, s);
+                       }
+                     });
+    return reactor;
+  }
   GatherAsync(pool_, *call->layer, call->ids, num_ids, call->out_dtype,
               buffer.data + header_bytes,
               [finish, buffer] { finish(buffer, /*on_gpu=*/false); });
@@ -318,6 +356,18 @@ grpc::ServerUnaryReactor* EngramService::Remove(
     grpc::CallbackServerContext* context, const v1::RemoveRequest* request,
     v1::RemoveResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (cluster_ != nullptr) {
+    cluster_->Remove(request->layer_id(), request->force(),
+                     [this, reactor, response, id = request->layer_id()](
+                         absl::StatusOr<int> removed) {
+                       if (removed.ok()) {
+                         response->set_tables_removed(*removed);
+                         LogInfo(absl::StrCat("layer ", id, " removed from the cluster"));
+                       }
+                       Finish(reactor, Rpc::kRemove, removed.status());
+                     });
+    return reactor;
+  }
   absl::StatusOr<int> removed =
       layers_->Remove(request->layer_id(), request->force());
   if (removed.ok()) {

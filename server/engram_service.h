@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "engram/v1/engram.grpc.pb.h"
+#include "server/cluster_coordinator.h"
 #include "server/metrics.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
@@ -37,6 +38,9 @@ class EngramService final
  public:
   EngramService(LayerRegistry* layers, MemoryBudget* budget, ThreadPool* pool,
                 ServerMetrics* metrics, GpuTier* gpu, ServiceLimits limits);
+  // Makes this shard a cluster member: Populate, Lookup and Remove go
+  // through `cluster` (call before serving).
+  void SetCluster(ClusterCoordinator* cluster) { cluster_ = cluster; }
 
   grpc::ServerReadReactor<v1::PopulateRequest>* Populate(
       grpc::CallbackServerContext* context,
@@ -70,6 +74,7 @@ class EngramService final
   ServerMetrics* const metrics_;
   GpuTier* const gpu_;
   const ServiceLimits limits_;
+  ClusterCoordinator* cluster_ = nullptr;
 };
 
 // absl -> gRPC status, same code and message (the one conversion point).

@@ -90,6 +90,12 @@ class LiveCollectable : public prometheus::Collectable {
         "engram_gpu_available", "1 when the GPU tier is serving (--gpu).");
     AddSample(&available, gpu_ != nullptr ? 1 : 0);
     out.push_back(std::move(available));
+    if (peers_up) {
+      prometheus::MetricFamily up = Gauge(
+          "engram_peers_up", "Shards of the cluster answering (this one included).");
+      AddSample(&up, peers_up());
+      out.push_back(std::move(up));
+    }
     if (gpu_ != nullptr) {
       prometheus::MetricFamily gpu_limit = Gauge(
           "engram_gpu_memory_limit_bytes", "GPU memory budget for mirrored layers.");
@@ -124,6 +130,9 @@ class LiveCollectable : public prometheus::Collectable {
   const MemoryBudget* budget_;
   bool pin_requested_;
   const GpuTier* gpu_;
+
+ public:
+  std::function<int()> peers_up;  // set before serving
 };
 
 }  // namespace
@@ -186,6 +195,30 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
                               "after a GPU error.")
                         .Register(*registry_)
                         .Add({});
+  auto& peer_reads = prometheus::BuildCounter()
+                         .Name("engram_peer_reads_total")
+                         .Help("Row reads from peer shards, by data path.")
+                         .Register(*registry_);
+  peer_reads_ = &peer_reads.Add({{"path", "gather"}});
+  auto& peer_bytes = prometheus::BuildCounter()
+                         .Name("engram_peer_read_bytes_total")
+                         .Help("Row bytes read from peer shards, by data path.")
+                         .Register(*registry_);
+  peer_read_bytes_ = &peer_bytes.Add({{"path", "gather"}});
+  peer_read_latency_ =
+      &prometheus::BuildHistogram()
+           .Name("engram_peer_read_latency_seconds")
+           .Help("Latency of one peer read, by data path.")
+           .Register(*registry_)
+           .Add({{"path", "gather"}},
+                prometheus::Histogram::BucketBoundaries{
+                    50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
+                    25e-3, 50e-3, 100e-3, 250e-3, 1.0});
+  failovers_ = &prometheus::BuildCounter()
+                    .Name("engram_peer_failovers_total")
+                    .Help("Peer reads moved to another owner after a failure or timeout.")
+                    .Register(*registry_)
+                    .Add({});
   collectable_ = std::make_shared<LiveCollectable>(registry_, layers, budget,
                                                    pin_requested, gpu);
 }
@@ -196,6 +229,16 @@ void ServerMetrics::RecordCall(Rpc rpc, grpc::StatusCode code) {
   const int r = static_cast<int>(rpc);
   requests_[r][c]->Increment();
   if (c != 0) errors_[r][c]->Increment();
+}
+
+void ServerMetrics::RecordPeerRead(double seconds, uint64_t bytes) {
+  peer_reads_->Increment();
+  peer_read_bytes_->Increment(static_cast<double>(bytes));
+  peer_read_latency_->Observe(seconds);
+}
+
+void ServerMetrics::SetPeersUpSource(std::function<int()> peers_up) {
+  static_cast<LiveCollectable*>(collectable_.get())->peers_up = std::move(peers_up);
 }
 
 void ServerMetrics::RecordLookup(double seconds, int64_t rows, int64_t bytes) {

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include <grpcpp/support/status.h>
@@ -43,6 +44,12 @@ class ServerMetrics {
   void RecordTier(bool gpu) { (gpu ? gpu_lookups_ : cpu_lookups_)->Increment(); }
   // A lookup meant for the GPU that the CPU served after a GPU error.
   void RecordGpuFallback() { gpu_fallbacks_->Increment(); }
+  // A read of rows from a peer shard (the gather path).
+  void RecordPeerRead(double seconds, uint64_t bytes);
+  // Rows re-asked from another owner after a peer failed or was slow.
+  void RecordFailover() { failovers_->Increment(); }
+  // Reports engram_peers_up from `peers_up` at scrape time.
+  void SetPeersUpSource(std::function<int()> peers_up);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -58,6 +65,10 @@ class ServerMetrics {
   prometheus::Counter* cpu_lookups_ = nullptr;
   prometheus::Counter* gpu_lookups_ = nullptr;
   prometheus::Counter* gpu_fallbacks_ = nullptr;
+  prometheus::Counter* peer_reads_ = nullptr;
+  prometheus::Counter* peer_read_bytes_ = nullptr;
+  prometheus::Histogram* peer_read_latency_ = nullptr;
+  prometheus::Counter* failovers_ = nullptr;
 };
 
 }  // namespace engram

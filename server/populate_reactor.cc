@@ -192,6 +192,7 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
 
 grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
     grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
+  if (cluster_ != nullptr) return cluster_->NewPopulate(context, response);
   return new PopulateReactor(context, response, this);
 }
 

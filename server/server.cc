@@ -99,6 +99,25 @@ EngramServer::~EngramServer() {
 }
 
 absl::Status EngramServer::Start() {
+  absl::StatusOr<std::vector<std::string>> peers = ClusterPeers(config_);
+  if (!peers.ok()) return peers.status();
+  if (!peers->empty()) {
+    absl::StatusOr<Placement> placement =
+        Placement::Create(static_cast<int>(peers->size()), config_.replication);
+    if (!placement.ok()) return placement.status();
+    cluster_ = std::make_unique<ClusterContext>(config_.shard_index, *peers,
+                                                *placement,
+                                                config_.staged_timeout_seconds);
+    peer_service_ = std::make_unique<PeerService>(&layers_, &budget_, cluster_.get(),
+                                                  config_.pin_memory);
+    coordinator_ = std::make_unique<ClusterCoordinator>(cluster_.get(), &layers_, &metrics_);
+    service_.SetCluster(coordinator_.get());
+    metrics_.SetPeersUpSource([c = cluster_.get()] { return c->peers_up(); });
+    if (config_.demo) {
+      return absl::InvalidArgumentError(
+          "--demo serves a single-node layer; populate a cluster instead");
+    }
+  }
   if (config_.demo) {
     if (absl::Status s = AddDemoLayer(&layers_, &budget_, config_.pin_memory,
                                       gpu_.get());
@@ -129,6 +148,7 @@ absl::Status EngramServer::Start() {
   builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(),
                            &grpc_port_);
   builder.RegisterService(&service_);
+  if (peer_service_ != nullptr) builder.RegisterService(peer_service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
   ApplyTransportTuning(&builder);
@@ -140,12 +160,22 @@ absl::Status EngramServer::Start() {
         " (address in use or not local?)"));
   }
   server_->GetHealthCheckService()->SetServingStatus(true);
+  if (cluster_ != nullptr) {
+    // NOT_SERVING while some row range has no reachable owner.
+    cluster_->StartProber([this] {
+      server_->GetHealthCheckService()->SetServingStatus(
+          !cluster_->SomeRangeUnreachable());
+    });
+    LogInfo(absl::StrCat("shard ", config_.shard_index, " of ", cluster_->size(),
+                         ", replication ", config_.replication));
+  }
   return absl::OkStatus();
 }
 
 void EngramServer::Shutdown() {
   if (server_ == nullptr) return;
   server_->GetHealthCheckService()->SetServingStatus(false);
+  cluster_.reset();  // stops the prober, which updates health
   const auto deadline =
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(config_.drain_seconds * 1000));

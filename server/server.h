@@ -9,7 +9,10 @@
 #include <prometheus/exposer.h>
 
 #include "absl/status/status.h"
+#include "server/cluster.h"
+#include "server/cluster_coordinator.h"
 #include "server/engram_service.h"
+#include "server/peer_service.h"
 #include "server/flags.h"
 #include "server/metrics.h"
 #include "store/gpu_tier.h"
@@ -54,6 +57,10 @@ class EngramServer {
   ThreadPool pool_;
   ServerMetrics metrics_;
   EngramService service_;
+  // Cluster mode (--peers) only.
+  std::unique_ptr<ClusterContext> cluster_;
+  std::unique_ptr<PeerService> peer_service_;
+  std::unique_ptr<ClusterCoordinator> coordinator_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;

@@ -1,0 +1,103 @@
+#include "server/cluster.h"
+
+#include <future>
+
+#include <grpcpp/generic/generic_stub.h>
+
+#include "absl/strings/str_cat.h"
+#include "proto/channel_tuning.h"
+#include "server/log.h"
+
+namespace engram {
+namespace {
+
+constexpr auto kProbeInterval = std::chrono::milliseconds(500);
+constexpr auto kProbeTimeout = std::chrono::milliseconds(400);
+
+// grpc.health.v1 Check with an empty request; true when SERVING or
+// NOT_SERVING (the process answers; NOT_SERVING may only mean that it sees
+// a range unreachable itself).
+bool Answers(grpc::Channel* channel) {
+  grpc::GenericStub stub(std::shared_ptr<grpc::Channel>(channel, [](auto*) {}));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kProbeTimeout);
+  grpc::Slice empty;
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                 &request, &response,
+                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  return done.get_future().get().ok();
+}
+
+}  // namespace
+
+ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
+                               Placement placement,
+                               double staged_timeout_seconds)
+    : shard_index_(shard_index),
+      peers_(std::move(peers)),
+      placement_(placement),
+      staged_timeout_seconds_(staged_timeout_seconds),
+      up_(new std::atomic<bool>[peers_.size()]) {
+  for (size_t s = 0; s < peers_.size(); ++s) {
+    grpc::ChannelArguments args = TunedChannelArguments();
+    args.SetMaxReceiveMessageSize(-1);
+    args.SetMaxSendMessageSize(-1);
+    channels_.push_back(grpc::CreateCustomChannel(
+        peers_[s], grpc::InsecureChannelCredentials(), args));
+    stubs_.push_back(internal::v1::EngramPeer::NewStub(channels_.back()));
+    up_[s].store(true, std::memory_order_relaxed);  // optimistic until probed
+  }
+}
+
+ClusterContext::~ClusterContext() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (prober_.joinable()) prober_.join();
+}
+
+int ClusterContext::peers_up() const {
+  int n = 0;
+  for (int s = 0; s < size(); ++s) n += up(s) ? 1 : 0;
+  return n;
+}
+
+bool ClusterContext::SomeRangeUnreachable() const {
+  const int r = placement_.replication();
+  for (int start = 0; start < size(); ++start) {
+    bool all_down = true;
+    for (int i = 0; i < r && all_down; ++i) all_down = !up((start + i) % size());
+    if (all_down) return true;
+  }
+  return false;
+}
+
+void ClusterContext::StartProber(std::function<void()> on_change) {
+  on_change_ = std::move(on_change);
+  prober_ = std::thread([this] { ProbeLoop(); });
+}
+
+void ClusterContext::ProbeLoop() {
+  while (true) {
+    bool changed = false;
+    for (int s = 0; s < size(); ++s) {
+      if (s == shard_index_) continue;
+      const bool now = Answers(channels_[s].get());
+      const bool before = up_[s].exchange(now, std::memory_order_relaxed);
+      if (now != before) {
+        changed = true;
+        LogInfo(absl::StrCat("shard ", s, " (", peers_[s], ") is ",
+                             now ? "up" : "down"));
+      }
+    }
+    if (changed && on_change_) on_change_();
+    std::unique_lock<std::mutex> lock(mu_);
+    if (wake_.wait_for(lock, kProbeInterval, [this] { return stopping_; })) return;
+  }
+}
+
+}  // namespace engram

@@ -1,0 +1,72 @@
+// What a shard knows about its cluster: placement, a stub per shard, and
+// which shards answer.
+#ifndef ENGRAM_SERVER_CLUSTER_H_
+#define ENGRAM_SERVER_CLUSTER_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "cluster/placement.h"
+#include "engram/internal/v1/peer.grpc.pb.h"
+
+namespace engram {
+
+// Owns the peer channels and a prober thread that checks every other
+// shard's health once per `probe_interval` and marks it up or down (calls
+// that fail mark a peer down at once). Thread-safe.
+class ClusterContext {
+ public:
+  ClusterContext(int shard_index, std::vector<std::string> peers,
+                 Placement placement, double staged_timeout_seconds);
+  ~ClusterContext();
+
+  int self() const { return shard_index_; }
+  int size() const { return static_cast<int>(peers_.size()); }
+  const Placement& placement() const { return placement_; }
+  const std::string& address(int shard) const { return peers_[shard]; }
+  internal::v1::EngramPeer::Stub* stub(int shard) { return stubs_[shard].get(); }
+  double staged_timeout_seconds() const { return staged_timeout_seconds_; }
+
+  bool up(int shard) const {
+    return shard == shard_index_ || up_[shard].load(std::memory_order_relaxed);
+  }
+  void MarkDown(int shard) {
+    if (shard != shard_index_) up_[shard].store(false, std::memory_order_relaxed);
+  }
+  int peers_up() const;
+  // True when some R consecutive shards are all down: their common ranges
+  // have no owner left.
+  bool SomeRangeUnreachable() const;
+
+  // Starts probing; `on_change` runs (on the prober thread) after any shard
+  // changed state.
+  void StartProber(std::function<void()> on_change);
+
+ private:
+  void ProbeLoop();
+
+  const int shard_index_;
+  const std::vector<std::string> peers_;
+  const Placement placement_;
+  const double staged_timeout_seconds_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<internal::v1::EngramPeer::Stub>> stubs_;
+  std::unique_ptr<std::atomic<bool>[]> up_;
+  std::function<void()> on_change_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  std::thread prober_;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_CLUSTER_H_

@@ -1,0 +1,571 @@
+#include "server/cluster_coordinator.h"
+
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/engram_service.h"
+#include "server/log.h"
+
+namespace engram {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kPeerReadTimeout = std::chrono::seconds(3);
+constexpr auto kStageTimeout = std::chrono::hours(2);
+constexpr auto kTxnTimeout = std::chrono::seconds(10);
+
+std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
+  return std::chrono::system_clock::now() + d;
+}
+
+std::string NewTxnId() {
+  std::random_device rd;
+  std::mt19937_64 rng((static_cast<uint64_t>(rd()) << 32) ^ rd());
+  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16),
+                      absl::Hex(rng(), absl::kZeroPad16));
+}
+
+bool PeerUnreachable(grpc::StatusCode code) {
+  return code == grpc::StatusCode::UNAVAILABLE ||
+         code == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+// ---------------------------------------------------------------- populate
+
+// Client stream in, one Stage stream per shard out. The reactor hands each
+// message to a worker thread and asks gRPC for the next one only after the
+// worker wrote it to the owners: backpressure without blocking a reactor.
+class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
+ public:
+  ClusterPopulateReactor(grpc::CallbackServerContext* context,
+                         v1::PopulateResponse* response, ClusterCoordinator* c)
+      : context_(context), response_(response), coordinator_(c),
+        cluster_(c->cluster()), state_(std::make_shared<Handoff>()) {
+    std::thread([this, state = state_] { Work(state); }).detach();
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (ok) {
+        state_->item = std::move(request_);
+        state_->has_item = true;
+      } else {
+        state_->end = true;
+      }
+    }
+    state_->cv.notify_one();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  struct Handoff {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool has_item = false;
+    bool end = false;
+    v1::PopulateRequest item;
+  };
+  struct PeerStream {
+    std::unique_ptr<grpc::ClientContext> context;
+    std::unique_ptr<grpc::ClientWriter<internal::v1::StageRequest>> writer;
+    internal::v1::StageResponse response;
+    bool open = false;
+  };
+
+  // Runs on its own thread; its last act is Finish (after which `this` may
+  // be deleted at any moment), so it touches only `state` afterwards.
+  void Work(std::shared_ptr<Handoff> state) {
+    while (true) {
+      v1::PopulateRequest message;
+      bool end;
+      {
+        std::unique_lock<std::mutex> lock(state->mu);
+        state->cv.wait(lock, [&] { return state->has_item || state->end; });
+        end = state->end && !state->has_item;
+        if (!end) {
+          message = std::move(state->item);
+          state->has_item = false;
+        }
+      }
+      if (end) {
+        Complete(EndOfStream());
+        return;
+      }
+      absl::Status s;
+      switch (message.kind_case()) {
+        case v1::PopulateRequest::kHeader:
+          s = OnHeader(message.header());
+          break;
+        case v1::PopulateRequest::kChunk:
+          s = OnChunk(message.chunk());
+          break;
+        default:
+          s = absl::InvalidArgumentError(
+              "a PopulateRequest must set header or chunk; this one sets neither");
+      }
+      if (!s.ok()) {
+        Complete(s);
+        return;
+      }
+      StartRead(&request_);
+    }
+  }
+
+  absl::Status OnHeader(const v1::PopulateHeader& header) {
+    if (!txn_id_.empty()) {
+      return absl::InvalidArgumentError(
+          "a second PopulateHeader arrived; send one header, then chunks");
+    }
+    layer_id_ = header.layer_id();
+    layout_.table_vocab_sizes.assign(header.config().table_vocab_sizes().begin(),
+                                     header.config().table_vocab_sizes().end());
+    layout_.embedding_dim = header.config().embedding_dim();
+    const int dtype = static_cast<int>(header.config().dtype());
+    if (dtype < 0 || dtype > 4) {
+      return absl::InvalidArgumentError(absl::StrCat("dtype ", dtype, " is not a known DType"));
+    }
+    layout_.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
+    if (absl::Status s = ValidateLayout(layout_); !s.ok()) return s;
+    if (coordinator_->layers()->Find(layer_id_) != nullptr) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "layer ", layer_id_, " already exists; populate is create-only (Remove it first)"));
+    }
+    txn_id_ = NewTxnId();
+    internal::v1::StageRequest stage;
+    stage.mutable_header()->set_txn_id(txn_id_);
+    stage.mutable_header()->set_layer_id(layer_id_);
+    *stage.mutable_header()->mutable_config() = header.config();
+    peers_.resize(cluster_->size());
+    for (int s = 0; s < cluster_->size(); ++s) {
+      PeerStream& p = peers_[s];
+      p.context = std::make_unique<grpc::ClientContext>();
+      p.context->set_deadline(std::chrono::system_clock::now() + kStageTimeout);
+      p.writer = cluster_->stub(s)->Stage(p.context.get(), &p.response);
+      p.open = true;
+      if (!p.writer->Write(stage)) return PeerFailure(s);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status OnChunk(const v1::TableChunk& chunk) {
+    if (txn_id_.empty()) {
+      return absl::InvalidArgumentError("the first Populate message must be a PopulateHeader");
+    }
+    if (context_->IsCancelled()) {
+      return absl::CancelledError("the client cancelled the populate stream");
+    }
+    const int64_t head = chunk.head();
+    if (head < 0 || head >= layout_.num_heads()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk head ", head, " is out of range: layer ", layer_id_, " has ",
+          layout_.num_heads(), " heads"));
+    }
+    const size_t row_bytes = layout_.row_bytes();
+    const std::string& data = chunk.data();
+    if (data.empty() || data.size() % row_bytes != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk for head ", head, " at row ", chunk.row_offset(), " has ",
+          data.size(), " bytes, not a whole number of ", row_bytes,
+          "-byte rows (D = ", layout_.embedding_dim, ", ", DTypeName(layout_.dtype), ")"));
+    }
+    const int64_t rows = static_cast<int64_t>(data.size() / row_bytes);
+    const int64_t n = layout_.table_vocab_sizes[head];
+    const int64_t first = chunk.row_offset();
+    if (first < 0 || first > n - rows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk for head ", head, " covers rows [", first, ", ", first + rows,
+          ") outside the table's ", n, " rows"));
+    }
+    metrics_bytes_ += data.size();
+    const Placement& placement = cluster_->placement();
+    internal::v1::StageRequest stage;
+    v1::TableChunk* sub = stage.mutable_chunk();
+    sub->set_head(static_cast<int32_t>(head));
+    for (int k = placement.RangeOf(n, first); k <= placement.RangeOf(n, first + rows - 1); ++k) {
+      RowRange range = placement.Range(n, k);
+      const int64_t begin = std::max(range.begin, first);
+      const int64_t end = std::min(range.end, first + rows);
+      if (begin >= end) continue;
+      sub->set_row_offset(begin);
+      sub->set_data(data.data() + (begin - first) * row_bytes, (end - begin) * row_bytes);
+      for (int r = 0; r < placement.replication(); ++r) {
+        const int s = placement.Owner(layer_id_, static_cast<int>(head), k, r);
+        if (!peers_[s].writer->Write(stage)) return PeerFailure(s);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // The status of shard s's stream, which just refused a write.
+  absl::Status PeerFailure(int s) {
+    PeerStream& p = peers_[s];
+    p.open = false;
+    grpc::Status st = p.writer->Finish();
+    if (PeerUnreachable(st.error_code())) cluster_->MarkDown(s);
+    return absl::Status(
+        st.ok() ? absl::StatusCode::kUnavailable : static_cast<absl::StatusCode>(st.error_code()),
+        absl::StrCat("shard ", s, " (", cluster_->address(s), "): ",
+                     st.ok() ? "stream closed" : st.error_message()));
+  }
+
+  absl::Status EndOfStream() {
+    if (context_->IsCancelled()) {
+      return absl::CancelledError("the client cancelled the populate stream");
+    }
+    if (txn_id_.empty()) {
+      return absl::InvalidArgumentError("the populate stream ended without a PopulateHeader");
+    }
+    // Phase one: every owner must have all its rows.
+    for (int s = 0; s < cluster_->size(); ++s) {
+      PeerStream& p = peers_[s];
+      p.writer->WritesDone();
+      p.open = false;
+      grpc::Status st = p.writer->Finish();
+      if (!st.ok()) {
+        if (PeerUnreachable(st.error_code())) cluster_->MarkDown(s);
+        return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                            absl::StrCat("shard ", s, " (", cluster_->address(s),
+                                         "): ", st.error_message()));
+      }
+    }
+    // Phase two.
+    for (int s = 0; s < cluster_->size(); ++s) {
+      grpc::ClientContext context;
+      context.set_deadline(In(kTxnTimeout));
+      internal::v1::TxnRequest request;
+      request.set_txn_id(txn_id_);
+      internal::v1::TxnResponse response;
+      grpc::Status st = cluster_->stub(s)->Commit(&context, request, &response);
+      if (!st.ok()) {
+        RollBack();
+        return absl::UnavailableError(absl::StrCat(
+            "commit of layer ", layer_id_, " failed on shard ", s, " (",
+            cluster_->address(s), "): ", st.error_message(),
+            "; the layer was removed from every reachable shard"));
+      }
+    }
+    committed_ = true;
+    return absl::OkStatus();
+  }
+
+  // Drops everything staged or committed for this populate, best effort.
+  void RollBack() {
+    for (int s = 0; s < cluster_->size(); ++s) {
+      grpc::ClientContext context;
+      context.set_deadline(In(kTxnTimeout));
+      v1::RemoveRequest request;
+      request.set_layer_id(layer_id_);
+      request.set_force(false);
+      v1::RemoveResponse response;
+      // Only remove what this transaction committed: abort it first, then
+      // remove a layer that exists (it can only be ours: create-only).
+      internal::v1::TxnRequest txn;
+      txn.set_txn_id(txn_id_);
+      internal::v1::TxnResponse ignored;
+      grpc::ClientContext abort_context;
+      abort_context.set_deadline(In(kTxnTimeout));
+      (void)cluster_->stub(s)->Abort(&abort_context, txn, &ignored);
+      (void)cluster_->stub(s)->RemoveLocal(&context, request, &response);
+    }
+  }
+
+  void AbortEverywhere() {
+    for (int s = 0; s < static_cast<int>(peers_.size()); ++s) {
+      if (peers_[s].open) {
+        peers_[s].context->TryCancel();
+        (void)peers_[s].writer->Finish();
+        peers_[s].open = false;
+      }
+    }
+    if (txn_id_.empty()) return;
+    for (int s = 0; s < cluster_->size(); ++s) {
+      grpc::ClientContext context;
+      context.set_deadline(In(kTxnTimeout));
+      internal::v1::TxnRequest request;
+      request.set_txn_id(txn_id_);
+      internal::v1::TxnResponse response;
+      (void)cluster_->stub(s)->Abort(&context, request, &response);
+    }
+  }
+
+  void Complete(const absl::Status& status) {
+    coordinator_->metrics()->RecordPopulateBytes(metrics_bytes_);
+    if (!status.ok()) {
+      AbortEverywhere();
+      LogWarning(absl::StrCat("cluster populate of layer ", layer_id_,
+                              " failed, nothing kept on any shard: ", status.ToString()));
+    } else {
+      v1::LayerInfo* info = response_->mutable_layer();
+      info->set_layer_id(layer_id_);
+      for (int64_t n : layout_.table_vocab_sizes) info->mutable_config()->add_table_vocab_sizes(n);
+      info->mutable_config()->set_embedding_dim(layout_.embedding_dim);
+      info->mutable_config()->set_dtype(static_cast<v1::DType>(layout_.dtype));
+      for (int h = 0; h < layout_.num_heads(); ++h) info->add_store_keys(StoreKey(layer_id_, h));
+      info->set_num_heads(layout_.num_heads());
+      info->set_bytes(static_cast<int64_t>(layout_.total_bytes()));
+      LogInfo(absl::StrCat("layer ", layer_id_, " committed on all ", cluster_->size(),
+                           " shards (txn ", txn_id_, ")"));
+    }
+    coordinator_->metrics()->RecordCall(Rpc::kPopulate,
+                                        static_cast<grpc::StatusCode>(status.code()));
+    Finish(ToGrpcStatus(status));
+  }
+
+  grpc::CallbackServerContext* const context_;
+  v1::PopulateResponse* const response_;
+  ClusterCoordinator* const coordinator_;
+  ClusterContext* const cluster_;
+  std::shared_ptr<Handoff> state_;
+  v1::PopulateRequest request_;
+  std::string txn_id_;
+  int64_t layer_id_ = 0;
+  LayerLayout layout_;
+  std::vector<PeerStream> peers_;
+  int64_t metrics_bytes_ = 0;
+  bool committed_ = false;
+};
+
+// ------------------------------------------------------------------ lookup
+
+// One distributed gather: positions grouped by the shard asked for them;
+// a failed or slow shard's positions move to the next owner.
+struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
+  ClusterContext* cluster;
+  ServerMetrics* metrics;
+  std::shared_ptr<const Layer> layer;
+  const int64_t* ids;
+  DType out_dtype;
+  uint8_t* out;
+  size_t out_row_bytes;
+  std::function<void(absl::Status)> done;
+  std::atomic<int> outstanding{1};  // the starter's own reference
+  std::mutex mu;
+  std::vector<std::string> errors;  // guarded by mu
+
+  struct Position {
+    int64_t index;
+    int replica;  // which owner of the row's range is being asked
+  };
+
+  void WriteRow(int64_t index, const uint8_t* src) {
+    const LayerLayout& l = layer->layout();
+    uint8_t* dst = out + index * out_row_bytes;
+    if (out_dtype == l.dtype) {
+      std::memcpy(dst, src, out_row_bytes);
+    } else {
+      ConvertElements(src, l.dtype, dst, out_dtype, static_cast<size_t>(l.embedding_dim));
+    }
+  }
+
+  // Sends each position to its next live owner, starting at its replica.
+  void Route(std::vector<Position> positions) {
+    const LayerLayout& l = layer->layout();
+    const int heads = l.num_heads();
+    const Placement& p = cluster->placement();
+    std::map<int, std::vector<Position>> by_shard;
+    for (Position pos : positions) {
+      const int h = static_cast<int>(pos.index % heads);
+      const int64_t rows = l.table_vocab_sizes[h];
+      const int range = p.RangeOf(rows, ids[pos.index]);
+      int chosen = -1;
+      for (int r = pos.replica; r < p.replication(); ++r) {
+        const int s = p.Owner(layer->id(), h, range, r);
+        if (cluster->up(s) || r == p.replication() - 1) {
+          chosen = s;
+          pos.replica = r;
+          break;
+        }
+      }
+      if (chosen < 0) {
+        Fail(absl::StrCat("no owner left for row ", ids[pos.index], " of head ", h));
+        continue;
+      }
+      by_shard[chosen].push_back(pos);
+    }
+    for (auto& [shard, list] : by_shard) Send(shard, std::move(list));
+  }
+
+  void Send(int shard, std::vector<Position> positions) {
+    const LayerLayout& l = layer->layout();
+    struct Call {
+      grpc::ClientContext context;
+      internal::v1::GatherRequest request;
+      internal::v1::GatherResponse response;
+      std::vector<Position> positions;
+      Clock::time_point start;
+    };
+    auto call = std::make_shared<Call>();
+    call->context.set_deadline(std::chrono::system_clock::now() + kPeerReadTimeout);
+    call->request.set_layer_id(layer->id());
+    for (Position pos : positions) {
+      call->request.add_heads(static_cast<int32_t>(pos.index % l.num_heads()));
+      call->request.add_row_ids(ids[pos.index]);
+    }
+    call->positions = std::move(positions);
+    call->start = Clock::now();
+    outstanding.fetch_add(1, std::memory_order_relaxed);
+    auto self = shared_from_this();
+    cluster->stub(shard)->async()->Gather(
+        &call->context, &call->request, &call->response,
+        [self, call, shard](grpc::Status status) {
+          self->OnReply(shard, *call, status);
+          self->Release();
+        });
+  }
+
+  template <typename CallT>
+  void OnReply(int shard, CallT& call, const grpc::Status& status) {
+    const size_t row_bytes = layer->layout().row_bytes();
+    const size_t expected = call.positions.size() * row_bytes;
+    if (status.ok() && call.response.data().size() == expected) {
+      const auto* data = reinterpret_cast<const uint8_t*>(call.response.data().data());
+      for (size_t j = 0; j < call.positions.size(); ++j) {
+        WriteRow(call.positions[j].index, data + j * row_bytes);
+      }
+      metrics->RecordPeerRead(
+          std::chrono::duration<double>(Clock::now() - call.start).count(), expected);
+      return;
+    }
+    if (PeerUnreachable(status.error_code())) cluster->MarkDown(shard);
+    const int replication = cluster->placement().replication();
+    std::vector<Position> retry;
+    for (Position pos : call.positions) {
+      if (pos.replica + 1 < replication) retry.push_back({pos.index, pos.replica + 1});
+    }
+    if (retry.size() == call.positions.size() && !retry.empty()) {
+      metrics->RecordFailover();
+      Route(std::move(retry));
+      return;
+    }
+    Fail(absl::StrCat("shard ", shard, " (", cluster->address(shard), "): ",
+                      status.ok() ? "short reply" : status.error_message()));
+  }
+
+  void Fail(std::string error) {
+    std::lock_guard<std::mutex> lock(mu);
+    errors.push_back(std::move(error));
+  }
+
+  void Release() {
+    if (outstanding.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    std::vector<std::string> errs;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      errs = errors;
+    }
+    if (errs.empty()) {
+      done(absl::OkStatus());
+    } else {
+      done(absl::UnavailableError(absl::StrCat(
+          "rows of layer ", layer->id(), " have no reachable owner: ",
+          absl::StrJoin(errs, "; "))));
+    }
+  }
+};
+
+}  // namespace
+
+ClusterCoordinator::ClusterCoordinator(ClusterContext* cluster,
+                                       LayerRegistry* layers, ServerMetrics* metrics)
+    : cluster_(cluster), layers_(layers), metrics_(metrics) {}
+
+grpc::ServerReadReactor<v1::PopulateRequest>* ClusterCoordinator::NewPopulate(
+    grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
+  return new ClusterPopulateReactor(context, response, this);
+}
+
+void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
+                                const int64_t* ids, int64_t n, DType out_dtype,
+                                uint8_t* out, std::function<void(absl::Status)> done) {
+  auto fan = std::make_shared<GatherFanout>();
+  fan->cluster = cluster_;
+  fan->metrics = metrics_;
+  fan->layer = std::move(layer);
+  fan->ids = ids;
+  fan->out_dtype = out_dtype;
+  fan->out = out;
+  fan->out_row_bytes =
+      static_cast<size_t>(fan->layer->layout().embedding_dim) * DTypeSize(out_dtype);
+  fan->done = std::move(done);
+  const LayerLayout& l = fan->layer->layout();
+  const int heads = l.num_heads();
+  const size_t row_bytes = l.row_bytes();
+  std::vector<GatherFanout::Position> remote;
+  for (int64_t i = 0; i < n; ++i) {
+    const int h = static_cast<int>(i % heads);
+    if (cluster_->placement().Owns(cluster_->self(), fan->layer->id(), h,
+                                   l.table_vocab_sizes[h], ids[i])) {
+      fan->WriteRow(i, fan->layer->table(h) + ids[i] * row_bytes);
+    } else {
+      remote.push_back({i, 0});
+    }
+  }
+  if (!remote.empty()) fan->Route(std::move(remote));
+  fan->Release();  // drop the starter's reference
+}
+
+void ClusterCoordinator::Remove(int64_t layer_id, bool force,
+                                std::function<void(absl::StatusOr<int>)> done) {
+  struct State {
+    std::mutex mu;
+    int pending;
+    int removed = 0;
+    int not_found = 0;
+    std::vector<std::string> unreachable;
+    absl::Status precondition;
+    std::function<void(absl::StatusOr<int>)> done;
+  };
+  auto state = std::make_shared<State>();
+  state->pending = cluster_->size();
+  state->done = std::move(done);
+  for (int s = 0; s < cluster_->size(); ++s) {
+    struct Call {
+      grpc::ClientContext context;
+      v1::RemoveRequest request;
+      v1::RemoveResponse response;
+    };
+    auto call = std::make_shared<Call>();
+    call->context.set_deadline(In(kTxnTimeout));
+    call->request.set_layer_id(layer_id);
+    call->request.set_force(force);
+    cluster_->stub(s)->async()->RemoveLocal(
+        &call->context, &call->request, &call->response,
+        [this, state, call, s, layer_id](grpc::Status st) {
+          std::unique_lock<std::mutex> lock(state->mu);
+          if (st.ok()) {
+            state->removed = std::max(state->removed, call->response.tables_removed());
+          } else if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
+            ++state->not_found;
+          } else if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+            state->precondition = absl::FailedPreconditionError(st.error_message());
+          } else {
+            state->unreachable.push_back(
+                absl::StrCat("shard ", s, " (", cluster_->address(s), "): ", st.error_message()));
+          }
+          if (--state->pending > 0) return;
+          lock.unlock();
+          absl::StatusOr<int> result = state->removed;
+          if (!state->unreachable.empty()) {
+            result = absl::UnavailableError(absl::StrCat(
+                "layer ", layer_id, " removed from the reachable shards; not from ",
+                absl::StrJoin(state->unreachable, "; ")));
+          } else if (!state->precondition.ok()) {
+            result = state->precondition;
+          } else if (state->not_found == cluster_->size()) {
+            result = absl::NotFoundError(absl::StrCat("layer ", layer_id, " not found"));
+          }
+          state->done(std::move(result));
+        });
+  }
+}
+
+}  // namespace engram

@@ -1,0 +1,55 @@
+// The cluster side of the public API on the shard that received a call:
+// two-phase populate across the owners of every row range, lookups that
+// gather remote rows from their owners with replica failover, and
+// cluster-wide Remove.
+#ifndef ENGRAM_SERVER_CLUSTER_COORDINATOR_H_
+#define ENGRAM_SERVER_CLUSTER_COORDINATOR_H_
+
+#include <functional>
+#include <memory>
+
+#include <grpcpp/grpcpp.h>
+
+#include "engram/v1/engram.grpc.pb.h"
+#include "server/cluster.h"
+#include "server/metrics.h"
+#include "store/layer.h"
+#include "store/layer_registry.h"
+
+namespace engram {
+
+// Borrows every pointer. Thread-safe; nothing here blocks a gRPC reactor
+// (populate fan-out runs on its own thread, lookups and removes use the
+// async peer API).
+class ClusterCoordinator {
+ public:
+  ClusterCoordinator(ClusterContext* cluster, LayerRegistry* layers,
+                     ServerMetrics* metrics);
+
+  grpc::ServerReadReactor<v1::PopulateRequest>* NewPopulate(
+      grpc::CallbackServerContext* context, v1::PopulateResponse* response);
+
+  // Fills `out` with rows ids[0..n) of `layer` (this shard's copy: its own
+  // ranges are read locally, the rest from their owners), converted to
+  // `out_dtype`; `done` runs once, on some thread. UNAVAILABLE naming the
+  // shards when no owner of some row answers.
+  void Gather(std::shared_ptr<const Layer> layer, const int64_t* ids,
+              int64_t n, DType out_dtype, uint8_t* out,
+              std::function<void(absl::Status)> done);
+
+  void Remove(int64_t layer_id, bool force,
+              std::function<void(absl::StatusOr<int>)> done);
+
+  ClusterContext* cluster() { return cluster_; }
+  LayerRegistry* layers() { return layers_; }
+  ServerMetrics* metrics() { return metrics_; }
+
+ private:
+  ClusterContext* const cluster_;
+  LayerRegistry* const layers_;
+  ServerMetrics* const metrics_;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_CLUSTER_COORDINATOR_H_

@@ -1,0 +1,79 @@
+// engram.internal.v1.EngramPeer: what a shard does for the other shards of
+// its cluster (staging and committing its rows of a populate, gathering its
+// rows for another shard's lookup, local removal).
+#ifndef ENGRAM_SERVER_PEER_SERVICE_H_
+#define ENGRAM_SERVER_PEER_SERVICE_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "engram/internal/v1/peer.grpc.pb.h"
+#include "server/cluster.h"
+#include "server/metrics.h"
+#include "store/layer_registry.h"
+
+namespace engram {
+
+// Prepared transactions wait for Commit or Abort; a janitor thread drops
+// those whose coordinator went silent for longer than the staged timeout.
+// Borrows every pointer. Thread-safe.
+class PeerService final : public internal::v1::EngramPeer::CallbackService {
+ public:
+  PeerService(LayerRegistry* layers, MemoryBudget* budget,
+              ClusterContext* cluster, bool pin_memory);
+  ~PeerService() override;
+
+  grpc::ServerReadReactor<internal::v1::StageRequest>* Stage(
+      grpc::CallbackServerContext* context,
+      internal::v1::StageResponse* response) override;
+  grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* context,
+                                   const internal::v1::TxnRequest* request,
+                                   internal::v1::TxnResponse* response) override;
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
+                                  const internal::v1::TxnRequest* request,
+                                  internal::v1::TxnResponse* response) override;
+  grpc::ServerUnaryReactor* Gather(grpc::CallbackServerContext* context,
+                                   const internal::v1::GatherRequest* request,
+                                   internal::v1::GatherResponse* response) override;
+  grpc::ServerUnaryReactor* RemoveLocal(grpc::CallbackServerContext* context,
+                                        const v1::RemoveRequest* request,
+                                        v1::RemoveResponse* response) override;
+
+  // Called by a Stage stream that ended with every held row.
+  void AddPrepared(const std::string& txn_id,
+                   std::shared_ptr<PopulateTicket> ticket,
+                   std::shared_ptr<Layer> layer);
+
+  LayerRegistry* layers() { return layers_; }
+  MemoryBudget* budget() { return budget_; }
+  ClusterContext* cluster() { return cluster_; }
+  bool pin_memory() const { return pin_memory_; }
+
+ private:
+  struct Prepared {
+    std::shared_ptr<PopulateTicket> ticket;
+    std::shared_ptr<Layer> layer;
+    std::chrono::steady_clock::time_point expires;
+  };
+  void JanitorLoop();
+
+  LayerRegistry* const layers_;
+  MemoryBudget* const budget_;
+  ClusterContext* const cluster_;
+  const bool pin_memory_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::map<std::string, Prepared> prepared_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread janitor_;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_PEER_SERVICE_H_

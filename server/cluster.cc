@@ -44,10 +44,14 @@ ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
     grpc::ChannelArguments args = TunedChannelArguments();
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
+    // A restarted peer must be reachable again within a probe or two.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     channels_.push_back(grpc::CreateCustomChannel(
         peers_[s], grpc::InsecureChannelCredentials(), args));
     stubs_.push_back(internal::v1::EngramPeer::NewStub(channels_.back()));
-    up_[s].store(true, std::memory_order_relaxed);  // optimistic until probed
+    up_[s].store(false, std::memory_order_relaxed);  // until a probe answers
   }
 }
 
@@ -82,8 +86,10 @@ void ClusterContext::StartProber(std::function<void()> on_change) {
 }
 
 void ClusterContext::ProbeLoop() {
+  bool first = true;
   while (true) {
-    bool changed = false;
+    bool changed = first;
+    first = false;
     for (int s = 0; s < size(); ++s) {
       if (s == shard_index_) continue;
       const bool now = Answers(channels_[s].get());

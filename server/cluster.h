@@ -20,8 +20,8 @@
 namespace engram {
 
 // Owns the peer channels and a prober thread that checks every other
-// shard's health once per `probe_interval` and marks it up or down (calls
-// that fail mark a peer down at once). Thread-safe.
+// shard's health every 500 ms and marks it up or down (calls that fail mark
+// a peer down at once). Peers count as down until first probed. Thread-safe.
 class ClusterContext {
  public:
   ClusterContext(int shard_index, std::vector<std::string> peers,
@@ -46,8 +46,8 @@ class ClusterContext {
   // have no owner left.
   bool SomeRangeUnreachable() const;
 
-  // Starts probing; `on_change` runs (on the prober thread) after any shard
-  // changed state.
+  // Starts probing; `on_change` runs (on the prober thread) after the first
+  // round and after any shard changed state.
   void StartProber(std::function<void()> on_change);
 
  private:

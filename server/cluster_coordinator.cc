@@ -350,6 +350,7 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
   std::atomic<int> outstanding{1};  // the starter's own reference
   std::mutex mu;
   std::vector<std::string> errors;  // guarded by mu
+  bool layer_missing = false;       // guarded by mu: a peer lacks the layer
 
   struct Position {
     int64_t index;
@@ -435,6 +436,14 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
           std::chrono::duration<double>(Clock::now() - call.start).count(), expected);
       return;
     }
+    if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
+      // The layer is being removed or is not yet committed everywhere:
+      // another owner would say the same.
+      std::lock_guard<std::mutex> lock(mu);
+      layer_missing = true;
+      errors.push_back(absl::StrCat("shard ", shard, ": ", status.error_message()));
+      return;
+    }
     if (PeerUnreachable(status.error_code())) cluster->MarkDown(shard);
     const int replication = cluster->placement().replication();
     std::vector<Position> retry;
@@ -458,12 +467,18 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
   void Release() {
     if (outstanding.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
     std::vector<std::string> errs;
+    bool missing;
     {
       std::lock_guard<std::mutex> lock(mu);
       errs = errors;
+      missing = layer_missing;
     }
     if (errs.empty()) {
       done(absl::OkStatus());
+    } else if (missing) {
+      done(absl::NotFoundError(absl::StrCat(
+          "layer ", layer->id(), " not found on every shard (being removed or "
+          "populated): ", absl::StrJoin(errs, "; "))));
     } else {
       done(absl::UnavailableError(absl::StrCat(
           "rows of layer ", layer->id(), " have no reachable owner: ",

@@ -159,7 +159,9 @@ absl::Status EngramServer::Start() {
         "cannot listen on --listen=", config_.listen,
         " (address in use or not local?)"));
   }
-  server_->GetHealthCheckService()->SetServingStatus(true);
+  // A shard is ready once every row range has a reachable owner.
+  server_->GetHealthCheckService()->SetServingStatus(
+      cluster_ == nullptr || !cluster_->SomeRangeUnreachable());
   if (cluster_ != nullptr) {
     // NOT_SERVING while some row range has no reachable owner.
     cluster_->StartProber([this] {

@@ -38,6 +38,18 @@ class ServerTest : public ::testing::Test {
         flags.emplace_back(f);
       }
     }
+    // ENGRAM_TEST_SHARDS=3 runs the same tests against a cluster, talking
+    // to shard 0 (ENGRAM_TEST_REPLICATION sets R).
+    if (const char* shards = std::getenv("ENGRAM_TEST_SHARDS")) {
+      const char* r = std::getenv("ENGRAM_TEST_REPLICATION");
+      auto cluster = testing::StartCluster(std::atoi(shards), r ? std::atoi(r) : 1, flags);
+      ASSERT_TRUE(cluster.ok()) << cluster.status();
+      server_ = (*cluster)[0].release();
+      for (size_t i = 1; i < cluster->size(); ++i) {
+        other_shards_.push_back((*cluster)[i].release());
+      }
+      return;
+    }
     auto p = EngramdProcess::Start(flags);
     ASSERT_TRUE(p.ok()) << p.status();
     server_ = p->release();
@@ -45,7 +57,13 @@ class ServerTest : public ::testing::Test {
   static void TearDownTestSuite() {
     EXPECT_EQ(server_->Stop(), 0) << "graceful drain exits 0";
     delete server_;
+    for (EngramdProcess* p : other_shards_) {
+      EXPECT_EQ(p->Stop(), 0);
+      delete p;
+    }
+    other_shards_.clear();
   }
+  static bool clustered() { return !other_shards_.empty(); }
 
   void SetUp() override {
     ASSERT_TRUE(server_->Alive()) << server_->Log();
@@ -140,6 +158,7 @@ class ServerTest : public ::testing::Test {
 
   static constexpr int64_t kCanary = 1000;
   static EngramdProcess* server_;
+  static std::vector<EngramdProcess*> other_shards_;
   static std::map<int64_t, std::vector<std::vector<uint8_t>>> tables_;
   static std::map<int64_t, LayerLayout> layouts_;
   std::unique_ptr<Client> client_;
@@ -147,6 +166,7 @@ class ServerTest : public ::testing::Test {
 };
 
 EngramdProcess* ServerTest::server_ = nullptr;
+std::vector<EngramdProcess*> ServerTest::other_shards_;
 std::map<int64_t, std::vector<std::vector<uint8_t>>> ServerTest::tables_;
 std::map<int64_t, LayerLayout> ServerTest::layouts_;
 
@@ -289,7 +309,8 @@ TEST_F(ServerTest, OversizeRequestsAreResourceExhausted) {
   EXPECT_EQ(client_->Lookup(kCanary, huge, huge_shape, out).code(),
             absl::StatusCode::kResourceExhausted);
   // A layer past the memory budget.
-  LayerLayout big{{kMemoryLimit / 64 + 1}, 16};
+  // Past the budget even when split over up to 3 shards.
+  LayerLayout big{{(clustered() ? 4 : 1) * kMemoryLimit / 64 + 1}, 16};
   std::vector<std::vector<uint8_t>> big_tables(1, std::vector<uint8_t>(big.total_bytes()));
   ExpectStatus(client_->Populate(7, big, testing::Spans(big_tables)).status(),
                absl::StatusCode::kResourceExhausted, "memory budget");
@@ -311,7 +332,9 @@ TEST_F(ServerTest, BadPopulateStreamsLeaveNothingBehind) {
   ExpectStatus(RawPopulate({Header(id, {3, 2}, 4), Chunk(0, 0, 3 * row),
                             Chunk(1, 0, row)}),
                grpc::StatusCode::INVALID_ARGUMENT,
-               "head 1 missing 1 of 2 rows (first missing row 1)");
+               // A shard counts only the rows it holds.
+               clustered() ? "first missing row 1"
+                           : "head 1 missing 1 of 2 rows (first missing row 1)");
   ExpectStatus(RawPopulate({Header(id, {3, 2}, 4), Chunk(2, 0, row)}),
                grpc::StatusCode::INVALID_ARGUMENT, "chunk head 2 is out of range");
   ExpectStatus(RawPopulate({Header(id, {3, 0}, 4)}),
@@ -480,7 +503,12 @@ TEST_F(ServerTest, MetricsScrapeShowsCountersMoving) {
   EXPECT_GT(value(*after, "engram_layers"), 0);
   EXPECT_GT(value(*after, "engram_memory_used_bytes"), 0);
   EXPECT_EQ(value(*after, "engram_memory_limit_bytes"), kMemoryLimit);
-  EXPECT_THAT(*after, HasSubstr("engram_layer_bytes{layer=\"1000\"} 9600"));
+  if (clustered()) {  // a shard holds its share of the layer
+    EXPECT_GT(value(*after, "engram_peers_up"), 0);
+    EXPECT_LT(value(*after, "engram_layer_bytes{layer=\"1000\"}"), 9600);
+  } else {
+    EXPECT_THAT(*after, HasSubstr("engram_layer_bytes{layer=\"1000\"} 9600"));
+  }
 }
 
 TEST(ServerProcessTest, DemoLayerServesAndSigtermDrainsWithExitZero) {

@@ -17,7 +17,9 @@
 #include <thread>
 
 #include "absl/strings/numbers.h"
+#include "client/client.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
 namespace engram::testing {
@@ -40,12 +42,13 @@ absl::StatusOr<std::unique_ptr<EngramdProcess>> EngramdProcess::Start(
   if (mkdtemp(dir_template) == nullptr) return absl::InternalError("mkdtemp");
   p->dir_ = dir_template;
   const std::string port_file = p->dir_ + "/ports";
-  std::vector<std::string> args = {EngramdPath(), "--listen=127.0.0.1:0",
-                                   "--port_file=" + port_file};
-  bool metrics_set = false;
+  std::vector<std::string> args = {EngramdPath(), "--port_file=" + port_file};
+  bool metrics_set = false, listen_set = false;
   for (const std::string& f : extra_flags) {
     metrics_set |= f.rfind("--metrics_listen", 0) == 0;
+    listen_set |= f.rfind("--listen=", 0) == 0;
   }
+  if (!listen_set) args.push_back("--listen=127.0.0.1:0");
   // Metrics off unless asked for: civetweb adds ~1.5 s to every shutdown.
   if (!metrics_set) args.push_back("--metrics_listen=");
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
@@ -100,6 +103,14 @@ bool EngramdProcess::Alive() const {
   return waitpid(pid_, &status, WNOHANG) == 0;
 }
 
+void EngramdProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
 int EngramdProcess::Stop() {
   if (pid_ <= 0) return -1;
   kill(pid_, SIGTERM);
@@ -127,6 +138,54 @@ std::string EngramdProcess::Log() const {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+absl::Status WaitServing(const std::string& address, int seconds) {
+  auto client = Client::Connect(address);
+  if (!client.ok()) return client.status();
+  absl::Status last;
+  for (int i = 0; i < seconds * 20; ++i) {
+    last = (*client)->CheckHealth();
+    if (last.ok()) return last;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat(address, " not SERVING after ", seconds, " s: ", last.ToString()));
+}
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
+    int shards, int replication, const std::vector<std::string>& extra_flags) {
+  std::vector<std::string> addresses;
+  for (int i = 0; i < shards; ++i) {
+    addresses.push_back(absl::StrCat("127.0.0.1:", FreePort()));
+  }
+  const std::string peers = absl::StrJoin(addresses, ",");
+  std::vector<std::unique_ptr<EngramdProcess>> cluster;
+  for (int i = 0; i < shards; ++i) {
+    std::vector<std::string> flags = {"--listen=" + addresses[i], "--peers=" + peers,
+                                      absl::StrCat("--shard_index=", i),
+                                      absl::StrCat("--replication=", replication)};
+    flags.insert(flags.end(), extra_flags.begin(), extra_flags.end());
+    auto p = EngramdProcess::Start(flags);
+    if (!p.ok()) return p.status();
+    cluster.push_back(*std::move(p));
+  }
+  for (auto& shard : cluster) {
+    if (absl::Status s = WaitServing(shard->address(), 30); !s.ok()) return s;
+  }
+  return cluster;
 }
 
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {

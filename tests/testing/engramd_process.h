@@ -15,7 +15,8 @@ namespace engram::testing {
 // Owns one child process. Not thread-safe.
 class EngramdProcess {
  public:
-  // `extra_flags` are appended after --listen=127.0.0.1:0 and --port_file.
+  // `extra_flags` are appended after --listen=127.0.0.1:0 (unless they set
+  // --listen themselves) and --port_file.
   static absl::StatusOr<std::unique_ptr<EngramdProcess>> Start(
       const std::vector<std::string>& extra_flags = {});
   ~EngramdProcess();
@@ -27,6 +28,8 @@ class EngramdProcess {
   bool Alive() const;
   // SIGTERM and wait; returns the exit status (-1 when killed by a signal).
   int Stop();
+  // SIGKILL and reap: a crash.
+  void Kill();
   // The server's stderr so far.
   std::string Log() const;
 
@@ -36,6 +39,15 @@ class EngramdProcess {
   int metrics_port_ = 0;
   std::string dir_;
 };
+
+// Starts `shards` engramd processes on free loopback ports forming one
+// cluster (--peers, --shard_index, --replication). `extra_flags` go to each.
+absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
+    int shards, int replication, const std::vector<std::string>& extra_flags = {});
+// Polls grpc.health.v1 until `address` is SERVING.
+absl::Status WaitServing(const std::string& address, int seconds);
+// A free loopback port (bound, then released).
+int FreePort();
 
 // Path of the engramd binary under test.
 std::string EngramdPath();

@@ -86,21 +86,18 @@ void ClusterContext::StartProber(std::function<void()> on_change) {
 }
 
 void ClusterContext::ProbeLoop() {
-  bool first = true;
   while (true) {
-    bool changed = first;
-    first = false;
     for (int s = 0; s < size(); ++s) {
       if (s == shard_index_) continue;
       const bool now = Answers(channels_[s].get());
       const bool before = up_[s].exchange(now, std::memory_order_relaxed);
       if (now != before) {
-        changed = true;
         LogInfo(absl::StrCat("shard ", s, " (", peers_[s], ") is ",
                              now ? "up" : "down"));
       }
     }
-    if (changed && on_change_) on_change_();
+    // Every round: lookups may have marked peers down in between.
+    if (on_change_) on_change_();
     std::unique_lock<std::mutex> lock(mu_);
     if (wake_.wait_for(lock, kProbeInterval, [this] { return stopping_; })) return;
   }

@@ -46,9 +46,9 @@ class ClusterContext {
   // have no owner left.
   bool SomeRangeUnreachable() const;
 
-  // Starts probing; `on_change` runs (on the prober thread) after the first
-  // round and after any shard changed state.
-  void StartProber(std::function<void()> on_change);
+  // Starts probing; `on_change` runs on the prober thread after every round
+  // (to re-derive health from the peers' state).
+  void StartProber(std::function<void()> on_round);
 
  private:
   void ProbeLoop();

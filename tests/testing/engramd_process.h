@@ -21,7 +21,7 @@ class EngramdProcess {
       const std::vector<std::string>& extra_flags = {});
   ~EngramdProcess();
 
-  std::string address() const;  // 127.0.0.1:PORT
+  std::string address() const;  // 127.0.0.1:PORT (kept after Stop/Kill)
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
   pid_t pid() const { return pid_; }

@@ -1,0 +1,169 @@
+// Failure behaviour of a 3-shard cluster of real engramd processes.
+#include <atomic>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <grpcpp/grpcpp.h>
+
+#include "client/client.h"
+#include "cluster/placement.h"
+#include "engram/v1/engram.grpc.pb.h"
+#include "tests/testing/engramd_process.h"
+#include "tests/testing/random_layer.h"
+
+namespace engram {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::EngramdProcess;
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  void Start(int replication) {
+    auto c = testing::StartCluster(3, replication, {"--staged_timeout_seconds=5"});
+    ASSERT_TRUE(c.ok()) << c.status();
+    shards_ = *std::move(c);
+    for (auto& s : shards_) {
+      auto client = Client::Connect(s->address());
+      ASSERT_TRUE(client.ok());
+      clients_.push_back(*std::move(client));
+    }
+  }
+  void TearDown() override {
+    for (auto& s : shards_) {
+      if (s != nullptr && s->Alive()) EXPECT_EQ(s->Stop(), 0) << s->Log();
+    }
+  }
+  void Populate(Client& c, int64_t id, const LayerLayout& layout) {
+    tables_[id] = testing::RandomTables(layout, static_cast<uint32_t>(id));
+    layouts_[id] = layout;
+    auto info = c.Populate(id, layout, testing::Spans(tables_[id]));
+    ASSERT_TRUE(info.ok()) << info.status();
+  }
+  absl::Status LookupExact(Client& c, int64_t id, uint32_t seed) {
+    const LayerLayout& l = layouts_[id];
+    auto ids = testing::RandomIds(l, 4, 3, seed);
+    auto want = testing::ReferenceGather(l, tables_[id], ids, l.dtype);
+    std::vector<uint8_t> got(want.size());
+    const int64_t shape[] = {4, 3, l.num_heads()};
+    absl::Status s = c.Lookup(id, ids, shape, got);
+    if (s.ok() && got != want) return absl::DataLossError("rows differ");
+    return s;
+  }
+
+  std::vector<std::unique_ptr<EngramdProcess>> shards_;
+  std::vector<std::unique_ptr<Client>> clients_;
+  std::map<int64_t, std::vector<std::vector<uint8_t>>> tables_;
+  std::map<int64_t, LayerLayout> layouts_;
+};
+
+TEST_F(ClusterTest, ReplicatedClusterSurvivesKillDashNineDuringLookups) {
+  Start(2);
+  Populate(*clients_[0], 1, {{3000, 7, 1, 2000}, 32, DType::kFloat32});
+  Populate(*clients_[1], 2, {{500, 501}, 24, DType::kBFloat16});
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::string first_error;
+  std::mutex mu;
+  std::thread reader([&] {
+    for (uint32_t i = 0; !stop; ++i) {
+      absl::Status s = LookupExact(*clients_[0], 1 + i % 2, i);
+      if (s.ok()) {
+        ++ok;
+      } else {
+        ++failed;
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.empty()) first_error = s.ToString();
+      }
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  shards_[2]->Kill();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  stop = true;
+  reader.join();
+  EXPECT_EQ(failed.load(), 0) << first_error;
+  EXPECT_GT(ok.load(), 10);
+  // Every row still has a live owner: the survivors stay SERVING.
+  EXPECT_TRUE(clients_[1]->CheckHealth().ok());
+  for (uint32_t i = 0; i < 20; ++i) ASSERT_TRUE(LookupExact(*clients_[1], 2, 1000 + i).ok());
+}
+
+TEST_F(ClusterTest, UnreplicatedClusterNamesTheDeadShardAndServesTheRest) {
+  Start(1);
+  Populate(*clients_[0], 7, {{3000, 2000}, 16, DType::kFloat32});
+  // A single-row, single-head layer lives on one shard: pick one not killed.
+  auto placement = *Placement::Create(3, 1);
+  int64_t tiny = 100;
+  while (placement.OwnersOfRow(tiny, 0, 1, 0)[0] == 2) ++tiny;
+  Populate(*clients_[0], tiny, {{1}, 8, DType::kFloat32});
+  shards_[2]->Kill();
+  absl::Status s = LookupExact(*clients_[0], 7, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("shard 2"));
+  for (uint32_t i = 0; i < 5; ++i) {
+    EXPECT_TRUE(LookupExact(*clients_[1], tiny, i).ok()) << "rows living elsewhere";
+  }
+  // Ranges of shard 2 have no owner: health turns NOT_SERVING.
+  absl::Status health;
+  for (int i = 0; i < 60; ++i) {
+    health = clients_[0]->CheckHealth();
+    if (!health.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(health.code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ClusterTest, KillingAShardMidPopulateLeavesTheLayerNowhere) {
+  Start(1);
+  auto stub = v1::EngramStore::NewStub(grpc::CreateChannel(
+      shards_[0]->address(), grpc::InsecureChannelCredentials()));
+  LayerLayout layout{{6000, 6000}, 16, DType::kFloat32};
+  auto tables = testing::RandomTables(layout, 3);
+  {
+    grpc::ClientContext context;
+    v1::PopulateResponse response;
+    auto writer = stub->Populate(&context, &response);
+    v1::PopulateRequest header;
+    header.mutable_header()->set_layer_id(9);
+    for (int64_t n : layout.table_vocab_sizes)
+      header.mutable_header()->mutable_config()->add_table_vocab_sizes(n);
+    header.mutable_header()->mutable_config()->set_embedding_dim(16);
+    ASSERT_TRUE(writer->Write(header));
+    const size_t row = 64;
+    for (int64_t r = 0; r < 6000; r += 500) {
+      if (r == 3000) shards_[1]->Kill();
+      v1::PopulateRequest chunk;
+      chunk.mutable_chunk()->set_head(0);
+      chunk.mutable_chunk()->set_row_offset(r);
+      chunk.mutable_chunk()->set_data(tables[0].data() + r * row, 500 * row);
+      if (!writer->Write(chunk)) break;
+    }
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    EXPECT_FALSE(s.ok());
+    EXPECT_THAT(s.error_message(), HasSubstr("shard 1"));
+  }
+  for (int i : {0, 2}) {
+    EXPECT_EQ(clients_[i]->DescribeLayer(9).status().code(), absl::StatusCode::kNotFound);
+  }
+  // Bring shard 1 back on its address; the id can be populated again.
+  std::string peers;
+  for (auto& s : shards_) peers += (peers.empty() ? "" : ",") + s->address();
+  auto back = EngramdProcess::Start({"--listen=" + shards_[1]->address(),
+                                     "--peers=" + peers, "--shard_index=1",
+                                     "--replication=1"});
+  ASSERT_TRUE(back.ok()) << back.status();
+  const std::string address = shards_[1]->address();
+  shards_[1] = *std::move(back);
+  for (auto& s : shards_) ASSERT_TRUE(testing::WaitServing(s->address(), 30).ok());
+  tables_[9] = tables;
+  layouts_[9] = layout;
+  auto info = clients_[0]->Populate(9, layout, testing::Spans(tables));
+  ASSERT_TRUE(info.ok()) << info.status();
+  for (uint32_t i = 0; i < 5; ++i) EXPECT_TRUE(LookupExact(*clients_[2], 9, i).ok());
+}
+
+}  // namespace
+}  // namespace engram

@@ -273,14 +273,22 @@ absl::StatusOr<std::vector<LayerDescription>> Client::ListLayers() {
   return layers;
 }
 
-absl::Status Client::CheckHealth() {
-  // grpc.health.v1.HealthCheckRequest{service = ""} encodes to no bytes;
-  // the response is {status = 1 (SERVING)} -> 08 01.
+absl::Status Client::CheckHealth(const std::string& service) {
+  // grpc.health.v1.HealthCheckRequest{string service = 1} (empty: no
+  // bytes); the response is {status = 1 (SERVING)} -> 08 01.
   grpc::ClientContext context;
   impl_->SetDeadline(&context);
-  grpc::ByteBuffer request;
-  grpc::Slice empty;
-  request = grpc::ByteBuffer(&empty, 1);
+  std::string encoded;
+  if (!service.empty()) {
+    encoded.push_back(0x0a);
+    for (size_t n = service.size(); ; n >>= 7) {  // varint length
+      encoded.push_back(static_cast<char>((n & 0x7f) | (n >= 0x80 ? 0x80 : 0)));
+      if (n < 0x80) break;
+    }
+    encoded += service;
+  }
+  grpc::Slice slice(encoded.data(), encoded.size());
+  grpc::ByteBuffer request(&slice, 1);
   grpc::ByteBuffer response;
   absl::Notification finished;
   grpc::Status status;

@@ -90,9 +90,10 @@ class Client {
   absl::StatusOr<int> Remove(int64_t layer_id, bool force = false);
   absl::StatusOr<LayerDescription> DescribeLayer(int64_t layer_id);
   absl::StatusOr<std::vector<LayerDescription>> ListLayers();
-  // grpc.health.v1 status of the whole server: OK when SERVING,
-  // UNAVAILABLE otherwise.
-  absl::Status CheckHealth();
+  // grpc.health.v1 status of `service` ("" = the server as a whole; a
+  // cluster shard is SERVING there only while every row range has a
+  // reachable owner): OK when SERVING, UNAVAILABLE otherwise.
+  absl::Status CheckHealth(const std::string& service = "");
 
  private:
   struct Impl;

@@ -159,14 +159,13 @@ absl::Status EngramServer::Start() {
         "cannot listen on --listen=", config_.listen,
         " (address in use or not local?)"));
   }
-  // A shard is ready once every row range has a reachable owner.
-  server_->GetHealthCheckService()->SetServingStatus(
-      cluster_ == nullptr || !cluster_->SomeRangeUnreachable());
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus(kLivenessService, true);
+  // Ready once every row range has a reachable owner.
+  health->SetServingStatus("", cluster_ == nullptr || !cluster_->SomeRangeUnreachable());
   if (cluster_ != nullptr) {
-    // NOT_SERVING while some row range has no reachable owner.
-    cluster_->StartProber([this] {
-      server_->GetHealthCheckService()->SetServingStatus(
-          !cluster_->SomeRangeUnreachable());
+    cluster_->StartProber([this, health] {
+      health->SetServingStatus("", !cluster_->SomeRangeUnreachable());
     });
     LogInfo(absl::StrCat("shard ", config_.shard_index, " of ", cluster_->size(),
                          ", replication ", config_.replication));

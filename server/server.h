@@ -29,6 +29,12 @@ absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget,
                           bool pin, GpuTier* gpu);
 inline constexpr int64_t kDemoLayerId = 0;
 
+// Health service names: "" (the default, what grpcurl and readiness probes
+// ask) is SERVING only while every row range has a reachable owner;
+// kLivenessService is SERVING while the process serves at all, so liveness
+// probes do not restart healthy shards when a peer dies.
+inline constexpr char kLivenessService[] = "engram.liveness";
+
 // Owns everything engramd serves with. Start once, then Shutdown once (both
 // from one thread); the accessors are safe from any thread after Start.
 class EngramServer {

@@ -145,13 +145,32 @@ class ManifestsTest(unittest.TestCase):
             (cm,) = self.by_kind(docs, "ConfigMap")
             (c,) = sts["spec"]["template"]["spec"]["containers"]
             flags = flag_args(c["args"])
+            expand = lambda v: re.sub(r"\$\(([A-Z_]+)\)",
+                                      lambda m: cm["data"].get(m.group(1), m.group(0)), v)
             peers = flags.get("peers")
+            replicas = sts["spec"]["replicas"]
             if peers is None:
-                self.assertEqual(sts["spec"]["replicas"], 1,
+                self.assertEqual(replicas, 1,
                                  "%s: without --peers each pod is a separate store"
                                  % target)
             else:
-                self.assertEqual(len(peers.split(",")), sts["spec"]["replicas"], target)
+                peers = expand(peers).split(",")
+                self.assertEqual(len(peers), replicas, target)
+                grpc_port = port_of(flags["listen"])
+                headless = sts["spec"]["serviceName"]
+                name = sts["metadata"]["name"]
+                self.assertEqual(
+                    peers, ["%s-%d.%s:%d" % (name, i, headless, grpc_port)
+                            for i in range(replicas)],
+                    "%s: peers must be the pods' stable DNS names in ordinal order"
+                    % target)
+                self.assertLessEqual(int(expand(flags["replication"])), replicas)
+                env = {e["name"]: e for e in c.get("env", [])}
+                index_var = re.match(r"\$\(([A-Z_]+)\)", flags["shard_index"]).group(1)
+                self.assertEqual(env[index_var]["valueFrom"]["fieldRef"]["fieldPath"],
+                                 "metadata.labels['apps.kubernetes.io/pod-index']")
+            self.assertEqual(c["livenessProbe"]["grpc"].get("service"), "engram.liveness",
+                             "liveness must not follow cluster readiness")
             drain = float(cm["data"]["ENGRAM_DRAIN_SECONDS"])
             self.assertGreater(sts["spec"]["template"]["spec"]
                                ["terminationGracePeriodSeconds"], drain)

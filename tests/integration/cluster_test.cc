@@ -113,6 +113,8 @@ TEST_F(ClusterTest, UnreplicatedClusterNamesTheDeadShardAndServesTheRest) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(health.code(), absl::StatusCode::kUnavailable);
+  // Liveness stays SERVING: a dead peer must not get healthy shards restarted.
+  EXPECT_TRUE(clients_[0]->CheckHealth("engram.liveness").ok());
 }
 
 TEST_F(ClusterTest, KillingAShardMidPopulateLeavesTheLayerNowhere) {

@@ -3,9 +3,15 @@
 // loopback of the same bytes, and Redis MGET of the same rows.
 //
 //   build/bench/lookup_bench [--seconds=2] [--callers=4] [--channels=1]
-//                            [--compare_gpu_tier] [--engramd=PATH]
+//                            [--compare_gpu_tier | --cluster] [--engramd=PATH]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <random>
+#include <thread>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -103,11 +109,94 @@ int CompareTiers(double seconds, int callers, int channels) {
   return 0;
 }
 
+// --cluster: the same lookups against one engramd and against a 3-shard
+// cluster (R = 1) entered through shard 0, which gathers the other shards'
+// rows over the peer gather path (gRPC).
+int CompareCluster(double seconds, int callers, int channels) {
+  std::vector<int> ports;
+  std::string peers;
+  for (int i = 0; i < 3; ++i) {
+    // Free ports: bind 0, read, release.
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    socklen_t len = sizeof(a);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    close(fd);
+    ports.push_back(ntohs(a.sin_port));
+    peers += absl::StrCat(i ? "," : "", "127.0.0.1:", ports.back());
+  }
+  auto single = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
+  std::vector<std::unique_ptr<ChildServer>> shards;
+  for (int i = 0; i < 3; ++i) {
+    shards.push_back(ChildServer::Start(
+        {engramd_path, absl::StrCat("--listen=127.0.0.1:", ports[i]), "--metrics_listen=",
+         "--peers=" + peers, absl::StrCat("--shard_index=", i), "--replication=1"}));
+    if (!shards.back()) return 1;
+  }
+  if (!single) return 1;
+  ClientOptions options;
+  options.num_channels = channels;
+  auto single_client = Client::Connect(absl::StrCat("127.0.0.1:", single->port()), options);
+  auto cluster_client = Client::Connect(absl::StrCat("127.0.0.1:", ports[0]), options);
+  for (int i = 0; i < 200 && !(*cluster_client)->CheckHealth().ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim, DType::kFloat32};
+  std::vector<std::vector<uint8_t>> tables(kHeads);
+  std::mt19937_64 rng(5);
+  for (auto& t : tables) {
+    t.resize(layout.table_bytes(0));
+    for (auto& b : t) b = static_cast<uint8_t>(rng());
+  }
+  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  for (Client* c : {single_client->get(), cluster_client->get()}) {
+    if (auto st = c->Populate(1, layout, spans); !st.ok()) {
+      std::fprintf(stderr, "populate: %s\n", st.status().ToString().c_str());
+      return 1;
+    }
+  }
+  std::printf("lookup_bench --cluster: H = %d, D = %lld float32, %d callers, %d "
+              "connection(s); cluster = 3 shards on this host, R = 1, entered "
+              "through shard 0 (2/3 of the rows come over the peer gather path)\n",
+              kHeads, static_cast<long long>(kDim), callers, channels);
+  std::printf("  %-22s %8s %14s %14s %9s %9s %8s\n", "shape", "rows", "1 node rows/s",
+              "cluster rows/s", "1n p50us", "cl p50us", "cl/1node");
+  const Shape shapes[] = {{"decode B=1", 1, 1},
+                          {"decode B=16", 16, 1},
+                          {"decode B=256", 256, 1},
+                          {"prefill B=1 L=4096", 1, 4096}};
+  for (const Shape& sh : shapes) {
+    std::vector<std::vector<int64_t>> ids(callers);
+    std::vector<std::vector<uint8_t>> outs(callers);
+    for (int c = 0; c < callers; ++c) {
+      for (int64_t i = 0; i < sh.rows(); ++i) ids[c].push_back(rng() % kRowsPerHead);
+      outs[c].resize(sh.bytes());
+    }
+    const int64_t shape[] = {sh.batch, sh.length, kHeads};
+    Client* clients[2] = {single_client->get(), cluster_client->get()};
+    RunStats r[2];
+    for (int t = 0; t < 2; ++t) {
+      r[t] = RunClosedLoop(callers, seconds, [&](int c) {
+        return clients[t]->Lookup(1, ids[c], shape, outs[c]).ok();
+      });
+    }
+    std::printf("  %-22s %8lld %14.0f %14.0f %9.1f %9.1f %7.2fx\n", sh.name,
+                static_cast<long long>(sh.rows()), r[0].calls_per_s() * sh.rows(),
+                r[1].calls_per_s() * sh.rows(), r[0].p50_us, r[1].p50_us,
+                r[1].calls_per_s() / r[0].calls_per_s());
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   double seconds = 2;
   int callers = 4;
   int channels = 1;
   bool compare_gpu_tier = false;
+  bool cluster = false;
   std::string self = argv[0];
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -123,9 +212,11 @@ int Main(int argc, char** argv) {
     if (a.rfind("--callers=", 0) == 0) callers = std::stoi(a.substr(10));
     if (a.rfind("--channels=", 0) == 0) channels = std::stoi(a.substr(11));
     if (a == "--compare_gpu_tier") compare_gpu_tier = true;
+    if (a == "--cluster") cluster = true;
     if (a.rfind("--engramd=", 0) == 0) engramd_path = a.substr(10);
   }
   if (compare_gpu_tier) return CompareTiers(seconds, callers, channels);
+  if (cluster) return CompareCluster(seconds, callers, channels);
 
   auto engramd = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
                                      "--metrics_listen=", "--nopin_memory"});

@@ -141,6 +141,9 @@ int CompareCluster(double seconds, int callers, int channels) {
   options.num_channels = channels;
   auto single_client = Client::Connect(absl::StrCat("127.0.0.1:", single->port()), options);
   auto cluster_client = Client::Connect(absl::StrCat("127.0.0.1:", ports[0]), options);
+  std::vector<std::string> addresses;
+  for (int port : ports) addresses.push_back(absl::StrCat("127.0.0.1:", port));
+  auto routed_client = Client::ConnectCluster(addresses, 1, options);
   for (int i = 0; i < 200 && !(*cluster_client)->CheckHealth().ok(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -162,8 +165,9 @@ int CompareCluster(double seconds, int callers, int channels) {
               "connection(s); cluster = 3 shards on this host, R = 1, entered "
               "through shard 0 (2/3 of the rows come over the peer gather path)\n",
               kHeads, static_cast<long long>(kDim), callers, channels);
-  std::printf("  %-22s %8s %14s %14s %9s %9s %8s\n", "shape", "rows", "1 node rows/s",
-              "cluster rows/s", "1n p50us", "cl p50us", "cl/1node");
+  std::printf("  %-20s %7s %13s %13s %13s %9s %9s %9s %9s\n", "shape", "rows",
+              "1 node rows/s", "coord rows/s", "routed rows/s", "1n p50us",
+              "co p50us", "coord/1n", "routed/1n");
   const Shape shapes[] = {{"decode B=1", 1, 1},
                           {"decode B=16", 16, 1},
                           {"decode B=256", 256, 1},
@@ -176,17 +180,20 @@ int CompareCluster(double seconds, int callers, int channels) {
       outs[c].resize(sh.bytes());
     }
     const int64_t shape[] = {sh.batch, sh.length, kHeads};
-    Client* clients[2] = {single_client->get(), cluster_client->get()};
-    RunStats r[2];
-    for (int t = 0; t < 2; ++t) {
+    Client* clients[3] = {single_client->get(), cluster_client->get(),
+                          routed_client->get()};
+    RunStats r[3];
+    for (int t = 0; t < 3; ++t) {
       r[t] = RunClosedLoop(callers, seconds, [&](int c) {
         return clients[t]->Lookup(1, ids[c], shape, outs[c]).ok();
       });
     }
-    std::printf("  %-22s %8lld %14.0f %14.0f %9.1f %9.1f %7.2fx\n", sh.name,
-                static_cast<long long>(sh.rows()), r[0].calls_per_s() * sh.rows(),
-                r[1].calls_per_s() * sh.rows(), r[0].p50_us, r[1].p50_us,
-                r[1].calls_per_s() / r[0].calls_per_s());
+    std::printf("  %-20s %7lld %13.0f %13.0f %13.0f %9.1f %9.1f %8.2fx %8.2fx\n",
+                sh.name, static_cast<long long>(sh.rows()),
+                r[0].calls_per_s() * sh.rows(), r[1].calls_per_s() * sh.rows(),
+                r[2].calls_per_s() * sh.rows(), r[0].p50_us, r[1].p50_us,
+                r[1].calls_per_s() / r[0].calls_per_s(),
+                r[2].calls_per_s() / r[0].calls_per_s());
   }
   return 0;
 }

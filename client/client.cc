@@ -12,6 +12,7 @@
 #include "engram/v1/engram.grpc.pb.h"
 #include "proto/channel_tuning.h"
 #include "proto/wire_format.h"
+#include "client/cluster_router.h"
 
 namespace engram {
 namespace {
@@ -51,6 +52,9 @@ struct LookupCall {
 
 struct Client::Impl {
   ClientOptions options;
+  // Cluster mode: routes lookups; public calls fail over across `shards`.
+  std::unique_ptr<ClusterRouter> router;
+  std::vector<std::unique_ptr<v1::EngramStore::Stub>> shard_stubs;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::EngramStore::Stub> stub;
   // One generic stub per connection; lookups rotate over them.
@@ -76,6 +80,48 @@ struct Client::Impl {
 };
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
+    const std::vector<std::string>& shards, int replication, ClientOptions options) {
+  if (shards.empty()) return absl::InvalidArgumentError("no shard addresses");
+  absl::StatusOr<Placement> placement =
+      Placement::Create(static_cast<int>(shards.size()), replication);
+  if (!placement.ok()) return placement.status();
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(shards[0], options);
+  if (!client.ok()) return client.status();
+  Impl* impl = (*client)->impl_.get();
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  for (const std::string& address : shards) {
+    grpc::ChannelArguments args = TunedChannelArguments();
+    args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    channels.push_back(
+        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+    impl->shard_stubs.push_back(v1::EngramStore::NewStub(channels.back()));
+  }
+  impl->router = std::make_unique<ClusterRouter>(
+      channels, *placement, options.timeout,
+      [impl](int64_t layer_id) -> absl::StatusOr<LayerLayout> {
+        // Any shard knows every layer: ask them in turn.
+        absl::Status last;
+        for (auto& stub : impl->shard_stubs) {
+          grpc::ClientContext context;
+          impl->SetDeadline(&context);
+          v1::DescribeLayerRequest request;
+          request.set_layer_id(layer_id);
+          v1::LayerInfo info;
+          last = FromGrpc(stub->DescribeLayer(&context, request, &info));
+          if (last.ok()) return FromProto(info).layout;
+          if (last.code() != absl::StatusCode::kUnavailable &&
+              last.code() != absl::StatusCode::kDeadlineExceeded) {
+            return last;
+          }
+        }
+        return last;
+      });
+  return client;
+}
 Client::~Client() = default;
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
@@ -173,6 +219,10 @@ void Client::LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
                          std::span<uint8_t> output,
                          std::optional<DType> output_dtype,
                          std::function<void(absl::Status)> done) {
+  if (impl_->router != nullptr) {
+    impl_->router->Lookup(layer_id, ids, shape, output, output_dtype, std::move(done));
+    return;
+  }
   auto* call = new LookupCall;
   impl_->SetDeadline(&call->context);
   call->request = wire::EncodeLookupRequest(
@@ -211,6 +261,12 @@ absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
                             std::span<const int64_t> shape,
                             std::span<uint8_t> output,
                             std::optional<DType> output_dtype) {
+  if (impl_->router != nullptr) {
+    std::promise<absl::Status> result;
+    impl_->router->Lookup(layer_id, ids, shape, output, output_dtype,
+                          [&result](absl::Status s) { result.set_value(std::move(s)); });
+    return result.get_future().get();
+  }
   // Blocking call on this thread (as generated sync stubs do): no hop to a
   // callback thread, which matters for small decode lookups.
   grpc::ClientContext context;

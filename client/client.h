@@ -55,6 +55,15 @@ class Client {
  public:
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       const std::string& address, ClientOptions options = {});
+  // A client of a sharded cluster that routes lookups itself: `shards` is
+  // the servers' --peers list (same order), `replication` their
+  // --replication. Lookups go straight to the owners of the rows (with
+  // failover across replicas) and are assembled in the caller's buffer;
+  // the layouts they need come from the first shard that answers; the other
+  // calls go to shards[0] (which coordinates them for the cluster).
+  static absl::StatusOr<std::unique_ptr<Client>> ConnectCluster(
+      const std::vector<std::string>& shards, int replication,
+      ClientOptions options = {});
   ~Client();
 
   // Creates layer `layer_id`: `tables[h]` holds head h's rows, row-major

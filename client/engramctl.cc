@@ -37,7 +37,8 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
                                           gather rows; prints them, or
                                           writes a [B, L, H, D] .npy
 
---address defaults to $ENGRAM_ADDRESS, else 127.0.0.1:50051. --timeout_s
+--address defaults to $ENGRAM_ADDRESS, else 127.0.0.1:50051; a comma-separated
+list (a cluster's shards) uses the first shard that answers. --timeout_s
 (default 60) bounds each call; a populate stream gets --populate_timeout_s
 (default 7200).
 )";
@@ -266,6 +267,20 @@ int Run(int argc, char** argv) {
   if (const char* env = std::getenv("ENGRAM_ADDRESS")) address = env;
   if (auto it = args.flags.find("address"); it != args.flags.end()) {
     address = it->second;
+  }
+  // A cluster's address list: talk to the first shard that is alive.
+  if (address.find(',') != std::string::npos) {
+    std::vector<std::string> shards = absl::StrSplit(address, ',', absl::SkipEmpty());
+    address = shards.front();
+    for (const std::string& shard : shards) {
+      ClientOptions probe;
+      probe.timeout = absl::Seconds(2);
+      auto c = Client::Connect(shard, probe);
+      if (c.ok() && (*c)->CheckHealth("engram.liveness").ok()) {
+        address = shard;
+        break;
+      }
+    }
   }
   ClientOptions options;
   if (args.flags.count("timeout_s")) {

@@ -90,6 +90,38 @@ TEST_F(ClusterTest, ReplicatedClusterSurvivesKillDashNineDuringLookups) {
   for (uint32_t i = 0; i < 20; ++i) ASSERT_TRUE(LookupExact(*clients_[1], 2, 1000 + i).ok());
 }
 
+TEST_F(ClusterTest, ClientRoutedLookupsAreExactAndFailOver) {
+  Start(2);
+  Populate(*clients_[0], 3, {{4000, 3, 2500}, 40, DType::kBFloat16});
+  std::vector<std::string> addresses;
+  for (auto& s : shards_) addresses.push_back(s->address());
+  auto routed = Client::ConnectCluster(addresses, 2);
+  ASSERT_TRUE(routed.ok()) << routed.status();
+  const LayerLayout& l = layouts_[3];
+  const int64_t shape[] = {6, 5, 3};
+  auto check = [&](uint32_t seed) {
+    auto ids = testing::RandomIds(l, 6, 5, seed);
+    for (DType out : {DType::kBFloat16, DType::kFloat32}) {
+      auto want = testing::ReferenceGather(l, tables_[3], ids, out);
+      std::vector<uint8_t> got(want.size(), 0x77), async_got(want.size(), 0x77);
+      ASSERT_TRUE((*routed)->Lookup(3, ids, shape, got, out).ok());
+      ASSERT_TRUE((*routed)->LookupAsync(3, ids, shape, async_got, out).get().ok());
+      EXPECT_EQ(got, want);
+      EXPECT_EQ(async_got, want);
+    }
+  };
+  for (uint32_t i = 0; i < 5; ++i) check(i);
+  // The client validates like the server.
+  std::vector<int64_t> bad(90, 0);
+  bad[4] = 3;  // head 1 has 3 rows
+  std::vector<uint8_t> out(90 * 40 * 2);
+  absl::Status s = (*routed)->Lookup(3, bad, shape, out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("row_ids[0, 1, 1] = 3"));
+  shards_[1]->Kill();
+  for (uint32_t i = 10; i < 20; ++i) check(i);  // replicas answer
+}
+
 TEST_F(ClusterTest, UnreplicatedClusterNamesTheDeadShardAndServesTheRest) {
   Start(1);
   Populate(*clients_[0], 7, {{3000, 2000}, 16, DType::kFloat32});

@@ -1,0 +1,216 @@
+#include "client/cluster_router.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace engram {
+
+// One routed lookup in flight: positions grouped by the shard asked for
+// them; a failed shard's positions move to the next owner of their range.
+struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
+  ClusterRouter* router;
+  int64_t layer_id;
+  LayerLayout layout;
+  const int64_t* ids;
+  uint8_t* out;
+  DType out_dtype;
+  std::function<void(absl::Status)> done;
+  std::atomic<int> outstanding{1};
+  std::mutex mu;
+  std::vector<std::string> errors;
+  bool layer_missing = false;
+
+  struct Position {
+    int64_t index;
+    int replica;
+  };
+
+  void Route(std::vector<Position> positions) {
+    const Placement& p = router->placement_;
+    std::map<int, std::vector<Position>> by_shard;
+    for (Position pos : positions) {
+      const int h = static_cast<int>(pos.index % layout.num_heads());
+      const int64_t rows = layout.table_vocab_sizes[h];
+      const int range = p.RangeOf(rows, ids[pos.index]);
+      int chosen = -1;
+      for (int r = pos.replica; r < p.replication(); ++r) {
+        const int s = p.Owner(layer_id, h, range, r);
+        if (router->up(s) || r == p.replication() - 1) {
+          chosen = s;
+          pos.replica = r;
+          break;
+        }
+      }
+      by_shard[chosen].push_back(pos);
+    }
+    for (auto& [shard, list] : by_shard) Send(shard, std::move(list));
+  }
+
+  void Send(int shard, std::vector<Position> positions) {
+    struct Call {
+      grpc::ClientContext context;
+      internal::v1::GatherRequest request;
+      internal::v1::GatherResponse response;
+      std::vector<Position> positions;
+    };
+    auto call = std::make_shared<Call>();
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + router->timeout_));
+    call->request.set_layer_id(layer_id);
+    for (Position pos : positions) {
+      call->request.add_heads(static_cast<int32_t>(pos.index % layout.num_heads()));
+      call->request.add_row_ids(ids[pos.index]);
+    }
+    call->positions = std::move(positions);
+    outstanding.fetch_add(1, std::memory_order_relaxed);
+    auto self = shared_from_this();
+    router->stubs_[shard]->async()->Gather(
+        &call->context, &call->request, &call->response,
+        [self, call, shard](grpc::Status status) {
+          self->OnReply(shard, call->positions, call->response, status);
+          self->Release();
+        });
+  }
+
+  void OnReply(int shard, const std::vector<Position>& positions,
+               const internal::v1::GatherResponse& response,
+               const grpc::Status& status) {
+    const size_t row_bytes = layout.row_bytes();
+    if (status.ok() && response.data().size() == positions.size() * row_bytes) {
+      const auto* data = reinterpret_cast<const uint8_t*>(response.data().data());
+      const size_t dim = static_cast<size_t>(layout.embedding_dim);
+      const size_t out_row = dim * DTypeSize(out_dtype);
+      for (size_t j = 0; j < positions.size(); ++j) {
+        ConvertElements(data + j * row_bytes, layout.dtype,
+                        out + positions[j].index * out_row, out_dtype, dim);
+      }
+      return;
+    }
+    if (status.error_code() == grpc::StatusCode::NOT_FOUND ||
+        status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+      std::lock_guard<std::mutex> lock(mu);
+      layer_missing = true;  // removed, or re-populated with another layout
+      errors.push_back(absl::StrCat("shard ", shard, ": ", status.error_message()));
+      return;
+    }
+    router->MarkDown(shard);
+    std::vector<Position> retry;
+    for (Position pos : positions) {
+      if (pos.replica + 1 < router->placement_.replication()) {
+        retry.push_back({pos.index, pos.replica + 1});
+      }
+    }
+    if (retry.size() == positions.size() && !retry.empty()) {
+      Route(std::move(retry));  // next owners; counted before this call ends
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    errors.push_back(absl::StrCat("shard ", shard, ": ",
+                                  status.ok() ? "short reply" : status.error_message()));
+  }
+
+  void Release() {
+    if (outstanding.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    std::lock_guard<std::mutex> lock(mu);  // all replies are in
+    if (errors.empty()) {
+      done(absl::OkStatus());
+      return;
+    }
+    if (layer_missing) router->Forget(layer_id);
+    done(absl::Status(layer_missing ? absl::StatusCode::kNotFound
+                                    : absl::StatusCode::kUnavailable,
+                      absl::StrCat("rows of layer ", layer_id, ": ",
+                                   absl::StrJoin(errors, "; "))));
+  }
+};
+
+ClusterRouter::ClusterRouter(
+    std::vector<std::shared_ptr<grpc::Channel>> shards, Placement placement,
+    absl::Duration timeout,
+    std::function<absl::StatusOr<LayerLayout>(int64_t)> describe)
+    : placement_(placement),
+      timeout_(timeout),
+      describe_(std::move(describe)),
+      down_until_ms_(new std::atomic<int64_t>[shards.size()]) {
+  for (size_t s = 0; s < shards.size(); ++s) {
+    stubs_.push_back(internal::v1::EngramPeer::NewStub(shards[s]));
+    down_until_ms_[s].store(0, std::memory_order_relaxed);
+  }
+}
+
+bool ClusterRouter::up(int shard) const {
+  return absl::ToUnixMillis(absl::Now()) >=
+         down_until_ms_[shard].load(std::memory_order_relaxed);
+}
+
+void ClusterRouter::MarkDown(int shard) {
+  // Skip it for a while; then it gets traffic (and another chance) again.
+  down_until_ms_[shard].store(absl::ToUnixMillis(absl::Now() + absl::Seconds(2)),
+                              std::memory_order_relaxed);
+}
+
+absl::StatusOr<LayerLayout> ClusterRouter::Layout(int64_t layer_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = layouts_.find(layer_id);
+    if (it != layouts_.end()) return it->second;
+  }
+  absl::StatusOr<LayerLayout> layout = describe_(layer_id);
+  if (!layout.ok()) return layout.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  layouts_[layer_id] = *layout;
+  return layout;
+}
+
+void ClusterRouter::Forget(int64_t layer_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  layouts_.erase(layer_id);
+}
+
+void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
+                           std::span<const int64_t> shape, std::span<uint8_t> output,
+                           std::optional<DType> output_dtype,
+                           std::function<void(absl::Status)> done) {
+  absl::StatusOr<LayerLayout> layout = Layout(layer_id);
+  if (!layout.ok()) return done(layout.status());
+  LookupShape parsed;
+  if (ids.empty()) {
+    return done(absl::InvalidArgumentError(
+        "no row ids: set row_ids (int64 little-endian bytes) or row_ids_list"));
+  }
+  if (absl::Status s = ValidateLookupShape(*layout, shape,
+                                           static_cast<int64_t>(ids.size()), &parsed);
+      !s.ok()) {
+    return done(s);
+  }
+  const DType out_dtype = output_dtype.value_or(layout->dtype);
+  if (!CanConvert(layout->dtype, out_dtype)) {
+    return done(absl::InvalidArgumentError(absl::StrCat(
+        "output_dtype ", DTypeName(out_dtype), " cannot be produced from ",
+        DTypeName(layout->dtype), " rows")));
+  }
+  const size_t need = ids.size() * layout->embedding_dim * DTypeSize(out_dtype);
+  if (output.size() != need) {
+    return done(absl::InvalidArgumentError(absl::StrCat(
+        "lookup returns ", need, " bytes of rows; the output buffer holds ",
+        output.size())));
+  }
+  if (absl::Status s = ValidateRowIds(*layout, parsed, ids.data()); !s.ok()) {
+    return done(s);
+  }
+  auto lookup = std::make_shared<RoutedLookup>();
+  lookup->router = this;
+  lookup->layer_id = layer_id;
+  lookup->layout = *std::move(layout);
+  lookup->ids = ids.data();
+  lookup->out = output.data();
+  lookup->out_dtype = out_dtype;
+  lookup->done = std::move(done);
+  std::vector<RoutedLookup::Position> all(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) all[i] = {static_cast<int64_t>(i), 0};
+  lookup->Route(std::move(all));
+  lookup->Release();
+}
+
+}  // namespace engram

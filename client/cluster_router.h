@@ -1,0 +1,63 @@
+// Client-side routing for a sharded cluster: the client evaluates the same
+// placement as the servers, asks each owner for its rows directly (the
+// internal peer Gather call) and assembles [B, L, H, D] in the caller's
+// buffer, failing over across replicas. Internal to the client library.
+#ifndef ENGRAM_CLIENT_CLUSTER_ROUTER_H_
+#define ENGRAM_CLIENT_CLUSTER_ROUTER_H_
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/time/time.h"
+#include "absl/status/statusor.h"
+#include "cluster/placement.h"
+#include "engram/internal/v1/peer.grpc.pb.h"
+#include "store/layout.h"
+
+namespace engram {
+
+// Thread-safe. Caches layer layouts (dropped when a shard says NOT_FOUND);
+// a shard that failed is skipped for 2 s when it has replicas.
+class ClusterRouter {
+ public:
+  // `describe` fetches a layer's layout (from any shard).
+  ClusterRouter(std::vector<std::shared_ptr<grpc::Channel>> shards,
+                Placement placement, absl::Duration timeout,
+                std::function<absl::StatusOr<LayerLayout>(int64_t)> describe);
+
+  // Validates like the server, then gathers. `done` runs once.
+  void Lookup(int64_t layer_id, std::span<const int64_t> ids,
+              std::span<const int64_t> shape, std::span<uint8_t> output,
+              std::optional<DType> output_dtype,
+              std::function<void(absl::Status)> done);
+
+ private:
+  absl::StatusOr<LayerLayout> Layout(int64_t layer_id);
+  void Forget(int64_t layer_id);
+  bool up(int shard) const;
+  void MarkDown(int shard);
+
+  std::vector<std::unique_ptr<internal::v1::EngramPeer::Stub>> stubs_;
+  const Placement placement_;
+  const absl::Duration timeout_;
+  std::function<absl::StatusOr<LayerLayout>(int64_t)> describe_;
+  std::unique_ptr<std::atomic<int64_t>[]> down_until_ms_;
+  std::mutex mu_;
+  std::map<int64_t, LayerLayout> layouts_ ABSL_GUARDED_BY(mu_);
+
+  friend struct RoutedLookup;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_CLIENT_CLUSTER_ROUTER_H_

@@ -253,7 +253,6 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
             "; the layer was removed from every reachable shard"));
       }
     }
-    committed_ = true;
     return absl::OkStatus();
   }
 
@@ -331,7 +330,6 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
   LayerLayout layout_;
   std::vector<PeerStream> peers_;
   int64_t metrics_bytes_ = 0;
-  bool committed_ = false;
 };
 
 // ------------------------------------------------------------------ lookup

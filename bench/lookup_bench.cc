@@ -222,6 +222,7 @@ int Main(int argc, char** argv) {
     if (a == "--cluster") cluster = true;
     if (a.rfind("--engramd=", 0) == 0) engramd_path = a.substr(10);
   }
+  TuneMallocForLargeMessages();  // client side, as an application would
   if (compare_gpu_tier) return CompareTiers(seconds, callers, channels);
   if (cluster) return CompareCluster(seconds, callers, channels);
 

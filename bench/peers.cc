@@ -133,6 +133,7 @@ ChildServer::~ChildServer() {
 }
 
 int ServeEcho(const std::string& port_file) {
+  TuneMallocForLargeMessages();  // the same process settings as engramd
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);

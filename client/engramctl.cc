@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "client/npy.h"
+#include "proto/channel_tuning.h"
 
 namespace engram {
 namespace {
@@ -262,6 +263,7 @@ int Lookup(Client& client, const Args& args) {
 }
 
 int Run(int argc, char** argv) {
+  TuneMallocForLargeMessages();
   Args args = ParseArgs(argc, argv);
   std::string address = "127.0.0.1:50051";
   if (const char* env = std::getenv("ENGRAM_ADDRESS")) address = env;

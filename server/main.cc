@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "proto/channel_tuning.h"
 #include "server/flags.h"
 #include "server/log.h"
 #include "server/server.h"
@@ -22,6 +23,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   engram::ResolveServerDefaults(&*config);
+  engram::TuneMallocForLargeMessages();
   if (auto peers = engram::ClusterPeers(*config); !peers.ok()) {
     std::cerr << "engramd: " << peers.status().message() << "\n";
     return 2;

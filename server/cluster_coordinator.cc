@@ -4,11 +4,11 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "cluster/populate_fanout.h"
 #include "server/engram_service.h"
 #include "server/log.h"
 
@@ -17,18 +17,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr auto kPeerReadTimeout = std::chrono::seconds(3);
-constexpr auto kStageTimeout = std::chrono::hours(2);
 constexpr auto kTxnTimeout = std::chrono::seconds(10);
 
 std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
   return std::chrono::system_clock::now() + d;
-}
-
-std::string NewTxnId() {
-  std::random_device rd;
-  std::mt19937_64 rng((static_cast<uint64_t>(rd()) << 32) ^ rd());
-  return absl::StrCat(absl::Hex(rng(), absl::kZeroPad16),
-                      absl::Hex(rng(), absl::kZeroPad16));
 }
 
 bool PeerUnreachable(grpc::StatusCode code) {
@@ -74,13 +66,6 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
     bool end = false;
     v1::PopulateRequest item;
   };
-  struct PeerStream {
-    std::unique_ptr<grpc::ClientContext> context;
-    std::unique_ptr<grpc::ClientWriter<internal::v1::StageRequest>> writer;
-    internal::v1::StageResponse response;
-    bool open = false;
-  };
-
   // Runs on its own thread; its last act is Finish (after which `this` may
   // be deleted at any moment), so it touches only `state` afterwards.
   void Work(std::shared_ptr<Handoff> state) {
@@ -121,7 +106,7 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
   }
 
   absl::Status OnHeader(const v1::PopulateHeader& header) {
-    if (!txn_id_.empty()) {
+    if (fanout_ != nullptr) {
       return absl::InvalidArgumentError(
           "a second PopulateHeader arrived; send one header, then chunks");
     }
@@ -139,167 +124,39 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
       return absl::AlreadyExistsError(absl::StrCat(
           "layer ", layer_id_, " already exists; populate is create-only (Remove it first)"));
     }
-    txn_id_ = NewTxnId();
-    internal::v1::StageRequest stage;
-    stage.mutable_header()->set_txn_id(txn_id_);
-    stage.mutable_header()->set_layer_id(layer_id_);
-    *stage.mutable_header()->mutable_config() = header.config();
-    peers_.resize(cluster_->size());
-    for (int s = 0; s < cluster_->size(); ++s) {
-      PeerStream& p = peers_[s];
-      p.context = std::make_unique<grpc::ClientContext>();
-      p.context->set_deadline(std::chrono::system_clock::now() + kStageTimeout);
-      p.writer = cluster_->stub(s)->Stage(p.context.get(), &p.response);
-      p.open = true;
-      if (!p.writer->Write(stage)) return PeerFailure(s);
-    }
-    return absl::OkStatus();
+    std::vector<internal::v1::EngramPeer::Stub*> stubs;
+    for (int s = 0; s < cluster_->size(); ++s) stubs.push_back(cluster_->stub(s));
+    fanout_ = std::make_unique<PopulateFanout>(
+        std::move(stubs), cluster_->placement(),
+        [c = cluster_](int s) { c->MarkDown(s); });
+    return fanout_->Begin(layer_id_, layout_);
   }
 
   absl::Status OnChunk(const v1::TableChunk& chunk) {
-    if (txn_id_.empty()) {
+    if (fanout_ == nullptr) {
       return absl::InvalidArgumentError("the first Populate message must be a PopulateHeader");
     }
     if (context_->IsCancelled()) {
       return absl::CancelledError("the client cancelled the populate stream");
     }
-    const int64_t head = chunk.head();
-    if (head < 0 || head >= layout_.num_heads()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk head ", head, " is out of range: layer ", layer_id_, " has ",
-          layout_.num_heads(), " heads"));
-    }
-    const size_t row_bytes = layout_.row_bytes();
-    const std::string& data = chunk.data();
-    if (data.empty() || data.size() % row_bytes != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk for head ", head, " at row ", chunk.row_offset(), " has ",
-          data.size(), " bytes, not a whole number of ", row_bytes,
-          "-byte rows (D = ", layout_.embedding_dim, ", ", DTypeName(layout_.dtype), ")"));
-    }
-    const int64_t rows = static_cast<int64_t>(data.size() / row_bytes);
-    const int64_t n = layout_.table_vocab_sizes[head];
-    const int64_t first = chunk.row_offset();
-    if (first < 0 || first > n - rows) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk for head ", head, " covers rows [", first, ", ", first + rows,
-          ") outside the table's ", n, " rows"));
-    }
-    metrics_bytes_ += data.size();
-    const Placement& placement = cluster_->placement();
-    internal::v1::StageRequest stage;
-    v1::TableChunk* sub = stage.mutable_chunk();
-    sub->set_head(static_cast<int32_t>(head));
-    for (int k = placement.RangeOf(n, first); k <= placement.RangeOf(n, first + rows - 1); ++k) {
-      RowRange range = placement.Range(n, k);
-      const int64_t begin = std::max(range.begin, first);
-      const int64_t end = std::min(range.end, first + rows);
-      if (begin >= end) continue;
-      sub->set_row_offset(begin);
-      sub->set_data(data.data() + (begin - first) * row_bytes, (end - begin) * row_bytes);
-      for (int r = 0; r < placement.replication(); ++r) {
-        const int s = placement.Owner(layer_id_, static_cast<int>(head), k, r);
-        if (!peers_[s].writer->Write(stage)) return PeerFailure(s);
-      }
-    }
-    return absl::OkStatus();
-  }
-
-  // The status of shard s's stream, which just refused a write.
-  absl::Status PeerFailure(int s) {
-    PeerStream& p = peers_[s];
-    p.open = false;
-    grpc::Status st = p.writer->Finish();
-    if (PeerUnreachable(st.error_code())) cluster_->MarkDown(s);
-    return absl::Status(
-        st.ok() ? absl::StatusCode::kUnavailable : static_cast<absl::StatusCode>(st.error_code()),
-        absl::StrCat("shard ", s, " (", cluster_->address(s), "): ",
-                     st.ok() ? "stream closed" : st.error_message()));
+    metrics_bytes_ += static_cast<int64_t>(chunk.data().size());
+    return fanout_->AddChunk(chunk.head(), chunk.row_offset(), chunk.data());
   }
 
   absl::Status EndOfStream() {
     if (context_->IsCancelled()) {
       return absl::CancelledError("the client cancelled the populate stream");
     }
-    if (txn_id_.empty()) {
+    if (fanout_ == nullptr) {
       return absl::InvalidArgumentError("the populate stream ended without a PopulateHeader");
     }
-    // Phase one: every owner must have all its rows.
-    for (int s = 0; s < cluster_->size(); ++s) {
-      PeerStream& p = peers_[s];
-      p.writer->WritesDone();
-      p.open = false;
-      grpc::Status st = p.writer->Finish();
-      if (!st.ok()) {
-        if (PeerUnreachable(st.error_code())) cluster_->MarkDown(s);
-        return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
-                            absl::StrCat("shard ", s, " (", cluster_->address(s),
-                                         "): ", st.error_message()));
-      }
-    }
-    // Phase two.
-    for (int s = 0; s < cluster_->size(); ++s) {
-      grpc::ClientContext context;
-      context.set_deadline(In(kTxnTimeout));
-      internal::v1::TxnRequest request;
-      request.set_txn_id(txn_id_);
-      internal::v1::TxnResponse response;
-      grpc::Status st = cluster_->stub(s)->Commit(&context, request, &response);
-      if (!st.ok()) {
-        RollBack();
-        return absl::UnavailableError(absl::StrCat(
-            "commit of layer ", layer_id_, " failed on shard ", s, " (",
-            cluster_->address(s), "): ", st.error_message(),
-            "; the layer was removed from every reachable shard"));
-      }
-    }
-    return absl::OkStatus();
-  }
-
-  // Drops everything staged or committed for this populate, best effort.
-  void RollBack() {
-    for (int s = 0; s < cluster_->size(); ++s) {
-      grpc::ClientContext context;
-      context.set_deadline(In(kTxnTimeout));
-      v1::RemoveRequest request;
-      request.set_layer_id(layer_id_);
-      request.set_force(false);
-      v1::RemoveResponse response;
-      // Only remove what this transaction committed: abort it first, then
-      // remove a layer that exists (it can only be ours: create-only).
-      internal::v1::TxnRequest txn;
-      txn.set_txn_id(txn_id_);
-      internal::v1::TxnResponse ignored;
-      grpc::ClientContext abort_context;
-      abort_context.set_deadline(In(kTxnTimeout));
-      (void)cluster_->stub(s)->Abort(&abort_context, txn, &ignored);
-      (void)cluster_->stub(s)->RemoveLocal(&context, request, &response);
-    }
-  }
-
-  void AbortEverywhere() {
-    for (int s = 0; s < static_cast<int>(peers_.size()); ++s) {
-      if (peers_[s].open) {
-        peers_[s].context->TryCancel();
-        (void)peers_[s].writer->Finish();
-        peers_[s].open = false;
-      }
-    }
-    if (txn_id_.empty()) return;
-    for (int s = 0; s < cluster_->size(); ++s) {
-      grpc::ClientContext context;
-      context.set_deadline(In(kTxnTimeout));
-      internal::v1::TxnRequest request;
-      request.set_txn_id(txn_id_);
-      internal::v1::TxnResponse response;
-      (void)cluster_->stub(s)->Abort(&context, request, &response);
-    }
+    return fanout_->Commit();
   }
 
   void Complete(const absl::Status& status) {
     coordinator_->metrics()->RecordPopulateBytes(metrics_bytes_);
     if (!status.ok()) {
-      AbortEverywhere();
+      if (fanout_ != nullptr) fanout_->Abort();
       LogWarning(absl::StrCat("cluster populate of layer ", layer_id_,
                               " failed, nothing kept on any shard: ", status.ToString()));
     } else {
@@ -312,7 +169,7 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
       info->set_num_heads(layout_.num_heads());
       info->set_bytes(static_cast<int64_t>(layout_.total_bytes()));
       LogInfo(absl::StrCat("layer ", layer_id_, " committed on all ", cluster_->size(),
-                           " shards (txn ", txn_id_, ")"));
+                           " shards (txn ", fanout_->txn_id(), ")"));
     }
     coordinator_->metrics()->RecordCall(Rpc::kPopulate,
                                         static_cast<grpc::StatusCode>(status.code()));
@@ -325,10 +182,9 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
   ClusterContext* const cluster_;
   std::shared_ptr<Handoff> state_;
   v1::PopulateRequest request_;
-  std::string txn_id_;
   int64_t layer_id_ = 0;
   LayerLayout layout_;
-  std::vector<PeerStream> peers_;
+  std::unique_ptr<PopulateFanout> fanout_;
   int64_t metrics_bytes_ = 0;
 };
 

@@ -1,0 +1,64 @@
+// Two-phase populate across the owners of a layer's row ranges, shared by
+// the shard that coordinates a client's Populate and by the client library
+// when it routes a Populate itself.
+#ifndef ENGRAM_CLUSTER_POPULATE_FANOUT_H_
+#define ENGRAM_CLUSTER_POPULATE_FANOUT_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "cluster/placement.h"
+#include "engram/internal/v1/peer.grpc.pb.h"
+#include "store/layout.h"
+
+namespace engram {
+
+// Phase one streams every shard the rows it holds (Stage, under a fresh
+// transaction id); phase two commits on all shards once all prepared. Any
+// failure aborts everywhere; a commit that fails somewhere removes the
+// layer from every reachable shard. Blocking calls: use from a thread that
+// may block (never a gRPC reactor). Not thread-safe; one populate each.
+class PopulateFanout {
+ public:
+  // `stubs[s]` reaches shard s; `on_unreachable(s)` (may be empty) is told
+  // about shards that did not answer.
+  PopulateFanout(std::vector<internal::v1::EngramPeer::Stub*> stubs,
+                 Placement placement, std::function<void(int)> on_unreachable);
+  ~PopulateFanout();  // aborts if neither Commit succeeded nor Abort ran
+
+  // Validates the layout and opens a Stage stream to every shard.
+  absl::Status Begin(int64_t layer_id, const LayerLayout& layout);
+  // Validates whole rows of `head` from `row_offset`, and sends each
+  // owner (R copies) its part.
+  absl::Status AddChunk(int64_t head, int64_t row_offset, std::string_view data);
+  // Ends phase one (every shard must report all its rows) and commits.
+  absl::Status Commit();
+  // Cancels the streams and drops the transaction everywhere.
+  void Abort();
+
+  const std::string& txn_id() const { return txn_id_; }
+
+ private:
+  struct PeerStream;
+  absl::Status PeerFailure(int shard);
+  void RollBack();
+
+  std::vector<internal::v1::EngramPeer::Stub*> stubs_;
+  const Placement placement_;
+  std::function<void(int)> on_unreachable_;
+  std::string txn_id_;
+  int64_t layer_id_ = 0;
+  LayerLayout layout_;
+  std::vector<std::unique_ptr<PeerStream>> peers_;
+  bool finished_ = false;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_CLUSTER_POPULATE_FANOUT_H_

@@ -173,6 +173,18 @@ absl::StatusOr<LayerDescription> Client::Populate(
           DTypeName(layout.dtype), " needs ", layout.table_bytes(h)));
     }
   }
+  if (impl_->router != nullptr) {  // straight to the owners
+    absl::Status s = impl_->router->Populate(
+        layer_id, layout, tables, impl_->options.populate_chunk_bytes,
+        impl_->options.populate_timeout, progress);
+    if (!s.ok()) return s;
+    LayerDescription d;
+    d.layer_id = layer_id;
+    d.layout = layout;
+    for (int h = 0; h < layout.num_heads(); ++h) d.store_keys.push_back(StoreKey(layer_id, h));
+    d.bytes = static_cast<int64_t>(layout.total_bytes());
+    return d;
+  }
   grpc::ClientContext context;
   impl_->SetDeadline(&context, impl_->options.populate_timeout);
   v1::PopulateResponse response;

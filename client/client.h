@@ -59,8 +59,10 @@ class Client {
   // the servers' --peers list (same order), `replication` their
   // --replication. Lookups go straight to the owners of the rows (with
   // failover across replicas) and are assembled in the caller's buffer;
-  // the layouts they need come from the first shard that answers; the other
-  // calls go to shards[0] (which coordinates them for the cluster).
+  // Populate streams each owner its ranges and commits in two phases
+  // (all-or-nothing across the cluster). The layouts lookups need come from
+  // the first shard that answers; Remove, Describe, List and health go to
+  // shards[0] (which coordinates them for the cluster).
   static absl::StatusOr<std::unique_ptr<Client>> ConnectCluster(
       const std::vector<std::string>& shards, int replication,
       ClientOptions options = {});

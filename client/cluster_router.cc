@@ -1,9 +1,11 @@
 #include "client/cluster_router.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "cluster/populate_fanout.h"
 
 namespace engram {
 
@@ -148,6 +150,40 @@ void ClusterRouter::MarkDown(int shard) {
   // Skip it for a while; then it gets traffic (and another chance) again.
   down_until_ms_[shard].store(absl::ToUnixMillis(absl::Now() + absl::Seconds(2)),
                               std::memory_order_relaxed);
+}
+
+absl::Status ClusterRouter::Populate(
+    int64_t layer_id, const LayerLayout& layout,
+    const std::vector<std::span<const uint8_t>>& tables, size_t chunk_bytes,
+    absl::Duration timeout, const std::function<void(uint64_t, uint64_t)>& progress) {
+  std::vector<internal::v1::EngramPeer::Stub*> stubs;
+  for (auto& stub : stubs_) stubs.push_back(stub.get());
+  PopulateFanout fanout(std::move(stubs), placement_,
+                        [this](int s) { MarkDown(s); },
+                        std::chrono::seconds(absl::ToInt64Seconds(timeout)));
+  if (absl::Status s = fanout.Begin(layer_id, layout); !s.ok()) return s;
+  const size_t row_bytes = layout.row_bytes();
+  const size_t rows_per_chunk = std::max<size_t>(1, chunk_bytes / row_bytes);
+  const uint64_t total = layout.total_bytes();
+  uint64_t sent = 0;
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    const size_t rows = static_cast<size_t>(layout.table_vocab_sizes[h]);
+    for (size_t r = 0; r < rows; r += rows_per_chunk) {
+      const size_t n = std::min(rows_per_chunk, rows - r);
+      if (absl::Status s = fanout.AddChunk(
+              h, static_cast<int64_t>(r),
+              {reinterpret_cast<const char*>(tables[h].data()) + r * row_bytes,
+               n * row_bytes});
+          !s.ok()) {
+        return s;  // the fan-out aborts everywhere when destroyed
+      }
+      sent += n * row_bytes;
+      if (progress) progress(sent, total);
+    }
+  }
+  absl::Status s = fanout.Commit();
+  if (s.ok()) Forget(layer_id);  // a re-used id may have a new layout
+  return s;
 }
 
 absl::StatusOr<LayerLayout> ClusterRouter::Layout(int64_t layer_id) {

@@ -35,6 +35,12 @@ class ClusterRouter {
                 Placement placement, absl::Duration timeout,
                 std::function<absl::StatusOr<LayerLayout>(int64_t)> describe);
 
+  // Populates through the owners directly (two phases, see PopulateFanout).
+  absl::Status Populate(int64_t layer_id, const LayerLayout& layout,
+                        const std::vector<std::span<const uint8_t>>& tables,
+                        size_t chunk_bytes, absl::Duration timeout,
+                        const std::function<void(uint64_t, uint64_t)>& progress);
+
   // Validates like the server, then gathers. `done` runs once.
   void Lookup(int64_t layer_id, std::span<const int64_t> ids,
               std::span<const int64_t> shape, std::span<uint8_t> output,

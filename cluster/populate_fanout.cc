@@ -8,7 +8,6 @@
 namespace engram {
 namespace {
 
-constexpr auto kStageTimeout = std::chrono::hours(2);
 constexpr auto kTxnTimeout = std::chrono::seconds(10);
 
 std::string NewTxnId() {
@@ -38,10 +37,12 @@ struct PopulateFanout::PeerStream {
 
 PopulateFanout::PopulateFanout(std::vector<internal::v1::EngramPeer::Stub*> stubs,
                                Placement placement,
-                               std::function<void(int)> on_unreachable)
+                               std::function<void(int)> on_unreachable,
+                               std::chrono::seconds stage_timeout)
     : stubs_(std::move(stubs)),
       placement_(placement),
-      on_unreachable_(std::move(on_unreachable)) {}
+      on_unreachable_(std::move(on_unreachable)),
+      stage_timeout_(stage_timeout) {}
 
 PopulateFanout::~PopulateFanout() {
   if (!finished_) Abort();
@@ -65,7 +66,7 @@ absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout) 
   header->mutable_config()->set_dtype(static_cast<v1::DType>(layout.dtype));
   for (size_t s = 0; s < stubs_.size(); ++s) {
     auto peer = std::make_unique<PeerStream>();
-    peer->context.set_deadline(std::chrono::system_clock::now() + kStageTimeout);
+    peer->context.set_deadline(std::chrono::system_clock::now() + stage_timeout_);
     peer->writer = stubs_[s]->Stage(&peer->context, &peer->response);
     peer->open = true;
     peers_.push_back(std::move(peer));

@@ -4,6 +4,7 @@
 #ifndef ENGRAM_CLUSTER_POPULATE_FANOUT_H_
 #define ENGRAM_CLUSTER_POPULATE_FANOUT_H_
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -29,7 +30,8 @@ class PopulateFanout {
   // `stubs[s]` reaches shard s; `on_unreachable(s)` (may be empty) is told
   // about shards that did not answer.
   PopulateFanout(std::vector<internal::v1::EngramPeer::Stub*> stubs,
-                 Placement placement, std::function<void(int)> on_unreachable);
+                 Placement placement, std::function<void(int)> on_unreachable,
+                 std::chrono::seconds stage_timeout = std::chrono::hours(2));
   ~PopulateFanout();  // aborts if neither Commit succeeded nor Abort ran
 
   // Validates the layout and opens a Stage stream to every shard.
@@ -52,6 +54,7 @@ class PopulateFanout {
   std::vector<internal::v1::EngramPeer::Stub*> stubs_;
   const Placement placement_;
   std::function<void(int)> on_unreachable_;
+  const std::chrono::seconds stage_timeout_;
   std::string txn_id_;
   int64_t layer_id_ = 0;
   LayerLayout layout_;

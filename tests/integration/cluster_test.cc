@@ -111,6 +111,15 @@ TEST_F(ClusterTest, ClientRoutedLookupsAreExactAndFailOver) {
     }
   };
   for (uint32_t i = 0; i < 5; ++i) check(i);
+  // A routed Populate reaches every owner directly; any shard serves it.
+  LayerLayout direct{{700, 1, 900}, 12, DType::kFloat16};
+  tables_[4] = testing::RandomTables(direct, 4);
+  layouts_[4] = direct;
+  auto info = (*routed)->Populate(4, direct, testing::Spans(tables_[4]));
+  ASSERT_TRUE(info.ok()) << info.status();
+  for (auto& c : clients_) ASSERT_TRUE(LookupExact(*c, 4, 7).ok());
+  EXPECT_EQ((*routed)->Populate(4, direct, testing::Spans(tables_[4])).status().code(),
+            absl::StatusCode::kAlreadyExists);
   // The client validates like the server.
   std::vector<int64_t> bad(90, 0);
   bad[4] = 3;  // head 1 has 3 rows

@@ -55,7 +55,9 @@ ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
   }
 }
 
-ClusterContext::~ClusterContext() {
+ClusterContext::~ClusterContext() { StopProber(); }
+
+void ClusterContext::StopProber() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;

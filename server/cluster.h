@@ -49,6 +49,8 @@ class ClusterContext {
   // Starts probing; `on_change` runs on the prober thread after every round
   // (to re-derive health from the peers' state).
   void StartProber(std::function<void()> on_round);
+  // Stops and joins the prober (idempotent); the stubs stay usable.
+  void StopProber();
 
  private:
   void ProbeLoop();

@@ -176,7 +176,9 @@ absl::Status EngramServer::Start() {
 void EngramServer::Shutdown() {
   if (server_ == nullptr) return;
   server_->GetHealthCheckService()->SetServingStatus(false);
-  cluster_.reset();  // stops the prober, which updates health
+  // Stop the prober (it would flip health back); the peer stubs must stay
+  // alive until the server has drained the calls that use them.
+  if (cluster_ != nullptr) cluster_->StopProber();
   const auto deadline =
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(config_.drain_seconds * 1000));

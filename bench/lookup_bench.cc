@@ -3,7 +3,8 @@
 // loopback of the same bytes, and Redis MGET of the same rows.
 //
 //   build/bench/lookup_bench [--seconds=2] [--callers=4] [--channels=1]
-//                            [--compare_gpu_tier | --cluster] [--engramd=PATH]
+//                            [--compare_gpu_tier | --cluster | --peer_gather]
+//                            [--engramd=PATH]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -20,7 +21,9 @@
 #include "bench/bench_util.h"
 #include "bench/peers.h"
 #include "client/client.h"
+#include "cluster/placement.h"
 #include "echo.grpc.pb.h"
+#include "engram/internal/v1/peer.grpc.pb.h"
 #include "proto/channel_tuning.h"
 
 namespace engram::bench {
@@ -198,12 +201,97 @@ int CompareCluster(double seconds, int callers, int channels) {
   return 0;
 }
 
+// --peer_gather: the cluster's TCP data path on its own. A 2-shard cluster
+// (R = 1); callers ask shard 1 with the internal Gather call for rows it
+// holds (one packed block per call), against raw TCP loopback moving the
+// same bytes per call.
+int ComparePeerGather(double seconds, int callers) {
+  std::vector<int> ports;
+  std::string peers;
+  for (int i = 0; i < 2; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    socklen_t len = sizeof(a);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    close(fd);
+    ports.push_back(ntohs(a.sin_port));
+    peers += absl::StrCat(i ? "," : "", "127.0.0.1:", ports.back());
+  }
+  std::vector<std::unique_ptr<ChildServer>> shards;
+  for (int i = 0; i < 2; ++i) {
+    shards.push_back(ChildServer::Start(
+        {engramd_path, absl::StrCat("--listen=127.0.0.1:", ports[i]), "--metrics_listen=",
+         "--peers=" + peers, absl::StrCat("--shard_index=", i), "--replication=1"}));
+    if (!shards.back()) return 1;
+  }
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", ports[0]));
+  for (int i = 0; i < 200 && !(*client)->CheckHealth().ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim, DType::kFloat32};
+  std::vector<std::vector<uint8_t>> tables(kHeads);
+  std::mt19937_64 rng(5);
+  for (auto& t : tables) {
+    t.resize(layout.table_bytes(0));
+    for (auto& b : t) b = static_cast<uint8_t>(rng());
+  }
+  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  if (auto st = (*client)->Populate(1, layout, spans); !st.ok()) return 1;
+  auto placement = *Placement::Create(2, 1);
+  grpc::ChannelArguments args = TunedChannelArguments();
+  args.SetMaxReceiveMessageSize(-1);
+  auto stub = internal::v1::EngramPeer::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", ports[1]), grpc::InsecureChannelCredentials(), args));
+  std::printf("lookup_bench --peer_gather: shard 1 of a 2-shard cluster packs rows it "
+              "holds (internal Gather, gRPC over TCP loopback), %d callers, 256-byte rows\n",
+              callers);
+  std::printf("  %-14s %12s %12s %12s %10s\n", "rows per call", "gather GB/s",
+              "raw TCP GB/s", "gather p50us", "ratio");
+  for (int64_t rows : {int64_t{4096}, int64_t{65536}}) {
+    std::vector<internal::v1::GatherRequest> requests(callers);
+    for (auto& req : requests) {
+      req.set_layer_id(1);
+      while (req.row_ids_size() < rows) {
+        const int h = static_cast<int>(rng() % kHeads);
+        const int64_t id = static_cast<int64_t>(rng() % kRowsPerHead);
+        if (!placement.Owns(1, 1, h, kRowsPerHead, id)) continue;
+        req.add_heads(h);
+        req.add_row_ids(id);
+      }
+    }
+    const uint64_t bytes = rows * kRowBytes;
+    RunStats gather = RunClosedLoop(callers, seconds, [&](int c) {
+      grpc::ClientContext context;
+      internal::v1::GatherResponse response;
+      return stub->Gather(&context, requests[c], &response).ok() &&
+             response.data().size() == bytes;
+    });
+    TcpBlaster blaster;
+    std::vector<std::unique_ptr<TcpFetcher>> fetchers;
+    std::vector<std::vector<uint8_t>> bufs(callers);
+    for (int c = 0; c < callers; ++c) fetchers.push_back(std::make_unique<TcpFetcher>(blaster.port()));
+    RunStats tcp = RunClosedLoop(callers, seconds, [&](int c) {
+      return fetchers[c]->Fetch(bytes, &bufs[c]);
+    });
+    std::printf("  %-14lld %12.2f %12.2f %12.1f %9.2fx\n", static_cast<long long>(rows),
+                gather.calls_per_s() * bytes / 1e9, tcp.calls_per_s() * bytes / 1e9,
+                gather.p50_us, gather.calls_per_s() / tcp.calls_per_s());
+  }
+  std::printf("ratio = peer gather GB/s over raw TCP GB/s of the same bytes "
+              "(target >= 0.5x)\n");
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   double seconds = 2;
   int callers = 4;
   int channels = 1;
   bool compare_gpu_tier = false;
   bool cluster = false;
+  bool peer_gather = false;
   std::string self = argv[0];
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -220,11 +308,13 @@ int Main(int argc, char** argv) {
     if (a.rfind("--channels=", 0) == 0) channels = std::stoi(a.substr(11));
     if (a == "--compare_gpu_tier") compare_gpu_tier = true;
     if (a == "--cluster") cluster = true;
+    if (a == "--peer_gather") peer_gather = true;
     if (a.rfind("--engramd=", 0) == 0) engramd_path = a.substr(10);
   }
   TuneMallocForLargeMessages();  // client side, as an application would
   if (compare_gpu_tier) return CompareTiers(seconds, callers, channels);
   if (cluster) return CompareCluster(seconds, callers, channels);
+  if (peer_gather) return ComparePeerGather(seconds, callers);
 
   auto engramd = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
                                      "--metrics_listen=", "--nopin_memory"});

@@ -9,6 +9,7 @@ namespace engram {
 namespace {
 
 constexpr auto kTxnTimeout = std::chrono::seconds(10);
+constexpr auto kConnectTimeout = std::chrono::seconds(5);
 
 std::string NewTxnId() {
   std::random_device rd;
@@ -57,6 +58,24 @@ absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout) 
   layer_id_ = layer_id;
   layout_ = layout;
   txn_id_ = NewTxnId();
+  // Reach every shard first, waiting (briefly) for channels that are still
+  // reconnecting, e.g. to a shard that just restarted: an Abort of a fresh
+  // transaction id is a harmless ping.
+  for (size_t s = 0; s < stubs_.size(); ++s) {
+    grpc::ClientContext context;
+    context.set_wait_for_ready(true);
+    SetDeadline(&context, kConnectTimeout);
+    internal::v1::TxnRequest ping;
+    ping.set_txn_id(txn_id_);
+    internal::v1::TxnResponse ignored;
+    grpc::Status st = stubs_[s]->Abort(&context, ping, &ignored);
+    if (!st.ok()) {
+      if (on_unreachable_) on_unreachable_(static_cast<int>(s));
+      txn_id_.clear();
+      return absl::UnavailableError(absl::StrCat(
+          "shard ", s, " is unreachable: ", st.error_message()));
+    }
+  }
   internal::v1::StageRequest stage;
   internal::v1::StageHeader* header = stage.mutable_header();
   header->set_txn_id(txn_id_);

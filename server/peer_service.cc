@@ -1,5 +1,6 @@
 #include "server/peer_service.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -222,31 +223,37 @@ grpc::ServerUnaryReactor* PeerService::Abort(
   return reactor;
 }
 
-grpc::ServerUnaryReactor* PeerService::Gather(
-    grpc::CallbackServerContext* context, const internal::v1::GatherRequest* request,
-    internal::v1::GatherResponse* response) {
+grpc::ServerUnaryReactor* PeerService::Gather(grpc::CallbackServerContext* context,
+                                              const grpc::ByteBuffer* request_bytes,
+                                              grpc::ByteBuffer* response) {
   auto* reactor = context->DefaultReactor();
-  std::shared_ptr<const Layer> layer = layers_->Find(request->layer_id());
+  internal::v1::GatherRequest request;
+  grpc::ByteBuffer parse_copy(*request_bytes);  // shares slices
+  if (!grpc::SerializationTraits<internal::v1::GatherRequest>::Deserialize(
+           &parse_copy, &request)
+           .ok()) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                 "request is not a valid GatherRequest"));
+    return reactor;
+  }
+  std::shared_ptr<const Layer> layer = layers_->Find(request.layer_id());
   if (layer == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                 absl::StrCat("layer ", request->layer_id(),
+                                 absl::StrCat("layer ", request.layer_id(),
                                               " not found on shard ",
                                               cluster_->self())));
     return reactor;
   }
   const LayerLayout& layout = layer->layout();
-  const int n = request->row_ids_size();
-  if (request->heads_size() != n) {
+  const int n = request.row_ids_size();
+  if (request.heads_size() != n) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                  "heads and row_ids differ in length"));
     return reactor;
   }
-  const size_t row_bytes = layout.row_bytes();
-  std::string* data = response->mutable_data();
-  data->resize(static_cast<size_t>(n) * row_bytes);
   for (int i = 0; i < n; ++i) {
-    const int h = request->heads(i);
-    const int64_t id = request->row_ids(i);
+    const int h = request.heads(i);
+    const int64_t id = request.row_ids(i);
     if (h < 0 || h >= layout.num_heads() || id < 0 ||
         id >= layout.table_vocab_sizes[h] ||
         !cluster_->placement().Owns(cluster_->self(), layer->id(), h,
@@ -257,9 +264,32 @@ grpc::ServerUnaryReactor* PeerService::Gather(
                        " of head ", h, " of layer ", layer->id())));
       return reactor;
     }
-    std::memcpy(data->data() + i * row_bytes, layer->table(h) + id * row_bytes,
+  }
+  // GatherResponse{bytes data = 1}: tag 0x0a, varint length, the rows.
+  const size_t row_bytes = layout.row_bytes();
+  const size_t data_bytes = static_cast<size_t>(n) * row_bytes;
+  uint8_t header[11];
+  size_t header_bytes = 0;
+  header[header_bytes++] = 0x0a;
+  for (size_t v = data_bytes;; v >>= 7) {
+    header[header_bytes++] = static_cast<uint8_t>((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+    if (v < 0x80) break;
+  }
+  auto* buffer = static_cast<uint8_t*>(std::malloc(header_bytes + data_bytes));
+  if (buffer == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                 "cannot allocate the gather response"));
+    return reactor;
+  }
+  std::memcpy(buffer, header, header_bytes);
+  uint8_t* out = buffer + header_bytes;
+  for (int i = 0; i < n; ++i) {
+    std::memcpy(out + i * row_bytes,
+                layer->table(request.heads(i)) + request.row_ids(i) * row_bytes,
                 row_bytes);
   }
+  grpc::Slice slice(buffer, header_bytes + data_bytes, &std::free);
+  *response = grpc::ByteBuffer(&slice, 1);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

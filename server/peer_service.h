@@ -23,7 +23,11 @@ namespace engram {
 // Prepared transactions wait for Commit or Abort; a janitor thread drops
 // those whose coordinator went silent for longer than the staged timeout.
 // Borrows every pointer. Thread-safe.
-class PeerService final : public internal::v1::EngramPeer::CallbackService {
+// Gather is registered raw: rows are copied once, into a buffer the response
+// slice owns, behind a hand-encoded GatherResponse header.
+class PeerService final
+    : public internal::v1::EngramPeer::WithRawCallbackMethod_Gather<
+          internal::v1::EngramPeer::CallbackService> {
  public:
   PeerService(LayerRegistry* layers, MemoryBudget* budget,
               ClusterContext* cluster, bool pin_memory);
@@ -39,8 +43,8 @@ class PeerService final : public internal::v1::EngramPeer::CallbackService {
                                   const internal::v1::TxnRequest* request,
                                   internal::v1::TxnResponse* response) override;
   grpc::ServerUnaryReactor* Gather(grpc::CallbackServerContext* context,
-                                   const internal::v1::GatherRequest* request,
-                                   internal::v1::GatherResponse* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* RemoveLocal(grpc::CallbackServerContext* context,
                                         const v1::RemoveRequest* request,
                                         v1::RemoveResponse* response) override;

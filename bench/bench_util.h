@@ -44,7 +44,8 @@ inline RunStats RunClosedLoop(int callers, double seconds,
           return;
         }
         latencies[c].push_back(
-            std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+            std::chrono::duration<double, std::micro>(Clock::now() - t0)
+                .count());
       }
     });
   }

@@ -19,7 +19,8 @@ double Best(int reps, const std::function<void()>& fn) {
   for (int r = 0; r < reps; ++r) {
     auto t0 = bench::Clock::now();
     fn();
-    best = std::min(best, std::chrono::duration<double>(bench::Clock::now() - t0).count());
+    best = std::min(
+        best, std::chrono::duration<double>(bench::Clock::now() - t0).count());
   }
   return best;
 }
@@ -29,7 +30,8 @@ int Main(int argc, char** argv) {
   int threads = 2;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a.rfind("--rows_per_head=", 0) == 0) rows_per_head = std::stoll(a.substr(16));
+    if (a.rfind("--rows_per_head=", 0) == 0)
+      rows_per_head = std::stoll(a.substr(16));
     if (a.rfind("--threads=", 0) == 0) threads = std::stoi(a.substr(10));
   }
   const int heads = 16;
@@ -70,7 +72,8 @@ int Main(int argc, char** argv) {
           const int64_t begin = n * t / threads, end = n * (t + 1) / threads;
           for (int64_t i = begin; i < end; ++i) {
             std::memcpy(out.data() + i * row_bytes,
-                        layer->table(i % heads) + ids[i] * row_bytes, row_bytes);
+                        layer->table(i % heads) + ids[i] * row_bytes,
+                        row_bytes);
           }
         });
       }
@@ -87,7 +90,8 @@ int Main(int argc, char** argv) {
                 n / memcpy_s / 1e6, n * row_bytes / gather_s / 1e9,
                 memcpy_s / gather_s);
   }
-  std::printf("ratio = gather rows/s over memcpy-loop rows/s (target >= 0.8x)\n");
+  std::printf(
+      "ratio = gather rows/s over memcpy-loop rows/s (target >= 0.8x)\n");
   return 0;
 }
 

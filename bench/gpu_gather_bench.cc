@@ -33,16 +33,17 @@ absl::Status RunGather(void* arg) {
 }
 absl::Status RunCopy(void* arg) {
   auto* w = static_cast<Work*>(arg);
-  return gpu::LaunchDeviceCopy(w->copy_dst, w->copy_src, w->copy_bytes, w->stream);
+  return gpu::LaunchDeviceCopy(w->copy_dst, w->copy_src, w->copy_bytes,
+                               w->stream);
 }
 
-#define CHECK_OK(expr)                                              \
-  do {                                                              \
-    absl::Status _s = (expr);                                       \
-    if (!_s.ok()) {                                                 \
+#define CHECK_OK(expr)                                                \
+  do {                                                                \
+    absl::Status _s = (expr);                                         \
+    if (!_s.ok()) {                                                   \
       std::fprintf(stderr, "%s: %s\n", #expr, _s.ToString().c_str()); \
-      return 1;                                                     \
-    }                                                               \
+      return 1;                                                       \
+    }                                                                 \
   } while (0)
 
 template <typename T>
@@ -55,7 +56,8 @@ int Main(int argc, char** argv) {
   int64_t rows_per_head = 1 << 20;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a.rfind("--rows_per_head=", 0) == 0) rows_per_head = std::stoll(a.substr(16));
+    if (a.rfind("--rows_per_head=", 0) == 0)
+      rows_per_head = std::stoll(a.substr(16));
   }
   std::string why;
   if (gpu::DeviceCount(&why) == 0) {
@@ -67,10 +69,12 @@ int Main(int argc, char** argv) {
   CHECK_OK(stream.status());
   const int heads = 16;
   std::printf("gpu_gather_bench on %s: H = %d, %lld rows per head\n",
-              gpu::DeviceName(0).c_str(), heads, static_cast<long long>(rows_per_head));
+              gpu::DeviceName(0).c_str(), heads,
+              static_cast<long long>(rows_per_head));
   std::printf("%-22s %-9s %5s %10s %10s %10s %10s %7s\n", "shape", "dtype", "D",
               "rows", "gather us", "gather GB/s", "copy GB/s", "ratio");
-  const Shape shapes[] = {{"decode B=256 L=1", 256, 1}, {"prefill B=8 L=4096", 8, 4096}};
+  const Shape shapes[] = {{"decode B=256 L=1", 256, 1},
+                          {"prefill B=8 L=4096", 8, 4096}};
   std::mt19937_64 rng(7);
   for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
     for (int64_t dim : {64, 80, 128}) {
@@ -85,10 +89,12 @@ int Main(int argc, char** argv) {
         CHECK_OK(gpu::CopyToDevice(t, host.data(), host.size()));
       }
       auto* d_tables = Alloc<const uint8_t*>(heads * sizeof(void*));
-      CHECK_OK(gpu::CopyToDevice(d_tables, tables.data(), heads * sizeof(void*)));
+      CHECK_OK(
+          gpu::CopyToDevice(d_tables, tables.data(), heads * sizeof(void*)));
       std::vector<int64_t> vocab(heads, rows_per_head);
       auto* d_vocab = Alloc<int64_t>(heads * sizeof(int64_t));
-      CHECK_OK(gpu::CopyToDevice(d_vocab, vocab.data(), heads * sizeof(int64_t)));
+      CHECK_OK(
+          gpu::CopyToDevice(d_vocab, vocab.data(), heads * sizeof(int64_t)));
       auto* d_error = Alloc<uint64_t>(8);
       for (const Shape& s : shapes) {
         const int64_t n = s.batch * s.length * heads;
@@ -106,11 +112,15 @@ int Main(int argc, char** argv) {
         auto* d_copy_src = Alloc<uint8_t>(out_bytes);
         Work w{{d_tables, d_vocab, heads, dim, static_cast<int>(dtype),
                 static_cast<int>(dtype), nullptr, n, d_out, d_error},
-               *stream, d_out, d_copy_src, out_bytes};
+               *stream,
+               d_out,
+               d_copy_src,
+               out_bytes};
         CHECK_OK(gpu::ResetErrorFlag(d_error, *stream));
         const int iters = s.length == 1 ? 200 : 20;
         float gather_ms = 1e30f, copy_ms = 1e30f;
-        for (int rep = 0; rep < 5 * kSets; ++rep) {  // warm-up included, best kept
+        for (int rep = 0; rep < 5 * kSets;
+             ++rep) {  // warm-up included, best kept
           w.launch.ids = d_ids[rep % kSets];
           auto g = gpu::TimeOnStream(*stream, iters, RunGather, &w);
           auto c = gpu::TimeOnStream(*stream, iters, RunCopy, &w);
@@ -124,13 +134,14 @@ int Main(int argc, char** argv) {
         uint64_t err = 0;
         CHECK_OK(gpu::CopyToHost(&err, d_error, 8));
         if (err != gpu::kNoError) {
-          std::fprintf(stderr, "error flag set: %llu\n", static_cast<unsigned long long>(err));
+          std::fprintf(stderr, "error flag set: %llu\n",
+                       static_cast<unsigned long long>(err));
           return 1;
         }
         const double gather_bytes = 2.0 * out_bytes + n * 8.0;
         const double copy_bytes = 2.0 * out_bytes;
-        std::printf("%-22s %-9s %5lld %10lld %10.1f %10.0f %10.0f %6.2fx\n", s.name,
-                    DTypeName(dtype), static_cast<long long>(dim),
+        std::printf("%-22s %-9s %5lld %10lld %10.1f %10.0f %10.0f %6.2fx\n",
+                    s.name, DTypeName(dtype), static_cast<long long>(dim),
                     static_cast<long long>(n), gather_ms * 1e3,
                     gather_bytes / (gather_ms * 1e-3) / 1e9,
                     copy_bytes / (copy_ms * 1e-3) / 1e9,
@@ -145,8 +156,9 @@ int Main(int argc, char** argv) {
       gpu::DeviceFree(d_error);
     }
   }
-  std::printf("ratio = gather effective GB/s over device-to-device copy GB/s of the "
-              "same output bytes (target >= 0.8x at the prefill shape)\n");
+  std::printf(
+      "ratio = gather effective GB/s over device-to-device copy GB/s of the "
+      "same output bytes (target >= 0.8x at the prefill shape)\n");
   gpu::StreamDestroy(*stream);
   return 0;
 }

@@ -6,16 +6,15 @@
 //                            [--compare_gpu_tier | --cluster | --peer_gather]
 //                            [--engramd=PATH]
 #include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <random>
-#include <thread>
 #include <string>
-
-#include <grpcpp/grpcpp.h>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
@@ -53,19 +52,23 @@ void PrintRow(const char* name, const Shape& s, const RunStats& r) {
 std::string engramd_path = ENGRAM_BENCH_ENGRAMD;
 
 int CompareTiers(double seconds, int callers, int channels) {
-  auto cpu = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
-                                 "--metrics_listen="});
-  auto gpu = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
-                                 "--metrics_listen=", "--gpu=0", "--gpu_min_rows=1"});
+  auto cpu = ChildServer::Start(
+      {engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
+  auto gpu =
+      ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
+                          "--metrics_listen=", "--gpu=0", "--gpu_min_rows=1"});
   if (!cpu || !gpu) {
     std::fprintf(stderr, "lookup_bench: a server did not start\n");
     return 1;
   }
   ClientOptions options;
   options.num_channels = channels;
-  auto cpu_client = Client::Connect(absl::StrCat("127.0.0.1:", cpu->port()), options);
-  auto gpu_client = Client::Connect(absl::StrCat("127.0.0.1:", gpu->port()), options);
-  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim, DType::kFloat32};
+  auto cpu_client =
+      Client::Connect(absl::StrCat("127.0.0.1:", cpu->port()), options);
+  auto gpu_client =
+      Client::Connect(absl::StrCat("127.0.0.1:", gpu->port()), options);
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim,
+                     DType::kFloat32};
   std::vector<std::vector<uint8_t>> tables(kHeads);
   std::mt19937_64 rng(5);
   for (auto& t : tables) {
@@ -79,13 +82,17 @@ int CompareTiers(double seconds, int callers, int channels) {
       return 1;
     }
   }
-  std::printf("lookup_bench --compare_gpu_tier: H = %d, D = %lld float32, %d callers, "
-              "%d connection(s)\n", kHeads, static_cast<long long>(kDim), callers,
-              channels);
-  std::printf("  %-22s %8s %12s %12s %10s %10s %7s\n", "shape", "rows", "cpu rows/s",
-              "gpu rows/s", "cpu p50 us", "gpu p50 us", "gpu/cpu");
-  const Shape shapes[] = {{"decode B=1", 1, 1},     {"decode B=16", 16, 1},
-                          {"decode B=64", 64, 1},   {"decode B=256", 256, 1},
+  std::printf(
+      "lookup_bench --compare_gpu_tier: H = %d, D = %lld float32, %d callers, "
+      "%d connection(s)\n",
+      kHeads, static_cast<long long>(kDim), callers, channels);
+  std::printf("  %-22s %8s %12s %12s %10s %10s %7s\n", "shape", "rows",
+              "cpu rows/s", "gpu rows/s", "cpu p50 us", "gpu p50 us",
+              "gpu/cpu");
+  const Shape shapes[] = {{"decode B=1", 1, 1},
+                          {"decode B=16", 16, 1},
+                          {"decode B=64", 64, 1},
+                          {"decode B=256", 256, 1},
                           {"prefill B=1 L=1024", 1, 1024},
                           {"prefill B=1 L=4096", 1, 4096},
                           {"prefill B=8 L=4096", 8, 4096}};
@@ -93,7 +100,8 @@ int CompareTiers(double seconds, int callers, int channels) {
     std::vector<std::vector<int64_t>> ids(callers);
     std::vector<std::vector<uint8_t>> outs(callers);
     for (int c = 0; c < callers; ++c) {
-      for (int64_t i = 0; i < s.rows(); ++i) ids[c].push_back(rng() % kRowsPerHead);
+      for (int64_t i = 0; i < s.rows(); ++i)
+        ids[c].push_back(rng() % kRowsPerHead);
       outs[c].resize(s.bytes());
     }
     const int64_t shape[] = {s.batch, s.length, kHeads};
@@ -131,26 +139,31 @@ int CompareCluster(double seconds, int callers, int channels) {
     ports.push_back(ntohs(a.sin_port));
     peers += absl::StrCat(i ? "," : "", "127.0.0.1:", ports.back());
   }
-  auto single = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
+  auto single = ChildServer::Start(
+      {engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
   std::vector<std::unique_ptr<ChildServer>> shards;
   for (int i = 0; i < 3; ++i) {
     shards.push_back(ChildServer::Start(
-        {engramd_path, absl::StrCat("--listen=127.0.0.1:", ports[i]), "--metrics_listen=",
-         "--peers=" + peers, absl::StrCat("--shard_index=", i), "--replication=1"}));
+        {engramd_path, absl::StrCat("--listen=127.0.0.1:", ports[i]),
+         "--metrics_listen=", "--peers=" + peers,
+         absl::StrCat("--shard_index=", i), "--replication=1"}));
     if (!shards.back()) return 1;
   }
   if (!single) return 1;
   ClientOptions options;
   options.num_channels = channels;
-  auto single_client = Client::Connect(absl::StrCat("127.0.0.1:", single->port()), options);
-  auto cluster_client = Client::Connect(absl::StrCat("127.0.0.1:", ports[0]), options);
+  auto single_client =
+      Client::Connect(absl::StrCat("127.0.0.1:", single->port()), options);
+  auto cluster_client =
+      Client::Connect(absl::StrCat("127.0.0.1:", ports[0]), options);
   std::vector<std::string> addresses;
   for (int port : ports) addresses.push_back(absl::StrCat("127.0.0.1:", port));
   auto routed_client = Client::ConnectCluster(addresses, 1, options);
   for (int i = 0; i < 200 && !(*cluster_client)->CheckHealth().ok(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim, DType::kFloat32};
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim,
+                     DType::kFloat32};
   std::vector<std::vector<uint8_t>> tables(kHeads);
   std::mt19937_64 rng(5);
   for (auto& t : tables) {
@@ -164,10 +177,11 @@ int CompareCluster(double seconds, int callers, int channels) {
       return 1;
     }
   }
-  std::printf("lookup_bench --cluster: H = %d, D = %lld float32, %d callers, %d "
-              "connection(s); cluster = 3 shards on this host, R = 1, entered "
-              "through shard 0 (2/3 of the rows come over the peer gather path)\n",
-              kHeads, static_cast<long long>(kDim), callers, channels);
+  std::printf(
+      "lookup_bench --cluster: H = %d, D = %lld float32, %d callers, %d "
+      "connection(s); cluster = 3 shards on this host, R = 1, entered "
+      "through shard 0 (2/3 of the rows come over the peer gather path)\n",
+      kHeads, static_cast<long long>(kDim), callers, channels);
   std::printf("  %-20s %7s %13s %13s %13s %9s %9s %9s %9s\n", "shape", "rows",
               "1 node rows/s", "coord rows/s", "routed rows/s", "1n p50us",
               "co p50us", "coord/1n", "routed/1n");
@@ -179,7 +193,8 @@ int CompareCluster(double seconds, int callers, int channels) {
     std::vector<std::vector<int64_t>> ids(callers);
     std::vector<std::vector<uint8_t>> outs(callers);
     for (int c = 0; c < callers; ++c) {
-      for (int64_t i = 0; i < sh.rows(); ++i) ids[c].push_back(rng() % kRowsPerHead);
+      for (int64_t i = 0; i < sh.rows(); ++i)
+        ids[c].push_back(rng() % kRowsPerHead);
       outs[c].resize(sh.bytes());
     }
     const int64_t shape[] = {sh.batch, sh.length, kHeads};
@@ -191,12 +206,13 @@ int CompareCluster(double seconds, int callers, int channels) {
         return clients[t]->Lookup(1, ids[c], shape, outs[c]).ok();
       });
     }
-    std::printf("  %-20s %7lld %13.0f %13.0f %13.0f %9.1f %9.1f %8.2fx %8.2fx\n",
-                sh.name, static_cast<long long>(sh.rows()),
-                r[0].calls_per_s() * sh.rows(), r[1].calls_per_s() * sh.rows(),
-                r[2].calls_per_s() * sh.rows(), r[0].p50_us, r[1].p50_us,
-                r[1].calls_per_s() / r[0].calls_per_s(),
-                r[2].calls_per_s() / r[0].calls_per_s());
+    std::printf(
+        "  %-20s %7lld %13.0f %13.0f %13.0f %9.1f %9.1f %8.2fx %8.2fx\n",
+        sh.name, static_cast<long long>(sh.rows()),
+        r[0].calls_per_s() * sh.rows(), r[1].calls_per_s() * sh.rows(),
+        r[2].calls_per_s() * sh.rows(), r[0].p50_us, r[1].p50_us,
+        r[1].calls_per_s() / r[0].calls_per_s(),
+        r[2].calls_per_s() / r[0].calls_per_s());
   }
   return 0;
 }
@@ -223,15 +239,17 @@ int ComparePeerGather(double seconds, int callers) {
   std::vector<std::unique_ptr<ChildServer>> shards;
   for (int i = 0; i < 2; ++i) {
     shards.push_back(ChildServer::Start(
-        {engramd_path, absl::StrCat("--listen=127.0.0.1:", ports[i]), "--metrics_listen=",
-         "--peers=" + peers, absl::StrCat("--shard_index=", i), "--replication=1"}));
+        {engramd_path, absl::StrCat("--listen=127.0.0.1:", ports[i]),
+         "--metrics_listen=", "--peers=" + peers,
+         absl::StrCat("--shard_index=", i), "--replication=1"}));
     if (!shards.back()) return 1;
   }
   auto client = Client::Connect(absl::StrCat("127.0.0.1:", ports[0]));
   for (int i = 0; i < 200 && !(*client)->CheckHealth().ok(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim, DType::kFloat32};
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim,
+                     DType::kFloat32};
   std::vector<std::vector<uint8_t>> tables(kHeads);
   std::mt19937_64 rng(5);
   for (auto& t : tables) {
@@ -243,11 +261,14 @@ int ComparePeerGather(double seconds, int callers) {
   auto placement = *Placement::Create(2, 1);
   grpc::ChannelArguments args = TunedChannelArguments();
   args.SetMaxReceiveMessageSize(-1);
-  auto stub = internal::v1::EngramPeer::NewStub(grpc::CreateCustomChannel(
-      absl::StrCat("127.0.0.1:", ports[1]), grpc::InsecureChannelCredentials(), args));
-  std::printf("lookup_bench --peer_gather: shard 1 of a 2-shard cluster packs rows it "
-              "holds (internal Gather, gRPC over TCP loopback), %d callers, 256-byte rows\n",
-              callers);
+  auto stub = internal::v1::EngramPeer::NewStub(
+      grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", ports[1]),
+                                grpc::InsecureChannelCredentials(), args));
+  std::printf(
+      "lookup_bench --peer_gather: shard 1 of a 2-shard cluster packs rows it "
+      "holds (internal Gather, gRPC over TCP loopback), %d callers, 256-byte "
+      "rows\n",
+      callers);
   std::printf("  %-14s %12s %12s %12s %10s\n", "rows per call", "gather GB/s",
               "raw TCP GB/s", "gather p50us", "ratio");
   for (int64_t rows : {int64_t{4096}, int64_t{65536}}) {
@@ -272,16 +293,19 @@ int ComparePeerGather(double seconds, int callers) {
     TcpBlaster blaster;
     std::vector<std::unique_ptr<TcpFetcher>> fetchers;
     std::vector<std::vector<uint8_t>> bufs(callers);
-    for (int c = 0; c < callers; ++c) fetchers.push_back(std::make_unique<TcpFetcher>(blaster.port()));
+    for (int c = 0; c < callers; ++c)
+      fetchers.push_back(std::make_unique<TcpFetcher>(blaster.port()));
     RunStats tcp = RunClosedLoop(callers, seconds, [&](int c) {
       return fetchers[c]->Fetch(bytes, &bufs[c]);
     });
-    std::printf("  %-14lld %12.2f %12.2f %12.1f %9.2fx\n", static_cast<long long>(rows),
-                gather.calls_per_s() * bytes / 1e9, tcp.calls_per_s() * bytes / 1e9,
-                gather.p50_us, gather.calls_per_s() / tcp.calls_per_s());
+    std::printf(
+        "  %-14lld %12.2f %12.2f %12.1f %9.2fx\n", static_cast<long long>(rows),
+        gather.calls_per_s() * bytes / 1e9, tcp.calls_per_s() * bytes / 1e9,
+        gather.p50_us, gather.calls_per_s() / tcp.calls_per_s());
   }
-  std::printf("ratio = peer gather GB/s over raw TCP GB/s of the same bytes "
-              "(target >= 0.5x)\n");
+  std::printf(
+      "ratio = peer gather GB/s over raw TCP GB/s of the same bytes "
+      "(target >= 0.5x)\n");
   return 0;
 }
 
@@ -325,8 +349,10 @@ int Main(int argc, char** argv) {
   }
   ClientOptions options;
   options.num_channels = channels;
-  auto client = Client::Connect(absl::StrCat("127.0.0.1:", engramd->port()), options);
-  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim, DType::kFloat32};
+  auto client =
+      Client::Connect(absl::StrCat("127.0.0.1:", engramd->port()), options);
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim,
+                     DType::kFloat32};
   std::vector<std::vector<uint8_t>> tables(kHeads);
   std::mt19937_64 rng(5);
   for (auto& t : tables) {
@@ -346,18 +372,19 @@ int Main(int argc, char** argv) {
   for (int i = 0; i < channels; ++i) {
     grpc::ChannelArguments a = args;
     a.SetInt("engram.connection_index", i);
-    echo_stubs.push_back(Echo::NewStub(grpc::CreateCustomChannel(
-        absl::StrCat("127.0.0.1:", echo->port()),
-        grpc::InsecureChannelCredentials(), a)));
+    echo_stubs.push_back(Echo::NewStub(
+        grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", echo->port()),
+                                  grpc::InsecureChannelCredentials(), a)));
   }
 
-  std::printf("lookup_bench: H = %d, D = %lld float32 (256-byte rows), %lld rows "
-              "per head, %d concurrent callers over %d connection(s), %.1f s "
-              "per figure\n",
-              kHeads, static_cast<long long>(kDim),
-              static_cast<long long>(kRowsPerHead), callers, channels, seconds);
-  std::printf("  %-22s %10s %10s %9s %9s %9s\n", "", "rows/s", "GB/s", "calls/s",
-              "p50 us", "p99 us");
+  std::printf(
+      "lookup_bench: H = %d, D = %lld float32 (256-byte rows), %lld rows "
+      "per head, %d concurrent callers over %d connection(s), %.1f s "
+      "per figure\n",
+      kHeads, static_cast<long long>(kDim),
+      static_cast<long long>(kRowsPerHead), callers, channels, seconds);
+  std::printf("  %-22s %10s %10s %9s %9s %9s\n", "", "rows/s", "GB/s",
+              "calls/s", "p50 us", "p99 us");
   const Shape shapes[] = {{"decode B=1", 1, 1},
                           {"decode B=16", 16, 1},
                           {"decode B=256", 256, 1},
@@ -367,7 +394,8 @@ int Main(int argc, char** argv) {
     std::vector<std::vector<int64_t>> ids(callers);
     std::vector<std::vector<uint8_t>> outs(callers);
     for (int c = 0; c < callers; ++c) {
-      for (int64_t i = 0; i < s.rows(); ++i) ids[c].push_back(rng() % kRowsPerHead);
+      for (int64_t i = 0; i < s.rows(); ++i)
+        ids[c].push_back(rng() % kRowsPerHead);
       outs[c].resize(s.bytes());
     }
     const int64_t shape[] = {s.batch, s.length, kHeads};
@@ -385,13 +413,15 @@ int Main(int argc, char** argv) {
                 static_cast<long long>(s.rows()), s.bytes() / 1e6);
     PrintRow("engramd Lookup", s, engram);
     PrintRow("gRPC echo (floor)", s, naive);
-    std::printf("  %-22s %9.2fx\n", "ratio vs echo", engram.calls_per_s() / naive.calls_per_s());
+    std::printf("  %-22s %9.2fx\n", "ratio vs echo",
+                engram.calls_per_s() / naive.calls_per_s());
     if (s.batch == 256) engram_b256 = engram;
     if (s.length == 4096) {
       TcpBlaster blaster;
       std::vector<std::unique_ptr<TcpFetcher>> fetchers;
       std::vector<std::vector<uint8_t>> bufs(callers);
-      for (int c = 0; c < callers; ++c) fetchers.push_back(std::make_unique<TcpFetcher>(blaster.port()));
+      for (int c = 0; c < callers; ++c)
+        fetchers.push_back(std::make_unique<TcpFetcher>(blaster.port()));
       RunStats tcp = RunClosedLoop(callers, seconds, [&](int c) {
         return fetchers[c]->Fetch(s.bytes(), &bufs[c]);
       });
@@ -413,7 +443,8 @@ int Main(int argc, char** argv) {
   for (int64_t i = 0; i < redis_rows; ++i) {
     keys[i] = absl::StrCat("engram:l1:h", i % kHeads, ":", i / kHeads);
     values[i].assign(reinterpret_cast<const char*>(tables[i % kHeads].data()) +
-                         (i / kHeads) * kRowBytes, kRowBytes);
+                         (i / kHeads) * kRowBytes,
+                     kRowBytes);
   }
   RedisClient loader(redis->port());
   if (!loader.SetAll(keys, values)) {
@@ -422,16 +453,21 @@ int Main(int argc, char** argv) {
   }
   std::vector<std::unique_ptr<RedisClient>> redis_clients;
   std::vector<std::vector<const std::string*>> redis_keys(callers);
-  std::vector<std::vector<uint8_t>> redis_out(callers, std::vector<uint8_t>(4096 * kRowBytes));
+  std::vector<std::vector<uint8_t>> redis_out(
+      callers, std::vector<uint8_t>(4096 * kRowBytes));
   for (int c = 0; c < callers; ++c) {
     redis_clients.push_back(std::make_unique<RedisClient>(redis->port()));
-    for (int i = 0; i < 4096; ++i) redis_keys[c].push_back(&keys[rng() % redis_rows]);
+    for (int i = 0; i < 4096; ++i)
+      redis_keys[c].push_back(&keys[rng() % redis_rows]);
   }
   RunStats mget = RunClosedLoop(callers, seconds, [&](int c) {
-    return redis_clients[c]->MGet(redis_keys[c], kRowBytes, redis_out[c].data());
+    return redis_clients[c]->MGet(redis_keys[c], kRowBytes,
+                                  redis_out[c].data());
   });
   const Shape b256{"decode B=256", 256, 1};
-  std::printf("Redis MGET of 4096 x 256-byte values (same rows per call, same callers):\n");
+  std::printf(
+      "Redis MGET of 4096 x 256-byte values (same rows per call, same "
+      "callers):\n");
   PrintRow("redis MGET", b256, mget);
   PrintRow("engramd Lookup", b256, engram_b256);
   std::printf("  %-22s %9.2fx   (target >= 2x)\n", "ratio vs Redis",

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -15,8 +16,6 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "echo.grpc.pb.h"
@@ -115,7 +114,8 @@ std::unique_ptr<ChildServer> ChildServer::Start(std::vector<std::string> argv) {
     std::ifstream in(port_file);
     std::string line;
     while (in && std::getline(in, line)) {
-      if (line.rfind("grpc_port=", 0) == 0) child->port_ = std::stoi(line.substr(10));
+      if (line.rfind("grpc_port=", 0) == 0)
+        child->port_ = std::stoi(line.substr(10));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -141,7 +141,8 @@ int ServeEcho(const std::string& port_file) {
   EchoService service;
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
   builder.RegisterService(&service);
   builder.SetMaxSendMessageSize(256 << 20);
   builder.SetMaxReceiveMessageSize(256 << 20);
@@ -202,7 +203,8 @@ TcpFetcher::~TcpFetcher() {
 }
 bool TcpFetcher::Fetch(uint64_t bytes, std::vector<uint8_t>* buffer) {
   buffer->resize(bytes);
-  return fd_ >= 0 && WriteAll(fd_, &bytes, 8) && ReadAll(fd_, buffer->data(), bytes);
+  return fd_ >= 0 && WriteAll(fd_, &bytes, 8) &&
+         ReadAll(fd_, buffer->data(), bytes);
 }
 
 std::unique_ptr<RedisPeer> RedisPeer::Start(const std::string& redis_server) {
@@ -279,7 +281,8 @@ bool RedisClient::SetAll(const std::vector<std::string>& keys,
     const size_t end = std::min(keys.size(), i + batch);
     for (size_t k = i; k < end; ++k) {
       absl::StrAppend(&cmd, "*3\r\n$3\r\nSET\r\n$", keys[k].size(), "\r\n",
-                      keys[k], "\r\n$", values[k].size(), "\r\n", values[k], "\r\n");
+                      keys[k], "\r\n$", values[k].size(), "\r\n", values[k],
+                      "\r\n");
     }
     if (!WriteAll(fd_, cmd.data(), cmd.size())) return false;
     for (size_t k = i; k < end; ++k) {
@@ -299,8 +302,10 @@ bool RedisClient::MGet(const std::vector<const std::string*>& keys,
   std::string line;
   if (!ReadLine(&line) || line != absl::StrCat("*", keys.size())) return false;
   for (size_t i = 0; i < keys.size(); ++i) {
-    if (!ReadLine(&line) || line != absl::StrCat("$", value_bytes)) return false;
-    if (!ReadExact(out + i * value_bytes, value_bytes) || !ReadExact(nullptr, 2))
+    if (!ReadLine(&line) || line != absl::StrCat("$", value_bytes))
+      return false;
+    if (!ReadExact(out + i * value_bytes, value_bytes) ||
+        !ReadExact(nullptr, 2))
       return false;
   }
   return true;

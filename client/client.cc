@@ -1,18 +1,18 @@
 #include "client/client.h"
 
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/client_unary_call.h>
+
 #include <algorithm>
 #include <atomic>
 
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/impl/client_unary_call.h>
-#include <grpcpp/grpcpp.h>
-
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "client/cluster_router.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "proto/channel_tuning.h"
 #include "proto/wire_format.h"
-#include "client/cluster_router.h"
 
 namespace engram {
 namespace {
@@ -70,8 +70,7 @@ struct Client::Impl {
            lookup_stubs.size();
   }
 
-  void SetDeadline(grpc::ClientContext* context,
-                   absl::Duration timeout) const {
+  void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) const {
     context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   }
   void SetDeadline(grpc::ClientContext* context) const {
@@ -82,7 +81,8 @@ struct Client::Impl {
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
-    const std::vector<std::string>& shards, int replication, ClientOptions options) {
+    const std::vector<std::string>& shards, int replication,
+    ClientOptions options) {
   if (shards.empty()) return absl::InvalidArgumentError("no shard addresses");
   absl::StatusOr<Placement> placement =
       Placement::Create(static_cast<int>(shards.size()), replication);
@@ -96,8 +96,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
     args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    channels.push_back(
-        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+    channels.push_back(grpc::CreateCustomChannel(
+        address, grpc::InsecureChannelCredentials(), args));
     impl->shard_stubs.push_back(v1::EngramStore::NewStub(channels.back()));
   }
   impl->router = std::make_unique<ClusterRouter>(
@@ -181,7 +181,8 @@ absl::StatusOr<LayerDescription> Client::Populate(
     LayerDescription d;
     d.layer_id = layer_id;
     d.layout = layout;
-    for (int h = 0; h < layout.num_heads(); ++h) d.store_keys.push_back(StoreKey(layer_id, h));
+    for (int h = 0; h < layout.num_heads(); ++h)
+      d.store_keys.push_back(StoreKey(layer_id, h));
     d.bytes = static_cast<int64_t>(layout.total_bytes());
     return d;
   }
@@ -232,14 +233,14 @@ void Client::LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
                          std::optional<DType> output_dtype,
                          std::function<void(absl::Status)> done) {
   if (impl_->router != nullptr) {
-    impl_->router->Lookup(layer_id, ids, shape, output, output_dtype, std::move(done));
+    impl_->router->Lookup(layer_id, ids, shape, output, output_dtype,
+                          std::move(done));
     return;
   }
   auto* call = new LookupCall;
   impl_->SetDeadline(&call->context);
   call->request = wire::EncodeLookupRequest(
-      layer_id, shape, ids,
-      output_dtype ? static_cast<int>(*output_dtype) : 0);
+      layer_id, shape, ids, output_dtype ? static_cast<int>(*output_dtype) : 0);
   call->output = output;
   call->done = std::move(done);
   impl_->lookup_stubs[impl_->NextLookupIndex()]->UnaryCall(
@@ -257,11 +258,10 @@ void Client::LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
       });
 }
 
-std::future<absl::Status> Client::LookupAsync(int64_t layer_id,
-                                              std::span<const int64_t> ids,
-                                              std::span<const int64_t> shape,
-                                              std::span<uint8_t> output,
-                                              std::optional<DType> output_dtype) {
+std::future<absl::Status> Client::LookupAsync(
+    int64_t layer_id, std::span<const int64_t> ids,
+    std::span<const int64_t> shape, std::span<uint8_t> output,
+    std::optional<DType> output_dtype) {
   auto promise = std::make_shared<std::promise<absl::Status>>();
   std::future<absl::Status> future = promise->get_future();
   LookupAsync(layer_id, ids, shape, output, output_dtype,
@@ -275,8 +275,9 @@ absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
                             std::optional<DType> output_dtype) {
   if (impl_->router != nullptr) {
     std::promise<absl::Status> result;
-    impl_->router->Lookup(layer_id, ids, shape, output, output_dtype,
-                          [&result](absl::Status s) { result.set_value(std::move(s)); });
+    impl_->router->Lookup(
+        layer_id, ids, shape, output, output_dtype,
+        [&result](absl::Status s) { result.set_value(std::move(s)); });
     return result.get_future().get();
   }
   // Blocking call on this thread (as generated sync stubs do): no hop to a
@@ -304,7 +305,8 @@ absl::StatusOr<int> Client::Remove(int64_t layer_id, bool force) {
   request.set_layer_id(layer_id);
   request.set_force(force);
   v1::RemoveResponse response;
-  if (absl::Status s = FromGrpc(impl_->stub->Remove(&context, request, &response));
+  if (absl::Status s =
+          FromGrpc(impl_->stub->Remove(&context, request, &response));
       !s.ok()) {
     return s;
   }
@@ -349,7 +351,7 @@ absl::Status Client::CheckHealth(const std::string& service) {
   std::string encoded;
   if (!service.empty()) {
     encoded.push_back(0x0a);
-    for (size_t n = service.size(); ; n >>= 7) {  // varint length
+    for (size_t n = service.size();; n >>= 7) {  // varint length
       encoded.push_back(static_cast<char>((n & 0x7f) | (n >= 0x80 ? 0x80 : 0)));
       if (n < 0x80) break;
     }
@@ -361,10 +363,10 @@ absl::Status Client::CheckHealth(const std::string& service) {
   absl::Notification finished;
   grpc::Status status;
   impl_->generic()->UnaryCall(&context, kHealthMethod, grpc::StubOptions(),
-                            &request, &response, [&](grpc::Status s) {
-                              status = std::move(s);
-                              finished.Notify();
-                            });
+                              &request, &response, [&](grpc::Status s) {
+                                status = std::move(s);
+                                finished.Notify();
+                              });
   finished.WaitForNotification();
   if (absl::Status s = FromGrpc(status); !s.ok()) return s;
   std::vector<grpc::Slice> slices;

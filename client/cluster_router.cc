@@ -58,10 +58,12 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
       std::vector<Position> positions;
     };
     auto call = std::make_shared<Call>();
-    call->context.set_deadline(absl::ToChronoTime(absl::Now() + router->timeout_));
+    call->context.set_deadline(
+        absl::ToChronoTime(absl::Now() + router->timeout_));
     call->request.set_layer_id(layer_id);
     for (Position pos : positions) {
-      call->request.add_heads(static_cast<int32_t>(pos.index % layout.num_heads()));
+      call->request.add_heads(
+          static_cast<int32_t>(pos.index % layout.num_heads()));
       call->request.add_row_ids(ids[pos.index]);
     }
     call->positions = std::move(positions);
@@ -80,7 +82,8 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
                const grpc::Status& status) {
     const size_t row_bytes = layout.row_bytes();
     if (status.ok() && response.data().size() == positions.size() * row_bytes) {
-      const auto* data = reinterpret_cast<const uint8_t*>(response.data().data());
+      const auto* data =
+          reinterpret_cast<const uint8_t*>(response.data().data());
       const size_t dim = static_cast<size_t>(layout.embedding_dim);
       const size_t out_row = dim * DTypeSize(out_dtype);
       for (size_t j = 0; j < positions.size(); ++j) {
@@ -93,7 +96,8 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
         status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
       std::lock_guard<std::mutex> lock(mu);
       layer_missing = true;  // removed, or re-populated with another layout
-      errors.push_back(absl::StrCat("shard ", shard, ": ", status.error_message()));
+      errors.push_back(
+          absl::StrCat("shard ", shard, ": ", status.error_message()));
       return;
     }
     router->MarkDown(shard);
@@ -108,8 +112,9 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
       return;
     }
     std::lock_guard<std::mutex> lock(mu);
-    errors.push_back(absl::StrCat("shard ", shard, ": ",
-                                  status.ok() ? "short reply" : status.error_message()));
+    errors.push_back(
+        absl::StrCat("shard ", shard, ": ",
+                     status.ok() ? "short reply" : status.error_message()));
   }
 
   void Release() {
@@ -148,19 +153,21 @@ bool ClusterRouter::up(int shard) const {
 
 void ClusterRouter::MarkDown(int shard) {
   // Skip it for a while; then it gets traffic (and another chance) again.
-  down_until_ms_[shard].store(absl::ToUnixMillis(absl::Now() + absl::Seconds(2)),
-                              std::memory_order_relaxed);
+  down_until_ms_[shard].store(
+      absl::ToUnixMillis(absl::Now() + absl::Seconds(2)),
+      std::memory_order_relaxed);
 }
 
 absl::Status ClusterRouter::Populate(
     int64_t layer_id, const LayerLayout& layout,
     const std::vector<std::span<const uint8_t>>& tables, size_t chunk_bytes,
-    absl::Duration timeout, const std::function<void(uint64_t, uint64_t)>& progress) {
+    absl::Duration timeout,
+    const std::function<void(uint64_t, uint64_t)>& progress) {
   std::vector<internal::v1::EngramPeer::Stub*> stubs;
   for (auto& stub : stubs_) stubs.push_back(stub.get());
-  PopulateFanout fanout(std::move(stubs), placement_,
-                        [this](int s) { MarkDown(s); },
-                        std::chrono::seconds(absl::ToInt64Seconds(timeout)));
+  PopulateFanout fanout(
+      std::move(stubs), placement_, [this](int s) { MarkDown(s); },
+      std::chrono::seconds(absl::ToInt64Seconds(timeout)));
   if (absl::Status s = fanout.Begin(layer_id, layout); !s.ok()) return s;
   const size_t row_bytes = layout.row_bytes();
   const size_t rows_per_chunk = std::max<size_t>(1, chunk_bytes / row_bytes);
@@ -205,7 +212,8 @@ void ClusterRouter::Forget(int64_t layer_id) {
 }
 
 void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
-                           std::span<const int64_t> shape, std::span<uint8_t> output,
+                           std::span<const int64_t> shape,
+                           std::span<uint8_t> output,
                            std::optional<DType> output_dtype,
                            std::function<void(absl::Status)> done) {
   absl::StatusOr<LayerLayout> layout = Layout(layer_id);
@@ -215,8 +223,8 @@ void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
     return done(absl::InvalidArgumentError(
         "no row ids: set row_ids (int64 little-endian bytes) or row_ids_list"));
   }
-  if (absl::Status s = ValidateLookupShape(*layout, shape,
-                                           static_cast<int64_t>(ids.size()), &parsed);
+  if (absl::Status s = ValidateLookupShape(
+          *layout, shape, static_cast<int64_t>(ids.size()), &parsed);
       !s.ok()) {
     return done(s);
   }

@@ -5,6 +5,8 @@
 #ifndef ENGRAM_CLIENT_CLUSTER_ROUTER_H_
 #define ENGRAM_CLIENT_CLUSTER_ROUTER_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <atomic>
 #include <functional>
 #include <map>
@@ -15,11 +17,9 @@
 #include <string>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
-
 #include "absl/base/thread_annotations.h"
-#include "absl/time/time.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "cluster/placement.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "store/layout.h"
@@ -36,10 +36,11 @@ class ClusterRouter {
                 std::function<absl::StatusOr<LayerLayout>(int64_t)> describe);
 
   // Populates through the owners directly (two phases, see PopulateFanout).
-  absl::Status Populate(int64_t layer_id, const LayerLayout& layout,
-                        const std::vector<std::span<const uint8_t>>& tables,
-                        size_t chunk_bytes, absl::Duration timeout,
-                        const std::function<void(uint64_t, uint64_t)>& progress);
+  absl::Status Populate(
+      int64_t layer_id, const LayerLayout& layout,
+      const std::vector<std::span<const uint8_t>>& tables, size_t chunk_bytes,
+      absl::Duration timeout,
+      const std::function<void(uint64_t, uint64_t)>& progress);
 
   // Validates like the server, then gathers. `done` runs once.
   void Lookup(int64_t layer_id, std::span<const int64_t> ids,

@@ -82,7 +82,8 @@ Args ParseArgs(int argc, char** argv) {
       args.files.push_back(a);
     }
   }
-  if (args.command.empty()) Die(absl::StrCat("no command given\n\n", kUsage), 2);
+  if (args.command.empty())
+    Die(absl::StrCat("no command given\n\n", kUsage), 2);
   return args;
 }
 
@@ -98,7 +99,8 @@ int64_t IntFlag(const Args& args, const std::string& name) {
 
 std::vector<int64_t> IntList(const std::string& name, const std::string& text) {
   std::vector<int64_t> out;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+  for (absl::string_view part :
+       absl::StrSplit(text, ',', absl::SkipWhitespace())) {
     int64_t v;
     if (!absl::SimpleAtoi(part, &v)) {
       Die(absl::StrCat("--", name, ": '", part, "' is not an integer"), 2);
@@ -114,7 +116,8 @@ DType ParseDType(const std::string& text) {
   if (text == "float16" || text == "f16") return DType::kFloat16;
   if (text == "uint8" || text == "u8") return DType::kUInt8;
   Die(absl::StrCat("unknown dtype '", text,
-                   "' (float32, bfloat16, float16, uint8)"), 2);
+                   "' (float32, bfloat16, float16, uint8)"),
+      2);
 }
 
 std::string NpyDescr(DType dtype) {
@@ -161,8 +164,9 @@ int Populate(Client& client, const Args& args) {
     } else if (a->descr == "|u1" || a->descr == "<u1") {
       dtype = DType::kUInt8;
     } else {
-      Die(absl::StrCat(args.files[h], ": dtype ", a->descr,
-                       " needs --dtype (e.g. --dtype=bfloat16 for uint16 bits)"));
+      Die(absl::StrCat(
+          args.files[h], ": dtype ", a->descr,
+          " needs --dtype (e.g. --dtype=bfloat16 for uint16 bits)"));
     }
     if (a->item_size != DTypeSize(dtype)) {
       Die(absl::StrCat(args.files[h], ": ", a->descr, " elements are ",
@@ -174,8 +178,9 @@ int Populate(Client& client, const Args& args) {
       layout.dtype = dtype;
     } else if (a->shape[1] != layout.embedding_dim || dtype != layout.dtype) {
       Die(absl::StrCat(args.files[h], ": D = ", a->shape[1], " ",
-                       DTypeName(dtype), " differs from head 0 (D = ",
-                       layout.embedding_dim, " ", DTypeName(layout.dtype), ")"));
+                       DTypeName(dtype),
+                       " differs from head 0 (D = ", layout.embedding_dim, " ",
+                       DTypeName(layout.dtype), ")"));
     }
     layout.table_vocab_sizes.push_back(a->shape[0]);
     heads.push_back(*std::move(a));
@@ -209,7 +214,8 @@ int Lookup(Client& client, const Args& args) {
   if (auto it = args.flags.find("ids_npy"); it != args.flags.end()) {
     absl::StatusOr<NpyArray> a = ReadNpy(it->second);
     Check(a.status());
-    if (a->descr != "<i8") Die(absl::StrCat(it->second, ": ids must be int64 (<i8)"));
+    if (a->descr != "<i8")
+      Die(absl::StrCat(it->second, ": ids must be int64 (<i8)"));
     ids.resize(a->num_elements());
     std::memcpy(ids.data(), a->data.data(), a->data.size());
     shape = a->shape;
@@ -272,7 +278,8 @@ int Run(int argc, char** argv) {
   }
   // A cluster's address list: talk to the first shard that is alive.
   if (address.find(',') != std::string::npos) {
-    std::vector<std::string> shards = absl::StrSplit(address, ',', absl::SkipEmpty());
+    std::vector<std::string> shards =
+        absl::StrSplit(address, ',', absl::SkipEmpty());
     address = shards.front();
     for (const std::string& shard : shards) {
       ClientOptions probe;
@@ -289,7 +296,8 @@ int Run(int argc, char** argv) {
     options.timeout = absl::Seconds(IntFlag(args, "timeout_s"));
   }
   if (args.flags.count("populate_timeout_s")) {
-    options.populate_timeout = absl::Seconds(IntFlag(args, "populate_timeout_s"));
+    options.populate_timeout =
+        absl::Seconds(IntFlag(args, "populate_timeout_s"));
   }
   absl::StatusOr<std::unique_ptr<Client>> client =
       Client::Connect(address, options);
@@ -309,10 +317,12 @@ int Run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "describe") {
-    absl::StatusOr<LayerDescription> d = c.DescribeLayer(IntFlag(args, "layer"));
+    absl::StatusOr<LayerDescription> d =
+        c.DescribeLayer(IntFlag(args, "layer"));
     Check(d.status());
     PrintLayer(*d);
-    for (const std::string& key : d->store_keys) std::cout << "  " << key << "\n";
+    for (const std::string& key : d->store_keys)
+      std::cout << "  " << key << "\n";
     return 0;
   }
   if (cmd == "remove") {

@@ -94,7 +94,8 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
       !DictValue(dict, "shape", &shape)) {
     return bad("header lacks descr, fortran_order or shape");
   }
-  array.descr = std::string(absl::StripSuffix(absl::StripPrefix(descr, "'"), "'"));
+  array.descr =
+      std::string(absl::StripSuffix(absl::StripPrefix(descr, "'"), "'"));
   if (fortran != "False") return bad("Fortran-order arrays are not supported");
   if (array.descr.empty() || array.descr[0] == '>') {
     return bad(absl::StrCat("dtype ", array.descr,
@@ -105,7 +106,8 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
     return bad(absl::StrCat("dtype ", array.descr, " is not a plain number"));
   }
   std::string dims(absl::StripSuffix(absl::StripPrefix(shape, "("), ")"));
-  for (absl::string_view part : absl::StrSplit(dims, ',', absl::SkipWhitespace())) {
+  for (absl::string_view part :
+       absl::StrSplit(dims, ',', absl::SkipWhitespace())) {
     int64_t d;
     if (!absl::SimpleAtoi(part, &d) || d < 0) {
       return bad(absl::StrCat("bad shape ", shape));
@@ -115,9 +117,8 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
   const uint64_t bytes =
       static_cast<uint64_t>(array.num_elements()) * array.item_size;
   array.data.resize(bytes);
-  if (bytes > 0 &&
-      !in.read(reinterpret_cast<char*>(array.data.data()),
-               static_cast<std::streamsize>(bytes))) {
+  if (bytes > 0 && !in.read(reinterpret_cast<char*>(array.data.data()),
+                            static_cast<std::streamsize>(bytes))) {
     return bad(absl::StrCat("data is shorter than shape ", shape, " needs"));
   }
   return array;
@@ -128,9 +129,9 @@ absl::Status WriteNpy(const std::string& path, const std::string& descr,
                       size_t bytes) {
   std::string dims = absl::StrJoin(shape, ", ");
   if (shape.size() == 1) dims += ",";
-  std::string dict = absl::StrCat("{'descr': '", descr,
-                                  "', 'fortran_order': False, 'shape': (",
-                                  dims, "), }");
+  std::string dict =
+      absl::StrCat("{'descr': '", descr,
+                   "', 'fortran_order': False, 'shape': (", dims, "), }");
   // Pad so that magic + length + dict + '\n' is a multiple of 64.
   const size_t unpadded = 10 + dict.size() + 1;
   dict.append((64 - unpadded % 64) % 64, ' ');
@@ -147,8 +148,10 @@ absl::Status WriteNpy(const std::string& path, const std::string& descr,
   out.put(static_cast<char>(len & 0xff));
   out.put(static_cast<char>(len >> 8));
   out.write(dict.data(), static_cast<std::streamsize>(dict.size()));
-  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
-  if (!out) return absl::DataLossError(absl::StrCat("writing ", path, " failed"));
+  out.write(static_cast<const char*>(data),
+            static_cast<std::streamsize>(bytes));
+  if (!out)
+    return absl::DataLossError(absl::StrCat("writing ", path, " failed"));
   return absl::OkStatus();
 }
 

@@ -12,9 +12,9 @@ absl::StatusOr<Placement> Placement::Create(int num_shards, int replication) {
         absl::StrCat("a cluster needs at least one shard; got ", num_shards));
   }
   if (replication < 1 || replication > num_shards) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--replication=", replication, " must be between 1 and the shard count ",
-        num_shards));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--replication=", replication,
+                     " must be between 1 and the shard count ", num_shards));
   }
   return Placement(num_shards, replication);
 }
@@ -38,7 +38,8 @@ std::vector<int> Placement::OwnersOfRow(int64_t layer_id, int head,
                                         int64_t rows, int64_t row) const {
   const int range = RangeOf(rows, row);
   std::vector<int> owners(replication_);
-  for (int r = 0; r < replication_; ++r) owners[r] = Owner(layer_id, head, range, r);
+  for (int r = 0; r < replication_; ++r)
+    owners[r] = Owner(layer_id, head, range, r);
   return owners;
 }
 

@@ -36,10 +36,9 @@ struct PopulateFanout::PeerStream {
   bool open = false;
 };
 
-PopulateFanout::PopulateFanout(std::vector<internal::v1::EngramPeer::Stub*> stubs,
-                               Placement placement,
-                               std::function<void(int)> on_unreachable,
-                               std::chrono::seconds stage_timeout)
+PopulateFanout::PopulateFanout(
+    std::vector<internal::v1::EngramPeer::Stub*> stubs, Placement placement,
+    std::function<void(int)> on_unreachable, std::chrono::seconds stage_timeout)
     : stubs_(std::move(stubs)),
       placement_(placement),
       on_unreachable_(std::move(on_unreachable)),
@@ -49,7 +48,8 @@ PopulateFanout::~PopulateFanout() {
   if (!finished_) Abort();
 }
 
-absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout) {
+absl::Status PopulateFanout::Begin(int64_t layer_id,
+                                   const LayerLayout& layout) {
   if (!txn_id_.empty()) {
     return absl::InvalidArgumentError(
         "a second PopulateHeader arrived; send one header, then chunks");
@@ -72,24 +72,27 @@ absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout) 
     if (!st.ok()) {
       if (on_unreachable_) on_unreachable_(static_cast<int>(s));
       txn_id_.clear();
-      return absl::UnavailableError(absl::StrCat(
-          "shard ", s, " is unreachable: ", st.error_message()));
+      return absl::UnavailableError(
+          absl::StrCat("shard ", s, " is unreachable: ", st.error_message()));
     }
   }
   internal::v1::StageRequest stage;
   internal::v1::StageHeader* header = stage.mutable_header();
   header->set_txn_id(txn_id_);
   header->set_layer_id(layer_id);
-  for (int64_t n : layout.table_vocab_sizes) header->mutable_config()->add_table_vocab_sizes(n);
+  for (int64_t n : layout.table_vocab_sizes)
+    header->mutable_config()->add_table_vocab_sizes(n);
   header->mutable_config()->set_embedding_dim(layout.embedding_dim);
   header->mutable_config()->set_dtype(static_cast<v1::DType>(layout.dtype));
   for (size_t s = 0; s < stubs_.size(); ++s) {
     auto peer = std::make_unique<PeerStream>();
-    peer->context.set_deadline(std::chrono::system_clock::now() + stage_timeout_);
+    peer->context.set_deadline(std::chrono::system_clock::now() +
+                               stage_timeout_);
     peer->writer = stubs_[s]->Stage(&peer->context, &peer->response);
     peer->open = true;
     peers_.push_back(std::move(peer));
-    if (!peers_.back()->writer->Write(stage)) return PeerFailure(static_cast<int>(s));
+    if (!peers_.back()->writer->Write(stage))
+      return PeerFailure(static_cast<int>(s));
   }
   return absl::OkStatus();
 }
@@ -101,9 +104,9 @@ absl::Status PopulateFanout::AddChunk(int64_t head, int64_t row_offset,
         "the first Populate message must be a PopulateHeader");
   }
   if (head < 0 || head >= layout_.num_heads()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk head ", head, " is out of range: layer ", layer_id_, " has ",
-        layout_.num_heads(), " heads"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk head ", head, " is out of range: layer ", layer_id_,
+                     " has ", layout_.num_heads(), " heads"));
   }
   const size_t row_bytes = layout_.row_bytes();
   if (data.empty() || data.size() % row_bytes != 0) {
@@ -144,15 +147,17 @@ absl::Status PopulateFanout::PeerFailure(int s) {
   p.open = false;
   grpc::Status st = p.writer->Finish();
   if (Unreachable(st.error_code()) && on_unreachable_) on_unreachable_(s);
-  return absl::Status(st.ok() ? absl::StatusCode::kUnavailable
-                              : static_cast<absl::StatusCode>(st.error_code()),
-                      absl::StrCat("shard ", s, ": ",
-                                   st.ok() ? "stream closed" : st.error_message()));
+  return absl::Status(
+      st.ok() ? absl::StatusCode::kUnavailable
+              : static_cast<absl::StatusCode>(st.error_code()),
+      absl::StrCat("shard ", s, ": ",
+                   st.ok() ? "stream closed" : st.error_message()));
 }
 
 absl::Status PopulateFanout::Commit() {
   if (txn_id_.empty()) {
-    return absl::InvalidArgumentError("the populate stream ended without a PopulateHeader");
+    return absl::InvalidArgumentError(
+        "the populate stream ended without a PopulateHeader");
   }
   for (size_t s = 0; s < peers_.size(); ++s) {  // phase one ends
     PeerStream& p = *peers_[s];
@@ -161,7 +166,8 @@ absl::Status PopulateFanout::Commit() {
     p.open = false;
     grpc::Status st = p.writer->Finish();
     if (!st.ok()) {
-      if (Unreachable(st.error_code()) && on_unreachable_) on_unreachable_(static_cast<int>(s));
+      if (Unreachable(st.error_code()) && on_unreachable_)
+        on_unreachable_(static_cast<int>(s));
       return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
                           absl::StrCat("shard ", s, ": ", st.error_message()));
     }
@@ -176,9 +182,10 @@ absl::Status PopulateFanout::Commit() {
     if (!st.ok()) {
       RollBack();
       finished_ = true;
-      return absl::UnavailableError(absl::StrCat(
-          "commit of layer ", layer_id_, " failed on shard ", s, ": ",
-          st.error_message(), "; the layer was removed from every reachable shard"));
+      return absl::UnavailableError(
+          absl::StrCat("commit of layer ", layer_id_, " failed on shard ", s,
+                       ": ", st.error_message(),
+                       "; the layer was removed from every reachable shard"));
     }
   }
   finished_ = true;

@@ -4,14 +4,14 @@
 #ifndef ENGRAM_CLUSTER_POPULATE_FANOUT_H_
 #define ENGRAM_CLUSTER_POPULATE_FANOUT_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
 #include "cluster/placement.h"
@@ -38,7 +38,8 @@ class PopulateFanout {
   absl::Status Begin(int64_t layer_id, const LayerLayout& layout);
   // Validates whole rows of `head` from `row_offset`, and sends each
   // owner (R copies) its part.
-  absl::Status AddChunk(int64_t head, int64_t row_offset, std::string_view data);
+  absl::Status AddChunk(int64_t head, int64_t row_offset,
+                        std::string_view data);
   // Ends phase one (every shard must report all its rows) and commits.
   absl::Status Commit();
   // Cancels the streams and drops the transaction everywhere.

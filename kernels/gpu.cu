@@ -56,8 +56,10 @@ __global__ void CopyRowsKernel(const uint8_t* const* __restrict__ tables,
       if (piece == 0) atomicMin(error, static_cast<unsigned long long>(row));
       continue;  // never read outside the table
     }
-    const V* src = reinterpret_cast<const V*>(tables[h] + id * row_bytes) + piece;
-    V* dst = reinterpret_cast<V*>(out + static_cast<size_t>(row) * row_bytes) + piece;
+    const V* src =
+        reinterpret_cast<const V*>(tables[h] + id * row_bytes) + piece;
+    V* dst = reinterpret_cast<V*>(out + static_cast<size_t>(row) * row_bytes) +
+             piece;
     *dst = __ldg(src);
   }
 }
@@ -67,14 +69,17 @@ __device__ __forceinline__ float LoadAsFloat(const uint8_t* row, int64_t e) {
   if constexpr (kDType == 1) {
     return __ldg(reinterpret_cast<const float*>(row) + e);
   } else if constexpr (kDType == 2) {
-    return convert::BFloat16ToFloat(__ldg(reinterpret_cast<const uint16_t*>(row) + e));
+    return convert::BFloat16ToFloat(
+        __ldg(reinterpret_cast<const uint16_t*>(row) + e));
   } else {
-    return convert::Float16ToFloat(__ldg(reinterpret_cast<const uint16_t*>(row) + e));
+    return convert::Float16ToFloat(
+        __ldg(reinterpret_cast<const uint16_t*>(row) + e));
   }
 }
 
 template <int kDType>
-__device__ __forceinline__ void StoreFromFloat(uint8_t* row, int64_t e, float v) {
+__device__ __forceinline__ void StoreFromFloat(uint8_t* row, int64_t e,
+                                               float v) {
   if constexpr (kDType == 1) {
     reinterpret_cast<float*>(row)[e] = v;
   } else if constexpr (kDType == 2) {
@@ -107,7 +112,8 @@ __global__ void ConvertRowsKernel(const uint8_t* const* __restrict__ tables,
       continue;
     }
     const float v = LoadAsFloat<kIn>(tables[h] + id * dim * Size(kIn), e);
-    StoreFromFloat<kOut>(out + static_cast<size_t>(row) * dim * Size(kOut), e, v);
+    StoreFromFloat<kOut>(out + static_cast<size_t>(row) * dim * Size(kOut), e,
+                         v);
   }
 }
 
@@ -123,41 +129,63 @@ void LaunchCopy(const GatherLaunch& g, size_t row_bytes, Stream stream) {
 template <typename Index>
 void DispatchCopy(const GatherLaunch& g, size_t row_bytes, Stream stream) {
   // Widest access that divides the row (bases are >= 256-byte aligned).
-  if (row_bytes % 16 == 0) return LaunchCopy<uint4, Index>(g, row_bytes, stream);
+  if (row_bytes % 16 == 0)
+    return LaunchCopy<uint4, Index>(g, row_bytes, stream);
   if (row_bytes % 8 == 0) return LaunchCopy<uint2, Index>(g, row_bytes, stream);
-  if (row_bytes % 4 == 0) return LaunchCopy<uint32_t, Index>(g, row_bytes, stream);
-  if (row_bytes % 2 == 0) return LaunchCopy<uint16_t, Index>(g, row_bytes, stream);
+  if (row_bytes % 4 == 0)
+    return LaunchCopy<uint32_t, Index>(g, row_bytes, stream);
+  if (row_bytes % 2 == 0)
+    return LaunchCopy<uint16_t, Index>(g, row_bytes, stream);
   LaunchCopy<uint8_t, Index>(g, row_bytes, stream);
 }
 
 template <int kIn, int kOut, typename Index>
 void LaunchConvert(const GatherLaunch& g, Stream stream) {
   const Index total = static_cast<Index>(g.num_ids * g.dim);
-  ConvertRowsKernel<kIn, kOut, Index><<<GridFor(total), kThreads, 0, S(stream)>>>(
-      g.tables, g.vocab, g.heads, static_cast<Index>(g.dim), total, g.ids, g.out,
-      reinterpret_cast<unsigned long long*>(g.error_flag));
+  ConvertRowsKernel<kIn, kOut, Index>
+      <<<GridFor(total), kThreads, 0, S(stream)>>>(
+          g.tables, g.vocab, g.heads, static_cast<Index>(g.dim), total, g.ids,
+          g.out, reinterpret_cast<unsigned long long*>(g.error_flag));
 }
 
 template <typename Index>
 bool DispatchConvert(const GatherLaunch& g, Stream stream) {
   const int pair = g.in_dtype * 10 + g.out_dtype;
   switch (pair) {
-    case 12: LaunchConvert<1, 2, Index>(g, stream); return true;
-    case 13: LaunchConvert<1, 3, Index>(g, stream); return true;
-    case 21: LaunchConvert<2, 1, Index>(g, stream); return true;
-    case 23: LaunchConvert<2, 3, Index>(g, stream); return true;
-    case 31: LaunchConvert<3, 1, Index>(g, stream); return true;
-    case 32: LaunchConvert<3, 2, Index>(g, stream); return true;
-    default: return false;
+    case 12:
+      LaunchConvert<1, 2, Index>(g, stream);
+      return true;
+    case 13:
+      LaunchConvert<1, 3, Index>(g, stream);
+      return true;
+    case 21:
+      LaunchConvert<2, 1, Index>(g, stream);
+      return true;
+    case 23:
+      LaunchConvert<2, 3, Index>(g, stream);
+      return true;
+    case 31:
+      LaunchConvert<3, 1, Index>(g, stream);
+      return true;
+    case 32:
+      LaunchConvert<3, 2, Index>(g, stream);
+      return true;
+    default:
+      return false;
   }
 }
 
 size_t DTypeBytes(int dtype) {
   switch (dtype) {
-    case 1: return 4;
-    case 2: case 3: return 2;
-    case 4: return 1;
-    default: return 0;
+    case 1:
+      return 4;
+    case 2:
+    case 3:
+      return 2;
+    case 4:
+      return 1;
+    default:
+      return 0;
   }
 }
 
@@ -170,9 +198,9 @@ int DeviceCount(std::string* why) {
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0) {
     if (why) {
-      *why = err != cudaSuccess
-                 ? absl::StrCat("no usable CUDA device: ", cudaGetErrorString(err))
-                 : "no CUDA device present";
+      *why = err != cudaSuccess ? absl::StrCat("no usable CUDA device: ",
+                                               cudaGetErrorString(err))
+                                : "no CUDA device present";
     }
     cudaGetLastError();  // clear the sticky-free error state
     return 0;
@@ -207,10 +235,12 @@ void DeviceFree(void* ptr) {
   if (ptr) cudaFree(ptr);
 }
 absl::Status CopyToDevice(void* dst, const void* src, size_t bytes) {
-  return Check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  return Check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice),
+               "cudaMemcpy H2D");
 }
 absl::Status CopyToHost(void* dst, const void* src, size_t bytes) {
-  return Check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+  return Check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost),
+               "cudaMemcpy D2H");
 }
 
 absl::StatusOr<void*> PinnedAlloc(size_t bytes) {
@@ -238,8 +268,9 @@ void HostUnregister(void* ptr) {
 
 absl::StatusOr<Stream> StreamCreate() {
   cudaStream_t s;
-  if (absl::Status st = Check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
-                              "cudaStreamCreate");
+  if (absl::Status st =
+          Check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
+                "cudaStreamCreate");
       !st.ok()) {
     return st;
   }
@@ -250,13 +281,15 @@ void StreamDestroy(Stream stream) {
 }
 absl::Status CopyToDeviceAsync(void* dst, const void* src, size_t bytes,
                                Stream stream) {
-  return Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, S(stream)),
-               "cudaMemcpyAsync H2D");
+  return Check(
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, S(stream)),
+      "cudaMemcpyAsync H2D");
 }
 absl::Status CopyToHostAsync(void* dst, const void* src, size_t bytes,
                              Stream stream) {
-  return Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, S(stream)),
-               "cudaMemcpyAsync D2H");
+  return Check(
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, S(stream)),
+      "cudaMemcpyAsync D2H");
 }
 absl::Status StreamSynchronize(Stream stream) {
   return Check(cudaStreamSynchronize(S(stream)), "cudaStreamSynchronize");
@@ -268,13 +301,15 @@ absl::Status ResetErrorFlag(uint64_t* error_flag, Stream stream) {
 }
 
 absl::Status LaunchGather(const GatherLaunch& g, Stream stream) {
-  const size_t in_size = DTypeBytes(g.in_dtype), out_size = DTypeBytes(g.out_dtype);
+  const size_t in_size = DTypeBytes(g.in_dtype),
+               out_size = DTypeBytes(g.out_dtype);
   if (in_size == 0 || out_size == 0 || g.heads <= 0 || g.dim <= 0) {
     return absl::InvalidArgumentError("bad gather launch arguments");
   }
   if (g.num_ids == 0) return absl::OkStatus();
   const size_t row_bytes = g.dim * in_size;
-  const uint64_t work = static_cast<uint64_t>(g.num_ids) * row_bytes;  // upper bound
+  const uint64_t work =
+      static_cast<uint64_t>(g.num_ids) * row_bytes;  // upper bound
   const bool small_index = work < (uint64_t{1} << 31);
   if (g.in_dtype == g.out_dtype) {
     if (small_index) {
@@ -295,8 +330,9 @@ absl::Status LaunchGather(const GatherLaunch& g, Stream stream) {
 
 absl::Status LaunchDeviceCopy(void* dst, const void* src, size_t bytes,
                               Stream stream) {
-  return Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, S(stream)),
-               "cudaMemcpyAsync D2D");
+  return Check(
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, S(stream)),
+      "cudaMemcpyAsync D2D");
 }
 
 absl::StatusOr<float> TimeOnStream(Stream stream, int iterations,
@@ -308,7 +344,8 @@ absl::StatusOr<float> TimeOnStream(Stream stream, int iterations,
   absl::Status status;
   for (int i = 0; i < iterations && status.ok(); ++i) status = fn(arg);
   cudaEventRecord(stop, S(stream));
-  if (status.ok()) status = Check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+  if (status.ok())
+    status = Check(cudaEventSynchronize(stop), "cudaEventSynchronize");
   float ms = 0;
   cudaEventElapsedTime(&ms, start, stop);
   cudaEventDestroy(start);

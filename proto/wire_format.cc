@@ -95,8 +95,7 @@ class SliceReader {
 };
 
 absl::Status Malformed(const char* what) {
-  return absl::DataLossError(
-      absl::StrCat("malformed LookupResponse: ", what));
+  return absl::DataLossError(absl::StrCat("malformed LookupResponse: ", what));
 }
 
 }  // namespace
@@ -154,8 +153,10 @@ absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
         return Malformed("bad data length");
       if (len != out.size() && !(len == 0 && saw_data)) {
         return absl::InvalidArgumentError(
-            absl::StrCat("lookup returned ", len, " bytes of rows; the output "
-                         "buffer holds ", out.size()));
+            absl::StrCat("lookup returned ", len,
+                         " bytes of rows; the output "
+                         "buffer holds ",
+                         out.size()));
       }
       if (!reader.Read(out.data(), len)) return Malformed("truncated data");
       result->data_bytes = len;

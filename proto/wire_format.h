@@ -5,13 +5,14 @@
 #ifndef ENGRAM_PROTO_WIRE_FORMAT_H_
 #define ENGRAM_PROTO_WIRE_FORMAT_H_
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <vector>
 
 #include "absl/status/status.h"
-#include <grpcpp/support/byte_buffer.h>
 
 namespace engram::wire {
 
@@ -35,7 +36,8 @@ struct DecodedLookup {
 // Parses `response`; copies the data field into `out`, which must be exactly
 // its size (INVALID_ARGUMENT otherwise, DATA_LOSS for malformed bytes).
 absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
-                                  std::span<uint8_t> out, DecodedLookup* result);
+                                  std::span<uint8_t> out,
+                                  DecodedLookup* result);
 
 // Encodes an engram.v1.LookupRequest with the ids as the `row_ids` bytes
 // field. The ids are not copied: the returned buffer aliases `ids`, which must

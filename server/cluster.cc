@@ -1,8 +1,8 @@
 #include "server/cluster.h"
 
-#include <future>
-
 #include <grpcpp/generic/generic_stub.h>
+
+#include <future>
 
 #include "absl/strings/str_cat.h"
 #include "proto/channel_tuning.h"
@@ -76,7 +76,8 @@ bool ClusterContext::SomeRangeUnreachable() const {
   const int r = placement_.replication();
   for (int start = 0; start < size(); ++start) {
     bool all_down = true;
-    for (int i = 0; i < r && all_down; ++i) all_down = !up((start + i) % size());
+    for (int i = 0; i < r && all_down; ++i)
+      all_down = !up((start + i) % size());
     if (all_down) return true;
   }
   return false;
@@ -101,7 +102,8 @@ void ClusterContext::ProbeLoop() {
     // Every round: lookups may have marked peers down in between.
     if (on_change_) on_change_();
     std::unique_lock<std::mutex> lock(mu_);
-    if (wake_.wait_for(lock, kProbeInterval, [this] { return stopping_; })) return;
+    if (wake_.wait_for(lock, kProbeInterval, [this] { return stopping_; }))
+      return;
   }
 }
 

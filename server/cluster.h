@@ -3,6 +3,8 @@
 #ifndef ENGRAM_SERVER_CLUSTER_H_
 #define ENGRAM_SERVER_CLUSTER_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -11,8 +13,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "cluster/placement.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
@@ -32,14 +32,17 @@ class ClusterContext {
   int size() const { return static_cast<int>(peers_.size()); }
   const Placement& placement() const { return placement_; }
   const std::string& address(int shard) const { return peers_[shard]; }
-  internal::v1::EngramPeer::Stub* stub(int shard) { return stubs_[shard].get(); }
+  internal::v1::EngramPeer::Stub* stub(int shard) {
+    return stubs_[shard].get();
+  }
   double staged_timeout_seconds() const { return staged_timeout_seconds_; }
 
   bool up(int shard) const {
     return shard == shard_index_ || up_[shard].load(std::memory_order_relaxed);
   }
   void MarkDown(int shard) {
-    if (shard != shard_index_) up_[shard].store(false, std::memory_order_relaxed);
+    if (shard != shard_index_)
+      up_[shard].store(false, std::memory_order_relaxed);
   }
   int peers_up() const;
   // True when some R consecutive shards are all down: their common ranges

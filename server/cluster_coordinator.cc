@@ -33,12 +33,16 @@ bool PeerUnreachable(grpc::StatusCode code) {
 // Client stream in, one Stage stream per shard out. The reactor hands each
 // message to a worker thread and asks gRPC for the next one only after the
 // worker wrote it to the owners: backpressure without blocking a reactor.
-class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
+class ClusterPopulateReactor
+    : public grpc::ServerReadReactor<v1::PopulateRequest> {
  public:
   ClusterPopulateReactor(grpc::CallbackServerContext* context,
                          v1::PopulateResponse* response, ClusterCoordinator* c)
-      : context_(context), response_(response), coordinator_(c),
-        cluster_(c->cluster()), state_(std::make_shared<Handoff>()) {
+      : context_(context),
+        response_(response),
+        coordinator_(c),
+        cluster_(c->cluster()),
+        state_(std::make_shared<Handoff>()) {
     std::thread([this, state = state_] { Work(state); }).detach();
     StartRead(&request_);
   }
@@ -95,7 +99,8 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
           break;
         default:
           s = absl::InvalidArgumentError(
-              "a PopulateRequest must set header or chunk; this one sets neither");
+              "a PopulateRequest must set header or chunk; this one sets "
+              "neither");
       }
       if (!s.ok()) {
         Complete(s);
@@ -111,21 +116,25 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
           "a second PopulateHeader arrived; send one header, then chunks");
     }
     layer_id_ = header.layer_id();
-    layout_.table_vocab_sizes.assign(header.config().table_vocab_sizes().begin(),
-                                     header.config().table_vocab_sizes().end());
+    layout_.table_vocab_sizes.assign(
+        header.config().table_vocab_sizes().begin(),
+        header.config().table_vocab_sizes().end());
     layout_.embedding_dim = header.config().embedding_dim();
     const int dtype = static_cast<int>(header.config().dtype());
     if (dtype < 0 || dtype > 4) {
-      return absl::InvalidArgumentError(absl::StrCat("dtype ", dtype, " is not a known DType"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("dtype ", dtype, " is not a known DType"));
     }
     layout_.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
     if (absl::Status s = ValidateLayout(layout_); !s.ok()) return s;
     if (coordinator_->layers()->Find(layer_id_) != nullptr) {
       return absl::AlreadyExistsError(absl::StrCat(
-          "layer ", layer_id_, " already exists; populate is create-only (Remove it first)"));
+          "layer ", layer_id_,
+          " already exists; populate is create-only (Remove it first)"));
     }
     std::vector<internal::v1::EngramPeer::Stub*> stubs;
-    for (int s = 0; s < cluster_->size(); ++s) stubs.push_back(cluster_->stub(s));
+    for (int s = 0; s < cluster_->size(); ++s)
+      stubs.push_back(cluster_->stub(s));
     fanout_ = std::make_unique<PopulateFanout>(
         std::move(stubs), cluster_->placement(),
         [c = cluster_](int s) { c->MarkDown(s); });
@@ -134,7 +143,8 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
 
   absl::Status OnChunk(const v1::TableChunk& chunk) {
     if (fanout_ == nullptr) {
-      return absl::InvalidArgumentError("the first Populate message must be a PopulateHeader");
+      return absl::InvalidArgumentError(
+          "the first Populate message must be a PopulateHeader");
     }
     if (context_->IsCancelled()) {
       return absl::CancelledError("the client cancelled the populate stream");
@@ -148,7 +158,8 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
       return absl::CancelledError("the client cancelled the populate stream");
     }
     if (fanout_ == nullptr) {
-      return absl::InvalidArgumentError("the populate stream ended without a PopulateHeader");
+      return absl::InvalidArgumentError(
+          "the populate stream ended without a PopulateHeader");
     }
     return fanout_->Commit();
   }
@@ -157,22 +168,26 @@ class ClusterPopulateReactor : public grpc::ServerReadReactor<v1::PopulateReques
     coordinator_->metrics()->RecordPopulateBytes(metrics_bytes_);
     if (!status.ok()) {
       if (fanout_ != nullptr) fanout_->Abort();
-      LogWarning(absl::StrCat("cluster populate of layer ", layer_id_,
-                              " failed, nothing kept on any shard: ", status.ToString()));
+      LogWarning(absl::StrCat(
+          "cluster populate of layer ", layer_id_,
+          " failed, nothing kept on any shard: ", status.ToString()));
     } else {
       v1::LayerInfo* info = response_->mutable_layer();
       info->set_layer_id(layer_id_);
-      for (int64_t n : layout_.table_vocab_sizes) info->mutable_config()->add_table_vocab_sizes(n);
+      for (int64_t n : layout_.table_vocab_sizes)
+        info->mutable_config()->add_table_vocab_sizes(n);
       info->mutable_config()->set_embedding_dim(layout_.embedding_dim);
       info->mutable_config()->set_dtype(static_cast<v1::DType>(layout_.dtype));
-      for (int h = 0; h < layout_.num_heads(); ++h) info->add_store_keys(StoreKey(layer_id_, h));
+      for (int h = 0; h < layout_.num_heads(); ++h)
+        info->add_store_keys(StoreKey(layer_id_, h));
       info->set_num_heads(layout_.num_heads());
       info->set_bytes(static_cast<int64_t>(layout_.total_bytes()));
-      LogInfo(absl::StrCat("layer ", layer_id_, " committed on all ", cluster_->size(),
-                           " shards (txn ", fanout_->txn_id(), ")"));
+      LogInfo(absl::StrCat("layer ", layer_id_, " committed on all ",
+                           cluster_->size(), " shards (txn ", fanout_->txn_id(),
+                           ")"));
     }
-    coordinator_->metrics()->RecordCall(Rpc::kPopulate,
-                                        static_cast<grpc::StatusCode>(status.code()));
+    coordinator_->metrics()->RecordCall(
+        Rpc::kPopulate, static_cast<grpc::StatusCode>(status.code()));
     Finish(ToGrpcStatus(status));
   }
 
@@ -217,7 +232,8 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
     if (out_dtype == l.dtype) {
       std::memcpy(dst, src, out_row_bytes);
     } else {
-      ConvertElements(src, l.dtype, dst, out_dtype, static_cast<size_t>(l.embedding_dim));
+      ConvertElements(src, l.dtype, dst, out_dtype,
+                      static_cast<size_t>(l.embedding_dim));
     }
   }
 
@@ -241,7 +257,8 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
         }
       }
       if (chosen < 0) {
-        Fail(absl::StrCat("no owner left for row ", ids[pos.index], " of head ", h));
+        Fail(absl::StrCat("no owner left for row ", ids[pos.index], " of head ",
+                          h));
         continue;
       }
       by_shard[chosen].push_back(pos);
@@ -259,7 +276,8 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
       Clock::time_point start;
     };
     auto call = std::make_shared<Call>();
-    call->context.set_deadline(std::chrono::system_clock::now() + kPeerReadTimeout);
+    call->context.set_deadline(std::chrono::system_clock::now() +
+                               kPeerReadTimeout);
     call->request.set_layer_id(layer->id());
     for (Position pos : positions) {
       call->request.add_heads(static_cast<int32_t>(pos.index % l.num_heads()));
@@ -282,12 +300,14 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
     const size_t row_bytes = layer->layout().row_bytes();
     const size_t expected = call.positions.size() * row_bytes;
     if (status.ok() && call.response.data().size() == expected) {
-      const auto* data = reinterpret_cast<const uint8_t*>(call.response.data().data());
+      const auto* data =
+          reinterpret_cast<const uint8_t*>(call.response.data().data());
       for (size_t j = 0; j < call.positions.size(); ++j) {
         WriteRow(call.positions[j].index, data + j * row_bytes);
       }
       metrics->RecordPeerRead(
-          std::chrono::duration<double>(Clock::now() - call.start).count(), expected);
+          std::chrono::duration<double>(Clock::now() - call.start).count(),
+          expected);
       return;
     }
     if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
@@ -295,14 +315,16 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
       // another owner would say the same.
       std::lock_guard<std::mutex> lock(mu);
       layer_missing = true;
-      errors.push_back(absl::StrCat("shard ", shard, ": ", status.error_message()));
+      errors.push_back(
+          absl::StrCat("shard ", shard, ": ", status.error_message()));
       return;
     }
     if (PeerUnreachable(status.error_code())) cluster->MarkDown(shard);
     const int replication = cluster->placement().replication();
     std::vector<Position> retry;
     for (Position pos : call.positions) {
-      if (pos.replica + 1 < replication) retry.push_back({pos.index, pos.replica + 1});
+      if (pos.replica + 1 < replication)
+        retry.push_back({pos.index, pos.replica + 1});
     }
     if (retry.size() == call.positions.size() && !retry.empty()) {
       metrics->RecordFailover();
@@ -330,13 +352,15 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
     if (errs.empty()) {
       done(absl::OkStatus());
     } else if (missing) {
-      done(absl::NotFoundError(absl::StrCat(
-          "layer ", layer->id(), " not found on every shard (being removed or "
-          "populated): ", absl::StrJoin(errs, "; "))));
+      done(absl::NotFoundError(
+          absl::StrCat("layer ", layer->id(),
+                       " not found on every shard (being removed or "
+                       "populated): ",
+                       absl::StrJoin(errs, "; "))));
     } else {
       done(absl::UnavailableError(absl::StrCat(
-          "rows of layer ", layer->id(), " have no reachable owner: ",
-          absl::StrJoin(errs, "; "))));
+          "rows of layer ", layer->id(),
+          " have no reachable owner: ", absl::StrJoin(errs, "; "))));
     }
   }
 };
@@ -344,7 +368,8 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
 }  // namespace
 
 ClusterCoordinator::ClusterCoordinator(ClusterContext* cluster,
-                                       LayerRegistry* layers, ServerMetrics* metrics)
+                                       LayerRegistry* layers,
+                                       ServerMetrics* metrics)
     : cluster_(cluster), layers_(layers), metrics_(metrics) {}
 
 grpc::ServerReadReactor<v1::PopulateRequest>* ClusterCoordinator::NewPopulate(
@@ -354,7 +379,8 @@ grpc::ServerReadReactor<v1::PopulateRequest>* ClusterCoordinator::NewPopulate(
 
 void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
                                 const int64_t* ids, int64_t n, DType out_dtype,
-                                uint8_t* out, std::function<void(absl::Status)> done) {
+                                uint8_t* out,
+                                std::function<void(absl::Status)> done) {
   auto fan = std::make_shared<GatherFanout>();
   fan->cluster = cluster_;
   fan->metrics = metrics_;
@@ -362,8 +388,8 @@ void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
   fan->ids = ids;
   fan->out_dtype = out_dtype;
   fan->out = out;
-  fan->out_row_bytes =
-      static_cast<size_t>(fan->layer->layout().embedding_dim) * DTypeSize(out_dtype);
+  fan->out_row_bytes = static_cast<size_t>(fan->layer->layout().embedding_dim) *
+                       DTypeSize(out_dtype);
   fan->done = std::move(done);
   const LayerLayout& l = fan->layer->layout();
   const int heads = l.num_heads();
@@ -411,26 +437,31 @@ void ClusterCoordinator::Remove(int64_t layer_id, bool force,
         [this, state, call, s, layer_id](grpc::Status st) {
           std::unique_lock<std::mutex> lock(state->mu);
           if (st.ok()) {
-            state->removed = std::max(state->removed, call->response.tables_removed());
+            state->removed =
+                std::max(state->removed, call->response.tables_removed());
           } else if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
             ++state->not_found;
           } else if (st.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
-            state->precondition = absl::FailedPreconditionError(st.error_message());
+            state->precondition =
+                absl::FailedPreconditionError(st.error_message());
           } else {
             state->unreachable.push_back(
-                absl::StrCat("shard ", s, " (", cluster_->address(s), "): ", st.error_message()));
+                absl::StrCat("shard ", s, " (", cluster_->address(s),
+                             "): ", st.error_message()));
           }
           if (--state->pending > 0) return;
           lock.unlock();
           absl::StatusOr<int> result = state->removed;
           if (!state->unreachable.empty()) {
-            result = absl::UnavailableError(absl::StrCat(
-                "layer ", layer_id, " removed from the reachable shards; not from ",
-                absl::StrJoin(state->unreachable, "; ")));
+            result = absl::UnavailableError(
+                absl::StrCat("layer ", layer_id,
+                             " removed from the reachable shards; not from ",
+                             absl::StrJoin(state->unreachable, "; ")));
           } else if (!state->precondition.ok()) {
             result = state->precondition;
           } else if (state->not_found == cluster_->size()) {
-            result = absl::NotFoundError(absl::StrCat("layer ", layer_id, " not found"));
+            result = absl::NotFoundError(
+                absl::StrCat("layer ", layer_id, " not found"));
           }
           state->done(std::move(result));
         });

@@ -5,10 +5,10 @@
 #ifndef ENGRAM_SERVER_CLUSTER_COORDINATOR_H_
 #define ENGRAM_SERVER_CLUSTER_COORDINATOR_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <functional>
 #include <memory>
-
-#include <grpcpp/grpcpp.h>
 
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/cluster.h"
@@ -33,8 +33,8 @@ class ClusterCoordinator {
   // ranges are read locally, the rest from their owners), converted to
   // `out_dtype`; `done` runs once, on some thread. UNAVAILABLE naming the
   // shards when no owner of some row answers.
-  void Gather(std::shared_ptr<const Layer> layer, const int64_t* ids,
-              int64_t n, DType out_dtype, uint8_t* out,
+  void Gather(std::shared_ptr<const Layer> layer, const int64_t* ids, int64_t n,
+              DType out_dtype, uint8_t* out,
               std::function<void(absl::Status)> done);
 
   void Remove(int64_t layer_id, bool force,

@@ -90,20 +90,21 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
     return absl::InvalidArgumentError(
         absl::StrCat("output_dtype ", requested, " is not a known DType"));
   }
-  call->out_dtype = requested == 0 ? layout.dtype : static_cast<DType>(requested);
+  call->out_dtype =
+      requested == 0 ? layout.dtype : static_cast<DType>(requested);
   if (!CanConvert(layout.dtype, call->out_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "output_dtype ", DTypeName(call->out_dtype), " cannot be produced from ",
-        DTypeName(layout.dtype),
+        "output_dtype ", DTypeName(call->out_dtype),
+        " cannot be produced from ", DTypeName(layout.dtype),
         " rows; only float layers convert (float32/bfloat16/float16)"));
   }
   if (req.as_values() && !IsFloatDType(layout.dtype)) {
     return absl::InvalidArgumentError(
         "as_values needs a float layer; this layer holds opaque uint8 rows");
   }
-  call->out_row_bytes = static_cast<size_t>(layout.embedding_dim) *
-                        (req.as_values() ? sizeof(float)
-                                         : DTypeSize(call->out_dtype));
+  call->out_row_bytes =
+      static_cast<size_t>(layout.embedding_dim) *
+      (req.as_values() ? sizeof(float) : DTypeSize(call->out_dtype));
   const uint64_t out_bytes =
       static_cast<uint64_t>(num_ids) * call->out_row_bytes;
   // 64 bytes covers the response's shape/dtype framing.
@@ -186,10 +187,12 @@ EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
       limits_(limits) {}
 
 absl::Status EngramService::MirrorAndCommit(
-    const std::shared_ptr<PopulateTicket>& ticket, std::shared_ptr<Layer> layer) {
+    const std::shared_ptr<PopulateTicket>& ticket,
+    std::shared_ptr<Layer> layer) {
   if (gpu_ != nullptr && !layer->complete()) {
-    LogInfo(absl::StrCat("layer ", layer->id(), " is a shard's partial copy; ",
-                         "it stays in host memory (GPU mirrors hold whole layers)"));
+    LogInfo(absl::StrCat(
+        "layer ", layer->id(), " is a shard's partial copy; ",
+        "it stays in host memory (GPU mirrors hold whole layers)"));
   } else if (gpu_ != nullptr) {
     absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> mirror =
         gpu_->Mirror(*layer);
@@ -217,8 +220,8 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
   auto call = std::make_shared<LookupCall>();
   call->start = Clock::now();
   grpc::ByteBuffer parse_copy(*request);  // shares slices; Deserialize eats it
-  if (!grpc::SerializationTraits<v1::LookupRequest>::Deserialize(
-           &parse_copy, &call->request)
+  if (!grpc::SerializationTraits<v1::LookupRequest>::Deserialize(&parse_copy,
+                                                                 &call->request)
            .ok()) {
     Finish(reactor, Rpc::kLookup,
            absl::InvalidArgumentError("request is not a valid LookupRequest"));
@@ -243,15 +246,18 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
     cluster_->Gather(
         call->layer, call->ids, num_ids, DType::kFloat32,
         reinterpret_cast<uint8_t*>(message->mutable_values()->mutable_data()),
-        [this, call, message, reactor, response, num_ids, out_bytes](absl::Status s) {
+        [this, call, message, reactor, response, num_ids,
+         out_bytes](absl::Status s) {
           if (s.ok()) {
             bool own_buffer;
-            grpc::Status st = grpc::SerializationTraits<v1::LookupResponse>::Serialize(
-                *message, response, &own_buffer);
+            grpc::Status st =
+                grpc::SerializationTraits<v1::LookupResponse>::Serialize(
+                    *message, response, &own_buffer);
             s = absl::Status(static_cast<absl::StatusCode>(st.error_code()),
                              st.error_message());
             metrics_->RecordLookup(
-                std::chrono::duration<double>(Clock::now() - call->start).count(),
+                std::chrono::duration<double>(Clock::now() - call->start)
+                    .count(),
                 num_ids, static_cast<int64_t>(out_bytes));
           }
           Finish(reactor, Rpc::kLookup, s);
@@ -265,8 +271,9 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
     message.set_dtype(v1::DTYPE_FLOAT32);
     message.mutable_values()->Resize(
         static_cast<int>(num_ids * layout.embedding_dim), 0.0f);
-    GatherRows(*call->layer, call->ids, 0, num_ids, DType::kFloat32,
-               reinterpret_cast<uint8_t*>(message.mutable_values()->mutable_data()));
+    GatherRows(
+        *call->layer, call->ids, 0, num_ids, DType::kFloat32,
+        reinterpret_cast<uint8_t*>(message.mutable_values()->mutable_data()));
     bool own_buffer;
     grpc::Status st = grpc::SerializationTraits<v1::LookupResponse>::Serialize(
         message, response, &own_buffer);
@@ -280,8 +287,10 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
     return reactor;
   }
 
-  const size_t header_bytes = wire::LookupResponseHeaderSize(out_shape, out_bytes);
-  const bool use_gpu = gpu_ != nullptr && call->layer->gpu_mirror() != nullptr &&
+  const size_t header_bytes =
+      wire::LookupResponseHeaderSize(out_shape, out_bytes);
+  const bool use_gpu = gpu_ != nullptr &&
+                       call->layer->gpu_mirror() != nullptr &&
                        num_ids >= limits_.gpu_min_rows;
   // Runs once the rows are in `buffer`, on whichever thread gathered them.
   auto finish = [this, call, reactor, response, header_bytes, out_bytes,
@@ -298,14 +307,15 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
 
   if (use_gpu) {  // the device copy blocks: never on a reactor thread
     pool_->Submit([this, call, reactor, header_bytes, out_bytes, num_ids,
-                   out_shape_copy = std::vector<int64_t>(out_shape, out_shape + 4),
+                   out_shape_copy =
+                       std::vector<int64_t>(out_shape, out_shape + 4),
                    finish] {
       ResponseBuffer buffer = AllocateResponse(gpu_, header_bytes + out_bytes);
       if (buffer.data == nullptr) {
         Finish(reactor, Rpc::kLookup,
-               absl::ResourceExhaustedError(absl::StrCat(
-                   "cannot allocate ", out_bytes,
-                   " bytes for the lookup response")));
+               absl::ResourceExhaustedError(
+                   absl::StrCat("cannot allocate ", out_bytes,
+                                " bytes for the lookup response")));
         return;
       }
       wire::EncodeLookupResponseHeader(out_shape_copy,
@@ -326,9 +336,10 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
 
   ResponseBuffer buffer = AllocateResponse(nullptr, header_bytes + out_bytes);
   if (buffer.data == nullptr) {
-    Finish(reactor, Rpc::kLookup,
-           absl::ResourceExhaustedError(absl::StrCat(
-               "cannot allocate ", out_bytes, " bytes for the lookup response")));
+    Finish(
+        reactor, Rpc::kLookup,
+        absl::ResourceExhaustedError(absl::StrCat(
+            "cannot allocate ", out_bytes, " bytes for the lookup response")));
     return reactor;
   }
   wire::EncodeLookupResponseHeader(out_shape, static_cast<int>(call->out_dtype),
@@ -357,15 +368,16 @@ grpc::ServerUnaryReactor* EngramService::Remove(
     v1::RemoveResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (cluster_ != nullptr) {
-    cluster_->Remove(request->layer_id(), request->force(),
-                     [this, reactor, response, id = request->layer_id()](
-                         absl::StatusOr<int> removed) {
-                       if (removed.ok()) {
-                         response->set_tables_removed(*removed);
-                         LogInfo(absl::StrCat("layer ", id, " removed from the cluster"));
-                       }
-                       Finish(reactor, Rpc::kRemove, removed.status());
-                     });
+    cluster_->Remove(
+        request->layer_id(), request->force(),
+        [this, reactor, response,
+         id = request->layer_id()](absl::StatusOr<int> removed) {
+          if (removed.ok()) {
+            response->set_tables_removed(*removed);
+            LogInfo(absl::StrCat("layer ", id, " removed from the cluster"));
+          }
+          Finish(reactor, Rpc::kRemove, removed.status());
+        });
     return reactor;
   }
   absl::StatusOr<int> removed =
@@ -374,7 +386,8 @@ grpc::ServerUnaryReactor* EngramService::Remove(
     response->set_tables_removed(*removed);
     if (*removed > 0) {
       LogInfo(absl::StrCat("layer ", request->layer_id(), " removed (",
-                           *removed, " tables); memory is freed once in-flight "
+                           *removed,
+                           " tables); memory is freed once in-flight "
                            "lookups finish"));
     } else {
       LogInfo(absl::StrCat("populate of layer ", request->layer_id(),

@@ -2,9 +2,9 @@
 #ifndef ENGRAM_SERVER_ENGRAM_SERVICE_H_
 #define ENGRAM_SERVER_ENGRAM_SERVICE_H_
 
-#include <cstdint>
-
 #include <grpcpp/grpcpp.h>
+
+#include <cstdint>
 
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/cluster_coordinator.h"
@@ -55,9 +55,10 @@ class EngramService final
       grpc::CallbackServerContext* context,
       const v1::DescribeLayerRequest* request,
       v1::LayerInfo* response) override;
-  grpc::ServerUnaryReactor* ListLayers(grpc::CallbackServerContext* context,
-                                       const v1::ListLayersRequest* request,
-                                       v1::ListLayersResponse* response) override;
+  grpc::ServerUnaryReactor* ListLayers(
+      grpc::CallbackServerContext* context,
+      const v1::ListLayersRequest* request,
+      v1::ListLayersResponse* response) override;
 
  private:
   void Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,

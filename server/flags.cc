@@ -6,11 +6,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/ascii.h"
 
 namespace engram {
 namespace {
@@ -58,7 +58,9 @@ const std::vector<FlagSpec>& Flags() {
        [](ServerConfig* c, const std::string& v) {
          return ParseNumber(v, &c->memory_limit_bytes);
        },
-       [](const ServerConfig& c) { return absl::StrCat(c.memory_limit_bytes); }},
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.memory_limit_bytes);
+       }},
       {"threads", "gather worker threads; 0 means one per core", false,
        [](ServerConfig* c, const std::string& v) {
          return ParseNumber(v, &c->threads) && c->threads >= 0;
@@ -113,7 +115,9 @@ const std::vector<FlagSpec>& Flags() {
        [](ServerConfig* c, const std::string& v) {
          return ParseNumber(v, &c->gpu_memory_limit_bytes);
        },
-       [](const ServerConfig& c) { return absl::StrCat(c.gpu_memory_limit_bytes); }},
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.gpu_memory_limit_bytes);
+       }},
       {"gpu_min_rows",
        "lookups of fewer rows are served by the CPU even when the layer is "
        "on the GPU (the measured crossover)",
@@ -143,7 +147,8 @@ const std::vector<FlagSpec>& Flags() {
          return true;
        },
        [](const ServerConfig& c) { return c.peers; }},
-      {"replication", "copies of every row range (on consecutive shards)", false,
+      {"replication", "copies of every row range (on consecutive shards)",
+       false,
        [](ServerConfig* c, const std::string& v) {
          return ParseNumber(v, &c->replication) && c->replication >= 1;
        },
@@ -156,7 +161,9 @@ const std::vector<FlagSpec>& Flags() {
          return ParseNumber(v, &c->staged_timeout_seconds) &&
                 c->staged_timeout_seconds > 0;
        },
-       [](const ServerConfig& c) { return absl::StrCat(c.staged_timeout_seconds); }},
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.staged_timeout_seconds);
+       }},
       {"port_file",
        "write 'grpc_port=N' and 'metrics_port=M' here once serving (for "
        "scripts using port 0)",
@@ -181,8 +188,8 @@ absl::StatusOr<ServerConfig> ParseServerFlags(int argc, char** argv) {
       continue;
     }
     if (!absl::StartsWith(arg, "--")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unexpected argument '", arg, "' (flags are --name=value)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unexpected argument '", arg, "' (flags are --name=value)"));
     }
     std::string name = arg.substr(2);
     std::string value;
@@ -218,9 +225,8 @@ absl::StatusOr<ServerConfig> ParseServerFlags(int argc, char** argv) {
       }
     }
     if (!spec->set(&config, value)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad value '", value, "' for --", spec->name, ": ",
-                       spec->help));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bad value '", value, "' for --", spec->name, ": ", spec->help));
     }
   }
   return config;
@@ -228,7 +234,8 @@ absl::StatusOr<ServerConfig> ParseServerFlags(int argc, char** argv) {
 
 std::string ServerFlagsHelp() {
   std::string out =
-      "engramd: serves Engram embedding tables over gRPC (engram.v1.EngramStore)\n"
+      "engramd: serves Engram embedding tables over gRPC "
+      "(engram.v1.EngramStore)\n"
       "\nUsage: engramd [--flag=value ...]\n\nFlags:\n";
   ServerConfig defaults;
   for (const FlagSpec& f : Flags()) {
@@ -239,7 +246,8 @@ std::string ServerFlagsHelp() {
   return out;
 }
 
-absl::StatusOr<std::vector<std::string>> ClusterPeers(const ServerConfig& config) {
+absl::StatusOr<std::vector<std::string>> ClusterPeers(
+    const ServerConfig& config) {
   std::vector<std::string> peers;
   if (config.peers.empty()) {
     if (config.shard_index != 0 || config.replication != 1) {
@@ -251,8 +259,8 @@ absl::StatusOr<std::vector<std::string>> ClusterPeers(const ServerConfig& config
   for (absl::string_view p : absl::StrSplit(config.peers, ',')) {
     std::string peer(absl::StripAsciiWhitespace(p));
     if (peer.empty() || peer.find(':') == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--peers entry '", peer, "' is not HOST:PORT"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--peers entry '", peer, "' is not HOST:PORT"));
     }
     for (const std::string& seen : peers) {
       if (seen == peer) {
@@ -263,14 +271,14 @@ absl::StatusOr<std::vector<std::string>> ClusterPeers(const ServerConfig& config
     peers.push_back(peer);
   }
   if (config.shard_index >= static_cast<int>(peers.size())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--shard_index=", config.shard_index, " but --peers has ", peers.size(),
-        " shards"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shard_index=", config.shard_index, " but --peers has ",
+                     peers.size(), " shards"));
   }
   if (config.replication > static_cast<int>(peers.size())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--replication=", config.replication, " exceeds the ", peers.size(),
-        " shards in --peers"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--replication=", config.replication, " exceeds the ",
+                     peers.size(), " shards in --peers"));
   }
   return peers;
 }

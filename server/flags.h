@@ -14,16 +14,16 @@ namespace engram {
 struct ServerConfig {
   std::string listen = "0.0.0.0:50051";
   std::string metrics_listen = "0.0.0.0:9464";  // empty disables /metrics
-  uint64_t memory_limit_bytes = 0;  // 0: 80% of physical memory
-  int threads = 0;                  // 0: one per core
+  uint64_t memory_limit_bytes = 0;              // 0: 80% of physical memory
+  int threads = 0;                              // 0: one per core
   int64_t max_message_bytes = int64_t{256} << 20;
   int64_t max_lookup_rows = int64_t{1} << 22;
   bool demo = false;
   bool pin_memory = true;
   double drain_seconds = 10;
-  int gpu = -1;                       // CUDA device for the GPU tier; -1 off
+  int gpu = -1;                         // CUDA device for the GPU tier; -1 off
   uint64_t gpu_memory_limit_bytes = 0;  // 0: 90% of the device's free memory
-  int64_t gpu_min_rows = 16384;      // measured crossover (docs/gpu_tier.md)
+  int64_t gpu_min_rows = 16384;         // measured crossover (docs/gpu_tier.md)
   int gpu_streams = 4;
   // Sharded cluster: this shard's index into `peers` (HOST:PORT of every
   // shard, itself included, same order on all). Empty peers: single node.
@@ -48,7 +48,8 @@ void ResolveServerDefaults(ServerConfig* config);
 // The --peers list split into addresses; INVALID_ARGUMENT naming the flag
 // when the cluster flags disagree (index out of range, replication above
 // the shard count, an empty or duplicate address).
-absl::StatusOr<std::vector<std::string>> ClusterPeers(const ServerConfig& config);
+absl::StatusOr<std::vector<std::string>> ClusterPeers(
+    const ServerConfig& config);
 
 }  // namespace engram
 

@@ -39,18 +39,16 @@ int main(int argc, char** argv) {
 
   engram::LogInfo(absl::StrCat(
       "starting: listen=", config->listen,
-      " metrics_listen=", config->metrics_listen,
-      " memory_limit_bytes=", config->memory_limit_bytes,
-      " threads=", config->threads,
+      " metrics_listen=", config->metrics_listen, " memory_limit_bytes=",
+      config->memory_limit_bytes, " threads=", config->threads,
       " max_message_bytes=", config->max_message_bytes,
       " max_lookup_rows=", config->max_lookup_rows,
       " pin_memory=", config->pin_memory ? "true" : "false",
-      " demo=", config->demo ? "true" : "false",
-      " gpu=", config->gpu,
-      config->peers.empty() ? std::string()
-                            : absl::StrCat(" shard_index=", config->shard_index,
-                                           " peers=", config->peers,
-                                           " replication=", config->replication)));
+      " demo=", config->demo ? "true" : "false", " gpu=", config->gpu,
+      config->peers.empty()
+          ? std::string()
+          : absl::StrCat(" shard_index=", config->shard_index, " peers=",
+                         config->peers, " replication=", config->replication)));
 
   engram::EngramServer server(*config);
   if (absl::Status s = server.Start(); !s.ok()) {

@@ -1,10 +1,10 @@
 #include "server/metrics.h"
 
-#include <string>
-#include <vector>
-
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
+
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -18,13 +18,23 @@ const char* RpcName(int rpc) {
 }
 
 const char* CodeName(int code) {
-  static const char* kNames[kNumStatusCodes] = {
-      "OK",          "CANCELLED",        "UNKNOWN",
-      "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-      "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
-      "DATA_LOSS",   "UNAUTHENTICATED"};
+  static const char* kNames[kNumStatusCodes] = {"OK",
+                                                "CANCELLED",
+                                                "UNKNOWN",
+                                                "INVALID_ARGUMENT",
+                                                "DEADLINE_EXCEEDED",
+                                                "NOT_FOUND",
+                                                "ALREADY_EXISTS",
+                                                "PERMISSION_DENIED",
+                                                "RESOURCE_EXHAUSTED",
+                                                "FAILED_PRECONDITION",
+                                                "ABORTED",
+                                                "OUT_OF_RANGE",
+                                                "UNIMPLEMENTED",
+                                                "INTERNAL",
+                                                "UNAVAILABLE",
+                                                "DATA_LOSS",
+                                                "UNAUTHENTICATED"};
   return kNames[code];
 }
 
@@ -67,20 +77,22 @@ class LiveCollectable : public prometheus::Collectable {
     AddSample(&count, static_cast<double>(layers.size()));
     out.push_back(std::move(count));
 
-    prometheus::MetricFamily bytes = Gauge(
-        "engram_layer_bytes", "Bytes of row data stored, by layer.");
+    prometheus::MetricFamily bytes =
+        Gauge("engram_layer_bytes", "Bytes of row data stored, by layer.");
     prometheus::MetricFamily pinned = Gauge(
         "engram_layer_pinned",
         "1 when every table of the layer is pinned in RAM, by layer and mode.");
-    prometheus::MetricFamily resident = Gauge(
-        "engram_layer_gpu_resident", "1 when the layer is mirrored in GPU memory.");
+    prometheus::MetricFamily resident =
+        Gauge("engram_layer_gpu_resident",
+              "1 when the layer is mirrored in GPU memory.");
     for (const auto& layer : layers) {
       std::string id = absl::StrCat(layer->id());
       AddSample(&bytes, static_cast<double>(layer->bytes()), {{"layer", id}});
       PinMode mode = layer->pin_mode();
       AddSample(&pinned, mode == PinMode::kNone ? 0 : 1,
                 {{"layer", id}, {"mode", PinModeName(mode)}});
-      AddSample(&resident, layer->gpu_mirror() != nullptr ? 1 : 0, {{"layer", id}});
+      AddSample(&resident, layer->gpu_mirror() != nullptr ? 1 : 0,
+                {{"layer", id}});
     }
     out.push_back(std::move(bytes));
     out.push_back(std::move(pinned));
@@ -91,14 +103,16 @@ class LiveCollectable : public prometheus::Collectable {
     AddSample(&available, gpu_ != nullptr ? 1 : 0);
     out.push_back(std::move(available));
     if (peers_up) {
-      prometheus::MetricFamily up = Gauge(
-          "engram_peers_up", "Shards of the cluster answering (this one included).");
+      prometheus::MetricFamily up =
+          Gauge("engram_peers_up",
+                "Shards of the cluster answering (this one included).");
       AddSample(&up, peers_up());
       out.push_back(std::move(up));
     }
     if (gpu_ != nullptr) {
-      prometheus::MetricFamily gpu_limit = Gauge(
-          "engram_gpu_memory_limit_bytes", "GPU memory budget for mirrored layers.");
+      prometheus::MetricFamily gpu_limit =
+          Gauge("engram_gpu_memory_limit_bytes",
+                "GPU memory budget for mirrored layers.");
       AddSample(&gpu_limit, static_cast<double>(gpu_->budget().limit()));
       out.push_back(std::move(gpu_limit));
       prometheus::MetricFamily gpu_used = Gauge(
@@ -107,8 +121,9 @@ class LiveCollectable : public prometheus::Collectable {
       out.push_back(std::move(gpu_used));
     }
 
-    prometheus::MetricFamily limit = Gauge(
-        "engram_memory_limit_bytes", "Table memory budget (--memory_limit_bytes).");
+    prometheus::MetricFamily limit =
+        Gauge("engram_memory_limit_bytes",
+              "Table memory budget (--memory_limit_bytes).");
     AddSample(&limit, static_cast<double>(budget_->limit()));
     out.push_back(std::move(limit));
     prometheus::MetricFamily used = Gauge(
@@ -117,8 +132,8 @@ class LiveCollectable : public prometheus::Collectable {
         "removed layers still read by in-flight lookups.");
     AddSample(&used, static_cast<double>(budget_->used()));
     out.push_back(std::move(used));
-    prometheus::MetricFamily pin = Gauge(
-        "engram_memory_pin_requested", "1 when --pin_memory is on.");
+    prometheus::MetricFamily pin =
+        Gauge("engram_memory_pin_requested", "1 when --pin_memory is on.");
     AddSample(&pin, pin_requested_ ? 1 : 0);
     out.push_back(std::move(pin));
     return out;
@@ -164,10 +179,10 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
            .Name("engram_lookup_latency_seconds")
            .Help("Lookup latency from request parsed to response ready.")
            .Register(*registry_)
-           .Add({}, prometheus::Histogram::BucketBoundaries{
-                        10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
-                        2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
-                        1.0});
+           .Add({},
+                prometheus::Histogram::BucketBoundaries{
+                    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3,
+                    5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0});
   lookup_rows_ = &prometheus::BuildCounter()
                       .Name("engram_lookup_rows_total")
                       .Help("Rows returned by successful lookups.")
@@ -191,8 +206,9 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
   gpu_lookups_ = &tiers.Add({{"tier", "gpu"}});
   gpu_fallbacks_ = &prometheus::BuildCounter()
                         .Name("engram_gpu_fallbacks_total")
-                        .Help("Lookups meant for the GPU served by the CPU "
-                              "after a GPU error.")
+                        .Help(
+                            "Lookups meant for the GPU served by the CPU "
+                            "after a GPU error.")
                         .Register(*registry_)
                         .Add({});
   auto& peer_reads = prometheus::BuildCounter()
@@ -214,11 +230,13 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
                 prometheus::Histogram::BucketBoundaries{
                     50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
                     25e-3, 50e-3, 100e-3, 250e-3, 1.0});
-  failovers_ = &prometheus::BuildCounter()
-                    .Name("engram_peer_failovers_total")
-                    .Help("Peer reads moved to another owner after a failure or timeout.")
-                    .Register(*registry_)
-                    .Add({});
+  failovers_ =
+      &prometheus::BuildCounter()
+           .Name("engram_peer_failovers_total")
+           .Help(
+               "Peer reads moved to another owner after a failure or timeout.")
+           .Register(*registry_)
+           .Add({});
   collectable_ = std::make_shared<LiveCollectable>(registry_, layers, budget,
                                                    pin_requested, gpu);
 }
@@ -238,7 +256,8 @@ void ServerMetrics::RecordPeerRead(double seconds, uint64_t bytes) {
 }
 
 void ServerMetrics::SetPeersUpSource(std::function<int()> peers_up) {
-  static_cast<LiveCollectable*>(collectable_.get())->peers_up = std::move(peers_up);
+  static_cast<LiveCollectable*>(collectable_.get())->peers_up =
+      std::move(peers_up);
 }
 
 void ServerMetrics::RecordLookup(double seconds, int64_t rows, int64_t bytes) {

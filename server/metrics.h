@@ -3,15 +3,15 @@
 #ifndef ENGRAM_SERVER_METRICS_H_
 #define ENGRAM_SERVER_METRICS_H_
 
-#include <array>
-#include <cstdint>
-#include <functional>
-#include <memory>
-
 #include <grpcpp/support/status.h>
 #include <prometheus/counter.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
 
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
@@ -41,7 +41,9 @@ class ServerMetrics {
   void RecordLookup(double seconds, int64_t rows, int64_t bytes);
   void RecordPopulateBytes(int64_t bytes) { populate_bytes_->Increment(bytes); }
   // Which tier served a successful lookup.
-  void RecordTier(bool gpu) { (gpu ? gpu_lookups_ : cpu_lookups_)->Increment(); }
+  void RecordTier(bool gpu) {
+    (gpu ? gpu_lookups_ : cpu_lookups_)->Increment();
+  }
   // A lookup meant for the GPU that the CPU served after a GPU error.
   void RecordGpuFallback() { gpu_fallbacks_->Increment(); }
   // A read of rows from a peer shard (the gather path).

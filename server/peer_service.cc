@@ -58,7 +58,8 @@ class StageReactor : public grpc::ServerReadReactor<StageRequest> {
 
  private:
   absl::Status OnHeader(const internal::v1::StageHeader& header) {
-    if (builder_ != nullptr) return absl::InvalidArgumentError("second Stage header");
+    if (builder_ != nullptr)
+      return absl::InvalidArgumentError("second Stage header");
     txn_id_ = header.txn_id();
     layer_id_ = header.layer_id();
     LayerLayout layout;
@@ -78,9 +79,9 @@ class StageReactor : public grpc::ServerReadReactor<StageRequest> {
       owned[h] = cluster.placement().OwnedRanges(
           layer_id_, h, layout.table_vocab_sizes[h], cluster.self());
     }
-    auto builder = LayerBuilder::Create(layer_id_, std::move(layout),
-                                        service_->budget(),
-                                        service_->pin_memory(), std::move(owned));
+    auto builder =
+        LayerBuilder::Create(layer_id_, std::move(layout), service_->budget(),
+                             service_->pin_memory(), std::move(owned));
     if (!builder.ok()) return builder.status();
     builder_ = *std::move(builder);
     return absl::OkStatus();
@@ -129,7 +130,10 @@ class StageReactor : public grpc::ServerReadReactor<StageRequest> {
 
 PeerService::PeerService(LayerRegistry* layers, MemoryBudget* budget,
                          ClusterContext* cluster, bool pin_memory)
-    : layers_(layers), budget_(budget), cluster_(cluster), pin_memory_(pin_memory) {
+    : layers_(layers),
+      budget_(budget),
+      cluster_(cluster),
+      pin_memory_(pin_memory) {
   janitor_ = std::thread([this] { JanitorLoop(); });
 }
 
@@ -147,8 +151,9 @@ PeerService::~PeerService() {
 void PeerService::AddPrepared(const std::string& txn_id,
                               std::shared_ptr<PopulateTicket> ticket,
                               std::shared_ptr<Layer> layer) {
-  const auto timeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-      std::chrono::duration<double>(cluster_->staged_timeout_seconds()));
+  const auto timeout =
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+          std::chrono::duration<double>(cluster_->staged_timeout_seconds()));
   std::lock_guard<std::mutex> lock(mu_);
   prepared_[txn_id] = {std::move(ticket), std::move(layer),
                        std::chrono::steady_clock::now() + timeout};
@@ -156,7 +161,8 @@ void PeerService::AddPrepared(const std::string& txn_id,
 
 void PeerService::JanitorLoop() {
   std::unique_lock<std::mutex> lock(mu_);
-  while (!wake_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; })) {
+  while (!wake_.wait_for(lock, std::chrono::seconds(1),
+                         [this] { return stopping_; })) {
     const auto now = std::chrono::steady_clock::now();
     for (auto it = prepared_.begin(); it != prepared_.end();) {
       if (it->second.expires <= now) {
@@ -173,13 +179,14 @@ void PeerService::JanitorLoop() {
 }
 
 grpc::ServerReadReactor<StageRequest>* PeerService::Stage(
-    grpc::CallbackServerContext* context, internal::v1::StageResponse* response) {
+    grpc::CallbackServerContext* context,
+    internal::v1::StageResponse* response) {
   return new StageReactor(context, response, this);
 }
 
 grpc::ServerUnaryReactor* PeerService::Commit(
-    grpc::CallbackServerContext* context, const internal::v1::TxnRequest* request,
-    internal::v1::TxnResponse*) {
+    grpc::CallbackServerContext* context,
+    const internal::v1::TxnRequest* request, internal::v1::TxnResponse*) {
   auto* reactor = context->DefaultReactor();
   Prepared p;
   {
@@ -208,8 +215,8 @@ grpc::ServerUnaryReactor* PeerService::Commit(
 }
 
 grpc::ServerUnaryReactor* PeerService::Abort(
-    grpc::CallbackServerContext* context, const internal::v1::TxnRequest* request,
-    internal::v1::TxnResponse*) {
+    grpc::CallbackServerContext* context,
+    const internal::v1::TxnRequest* request, internal::v1::TxnResponse*) {
   auto* reactor = context->DefaultReactor();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -223,9 +230,9 @@ grpc::ServerUnaryReactor* PeerService::Abort(
   return reactor;
 }
 
-grpc::ServerUnaryReactor* PeerService::Gather(grpc::CallbackServerContext* context,
-                                              const grpc::ByteBuffer* request_bytes,
-                                              grpc::ByteBuffer* response) {
+grpc::ServerUnaryReactor* PeerService::Gather(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
+    grpc::ByteBuffer* response) {
   auto* reactor = context->DefaultReactor();
   internal::v1::GatherRequest request;
   grpc::ByteBuffer parse_copy(*request_bytes);  // shares slices
@@ -238,10 +245,10 @@ grpc::ServerUnaryReactor* PeerService::Gather(grpc::CallbackServerContext* conte
   }
   std::shared_ptr<const Layer> layer = layers_->Find(request.layer_id());
   if (layer == nullptr) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                 absl::StrCat("layer ", request.layer_id(),
-                                              " not found on shard ",
-                                              cluster_->self())));
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::NOT_FOUND,
+                     absl::StrCat("layer ", request.layer_id(),
+                                  " not found on shard ", cluster_->self())));
     return reactor;
   }
   const LayerLayout& layout = layer->layout();
@@ -272,7 +279,8 @@ grpc::ServerUnaryReactor* PeerService::Gather(grpc::CallbackServerContext* conte
   size_t header_bytes = 0;
   header[header_bytes++] = 0x0a;
   for (size_t v = data_bytes;; v >>= 7) {
-    header[header_bytes++] = static_cast<uint8_t>((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+    header[header_bytes++] =
+        static_cast<uint8_t>((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
     if (v < 0x80) break;
   }
   auto* buffer = static_cast<uint8_t*>(std::malloc(header_bytes + data_bytes));
@@ -298,7 +306,8 @@ grpc::ServerUnaryReactor* PeerService::RemoveLocal(
     grpc::CallbackServerContext* context, const v1::RemoveRequest* request,
     v1::RemoveResponse* response) {
   auto* reactor = context->DefaultReactor();
-  absl::StatusOr<int> removed = layers_->Remove(request->layer_id(), request->force());
+  absl::StatusOr<int> removed =
+      layers_->Remove(request->layer_id(), request->force());
   if (removed.ok()) response->set_tables_removed(*removed);
   reactor->Finish(ToGrpcStatus(removed.status()));
   return reactor;

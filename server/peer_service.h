@@ -36,9 +36,10 @@ class PeerService final
   grpc::ServerReadReactor<internal::v1::StageRequest>* Stage(
       grpc::CallbackServerContext* context,
       internal::v1::StageResponse* response) override;
-  grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* context,
-                                   const internal::v1::TxnRequest* request,
-                                   internal::v1::TxnResponse* response) override;
+  grpc::ServerUnaryReactor* Commit(
+      grpc::CallbackServerContext* context,
+      const internal::v1::TxnRequest* request,
+      internal::v1::TxnResponse* response) override;
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
                                   const internal::v1::TxnRequest* request,
                                   internal::v1::TxnResponse* response) override;

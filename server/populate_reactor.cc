@@ -45,7 +45,8 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
         break;
       default:
         s = absl::InvalidArgumentError(
-            "a PopulateRequest must set header or chunk; this one sets neither");
+            "a PopulateRequest must set header or chunk; this one sets "
+            "neither");
     }
     if (!s.ok()) {
       Fail(s);
@@ -79,7 +80,8 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
     if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
 
     absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
-        layers_->BeginPopulate(layer_id_, [ctx = context_] { ctx->TryCancel(); });
+        layers_->BeginPopulate(layer_id_,
+                               [ctx = context_] { ctx->TryCancel(); });
     if (!ticket.ok()) return ticket.status();
     ticket_ = *std::move(ticket);
     absl::StatusOr<std::unique_ptr<LayerBuilder>> builder =
@@ -124,9 +126,8 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
     }
     // Copying a layer to the GPU can take a while: do it on a worker, not
     // on this reactor thread. Finish is thread-safe.
-    service_->pool_->Submit([this, l = *std::move(layer)]() mutable {
-      Commit(std::move(l));
-    });
+    service_->pool_->Submit(
+        [this, l = *std::move(layer)]() mutable { Commit(std::move(l)); });
   }
 
   void Commit(std::shared_ptr<Layer> layer) {
@@ -138,24 +139,24 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
     }
     ticket_.reset();
     FillLayerInfo(*committed, response_->mutable_layer());
-    const double seconds = std::chrono::duration<double>(
-                               std::chrono::steady_clock::now() - start_)
-                               .count();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
+            .count();
     const LayerLayout& l = committed->layout();
-    LogInfo(absl::StrCat("layer ", layer_id_, " committed: ", l.num_heads(),
-                         " heads, D = ", l.embedding_dim, " ",
-                         DTypeName(l.dtype), ", ", committed->bytes(),
-                         " bytes, pinned: ", PinModeName(committed->pin_mode()),
-                         committed->gpu_mirror() != nullptr ? ", on the GPU" : "",
-                         ", in ", seconds, " s"));
+    LogInfo(absl::StrCat(
+        "layer ", layer_id_, " committed: ", l.num_heads(), " heads, D = ",
+        l.embedding_dim, " ", DTypeName(l.dtype), ", ", committed->bytes(),
+        " bytes, pinned: ", PinModeName(committed->pin_mode()),
+        committed->gpu_mirror() != nullptr ? ", on the GPU" : "", ", in ",
+        seconds, " s"));
     metrics_->RecordCall(Rpc::kPopulate, grpc::OK);
     Finish(grpc::Status::OK);
   }
 
   absl::Status AbortedByRemove() const {
-    return absl::AbortedError(absl::StrCat(
-        "populate of layer ", layer_id_,
-        " was aborted by a forced Remove; nothing was committed"));
+    return absl::AbortedError(
+        absl::StrCat("populate of layer ", layer_id_,
+                     " was aborted by a forced Remove; nothing was committed"));
   }
 
   // Drops everything staged and ends the call with `status`.

@@ -1,10 +1,10 @@
 #include "server/server.h"
 
-#include <exception>
-#include <vector>
-
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+
+#include <exception>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "proto/channel_tuning.h"
@@ -26,21 +26,22 @@ std::unique_ptr<GpuTier> OpenGpuTier(const ServerConfig& config) {
   if (!tier.ok()) {
     LogWarning(absl::StrCat("--gpu=", config.gpu,
                             ": GPU tier not available, serving from host "
-                            "memory only: ", tier.status().ToString()));
+                            "memory only: ",
+                            tier.status().ToString()));
     return nullptr;
   }
   HostBuffer::EnableCudaPinning(true);
-  LogInfo(absl::StrCat("GPU tier on device ", config.gpu, ": ",
-                       (*tier)->device_name(), ", budget ",
-                       (*tier)->budget().limit(), " bytes, ", options.streams,
-                       " streams, lookups from ", config.gpu_min_rows, " rows"));
+  LogInfo(absl::StrCat(
+      "GPU tier on device ", config.gpu, ": ", (*tier)->device_name(),
+      ", budget ", (*tier)->budget().limit(), " bytes, ", options.streams,
+      " streams, lookups from ", config.gpu_min_rows, " rows"));
   return *std::move(tier);
 }
 
 }  // namespace
 
-absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget,
-                          bool pin, GpuTier* gpu) {
+absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget, bool pin,
+                          GpuTier* gpu) {
   LayerLayout layout{{1000, 1003, 1009, 1013}, 8, DType::kFloat32};
   absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
       layers->BeginPopulate(kDemoLayerId);
@@ -108,9 +109,10 @@ absl::Status EngramServer::Start() {
     cluster_ = std::make_unique<ClusterContext>(config_.shard_index, *peers,
                                                 *placement,
                                                 config_.staged_timeout_seconds);
-    peer_service_ = std::make_unique<PeerService>(&layers_, &budget_, cluster_.get(),
-                                                  config_.pin_memory);
-    coordinator_ = std::make_unique<ClusterCoordinator>(cluster_.get(), &layers_, &metrics_);
+    peer_service_ = std::make_unique<PeerService>(
+        &layers_, &budget_, cluster_.get(), config_.pin_memory);
+    coordinator_ = std::make_unique<ClusterCoordinator>(cluster_.get(),
+                                                        &layers_, &metrics_);
     service_.SetCluster(coordinator_.get());
     metrics_.SetPeersUpSource([c = cluster_.get()] { return c->peers_up(); });
     if (config_.demo) {
@@ -119,23 +121,23 @@ absl::Status EngramServer::Start() {
     }
   }
   if (config_.demo) {
-    if (absl::Status s = AddDemoLayer(&layers_, &budget_, config_.pin_memory,
-                                      gpu_.get());
+    if (absl::Status s =
+            AddDemoLayer(&layers_, &budget_, config_.pin_memory, gpu_.get());
         !s.ok()) {
-      return absl::Status(s.code(),
-                          absl::StrCat("demo layer: ", s.message()));
+      return absl::Status(s.code(), absl::StrCat("demo layer: ", s.message()));
     }
-    LogInfo("demo layer 0 committed: heads of 1000, 1003, 1009, 1013 rows, "
-            "D = 8 float32 (row r of head h = h*100000 + r + d/8)");
+    LogInfo(
+        "demo layer 0 committed: heads of 1000, 1003, 1009, 1013 rows, "
+        "D = 8 float32 (row r of head h = h*100000 + r + d/8)");
   }
   if (!config_.metrics_listen.empty()) {
     try {
       exposer_ = std::make_unique<prometheus::Exposer>(config_.metrics_listen,
                                                        /*num_threads=*/1);
     } catch (const std::exception& e) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot serve metrics on --metrics_listen=",
-                       config_.metrics_listen, ": ", e.what()));
+      return absl::UnavailableError(absl::StrCat(
+          "cannot serve metrics on --metrics_listen=", config_.metrics_listen,
+          ": ", e.what()));
     }
     exposer_->RegisterCollectable(metrics_.collectable());
     std::vector<int> ports = exposer_->GetListeningPorts();
@@ -155,20 +157,22 @@ absl::Status EngramServer::Start() {
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || grpc_port_ == 0) {
     server_.reset();
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on --listen=", config_.listen,
-        " (address in use or not local?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on --listen=", config_.listen,
+                     " (address in use or not local?)"));
   }
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   health->SetServingStatus(kLivenessService, true);
   // Ready once every row range has a reachable owner.
-  health->SetServingStatus("", cluster_ == nullptr || !cluster_->SomeRangeUnreachable());
+  health->SetServingStatus(
+      "", cluster_ == nullptr || !cluster_->SomeRangeUnreachable());
   if (cluster_ != nullptr) {
     cluster_->StartProber([this, health] {
       health->SetServingStatus("", !cluster_->SomeRangeUnreachable());
     });
-    LogInfo(absl::StrCat("shard ", config_.shard_index, " of ", cluster_->size(),
-                         ", replication ", config_.replication));
+    LogInfo(absl::StrCat("shard ", config_.shard_index, " of ",
+                         cluster_->size(), ", replication ",
+                         config_.replication));
   }
   return absl::OkStatus();
 }
@@ -179,9 +183,9 @@ void EngramServer::Shutdown() {
   // Stop the prober (it would flip health back); the peer stubs must stay
   // alive until the server has drained the calls that use them.
   if (cluster_ != nullptr) cluster_->StopProber();
-  const auto deadline =
-      std::chrono::system_clock::now() +
-      std::chrono::milliseconds(static_cast<int64_t>(config_.drain_seconds * 1000));
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(
+                            static_cast<int64_t>(config_.drain_seconds * 1000));
   server_->Shutdown(deadline);
   server_->Wait();
   server_.reset();

@@ -3,18 +3,18 @@
 #ifndef ENGRAM_SERVER_SERVER_H_
 #define ENGRAM_SERVER_SERVER_H_
 
-#include <memory>
-
 #include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
+
+#include <memory>
 
 #include "absl/status/status.h"
 #include "server/cluster.h"
 #include "server/cluster_coordinator.h"
 #include "server/engram_service.h"
-#include "server/peer_service.h"
 #include "server/flags.h"
 #include "server/metrics.h"
+#include "server/peer_service.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -25,8 +25,8 @@ namespace engram {
 // The layer the --demo flag serves: id 0, heads with 1000, 1003, 1009 and
 // 1013 rows, D = 8, float32. Row r of head h holds
 // h * 100000 + r + d / 8 at element d, so a lookup is easy to check by eye.
-absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget,
-                          bool pin, GpuTier* gpu);
+absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget, bool pin,
+                          GpuTier* gpu);
 inline constexpr int64_t kDemoLayerId = 0;
 
 // Health service names: "" (the default, what grpcurl and readiness probes

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-
 #include <future>
 
 namespace engram {
@@ -49,8 +48,8 @@ void GatherRows(const Layer& layer, const int64_t* ids, int64_t begin,
 void GatherAsync(ThreadPool* pool, const Layer& layer, const int64_t* ids,
                  int64_t num_ids, DType out_dtype, uint8_t* out,
                  std::function<void()> done) {
-  const int64_t parts = std::min<int64_t>(
-      pool == nullptr ? 1 : pool->size(), num_ids / kParallelGatherMinRows);
+  const int64_t parts = std::min<int64_t>(pool == nullptr ? 1 : pool->size(),
+                                          num_ids / kParallelGatherMinRows);
   if (parts <= 1) {
     GatherRows(layer, ids, 0, num_ids, out_dtype, out);
     done();

@@ -45,8 +45,9 @@ absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Open(const Options& options) {
   const int count = gpu::DeviceCount(&why);
   if (count == 0) return absl::UnavailableError(why);
   if (options.device < 0 || options.device >= count) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--gpu=", options.device, " but ", count, " CUDA device(s) are present"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--gpu=", options.device, " but ", count,
+                     " CUDA device(s) are present"));
   }
   if (absl::Status s = gpu::SetDevice(options.device); !s.ok()) return s;
   size_t free_bytes = 0, total_bytes = 0;
@@ -113,16 +114,18 @@ absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> GpuTier::Mirror(
     if (!table.ok()) return table.status();  // mirror's destructor cleans up
     mirror->tables_.push_back(*table);
     device_tables.push_back(static_cast<const uint8_t*>(*table));
-    if (absl::Status s = gpu::CopyToDevice(*table, layer.table(h),
-                                           layout.table_bytes(h));
+    if (absl::Status s =
+            gpu::CopyToDevice(*table, layer.table(h), layout.table_bytes(h));
         !s.ok()) {
       return s;
     }
   }
-  absl::StatusOr<void*> ptrs = gpu::DeviceAlloc(device_tables.size() * sizeof(void*));
+  absl::StatusOr<void*> ptrs =
+      gpu::DeviceAlloc(device_tables.size() * sizeof(void*));
   if (!ptrs.ok()) return ptrs.status();
   mirror->table_ptrs_ = *ptrs;
-  absl::StatusOr<void*> vocab = gpu::DeviceAlloc(layout.num_heads() * sizeof(int64_t));
+  absl::StatusOr<void*> vocab =
+      gpu::DeviceAlloc(layout.num_heads() * sizeof(int64_t));
   if (!vocab.ok()) return vocab.status();
   mirror->vocab_ = *vocab;
   if (absl::Status s = gpu::CopyToDevice(*ptrs, device_tables.data(),
@@ -130,8 +133,9 @@ absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> GpuTier::Mirror(
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = gpu::CopyToDevice(*vocab, layout.table_vocab_sizes.data(),
-                                         layout.num_heads() * sizeof(int64_t));
+  if (absl::Status s =
+          gpu::CopyToDevice(*vocab, layout.table_vocab_sizes.data(),
+                            layout.num_heads() * sizeof(int64_t));
       !s.ok()) {
     return s;
   }
@@ -162,7 +166,8 @@ void GpuTier::ReleaseSlot(Slot* slot) {
   slot_free_.notify_one();
 }
 
-absl::Status GpuTier::PrepareSlot(Slot* slot, size_t id_bytes, size_t out_bytes) {
+absl::Status GpuTier::PrepareSlot(Slot* slot, size_t id_bytes,
+                                  size_t out_bytes) {
   if (slot->ids_capacity < id_bytes) {
     const size_t capacity = RoundUpPow2(id_bytes);
     gpu::DeviceFree(slot->device_ids);
@@ -196,11 +201,12 @@ absl::Status GpuTier::Gather(const GpuLayerMirror& mirror, const int64_t* ids,
                              uint8_t* host_out) {
   if (absl::Status s = gpu::SetDevice(options_.device); !s.ok()) return s;
   const size_t id_bytes = static_cast<size_t>(num_ids) * sizeof(int64_t);
-  const size_t out_bytes = static_cast<size_t>(num_ids) * mirror.launch_.dim *
-                           DTypeSize(out_dtype);
+  const size_t out_bytes =
+      static_cast<size_t>(num_ids) * mirror.launch_.dim * DTypeSize(out_dtype);
   Slot* slot = AcquireSlot();
   absl::Status status = [&]() -> absl::Status {
-    if (absl::Status s = PrepareSlot(slot, id_bytes, out_bytes); !s.ok()) return s;
+    if (absl::Status s = PrepareSlot(slot, id_bytes, out_bytes); !s.ok())
+      return s;
     std::memcpy(slot->pinned_ids, ids, id_bytes);
     gpu::GatherLaunch g = mirror.launch_;
     g.out_dtype = static_cast<int>(out_dtype);
@@ -208,29 +214,32 @@ absl::Status GpuTier::Gather(const GpuLayerMirror& mirror, const int64_t* ids,
     g.num_ids = num_ids;
     g.out = slot->device_out;
     g.error_flag = slot->device_error;
-    if (absl::Status s = gpu::CopyToDeviceAsync(slot->device_ids, slot->pinned_ids,
-                                                id_bytes, slot->stream);
+    if (absl::Status s = gpu::CopyToDeviceAsync(
+            slot->device_ids, slot->pinned_ids, id_bytes, slot->stream);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = gpu::ResetErrorFlag(slot->device_error, slot->stream); !s.ok())
+    if (absl::Status s = gpu::ResetErrorFlag(slot->device_error, slot->stream);
+        !s.ok())
       return s;
     if (absl::Status s = gpu::LaunchGather(g, slot->stream); !s.ok()) return s;
-    if (absl::Status s = gpu::CopyToHostAsync(host_out, slot->device_out, out_bytes,
-                                              slot->stream);
+    if (absl::Status s = gpu::CopyToHostAsync(host_out, slot->device_out,
+                                              out_bytes, slot->stream);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = gpu::CopyToHostAsync(slot->pinned_error, slot->device_error,
-                                              sizeof(uint64_t), slot->stream);
+    if (absl::Status s =
+            gpu::CopyToHostAsync(slot->pinned_error, slot->device_error,
+                                 sizeof(uint64_t), slot->stream);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = gpu::StreamSynchronize(slot->stream); !s.ok()) return s;
+    if (absl::Status s = gpu::StreamSynchronize(slot->stream); !s.ok())
+      return s;
     if (*slot->pinned_error != gpu::kNoError) {
-      return absl::InternalError(absl::StrCat(
-          "the device bounds check rejected row ", *slot->pinned_error,
-          " of the gather"));
+      return absl::InternalError(
+          absl::StrCat("the device bounds check rejected row ",
+                       *slot->pinned_error, " of the gather"));
     }
     return absl::OkStatus();
   }();

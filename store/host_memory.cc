@@ -3,10 +3,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -68,8 +68,9 @@ absl::StatusOr<HostBuffer> HostBuffer::AllocateSparse(
   void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "cannot reserve ", bytes, " bytes of address space: ", strerror(errno)));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot reserve ", bytes,
+                     " bytes of address space: ", strerror(errno)));
   }
   HostBuffer buffer;
   buffer.data_ = static_cast<uint8_t*>(p);

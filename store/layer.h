@@ -15,9 +15,10 @@ namespace engram {
 class GpuLayerMirror;
 
 // Immutable once published: LayerBuilder builds it, the server may attach a
-// GPU mirror, and only then is it shared as shared_ptr<const Layer>; shared (shared_ptr<const Layer>)
-// between the registry and in-flight lookups, so its memory is released only
-// when the last reader drops it. Safe to read from any thread.
+// GPU mirror, and only then is it shared as shared_ptr<const Layer>; shared
+// (shared_ptr<const Layer>) between the registry and in-flight lookups, so its
+// memory is released only when the last reader drops it. Safe to read from any
+// thread.
 class Layer {
  public:
   Layer(int64_t id, LayerLayout layout, std::vector<HostBuffer> tables,
@@ -38,7 +39,9 @@ class Layer {
   // Row bytes stored here: the whole layout, or a shard's share of it.
   uint64_t bytes() const { return reservation_.bytes(); }
   // False for a shard's partial copy (only its row ranges are present).
-  bool complete() const { return reservation_.bytes() == layout_.total_bytes(); }
+  bool complete() const {
+    return reservation_.bytes() == layout_.total_bytes();
+  }
   // Device copy of the tables, or nullptr when the layer is host-only.
   const GpuLayerMirror* gpu_mirror() const { return gpu_mirror_.get(); }
   // Only before the layer is published (the registry's lock orders it

@@ -51,8 +51,8 @@ void SetRange(std::vector<uint64_t>& bits, int64_t begin, int64_t end) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
-    int64_t layer_id, LayerLayout layout, MemoryBudget* budget,
-    bool pin_memory, std::vector<std::vector<RowRange>> owned) {
+    int64_t layer_id, LayerLayout layout, MemoryBudget* budget, bool pin_memory,
+    std::vector<std::vector<RowRange>> owned) {
   if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
   if (!owned.empty() && owned.size() != layout.table_vocab_sizes.size()) {
     return absl::InternalError("owned ranges must list every head");
@@ -67,8 +67,8 @@ absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
   if (!budget->TryReserve(bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "layer ", layer_id, " needs ", bytes, " bytes; memory budget has ",
-        budget->limit() - std::min(budget->limit(), budget->used()),
-        " of ", budget->limit(), " bytes free (--memory_limit_bytes)"));
+        budget->limit() - std::min(budget->limit(), budget->used()), " of ",
+        budget->limit(), " bytes free (--memory_limit_bytes)"));
   }
   std::unique_ptr<LayerBuilder> builder(
       new LayerBuilder(layer_id, std::move(layout),
@@ -83,7 +83,8 @@ absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
       for (RowRange r : builder->owned_[h]) {
         resident.emplace_back(r.begin * l.row_bytes(), r.end * l.row_bytes());
       }
-      table = HostBuffer::AllocateSparse(l.table_bytes(h), resident, pin_memory);
+      table =
+          HostBuffer::AllocateSparse(l.table_bytes(h), resident, pin_memory);
     }
     if (!table.ok()) return table.status();
     builder->tables_.push_back(*std::move(table));
@@ -113,8 +114,8 @@ absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
                                     std::string_view data) {
   if (head < 0 || head >= layout_.num_heads()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("chunk head ", head, " is out of range: layer ",
-                     layer_id_, " has ", layout_.num_heads(), " heads"));
+        absl::StrCat("chunk head ", head, " is out of range: layer ", layer_id_,
+                     " has ", layout_.num_heads(), " heads"));
   }
   const int64_t rows_in_table = layout_.table_vocab_sizes[head];
   const size_t row_bytes = layout_.row_bytes();
@@ -165,20 +166,21 @@ absl::StatusOr<std::shared_ptr<Layer>> LayerBuilder::Finish() {
     if (received_per_head_[h] != n) {
       int64_t first_missing = -1;
       std::vector<RowRange> ranges =
-          owned_.empty() ? std::vector<RowRange>{{0, layout_.table_vocab_sizes[h]}}
-                         : owned_[h];
+          owned_.empty()
+              ? std::vector<RowRange>{{0, layout_.table_vocab_sizes[h]}}
+              : owned_[h];
       for (RowRange r : ranges) {
         first_missing = FirstClear(received_[h], r.begin, r.end);
         if (first_missing >= 0) break;
       }
-      return absl::InvalidArgumentError(absl::StrCat(
-          "populate of layer ", layer_id_, " ended with head ", h, " missing ",
-          n - received_per_head_[h], " of ", n, " rows (first missing row ",
-          first_missing, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("populate of layer ", layer_id_, " ended with head ", h,
+                       " missing ", n - received_per_head_[h], " of ", n,
+                       " rows (first missing row ", first_missing, ")"));
     }
   }
   return std::make_shared<Layer>(layer_id_, layout_, std::move(tables_),
-                                       std::move(reservation_));
+                                 std::move(reservation_));
 }
 
 }  // namespace engram

@@ -52,9 +52,7 @@ std::vector<std::shared_ptr<const Layer>> LayerRegistry::List() const {
   return layers;
 }
 
-size_t LayerRegistry::size() const {
-  return Load()->size();
-}
+size_t LayerRegistry::size() const { return Load()->size(); }
 
 absl::StatusOr<std::shared_ptr<PopulateTicket>> LayerRegistry::BeginPopulate(
     int64_t layer_id, std::function<void()> on_abort) {
@@ -82,9 +80,9 @@ absl::Status LayerRegistry::Commit(
   const bool owned = it != populating_.end() && it->second == ticket;
   if (owned) populating_.erase(it);
   if (!owned || ticket->aborted()) {
-    return absl::AbortedError(absl::StrCat(
-        "populate of layer ", ticket->layer_id(),
-        " was aborted by a forced Remove; nothing was committed"));
+    return absl::AbortedError(
+        absl::StrCat("populate of layer ", ticket->layer_id(),
+                     " was aborted by a forced Remove; nothing was committed"));
   }
   auto next = std::make_shared<Snapshot>(*current_);
   (*next)[ticket->layer_id()] = std::move(layer);

@@ -2,8 +2,8 @@
 #ifndef ENGRAM_STORE_LAYER_REGISTRY_H_
 #define ENGRAM_STORE_LAYER_REGISTRY_H_
 
-#include <atomic>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>

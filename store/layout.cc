@@ -24,8 +24,8 @@ absl::Status ValidateLayout(const LayerLayout& layout) {
   for (int h = 0; h < layout.num_heads(); ++h) {
     int64_t n = layout.table_vocab_sizes[h];
     if (n <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "table_vocab_sizes[", h, "] = ", n, " must be > 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("table_vocab_sizes[", h, "] = ", n, " must be > 0"));
     }
     if (n > kMaxTableRows) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -33,8 +33,8 @@ absl::Status ValidateLayout(const LayerLayout& layout) {
     }
   }
   if (layout.embedding_dim <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "embedding_dim = ", layout.embedding_dim, " must be > 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("embedding_dim = ", layout.embedding_dim, " must be > 0"));
   }
   if (layout.embedding_dim > kMaxEmbeddingDim) {
     return absl::InvalidArgumentError(
@@ -101,8 +101,8 @@ absl::Status ValidateRowIds(const LayerLayout& layout, const LookupShape& shape,
   bool bad = false;
   for (int64_t i = 0; i < n; i += heads) {
     for (int64_t h = 0; h < heads; ++h) {
-      bad |= static_cast<uint64_t>(ids[i + h]) >=
-             static_cast<uint64_t>(sizes[h]);
+      bad |=
+          static_cast<uint64_t>(ids[i + h]) >= static_cast<uint64_t>(sizes[h]);
     }
   }
   if (!bad) return absl::OkStatus();
@@ -112,10 +112,10 @@ absl::Status ValidateRowIds(const LayerLayout& layout, const LookupShape& shape,
     if (id < 0 || id >= sizes[h]) {
       int64_t b = i / (shape.length * heads);
       int64_t l = (i / heads) % shape.length;
-      return absl::InvalidArgumentError(absl::StrCat(
-          "row_ids[", b, ", ", l, ", ", h, "] = ", id,
-          " is out of range: head ", h, " has ", sizes[h],
-          " rows (need 0 <= id < ", sizes[h], ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("row_ids[", b, ", ", l, ", ", h, "] = ", id,
+                       " is out of range: head ", h, " has ", sizes[h],
+                       " rows (need 0 <= id < ", sizes[h], ")"));
     }
   }
   return absl::OkStatus();

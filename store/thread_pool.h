@@ -4,8 +4,8 @@
 
 #include <condition_variable>
 #include <deque>
-#include <mutex>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 

@@ -1,10 +1,9 @@
 #include "client/npy.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 namespace engram {
 namespace {
@@ -23,7 +22,8 @@ TEST(NpyTest, WriteThenReadRoundTrips) {
 }
 
 TEST(NpyTest, RejectsWhatItCannotRead) {
-  EXPECT_EQ(ReadNpy("/nonexistent/x.npy").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ReadNpy("/nonexistent/x.npy").status().code(),
+            absl::StatusCode::kNotFound);
   const std::string path = "/tmp/npy_bad_" + std::to_string(getpid()) + ".npy";
   { std::ofstream(path) << "not numpy"; }
   EXPECT_EQ(ReadNpy(path).status().code(), absl::StatusCode::kInvalidArgument);

@@ -1,9 +1,9 @@
 #include "cluster/placement.h"
 
+#include <gtest/gtest.h>
+
 #include <map>
 #include <set>
-
-#include <gtest/gtest.h>
 
 namespace engram {
 namespace {
@@ -40,7 +40,8 @@ TEST(PlacementTest, RangesTileEveryTableAndRangeOfAgrees) {
 }
 
 TEST(PlacementTest, EveryRowHasExactlyRDistinctOwners) {
-  for (auto [shards, replication] : {std::pair{1, 1}, {3, 1}, {3, 2}, {3, 3}, {5, 2}}) {
+  for (auto [shards, replication] :
+       {std::pair{1, 1}, {3, 1}, {3, 2}, {3, 3}, {5, 2}}) {
     auto p = *Placement::Create(shards, replication);
     for (int64_t layer : {0, 1, -7, 123456789}) {
       for (int head = 0; head < 4; ++head) {
@@ -55,7 +56,8 @@ TEST(PlacementTest, EveryRowHasExactlyRDistinctOwners) {
             }
           }
           for (int64_t row = 0; row < rows; ++row) {
-            ASSERT_EQ(count[row], replication) << "row " << row << " of " << rows;
+            ASSERT_EQ(count[row], replication)
+                << "row " << row << " of " << rows;
             auto owners = p.OwnersOfRow(layer, head, rows, row);
             EXPECT_EQ(std::set<int>(owners.begin(), owners.end()).size(),
                       static_cast<size_t>(replication));

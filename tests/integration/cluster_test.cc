@@ -1,10 +1,10 @@
 // Failure behaviour of a 3-shard cluster of real engramd processes.
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <thread>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-#include <grpcpp/grpcpp.h>
 
 #include "client/client.h"
 #include "cluster/placement.h"
@@ -15,13 +15,14 @@
 namespace engram {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::EngramdProcess;
+using ::testing::HasSubstr;
 
 class ClusterTest : public ::testing::Test {
  protected:
   void Start(int replication) {
-    auto c = testing::StartCluster(3, replication, {"--staged_timeout_seconds=5"});
+    auto c =
+        testing::StartCluster(3, replication, {"--staged_timeout_seconds=5"});
     ASSERT_TRUE(c.ok()) << c.status();
     shards_ = *std::move(c);
     for (auto& s : shards_) {
@@ -87,7 +88,8 @@ TEST_F(ClusterTest, ReplicatedClusterSurvivesKillDashNineDuringLookups) {
   EXPECT_GT(ok.load(), 10);
   // Every row still has a live owner: the survivors stay SERVING.
   EXPECT_TRUE(clients_[1]->CheckHealth().ok());
-  for (uint32_t i = 0; i < 20; ++i) ASSERT_TRUE(LookupExact(*clients_[1], 2, 1000 + i).ok());
+  for (uint32_t i = 0; i < 20; ++i)
+    ASSERT_TRUE(LookupExact(*clients_[1], 2, 1000 + i).ok());
 }
 
 TEST_F(ClusterTest, ClientRoutedLookupsAreExactAndFailOver) {
@@ -105,7 +107,8 @@ TEST_F(ClusterTest, ClientRoutedLookupsAreExactAndFailOver) {
       auto want = testing::ReferenceGather(l, tables_[3], ids, out);
       std::vector<uint8_t> got(want.size(), 0x77), async_got(want.size(), 0x77);
       ASSERT_TRUE((*routed)->Lookup(3, ids, shape, got, out).ok());
-      ASSERT_TRUE((*routed)->LookupAsync(3, ids, shape, async_got, out).get().ok());
+      ASSERT_TRUE(
+          (*routed)->LookupAsync(3, ids, shape, async_got, out).get().ok());
       EXPECT_EQ(got, want);
       EXPECT_EQ(async_got, want);
     }
@@ -118,7 +121,10 @@ TEST_F(ClusterTest, ClientRoutedLookupsAreExactAndFailOver) {
   auto info = (*routed)->Populate(4, direct, testing::Spans(tables_[4]));
   ASSERT_TRUE(info.ok()) << info.status();
   for (auto& c : clients_) ASSERT_TRUE(LookupExact(*c, 4, 7).ok());
-  EXPECT_EQ((*routed)->Populate(4, direct, testing::Spans(tables_[4])).status().code(),
+  EXPECT_EQ((*routed)
+                ->Populate(4, direct, testing::Spans(tables_[4]))
+                .status()
+                .code(),
             absl::StatusCode::kAlreadyExists);
   // The client validates like the server.
   std::vector<int64_t> bad(90, 0);
@@ -144,7 +150,8 @@ TEST_F(ClusterTest, UnreplicatedClusterNamesTheDeadShardAndServesTheRest) {
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr("shard 2"));
   for (uint32_t i = 0; i < 5; ++i) {
-    EXPECT_TRUE(LookupExact(*clients_[1], tiny, i).ok()) << "rows living elsewhere";
+    EXPECT_TRUE(LookupExact(*clients_[1], tiny, i).ok())
+        << "rows living elsewhere";
   }
   // Ranges of shard 2 have no owner: health turns NOT_SERVING.
   absl::Status health;
@@ -189,7 +196,8 @@ TEST_F(ClusterTest, KillingAShardMidPopulateLeavesTheLayerNowhere) {
     EXPECT_THAT(s.error_message(), HasSubstr("shard 1"));
   }
   for (int i : {0, 2}) {
-    EXPECT_EQ(clients_[i]->DescribeLayer(9).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(clients_[i]->DescribeLayer(9).status().code(),
+              absl::StatusCode::kNotFound);
   }
   // Bring shard 1 back on its address; the id can be populated again.
   std::string peers;
@@ -200,12 +208,14 @@ TEST_F(ClusterTest, KillingAShardMidPopulateLeavesTheLayerNowhere) {
   ASSERT_TRUE(back.ok()) << back.status();
   const std::string address = shards_[1]->address();
   shards_[1] = *std::move(back);
-  for (auto& s : shards_) ASSERT_TRUE(testing::WaitServing(s->address(), 30).ok());
+  for (auto& s : shards_)
+    ASSERT_TRUE(testing::WaitServing(s->address(), 30).ok());
   tables_[9] = tables;
   layouts_[9] = layout;
   auto info = clients_[0]->Populate(9, layout, testing::Spans(tables));
   ASSERT_TRUE(info.ok()) << info.status();
-  for (uint32_t i = 0; i < 5; ++i) EXPECT_TRUE(LookupExact(*clients_[2], 9, i).ok());
+  for (uint32_t i = 0; i < 5; ++i)
+    EXPECT_TRUE(LookupExact(*clients_[2], 9, i).ok());
 }
 
 }  // namespace

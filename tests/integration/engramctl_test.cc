@@ -1,9 +1,9 @@
 // engramctl against a real engramd: .npy in, .npy out, one-line errors.
-#include <cstdio>
-#include <filesystem>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
 
 #include "client/npy.h"
 #include "tests/testing/engramd_process.h"
@@ -33,7 +33,8 @@ TEST(EngramctlTest, PopulateLookupDescribeRemoveThroughTheCli) {
   const std::string ctl =
       testing::EngramctlPath() + " --address=" + (*server)->address() + " ";
   std::string out;
-  ASSERT_EQ(testing::RunCommand(ctl + "populate --layer=3" + files, &out), 0) << out;
+  ASSERT_EQ(testing::RunCommand(ctl + "populate --layer=3" + files, &out), 0)
+      << out;
   EXPECT_THAT(out, HasSubstr("layer 3: 2 heads, D = 6 float32"));
   ASSERT_EQ(testing::RunCommand(ctl + "health", &out), 0) << out;
   ASSERT_EQ(testing::RunCommand(ctl + "list", &out), 0);
@@ -41,8 +42,12 @@ TEST(EngramctlTest, PopulateLookupDescribeRemoveThroughTheCli) {
 
   std::vector<int64_t> ids = {29, 44, 0, 7};
   const std::string result = dir + "/rows.npy";
-  ASSERT_EQ(testing::RunCommand(ctl + "lookup --layer=3 --ids=29,44,0,7 "
-                                      "--shape=2,1,2 --out=" + result, &out), 0)
+  ASSERT_EQ(testing::RunCommand(ctl +
+                                    "lookup --layer=3 --ids=29,44,0,7 "
+                                    "--shape=2,1,2 --out=" +
+                                    result,
+                                &out),
+            0)
       << out;
   auto rows = ReadNpy(result);
   ASSERT_TRUE(rows.ok()) << rows.status();
@@ -60,7 +65,9 @@ TEST(EngramctlTest, PopulateLookupDescribeRemoveThroughTheCli) {
   EXPECT_EQ(testing::RunCommand(ctl + "describe --layer=3", &out), 1);
   EXPECT_THAT(out, HasSubstr("NOT_FOUND"));
   EXPECT_EQ(testing::RunCommand(ctl + "frobnicate", &out), 2);
-  EXPECT_EQ(testing::RunCommand(ctl + "populate --layer=4 /nonexistent.npy", &out), 1);
+  EXPECT_EQ(
+      testing::RunCommand(ctl + "populate --layer=4 /nonexistent.npy", &out),
+      1);
   EXPECT_THAT(out, HasSubstr("cannot open /nonexistent.npy"));
   std::filesystem::remove_all(dir);
 }

@@ -1,9 +1,8 @@
 // Server reflection is on, so grpcurl can list and describe the API.
-#include <grpcpp/grpcpp.h>
-
 #include <gmock/gmock.h>
-#include <gtest/gtest.h>
 #include <google/protobuf/descriptor.pb.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include "reflection_client.grpc.pb.h"
 #include "tests/testing/engramd_process.h"
@@ -30,23 +29,24 @@ TEST(ReflectionTest, ListsAndDescribesTheEngramService) {
   for (const auto& s : response.list_services_response().service()) {
     names.push_back(s.name());
   }
-  EXPECT_THAT(names, ::testing::IsSupersetOf({"engram.v1.EngramStore",
-                                              "grpc.health.v1.Health"}));
+  EXPECT_THAT(names, ::testing::IsSupersetOf(
+                         {"engram.v1.EngramStore", "grpc.health.v1.Health"}));
 
   refl::ServerReflectionRequest describe;
   describe.set_file_containing_symbol("engram.v1.EngramStore");
   ASSERT_TRUE(stream->Write(describe));
   ASSERT_TRUE(stream->Read(&response));
-  ASSERT_GT(response.file_descriptor_response().file_descriptor_proto_size(), 0);
+  ASSERT_GT(response.file_descriptor_response().file_descriptor_proto_size(),
+            0);
   google::protobuf::FileDescriptorProto file;
   ASSERT_TRUE(file.ParseFromString(
       response.file_descriptor_response().file_descriptor_proto(0)));
   EXPECT_EQ(file.package(), "engram.v1");
   std::vector<std::string> methods;
   for (const auto& m : file.service(0).method()) methods.push_back(m.name());
-  EXPECT_THAT(methods, ::testing::UnorderedElementsAre(
-                           "Populate", "Lookup", "Remove", "DescribeLayer",
-                           "ListLayers"));
+  EXPECT_THAT(methods,
+              ::testing::UnorderedElementsAre("Populate", "Lookup", "Remove",
+                                              "DescribeLayer", "ListLayers"));
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }

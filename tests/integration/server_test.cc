@@ -1,13 +1,11 @@
 // End-to-end tests against a real engramd process on a loopback port.
+#include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <thread>
 
 #include "absl/strings/str_split.h"
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include "client/client.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "tests/testing/engramd_process.h"
@@ -16,8 +14,8 @@
 namespace engram {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::EngramdProcess;
+using ::testing::HasSubstr;
 
 constexpr int64_t kMaxMessageBytes = 8 << 20;
 constexpr int64_t kMaxLookupRows = 100000;
@@ -34,7 +32,8 @@ class ServerTest : public ::testing::Test {
     // E.g. ENGRAM_TEST_SERVER_FLAGS="--gpu=0 --gpu_min_rows=1" runs the
     // suite against the GPU tier on a machine with a device.
     if (const char* extra = std::getenv("ENGRAM_TEST_SERVER_FLAGS")) {
-      for (absl::string_view f : absl::StrSplit(extra, ' ', absl::SkipEmpty())) {
+      for (absl::string_view f :
+           absl::StrSplit(extra, ' ', absl::SkipEmpty())) {
         flags.emplace_back(f);
       }
     }
@@ -42,7 +41,8 @@ class ServerTest : public ::testing::Test {
     // to shard 0 (ENGRAM_TEST_REPLICATION sets R).
     if (const char* shards = std::getenv("ENGRAM_TEST_SHARDS")) {
       const char* r = std::getenv("ENGRAM_TEST_REPLICATION");
-      auto cluster = testing::StartCluster(std::atoi(shards), r ? std::atoi(r) : 1, flags);
+      auto cluster =
+          testing::StartCluster(std::atoi(shards), r ? std::atoi(r) : 1, flags);
       ASSERT_TRUE(cluster.ok()) << cluster.status();
       server_ = (*cluster)[0].release();
       for (size_t i = 1; i < cluster->size(); ++i) {
@@ -93,7 +93,8 @@ class ServerTest : public ::testing::Test {
     const LayerLayout& layout = layouts_[id];
     const DType out_dtype = out.value_or(layout.dtype);
     auto ids = testing::RandomIds(layout, batch, length, 17 * batch + length);
-    auto expected = testing::ReferenceGather(layout, tables_[id], ids, out_dtype);
+    auto expected =
+        testing::ReferenceGather(layout, tables_[id], ids, out_dtype);
     std::vector<uint8_t> got(expected.size(), 0xCD);
     const int64_t shape[] = {batch, length, layout.num_heads()};
     ASSERT_TRUE(client_->Lookup(id, ids, shape, got, out).ok());
@@ -123,7 +124,8 @@ class ServerTest : public ::testing::Test {
                                     int64_t dim) {
     v1::PopulateRequest m;
     m.mutable_header()->set_layer_id(id);
-    for (int64_t n : sizes) m.mutable_header()->mutable_config()->add_table_vocab_sizes(n);
+    for (int64_t n : sizes)
+      m.mutable_header()->mutable_config()->add_table_vocab_sizes(n);
     m.mutable_header()->mutable_config()->set_embedding_dim(dim);
     return m;
   }
@@ -194,7 +196,8 @@ TEST_F(ServerTest, RandomMultiHeadLayersAreBitIdentical) {
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(d->layout.table_vocab_sizes, (std::vector<int64_t>{77, 1234}));
   EXPECT_EQ(d->layout.dtype, DType::kBFloat16);
-  EXPECT_THAT(d->store_keys, ::testing::ElementsAre("engram:l2:h0", "engram:l2:h1"));
+  EXPECT_THAT(d->store_keys,
+              ::testing::ElementsAre("engram:l2:h0", "engram:l2:h1"));
 }
 
 TEST_F(ServerTest, AsyncLookupsPrefetchConcurrently) {
@@ -226,8 +229,8 @@ TEST_F(ServerTest, SeveralConnectionsServeSyncAndAsyncLookups) {
   const int64_t shape[] = {5, 2, 2};
   for (int i = 0; i < 7; ++i) {  // wraps around the three connections
     auto ids = testing::RandomIds(layouts_[8], 5, 2, 300 + i);
-    auto expected =
-        testing::ReferenceGather(layouts_[8], tables_[8], ids, DType::kBFloat16);
+    auto expected = testing::ReferenceGather(layouts_[8], tables_[8], ids,
+                                             DType::kBFloat16);
     std::vector<uint8_t> sync_out(expected.size()), async_out(expected.size());
     ASSERT_TRUE((*pooled)->Lookup(8, ids, shape, sync_out).ok());
     ASSERT_TRUE((*pooled)->LookupAsync(8, ids, shape, async_out).get().ok());
@@ -244,8 +247,8 @@ TEST_F(ServerTest, BadLookupsGetPreciseStatusesAndServerKeepsServing) {
   const int64_t good[] = {2, 1, 3};
   const int64_t rank2[] = {2, 3};
   const int64_t wrong_h[] = {1, 3, 2};
-  ExpectStatus(client_->Lookup(id, {}, good, out), absl::StatusCode::kInvalidArgument,
-               "no row ids");
+  ExpectStatus(client_->Lookup(id, {}, good, out),
+               absl::StatusCode::kInvalidArgument, "no row ids");
   ExpectStatus(client_->Lookup(id, ids, rank2, out),
                absl::StatusCode::kInvalidArgument, "rank 2");
   ExpectStatus(client_->Lookup(id, ids, wrong_h, out),
@@ -258,8 +261,8 @@ TEST_F(ServerTest, BadLookupsGetPreciseStatusesAndServerKeepsServing) {
                absl::StatusCode::kInvalidArgument,
                "row_ids[1, 0, 1] = 70 is out of range: head 1 has 70 rows");
   ids[4] = 1;
-  ExpectStatus(client_->Lookup(404, ids, good, out), absl::StatusCode::kNotFound,
-               "layer 404 not found");
+  ExpectStatus(client_->Lookup(404, ids, good, out),
+               absl::StatusCode::kNotFound, "layer 404 not found");
   std::vector<uint8_t> small(10);
   ExpectStatus(client_->Lookup(id, ids, good, small),
                absl::StatusCode::kInvalidArgument, "output buffer holds 10");
@@ -311,10 +314,12 @@ TEST_F(ServerTest, OversizeRequestsAreResourceExhausted) {
   // A layer past the memory budget.
   // Past the budget even when split over up to 3 shards.
   LayerLayout big{{(clustered() ? 4 : 1) * kMemoryLimit / 64 + 1}, 16};
-  std::vector<std::vector<uint8_t>> big_tables(1, std::vector<uint8_t>(big.total_bytes()));
+  std::vector<std::vector<uint8_t>> big_tables(
+      1, std::vector<uint8_t>(big.total_bytes()));
   ExpectStatus(client_->Populate(7, big, testing::Spans(big_tables)).status(),
                absl::StatusCode::kResourceExhausted, "memory budget");
-  EXPECT_EQ(client_->DescribeLayer(7).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->DescribeLayer(7).status().code(),
+            absl::StatusCode::kNotFound);
   ExpectCanaryIntact();
 }
 
@@ -322,7 +327,8 @@ TEST_F(ServerTest, BadPopulateStreamsLeaveNothingBehind) {
   EnsureCanary();
   const int64_t id = 20;
   const size_t row = 4 * 4;  // D = 4 float32
-  ExpectStatus(RawPopulate({Chunk(0, 0, row)}), grpc::StatusCode::INVALID_ARGUMENT,
+  ExpectStatus(RawPopulate({Chunk(0, 0, row)}),
+               grpc::StatusCode::INVALID_ARGUMENT,
                "first Populate message must be a PopulateHeader");
   ExpectStatus(RawPopulate({Header(id, {3, 2}, 4), Chunk(0, 0, row + 3)}),
                grpc::StatusCode::INVALID_ARGUMENT, "not a whole number");
@@ -333,23 +339,26 @@ TEST_F(ServerTest, BadPopulateStreamsLeaveNothingBehind) {
                             Chunk(1, 0, row)}),
                grpc::StatusCode::INVALID_ARGUMENT,
                // A shard counts only the rows it holds.
-               clustered() ? "first missing row 1"
-                           : "head 1 missing 1 of 2 rows (first missing row 1)");
+               clustered()
+                   ? "first missing row 1"
+                   : "head 1 missing 1 of 2 rows (first missing row 1)");
   ExpectStatus(RawPopulate({Header(id, {3, 2}, 4), Chunk(2, 0, row)}),
-               grpc::StatusCode::INVALID_ARGUMENT, "chunk head 2 is out of range");
+               grpc::StatusCode::INVALID_ARGUMENT,
+               "chunk head 2 is out of range");
   ExpectStatus(RawPopulate({Header(id, {3, 0}, 4)}),
                grpc::StatusCode::INVALID_ARGUMENT, "table_vocab_sizes[1] = 0");
-  ExpectStatus(RawPopulate({Header(id, {}, 4)}), grpc::StatusCode::INVALID_ARGUMENT,
-               "at least one head");
-  ExpectStatus(RawPopulate({Header(id, {3}, 0)}), grpc::StatusCode::INVALID_ARGUMENT,
-               "embedding_dim = 0");
+  ExpectStatus(RawPopulate({Header(id, {}, 4)}),
+               grpc::StatusCode::INVALID_ARGUMENT, "at least one head");
+  ExpectStatus(RawPopulate({Header(id, {3}, 0)}),
+               grpc::StatusCode::INVALID_ARGUMENT, "embedding_dim = 0");
   ExpectStatus(RawPopulate({Header(id, {3}, 4), Header(id, {3}, 4)}),
                grpc::StatusCode::INVALID_ARGUMENT, "second PopulateHeader");
   ExpectStatus(RawPopulate({}), grpc::StatusCode::INVALID_ARGUMENT,
                "without a PopulateHeader");
   ExpectStatus(RawPopulate({v1::PopulateRequest()}),
                grpc::StatusCode::INVALID_ARGUMENT, "sets neither");
-  EXPECT_EQ(client_->DescribeLayer(id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->DescribeLayer(id).status().code(),
+            absl::StatusCode::kNotFound);
   // A complete stream for the same id now succeeds: nothing was left behind.
   ASSERT_TRUE(RawPopulate({Header(id, {3, 2}, 4), Chunk(1, 0, 2 * row),
                            Chunk(0, 0, 3 * row)})
@@ -369,8 +378,8 @@ TEST_F(ServerTest, RemoveHidesLayerAndFreesTheId) {
   std::vector<int64_t> ids = {0, 0};
   std::vector<uint8_t> out(2 * 8 * 4);
   const int64_t shape[] = {1, 1, 2};
-  ExpectStatus(client_->Lookup(30, ids, shape, out), absl::StatusCode::kNotFound,
-               "layer 30 not found");
+  ExpectStatus(client_->Lookup(30, ids, shape, out),
+               absl::StatusCode::kNotFound, "layer 30 not found");
   ExpectStatus(client_->Remove(30).status(), absl::StatusCode::kNotFound, "30");
   Populate(30, {{5}, 3});  // the id can be reused with another layout
   ExpectLookupsExact(30, 3, 1);
@@ -411,7 +420,8 @@ TEST_F(ServerTest, CancelledAndForceRemovedPopulatesCommitNothing) {
       << s.error_message();
   // Neither layer exists, and both ids can be populated again.
   for (int64_t id : {40, 41}) {
-    EXPECT_EQ(client_->DescribeLayer(id).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(client_->DescribeLayer(id).status().code(),
+              absl::StatusCode::kNotFound);
     Populate(id, {{100}, 4});
   }
 }
@@ -433,7 +443,8 @@ TEST_F(ServerTest, ConcurrentLookupsDuringRemoveAndRepopulate) {
         absl::Status s = client_->Lookup(50, ids, shape, out);
         if (s.ok()) {
           // Every repopulate uses the same tables, so any answer must match.
-          if (out != testing::ReferenceGather(layout, tables, ids, DType::kFloat32))
+          if (out !=
+              testing::ReferenceGather(layout, tables, ids, DType::kFloat32))
             ++wrong;
           ++ok;
         } else if (s.code() != absl::StatusCode::kNotFound) {
@@ -469,12 +480,16 @@ TEST_F(ServerTest, PopulateHasItsOwnDeadline) {
             absl::StatusCode::kDeadlineExceeded);
   options.populate_timeout = absl::Seconds(-1);
   auto strict = Client::Connect(server_->address(), options);
-  EXPECT_EQ((*strict)->Populate(61, layout, testing::Spans(tables)).status().code(),
-            absl::StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(client_->DescribeLayer(61).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(
+      (*strict)->Populate(61, layout, testing::Spans(tables)).status().code(),
+      absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(client_->DescribeLayer(61).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
-TEST_F(ServerTest, HealthIsServing) { EXPECT_TRUE(client_->CheckHealth().ok()); }
+TEST_F(ServerTest, HealthIsServing) {
+  EXPECT_TRUE(client_->CheckHealth().ok());
+}
 
 TEST_F(ServerTest, MetricsScrapeShowsCountersMoving) {
   EnsureCanary();
@@ -492,7 +507,8 @@ TEST_F(ServerTest, MetricsScrapeShowsCountersMoving) {
     if (p == std::string::npos) return -1.0;
     return std::stod(text.substr(p + series.size() + 2));
   };
-  const std::string ok_series = "engram_requests_total{code=\"OK\",rpc=\"Lookup\"}";
+  const std::string ok_series =
+      "engram_requests_total{code=\"OK\",rpc=\"Lookup\"}";
   const std::string bad_series =
       "engram_errors_total{code=\"INVALID_ARGUMENT\",rpc=\"Lookup\"}";
   EXPECT_EQ(value(*after, ok_series), value(*before, ok_series) + 1);
@@ -519,10 +535,11 @@ TEST(ServerProcessTest, DemoLayerServesAndSigtermDrainsWithExitZero) {
   std::vector<int64_t> ids = {5, 6, 7, 8};
   std::vector<float> out(4 * 8);
   const int64_t shape[] = {1, 1, 4};
-  ASSERT_TRUE((*client)
-                  ->Lookup(0, ids, shape,
-                           {reinterpret_cast<uint8_t*>(out.data()), out.size() * 4})
-                  .ok());
+  ASSERT_TRUE(
+      (*client)
+          ->Lookup(0, ids, shape,
+                   {reinterpret_cast<uint8_t*>(out.data()), out.size() * 4})
+          .ok());
   EXPECT_EQ(out[0], 5.0f);
   EXPECT_EQ(out[8 + 3], 100006.375f);  // head 1, row 6, d = 3
   EXPECT_EQ(out[24 + 7], 300008.875f);
@@ -551,27 +568,33 @@ TEST(ServerProcessTest, GpuFlagServesFromTheGpuOrFallsBackToTheCpu) {
   }
   auto metrics = testing::HttpGet((*p)->metrics_port(), "/metrics");
   ASSERT_TRUE(metrics.ok());
-  const bool gpu = metrics->find("\nengram_gpu_available 1") != std::string::npos;
+  const bool gpu =
+      metrics->find("\nengram_gpu_available 1") != std::string::npos;
   if (gpu) {
-    EXPECT_THAT(*metrics, HasSubstr("engram_lookups_by_tier_total{tier=\"gpu\"} 2"));
+    EXPECT_THAT(*metrics,
+                HasSubstr("engram_lookups_by_tier_total{tier=\"gpu\"} 2"));
     EXPECT_THAT(*metrics, HasSubstr("engram_gpu_fallbacks_total 0"));
-    EXPECT_THAT(*metrics, HasSubstr("engram_layer_gpu_resident{layer=\"2\"} 1"));
+    EXPECT_THAT(*metrics,
+                HasSubstr("engram_layer_gpu_resident{layer=\"2\"} 1"));
   } else {
     EXPECT_THAT(*metrics, HasSubstr("engram_gpu_available 0"));
-    EXPECT_THAT(*metrics, HasSubstr("engram_lookups_by_tier_total{tier=\"cpu\"} 2"));
+    EXPECT_THAT(*metrics,
+                HasSubstr("engram_lookups_by_tier_total{tier=\"cpu\"} 2"));
     EXPECT_THAT((*p)->Log(), HasSubstr("GPU tier not available"));
   }
 }
 
 TEST(ServerProcessTest, BadFlagsExitNonZeroWithOneLine) {
   std::string out;
-  EXPECT_EQ(testing::RunCommand(testing::EngramdPath() + " --threads=abc", &out), 2);
+  EXPECT_EQ(
+      testing::RunCommand(testing::EngramdPath() + " --threads=abc", &out), 2);
   EXPECT_THAT(out, HasSubstr("bad value 'abc' for --threads"));
   EXPECT_EQ(testing::RunCommand(testing::EngramdPath() + " --nope", &out), 2);
   EXPECT_THAT(out, HasSubstr("unknown flag --nope"));
   EXPECT_EQ(testing::RunCommand(testing::EngramdPath() + " --help", &out), 0);
-  for (const char* flag : {"--listen", "--metrics_listen", "--memory_limit_bytes",
-                           "--threads", "--max_message_bytes", "--demo"}) {
+  for (const char* flag :
+       {"--listen", "--metrics_listen", "--memory_limit_bytes", "--threads",
+        "--max_message_bytes", "--demo"}) {
     EXPECT_THAT(out, HasSubstr(flag));
   }
 }

@@ -1,8 +1,8 @@
 // CUDA gather kernels against the CPU reference gather. Skips (with the
 // reason) when the build has no CUDA or the machine no device.
-#include <random>
-
 #include <gtest/gtest.h>
+
+#include <random>
 
 #include "kernels/gpu.h"
 #include "tests/testing/random_layer.h"
@@ -40,7 +40,8 @@ class GpuGatherTest : public ::testing::Test {
                            const std::vector<int64_t>& ids, DType out_dtype,
                            uint64_t* error) {
     std::vector<const uint8_t*> table_ptrs;
-    for (const auto& t : tables) table_ptrs.push_back(Upload(t.data(), t.size()));
+    for (const auto& t : tables)
+      table_ptrs.push_back(Upload(t.data(), t.size()));
     gpu::GatherLaunch g;
     g.tables = Upload<const uint8_t* const>(table_ptrs.data(),
                                             table_ptrs.size() * sizeof(void*));
@@ -52,7 +53,8 @@ class GpuGatherTest : public ::testing::Test {
     g.out_dtype = static_cast<int>(out_dtype);
     g.ids = Upload<const int64_t>(ids.data(), ids.size() * sizeof(int64_t));
     g.num_ids = static_cast<int64_t>(ids.size());
-    const size_t out_bytes = ids.size() * layout.embedding_dim * DTypeSize(out_dtype);
+    const size_t out_bytes =
+        ids.size() * layout.embedding_dim * DTypeSize(out_dtype);
     std::vector<uint8_t> poison(out_bytes, 0xA5);
     g.out = Upload(poison.data(), out_bytes);
     uint64_t zero = 0;
@@ -85,7 +87,8 @@ TEST_P(GpuGatherDTypeTest, MatchesCpuReferenceBitForBit) {
   for (int round = 0; round < 3; ++round) {  // fresh random layout each round
     LayerLayout layout;
     const int heads = 1 + rng() % 17;
-    for (int h = 0; h < heads; ++h) layout.table_vocab_sizes.push_back(1 + rng() % 5000);
+    for (int h = 0; h < heads; ++h)
+      layout.table_vocab_sizes.push_back(1 + rng() % 5000);
     layout.embedding_dim = c.dim;
     layout.dtype = c.stored;
     auto tables = testing::RandomTables(layout, rng());
@@ -102,9 +105,9 @@ TEST_P(GpuGatherDTypeTest, MatchesCpuReferenceBitForBit) {
 INSTANTIATE_TEST_SUITE_P(
     AllDTypesAndWidths, GpuGatherDTypeTest,
     ::testing::Values(
-        KernelCase{DType::kFloat32, DType::kFloat32, 64},   // 16-byte pieces
+        KernelCase{DType::kFloat32, DType::kFloat32, 64},  // 16-byte pieces
         KernelCase{DType::kFloat32, DType::kFloat32, 80},
-        KernelCase{DType::kFloat32, DType::kFloat32, 3},    // 12 bytes: 4-byte
+        KernelCase{DType::kFloat32, DType::kFloat32, 3},  // 12 bytes: 4-byte
         KernelCase{DType::kFloat32, DType::kFloat32, 1},
         KernelCase{DType::kFloat32, DType::kBFloat16, 64},
         KernelCase{DType::kFloat32, DType::kFloat16, 7},
@@ -112,11 +115,11 @@ INSTANTIATE_TEST_SUITE_P(
         KernelCase{DType::kBFloat16, DType::kBFloat16, 5},  // 10 bytes: 2-byte
         KernelCase{DType::kBFloat16, DType::kFloat32, 80},
         KernelCase{DType::kBFloat16, DType::kFloat16, 33},
-        KernelCase{DType::kFloat16, DType::kFloat16, 4},    // 8 bytes
+        KernelCase{DType::kFloat16, DType::kFloat16, 4},  // 8 bytes
         KernelCase{DType::kFloat16, DType::kFloat32, 17},
         KernelCase{DType::kFloat16, DType::kBFloat16, 64},
-        KernelCase{DType::kUInt8, DType::kUInt8, 132},      // FP8 + scales
-        KernelCase{DType::kUInt8, DType::kUInt8, 13},       // odd: 1-byte
+        KernelCase{DType::kUInt8, DType::kUInt8, 132},  // FP8 + scales
+        KernelCase{DType::kUInt8, DType::kUInt8, 13},   // odd: 1-byte
         KernelCase{DType::kUInt8, DType::kUInt8, 1}),
     [](const ::testing::TestParamInfo<KernelCase>& info) {
       return std::string(DTypeName(info.param.stored)) + "_to_" +
@@ -127,13 +130,14 @@ TEST_F(GpuGatherTest, OutOfRangeIdsSetTheErrorFlagAndAreNeverRead) {
   LayerLayout layout{{100, 50}, 16, DType::kFloat32};
   auto tables = testing::RandomTables(layout, 3);
   for (DType out : {DType::kFloat32, DType::kBFloat16}) {
-    std::vector<int64_t> ids = {1, 2, 3, 49, 99, 50, -1, 0};  // rows 5 and 6 bad
+    std::vector<int64_t> ids = {1,  2,  3,  49,
+                                99, 50, -1, 0};  // rows 5 and 6 bad
     uint64_t error = 0;
     auto got = Run(layout, tables, ids, out, &error);
     EXPECT_EQ(error, 5u) << "first bad row";
     const size_t row = 16 * DTypeSize(out);
-    auto expected = testing::ReferenceGather(
-        layout, tables, {1, 2, 3, 49, 99, 0, 0, 0}, out);
+    auto expected = testing::ReferenceGather(layout, tables,
+                                             {1, 2, 3, 49, 99, 0, 0, 0}, out);
     // Good rows are written; bad rows keep the poison.
     for (size_t r : {0, 1, 2, 3, 4, 7}) {
       EXPECT_TRUE(std::equal(got.begin() + r * row, got.begin() + (r + 1) * row,
@@ -141,7 +145,8 @@ TEST_F(GpuGatherTest, OutOfRangeIdsSetTheErrorFlagAndAreNeverRead) {
           << "row " << r;
     }
     for (size_t r : {5, 6}) {
-      EXPECT_TRUE(std::all_of(got.begin() + r * row, got.begin() + (r + 1) * row,
+      EXPECT_TRUE(std::all_of(got.begin() + r * row,
+                              got.begin() + (r + 1) * row,
                               [](uint8_t b) { return b == 0xA5; }))
           << "row " << r;
     }

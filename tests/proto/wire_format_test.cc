@@ -11,7 +11,8 @@ std::string Flatten(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   EXPECT_TRUE(buffer.Dump(&slices).ok());
   std::string out;
-  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const auto& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return out;
 }
 
@@ -19,8 +20,8 @@ TEST(WireFormatTest, ResponseHeaderPlusRowsParsesAsProtobuf) {
   const int64_t shape[] = {2, 300, 16, 64};
   const std::string rows(2 * 300 * 16 * 64 * 2, '\x5a');
   std::string wire(LookupResponseHeaderSize(shape, rows.size()), '\0');
-  size_t n = EncodeLookupResponseHeader(shape, 2, rows.size(),
-                                        reinterpret_cast<uint8_t*>(wire.data()));
+  size_t n = EncodeLookupResponseHeader(
+      shape, 2, rows.size(), reinterpret_cast<uint8_t*>(wire.data()));
   ASSERT_EQ(n, wire.size());
   wire += rows;
   v1::LookupResponse parsed;
@@ -42,7 +43,8 @@ TEST(WireFormatTest, DecodesProtobufSerializedResponseAcrossSlices) {
   // Split the bytes into 7-byte slices so fields straddle slice borders.
   std::vector<grpc::Slice> slices;
   for (size_t i = 0; i < bytes.size(); i += 7) {
-    slices.emplace_back(bytes.data() + i, std::min<size_t>(7, bytes.size() - i));
+    slices.emplace_back(bytes.data() + i,
+                        std::min<size_t>(7, bytes.size() - i));
   }
   grpc::ByteBuffer buffer(slices.data(), slices.size());
   std::vector<uint8_t> out(120);
@@ -56,7 +58,8 @@ TEST(WireFormatTest, DecodesProtobufSerializedResponseAcrossSlices) {
   EXPECT_EQ(DecodeLookupResponse(buffer, wrong, &decoded).code(),
             absl::StatusCode::kInvalidArgument);
   grpc::Slice truncated(bytes.data(), bytes.size() - 3);
-  EXPECT_EQ(DecodeLookupResponse(grpc::ByteBuffer(&truncated, 1), out, &decoded).code(),
+  EXPECT_EQ(DecodeLookupResponse(grpc::ByteBuffer(&truncated, 1), out, &decoded)
+                .code(),
             absl::StatusCode::kDataLoss);
 }
 

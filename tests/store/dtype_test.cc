@@ -1,11 +1,11 @@
 #include "store/dtype.h"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
-
-#include <gtest/gtest.h>
 
 namespace engram {
 namespace {
@@ -53,7 +53,8 @@ TEST(DTypeTest, HalfWidthCodesRoundTripExactly) {
     float b = BFloat16ToFloat(code);
     if (!std::isnan(h)) EXPECT_EQ(FloatToFloat16(h), code) << c;
     if (!std::isnan(b)) EXPECT_EQ(FloatToBFloat16(b), code) << c;
-    if (std::isnan(h)) EXPECT_TRUE(std::isnan(Float16ToFloat(FloatToFloat16(h))));
+    if (std::isnan(h))
+      EXPECT_TRUE(std::isnan(Float16ToFloat(FloatToFloat16(h))));
   }
 }
 
@@ -61,7 +62,8 @@ TEST(DTypeTest, RoundsToNearestEvenLikeExhaustiveSearch) {
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> mag(-20.0f, 17.0f);
   for (int i = 0; i < 300; ++i) {
-    float f = std::ldexp(1.0f + (rng() % 1000000) / 1e6f, static_cast<int>(mag(rng)));
+    float f =
+        std::ldexp(1.0f + (rng() % 1000000) / 1e6f, static_cast<int>(mag(rng)));
     if (i % 2) f = -f;
     if (std::fabs(f) < 65504.0f) {
       EXPECT_EQ(FloatToFloat16(f), NearestCode(f, Float16ToFloat)) << f;

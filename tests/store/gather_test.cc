@@ -45,8 +45,8 @@ TEST_P(GatherTest, MatchesNaiveReferenceBitForBit) {
     auto expected = testing::ReferenceGather(layout, tables, ids, c.out);
     // Poison the output so an unwritten row cannot pass.
     std::vector<uint8_t> out(expected.size(), 0xAB);
-    GatherParallel(&pool, *layer, ids.data(),
-                   static_cast<int64_t>(ids.size()), c.out, out.data());
+    GatherParallel(&pool, *layer, ids.data(), static_cast<int64_t>(ids.size()),
+                   c.out, out.data());
     ASSERT_EQ(out, expected) << "batch " << batch;
   }
 }
@@ -65,7 +65,7 @@ INSTANTIATE_TEST_SUITE_P(
         GatherCase{DType::kFloat16, DType::kFloat16, 128},
         GatherCase{DType::kFloat16, DType::kFloat32, 17},
         GatherCase{DType::kFloat16, DType::kBFloat16, 64},
-        GatherCase{DType::kUInt8, DType::kUInt8, 132},     // FP8 + scales
+        GatherCase{DType::kUInt8, DType::kUInt8, 132},  // FP8 + scales
         GatherCase{DType::kUInt8, DType::kUInt8, 1}),
     [](const ::testing::TestParamInfo<GatherCase>& info) {
       return std::string(DTypeName(info.param.stored)) + "_to_" +

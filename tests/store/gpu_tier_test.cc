@@ -1,9 +1,9 @@
 // GpuTier against the CPU gather; skips without a CUDA device.
 #include "store/gpu_tier.h"
 
-#include <thread>
-
 #include <gtest/gtest.h>
+
+#include <thread>
 
 #include "store/gather.h"
 #include "store/layer_builder.h"
@@ -25,14 +25,17 @@ class GpuTierTest : public ::testing::Test {
     tier_ = *std::move(tier);
   }
 
-  std::shared_ptr<Layer> Build(const LayerLayout& layout,
-                               const std::vector<std::vector<uint8_t>>& tables) {
+  std::shared_ptr<Layer> Build(
+      const LayerLayout& layout,
+      const std::vector<std::vector<uint8_t>>& tables) {
     auto b = LayerBuilder::Create(1, layout, &budget_, true);
     EXPECT_TRUE(b.ok());
     for (int h = 0; h < layout.num_heads(); ++h) {
-      EXPECT_TRUE((*b)->AddChunk(h, 0, {reinterpret_cast<const char*>(tables[h].data()),
-                                        tables[h].size()})
-                      .ok());
+      EXPECT_TRUE(
+          (*b)->AddChunk(h, 0,
+                         {reinterpret_cast<const char*>(tables[h].data()),
+                          tables[h].size()})
+              .ok());
     }
     return *(*b)->Finish();
   }
@@ -42,14 +45,17 @@ class GpuTierTest : public ::testing::Test {
 };
 
 TEST_F(GpuTierTest, MirroredGatherMatchesCpuForEveryConversion) {
-  for (DType stored : {DType::kFloat32, DType::kBFloat16, DType::kFloat16, DType::kUInt8}) {
-    LayerLayout layout{{1000, 77, 4096}, stored == DType::kUInt8 ? 132 : 40, stored};
+  for (DType stored :
+       {DType::kFloat32, DType::kBFloat16, DType::kFloat16, DType::kUInt8}) {
+    LayerLayout layout{
+        {1000, 77, 4096}, stored == DType::kUInt8 ? 132 : 40, stored};
     auto tables = testing::RandomTables(layout, static_cast<int>(stored));
     auto layer = Build(layout, tables);
     auto mirror = tier_->Mirror(*layer);
     ASSERT_TRUE(mirror.ok()) << mirror.status();
     EXPECT_EQ((*mirror)->bytes(), layout.total_bytes());
-    for (DType out : {DType::kFloat32, DType::kBFloat16, DType::kFloat16, DType::kUInt8}) {
+    for (DType out :
+         {DType::kFloat32, DType::kBFloat16, DType::kFloat16, DType::kUInt8}) {
       if (!CanConvert(stored, out)) continue;
       auto ids = testing::RandomIds(layout, 50, 7, 11 + static_cast<int>(out));
       const size_t bytes = ids.size() * layout.embedding_dim * DTypeSize(out);
@@ -57,7 +63,8 @@ TEST_F(GpuTierTest, MirroredGatherMatchesCpuForEveryConversion) {
       uint8_t* got = tier_->AllocResponse(bytes, &token);
       ASSERT_NE(got, nullptr);
       std::memset(got, 0x5c, bytes);
-      ASSERT_TRUE(tier_->Gather(**mirror, ids.data(), ids.size(), out, got).ok());
+      ASSERT_TRUE(
+          tier_->Gather(**mirror, ids.data(), ids.size(), out, got).ok());
       std::vector<uint8_t> want(bytes);
       GatherRows(*layer, ids.data(), 0, ids.size(), out, want.data());
       EXPECT_EQ(0, std::memcmp(got, want.data(), bytes))
@@ -93,13 +100,15 @@ TEST_F(GpuTierTest, ConcurrentGathersShareTheStreamPool) {
       for (int i = 0; i < 20; ++i) {
         auto ids = testing::RandomIds(layout, 64, 8, t * 100 + i);
         std::vector<uint8_t> got(ids.size() * 256), want(ids.size() * 256);
-        if (!tier_->Gather(**mirror, ids.data(), ids.size(), DType::kFloat32,
-                           got.data())
+        if (!tier_
+                 ->Gather(**mirror, ids.data(), ids.size(), DType::kFloat32,
+                          got.data())
                  .ok()) {
           ++mismatches;
           continue;
         }
-        GatherRows(*layer, ids.data(), 0, ids.size(), DType::kFloat32, want.data());
+        GatherRows(*layer, ids.data(), 0, ids.size(), DType::kFloat32,
+                   want.data());
         if (got != want) ++mismatches;
       }
     });

@@ -20,8 +20,7 @@ class LayerBuilderTest : public ::testing::Test {
  protected:
   LayerLayout layout_{{10, 3}, 4, DType::kFloat32};
   MemoryBudget budget_{1 << 20};
-  std::vector<std::vector<uint8_t>> tables_ =
-      testing::RandomTables(layout_, 5);
+  std::vector<std::vector<uint8_t>> tables_ = testing::RandomTables(layout_, 5);
   size_t row_ = layout_.row_bytes();
 
   std::unique_ptr<LayerBuilder> NewBuilder() {
@@ -76,7 +75,8 @@ TEST_F(LayerBuilderTest, MissingRowsFailFinish) {
   ASSERT_TRUE(b->AddChunk(1, 0, Rows(tables_[1], row_, 0, 1)).ok());
   ASSERT_TRUE(b->AddChunk(1, 2, Rows(tables_[1], row_, 2, 1)).ok());
   auto layer = b->Finish();
-  ExpectInvalid(layer.status(), "head 1 missing 1 of 3 rows (first missing row 1)");
+  ExpectInvalid(layer.status(),
+                "head 1 missing 1 of 3 rows (first missing row 1)");
 }
 
 TEST_F(LayerBuilderTest, BudgetIsEnforcedAndReleasedOnAbort) {
@@ -94,8 +94,8 @@ TEST_F(LayerBuilderTest, BudgetIsEnforcedAndReleasedOnAbort) {
 
 TEST_F(LayerBuilderTest, ShardHoldsOnlyItsRanges) {
   // Head 0: rows [2, 5) and [8, 10); head 1: nothing.
-  auto b = LayerBuilder::Create(4, layout_, &budget_, true,
-                                {{{2, 5}, {8, 10}}, {}});
+  auto b =
+      LayerBuilder::Create(4, layout_, &budget_, true, {{{2, 5}, {8, 10}}, {}});
   ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_EQ(budget_.used(), 5 * row_) << "only held rows are charged";
   ExpectInvalid((*b)->AddChunk(0, 4, Rows(tables_[0], row_, 4, 2)),
@@ -105,15 +105,16 @@ TEST_F(LayerBuilderTest, ShardHoldsOnlyItsRanges) {
   ASSERT_TRUE((*b)->AddChunk(0, 8, Rows(tables_[0], row_, 8, 2)).ok());
   ASSERT_TRUE((*b)->AddChunk(0, 2, Rows(tables_[0], row_, 2, 2)).ok());
   ExpectInvalid((*b)->Finish().status(), "first missing row 4");
-  auto c = LayerBuilder::Create(5, layout_, &budget_, false, {{{2, 5}, {8, 10}}, {}});
+  auto c = LayerBuilder::Create(5, layout_, &budget_, false,
+                                {{{2, 5}, {8, 10}}, {}});
   ASSERT_TRUE((*c)->AddChunk(0, 2, Rows(tables_[0], row_, 2, 3)).ok());
   ASSERT_TRUE((*c)->AddChunk(0, 8, Rows(tables_[0], row_, 8, 2)).ok());
   auto layer = (*c)->Finish();
   ASSERT_TRUE(layer.ok()) << layer.status();
   EXPECT_FALSE((*layer)->complete());
   EXPECT_EQ((*layer)->bytes(), 5 * row_);
-  EXPECT_EQ(0, std::memcmp((*layer)->table(0) + 8 * row_, tables_[0].data() + 8 * row_,
-                           2 * row_));
+  EXPECT_EQ(0, std::memcmp((*layer)->table(0) + 8 * row_,
+                           tables_[0].data() + 8 * row_, 2 * row_));
 }
 
 TEST_F(LayerBuilderTest, BitmapHandlesWordBoundaries) {

@@ -1,9 +1,9 @@
 #include "store/layer_registry.h"
 
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "store/gather.h"
 #include "store/layer_builder.h"
@@ -94,7 +94,8 @@ TEST(LayerRegistryTest, ConcurrentLookupRemovePopulateNeverSeeFreedMemory) {
         misses.fetch_add(1);
         continue;
       }
-      for (size_t i = 0; i < ids.size(); ++i) ids[i] = (x >> 8) % (i % 2 ? 128 : 64);
+      for (size_t i = 0; i < ids.size(); ++i)
+        ids[i] = (x >> 8) % (i % 2 ? 128 : 64);
       GatherRows(*layer, ids.data(), 0, ids.size(), DType::kUInt8, out.data());
       for (size_t i = 0; i < ids.size(); ++i) {
         const uint8_t want = static_cast<uint8_t>(id + i % 2 + ids[i]);

@@ -17,10 +17,10 @@
 #include <thread>
 
 #include "absl/strings/numbers.h"
-#include "client/client.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/client.h"
 
 namespace engram::testing {
 
@@ -65,7 +65,8 @@ absl::StatusOr<std::unique_ptr<EngramdProcess>> EngramdProcess::Start(
     execv(argv[0], argv.data());
     _exit(127);
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
     std::ifstream in(port_file);
     if (in) {
@@ -74,7 +75,8 @@ absl::StatusOr<std::unique_ptr<EngramdProcess>> EngramdProcess::Start(
         std::vector<std::string> kv = absl::StrSplit(line, '=');
         if (kv.size() != 2) continue;
         if (kv[0] == "grpc_port") (void)absl::SimpleAtoi(kv[1], &p->grpc_port_);
-        if (kv[0] == "metrics_port") (void)absl::SimpleAtoi(kv[1], &p->metrics_port_);
+        if (kv[0] == "metrics_port")
+          (void)absl::SimpleAtoi(kv[1], &p->metrics_port_);
       }
       if (p->grpc_port_ > 0) return p;
     }
@@ -149,8 +151,8 @@ absl::Status WaitServing(const std::string& address, int seconds) {
     if (last.ok()) return last;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  return absl::DeadlineExceededError(
-      absl::StrCat(address, " not SERVING after ", seconds, " s: ", last.ToString()));
+  return absl::DeadlineExceededError(absl::StrCat(
+      address, " not SERVING after ", seconds, " s: ", last.ToString()));
 }
 
 int FreePort() {
@@ -174,9 +176,10 @@ absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
   const std::string peers = absl::StrJoin(addresses, ",");
   std::vector<std::unique_ptr<EngramdProcess>> cluster;
   for (int i = 0; i < shards; ++i) {
-    std::vector<std::string> flags = {"--listen=" + addresses[i], "--peers=" + peers,
-                                      absl::StrCat("--shard_index=", i),
-                                      absl::StrCat("--replication=", replication)};
+    std::vector<std::string> flags = {
+        "--listen=" + addresses[i], "--peers=" + peers,
+        absl::StrCat("--shard_index=", i),
+        absl::StrCat("--replication=", replication)};
     flags.insert(flags.end(), extra_flags.begin(), extra_flags.end());
     auto p = EngramdProcess::Start(flags);
     if (!p.ok()) return p.status();
@@ -198,8 +201,8 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
     close(fd);
     return absl::UnavailableError(absl::StrCat("connect to port ", port));
   }
-  std::string req = absl::StrCat("GET ", path,
-                                 " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+  std::string req =
+      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
   if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
     close(fd);
     return absl::UnavailableError("write failed");

@@ -43,7 +43,8 @@ class EngramdProcess {
 // Starts `shards` engramd processes on free loopback ports forming one
 // cluster (--peers, --shard_index, --replication). `extra_flags` go to each.
 absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
-    int shards, int replication, const std::vector<std::string>& extra_flags = {});
+    int shards, int replication,
+    const std::vector<std::string>& extra_flags = {});
 // Polls grpc.health.v1 until `address` is SERVING.
 absl::Status WaitServing(const std::string& address, int seconds);
 // A free loopback port (bound, then released).

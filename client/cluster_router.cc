@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -68,12 +69,16 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
     }
     call->positions = std::move(positions);
     outstanding.fetch_add(1, std::memory_order_relaxed);
+    router->in_flight_.fetch_add(1, std::memory_order_acq_rel);
     auto self = shared_from_this();
+    ClusterRouter* r = router;
     router->stubs_[shard]->async()->Gather(
         &call->context, &call->request, &call->response,
-        [self, call, shard](grpc::Status status) {
+        [self, call, shard, r](grpc::Status status) {
           self->OnReply(shard, call->positions, call->response, status);
           self->Release();
+          r->in_flight_.fetch_sub(1,
+                                  std::memory_order_acq_rel);  // last use of r
         });
   }
 
@@ -143,6 +148,13 @@ ClusterRouter::ClusterRouter(
   for (size_t s = 0; s < shards.size(); ++s) {
     stubs_.push_back(internal::v1::EngramPeer::NewStub(shards[s]));
     down_until_ms_[s].store(0, std::memory_order_relaxed);
+  }
+}
+
+ClusterRouter::~ClusterRouter() {
+  for (int i = 0; i < 10000 && in_flight_.load(std::memory_order_acquire) > 0;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 

@@ -34,6 +34,9 @@ class ClusterRouter {
   ClusterRouter(std::vector<std::shared_ptr<grpc::Channel>> shards,
                 Placement placement, absl::Duration timeout,
                 std::function<absl::StatusOr<LayerLayout>(int64_t)> describe);
+  // Waits for peer calls still completing (a lookup's `done` may run
+  // before its last callback has returned).
+  ~ClusterRouter();
 
   // Populates through the owners directly (two phases, see PopulateFanout).
   absl::Status Populate(
@@ -59,6 +62,7 @@ class ClusterRouter {
   const absl::Duration timeout_;
   std::function<absl::StatusOr<LayerLayout>(int64_t)> describe_;
   std::unique_ptr<std::atomic<int64_t>[]> down_until_ms_;
+  std::atomic<int> in_flight_{0};  // peer calls whose callback has not returned
   std::mutex mu_;
   std::map<int64_t, LayerLayout> layouts_ ABSL_GUARDED_BY(mu_);
 

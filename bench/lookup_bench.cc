@@ -40,6 +40,25 @@ struct Shape {
   uint64_t bytes() const { return rows() * kRowBytes; }
 };
 
+// The benchmark layer: H tables of random 256-byte rows.
+struct BenchLayer {
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim,
+                     DType::kFloat32};
+  std::vector<std::vector<uint8_t>> tables;
+  std::vector<std::span<const uint8_t>> spans;
+};
+
+BenchLayer MakeBenchLayer(std::mt19937_64& rng) {
+  BenchLayer l;
+  l.tables.resize(kHeads);
+  for (auto& t : l.tables) {
+    t.resize(l.layout.table_bytes(0));
+    for (auto& b : t) b = static_cast<uint8_t>(rng());
+  }
+  l.spans.assign(l.tables.begin(), l.tables.end());
+  return l;
+}
+
 void PrintRow(const char* name, const Shape& s, const RunStats& r) {
   std::printf("  %-22s %10.0f %10.2f %9.3f %9.1f %9.1f\n", name,
               r.calls_per_s() * s.rows(), r.calls_per_s() * s.bytes() / 1e9,
@@ -67,15 +86,10 @@ int CompareTiers(double seconds, int callers, int channels) {
       Client::Connect(absl::StrCat("127.0.0.1:", cpu->port()), options);
   auto gpu_client =
       Client::Connect(absl::StrCat("127.0.0.1:", gpu->port()), options);
-  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim,
-                     DType::kFloat32};
-  std::vector<std::vector<uint8_t>> tables(kHeads);
   std::mt19937_64 rng(5);
-  for (auto& t : tables) {
-    t.resize(layout.table_bytes(0));
-    for (auto& b : t) b = static_cast<uint8_t>(rng());
-  }
-  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  const BenchLayer bench_layer = MakeBenchLayer(rng);
+  const LayerLayout& layout = bench_layer.layout;
+  const auto& spans = bench_layer.spans;
   for (Client* c : {cpu_client->get(), gpu_client->get()}) {
     if (auto s = c->Populate(1, layout, spans); !s.ok()) {
       std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
@@ -127,16 +141,7 @@ int CompareCluster(double seconds, int callers, int channels) {
   std::vector<int> ports;
   std::string peers;
   for (int i = 0; i < 3; ++i) {
-    // Free ports: bind 0, read, release.
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    socklen_t len = sizeof(a);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    close(fd);
-    ports.push_back(ntohs(a.sin_port));
+    ports.push_back(FreePort());
     peers += absl::StrCat(i ? "," : "", "127.0.0.1:", ports.back());
   }
   auto single = ChildServer::Start(
@@ -162,15 +167,10 @@ int CompareCluster(double seconds, int callers, int channels) {
   for (int i = 0; i < 200 && !(*cluster_client)->CheckHealth().ok(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim,
-                     DType::kFloat32};
-  std::vector<std::vector<uint8_t>> tables(kHeads);
   std::mt19937_64 rng(5);
-  for (auto& t : tables) {
-    t.resize(layout.table_bytes(0));
-    for (auto& b : t) b = static_cast<uint8_t>(rng());
-  }
-  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  const BenchLayer bench_layer = MakeBenchLayer(rng);
+  const LayerLayout& layout = bench_layer.layout;
+  const auto& spans = bench_layer.spans;
   for (Client* c : {single_client->get(), cluster_client->get()}) {
     if (auto st = c->Populate(1, layout, spans); !st.ok()) {
       std::fprintf(stderr, "populate: %s\n", st.status().ToString().c_str());
@@ -225,15 +225,7 @@ int ComparePeerGather(double seconds, int callers) {
   std::vector<int> ports;
   std::string peers;
   for (int i = 0; i < 2; ++i) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    socklen_t len = sizeof(a);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    close(fd);
-    ports.push_back(ntohs(a.sin_port));
+    ports.push_back(FreePort());
     peers += absl::StrCat(i ? "," : "", "127.0.0.1:", ports.back());
   }
   std::vector<std::unique_ptr<ChildServer>> shards;
@@ -248,15 +240,10 @@ int ComparePeerGather(double seconds, int callers) {
   for (int i = 0; i < 200 && !(*client)->CheckHealth().ok(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim,
-                     DType::kFloat32};
-  std::vector<std::vector<uint8_t>> tables(kHeads);
   std::mt19937_64 rng(5);
-  for (auto& t : tables) {
-    t.resize(layout.table_bytes(0));
-    for (auto& b : t) b = static_cast<uint8_t>(rng());
-  }
-  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  const BenchLayer bench_layer = MakeBenchLayer(rng);
+  const LayerLayout& layout = bench_layer.layout;
+  const auto& spans = bench_layer.spans;
   if (auto st = (*client)->Populate(1, layout, spans); !st.ok()) return 1;
   auto placement = *Placement::Create(2, 1);
   grpc::ChannelArguments args = TunedChannelArguments();
@@ -351,15 +338,10 @@ int Main(int argc, char** argv) {
   options.num_channels = channels;
   auto client =
       Client::Connect(absl::StrCat("127.0.0.1:", engramd->port()), options);
-  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kDim,
-                     DType::kFloat32};
-  std::vector<std::vector<uint8_t>> tables(kHeads);
   std::mt19937_64 rng(5);
-  for (auto& t : tables) {
-    t.resize(layout.table_bytes(0));
-    for (auto& b : t) b = static_cast<uint8_t>(rng());
-  }
-  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  const BenchLayer bench_layer = MakeBenchLayer(rng);
+  const LayerLayout& layout = bench_layer.layout;
+  const auto& spans = bench_layer.spans;
   if (auto s = (*client)->Populate(1, layout, spans); !s.ok()) {
     std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
     return 1;
@@ -442,9 +424,10 @@ int Main(int argc, char** argv) {
   std::vector<std::string> keys(redis_rows), values(redis_rows);
   for (int64_t i = 0; i < redis_rows; ++i) {
     keys[i] = absl::StrCat("engram:l1:h", i % kHeads, ":", i / kHeads);
-    values[i].assign(reinterpret_cast<const char*>(tables[i % kHeads].data()) +
-                         (i / kHeads) * kRowBytes,
-                     kRowBytes);
+    values[i].assign(
+        reinterpret_cast<const char*>(bench_layer.tables[i % kHeads].data()) +
+            (i / kHeads) * kRowBytes,
+        kRowBytes);
   }
   RedisClient loader(redis->port());
   if (!loader.SetAll(keys, values)) {

@@ -24,7 +24,7 @@
 namespace engram::bench {
 namespace {
 
-int FreePort() {
+int FreePortImpl() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -92,6 +92,8 @@ class EchoService final : public engram::bench::Echo::CallbackService {
 };
 
 }  // namespace
+
+int FreePort() { return FreePortImpl(); }
 
 std::unique_ptr<ChildServer> ChildServer::Start(std::vector<std::string> argv) {
   auto child = std::unique_ptr<ChildServer>(new ChildServer);
@@ -210,7 +212,7 @@ bool TcpFetcher::Fetch(uint64_t bytes, std::vector<uint8_t>* buffer) {
 std::unique_ptr<RedisPeer> RedisPeer::Start(const std::string& redis_server) {
   if (access(redis_server.c_str(), X_OK) != 0) return nullptr;
   auto peer = std::unique_ptr<RedisPeer>(new RedisPeer);
-  peer->port_ = FreePort();
+  peer->port_ = FreePortImpl();
   peer->pid_ = fork();
   if (peer->pid_ == 0) {
     const std::string port = std::to_string(peer->port_);

@@ -27,6 +27,9 @@ class ChildServer {
   std::string dir_;
 };
 
+// A free loopback TCP port (bound, then released).
+int FreePort();
+
 // Serves the echo service until SIGTERM; used by `lookup_bench --serve_echo`.
 int ServeEcho(const std::string& port_file);
 

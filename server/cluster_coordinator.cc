@@ -116,17 +116,9 @@ class ClusterPopulateReactor
           "a second PopulateHeader arrived; send one header, then chunks");
     }
     layer_id_ = header.layer_id();
-    layout_.table_vocab_sizes.assign(
-        header.config().table_vocab_sizes().begin(),
-        header.config().table_vocab_sizes().end());
-    layout_.embedding_dim = header.config().embedding_dim();
-    const int dtype = static_cast<int>(header.config().dtype());
-    if (dtype < 0 || dtype > 4) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("dtype ", dtype, " is not a known DType"));
-    }
-    layout_.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
-    if (absl::Status s = ValidateLayout(layout_); !s.ok()) return s;
+    absl::StatusOr<LayerLayout> layout = LayoutFromConfig(header.config());
+    if (!layout.ok()) return layout.status();
+    layout_ = *std::move(layout);
     if (coordinator_->layers()->Find(layer_id_) != nullptr) {
       return absl::AlreadyExistsError(absl::StrCat(
           "layer ", layer_id_,

@@ -162,6 +162,17 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
                       std::string(status.message()));
 }
 
+absl::StatusOr<LayerLayout> LayoutFromConfig(const v1::LayerConfig& config) {
+  LayerLayout layout;
+  layout.table_vocab_sizes.assign(config.table_vocab_sizes().begin(),
+                                  config.table_vocab_sizes().end());
+  layout.embedding_dim = config.embedding_dim();
+  const int dtype = static_cast<int>(config.dtype());
+  layout.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
+  if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
+  return layout;
+}
+
 void FillLayerInfo(const Layer& layer, v1::LayerInfo* info) {
   const LayerLayout& layout = layer.layout();
   info->set_layer_id(layer.id());

@@ -81,6 +81,10 @@ class EngramService final
 // absl -> gRPC status, same code and message (the one conversion point).
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// The validated layout a Populate / Stage header asks for (DTYPE_UNSPECIFIED
+// means float32); INVALID_ARGUMENT naming the broken invariant.
+absl::StatusOr<LayerLayout> LayoutFromConfig(const v1::LayerConfig& config);
+
 // Fills the public description of a committed layer.
 void FillLayerInfo(const Layer& layer, v1::LayerInfo* info);
 

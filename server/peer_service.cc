@@ -62,25 +62,20 @@ class StageReactor : public grpc::ServerReadReactor<StageRequest> {
       return absl::InvalidArgumentError("second Stage header");
     txn_id_ = header.txn_id();
     layer_id_ = header.layer_id();
-    LayerLayout layout;
-    layout.table_vocab_sizes.assign(header.config().table_vocab_sizes().begin(),
-                                    header.config().table_vocab_sizes().end());
-    layout.embedding_dim = header.config().embedding_dim();
-    const int dtype = static_cast<int>(header.config().dtype());
-    layout.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
-    if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
+    absl::StatusOr<LayerLayout> layout = LayoutFromConfig(header.config());
+    if (!layout.ok()) return layout.status();
     auto ticket = service_->layers()->BeginPopulate(
         layer_id_, [ctx = context_] { ctx->TryCancel(); });
     if (!ticket.ok()) return ticket.status();
     ticket_ = *std::move(ticket);
     const ClusterContext& cluster = *service_->cluster();
-    std::vector<std::vector<RowRange>> owned(layout.num_heads());
-    for (int h = 0; h < layout.num_heads(); ++h) {
+    std::vector<std::vector<RowRange>> owned(layout->num_heads());
+    for (int h = 0; h < layout->num_heads(); ++h) {
       owned[h] = cluster.placement().OwnedRanges(
-          layer_id_, h, layout.table_vocab_sizes[h], cluster.self());
+          layer_id_, h, layout->table_vocab_sizes[h], cluster.self());
     }
     auto builder =
-        LayerBuilder::Create(layer_id_, std::move(layout), service_->budget(),
+        LayerBuilder::Create(layer_id_, *std::move(layout), service_->budget(),
                              service_->pin_memory(), std::move(owned));
     if (!builder.ok()) return builder.status();
     builder_ = *std::move(builder);

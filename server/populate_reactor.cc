@@ -67,17 +67,8 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
           "a second PopulateHeader arrived; send one header, then chunks");
     }
     layer_id_ = header.layer_id();
-    LayerLayout layout;
-    layout.table_vocab_sizes.assign(header.config().table_vocab_sizes().begin(),
-                                    header.config().table_vocab_sizes().end());
-    layout.embedding_dim = header.config().embedding_dim();
-    const int dtype = static_cast<int>(header.config().dtype());
-    if (dtype < 0 || dtype > 4) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("dtype ", dtype, " is not a known DType"));
-    }
-    layout.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
-    if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
+    absl::StatusOr<LayerLayout> layout = LayoutFromConfig(header.config());
+    if (!layout.ok()) return layout.status();
 
     absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
         layers_->BeginPopulate(layer_id_,
@@ -85,7 +76,7 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
     if (!ticket.ok()) return ticket.status();
     ticket_ = *std::move(ticket);
     absl::StatusOr<std::unique_ptr<LayerBuilder>> builder =
-        LayerBuilder::Create(layer_id_, std::move(layout), budget_, pin_);
+        LayerBuilder::Create(layer_id_, *std::move(layout), budget_, pin_);
     if (!builder.ok()) return builder.status();
     builder_ = *std::move(builder);
     return absl::OkStatus();

@@ -61,7 +61,7 @@ absl::StatusOr<HostBuffer> HostBuffer::Allocate(size_t bytes, bool try_pin) {
 
 absl::StatusOr<HostBuffer> HostBuffer::AllocateSparse(
     size_t bytes, const std::vector<std::pair<size_t, size_t>>& resident,
-    bool try_pin) {
+    bool try_pin, const ExportMapper* exporter) {
   if (bytes == 0) return absl::InvalidArgumentError("empty host buffer");
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t mapped = (bytes + page - 1) / page * page;
@@ -76,6 +76,33 @@ absl::StatusOr<HostBuffer> HostBuffer::AllocateSparse(
   buffer.data_ = static_cast<uint8_t*>(p);
   buffer.size_ = bytes;
   buffer.mapped_ = mapped;
+  if (exporter != nullptr && *exporter) {
+    // Page-rounded resident extents, sorted and merged so no page is mapped
+    // twice (small non-resident ranges between them are covered too).
+    std::vector<std::pair<size_t, size_t>> extents;
+    for (auto [begin, end] : resident) {
+      if (end <= begin) continue;
+      extents.emplace_back(begin / page * page,
+                           std::min(mapped, (end + page - 1) / page * page));
+    }
+    std::sort(extents.begin(), extents.end());
+    std::vector<std::pair<size_t, size_t>> merged;
+    for (auto e : extents) {
+      if (!merged.empty() && e.first <= merged.back().second) {
+        merged.back().second = std::max(merged.back().second, e.second);
+      } else {
+        merged.push_back(e);
+      }
+    }
+    for (auto [first, last] : merged) {
+      absl::StatusOr<ExportedRange> range =
+          (*exporter)(buffer.data_ + first, last - first);
+      if (range.ok()) {
+        range->offset = first;
+        buffer.exports_.push_back(*std::move(range));
+      }
+    }
+  }
   if (try_pin) {
     bool all = true;
     for (auto [begin, end] : resident) {
@@ -93,7 +120,8 @@ HostBuffer::HostBuffer(HostBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)),
       mapped_(std::exchange(other.mapped_, 0)),
-      pin_mode_(std::exchange(other.pin_mode_, PinMode::kNone)) {}
+      pin_mode_(std::exchange(other.pin_mode_, PinMode::kNone)),
+      exports_(std::exchange(other.exports_, {})) {}
 
 HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
   if (this != &other) {
@@ -102,6 +130,7 @@ HostBuffer& HostBuffer::operator=(HostBuffer&& other) noexcept {
     size_ = std::exchange(other.size_, 0);
     mapped_ = std::exchange(other.mapped_, 0);
     pin_mode_ = std::exchange(other.pin_mode_, PinMode::kNone);
+    exports_ = std::exchange(other.exports_, {});
   }
   return *this;
 }
@@ -111,7 +140,21 @@ HostBuffer::~HostBuffer() { Release(); }
 void HostBuffer::Release() {
   if (data_ != nullptr) {
     if (pin_mode_ == PinMode::kCudaHost) gpu::HostUnregister(data_);
-    munmap(data_, mapped_);  // also drops any mlock
+    if (exports_.empty()) {
+      munmap(data_, mapped_);  // also drops any mlock
+    } else {
+      // The transport unmaps its ranges; only the gaps between them are
+      // ours (unmapping the whole span after them could hit a mapping
+      // another thread placed in a freed hole meanwhile).
+      size_t at = 0;
+      for (ExportedRange& range : exports_) {
+        if (range.offset > at) munmap(data_ + at, range.offset - at);
+        if (range.release) range.release();
+        at = range.offset + range.length;
+      }
+      if (mapped_ > at) munmap(data_ + at, mapped_ - at);
+      exports_.clear();
+    }
   }
   data_ = nullptr;
   size_ = mapped_ = 0;

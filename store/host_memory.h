@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -22,6 +24,22 @@ enum class PinMode {
 };
 const char* PinModeName(PinMode mode);
 
+// A byte range of a HostBuffer that a transport placed in memory other
+// processes can read (e.g. UCX-allocated shared memory, registered for RDMA).
+// `descriptor` is the transport's opaque description for remote readers;
+// `release` unmaps it and runs before the buffer's own unmap.
+struct ExportedRange {
+  size_t offset = 0;
+  size_t length = 0;
+  std::string descriptor;
+  std::function<void()> release;
+};
+
+// Places `length` bytes at exactly `address` (page aligned, inside a
+// reservation the caller owns) in remotely readable memory, zero filled.
+using ExportMapper = std::function<absl::StatusOr<ExportedRange>(
+    uint8_t* address, size_t length)>;
+
 // One anonymous mapping, page aligned, zero filled, released on destruction.
 // Move-only; not thread-safe to mutate, safe to read concurrently.
 class HostBuffer {
@@ -34,10 +52,13 @@ class HostBuffer {
   // A mapping of `bytes` of address space of which only the `resident`
   // byte ranges [first, second) will be written: the rest costs no memory
   // (MAP_NORESERVE, never touched). Pins only the resident ranges (mlock).
-  // For a shard holding some row ranges of a table.
+  // For a shard holding some row ranges of a table. With `exporter`, the
+  // resident ranges (page-rounded, overlaps merged) are mapped through it so
+  // other shards can read them; a range it cannot map stays private (then
+  // `exports()` lacks it and readers fall back to asking this process).
   static absl::StatusOr<HostBuffer> AllocateSparse(
       size_t bytes, const std::vector<std::pair<size_t, size_t>>& resident,
-      bool try_pin);
+      bool try_pin, const ExportMapper* exporter = nullptr);
   // Process-wide switch, set by the server when its GPU tier opens.
   static void EnableCudaPinning(bool enabled);
   HostBuffer(HostBuffer&& other) noexcept;
@@ -50,6 +71,7 @@ class HostBuffer {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   PinMode pin_mode() const { return pin_mode_; }
+  const std::vector<ExportedRange>& exports() const { return exports_; }
 
  private:
   void Release();
@@ -57,6 +79,7 @@ class HostBuffer {
   size_t size_ = 0;
   size_t mapped_ = 0;
   PinMode pin_mode_ = PinMode::kNone;
+  std::vector<ExportedRange> exports_;
 };
 
 // A byte budget shared by all tables of a process. Thread-safe (atomics).

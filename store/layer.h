@@ -36,6 +36,11 @@ class Layer {
   // Row-major [N_h, D] bytes of head h.
   const uint8_t* table(int head) const { return table_ptrs_[head]; }
   const uint8_t* const* table_ptrs() const { return table_ptrs_.data(); }
+  // The ranges of head h's table other shards may read remotely (shards
+  // with a transport only; empty otherwise).
+  const std::vector<ExportedRange>& exports(int head) const {
+    return tables_[head].exports();
+  }
   // Row bytes stored here: the whole layout, or a shard's share of it.
   uint64_t bytes() const { return reservation_.bytes(); }
   // False for a shard's partial copy (only its row ranges are present).

@@ -52,7 +52,7 @@ void SetRange(std::vector<uint64_t>& bits, int64_t begin, int64_t end) {
 
 absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
     int64_t layer_id, LayerLayout layout, MemoryBudget* budget, bool pin_memory,
-    std::vector<std::vector<RowRange>> owned) {
+    std::vector<std::vector<RowRange>> owned, const ExportMapper* exporter) {
   if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
   if (!owned.empty() && owned.size() != layout.table_vocab_sizes.size()) {
     return absl::InternalError("owned ranges must list every head");
@@ -83,8 +83,8 @@ absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
       for (RowRange r : builder->owned_[h]) {
         resident.emplace_back(r.begin * l.row_bytes(), r.end * l.row_bytes());
       }
-      table =
-          HostBuffer::AllocateSparse(l.table_bytes(h), resident, pin_memory);
+      table = HostBuffer::AllocateSparse(l.table_bytes(h), resident, pin_memory,
+                                         exporter);
     }
     if (!table.ok()) return table.status();
     builder->tables_.push_back(*std::move(table));

@@ -23,10 +23,12 @@ class LayerBuilder {
   // Validates the layout, charges its bytes to `budget` (RESOURCE_EXHAUSTED
   // past the limit) and allocates the tables. With `owned` (one list of
   // row ranges per head: a shard of a cluster), only those rows are stored,
-  // charged and expected; the others are never written.
+  // charged and expected; the others are never written. `exporter` (shards
+  // only) places the owned rows where other shards can read them remotely.
   static absl::StatusOr<std::unique_ptr<LayerBuilder>> Create(
       int64_t layer_id, LayerLayout layout, MemoryBudget* budget,
-      bool pin_memory, std::vector<std::vector<RowRange>> owned = {});
+      bool pin_memory, std::vector<std::vector<RowRange>> owned = {},
+      const ExportMapper* exporter = nullptr);
 
   // Copies whole rows of `head` starting at `row_offset`. INVALID_ARGUMENT
   // for a bad head, offset, ragged or empty data, rows past the table end,

@@ -202,6 +202,7 @@ class ClusterPopulateReactor
 struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
   ClusterContext* cluster;
   ServerMetrics* metrics;
+  PeerRmaReader* rma;  // null: gather only
   std::shared_ptr<const Layer> layer;
   const int64_t* ids;
   DType out_dtype;
@@ -259,6 +260,61 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
   }
 
   void Send(int shard, std::vector<Position> positions) {
+    // A shard marked down is not read even where its memory is still
+    // mapped here: the gather path reports it (or fails over).
+    if (rma != nullptr && cluster->up(shard)) {
+      SendRma(shard, std::move(positions));
+    } else {
+      SendGather(shard, std::move(positions));
+    }
+  }
+
+  // One-sided reads into `out` (or a staging block when converting); on
+  // any failure the same positions go over the gather path, whose failover
+  // handles a dead owner.
+  void SendRma(int shard, std::vector<Position> positions) {
+    const LayerLayout& l = layer->layout();
+    const size_t row_bytes = l.row_bytes();
+    std::shared_ptr<std::vector<uint8_t>> staging;
+    if (out_dtype != l.dtype) {
+      staging =
+          std::make_shared<std::vector<uint8_t>>(positions.size() * row_bytes);
+    }
+    std::vector<PeerRmaReader::Row> rows;
+    rows.reserve(positions.size());
+    for (size_t j = 0; j < positions.size(); ++j) {
+      const int64_t index = positions[j].index;
+      rows.push_back({static_cast<int>(index % l.num_heads()), ids[index],
+                      staging != nullptr ? staging->data() + j * row_bytes
+                                         : out + index * out_row_bytes});
+    }
+    const Clock::time_point start = Clock::now();
+    outstanding.fetch_add(1, std::memory_order_relaxed);
+    auto self = shared_from_this();
+    auto list = std::make_shared<std::vector<Position>>(std::move(positions));
+    rma->Read(
+        shard, layer, std::move(rows), start + kPeerReadTimeout,
+        [self, shard, list, staging, start](absl::Status s) {
+          const size_t rb = self->layer->layout().row_bytes();
+          if (s.ok()) {
+            if (staging != nullptr) {
+              for (size_t j = 0; j < list->size(); ++j)
+                self->WriteRow((*list)[j].index, staging->data() + j * rb);
+            }
+            self->metrics->RecordPeerRead(
+                PeerPath::kRma,
+                std::chrono::duration<double>(Clock::now() - start).count(),
+                list->size() * rb);
+          } else {
+            if (s.code() != absl::StatusCode::kFailedPrecondition)
+              self->metrics->RecordRmaFallback();
+            self->SendGather(shard, std::move(*list));
+          }
+          self->Release();
+        });
+  }
+
+  void SendGather(int shard, std::vector<Position> positions) {
     const LayerLayout& l = layer->layout();
     struct Call {
       grpc::ClientContext context;
@@ -298,6 +354,7 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
         WriteRow(call.positions[j].index, data + j * row_bytes);
       }
       metrics->RecordPeerRead(
+          PeerPath::kGather,
           std::chrono::duration<double>(Clock::now() - call.start).count(),
           expected);
       return;
@@ -361,8 +418,9 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
 
 ClusterCoordinator::ClusterCoordinator(ClusterContext* cluster,
                                        LayerRegistry* layers,
-                                       ServerMetrics* metrics)
-    : cluster_(cluster), layers_(layers), metrics_(metrics) {}
+                                       ServerMetrics* metrics,
+                                       PeerRmaReader* rma)
+    : cluster_(cluster), layers_(layers), metrics_(metrics), rma_(rma) {}
 
 grpc::ServerReadReactor<v1::PopulateRequest>* ClusterCoordinator::NewPopulate(
     grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
@@ -376,6 +434,7 @@ void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
   auto fan = std::make_shared<GatherFanout>();
   fan->cluster = cluster_;
   fan->metrics = metrics_;
+  fan->rma = rma_;
   fan->layer = std::move(layer);
   fan->ids = ids;
   fan->out_dtype = out_dtype;

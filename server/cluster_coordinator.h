@@ -13,6 +13,7 @@
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/cluster.h"
 #include "server/metrics.h"
+#include "server/peer_rma.h"
 #include "store/layer.h"
 #include "store/layer_registry.h"
 
@@ -23,8 +24,9 @@ namespace engram {
 // async peer API).
 class ClusterCoordinator {
  public:
+  // `rma` (may be null: gather only) reads remote rows one-sidedly.
   ClusterCoordinator(ClusterContext* cluster, LayerRegistry* layers,
-                     ServerMetrics* metrics);
+                     ServerMetrics* metrics, PeerRmaReader* rma = nullptr);
 
   grpc::ServerReadReactor<v1::PopulateRequest>* NewPopulate(
       grpc::CallbackServerContext* context, v1::PopulateResponse* response);
@@ -48,6 +50,7 @@ class ClusterCoordinator {
   ClusterContext* const cluster_;
   LayerRegistry* const layers_;
   ServerMetrics* const metrics_;
+  PeerRmaReader* const rma_;
 };
 
 }  // namespace engram

@@ -153,6 +153,17 @@ const std::vector<FlagSpec>& Flags() {
          return ParseNumber(v, &c->replication) && c->replication >= 1;
        },
        [](const ServerConfig& c) { return absl::StrCat(c.replication); }},
+      {"peer_read",
+       "how rows owned by other shards are read: auto (UCX one-sided reads "
+       "where the transport does them natively - same-host shared memory, "
+       "RDMA - else gather), rma (always UCX; transport picked by UCX_TLS) "
+       "or gather (the owner packs them, over gRPC)",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->peer_read = v;
+         return v == "auto" || v == "rma" || v == "gather";
+       },
+       [](const ServerConfig& c) { return c.peer_read; }},
       {"staged_timeout_seconds",
        "populate data staged for a coordinator that never commits is dropped "
        "after this long",

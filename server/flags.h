@@ -31,6 +31,11 @@ struct ServerConfig {
   std::string peers;
   int replication = 1;
   double staged_timeout_seconds = 120;
+  // How a shard reads rows other shards own: "rma" (UCX one-sided reads
+  // straight into the response), "gather" (the owner packs them, over
+  // gRPC), or "auto" (rma where UCX reads natively: same-host mapping or
+  // RDMA; gather over TCP).
+  std::string peer_read = "auto";
   std::string port_file;  // written once serving: grpc_port=, metrics_port=
   bool help = false;
 };

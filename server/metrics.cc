@@ -215,21 +215,33 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
                          .Name("engram_peer_reads_total")
                          .Help("Row reads from peer shards, by data path.")
                          .Register(*registry_);
-  peer_reads_ = &peer_reads.Add({{"path", "gather"}});
   auto& peer_bytes = prometheus::BuildCounter()
                          .Name("engram_peer_read_bytes_total")
                          .Help("Row bytes read from peer shards, by data path.")
                          .Register(*registry_);
-  peer_read_bytes_ = &peer_bytes.Add({{"path", "gather"}});
-  peer_read_latency_ =
-      &prometheus::BuildHistogram()
-           .Name("engram_peer_read_latency_seconds")
-           .Help("Latency of one peer read, by data path.")
-           .Register(*registry_)
-           .Add({{"path", "gather"}},
-                prometheus::Histogram::BucketBoundaries{
-                    50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3,
-                    25e-3, 50e-3, 100e-3, 250e-3, 1.0});
+  auto& peer_latency = prometheus::BuildHistogram()
+                           .Name("engram_peer_read_latency_seconds")
+                           .Help("Latency of one peer read, by data path.")
+                           .Register(*registry_);
+  auto& peer_fallbacks =
+      prometheus::BuildCounter()
+          .Name("engram_peer_rma_fallbacks_total")
+          .Help(
+              "Remote (rma) reads that failed or were refused and went over "
+              "the gather path instead.")
+          .Register(*registry_);
+  rma_fallbacks_ = &peer_fallbacks.Add({});
+  for (PeerPath path : {PeerPath::kGather, PeerPath::kRma}) {
+    const std::string name = path == PeerPath::kRma ? "rma" : "gather";
+    const int i = static_cast<int>(path);
+    peer_reads_[i] = &peer_reads.Add({{"path", name}});
+    peer_read_bytes_[i] = &peer_bytes.Add({{"path", name}});
+    peer_read_latency_[i] = &peer_latency.Add(
+        {{"path", name}},
+        prometheus::Histogram::BucketBoundaries{
+            10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3,
+            10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0});
+  }
   failovers_ =
       &prometheus::BuildCounter()
            .Name("engram_peer_failovers_total")
@@ -249,10 +261,12 @@ void ServerMetrics::RecordCall(Rpc rpc, grpc::StatusCode code) {
   if (c != 0) errors_[r][c]->Increment();
 }
 
-void ServerMetrics::RecordPeerRead(double seconds, uint64_t bytes) {
-  peer_reads_->Increment();
-  peer_read_bytes_->Increment(static_cast<double>(bytes));
-  peer_read_latency_->Observe(seconds);
+void ServerMetrics::RecordPeerRead(PeerPath path, double seconds,
+                                   uint64_t bytes) {
+  const int i = static_cast<int>(path);
+  peer_reads_[i]->Increment();
+  peer_read_bytes_[i]->Increment(static_cast<double>(bytes));
+  peer_read_latency_[i]->Observe(seconds);
 }
 
 void ServerMetrics::SetPeersUpSource(std::function<int()> peers_up) {

@@ -20,6 +20,8 @@
 namespace engram {
 
 enum class Rpc { kPopulate, kLookup, kRemove, kDescribeLayer, kListLayers };
+// How rows owned by another shard were read.
+enum class PeerPath { kGather = 0, kRma = 1 };
 inline constexpr int kNumRpcs = 5;
 inline constexpr int kNumStatusCodes = 17;
 
@@ -47,7 +49,8 @@ class ServerMetrics {
   // A lookup meant for the GPU that the CPU served after a GPU error.
   void RecordGpuFallback() { gpu_fallbacks_->Increment(); }
   // A read of rows from a peer shard (the gather path).
-  void RecordPeerRead(double seconds, uint64_t bytes);
+  void RecordPeerRead(PeerPath path, double seconds, uint64_t bytes);
+  void RecordRmaFallback() { rma_fallbacks_->Increment(); }
   // Rows re-asked from another owner after a peer failed or was slow.
   void RecordFailover() { failovers_->Increment(); }
   // Reports engram_peers_up from `peers_up` at scrape time.
@@ -67,9 +70,10 @@ class ServerMetrics {
   prometheus::Counter* cpu_lookups_ = nullptr;
   prometheus::Counter* gpu_lookups_ = nullptr;
   prometheus::Counter* gpu_fallbacks_ = nullptr;
-  prometheus::Counter* peer_reads_ = nullptr;
-  prometheus::Counter* peer_read_bytes_ = nullptr;
-  prometheus::Histogram* peer_read_latency_ = nullptr;
+  prometheus::Counter* peer_reads_[2] = {};
+  prometheus::Counter* peer_read_bytes_[2] = {};
+  prometheus::Histogram* peer_read_latency_[2] = {};
+  prometheus::Counter* rma_fallbacks_ = nullptr;
   prometheus::Counter* failovers_ = nullptr;
 };
 

@@ -74,9 +74,9 @@ class StageReactor : public grpc::ServerReadReactor<StageRequest> {
       owned[h] = cluster.placement().OwnedRanges(
           layer_id_, h, layout->table_vocab_sizes[h], cluster.self());
     }
-    auto builder =
-        LayerBuilder::Create(layer_id_, *std::move(layout), service_->budget(),
-                             service_->pin_memory(), std::move(owned));
+    auto builder = LayerBuilder::Create(
+        layer_id_, *std::move(layout), service_->budget(),
+        service_->pin_memory(), std::move(owned), service_->exporter());
     if (!builder.ok()) return builder.status();
     builder_ = *std::move(builder);
     return absl::OkStatus();
@@ -124,11 +124,14 @@ class StageReactor : public grpc::ServerReadReactor<StageRequest> {
 }  // namespace
 
 PeerService::PeerService(LayerRegistry* layers, MemoryBudget* budget,
-                         ClusterContext* cluster, bool pin_memory)
+                         ClusterContext* cluster, bool pin_memory,
+                         transport::UcxEngine* transport)
     : layers_(layers),
       budget_(budget),
       cluster_(cluster),
-      pin_memory_(pin_memory) {
+      pin_memory_(pin_memory),
+      transport_(transport) {
+  if (transport_ != nullptr) exporter_ = transport_->Mapper();
   janitor_ = std::thread([this] { JanitorLoop(); });
 }
 
@@ -293,6 +296,41 @@ grpc::ServerUnaryReactor* PeerService::Gather(
   }
   grpc::Slice slice(buffer, header_bytes + data_bytes, &std::free);
   *response = grpc::ByteBuffer(&slice, 1);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PeerService::Transport(
+    grpc::CallbackServerContext* context,
+    const internal::v1::TransportRequest* request,
+    internal::v1::TransportResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  if (transport_ == nullptr) {
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        "this shard exports no rows for remote reads (--peer_read=gather or "
+        "built without UCX)"));
+    return reactor;
+  }
+  std::shared_ptr<const Layer> layer = layers_->Find(request->layer_id());
+  if (layer == nullptr) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::NOT_FOUND,
+                     absl::StrCat("layer ", request->layer_id(),
+                                  " is not committed on this shard")));
+    return reactor;
+  }
+  response->set_worker_address(transport_->worker_address());
+  response->set_control_descriptor(transport_->control_descriptor());
+  for (int h = 0; h < layer->layout().num_heads(); ++h) {
+    internal::v1::HeadExports* head = response->add_heads();
+    for (const ExportedRange& e : layer->exports(h)) {
+      internal::v1::ExportedRange* r = head->add_ranges();
+      r->set_offset(e.offset);
+      r->set_length(e.length);
+      r->set_access(e.descriptor);
+    }
+  }
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -17,6 +17,7 @@
 #include "server/cluster.h"
 #include "server/metrics.h"
 #include "store/layer_registry.h"
+#include "transport/ucx_engine.h"
 
 namespace engram {
 
@@ -29,8 +30,11 @@ class PeerService final
     : public internal::v1::EngramPeer::WithRawCallbackMethod_Gather<
           internal::v1::EngramPeer::CallbackService> {
  public:
+  // `transport` (may be null: nothing exported) places staged rows where
+  // other shards can read them and answers Transport.
   PeerService(LayerRegistry* layers, MemoryBudget* budget,
-              ClusterContext* cluster, bool pin_memory);
+              ClusterContext* cluster, bool pin_memory,
+              transport::UcxEngine* transport = nullptr);
   ~PeerService() override;
 
   grpc::ServerReadReactor<internal::v1::StageRequest>* Stage(
@@ -46,6 +50,10 @@ class PeerService final
   grpc::ServerUnaryReactor* Gather(grpc::CallbackServerContext* context,
                                    const grpc::ByteBuffer* request,
                                    grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Transport(
+      grpc::CallbackServerContext* context,
+      const internal::v1::TransportRequest* request,
+      internal::v1::TransportResponse* response) override;
   grpc::ServerUnaryReactor* RemoveLocal(grpc::CallbackServerContext* context,
                                         const v1::RemoveRequest* request,
                                         v1::RemoveResponse* response) override;
@@ -59,6 +67,10 @@ class PeerService final
   MemoryBudget* budget() { return budget_; }
   ClusterContext* cluster() { return cluster_; }
   bool pin_memory() const { return pin_memory_; }
+  // For LayerBuilder; null without a transport.
+  const ExportMapper* exporter() const {
+    return transport_ != nullptr ? &exporter_ : nullptr;
+  }
 
  private:
   struct Prepared {
@@ -72,6 +84,8 @@ class PeerService final
   MemoryBudget* const budget_;
   ClusterContext* const cluster_;
   const bool pin_memory_;
+  transport::UcxEngine* const transport_;
+  ExportMapper exporter_;
   std::mutex mu_;
   std::condition_variable wake_;
   std::map<std::string, Prepared> prepared_ ABSL_GUARDED_BY(mu_);

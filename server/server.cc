@@ -99,6 +99,26 @@ EngramServer::~EngramServer() {
   }
 }
 
+absl::Status EngramServer::StartTransport() {
+  if (config_.peer_read == "gather") return absl::OkStatus();
+  absl::StatusOr<std::unique_ptr<transport::UcxEngine>> engine =
+      transport::UcxEngine::Create();
+  if (!engine.ok()) {
+    if (config_.peer_read == "rma") {
+      return absl::Status(
+          engine.status().code(),
+          absl::StrCat("--peer_read=rma: ", engine.status().message()));
+    }
+    LogWarning(absl::StrCat("no UCX transport (", engine.status().message(),
+                            "); peer reads use the gather path"));
+    return absl::OkStatus();
+  }
+  ucx_ = *std::move(engine);
+  LogInfo(absl::StrCat("UCX transport up (--peer_read=", config_.peer_read,
+                       "); table ranges are exported for remote reads"));
+  return absl::OkStatus();
+}
+
 absl::Status EngramServer::Start() {
   absl::StatusOr<std::vector<std::string>> peers = ClusterPeers(config_);
   if (!peers.ok()) return peers.status();
@@ -109,10 +129,15 @@ absl::Status EngramServer::Start() {
     cluster_ = std::make_unique<ClusterContext>(config_.shard_index, *peers,
                                                 *placement,
                                                 config_.staged_timeout_seconds);
+    if (absl::Status s = StartTransport(); !s.ok()) return s;
     peer_service_ = std::make_unique<PeerService>(
-        &layers_, &budget_, cluster_.get(), config_.pin_memory);
-    coordinator_ = std::make_unique<ClusterCoordinator>(cluster_.get(),
-                                                        &layers_, &metrics_);
+        &layers_, &budget_, cluster_.get(), config_.pin_memory, ucx_.get());
+    if (ucx_ != nullptr) {
+      rma_ = std::make_unique<PeerRmaReader>(ucx_.get(), cluster_.get(),
+                                             config_.peer_read == "auto");
+    }
+    coordinator_ = std::make_unique<ClusterCoordinator>(
+        cluster_.get(), &layers_, &metrics_, rma_.get());
     service_.SetCluster(coordinator_.get());
     metrics_.SetPeersUpSource([c = cluster_.get()] { return c->peers_up(); });
     if (config_.demo) {

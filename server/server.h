@@ -14,11 +14,13 @@
 #include "server/engram_service.h"
 #include "server/flags.h"
 #include "server/metrics.h"
+#include "server/peer_rma.h"
 #include "server/peer_service.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
 #include "store/thread_pool.h"
+#include "transport/ucx_engine.h"
 
 namespace engram {
 
@@ -55,10 +57,16 @@ class EngramServer {
   int metrics_port() const { return metrics_port_; }
 
  private:
+  // The UCX engine for --peer_read=auto|rma (left null for gather, or for
+  // auto where UCX cannot start).
+  absl::Status StartTransport();
+
   const ServerConfig config_;
   MemoryBudget budget_;
   // Before layers_: layers hold GPU mirrors charged to the tier's budget.
   std::unique_ptr<GpuTier> gpu_;
+  // Before layers_ too: shard layers' exported ranges are unmapped by it.
+  std::unique_ptr<transport::UcxEngine> ucx_;
   LayerRegistry layers_;
   ThreadPool pool_;
   ServerMetrics metrics_;
@@ -66,6 +74,7 @@ class EngramServer {
   // Cluster mode (--peers) only.
   std::unique_ptr<ClusterContext> cluster_;
   std::unique_ptr<PeerService> peer_service_;
+  std::unique_ptr<PeerRmaReader> rma_;
   std::unique_ptr<ClusterCoordinator> coordinator_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<grpc::Server> server_;

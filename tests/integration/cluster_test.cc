@@ -18,11 +18,15 @@ namespace {
 using testing::EngramdProcess;
 using ::testing::HasSubstr;
 
-class ClusterTest : public ::testing::Test {
+// Every case runs with each peer-read path: "gather" (the owner packs rows
+// over gRPC) and "rma" (UCX one-sided reads; the transport is whatever
+// UCX_TLS selects: ctest runs this binary with shared memory and with TCP).
+class ClusterTest : public ::testing::TestWithParam<std::string> {
  protected:
-  void Start(int replication) {
-    auto c =
-        testing::StartCluster(3, replication, {"--staged_timeout_seconds=5"});
+  void Start(int replication, std::vector<std::string> flags = {}) {
+    flags.push_back("--staged_timeout_seconds=5");
+    flags.push_back("--peer_read=" + GetParam());
+    auto c = testing::StartCluster(3, replication, flags);
     ASSERT_TRUE(c.ok()) << c.status();
     shards_ = *std::move(c);
     for (auto& s : shards_) {
@@ -59,7 +63,7 @@ class ClusterTest : public ::testing::Test {
   std::map<int64_t, LayerLayout> layouts_;
 };
 
-TEST_F(ClusterTest, ReplicatedClusterSurvivesKillDashNineDuringLookups) {
+TEST_P(ClusterTest, ReplicatedClusterSurvivesKillDashNineDuringLookups) {
   Start(2);
   Populate(*clients_[0], 1, {{3000, 7, 1, 2000}, 32, DType::kFloat32});
   Populate(*clients_[1], 2, {{500, 501}, 24, DType::kBFloat16});
@@ -92,7 +96,7 @@ TEST_F(ClusterTest, ReplicatedClusterSurvivesKillDashNineDuringLookups) {
     ASSERT_TRUE(LookupExact(*clients_[1], 2, 1000 + i).ok());
 }
 
-TEST_F(ClusterTest, ClientRoutedLookupsAreExactAndFailOver) {
+TEST_P(ClusterTest, ClientRoutedLookupsAreExactAndFailOver) {
   Start(2);
   Populate(*clients_[0], 3, {{4000, 3, 2500}, 40, DType::kBFloat16});
   std::vector<std::string> addresses;
@@ -137,7 +141,7 @@ TEST_F(ClusterTest, ClientRoutedLookupsAreExactAndFailOver) {
   for (uint32_t i = 10; i < 20; ++i) check(i);  // replicas answer
 }
 
-TEST_F(ClusterTest, UnreplicatedClusterNamesTheDeadShardAndServesTheRest) {
+TEST_P(ClusterTest, UnreplicatedClusterNamesTheDeadShardAndServesTheRest) {
   Start(1);
   Populate(*clients_[0], 7, {{3000, 2000}, 16, DType::kFloat32});
   // A single-row, single-head layer lives on one shard: pick one not killed.
@@ -145,15 +149,11 @@ TEST_F(ClusterTest, UnreplicatedClusterNamesTheDeadShardAndServesTheRest) {
   int64_t tiny = 100;
   while (placement.OwnersOfRow(tiny, 0, 1, 0)[0] == 2) ++tiny;
   Populate(*clients_[0], tiny, {{1}, 8, DType::kFloat32});
+  for (uint32_t i = 0; i < 3; ++i)
+    ASSERT_TRUE(LookupExact(*clients_[0], 7, i).ok());
   shards_[2]->Kill();
-  absl::Status s = LookupExact(*clients_[0], 7, 1);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
-  EXPECT_THAT(std::string(s.message()), HasSubstr("shard 2"));
-  for (uint32_t i = 0; i < 5; ++i) {
-    EXPECT_TRUE(LookupExact(*clients_[1], tiny, i).ok())
-        << "rows living elsewhere";
-  }
-  // Ranges of shard 2 have no owner: health turns NOT_SERVING.
+  // Ranges of shard 2 have no owner: health turns NOT_SERVING once the
+  // prober sees it (a lookup may notice first).
   absl::Status health;
   for (int i = 0; i < 60; ++i) {
     health = clients_[0]->CheckHealth();
@@ -161,11 +161,20 @@ TEST_F(ClusterTest, UnreplicatedClusterNamesTheDeadShardAndServesTheRest) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_EQ(health.code(), absl::StatusCode::kUnavailable);
+  // A shard marked down is not read, even where its memory is still mapped
+  // here (rma over shared memory).
+  absl::Status s = LookupExact(*clients_[0], 7, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(std::string(s.message()), HasSubstr("shard 2"));
+  for (uint32_t i = 0; i < 5; ++i) {
+    EXPECT_TRUE(LookupExact(*clients_[1], tiny, i).ok())
+        << "rows living elsewhere";
+  }
   // Liveness stays SERVING: a dead peer must not get healthy shards restarted.
   EXPECT_TRUE(clients_[0]->CheckHealth("engram.liveness").ok());
 }
 
-TEST_F(ClusterTest, KillingAShardMidPopulateLeavesTheLayerNowhere) {
+TEST_P(ClusterTest, KillingAShardMidPopulateLeavesTheLayerNowhere) {
   Start(1);
   auto stub = v1::EngramStore::NewStub(grpc::CreateChannel(
       shards_[0]->address(), grpc::InsecureChannelCredentials()));
@@ -217,6 +226,43 @@ TEST_F(ClusterTest, KillingAShardMidPopulateLeavesTheLayerNowhere) {
   for (uint32_t i = 0; i < 5; ++i)
     EXPECT_TRUE(LookupExact(*clients_[2], 9, i).ok());
 }
+
+// The configured path is the one taken (metrics of the coordinating shard),
+// and a layer removed and populated again under the same id is read from
+// its new memory: cached remote keys of the old one are never used.
+TEST_P(ClusterTest, PeerReadPathIsTheConfiguredOneAndSurvivesRepopulate) {
+  Start(1, {"--metrics_listen=127.0.0.1:0"});
+  const LayerLayout layout{{5000, 3000, 7000}, 24, DType::kBFloat16};
+  for (int round = 0; round < 3; ++round) {
+    tables_[9] = testing::RandomTables(layout, 100 + round);
+    layouts_[9] = layout;
+    ASSERT_TRUE(clients_[round % 3]
+                    ->Populate(9, layout, testing::Spans(tables_[9]))
+                    .ok());
+    for (uint32_t i = 0; i < 4; ++i) {
+      ASSERT_TRUE(LookupExact(*clients_[0], 9, 10 * round + i).ok())
+          << "round " << round;
+    }
+    ASSERT_TRUE(clients_[1]->Remove(9).ok());
+  }
+  auto metrics = testing::HttpGet(shards_[0]->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  auto count = [&](const std::string& path) {
+    const std::string key = "engram_peer_reads_total{path=\"" + path + "\"} ";
+    size_t at = metrics->find(key);
+    return at == std::string::npos
+               ? -1.0
+               : std::stod(metrics->substr(at + key.size()));
+  };
+  const std::string used = GetParam();
+  const std::string other = used == "rma" ? "gather" : "rma";
+  EXPECT_GT(count(used), 0) << *metrics;
+  EXPECT_EQ(count(other), 0) << *metrics;
+}
+
+INSTANTIATE_TEST_SUITE_P(PeerRead, ClusterTest,
+                         ::testing::Values("gather", "rma"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace engram

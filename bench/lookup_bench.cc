@@ -134,44 +134,51 @@ int CompareTiers(double seconds, int callers, int channels) {
   return 0;
 }
 
-// --cluster: the same lookups against one engramd and against a 3-shard
-// cluster (R = 1) entered through shard 0, which gathers the other shards'
-// rows over the peer gather path (gRPC).
+// --cluster: the same lookups against one engramd and against two 3-shard
+// clusters (R = 1) entered through shard 0, which reads the other shards'
+// rows over the gather path (gRPC) in one and the rma path (UCX one-sided
+// reads) in the other; and client-routed against the gather cluster.
 int CompareCluster(double seconds, int callers, int channels) {
-  std::vector<int> ports;
-  std::string peers;
-  for (int i = 0; i < 3; ++i) {
-    ports.push_back(FreePort());
-    peers += absl::StrCat(i ? "," : "", "127.0.0.1:", ports.back());
-  }
   auto single = ChildServer::Start(
       {engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
-  std::vector<std::unique_ptr<ChildServer>> shards;
-  for (int i = 0; i < 3; ++i) {
-    shards.push_back(ChildServer::Start(
-        {engramd_path, absl::StrCat("--listen=127.0.0.1:", ports[i]),
-         "--metrics_listen=", "--peers=" + peers,
-         absl::StrCat("--shard_index=", i), "--replication=1"}));
-    if (!shards.back()) return 1;
-  }
   if (!single) return 1;
+  std::vector<std::unique_ptr<ChildServer>> shards;
+  std::vector<std::string> addresses[2];  // gather cluster, rma cluster
+  for (int k = 0; k < 2; ++k) {
+    std::vector<int> ports;
+    std::string peers;
+    for (int i = 0; i < 3; ++i) {
+      ports.push_back(FreePort());
+      addresses[k].push_back(absl::StrCat("127.0.0.1:", ports.back()));
+      peers += (i ? "," : "") + addresses[k].back();
+    }
+    for (int i = 0; i < 3; ++i) {
+      shards.push_back(ChildServer::Start(
+          {engramd_path, absl::StrCat("--listen=127.0.0.1:", ports[i]),
+           "--metrics_listen=", "--peers=" + peers,
+           absl::StrCat("--shard_index=", i), "--replication=1",
+           k == 0 ? "--peer_read=gather" : "--peer_read=rma"}));
+      if (!shards.back()) return 1;
+    }
+  }
   ClientOptions options;
   options.num_channels = channels;
   auto single_client =
       Client::Connect(absl::StrCat("127.0.0.1:", single->port()), options);
-  auto cluster_client =
-      Client::Connect(absl::StrCat("127.0.0.1:", ports[0]), options);
-  std::vector<std::string> addresses;
-  for (int port : ports) addresses.push_back(absl::StrCat("127.0.0.1:", port));
-  auto routed_client = Client::ConnectCluster(addresses, 1, options);
-  for (int i = 0; i < 200 && !(*cluster_client)->CheckHealth().ok(); ++i) {
+  auto cluster_client = Client::Connect(addresses[0][0], options);
+  auto rma_client = Client::Connect(addresses[1][0], options);
+  auto routed_client = Client::ConnectCluster(addresses[0], 1, options);
+  for (int i = 0; i < 200 && !((*cluster_client)->CheckHealth().ok() &&
+                               (*rma_client)->CheckHealth().ok());
+       ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   std::mt19937_64 rng(5);
   const BenchLayer bench_layer = MakeBenchLayer(rng);
   const LayerLayout& layout = bench_layer.layout;
   const auto& spans = bench_layer.spans;
-  for (Client* c : {single_client->get(), cluster_client->get()}) {
+  for (Client* c :
+       {single_client->get(), cluster_client->get(), rma_client->get()}) {
     if (auto st = c->Populate(1, layout, spans); !st.ok()) {
       std::fprintf(stderr, "populate: %s\n", st.status().ToString().c_str());
       return 1;
@@ -179,12 +186,13 @@ int CompareCluster(double seconds, int callers, int channels) {
   }
   std::printf(
       "lookup_bench --cluster: H = %d, D = %lld float32, %d callers, %d "
-      "connection(s); cluster = 3 shards on this host, R = 1, entered "
-      "through shard 0 (2/3 of the rows come over the peer gather path)\n",
+      "connection(s); clusters = 3 shards on this host, R = 1, entered "
+      "through shard 0 (2/3 of the rows are read from peers), or routed by "
+      "the client\n",
       kHeads, static_cast<long long>(kDim), callers, channels);
-  std::printf("  %-20s %7s %13s %13s %13s %9s %9s %9s %9s\n", "shape", "rows",
-              "1 node rows/s", "coord rows/s", "routed rows/s", "1n p50us",
-              "co p50us", "coord/1n", "routed/1n");
+  std::printf("  %-20s %7s %12s %12s %12s %12s %8s %8s %8s %8s\n", "shape",
+              "rows", "1node rows/s", "gather r/s", "rma r/s", "routed r/s",
+              "1n p50us", "gath/1n", "rma/1n", "rout/1n");
   const Shape shapes[] = {{"decode B=1", 1, 1},
                           {"decode B=16", 16, 1},
                           {"decode B=256", 256, 1},
@@ -198,21 +206,23 @@ int CompareCluster(double seconds, int callers, int channels) {
       outs[c].resize(sh.bytes());
     }
     const int64_t shape[] = {sh.batch, sh.length, kHeads};
-    Client* clients[3] = {single_client->get(), cluster_client->get(),
-                          routed_client->get()};
-    RunStats r[3];
-    for (int t = 0; t < 3; ++t) {
+    Client* clients[4] = {single_client->get(), cluster_client->get(),
+                          rma_client->get(), routed_client->get()};
+    RunStats r[4];
+    for (int t = 0; t < 4; ++t) {
       r[t] = RunClosedLoop(callers, seconds, [&](int c) {
         return clients[t]->Lookup(1, ids[c], shape, outs[c]).ok();
       });
     }
     std::printf(
-        "  %-20s %7lld %13.0f %13.0f %13.0f %9.1f %9.1f %8.2fx %8.2fx\n",
+        "  %-20s %7lld %12.0f %12.0f %12.0f %12.0f %8.1f %7.2fx %7.2fx "
+        "%7.2fx\n",
         sh.name, static_cast<long long>(sh.rows()),
         r[0].calls_per_s() * sh.rows(), r[1].calls_per_s() * sh.rows(),
-        r[2].calls_per_s() * sh.rows(), r[0].p50_us, r[1].p50_us,
-        r[1].calls_per_s() / r[0].calls_per_s(),
-        r[2].calls_per_s() / r[0].calls_per_s());
+        r[2].calls_per_s() * sh.rows(), r[3].calls_per_s() * sh.rows(),
+        r[0].p50_us, r[1].calls_per_s() / r[0].calls_per_s(),
+        r[2].calls_per_s() / r[0].calls_per_s(),
+        r[3].calls_per_s() / r[0].calls_per_s());
   }
   return 0;
 }

@@ -177,8 +177,11 @@ class Engine final : public UcxEngine {
 
   std::mutex mu_;
   std::vector<uint32_t> free_slots_ ABSL_GUARDED_BY(mu_);
+  // Lock order: endpoints_mu_ may be held into UCX calls; mu_ never is
+  // (UCX callbacks, run under UCX's worker lock, take mu_).
+  std::mutex endpoints_mu_;
   std::map<std::string, std::weak_ptr<Endpoint>> endpoints_
-      ABSL_GUARDED_BY(mu_);
+      ABSL_GUARDED_BY(endpoints_mu_);
   std::set<ReadJob*> active_ ABSL_GUARDED_BY(mu_);
   std::deque<ReadJob*> ready_ ABSL_GUARDED_BY(mu_);
   std::vector<void*> closing_ ABSL_GUARDED_BY(mu_);
@@ -378,7 +381,7 @@ void Engine::UnmapRetired(bool all) {
 
 absl::StatusOr<std::shared_ptr<Endpoint>> Engine::GetEndpoint(
     const std::string& address, bool peer_errors) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(endpoints_mu_);
   const std::string key = (peer_errors ? "p" : "n") + address;
   auto it = endpoints_.find(key);
   if (it != endpoints_.end()) {
@@ -703,12 +706,22 @@ void Engine::ExpireJobs() {
         expired.push_back(job->remote->endpoint);
       }
     }
-    // Closed endpoints' requests: free once UCX completes them.
-    std::erase_if(closing_, [](void* request) {
-      if (ucp_request_check_status(request) == UCS_INPROGRESS) return false;
-      ucp_request_free(request);
-      return true;
-    });
+  }
+  // Closed endpoints' requests: free once UCX completes them (outside mu_,
+  // see the lock order).
+  std::vector<void*> closing;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closing.swap(closing_);
+  }
+  std::erase_if(closing, [](void* request) {
+    if (ucp_request_check_status(request) == UCS_INPROGRESS) return false;
+    ucp_request_free(request);
+    return true;
+  });
+  if (!closing.empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    closing_.insert(closing_.end(), closing.begin(), closing.end());
   }
   UnmapRetired(false);
   // Force-closing cancels the endpoint's gets; their callbacks finish the

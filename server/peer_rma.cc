@@ -5,6 +5,11 @@
 #include "server/log.h"
 
 namespace engram {
+namespace {
+// How long a shard sticks to the gather path for a peer's layer before it
+// asks the peer's Transport again (the peer may have restarted with UCX).
+constexpr auto kRetryGather = std::chrono::seconds(30);
+}  // namespace
 
 PeerRmaReader::PeerRmaReader(transport::UcxEngine* engine,
                              ClusterContext* cluster, bool auto_select)
@@ -21,7 +26,9 @@ std::shared_ptr<PeerRmaReader::Entry> PeerRmaReader::Cached(
   if (it == cache_.end()) return nullptr;
   const Entry& e = *it->second;
   if (e.layer.lock().get() != layer ||
-      (e.remote != nullptr && e.remote->broken())) {
+      (e.remote != nullptr && e.remote->broken()) ||
+      (e.remote == nullptr &&
+       std::chrono::steady_clock::now() > e.retry_at)) {
     cache_.erase(it);
     return nullptr;
   }
@@ -67,6 +74,7 @@ void PeerRmaReader::Read(int shard, std::shared_ptr<const Layer> layer,
         const Layer& layer = *call->layer;
         auto entry = std::make_shared<Entry>();
         entry->layer = call->layer;
+        entry->retry_at = std::chrono::steady_clock::now() + kRetryGather;
         if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
           // The peer exports nothing: remember, use gather.
         } else if (!status.ok()) {
@@ -94,18 +102,24 @@ void PeerRmaReader::Read(int shard, std::shared_ptr<const Layer> layer,
               engine_->Attach(call->response.worker_address(),
                               call->response.control_descriptor(), descriptors);
           if (!remote.ok()) {
-            call->done(remote.status());
-            return;
-          }
-          if (!auto_select_ || (*remote)->fast()) {
+            // E.g. a peer in another IPC namespace: its shared memory cannot
+            // be attached. Gather for a while rather than retry every call.
+            LogWarning(absl::StrCat("cannot attach shard ", shard,
+                                    "'s exports of layer ", layer.id(), " (",
+                                    remote.status().ToString(),
+                                    "); reading them with gather"));
+          } else if (!auto_select_ || (*remote)->fast()) {
             entry->remote = *std::move(remote);
           }
-          LogInfo(absl::StrCat(
-              "peer reads of layer ", layer.id(), " from shard ", shard, ": ",
-              entry->remote != nullptr
-                  ? absl::StrCat("rma over ", entry->remote->transport())
-                  : absl::StrCat("gather (UCX reads would go over ",
-                                 (*remote)->transport(), ", emulated)")));
+          if (remote.ok()) {
+            LogInfo(absl::StrCat(
+                "peer reads of layer ", layer.id(), " from shard ", shard,
+                ": ",
+                entry->remote != nullptr
+                    ? absl::StrCat("rma over ", entry->remote->transport())
+                    : absl::StrCat("gather (UCX reads would go over ",
+                                   (*remote)->transport(), ", emulated)")));
+          }
         }
         {
           std::lock_guard<std::mutex> lock(mu_);

@@ -519,8 +519,18 @@ void Engine::Read(std::shared_ptr<RemoteRegions> regions,
       return;
     }
   }
-  // Coalesce: sorted by source, merge where source and destination both
-  // continue the previous op.
+  if (remote->all_mapped) {
+    // Plain copies in the caller's order (the order the destination is
+    // written in, which keeps the stores streaming).
+    for (const ReadOp& op : ops) {
+      std::memcpy(op.dst, remote->regions[op.region].mapped + op.offset,
+                  op.length);
+    }
+    done(absl::OkStatus());
+    return;
+  }
+  // Gets: sorted by source, merged where source and destination both
+  // continue the previous op (fewer, larger requests).
   std::sort(ops.begin(), ops.end(), [](const ReadOp& a, const ReadOp& b) {
     return a.region != b.region ? a.region < b.region : a.offset < b.offset;
   });
@@ -536,14 +546,6 @@ void Engine::Read(std::shared_ptr<RemoteRegions> regions,
       }
     }
     merged.push_back(op);
-  }
-  if (remote->all_mapped) {
-    for (const ReadOp& op : merged) {
-      std::memcpy(op.dst, remote->regions[op.region].mapped + op.offset,
-                  op.length);
-    }
-    done(absl::OkStatus());
-    return;
   }
   auto* job = new ReadJob;
   job->remote = std::move(remote);

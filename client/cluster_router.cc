@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cluster/populate_fanout.h"
+#include "proto/wire_format.h"
 
 namespace engram {
 
@@ -52,28 +53,34 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
   }
 
   void Send(int shard, std::vector<Position> positions) {
+    // Raw call: rows go once from the received slices to the caller's
+    // buffer (converted there when asked).
     struct Call {
       grpc::ClientContext context;
-      internal::v1::GatherRequest request;
-      internal::v1::GatherResponse response;
+      grpc::ByteBuffer request;
+      grpc::ByteBuffer response;
       std::vector<Position> positions;
     };
     auto call = std::make_shared<Call>();
     call->context.set_deadline(
         absl::ToChronoTime(absl::Now() + router->timeout_));
-    call->request.set_layer_id(layer_id);
+    internal::v1::GatherRequest request;
+    request.set_layer_id(layer_id);
     for (Position pos : positions) {
-      call->request.add_heads(
-          static_cast<int32_t>(pos.index % layout.num_heads()));
-      call->request.add_row_ids(ids[pos.index]);
+      request.add_heads(static_cast<int32_t>(pos.index % layout.num_heads()));
+      request.add_row_ids(ids[pos.index]);
     }
+    bool own_buffer = false;
+    (void)grpc::SerializationTraits<internal::v1::GatherRequest>::Serialize(
+        request, &call->request, &own_buffer);
     call->positions = std::move(positions);
     outstanding.fetch_add(1, std::memory_order_relaxed);
     router->in_flight_.fetch_add(1, std::memory_order_acq_rel);
     auto self = shared_from_this();
     ClusterRouter* r = router;
-    router->stubs_[shard]->async()->Gather(
-        &call->context, &call->request, &call->response,
+    router->generic_stubs_[shard]->UnaryCall(
+        &call->context, "/engram.internal.v1.EngramPeer/Gather",
+        grpc::StubOptions(), &call->request, &call->response,
         [self, call, shard, r](grpc::Status status) {
           self->OnReply(shard, call->positions, call->response, status);
           self->Release();
@@ -83,19 +90,19 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
   }
 
   void OnReply(int shard, const std::vector<Position>& positions,
-               const internal::v1::GatherResponse& response,
-               const grpc::Status& status) {
+               const grpc::ByteBuffer& response, const grpc::Status& status) {
     const size_t row_bytes = layout.row_bytes();
-    if (status.ok() && response.data().size() == positions.size() * row_bytes) {
-      const auto* data =
-          reinterpret_cast<const uint8_t*>(response.data().data());
+    absl::Status decoded = absl::OkStatus();
+    if (status.ok()) {
       const size_t dim = static_cast<size_t>(layout.embedding_dim);
       const size_t out_row = dim * DTypeSize(out_dtype);
-      for (size_t j = 0; j < positions.size(); ++j) {
-        ConvertElements(data + j * row_bytes, layout.dtype,
-                        out + positions[j].index * out_row, out_dtype, dim);
-      }
-      return;
+      decoded = wire::ForEachGatheredRow(
+          response, row_bytes, positions.size(),
+          [&](size_t j, const uint8_t* row) {
+            ConvertElements(row, layout.dtype,
+                            out + positions[j].index * out_row, out_dtype, dim);
+          });
+      if (decoded.ok()) return;
     }
     if (status.error_code() == grpc::StatusCode::NOT_FOUND ||
         status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
@@ -117,9 +124,9 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
       return;
     }
     std::lock_guard<std::mutex> lock(mu);
-    errors.push_back(
-        absl::StrCat("shard ", shard, ": ",
-                     status.ok() ? "short reply" : status.error_message()));
+    errors.push_back(absl::StrCat(
+        "shard ", shard, ": ",
+        status.ok() ? std::string(decoded.message()) : status.error_message()));
   }
 
   void Release() {
@@ -147,6 +154,7 @@ ClusterRouter::ClusterRouter(
       down_until_ms_(new std::atomic<int64_t>[shards.size()]) {
   for (size_t s = 0; s < shards.size(); ++s) {
     stubs_.push_back(internal::v1::EngramPeer::NewStub(shards[s]));
+    generic_stubs_.push_back(std::make_unique<grpc::GenericStub>(shards[s]));
     down_until_ms_[s].store(0, std::memory_order_relaxed);
   }
 }

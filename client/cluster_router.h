@@ -5,6 +5,7 @@
 #ifndef ENGRAM_CLIENT_CLUSTER_ROUTER_H_
 #define ENGRAM_CLIENT_CLUSTER_ROUTER_H_
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -58,6 +59,7 @@ class ClusterRouter {
   void MarkDown(int shard);
 
   std::vector<std::unique_ptr<internal::v1::EngramPeer::Stub>> stubs_;
+  std::vector<std::unique_ptr<grpc::GenericStub>> generic_stubs_;
   const Placement placement_;
   const absl::Duration timeout_;
   std::function<absl::StatusOr<LayerLayout>(int64_t)> describe_;

@@ -65,6 +65,16 @@ class SliceReader {
     }
     return false;
   }
+  // Points `*p` at the next `n` bytes when they lie in one slice (and
+  // consumes them); false (nothing consumed) when they straddle slices.
+  bool Peek(size_t n, const uint8_t** p) {
+    if (n > remaining_ || index_ >= slices_.size() ||
+        slices_[index_].size() - offset_ < n) {
+      return false;
+    }
+    *p = slices_[index_].begin() + offset_;
+    return Read(nullptr, n);
+  }
   // Copies `n` bytes into `dst` (nullptr skips them).
   bool Read(void* dst, size_t n) {
     if (n > remaining_) return false;
@@ -188,6 +198,33 @@ absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
           return Malformed("unknown wire type");
       }
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ForEachGatheredRow(
+    const grpc::ByteBuffer& response, size_t row_bytes, size_t rows,
+    const std::function<void(size_t, const uint8_t*)>& row) {
+  SliceReader reader(response);
+  uint64_t tag = 0, len = 0;
+  if (reader.remaining() == 0 && rows * row_bytes == 0) return absl::OkStatus();
+  if (!reader.ReadVarint(&tag) || tag != 0x0a || !reader.ReadVarint(&len) ||
+      len != reader.remaining()) {
+    return absl::DataLossError("malformed GatherResponse");
+  }
+  if (len != rows * row_bytes) {
+    return absl::DataLossError(absl::StrCat("GatherResponse carries ", len,
+                                            " bytes; ", rows, " rows of ",
+                                            row_bytes, " expected"));
+  }
+  std::vector<uint8_t> straddling(row_bytes);
+  for (size_t j = 0; j < rows; ++j) {
+    const uint8_t* p = nullptr;
+    if (!reader.Peek(row_bytes, &p)) {
+      reader.Read(straddling.data(), row_bytes);
+      p = straddling.data();
+    }
+    row(j, p);
   }
   return absl::OkStatus();
 }

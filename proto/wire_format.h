@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -46,6 +47,14 @@ grpc::ByteBuffer EncodeLookupRequest(int64_t layer_id,
                                      std::span<const int64_t> shape,
                                      std::span<const int64_t> ids,
                                      int output_dtype);
+
+// Walks an engram.internal.v1.GatherResponse (`bytes data = 1`, rows back to
+// back) without copying the data field: `row(j, bytes)` gets a pointer to
+// row j's `row_bytes` bytes (inside a received slice, or a stack copy when
+// the row straddles two slices). DATA_LOSS unless exactly `rows` rows came.
+absl::Status ForEachGatheredRow(
+    const grpc::ByteBuffer& response, size_t row_bytes, size_t rows,
+    const std::function<void(size_t, const uint8_t*)>& row);
 
 }  // namespace engram::wire
 

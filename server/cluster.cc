@@ -51,6 +51,17 @@ ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
     channels_.push_back(grpc::CreateCustomChannel(
         peers_[s], grpc::InsecureChannelCredentials(), args));
     stubs_.push_back(internal::v1::EngramPeer::NewStub(channels_.back()));
+    // Row data goes over several connections per peer: one HTTP/2
+    // connection carrying every concurrent lookup's rows is a bottleneck.
+    generic_stubs_.emplace_back();
+    for (int c = 0; c < kDataConnections; ++c) {
+      grpc::ChannelArguments data_args = args;
+      data_args.SetInt("engram.connection_index", c);
+      generic_stubs_.back().push_back(std::make_unique<grpc::GenericStub>(
+          grpc::CreateCustomChannel(peers_[s],
+                                    grpc::InsecureChannelCredentials(),
+                                    data_args)));
+    }
     up_[s].store(false, std::memory_order_relaxed);  // until a probe answers
   }
 }

@@ -3,6 +3,7 @@
 #ifndef ENGRAM_SERVER_CLUSTER_H_
 #define ENGRAM_SERVER_CLUSTER_H_
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -35,6 +36,12 @@ class ClusterContext {
   internal::v1::EngramPeer::Stub* stub(int shard) {
     return stubs_[shard].get();
   }
+  // Raw (ByteBuffer) calls carrying rows; round-robin over the peer's
+  // data connections.
+  grpc::GenericStub* generic_stub(int shard) {
+    const unsigned i = next_data_.fetch_add(1, std::memory_order_relaxed);
+    return generic_stubs_[shard][i % kDataConnections].get();
+  }
   double staged_timeout_seconds() const { return staged_timeout_seconds_; }
 
   bool up(int shard) const {
@@ -64,6 +71,9 @@ class ClusterContext {
   const double staged_timeout_seconds_;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::vector<std::unique_ptr<internal::v1::EngramPeer::Stub>> stubs_;
+  static constexpr int kDataConnections = 4;
+  std::vector<std::vector<std::unique_ptr<grpc::GenericStub>>> generic_stubs_;
+  std::atomic<unsigned> next_data_{0};
   std::unique_ptr<std::atomic<bool>[]> up_;
   std::function<void()> on_change_;
   std::mutex mu_;

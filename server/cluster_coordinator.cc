@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cluster/populate_fanout.h"
+#include "proto/wire_format.h"
 #include "server/engram_service.h"
 #include "server/log.h"
 
@@ -18,6 +19,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr auto kPeerReadTimeout = std::chrono::seconds(3);
 constexpr auto kTxnTimeout = std::chrono::seconds(10);
+constexpr char kPeerGatherMethod[] = "/engram.internal.v1.EngramPeer/Gather";
 
 std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
   return std::chrono::system_clock::now() + d;
@@ -316,28 +318,36 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
 
   void SendGather(int shard, std::vector<Position> positions) {
     const LayerLayout& l = layer->layout();
+    // Raw call: the reply's rows are copied once, from the received slices
+    // to their places in `out` (no protobuf parse into a string first).
     struct Call {
       grpc::ClientContext context;
-      internal::v1::GatherRequest request;
-      internal::v1::GatherResponse response;
+      grpc::ByteBuffer request;
+      grpc::ByteBuffer response;
       std::vector<Position> positions;
       Clock::time_point start;
     };
     auto call = std::make_shared<Call>();
     call->context.set_deadline(std::chrono::system_clock::now() +
                                kPeerReadTimeout);
-    call->request.set_layer_id(layer->id());
+    internal::v1::GatherRequest request;
+    request.set_layer_id(layer->id());
+    request.mutable_heads()->Reserve(static_cast<int>(positions.size()));
+    request.mutable_row_ids()->Reserve(static_cast<int>(positions.size()));
     for (Position pos : positions) {
-      call->request.add_heads(static_cast<int32_t>(pos.index % l.num_heads()));
-      call->request.add_row_ids(ids[pos.index]);
+      request.add_heads(static_cast<int32_t>(pos.index % l.num_heads()));
+      request.add_row_ids(ids[pos.index]);
     }
+    bool own_buffer = false;
+    (void)grpc::SerializationTraits<internal::v1::GatherRequest>::Serialize(
+        request, &call->request, &own_buffer);
     call->positions = std::move(positions);
     call->start = Clock::now();
     outstanding.fetch_add(1, std::memory_order_relaxed);
     auto self = shared_from_this();
-    cluster->stub(shard)->async()->Gather(
-        &call->context, &call->request, &call->response,
-        [self, call, shard](grpc::Status status) {
+    cluster->generic_stub(shard)->UnaryCall(
+        &call->context, kPeerGatherMethod, grpc::StubOptions(), &call->request,
+        &call->response, [self, call, shard](grpc::Status status) {
           self->OnReply(shard, *call, status);
           self->Release();
         });
@@ -347,17 +357,20 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
   void OnReply(int shard, CallT& call, const grpc::Status& status) {
     const size_t row_bytes = layer->layout().row_bytes();
     const size_t expected = call.positions.size() * row_bytes;
-    if (status.ok() && call.response.data().size() == expected) {
-      const auto* data =
-          reinterpret_cast<const uint8_t*>(call.response.data().data());
-      for (size_t j = 0; j < call.positions.size(); ++j) {
-        WriteRow(call.positions[j].index, data + j * row_bytes);
+    absl::Status decoded = absl::OkStatus();
+    if (status.ok()) {
+      decoded = wire::ForEachGatheredRow(
+          call.response, row_bytes, call.positions.size(),
+          [&](size_t j, const uint8_t* row) {
+            WriteRow(call.positions[j].index, row);
+          });
+      if (decoded.ok()) {
+        metrics->RecordPeerRead(
+            PeerPath::kGather,
+            std::chrono::duration<double>(Clock::now() - call.start).count(),
+            expected);
+        return;
       }
-      metrics->RecordPeerRead(
-          PeerPath::kGather,
-          std::chrono::duration<double>(Clock::now() - call.start).count(),
-          expected);
-      return;
     }
     if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
       // The layer is being removed or is not yet committed everywhere:
@@ -380,8 +393,9 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
       Route(std::move(retry));
       return;
     }
-    Fail(absl::StrCat("shard ", shard, " (", cluster->address(shard), "): ",
-                      status.ok() ? "short reply" : status.error_message()));
+    Fail(absl::StrCat(
+        "shard ", shard, " (", cluster->address(shard), "): ",
+        status.ok() ? std::string(decoded.message()) : status.error_message()));
   }
 
   void Fail(std::string error) {

@@ -27,8 +27,7 @@ std::shared_ptr<PeerRmaReader::Entry> PeerRmaReader::Cached(
   const Entry& e = *it->second;
   if (e.layer.lock().get() != layer ||
       (e.remote != nullptr && e.remote->broken()) ||
-      (e.remote == nullptr &&
-       std::chrono::steady_clock::now() > e.retry_at)) {
+      (e.remote == nullptr && std::chrono::steady_clock::now() > e.retry_at)) {
     cache_.erase(it);
     return nullptr;
   }
@@ -113,8 +112,7 @@ void PeerRmaReader::Read(int shard, std::shared_ptr<const Layer> layer,
           }
           if (remote.ok()) {
             LogInfo(absl::StrCat(
-                "peer reads of layer ", layer.id(), " from shard ", shard,
-                ": ",
+                "peer reads of layer ", layer.id(), " from shard ", shard, ": ",
                 entry->remote != nullptr
                     ? absl::StrCat("rma over ", entry->remote->transport())
                     : absl::StrCat("gather (UCX reads would go over ",

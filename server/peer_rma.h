@@ -54,7 +54,7 @@ class PeerRmaReader {
   struct Entry {
     std::weak_ptr<const Layer> layer;
     std::shared_ptr<transport::RemoteRegions> remote;  // null: use gather
-    std::chrono::steady_clock::time_point retry_at;  // when null: ask again
+    std::chrono::steady_clock::time_point retry_at;    // when null: ask again
     std::vector<std::vector<Region>> heads;
   };
   using Key = std::pair<int, int64_t>;

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "engram/internal/v1/peer.pb.h"
 #include "engram/v1/engram.pb.h"
 
 namespace engram::wire {
@@ -74,6 +75,42 @@ TEST(WireFormatTest, RequestAliasesIdsAndParsesAsProtobuf) {
   EXPECT_EQ(parsed.output_dtype(), v1::DTYPE_FLOAT16);
   ASSERT_EQ(parsed.row_ids().size(), 24u);
   EXPECT_EQ(0, std::memcmp(parsed.row_ids().data(), ids.data(), 24));
+}
+
+// A protobuf-serialized GatherResponse cut into slices at awkward places:
+// every row comes out whole and in order, whether it lies in one slice or
+// straddles several.
+TEST(WireFormatTest, GatheredRowsWalkAcrossSliceBoundaries) {
+  const size_t row_bytes = 24, rows = 50;
+  internal::v1::GatherResponse message;
+  std::string data(row_bytes * rows, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7);
+  message.set_data(data);
+  const std::string wire = message.SerializeAsString();
+  std::vector<grpc::Slice> slices;
+  for (size_t at = 0, cut = 1; at < wire.size();
+       at += cut, cut = cut * 3 % 97 + 1)
+    slices.emplace_back(wire.data() + at, std::min(cut, wire.size() - at));
+  grpc::ByteBuffer buffer(slices.data(), slices.size());
+  std::string seen;
+  size_t next = 0;
+  absl::Status s = ForEachGatheredRow(
+      buffer, row_bytes, rows, [&](size_t j, const uint8_t* row) {
+        EXPECT_EQ(j, next++);
+        seen.append(reinterpret_cast<const char*>(row), row_bytes);
+      });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(seen, data);
+  // A reply of another size is DATA_LOSS, and no row is handed out.
+  next = 0;
+  s = ForEachGatheredRow(buffer, row_bytes, rows + 1,
+                         [&](size_t, const uint8_t*) { ++next; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(next, 0u);
+  grpc::Slice junk("\x12\x01x", 3);
+  s = ForEachGatheredRow(grpc::ByteBuffer(&junk, 1), 1, 1,
+                         [&](size_t, const uint8_t*) {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

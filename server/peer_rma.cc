@@ -74,8 +74,10 @@ void PeerRmaReader::Read(int shard, std::shared_ptr<const Layer> layer,
         auto entry = std::make_shared<Entry>();
         entry->layer = call->layer;
         entry->retry_at = std::chrono::steady_clock::now() + kRetryGather;
-        if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
-          // The peer exports nothing: remember, use gather.
+        if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+            status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+          // The peer exports nothing (or predates Transport): remember,
+          // use gather.
         } else if (!status.ok()) {
           call->done(absl::UnavailableError(absl::StrCat(
               "shard ", shard, " Transport: ", status.error_message())));

@@ -170,6 +170,10 @@ int CompareCluster(double seconds, int callers, int channels) {
   auto cluster_client = Client::Connect(addresses[0][0], options);
   auto rma_client = Client::Connect(addresses[1][0], options);
   auto routed_client = Client::ConnectCluster(addresses[0], 1, options);
+  ClientOptions direct_options = options;
+  direct_options.direct_reads = true;
+  auto direct_client =
+      Client::ConnectCluster(addresses[1], 1, direct_options);
   for (int i = 0; i < 200 && !((*cluster_client)->CheckHealth().ok() &&
                                (*rma_client)->CheckHealth().ok());
        ++i) {
@@ -190,11 +194,13 @@ int CompareCluster(double seconds, int callers, int channels) {
       "lookup_bench --cluster: H = %d, D = %lld float32, %d callers, %d "
       "connection(s); clusters = 3 shards on this host, R = 1, entered "
       "through shard 0 (2/3 of the rows are read from peers), or routed by "
-      "the client\n",
+      "the client (over RPCs, or direct: reading the rma cluster's shard "
+      "memory)\n",
       kHeads, static_cast<long long>(kDim), callers, channels);
-  std::printf("  %-20s %7s %12s %12s %12s %12s %8s %8s %8s %8s\n", "shape",
-              "rows", "1node rows/s", "gather r/s", "rma r/s", "routed r/s",
-              "1n p50us", "gath/1n", "rma/1n", "rout/1n");
+  std::printf("  %-20s %7s %12s %12s %12s %12s %12s %8s %8s %8s %8s %8s %8s\n",
+              "shape", "rows", "1node rows/s", "gather r/s", "rma r/s",
+              "routed r/s", "direct r/s", "1n p50us", "dir p50us", "gath/1n",
+              "rma/1n", "rout/1n", "dir/1n");
   const Shape shapes[] = {{"decode B=1", 1, 1},
                           {"decode B=16", 16, 1},
                           {"decode B=256", 256, 1},
@@ -208,23 +214,26 @@ int CompareCluster(double seconds, int callers, int channels) {
       outs[c].resize(sh.bytes());
     }
     const int64_t shape[] = {sh.batch, sh.length, kHeads};
-    Client* clients[4] = {single_client->get(), cluster_client->get(),
-                          rma_client->get(), routed_client->get()};
-    RunStats r[4];
-    for (int t = 0; t < 4; ++t) {
+    Client* clients[5] = {single_client->get(), cluster_client->get(),
+                          rma_client->get(), routed_client->get(),
+                          direct_client->get()};
+    RunStats r[5];
+    for (int t = 0; t < 5; ++t) {
       r[t] = RunClosedLoop(callers, seconds, [&](int c) {
         return clients[t]->Lookup(1, ids[c], shape, outs[c]).ok();
       });
     }
     std::printf(
-        "  %-20s %7lld %12.0f %12.0f %12.0f %12.0f %8.1f %7.2fx %7.2fx "
-        "%7.2fx\n",
+        "  %-20s %7lld %12.0f %12.0f %12.0f %12.0f %12.0f %8.1f %9.1f %7.2fx "
+        "%7.2fx %7.2fx %7.2fx\n",
         sh.name, static_cast<long long>(sh.rows()),
         r[0].calls_per_s() * sh.rows(), r[1].calls_per_s() * sh.rows(),
         r[2].calls_per_s() * sh.rows(), r[3].calls_per_s() * sh.rows(),
-        r[0].p50_us, r[1].calls_per_s() / r[0].calls_per_s(),
+        r[4].calls_per_s() * sh.rows(), r[0].p50_us, r[4].p50_us,
+        r[1].calls_per_s() / r[0].calls_per_s(),
         r[2].calls_per_s() / r[0].calls_per_s(),
-        r[3].calls_per_s() / r[0].calls_per_s());
+        r[3].calls_per_s() / r[0].calls_per_s(),
+        r[4].calls_per_s() / r[0].calls_per_s());
   }
   return 0;
 }

@@ -119,7 +119,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
           }
         }
         return last;
-      });
+      },
+      options.direct_reads);
   return client;
 }
 Client::~Client() = default;

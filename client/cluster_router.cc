@@ -52,7 +52,33 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
     for (auto& [shard, list] : by_shard) Send(shard, std::move(list));
   }
 
+  // Same-host shards: copy the rows straight out of their mapped memory.
+  bool TryDirect(int shard, const std::vector<Position>& positions) {
+    const size_t row_bytes = layout.row_bytes();
+    const bool convert = out_dtype != layout.dtype;
+    std::vector<uint8_t> staging(convert ? positions.size() * row_bytes : 0);
+    std::vector<DirectReader::Row> rows;
+    rows.reserve(positions.size());
+    for (size_t j = 0; j < positions.size(); ++j) {
+      const int64_t index = positions[j].index;
+      rows.push_back(
+          {static_cast<int>(index % layout.num_heads()), ids[index],
+           convert ? staging.data() + j * row_bytes : out + index * row_bytes});
+    }
+    if (!router->direct_->TryRead(shard, layer_id, layout, rows)) return false;
+    if (convert) {
+      const size_t dim = static_cast<size_t>(layout.embedding_dim);
+      const size_t out_row = dim * DTypeSize(out_dtype);
+      for (size_t j = 0; j < positions.size(); ++j) {
+        ConvertElements(staging.data() + j * row_bytes, layout.dtype,
+                        out + positions[j].index * out_row, out_dtype, dim);
+      }
+    }
+    return true;
+  }
+
   void Send(int shard, std::vector<Position> positions) {
+    if (router->direct_ != nullptr && TryDirect(shard, positions)) return;
     // Raw call: rows go once from the received slices to the caller's
     // buffer (converted there when asked).
     struct Call {
@@ -147,7 +173,8 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
 ClusterRouter::ClusterRouter(
     std::vector<std::shared_ptr<grpc::Channel>> shards, Placement placement,
     absl::Duration timeout,
-    std::function<absl::StatusOr<LayerLayout>(int64_t)> describe)
+    std::function<absl::StatusOr<LayerLayout>(int64_t)> describe,
+    bool direct_reads)
     : placement_(placement),
       timeout_(timeout),
       describe_(std::move(describe)),
@@ -156,6 +183,11 @@ ClusterRouter::ClusterRouter(
     stubs_.push_back(internal::v1::EngramPeer::NewStub(shards[s]));
     generic_stubs_.push_back(std::make_unique<grpc::GenericStub>(shards[s]));
     down_until_ms_[s].store(0, std::memory_order_relaxed);
+  }
+  if (direct_reads) {
+    std::vector<internal::v1::EngramPeer::Stub*> stubs;
+    for (auto& stub : stubs_) stubs.push_back(stub.get());
+    direct_ = DirectReader::Create(std::move(stubs));  // null without UCX
   }
 }
 
@@ -227,8 +259,11 @@ absl::StatusOr<LayerLayout> ClusterRouter::Layout(int64_t layer_id) {
 }
 
 void ClusterRouter::Forget(int64_t layer_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  layouts_.erase(layer_id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    layouts_.erase(layer_id);
+  }
+  if (direct_ != nullptr) direct_->Forget(layer_id);
 }
 
 void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,

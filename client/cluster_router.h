@@ -21,6 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/direct_reader.h"
 #include "cluster/placement.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "store/layout.h"
@@ -31,10 +32,12 @@ namespace engram {
 // a shard that failed is skipped for 2 s when it has replicas.
 class ClusterRouter {
  public:
-  // `describe` fetches a layer's layout (from any shard).
+  // `describe` fetches a layer's layout (from any shard). `direct_reads`:
+  // read rows of same-host shards straight from their memory (UCX).
   ClusterRouter(std::vector<std::shared_ptr<grpc::Channel>> shards,
                 Placement placement, absl::Duration timeout,
-                std::function<absl::StatusOr<LayerLayout>(int64_t)> describe);
+                std::function<absl::StatusOr<LayerLayout>(int64_t)> describe,
+                bool direct_reads = false);
   // Waits for peer calls still completing (a lookup's `done` may run
   // before its last callback has returned).
   ~ClusterRouter();
@@ -60,6 +63,7 @@ class ClusterRouter {
 
   std::vector<std::unique_ptr<internal::v1::EngramPeer::Stub>> stubs_;
   std::vector<std::unique_ptr<grpc::GenericStub>> generic_stubs_;
+  std::unique_ptr<DirectReader> direct_;  // after the stubs it borrows
   const Placement placement_;
   const absl::Duration timeout_;
   std::function<absl::StatusOr<LayerLayout>(int64_t)> describe_;

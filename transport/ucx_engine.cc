@@ -81,6 +81,7 @@ class Remote final : public RemoteRegions {
   std::vector<Region> regions;
   RegionDescriptor control;
   ucp_rkey_h control_rkey = nullptr;
+  const uint64_t* control_mapped = nullptr;  // the owner's epoch slots
   bool all_mapped = false;
 };
 
@@ -490,6 +491,14 @@ absl::StatusOr<std::shared_ptr<Remote>> Engine::Unpack(
                                       &remote->control_rkey);
   if (s != UCS_OK) return UcxError("unpacking the peer's epoch key", s);
   bool all_mapped = true;
+  void* control_local = nullptr;
+  if (options_.use_mapped_reads &&
+      ucp_rkey_ptr(remote->control_rkey, remote->control.base,
+                   &control_local) == UCS_OK) {
+    remote->control_mapped = static_cast<const uint64_t*>(control_local);
+  } else {
+    all_mapped = false;
+  }
   for (Remote::Region& r : remote->regions) {
     s = ucp_ep_rkey_unpack(ep, r.desc.rkey.data(), &r.rkey);
     if (s != UCS_OK) return UcxError("unpacking a table range key", s);
@@ -521,10 +530,28 @@ void Engine::Read(std::shared_ptr<RemoteRegions> regions,
   }
   if (remote->all_mapped) {
     // Plain copies in the caller's order (the order the destination is
-    // written in, which keeps the stores streaming).
+    // written in, which keeps the stores streaming), then the epoch slots
+    // of the ranges read: the mapping keeps the pages, but a range whose
+    // layer was freed meanwhile must not be returned as current data.
     for (const ReadOp& op : ops) {
       std::memcpy(op.dst, remote->regions[op.region].mapped + op.offset,
                   op.length);
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    uint32_t last_checked = UINT32_MAX;
+    for (const ReadOp& op : ops) {
+      if (op.region == last_checked) continue;
+      last_checked = op.region;
+      const RegionDescriptor& d = remote->regions[op.region].desc;
+      const uint64_t epoch =
+          std::atomic_ref<uint64_t>(
+              const_cast<uint64_t&>(remote->control_mapped[d.epoch_slot]))
+              .load(std::memory_order_acquire);
+      if (epoch != d.generation) {
+        done(absl::AbortedError(
+            "a table range was released while it was read (layer removed)"));
+        return;
+      }
     }
     done(absl::OkStatus());
     return;

@@ -2,15 +2,18 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <atomic>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "client/client.h"
 #include "cluster/placement.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "tests/testing/engramd_process.h"
 #include "tests/testing/random_layer.h"
+#include "transport/ucx_engine.h"
 
 namespace engram {
 namespace {
@@ -258,6 +261,61 @@ TEST_P(ClusterTest, PeerReadPathIsTheConfiguredOneAndSurvivesRepopulate) {
   const std::string other = used == "rma" ? "gather" : "rma";
   EXPECT_GT(count(used), 0) << *metrics;
   EXPECT_EQ(count(other), 0) << *metrics;
+}
+
+// Direct reads: a client on the shards' host copies rows straight out of
+// their exported memory. With every shard frozen (SIGSTOP) lookups still
+// succeed, so no RPC is involved; a layer removed and populated again under
+// the same id is read from its new memory. Shards that export nothing
+// (--peer_read=gather) are simply asked over RPCs.
+TEST_P(ClusterTest, DirectReadsServeFromShardMemoryWithoutRpcs) {
+  Start(1);
+  const LayerLayout l{{3000, 2, 5000}, 16, DType::kFloat32};
+  Populate(*clients_[0], 5, l);
+  std::vector<std::string> addresses;
+  for (auto& s : shards_) addresses.push_back(s->address());
+  ClientOptions options;
+  options.direct_reads = true;
+  options.timeout = absl::Seconds(3);
+  auto direct = Client::ConnectCluster(addresses, 1, options);
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  // The first lookups go over RPCs while the mappings are set up.
+  for (uint32_t i = 0; i < 20; ++i) {
+    ASSERT_TRUE(LookupExact(**direct, 5, i).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (GetParam() == "gather" || !transport::UcxCompiledIn()) return;
+  // Direct reads need UCX's shared-memory transports (mapped memory).
+  if (const char* tls = std::getenv("UCX_TLS");
+      tls != nullptr && !absl::StrContains(tls, "sm") &&
+      !absl::StrContains(tls, "sysv") && !absl::StrContains(tls, "posix") &&
+      !absl::StrContains(tls, "all")) {
+    return;
+  }
+
+  for (auto& s : shards_) ASSERT_EQ(kill(s->pid(), SIGSTOP), 0);
+  for (uint32_t i = 100; i < 120; ++i) {
+    absl::Status s = LookupExact(**direct, 5, i);
+    EXPECT_TRUE(s.ok()) << "frozen shards, lookup " << i << ": " << s;
+  }
+  {  // with a dtype conversion on the client
+    auto ids = testing::RandomIds(l, 4, 3, 7);
+    auto want = testing::ReferenceGather(l, tables_[5], ids, DType::kFloat16);
+    std::vector<uint8_t> got(want.size());
+    const int64_t shape[] = {4, 3, l.num_heads()};
+    EXPECT_TRUE((*direct)->Lookup(5, ids, shape, got, DType::kFloat16).ok());
+    EXPECT_EQ(got, want);
+  }
+  for (auto& s : shards_) ASSERT_EQ(kill(s->pid(), SIGCONT), 0);
+
+  ASSERT_TRUE(clients_[1]->Remove(5).ok());
+  tables_[5] = testing::RandomTables(l, 55);
+  ASSERT_TRUE(clients_[2]->Populate(5, l, testing::Spans(tables_[5])).ok());
+  for (uint32_t i = 200; i < 230; ++i) {
+    absl::Status s = LookupExact(**direct, 5, i);
+    EXPECT_TRUE(s.ok()) << "after repopulate, lookup " << i << ": " << s;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(PeerRead, ClusterTest,

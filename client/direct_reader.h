@@ -1,0 +1,74 @@
+// Direct reads for a cluster client on the shards' host: rows copied
+// straight out of the shards' exported table memory (UCX maps it into this
+// process), no RPC at all. Internal to the client library.
+#ifndef ENGRAM_CLIENT_DIRECT_READER_H_
+#define ENGRAM_CLIENT_DIRECT_READER_H_
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <span>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "engram/internal/v1/peer.grpc.pb.h"
+#include "store/layout.h"
+#include "transport/ucx_engine.h"
+
+namespace engram {
+
+// Owns a UCX engine and, per (shard, layer), the attached exports of that
+// shard's rows. An entry is fetched in the background the first time a
+// lookup needs it (that lookup and any until it is ready use RPCs), and is
+// dropped when a read finds the layer's memory released (removed or
+// repopulated) or the layer is forgotten. Borrows the stubs. Thread-safe;
+// the destructor waits for fetches in flight.
+class DirectReader {
+ public:
+  // Null when UCX is not compiled in or cannot start.
+  static std::unique_ptr<DirectReader> Create(
+      std::vector<internal::v1::EngramPeer::Stub*> stubs);
+  ~DirectReader();
+
+  struct Row {
+    int head;
+    int64_t row;
+    uint8_t* dst;  // row_bytes of the layer's stored dtype
+  };
+  // True when every row was copied and validated; false when direct reads
+  // are not (yet) possible for this shard and layer: use an RPC.
+  bool TryRead(int shard, int64_t layer_id, const LayerLayout& layout,
+               std::span<const Row> rows);
+  void Forget(int64_t layer_id);
+
+ private:
+  struct Region {
+    uint64_t offset;
+    uint64_t length;
+    uint32_t index;
+  };
+  struct Entry {
+    std::shared_ptr<transport::RemoteRegions> remote;  // null: not possible
+    std::vector<std::vector<Region>> heads;
+    std::chrono::steady_clock::time_point retry_at;  // when remote is null
+  };
+  using Key = std::pair<int, int64_t>;
+
+  DirectReader(std::unique_ptr<transport::UcxEngine> engine,
+               std::vector<internal::v1::EngramPeer::Stub*> stubs);
+  void Fetch(const Key& key);
+
+  std::unique_ptr<transport::UcxEngine> engine_;
+  std::vector<internal::v1::EngramPeer::Stub*> stubs_;
+  std::atomic<int> fetching_{0};
+  std::mutex mu_;
+  std::map<Key, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
+  std::set<Key> pending_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_CLIENT_DIRECT_READER_H_

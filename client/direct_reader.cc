@@ -59,23 +59,17 @@ bool DirectReader::TryRead(int shard, int64_t layer_id,
     entry = it->second;
   }
   if (entry->remote == nullptr ||
-      entry->heads.size() != static_cast<size_t>(layout.num_heads())) {
+      entry->exports->num_heads() != layout.num_heads()) {
     return false;
   }
   const uint64_t row_bytes = layout.row_bytes();
   std::vector<transport::ReadOp> ops;
   ops.reserve(rows.size());
   for (const Row& row : rows) {
-    const uint64_t at = static_cast<uint64_t>(row.row) * row_bytes;
-    const Region* found = nullptr;
-    for (const Region& r : entry->heads[row.head]) {
-      if (at >= r.offset && at + row_bytes <= r.offset + r.length) {
-        found = &r;
-        break;
-      }
-    }
-    if (found == nullptr) return false;
-    ops.push_back({found->index, at - found->offset, row.dst, row_bytes});
+    std::optional<transport::ReadOp> op =
+        entry->exports->Op(row.head, row.row, row_bytes, row.dst);
+    if (!op) return false;
+    ops.push_back(*op);
   }
   // Mapped reads complete before Read returns.
   absl::Status status = absl::UnknownError("read did not complete");
@@ -105,15 +99,7 @@ void DirectReader::Fetch(const Key& key) {
         entry->retry_at = std::chrono::steady_clock::now() + kRetry;
         if (status.ok()) {
           std::vector<std::string> descriptors;
-          entry->heads.resize(call->response.heads_size());
-          for (int h = 0; h < call->response.heads_size(); ++h) {
-            for (const auto& r : call->response.heads(h).ranges()) {
-              entry->heads[h].push_back(
-                  {r.offset(), r.length(),
-                   static_cast<uint32_t>(descriptors.size())});
-              descriptors.push_back(r.access());
-            }
-          }
+          entry->exports.emplace(call->response, &descriptors);
           absl::StatusOr<std::shared_ptr<transport::RemoteRegions>> remote =
               engine_->Attach(call->response.worker_address(),
                               call->response.control_descriptor(), descriptors);

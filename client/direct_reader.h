@@ -9,11 +9,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <span>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "cluster/exported_layer.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "store/layout.h"
 #include "transport/ucx_engine.h"
@@ -45,14 +47,9 @@ class DirectReader {
   void Forget(int64_t layer_id);
 
  private:
-  struct Region {
-    uint64_t offset;
-    uint64_t length;
-    uint32_t index;
-  };
   struct Entry {
     std::shared_ptr<transport::RemoteRegions> remote;  // null: not possible
-    std::vector<std::vector<Region>> heads;
+    std::optional<ExportedLayer> exports;
     std::chrono::steady_clock::time_point retry_at;  // when remote is null
   };
   using Key = std::pair<int, int64_t>;

@@ -90,15 +90,7 @@ void PeerRmaReader::Read(int shard, std::shared_ptr<const Layer> layer,
           return;
         } else {
           std::vector<std::string> descriptors;
-          entry->heads.resize(call->response.heads_size());
-          for (int h = 0; h < call->response.heads_size(); ++h) {
-            for (const auto& r : call->response.heads(h).ranges()) {
-              entry->heads[h].push_back(
-                  {r.offset(), r.length(),
-                   static_cast<uint32_t>(descriptors.size())});
-              descriptors.push_back(r.access());
-            }
-          }
+          entry->exports.emplace(call->response, &descriptors);
           absl::StatusOr<std::shared_ptr<transport::RemoteRegions>> remote =
               engine_->Attach(call->response.worker_address(),
                               call->response.control_descriptor(), descriptors);
@@ -142,21 +134,15 @@ void PeerRmaReader::ReadWith(std::shared_ptr<Entry> entry, const Key& key,
   std::vector<transport::ReadOp> ops;
   ops.reserve(rows.size());
   for (const Row& row : rows) {
-    const uint64_t at = static_cast<uint64_t>(row.row) * row_bytes;
-    const Region* found = nullptr;
-    for (const Region& r : entry->heads[row.head]) {
-      if (at >= r.offset && at + row_bytes <= r.offset + r.length) {
-        found = &r;
-        break;
-      }
-    }
-    if (found == nullptr) {
+    std::optional<transport::ReadOp> op =
+        entry->exports->Op(row.head, row.row, row_bytes, row.dst);
+    if (!op) {
       done(absl::FailedPreconditionError(
           absl::StrCat("row ", row.row, " of head ", row.head,
                        " is not exported by shard ", key.first)));
       return;
     }
-    ops.push_back({found->index, at - found->offset, row.dst, row_bytes});
+    ops.push_back(*op);
   }
   engine_->Read(entry->remote, std::move(ops), deadline,
                 [this, entry, key, done = std::move(done)](absl::Status s) {

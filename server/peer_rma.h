@@ -8,10 +8,12 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "cluster/exported_layer.h"
 #include "server/cluster.h"
 #include "store/layer.h"
 #include "transport/ucx_engine.h"
@@ -46,16 +48,11 @@ class PeerRmaReader {
             std::function<void(absl::Status)> done);
 
  private:
-  struct Region {
-    uint64_t offset;
-    uint64_t length;
-    uint32_t index;  // into the attached descriptor list
-  };
   struct Entry {
     std::weak_ptr<const Layer> layer;
     std::shared_ptr<transport::RemoteRegions> remote;  // null: use gather
     std::chrono::steady_clock::time_point retry_at;    // when null: ask again
-    std::vector<std::vector<Region>> heads;
+    std::optional<ExportedLayer> exports;              // set with `remote`
   };
   using Key = std::pair<int, int64_t>;
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -28,7 +29,11 @@ class ClusterTest : public ::testing::TestWithParam<std::string> {
  protected:
   void Start(int replication, std::vector<std::string> flags = {}) {
     flags.push_back("--staged_timeout_seconds=5");
-    flags.push_back("--peer_read=" + GetParam());
+    if (std::none_of(flags.begin(), flags.end(), [](const std::string& f) {
+          return f.rfind("--peer_read=", 0) == 0;
+        })) {
+      flags.push_back("--peer_read=" + GetParam());
+    }
     auto c = testing::StartCluster(3, replication, flags);
     ASSERT_TRUE(c.ok()) << c.status();
     shards_ = *std::move(c);
@@ -39,6 +44,7 @@ class ClusterTest : public ::testing::TestWithParam<std::string> {
     }
   }
   void TearDown() override {
+    clients_.clear();
     for (auto& s : shards_) {
       if (s != nullptr && s->Alive()) EXPECT_EQ(s->Stop(), 0) << s->Log();
     }
@@ -58,6 +64,19 @@ class ClusterTest : public ::testing::TestWithParam<std::string> {
     absl::Status s = c.Lookup(id, ids, shape, got);
     if (s.ok() && got != want) return absl::DataLossError("rows differ");
     return s;
+  }
+
+  // engram_peer_reads_total{path} of a shard started with /metrics on.
+  double PeerReads(int shard, const std::string& path) {
+    auto metrics = testing::HttpGet(shards_[shard]->metrics_port(), "/metrics");
+    EXPECT_TRUE(metrics.ok()) << metrics.status();
+    if (!metrics.ok()) return -1;
+    const std::string key = "engram_peer_reads_total{path=\"" + path + "\"} ";
+    const size_t at = metrics->find(key);
+    EXPECT_NE(at, std::string::npos) << *metrics;
+    return at == std::string::npos
+               ? -1
+               : std::stod(metrics->substr(at + key.size()));
   }
 
   std::vector<std::unique_ptr<EngramdProcess>> shards_;
@@ -248,19 +267,27 @@ TEST_P(ClusterTest, PeerReadPathIsTheConfiguredOneAndSurvivesRepopulate) {
     }
     ASSERT_TRUE(clients_[1]->Remove(9).ok());
   }
-  auto metrics = testing::HttpGet(shards_[0]->metrics_port(), "/metrics");
-  ASSERT_TRUE(metrics.ok()) << metrics.status();
-  auto count = [&](const std::string& path) {
-    const std::string key = "engram_peer_reads_total{path=\"" + path + "\"} ";
-    size_t at = metrics->find(key);
-    return at == std::string::npos
-               ? -1.0
-               : std::stod(metrics->substr(at + key.size()));
-  };
   const std::string used = GetParam();
   const std::string other = used == "rma" ? "gather" : "rma";
-  EXPECT_GT(count(used), 0) << *metrics;
-  EXPECT_EQ(count(other), 0) << *metrics;
+  EXPECT_GT(PeerReads(0, used), 0);
+  EXPECT_EQ(PeerReads(0, other), 0);
+}
+
+// --peer_read=auto reads over rma where UCX reads natively (shared memory
+// here) and over gather where UCX would emulate reads (UCX_TLS=tcp). Runs
+// in the rma instance, which ctest runs with both.
+TEST_P(ClusterTest, AutoPicksRmaOnlyWhereUcxReadsNatively) {
+  if (GetParam() != "rma" || !transport::UcxCompiledIn()) {
+    GTEST_SKIP() << "runs once, in the rma instance, with UCX";
+  }
+  Start(1, {"--metrics_listen=127.0.0.1:0", "--peer_read=auto"});
+  Populate(*clients_[1], 11, {{4000, 900, 6000}, 32, DType::kFloat32});
+  for (uint32_t i = 0; i < 6; ++i)
+    ASSERT_TRUE(LookupExact(*clients_[0], 11, i).ok());
+  const char* tls = std::getenv("UCX_TLS");
+  const bool tcp_only = tls != nullptr && std::string(tls) == "tcp";
+  EXPECT_GT(PeerReads(0, tcp_only ? "gather" : "rma"), 0);
+  EXPECT_EQ(PeerReads(0, tcp_only ? "rma" : "gather"), 0);
 }
 
 // Direct reads: a client on the shards' host copies rows straight out of

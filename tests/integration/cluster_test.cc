@@ -27,6 +27,11 @@ using ::testing::HasSubstr;
 // UCX_TLS selects: ctest runs this binary with shared memory and with TCP).
 class ClusterTest : public ::testing::TestWithParam<std::string> {
  protected:
+  void SetUp() override {
+    if (GetParam() == "rma" && !transport::UcxCompiledIn()) {
+      GTEST_SKIP() << "built without UCX: no rma path";
+    }
+  }
   void Start(int replication, std::vector<std::string> flags = {}) {
     flags.push_back("--staged_timeout_seconds=5");
     if (std::none_of(flags.begin(), flags.end(), [](const std::string& f) {

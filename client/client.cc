@@ -87,7 +87,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
   absl::StatusOr<Placement> placement =
       Placement::Create(static_cast<int>(shards.size()), replication);
   if (!placement.ok()) return placement.status();
-  absl::StatusOr<std::unique_ptr<Client>> client = Connect(shards[0], options);
+  ClientOptions plain = options;
+  plain.direct_reads = false;  // the router below reads directly
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(shards[0], plain);
   if (!client.ok()) return client.status();
   Impl* impl = (*client)->impl_.get();
   std::vector<std::shared_ptr<grpc::Channel>> channels;
@@ -130,6 +132,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   if (address.empty()) {
     return absl::InvalidArgumentError("empty server address");
   }
+  // Direct reads go through the router, which treats a single node as a
+  // one-shard cluster.
+  if (options.direct_reads) return ConnectCluster({address}, 1, options);
   grpc::ChannelArguments args = TunedChannelArguments();
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));

@@ -35,11 +35,13 @@ struct ClientOptions {
   // One HTTP/2 connection moves its streams one frame at a time, so
   // concurrent big lookups gain from several.
   int num_channels = 1;
-  // ConnectCluster only: read rows of shards on this host straight from
-  // their table memory (UCX shared memory mapped into this process) instead
-  // of asking them; falls back to RPCs wherever that is not possible (no
-  // UCX, another host or IPC namespace, a layer just repopulated). The
-  // first lookups of a layer use RPCs while the mapping is set up.
+  // Read rows of servers on this host straight from their table memory
+  // (UCX shared memory mapped into this process) instead of asking them:
+  // cluster shards (--peer_read not gather) and single nodes started with
+  // --direct_reads export it. Falls back to RPCs wherever that is not
+  // possible (no UCX, another host or IPC namespace, a layer just
+  // repopulated); the first lookups of a layer use RPCs while the mapping
+  // is set up.
   bool direct_reads = false;
 };
 

@@ -57,10 +57,9 @@ ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
     for (int c = 0; c < kDataConnections; ++c) {
       grpc::ChannelArguments data_args = args;
       data_args.SetInt("engram.connection_index", c);
-      generic_stubs_.back().push_back(std::make_unique<grpc::GenericStub>(
-          grpc::CreateCustomChannel(peers_[s],
-                                    grpc::InsecureChannelCredentials(),
-                                    data_args)));
+      generic_stubs_.back().push_back(
+          std::make_unique<grpc::GenericStub>(grpc::CreateCustomChannel(
+              peers_[s], grpc::InsecureChannelCredentials(), data_args)));
     }
     up_[s].store(false, std::memory_order_relaxed);  // until a probe answers
   }

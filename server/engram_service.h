@@ -41,6 +41,10 @@ class EngramService final
   // Makes this shard a cluster member: Populate, Lookup and Remove go
   // through `cluster` (call before serving).
   void SetCluster(ClusterCoordinator* cluster) { cluster_ = cluster; }
+  // Single node with --direct_reads: populated tables are exported through
+  // `exporter` (borrowed; call before serving).
+  void SetExporter(const ExportMapper* exporter) { exporter_ = exporter; }
+  const ExportMapper* exporter() const { return exporter_; }
 
   grpc::ServerReadReactor<v1::PopulateRequest>* Populate(
       grpc::CallbackServerContext* context,
@@ -69,6 +73,7 @@ class EngramService final
                                std::shared_ptr<Layer> layer);
   friend class PopulateReactor;
 
+  const ExportMapper* exporter_ = nullptr;
   LayerRegistry* const layers_;
   MemoryBudget* const budget_;
   ThreadPool* const pool_;

@@ -164,6 +164,14 @@ const std::vector<FlagSpec>& Flags() {
          return v == "auto" || v == "rma" || v == "gather";
        },
        [](const ServerConfig& c) { return c.peer_read; }},
+      {"direct_reads",
+       "single node: export table memory (UCX shared memory) so clients on "
+       "this host read rows directly (ClientOptions::direct_reads)",
+       true,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseBool(v, &c->direct_reads);
+       },
+       [](const ServerConfig& c) { return c.direct_reads ? "true" : "false"; }},
       {"staged_timeout_seconds",
        "populate data staged for a coordinator that never commits is dropped "
        "after this long",

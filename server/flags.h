@@ -36,6 +36,10 @@ struct ServerConfig {
   // gRPC), or "auto" (rma where UCX reads natively: same-host mapping or
   // RDMA; gather over TCP).
   std::string peer_read = "auto";
+  // Single node: keep tables in UCX-exported shared memory so clients on
+  // this host can read rows directly (ClientOptions::direct_reads). Cluster
+  // shards export whenever peer_read is not "gather".
+  bool direct_reads = false;
   std::string port_file;  // written once serving: grpc_port=, metrics_port=
   bool help = false;
 };

@@ -76,7 +76,8 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
     if (!ticket.ok()) return ticket.status();
     ticket_ = *std::move(ticket);
     absl::StatusOr<std::unique_ptr<LayerBuilder>> builder =
-        LayerBuilder::Create(layer_id_, *std::move(layout), budget_, pin_);
+        LayerBuilder::Create(layer_id_, *std::move(layout), budget_, pin_, {},
+                             service_->exporter());
     if (!builder.ok()) return builder.status();
     builder_ = *std::move(builder);
     return absl::OkStatus();

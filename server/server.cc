@@ -41,12 +41,13 @@ std::unique_ptr<GpuTier> OpenGpuTier(const ServerConfig& config) {
 }  // namespace
 
 absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget, bool pin,
-                          GpuTier* gpu) {
+                          GpuTier* gpu, const ExportMapper* exporter) {
   LayerLayout layout{{1000, 1003, 1009, 1013}, 8, DType::kFloat32};
   absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
       layers->BeginPopulate(kDemoLayerId);
   if (!ticket.ok()) return ticket.status();
-  auto builder = LayerBuilder::Create(kDemoLayerId, layout, budget, pin);
+  auto builder =
+      LayerBuilder::Create(kDemoLayerId, layout, budget, pin, {}, exporter);
   if (!builder.ok()) {
     layers->Abandon(*ticket);
     return builder.status();
@@ -100,22 +101,26 @@ EngramServer::~EngramServer() {
 }
 
 absl::Status EngramServer::StartTransport() {
-  if (config_.peer_read == "gather") return absl::OkStatus();
+  const bool single = config_.peers.empty();
+  if (!single && config_.peer_read == "gather") return absl::OkStatus();
   absl::StatusOr<std::unique_ptr<transport::UcxEngine>> engine =
       transport::UcxEngine::Create();
   if (!engine.ok()) {
-    if (config_.peer_read == "rma") {
+    if (single || config_.peer_read == "rma") {
       return absl::Status(
           engine.status().code(),
-          absl::StrCat("--peer_read=rma: ", engine.status().message()));
+          absl::StrCat(single ? "--direct_reads: " : "--peer_read=rma: ",
+                       engine.status().message()));
     }
     LogWarning(absl::StrCat("no UCX transport (", engine.status().message(),
                             "); peer reads use the gather path"));
     return absl::OkStatus();
   }
   ucx_ = *std::move(engine);
-  LogInfo(absl::StrCat("UCX transport up (--peer_read=", config_.peer_read,
-                       "); table ranges are exported for remote reads"));
+  LogInfo(absl::StrCat(
+      "UCX transport up (",
+      single ? "--direct_reads" : "--peer_read=" + config_.peer_read,
+      "); table ranges are exported for remote reads"));
   return absl::OkStatus();
 }
 
@@ -145,9 +150,25 @@ absl::Status EngramServer::Start() {
           "--demo serves a single-node layer; populate a cluster instead");
     }
   }
+  if (peers->empty()) {
+    // A single node serves the internal peer API as a one-shard cluster:
+    // cluster clients (ConnectCluster, direct reads) read and populate
+    // through it; with --direct_reads its tables are exported.
+    if (config_.direct_reads) {
+      if (absl::Status s = StartTransport(); !s.ok()) return s;
+    }
+    local_cluster_ = std::make_unique<ClusterContext>(
+        0, std::vector<std::string>{config_.listen}, *Placement::Create(1, 1),
+        config_.staged_timeout_seconds);
+    peer_service_ =
+        std::make_unique<PeerService>(&layers_, &budget_, local_cluster_.get(),
+                                      config_.pin_memory, ucx_.get());
+    service_.SetExporter(peer_service_->exporter());
+  }
   if (config_.demo) {
-    if (absl::Status s =
-            AddDemoLayer(&layers_, &budget_, config_.pin_memory, gpu_.get());
+    if (absl::Status s = AddDemoLayer(
+            &layers_, &budget_, config_.pin_memory, gpu_.get(),
+            peer_service_ != nullptr ? peer_service_->exporter() : nullptr);
         !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("demo layer: ", s.message()));
     }

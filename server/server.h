@@ -28,7 +28,7 @@ namespace engram {
 // 1013 rows, D = 8, float32. Row r of head h holds
 // h * 100000 + r + d / 8 at element d, so a lookup is easy to check by eye.
 absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget, bool pin,
-                          GpuTier* gpu);
+                          GpuTier* gpu, const ExportMapper* exporter = nullptr);
 inline constexpr int64_t kDemoLayerId = 0;
 
 // Health service names: "" (the default, what grpcurl and readiness probes
@@ -73,6 +73,8 @@ class EngramServer {
   EngramService service_;
   // Cluster mode (--peers) only.
   std::unique_ptr<ClusterContext> cluster_;
+  // Single node: itself as a one-shard cluster, for the peer service.
+  std::unique_ptr<ClusterContext> local_cluster_;
   std::unique_ptr<PeerService> peer_service_;
   std::unique_ptr<PeerRmaReader> rma_;
   std::unique_ptr<ClusterCoordinator> coordinator_;

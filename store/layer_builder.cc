@@ -76,7 +76,11 @@ absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
   const LayerLayout& l = builder->layout_;
   for (int h = 0; h < l.num_heads(); ++h) {
     absl::StatusOr<HostBuffer> table;
-    if (builder->owned_.empty()) {
+    if (builder->owned_.empty() && exporter != nullptr) {
+      // Whole tables, exported (a single node serving direct reads).
+      table = HostBuffer::AllocateSparse(
+          l.table_bytes(h), {{0, l.table_bytes(h)}}, pin_memory, exporter);
+    } else if (builder->owned_.empty()) {
       table = HostBuffer::Allocate(l.table_bytes(h), pin_memory);
     } else {
       std::vector<std::pair<size_t, size_t>> resident;

@@ -23,8 +23,8 @@ class LayerBuilder {
   // Validates the layout, charges its bytes to `budget` (RESOURCE_EXHAUSTED
   // past the limit) and allocates the tables. With `owned` (one list of
   // row ranges per head: a shard of a cluster), only those rows are stored,
-  // charged and expected; the others are never written. `exporter` (shards
-  // only) places the owned rows where other shards can read them remotely.
+  // charged and expected; the others are never written. `exporter` places
+  // the stored rows where other processes can read them remotely.
   static absl::StatusOr<std::unique_ptr<LayerBuilder>> Create(
       int64_t layer_id, LayerLayout layout, MemoryBudget* budget,
       bool pin_memory, std::vector<std::vector<RowRange>> owned = {},

@@ -2,14 +2,17 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "tests/testing/engramd_process.h"
 #include "tests/testing/random_layer.h"
+#include "transport/ucx_engine.h"
 
 namespace engram {
 namespace {
@@ -581,6 +584,69 @@ TEST(ServerProcessTest, GpuFlagServesFromTheGpuOrFallsBackToTheCpu) {
     EXPECT_THAT(*metrics,
                 HasSubstr("engram_lookups_by_tier_total{tier=\"cpu\"} 2"));
     EXPECT_THAT((*p)->Log(), HasSubstr("GPU tier not available"));
+  }
+}
+
+// A single node with --direct_reads: a client on this host populates through
+// the node and then reads rows straight from its memory — with the server
+// frozen (SIGSTOP) lookups still return exact rows — and sees new rows after
+// Remove + Populate of the same id. A node without the flag serves the same
+// client over RPCs.
+TEST(ServerProcessTest, DirectReadsFromASingleNode) {
+  for (bool exported : {true, false}) {
+    SCOPED_TRACE(exported ? "--direct_reads" : "no exports");
+    std::vector<std::string> flags;
+    if (exported) flags.push_back("--direct_reads");
+    auto p = EngramdProcess::Start(flags);
+    if (!p.ok() && exported && !transport::UcxCompiledIn()) {
+      GTEST_SKIP() << "built without UCX";
+    }
+    ASSERT_TRUE(p.ok()) << p.status();
+    ClientOptions options;
+    options.direct_reads = true;
+    options.timeout = absl::Seconds(3);
+    auto direct = Client::Connect((*p)->address(), options);
+    ASSERT_TRUE(direct.ok()) << direct.status();
+    LayerLayout layout{{2000, 7, 3000}, 24, DType::kBFloat16};
+    auto tables = testing::RandomTables(layout, 21);
+    ASSERT_TRUE((*direct)->Populate(6, layout, testing::Spans(tables)).ok());
+    const int64_t shape[] = {5, 4, 3};
+    auto check = [&](uint32_t seed) {
+      auto ids = testing::RandomIds(layout, 5, 4, seed);
+      auto want =
+          testing::ReferenceGather(layout, tables, ids, DType::kFloat32);
+      std::vector<uint8_t> got(want.size(), 0xEE);
+      absl::Status s = (*direct)->Lookup(6, ids, shape, got, DType::kFloat32);
+      if (s.ok() && got != want) return absl::DataLossError("rows differ");
+      return s;
+    };
+    for (uint32_t i = 0; i < 10; ++i) {
+      ASSERT_TRUE(check(i).ok()) << i;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    // Direct reads need UCX's shared-memory transports (a mapping).
+    const char* tls = std::getenv("UCX_TLS");
+    const bool mappable = tls == nullptr || absl::StrContains(tls, "sm") ||
+                          absl::StrContains(tls, "sysv") ||
+                          absl::StrContains(tls, "posix") ||
+                          absl::StrContains(tls, "all");
+    if (exported && mappable) {
+      ASSERT_EQ(kill((*p)->pid(), SIGSTOP), 0);
+      for (uint32_t i = 100; i < 110; ++i) EXPECT_TRUE(check(i).ok()) << i;
+      ASSERT_EQ(kill((*p)->pid(), SIGCONT), 0);
+    }
+    auto plain = Client::Connect((*p)->address());
+    ASSERT_TRUE((*plain)->Remove(6).ok());
+    tables = testing::RandomTables(layout, 22);
+    ASSERT_TRUE((*plain)->Populate(6, layout, testing::Spans(tables)).ok());
+    for (uint32_t i = 200; i < 210; ++i) {
+      absl::Status s = check(i);
+      EXPECT_TRUE(s.ok()) << i << ": " << s;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    direct->reset();
+    plain->reset();
+    EXPECT_EQ((*p)->Stop(), 0) << (*p)->Log();
   }
 }
 

@@ -143,7 +143,9 @@ int CompareTiers(double seconds, int callers, int channels) {
 int CompareCluster(double seconds, int callers, int channels) {
   auto single = ChildServer::Start(
       {engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
-  if (!single) return 1;
+  auto exported = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
+                                      "--metrics_listen=", "--direct_reads"});
+  if (!single || !exported) return 1;
   std::vector<std::unique_ptr<ChildServer>> shards;
   std::vector<std::string> addresses[2];  // gather cluster, rma cluster
   for (int k = 0; k < 2; ++k) {
@@ -172,8 +174,9 @@ int CompareCluster(double seconds, int callers, int channels) {
   auto routed_client = Client::ConnectCluster(addresses[0], 1, options);
   ClientOptions direct_options = options;
   direct_options.direct_reads = true;
-  auto direct_client =
-      Client::ConnectCluster(addresses[1], 1, direct_options);
+  auto direct_client = Client::ConnectCluster(addresses[1], 1, direct_options);
+  auto node_direct_client = Client::Connect(
+      absl::StrCat("127.0.0.1:", exported->port()), direct_options);
   for (int i = 0; i < 200 && !((*cluster_client)->CheckHealth().ok() &&
                                (*rma_client)->CheckHealth().ok());
        ++i) {
@@ -183,8 +186,8 @@ int CompareCluster(double seconds, int callers, int channels) {
   const BenchLayer bench_layer = MakeBenchLayer(rng);
   const LayerLayout& layout = bench_layer.layout;
   const auto& spans = bench_layer.spans;
-  for (Client* c :
-       {single_client->get(), cluster_client->get(), rma_client->get()}) {
+  for (Client* c : {single_client->get(), cluster_client->get(),
+                    rma_client->get(), node_direct_client->get()}) {
     if (auto st = c->Populate(1, layout, spans); !st.ok()) {
       std::fprintf(stderr, "populate: %s\n", st.status().ToString().c_str());
       return 1;
@@ -195,12 +198,14 @@ int CompareCluster(double seconds, int callers, int channels) {
       "connection(s); clusters = 3 shards on this host, R = 1, entered "
       "through shard 0 (2/3 of the rows are read from peers), or routed by "
       "the client (over RPCs, or direct: reading the rma cluster's shard "
-      "memory)\n",
+      "memory); 1n dir = a single node with --direct_reads read directly\n",
       kHeads, static_cast<long long>(kDim), callers, channels);
-  std::printf("  %-20s %7s %12s %12s %12s %12s %12s %8s %8s %8s %8s %8s %8s\n",
-              "shape", "rows", "1node rows/s", "gather r/s", "rma r/s",
-              "routed r/s", "direct r/s", "1n p50us", "dir p50us", "gath/1n",
-              "rma/1n", "rout/1n", "dir/1n");
+  std::printf(
+      "  %-20s %7s %12s %12s %12s %12s %12s %12s %8s %8s %8s %8s %8s %8s "
+      "%8s\n",
+      "shape", "rows", "1node rows/s", "gather r/s", "rma r/s", "routed r/s",
+      "direct r/s", "1n dir r/s", "1n p50us", "dir p50us", "gath/1n", "rma/1n",
+      "rout/1n", "dir/1n", "1ndir/1n");
   const Shape shapes[] = {{"decode B=1", 1, 1},
                           {"decode B=16", 16, 1},
                           {"decode B=256", 256, 1},
@@ -214,26 +219,22 @@ int CompareCluster(double seconds, int callers, int channels) {
       outs[c].resize(sh.bytes());
     }
     const int64_t shape[] = {sh.batch, sh.length, kHeads};
-    Client* clients[5] = {single_client->get(), cluster_client->get(),
-                          rma_client->get(), routed_client->get(),
-                          direct_client->get()};
-    RunStats r[5];
-    for (int t = 0; t < 5; ++t) {
+    Client* clients[6] = {single_client->get(), cluster_client->get(),
+                          rma_client->get(),    routed_client->get(),
+                          direct_client->get(), node_direct_client->get()};
+    RunStats r[6];
+    for (int t = 0; t < 6; ++t) {
       r[t] = RunClosedLoop(callers, seconds, [&](int c) {
         return clients[t]->Lookup(1, ids[c], shape, outs[c]).ok();
       });
     }
-    std::printf(
-        "  %-20s %7lld %12.0f %12.0f %12.0f %12.0f %12.0f %8.1f %9.1f %7.2fx "
-        "%7.2fx %7.2fx %7.2fx\n",
-        sh.name, static_cast<long long>(sh.rows()),
-        r[0].calls_per_s() * sh.rows(), r[1].calls_per_s() * sh.rows(),
-        r[2].calls_per_s() * sh.rows(), r[3].calls_per_s() * sh.rows(),
-        r[4].calls_per_s() * sh.rows(), r[0].p50_us, r[4].p50_us,
-        r[1].calls_per_s() / r[0].calls_per_s(),
-        r[2].calls_per_s() / r[0].calls_per_s(),
-        r[3].calls_per_s() / r[0].calls_per_s(),
-        r[4].calls_per_s() / r[0].calls_per_s());
+    std::printf("  %-20s %7lld", sh.name, static_cast<long long>(sh.rows()));
+    for (const RunStats& x : r)
+      std::printf(" %12.0f", x.calls_per_s() * sh.rows());
+    std::printf(" %8.1f %9.1f", r[0].p50_us, r[4].p50_us);
+    for (int t = 1; t < 6; ++t)
+      std::printf(" %7.2fx", r[t].calls_per_s() / r[0].calls_per_s());
+    std::printf("\n");
   }
   return 0;
 }

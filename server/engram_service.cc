@@ -356,16 +356,25 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
   wire::EncodeLookupResponseHeader(out_shape, static_cast<int>(call->out_dtype),
                                    out_bytes, buffer.data);
   if (cluster_ != nullptr) {
-    cluster_->Gather(call->layer, call->ids, num_ids, call->out_dtype,
-                     buffer.data + header_bytes,
-                     [this, finish, buffer, reactor](absl::Status s) {
-                       if (s.ok()) {
-                         finish(buffer, /*on_gpu=*/false);
-                       } else {
-                         buffer.destroy(buffer.user_data);
-                         Finish(reactor, Rpc::kLookup, s);
-                       }
-                     });
+    // Local rows and mapped remote rows are copied by the caller of
+    // Gather: big lookups hand that to the pool instead of the reactor.
+    auto gather = [this, call, num_ids, finish, buffer, reactor, header_bytes] {
+      cluster_->Gather(call->layer, call->ids, num_ids, call->out_dtype,
+                       buffer.data + header_bytes,
+                       [this, finish, buffer, reactor](absl::Status s) {
+                         if (s.ok()) {
+                           finish(buffer, /*on_gpu=*/false);
+                         } else {
+                           buffer.destroy(buffer.user_data);
+                           Finish(reactor, Rpc::kLookup, s);
+                         }
+                       });
+    };
+    if (num_ids >= kParallelGatherMinRows) {
+      pool_->Submit(std::move(gather));
+    } else {
+      gather();
+    }
     return reactor;
   }
   GatherAsync(pool_, *call->layer, call->ids, num_ids, call->out_dtype,

@@ -32,6 +32,22 @@ constexpr uint32_t kEpochSlots = 1 << 16;  // 512 KiB control region
 // longer than any peer read's deadline, so no get that passed the live check
 // reads unmapped memory.
 constexpr auto kRetireGrace = std::chrono::seconds(10);
+// Slot 0 of the epoch region is the owner's heartbeat: its steady clock
+// (CLOCK_MONOTONIC, shared by the processes of one host, which are the only
+// ones that map the region), refreshed by the progress thread. A mapped
+// read of an owner silent for longer than this is refused: a dead process's
+// mapping stays readable, but its layers may since have been replaced by a
+// restarted process.
+constexpr uint32_t kHeartbeatSlot = 0;
+constexpr auto kHeartbeatEvery = std::chrono::milliseconds(50);
+constexpr auto kHeartbeatStale = std::chrono::seconds(2);
+
+uint64_t SteadyNanos() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          Clock::now().time_since_epoch())
+          .count());
+}
 
 absl::Status UcxError(const char* what, ucs_status_t status) {
   return absl::UnavailableError(
@@ -163,6 +179,11 @@ class Engine final : public UcxEngine {
   static void Release(ReadJob* job);
   void Finish(ReadJob* job);
   void ProgressLoop();
+  void Beat() {
+    Slot(slots_, kHeartbeatSlot)
+        .store(SteadyNanos(), std::memory_order_release);
+    last_beat_ = Clock::now();
+  }
   void RunReady();
   void ExpireJobs();
 
@@ -193,6 +214,7 @@ class Engine final : public UcxEngine {
   };
   std::deque<Retired> retired_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> stopping_{false};
+  Clock::time_point last_beat_;  // progress thread (and Init) only
   std::thread progress_;
 };
 
@@ -257,6 +279,7 @@ absl::Status Engine::Init() {
   ucp_mem_query(control_memh_, &attr);
   slots_ = static_cast<uint64_t*>(attr.address);
   std::memset(slots_, 0, kEpochSlots * sizeof(uint64_t));
+  Beat();
   void* rkey = nullptr;
   size_t rkey_length = 0;
   s = ucp_rkey_pack(context_, control_memh_, &rkey, &rkey_length);
@@ -553,6 +576,19 @@ void Engine::Read(std::shared_ptr<RemoteRegions> regions,
         return;
       }
     }
+    const uint64_t beat =
+        std::atomic_ref<uint64_t>(
+            const_cast<uint64_t&>(remote->control_mapped[kHeartbeatSlot]))
+            .load(std::memory_order_acquire);
+    const uint64_t now = SteadyNanos();
+    if (now > beat &&
+        now - beat > static_cast<uint64_t>(
+                         std::chrono::nanoseconds(kHeartbeatStale).count())) {
+      done(absl::UnavailableError(
+          absl::StrCat("the owner process has not run for ",
+                       (now - beat) / 1000000, " ms (exited or stopped)")));
+      return;
+    }
     done(absl::OkStatus());
     return;
   }
@@ -760,6 +796,7 @@ void Engine::ExpireJobs() {
 
 void Engine::ProgressLoop() {
   while (!stopping_.load()) {
+    if (Clock::now() - last_beat_ >= kHeartbeatEvery) Beat();
     const unsigned progressed = ucp_worker_progress(worker_);
     RunReady();
     bool busy;
@@ -778,7 +815,7 @@ void Engine::ProgressLoop() {
     // serve, a completion) or Wake() is called.
     if (ucp_worker_arm(worker_) == UCS_ERR_BUSY) continue;
     pollfd fd{efd_, POLLIN, 0};
-    poll(&fd, 1, 100);
+    poll(&fd, 1, static_cast<int>(kHeartbeatEvery.count()));
   }
   // Shutdown: fail what is left so no caller waits forever.
   std::vector<std::shared_ptr<Endpoint>> open;

@@ -61,6 +61,19 @@ BenchLayer MakeBenchLayer(std::mt19937_64& rng) {
   return l;
 }
 
+// Populates the benchmark layer as layer 1 through each client; false (and
+// a message) on the first failure.
+bool PopulateBenchLayer(std::initializer_list<Client*> clients,
+                        const BenchLayer& layer) {
+  for (Client* c : clients) {
+    if (auto s = c->Populate(1, layer.layout, layer.spans); !s.ok()) {
+      std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
 void PrintRow(const char* name, const Shape& s, const RunStats& r) {
   std::printf("  %-22s %10.0f %10.2f %9.3f %9.1f %9.1f\n", name,
               r.calls_per_s() * s.rows(), r.calls_per_s() * s.bytes() / 1e9,
@@ -90,13 +103,9 @@ int CompareTiers(double seconds, int callers, int channels) {
       Client::Connect(absl::StrCat("127.0.0.1:", gpu->port()), options);
   std::mt19937_64 rng(5);
   const BenchLayer bench_layer = MakeBenchLayer(rng);
-  const LayerLayout& layout = bench_layer.layout;
-  const auto& spans = bench_layer.spans;
-  for (Client* c : {cpu_client->get(), gpu_client->get()}) {
-    if (auto s = c->Populate(1, layout, spans); !s.ok()) {
-      std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
-      return 1;
-    }
+  if (!PopulateBenchLayer({cpu_client->get(), gpu_client->get()},
+                          bench_layer)) {
+    return 1;
   }
   std::printf(
       "lookup_bench --compare_gpu_tier: H = %d, D = %lld float32, %d callers, "
@@ -184,14 +193,10 @@ int CompareCluster(double seconds, int callers, int channels) {
   }
   std::mt19937_64 rng(5);
   const BenchLayer bench_layer = MakeBenchLayer(rng);
-  const LayerLayout& layout = bench_layer.layout;
-  const auto& spans = bench_layer.spans;
-  for (Client* c : {single_client->get(), cluster_client->get(),
-                    rma_client->get(), node_direct_client->get()}) {
-    if (auto st = c->Populate(1, layout, spans); !st.ok()) {
-      std::fprintf(stderr, "populate: %s\n", st.status().ToString().c_str());
-      return 1;
-    }
+  if (!PopulateBenchLayer({single_client->get(), cluster_client->get(),
+                           rma_client->get(), node_direct_client->get()},
+                          bench_layer)) {
+    return 1;
   }
   std::printf(
       "lookup_bench --cluster: H = %d, D = %lld float32, %d callers, %d "
@@ -264,9 +269,7 @@ int ComparePeerGather(double seconds, int callers) {
   }
   std::mt19937_64 rng(5);
   const BenchLayer bench_layer = MakeBenchLayer(rng);
-  const LayerLayout& layout = bench_layer.layout;
-  const auto& spans = bench_layer.spans;
-  if (auto st = (*client)->Populate(1, layout, spans); !st.ok()) return 1;
+  if (!PopulateBenchLayer({client->get()}, bench_layer)) return 1;
   auto placement = *Placement::Create(2, 1);
   grpc::ChannelArguments args = TunedChannelArguments();
   args.SetMaxReceiveMessageSize(-1);
@@ -389,12 +392,7 @@ int Main(int argc, char** argv) {
       Client::Connect(absl::StrCat("127.0.0.1:", engramd->port()), options);
   std::mt19937_64 rng(5);
   const BenchLayer bench_layer = MakeBenchLayer(rng);
-  const LayerLayout& layout = bench_layer.layout;
-  const auto& spans = bench_layer.spans;
-  if (auto s = (*client)->Populate(1, layout, spans); !s.ok()) {
-    std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
-    return 1;
-  }
+  if (!PopulateBenchLayer({client->get()}, bench_layer)) return 1;
   grpc::ChannelArguments args = TunedChannelArguments();
   args.SetMaxReceiveMessageSize(256 << 20);
   // The echo gets as many connections as the engram client (--channels),

@@ -18,12 +18,15 @@ PeerRmaReader::PeerRmaReader(transport::UcxEngine* engine,
 std::shared_ptr<PeerRmaReader::Entry> PeerRmaReader::Cached(
     const Key& key, const Layer* layer) {
   std::lock_guard<std::mutex> lock(mu_);
-  // Entries of layers this shard dropped go here, so their mappings do not
-  // outlive the layer for long.
-  std::erase_if(cache_,
-                [](const auto& kv) { return kv.second->layer.expired(); });
   auto it = cache_.find(key);
-  if (it == cache_.end()) return nullptr;
+  if (it == cache_.end()) {
+    // A miss (a new layer, typically): drop entries of layers this shard
+    // dropped, so their mappings do not outlive them for long. Not on hits:
+    // they are the lookup path.
+    std::erase_if(cache_,
+                  [](const auto& kv) { return kv.second->layer.expired(); });
+    return nullptr;
+  }
   const Entry& e = *it->second;
   if (e.layer.lock().get() != layer ||
       (e.remote != nullptr && e.remote->broken()) ||

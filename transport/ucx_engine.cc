@@ -170,8 +170,10 @@ class Engine final : public UcxEngine {
   absl::StatusOr<std::shared_ptr<Remote>> Unpack(
       std::shared_ptr<Endpoint> endpoint, const RegionDescriptor& control,
       const std::vector<RegionDescriptor>& regions);
+  // Posts the job's current phase: its data gets, or its epoch reads.
   void PostGets(ReadJob* job);
-  void PostEpochReads(ReadJob* job);
+  static bool PostGet(ReadJob* job, ucp_ep_h ep, void* dst, size_t length,
+                      uint64_t remote_address, ucp_rkey_h rkey);
   bool EpochsMatch(ReadJob* job);
   void RetireLater(ucp_mem_h memh, uint32_t slot);
   void UnmapRetired(bool all);
@@ -632,10 +634,29 @@ void Engine::Read(std::shared_ptr<RemoteRegions> regions,
     PostGets(job);
   } else {
     job->phase = ReadJob::kCheckBefore;
-    PostEpochReads(job);
+    PostGets(job);
   }
   Release(job);  // the poster's hold
   Wake();        // the progress thread drives the gets
+}
+
+// One get of `job` into `dst`; false (job failed) when UCX refuses it. The
+// caller holds the endpoint's lock shared.
+bool Engine::PostGet(ReadJob* job, ucp_ep_h ep, void* dst, size_t length,
+                     uint64_t remote_address, ucp_rkey_h rkey) {
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = &Engine::OnGetDone;
+  param.user_data = job;
+  job->holds.fetch_add(1);
+  void* request = ucp_get_nbx(ep, dst, length, remote_address, rkey, &param);
+  if (UCS_PTR_IS_ERR(request)) {
+    job->Fail(UcxError("ucp_get_nbx", UCS_PTR_STATUS(request)));
+    job->holds.fetch_sub(1);
+    return false;
+  }
+  if (request == nullptr) job->holds.fetch_sub(1);  // done in place
+  return true;
 }
 
 void Engine::PostGets(ReadJob* job) {
@@ -645,51 +666,25 @@ void Engine::PostGets(ReadJob* job) {
     job->Fail(absl::UnavailableError("the endpoint to the peer failed"));
     return;
   }
-  for (const ReadOp& op : job->ops) {
-    const Remote::Region& r = job->remote->regions[op.region];
-    ucp_request_param_t param{};
-    param.op_attr_mask =
-        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    param.cb.send = &Engine::OnGetDone;
-    param.user_data = job;
-    job->holds.fetch_add(1);
-    void* request = ucp_get_nbx(endpoint.ep, op.dst, op.length,
-                                r.desc.base + op.offset, r.rkey, &param);
-    if (UCS_PTR_IS_ERR(request)) {
-      job->Fail(UcxError("ucp_get_nbx", UCS_PTR_STATUS(request)));
-      job->holds.fetch_sub(1);
-      return;
+  if (job->phase == ReadJob::kData) {
+    for (const ReadOp& op : job->ops) {
+      const Remote::Region& r = job->remote->regions[op.region];
+      if (!PostGet(job, endpoint.ep, op.dst, op.length, r.desc.base + op.offset,
+                   r.rkey)) {
+        return;
+      }
     }
-    if (request == nullptr) job->holds.fetch_sub(1);  // done in place
-  }
-}
-
-void Engine::PostEpochReads(ReadJob* job) {
-  Endpoint& endpoint = *job->remote->endpoint;
-  std::shared_lock<std::shared_mutex> lock(endpoint.mu);
-  if (endpoint.ep == nullptr || endpoint.failed.load()) {
-    job->Fail(absl::UnavailableError("the endpoint to the peer failed"));
     return;
   }
+  // An epoch check: the slots of the regions read, from the control region.
   job->epochs.assign(job->touched.size(), 0);
   for (size_t i = 0; i < job->touched.size(); ++i) {
     const uint32_t slot = job->remote->regions[job->touched[i]].desc.epoch_slot;
-    ucp_request_param_t param{};
-    param.op_attr_mask =
-        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    param.cb.send = &Engine::OnGetDone;
-    param.user_data = job;
-    job->holds.fetch_add(1);
-    void* request = ucp_get_nbx(
-        endpoint.ep, &job->epochs[i], sizeof(uint64_t),
-        job->remote->control.base + uint64_t{slot} * sizeof(uint64_t),
-        job->remote->control_rkey, &param);
-    if (UCS_PTR_IS_ERR(request)) {
-      job->Fail(UcxError("ucp_get_nbx (epoch)", UCS_PTR_STATUS(request)));
-      job->holds.fetch_sub(1);
+    if (!PostGet(job, endpoint.ep, &job->epochs[i], sizeof(uint64_t),
+                 job->remote->control.base + uint64_t{slot} * sizeof(uint64_t),
+                 job->remote->control_rkey)) {
       return;
     }
-    if (request == nullptr) job->holds.fetch_sub(1);
   }
 }
 
@@ -726,13 +721,9 @@ void Engine::Finish(ReadJob* job) {
   }
   if (status.ok() && job->phase != ReadJob::kCheckAfter) {
     job->holds.store(1);
-    if (job->phase == ReadJob::kCheckBefore) {
-      job->phase = ReadJob::kData;
-      PostGets(job);
-    } else {
-      job->phase = ReadJob::kCheckAfter;
-      PostEpochReads(job);
-    }
+    job->phase = job->phase == ReadJob::kCheckBefore ? ReadJob::kData
+                                                     : ReadJob::kCheckAfter;
+    PostGets(job);
     Release(job);
     return;
   }

@@ -17,7 +17,6 @@ void Tune(Args* args) {
   args->SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kMaxFrameSize);
   args->SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kLookaheadBytes);
   args->SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, kTcpReadChunk);
-  args->SetInt(GRPC_ARG_TCP_MIN_READ_CHUNK_SIZE, 256 << 10);
   args->SetInt(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, kTcpReadChunk);
   args->SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, kTcpReadChunk);
 }

@@ -4,7 +4,6 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -12,6 +11,7 @@
 #include "proto/wire_format.h"
 #include "server/engram_service.h"
 #include "server/log.h"
+#include "server/read_stream.h"
 
 namespace engram {
 namespace {
@@ -32,84 +32,66 @@ bool PeerUnreachable(grpc::StatusCode code) {
 
 // ---------------------------------------------------------------- populate
 
-// Client stream in, one Stage stream per shard out. The reactor hands each
-// message to a worker thread and asks gRPC for the next one only after the
-// worker wrote it to the owners: backpressure without blocking a reactor.
-class ClusterPopulateReactor
-    : public grpc::ServerReadReactor<v1::PopulateRequest> {
+// Client stream in, one Stage stream per shard out. Each message is handed
+// to the coordinator's populate workers (blocking peer writes never run on
+// a reactor), and the next is asked for only after the owners took it:
+// backpressure, and no thread of its own. Lives until both gRPC (OnDone)
+// and any running task have let go of it.
+class ClusterPopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
  public:
   ClusterPopulateReactor(grpc::CallbackServerContext* context,
                          v1::PopulateResponse* response, ClusterCoordinator* c)
-      : context_(context),
+      : EndableReadReactor(c->watchdog()),
+        context_(context),
         response_(response),
         coordinator_(c),
-        cluster_(c->cluster()),
-        state_(std::make_shared<Handoff>()) {
-    std::thread([this, state = state_] { Work(state); }).detach();
-    StartRead(&request_);
+        cluster_(c->cluster()) {
+    ReadNext(&request_);
   }
 
   void OnReadDone(bool ok) override {
-    {
-      std::lock_guard<std::mutex> lock(state_->mu);
-      if (ok) {
-        state_->item = std::move(request_);
-        state_->has_item = true;
-      } else {
-        state_->end = true;
-      }
-    }
-    state_->cv.notify_one();
+    MarkBusy();
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    coordinator_->populate_workers()->Submit([this, ok] {
+      Work(ok);
+      Unref();
+    });
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    Unwatch();
+    Unref();
+  }
 
  private:
-  struct Handoff {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool has_item = false;
-    bool end = false;
-    v1::PopulateRequest item;
-  };
-  // Runs on its own thread; its last act is Finish (after which `this` may
-  // be deleted at any moment), so it touches only `state` afterwards.
-  void Work(std::shared_ptr<Handoff> state) {
-    while (true) {
-      v1::PopulateRequest message;
-      bool end;
-      {
-        std::unique_lock<std::mutex> lock(state->mu);
-        state->cv.wait(lock, [&] { return state->has_item || state->end; });
-        end = state->end && !state->has_item;
-        if (!end) {
-          message = std::move(state->item);
-          state->has_item = false;
-        }
-      }
-      if (end) {
-        Complete(EndOfStream());
-        return;
-      }
-      absl::Status s;
-      switch (message.kind_case()) {
-        case v1::PopulateRequest::kHeader:
-          s = OnHeader(message.header());
-          break;
-        case v1::PopulateRequest::kChunk:
-          s = OnChunk(message.chunk());
-          break;
-        default:
-          s = absl::InvalidArgumentError(
-              "a PopulateRequest must set header or chunk; this one sets "
-              "neither");
-      }
-      if (!s.ok()) {
-        Complete(s);
-        return;
-      }
-      StartRead(&request_);
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  // One message (or the end of the stream), on a populate worker.
+  void Work(bool ok) {
+    if (!ok || finished()) {
+      Complete(EndOfStream());
+      return;
     }
+    absl::Status s;
+    switch (request_.kind_case()) {
+      case v1::PopulateRequest::kHeader:
+        s = OnHeader(request_.header());
+        break;
+      case v1::PopulateRequest::kChunk:
+        s = OnChunk(request_.chunk());
+        break;
+      default:
+        s = absl::InvalidArgumentError(
+            "a PopulateRequest must set header or chunk; this one sets "
+            "neither");
+    }
+    if (!s.ok()) {
+      Complete(s);
+      return;
+    }
+    ReadNext(&request_);
   }
 
   absl::Status OnHeader(const v1::PopulateHeader& header) {
@@ -148,6 +130,10 @@ class ClusterPopulateReactor
   }
 
   absl::Status EndOfStream() {
+    if (finished()) {
+      return absl::DeadlineExceededError(
+          "the populate stream went idle and was ended");
+    }
     if (context_->IsCancelled()) {
       return absl::CancelledError("the client cancelled the populate stream");
     }
@@ -182,14 +168,14 @@ class ClusterPopulateReactor
     }
     coordinator_->metrics()->RecordCall(
         Rpc::kPopulate, static_cast<grpc::StatusCode>(status.code()));
-    Finish(ToGrpcStatus(status));
+    FinishOnce(ToGrpcStatus(status));
   }
 
   grpc::CallbackServerContext* const context_;
   v1::PopulateResponse* const response_;
   ClusterCoordinator* const coordinator_;
   ClusterContext* const cluster_;
-  std::shared_ptr<Handoff> state_;
+  std::atomic<int> refs_{1};  // gRPC's, until OnDone; +1 per running task
   v1::PopulateRequest request_;
   int64_t layer_id_ = 0;
   LayerLayout layout_;
@@ -433,8 +419,14 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
 ClusterCoordinator::ClusterCoordinator(ClusterContext* cluster,
                                        LayerRegistry* layers,
                                        ServerMetrics* metrics,
-                                       PeerRmaReader* rma)
-    : cluster_(cluster), layers_(layers), metrics_(metrics), rma_(rma) {}
+                                       PeerRmaReader* rma,
+                                       StreamWatchdog* watchdog)
+    : cluster_(cluster),
+      layers_(layers),
+      metrics_(metrics),
+      rma_(rma),
+      watchdog_(watchdog),
+      populate_workers_(kPopulateWorkers) {}
 
 grpc::ServerReadReactor<v1::PopulateRequest>* ClusterCoordinator::NewPopulate(
     grpc::CallbackServerContext* context, v1::PopulateResponse* response) {

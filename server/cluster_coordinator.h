@@ -14,19 +14,24 @@
 #include "server/cluster.h"
 #include "server/metrics.h"
 #include "server/peer_rma.h"
+#include "server/read_stream.h"
 #include "store/layer.h"
 #include "store/layer_registry.h"
+#include "store/thread_pool.h"
 
 namespace engram {
 
-// Borrows every pointer. Thread-safe; nothing here blocks a gRPC reactor
-// (populate fan-out runs on its own thread, lookups and removes use the
-// async peer API).
+// Borrows every pointer. Thread-safe; nothing here blocks a gRPC reactor:
+// populate fan-out runs on a few populate workers shared by all streams (a
+// stream occupies one only while the owners take a message), lookups and
+// removes use the async peer API.
 class ClusterCoordinator {
  public:
   // `rma` (may be null: gather only) reads remote rows one-sidedly.
+  // `watchdog` (may be null) ends populate streams that go idle.
   ClusterCoordinator(ClusterContext* cluster, LayerRegistry* layers,
-                     ServerMetrics* metrics, PeerRmaReader* rma = nullptr);
+                     ServerMetrics* metrics, PeerRmaReader* rma = nullptr,
+                     StreamWatchdog* watchdog = nullptr);
 
   grpc::ServerReadReactor<v1::PopulateRequest>* NewPopulate(
       grpc::CallbackServerContext* context, v1::PopulateResponse* response);
@@ -45,12 +50,19 @@ class ClusterCoordinator {
   ClusterContext* cluster() { return cluster_; }
   LayerRegistry* layers() { return layers_; }
   ServerMetrics* metrics() { return metrics_; }
+  StreamWatchdog* watchdog() { return watchdog_; }
+  ThreadPool* populate_workers() { return &populate_workers_; }
 
  private:
   ClusterContext* const cluster_;
   LayerRegistry* const layers_;
   ServerMetrics* const metrics_;
   PeerRmaReader* const rma_;
+  StreamWatchdog* const watchdog_;
+  // Blocking peer writes of every populate stream; more streams than
+  // workers just wait their turn.
+  static constexpr int kPopulateWorkers = 4;
+  ThreadPool populate_workers_;
 };
 
 }  // namespace engram

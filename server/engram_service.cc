@@ -158,8 +158,11 @@ void LogGpuFallback(const absl::Status& status) {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
+  constexpr size_t kMaxMessage = 1024;
+  std::string message(status.message().substr(0, kMaxMessage));
+  if (status.message().size() > kMaxMessage) message += " [...]";
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+                      std::move(message));
 }
 
 absl::StatusOr<LayerLayout> LayoutFromConfig(const v1::LayerConfig& config) {
@@ -235,7 +238,8 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
                                                                  &call->request)
            .ok()) {
     Finish(reactor, Rpc::kLookup,
-           absl::InvalidArgumentError("request is not a valid LookupRequest"));
+           absl::InvalidArgumentError(
+               "the request does not parse as engram.v1.LookupRequest"));
     return reactor;
   }
   if (absl::Status s = PrepareLookup(*layers_, limits_, call.get()); !s.ok()) {
@@ -300,14 +304,25 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
 
   const size_t header_bytes =
       wire::LookupResponseHeaderSize(out_shape, out_bytes);
+  std::shared_ptr<PendingResponses::Charge> charge;
+  if (pending_ != nullptr) {
+    auto reserved = pending_->Reserve(
+        *context, static_cast<int64_t>(header_bytes + out_bytes));
+    if (!reserved.ok()) {
+      Finish(reactor, Rpc::kLookup, reserved.status());
+      return reactor;
+    }
+    charge = *std::move(reserved);
+  }
   const bool use_gpu = gpu_ != nullptr &&
                        call->layer->gpu_mirror() != nullptr &&
                        num_ids >= limits_.gpu_min_rows;
   // Runs once the rows are in `buffer`, on whichever thread gathered them.
   auto finish = [this, call, reactor, response, header_bytes, out_bytes,
-                 num_ids](ResponseBuffer buffer, bool on_gpu) {
-    grpc::Slice slice(buffer.data, header_bytes + out_bytes, buffer.destroy,
-                      buffer.user_data);
+                 num_ids, charge](ResponseBuffer buffer, bool on_gpu) {
+    grpc::Slice slice = PendingResponses::ChargedSlice(
+        buffer.data, header_bytes + out_bytes, buffer.destroy, buffer.user_data,
+        charge);
     *response = grpc::ByteBuffer(&slice, 1);
     metrics_->RecordLookup(
         std::chrono::duration<double>(Clock::now() - call->start).count(),
@@ -384,65 +399,83 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
 }
 
 grpc::ServerUnaryReactor* EngramService::Remove(
-    grpc::CallbackServerContext* context, const v1::RemoveRequest* request,
-    v1::RemoveResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return ServeRaw<v1::RemoveRequest, v1::RemoveResponse>(
+      context, request, response,
+      [this](const v1::RemoveRequest& req, v1::RemoveResponse* resp,
+             RawDone done) { RemoveParsed(req, resp, std::move(done)); },
+      Observer(Rpc::kRemove));
+}
+
+void EngramService::RemoveParsed(const v1::RemoveRequest& request,
+                                 v1::RemoveResponse* response, RawDone done) {
+  const int64_t id = request.layer_id();
   if (cluster_ != nullptr) {
     cluster_->Remove(
-        request->layer_id(), request->force(),
-        [this, reactor, response,
-         id = request->layer_id()](absl::StatusOr<int> removed) {
+        id, request.force(),
+        [response, id, done = std::move(done)](absl::StatusOr<int> removed) {
           if (removed.ok()) {
             response->set_tables_removed(*removed);
             LogInfo(absl::StrCat("layer ", id, " removed from the cluster"));
           }
-          Finish(reactor, Rpc::kRemove, removed.status());
+          done(removed.status());
         });
-    return reactor;
+    return;
   }
-  absl::StatusOr<int> removed =
-      layers_->Remove(request->layer_id(), request->force());
+  absl::StatusOr<int> removed = layers_->Remove(id, request.force());
   if (removed.ok()) {
     response->set_tables_removed(*removed);
     if (*removed > 0) {
-      LogInfo(absl::StrCat("layer ", request->layer_id(), " removed (",
-                           *removed,
+      LogInfo(absl::StrCat("layer ", id, " removed (", *removed,
                            " tables); memory is freed once in-flight "
                            "lookups finish"));
     } else {
-      LogInfo(absl::StrCat("populate of layer ", request->layer_id(),
+      LogInfo(absl::StrCat("populate of layer ", id,
                            " aborted by a forced Remove"));
     }
   }
-  Finish(reactor, Rpc::kRemove, removed.status());
-  return reactor;
+  done(removed.status());
 }
 
 grpc::ServerUnaryReactor* EngramService::DescribeLayer(
-    grpc::CallbackServerContext* context,
-    const v1::DescribeLayerRequest* request, v1::LayerInfo* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  std::shared_ptr<const Layer> layer = layers_->Find(request->layer_id());
-  if (layer == nullptr) {
-    Finish(reactor, Rpc::kDescribeLayer,
-           absl::NotFoundError(
-               absl::StrCat("layer ", request->layer_id(), " not found")));
-    return reactor;
-  }
-  FillLayerInfo(*layer, response);
-  Finish(reactor, Rpc::kDescribeLayer, absl::OkStatus());
-  return reactor;
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return ServeRaw<v1::DescribeLayerRequest, v1::LayerInfo>(
+      context, request, response,
+      [this](const v1::DescribeLayerRequest& req, v1::LayerInfo* info,
+             RawDone done) {
+        std::shared_ptr<const Layer> layer = layers_->Find(req.layer_id());
+        if (layer == nullptr) {
+          done(absl::NotFoundError(
+              absl::StrCat("layer ", req.layer_id(), " not found")));
+          return;
+        }
+        FillLayerInfo(*layer, info);
+        done(absl::OkStatus());
+      },
+      Observer(Rpc::kDescribeLayer));
 }
 
 grpc::ServerUnaryReactor* EngramService::ListLayers(
-    grpc::CallbackServerContext* context, const v1::ListLayersRequest* request,
-    v1::ListLayersResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  for (const auto& layer : layers_->List()) {
-    FillLayerInfo(*layer, response->add_layers());
-  }
-  Finish(reactor, Rpc::kListLayers, absl::OkStatus());
-  return reactor;
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return ServeRaw<v1::ListLayersRequest, v1::ListLayersResponse>(
+      context, request, response,
+      [this](const v1::ListLayersRequest&, v1::ListLayersResponse* list,
+             RawDone done) {
+        for (const auto& layer : layers_->List()) {
+          FillLayerInfo(*layer, list->add_layers());
+        }
+        done(absl::OkStatus());
+      },
+      Observer(Rpc::kListLayers));
+}
+
+std::function<void(const absl::Status&)> EngramService::Observer(Rpc rpc) {
+  return [this, rpc](const absl::Status& s) {
+    metrics_->RecordCall(rpc, static_cast<grpc::StatusCode>(s.code()));
+  };
 }
 
 }  // namespace engram

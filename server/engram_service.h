@@ -9,6 +9,9 @@
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/cluster_coordinator.h"
 #include "server/metrics.h"
+#include "server/pending_responses.h"
+#include "server/raw_unary.h"
+#include "server/read_stream.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -32,9 +35,13 @@ struct ServiceLimits {
 // on the device into pinned response buffers; a GPU error falls back to the
 // CPU gather. Borrows every pointer; all must outlive the server.
 // Thread-safe.
+// Remove, DescribeLayer and ListLayers are raw too, parsed by ServeRaw.
 class EngramService final
     : public v1::EngramStore::WithRawCallbackMethod_Lookup<
-          v1::EngramStore::CallbackService> {
+          v1::EngramStore::WithRawCallbackMethod_Remove<
+              v1::EngramStore::WithRawCallbackMethod_DescribeLayer<
+                  v1::EngramStore::WithRawCallbackMethod_ListLayers<
+                      v1::EngramStore::CallbackService>>>> {
  public:
   EngramService(LayerRegistry* layers, MemoryBudget* budget, ThreadPool* pool,
                 ServerMetrics* metrics, GpuTier* gpu, ServiceLimits limits);
@@ -45,6 +52,10 @@ class EngramService final
   // `exporter` (borrowed; call before serving).
   void SetExporter(const ExportMapper* exporter) { exporter_ = exporter; }
   const ExportMapper* exporter() const { return exporter_; }
+  // Ends populate streams that go idle (borrowed; call before serving).
+  void SetStreamWatchdog(StreamWatchdog* watchdog) { watchdog_ = watchdog; }
+  // Charges hand-encoded responses until sent (borrowed; before serving).
+  void SetPendingResponses(PendingResponses* pending) { pending_ = pending; }
 
   grpc::ServerReadReactor<v1::PopulateRequest>* Populate(
       grpc::CallbackServerContext* context,
@@ -53,20 +64,22 @@ class EngramService final
                                    const grpc::ByteBuffer* request,
                                    grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Remove(grpc::CallbackServerContext* context,
-                                   const v1::RemoveRequest* request,
-                                   v1::RemoveResponse* response) override;
-  grpc::ServerUnaryReactor* DescribeLayer(
-      grpc::CallbackServerContext* context,
-      const v1::DescribeLayerRequest* request,
-      v1::LayerInfo* response) override;
-  grpc::ServerUnaryReactor* ListLayers(
-      grpc::CallbackServerContext* context,
-      const v1::ListLayersRequest* request,
-      v1::ListLayersResponse* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* DescribeLayer(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ListLayers(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
 
  private:
   void Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
               const absl::Status& status);
+  void RemoveParsed(const v1::RemoveRequest& request,
+                    v1::RemoveResponse* response, RawDone done);
+  // Records each final status of `rpc` in the metrics.
+  std::function<void(const absl::Status&)> Observer(Rpc rpc);
   // Mirrors `layer` to the GPU when there is a tier (a failure only logs:
   // the layer is then served from host memory), then publishes it.
   absl::Status MirrorAndCommit(const std::shared_ptr<PopulateTicket>& ticket,
@@ -74,6 +87,8 @@ class EngramService final
   friend class PopulateReactor;
 
   const ExportMapper* exporter_ = nullptr;
+  StreamWatchdog* watchdog_ = nullptr;
+  PendingResponses* pending_ = nullptr;
   LayerRegistry* const layers_;
   MemoryBudget* const budget_;
   ThreadPool* const pool_;
@@ -82,9 +97,6 @@ class EngramService final
   const ServiceLimits limits_;
   ClusterCoordinator* cluster_ = nullptr;
 };
-
-// absl -> gRPC status, same code and message (the one conversion point).
-grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // The validated layout a Populate / Stage header asks for (DTYPE_UNSPECIFIED
 // means float32); INVALID_ARGUMENT naming the broken invariant.

@@ -183,6 +183,65 @@ const std::vector<FlagSpec>& Flags() {
        [](const ServerConfig& c) {
          return absl::StrCat(c.staged_timeout_seconds);
        }},
+      {"stream_idle_timeout_seconds",
+       "a Populate or Stage stream that sends nothing for this long is ended "
+       "(DEADLINE_EXCEEDED) and its staged rows dropped; 0 disables",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->stream_idle_timeout_seconds) &&
+                c->stream_idle_timeout_seconds >= 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.stream_idle_timeout_seconds);
+       }},
+      {"max_pending_response_bytes",
+       "lookup/gather response bytes held for all clients that have not read "
+       "them yet; past it lookups are RESOURCE_EXHAUSTED",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->max_pending_response_bytes) &&
+                c->max_pending_response_bytes > 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.max_pending_response_bytes);
+       }},
+      {"max_pending_response_bytes_per_connection",
+       "the same, for one client connection", false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->max_pending_response_bytes_per_connection) &&
+                c->max_pending_response_bytes_per_connection > 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.max_pending_response_bytes_per_connection);
+       }},
+      {"max_concurrent_streams", "concurrent calls per client connection",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->max_concurrent_streams) &&
+                c->max_concurrent_streams > 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.max_concurrent_streams);
+       }},
+      {"connection_idle_timeout_seconds",
+       "a client connection without calls for this long is closed (clients "
+       "reconnect on their next call); 0 disables",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->connection_idle_timeout_seconds) &&
+                c->connection_idle_timeout_seconds >= 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.connection_idle_timeout_seconds);
+       }},
+      {"reserved_fds",
+       "new connections are refused while fewer file descriptors than this "
+       "are free (the open-file limit is raised to its maximum at start)",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->reserved_fds) && c->reserved_fds >= 8;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.reserved_fds); }},
       {"port_file",
        "write 'grpc_port=N' and 'metrics_port=M' here once serving (for "
        "scripts using port 0)",

@@ -40,6 +40,21 @@ struct ServerConfig {
   // this host can read rows directly (ClientOptions::direct_reads). Cluster
   // shards export whenever peer_read is not "gather".
   bool direct_reads = false;
+  // Abuse limits (docs/operations.md, "Limits").
+  // Populate/Stage streams that send nothing for this long are ended.
+  double stream_idle_timeout_seconds = 60;
+  // Lookup/Gather response bytes allocated and not yet sent, in all and per
+  // connection: past them a lookup is RESOURCE_EXHAUSTED instead of
+  // buffered (a client that never reads cannot grow the server).
+  int64_t max_pending_response_bytes = int64_t{1} << 30;
+  int64_t max_pending_response_bytes_per_connection = int64_t{512} << 20;
+  // Concurrent calls per HTTP/2 connection.
+  int max_concurrent_streams = 64;
+  // Connections with no call for this long are closed (clients reconnect).
+  double connection_idle_timeout_seconds = 300;
+  // New connections are refused while fewer than this many file
+  // descriptors are free (the listener never runs out of them).
+  int reserved_fds = 64;
   std::string port_file;  // written once serving: grpc_port=, metrics_port=
   bool help = false;
 };

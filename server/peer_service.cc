@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/engram_service.h"
 #include "server/log.h"
+#include "server/read_stream.h"
 #include "store/layer_builder.h"
 
 namespace engram {
@@ -13,19 +14,25 @@ namespace {
 
 using internal::v1::StageRequest;
 
+constexpr size_t kMaxTxnIdBytes = 128;
+
 // One Stage stream: this shard's rows of one cluster populate. gRPC
-// serializes its callbacks; only the abort hook (TryCancel) comes from
-// another thread.
-class StageReactor : public grpc::ServerReadReactor<StageRequest> {
+// serializes its callbacks; a forced Remove (abort hook) and the idle
+// watchdog may end the call from other threads through FinishOnce.
+class StageReactor : public EndableReadReactor<StageRequest> {
  public:
   StageReactor(grpc::CallbackServerContext* context,
                internal::v1::StageResponse* response, PeerService* service)
-      : context_(context), response_(response), service_(service) {
-    StartRead(&request_);
+      : EndableReadReactor(service->watchdog()),
+        context_(context),
+        response_(response),
+        service_(service) {
+    ReadNext(&request_);
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
+    MarkBusy();
+    if (!ok || finished()) {
       EndOfStream();
       return;
     }
@@ -42,30 +49,43 @@ class StageReactor : public grpc::ServerReadReactor<StageRequest> {
       s = absl::InvalidArgumentError("empty StageRequest");
     }
     if (s.ok() && ticket_ != nullptr && ticket_->aborted()) {
-      s = absl::AbortedError("populate aborted by a forced Remove");
+      s = AbortedByRemove();
     }
     if (!s.ok()) {
       Done(s);
       return;
     }
-    StartRead(&request_);
+    ReadNext(&request_);
   }
 
   void OnDone() override {
-    if (ticket_ != nullptr) service_->layers()->Abandon(ticket_);
+    Unwatch();
+    Release();
     delete this;
   }
 
  private:
+  absl::Status AbortedByRemove() const {
+    return absl::AbortedError(
+        absl::StrCat("stage of layer ", layer_id_,
+                     " was aborted by a forced Remove; nothing was kept"));
+  }
+
   absl::Status OnHeader(const internal::v1::StageHeader& header) {
     if (builder_ != nullptr)
       return absl::InvalidArgumentError("second Stage header");
+    if (header.txn_id().empty() || header.txn_id().size() > kMaxTxnIdBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("txn_id must be 1 to ", kMaxTxnIdBytes, " bytes; got ",
+                       header.txn_id().size()));
+    }
+    if (absl::Status s = service_->ClaimTxn(header.txn_id()); !s.ok()) return s;
     txn_id_ = header.txn_id();
     layer_id_ = header.layer_id();
     absl::StatusOr<LayerLayout> layout = LayoutFromConfig(header.config());
     if (!layout.ok()) return layout.status();
     auto ticket = service_->layers()->BeginPopulate(
-        layer_id_, [ctx = context_] { ctx->TryCancel(); });
+        layer_id_, [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); });
     if (!ticket.ok()) return ticket.status();
     ticket_ = *std::move(ticket);
     const ClusterContext& cluster = *service_->cluster();
@@ -83,6 +103,10 @@ class StageReactor : public grpc::ServerReadReactor<StageRequest> {
   }
 
   void EndOfStream() {
+    if (finished()) {  // a forced Remove or the idle watchdog ended it
+      Release();
+      return;
+    }
     if (context_->IsCancelled()) {
       Done(absl::CancelledError("the coordinator cancelled the stage stream"));
       return;
@@ -97,25 +121,44 @@ class StageReactor : public grpc::ServerReadReactor<StageRequest> {
       return;
     }
     response_->set_rows_staged(builder_->rows_received());
+    // The ticket outlives this call (it waits for Commit): its hook must
+    // not reach this reactor any more.
+    service_->layers()->DetachAbortHook(ticket_);
+    if (ticket_->aborted()) {
+      Done(AbortedByRemove());
+      return;
+    }
     service_->AddPrepared(txn_id_, std::move(ticket_), *std::move(layer));
     ticket_.reset();
-    Finish(grpc::Status::OK);
+    txn_id_.clear();  // the prepared entry holds the claim now
+    FinishOnce(grpc::Status::OK);
   }
 
   void Done(const absl::Status& status) {
+    Release();
+    FinishOnce(ToGrpcStatus(status));
+  }
+
+  // Drops the staged rows, the layer claim and the txn claim (if still
+  // ours); idempotent.
+  void Release() {
     builder_.reset();
     if (ticket_ != nullptr) {
+      service_->layers()->DetachAbortHook(ticket_);
       service_->layers()->Abandon(ticket_);
       ticket_.reset();
     }
-    Finish(ToGrpcStatus(status));
+    if (!txn_id_.empty()) {
+      service_->ReleaseTxn(txn_id_);
+      txn_id_.clear();
+    }
   }
 
   grpc::CallbackServerContext* const context_;
   internal::v1::StageResponse* const response_;
   PeerService* const service_;
   StageRequest request_;
-  std::string txn_id_;
+  std::string txn_id_;  // non-empty while this stream holds the claim
   int64_t layer_id_ = 0;
   std::shared_ptr<PopulateTicket> ticket_;
   std::unique_ptr<LayerBuilder> builder_;
@@ -153,8 +196,25 @@ void PeerService::AddPrepared(const std::string& txn_id,
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
           std::chrono::duration<double>(cluster_->staged_timeout_seconds()));
   std::lock_guard<std::mutex> lock(mu_);
+  staging_txns_.erase(txn_id);
   prepared_[txn_id] = {std::move(ticket), std::move(layer),
                        std::chrono::steady_clock::now() + timeout};
+}
+
+absl::Status PeerService::ClaimTxn(const std::string& txn_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (staging_txns_.contains(txn_id) || prepared_.contains(txn_id)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("transaction ", txn_id.substr(0, kMaxTxnIdBytes),
+                     " is already in use on shard ", cluster_->self()));
+  }
+  staging_txns_.insert(txn_id);
+  return absl::OkStatus();
+}
+
+void PeerService::ReleaseTxn(const std::string& txn_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  staging_txns_.erase(txn_id);
 }
 
 void PeerService::JanitorLoop() {
@@ -163,10 +223,12 @@ void PeerService::JanitorLoop() {
                          [this] { return stopping_; })) {
     const auto now = std::chrono::steady_clock::now();
     for (auto it = prepared_.begin(); it != prepared_.end();) {
-      if (it->second.expires <= now) {
+      const bool aborted = it->second.ticket->aborted();
+      if (aborted || it->second.expires <= now) {
         LogWarning(absl::StrCat("staged rows of layer ", it->second.layer->id(),
-                                " (txn ", it->first,
-                                ") dropped: no commit from the coordinator"));
+                                " (txn ", it->first, ") dropped: ",
+                                aborted ? "a forced Remove aborted them"
+                                        : "no commit from the coordinator"));
         layers_->Abandon(it->second.ticket);
         it = prepared_.erase(it);
       } else {
@@ -183,49 +245,53 @@ grpc::ServerReadReactor<StageRequest>* PeerService::Stage(
 }
 
 grpc::ServerUnaryReactor* PeerService::Commit(
-    grpc::CallbackServerContext* context,
-    const internal::v1::TxnRequest* request, internal::v1::TxnResponse*) {
-  auto* reactor = context->DefaultReactor();
-  Prepared p;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = prepared_.find(request->txn_id());
-    if (it == prepared_.end()) {
-      reactor->Finish(grpc::Status(
-          grpc::StatusCode::NOT_FOUND,
-          absl::StrCat("transaction ", request->txn_id(),
-                       " is not prepared on shard ", cluster_->self(),
-                       " (aborted or timed out)")));
-      return reactor;
-    }
-    p = std::move(it->second);
-    prepared_.erase(it);
-  }
-  const int64_t id = p.layer->id();
-  const uint64_t bytes = p.layer->bytes();
-  absl::Status s = layers_->Commit(p.ticket, std::move(p.layer));
-  if (s.ok()) {
-    LogInfo(absl::StrCat("layer ", id, " committed on shard ", cluster_->self(),
-                         ": ", bytes, " bytes held here"));
-  }
-  reactor->Finish(ToGrpcStatus(s));
-  return reactor;
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return ServeRaw<internal::v1::TxnRequest, internal::v1::TxnResponse>(
+      context, request, response,
+      [this](const internal::v1::TxnRequest& txn, internal::v1::TxnResponse*,
+             RawDone done) {
+        Prepared p;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          auto it = prepared_.find(txn.txn_id());
+          if (it == prepared_.end()) {
+            done(absl::NotFoundError(absl::StrCat(
+                "transaction ", txn.txn_id().substr(0, kMaxTxnIdBytes),
+                " is not prepared on shard ", cluster_->self(),
+                " (aborted or timed out)")));
+            return;
+          }
+          p = std::move(it->second);
+          prepared_.erase(it);
+        }
+        const int64_t id = p.layer->id();
+        const uint64_t bytes = p.layer->bytes();
+        absl::Status s = layers_->Commit(p.ticket, std::move(p.layer));
+        if (s.ok()) {
+          LogInfo(absl::StrCat("layer ", id, " committed on shard ",
+                               cluster_->self(), ": ", bytes,
+                               " bytes held here"));
+        }
+        done(s);
+      });
 }
 
 grpc::ServerUnaryReactor* PeerService::Abort(
-    grpc::CallbackServerContext* context,
-    const internal::v1::TxnRequest* request, internal::v1::TxnResponse*) {
-  auto* reactor = context->DefaultReactor();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = prepared_.find(request->txn_id());
-    if (it != prepared_.end()) {
-      layers_->Abandon(it->second.ticket);
-      prepared_.erase(it);
-    }
-  }
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return ServeRaw<internal::v1::TxnRequest, internal::v1::TxnResponse>(
+      context, request, response,
+      [this](const internal::v1::TxnRequest& txn, internal::v1::TxnResponse*,
+             RawDone done) {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = prepared_.find(txn.txn_id());
+        if (it != prepared_.end()) {
+          layers_->Abandon(it->second.ticket);
+          prepared_.erase(it);
+        }
+        done(absl::OkStatus());
+      });
 }
 
 grpc::ServerUnaryReactor* PeerService::Gather(
@@ -237,8 +303,9 @@ grpc::ServerUnaryReactor* PeerService::Gather(
   if (!grpc::SerializationTraits<internal::v1::GatherRequest>::Deserialize(
            &parse_copy, &request)
            .ok()) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                 "request is not a valid GatherRequest"));
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        "the request does not parse as engram.internal.v1.GatherRequest"));
     return reactor;
   }
   std::shared_ptr<const Layer> layer = layers_->Find(request.layer_id());
@@ -256,6 +323,22 @@ grpc::ServerUnaryReactor* PeerService::Gather(
                                  "heads and row_ids differ in length"));
     return reactor;
   }
+  // Sized before anything is allocated: a small request must not make a
+  // large response.
+  const size_t row_bytes = layout.row_bytes();
+  const uint64_t data_bytes = static_cast<uint64_t>(n) * row_bytes;
+  if (n > limits_.max_rows) {
+    reactor->Finish(ToGrpcStatus(absl::ResourceExhaustedError(
+        absl::StrCat("gather asks for ", n, " rows; the limit is ",
+                     limits_.max_rows, " (--max_lookup_rows)"))));
+    return reactor;
+  }
+  if (data_bytes + 16 > static_cast<uint64_t>(limits_.max_message_bytes)) {
+    reactor->Finish(ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
+        "gather response would be ", data_bytes, " bytes; the limit is ",
+        limits_.max_message_bytes, " (--max_message_bytes)"))));
+    return reactor;
+  }
   for (int i = 0; i < n; ++i) {
     const int h = request.heads(i);
     const int64_t id = request.row_ids(i);
@@ -270,9 +353,17 @@ grpc::ServerUnaryReactor* PeerService::Gather(
       return reactor;
     }
   }
+  std::shared_ptr<PendingResponses::Charge> charge;
+  if (limits_.pending != nullptr) {
+    auto reserved = limits_.pending->Reserve(
+        *context, static_cast<int64_t>(data_bytes + 16));
+    if (!reserved.ok()) {
+      reactor->Finish(ToGrpcStatus(reserved.status()));
+      return reactor;
+    }
+    charge = *std::move(reserved);
+  }
   // GatherResponse{bytes data = 1}: tag 0x0a, varint length, the rows.
-  const size_t row_bytes = layout.row_bytes();
-  const size_t data_bytes = static_cast<size_t>(n) * row_bytes;
   uint8_t header[11];
   size_t header_bytes = 0;
   header[header_bytes++] = 0x0a;
@@ -294,31 +385,35 @@ grpc::ServerUnaryReactor* PeerService::Gather(
                 layer->table(request.heads(i)) + request.row_ids(i) * row_bytes,
                 row_bytes);
   }
-  grpc::Slice slice(buffer, header_bytes + data_bytes, &std::free);
+  grpc::Slice slice = PendingResponses::ChargedSlice(
+      buffer, header_bytes + data_bytes, &std::free, buffer, std::move(charge));
   *response = grpc::ByteBuffer(&slice, 1);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 
 grpc::ServerUnaryReactor* PeerService::Transport(
-    grpc::CallbackServerContext* context,
-    const internal::v1::TransportRequest* request,
-    internal::v1::TransportResponse* response) {
-  auto* reactor = context->DefaultReactor();
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return ServeRaw<internal::v1::TransportRequest,
+                  internal::v1::TransportResponse>(
+      context, request, response,
+      [this](const internal::v1::TransportRequest& req,
+             internal::v1::TransportResponse* reply,
+             RawDone done) { done(DescribeExports(req.layer_id(), reply)); });
+}
+
+absl::Status PeerService::DescribeExports(
+    int64_t layer_id, internal::v1::TransportResponse* response) const {
   if (transport_ == nullptr) {
-    reactor->Finish(grpc::Status(
-        grpc::StatusCode::FAILED_PRECONDITION,
+    return absl::FailedPreconditionError(
         "this shard exports no rows for remote reads (--peer_read=gather or "
-        "built without UCX)"));
-    return reactor;
+        "built without UCX)");
   }
-  std::shared_ptr<const Layer> layer = layers_->Find(request->layer_id());
+  std::shared_ptr<const Layer> layer = layers_->Find(layer_id);
   if (layer == nullptr) {
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::NOT_FOUND,
-                     absl::StrCat("layer ", request->layer_id(),
-                                  " is not committed on this shard")));
-    return reactor;
+    return absl::NotFoundError(
+        absl::StrCat("layer ", layer_id, " is not committed on this shard"));
   }
   response->set_worker_address(transport_->worker_address());
   response->set_control_descriptor(transport_->control_descriptor());
@@ -331,19 +426,21 @@ grpc::ServerUnaryReactor* PeerService::Transport(
       r->set_access(e.descriptor);
     }
   }
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* PeerService::RemoveLocal(
-    grpc::CallbackServerContext* context, const v1::RemoveRequest* request,
-    v1::RemoveResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  absl::StatusOr<int> removed =
-      layers_->Remove(request->layer_id(), request->force());
-  if (removed.ok()) response->set_tables_removed(*removed);
-  reactor->Finish(ToGrpcStatus(removed.status()));
-  return reactor;
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return ServeRaw<v1::RemoveRequest, v1::RemoveResponse>(
+      context, request, response,
+      [this](const v1::RemoveRequest& req, v1::RemoveResponse* reply,
+             RawDone done) {
+        absl::StatusOr<int> removed =
+            layers_->Remove(req.layer_id(), req.force());
+        if (removed.ok()) reply->set_tables_removed(*removed);
+        done(removed.status());
+      });
 }
 
 }  // namespace engram

@@ -13,9 +13,13 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "server/cluster.h"
 #include "server/metrics.h"
+#include "server/pending_responses.h"
+#include "server/raw_unary.h"
+#include "server/read_stream.h"
 #include "store/layer_registry.h"
 #include "transport/ucx_engine.h"
 
@@ -26,9 +30,16 @@ namespace engram {
 // Borrows every pointer. Thread-safe.
 // Gather is registered raw: rows are copied once, into a buffer the response
 // slice owns, behind a hand-encoded GatherResponse header.
+// Every unary method is raw (ServeRaw) so unparsable requests get
+// INVALID_ARGUMENT.
 class PeerService final
     : public internal::v1::EngramPeer::WithRawCallbackMethod_Gather<
-          internal::v1::EngramPeer::CallbackService> {
+          internal::v1::EngramPeer::WithRawCallbackMethod_Commit<
+              internal::v1::EngramPeer::WithRawCallbackMethod_Abort<
+                  internal::v1::EngramPeer::WithRawCallbackMethod_Transport<
+                      internal::v1::EngramPeer::
+                          WithRawCallbackMethod_RemoveLocal<
+                              internal::v1::EngramPeer::CallbackService>>>>> {
  public:
   // `transport` (may be null: nothing exported) places staged rows where
   // other shards can read them and answers Transport.
@@ -40,25 +51,28 @@ class PeerService final
   grpc::ServerReadReactor<internal::v1::StageRequest>* Stage(
       grpc::CallbackServerContext* context,
       internal::v1::StageResponse* response) override;
-  grpc::ServerUnaryReactor* Commit(
-      grpc::CallbackServerContext* context,
-      const internal::v1::TxnRequest* request,
-      internal::v1::TxnResponse* response) override;
+  grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
-                                  const internal::v1::TxnRequest* request,
-                                  internal::v1::TxnResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Gather(grpc::CallbackServerContext* context,
                                    const grpc::ByteBuffer* request,
                                    grpc::ByteBuffer* response) override;
-  grpc::ServerUnaryReactor* Transport(
-      grpc::CallbackServerContext* context,
-      const internal::v1::TransportRequest* request,
-      internal::v1::TransportResponse* response) override;
+  grpc::ServerUnaryReactor* Transport(grpc::CallbackServerContext* context,
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* RemoveLocal(grpc::CallbackServerContext* context,
-                                        const v1::RemoveRequest* request,
-                                        v1::RemoveResponse* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
 
-  // Called by a Stage stream that ended with every held row.
+  // Reserves a transaction id for a Stage stream: ALREADY_EXISTS while
+  // another stream or a prepared transaction uses it.
+  absl::Status ClaimTxn(const std::string& txn_id);
+  void ReleaseTxn(const std::string& txn_id);
+  // Called by a Stage stream that ended with every held row; takes over
+  // the stream's claim on `txn_id`.
   void AddPrepared(const std::string& txn_id,
                    std::shared_ptr<PopulateTicket> ticket,
                    std::shared_ptr<Layer> layer);
@@ -67,6 +81,16 @@ class PeerService final
   MemoryBudget* budget() { return budget_; }
   ClusterContext* cluster() { return cluster_; }
   bool pin_memory() const { return pin_memory_; }
+  StreamWatchdog* watchdog() const { return watchdog_; }
+  // What one Gather may ask for, and the charge for unsent responses.
+  struct GatherLimits {
+    int64_t max_rows = int64_t{1} << 22;
+    int64_t max_message_bytes = int64_t{256} << 20;
+    PendingResponses* pending = nullptr;  // borrowed; may be null
+  };
+  void SetGatherLimits(GatherLimits limits) { limits_ = limits; }
+  // Ends idle Stage streams (borrowed; call before serving).
+  void SetStreamWatchdog(StreamWatchdog* watchdog) { watchdog_ = watchdog; }
   // For LayerBuilder; null without a transport.
   const ExportMapper* exporter() const {
     return transport_ != nullptr ? &exporter_ : nullptr;
@@ -79,6 +103,8 @@ class PeerService final
     std::chrono::steady_clock::time_point expires;
   };
   void JanitorLoop();
+  absl::Status DescribeExports(int64_t layer_id,
+                               internal::v1::TransportResponse* response) const;
 
   LayerRegistry* const layers_;
   MemoryBudget* const budget_;
@@ -86,9 +112,13 @@ class PeerService final
   const bool pin_memory_;
   transport::UcxEngine* const transport_;
   ExportMapper exporter_;
+  StreamWatchdog* watchdog_ = nullptr;
+  GatherLimits limits_;
   std::mutex mu_;
   std::condition_variable wake_;
   std::map<std::string, Prepared> prepared_ ABSL_GUARDED_BY(mu_);
+  // Transactions whose Stage stream is still open.
+  absl::flat_hash_set<std::string> staging_txns_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread janitor_;
 };

@@ -7,19 +7,21 @@
 #include "absl/strings/str_cat.h"
 #include "server/engram_service.h"
 #include "server/log.h"
+#include "server/read_stream.h"
 #include "store/layer_builder.h"
 
 namespace engram {
 
 // Lives from the first read until OnDone. gRPC serializes its callbacks
-// (one read outstanding at a time), so only the abort hook, which a forced
-// Remove runs from another thread, touches it concurrently; that hook only
-// calls TryCancel, which is thread-safe.
-class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
+// (one read outstanding at a time); a forced Remove (abort hook) and the
+// idle watchdog may end the call from other threads through FinishOnce.
+// Everything it holds is released in its own callbacks.
+class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
  public:
   PopulateReactor(grpc::CallbackServerContext* context,
                   v1::PopulateResponse* response, EngramService* service)
-      : context_(context),
+      : EndableReadReactor(service->watchdog_),
+        context_(context),
         response_(response),
         service_(service),
         layers_(service->layers_),
@@ -27,11 +29,12 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
         metrics_(service->metrics_),
         pin_(service->limits_.pin_memory),
         start_(std::chrono::steady_clock::now()) {
-    StartRead(&request_);
+    ReadNext(&request_);
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {
+    MarkBusy();
+    if (!ok || finished()) {
       EndOfStream();
       return;
     }
@@ -52,10 +55,11 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
       Fail(s);
       return;
     }
-    StartRead(&request_);
+    ReadNext(&request_);
   }
 
   void OnDone() override {
+    Unwatch();
     ReleaseClaim();
     delete this;
   }
@@ -71,8 +75,8 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
     if (!layout.ok()) return layout.status();
 
     absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
-        layers_->BeginPopulate(layer_id_,
-                               [ctx = context_] { ctx->TryCancel(); });
+        layers_->BeginPopulate(
+            layer_id_, [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); });
     if (!ticket.ok()) return ticket.status();
     ticket_ = *std::move(ticket);
     absl::StatusOr<std::unique_ptr<LayerBuilder>> builder =
@@ -94,12 +98,15 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
   }
 
   void EndOfStream() {
+    if (finished()) {  // a forced Remove or the idle watchdog ended it
+      LogWarning(absl::StrCat("populate of layer ", layer_id_,
+                              " ended early, nothing kept"));
+      builder_.reset();
+      ReleaseClaim();
+      return;
+    }
     if (context_->IsCancelled()) {
-      if (ticket_ != nullptr && ticket_->aborted()) {
-        Fail(AbortedByRemove());
-      } else {
-        Fail(absl::CancelledError("the client cancelled the populate stream"));
-      }
+      Fail(absl::CancelledError("the client cancelled the populate stream"));
       return;
     }
     if (builder_ == nullptr) {
@@ -142,7 +149,7 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
         committed->gpu_mirror() != nullptr ? ", on the GPU" : "", ", in ",
         seconds, " s"));
     metrics_->RecordCall(Rpc::kPopulate, grpc::OK);
-    Finish(grpc::Status::OK);
+    FinishOnce(grpc::Status::OK);
   }
 
   absl::Status AbortedByRemove() const {
@@ -159,11 +166,14 @@ class PopulateReactor : public grpc::ServerReadReactor<v1::PopulateRequest> {
     ReleaseClaim();
     metrics_->RecordCall(Rpc::kPopulate,
                          static_cast<grpc::StatusCode>(status.code()));
-    Finish(ToGrpcStatus(status));
+    FinishOnce(ToGrpcStatus(status));
   }
 
+  // Also detaches the abort hook: OnDone calls it, so the hook never sees
+  // a deleted reactor.
   void ReleaseClaim() {
     if (ticket_ != nullptr) {
+      layers_->DetachAbortHook(ticket_);
       layers_->Abandon(ticket_);
       ticket_.reset();
     }

@@ -38,6 +38,26 @@ std::unique_ptr<GpuTier> OpenGpuTier(const ServerConfig& config) {
   return *std::move(tier);
 }
 
+// Per-connection bounds: streams, keepalive pings that close connections
+// whose peer stopped reading or vanished, and idle connections closed.
+void ApplyConnectionLimits(const ServerConfig& config,
+                           grpc::ServerBuilder* builder) {
+  builder->AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                              config.max_concurrent_streams);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Clients may ping this often without being told off (GOAWAY).
+  builder->AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder->AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
+  if (config.connection_idle_timeout_seconds > 0) {
+    builder->AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+        static_cast<int>(config.connection_idle_timeout_seconds * 1000));
+  }
+}
+
 }  // namespace
 
 absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget, bool pin,
@@ -89,9 +109,16 @@ EngramServer::EngramServer(ServerConfig config)
       gpu_(OpenGpuTier(config_)),
       pool_(config_.threads),
       metrics_(&layers_, &budget_, config_.pin_memory, gpu_.get()),
+      watchdog_(std::chrono::milliseconds(
+          static_cast<int64_t>(config_.stream_idle_timeout_seconds * 1000))),
+      pending_(config_.max_pending_response_bytes,
+               config_.max_pending_response_bytes_per_connection),
       service_(&layers_, &budget_, &pool_, &metrics_, gpu_.get(),
                ServiceLimits{config_.max_lookup_rows, config_.max_message_bytes,
-                             config_.pin_memory, config_.gpu_min_rows}) {}
+                             config_.pin_memory, config_.gpu_min_rows}) {
+  service_.SetStreamWatchdog(&watchdog_);
+  service_.SetPendingResponses(&pending_);
+}
 
 EngramServer::~EngramServer() {
   if (server_ != nullptr) {
@@ -137,12 +164,15 @@ absl::Status EngramServer::Start() {
     if (absl::Status s = StartTransport(); !s.ok()) return s;
     peer_service_ = std::make_unique<PeerService>(
         &layers_, &budget_, cluster_.get(), config_.pin_memory, ucx_.get());
+    peer_service_->SetStreamWatchdog(&watchdog_);
+    peer_service_->SetGatherLimits(
+        {config_.max_lookup_rows, config_.max_message_bytes, &pending_});
     if (ucx_ != nullptr) {
       rma_ = std::make_unique<PeerRmaReader>(ucx_.get(), cluster_.get(),
                                              config_.peer_read == "auto");
     }
     coordinator_ = std::make_unique<ClusterCoordinator>(
-        cluster_.get(), &layers_, &metrics_, rma_.get());
+        cluster_.get(), &layers_, &metrics_, rma_.get(), &watchdog_);
     service_.SetCluster(coordinator_.get());
     metrics_.SetPeersUpSource([c = cluster_.get()] { return c->peers_up(); });
     if (config_.demo) {
@@ -163,6 +193,9 @@ absl::Status EngramServer::Start() {
     peer_service_ =
         std::make_unique<PeerService>(&layers_, &budget_, local_cluster_.get(),
                                       config_.pin_memory, ucx_.get());
+    peer_service_->SetStreamWatchdog(&watchdog_);
+    peer_service_->SetGatherLimits(
+        {config_.max_lookup_rows, config_.max_message_bytes, &pending_});
     service_.SetExporter(peer_service_->exporter());
   }
   if (config_.demo) {
@@ -200,6 +233,7 @@ absl::Status EngramServer::Start() {
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
   ApplyTransportTuning(&builder);
+  ApplyConnectionLimits(config_, &builder);
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || grpc_port_ == 0) {
     server_.reset();

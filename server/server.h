@@ -16,6 +16,7 @@
 #include "server/metrics.h"
 #include "server/peer_rma.h"
 #include "server/peer_service.h"
+#include "server/pending_responses.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -70,6 +71,10 @@ class EngramServer {
   LayerRegistry layers_;
   ThreadPool pool_;
   ServerMetrics metrics_;
+  // Before the services: their stream reactors unregister from it, and
+  // their response slices release charges into it.
+  StreamWatchdog watchdog_;
+  PendingResponses pending_;
   EngramService service_;
   // Cluster mode (--peers) only.
   std::unique_ptr<ClusterContext> cluster_;

@@ -1,6 +1,7 @@
 #include "store/layer_registry.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -96,6 +97,12 @@ void LayerRegistry::Abandon(const std::shared_ptr<PopulateTicket>& ticket) {
   if (it != populating_.end() && it->second == ticket) populating_.erase(it);
 }
 
+void LayerRegistry::DetachAbortHook(
+    const std::shared_ptr<PopulateTicket>& ticket) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ticket->on_abort_ = nullptr;
+}
+
 absl::StatusOr<int> LayerRegistry::Remove(int64_t layer_id, bool force) {
   std::lock_guard<std::mutex> lock(mu_);
   auto committed = current_->find(layer_id);
@@ -118,7 +125,7 @@ absl::StatusOr<int> LayerRegistry::Remove(int64_t layer_id, bool force) {
   std::shared_ptr<PopulateTicket> ticket = std::move(pending->second);
   populating_.erase(pending);
   ticket->aborted_.store(true, std::memory_order_release);
-  if (ticket->on_abort_) ticket->on_abort_();
+  if (ticket->on_abort_) std::exchange(ticket->on_abort_, nullptr)();
   return 0;
 }
 

@@ -30,7 +30,9 @@ class PopulateTicket {
   const int64_t layer_id_;
   std::atomic<bool> aborted_{false};
   // Run (under the registry's lock) when a forced Remove aborts the populate,
-  // so an idle stream is torn down at once instead of at its next chunk.
+  // so an idle stream is ended at once instead of at its next chunk. Guarded
+  // by the registry's lock; cleared by DetachAbortHook before the stream that
+  // set it finishes, so it never reaches a finished call.
   std::function<void()> on_abort_;
 };
 
@@ -64,6 +66,10 @@ class LayerRegistry {
                       std::shared_ptr<const Layer> layer);
   // Releases the claim without publishing (the populate failed).
   void Abandon(const std::shared_ptr<PopulateTicket>& ticket);
+  // Drops the ticket's abort hook: after this returns the hook is not
+  // running and never runs. A stream calls it before it finishes while its
+  // ticket lives on (a staged transaction waiting for Commit).
+  void DetachAbortHook(const std::shared_ptr<PopulateTicket>& ticket);
 
   // Hides the layer and returns its head count. NOT_FOUND when neither a
   // committed layer nor a populate has the id; FAILED_PRECONDITION when only

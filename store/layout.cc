@@ -58,18 +58,31 @@ std::string StoreKey(int64_t layer_id, int head) {
   return absl::StrCat("engram:l", layer_id, ":h", head);
 }
 
+namespace {
+
+// "[a, b, c]", with at most 8 dimensions spelled out: error messages stay
+// short whatever shape a request claims.
+std::string ShapeText(std::span<const int64_t> shape) {
+  constexpr size_t kShown = 8;
+  if (shape.size() <= kShown)
+    return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  return absl::StrCat("[", absl::StrJoin(shape.subspan(0, kShown), ", "),
+                      ", ... (", shape.size() - kShown, " more)]");
+}
+
+}  // namespace
+
 absl::Status ValidateLookupShape(const LayerLayout& layout,
                                  std::span<const int64_t> shape,
                                  int64_t num_ids, LookupShape* out) {
   if (shape.size() != 3) {
     return absl::InvalidArgumentError(
         absl::StrCat("shape must be [B, L, H] (rank 3); got rank ",
-                     shape.size(), " [", absl::StrJoin(shape, ", "), "]"));
+                     shape.size(), " ", ShapeText(shape)));
   }
   if (shape[0] <= 0 || shape[1] <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("shape [", absl::StrJoin(shape, ", "),
-                     "] must have B >= 1 and L >= 1"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shape ", ShapeText(shape), " must have B >= 1 and L >= 1"));
   }
   if (shape[2] != layout.num_heads()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -79,14 +92,14 @@ absl::Status ValidateLookupShape(const LayerLayout& layout,
   // Guard the product against overflow before comparing with num_ids.
   const int64_t limit = int64_t{1} << 40;
   if (shape[0] > limit / shape[1] || shape[0] * shape[1] > limit / shape[2]) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shape [", absl::StrJoin(shape, ", "), "] has too many elements"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shape ", ShapeText(shape), " has too many elements"));
   }
   LookupShape parsed{shape[0], shape[1], shape[2]};
   if (parsed.num_ids() != num_ids) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("shape [", absl::StrJoin(shape, ", "), "] needs ",
-                     parsed.num_ids(), " row ids; got ", num_ids));
+    return absl::InvalidArgumentError(absl::StrCat("shape ", ShapeText(shape),
+                                                   " needs ", parsed.num_ids(),
+                                                   " row ids; got ", num_ids));
   }
   *out = parsed;
   return absl::OkStatus();

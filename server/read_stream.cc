@@ -1,0 +1,65 @@
+#include "server/read_stream.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace engram {
+
+int64_t MonotonicNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+StreamWatchdog::StreamWatchdog(std::chrono::milliseconds idle_timeout)
+    : idle_timeout_(idle_timeout) {
+  if (idle_timeout_.count() > 0) thread_ = std::thread([this] { Loop(); });
+}
+
+StreamWatchdog::~StreamWatchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void StreamWatchdog::Watch(IdleStream* stream) {
+  if (idle_timeout_.count() <= 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  streams_.insert(stream);
+}
+
+void StreamWatchdog::Forget(IdleStream* stream) {
+  if (idle_timeout_.count() <= 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  streams_.erase(stream);
+}
+
+void StreamWatchdog::Loop() {
+  // Checks a few times per timeout, at most every second.
+  const auto period = std::min<std::chrono::milliseconds>(
+      std::chrono::seconds(1),
+      std::max<std::chrono::milliseconds>(std::chrono::milliseconds(10),
+                                          idle_timeout_ / 4));
+  const int64_t timeout_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(idle_timeout_)
+          .count();
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!wake_.wait_for(lock, period, [this] { return stopping_; })) {
+    const int64_t now = MonotonicNowNs();
+    std::vector<IdleStream*> idle;
+    for (IdleStream* s : streams_) {
+      const int64_t since = s->last_activity_ns();
+      if (since != IdleStream::kBusy && now - since > timeout_ns)
+        idle.push_back(s);
+    }
+    for (IdleStream* s : idle) {
+      streams_.erase(s);
+      s->EndIdle();  // under mu_: OnDone's Forget waits for this
+    }
+  }
+}
+
+}  // namespace engram

@@ -1,0 +1,120 @@
+// Client-streaming reactors that other threads may end: a forced Remove
+// aborting a populate, or the idle watchdog ending a stream that stopped
+// sending. Shared by the populate, stage and cluster populate reactors.
+#ifndef ENGRAM_SERVER_READ_STREAM_H_
+#define ENGRAM_SERVER_READ_STREAM_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+
+#include "absl/base/thread_annotations.h"
+
+namespace engram {
+
+// A stream the watchdog can end. Implemented by EndableReadReactor.
+class IdleStream {
+ public:
+  virtual ~IdleStream() = default;
+  // Monotonic nanoseconds since the stream has been waiting for the
+  // client, or kBusy while the server works on its last message.
+  static constexpr int64_t kBusy = -1;
+  virtual int64_t last_activity_ns() const = 0;
+  // Ends the call with DEADLINE_EXCEEDED (no-op if it already ended).
+  virtual void EndIdle() = 0;
+};
+
+// One thread that ends streams idle longer than a timeout. Streams register
+// when they start reading and unregister in OnDone; EndIdle runs under the
+// watchdog's lock, so an unregistered stream is never touched again.
+// Thread-safe.
+class StreamWatchdog {
+ public:
+  // `idle_timeout` <= 0 disables it (no thread).
+  explicit StreamWatchdog(std::chrono::milliseconds idle_timeout);
+  ~StreamWatchdog();
+  StreamWatchdog(const StreamWatchdog&) = delete;
+  StreamWatchdog& operator=(const StreamWatchdog&) = delete;
+
+  void Watch(IdleStream* stream);
+  void Forget(IdleStream* stream);
+  std::chrono::milliseconds idle_timeout() const { return idle_timeout_; }
+
+ private:
+  void Loop();
+  const std::chrono::milliseconds idle_timeout_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::unordered_set<IdleStream*> streams_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+int64_t MonotonicNowNs();
+
+// A ServerReadReactor that finishes exactly once, whichever thread asks
+// first: its own callbacks, an abort hook, or the watchdog. gRPC still
+// serializes OnReadDone/OnDone; FinishOnce and the activity clock are the
+// only members touched from other threads (atomics), so subclasses release
+// what they hold in their own callbacks (OnDone at the latest). A read asked
+// for after another thread finished the call completes with ok = false.
+template <typename Request>
+class EndableReadReactor : public grpc::ServerReadReactor<Request>,
+                           public IdleStream {
+ public:
+  // `watchdog` (may be null) watches this stream from the first read until
+  // OnDone; a subclass's OnDone must call Unwatch() first.
+  explicit EndableReadReactor(StreamWatchdog* watchdog) : watchdog_(watchdog) {}
+
+  int64_t last_activity_ns() const override {
+    return last_activity_ns_.load(std::memory_order_relaxed);
+  }
+  void EndIdle() override {
+    FinishOnce(
+        grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                     "the stream sent nothing for longer than the idle timeout "
+                     "(--stream_idle_timeout_seconds); nothing was kept"));
+  }
+
+  // Ends the call with `status` unless it has ended already; true if this
+  // call ended it.
+  bool FinishOnce(const grpc::Status& status) {
+    if (finished_.exchange(true, std::memory_order_acq_rel)) return false;
+    this->Finish(status);
+    return true;
+  }
+  bool finished() const { return finished_.load(std::memory_order_acquire); }
+
+ protected:
+  // Asks for the next message (starts the watch on the first call).
+  void ReadNext(Request* request) {
+    last_activity_ns_.store(MonotonicNowNs(), std::memory_order_relaxed);
+    if (!watched_ && watchdog_ != nullptr) {
+      watched_ = true;
+      watchdog_->Watch(this);
+    }
+    if (!finished()) this->StartRead(request);
+  }
+  // Called first thing in OnReadDone: the server, not the client, is the one
+  // taking time until the next ReadNext.
+  void MarkBusy() { last_activity_ns_.store(kBusy, std::memory_order_relaxed); }
+  void Unwatch() {
+    if (watched_) watchdog_->Forget(this);
+    watched_ = false;
+  }
+
+ private:
+  StreamWatchdog* const watchdog_;
+  bool watched_ = false;  // touched by gRPC's serialized callbacks only
+  std::atomic<bool> finished_{false};
+  std::atomic<int64_t> last_activity_ns_{0};
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_READ_STREAM_H_

@@ -1,0 +1,313 @@
+// Inputs and faults that once crashed, wedged or bloated a real engramd
+// process (issue 9): each case failed on the code before its fix.
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/client.h"
+#include "engram/internal/v1/peer.grpc.pb.h"
+#include "engram/v1/engram.grpc.pb.h"
+#include "tests/testing/engramd_process.h"
+#include "tests/testing/random_layer.h"
+
+namespace engram {
+namespace {
+
+using testing::EngramdProcess;
+using ::testing::HasSubstr;
+
+std::chrono::system_clock::time_point In(double seconds) {
+  return std::chrono::system_clock::now() +
+         std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+internal::v1::StageRequest StageHeader(const std::string& txn, int64_t layer,
+                                       std::vector<int64_t> sizes, int dim) {
+  internal::v1::StageRequest m;
+  m.mutable_header()->set_txn_id(txn);
+  m.mutable_header()->set_layer_id(layer);
+  for (int64_t n : sizes)
+    m.mutable_header()->mutable_config()->add_table_vocab_sizes(n);
+  m.mutable_header()->mutable_config()->set_embedding_dim(dim);
+  return m;
+}
+
+internal::v1::StageRequest StageChunk(int head, int64_t offset, size_t bytes) {
+  internal::v1::StageRequest m;
+  m.mutable_chunk()->set_head(head);
+  m.mutable_chunk()->set_row_offset(offset);
+  m.mutable_chunk()->set_data(std::string(bytes, '\x02'));
+  return m;
+}
+
+// Resident memory of a process, from /proc.
+int64_t RssBytes(pid_t pid) {
+  std::string out;
+  testing::RunCommand(
+      "awk '/VmRSS/{print $2}' /proc/" + std::to_string(pid) + "/status", &out);
+  return std::atoll(out.c_str()) * 1024;
+}
+
+class HardeningTest : public ::testing::Test {
+ protected:
+  void Start(std::vector<std::string> flags = {}) {
+    auto p = EngramdProcess::Start(flags);
+    ASSERT_TRUE(p.ok()) << p.status();
+    server_ = *std::move(p);
+    channel_ = grpc::CreateChannel(server_->address(),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::EngramStore::NewStub(channel_);
+    peer_ = internal::v1::EngramPeer::NewStub(channel_);
+    auto c = Client::Connect(server_->address());
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = *std::move(c);
+  }
+  void TearDown() override {
+    // Idle connections would hold the server's drain (--drain_seconds).
+    client_.reset();
+    stub_.reset();
+    peer_.reset();
+    channel_.reset();
+    if (server_ != nullptr && server_->Alive()) {
+      EXPECT_EQ(server_->Stop(), 0) << server_->Log();
+    }
+  }
+
+  // A complete Stage stream (every row of a 2-head layer), not committed.
+  grpc::Status StageWholeLayer(const std::string& txn, int64_t layer) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10));
+    internal::v1::StageResponse response;
+    auto writer = peer_->Stage(&ctx, &response);
+    writer->Write(StageHeader(txn, layer, {10, 20}, 4));
+    writer->Write(StageChunk(0, 0, 10 * 16));
+    writer->Write(StageChunk(1, 0, 20 * 16));
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
+  grpc::Status RemoveRpc(int64_t layer, bool force) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10));
+    v1::RemoveRequest request;
+    request.set_layer_id(layer);
+    request.set_force(force);
+    v1::RemoveResponse response;
+    return stub_->Remove(&ctx, request, &response);
+  }
+
+  // A layer the server must keep serving through every bad input.
+  void PopulateCanary() {
+    canary_layout_ = {{300, 200}, 16, DType::kFloat32};
+    canary_ = testing::RandomTables(canary_layout_, 7);
+    auto info =
+        client_->Populate(kCanary, canary_layout_, testing::Spans(canary_));
+    ASSERT_TRUE(info.ok()) << info.status();
+  }
+  void ExpectCanaryIntact() {
+    ASSERT_TRUE(server_->Alive()) << server_->Log();
+    auto ids = testing::RandomIds(canary_layout_, 8, 2, 11);
+    auto want =
+        testing::ReferenceGather(canary_layout_, canary_, ids, DType::kFloat32);
+    std::vector<uint8_t> got(want.size());
+    const int64_t shape[] = {8, 2, 2};
+    ASSERT_TRUE(client_->Lookup(kCanary, ids, shape, got).ok());
+    EXPECT_EQ(got, want);
+  }
+
+  static constexpr int64_t kCanary = 900;
+  std::unique_ptr<EngramdProcess> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::EngramStore::Stub> stub_;
+  std::unique_ptr<internal::v1::EngramPeer::Stub> peer_;
+  std::unique_ptr<Client> client_;
+  LayerLayout canary_layout_;
+  std::vector<std::vector<uint8_t>> canary_;
+};
+
+// Finding 1: a staged, uncommitted layer force-removed through the public
+// API ran an abort hook on the finished Stage call (SIGABRT/SIGSEGV).
+TEST_F(HardeningTest, ForcedRemoveOfAStagedLayerDoesNotCrash) {
+  Start();
+  PopulateCanary();
+  for (int round = 0; round < 4; ++round) {
+    ASSERT_TRUE(StageWholeLayer("txn-crash-" + std::to_string(round), 5).ok());
+    grpc::Status removed = RemoveRpc(5, /*force=*/true);
+    EXPECT_TRUE(removed.ok()) << removed.error_message();
+    // Give a delayed crash its chance.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ASSERT_TRUE(server_->Alive()) << server_->Log();
+  }
+  // The id is free again: a normal populate commits.
+  LayerLayout l{{10, 20}, 4, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 3);
+  EXPECT_TRUE(client_->Populate(5, l, testing::Spans(tables)).ok());
+  ExpectCanaryIntact();
+}
+
+// Finding 1: a forced Remove while the Stage stream is still open ends that
+// stream with ABORTED and the server lives.
+TEST_F(HardeningTest, ForcedRemoveEndsAnOpenStageStreamWithAborted) {
+  Start();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10));
+  internal::v1::StageResponse response;
+  auto writer = peer_->Stage(&ctx, &response);
+  ASSERT_TRUE(writer->Write(StageHeader("txn-open", 6, {10, 20}, 4)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_TRUE(RemoveRpc(6, true).ok());
+  grpc::Status st = writer->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
+  EXPECT_THAT(st.error_message(), HasSubstr("forced Remove"));
+  ASSERT_TRUE(server_->Alive()) << server_->Log();
+}
+
+// Finding 1: a second Stage with a txn id in use is refused and does not
+// leave the first layer id stuck "being populated".
+TEST_F(HardeningTest, ReusedTxnIdIsRefusedAndLeavesNothingStuck) {
+  Start();
+  ASSERT_TRUE(StageWholeLayer("txn-dup", 7).ok());
+  grpc::Status second = StageWholeLayer("txn-dup", 8);
+  EXPECT_EQ(second.error_code(), grpc::StatusCode::ALREADY_EXISTS)
+      << second.error_message();
+  EXPECT_THAT(second.error_message(), HasSubstr("txn-dup"));
+  // Abort the first transaction: both ids are free, nothing stuck.
+  grpc::ClientContext ctx;
+  internal::v1::TxnRequest txn;
+  txn.set_txn_id("txn-dup");
+  internal::v1::TxnResponse ignored;
+  ASSERT_TRUE(peer_->Abort(&ctx, txn, &ignored).ok());
+  LayerLayout l{{10, 20}, 4, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 3);
+  EXPECT_TRUE(client_->Populate(7, l, testing::Spans(tables)).ok());
+  EXPECT_TRUE(client_->Populate(8, l, testing::Spans(tables)).ok());
+  // An empty or oversized txn id is refused outright.
+  grpc::Status empty = StageWholeLayer("", 9);
+  EXPECT_EQ(empty.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::Status huge = StageWholeLayer(std::string(4096, 'x'), 9);
+  EXPECT_EQ(huge.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(huge.error_message().size(), 512u);
+}
+
+// Finding 7: the populating client of a force-removed layer gets ABORTED,
+// as documented, not CANCELLED.
+TEST_F(HardeningTest, ForcedRemoveGivesThePopulatingClientAborted) {
+  Start();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10));
+  v1::PopulateResponse response;
+  auto writer = stub_->Populate(&ctx, &response);
+  v1::PopulateRequest header;
+  header.mutable_header()->set_layer_id(11);
+  header.mutable_header()->mutable_config()->add_table_vocab_sizes(100);
+  header.mutable_header()->mutable_config()->set_embedding_dim(4);
+  ASSERT_TRUE(writer->Write(header));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_TRUE(RemoveRpc(11, true).ok());
+  grpc::Status st = writer->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
+  EXPECT_THAT(st.error_message(), HasSubstr("forced Remove"));
+}
+
+// Finding 7: requests that do not parse are INVALID_ARGUMENT with a message,
+// on every public and peer method, and the server keeps serving.
+TEST_F(HardeningTest, UnparsableRequestsAreInvalidArgument) {
+  Start();
+  PopulateCanary();
+  grpc::GenericStub generic(channel_);
+  // Field 1 with wire type 7 (invalid): no protobuf parser accepts it.
+  const std::string garbage = "\x0f\xff\xff\xff";
+  for (const char* method : {
+           "/engram.v1.EngramStore/Lookup",
+           "/engram.v1.EngramStore/Remove",
+           "/engram.v1.EngramStore/DescribeLayer",
+           "/engram.v1.EngramStore/ListLayers",
+           "/engram.internal.v1.EngramPeer/Gather",
+           "/engram.internal.v1.EngramPeer/Commit",
+           "/engram.internal.v1.EngramPeer/Abort",
+           "/engram.internal.v1.EngramPeer/Transport",
+           "/engram.internal.v1.EngramPeer/RemoveLocal",
+       }) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(5));
+    grpc::Slice slice(garbage);
+    grpc::ByteBuffer request(&slice, 1), response;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    grpc::Status status;
+    generic.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
+                      [&](grpc::Status s) {
+                        std::lock_guard<std::mutex> lock(mu);
+                        status = s;
+                        done = true;
+                        cv.notify_one();
+                      });
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return done; });
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << method << ": " << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("parse")) << method;
+  }
+  ExpectCanaryIntact();
+}
+
+// Finding 2: the peer Gather checked no row or byte limit before allocating
+// its response (an 8 KB request grew RSS by ~770 MB).
+TEST_F(HardeningTest, GatherChecksRowAndByteLimitsBeforeAllocating) {
+  Start({"--max_lookup_rows=100000", "--max_message_bytes=4194304"});
+  LayerLayout l{{64}, 4096, DType::kUInt8};  // 4 KiB rows
+  auto tables = testing::RandomTables(l, 5);
+  ASSERT_TRUE(client_->Populate(3, l, testing::Spans(tables)).ok());
+  const int64_t rss_before = RssBytes(server_->pid());
+  auto gather = [&](int rows) {
+    internal::v1::GatherRequest request;
+    request.set_layer_id(3);
+    for (int i = 0; i < rows; ++i) {
+      request.add_heads(0);
+      request.add_row_ids(i % 64);
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10));
+    internal::v1::GatherResponse response;
+    return peer_->Gather(&ctx, request, &response);
+  };
+  // 200,000 rows of 4 KiB = 800 MB asked with a ~1 MB request.
+  grpc::Status rows = gather(200000);
+  EXPECT_EQ(rows.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(rows.error_message(), HasSubstr("--max_lookup_rows"));
+  // 2,000 rows = 8 MB: over the 4 MiB message limit.
+  grpc::Status bytes = gather(2000);
+  EXPECT_EQ(bytes.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(bytes.error_message(), HasSubstr("--max_message_bytes"));
+  EXPECT_TRUE(gather(500).ok());
+  EXPECT_LT(RssBytes(server_->pid()) - rss_before, int64_t{64} << 20);
+  ASSERT_TRUE(server_->Alive());
+}
+
+// Finding 2: a Lookup with a huge shape echoed the whole shape in its error.
+TEST_F(HardeningTest, ErrorMessagesStayShortForHugeShapes) {
+  Start();
+  PopulateCanary();
+  v1::LookupRequest request;
+  request.set_layer_id(kCanary);
+  for (int i = 0; i < 1000000; ++i) request.add_shape(1 + i % 7);
+  request.add_row_ids_list(1);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10));
+  v1::LookupResponse response;
+  grpc::Status st = stub_->Lookup(&ctx, request, &response);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(st.error_message().size(), 512u) << st.error_message().size();
+  EXPECT_THAT(st.error_message(), HasSubstr("rank 1000000"));
+  ExpectCanaryIntact();
+}
+
+}  // namespace
+}  // namespace engram

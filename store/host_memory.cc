@@ -34,6 +34,34 @@ void HostBuffer::EnableCudaPinning(bool enabled) {
   cuda_pinning.store(enabled, std::memory_order_relaxed);
 }
 
+namespace {
+
+size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+// `resident` as page-rounded extents within `mapped`, sorted and merged.
+std::vector<std::pair<size_t, size_t>> PageExtents(
+    size_t mapped, const std::vector<std::pair<size_t, size_t>>& resident) {
+  const size_t page = PageSize();
+  std::vector<std::pair<size_t, size_t>> extents;
+  for (auto [begin, end] : resident) {
+    if (end <= begin) continue;
+    extents.emplace_back(begin / page * page,
+                         std::min(mapped, (end + page - 1) / page * page));
+  }
+  std::sort(extents.begin(), extents.end());
+  std::vector<std::pair<size_t, size_t>> merged;
+  for (auto e : extents) {
+    if (!merged.empty() && e.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, e.second);
+    } else {
+      merged.push_back(e);
+    }
+  }
+  return merged;
+}
+
+}  // namespace
+
 absl::StatusOr<HostBuffer> HostBuffer::Allocate(size_t bytes, bool try_pin) {
   if (bytes == 0) return absl::InvalidArgumentError("empty host buffer");
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
@@ -50,12 +78,7 @@ absl::StatusOr<HostBuffer> HostBuffer::Allocate(size_t bytes, bool try_pin) {
   buffer.data_ = static_cast<uint8_t*>(p);
   buffer.size_ = bytes;
   buffer.mapped_ = mapped;
-  if (try_pin && cuda_pinning.load(std::memory_order_relaxed) &&
-      gpu::HostRegister(p, mapped).ok()) {
-    buffer.pin_mode_ = PinMode::kCudaHost;
-  } else if (try_pin && mlock(p, mapped) == 0) {
-    buffer.pin_mode_ = PinMode::kMlock;
-  }
+  if (try_pin) buffer.Pin({});
   return buffer;
 }
 
@@ -79,21 +102,8 @@ absl::StatusOr<HostBuffer> HostBuffer::AllocateSparse(
   if (exporter != nullptr && *exporter) {
     // Page-rounded resident extents, sorted and merged so no page is mapped
     // twice (small non-resident ranges between them are covered too).
-    std::vector<std::pair<size_t, size_t>> extents;
-    for (auto [begin, end] : resident) {
-      if (end <= begin) continue;
-      extents.emplace_back(begin / page * page,
-                           std::min(mapped, (end + page - 1) / page * page));
-    }
-    std::sort(extents.begin(), extents.end());
-    std::vector<std::pair<size_t, size_t>> merged;
-    for (auto e : extents) {
-      if (!merged.empty() && e.first <= merged.back().second) {
-        merged.back().second = std::max(merged.back().second, e.second);
-      } else {
-        merged.push_back(e);
-      }
-    }
+    const std::vector<std::pair<size_t, size_t>> merged =
+        PageExtents(mapped, resident);
     for (auto [first, last] : merged) {
       absl::StatusOr<ExportedRange> range =
           (*exporter)(buffer.data_ + first, last - first);
@@ -103,17 +113,37 @@ absl::StatusOr<HostBuffer> HostBuffer::AllocateSparse(
       }
     }
   }
-  if (try_pin) {
-    bool all = true;
-    for (auto [begin, end] : resident) {
-      if (end <= begin) continue;
-      const size_t first = begin / page * page;
-      const size_t last = std::min(mapped, (end + page - 1) / page * page);
-      all &= mlock(buffer.data_ + first, last - first) == 0;
-    }
-    if (all) buffer.pin_mode_ = PinMode::kMlock;
-  }
+  if (try_pin && !resident.empty()) buffer.Pin(resident);
   return buffer;
+}
+
+size_t HostBuffer::ResidentBytes(
+    size_t bytes, const std::vector<std::pair<size_t, size_t>>& resident) {
+  const size_t page = PageSize();
+  const size_t mapped = (bytes + page - 1) / page * page;
+  size_t total = 0;
+  for (auto [first, last] : PageExtents(mapped, resident)) {
+    total += last - first;
+  }
+  return total;
+}
+
+void HostBuffer::Pin(const std::vector<std::pair<size_t, size_t>>& resident) {
+  if (data_ == nullptr || pin_mode_ != PinMode::kNone) return;
+  if (resident.empty()) {
+    if (cuda_pinning.load(std::memory_order_relaxed) &&
+        gpu::HostRegister(data_, mapped_).ok()) {
+      pin_mode_ = PinMode::kCudaHost;
+    } else if (mlock(data_, mapped_) == 0) {
+      pin_mode_ = PinMode::kMlock;
+    }
+    return;
+  }
+  bool all = true;
+  for (auto [first, last] : PageExtents(mapped_, resident)) {
+    all &= mlock(data_ + first, last - first) == 0;
+  }
+  if (all) pin_mode_ = PinMode::kMlock;
 }
 
 HostBuffer::HostBuffer(HostBuffer&& other) noexcept

@@ -3,6 +3,7 @@
 #ifndef ENGRAM_STORE_HOST_MEMORY_H_
 #define ENGRAM_STORE_HOST_MEMORY_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -59,6 +60,15 @@ class HostBuffer {
   static absl::StatusOr<HostBuffer> AllocateSparse(
       size_t bytes, const std::vector<std::pair<size_t, size_t>>& resident,
       bool try_pin, const ExportMapper* exporter = nullptr);
+  // What a buffer of `bytes` with these resident byte ranges really maps:
+  // page-rounded, overlapping pages counted once.
+  static size_t ResidentBytes(
+      size_t bytes, const std::vector<std::pair<size_t, size_t>>& resident);
+  // Pins the resident ranges (empty: the whole buffer, with
+  // cudaHostRegister when enabled, else mlock); best effort, see
+  // pin_mode(). Tables are pinned when complete, so a stream that stalls
+  // mid-populate holds no locked memory.
+  void Pin(const std::vector<std::pair<size_t, size_t>>& resident);
   // Process-wide switch, set by the server when its GPU tier opens.
   static void EnableCudaPinning(bool enabled);
   HostBuffer(HostBuffer&& other) noexcept;
@@ -114,6 +124,13 @@ class MemoryReservation {
     if (budget_ != nullptr) budget_->Release(bytes_);
   }
   uint64_t bytes() const { return budget_ ? bytes_ : 0; }
+  // Gives `bytes` (at most all) back to the budget early.
+  void Shrink(uint64_t bytes) {
+    if (budget_ == nullptr) return;
+    bytes = std::min(bytes, bytes_);
+    budget_->Release(bytes);
+    bytes_ -= bytes;
+  }
 
  private:
   MemoryBudget* budget_ = nullptr;

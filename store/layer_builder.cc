@@ -57,39 +57,51 @@ absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
   if (!owned.empty() && owned.size() != layout.table_vocab_sizes.size()) {
     return absl::InternalError("owned ranges must list every head");
   }
-  uint64_t bytes = layout.total_bytes();
-  if (!owned.empty()) {
-    bytes = 0;
-    for (const auto& ranges : owned) {
-      for (RowRange r : ranges) bytes += r.size() * layout.row_bytes();
+  // Per head: the byte ranges this process stores.
+  const size_t row_bytes = layout.row_bytes();
+  std::vector<std::vector<std::pair<size_t, size_t>>> resident(
+      layout.num_heads());
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    if (owned.empty()) {
+      resident[h].emplace_back(0, layout.table_bytes(h));
+    } else {
+      for (RowRange r : owned[h])
+        resident[h].emplace_back(r.begin * row_bytes, r.end * row_bytes);
     }
   }
-  if (!budget->TryReserve(bytes)) {
+  // Charged: what is really mapped (every table page-rounded) plus the
+  // staging bitmaps, all up front. Up front because populate is
+  // all-or-nothing: a layer that cannot fit is refused before its bytes
+  // are streamed, not after. The pages are only touched as rows arrive and
+  // locked at Finish, and an idle stream is ended by the server's watchdog.
+  uint64_t bytes = 0, staging = 0;
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    bytes += HostBuffer::ResidentBytes(layout.table_bytes(h), resident[h]);
+    staging += (layout.table_vocab_sizes[h] + 63) / 64 * sizeof(uint64_t);
+  }
+  if (!budget->TryReserve(bytes + staging)) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "layer ", layer_id, " needs ", bytes, " bytes; memory budget has ",
+        "layer ", layer_id, " needs ", bytes + staging,
+        " bytes (tables page-rounded, plus staging); memory budget has ",
         budget->limit() - std::min(budget->limit(), budget->used()), " of ",
         budget->limit(), " bytes free (--memory_limit_bytes)"));
   }
-  std::unique_ptr<LayerBuilder> builder(
-      new LayerBuilder(layer_id, std::move(layout),
-                       MemoryReservation(budget, bytes), std::move(owned)));
+  std::unique_ptr<LayerBuilder> builder(new LayerBuilder(
+      layer_id, std::move(layout), MemoryReservation(budget, bytes + staging),
+      std::move(owned)));
+  builder->pin_memory_ = pin_memory;
+  builder->staging_bytes_ = staging;
+  builder->resident_ = std::move(resident);
+  // Plain whole tables may be pinned for CUDA; the rest are sparse.
+  builder->whole_tables_ = builder->owned_.empty() && exporter == nullptr;
   const LayerLayout& l = builder->layout_;
   for (int h = 0; h < l.num_heads(); ++h) {
-    absl::StatusOr<HostBuffer> table;
-    if (builder->owned_.empty() && exporter != nullptr) {
-      // Whole tables, exported (a single node serving direct reads).
-      table = HostBuffer::AllocateSparse(
-          l.table_bytes(h), {{0, l.table_bytes(h)}}, pin_memory, exporter);
-    } else if (builder->owned_.empty()) {
-      table = HostBuffer::Allocate(l.table_bytes(h), pin_memory);
-    } else {
-      std::vector<std::pair<size_t, size_t>> resident;
-      for (RowRange r : builder->owned_[h]) {
-        resident.emplace_back(r.begin * l.row_bytes(), r.end * l.row_bytes());
-      }
-      table = HostBuffer::AllocateSparse(l.table_bytes(h), resident, pin_memory,
-                                         exporter);
-    }
+    absl::StatusOr<HostBuffer> table =
+        builder->whole_tables_
+            ? HostBuffer::Allocate(l.table_bytes(h), /*try_pin=*/false)
+            : HostBuffer::AllocateSparse(l.table_bytes(h),
+                                         builder->resident_[h],
+                                         /*try_pin=*/false, exporter);
     if (!table.ok()) return table.status();
     builder->tables_.push_back(*std::move(table));
     builder->received_.emplace_back((l.table_vocab_sizes[h] + 63) / 64, 0);
@@ -183,6 +195,14 @@ absl::StatusOr<std::shared_ptr<Layer>> LayerBuilder::Finish() {
                        " rows (first missing row ", first_missing, ")"));
     }
   }
+  if (pin_memory_) {
+    for (int h = 0; h < layout_.num_heads(); ++h) {
+      tables_[h].Pin(whole_tables_ ? std::vector<std::pair<size_t, size_t>>{}
+                                   : resident_[h]);
+    }
+  }
+  received_.clear();
+  reservation_.Shrink(staging_bytes_);
   return std::make_shared<Layer>(layer_id_, layout_, std::move(tables_),
                                  std::move(reservation_));
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -20,9 +21,10 @@ namespace engram {
 // thread-safe: one populate stream drives it.
 class LayerBuilder {
  public:
-  // Validates the layout, charges its bytes to `budget` (RESOURCE_EXHAUSTED
-  // past the limit) and allocates the tables. With `owned` (one list of
-  // row ranges per head: a shard of a cluster), only those rows are stored,
+  // Validates the layout, charges the memory it maps (page-rounded tables
+  // plus staging bitmaps) to `budget` (RESOURCE_EXHAUSTED past the limit)
+  // and allocates the tables; they are pinned at Finish. With `owned` (one list
+  // of row ranges per head: a shard of a cluster), only those rows are stored,
   // charged and expected; the others are never written. `exporter` places
   // the stored rows where other processes can read them remotely.
   static absl::StatusOr<std::unique_ptr<LayerBuilder>> Create(
@@ -55,6 +57,11 @@ class LayerBuilder {
   const LayerLayout layout_;
   const std::vector<std::vector<RowRange>> owned_;  // empty: whole tables
   MemoryReservation reservation_;
+  bool pin_memory_ = false;
+  bool whole_tables_ = false;   // plain mappings, not sparse/exported
+  uint64_t staging_bytes_ = 0;  // the bitmaps' share of the reservation
+  // Per head: byte ranges stored here.
+  std::vector<std::vector<std::pair<size_t, size_t>>> resident_;
   std::vector<HostBuffer> tables_;
   // One bit per row per head: set once the row arrived.
   std::vector<std::vector<uint64_t>> received_;

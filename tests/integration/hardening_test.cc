@@ -46,13 +46,15 @@ internal::v1::StageRequest StageChunk(int head, int64_t offset, size_t bytes) {
   return m;
 }
 
-// Resident memory of a process, from /proc.
-int64_t RssBytes(pid_t pid) {
+// A /proc/PID/status field in bytes (VmRSS, VmLck, Threads is a count).
+int64_t ProcStatus(pid_t pid, const std::string& field) {
   std::string out;
-  testing::RunCommand(
-      "awk '/VmRSS/{print $2}' /proc/" + std::to_string(pid) + "/status", &out);
-  return std::atoll(out.c_str()) * 1024;
+  testing::RunCommand("awk '/^" + field + ":/{print $2}' /proc/" +
+                          std::to_string(pid) + "/status",
+                      &out);
+  return std::atoll(out.c_str()) * (field == "Threads" ? 1 : 1024);
 }
+int64_t RssBytes(pid_t pid) { return ProcStatus(pid, "VmRSS"); }
 
 class HardeningTest : public ::testing::Test {
  protected:
@@ -307,6 +309,70 @@ TEST_F(HardeningTest, ErrorMessagesStayShortForHugeShapes) {
   EXPECT_LT(st.error_message().size(), 512u) << st.error_message().size();
   EXPECT_THAT(st.error_message(), HasSubstr("rank 1000000"));
   ExpectCanaryIntact();
+}
+
+// Finding 3: the budget charged N*D*dtype bytes while every head is its own
+// page-rounded mapping (64 layers of 4,096 one-byte heads: a quarter of a
+// 1 MiB budget, 1.06 GB of memory).
+TEST_F(HardeningTest, BudgetChargesPageRoundedTables) {
+  Start({"--memory_limit_bytes=8388608"});
+  LayerLayout l{std::vector<int64_t>(512, 1), 1, DType::kUInt8};
+  auto tables = testing::RandomTables(l, 1);
+  // 512 one-row heads map 512 pages = 2 MiB each: three fit in 8 MiB.
+  for (int64_t id = 1; id <= 3; ++id) {
+    auto info = client_->Populate(id, l, testing::Spans(tables));
+    ASSERT_TRUE(info.ok()) << id << ": " << info.status();
+  }
+  auto fourth = client_->Populate(4, l, testing::Spans(tables));
+  EXPECT_EQ(fourth.status().code(), absl::StatusCode::kResourceExhausted)
+      << fourth.status();
+  EXPECT_THAT(std::string(fourth.status().message()),
+              HasSubstr("--memory_limit_bytes"));
+  // Removing one frees its whole charge.
+  ASSERT_TRUE(client_->Remove(2).ok());
+  EXPECT_TRUE(client_->Populate(4, l, testing::Spans(tables)).ok());
+}
+
+// Finding 3: a populate header alone locked the whole table in RAM, and a
+// stream that then idled held it forever.
+TEST_F(HardeningTest, IdlePopulateStreamsAreEndedAndLockNothing) {
+  Start({"--stream_idle_timeout_seconds=1"});
+  const int64_t locked_before = ProcStatus(server_->pid(), "VmLck");
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(20));
+  v1::PopulateResponse response;
+  auto writer = stub_->Populate(&ctx, &response);
+  v1::PopulateRequest header;
+  header.mutable_header()->set_layer_id(12);
+  header.mutable_header()->mutable_config()->add_table_vocab_sizes(1 << 20);
+  header.mutable_header()->mutable_config()->set_embedding_dim(16);  // 64 MiB
+  ASSERT_TRUE(writer->Write(header));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_LT(ProcStatus(server_->pid(), "VmLck") - locked_before,
+            int64_t{4} << 20);
+  const auto start = std::chrono::steady_clock::now();
+  grpc::Status st = writer->Finish();
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << st.error_message();
+  EXPECT_THAT(st.error_message(), HasSubstr("--stream_idle_timeout_seconds"));
+  EXPECT_LT(waited, 5.0);
+  // The id and the budget are free again.
+  LayerLayout l{{100}, 16, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 2);
+  EXPECT_TRUE(client_->Populate(12, l, testing::Spans(tables)).ok());
+  // The same for a Stage stream.
+  grpc::ClientContext stage_ctx;
+  stage_ctx.set_deadline(In(20));
+  internal::v1::StageResponse staged;
+  auto stage = peer_->Stage(&stage_ctx, &staged);
+  ASSERT_TRUE(stage->Write(StageHeader("txn-idle", 13, {1000}, 4)));
+  grpc::Status stage_st = stage->Finish();
+  EXPECT_EQ(stage_st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << stage_st.error_message();
+  EXPECT_TRUE(client_->Populate(13, l, testing::Spans(tables)).ok());
 }
 
 }  // namespace

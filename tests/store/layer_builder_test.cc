@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "tests/testing/random_layer.h"
 
@@ -22,6 +23,11 @@ class LayerBuilderTest : public ::testing::Test {
   MemoryBudget budget_{1 << 20};
   std::vector<std::vector<uint8_t>> tables_ = testing::RandomTables(layout_, 5);
   size_t row_ = layout_.row_bytes();
+  const size_t page_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  // Each head is its own page-rounded mapping; one bitmap word per head
+  // while staging.
+  size_t mapped_ = 2 * page_;
+  size_t staged_ = mapped_ + 2 * sizeof(uint64_t);
 
   std::unique_ptr<LayerBuilder> NewBuilder() {
     auto b = LayerBuilder::Create(4, layout_, &budget_, false);
@@ -36,7 +42,7 @@ class LayerBuilderTest : public ::testing::Test {
 
 TEST_F(LayerBuilderTest, ChunksInAnyOrderAndSizeBuildTheTables) {
   auto b = NewBuilder();
-  EXPECT_EQ(budget_.used(), layout_.total_bytes());
+  EXPECT_EQ(budget_.used(), staged_) << "page-rounded tables plus bitmaps";
   ASSERT_TRUE(b->AddChunk(0, 7, Rows(tables_[0], row_, 7, 3)).ok());
   ASSERT_TRUE(b->AddChunk(1, 0, Rows(tables_[1], row_, 0, 3)).ok());
   ASSERT_TRUE(b->AddChunk(0, 0, Rows(tables_[0], row_, 0, 1)).ok());
@@ -45,7 +51,8 @@ TEST_F(LayerBuilderTest, ChunksInAnyOrderAndSizeBuildTheTables) {
   ASSERT_TRUE(layer.ok()) << layer.status();
   EXPECT_EQ(0, std::memcmp((*layer)->table(0), tables_[0].data(), 40 * 4));
   EXPECT_EQ(0, std::memcmp((*layer)->table(1), tables_[1].data(), 12 * 4));
-  EXPECT_EQ((*layer)->bytes(), layout_.total_bytes());
+  EXPECT_EQ((*layer)->bytes(), mapped_) << "staging released at Finish";
+  EXPECT_EQ(budget_.used(), mapped_);
   layer->reset();
   EXPECT_EQ(budget_.used(), 0u) << "dropping the layer frees its budget";
 }
@@ -80,7 +87,7 @@ TEST_F(LayerBuilderTest, MissingRowsFailFinish) {
 }
 
 TEST_F(LayerBuilderTest, BudgetIsEnforcedAndReleasedOnAbort) {
-  MemoryBudget small(layout_.total_bytes() + 10);
+  MemoryBudget small(staged_ + 10);
   auto first = LayerBuilder::Create(1, layout_, &small, false);
   ASSERT_TRUE(first.ok());
   auto second = LayerBuilder::Create(2, layout_, &small, false);
@@ -97,7 +104,8 @@ TEST_F(LayerBuilderTest, ShardHoldsOnlyItsRanges) {
   auto b =
       LayerBuilder::Create(4, layout_, &budget_, true, {{{2, 5}, {8, 10}}, {}});
   ASSERT_TRUE(b.ok()) << b.status();
-  EXPECT_EQ(budget_.used(), 5 * row_) << "only held rows are charged";
+  EXPECT_EQ(budget_.used(), page_ + 2 * sizeof(uint64_t))
+      << "only pages of held rows are charged (head 1 holds none)";
   ExpectInvalid((*b)->AddChunk(0, 4, Rows(tables_[0], row_, 4, 2)),
                 "rows [4, 6) that this shard does not hold");
   ExpectInvalid((*b)->AddChunk(1, 0, Rows(tables_[1], row_, 0, 1)),
@@ -112,7 +120,7 @@ TEST_F(LayerBuilderTest, ShardHoldsOnlyItsRanges) {
   auto layer = (*c)->Finish();
   ASSERT_TRUE(layer.ok()) << layer.status();
   EXPECT_FALSE((*layer)->complete());
-  EXPECT_EQ((*layer)->bytes(), 5 * row_);
+  EXPECT_EQ((*layer)->bytes(), page_);
   EXPECT_EQ(0, std::memcmp((*layer)->table(0) + 8 * row_,
                            tables_[0].data() + 8 * row_, 2 * row_));
 }

@@ -10,13 +10,15 @@ namespace {
 // 16 MiB - 1: the largest HTTP/2 frame the protocol allows.
 constexpr int kMaxFrameSize = (1 << 24) - 1;
 constexpr int kLookaheadBytes = 64 << 20;
+// Reads may grow to 4 MiB on busy connections. The initial read target is
+// left at gRPC's default (8 KiB): a 4 MiB initial target cost every idle
+// connection ~290 KB of RSS (25 KB now; hardening_test measures it).
 constexpr int kTcpReadChunk = 4 << 20;
 
 template <typename Args>
 void Tune(Args* args) {
   args->SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, kMaxFrameSize);
   args->SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, kLookaheadBytes);
-  args->SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, kTcpReadChunk);
   args->SetInt(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, kTcpReadChunk);
   args->SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, kTcpReadChunk);
 }

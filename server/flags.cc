@@ -242,6 +242,14 @@ const std::vector<FlagSpec>& Flags() {
          return ParseNumber(v, &c->reserved_fds) && c->reserved_fds >= 8;
        },
        [](const ServerConfig& c) { return absl::StrCat(c.reserved_fds); }},
+      {"max_open_files",
+       "open-file limit (RLIMIT_NOFILE) to run with; 0 raises it to the hard "
+       "limit",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->max_open_files) && c->max_open_files >= 0;
+       },
+       [](const ServerConfig& c) { return absl::StrCat(c.max_open_files); }},
       {"port_file",
        "write 'grpc_port=N' and 'metrics_port=M' here once serving (for "
        "scripts using port 0)",

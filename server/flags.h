@@ -55,6 +55,8 @@ struct ServerConfig {
   // New connections are refused while fewer than this many file
   // descriptors are free (the listener never runs out of them).
   int reserved_fds = 64;
+  // RLIMIT_NOFILE soft limit to run with; 0 raises it to the hard limit.
+  int64_t max_open_files = 0;
   std::string port_file;  // written once serving: grpc_port=, metrics_port=
   bool help = false;
 };

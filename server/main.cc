@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/channel_tuning.h"
+#include "server/accept_guard.h"
 #include "server/flags.h"
 #include "server/log.h"
 #include "server/server.h"
@@ -50,6 +51,12 @@ int main(int argc, char** argv) {
           : absl::StrCat(" shard_index=", config->shard_index, " peers=",
                          config->peers, " replication=", config->replication)));
 
+  if (absl::Status s = engram::InstallAcceptGuard(config->max_open_files,
+                                                  config->reserved_fds);
+      !s.ok()) {
+    engram::LogError(s.ToString());
+    return 1;
+  }
   engram::EngramServer server(*config);
   if (absl::Status s = server.Start(); !s.ok()) {
     engram::LogError(s.ToString());

@@ -1,11 +1,16 @@
 // Inputs and faults that once crashed, wedged or bloated a real engramd
 // process (issue 9): each case failed on the code before its fix.
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <iostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,6 +60,86 @@ int64_t ProcStatus(pid_t pid, const std::string& field) {
   return std::atoll(out.c_str()) * (field == "Threads" ? 1 : 1024);
 }
 int64_t RssBytes(pid_t pid) { return ProcStatus(pid, "VmRSS"); }
+
+// A TCP connection to 127.0.0.1:port, or -1.
+int ConnectTcp(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// A hand-written HTTP/2 client that sends gRPC calls and never reads a
+// byte: its receive window is 0, so the server can send no response data.
+class NonReadingHttp2Client {
+ public:
+  explicit NonReadingHttp2Client(int port) : fd_(ConnectTcp(port)) {
+    std::string out = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // SETTINGS: SETTINGS_INITIAL_WINDOW_SIZE (4) = 0.
+    const std::string settings = {0, 4, 0, 0, 0, 0};
+    out += Frame(4, 0, 0, settings);
+    Send(out);
+  }
+  ~NonReadingHttp2Client() {
+    if (fd_ >= 0) close(fd_);
+  }
+  bool connected() const { return fd_ >= 0; }
+
+  // One unary call carrying `message` (serialized protobuf).
+  void Call(const std::string& path, const std::string& message) {
+    std::string block;
+    for (const auto& [name, value] :
+         std::vector<std::pair<std::string, std::string>>{
+             {":method", "POST"},
+             {":scheme", "http"},
+             {":path", path},
+             {":authority", "engramd"},
+             {"content-type", "application/grpc"},
+             {"te", "trailers"}}) {
+      block += '\0';  // literal header field without indexing, new name
+      block += static_cast<char>(name.size());
+      block += name;
+      block += static_cast<char>(value.size());
+      block += value;
+    }
+    std::string data(5, '\0');  // uncompressed, 4-byte big-endian length
+    for (int i = 0; i < 4; ++i)
+      data[1 + i] = static_cast<char>(message.size() >> (8 * (3 - i)));
+    data += message;
+    Send(Frame(1, 0x4, stream_, block) + Frame(0, 0x1, stream_, data));
+    stream_ += 2;
+  }
+
+ private:
+  static std::string Frame(int type, int flags, uint32_t stream,
+                           const std::string& payload) {
+    std::string f;
+    const size_t n = payload.size();
+    f += static_cast<char>(n >> 16);
+    f += static_cast<char>(n >> 8);
+    f += static_cast<char>(n);
+    f += static_cast<char>(type);
+    f += static_cast<char>(flags);
+    for (int i = 3; i >= 0; --i) f += static_cast<char>(stream >> (8 * i));
+    return f + payload;
+  }
+  void Send(const std::string& bytes) {
+    size_t at = 0;
+    while (fd_ >= 0 && at < bytes.size()) {
+      const ssize_t n = write(fd_, bytes.data() + at, bytes.size() - at);
+      if (n <= 0) break;
+      at += static_cast<size_t>(n);
+    }
+  }
+  int fd_;
+  uint32_t stream_ = 1;
+};
 
 class HardeningTest : public ::testing::Test {
  protected:
@@ -373,6 +458,91 @@ TEST_F(HardeningTest, IdlePopulateStreamsAreEndedAndLockNothing) {
   EXPECT_EQ(stage_st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
       << stage_st.error_message();
   EXPECT_TRUE(client_->Populate(13, l, testing::Spans(tables)).ok());
+}
+
+// Finding 2: one connection that sends lookups and never reads made the
+// server buffer every response (24 x 100 MiB: OOM in 2 GiB).
+TEST_F(HardeningTest, AClientThatNeverReadsCannotGrowTheServer) {
+  Start({"--max_pending_response_bytes_per_connection=67108864"});
+  LayerLayout l{{64}, 4096, DType::kFloat32};  // 16 KiB rows
+  auto tables = testing::RandomTables(l, 9);
+  ASSERT_TRUE(client_->Populate(21, l, testing::Spans(tables)).ok());
+  v1::LookupRequest request;
+  request.set_layer_id(21);
+  request.add_shape(1024);  // 1024 rows = 16 MiB per response
+  request.add_shape(1);
+  request.add_shape(1);
+  for (int i = 0; i < 1024; ++i) request.add_row_ids_list(i % 64);
+  const std::string message = request.SerializeAsString();
+  const int64_t rss_before = RssBytes(server_->pid());
+  NonReadingHttp2Client slow(server_->grpc_port());
+  ASSERT_TRUE(slow.connected());
+  for (int i = 0; i < 24; ++i) {  // 384 MiB of responses asked for
+    slow.Call("/engram.v1.EngramStore/Lookup", message);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const int64_t grown = RssBytes(server_->pid()) - rss_before;
+  EXPECT_LT(grown, int64_t{160} << 20) << "RSS grew by " << grown;
+  // Other clients are still served.
+  auto ids = testing::RandomIds(l, 4, 1, 3);
+  std::vector<uint8_t> out(4 * l.row_bytes());
+  const int64_t shape[] = {4, 1, 1};
+  EXPECT_TRUE(client_->Lookup(21, ids, shape, out).ok());
+  EXPECT_EQ(out, testing::ReferenceGather(l, tables, ids, DType::kFloat32));
+}
+
+// Finding 2: 10,000 idle connections held ~280 KB each.
+TEST_F(HardeningTest, IdleConnectionsCostLittleMemory) {
+  Start();
+  constexpr int kConnections = 300;
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  auto health = [](const std::shared_ptr<grpc::Channel>& channel) {
+    auto stub = v1::EngramStore::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10));
+    v1::ListLayersResponse response;
+    return stub->ListLayers(&ctx, v1::ListLayersRequest(), &response).ok();
+  };
+  ASSERT_TRUE(health(channel_));
+  const int64_t rss_before = RssBytes(server_->pid());
+  for (int i = 0; i < kConnections; ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt("engram.test.connection", i);  // one connection each
+    channels.push_back(grpc::CreateCustomChannel(
+        server_->address(), grpc::InsecureChannelCredentials(), args));
+    ASSERT_TRUE(health(channels.back())) << i;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const int64_t per_connection =
+      (RssBytes(server_->pid()) - rss_before) / kConnections;
+  EXPECT_LT(per_connection, 96 << 10) << per_connection << " bytes each";
+  std::cout << "idle connection: " << per_connection << " bytes of RSS\n";
+  channels.clear();
+}
+
+// Finding 4: once accept4 failed with EMFILE the listener never accepted
+// again, even after the descriptors were released.
+TEST_F(HardeningTest, ListenerRecoversFromRunningOutOfDescriptors) {
+  Start({"--max_open_files=256", "--reserved_fds=32"});
+  std::vector<int> sockets;
+  for (int i = 0; i < 400; ++i) {
+    const int fd = ConnectTcp(server_->grpc_port());
+    if (fd >= 0) sockets.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  for (int fd : sockets) close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // A new client and a health probe are served.
+  auto fresh = Client::Connect(server_->address());
+  ASSERT_TRUE(fresh.ok());
+  absl::Status health = absl::UnknownError("not tried");
+  for (int i = 0; i < 50 && !health.ok(); ++i) {
+    health = (*fresh)->CheckHealth();
+    if (!health.ok())
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(health.ok()) << health << "\n" << server_->Log();
+  EXPECT_THAT(server_->Log(), HasSubstr("refused a connection"));
 }
 
 }  // namespace

@@ -194,6 +194,17 @@ const std::vector<FlagSpec>& Flags() {
        [](const ServerConfig& c) {
          return absl::StrCat(c.stream_idle_timeout_seconds);
        }},
+      {"max_populate_streams",
+       "Populate and Stage streams open at once; more are "
+       "RESOURCE_EXHAUSTED",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->max_populate_streams) &&
+                c->max_populate_streams > 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.max_populate_streams);
+       }},
       {"max_pending_response_bytes",
        "lookup/gather response bytes held for all clients that have not read "
        "them yet; past it lookups are RESOURCE_EXHAUSTED",

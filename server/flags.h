@@ -43,13 +43,15 @@ struct ServerConfig {
   // Abuse limits (docs/operations.md, "Limits").
   // Populate/Stage streams that send nothing for this long are ended.
   double stream_idle_timeout_seconds = 60;
+  // Populate + Stage streams open at once (each stages a table in memory).
+  int max_populate_streams = 64;
   // Lookup/Gather response bytes allocated and not yet sent, in all and per
   // connection: past them a lookup is RESOURCE_EXHAUSTED instead of
   // buffered (a client that never reads cannot grow the server).
   int64_t max_pending_response_bytes = int64_t{1} << 30;
   int64_t max_pending_response_bytes_per_connection = int64_t{512} << 20;
   // Concurrent calls per HTTP/2 connection.
-  int max_concurrent_streams = 64;
+  int max_concurrent_streams = 1024;
   // Connections with no call for this long are closed (clients reconnect).
   double connection_idle_timeout_seconds = 300;
   // New connections are refused while fewer than this many file

@@ -11,8 +11,9 @@ int64_t MonotonicNowNs() {
       .count();
 }
 
-StreamWatchdog::StreamWatchdog(std::chrono::milliseconds idle_timeout)
-    : idle_timeout_(idle_timeout) {
+StreamWatchdog::StreamWatchdog(std::chrono::milliseconds idle_timeout,
+                               int max_streams)
+    : idle_timeout_(idle_timeout), max_streams_(max_streams) {
   if (idle_timeout_.count() > 0) thread_ = std::thread([this] { Loop(); });
 }
 
@@ -25,14 +26,16 @@ StreamWatchdog::~StreamWatchdog() {
   if (thread_.joinable()) thread_.join();
 }
 
-void StreamWatchdog::Watch(IdleStream* stream) {
-  if (idle_timeout_.count() <= 0) return;
+bool StreamWatchdog::Watch(IdleStream* stream) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (max_streams_ > 0 && static_cast<int>(streams_.size()) >= max_streams_) {
+    return false;
+  }
   streams_.insert(stream);
+  return true;
 }
 
 void StreamWatchdog::Forget(IdleStream* stream) {
-  if (idle_timeout_.count() <= 0) return;
   std::lock_guard<std::mutex> lock(mu_);
   streams_.erase(stream);
 }

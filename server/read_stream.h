@@ -29,25 +29,28 @@ class IdleStream {
   virtual void EndIdle() = 0;
 };
 
-// One thread that ends streams idle longer than a timeout. Streams register
-// when they start reading and unregister in OnDone; EndIdle runs under the
-// watchdog's lock, so an unregistered stream is never touched again.
-// Thread-safe.
+// Caps the populate/stage streams open at once and ends those idle longer
+// than a timeout (one thread). Streams register when they start reading and
+// unregister in OnDone; EndIdle runs under the watchdog's lock, so an
+// unregistered stream is never touched again. Thread-safe.
 class StreamWatchdog {
  public:
-  // `idle_timeout` <= 0 disables it (no thread).
-  explicit StreamWatchdog(std::chrono::milliseconds idle_timeout);
+  // `idle_timeout` <= 0 disables the idle check (no thread); `max_streams`
+  // <= 0 disables the cap.
+  StreamWatchdog(std::chrono::milliseconds idle_timeout, int max_streams);
   ~StreamWatchdog();
   StreamWatchdog(const StreamWatchdog&) = delete;
   StreamWatchdog& operator=(const StreamWatchdog&) = delete;
 
-  void Watch(IdleStream* stream);
+  // False (not registered) when max_streams are open already.
+  bool Watch(IdleStream* stream);
   void Forget(IdleStream* stream);
   std::chrono::milliseconds idle_timeout() const { return idle_timeout_; }
 
  private:
   void Loop();
   const std::chrono::milliseconds idle_timeout_;
+  const int max_streams_;
   std::mutex mu_;
   std::condition_variable wake_;
   std::unordered_set<IdleStream*> streams_ ABSL_GUARDED_BY(mu_);
@@ -91,12 +94,19 @@ class EndableReadReactor : public grpc::ServerReadReactor<Request>,
   bool finished() const { return finished_.load(std::memory_order_acquire); }
 
  protected:
-  // Asks for the next message (starts the watch on the first call).
+  // Asks for the next message (starts the watch on the first call; a
+  // stream over the cap is ended RESOURCE_EXHAUSTED instead).
   void ReadNext(Request* request) {
     last_activity_ns_.store(MonotonicNowNs(), std::memory_order_relaxed);
     if (!watched_ && watchdog_ != nullptr) {
+      if (!watchdog_->Watch(this)) {
+        FinishOnce(
+            grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                         "too many populate streams are open on this server "
+                         "(--max_populate_streams); retry later"));
+        return;
+      }
       watched_ = true;
-      watchdog_->Watch(this);
     }
     if (!finished()) this->StartRead(request);
   }

@@ -109,8 +109,9 @@ EngramServer::EngramServer(ServerConfig config)
       gpu_(OpenGpuTier(config_)),
       pool_(config_.threads),
       metrics_(&layers_, &budget_, config_.pin_memory, gpu_.get()),
-      watchdog_(std::chrono::milliseconds(
-          static_cast<int64_t>(config_.stream_idle_timeout_seconds * 1000))),
+      watchdog_(std::chrono::milliseconds(static_cast<int64_t>(
+                    config_.stream_idle_timeout_seconds * 1000)),
+                config_.max_populate_streams),
       pending_(config_.max_pending_response_bytes,
                config_.max_pending_response_bytes_per_connection),
       service_(&layers_, &budget_, &pool_, &metrics_, gpu_.get(),

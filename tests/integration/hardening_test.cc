@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "client/client.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "engram/v1/engram.grpc.pb.h"
@@ -543,6 +544,67 @@ TEST_F(HardeningTest, ListenerRecoversFromRunningOutOfDescriptors) {
   }
   EXPECT_TRUE(health.ok()) << health << "\n" << server_->Log();
   EXPECT_THAT(server_->Log(), HasSubstr("refused a connection"));
+}
+
+// Finding 5: every cluster populate stream had its own OS thread (3,000
+// idle streams, 3,000 threads; under a thread cap the shard wedged).
+TEST(HardeningClusterTest, PopulateStreamsDoNotTakeAThreadEach) {
+  auto cluster = testing::StartCluster(2, 1, {"--max_populate_streams=64"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto& shards = *cluster;
+  const pid_t pid = shards[0]->pid();
+  auto channel = grpc::CreateChannel(shards[0]->address(),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = v1::EngramStore::NewStub(channel);
+  const int64_t threads_before = ProcStatus(pid, "Threads");
+  constexpr int kStreams = 100;
+  struct Stream {
+    grpc::ClientContext ctx;
+    v1::PopulateResponse response;
+    std::unique_ptr<grpc::ClientWriter<v1::PopulateRequest>> writer;
+  };
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (int i = 0; i < kStreams; ++i) {
+    auto s = std::make_unique<Stream>();
+    s->ctx.set_deadline(In(60));
+    s->writer = stub->Populate(&s->ctx, &s->response);
+    v1::PopulateRequest header;
+    header.mutable_header()->set_layer_id(100 + i);
+    header.mutable_header()->mutable_config()->add_table_vocab_sizes(10);
+    header.mutable_header()->mutable_config()->set_embedding_dim(4);
+    ASSERT_TRUE(s->writer->Write(header));
+    streams.push_back(std::move(s));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const int64_t threads = ProcStatus(pid, "Threads");
+  EXPECT_LT(threads - threads_before, 40)
+      << threads_before << " threads before, " << threads << " with "
+      << kStreams << " open populate streams";
+  // Past the cap the server refuses streams instead of staging them.
+  int refused = 0;
+  for (auto& s : streams) {
+    s->writer->WritesDone();  // admitted streams end incomplete
+    grpc::Status st = s->writer->Finish();
+    refused += st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+               absl::StrContains(st.error_message(), "--max_populate_streams");
+  }
+  streams.clear();
+  EXPECT_GE(refused, kStreams - 64);
+  // The shard still populates and serves.
+  auto client = Client::Connect(shards[0]->address());
+  ASSERT_TRUE(client.ok());
+  LayerLayout l{{100, 50}, 8, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 4);
+  ASSERT_TRUE((*client)->Populate(7, l, testing::Spans(tables)).ok());
+  auto ids = testing::RandomIds(l, 3, 2, 1);
+  std::vector<uint8_t> out(3 * 2 * 2 * l.row_bytes());
+  const int64_t shape[] = {3, 2, 2};
+  ASSERT_TRUE((*client)->Lookup(7, ids, shape, out).ok());
+  EXPECT_EQ(out, testing::ReferenceGather(l, tables, ids, DType::kFloat32));
+  client->reset();
+  stub.reset();
+  channel.reset();
+  for (auto& shard : shards) EXPECT_EQ(shard->Stop(), 0) << shard->Log();
 }
 
 }  // namespace

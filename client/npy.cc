@@ -1,5 +1,6 @@
 #include "client/npy.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -114,8 +115,21 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
     }
     array.shape.push_back(d);
   }
-  const uint64_t bytes =
-      static_cast<uint64_t>(array.num_elements()) * array.item_size;
+  // Sized from the file before anything is allocated: a header may claim
+  // any shape (its product may even overflow).
+  const std::streamoff data_start = in.tellg();
+  in.seekg(0, std::ios::end);
+  const uint64_t available = static_cast<uint64_t>(
+      std::max<std::streamoff>(0, in.tellg() - data_start));
+  in.seekg(data_start);
+  uint64_t bytes = array.item_size;
+  for (int64_t d : array.shape) {
+    if (d != 0 && bytes > available / static_cast<uint64_t>(d)) {
+      return bad(absl::StrCat("shape ", shape, " needs more than the ",
+                              available, " data bytes the file holds"));
+    }
+    bytes *= static_cast<uint64_t>(d);
+  }
   array.data.resize(bytes);
   if (bytes > 0 && !in.read(reinterpret_cast<char*>(array.data.data()),
                             static_cast<std::streamsize>(bytes))) {

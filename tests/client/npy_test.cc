@@ -33,5 +33,21 @@ TEST(NpyTest, RejectsWhatItCannotRead) {
   unlink(path.c_str());
 }
 
+// A small file whose header claims a huge (or overflowing) shape is refused
+// before anything is allocated (engramctl used to die of bad_alloc).
+TEST(NpyTest, HugeClaimedShapesAreRefusedWithoutAllocating) {
+  const std::string path = "/tmp/npy_huge_" + std::to_string(getpid()) + ".npy";
+  std::vector<float> v(4, 1.0f);
+  for (const std::vector<int64_t>& shape : std::vector<std::vector<int64_t>>{
+           {1000000000, 1000000}, {int64_t{1} << 62, 16}, {5}}) {
+    // Writes the header for `shape` but only 16 bytes of data.
+    ASSERT_TRUE(WriteNpy(path, "<f4", shape, v.data(), 16).ok());
+    auto read = ReadNpy(path);
+    EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument)
+        << read.status();
+  }
+  unlink(path.c_str());
+}
+
 }  // namespace
 }  // namespace engram

@@ -36,6 +36,10 @@ class ClusterContext {
   internal::v1::EngramPeer::Stub* stub(int shard) {
     return stubs_[shard].get();
   }
+  // The control channel to `shard` (for the public API, e.g. ListLayers).
+  const std::shared_ptr<grpc::Channel>& channel(int shard) {
+    return channels_[shard];
+  }
   // Raw (ByteBuffer) calls carrying rows; round-robin over the peer's
   // data connections.
   grpc::GenericStub* generic_stub(int shard) {

@@ -231,6 +231,8 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
       int chosen = -1;
       for (int r = pos.replica; r < p.replication(); ++r) {
         const int s = p.Owner(layer->id(), h, range, r);
+        // A shard recovering the layer does not ask itself.
+        if (s == cluster->self() && !layer->has_rows()) continue;
         if (cluster->up(s) || r == p.replication() - 1) {
           chosen = s;
           pos.replica = r;
@@ -239,7 +241,8 @@ struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
       }
       if (chosen < 0) {
         Fail(absl::StrCat("no owner left for row ", ids[pos.index], " of head ",
-                          h));
+                          h, " (shard ", cluster->self(),
+                          ", this one, restarted without it)"));
         continue;
       }
       by_shard[chosen].push_back(pos);
@@ -454,7 +457,8 @@ void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
   std::vector<GatherFanout::Position> remote;
   for (int64_t i = 0; i < n; ++i) {
     const int h = static_cast<int>(i % heads);
-    if (cluster_->placement().Owns(cluster_->self(), fan->layer->id(), h,
+    if (fan->layer->has_rows() &&
+        cluster_->placement().Owns(cluster_->self(), fan->layer->id(), h,
                                    l.table_vocab_sizes[h], ids[i])) {
       fan->WriteRow(i, fan->layer->table(h) + ids[i] * row_bytes);
     } else {

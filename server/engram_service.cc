@@ -39,6 +39,12 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
   const v1::LookupRequest& req = call->request;
   call->layer = layers.Find(req.layer_id());
   if (call->layer == nullptr) {
+    // A shard recovering the layer coordinates with its layout alone.
+    if (auto recovering = layers.FindRecovering(req.layer_id())) {
+      call->layer = recovering->placeholder();
+    }
+  }
+  if (call->layer == nullptr) {
     return absl::NotFoundError(
         absl::StrCat("layer ", req.layer_id(), " not found"));
   }

@@ -136,6 +136,11 @@ class LiveCollectable : public prometheus::Collectable {
         Gauge("engram_memory_pin_requested", "1 when --pin_memory is on.");
     AddSample(&pin, pin_requested_ ? 1 : 0);
     out.push_back(std::move(pin));
+    for (const GaugeSource& source : gauges) {
+      prometheus::MetricFamily family = Gauge(source.name, source.help);
+      AddSample(&family, source.value());
+      out.push_back(std::move(family));
+    }
     return out;
   }
 
@@ -148,6 +153,11 @@ class LiveCollectable : public prometheus::Collectable {
 
  public:
   std::function<int()> peers_up;  // set before serving
+  struct GaugeSource {
+    std::string name, help;
+    std::function<double()> value;
+  };
+  std::vector<GaugeSource> gauges;  // set before serving
 };
 
 }  // namespace
@@ -272,6 +282,12 @@ void ServerMetrics::RecordPeerRead(PeerPath path, double seconds,
 void ServerMetrics::SetPeersUpSource(std::function<int()> peers_up) {
   static_cast<LiveCollectable*>(collectable_.get())->peers_up =
       std::move(peers_up);
+}
+
+void ServerMetrics::AddGaugeSource(std::string name, std::string help,
+                                   std::function<double()> value) {
+  static_cast<LiveCollectable*>(collectable_.get())
+      ->gauges.push_back({std::move(name), std::move(help), std::move(value)});
 }
 
 void ServerMetrics::RecordLookup(double seconds, int64_t rows, int64_t bytes) {

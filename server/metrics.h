@@ -55,6 +55,9 @@ class ServerMetrics {
   void RecordFailover() { failovers_->Increment(); }
   // Reports engram_peers_up from `peers_up` at scrape time.
   void SetPeersUpSource(std::function<int()> peers_up);
+  // Reports gauge `name` from `value` at scrape time (call before serving).
+  void AddGaugeSource(std::string name, std::string help,
+                      std::function<double()> value);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

@@ -310,10 +310,7 @@ grpc::ServerUnaryReactor* PeerService::Gather(
   }
   std::shared_ptr<const Layer> layer = layers_->Find(request.layer_id());
   if (layer == nullptr) {
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::NOT_FOUND,
-                     absl::StrCat("layer ", request.layer_id(),
-                                  " not found on shard ", cluster_->self())));
+    reactor->Finish(ToGrpcStatus(Missing(request.layer_id())));
     return reactor;
   }
   const LayerLayout& layout = layer->layout();
@@ -403,6 +400,25 @@ grpc::ServerUnaryReactor* PeerService::Transport(
              RawDone done) { done(DescribeExports(req.layer_id(), reply)); });
 }
 
+absl::Status PeerService::Missing(int64_t layer_id) const {
+  std::shared_ptr<const PopulateTicket> recovering =
+      layers_->FindRecovering(layer_id);
+  if (recovering == nullptr) {
+    return absl::NotFoundError(absl::StrCat(
+        "layer ", layer_id, " not found on shard ", cluster_->self()));
+  }
+  // UNAVAILABLE: readers fail over to another replica.
+  if (recovering->unrecoverable()) {
+    return absl::UnavailableError(absl::StrCat(
+        "shard ", cluster_->self(), " lost its rows of layer ", layer_id,
+        " in a restart and no replica holds them; remove the layer and "
+        "populate it again"));
+  }
+  return absl::UnavailableError(
+      absl::StrCat("shard ", cluster_->self(), " is recovering layer ",
+                   layer_id, " (copying its rows from replicas)"));
+}
+
 absl::Status PeerService::DescribeExports(
     int64_t layer_id, internal::v1::TransportResponse* response) const {
   if (transport_ == nullptr) {
@@ -411,10 +427,7 @@ absl::Status PeerService::DescribeExports(
         "built without UCX)");
   }
   std::shared_ptr<const Layer> layer = layers_->Find(layer_id);
-  if (layer == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("layer ", layer_id, " is not committed on this shard"));
-  }
+  if (layer == nullptr) return Missing(layer_id);
   response->set_worker_address(transport_->worker_address());
   response->set_control_descriptor(transport_->control_descriptor());
   for (int h = 0; h < layer->layout().num_heads(); ++h) {

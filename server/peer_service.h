@@ -103,6 +103,9 @@ class PeerService final
     std::chrono::steady_clock::time_point expires;
   };
   void JanitorLoop();
+  // Why `layer_id` is not here: NOT_FOUND, or UNAVAILABLE while this shard
+  // recovers it from replicas (or cannot).
+  absl::Status Missing(int64_t layer_id) const;
   absl::Status DescribeExports(int64_t layer_id,
                                internal::v1::TransportResponse* response) const;
 

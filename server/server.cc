@@ -176,6 +176,26 @@ absl::Status EngramServer::Start() {
         cluster_.get(), &layers_, &metrics_, rma_.get(), &watchdog_);
     service_.SetCluster(coordinator_.get());
     metrics_.SetPeersUpSource([c = cluster_.get()] { return c->peers_up(); });
+    // Before listening: from the first call on, this shard must not answer
+    // for rows of committed layers that it lost in a restart.
+    recovery_ = std::make_unique<ReplicaRecovery>(cluster_.get(), &layers_,
+                                                  &budget_, config_.pin_memory,
+                                                  peer_service_->exporter());
+    recovery_->Plan();
+    metrics_.AddGaugeSource(
+        "engram_recovery_layers_pending",
+        "Layers this shard is still copying from replicas after a restart.",
+        [r = recovery_.get()] { return r->pending(); });
+    metrics_.AddGaugeSource(
+        "engram_recovery_layers_unrecoverable",
+        "Layers whose rows here no replica could provide (R = 1).",
+        [r = recovery_.get()] { return r->unrecoverable(); });
+    metrics_.AddGaugeSource(
+        "engram_recovery_copied_bytes",
+        "Row bytes copied from replicas since this shard started.",
+        [r = recovery_.get()] {
+          return static_cast<double>(r->bytes_copied());
+        });
     if (config_.demo) {
       return absl::InvalidArgumentError(
           "--demo serves a single-node layer; populate a cluster instead");
@@ -244,13 +264,21 @@ absl::Status EngramServer::Start() {
   }
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   health->SetServingStatus(kLivenessService, true);
-  // Ready once every row range has a reachable owner.
-  health->SetServingStatus(
-      "", cluster_ == nullptr || !cluster_->SomeRangeUnreachable());
+  // Ready once every row range has a reachable owner and this shard holds
+  // its own ranges again.
+  auto update_health = [this, health] {
+    const bool recovered = recovery_ == nullptr || recovery_->pending() == 0;
+    health->SetServingStatus(
+        "", recovered &&
+                (cluster_ == nullptr || !cluster_->SomeRangeUnreachable()));
+    health->SetServingStatus(
+        kRecoveryService,
+        recovered && (recovery_ == nullptr || recovery_->unrecoverable() == 0));
+  };
+  update_health();
+  if (recovery_ != nullptr) recovery_->Start(update_health);
   if (cluster_ != nullptr) {
-    cluster_->StartProber([this, health] {
-      health->SetServingStatus("", !cluster_->SomeRangeUnreachable());
-    });
+    cluster_->StartProber(update_health);
     LogInfo(absl::StrCat("shard ", config_.shard_index, " of ",
                          cluster_->size(), ", replication ",
                          config_.replication));

@@ -17,6 +17,7 @@
 #include "server/peer_rma.h"
 #include "server/peer_service.h"
 #include "server/pending_responses.h"
+#include "server/replica_recovery.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -37,6 +38,9 @@ inline constexpr int64_t kDemoLayerId = 0;
 // kLivenessService is SERVING while the process serves at all, so liveness
 // probes do not restart healthy shards when a peer dies.
 inline constexpr char kLivenessService[] = "engram.liveness";
+// SERVING once a restarted shard holds every row range it owns again (at
+// once on a fresh start); readiness ("") waits for it too.
+inline constexpr char kRecoveryService[] = "engram.recovery";
 
 // Owns everything engramd serves with. Start once, then Shutdown once (both
 // from one thread); the accessors are safe from any thread after Start.
@@ -83,6 +87,8 @@ class EngramServer {
   std::unique_ptr<PeerService> peer_service_;
   std::unique_ptr<PeerRmaReader> rma_;
   std::unique_ptr<ClusterCoordinator> coordinator_;
+  // Cluster mode: copies this shard's rows back after a restart.
+  std::unique_ptr<ReplicaRecovery> recovery_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;

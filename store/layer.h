@@ -21,14 +21,28 @@ class GpuLayerMirror;
 // thread.
 class Layer {
  public:
+  // `complete`: the tables hold every row (false for a shard's share).
   Layer(int64_t id, LayerLayout layout, std::vector<HostBuffer> tables,
-        MemoryReservation reservation)
+        MemoryReservation reservation, bool complete = true)
       : id_(id),
         layout_(std::move(layout)),
         tables_(std::move(tables)),
-        reservation_(std::move(reservation)) {
+        reservation_(std::move(reservation)),
+        complete_(complete),
+        has_rows_(true) {
     table_ptrs_.reserve(tables_.size());
     for (const HostBuffer& t : tables_) table_ptrs_.push_back(t.data());
+  }
+  // A layer known by its layout only, holding no rows: what a shard that
+  // is still copying its rows from replicas coordinates lookups with.
+  static std::shared_ptr<const Layer> Placeholder(int64_t id,
+                                                  LayerLayout layout) {
+    auto layer = std::make_shared<Layer>(id, std::move(layout),
+                                         std::vector<HostBuffer>{},
+                                         MemoryReservation(), false);
+    layer->has_rows_ = false;
+    layer->table_ptrs_.assign(layer->layout_.num_heads(), nullptr);
+    return layer;
   }
 
   int64_t id() const { return id_; }
@@ -41,12 +55,13 @@ class Layer {
   const std::vector<ExportedRange>& exports(int head) const {
     return tables_[head].exports();
   }
-  // Row bytes stored here: the whole layout, or a shard's share of it.
+  // Memory held here for the rows (page-rounded tables; the whole layout
+  // or a shard's share of it), as charged to the budget.
   uint64_t bytes() const { return reservation_.bytes(); }
   // False for a shard's partial copy (only its row ranges are present).
-  bool complete() const {
-    return reservation_.bytes() == layout_.total_bytes();
-  }
+  bool complete() const { return complete_; }
+  // False for a Placeholder: nothing may be read from table().
+  bool has_rows() const { return has_rows_; }
   // Device copy of the tables, or nullptr when the layer is host-only.
   const GpuLayerMirror* gpu_mirror() const { return gpu_mirror_.get(); }
   // Only before the layer is published (the registry's lock orders it
@@ -68,6 +83,8 @@ class Layer {
   const std::vector<HostBuffer> tables_;
   std::vector<const uint8_t*> table_ptrs_;
   MemoryReservation reservation_;
+  const bool complete_;
+  bool has_rows_;  // set before the layer is shared
   std::shared_ptr<const GpuLayerMirror> gpu_mirror_;
 };
 

@@ -204,7 +204,7 @@ absl::StatusOr<std::shared_ptr<Layer>> LayerBuilder::Finish() {
   received_.clear();
   reservation_.Shrink(staging_bytes_);
   return std::make_shared<Layer>(layer_id_, layout_, std::move(tables_),
-                                 std::move(reservation_));
+                                 std::move(reservation_), owned_.empty());
 }
 
 }  // namespace engram

@@ -73,6 +73,26 @@ absl::StatusOr<std::shared_ptr<PopulateTicket>> LayerRegistry::BeginPopulate(
   return ticket;
 }
 
+absl::StatusOr<std::shared_ptr<PopulateTicket>> LayerRegistry::BeginRecovery(
+    std::shared_ptr<const Layer> placeholder) {
+  const int64_t id = placeholder->id();
+  absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket = BeginPopulate(id);
+  if (!ticket.ok()) return ticket;
+  std::lock_guard<std::mutex> lock(mu_);
+  (*ticket)->placeholder_ = std::move(placeholder);
+  return ticket;
+}
+
+std::shared_ptr<const PopulateTicket> LayerRegistry::FindRecovering(
+    int64_t layer_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = populating_.find(layer_id);
+  if (it == populating_.end() || it->second->placeholder_ == nullptr) {
+    return nullptr;
+  }
+  return it->second;
+}
+
 absl::Status LayerRegistry::Commit(
     const std::shared_ptr<PopulateTicket>& ticket,
     std::shared_ptr<const Layer> layer) {
@@ -117,7 +137,8 @@ absl::StatusOr<int> LayerRegistry::Remove(int64_t layer_id, bool force) {
   if (pending == populating_.end()) {
     return absl::NotFoundError(absl::StrCat("layer ", layer_id, " not found"));
   }
-  if (!force) {
+  const bool recovering = pending->second->placeholder_ != nullptr;
+  if (!force && !recovering) {
     return absl::FailedPreconditionError(absl::StrCat(
         "layer ", layer_id,
         " is still being populated; pass force to abort that populate"));
@@ -126,7 +147,7 @@ absl::StatusOr<int> LayerRegistry::Remove(int64_t layer_id, bool force) {
   populating_.erase(pending);
   ticket->aborted_.store(true, std::memory_order_release);
   if (ticket->on_abort_) std::exchange(ticket->on_abort_, nullptr)();
-  return 0;
+  return recovering ? ticket->placeholder_->layout().num_heads() : 0;
 }
 
 }  // namespace engram

@@ -24,11 +24,24 @@ class PopulateTicket {
   explicit PopulateTicket(int64_t layer_id) : layer_id_(layer_id) {}
   int64_t layer_id() const { return layer_id_; }
   bool aborted() const { return aborted_.load(std::memory_order_acquire); }
+  // Recovery tickets only (BeginRecovery): the layer's layout without rows,
+  // and whether no replica could provide them.
+  const std::shared_ptr<const Layer>& placeholder() const {
+    return placeholder_;
+  }
+  bool unrecoverable() const {
+    return unrecoverable_.load(std::memory_order_acquire);
+  }
+  void MarkUnrecoverable() {
+    unrecoverable_.store(true, std::memory_order_release);
+  }
 
  private:
   friend class LayerRegistry;
   const int64_t layer_id_;
   std::atomic<bool> aborted_{false};
+  std::atomic<bool> unrecoverable_{false};
+  std::shared_ptr<const Layer> placeholder_;  // set before it is shared
   // Run (under the registry's lock) when a forced Remove aborts the populate,
   // so an idle stream is ended at once instead of at its next chunk. Guarded
   // by the registry's lock; cleared by DetachAbortHook before the stream that
@@ -60,6 +73,15 @@ class LayerRegistry {
   // abandoned; it must not call back into the registry.
   absl::StatusOr<std::shared_ptr<PopulateTicket>> BeginPopulate(
       int64_t layer_id, std::function<void()> on_abort = nullptr);
+  // Claims `layer_id` for a shard that restarted without the rows the rest
+  // of the cluster committed: the ticket carries `placeholder` (layout, no
+  // rows) until the copied layer is committed with it. Unlike a populate,
+  // Remove drops it without `force` (the layer is committed cluster-wide).
+  absl::StatusOr<std::shared_ptr<PopulateTicket>> BeginRecovery(
+      std::shared_ptr<const Layer> placeholder);
+  // The recovery ticket holding `layer_id`, or nullptr. Takes the writers'
+  // lock: for lookups that missed Find only.
+  std::shared_ptr<const PopulateTicket> FindRecovering(int64_t layer_id) const;
   // Publishes `layer` under the ticket's id and releases the claim. ABORTED
   // (nothing published) when the ticket was aborted by a forced Remove.
   absl::Status Commit(const std::shared_ptr<PopulateTicket>& ticket,

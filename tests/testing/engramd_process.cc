@@ -42,6 +42,7 @@ absl::StatusOr<std::unique_ptr<EngramdProcess>> EngramdProcess::Start(
   char dir_template[] = "/tmp/engramd_test_XXXXXX";
   if (mkdtemp(dir_template) == nullptr) return absl::InternalError("mkdtemp");
   p->dir_ = dir_template;
+  p->flags_ = extra_flags;
   const std::string port_file = p->dir_ + "/ports";
   std::vector<std::string> args = {EngramdPath(), "--port_file=" + port_file};
   bool metrics_set = false, listen_set = false;

@@ -22,6 +22,9 @@ class EngramdProcess {
   ~EngramdProcess();
 
   std::string address() const;  // 127.0.0.1:PORT (kept after Stop/Kill)
+  // The flags it was started with (Start(p->flags()) restarts it; a cluster
+  // shard keeps its --listen address).
+  const std::vector<std::string>& flags() const { return flags_; }
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
   pid_t pid() const { return pid_; }
@@ -38,6 +41,7 @@ class EngramdProcess {
   int grpc_port_ = 0;
   int metrics_port_ = 0;
   std::string dir_;
+  std::vector<std::string> flags_;
 };
 
 // Starts `shards` engramd processes on free loopback ports forming one

@@ -58,6 +58,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   engram::EngramServer server(*config);
+  server.metrics()->AddGaugeSource(
+      "engram_connections_refused_fds",
+      "Connections refused because file descriptors ran short.",
+      [] { return static_cast<double>(engram::ConnectionsRefusedForFds()); });
+  server.metrics()->AddGaugeSource(
+      "engram_open_file_limit", "The open-file limit engramd runs with.",
+      [] { return static_cast<double>(engram::OpenFileLimit()); });
   if (absl::Status s = server.Start(); !s.ok()) {
     engram::LogError(s.ToString());
     return 1;

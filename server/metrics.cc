@@ -87,7 +87,8 @@ class LiveCollectable : public prometheus::Collectable {
               "1 when the layer is mirrored in GPU memory.");
     for (const auto& layer : layers) {
       std::string id = absl::StrCat(layer->id());
-      AddSample(&bytes, static_cast<double>(layer->bytes()), {{"layer", id}});
+      AddSample(&bytes, static_cast<double>(layer->data_bytes()),
+                {{"layer", id}});
       PinMode mode = layer->pin_mode();
       AddSample(&pinned, mode == PinMode::kNone ? 0 : 1,
                 {{"layer", id}, {"mode", PinModeName(mode)}});

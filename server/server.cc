@@ -119,6 +119,10 @@ EngramServer::EngramServer(ServerConfig config)
                              config_.pin_memory, config_.gpu_min_rows}) {
   service_.SetStreamWatchdog(&watchdog_);
   service_.SetPendingResponses(&pending_);
+  metrics_.AddGaugeSource(
+      "engram_pending_response_bytes",
+      "Response bytes allocated and not yet read by their clients.",
+      [p = &pending_] { return static_cast<double>(p->total()); });
 }
 
 EngramServer::~EngramServer() {

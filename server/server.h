@@ -58,6 +58,8 @@ class EngramServer {
   // Blocks until Shutdown completes.
   void Wait();
 
+  // For gauges main() adds (call before Start).
+  ServerMetrics* metrics() { return &metrics_; }
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
 

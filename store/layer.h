@@ -21,14 +21,15 @@ class GpuLayerMirror;
 // thread.
 class Layer {
  public:
-  // `complete`: the tables hold every row (false for a shard's share).
+  // `data_bytes`: row bytes the tables hold (less than the layout's total
+  // for a shard's share).
   Layer(int64_t id, LayerLayout layout, std::vector<HostBuffer> tables,
-        MemoryReservation reservation, bool complete = true)
+        MemoryReservation reservation, uint64_t data_bytes)
       : id_(id),
         layout_(std::move(layout)),
         tables_(std::move(tables)),
         reservation_(std::move(reservation)),
-        complete_(complete),
+        data_bytes_(data_bytes),
         has_rows_(true) {
     table_ptrs_.reserve(tables_.size());
     for (const HostBuffer& t : tables_) table_ptrs_.push_back(t.data());
@@ -39,7 +40,7 @@ class Layer {
                                                   LayerLayout layout) {
     auto layer = std::make_shared<Layer>(id, std::move(layout),
                                          std::vector<HostBuffer>{},
-                                         MemoryReservation(), false);
+                                         MemoryReservation(), 0);
     layer->has_rows_ = false;
     layer->table_ptrs_.assign(layer->layout_.num_heads(), nullptr);
     return layer;
@@ -59,7 +60,9 @@ class Layer {
   // or a shard's share of it), as charged to the budget.
   uint64_t bytes() const { return reservation_.bytes(); }
   // False for a shard's partial copy (only its row ranges are present).
-  bool complete() const { return complete_; }
+  bool complete() const { return data_bytes_ == layout_.total_bytes(); }
+  // Row bytes stored here (bytes() is the memory holding them).
+  uint64_t data_bytes() const { return data_bytes_; }
   // False for a Placeholder: nothing may be read from table().
   bool has_rows() const { return has_rows_; }
   // Device copy of the tables, or nullptr when the layer is host-only.
@@ -83,7 +86,7 @@ class Layer {
   const std::vector<HostBuffer> tables_;
   std::vector<const uint8_t*> table_ptrs_;
   MemoryReservation reservation_;
-  const bool complete_;
+  const uint64_t data_bytes_;
   bool has_rows_;  // set before the layer is shared
   std::shared_ptr<const GpuLayerMirror> gpu_mirror_;
 };

@@ -203,8 +203,9 @@ absl::StatusOr<std::shared_ptr<Layer>> LayerBuilder::Finish() {
   }
   received_.clear();
   reservation_.Shrink(staging_bytes_);
-  return std::make_shared<Layer>(layer_id_, layout_, std::move(tables_),
-                                 std::move(reservation_), owned_.empty());
+  return std::make_shared<Layer>(
+      layer_id_, layout_, std::move(tables_), std::move(reservation_),
+      static_cast<uint64_t>(rows_total_) * layout_.row_bytes());
 }
 
 }  // namespace engram

@@ -52,6 +52,8 @@ TEST_F(LayerBuilderTest, ChunksInAnyOrderAndSizeBuildTheTables) {
   EXPECT_EQ(0, std::memcmp((*layer)->table(0), tables_[0].data(), 40 * 4));
   EXPECT_EQ(0, std::memcmp((*layer)->table(1), tables_[1].data(), 12 * 4));
   EXPECT_EQ((*layer)->bytes(), mapped_) << "staging released at Finish";
+  EXPECT_EQ((*layer)->data_bytes(), layout_.total_bytes());
+  EXPECT_TRUE((*layer)->complete());
   EXPECT_EQ(budget_.used(), mapped_);
   layer->reset();
   EXPECT_EQ(budget_.used(), 0u) << "dropping the layer frees its budget";
@@ -121,6 +123,7 @@ TEST_F(LayerBuilderTest, ShardHoldsOnlyItsRanges) {
   ASSERT_TRUE(layer.ok()) << layer.status();
   EXPECT_FALSE((*layer)->complete());
   EXPECT_EQ((*layer)->bytes(), page_);
+  EXPECT_EQ((*layer)->data_bytes(), 5 * row_);
   EXPECT_EQ(0, std::memcmp((*layer)->table(0) + 8 * row_,
                            tables_[0].data() + 8 * row_, 2 * row_));
 }

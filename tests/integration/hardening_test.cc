@@ -298,7 +298,9 @@ TEST_F(HardeningTest, GatherChecksRowAndByteLimitsBeforeAllocating) {
   EXPECT_EQ(bytes.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(bytes.error_message(), HasSubstr("--max_message_bytes"));
   EXPECT_TRUE(gather(500).ok());
-  EXPECT_LT(RssBytes(server_->pid()) - rss_before, int64_t{64} << 20);
+  const int64_t grown = RssBytes(server_->pid()) - rss_before;
+  EXPECT_LT(grown, int64_t{64} << 20);
+  std::cout << "oversized gathers: RSS +" << grown / 1048576 << " MiB\n";
   ASSERT_TRUE(server_->Alive());
 }
 
@@ -407,6 +409,8 @@ TEST_F(HardeningTest, AClientThatNeverReadsCannotGrowTheServer) {
   std::this_thread::sleep_for(std::chrono::seconds(2));
   const int64_t grown = RssBytes(server_->pid()) - rss_before;
   EXPECT_LT(grown, int64_t{160} << 20) << "RSS grew by " << grown;
+  std::cout << "never-reading client, 24 x 16 MiB lookups: RSS +"
+            << grown / 1048576 << " MiB\n";
   // Other clients are still served.
   auto ids = testing::RandomIds(l, 4, 1, 3);
   std::vector<uint8_t> out(4 * l.row_bytes());
@@ -500,6 +504,8 @@ TEST(HardeningClusterTest, PopulateStreamsDoNotTakeAThreadEach) {
   }
   std::this_thread::sleep_for(std::chrono::seconds(2));
   const int64_t threads = ProcStatus(pid, "Threads");
+  std::cout << "threads: " << threads_before << " before, " << threads
+            << " with " << kStreams << " populate streams open\n";
   EXPECT_LT(threads - threads_before, 40)
       << threads_before << " threads before, " << threads << " with "
       << kStreams << " open populate streams";

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/client.h"
+#include "tests/testing/raw_http2.h"
 
 namespace engram::testing {
 
@@ -198,13 +199,8 @@ absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
 }
 
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
+  const int fd = ConnectTcp(port);
+  if (fd < 0) {
     return absl::UnavailableError(absl::StrCat("connect to port ", port));
   }
   std::string req =

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "common/dtype.h"
 #include "kernels/gpu.h"
-#include "store/dtype.h"
 
 namespace engram {
 namespace {

@@ -22,6 +22,7 @@
 #include "bench/peers.h"
 #include "client/client.h"
 #include "cluster/placement.h"
+#include "common/malloc_tuning.h"
 #include "echo.grpc.pb.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "proto/channel_tuning.h"

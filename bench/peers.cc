@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/malloc_tuning.h"
 #include "echo.grpc.pb.h"
 #include "proto/channel_tuning.h"
 

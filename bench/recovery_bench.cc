@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "bench/peers.h"
 #include "client/client.h"
+#include "common/malloc_tuning.h"
 #include "proto/channel_tuning.h"
 
 namespace engram::bench {

@@ -10,8 +10,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "client/cluster_router.h"
+#include "client/direct_reads.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "proto/channel_tuning.h"
+#include "proto/convert.h"
 #include "proto/wire_format.h"
 
 namespace engram {
@@ -20,20 +22,10 @@ namespace {
 constexpr char kLookupMethod[] = "/engram.v1.EngramStore/Lookup";
 constexpr char kHealthMethod[] = "/grpc.health.v1.Health/Check";
 
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
-                      s.error_message());
-}
-
 LayerDescription FromProto(const v1::LayerInfo& info) {
   LayerDescription d;
   d.layer_id = info.layer_id();
-  d.layout.table_vocab_sizes.assign(info.config().table_vocab_sizes().begin(),
-                                    info.config().table_vocab_sizes().end());
-  d.layout.embedding_dim = info.config().embedding_dim();
-  const int dtype = static_cast<int>(info.config().dtype());
-  d.layout.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
+  d.layout = LayoutOf(info.config());
   d.store_keys.assign(info.store_keys().begin(), info.store_keys().end());
   d.bytes = info.bytes();
   return d;
@@ -84,6 +76,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
     const std::vector<std::string>& shards, int replication,
     ClientOptions options) {
   if (shards.empty()) return absl::InvalidArgumentError("no shard addresses");
+  if (options.direct_reads && DirectReadsFactoryOrNull() == nullptr) {
+    return absl::FailedPreconditionError(
+        "ClientOptions::direct_reads needs the engram::client_direct library "
+        "linked into the application (it brings UCX)");
+  }
   absl::StatusOr<Placement> placement =
       Placement::Create(static_cast<int>(shards.size()), replication);
   if (!placement.ok()) return placement.status();
@@ -113,7 +110,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
           v1::DescribeLayerRequest request;
           request.set_layer_id(layer_id);
           v1::LayerInfo info;
-          last = FromGrpc(stub->DescribeLayer(&context, request, &info));
+          last = FromGrpcStatus(stub->DescribeLayer(&context, request, &info));
           if (last.ok()) return FromProto(info).layout;
           if (last.code() != absl::StatusCode::kUnavailable &&
               last.code() != absl::StatusCode::kDeadlineExceeded) {
@@ -201,11 +198,7 @@ absl::StatusOr<LayerDescription> Client::Populate(
   v1::PopulateRequest message;
   v1::PopulateHeader* header = message.mutable_header();
   header->set_layer_id(layer_id);
-  for (int64_t n : layout.table_vocab_sizes) {
-    header->mutable_config()->add_table_vocab_sizes(n);
-  }
-  header->mutable_config()->set_embedding_dim(layout.embedding_dim);
-  header->mutable_config()->set_dtype(static_cast<v1::DType>(layout.dtype));
+  LayoutToConfig(layout, header->mutable_config());
   bool open = writer->Write(message);
 
   const size_t row_bytes = layout.row_bytes();
@@ -229,7 +222,7 @@ absl::StatusOr<LayerDescription> Client::Populate(
   if (open) writer->WritesDone();
   // A closed stream means the server already ended the call: its status
   // says why.
-  if (absl::Status s = FromGrpc(writer->Finish()); !s.ok()) return s;
+  if (absl::Status s = FromGrpcStatus(writer->Finish()); !s.ok()) return s;
   return FromProto(response.layer());
 }
 
@@ -252,7 +245,7 @@ void Client::LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
   impl_->lookup_stubs[impl_->NextLookupIndex()]->UnaryCall(
       &call->context, kLookupMethod, grpc::StubOptions(), &call->request,
       &call->response, [call](grpc::Status status) {
-        absl::Status result = FromGrpc(status);
+        absl::Status result = FromGrpcStatus(status);
         if (result.ok()) {
           wire::DecodedLookup decoded;
           result = wire::DecodeLookupResponse(call->response, call->output,
@@ -299,7 +292,7 @@ absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
       grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
           impl_->lookup_channels[impl_->NextLookupIndex()].get(), method,
           &context, request, &response);
-  if (absl::Status s = FromGrpc(status); !s.ok()) return s;
+  if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
   wire::DecodedLookup decoded;
   return wire::DecodeLookupResponse(response, output, &decoded);
 }
@@ -312,7 +305,7 @@ absl::StatusOr<int> Client::Remove(int64_t layer_id, bool force) {
   request.set_force(force);
   v1::RemoveResponse response;
   if (absl::Status s =
-          FromGrpc(impl_->stub->Remove(&context, request, &response));
+          FromGrpcStatus(impl_->stub->Remove(&context, request, &response));
       !s.ok()) {
     return s;
   }
@@ -325,8 +318,8 @@ absl::StatusOr<LayerDescription> Client::DescribeLayer(int64_t layer_id) {
   v1::DescribeLayerRequest request;
   request.set_layer_id(layer_id);
   v1::LayerInfo response;
-  if (absl::Status s =
-          FromGrpc(impl_->stub->DescribeLayer(&context, request, &response));
+  if (absl::Status s = FromGrpcStatus(
+          impl_->stub->DescribeLayer(&context, request, &response));
       !s.ok()) {
     return s;
   }
@@ -337,7 +330,7 @@ absl::StatusOr<std::vector<LayerDescription>> Client::ListLayers() {
   grpc::ClientContext context;
   impl_->SetDeadline(&context);
   v1::ListLayersResponse response;
-  if (absl::Status s = FromGrpc(impl_->stub->ListLayers(
+  if (absl::Status s = FromGrpcStatus(impl_->stub->ListLayers(
           &context, v1::ListLayersRequest(), &response));
       !s.ok()) {
     return s;
@@ -374,7 +367,7 @@ absl::Status Client::CheckHealth(const std::string& service) {
                                 finished.Notify();
                               });
   finished.WaitForNotification();
-  if (absl::Status s = FromGrpc(status); !s.ok()) return s;
+  if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
   std::vector<grpc::Slice> slices;
   std::string bytes;
   if (response.Dump(&slices).ok()) {

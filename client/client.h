@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "store/layout.h"
+#include "common/layout.h"
 
 namespace engram {
 
@@ -41,7 +41,8 @@ struct ClientOptions {
   // --direct_reads export it. Falls back to RPCs wherever that is not
   // possible (no UCX, another host or IPC namespace, a layer just
   // repopulated); the first lookups of a layer use RPCs while the mapping
-  // is set up.
+  // is set up. Needs the engram::client_direct library (UCX) linked in;
+  // without it Connect answers FAILED_PRECONDITION.
   bool direct_reads = false;
 };
 

@@ -57,7 +57,7 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
     const size_t row_bytes = layout.row_bytes();
     const bool convert = out_dtype != layout.dtype;
     std::vector<uint8_t> staging(convert ? positions.size() * row_bytes : 0);
-    std::vector<DirectReader::Row> rows;
+    std::vector<DirectReads::Row> rows;
     rows.reserve(positions.size());
     for (size_t j = 0; j < positions.size(); ++j) {
       const int64_t index = positions[j].index;
@@ -170,6 +170,15 @@ struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
   }
 };
 
+namespace {
+DirectReadsFactory direct_reads_factory = nullptr;  // set at static init
+}  // namespace
+
+void RegisterDirectReads(DirectReadsFactory factory) {
+  direct_reads_factory = factory;
+}
+DirectReadsFactory DirectReadsFactoryOrNull() { return direct_reads_factory; }
+
 ClusterRouter::ClusterRouter(
     std::vector<std::shared_ptr<grpc::Channel>> shards, Placement placement,
     absl::Duration timeout,
@@ -187,7 +196,10 @@ ClusterRouter::ClusterRouter(
   if (direct_reads) {
     std::vector<internal::v1::EngramPeer::Stub*> stubs;
     for (auto& stub : stubs_) stubs.push_back(stub.get());
-    direct_ = DirectReader::Create(std::move(stubs));  // null without UCX
+    // Null unless engram::client_direct is linked and UCX starts.
+    if (DirectReadsFactory factory = DirectReadsFactoryOrNull()) {
+      direct_ = factory(std::move(stubs));
+    }
   }
 }
 

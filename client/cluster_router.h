@@ -21,10 +21,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "client/direct_reader.h"
+#include "client/direct_reads.h"
 #include "cluster/placement.h"
+#include "common/layout.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
-#include "store/layout.h"
 
 namespace engram {
 
@@ -63,7 +63,7 @@ class ClusterRouter {
 
   std::vector<std::unique_ptr<internal::v1::EngramPeer::Stub>> stubs_;
   std::vector<std::unique_ptr<grpc::GenericStub>> generic_stubs_;
-  std::unique_ptr<DirectReader> direct_;  // after the stubs it borrows
+  std::unique_ptr<DirectReads> direct_;  // after the stubs it borrows
   const Placement placement_;
   const absl::Duration timeout_;
   std::function<absl::StatusOr<LayerLayout>(int64_t)> describe_;

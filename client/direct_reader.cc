@@ -7,9 +7,14 @@ namespace {
 // A shard whose exports could not be mapped here is asked again after this.
 constexpr auto kRetry = std::chrono::seconds(30);
 constexpr auto kFetchTimeout = std::chrono::seconds(5);
+
+// Linking this file (engram::client_direct) turns direct reads on.
+[[maybe_unused]] const bool registered =
+    (RegisterDirectReads(&DirectReader::Create), true);
+
 }  // namespace
 
-std::unique_ptr<DirectReader> DirectReader::Create(
+std::unique_ptr<DirectReads> DirectReader::Create(
     std::vector<internal::v1::EngramPeer::Stub*> stubs) {
   absl::StatusOr<std::unique_ptr<transport::UcxEngine>> engine =
       transport::UcxEngine::Create();

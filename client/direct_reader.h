@@ -1,6 +1,7 @@
 // Direct reads for a cluster client on the shards' host: rows copied
 // straight out of the shards' exported table memory (UCX maps it into this
-// process), no RPC at all. Internal to the client library.
+// process), no RPC at all. The UCX implementation of DirectReads, in
+// engram::client_direct; linking that target registers it.
 #ifndef ENGRAM_CLIENT_DIRECT_READER_H_
 #define ENGRAM_CLIENT_DIRECT_READER_H_
 
@@ -15,9 +16,10 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "client/direct_reads.h"
 #include "cluster/exported_layer.h"
+#include "common/layout.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
-#include "store/layout.h"
 #include "transport/ucx_engine.h"
 
 namespace engram {
@@ -28,23 +30,16 @@ namespace engram {
 // dropped when a read finds the layer's memory released (removed or
 // repopulated) or the layer is forgotten. Borrows the stubs. Thread-safe;
 // the destructor waits for fetches in flight.
-class DirectReader {
+class DirectReader final : public DirectReads {
  public:
   // Null when UCX is not compiled in or cannot start.
-  static std::unique_ptr<DirectReader> Create(
+  static std::unique_ptr<DirectReads> Create(
       std::vector<internal::v1::EngramPeer::Stub*> stubs);
-  ~DirectReader();
+  ~DirectReader() override;
 
-  struct Row {
-    int head;
-    int64_t row;
-    uint8_t* dst;  // row_bytes of the layer's stored dtype
-  };
-  // True when every row was copied and validated; false when direct reads
-  // are not (yet) possible for this shard and layer: use an RPC.
   bool TryRead(int shard, int64_t layer_id, const LayerLayout& layout,
-               std::span<const Row> rows);
-  void Forget(int64_t layer_id);
+               std::span<const Row> rows) override;
+  void Forget(int64_t layer_id) override;
 
  private:
   struct Entry {

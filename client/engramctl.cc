@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "client/client.h"
 #include "client/npy.h"
+#include "common/malloc_tuning.h"
 #include "proto/channel_tuning.h"
 
 namespace engram {

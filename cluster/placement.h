@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "store/layout.h"  // RowRange
+#include "common/layout.h"  // RowRange
 
 namespace engram {
 

@@ -4,6 +4,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "proto/convert.h"
 
 namespace engram {
 namespace {
@@ -80,10 +81,7 @@ absl::Status PopulateFanout::Begin(int64_t layer_id,
   internal::v1::StageHeader* header = stage.mutable_header();
   header->set_txn_id(txn_id_);
   header->set_layer_id(layer_id);
-  for (int64_t n : layout.table_vocab_sizes)
-    header->mutable_config()->add_table_vocab_sizes(n);
-  header->mutable_config()->set_embedding_dim(layout.embedding_dim);
-  header->mutable_config()->set_dtype(static_cast<v1::DType>(layout.dtype));
+  LayoutToConfig(layout, header->mutable_config());
   for (size_t s = 0; s < stubs_.size(); ++s) {
     auto peer = std::make_unique<PeerStream>();
     peer->context.set_deadline(std::chrono::system_clock::now() +
@@ -147,11 +145,9 @@ absl::Status PopulateFanout::PeerFailure(int s) {
   p.open = false;
   grpc::Status st = p.writer->Finish();
   if (Unreachable(st.error_code()) && on_unreachable_) on_unreachable_(s);
-  return absl::Status(
-      st.ok() ? absl::StatusCode::kUnavailable
-              : static_cast<absl::StatusCode>(st.error_code()),
-      absl::StrCat("shard ", s, ": ",
-                   st.ok() ? "stream closed" : st.error_message()));
+  if (st.ok())
+    return absl::UnavailableError(absl::StrCat("shard ", s, ": stream closed"));
+  return FromGrpcStatus(st, absl::StrCat("shard ", s));
 }
 
 absl::Status PopulateFanout::Commit() {
@@ -168,8 +164,7 @@ absl::Status PopulateFanout::Commit() {
     if (!st.ok()) {
       if (Unreachable(st.error_code()) && on_unreachable_)
         on_unreachable_(static_cast<int>(s));
-      return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
-                          absl::StrCat("shard ", s, ": ", st.error_message()));
+      return FromGrpcStatus(st, absl::StrCat("shard ", s));
     }
   }
   for (size_t s = 0; s < stubs_.size(); ++s) {  // phase two

@@ -15,8 +15,8 @@
 
 #include "absl/status/status.h"
 #include "cluster/placement.h"
+#include "common/layout.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
-#include "store/layout.h"
 
 namespace engram {
 

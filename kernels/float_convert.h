@@ -1,4 +1,4 @@
-// Scalar float conversions shared by the CPU gather (store/dtype.cc) and the
+// Scalar float conversions shared by the CPU gather (common/dtype.cc) and the
 // CUDA kernels, so both round identically, bit for bit. Header-only, plain
 // C++; the functions are host+device when compiled by nvcc.
 #ifndef ENGRAM_KERNELS_FLOAT_CONVERT_H_

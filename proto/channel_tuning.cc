@@ -1,9 +1,5 @@
 #include "proto/channel_tuning.h"
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
-
 namespace engram {
 namespace {
 
@@ -36,13 +32,6 @@ struct BuilderArgs {
 void ApplyTransportTuning(grpc::ServerBuilder* builder) {
   BuilderArgs args{builder};
   Tune(&args);
-}
-
-void TuneMallocForLargeMessages() {
-#if defined(__GLIBC__)
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
-#endif
 }
 
 grpc::ChannelArguments TunedChannelArguments() {

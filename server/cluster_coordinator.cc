@@ -8,8 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cluster/populate_fanout.h"
+#include "proto/convert.h"
 #include "proto/wire_format.h"
-#include "server/engram_service.h"
 #include "server/log.h"
 #include "server/read_stream.h"
 
@@ -152,16 +152,7 @@ class ClusterPopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
           "cluster populate of layer ", layer_id_,
           " failed, nothing kept on any shard: ", status.ToString()));
     } else {
-      v1::LayerInfo* info = response_->mutable_layer();
-      info->set_layer_id(layer_id_);
-      for (int64_t n : layout_.table_vocab_sizes)
-        info->mutable_config()->add_table_vocab_sizes(n);
-      info->mutable_config()->set_embedding_dim(layout_.embedding_dim);
-      info->mutable_config()->set_dtype(static_cast<v1::DType>(layout_.dtype));
-      for (int h = 0; h < layout_.num_heads(); ++h)
-        info->add_store_keys(StoreKey(layer_id_, h));
-      info->set_num_heads(layout_.num_heads());
-      info->set_bytes(static_cast<int64_t>(layout_.total_bytes()));
+      FillLayerInfo(layer_id_, layout_, response_->mutable_layer());
       LogInfo(absl::StrCat("layer ", layer_id_, " committed on all ",
                            cluster_->size(), " shards (txn ", fanout_->txn_id(),
                            ")"));

@@ -8,10 +8,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/layout.h"
 #include "proto/wire_format.h"
 #include "server/log.h"
+#include "server/populate_reactor.h"
 #include "store/gather.h"
-#include "store/layout.h"
 
 namespace engram {
 namespace {
@@ -96,8 +97,9 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
     return absl::InvalidArgumentError(
         absl::StrCat("output_dtype ", requested, " is not a known DType"));
   }
-  call->out_dtype =
-      requested == 0 ? layout.dtype : static_cast<DType>(requested);
+  call->out_dtype = requested == 0
+                        ? layout.dtype
+                        : DTypeFromProto(static_cast<v1::DType>(requested));
   if (!CanConvert(layout.dtype, call->out_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "output_dtype ", DTypeName(call->out_dtype),
@@ -162,40 +164,6 @@ void LogGpuFallback(const absl::Status& status) {
 
 }  // namespace
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  constexpr size_t kMaxMessage = 1024;
-  std::string message(status.message().substr(0, kMaxMessage));
-  if (status.message().size() > kMaxMessage) message += " [...]";
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::move(message));
-}
-
-absl::StatusOr<LayerLayout> LayoutFromConfig(const v1::LayerConfig& config) {
-  LayerLayout layout;
-  layout.table_vocab_sizes.assign(config.table_vocab_sizes().begin(),
-                                  config.table_vocab_sizes().end());
-  layout.embedding_dim = config.embedding_dim();
-  const int dtype = static_cast<int>(config.dtype());
-  layout.dtype = dtype == 0 ? DType::kFloat32 : static_cast<DType>(dtype);
-  if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
-  return layout;
-}
-
-void FillLayerInfo(const Layer& layer, v1::LayerInfo* info) {
-  const LayerLayout& layout = layer.layout();
-  info->set_layer_id(layer.id());
-  v1::LayerConfig* config = info->mutable_config();
-  for (int64_t n : layout.table_vocab_sizes) config->add_table_vocab_sizes(n);
-  config->set_embedding_dim(layout.embedding_dim);
-  config->set_dtype(static_cast<v1::DType>(layout.dtype));
-  for (int h = 0; h < layout.num_heads(); ++h) {
-    info->add_store_keys(StoreKey(layer.id(), h));
-  }
-  info->set_num_heads(layout.num_heads());
-  info->set_bytes(static_cast<int64_t>(layout.total_bytes()));
-}
-
 EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
                              ThreadPool* pool, ServerMetrics* metrics,
                              GpuTier* gpu, ServiceLimits limits)
@@ -206,25 +174,19 @@ EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
       gpu_(gpu),
       limits_(limits) {}
 
-absl::Status EngramService::MirrorAndCommit(
-    const std::shared_ptr<PopulateTicket>& ticket,
-    std::shared_ptr<Layer> layer) {
-  if (gpu_ != nullptr && !layer->complete()) {
-    LogInfo(absl::StrCat(
-        "layer ", layer->id(), " is a shard's partial copy; ",
-        "it stays in host memory (GPU mirrors hold whole layers)"));
-  } else if (gpu_ != nullptr) {
-    absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> mirror =
-        gpu_->Mirror(*layer);
-    if (mirror.ok()) {
-      layer->AttachGpuMirror(*std::move(mirror));
-    } else {
-      LogWarning(absl::StrCat("layer ", layer->id(),
-                              " stays host-only (not mirrored to the GPU): ",
-                              mirror.status().ToString()));
-    }
-  }
-  return layers_->Commit(ticket, std::move(layer));
+grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
+    grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
+  if (cluster_ != nullptr) return cluster_->NewPopulate(context, response);
+  PopulateEnv env;
+  env.layers = layers_;
+  env.budget = budget_;
+  env.metrics = metrics_;
+  env.pool = pool_;
+  env.gpu = gpu_;
+  env.watchdog = watchdog_;
+  env.exporter = exporter_;
+  env.pin_memory = limits_.pin_memory;
+  return NewPopulateReactor(context, response, env);
 }
 
 void EngramService::Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
@@ -274,8 +236,7 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
             grpc::Status st =
                 grpc::SerializationTraits<v1::LookupResponse>::Serialize(
                     *message, response, &own_buffer);
-            s = absl::Status(static_cast<absl::StatusCode>(st.error_code()),
-                             st.error_message());
+            s = FromGrpcStatus(st);
             metrics_->RecordLookup(
                 std::chrono::duration<double>(Clock::now() - call->start)
                     .count(),
@@ -457,7 +418,7 @@ grpc::ServerUnaryReactor* EngramService::DescribeLayer(
               absl::StrCat("layer ", req.layer_id(), " not found")));
           return;
         }
-        FillLayerInfo(*layer, info);
+        FillLayerInfo(layer->id(), layer->layout(), info);
         done(absl::OkStatus());
       },
       Observer(Rpc::kDescribeLayer));
@@ -471,7 +432,7 @@ grpc::ServerUnaryReactor* EngramService::ListLayers(
       [this](const v1::ListLayersRequest&, v1::ListLayersResponse* list,
              RawDone done) {
         for (const auto& layer : layers_->List()) {
-          FillLayerInfo(*layer, list->add_layers());
+          FillLayerInfo(layer->id(), layer->layout(), list->add_layers());
         }
         done(absl::OkStatus());
       },

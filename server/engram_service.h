@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "engram/v1/engram.grpc.pb.h"
+#include "proto/convert.h"
 #include "server/cluster_coordinator.h"
 #include "server/metrics.h"
 #include "server/pending_responses.h"
@@ -80,11 +81,6 @@ class EngramService final
                     v1::RemoveResponse* response, RawDone done);
   // Records each final status of `rpc` in the metrics.
   std::function<void(const absl::Status&)> Observer(Rpc rpc);
-  // Mirrors `layer` to the GPU when there is a tier (a failure only logs:
-  // the layer is then served from host memory), then publishes it.
-  absl::Status MirrorAndCommit(const std::shared_ptr<PopulateTicket>& ticket,
-                               std::shared_ptr<Layer> layer);
-  friend class PopulateReactor;
 
   const ExportMapper* exporter_ = nullptr;
   StreamWatchdog* watchdog_ = nullptr;
@@ -97,13 +93,6 @@ class EngramService final
   const ServiceLimits limits_;
   ClusterCoordinator* cluster_ = nullptr;
 };
-
-// The validated layout a Populate / Stage header asks for (DTYPE_UNSPECIFIED
-// means float32); INVALID_ARGUMENT naming the broken invariant.
-absl::StatusOr<LayerLayout> LayoutFromConfig(const v1::LayerConfig& config);
-
-// Fills the public description of a committed layer.
-void FillLayerInfo(const Layer& layer, v1::LayerInfo* info);
 
 }  // namespace engram
 

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "common/malloc_tuning.h"
 #include "proto/channel_tuning.h"
 #include "server/accept_guard.h"
 #include "server/flags.h"

@@ -1,7 +1,7 @@
 #include "server/peer_rma.h"
 
 #include "absl/strings/str_cat.h"
-#include "server/engram_service.h"
+#include "proto/convert.h"
 #include "server/log.h"
 
 namespace engram {

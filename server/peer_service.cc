@@ -4,7 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "server/engram_service.h"
+#include "proto/convert.h"
 #include "server/log.h"
 #include "server/read_stream.h"
 #include "store/layer_builder.h"

@@ -1,16 +1,17 @@
-// EngramService::Populate: the client-streaming reactor that stages a layer
-// chunk by chunk and commits it when the stream ends complete.
+#include "server/populate_reactor.h"
+
 #include <atomic>
 #include <chrono>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "server/engram_service.h"
+#include "proto/convert.h"
 #include "server/log.h"
 #include "server/read_stream.h"
 #include "store/layer_builder.h"
 
 namespace engram {
+namespace {
 
 // Lives from the first read until OnDone. gRPC serializes its callbacks
 // (one read outstanding at a time); a forced Remove (abort hook) and the
@@ -19,15 +20,15 @@ namespace engram {
 class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
  public:
   PopulateReactor(grpc::CallbackServerContext* context,
-                  v1::PopulateResponse* response, EngramService* service)
-      : EndableReadReactor(service->watchdog_),
+                  v1::PopulateResponse* response, const PopulateEnv& env)
+      : EndableReadReactor(env.watchdog),
         context_(context),
         response_(response),
-        service_(service),
-        layers_(service->layers_),
-        budget_(service->budget_),
-        metrics_(service->metrics_),
-        pin_(service->limits_.pin_memory),
+        env_(env),
+        layers_(env.layers),
+        budget_(env.budget),
+        metrics_(env.metrics),
+        pin_(env.pin_memory),
         start_(std::chrono::steady_clock::now()) {
     ReadNext(&request_);
   }
@@ -81,7 +82,7 @@ class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
     ticket_ = *std::move(ticket);
     absl::StatusOr<std::unique_ptr<LayerBuilder>> builder =
         LayerBuilder::Create(layer_id_, *std::move(layout), budget_, pin_, {},
-                             service_->exporter());
+                             env_.exporter);
     if (!builder.ok()) return builder.status();
     builder_ = *std::move(builder);
     return absl::OkStatus();
@@ -119,25 +120,27 @@ class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
       Fail(layer.status());
       return;
     }
-    if (service_->gpu_ == nullptr) {
+    if (env_.gpu == nullptr) {
       Commit(*std::move(layer));
       return;
     }
     // Copying a layer to the GPU can take a while: do it on a worker, not
     // on this reactor thread. Finish is thread-safe.
-    service_->pool_->Submit(
+    env_.pool->Submit(
         [this, l = *std::move(layer)]() mutable { Commit(std::move(l)); });
   }
 
   void Commit(std::shared_ptr<Layer> layer) {
     std::shared_ptr<const Layer> committed = layer;
-    if (absl::Status s = service_->MirrorAndCommit(ticket_, std::move(layer));
+    if (absl::Status s =
+            MirrorAndCommit(env_.gpu, layers_, ticket_, std::move(layer));
         !s.ok()) {
       Fail(s);
       return;
     }
     ticket_.reset();
-    FillLayerInfo(*committed, response_->mutable_layer());
+    FillLayerInfo(committed->id(), committed->layout(),
+                  response_->mutable_layer());
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
             .count();
@@ -181,7 +184,7 @@ class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
 
   grpc::CallbackServerContext* const context_;
   v1::PopulateResponse* const response_;
-  EngramService* const service_;
+  const PopulateEnv env_;
   LayerRegistry* const layers_;
   MemoryBudget* const budget_;
   ServerMetrics* const metrics_;
@@ -193,10 +196,33 @@ class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
   std::unique_ptr<LayerBuilder> builder_;
 };
 
-grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
-    grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
-  if (cluster_ != nullptr) return cluster_->NewPopulate(context, response);
-  return new PopulateReactor(context, response, this);
+}  // namespace
+
+grpc::ServerReadReactor<v1::PopulateRequest>* NewPopulateReactor(
+    grpc::CallbackServerContext* context, v1::PopulateResponse* response,
+    const PopulateEnv& env) {
+  return new PopulateReactor(context, response, env);
+}
+
+absl::Status MirrorAndCommit(GpuTier* gpu, LayerRegistry* layers,
+                             const std::shared_ptr<PopulateTicket>& ticket,
+                             std::shared_ptr<Layer> layer) {
+  if (gpu != nullptr && !layer->complete()) {
+    LogInfo(absl::StrCat(
+        "layer ", layer->id(), " is a shard's partial copy; ",
+        "it stays in host memory (GPU mirrors hold whole layers)"));
+  } else if (gpu != nullptr) {
+    absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> mirror =
+        gpu->Mirror(*layer);
+    if (mirror.ok()) {
+      layer->AttachGpuMirror(*std::move(mirror));
+    } else {
+      LogWarning(absl::StrCat("layer ", layer->id(),
+                              " stays host-only (not mirrored to the GPU): ",
+                              mirror.status().ToString()));
+    }
+  }
+  return layers->Commit(ticket, std::move(layer));
 }
 
 }  // namespace engram

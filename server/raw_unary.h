@@ -1,6 +1,6 @@
 // Unary methods registered raw so that a request that does not parse is
 // answered INVALID_ARGUMENT with a message (gRPC's own callback handler
-// answers UNIMPLEMENTED with none), and the one absl -> gRPC conversion.
+// answers UNIMPLEMENTED with none).
 #ifndef ENGRAM_SERVER_RAW_UNARY_H_
 #define ENGRAM_SERVER_RAW_UNARY_H_
 
@@ -12,12 +12,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "proto/convert.h"
 
 namespace engram {
-
-// absl -> gRPC status, same code; the message is cut to 1 KiB so no request
-// can make the server echo megabytes back.
-grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // Finishes a raw unary call: on OK the typed response is serialized into
 // the raw response first. Runs once, from any thread.

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engram/v1/engram.grpc.pb.h"
-#include "server/engram_service.h"
+#include "proto/convert.h"
 #include "server/log.h"
 #include "store/layer_builder.h"
 

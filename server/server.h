@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "server/cluster.h"
 #include "server/cluster_coordinator.h"
+#include "server/demo_layer.h"
 #include "server/engram_service.h"
 #include "server/flags.h"
 #include "server/metrics.h"
@@ -29,9 +30,6 @@ namespace engram {
 // The layer the --demo flag serves: id 0, heads with 1000, 1003, 1009 and
 // 1013 rows, D = 8, float32. Row r of head h holds
 // h * 100000 + r + d / 8 at element d, so a lookup is easy to check by eye.
-absl::Status AddDemoLayer(LayerRegistry* layers, MemoryBudget* budget, bool pin,
-                          GpuTier* gpu, const ExportMapper* exporter = nullptr);
-inline constexpr int64_t kDemoLayerId = 0;
 
 // Health service names: "" (the default, what grpcurl and readiness probes
 // ask) is SERVING only while every row range has a reachable owner;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/export_hook.h"
 
 namespace engram {
 
@@ -24,22 +25,6 @@ enum class PinMode {
   kCudaHost,  // cudaHostAlloc / cudaHostRegister: DMA-able by a GPU
 };
 const char* PinModeName(PinMode mode);
-
-// A byte range of a HostBuffer that a transport placed in memory other
-// processes can read (e.g. UCX-allocated shared memory, registered for RDMA).
-// `descriptor` is the transport's opaque description for remote readers;
-// `release` unmaps it and runs before the buffer's own unmap.
-struct ExportedRange {
-  size_t offset = 0;
-  size_t length = 0;
-  std::string descriptor;
-  std::function<void()> release;
-};
-
-// Places `length` bytes at exactly `address` (page aligned, inside a
-// reservation the caller owns) in remotely readable memory, zero filled.
-using ExportMapper = std::function<absl::StatusOr<ExportedRange>(
-    uint8_t* address, size_t length)>;
 
 // One anonymous mapping, page aligned, zero filled, released on destruction.
 // Move-only; not thread-safe to mutate, safe to read concurrently.

@@ -7,8 +7,8 @@
 #include <memory>
 #include <vector>
 
+#include "common/layout.h"
 #include "store/host_memory.h"
-#include "store/layout.h"
 
 namespace engram {
 

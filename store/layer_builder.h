@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/layout.h"
 #include "store/host_memory.h"
 #include "store/layer.h"
-#include "store/layout.h"
 
 namespace engram {
 

@@ -24,7 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "store/host_memory.h"
+#include "common/export_hook.h"
 
 namespace engram::transport {
 
@@ -78,7 +78,7 @@ class UcxEngine {
   virtual const std::string& worker_address() const = 0;
   virtual const std::string& control_descriptor() const = 0;
 
-  // A store::ExportMapper that exports through this engine.
+  // An ExportMapper that exports through this engine.
   virtual ExportMapper Mapper() = 0;
 
   // Connects to a peer and unpacks its range descriptors (as published in

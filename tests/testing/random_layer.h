@@ -8,7 +8,7 @@
 #include <span>
 #include <vector>
 
-#include "store/layout.h"
+#include "common/layout.h"
 
 namespace engram::testing {
 

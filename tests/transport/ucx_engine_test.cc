@@ -1,6 +1,7 @@
 // Two UCX engines in one process, one exporting table ranges and one
 // reading them: over whatever UCX_TLS selects (ctest runs this binary with
 // shared memory and with TCP), through the mapped path and the get path.
+#include "store/host_memory.h"
 #include "transport/ucx_engine.h"
 
 #include <gtest/gtest.h>

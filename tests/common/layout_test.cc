@@ -1,4 +1,4 @@
-#include "store/layout.h"
+#include "common/layout.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

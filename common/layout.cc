@@ -1,4 +1,4 @@
-#include "store/layout.h"
+#include "common/layout.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"

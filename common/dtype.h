@@ -1,6 +1,6 @@
 // Element types of stored rows and the float conversions Lookup offers.
-#ifndef ENGRAM_STORE_DTYPE_H_
-#define ENGRAM_STORE_DTYPE_H_
+#ifndef ENGRAM_COMMON_DTYPE_H_
+#define ENGRAM_COMMON_DTYPE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -38,4 +38,4 @@ void ConvertElements(const void* src, DType from, void* dst, DType to,
 
 }  // namespace engram
 
-#endif  // ENGRAM_STORE_DTYPE_H_
+#endif  // ENGRAM_COMMON_DTYPE_H_

@@ -1,6 +1,6 @@
-// Layer layouts and every invariant of the data contract (DESIGN.md §2).
-#ifndef ENGRAM_STORE_LAYOUT_H_
-#define ENGRAM_STORE_LAYOUT_H_
+// Layer layouts and every invariant of the data contract (docs/design.md §2).
+#ifndef ENGRAM_COMMON_LAYOUT_H_
+#define ENGRAM_COMMON_LAYOUT_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "store/dtype.h"
+#include "common/dtype.h"
 
 namespace engram {
 
@@ -71,4 +71,4 @@ absl::Status ValidateRowIds(const LayerLayout& layout, const LookupShape& shape,
 
 }  // namespace engram
 
-#endif  // ENGRAM_STORE_LAYOUT_H_
+#endif  // ENGRAM_COMMON_LAYOUT_H_

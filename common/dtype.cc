@@ -1,4 +1,4 @@
-#include "store/dtype.h"
+#include "common/dtype.h"
 
 #include <cstring>
 

@@ -1,0 +1,46 @@
+// The single-node Populate stream: stages a layer chunk by chunk and commits
+// it when the stream ends complete.
+#ifndef ENGRAM_SERVER_POPULATE_REACTOR_H_
+#define ENGRAM_SERVER_POPULATE_REACTOR_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+
+#include "engram/v1/engram.grpc.pb.h"
+#include "server/metrics.h"
+#include "server/read_stream.h"
+#include "store/gpu_tier.h"
+#include "store/host_memory.h"
+#include "store/layer_registry.h"
+#include "store/thread_pool.h"
+
+namespace engram {
+
+// What a populate needs from its server; every pointer is borrowed and
+// outlives the call (the server drains calls before it goes).
+struct PopulateEnv {
+  LayerRegistry* layers = nullptr;
+  MemoryBudget* budget = nullptr;
+  ServerMetrics* metrics = nullptr;
+  ThreadPool* pool = nullptr;
+  GpuTier* gpu = nullptr;                  // null: host memory only
+  StreamWatchdog* watchdog = nullptr;      // null: no idle limit
+  const ExportMapper* exporter = nullptr;  // null: tables not exported
+  bool pin_memory = true;
+};
+
+// A reactor that deletes itself when the call is done.
+grpc::ServerReadReactor<v1::PopulateRequest>* NewPopulateReactor(
+    grpc::CallbackServerContext* context, v1::PopulateResponse* response,
+    const PopulateEnv& env);
+
+// Mirrors `layer` to the GPU when there is a tier (a failure only logs: the
+// layer is then served from host memory), then publishes it under `ticket`.
+absl::Status MirrorAndCommit(GpuTier* gpu, LayerRegistry* layers,
+                             const std::shared_ptr<PopulateTicket>& ticket,
+                             std::shared_ptr<Layer> layer);
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_POPULATE_REACTOR_H_

@@ -7,168 +7,61 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cluster/populate_fanout.h"
-#include "proto/wire_format.h"
 
 namespace engram {
 
-// One routed lookup in flight: positions grouped by the shard asked for
-// them; a failed shard's positions move to the next owner of their range.
-struct RoutedLookup : std::enable_shared_from_this<RoutedLookup> {
-  ClusterRouter* router;
-  int64_t layer_id;
-  LayerLayout layout;
-  const int64_t* ids;
-  uint8_t* out;
-  DType out_dtype;
-  std::function<void(absl::Status)> done;
-  std::atomic<int> outstanding{1};
-  std::mutex mu;
-  std::vector<std::string> errors;
-  bool layer_missing = false;
+// Reads a shard's rows for the client: straight out of a same-host
+// shard's mapped memory when direct reads work for it, else over the
+// gather RPC. Counts the peer calls in flight so the router can outlive
+// their callbacks.
+class ClusterRouter::Reader final : public ShardReader {
+ public:
+  explicit Reader(ClusterRouter* router) : router_(router) {}
 
-  struct Position {
-    int64_t index;
-    int replica;
-  };
-
-  void Route(std::vector<Position> positions) {
-    const Placement& p = router->placement_;
-    std::map<int, std::vector<Position>> by_shard;
-    for (Position pos : positions) {
-      const int h = static_cast<int>(pos.index % layout.num_heads());
-      const int64_t rows = layout.table_vocab_sizes[h];
-      const int range = p.RangeOf(rows, ids[pos.index]);
-      int chosen = -1;
-      for (int r = pos.replica; r < p.replication(); ++r) {
-        const int s = p.Owner(layer_id, h, range, r);
-        if (router->up(s) || r == p.replication() - 1) {
-          chosen = s;
-          pos.replica = r;
-          break;
-        }
-      }
-      by_shard[chosen].push_back(pos);
+  void Read(int shard, const ShardRead& read,
+            std::function<void(absl::Status)> done) override {
+    if (router_->direct_ != nullptr && TryDirect(shard, read)) {
+      done(absl::OkStatus());
+      return;
     }
-    for (auto& [shard, list] : by_shard) Send(shard, std::move(list));
+    router_->in_flight_.fetch_add(1, std::memory_order_acq_rel);
+    ClusterRouter* r = router_;
+    GatherRowsRpc(router_->generic_stubs_[shard].get(),
+                  absl::ToChronoTime(absl::Now() + router_->timeout_), read,
+                  [r, done = std::move(done)](absl::Status s) {
+                    done(std::move(s));
+                    r->in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+                  });
   }
 
-  // Same-host shards: copy the rows straight out of their mapped memory.
-  bool TryDirect(int shard, const std::vector<Position>& positions) {
-    const size_t row_bytes = layout.row_bytes();
-    const bool convert = out_dtype != layout.dtype;
-    std::vector<uint8_t> staging(convert ? positions.size() * row_bytes : 0);
+ private:
+  bool TryDirect(int shard, const ShardRead& read) {
+    const size_t row_bytes = read.layout().row_bytes();
+    const bool convert = read.size() > 0 && read.dst(0) == nullptr;
+    std::vector<uint8_t> staging(convert ? read.size() * row_bytes : 0);
     std::vector<DirectReads::Row> rows;
-    rows.reserve(positions.size());
-    for (size_t j = 0; j < positions.size(); ++j) {
-      const int64_t index = positions[j].index;
-      rows.push_back(
-          {static_cast<int>(index % layout.num_heads()), ids[index],
-           convert ? staging.data() + j * row_bytes : out + index * row_bytes});
+    rows.reserve(read.size());
+    for (size_t j = 0; j < read.size(); ++j) {
+      rows.push_back({read.head(j), read.row(j),
+                      convert ? staging.data() + j * row_bytes : read.dst(j)});
     }
-    if (!router->direct_->TryRead(shard, layer_id, layout, rows)) return false;
+    if (!router_->direct_->TryRead(shard, read.layer_id(), read.layout(),
+                                   rows)) {
+      return false;
+    }
     if (convert) {
-      const size_t dim = static_cast<size_t>(layout.embedding_dim);
-      const size_t out_row = dim * DTypeSize(out_dtype);
-      for (size_t j = 0; j < positions.size(); ++j) {
-        ConvertElements(staging.data() + j * row_bytes, layout.dtype,
-                        out + positions[j].index * out_row, out_dtype, dim);
-      }
+      for (size_t j = 0; j < read.size(); ++j)
+        read.Put(j, staging.data() + j * row_bytes);
     }
     return true;
   }
 
-  void Send(int shard, std::vector<Position> positions) {
-    if (router->direct_ != nullptr && TryDirect(shard, positions)) return;
-    // Raw call: rows go once from the received slices to the caller's
-    // buffer (converted there when asked).
-    struct Call {
-      grpc::ClientContext context;
-      grpc::ByteBuffer request;
-      grpc::ByteBuffer response;
-      std::vector<Position> positions;
-    };
-    auto call = std::make_shared<Call>();
-    call->context.set_deadline(
-        absl::ToChronoTime(absl::Now() + router->timeout_));
-    internal::v1::GatherRequest request;
-    request.set_layer_id(layer_id);
-    for (Position pos : positions) {
-      request.add_heads(static_cast<int32_t>(pos.index % layout.num_heads()));
-      request.add_row_ids(ids[pos.index]);
-    }
-    bool own_buffer = false;
-    (void)grpc::SerializationTraits<internal::v1::GatherRequest>::Serialize(
-        request, &call->request, &own_buffer);
-    call->positions = std::move(positions);
-    outstanding.fetch_add(1, std::memory_order_relaxed);
-    router->in_flight_.fetch_add(1, std::memory_order_acq_rel);
-    auto self = shared_from_this();
-    ClusterRouter* r = router;
-    router->generic_stubs_[shard]->UnaryCall(
-        &call->context, "/engram.internal.v1.EngramPeer/Gather",
-        grpc::StubOptions(), &call->request, &call->response,
-        [self, call, shard, r](grpc::Status status) {
-          self->OnReply(shard, call->positions, call->response, status);
-          self->Release();
-          r->in_flight_.fetch_sub(1,
-                                  std::memory_order_acq_rel);  // last use of r
-        });
-  }
-
-  void OnReply(int shard, const std::vector<Position>& positions,
-               const grpc::ByteBuffer& response, const grpc::Status& status) {
-    const size_t row_bytes = layout.row_bytes();
-    absl::Status decoded = absl::OkStatus();
-    if (status.ok()) {
-      const size_t dim = static_cast<size_t>(layout.embedding_dim);
-      const size_t out_row = dim * DTypeSize(out_dtype);
-      decoded = wire::ForEachGatheredRow(
-          response, row_bytes, positions.size(),
-          [&](size_t j, const uint8_t* row) {
-            ConvertElements(row, layout.dtype,
-                            out + positions[j].index * out_row, out_dtype, dim);
-          });
-      if (decoded.ok()) return;
-    }
-    if (status.error_code() == grpc::StatusCode::NOT_FOUND ||
-        status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
-      std::lock_guard<std::mutex> lock(mu);
-      layer_missing = true;  // removed, or re-populated with another layout
-      errors.push_back(
-          absl::StrCat("shard ", shard, ": ", status.error_message()));
-      return;
-    }
-    router->MarkDown(shard);
-    std::vector<Position> retry;
-    for (Position pos : positions) {
-      if (pos.replica + 1 < router->placement_.replication()) {
-        retry.push_back({pos.index, pos.replica + 1});
-      }
-    }
-    if (retry.size() == positions.size() && !retry.empty()) {
-      Route(std::move(retry));  // next owners; counted before this call ends
-      return;
-    }
-    std::lock_guard<std::mutex> lock(mu);
-    errors.push_back(absl::StrCat(
-        "shard ", shard, ": ",
-        status.ok() ? std::string(decoded.message()) : status.error_message()));
-  }
-
-  void Release() {
-    if (outstanding.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-    std::lock_guard<std::mutex> lock(mu);  // all replies are in
-    if (errors.empty()) {
-      done(absl::OkStatus());
-      return;
-    }
-    if (layer_missing) router->Forget(layer_id);
-    done(absl::Status(layer_missing ? absl::StatusCode::kNotFound
-                                    : absl::StatusCode::kUnavailable,
-                      absl::StrCat("rows of layer ", layer_id, ": ",
-                                   absl::StrJoin(errors, "; "))));
-  }
+  ClusterRouter* const router_;
 };
+
+std::string ClusterRouter::States::Name(int shard) const {
+  return absl::StrCat("shard ", shard);
+}
 
 namespace {
 DirectReadsFactory direct_reads_factory = nullptr;  // set at static init
@@ -187,7 +80,10 @@ ClusterRouter::ClusterRouter(
     : placement_(placement),
       timeout_(timeout),
       describe_(std::move(describe)),
-      down_until_ms_(new std::atomic<int64_t>[shards.size()]) {
+      down_until_ms_(new std::atomic<int64_t>[shards.size()]),
+      states_(this),
+      rows_(&placement_, &states_),
+      reader_(std::make_shared<Reader>(this)) {
   for (size_t s = 0; s < shards.size(); ++s) {
     stubs_.push_back(internal::v1::EngramPeer::NewStub(shards[s]));
     generic_stubs_.push_back(std::make_unique<grpc::GenericStub>(shards[s]));
@@ -310,18 +206,24 @@ void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
   if (absl::Status s = ValidateRowIds(*layout, parsed, ids.data()); !s.ok()) {
     return done(s);
   }
-  auto lookup = std::make_shared<RoutedLookup>();
-  lookup->router = this;
-  lookup->layer_id = layer_id;
-  lookup->layout = *std::move(layout);
-  lookup->ids = ids.data();
-  lookup->out = output.data();
-  lookup->out_dtype = out_dtype;
-  lookup->done = std::move(done);
-  std::vector<RoutedLookup::Position> all(ids.size());
-  for (size_t i = 0; i < ids.size(); ++i) all[i] = {static_cast<int64_t>(i), 0};
-  lookup->Route(std::move(all));
-  lookup->Release();
+  auto held = std::make_shared<LayerLayout>(*std::move(layout));
+  RowRouter::Lookup lookup;
+  lookup.layer_id = layer_id;
+  lookup.layout = held.get();
+  lookup.keep_alive = held;
+  lookup.ids = ids.data();
+  lookup.positions.resize(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) lookup.positions[i] = i;
+  lookup.out_dtype = out_dtype;
+  lookup.out = output.data();
+  lookup.reader = reader_;
+  rows_.Read(std::move(lookup),
+             [this, layer_id, done = std::move(done)](absl::Status s) {
+               // A removed or re-populated layer: fetch its layout afresh next
+               // time.
+               if (s.code() == absl::StatusCode::kNotFound) Forget(layer_id);
+               done(std::move(s));
+             });
 }
 
 }  // namespace engram

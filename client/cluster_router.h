@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "client/direct_reads.h"
 #include "cluster/placement.h"
+#include "cluster/row_router.h"
 #include "common/layout.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 
@@ -71,8 +72,18 @@ class ClusterRouter {
   std::atomic<int> in_flight_{0};  // peer calls whose callback has not returned
   std::mutex mu_;
   std::map<int64_t, LayerLayout> layouts_ ABSL_GUARDED_BY(mu_);
-
-  friend struct RoutedLookup;
+  // Liveness as this client sees it (a failed shard is skipped for 2 s).
+  struct States final : ShardStates {
+    explicit States(ClusterRouter* r) : router(r) {}
+    bool up(int shard) const override { return router->up(shard); }
+    void MarkDown(int shard) override { router->MarkDown(shard); }
+    std::string Name(int shard) const override;
+    ClusterRouter* const router;
+  };
+  class Reader;
+  States states_;
+  RowRouter rows_;  // the one cluster read path (cluster/row_router.h)
+  std::shared_ptr<Reader> reader_;
 };
 
 }  // namespace engram

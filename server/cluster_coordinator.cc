@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cluster/populate_fanout.h"
+#include "cluster/row_router.h"
 #include "proto/convert.h"
 #include "proto/wire_format.h"
 #include "server/log.h"
@@ -19,15 +20,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr auto kPeerReadTimeout = std::chrono::seconds(3);
 constexpr auto kTxnTimeout = std::chrono::seconds(10);
-constexpr char kPeerGatherMethod[] = "/engram.internal.v1.EngramPeer/Gather";
 
 std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
   return std::chrono::system_clock::now() + d;
-}
-
-bool PeerUnreachable(grpc::StatusCode code) {
-  return code == grpc::StatusCode::UNAVAILABLE ||
-         code == grpc::StatusCode::DEADLINE_EXCEEDED;
 }
 
 // ---------------------------------------------------------------- populate
@@ -176,239 +171,99 @@ class ClusterPopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
 
 // ------------------------------------------------------------------ lookup
 
-// One distributed gather: positions grouped by the shard asked for them;
-// a failed or slow shard's positions move to the next owner.
-struct GatherFanout : std::enable_shared_from_this<GatherFanout> {
-  ClusterContext* cluster;
-  ServerMetrics* metrics;
-  PeerRmaReader* rma;  // null: gather only
-  std::shared_ptr<const Layer> layer;
-  const int64_t* ids;
-  DType out_dtype;
-  uint8_t* out;
-  size_t out_row_bytes;
-  std::function<void(absl::Status)> done;
-  std::atomic<int> outstanding{1};  // the starter's own reference
-  std::mutex mu;
-  std::vector<std::string> errors;  // guarded by mu
-  bool layer_missing = false;       // guarded by mu: a peer lacks the layer
+// Reads a shard's rows for the coordinator: one-sided (rma) while the shard
+// is up and exports them, else (and on any rma failure) the gather RPC.
+// Records the peer-read metrics of both. One per lookup (it holds the
+// coordinator's copy of the layer, which keys the rma cache).
+class CoordinatorReader final : public ShardReader {
+ public:
+  CoordinatorReader(ClusterContext* cluster, ServerMetrics* metrics,
+                    PeerRmaReader* rma, std::shared_ptr<const Layer> layer)
+      : cluster_(cluster),
+        metrics_(metrics),
+        rma_(rma),
+        layer_(std::move(layer)) {}
 
-  struct Position {
-    int64_t index;
-    int replica;  // which owner of the row's range is being asked
-  };
-
-  void WriteRow(int64_t index, const uint8_t* src) {
-    const LayerLayout& l = layer->layout();
-    uint8_t* dst = out + index * out_row_bytes;
-    if (out_dtype == l.dtype) {
-      std::memcpy(dst, src, out_row_bytes);
-    } else {
-      ConvertElements(src, l.dtype, dst, out_dtype,
-                      static_cast<size_t>(l.embedding_dim));
-    }
-  }
-
-  // Sends each position to its next live owner, starting at its replica.
-  void Route(std::vector<Position> positions) {
-    const LayerLayout& l = layer->layout();
-    const int heads = l.num_heads();
-    const Placement& p = cluster->placement();
-    std::map<int, std::vector<Position>> by_shard;
-    for (Position pos : positions) {
-      const int h = static_cast<int>(pos.index % heads);
-      const int64_t rows = l.table_vocab_sizes[h];
-      const int range = p.RangeOf(rows, ids[pos.index]);
-      int chosen = -1;
-      for (int r = pos.replica; r < p.replication(); ++r) {
-        const int s = p.Owner(layer->id(), h, range, r);
-        // A shard recovering the layer does not ask itself.
-        if (s == cluster->self() && !layer->has_rows()) continue;
-        if (cluster->up(s) || r == p.replication() - 1) {
-          chosen = s;
-          pos.replica = r;
-          break;
-        }
-      }
-      if (chosen < 0) {
-        Fail(absl::StrCat("no owner left for row ", ids[pos.index], " of head ",
-                          h, " (shard ", cluster->self(),
-                          ", this one, restarted without it)"));
-        continue;
-      }
-      by_shard[chosen].push_back(pos);
-    }
-    for (auto& [shard, list] : by_shard) Send(shard, std::move(list));
-  }
-
-  void Send(int shard, std::vector<Position> positions) {
+  void Read(int shard, const ShardRead& read,
+            std::function<void(absl::Status)> done) override {
     // A shard marked down is not read even where its memory is still
     // mapped here: the gather path reports it (or fails over).
-    if (rma != nullptr && cluster->up(shard)) {
-      SendRma(shard, std::move(positions));
+    if (rma_ != nullptr && cluster_->up(shard) && layer_->has_rows()) {
+      ReadRma(shard, read, std::move(done));
     } else {
-      SendGather(shard, std::move(positions));
+      ReadGather(shard, read, std::move(done));
     }
   }
 
-  // One-sided reads into `out` (or a staging block when converting); on
-  // any failure the same positions go over the gather path, whose failover
-  // handles a dead owner.
-  void SendRma(int shard, std::vector<Position> positions) {
-    const LayerLayout& l = layer->layout();
-    const size_t row_bytes = l.row_bytes();
+ private:
+  void ReadGather(int shard, const ShardRead& read,
+                  std::function<void(absl::Status)> done) {
+    const Clock::time_point start = Clock::now();
+    const size_t bytes = read.size() * read.layout().row_bytes();
+    GatherRowsRpc(
+        cluster_->generic_stub(shard),
+        std::chrono::system_clock::now() + kPeerReadTimeout, read,
+        [metrics = metrics_, start, bytes,
+         done = std::move(done)](absl::Status s) {
+          if (s.ok()) {
+            metrics->RecordPeerRead(
+                PeerPath::kGather,
+                std::chrono::duration<double>(Clock::now() - start).count(),
+                bytes);
+          }
+          done(std::move(s));
+        });
+  }
+
+  // Straight into the output, or into staging when converting.
+  void ReadRma(int shard, const ShardRead& read,
+               std::function<void(absl::Status)> done) {
+    const size_t row_bytes = read.layout().row_bytes();
     std::shared_ptr<std::vector<uint8_t>> staging;
-    if (out_dtype != l.dtype) {
-      staging =
-          std::make_shared<std::vector<uint8_t>>(positions.size() * row_bytes);
+    if (read.size() > 0 && read.dst(0) == nullptr) {
+      staging = std::make_shared<std::vector<uint8_t>>(read.size() * row_bytes);
     }
     std::vector<PeerRmaReader::Row> rows;
-    rows.reserve(positions.size());
-    for (size_t j = 0; j < positions.size(); ++j) {
-      const int64_t index = positions[j].index;
-      rows.push_back({static_cast<int>(index % l.num_heads()), ids[index],
-                      staging != nullptr ? staging->data() + j * row_bytes
-                                         : out + index * out_row_bytes});
+    rows.reserve(read.size());
+    for (size_t j = 0; j < read.size(); ++j) {
+      rows.push_back(
+          {read.head(j), read.row(j),
+           staging != nullptr ? staging->data() + j * row_bytes : read.dst(j)});
     }
     const Clock::time_point start = Clock::now();
-    outstanding.fetch_add(1, std::memory_order_relaxed);
-    auto self = shared_from_this();
-    auto list = std::make_shared<std::vector<Position>>(std::move(positions));
-    rma->Read(
-        shard, layer, std::move(rows), start + kPeerReadTimeout,
-        [self, shard, list, staging, start](absl::Status s) {
-          const size_t rb = self->layer->layout().row_bytes();
-          if (s.ok()) {
-            if (staging != nullptr) {
-              for (size_t j = 0; j < list->size(); ++j)
-                self->WriteRow((*list)[j].index, staging->data() + j * rb);
-            }
-            self->metrics->RecordPeerRead(
-                PeerPath::kRma,
-                std::chrono::duration<double>(Clock::now() - start).count(),
-                list->size() * rb);
-          } else {
+    rma_->Read(
+        shard, layer_, std::move(rows), start + kPeerReadTimeout,
+        [this, shard, &read, staging, start, row_bytes,
+         done = std::move(done)](absl::Status s) mutable {
+          if (!s.ok()) {
             if (s.code() != absl::StatusCode::kFailedPrecondition)
-              self->metrics->RecordRmaFallback();
-            self->SendGather(shard, std::move(*list));
+              metrics_->RecordRmaFallback();
+            ReadGather(shard, read, std::move(done));
+            return;
           }
-          self->Release();
+          if (staging != nullptr) {
+            for (size_t j = 0; j < read.size(); ++j)
+              read.Put(j, staging->data() + j * row_bytes);
+          }
+          metrics_->RecordPeerRead(
+              PeerPath::kRma,
+              std::chrono::duration<double>(Clock::now() - start).count(),
+              read.size() * row_bytes);
+          done(absl::OkStatus());
         });
   }
 
-  void SendGather(int shard, std::vector<Position> positions) {
-    const LayerLayout& l = layer->layout();
-    // Raw call: the reply's rows are copied once, from the received slices
-    // to their places in `out` (no protobuf parse into a string first).
-    struct Call {
-      grpc::ClientContext context;
-      grpc::ByteBuffer request;
-      grpc::ByteBuffer response;
-      std::vector<Position> positions;
-      Clock::time_point start;
-    };
-    auto call = std::make_shared<Call>();
-    call->context.set_deadline(std::chrono::system_clock::now() +
-                               kPeerReadTimeout);
-    internal::v1::GatherRequest request;
-    request.set_layer_id(layer->id());
-    request.mutable_heads()->Reserve(static_cast<int>(positions.size()));
-    request.mutable_row_ids()->Reserve(static_cast<int>(positions.size()));
-    for (Position pos : positions) {
-      request.add_heads(static_cast<int32_t>(pos.index % l.num_heads()));
-      request.add_row_ids(ids[pos.index]);
-    }
-    bool own_buffer = false;
-    (void)grpc::SerializationTraits<internal::v1::GatherRequest>::Serialize(
-        request, &call->request, &own_buffer);
-    call->positions = std::move(positions);
-    call->start = Clock::now();
-    outstanding.fetch_add(1, std::memory_order_relaxed);
-    auto self = shared_from_this();
-    cluster->generic_stub(shard)->UnaryCall(
-        &call->context, kPeerGatherMethod, grpc::StubOptions(), &call->request,
-        &call->response, [self, call, shard](grpc::Status status) {
-          self->OnReply(shard, *call, status);
-          self->Release();
-        });
-  }
-
-  template <typename CallT>
-  void OnReply(int shard, CallT& call, const grpc::Status& status) {
-    const size_t row_bytes = layer->layout().row_bytes();
-    const size_t expected = call.positions.size() * row_bytes;
-    absl::Status decoded = absl::OkStatus();
-    if (status.ok()) {
-      decoded = wire::ForEachGatheredRow(
-          call.response, row_bytes, call.positions.size(),
-          [&](size_t j, const uint8_t* row) {
-            WriteRow(call.positions[j].index, row);
-          });
-      if (decoded.ok()) {
-        metrics->RecordPeerRead(
-            PeerPath::kGather,
-            std::chrono::duration<double>(Clock::now() - call.start).count(),
-            expected);
-        return;
-      }
-    }
-    if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
-      // The layer is being removed or is not yet committed everywhere:
-      // another owner would say the same.
-      std::lock_guard<std::mutex> lock(mu);
-      layer_missing = true;
-      errors.push_back(
-          absl::StrCat("shard ", shard, ": ", status.error_message()));
-      return;
-    }
-    if (PeerUnreachable(status.error_code())) cluster->MarkDown(shard);
-    const int replication = cluster->placement().replication();
-    std::vector<Position> retry;
-    for (Position pos : call.positions) {
-      if (pos.replica + 1 < replication)
-        retry.push_back({pos.index, pos.replica + 1});
-    }
-    if (retry.size() == call.positions.size() && !retry.empty()) {
-      metrics->RecordFailover();
-      Route(std::move(retry));
-      return;
-    }
-    Fail(absl::StrCat(
-        "shard ", shard, " (", cluster->address(shard), "): ",
-        status.ok() ? std::string(decoded.message()) : status.error_message()));
-  }
-
-  void Fail(std::string error) {
-    std::lock_guard<std::mutex> lock(mu);
-    errors.push_back(std::move(error));
-  }
-
-  void Release() {
-    if (outstanding.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-    std::vector<std::string> errs;
-    bool missing;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      errs = errors;
-      missing = layer_missing;
-    }
-    if (errs.empty()) {
-      done(absl::OkStatus());
-    } else if (missing) {
-      done(absl::NotFoundError(
-          absl::StrCat("layer ", layer->id(),
-                       " not found on every shard (being removed or "
-                       "populated): ",
-                       absl::StrJoin(errs, "; "))));
-    } else {
-      done(absl::UnavailableError(absl::StrCat(
-          "rows of layer ", layer->id(),
-          " have no reachable owner: ", absl::StrJoin(errs, "; "))));
-    }
-  }
+  ClusterContext* const cluster_;
+  ServerMetrics* const metrics_;
+  PeerRmaReader* const rma_;
+  const std::shared_ptr<const Layer> layer_;
 };
 
 }  // namespace
+
+std::string ClusterCoordinator::States::Name(int shard) const {
+  return absl::StrCat("shard ", shard, " (", cluster->address(shard), ")");
+}
 
 ClusterCoordinator::ClusterCoordinator(ClusterContext* cluster,
                                        LayerRegistry* layers,
@@ -420,6 +275,9 @@ ClusterCoordinator::ClusterCoordinator(ClusterContext* cluster,
       metrics_(metrics),
       rma_(rma),
       watchdog_(watchdog),
+      states_(cluster),
+      router_(&cluster->placement(), &states_,
+              [metrics] { metrics->RecordFailover(); }),
       populate_workers_(kPopulateWorkers) {}
 
 grpc::ServerReadReactor<v1::PopulateRequest>* ClusterCoordinator::NewPopulate(
@@ -431,33 +289,46 @@ void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
                                 const int64_t* ids, int64_t n, DType out_dtype,
                                 uint8_t* out,
                                 std::function<void(absl::Status)> done) {
-  auto fan = std::make_shared<GatherFanout>();
-  fan->cluster = cluster_;
-  fan->metrics = metrics_;
-  fan->rma = rma_;
-  fan->layer = std::move(layer);
-  fan->ids = ids;
-  fan->out_dtype = out_dtype;
-  fan->out = out;
-  fan->out_row_bytes = static_cast<size_t>(fan->layer->layout().embedding_dim) *
-                       DTypeSize(out_dtype);
-  fan->done = std::move(done);
-  const LayerLayout& l = fan->layer->layout();
+  const LayerLayout& l = layer->layout();
   const int heads = l.num_heads();
   const size_t row_bytes = l.row_bytes();
-  std::vector<GatherFanout::Position> remote;
+  const size_t out_row_bytes =
+      static_cast<size_t>(l.embedding_dim) * DTypeSize(out_dtype);
+  // This shard's own rows are copied here; the rest go through the router.
+  // A shard recovering the layer holds none and never asks itself.
+  std::vector<int64_t> remote;
   for (int64_t i = 0; i < n; ++i) {
     const int h = static_cast<int>(i % heads);
-    if (fan->layer->has_rows() &&
-        cluster_->placement().Owns(cluster_->self(), fan->layer->id(), h,
+    if (layer->has_rows() &&
+        cluster_->placement().Owns(cluster_->self(), layer->id(), h,
                                    l.table_vocab_sizes[h], ids[i])) {
-      fan->WriteRow(i, fan->layer->table(h) + ids[i] * row_bytes);
+      const uint8_t* src = layer->table(h) + ids[i] * row_bytes;
+      if (out_dtype == l.dtype) {
+        std::memcpy(out + i * out_row_bytes, src, row_bytes);
+      } else {
+        ConvertElements(src, l.dtype, out + i * out_row_bytes, out_dtype,
+                        static_cast<size_t>(l.embedding_dim));
+      }
     } else {
-      remote.push_back({i, 0});
+      remote.push_back(i);
     }
   }
-  if (!remote.empty()) fan->Route(std::move(remote));
-  fan->Release();  // drop the starter's reference
+  if (remote.empty()) {
+    done(absl::OkStatus());
+    return;
+  }
+  RowRouter::Lookup lookup;
+  lookup.layer_id = layer->id();
+  lookup.layout = &layer->layout();
+  lookup.keep_alive = layer;
+  lookup.ids = ids;
+  lookup.positions = std::move(remote);
+  lookup.out_dtype = out_dtype;
+  lookup.out = out;
+  lookup.reader =
+      std::make_shared<CoordinatorReader>(cluster_, metrics_, rma_, layer);
+  lookup.skip_shard = layer->has_rows() ? -1 : cluster_->self();
+  router_.Read(std::move(lookup), std::move(done));
 }
 
 void ClusterCoordinator::Remove(int64_t layer_id, bool force,

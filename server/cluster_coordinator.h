@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 
+#include "cluster/row_router.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/cluster.h"
 #include "server/metrics.h"
@@ -59,6 +60,16 @@ class ClusterCoordinator {
   ServerMetrics* const metrics_;
   PeerRmaReader* const rma_;
   StreamWatchdog* const watchdog_;
+  // Shard liveness for the router: the cluster's prober and failures.
+  struct States final : ShardStates {
+    explicit States(ClusterContext* c) : cluster(c) {}
+    bool up(int shard) const override { return cluster->up(shard); }
+    void MarkDown(int shard) override { cluster->MarkDown(shard); }
+    std::string Name(int shard) const override;
+    ClusterContext* const cluster;
+  };
+  States states_;
+  RowRouter router_;
   // Blocking peer writes of every populate stream; more streams than
   // workers just wait their turn.
   static constexpr int kPopulateWorkers = 4;

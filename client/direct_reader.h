@@ -17,48 +17,36 @@
 
 #include "absl/base/thread_annotations.h"
 #include "client/direct_reads.h"
-#include "cluster/exported_layer.h"
+#include "cluster/remote_layers.h"
 #include "common/layout.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "transport/ucx_engine.h"
 
 namespace engram {
 
-// Owns a UCX engine and, per (shard, layer), the attached exports of that
-// shard's rows. An entry is fetched in the background the first time a
-// lookup needs it (that lookup and any until it is ready use RPCs), and is
-// dropped when a read finds the layer's memory released (removed or
-// repopulated) or the layer is forgotten. Borrows the stubs. Thread-safe;
-// the destructor waits for fetches in flight.
+// Owns a UCX engine and reads through the shared cache of attached shard
+// layers (RemoteLayers), accepting only mapped memory (anything else would
+// be per-row network reads, slower than the shard's own gather). An entry
+// is fetched in the background the first time a lookup needs it (that
+// lookup and any until it is ready use RPCs), and is dropped when a read
+// finds the layer's memory released or the layer is forgotten. Borrows the
+// stubs. Thread-safe; the destructor waits for fetches in flight.
 class DirectReader final : public DirectReads {
  public:
   // Null when UCX is not compiled in or cannot start.
   static std::unique_ptr<DirectReads> Create(
       std::vector<internal::v1::EngramPeer::Stub*> stubs);
-  ~DirectReader() override;
 
   bool TryRead(int shard, int64_t layer_id, const LayerLayout& layout,
                std::span<const Row> rows) override;
   void Forget(int64_t layer_id) override;
 
  private:
-  struct Entry {
-    std::shared_ptr<transport::RemoteRegions> remote;  // null: not possible
-    std::optional<ExportedLayer> exports;
-    std::chrono::steady_clock::time_point retry_at;  // when remote is null
-  };
-  using Key = std::pair<int, int64_t>;
-
   DirectReader(std::unique_ptr<transport::UcxEngine> engine,
                std::vector<internal::v1::EngramPeer::Stub*> stubs);
-  void Fetch(const Key& key);
 
-  std::unique_ptr<transport::UcxEngine> engine_;
-  std::vector<internal::v1::EngramPeer::Stub*> stubs_;
-  std::atomic<int> fetching_{0};
-  std::mutex mu_;
-  std::map<Key, std::shared_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
-  std::set<Key> pending_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<transport::UcxEngine> engine_;  // outlives layers_
+  RemoteLayers layers_;
 };
 
 }  // namespace engram

@@ -13,17 +13,17 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "cluster/exported_layer.h"
+#include "cluster/remote_layers.h"
 #include "server/cluster.h"
 #include "store/layer.h"
 #include "transport/ucx_engine.h"
 
 namespace engram {
 
-// Caches, per (shard, layer), what the shard's Transport call returned,
-// attached through the engine; an entry dies with this shard's copy of the
-// layer (weak pointer), when its endpoint breaks, or when a read finds a
-// range released. Borrows the engine and cluster. Thread-safe.
+// Reads through the shared cache of attached peer layers (RemoteLayers),
+// keyed by this shard's copy of the layer: an entry dies with that copy,
+// when its endpoint breaks, or when a read finds a range released. Borrows
+// the engine and cluster. Thread-safe.
 class PeerRmaReader {
  public:
   // `auto_select`: use rma only where the transport reads natively (mapped
@@ -31,43 +31,27 @@ class PeerRmaReader {
   PeerRmaReader(transport::UcxEngine* engine, ClusterContext* cluster,
                 bool auto_select);
 
-  struct Row {
-    int head;
-    int64_t row;
-    uint8_t* dst;  // row_bytes of the layer's stored dtype
-  };
+  using Row = RemoteLayers::Row;
 
   // Reads `rows` of `layer` from `shard`; `done` runs once, on some thread,
   // after nothing writes to a dst any more. FAILED_PRECONDITION: use the
   // gather path for this shard (it exports nothing, a row is not exported,
-  // or auto mode found only emulated reads). Other errors: the read failed
-  // (some dsts may be written); the caller falls back to gather.
+  // the attachment is being set up, or auto mode found only emulated
+  // reads). Other errors: the read failed (some dsts may be written); the
+  // caller falls back to gather.
   void Read(int shard, std::shared_ptr<const Layer> layer,
             std::vector<Row> rows,
             std::chrono::steady_clock::time_point deadline,
             std::function<void(absl::Status)> done);
 
  private:
-  struct Entry {
-    std::weak_ptr<const Layer> layer;
-    std::shared_ptr<transport::RemoteRegions> remote;  // null: use gather
-    std::chrono::steady_clock::time_point retry_at;    // when null: ask again
-    std::optional<ExportedLayer> exports;              // set with `remote`
-  };
-  using Key = std::pair<int, int64_t>;
-
-  std::shared_ptr<Entry> Cached(const Key& key, const Layer* layer);
-  void ReadWith(std::shared_ptr<Entry> entry, const Key& key,
-                const Layer& layer, std::vector<Row> rows,
+  void ReadWith(int shard, const Layer& layer,
+                const std::shared_ptr<const RemoteLayers::Entry>& entry,
+                const std::vector<Row>& rows,
                 std::chrono::steady_clock::time_point deadline,
                 std::function<void(absl::Status)> done);
-  void Forget(const Key& key, const Entry* entry);
 
-  transport::UcxEngine* const engine_;
-  ClusterContext* const cluster_;
-  const bool auto_select_;
-  std::mutex mu_;
-  std::map<Key, std::shared_ptr<Entry>> cache_ ABSL_GUARDED_BY(mu_);
+  RemoteLayers layers_;
 };
 
 }  // namespace engram

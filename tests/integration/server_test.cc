@@ -100,7 +100,8 @@ class ServerTest : public ::testing::Test {
         testing::ReferenceGather(layout, tables_[id], ids, out_dtype);
     std::vector<uint8_t> got(expected.size(), 0xCD);
     const int64_t shape[] = {batch, length, layout.num_heads()};
-    ASSERT_TRUE(client_->Lookup(id, ids, shape, got, out).ok());
+    absl::Status looked_up = client_->Lookup(id, ids, shape, got, out);
+    ASSERT_TRUE(looked_up.ok()) << looked_up;
     EXPECT_EQ(got, expected) << "layer " << id;
   }
 

@@ -155,20 +155,20 @@ absl::Status ClusterRouter::Populate(
 
 absl::StatusOr<LayerLayout> ClusterRouter::Layout(int64_t layer_id) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = layouts_.find(layer_id);
     if (it != layouts_.end()) return it->second;
   }
   absl::StatusOr<LayerLayout> layout = describe_(layer_id);
   if (!layout.ok()) return layout.status();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   layouts_[layer_id] = *layout;
   return layout;
 }
 
 void ClusterRouter::Forget(int64_t layer_id) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     layouts_.erase(layer_id);
   }
   if (direct_ != nullptr) direct_->Forget(layer_id);

@@ -25,6 +25,7 @@
 #include "cluster/placement.h"
 #include "cluster/row_router.h"
 #include "common/layout.h"
+#include "common/mutex.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 
 namespace engram {
@@ -70,7 +71,7 @@ class ClusterRouter {
   std::function<absl::StatusOr<LayerLayout>(int64_t)> describe_;
   std::unique_ptr<std::atomic<int64_t>[]> down_until_ms_;
   std::atomic<int> in_flight_{0};  // peer calls whose callback has not returned
-  std::mutex mu_;
+  Mutex mu_;
   std::map<int64_t, LayerLayout> layouts_ ABSL_GUARDED_BY(mu_);
   // Liveness as this client sees it (a failed shard is skipped for 2 s).
   struct States final : ShardStates {

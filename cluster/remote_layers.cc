@@ -11,14 +11,16 @@ RemoteLayers::RemoteLayers(transport::UcxEngine* engine,
     : engine_(engine), stubs_(std::move(stubs)), options_(std::move(options)) {}
 
 RemoteLayers::~RemoteLayers() {
-  std::unique_lock<std::mutex> lock(mu_);
-  idle_.wait(lock, [this] { return fetching_.empty(); });
+  MutexLock lock(&mu_);
+  idle_.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return fetching_.empty();
+  });
   entries_.clear();  // before the engine the attachments belong to
 }
 
 std::shared_ptr<const RemoteLayers::Entry> RemoteLayers::Find(
     int shard, int64_t layer_id, const std::shared_ptr<const void>& version) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = entries_.find({shard, layer_id});
   if (it == entries_.end()) {
     // A miss (a new layer, typically): drop entries of local copies that
@@ -47,7 +49,7 @@ void RemoteLayers::Fetch(
     std::function<void(absl::StatusOr<std::shared_ptr<const Entry>>)> then) {
   const Key key{shard, layer_id};
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (!fetching_.insert(key).second) {
       if (then) {
         then(absl::FailedPreconditionError(
@@ -111,7 +113,7 @@ void RemoteLayers::Fetch(
           }
         }
         {
-          std::lock_guard<std::mutex> lock(mu_);
+          MutexLock lock(&mu_);
           // Errors (a layer not committed there yet, an unreachable shard)
           // are not remembered: the next read asks again.
           if (failed.ok()) entries_[key] = entry;
@@ -154,13 +156,13 @@ void RemoteLayers::Read(int shard, int64_t layer_id,
 }
 
 void RemoteLayers::Forget(int64_t layer_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   std::erase_if(entries_,
                 [&](const auto& kv) { return kv.first.second == layer_id; });
 }
 
 void RemoteLayers::Drop(const Key& key, const Entry* entry) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = entries_.find(key);
   if (it != entries_.end() && it->second.get() == entry) entries_.erase(it);
 }

@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cluster/exported_layer.h"
+#include "common/mutex.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "transport/ucx_engine.h"
 
@@ -94,8 +95,8 @@ class RemoteLayers {
   transport::UcxEngine* const engine_;
   const std::vector<internal::v1::EngramPeer::Stub*> stubs_;
   const Options options_;
-  std::mutex mu_;
-  std::condition_variable idle_;
+  Mutex mu_;
+  std::condition_variable_any idle_;
   std::map<Key, std::shared_ptr<const Entry>> entries_ ABSL_GUARDED_BY(mu_);
   std::set<Key> fetching_ ABSL_GUARDED_BY(mu_);
 };

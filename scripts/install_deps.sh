@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-numpy
   redis-server curl python3-yaml
+  clang
 )
 
 missing=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds engram-store and runs the whole test suite: every unit and
-# integration test, the Python client test, then the store's concurrency
-# tests once more under ThreadSanitizer. Installs missing Debian packages
+# integration test, the Python client test, a clang build that checks the
+# lock annotations (-Wthread-safety), then the store's concurrency tests
+# once more under ThreadSanitizer. Installs missing Debian packages
 # first. Usage: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,12 @@ cmake --build build -j"$JOBS"
 
 echo "== tests"
 (cd build && ctest -j"$JOBS" --output-on-failure)
+
+echo "== clang -Wthread-safety: the lock annotations of every library (build-tsa/)"
+cmake -S . -B build-tsa -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
+  -DENGRAM_WITH_CUDA=OFF -DENGRAM_BUILD_TESTS=OFF -DENGRAM_BUILD_BENCH=OFF \
+  "-DCMAKE_CXX_FLAGS=-O0 -Wthread-safety -Werror=thread-safety" >/dev/null
+cmake --build build-tsa -j"$JOBS"
 
 echo "== ThreadSanitizer: store concurrency tests (build-tsan/)"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

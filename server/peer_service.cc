@@ -180,12 +180,12 @@ PeerService::PeerService(LayerRegistry* layers, MemoryBudget* budget,
 
 PeerService::~PeerService() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   wake_.notify_all();
   janitor_.join();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (auto& [txn, p] : prepared_) layers_->Abandon(p.ticket);
 }
 
@@ -195,14 +195,14 @@ void PeerService::AddPrepared(const std::string& txn_id,
   const auto timeout =
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
           std::chrono::duration<double>(cluster_->staged_timeout_seconds()));
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   staging_txns_.erase(txn_id);
   prepared_[txn_id] = {std::move(ticket), std::move(layer),
                        std::chrono::steady_clock::now() + timeout};
 }
 
 absl::Status PeerService::ClaimTxn(const std::string& txn_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (staging_txns_.contains(txn_id) || prepared_.contains(txn_id)) {
     return absl::AlreadyExistsError(
         absl::StrCat("transaction ", txn_id.substr(0, kMaxTxnIdBytes),
@@ -213,14 +213,15 @@ absl::Status PeerService::ClaimTxn(const std::string& txn_id) {
 }
 
 void PeerService::ReleaseTxn(const std::string& txn_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   staging_txns_.erase(txn_id);
 }
 
 void PeerService::JanitorLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
-  while (!wake_.wait_for(lock, std::chrono::seconds(1),
-                         [this] { return stopping_; })) {
+  MutexLock lock(&mu_);
+  while (!wake_.wait_for(
+      lock, std::chrono::seconds(1),
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; })) {
     const auto now = std::chrono::steady_clock::now();
     for (auto it = prepared_.begin(); it != prepared_.end();) {
       const bool aborted = it->second.ticket->aborted();
@@ -253,7 +254,7 @@ grpc::ServerUnaryReactor* PeerService::Commit(
              RawDone done) {
         Prepared p;
         {
-          std::lock_guard<std::mutex> lock(mu_);
+          MutexLock lock(&mu_);
           auto it = prepared_.find(txn.txn_id());
           if (it == prepared_.end()) {
             done(absl::NotFoundError(absl::StrCat(
@@ -284,7 +285,7 @@ grpc::ServerUnaryReactor* PeerService::Abort(
       context, request, response,
       [this](const internal::v1::TxnRequest& txn, internal::v1::TxnResponse*,
              RawDone done) {
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(&mu_);
         auto it = prepared_.find(txn.txn_id());
         if (it != prepared_.end()) {
           layers_->Abandon(it->second.ticket);

@@ -14,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
+#include "common/mutex.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "server/cluster.h"
 #include "server/metrics.h"
@@ -117,8 +118,8 @@ class PeerService final
   ExportMapper exporter_;
   StreamWatchdog* watchdog_ = nullptr;
   GatherLimits limits_;
-  std::mutex mu_;
-  std::condition_variable wake_;
+  Mutex mu_;
+  std::condition_variable_any wake_;
   std::map<std::string, Prepared> prepared_ ABSL_GUARDED_BY(mu_);
   // Transactions whose Stage stream is still open.
   absl::flat_hash_set<std::string> staging_txns_ ABSL_GUARDED_BY(mu_);

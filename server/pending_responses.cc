@@ -33,7 +33,7 @@ PendingResponses::Reserve(const grpc::CallbackServerContext& context,
                                          std::memory_order_relaxed));
   std::string peer = context.peer();
   Stripe& stripe = StripeOf(peer);
-  std::lock_guard<std::mutex> lock(stripe.mu);
+  MutexLock lock(&stripe.mu);
   int64_t& held = stripe.by_peer[peer];
   if (held + bytes > per_connection_limit_) {
     const int64_t was = held;
@@ -53,7 +53,7 @@ PendingResponses::Reserve(const grpc::CallbackServerContext& context,
 void PendingResponses::Release(const std::string& peer, int64_t bytes) {
   {
     Stripe& stripe = StripeOf(peer);
-    std::lock_guard<std::mutex> lock(stripe.mu);
+    MutexLock lock(&stripe.mu);
     auto it = stripe.by_peer.find(peer);
     if (it != stripe.by_peer.end() && (it->second -= bytes) <= 0) {
       stripe.by_peer.erase(it);

@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "common/mutex.h"
 
 namespace engram {
 
@@ -58,7 +59,7 @@ class PendingResponses {
  private:
   static constexpr int kStripes = 16;
   struct alignas(64) Stripe {
-    std::mutex mu;
+    Mutex mu;
     absl::flat_hash_map<std::string, int64_t> by_peer ABSL_GUARDED_BY(mu);
   };
   Stripe& StripeOf(const std::string& peer);

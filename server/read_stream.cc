@@ -19,7 +19,7 @@ StreamWatchdog::StreamWatchdog(std::chrono::milliseconds idle_timeout,
 
 StreamWatchdog::~StreamWatchdog() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   wake_.notify_all();
@@ -27,7 +27,7 @@ StreamWatchdog::~StreamWatchdog() {
 }
 
 bool StreamWatchdog::Watch(IdleStream* stream) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (max_streams_ > 0 && static_cast<int>(streams_.size()) >= max_streams_) {
     return false;
   }
@@ -36,7 +36,7 @@ bool StreamWatchdog::Watch(IdleStream* stream) {
 }
 
 void StreamWatchdog::Forget(IdleStream* stream) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   streams_.erase(stream);
 }
 
@@ -49,8 +49,10 @@ void StreamWatchdog::Loop() {
   const int64_t timeout_ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(idle_timeout_)
           .count();
-  std::unique_lock<std::mutex> lock(mu_);
-  while (!wake_.wait_for(lock, period, [this] { return stopping_; })) {
+  MutexLock lock(&mu_);
+  while (!wake_.wait_for(
+      lock, period,
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; })) {
     const int64_t now = MonotonicNowNs();
     std::vector<IdleStream*> idle;
     for (IdleStream* s : streams_) {

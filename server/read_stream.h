@@ -14,6 +14,7 @@
 #include <unordered_set>
 
 #include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
 
 namespace engram {
 
@@ -51,8 +52,8 @@ class StreamWatchdog {
   void Loop();
   const std::chrono::milliseconds idle_timeout_;
   const int max_streams_;
-  std::mutex mu_;
-  std::condition_variable wake_;
+  Mutex mu_;
+  std::condition_variable_any wake_;
   std::unordered_set<IdleStream*> streams_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;

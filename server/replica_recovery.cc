@@ -36,7 +36,7 @@ ReplicaRecovery::ReplicaRecovery(ClusterContext* cluster, LayerRegistry* layers,
 
 ReplicaRecovery::~ReplicaRecovery() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   wake_.notify_all();
@@ -92,7 +92,7 @@ void ReplicaRecovery::Run() {
     std::vector<std::shared_ptr<PopulateTicket>> retry;
     for (const auto& ticket : todo) {
       {
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(&mu_);
         if (stopping_) return;
       }
       const int64_t id = ticket->layer_id();
@@ -127,8 +127,11 @@ void ReplicaRecovery::Run() {
     }
     todo = std::move(retry);
     if (todo.empty()) break;
-    std::unique_lock<std::mutex> lock(mu_);
-    if (wake_.wait_for(lock, kRetryAfter, [this] { return stopping_; })) return;
+    MutexLock lock(&mu_);
+    if (wake_.wait_for(
+            lock, kRetryAfter,
+            [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; }))
+      return;
   }
   LogInfo(absl::StrCat("recovery: done; ", unrecoverable(),
                        " layers unrecoverable"));

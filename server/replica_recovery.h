@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
 #include "server/cluster.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -62,8 +63,8 @@ class ReplicaRecovery {
   std::atomic<int> pending_{0};
   std::atomic<int64_t> bytes_copied_{0};
   std::function<void()> on_progress_;
-  std::mutex mu_;
-  std::condition_variable wake_;
+  Mutex mu_;
+  std::condition_variable_any wake_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

@@ -70,7 +70,7 @@ absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Open(const Options& options) {
     if (!pinned_error.ok()) return pinned_error.status();
     slot.pinned_error = static_cast<uint64_t*>(*pinned_error);
   }
-  std::lock_guard<std::mutex> lock(tier->mu_);
+  MutexLock lock(&tier->mu_);
   for (Slot& slot : tier->slots_) tier->free_slots_.push_back(&slot);
   return tier;
 }
@@ -88,7 +88,7 @@ GpuTier::~GpuTier() {
     gpu::PinnedFree(slot.pinned_ids);
     gpu::PinnedFree(slot.pinned_error);
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (auto& [capacity, block] : pinned_cache_) {
     gpu::PinnedFree(block);
   }
@@ -149,7 +149,7 @@ absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> GpuTier::Mirror(
 }
 
 GpuTier::Slot* GpuTier::AcquireSlot() {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   slot_free_.wait(lock, [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
     return !free_slots_.empty();
   });
@@ -160,7 +160,7 @@ GpuTier::Slot* GpuTier::AcquireSlot() {
 
 void GpuTier::ReleaseSlot(Slot* slot) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     free_slots_.push_back(slot);
   }
   slot_free_.notify_one();
@@ -250,7 +250,7 @@ absl::Status GpuTier::Gather(const GpuLayerMirror& mirror, const int64_t* ids,
 uint8_t* GpuTier::AllocResponse(size_t bytes, void** token) {
   const size_t capacity = PinnedCapacity(bytes + sizeof(PinnedBlock));
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = pinned_cache_.lower_bound(capacity);
     if (it != pinned_cache_.end() && it->first <= capacity + capacity / 2) {
       PinnedBlock* block = it->second;
@@ -278,7 +278,7 @@ void GpuTier::FreeResponse(void* token) {
 
 void GpuTier::ReturnPinned(PinnedBlock* block) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (pinned_cached_bytes_ + block->capacity <= kMaxCachedPinnedBytes) {
       pinned_cached_bytes_ += block->capacity;
       pinned_cache_.emplace(block->capacity, block);

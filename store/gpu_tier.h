@@ -13,6 +13,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "common/mutex.h"
 #include "kernels/gpu.h"
 #include "store/host_memory.h"
 #include "store/layer.h"
@@ -101,8 +102,8 @@ class GpuTier {
   MemoryBudget budget_;
   std::vector<Slot> slots_;
 
-  std::mutex mu_;  // std::mutex so ThreadSanitizer sees it
-  std::condition_variable slot_free_;
+  Mutex mu_;  // common/mutex.h: checked by clang, seen by TSan
+  std::condition_variable_any slot_free_;
   std::vector<Slot*> free_slots_ ABSL_GUARDED_BY(mu_);
   // Cached pinned blocks by capacity; bounded by kMaxCachedPinnedBytes.
   std::multimap<size_t, PinnedBlock*> pinned_cache_ ABSL_GUARDED_BY(mu_);

@@ -19,19 +19,19 @@ int ThreadStripe(int stripes) {
 }  // namespace
 
 LayerRegistry::LayerRegistry() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   Publish(std::make_shared<const Snapshot>());
 }
 
 std::shared_ptr<const LayerRegistry::Snapshot> LayerRegistry::Load() const {
   const Stripe& stripe = stripes_[ThreadStripe(kStripes)];
-  std::lock_guard<std::mutex> lock(stripe.mu);
+  MutexLock lock(&stripe.mu);
   return stripe.snapshot;
 }
 
 void LayerRegistry::Publish(std::shared_ptr<const Snapshot> next) {
   for (Stripe& stripe : stripes_) {
-    std::lock_guard<std::mutex> lock(stripe.mu);
+    MutexLock lock(&stripe.mu);
     stripe.snapshot = next;
   }
   current_ = std::move(next);
@@ -57,7 +57,7 @@ size_t LayerRegistry::size() const { return Load()->size(); }
 
 absl::StatusOr<std::shared_ptr<PopulateTicket>> LayerRegistry::BeginPopulate(
     int64_t layer_id, std::function<void()> on_abort) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (current_->contains(layer_id)) {
     return absl::AlreadyExistsError(absl::StrCat(
         "layer ", layer_id,
@@ -78,14 +78,14 @@ absl::StatusOr<std::shared_ptr<PopulateTicket>> LayerRegistry::BeginRecovery(
   const int64_t id = placeholder->id();
   absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket = BeginPopulate(id);
   if (!ticket.ok()) return ticket;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   (*ticket)->placeholder_ = std::move(placeholder);
   return ticket;
 }
 
 std::shared_ptr<const PopulateTicket> LayerRegistry::FindRecovering(
     int64_t layer_id) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = populating_.find(layer_id);
   if (it == populating_.end() || it->second->placeholder_ == nullptr) {
     return nullptr;
@@ -96,7 +96,7 @@ std::shared_ptr<const PopulateTicket> LayerRegistry::FindRecovering(
 absl::Status LayerRegistry::Commit(
     const std::shared_ptr<PopulateTicket>& ticket,
     std::shared_ptr<const Layer> layer) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = populating_.find(ticket->layer_id());
   const bool owned = it != populating_.end() && it->second == ticket;
   if (owned) populating_.erase(it);
@@ -112,19 +112,19 @@ absl::Status LayerRegistry::Commit(
 }
 
 void LayerRegistry::Abandon(const std::shared_ptr<PopulateTicket>& ticket) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = populating_.find(ticket->layer_id());
   if (it != populating_.end() && it->second == ticket) populating_.erase(it);
 }
 
 void LayerRegistry::DetachAbortHook(
     const std::shared_ptr<PopulateTicket>& ticket) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   ticket->on_abort_ = nullptr;
 }
 
 absl::StatusOr<int> LayerRegistry::Remove(int64_t layer_id, bool force) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto committed = current_->find(layer_id);
   if (committed != current_->end()) {
     const int heads = committed->second->layout().num_heads();

@@ -13,6 +13,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "common/mutex.h"
 #include "store/layer.h"
 
 namespace engram {
@@ -103,7 +104,7 @@ class LayerRegistry {
   using Snapshot = absl::flat_hash_map<int64_t, std::shared_ptr<const Layer>>;
   static constexpr int kStripes = 16;
   struct alignas(64) Stripe {
-    mutable std::mutex mu;
+    mutable Mutex mu;
     std::shared_ptr<const Snapshot> snapshot ABSL_GUARDED_BY(mu);
   };
 
@@ -113,9 +114,9 @@ class LayerRegistry {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Stripe stripes_[kStripes];
-  // std::mutex, not absl::Mutex: Debian's libabsl is not built for
-  // ThreadSanitizer, which must see these locks.
-  mutable std::mutex mu_;  // writers only; readers never take it
+  // engram::Mutex (a std::mutex), not absl::Mutex: Debian's libabsl is not
+  // built for ThreadSanitizer, which must see these locks.
+  mutable Mutex mu_;  // writers only; readers never take it
   std::shared_ptr<const Snapshot> current_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<int64_t, std::shared_ptr<PopulateTicket>> populating_
       ABSL_GUARDED_BY(mu_);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
 
 namespace engram {
 
@@ -28,8 +29,8 @@ class ThreadPool {
  private:
   void WorkerLoop();
 
-  std::mutex mu_;  // std::mutex so ThreadSanitizer sees it
-  std::condition_variable wake_;
+  Mutex mu_;  // common/mutex.h: checked by clang, seen by TSan
+  std::condition_variable_any wake_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;

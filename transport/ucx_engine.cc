@@ -18,6 +18,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "common/mutex.h"
 #include "transport/descriptor.h"
 
 namespace engram::transport {
@@ -110,7 +111,7 @@ struct ReadJob {
   Clock::time_point deadline;
   std::function<void(absl::Status)> done;
   std::atomic<int> holds{1};
-  std::mutex mu;
+  Mutex mu;
   absl::Status status ABSL_GUARDED_BY(mu);
   // kCheckBefore (emulated gets only) -> kData -> kCheckAfter -> done.
   enum Phase { kCheckBefore, kData, kCheckAfter } phase = kData;
@@ -119,11 +120,11 @@ struct ReadJob {
   bool timed_out = false;
 
   void Fail(absl::Status s) {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     if (status.ok()) status = std::move(s);
   }
   absl::Status Status() {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(&mu);
     return status;
   }
 };
@@ -151,13 +152,13 @@ class Engine final : public UcxEngine {
             std::function<void(absl::Status)> done) override;
 
   void DeferClose(void* request) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     closing_.push_back(request);
   }
   void Wake() { ucp_worker_signal(worker_); }
   void JobReady(ReadJob* job) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       ready_.push_back(job);
     }
     Wake();
@@ -199,11 +200,11 @@ class Engine final : public UcxEngine {
   std::string control_descriptor_;
   std::atomic<uint64_t> next_generation_{1};
 
-  std::mutex mu_;
+  Mutex mu_;
   std::vector<uint32_t> free_slots_ ABSL_GUARDED_BY(mu_);
   // Lock order: endpoints_mu_ may be held into UCX calls; mu_ never is
   // (UCX callbacks, run under UCX's worker lock, take mu_).
-  std::mutex endpoints_mu_;
+  Mutex endpoints_mu_;
   std::map<std::string, std::weak_ptr<Endpoint>> endpoints_
       ABSL_GUARDED_BY(endpoints_mu_);
   std::set<ReadJob*> active_ ABSL_GUARDED_BY(mu_);
@@ -293,7 +294,7 @@ absl::Status Engine::Init() {
   ucp_rkey_buffer_release(rkey);
   control_descriptor_ = control.Serialize();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (uint32_t i = kEpochSlots; i-- > 1;) free_slots_.push_back(i);
   }
   // Generations differ across restarts, so a stale key never validates.
@@ -321,7 +322,7 @@ Engine::~Engine() {
 absl::StatusOr<ExportedRange> Engine::Export(uint8_t* address, size_t length) {
   uint32_t slot;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (free_slots_.empty()) {
       return absl::ResourceExhaustedError(
           absl::StrCat("all ", kEpochSlots, " export slots are in use"));
@@ -330,7 +331,7 @@ absl::StatusOr<ExportedRange> Engine::Export(uint8_t* address, size_t length) {
     free_slots_.pop_back();
   }
   auto free_slot = [this, slot] {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     free_slots_.push_back(slot);
   };
   ucp_mem_map_params_t mp{};
@@ -386,14 +387,14 @@ absl::StatusOr<ExportedRange> Engine::Export(uint8_t* address, size_t length) {
 }
 
 void Engine::RetireLater(ucp_mem_h memh, uint32_t slot) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   retired_.push_back({Clock::now() + kRetireGrace, memh, slot});
 }
 
 void Engine::UnmapRetired(bool all) {
   std::vector<Retired> due;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     const Clock::time_point now = Clock::now();
     while (!retired_.empty() && (all || retired_.front().unmap_at <= now)) {
       due.push_back(retired_.front());
@@ -401,13 +402,13 @@ void Engine::UnmapRetired(bool all) {
     }
   }
   for (const Retired& r : due) ucp_mem_unmap(context_, r.memh);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (const Retired& r : due) free_slots_.push_back(r.slot);
 }
 
 absl::StatusOr<std::shared_ptr<Endpoint>> Engine::GetEndpoint(
     const std::string& address, bool peer_errors) {
-  std::lock_guard<std::mutex> lock(endpoints_mu_);
+  MutexLock lock(&endpoints_mu_);
   const std::string key = (peer_errors ? "p" : "n") + address;
   auto it = endpoints_.find(key);
   if (it != endpoints_.end()) {
@@ -623,7 +624,7 @@ void Engine::Read(std::shared_ptr<RemoteRegions> regions,
     seen[op.region] = true;
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     active_.insert(job);
   }
   // Without native one-sided reads the owner's UCX serves the get from its
@@ -731,7 +732,7 @@ void Engine::Finish(ReadJob* job) {
     status = absl::DeadlineExceededError("remote read passed its deadline");
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     active_.erase(job);
   }
   job->done(std::move(status));
@@ -742,7 +743,7 @@ void Engine::RunReady() {
   while (true) {
     ReadJob* job;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       if (ready_.empty()) return;
       job = ready_.front();
       ready_.pop_front();
@@ -754,7 +755,7 @@ void Engine::RunReady() {
 void Engine::ExpireJobs() {
   std::vector<std::shared_ptr<Endpoint>> expired;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     const Clock::time_point now = Clock::now();
     for (ReadJob* job : active_) {
       if (!job->timed_out && now > job->deadline) {
@@ -767,7 +768,7 @@ void Engine::ExpireJobs() {
   // see the lock order).
   std::vector<void*> closing;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     closing.swap(closing_);
   }
   std::erase_if(closing, [](void* request) {
@@ -776,7 +777,7 @@ void Engine::ExpireJobs() {
     return true;
   });
   if (!closing.empty()) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     closing_.insert(closing_.end(), closing.begin(), closing.end());
   }
   UnmapRetired(false);
@@ -792,7 +793,7 @@ void Engine::ProgressLoop() {
     RunReady();
     bool busy;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       busy = !active_.empty() || !closing_.empty() || !ready_.empty();
     }
     if (busy) {
@@ -811,7 +812,7 @@ void Engine::ProgressLoop() {
   // Shutdown: fail what is left so no caller waits forever.
   std::vector<std::shared_ptr<Endpoint>> open;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (ReadJob* job : active_) open.push_back(job->remote->endpoint);
   }
   for (auto& endpoint : open) endpoint->Close(true);
@@ -820,7 +821,7 @@ void Engine::ProgressLoop() {
     ucp_worker_progress(worker_);
     RunReady();
     ExpireJobs();  // also frees completed endpoint closes
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (active_.empty() && ready_.empty() && closing_.empty()) break;
   }
 }

@@ -24,13 +24,19 @@ class ClusterRouter::Reader final : public ShardReader {
       done(absl::OkStatus());
       return;
     }
-    router_->in_flight_.fetch_add(1, std::memory_order_acq_rel);
+    {
+      MutexLock lock(&router_->calls_mu_);
+      ++router_->in_flight_;
+    }
     ClusterRouter* r = router_;
     GatherRowsRpc(router_->generic_stubs_[shard].get(),
                   absl::ToChronoTime(absl::Now() + router_->timeout_), read,
                   [r, done = std::move(done)](absl::Status s) {
                     done(std::move(s));
-                    r->in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+                    MutexLock lock(&r->calls_mu_);
+                    --r->in_flight_;
+                    // Under the lock: the router may go once it is released.
+                    r->calls_done_.notify_all();
                   });
   }
 
@@ -100,10 +106,12 @@ ClusterRouter::ClusterRouter(
 }
 
 ClusterRouter::~ClusterRouter() {
-  for (int i = 0; i < 10000 && in_flight_.load(std::memory_order_acquire) > 0;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  // Peer calls finish by their deadline; a lookup's `done` may run before
+  // its call's callback has returned.
+  MutexLock lock(&calls_mu_);
+  calls_done_.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu_) {
+    return in_flight_ == 0;
+  });
 }
 
 bool ClusterRouter::up(int shard) const {

@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -70,7 +71,9 @@ class ClusterRouter {
   const absl::Duration timeout_;
   std::function<absl::StatusOr<LayerLayout>(int64_t)> describe_;
   std::unique_ptr<std::atomic<int64_t>[]> down_until_ms_;
-  std::atomic<int> in_flight_{0};  // peer calls whose callback has not returned
+  Mutex calls_mu_;
+  std::condition_variable_any calls_done_;
+  int in_flight_ ABSL_GUARDED_BY(calls_mu_) = 0;  // peer calls not yet back
   Mutex mu_;
   std::map<int64_t, LayerLayout> layouts_ ABSL_GUARDED_BY(mu_);
   // Liveness as this client sees it (a failed shard is skipped for 2 s).

@@ -1,5 +1,7 @@
 #include "common/malloc_tuning.h"
 
+#include <cstdlib>  // defines __GLIBC__ on glibc systems; checked below
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif

@@ -347,15 +347,7 @@ absl::Status Client::CheckHealth(const std::string& service) {
   // bytes); the response is {status = 1 (SERVING)} -> 08 01.
   grpc::ClientContext context;
   impl_->SetDeadline(&context);
-  std::string encoded;
-  if (!service.empty()) {
-    encoded.push_back(0x0a);
-    for (size_t n = service.size();; n >>= 7) {  // varint length
-      encoded.push_back(static_cast<char>((n & 0x7f) | (n >= 0x80 ? 0x80 : 0)));
-      if (n < 0x80) break;
-    }
-    encoded += service;
-  }
+  const std::string encoded = wire::EncodeField1Message(service);
   grpc::Slice slice(encoded.data(), encoded.size());
   grpc::ByteBuffer request(&slice, 1);
   grpc::ByteBuffer response;

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -39,6 +41,15 @@ struct DecodedLookup {
 absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
                                   std::span<uint8_t> out,
                                   DecodedLookup* result);
+
+// engram.internal.v1.GatherResponse{bytes data = 1} up to its rows: the
+// bytes EncodeGatherResponseHeader writes (at most 11) and the encoder.
+size_t GatherResponseHeaderSize(size_t data_bytes);
+size_t EncodeGatherResponseHeader(size_t data_bytes, uint8_t* out);
+
+// A message whose only field is the string/bytes field 1, e.g.
+// grpc.health.v1.HealthCheckRequest{service}; empty for an empty value.
+std::string EncodeField1Message(std::string_view value);
 
 // Encodes an engram.v1.LookupRequest with the ids as the `row_ids` bytes
 // field. The ids are not copied: the returned buffer aliases `ids`, which must

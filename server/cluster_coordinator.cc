@@ -12,6 +12,7 @@
 #include "proto/convert.h"
 #include "proto/wire_format.h"
 #include "server/log.h"
+#include "server/populate_reactor.h"
 #include "server/read_stream.h"
 
 namespace engram {
@@ -69,19 +70,9 @@ class ClusterPopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
       Complete(EndOfStream());
       return;
     }
-    absl::Status s;
-    switch (request_.kind_case()) {
-      case v1::PopulateRequest::kHeader:
-        s = OnHeader(request_.header());
-        break;
-      case v1::PopulateRequest::kChunk:
-        s = OnChunk(request_.chunk());
-        break;
-      default:
-        s = absl::InvalidArgumentError(
-            "a PopulateRequest must set header or chunk; this one sets "
-            "neither");
-    }
+    absl::Status s = DispatchPopulateRequest(
+        request_, [this](const auto& h) { return OnHeader(h); },
+        [this](const auto& c) { return OnChunk(c); });
     if (!s.ok()) {
       Complete(s);
       return;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/convert.h"
+#include "proto/wire_format.h"
 #include "server/log.h"
 #include "server/read_stream.h"
 #include "store/layer_builder.h"
@@ -361,22 +362,14 @@ grpc::ServerUnaryReactor* PeerService::Gather(
     }
     charge = *std::move(reserved);
   }
-  // GatherResponse{bytes data = 1}: tag 0x0a, varint length, the rows.
-  uint8_t header[11];
-  size_t header_bytes = 0;
-  header[header_bytes++] = 0x0a;
-  for (size_t v = data_bytes;; v >>= 7) {
-    header[header_bytes++] =
-        static_cast<uint8_t>((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
-    if (v < 0x80) break;
-  }
+  const size_t header_bytes = wire::GatherResponseHeaderSize(data_bytes);
   auto* buffer = static_cast<uint8_t*>(std::malloc(header_bytes + data_bytes));
   if (buffer == nullptr) {
     reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                  "cannot allocate the gather response"));
     return reactor;
   }
-  std::memcpy(buffer, header, header_bytes);
+  wire::EncodeGatherResponseHeader(data_bytes, buffer);
   uint8_t* out = buffer + header_bytes;
   for (int i = 0; i < n; ++i) {
     std::memcpy(out + i * row_bytes,

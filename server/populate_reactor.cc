@@ -39,19 +39,9 @@ class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
       EndOfStream();
       return;
     }
-    absl::Status s;
-    switch (request_.kind_case()) {
-      case v1::PopulateRequest::kHeader:
-        s = OnHeader(request_.header());
-        break;
-      case v1::PopulateRequest::kChunk:
-        s = OnChunk(request_.chunk());
-        break;
-      default:
-        s = absl::InvalidArgumentError(
-            "a PopulateRequest must set header or chunk; this one sets "
-            "neither");
-    }
+    absl::Status s = DispatchPopulateRequest(
+        request_, [this](const auto& h) { return OnHeader(h); },
+        [this](const auto& c) { return OnChunk(c); });
     if (!s.ok()) {
       Fail(s);
       return;

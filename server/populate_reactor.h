@@ -30,6 +30,23 @@ struct PopulateEnv {
   bool pin_memory = true;
 };
 
+// Calls `on_header` or `on_chunk` for one PopulateRequest; INVALID_ARGUMENT
+// when it sets neither. The one parse of Populate messages, for the
+// single-node and the cluster populate reactors.
+template <typename OnHeader, typename OnChunk>
+absl::Status DispatchPopulateRequest(const v1::PopulateRequest& request,
+                                     OnHeader&& on_header, OnChunk&& on_chunk) {
+  switch (request.kind_case()) {
+    case v1::PopulateRequest::kHeader:
+      return on_header(request.header());
+    case v1::PopulateRequest::kChunk:
+      return on_chunk(request.chunk());
+    default:
+      return absl::InvalidArgumentError(
+          "a PopulateRequest must set header or chunk; this one sets neither");
+  }
+}
+
 // A reactor that deletes itself when the call is done.
 grpc::ServerReadReactor<v1::PopulateRequest>* NewPopulateReactor(
     grpc::CallbackServerContext* context, v1::PopulateResponse* response,

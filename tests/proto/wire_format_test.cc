@@ -115,3 +115,32 @@ TEST(WireFormatTest, GatheredRowsWalkAcrossSliceBoundaries) {
 
 }  // namespace
 }  // namespace engram::wire
+
+namespace engram::wire {
+namespace {
+
+TEST(WireFormatTest, GatherResponseHeaderPlusRowsParsesAsProtobuf) {
+  for (size_t rows : {0u, 1u, 100u, 70000u}) {
+    const std::string data(rows * 3, 'r');
+    std::string bytes(GatherResponseHeaderSize(data.size()), '\0');
+    ASSERT_EQ(EncodeGatherResponseHeader(
+                  data.size(), reinterpret_cast<uint8_t*>(bytes.data())),
+              bytes.size());
+    bytes += data;
+    internal::v1::GatherResponse parsed;
+    ASSERT_TRUE(parsed.ParseFromString(bytes)) << rows;
+    EXPECT_EQ(parsed.data(), data);
+  }
+}
+
+TEST(WireFormatTest, Field1MessageParsesAsProtobuf) {
+  for (const std::string value :
+       {std::string(), std::string("engram"), std::string(300, 'x')}) {
+    internal::v1::TxnRequest parsed;
+    ASSERT_TRUE(parsed.ParseFromString(EncodeField1Message(value)));
+    EXPECT_EQ(parsed.txn_id(), value);
+  }
+}
+
+}  // namespace
+}  // namespace engram::wire

@@ -20,43 +20,15 @@ constexpr size_t kMaxTxnIdBytes = 128;
 // One Stage stream: this shard's rows of one cluster populate. gRPC
 // serializes its callbacks; a forced Remove (abort hook) and the idle
 // watchdog may end the call from other threads through FinishOnce.
-class StageReactor : public EndableReadReactor<StageRequest> {
+class StageReactor : public MessageReadReactor<StageRequest> {
  public:
   StageReactor(grpc::CallbackServerContext* context,
                internal::v1::StageResponse* response, PeerService* service)
-      : EndableReadReactor(service->watchdog()),
+      : MessageReadReactor(service->watchdog()),
         context_(context),
         response_(response),
         service_(service) {
-    ReadNext(&request_);
-  }
-
-  void OnReadDone(bool ok) override {
-    MarkBusy();
-    if (!ok || finished()) {
-      EndOfStream();
-      return;
-    }
-    absl::Status s;
-    if (request_.has_header()) {
-      s = OnHeader(request_.header());
-    } else if (request_.has_chunk()) {
-      s = builder_ == nullptr
-              ? absl::InvalidArgumentError("Stage needs a header first")
-              : builder_->AddChunk(request_.chunk().head(),
-                                   request_.chunk().row_offset(),
-                                   request_.chunk().data());
-    } else {
-      s = absl::InvalidArgumentError("empty StageRequest");
-    }
-    if (s.ok() && ticket_ != nullptr && ticket_->aborted()) {
-      s = AbortedByRemove();
-    }
-    if (!s.ok()) {
-      Done(s);
-      return;
-    }
-    ReadNext(&request_);
+    StartReading();
   }
 
   void OnDone() override {
@@ -66,6 +38,27 @@ class StageReactor : public EndableReadReactor<StageRequest> {
   }
 
  private:
+  absl::Status OnMessage(const StageRequest& request) override {
+    absl::Status s;
+    if (request.has_header()) {
+      s = OnHeader(request.header());
+    } else if (request.has_chunk()) {
+      s = builder_ == nullptr
+              ? absl::InvalidArgumentError("Stage needs a header first")
+              : builder_->AddChunk(request.chunk().head(),
+                                   request.chunk().row_offset(),
+                                   request.chunk().data());
+    } else {
+      s = absl::InvalidArgumentError("empty StageRequest");
+    }
+    if (s.ok() && ticket_ != nullptr && ticket_->aborted()) {
+      s = AbortedByRemove();
+    }
+    return s;
+  }
+  void OnMessageError(const absl::Status& status) override { Done(status); }
+  void OnEndOfStream() override { EndOfStream(); }
+
   absl::Status AbortedByRemove() const {
     return absl::AbortedError(
         absl::StrCat("stage of layer ", layer_id_,
@@ -158,7 +151,6 @@ class StageReactor : public EndableReadReactor<StageRequest> {
   grpc::CallbackServerContext* const context_;
   internal::v1::StageResponse* const response_;
   PeerService* const service_;
-  StageRequest request_;
   std::string txn_id_;  // non-empty while this stream holds the claim
   int64_t layer_id_ = 0;
   std::shared_ptr<PopulateTicket> ticket_;

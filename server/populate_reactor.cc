@@ -17,11 +17,11 @@ namespace {
 // (one read outstanding at a time); a forced Remove (abort hook) and the
 // idle watchdog may end the call from other threads through FinishOnce.
 // Everything it holds is released in its own callbacks.
-class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
+class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
  public:
   PopulateReactor(grpc::CallbackServerContext* context,
                   v1::PopulateResponse* response, const PopulateEnv& env)
-      : EndableReadReactor(env.watchdog),
+      : MessageReadReactor(env.watchdog),
         context_(context),
         response_(response),
         env_(env),
@@ -30,23 +30,7 @@ class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
         metrics_(env.metrics),
         pin_(env.pin_memory),
         start_(std::chrono::steady_clock::now()) {
-    ReadNext(&request_);
-  }
-
-  void OnReadDone(bool ok) override {
-    MarkBusy();
-    if (!ok || finished()) {
-      EndOfStream();
-      return;
-    }
-    absl::Status s = DispatchPopulateRequest(
-        request_, [this](const auto& h) { return OnHeader(h); },
-        [this](const auto& c) { return OnChunk(c); });
-    if (!s.ok()) {
-      Fail(s);
-      return;
-    }
-    ReadNext(&request_);
+    StartReading();
   }
 
   void OnDone() override {
@@ -56,6 +40,14 @@ class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
   }
 
  private:
+  absl::Status OnMessage(const v1::PopulateRequest& request) override {
+    return DispatchPopulateRequest(
+        request, [this](const auto& h) { return OnHeader(h); },
+        [this](const auto& c) { return OnChunk(c); });
+  }
+  void OnMessageError(const absl::Status& status) override { Fail(status); }
+  void OnEndOfStream() override { EndOfStream(); }
+
   absl::Status OnHeader(const v1::PopulateHeader& header) {
     if (builder_ != nullptr) {
       return absl::InvalidArgumentError(
@@ -180,7 +172,6 @@ class PopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
   ServerMetrics* const metrics_;
   const bool pin_;
   const std::chrono::steady_clock::time_point start_;
-  v1::PopulateRequest request_;
   int64_t layer_id_ = 0;
   std::shared_ptr<PopulateTicket> ticket_;
   std::unique_ptr<LayerBuilder> builder_;

@@ -14,6 +14,7 @@
 #include <unordered_set>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "common/mutex.h"
 
 namespace engram {
@@ -124,6 +125,38 @@ class EndableReadReactor : public grpc::ServerReadReactor<Request>,
   bool watched_ = false;  // touched by gRPC's serialized callbacks only
   std::atomic<bool> finished_{false};
   std::atomic<int64_t> last_activity_ns_{0};
+};
+
+// The read loop of a stream handled message by message on gRPC's thread:
+// each message goes to OnMessage; an error from it to OnMessageError; the
+// end of the stream (or an end another thread forced) to OnEndOfStream.
+// Subclasses call StartReading() once, last thing in their constructor.
+template <typename Request>
+class MessageReadReactor : public EndableReadReactor<Request> {
+ public:
+  using EndableReadReactor<Request>::EndableReadReactor;
+
+  void OnReadDone(bool ok) final {
+    this->MarkBusy();
+    if (!ok || this->finished()) {
+      OnEndOfStream();
+      return;
+    }
+    if (absl::Status s = OnMessage(request_); !s.ok()) {
+      OnMessageError(s);
+      return;
+    }
+    this->ReadNext(&request_);
+  }
+
+ protected:
+  void StartReading() { this->ReadNext(&request_); }
+  virtual absl::Status OnMessage(const Request& request) = 0;
+  virtual void OnMessageError(const absl::Status& status) = 0;
+  virtual void OnEndOfStream() = 0;
+
+ private:
+  Request request_;  // one read outstanding at a time
 };
 
 }  // namespace engram

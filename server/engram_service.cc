@@ -248,24 +248,36 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
   }
 
   if (call->request.as_values()) {  // debugging path: readable floats
-    v1::LookupResponse message;
-    for (int64_t d : out_shape) message.add_shape(d);
-    message.set_dtype(v1::DTYPE_FLOAT32);
-    message.mutable_values()->Resize(
-        static_cast<int>(num_ids * layout.embedding_dim), 0.0f);
-    GatherRows(
-        *call->layer, call->ids, 0, num_ids, DType::kFloat32,
-        reinterpret_cast<uint8_t*>(message.mutable_values()->mutable_data()));
-    bool own_buffer;
-    grpc::Status st = grpc::SerializationTraits<v1::LookupResponse>::Serialize(
-        message, response, &own_buffer);
-    if (st.ok()) {
-      metrics_->RecordLookup(
-          std::chrono::duration<double>(Clock::now() - call->start).count(),
-          num_ids, static_cast<int64_t>(out_bytes));
+    // Serializing a protobuf copies the values: never on the reactor for a
+    // big lookup.
+    auto serve = [this, call, reactor, response, num_ids, out_bytes,
+                  shape = std::vector<int64_t>(out_shape, out_shape + 4)] {
+      v1::LookupResponse message;
+      for (int64_t d : shape) message.add_shape(d);
+      message.set_dtype(v1::DTYPE_FLOAT32);
+      message.mutable_values()->Resize(
+          static_cast<int>(num_ids * call->layer->layout().embedding_dim),
+          0.0f);
+      GatherRows(
+          *call->layer, call->ids, 0, num_ids, DType::kFloat32,
+          reinterpret_cast<uint8_t*>(message.mutable_values()->mutable_data()));
+      bool own_buffer;
+      grpc::Status st =
+          grpc::SerializationTraits<v1::LookupResponse>::Serialize(
+              message, response, &own_buffer);
+      if (st.ok()) {
+        metrics_->RecordLookup(
+            std::chrono::duration<double>(Clock::now() - call->start).count(),
+            num_ids, static_cast<int64_t>(out_bytes));
+      }
+      metrics_->RecordCall(Rpc::kLookup, st.error_code());
+      reactor->Finish(st);
+    };
+    if (num_ids >= kParallelGatherMinRows) {
+      pool_->Submit(std::move(serve));
+    } else {
+      serve();
     }
-    metrics_->RecordCall(Rpc::kLookup, st.error_code());
-    reactor->Finish(st);
     return reactor;
   }
 

@@ -8,6 +8,7 @@
 #include "proto/wire_format.h"
 #include "server/log.h"
 #include "server/read_stream.h"
+#include "store/gather.h"
 #include "store/layer_builder.h"
 
 namespace engram {
@@ -362,16 +363,25 @@ grpc::ServerUnaryReactor* PeerService::Gather(
     return reactor;
   }
   wire::EncodeGatherResponseHeader(data_bytes, buffer);
-  uint8_t* out = buffer + header_bytes;
-  for (int i = 0; i < n; ++i) {
-    std::memcpy(out + i * row_bytes,
-                layer->table(request.heads(i)) + request.row_ids(i) * row_bytes,
-                row_bytes);
+  // Copies the rows and finishes; big gathers run on the pool, not on the
+  // reactor thread.
+  auto copy = [reactor, response, layer, buffer, header_bytes, data_bytes, n,
+               charge = std::move(charge),
+               req = std::make_shared<internal::v1::GatherRequest>(
+                   std::move(request))]() mutable {
+    GatherRowsAt(*layer, req->heads().data(), req->row_ids().data(), n,
+                 buffer + header_bytes);
+    grpc::Slice slice =
+        PendingResponses::ChargedSlice(buffer, header_bytes + data_bytes,
+                                       &std::free, buffer, std::move(charge));
+    *response = grpc::ByteBuffer(&slice, 1);
+    reactor->Finish(grpc::Status::OK);
+  };
+  if (n >= kParallelGatherMinRows && limits_.pool != nullptr) {
+    limits_.pool->Submit(std::move(copy));
+  } else {
+    copy();
   }
-  grpc::Slice slice = PendingResponses::ChargedSlice(
-      buffer, header_bytes + data_bytes, &std::free, buffer, std::move(charge));
-  *response = grpc::ByteBuffer(&slice, 1);
-  reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 

@@ -22,6 +22,7 @@
 #include "server/raw_unary.h"
 #include "server/read_stream.h"
 #include "store/layer_registry.h"
+#include "store/thread_pool.h"
 #include "transport/ucx_engine.h"
 
 namespace engram {
@@ -88,6 +89,7 @@ class PeerService final
     int64_t max_rows = int64_t{1} << 22;
     int64_t max_message_bytes = int64_t{256} << 20;
     PendingResponses* pending = nullptr;  // borrowed; may be null
+    ThreadPool* pool = nullptr;           // big gathers copy there; may be null
   };
   void SetGatherLimits(GatherLimits limits) { limits_ = limits; }
   // Ends idle Stage streams (borrowed; call before serving).

@@ -127,8 +127,9 @@ absl::Status EngramServer::Start() {
     peer_service_ = std::make_unique<PeerService>(
         &layers_, &budget_, cluster_.get(), config_.pin_memory, ucx_.get());
     peer_service_->SetStreamWatchdog(&watchdog_);
-    peer_service_->SetGatherLimits(
-        {config_.max_lookup_rows, config_.max_message_bytes, &pending_});
+    peer_service_->SetGatherLimits({config_.max_lookup_rows,
+                                    config_.max_message_bytes, &pending_,
+                                    &pool_});
     if (ucx_ != nullptr) {
       rma_ = std::make_unique<PeerRmaReader>(ucx_.get(), cluster_.get(),
                                              config_.peer_read == "auto");
@@ -176,8 +177,9 @@ absl::Status EngramServer::Start() {
         std::make_unique<PeerService>(&layers_, &budget_, local_cluster_.get(),
                                       config_.pin_memory, ucx_.get());
     peer_service_->SetStreamWatchdog(&watchdog_);
-    peer_service_->SetGatherLimits(
-        {config_.max_lookup_rows, config_.max_message_bytes, &pending_});
+    peer_service_->SetGatherLimits({config_.max_lookup_rows,
+                                    config_.max_message_bytes, &pending_,
+                                    &pool_});
     service_.SetExporter(peer_service_->exporter());
   }
   if (config_.demo) {

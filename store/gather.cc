@@ -28,6 +28,16 @@ void CopyRows(const uint8_t* const* tables, int64_t heads, size_t row_bytes,
 
 }  // namespace
 
+void GatherRowsAt(const Layer& layer, const int32_t* heads, const int64_t* rows,
+                  int64_t n, uint8_t* out) {
+  const size_t row_bytes = layer.layout().row_bytes();
+  const uint8_t* const* tables = layer.table_ptrs();
+  for (int64_t j = 0; j < n; ++j) {
+    std::memcpy(out + j * row_bytes, tables[heads[j]] + rows[j] * row_bytes,
+                row_bytes);
+  }
+}
+
 void GatherRows(const Layer& layer, const int64_t* ids, int64_t begin,
                 int64_t end, DType out_dtype, uint8_t* out) {
   const LayerLayout& layout = layer.layout();

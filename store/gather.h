@@ -18,6 +18,11 @@ namespace engram {
 void GatherRows(const Layer& layer, const int64_t* ids, int64_t begin,
                 int64_t end, DType out_dtype, uint8_t* out);
 
+// Copies row rows[j] of head heads[j] (stored dtype) to out + j * row_bytes
+// for j < n: the rows a peer asks a shard for. Validated by the caller.
+void GatherRowsAt(const Layer& layer, const int32_t* heads, const int64_t* rows,
+                  int64_t n, uint8_t* out);
+
 // Rows below this count are gathered on the calling thread: splitting them
 // costs more than it saves.
 inline constexpr int64_t kParallelGatherMinRows = 8192;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -302,6 +303,37 @@ TEST_F(HardeningTest, GatherChecksRowAndByteLimitsBeforeAllocating) {
   EXPECT_LT(grown, int64_t{64} << 20);
   std::cout << "oversized gathers: RSS +" << grown / 1048576 << " MiB\n";
   ASSERT_TRUE(server_->Alive());
+}
+
+// Big peer gathers copy their rows on the worker pool, not on the reactor:
+// the rows must still be exact, in request order.
+TEST_F(HardeningTest, BigPeerGathersAreExact) {
+  Start();
+  LayerLayout l{{50000, 3}, 4, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 21);
+  ASSERT_TRUE(client_->Populate(4, l, testing::Spans(tables)).ok());
+  internal::v1::GatherRequest request;
+  request.set_layer_id(4);
+  std::vector<std::pair<int, int64_t>> asked;
+  for (int i = 0; i < 20000; ++i) {
+    const int head = i % 7 == 0 ? 1 : 0;
+    const int64_t row = head == 1 ? i % 3 : (i * 7919) % 50000;
+    request.add_heads(head);
+    request.add_row_ids(row);
+    asked.emplace_back(head, row);
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10));
+  internal::v1::GatherResponse response;
+  ASSERT_TRUE(peer_->Gather(&ctx, request, &response).ok());
+  const size_t row_bytes = l.row_bytes();
+  ASSERT_EQ(response.data().size(), asked.size() * row_bytes);
+  for (size_t j = 0; j < asked.size(); ++j) {
+    const auto [head, row] = asked[j];
+    ASSERT_EQ(0, std::memcmp(response.data().data() + j * row_bytes,
+                             tables[head].data() + row * row_bytes, row_bytes))
+        << j;
+  }
 }
 
 // Finding 2: a Lookup with a huge shape echoed the whole shape in its error.

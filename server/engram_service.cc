@@ -19,6 +19,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+}  // namespace
+
 // One Lookup between parse and Finish. Holds the layer so a concurrent
 // Remove cannot free the tables under the gather.
 struct LookupCall {
@@ -31,6 +33,8 @@ struct LookupCall {
   size_t out_row_bytes = 0;
   Clock::time_point start;
 };
+
+namespace {
 
 bool ValidDTypeValue(int v) { return v >= 1 && v <= 4; }
 
@@ -214,167 +218,158 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
     Finish(reactor, Rpc::kLookup, s);
     return reactor;
   }
-  const LayerLayout& layout = call->layer->layout();
-  const int64_t num_ids = call->shape.num_ids();
-  const int64_t out_shape[4] = {call->shape.batch, call->shape.length,
-                                call->shape.heads, layout.embedding_dim};
-  const size_t out_bytes = static_cast<size_t>(num_ids) * call->out_row_bytes;
-
-  if (call->request.as_values() && cluster_ != nullptr) {
-    auto message = std::make_shared<v1::LookupResponse>();
-    for (int64_t d : out_shape) message->add_shape(d);
-    message->set_dtype(v1::DTYPE_FLOAT32);
-    message->mutable_values()->Resize(
-        static_cast<int>(num_ids * layout.embedding_dim), 0.0f);
-    cluster_->Gather(
-        call->layer, call->ids, num_ids, DType::kFloat32,
-        reinterpret_cast<uint8_t*>(message->mutable_values()->mutable_data()),
-        [this, call, message, reactor, response, num_ids,
-         out_bytes](absl::Status s) {
-          if (s.ok()) {
-            bool own_buffer;
-            grpc::Status st =
-                grpc::SerializationTraits<v1::LookupResponse>::Serialize(
-                    *message, response, &own_buffer);
-            s = FromGrpcStatus(st);
-            metrics_->RecordLookup(
-                std::chrono::duration<double>(Clock::now() - call->start)
-                    .count(),
-                num_ids, static_cast<int64_t>(out_bytes));
-          }
-          Finish(reactor, Rpc::kLookup, s);
-        });
-    return reactor;
+  if (call->request.as_values()) {
+    ServeValues(reactor, response, call);
+  } else {
+    ServeRows(*context, reactor, response, call);
   }
+  return reactor;
+}
 
-  if (call->request.as_values()) {  // debugging path: readable floats
-    // Serializing a protobuf copies the values: never on the reactor for a
-    // big lookup.
-    auto serve = [this, call, reactor, response, num_ids, out_bytes,
-                  shape = std::vector<int64_t>(out_shape, out_shape + 4)] {
-      v1::LookupResponse message;
-      for (int64_t d : shape) message.add_shape(d);
-      message.set_dtype(v1::DTYPE_FLOAT32);
-      message.mutable_values()->Resize(
-          static_cast<int>(num_ids * call->layer->layout().embedding_dim),
-          0.0f);
-      GatherRows(
-          *call->layer, call->ids, 0, num_ids, DType::kFloat32,
-          reinterpret_cast<uint8_t*>(message.mutable_values()->mutable_data()));
-      bool own_buffer;
-      grpc::Status st =
-          grpc::SerializationTraits<v1::LookupResponse>::Serialize(
-              message, response, &own_buffer);
-      if (st.ok()) {
-        metrics_->RecordLookup(
-            std::chrono::duration<double>(Clock::now() - call->start).count(),
-            num_ids, static_cast<int64_t>(out_bytes));
+EngramService::Backend EngramService::BackendFor(const LookupCall& call,
+                                                 bool allow_gpu) const {
+  if (cluster_ != nullptr) return Backend::kCluster;
+  if (allow_gpu && gpu_ != nullptr && call.layer->gpu_mirror() != nullptr &&
+      call.shape.num_ids() >= limits_.gpu_min_rows) {
+    return Backend::kGpu;
+  }
+  return Backend::kLocal;
+}
+
+void EngramService::GatherInto(const std::shared_ptr<LookupCall>& call,
+                               Backend backend, DType out_dtype, uint8_t* rows,
+                               RowsDone done) {
+  const int64_t n = call->shape.num_ids();
+  switch (backend) {
+    case Backend::kCluster: {
+      // Local rows and mapped remote rows are copied by the caller of
+      // Gather: big lookups hand that to the pool instead of the reactor.
+      auto run = [this, call, n, out_dtype, rows, done = std::move(done)] {
+        cluster_->Gather(call->layer, call->ids, n, out_dtype, rows,
+                         [done](absl::Status s) { done(std::move(s), false); });
+      };
+      if (n >= kParallelGatherMinRows) {
+        pool_->Submit(std::move(run));
+      } else {
+        run();
       }
-      metrics_->RecordCall(Rpc::kLookup, st.error_code());
-      reactor->Finish(st);
-    };
-    if (num_ids >= kParallelGatherMinRows) {
-      pool_->Submit(std::move(serve));
-    } else {
-      serve();
+      return;
     }
-    return reactor;
-  }
-
-  const size_t header_bytes =
-      wire::LookupResponseHeaderSize(out_shape, out_bytes);
-  std::shared_ptr<PendingResponses::Charge> charge;
-  if (pending_ != nullptr) {
-    auto reserved = pending_->Reserve(
-        *context, static_cast<int64_t>(header_bytes + out_bytes));
-    if (!reserved.ok()) {
-      Finish(reactor, Rpc::kLookup, reserved.status());
-      return reactor;
-    }
-    charge = *std::move(reserved);
-  }
-  const bool use_gpu = gpu_ != nullptr &&
-                       call->layer->gpu_mirror() != nullptr &&
-                       num_ids >= limits_.gpu_min_rows;
-  // Runs once the rows are in `buffer`, on whichever thread gathered them.
-  auto finish = [this, call, reactor, response, header_bytes, out_bytes,
-                 num_ids, charge](ResponseBuffer buffer, bool on_gpu) {
-    grpc::Slice slice = PendingResponses::ChargedSlice(
-        buffer.data, header_bytes + out_bytes, buffer.destroy, buffer.user_data,
-        charge);
-    *response = grpc::ByteBuffer(&slice, 1);
-    metrics_->RecordLookup(
-        std::chrono::duration<double>(Clock::now() - call->start).count(),
-        num_ids, static_cast<int64_t>(out_bytes));
-    metrics_->RecordTier(on_gpu);
-    Finish(reactor, Rpc::kLookup, absl::OkStatus());
-  };
-
-  if (use_gpu) {  // the device copy blocks: never on a reactor thread
-    pool_->Submit([this, call, reactor, header_bytes, out_bytes, num_ids,
-                   out_shape_copy =
-                       std::vector<int64_t>(out_shape, out_shape + 4),
-                   finish] {
-      ResponseBuffer buffer = AllocateResponse(gpu_, header_bytes + out_bytes);
-      if (buffer.data == nullptr) {
-        Finish(reactor, Rpc::kLookup,
-               absl::ResourceExhaustedError(
-                   absl::StrCat("cannot allocate ", out_bytes,
-                                " bytes for the lookup response")));
-        return;
-      }
-      wire::EncodeLookupResponseHeader(out_shape_copy,
-                                       static_cast<int>(call->out_dtype),
-                                       out_bytes, buffer.data);
-      uint8_t* rows = buffer.data + header_bytes;
-      absl::Status s = gpu_->Gather(*call->layer->gpu_mirror(), call->ids,
-                                    num_ids, call->out_dtype, rows);
+    case Backend::kGpu: {  // blocks on the device: callers are on the pool
+      absl::Status s = gpu_->Gather(*call->layer->gpu_mirror(), call->ids, n,
+                                    out_dtype, rows);
       if (!s.ok()) {
         metrics_->RecordGpuFallback();
         LogGpuFallback(s);
-        GatherRows(*call->layer, call->ids, 0, num_ids, call->out_dtype, rows);
+        GatherRows(*call->layer, call->ids, 0, n, out_dtype, rows);
       }
-      finish(buffer, s.ok());
-    });
-    return reactor;
-  }
-
-  ResponseBuffer buffer = AllocateResponse(nullptr, header_bytes + out_bytes);
-  if (buffer.data == nullptr) {
-    Finish(
-        reactor, Rpc::kLookup,
-        absl::ResourceExhaustedError(absl::StrCat(
-            "cannot allocate ", out_bytes, " bytes for the lookup response")));
-    return reactor;
-  }
-  wire::EncodeLookupResponseHeader(out_shape, static_cast<int>(call->out_dtype),
-                                   out_bytes, buffer.data);
-  if (cluster_ != nullptr) {
-    // Local rows and mapped remote rows are copied by the caller of
-    // Gather: big lookups hand that to the pool instead of the reactor.
-    auto gather = [this, call, num_ids, finish, buffer, reactor, header_bytes] {
-      cluster_->Gather(call->layer, call->ids, num_ids, call->out_dtype,
-                       buffer.data + header_bytes,
-                       [this, finish, buffer, reactor](absl::Status s) {
-                         if (s.ok()) {
-                           finish(buffer, /*on_gpu=*/false);
-                         } else {
-                           buffer.destroy(buffer.user_data);
-                           Finish(reactor, Rpc::kLookup, s);
-                         }
-                       });
-    };
-    if (num_ids >= kParallelGatherMinRows) {
-      pool_->Submit(std::move(gather));
-    } else {
-      gather();
+      done(absl::OkStatus(), s.ok());
+      return;
     }
-    return reactor;
+    case Backend::kLocal:
+      GatherAsync(pool_, *call->layer, call->ids, n, out_dtype, rows,
+                  [done = std::move(done)] { done(absl::OkStatus(), false); });
+      return;
   }
-  GatherAsync(pool_, *call->layer, call->ids, num_ids, call->out_dtype,
-              buffer.data + header_bytes,
-              [finish, buffer] { finish(buffer, /*on_gpu=*/false); });
-  return reactor;
+}
+
+void EngramService::ServeRows(const grpc::CallbackServerContext& context,
+                              grpc::ServerUnaryReactor* reactor,
+                              grpc::ByteBuffer* response,
+                              std::shared_ptr<LookupCall> call) {
+  const LayerLayout& layout = call->layer->layout();
+  const int64_t num_ids = call->shape.num_ids();
+  const std::vector<int64_t> shape = {call->shape.batch, call->shape.length,
+                                      call->shape.heads, layout.embedding_dim};
+  const size_t out_bytes = static_cast<size_t>(num_ids) * call->out_row_bytes;
+  const size_t header_bytes = wire::LookupResponseHeaderSize(shape, out_bytes);
+  std::shared_ptr<PendingResponses::Charge> charge;
+  if (pending_ != nullptr) {
+    auto reserved = pending_->Reserve(
+        context, static_cast<int64_t>(header_bytes + out_bytes));
+    if (!reserved.ok()) {
+      Finish(reactor, Rpc::kLookup, reserved.status());
+      return;
+    }
+    charge = *std::move(reserved);
+  }
+  const Backend backend = BackendFor(*call, /*allow_gpu=*/true);
+  // Allocates the one response buffer (pinned for the GPU), writes the
+  // header, gathers the rows behind it and finishes: the one finish path.
+  auto serve = [this, call, reactor, response, shape, header_bytes, out_bytes,
+                num_ids, charge, backend] {
+    ResponseBuffer buffer = AllocateResponse(
+        backend == Backend::kGpu ? gpu_ : nullptr, header_bytes + out_bytes);
+    if (buffer.data == nullptr) {
+      Finish(reactor, Rpc::kLookup,
+             absl::ResourceExhaustedError(
+                 absl::StrCat("cannot allocate ", out_bytes,
+                              " bytes for the lookup response")));
+      return;
+    }
+    wire::EncodeLookupResponseHeader(shape, static_cast<int>(call->out_dtype),
+                                     out_bytes, buffer.data);
+    GatherInto(
+        call, backend, call->out_dtype, buffer.data + header_bytes,
+        [this, call, reactor, response, header_bytes, out_bytes, num_ids,
+         charge, buffer](absl::Status s, bool on_gpu) {
+          if (!s.ok()) {
+            buffer.destroy(buffer.user_data);
+            Finish(reactor, Rpc::kLookup, s);
+            return;
+          }
+          grpc::Slice slice = PendingResponses::ChargedSlice(
+              buffer.data, header_bytes + out_bytes, buffer.destroy,
+              buffer.user_data, charge);
+          *response = grpc::ByteBuffer(&slice, 1);
+          metrics_->RecordLookup(
+              std::chrono::duration<double>(Clock::now() - call->start).count(),
+              num_ids, static_cast<int64_t>(out_bytes));
+          metrics_->RecordTier(on_gpu);
+          Finish(reactor, Rpc::kLookup, absl::OkStatus());
+        });
+  };
+  // Pinned allocation and the device copy block: never on the reactor.
+  if (backend == Backend::kGpu) {
+    pool_->Submit(std::move(serve));
+  } else {
+    serve();
+  }
+}
+
+void EngramService::ServeValues(grpc::ServerUnaryReactor* reactor,
+                                grpc::ByteBuffer* response,
+                                std::shared_ptr<LookupCall> call) {
+  // Debugging path (grpcurl): readable float32 values in a protobuf.
+  const LayerLayout& layout = call->layer->layout();
+  const int64_t num_ids = call->shape.num_ids();
+  auto message = std::make_shared<v1::LookupResponse>();
+  for (int64_t d : {call->shape.batch, call->shape.length, call->shape.heads,
+                    layout.embedding_dim}) {
+    message->add_shape(d);
+  }
+  message->set_dtype(v1::DTYPE_FLOAT32);
+  message->mutable_values()->Resize(
+      static_cast<int>(num_ids * layout.embedding_dim), 0.0f);
+  auto* values =
+      reinterpret_cast<uint8_t*>(message->mutable_values()->mutable_data());
+  // Big gathers finish on the pool, so the serialization runs there too.
+  GatherInto(
+      call, BackendFor(*call, /*allow_gpu=*/false), DType::kFloat32, values,
+      [this, call, message, reactor, response, num_ids](absl::Status s, bool) {
+        if (s.ok()) {
+          bool own_buffer;
+          s = FromGrpcStatus(
+              grpc::SerializationTraits<v1::LookupResponse>::Serialize(
+                  *message, response, &own_buffer));
+        }
+        if (s.ok()) {
+          metrics_->RecordLookup(
+              std::chrono::duration<double>(Clock::now() - call->start).count(),
+              num_ids, num_ids * call->out_row_bytes);
+        }
+        Finish(reactor, Rpc::kLookup, s);
+      });
 }
 
 grpc::ServerUnaryReactor* EngramService::Remove(

@@ -20,6 +20,8 @@
 
 namespace engram {
 
+struct LookupCall;  // engram_service.cc
+
 struct ServiceLimits {
   int64_t max_lookup_rows = int64_t{1} << 22;
   int64_t max_message_bytes = int64_t{256} << 20;
@@ -75,6 +77,23 @@ class EngramService final
                                        grpc::ByteBuffer* response) override;
 
  private:
+  // Where a lookup's rows come from. Every backend fills the caller's rows
+  // and reports through RowsDone(status, on_gpu) once, on any thread.
+  enum class Backend { kLocal, kGpu, kCluster };
+  using RowsDone = std::function<void(absl::Status, bool)>;
+  Backend BackendFor(const LookupCall& call, bool allow_gpu) const;
+  // kLocal and kCluster never block the caller (big work goes to the pool);
+  // kGpu blocks on the device and is called from the pool.
+  void GatherInto(const std::shared_ptr<LookupCall>& call, Backend backend,
+                  DType out_dtype, uint8_t* rows, RowsDone done);
+  // The raw response: header + rows in one charged slice.
+  void ServeRows(const grpc::CallbackServerContext& context,
+                 grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response,
+                 std::shared_ptr<LookupCall> call);
+  // as_values: float32 values in a protobuf (debugging, grpcurl).
+  void ServeValues(grpc::ServerUnaryReactor* reactor,
+                   grpc::ByteBuffer* response,
+                   std::shared_ptr<LookupCall> call);
   void Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
               const absl::Status& status);
   void RemoveParsed(const v1::RemoveRequest& request,

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/channel_tuning.h"
+#include "server/engram_service.h"
 #include "server/log.h"
 #include "store/layer_builder.h"
 
@@ -71,11 +72,12 @@ EngramServer::EngramServer(ServerConfig config)
                 config_.max_populate_streams),
       pending_(config_.max_pending_response_bytes,
                config_.max_pending_response_bytes_per_connection),
-      service_(&layers_, &budget_, &pool_, &metrics_, gpu_.get(),
-               ServiceLimits{config_.max_lookup_rows, config_.max_message_bytes,
-                             config_.pin_memory, config_.gpu_min_rows}) {
-  service_.SetStreamWatchdog(&watchdog_);
-  service_.SetPendingResponses(&pending_);
+      service_(std::make_unique<EngramService>(
+          &layers_, &budget_, &pool_, &metrics_, gpu_.get(),
+          ServiceLimits{config_.max_lookup_rows, config_.max_message_bytes,
+                        config_.pin_memory, config_.gpu_min_rows})) {
+  service_->SetStreamWatchdog(&watchdog_);
+  service_->SetPendingResponses(&pending_);
   metrics_.AddGaugeSource(
       "engram_pending_response_bytes",
       "Response bytes allocated and not yet read by their clients.",
@@ -136,7 +138,7 @@ absl::Status EngramServer::Start() {
     }
     coordinator_ = std::make_unique<ClusterCoordinator>(
         cluster_.get(), &layers_, &metrics_, rma_.get(), &watchdog_);
-    service_.SetCluster(coordinator_.get());
+    service_->SetCluster(coordinator_.get());
     metrics_.SetPeersUpSource([c = cluster_.get()] { return c->peers_up(); });
     // Before listening: from the first call on, this shard must not answer
     // for rows of committed layers that it lost in a restart.
@@ -180,7 +182,7 @@ absl::Status EngramServer::Start() {
     peer_service_->SetGatherLimits({config_.max_lookup_rows,
                                     config_.max_message_bytes, &pending_,
                                     &pool_});
-    service_.SetExporter(peer_service_->exporter());
+    service_->SetExporter(peer_service_->exporter());
   }
   if (config_.demo) {
     if (absl::Status s = AddDemoLayer(
@@ -212,7 +214,7 @@ absl::Status EngramServer::Start() {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(),
                            &grpc_port_);
-  builder.RegisterService(&service_);
+  builder.RegisterService(service_.get());
   if (peer_service_ != nullptr) builder.RegisterService(peer_service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));

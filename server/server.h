@@ -12,7 +12,6 @@
 #include "server/cluster.h"
 #include "server/cluster_coordinator.h"
 #include "server/demo_layer.h"
-#include "server/engram_service.h"
 #include "server/flags.h"
 #include "server/metrics.h"
 #include "server/peer_rma.h"
@@ -26,6 +25,8 @@
 #include "transport/ucx_engine.h"
 
 namespace engram {
+
+class EngramService;  // server/engram_service.h; only server.cc builds it
 
 // The layer the --demo flag serves: id 0, heads with 1000, 1003, 1009 and
 // 1013 rows, D = 8, float32. Row r of head h holds
@@ -79,7 +80,7 @@ class EngramServer {
   // their response slices release charges into it.
   StreamWatchdog watchdog_;
   PendingResponses pending_;
-  EngramService service_;
+  std::unique_ptr<EngramService> service_;
   // Cluster mode (--peers) only.
   std::unique_ptr<ClusterContext> cluster_;
   // Single node: itself as a one-shard cluster, for the peer service.

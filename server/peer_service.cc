@@ -9,7 +9,7 @@
 #include "server/log.h"
 #include "server/read_stream.h"
 #include "store/gather.h"
-#include "store/layer_builder.h"
+#include "store/layer_stager.h"
 
 namespace engram {
 namespace {
@@ -44,15 +44,15 @@ class StageReactor : public MessageReadReactor<StageRequest> {
     if (request.has_header()) {
       s = OnHeader(request.header());
     } else if (request.has_chunk()) {
-      s = builder_ == nullptr
+      s = stager_ == nullptr
               ? absl::InvalidArgumentError("Stage needs a header first")
-              : builder_->AddChunk(request.chunk().head(),
-                                   request.chunk().row_offset(),
-                                   request.chunk().data());
+              : stager_->AddChunk(request.chunk().head(),
+                                  request.chunk().row_offset(),
+                                  request.chunk().data());
     } else {
       s = absl::InvalidArgumentError("empty StageRequest");
     }
-    if (s.ok() && ticket_ != nullptr && ticket_->aborted()) {
+    if (s.ok() && stager_ != nullptr && stager_->aborted()) {
       s = AbortedByRemove();
     }
     return s;
@@ -67,7 +67,7 @@ class StageReactor : public MessageReadReactor<StageRequest> {
   }
 
   absl::Status OnHeader(const internal::v1::StageHeader& header) {
-    if (builder_ != nullptr)
+    if (stager_ != nullptr)
       return absl::InvalidArgumentError("second Stage header");
     if (header.txn_id().empty() || header.txn_id().size() > kMaxTxnIdBytes) {
       return absl::InvalidArgumentError(
@@ -79,21 +79,21 @@ class StageReactor : public MessageReadReactor<StageRequest> {
     layer_id_ = header.layer_id();
     absl::StatusOr<LayerLayout> layout = LayoutFromConfig(header.config());
     if (!layout.ok()) return layout.status();
-    auto ticket = service_->layers()->BeginPopulate(
-        layer_id_, [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); });
-    if (!ticket.ok()) return ticket.status();
-    ticket_ = *std::move(ticket);
     const ClusterContext& cluster = *service_->cluster();
-    std::vector<std::vector<RowRange>> owned(layout->num_heads());
+    LayerStager::Options options;
+    options.pin_memory = service_->pin_memory();
+    options.exporter = service_->exporter();
+    options.owned.resize(layout->num_heads());
     for (int h = 0; h < layout->num_heads(); ++h) {
-      owned[h] = cluster.placement().OwnedRanges(
+      options.owned[h] = cluster.placement().OwnedRanges(
           layer_id_, h, layout->table_vocab_sizes[h], cluster.self());
     }
-    auto builder = LayerBuilder::Create(
-        layer_id_, *std::move(layout), service_->budget(),
-        service_->pin_memory(), std::move(owned), service_->exporter());
-    if (!builder.ok()) return builder.status();
-    builder_ = *std::move(builder);
+    options.on_abort = [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); };
+    auto stager =
+        LayerStager::Begin(service_->layers(), service_->budget(), layer_id_,
+                           *std::move(layout), std::move(options));
+    if (!stager.ok()) return stager.status();
+    stager_ = *std::move(stager);
     return absl::OkStatus();
   }
 
@@ -106,25 +106,24 @@ class StageReactor : public MessageReadReactor<StageRequest> {
       Done(absl::CancelledError("the coordinator cancelled the stage stream"));
       return;
     }
-    if (builder_ == nullptr) {
+    if (stager_ == nullptr) {
       Done(absl::InvalidArgumentError("Stage stream without a header"));
       return;
     }
-    auto layer = builder_->Finish();
+    // Finish detaches the abort hook: the claim outlives this call (it
+    // waits for Commit) and must not reach this reactor any more.
+    auto layer = stager_->Finish();
     if (!layer.ok()) {
       Done(layer.status());
       return;
     }
-    response_->set_rows_staged(builder_->rows_received());
-    // The ticket outlives this call (it waits for Commit): its hook must
-    // not reach this reactor any more.
-    service_->layers()->DetachAbortHook(ticket_);
-    if (ticket_->aborted()) {
+    response_->set_rows_staged(stager_->rows_received());
+    if (stager_->aborted()) {
       Done(AbortedByRemove());
       return;
     }
-    service_->AddPrepared(txn_id_, std::move(ticket_), *std::move(layer));
-    ticket_.reset();
+    service_->AddPrepared(txn_id_, stager_->TakeTicket(), *std::move(layer));
+    stager_.reset();
     txn_id_.clear();  // the prepared entry holds the claim now
     FinishOnce(grpc::Status::OK);
   }
@@ -137,12 +136,7 @@ class StageReactor : public MessageReadReactor<StageRequest> {
   // Drops the staged rows, the layer claim and the txn claim (if still
   // ours); idempotent.
   void Release() {
-    builder_.reset();
-    if (ticket_ != nullptr) {
-      service_->layers()->DetachAbortHook(ticket_);
-      service_->layers()->Abandon(ticket_);
-      ticket_.reset();
-    }
+    stager_.reset();  // staged rows, budget charge and claim, if still ours
     if (!txn_id_.empty()) {
       service_->ReleaseTxn(txn_id_);
       txn_id_.clear();
@@ -154,8 +148,7 @@ class StageReactor : public MessageReadReactor<StageRequest> {
   PeerService* const service_;
   std::string txn_id_;  // non-empty while this stream holds the claim
   int64_t layer_id_ = 0;
-  std::shared_ptr<PopulateTicket> ticket_;
-  std::unique_ptr<LayerBuilder> builder_;
+  std::unique_ptr<LayerStager> stager_;
 };
 
 }  // namespace

@@ -8,7 +8,7 @@
 #include "proto/convert.h"
 #include "server/log.h"
 #include "server/read_stream.h"
-#include "store/layer_builder.h"
+#include "store/layer_stager.h"
 
 namespace engram {
 namespace {
@@ -35,7 +35,7 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
 
   void OnDone() override {
     Unwatch();
-    ReleaseClaim();
+    stager_.reset();
     delete this;
   }
 
@@ -49,55 +49,50 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
   void OnEndOfStream() override { EndOfStream(); }
 
   absl::Status OnHeader(const v1::PopulateHeader& header) {
-    if (builder_ != nullptr) {
+    if (stager_ != nullptr) {
       return absl::InvalidArgumentError(
           "a second PopulateHeader arrived; send one header, then chunks");
     }
     layer_id_ = header.layer_id();
     absl::StatusOr<LayerLayout> layout = LayoutFromConfig(header.config());
     if (!layout.ok()) return layout.status();
-
-    absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
-        layers_->BeginPopulate(
-            layer_id_, [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); });
-    if (!ticket.ok()) return ticket.status();
-    ticket_ = *std::move(ticket);
-    absl::StatusOr<std::unique_ptr<LayerBuilder>> builder =
-        LayerBuilder::Create(layer_id_, *std::move(layout), budget_, pin_, {},
-                             env_.exporter);
-    if (!builder.ok()) return builder.status();
-    builder_ = *std::move(builder);
+    LayerStager::Options options;
+    options.pin_memory = pin_;
+    options.exporter = env_.exporter;
+    options.on_abort = [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); };
+    absl::StatusOr<std::unique_ptr<LayerStager>> stager = LayerStager::Begin(
+        layers_, budget_, layer_id_, *std::move(layout), std::move(options));
+    if (!stager.ok()) return stager.status();
+    stager_ = *std::move(stager);
     return absl::OkStatus();
   }
 
   absl::Status OnChunk(const v1::TableChunk& chunk) {
-    if (builder_ == nullptr) {
+    if (stager_ == nullptr) {
       return absl::InvalidArgumentError(
           "the first Populate message must be a PopulateHeader");
     }
-    if (ticket_->aborted()) return AbortedByRemove();
     metrics_->RecordPopulateBytes(static_cast<int64_t>(chunk.data().size()));
-    return builder_->AddChunk(chunk.head(), chunk.row_offset(), chunk.data());
+    return stager_->AddChunk(chunk.head(), chunk.row_offset(), chunk.data());
   }
 
   void EndOfStream() {
     if (finished()) {  // a forced Remove or the idle watchdog ended it
       LogWarning(absl::StrCat("populate of layer ", layer_id_,
                               " ended early, nothing kept"));
-      builder_.reset();
-      ReleaseClaim();
+      stager_.reset();
       return;
     }
     if (context_->IsCancelled()) {
       Fail(absl::CancelledError("the client cancelled the populate stream"));
       return;
     }
-    if (builder_ == nullptr) {
+    if (stager_ == nullptr) {
       Fail(absl::InvalidArgumentError(
           "the populate stream ended without a PopulateHeader"));
       return;
     }
-    absl::StatusOr<std::shared_ptr<Layer>> layer = builder_->Finish();
+    absl::StatusOr<std::shared_ptr<Layer>> layer = stager_->Finish();
     if (!layer.ok()) {
       Fail(layer.status());
       return;
@@ -114,13 +109,13 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
 
   void Commit(std::shared_ptr<Layer> layer) {
     std::shared_ptr<const Layer> committed = layer;
-    if (absl::Status s =
-            MirrorAndCommit(env_.gpu, layers_, ticket_, std::move(layer));
+    if (absl::Status s = MirrorAndCommit(env_.gpu, layers_, stager_->ticket(),
+                                         std::move(layer));
         !s.ok()) {
       Fail(s);
       return;
     }
-    ticket_.reset();
+    stager_.reset();  // committed: nothing left to give back
     FillLayerInfo(committed->id(), committed->layout(),
                   response_->mutable_layer());
     const double seconds =
@@ -147,21 +142,10 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
   void Fail(const absl::Status& status) {
     LogWarning(absl::StrCat("populate of layer ", layer_id_,
                             " failed, nothing kept: ", status.ToString()));
-    builder_.reset();  // frees staged tables and their budget charge
-    ReleaseClaim();
+    stager_.reset();  // frees staged tables, budget charge and the claim
     metrics_->RecordCall(Rpc::kPopulate,
                          static_cast<grpc::StatusCode>(status.code()));
     FinishOnce(ToGrpcStatus(status));
-  }
-
-  // Also detaches the abort hook: OnDone calls it, so the hook never sees
-  // a deleted reactor.
-  void ReleaseClaim() {
-    if (ticket_ != nullptr) {
-      layers_->DetachAbortHook(ticket_);
-      layers_->Abandon(ticket_);
-      ticket_.reset();
-    }
   }
 
   grpc::CallbackServerContext* const context_;
@@ -173,8 +157,9 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
   const bool pin_;
   const std::chrono::steady_clock::time_point start_;
   int64_t layer_id_ = 0;
-  std::shared_ptr<PopulateTicket> ticket_;
-  std::unique_ptr<LayerBuilder> builder_;
+  // Detaches the abort hook when dropped (OnDone at the latest), so the
+  // hook never reaches a deleted reactor.
+  std::unique_ptr<LayerStager> stager_;
 };
 
 }  // namespace

@@ -1,0 +1,50 @@
+#include "store/layer_stager.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace engram {
+
+absl::StatusOr<std::unique_ptr<LayerStager>> LayerStager::Begin(
+    LayerRegistry* layers, MemoryBudget* budget, int64_t layer_id,
+    LayerLayout layout, Options options) {
+  absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
+      layers->BeginPopulate(layer_id, std::move(options.on_abort));
+  if (!ticket.ok()) return ticket.status();
+  std::unique_ptr<LayerStager> stager(new LayerStager(layers, layer_id));
+  stager->ticket_ = *std::move(ticket);  // given back by ~LayerStager
+  absl::StatusOr<std::unique_ptr<LayerBuilder>> builder = LayerBuilder::Create(
+      layer_id, std::move(layout), budget, options.pin_memory,
+      std::move(options.owned), options.exporter);
+  if (!builder.ok()) return builder.status();
+  stager->builder_ = *std::move(builder);
+  return stager;
+}
+
+LayerStager::~LayerStager() {
+  builder_.reset();  // frees staged tables and their budget charge
+  if (ticket_ != nullptr) {
+    layers_->DetachAbortHook(ticket_);
+    layers_->Abandon(ticket_);  // no-op once committed
+  }
+}
+
+absl::Status LayerStager::AddChunk(int64_t head, int64_t row_offset,
+                                   std::string_view data) {
+  if (aborted()) {
+    return absl::AbortedError(
+        absl::StrCat("populate of layer ", layer_id_,
+                     " was aborted by a forced Remove; nothing was kept"));
+  }
+  return builder_->AddChunk(head, row_offset, data);
+}
+
+absl::StatusOr<std::shared_ptr<Layer>> LayerStager::Finish() {
+  layers_->DetachAbortHook(ticket_);
+  return builder_->Finish();
+}
+
+std::shared_ptr<PopulateTicket> LayerStager::TakeTicket() {
+  return std::exchange(ticket_, nullptr);
+}
+
+}  // namespace engram

@@ -13,6 +13,7 @@
 #include "cluster/placement.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "tests/testing/engramd_process.h"
+#include "tests/testing/lookup_check.h"
 #include "tests/testing/random_layer.h"
 #include "transport/ucx_engine.h"
 
@@ -61,14 +62,7 @@ class ClusterTest : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(info.ok()) << info.status();
   }
   absl::Status LookupExact(Client& c, int64_t id, uint32_t seed) {
-    const LayerLayout& l = layouts_[id];
-    auto ids = testing::RandomIds(l, 4, 3, seed);
-    auto want = testing::ReferenceGather(l, tables_[id], ids, l.dtype);
-    std::vector<uint8_t> got(want.size());
-    const int64_t shape[] = {4, 3, l.num_heads()};
-    absl::Status s = c.Lookup(id, ids, shape, got);
-    if (s.ok() && got != want) return absl::DataLossError("rows differ");
-    return s;
+    return testing::LookupExact(c, id, layouts_[id], tables_[id], 4, 3, seed);
   }
 
   // engram_peer_reads_total{path} of a shard started with /metrics on.

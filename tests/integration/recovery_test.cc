@@ -12,6 +12,7 @@
 
 #include "client/client.h"
 #include "tests/testing/engramd_process.h"
+#include "tests/testing/lookup_check.h"
 #include "tests/testing/random_layer.h"
 #include "transport/ucx_engine.h"
 
@@ -63,14 +64,7 @@ class RecoveryTest : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(info.ok()) << info.status();
   }
   absl::Status LookupExact(Client& c, int64_t id, uint32_t seed) {
-    const LayerLayout& l = layouts_[id];
-    auto ids = testing::RandomIds(l, 8, 4, seed);
-    auto want = testing::ReferenceGather(l, tables_[id], ids, l.dtype);
-    std::vector<uint8_t> got(want.size());
-    const int64_t shape[] = {8, 4, l.num_heads()};
-    absl::Status s = c.Lookup(id, ids, shape, got);
-    if (s.ok() && got != want) return absl::DataLossError("rows differ");
-    return s;
+    return testing::LookupExact(c, id, layouts_[id], tables_[id], 8, 4, seed);
   }
   // Polls shard i's health `service` until it reads `serving`.
   bool WaitHealth(int i, const std::string& service, bool serving,

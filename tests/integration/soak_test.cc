@@ -20,6 +20,7 @@
 #include "client/client.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "tests/testing/engramd_process.h"
+#include "tests/testing/lookup_check.h"
 #include "tests/testing/random_layer.h"
 #include "tests/testing/raw_http2.h"
 
@@ -42,19 +43,9 @@ struct Tables {
   std::vector<std::vector<uint8_t>> rows;
 };
 
-// Looks up random rows and compares them with the reference; DATA_LOSS on
-// any differing byte.
 absl::Status LookupExact(Client& c, int64_t id, const Tables& t,
                          uint32_t seed) {
-  auto ids = testing::RandomIds(t.layout, 6, 3, seed);
-  auto want = testing::ReferenceGather(t.layout, t.rows, ids, t.layout.dtype);
-  std::vector<uint8_t> got(want.size());
-  const int64_t shape[] = {6, 3, t.layout.num_heads()};
-  absl::Status s = c.Lookup(id, ids, shape, got);
-  if (s.ok() && got != want) {
-    return absl::DataLossError(absl::StrCat("layer ", id, ": rows differ"));
-  }
-  return s;
+  return testing::LookupExact(c, id, t.layout, t.rows, 6, 3, seed);
 }
 
 TEST(SoakTest, ChurnKillsSlowReadersAndFloodsLeaveAConsistentCluster) {

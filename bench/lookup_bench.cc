@@ -75,6 +75,59 @@ bool PopulateBenchLayer(std::initializer_list<Client*> clients,
   return true;
 }
 
+// A client of `server` over `channels` connections.
+std::unique_ptr<Client> ConnectTo(const ChildServer& server, int channels) {
+  ClientOptions options;
+  options.num_channels = channels;
+  auto client =
+      Client::Connect(absl::StrCat("127.0.0.1:", server.port()), options);
+  if (!client.ok()) {
+    std::fprintf(stderr, "connect: %s\n", client.status().ToString().c_str());
+    std::exit(1);
+  }
+  return *std::move(client);
+}
+
+// Each caller's own random ids for one shape, and its output buffer.
+struct CallerLookups {
+  std::vector<std::vector<int64_t>> ids;
+  std::vector<std::vector<uint8_t>> outs;
+  int64_t shape[3];
+};
+
+CallerLookups MakeCallerLookups(const Shape& s, int callers,
+                                std::mt19937_64& rng) {
+  CallerLookups l{std::vector<std::vector<int64_t>>(callers),
+                  std::vector<std::vector<uint8_t>>(callers),
+                  {s.batch, s.length, kHeads}};
+  for (int c = 0; c < callers; ++c) {
+    for (int64_t i = 0; i < s.rows(); ++i)
+      l.ids[c].push_back(rng() % kRowsPerHead);
+    l.outs[c].resize(s.bytes());
+  }
+  return l;
+}
+
+// Closed-loop Lookups of layer 1 through `client`, one caller per thread.
+RunStats RunLookups(Client& client, CallerLookups& l, int callers,
+                    double seconds) {
+  return RunClosedLoop(callers, seconds, [&](int c) {
+    return client.Lookup(1, l.ids[c], l.shape, l.outs[c]).ok();
+  });
+}
+
+// Closed-loop fetches of `bytes` over raw loopback TCP (the floor).
+RunStats RunRawTcp(uint64_t bytes, int callers, double seconds) {
+  TcpBlaster blaster;
+  std::vector<std::unique_ptr<TcpFetcher>> fetchers;
+  std::vector<std::vector<uint8_t>> bufs(callers);
+  for (int c = 0; c < callers; ++c)
+    fetchers.push_back(std::make_unique<TcpFetcher>(blaster.port()));
+  return RunClosedLoop(callers, seconds, [&](int c) {
+    return fetchers[c]->Fetch(bytes, &bufs[c]);
+  });
+}
+
 void PrintRow(const char* name, const Shape& s, const RunStats& r) {
   std::printf("  %-22s %10.0f %10.2f %9.3f %9.1f %9.1f\n", name,
               r.calls_per_s() * s.rows(), r.calls_per_s() * s.bytes() / 1e9,
@@ -96,16 +149,11 @@ int CompareTiers(double seconds, int callers, int channels) {
     std::fprintf(stderr, "lookup_bench: a server did not start\n");
     return 1;
   }
-  ClientOptions options;
-  options.num_channels = channels;
-  auto cpu_client =
-      Client::Connect(absl::StrCat("127.0.0.1:", cpu->port()), options);
-  auto gpu_client =
-      Client::Connect(absl::StrCat("127.0.0.1:", gpu->port()), options);
+  auto cpu_client = ConnectTo(*cpu, channels);
+  auto gpu_client = ConnectTo(*gpu, channels);
   std::mt19937_64 rng(5);
   const BenchLayer bench_layer = MakeBenchLayer(rng);
-  if (!PopulateBenchLayer({cpu_client->get(), gpu_client->get()},
-                          bench_layer)) {
+  if (!PopulateBenchLayer({cpu_client.get(), gpu_client.get()}, bench_layer)) {
     return 1;
   }
   std::printf(
@@ -123,21 +171,9 @@ int CompareTiers(double seconds, int callers, int channels) {
                           {"prefill B=1 L=4096", 1, 4096},
                           {"prefill B=8 L=4096", 8, 4096}};
   for (const Shape& s : shapes) {
-    std::vector<std::vector<int64_t>> ids(callers);
-    std::vector<std::vector<uint8_t>> outs(callers);
-    for (int c = 0; c < callers; ++c) {
-      for (int64_t i = 0; i < s.rows(); ++i)
-        ids[c].push_back(rng() % kRowsPerHead);
-      outs[c].resize(s.bytes());
-    }
-    const int64_t shape[] = {s.batch, s.length, kHeads};
-    RunStats r[2];
-    Client* clients[2] = {cpu_client->get(), gpu_client->get()};
-    for (int t = 0; t < 2; ++t) {
-      r[t] = RunClosedLoop(callers, seconds, [&](int c) {
-        return clients[t]->Lookup(1, ids[c], shape, outs[c]).ok();
-      });
-    }
+    CallerLookups lookups = MakeCallerLookups(s, callers, rng);
+    const RunStats r[2] = {RunLookups(*cpu_client, lookups, callers, seconds),
+                           RunLookups(*gpu_client, lookups, callers, seconds)};
     std::printf("  %-22s %8lld %12.0f %12.0f %10.1f %10.1f %6.2fx\n", s.name,
                 static_cast<long long>(s.rows()), r[0].calls_per_s() * s.rows(),
                 r[1].calls_per_s() * s.rows(), r[0].p50_us, r[1].p50_us,
@@ -217,23 +253,13 @@ int CompareCluster(double seconds, int callers, int channels) {
                           {"decode B=256", 256, 1},
                           {"prefill B=1 L=4096", 1, 4096}};
   for (const Shape& sh : shapes) {
-    std::vector<std::vector<int64_t>> ids(callers);
-    std::vector<std::vector<uint8_t>> outs(callers);
-    for (int c = 0; c < callers; ++c) {
-      for (int64_t i = 0; i < sh.rows(); ++i)
-        ids[c].push_back(rng() % kRowsPerHead);
-      outs[c].resize(sh.bytes());
-    }
-    const int64_t shape[] = {sh.batch, sh.length, kHeads};
+    CallerLookups lookups = MakeCallerLookups(sh, callers, rng);
     Client* clients[6] = {single_client->get(), cluster_client->get(),
                           rma_client->get(),    routed_client->get(),
                           direct_client->get(), node_direct_client->get()};
     RunStats r[6];
-    for (int t = 0; t < 6; ++t) {
-      r[t] = RunClosedLoop(callers, seconds, [&](int c) {
-        return clients[t]->Lookup(1, ids[c], shape, outs[c]).ok();
-      });
-    }
+    for (int t = 0; t < 6; ++t)
+      r[t] = RunLookups(*clients[t], lookups, callers, seconds);
     std::printf("  %-20s %7lld", sh.name, static_cast<long long>(sh.rows()));
     for (const RunStats& x : r)
       std::printf(" %12.0f", x.calls_per_s() * sh.rows());
@@ -330,14 +356,7 @@ int ComparePeerGather(double seconds, int callers) {
                  })
                  .ok();
     });
-    TcpBlaster blaster;
-    std::vector<std::unique_ptr<TcpFetcher>> fetchers;
-    std::vector<std::vector<uint8_t>> bufs(callers);
-    for (int c = 0; c < callers; ++c)
-      fetchers.push_back(std::make_unique<TcpFetcher>(blaster.port()));
-    RunStats tcp = RunClosedLoop(callers, seconds, [&](int c) {
-      return fetchers[c]->Fetch(bytes, &bufs[c]);
-    });
+    RunStats tcp = RunRawTcp(bytes, callers, seconds);
     std::printf(
         "  %-14lld %12.2f %12.2f %12.1f %9.2fx\n", static_cast<long long>(rows),
         gather.calls_per_s() * bytes / 1e9, tcp.calls_per_s() * bytes / 1e9,
@@ -387,13 +406,10 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "lookup_bench: a server did not start\n");
     return 1;
   }
-  ClientOptions options;
-  options.num_channels = channels;
-  auto client =
-      Client::Connect(absl::StrCat("127.0.0.1:", engramd->port()), options);
+  auto client = ConnectTo(*engramd, channels);
   std::mt19937_64 rng(5);
   const BenchLayer bench_layer = MakeBenchLayer(rng);
-  if (!PopulateBenchLayer({client->get()}, bench_layer)) return 1;
+  if (!PopulateBenchLayer({client.get()}, bench_layer)) return 1;
   grpc::ChannelArguments args = TunedChannelArguments();
   args.SetMaxReceiveMessageSize(256 << 20);
   // The echo gets as many connections as the engram client (--channels),
@@ -421,17 +437,8 @@ int Main(int argc, char** argv) {
                           {"prefill B=1 L=4096", 1, 4096}};
   RunStats engram_b256;
   for (const Shape& s : shapes) {
-    std::vector<std::vector<int64_t>> ids(callers);
-    std::vector<std::vector<uint8_t>> outs(callers);
-    for (int c = 0; c < callers; ++c) {
-      for (int64_t i = 0; i < s.rows(); ++i)
-        ids[c].push_back(rng() % kRowsPerHead);
-      outs[c].resize(s.bytes());
-    }
-    const int64_t shape[] = {s.batch, s.length, kHeads};
-    RunStats engram = RunClosedLoop(callers, seconds, [&](int c) {
-      return (*client)->Lookup(1, ids[c], shape, outs[c]).ok();
-    });
+    CallerLookups lookups = MakeCallerLookups(s, callers, rng);
+    RunStats engram = RunLookups(*client, lookups, callers, seconds);
     RunStats naive = RunClosedLoop(callers, seconds, [&](int c) {
       grpc::ClientContext context;
       EchoRequest request;
@@ -447,14 +454,7 @@ int Main(int argc, char** argv) {
                 engram.calls_per_s() / naive.calls_per_s());
     if (s.batch == 256) engram_b256 = engram;
     if (s.length == 4096) {
-      TcpBlaster blaster;
-      std::vector<std::unique_ptr<TcpFetcher>> fetchers;
-      std::vector<std::vector<uint8_t>> bufs(callers);
-      for (int c = 0; c < callers; ++c)
-        fetchers.push_back(std::make_unique<TcpFetcher>(blaster.port()));
-      RunStats tcp = RunClosedLoop(callers, seconds, [&](int c) {
-        return fetchers[c]->Fetch(s.bytes(), &bufs[c]);
-      });
+      RunStats tcp = RunRawTcp(s.bytes(), callers, seconds);
       PrintRow("raw TCP loopback", s, tcp);
       std::printf("  %-22s %9.2fx\n", "ratio vs raw TCP",
                   engram.calls_per_s() / tcp.calls_per_s());

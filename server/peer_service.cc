@@ -18,6 +18,19 @@ using internal::v1::StageRequest;
 
 constexpr size_t kMaxTxnIdBytes = 128;
 
+// A raw TxnRequest → TxnResponse call: `handler(txn_id, done)`.
+template <typename Handler>
+grpc::ServerUnaryReactor* ServeTxn(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response,
+                                   Handler&& handler) {
+  return ServeRaw<internal::v1::TxnRequest, internal::v1::TxnResponse>(
+      context, request, response,
+      [handler = std::forward<Handler>(handler)](
+          const internal::v1::TxnRequest& txn, internal::v1::TxnResponse*,
+          RawDone done) { handler(txn.txn_id(), std::move(done)); });
+}
+
 // One Stage stream: this shard's rows of one cluster populate. gRPC
 // serializes its callbacks; a forced Remove (abort hook) and the idle
 // watchdog may end the call from other threads through FinishOnce.
@@ -235,51 +248,48 @@ grpc::ServerReadReactor<StageRequest>* PeerService::Stage(
 grpc::ServerUnaryReactor* PeerService::Commit(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  return ServeRaw<internal::v1::TxnRequest, internal::v1::TxnResponse>(
-      context, request, response,
-      [this](const internal::v1::TxnRequest& txn, internal::v1::TxnResponse*,
-             RawDone done) {
-        Prepared p;
-        {
-          MutexLock lock(&mu_);
-          auto it = prepared_.find(txn.txn_id());
-          if (it == prepared_.end()) {
-            done(absl::NotFoundError(absl::StrCat(
-                "transaction ", txn.txn_id().substr(0, kMaxTxnIdBytes),
-                " is not prepared on shard ", cluster_->self(),
-                " (aborted or timed out)")));
-            return;
-          }
-          p = std::move(it->second);
-          prepared_.erase(it);
-        }
-        const int64_t id = p.layer->id();
-        const uint64_t bytes = p.layer->bytes();
-        absl::Status s = layers_->Commit(p.ticket, std::move(p.layer));
-        if (s.ok()) {
-          LogInfo(absl::StrCat("layer ", id, " committed on shard ",
-                               cluster_->self(), ": ", bytes,
-                               " bytes held here"));
-        }
-        done(s);
-      });
+  return ServeTxn(context, request, response,
+                  [this](const std::string& txn_id, RawDone done) {
+                    Prepared p;
+                    {
+                      MutexLock lock(&mu_);
+                      auto it = prepared_.find(txn_id);
+                      if (it == prepared_.end()) {
+                        done(absl::NotFoundError(absl::StrCat(
+                            "transaction ", txn_id.substr(0, kMaxTxnIdBytes),
+                            " is not prepared on shard ", cluster_->self(),
+                            " (aborted or timed out)")));
+                        return;
+                      }
+                      p = std::move(it->second);
+                      prepared_.erase(it);
+                    }
+                    const int64_t id = p.layer->id();
+                    const uint64_t bytes = p.layer->bytes();
+                    absl::Status s =
+                        layers_->Commit(p.ticket, std::move(p.layer));
+                    if (s.ok()) {
+                      LogInfo(absl::StrCat("layer ", id, " committed on shard ",
+                                           cluster_->self(), ": ", bytes,
+                                           " bytes held here"));
+                    }
+                    done(s);
+                  });
 }
 
 grpc::ServerUnaryReactor* PeerService::Abort(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  return ServeRaw<internal::v1::TxnRequest, internal::v1::TxnResponse>(
-      context, request, response,
-      [this](const internal::v1::TxnRequest& txn, internal::v1::TxnResponse*,
-             RawDone done) {
-        MutexLock lock(&mu_);
-        auto it = prepared_.find(txn.txn_id());
-        if (it != prepared_.end()) {
-          layers_->Abandon(it->second.ticket);
-          prepared_.erase(it);
-        }
-        done(absl::OkStatus());
-      });
+  return ServeTxn(context, request, response,
+                  [this](const std::string& txn_id, RawDone done) {
+                    MutexLock lock(&mu_);
+                    auto it = prepared_.find(txn_id);
+                    if (it != prepared_.end()) {
+                      layers_->Abandon(it->second.ticket);
+                      prepared_.erase(it);
+                    }
+                    done(absl::OkStatus());
+                  });
 }
 
 grpc::ServerUnaryReactor* PeerService::Gather(

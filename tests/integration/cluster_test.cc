@@ -12,9 +12,7 @@
 #include "client/client.h"
 #include "cluster/placement.h"
 #include "engram/v1/engram.grpc.pb.h"
-#include "tests/testing/engramd_process.h"
-#include "tests/testing/lookup_check.h"
-#include "tests/testing/random_layer.h"
+#include "tests/testing/cluster_fixture.h"
 #include "transport/ucx_engine.h"
 
 namespace engram {
@@ -23,46 +21,13 @@ namespace {
 using testing::EngramdProcess;
 using ::testing::HasSubstr;
 
-// Every case runs with each peer-read path: "gather" (the owner packs rows
-// over gRPC) and "rma" (UCX one-sided reads; the transport is whatever
-// UCX_TLS selects: ctest runs this binary with shared memory and with TCP).
-class ClusterTest : public ::testing::TestWithParam<std::string> {
+// Every case runs with each peer-read path (ctest runs the rma cases with
+// UCX over shared memory and over TCP).
+class ClusterTest : public testing::ClusterFixture {
  protected:
-  void SetUp() override {
-    if (GetParam() == "rma" && !transport::UcxCompiledIn()) {
-      GTEST_SKIP() << "built without UCX: no rma path";
-    }
-  }
   void Start(int replication, std::vector<std::string> flags = {}) {
     flags.push_back("--staged_timeout_seconds=5");
-    if (std::none_of(flags.begin(), flags.end(), [](const std::string& f) {
-          return f.rfind("--peer_read=", 0) == 0;
-        })) {
-      flags.push_back("--peer_read=" + GetParam());
-    }
-    auto c = testing::StartCluster(3, replication, flags);
-    ASSERT_TRUE(c.ok()) << c.status();
-    shards_ = *std::move(c);
-    for (auto& s : shards_) {
-      auto client = Client::Connect(s->address());
-      ASSERT_TRUE(client.ok());
-      clients_.push_back(*std::move(client));
-    }
-  }
-  void TearDown() override {
-    clients_.clear();
-    for (auto& s : shards_) {
-      if (s != nullptr && s->Alive()) EXPECT_EQ(s->Stop(), 0) << s->Log();
-    }
-  }
-  void Populate(Client& c, int64_t id, const LayerLayout& layout) {
-    tables_[id] = testing::RandomTables(layout, static_cast<uint32_t>(id));
-    layouts_[id] = layout;
-    auto info = c.Populate(id, layout, testing::Spans(tables_[id]));
-    ASSERT_TRUE(info.ok()) << info.status();
-  }
-  absl::Status LookupExact(Client& c, int64_t id, uint32_t seed) {
-    return testing::LookupExact(c, id, layouts_[id], tables_[id], 4, 3, seed);
+    StartShards(3, replication, std::move(flags));
   }
 
   // engram_peer_reads_total{path} of a shard started with /metrics on.
@@ -77,40 +42,20 @@ class ClusterTest : public ::testing::TestWithParam<std::string> {
                ? -1
                : std::stod(metrics->substr(at + key.size()));
   }
-
-  std::vector<std::unique_ptr<EngramdProcess>> shards_;
-  std::vector<std::unique_ptr<Client>> clients_;
-  std::map<int64_t, std::vector<std::vector<uint8_t>>> tables_;
-  std::map<int64_t, LayerLayout> layouts_;
 };
 
 TEST_P(ClusterTest, ReplicatedClusterSurvivesKillDashNineDuringLookups) {
   Start(2);
   Populate(*clients_[0], 1, {{3000, 7, 1, 2000}, 32, DType::kFloat32});
   Populate(*clients_[1], 2, {{500, 501}, 24, DType::kBFloat16});
-  std::atomic<bool> stop{false};
-  std::atomic<int> ok{0}, failed{0};
-  std::string first_error;
-  std::mutex mu;
-  std::thread reader([&] {
-    for (uint32_t i = 0; !stop; ++i) {
-      absl::Status s = LookupExact(*clients_[0], 1 + i % 2, i);
-      if (s.ok()) {
-        ++ok;
-      } else {
-        ++failed;
-        std::lock_guard<std::mutex> lock(mu);
-        if (first_error.empty()) first_error = s.ToString();
-      }
-    }
-  });
+  testing::BackgroundReader reader(
+      [&](uint32_t i) { return LookupExact(*clients_[0], 1 + i % 2, i); });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   shards_[2]->Kill();
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-  stop = true;
-  reader.join();
-  EXPECT_EQ(failed.load(), 0) << first_error;
-  EXPECT_GT(ok.load(), 10);
+  reader.Stop();
+  EXPECT_EQ(reader.failed(), 0) << reader.first_error();
+  EXPECT_GT(reader.ok(), 10);
   // Every row still has a live owner: the survivors stay SERVING.
   EXPECT_TRUE(clients_[1]->CheckHealth().ok());
   for (uint32_t i = 0; i < 20; ++i)
@@ -120,8 +65,7 @@ TEST_P(ClusterTest, ReplicatedClusterSurvivesKillDashNineDuringLookups) {
 TEST_P(ClusterTest, ClientRoutedLookupsAreExactAndFailOver) {
   Start(2);
   Populate(*clients_[0], 3, {{4000, 3, 2500}, 40, DType::kBFloat16});
-  std::vector<std::string> addresses;
-  for (auto& s : shards_) addresses.push_back(s->address());
+  const std::vector<std::string> addresses = Addresses();
   auto routed = Client::ConnectCluster(addresses, 2);
   ASSERT_TRUE(routed.ok()) << routed.status();
   const LayerLayout& l = layouts_[3];
@@ -298,8 +242,7 @@ TEST_P(ClusterTest, DirectReadsServeFromShardMemoryWithoutRpcs) {
   Start(1);
   const LayerLayout l{{3000, 2, 5000}, 16, DType::kFloat32};
   Populate(*clients_[0], 5, l);
-  std::vector<std::string> addresses;
-  for (auto& s : shards_) addresses.push_back(s->address());
+  const std::vector<std::string> addresses = Addresses();
   ClientOptions options;
   options.direct_reads = true;
   options.timeout = absl::Seconds(3);

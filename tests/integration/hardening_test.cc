@@ -48,6 +48,15 @@ internal::v1::StageRequest StageHeader(const std::string& txn, int64_t layer,
   return m;
 }
 
+// A Populate header for a float32 layer of one head of `rows` rows.
+v1::PopulateRequest PopulateHeader(int64_t layer, int64_t rows, int dim) {
+  v1::PopulateRequest m;
+  m.mutable_header()->set_layer_id(layer);
+  m.mutable_header()->mutable_config()->add_table_vocab_sizes(rows);
+  m.mutable_header()->mutable_config()->set_embedding_dim(dim);
+  return m;
+}
+
 internal::v1::StageRequest StageChunk(int head, int64_t offset, size_t bytes) {
   internal::v1::StageRequest m;
   m.mutable_chunk()->set_head(head);
@@ -215,10 +224,7 @@ TEST_F(HardeningTest, ForcedRemoveGivesThePopulatingClientAborted) {
   ctx.set_deadline(In(10));
   v1::PopulateResponse response;
   auto writer = stub_->Populate(&ctx, &response);
-  v1::PopulateRequest header;
-  header.mutable_header()->set_layer_id(11);
-  header.mutable_header()->mutable_config()->add_table_vocab_sizes(100);
-  header.mutable_header()->mutable_config()->set_embedding_dim(4);
+  const v1::PopulateRequest header = PopulateHeader(11, 100, 4);
   ASSERT_TRUE(writer->Write(header));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_TRUE(RemoveRpc(11, true).ok());
@@ -385,10 +391,7 @@ TEST_F(HardeningTest, IdlePopulateStreamsAreEndedAndLockNothing) {
   ctx.set_deadline(In(20));
   v1::PopulateResponse response;
   auto writer = stub_->Populate(&ctx, &response);
-  v1::PopulateRequest header;
-  header.mutable_header()->set_layer_id(12);
-  header.mutable_header()->mutable_config()->add_table_vocab_sizes(1 << 20);
-  header.mutable_header()->mutable_config()->set_embedding_dim(16);  // 64 MiB
+  const v1::PopulateRequest header = PopulateHeader(12, 1 << 20, 16);  // 64 MiB
   ASSERT_TRUE(writer->Write(header));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_LT(ProcStatus(server_->pid(), "VmLck") - locked_before,
@@ -527,10 +530,7 @@ TEST(HardeningClusterTest, PopulateStreamsDoNotTakeAThreadEach) {
     auto s = std::make_unique<Stream>();
     s->ctx.set_deadline(In(60));
     s->writer = stub->Populate(&s->ctx, &s->response);
-    v1::PopulateRequest header;
-    header.mutable_header()->set_layer_id(100 + i);
-    header.mutable_header()->mutable_config()->add_table_vocab_sizes(10);
-    header.mutable_header()->mutable_config()->set_embedding_dim(4);
+    const v1::PopulateRequest header = PopulateHeader(100 + i, 10, 4);
     ASSERT_TRUE(s->writer->Write(header));
     streams.push_back(std::move(s));
   }

@@ -11,10 +11,7 @@
 #include <thread>
 
 #include "client/client.h"
-#include "tests/testing/engramd_process.h"
-#include "tests/testing/lookup_check.h"
-#include "tests/testing/random_layer.h"
-#include "transport/ucx_engine.h"
+#include "tests/testing/cluster_fixture.h"
 
 namespace engram {
 namespace {
@@ -22,31 +19,12 @@ namespace {
 using testing::EngramdProcess;
 using ::testing::HasSubstr;
 
-class RecoveryTest : public ::testing::TestWithParam<std::string> {
+class RecoveryTest : public testing::ClusterFixture {
  protected:
-  void SetUp() override {
-    if (GetParam() == "rma" && !transport::UcxCompiledIn()) {
-      GTEST_SKIP() << "built without UCX: no rma path";
-    }
-  }
   void Start(int replication) {
-    auto c = testing::StartCluster(
-        3, replication,
-        {"--peer_read=" + GetParam(), "--metrics_listen=127.0.0.1:0"});
-    ASSERT_TRUE(c.ok()) << c.status();
-    shards_ = *std::move(c);
-    for (auto& s : shards_) clients_.push_back(Connect(s->address()));
-  }
-  static std::unique_ptr<Client> Connect(const std::string& address) {
-    auto client = Client::Connect(address);
-    EXPECT_TRUE(client.ok());
-    return *std::move(client);
-  }
-  void TearDown() override {
-    clients_.clear();
-    for (auto& s : shards_) {
-      if (s != nullptr && s->Alive()) EXPECT_EQ(s->Stop(), 0) << s->Log();
-    }
+    batch_ = 8;
+    length_ = 4;
+    StartShards(3, replication, {"--metrics_listen=127.0.0.1:0"});
   }
   // Kills shard `i` and starts it again, empty, on the same address.
   void RestartEmpty(int i) {
@@ -58,13 +36,7 @@ class RecoveryTest : public ::testing::TestWithParam<std::string> {
     clients_[i] = Connect(shards_[i]->address());
   }
   void Populate(int64_t id, const LayerLayout& layout) {
-    tables_[id] = testing::RandomTables(layout, static_cast<uint32_t>(id));
-    layouts_[id] = layout;
-    auto info = clients_[0]->Populate(id, layout, testing::Spans(tables_[id]));
-    ASSERT_TRUE(info.ok()) << info.status();
-  }
-  absl::Status LookupExact(Client& c, int64_t id, uint32_t seed) {
-    return testing::LookupExact(c, id, layouts_[id], tables_[id], 8, 4, seed);
+    ClusterFixture::Populate(*clients_[0], id, layout);
   }
   // Polls shard i's health `service` until it reads `serving`.
   bool WaitHealth(int i, const std::string& service, bool serving,
@@ -83,11 +55,6 @@ class RecoveryTest : public ::testing::TestWithParam<std::string> {
                ? -1
                : std::stod(body->substr(at + name.size() + 2));
   }
-
-  std::vector<std::unique_ptr<EngramdProcess>> shards_;
-  std::vector<std::unique_ptr<Client>> clients_;
-  std::map<int64_t, std::vector<std::vector<uint8_t>>> tables_;
-  std::map<int64_t, LayerLayout> layouts_;
 };
 
 TEST_P(RecoveryTest, RestartedReplicaCopiesItsRangesBackWhileLookupsStayExact) {
@@ -95,36 +62,20 @@ TEST_P(RecoveryTest, RestartedReplicaCopiesItsRangesBackWhileLookupsStayExact) {
   Populate(1, {{20011, 30011, 9973}, 64, DType::kFloat32});  // ~15 MB
   Populate(2, {{5003, 7}, 24, DType::kBFloat16});
   // Lookups through a coordinator and through a client that routes itself.
-  std::vector<std::string> addresses;
-  for (auto& shard : shards_) addresses.push_back(shard->address());
-  auto routed = Client::ConnectCluster(addresses, 2);
+  auto routed = Client::ConnectCluster(Addresses(), 2);
   ASSERT_TRUE(routed.ok()) << routed.status();
-  std::atomic<bool> stop{false};
-  std::atomic<int> ok{0}, failed{0};
-  std::mutex mu;
-  std::string first_error;
-  std::thread reader([&] {
-    for (uint32_t i = 0; !stop; ++i) {
-      Client& via = i % 3 == 2 ? **routed : *clients_[0];
-      absl::Status s = LookupExact(via, 1 + i % 2, i);
-      if (s.ok()) {
-        ++ok;
-      } else {
-        ++failed;
-        std::lock_guard<std::mutex> lock(mu);
-        if (first_error.empty()) first_error = s.ToString();
-      }
-    }
+  testing::BackgroundReader reader([&](uint32_t i) {
+    Client& via = i % 3 == 2 ? **routed : *clients_[0];
+    return LookupExact(via, 1 + i % 2, i);
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   RestartEmpty(1);
   EXPECT_TRUE(WaitHealth(1, "engram.recovery", true, 60)) << shards_[1]->Log();
   EXPECT_TRUE(WaitHealth(1, "", true, 10));
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  stop = true;
-  reader.join();
-  EXPECT_EQ(failed.load(), 0) << first_error;
-  EXPECT_GT(ok.load(), 10);
+  reader.Stop();
+  EXPECT_EQ(reader.failed(), 0) << reader.first_error();
+  EXPECT_GT(reader.ok(), 10);
   EXPECT_GT(Metric(1, "engram_recovery_copied_bytes"), 1e6);
   EXPECT_EQ(Metric(1, "engram_recovery_layers_pending"), 0);
   EXPECT_THAT(shards_[1]->Log(), HasSubstr("recovery: layer 1 back"));

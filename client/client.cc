@@ -342,6 +342,25 @@ absl::StatusOr<std::vector<LayerDescription>> Client::ListLayers() {
   return layers;
 }
 
+absl::StatusOr<std::vector<LayerDescription>> Client::Load(
+    const std::string& manifest_path) {
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context, impl_->options.populate_timeout);
+  v1::LoadRequest request;
+  request.set_manifest_path(manifest_path);
+  v1::LoadResponse response;
+  if (absl::Status s =
+          FromGrpcStatus(impl_->stub->Load(&context, request, &response));
+      !s.ok()) {
+    return s;
+  }
+  std::vector<LayerDescription> layers;
+  for (const v1::LayerInfo& info : response.layers()) {
+    layers.push_back(FromProto(info));
+  }
+  return layers;
+}
+
 absl::Status Client::CheckHealth(const std::string& service) {
   // grpc.health.v1.HealthCheckRequest{string service = 1} (empty: no
   // bytes); the response is {status = 1 (SERVING)} -> 08 01.

@@ -110,6 +110,12 @@ class Client {
   absl::StatusOr<int> Remove(int64_t layer_id, bool force = false);
   absl::StatusOr<LayerDescription> DescribeLayer(int64_t layer_id);
   absl::StatusOr<std::vector<LayerDescription>> ListLayers();
+  // Asks the server to load the layers of a load manifest from checkpoint
+  // files it can read: `manifest_path` is on the server, relative to its
+  // --load_root (docs/loading.md). Waits up to populate_timeout; returns the
+  // layers loaded.
+  absl::StatusOr<std::vector<LayerDescription>> Load(
+      const std::string& manifest_path);
   // grpc.health.v1 status of `service` ("" = the server as a whole; a
   // cluster shard is SERVING there only while every row range has a
   // reachable owner): OK when SERVING, UNAVAILABLE otherwise.

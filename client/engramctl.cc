@@ -12,13 +12,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "checkpoint/npy.h"
 #include "client/client.h"
-#include "client/npy.h"
 #include "common/malloc_tuning.h"
 #include "proto/channel_tuning.h"
 
 namespace engram {
 namespace {
+
+using checkpoint::NpyArray;
+using checkpoint::ReadNpy;
+using checkpoint::WriteNpy;
 
 constexpr char kUsage[] = R"(engramctl: talk to an engramd server
 
@@ -34,6 +38,10 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
                                           create a layer: one [N_h, D] .npy
                                           per head (float32, float16, uint8;
                                           --dtype=bfloat16 for uint16 bits)
+  load     MANIFEST                       the server loads a load manifest's
+                                          layers from checkpoint files it
+                                          reads (MANIFEST is on the server,
+                                          under its --load_root)
   lookup   --layer=N (--ids=1,2,.. --shape=B,L,H | --ids_npy=ids.npy)
            [--output_dtype=T] [--out=rows.npy]
                                           gather rows; prints them, or
@@ -331,6 +339,14 @@ int Run(int argc, char** argv) {
         c.Remove(IntFlag(args, "layer"), args.flags.count("force") > 0);
     Check(n.status());
     std::cout << "removed " << *n << " tables\n";
+    return 0;
+  }
+  if (cmd == "load") {
+    if (args.files.size() != 1) Die("load takes one manifest path", 2);
+    absl::StatusOr<std::vector<LayerDescription>> layers =
+        c.Load(args.files[0]);
+    Check(layers.status());
+    for (const LayerDescription& d : *layers) PrintLayer(d);
     return 0;
   }
   if (cmd == "populate") return Populate(c, args);

@@ -452,4 +452,34 @@ std::function<void(const absl::Status&)> EngramService::Observer(Rpc rpc) {
   };
 }
 
+grpc::ServerUnaryReactor* EngramService::Load(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return ServeRaw<v1::LoadRequest, v1::LoadResponse>(
+      context, request, response,
+      [this](const v1::LoadRequest& req, v1::LoadResponse* resp, RawDone done) {
+        if (cluster_ != nullptr) {
+          done(absl::FailedPreconditionError(
+              "Load requests load a single node; a cluster loads its "
+              "manifest with engramd --load on every shard"));
+          return;
+        }
+        if (loader_ == nullptr) {
+          done(absl::FailedPreconditionError("this server cannot load files"));
+          return;
+        }
+        loader_->LoadRequested(req.manifest_path(), req.manifest_json(),
+                               [resp, done = std::move(done)](
+                                   absl::StatusOr<TableLoader::Layers> layers) {
+                                 if (layers.ok()) {
+                                   for (const auto& l : *layers)
+                                     FillLayerInfo(l->id(), l->layout(),
+                                                   resp->add_layers());
+                                 }
+                                 done(layers.status());
+                               });
+      },
+      Observer(Rpc::kLoad));
+}
+
 }  // namespace engram

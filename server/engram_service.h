@@ -13,6 +13,7 @@
 #include "server/pending_responses.h"
 #include "server/raw_unary.h"
 #include "server/read_stream.h"
+#include "server/table_loader.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -44,7 +45,8 @@ class EngramService final
           v1::EngramStore::WithRawCallbackMethod_Remove<
               v1::EngramStore::WithRawCallbackMethod_DescribeLayer<
                   v1::EngramStore::WithRawCallbackMethod_ListLayers<
-                      v1::EngramStore::CallbackService>>>> {
+                      v1::EngramStore::WithRawCallbackMethod_Load<
+                          v1::EngramStore::CallbackService>>>>> {
  public:
   EngramService(LayerRegistry* layers, MemoryBudget* budget, ThreadPool* pool,
                 ServerMetrics* metrics, GpuTier* gpu, ServiceLimits limits);
@@ -57,6 +59,9 @@ class EngramService final
   const ExportMapper* exporter() const { return exporter_; }
   // Ends populate streams that go idle (borrowed; call before serving).
   void SetStreamWatchdog(StreamWatchdog* watchdog) { watchdog_ = watchdog; }
+  // Serves Load requests (borrowed; call before serving). Without one, or
+  // in a cluster, Load is FAILED_PRECONDITION.
+  void SetLoader(TableLoader* loader) { loader_ = loader; }
   // Charges hand-encoded responses until sent (borrowed; before serving).
   void SetPendingResponses(PendingResponses* pending) { pending_ = pending; }
 
@@ -75,6 +80,9 @@ class EngramService final
   grpc::ServerUnaryReactor* ListLayers(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Load(grpc::CallbackServerContext* context,
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
 
  private:
   // Where a lookup's rows come from. Every backend fills the caller's rows
@@ -104,6 +112,7 @@ class EngramService final
   const ExportMapper* exporter_ = nullptr;
   StreamWatchdog* watchdog_ = nullptr;
   PendingResponses* pending_ = nullptr;
+  TableLoader* loader_ = nullptr;
   LayerRegistry* const layers_;
   MemoryBudget* const budget_;
   ThreadPool* const pool_;

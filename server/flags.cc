@@ -89,6 +89,24 @@ const std::vector<FlagSpec>& Flags() {
          return ParseBool(v, &c->demo);
        },
        [](const ServerConfig& c) { return c.demo ? "true" : "false"; }},
+      {"load",
+       "a load manifest (docs/loading.md) whose layers are loaded at start; "
+       "not ready until they are in",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->load = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.load; }},
+      {"load_root",
+       "folder whose manifests and checkpoint files Load requests may read; "
+       "empty refuses Load requests",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->load_root = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.load_root; }},
       {"pin_memory", "lock table memory in RAM (mlock), best effort", true,
        [](ServerConfig* c, const std::string& v) {
          return ParseBool(v, &c->pin_memory);

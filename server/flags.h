@@ -19,6 +19,10 @@ struct ServerConfig {
   int64_t max_message_bytes = int64_t{256} << 20;
   int64_t max_lookup_rows = int64_t{1} << 22;
   bool demo = false;
+  // A load manifest to load at start (any path the operator names), and
+  // the folder Load requests may read under ("" refuses them).
+  std::string load;
+  std::string load_root;
   bool pin_memory = true;
   double drain_seconds = 10;
   int gpu = -1;                         // CUDA device for the GPU tier; -1 off

@@ -13,7 +13,8 @@ namespace {
 
 const char* RpcName(int rpc) {
   static const char* kNames[kNumRpcs] = {"Populate", "Lookup", "Remove",
-                                         "DescribeLayer", "ListLayers"};
+                                         "DescribeLayer", "ListLayers",
+                                         "Load"};
   return kNames[rpc];
 }
 

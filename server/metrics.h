@@ -19,10 +19,17 @@
 
 namespace engram {
 
-enum class Rpc { kPopulate, kLookup, kRemove, kDescribeLayer, kListLayers };
+enum class Rpc {
+  kPopulate,
+  kLookup,
+  kRemove,
+  kDescribeLayer,
+  kListLayers,
+  kLoad
+};
 // How rows owned by another shard were read.
 enum class PeerPath { kGather = 0, kRma = 1 };
-inline constexpr int kNumRpcs = 5;
+inline constexpr int kNumRpcs = 6;
 inline constexpr int kNumStatusCodes = 17;
 
 // Owns the prometheus registry. Every counter a call touches is created up

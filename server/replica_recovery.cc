@@ -44,7 +44,7 @@ ReplicaRecovery::~ReplicaRecovery() {
   for (const auto& ticket : tickets_) layers_->Abandon(ticket);
 }
 
-int ReplicaRecovery::Plan() {
+int ReplicaRecovery::Plan(const std::set<int64_t>& skip) {
   std::map<int64_t, LayerLayout> committed;
   for (int s = 0; s < cluster_->size(); ++s) {
     if (s == cluster_->self()) continue;
@@ -61,6 +61,7 @@ int ReplicaRecovery::Plan() {
     }
   }
   for (auto& [id, layout] : committed) {
+    if (skip.count(id)) continue;
     auto ticket = layers_->BeginRecovery(Layer::Placeholder(id, layout));
     if (ticket.ok()) tickets_.push_back(*std::move(ticket));
   }

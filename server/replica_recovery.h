@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <functional>
 #include <memory>
+#include <set>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -36,8 +37,9 @@ class ReplicaRecovery {
                   const ExportMapper* exporter);
   ~ReplicaRecovery();  // stops copying (the claims are dropped) and joins
 
-  // Claims the layers to recover; returns how many.
-  int Plan();
+  // Claims the layers to recover, except those in `skip` (this shard loads
+  // them from checkpoint files: engramd --load); returns how many.
+  int Plan(const std::set<int64_t>& skip = {});
   // Copies on a background thread; `on_progress` runs after each layer.
   void Start(std::function<void()> on_progress);
 

@@ -85,6 +85,7 @@ EngramServer::EngramServer(ServerConfig config)
 }
 
 EngramServer::~EngramServer() {
+  if (loader_ != nullptr) loader_->Cancel();
   if (server_ != nullptr) {
     server_->Shutdown();
     server_->Wait();
@@ -115,6 +116,38 @@ absl::Status EngramServer::StartTransport() {
   return absl::OkStatus();
 }
 
+absl::Status EngramServer::StartLoader() {
+  PopulateEnv env;
+  env.layers = &layers_;
+  env.budget = &budget_;
+  env.metrics = &metrics_;
+  env.pool = &pool_;
+  env.gpu = gpu_.get();
+  env.exporter = peer_service_->exporter();
+  env.pin_memory = config_.pin_memory;
+  loader_ =
+      std::make_unique<TableLoader>(env, cluster_.get(), config_.load_root);
+  service_->SetLoader(loader_.get());
+  metrics_.AddGaugeSource(
+      "engram_load_bytes",
+      "Row bytes loaded from checkpoint files since start.",
+      [l = loader_.get()] { return static_cast<double>(l->bytes_loaded()); });
+  metrics_.AddGaugeSource("engram_loads_pending",
+                          "Load manifests queued or loading.",
+                          [l = loader_.get()] { return l->pending(); });
+  if (config_.load.empty()) return absl::OkStatus();
+  // Checked before listening: a bad manifest stops engramd at once.
+  absl::StatusOr<std::set<int64_t>> ids =
+      loader_->PrepareStartLoad(config_.load);
+  if (!ids.ok()) {
+    return absl::Status(ids.status().code(),
+                        absl::StrCat("--load: ", ids.status().message()));
+  }
+  start_load_ids_ = *std::move(ids);
+  start_load_ = 1;
+  return absl::OkStatus();
+}
+
 absl::Status EngramServer::Start() {
   absl::StatusOr<std::vector<std::string>> peers = ClusterPeers(config_);
   if (!peers.ok()) return peers.status();
@@ -142,10 +175,11 @@ absl::Status EngramServer::Start() {
     metrics_.SetPeersUpSource([c = cluster_.get()] { return c->peers_up(); });
     // Before listening: from the first call on, this shard must not answer
     // for rows of committed layers that it lost in a restart.
+    if (absl::Status s = StartLoader(); !s.ok()) return s;
     recovery_ = std::make_unique<ReplicaRecovery>(cluster_.get(), &layers_,
                                                   &budget_, config_.pin_memory,
                                                   peer_service_->exporter());
-    recovery_->Plan();
+    recovery_->Plan(start_load_ids_);
     metrics_.AddGaugeSource(
         "engram_recovery_layers_pending",
         "Layers this shard is still copying from replicas after a restart.",
@@ -183,6 +217,7 @@ absl::Status EngramServer::Start() {
                                     config_.max_message_bytes, &pending_,
                                     &pool_});
     service_->SetExporter(peer_service_->exporter());
+    if (absl::Status s = StartLoader(); !s.ok()) return s;
   }
   if (config_.demo) {
     if (absl::Status s = AddDemoLayer(
@@ -234,12 +269,26 @@ absl::Status EngramServer::Start() {
   auto update_health = [this, health] {
     const bool recovered = recovery_ == nullptr || recovery_->pending() == 0;
     health->SetServingStatus(
-        "", recovered &&
+        "", recovered && start_load_ == 0 &&
                 (cluster_ == nullptr || !cluster_->SomeRangeUnreachable()));
     health->SetServingStatus(
         kRecoveryService,
         recovered && (recovery_ == nullptr || recovery_->unrecoverable() == 0));
   };
+  if (!config_.load.empty()) {
+    loader_->StartPreparedLoad([this, update_health](
+                                   absl::StatusOr<TableLoader::Layers> layers) {
+      if (layers.ok()) {
+        LogInfo(absl::StrCat("--load ", config_.load, ": ", layers->size(),
+                             " layers in; ready"));
+      } else {
+        LogError(absl::StrCat("--load ", config_.load, " failed; not ready: ",
+                              layers.status().ToString()));
+      }
+      start_load_ = layers.ok() ? 0 : 2;
+      update_health();
+    });
+  }
   update_health();
   if (recovery_ != nullptr) recovery_->Start(update_health);
   if (cluster_ != nullptr) {
@@ -253,6 +302,7 @@ absl::Status EngramServer::Start() {
 
 void EngramServer::Shutdown() {
   if (server_ == nullptr) return;
+  loader_->Cancel();  // a load would hold its Load call open
   server_->GetHealthCheckService()->SetServingStatus(false);
   // Stop the prober (it would flip health back); the peer stubs must stay
   // alive until the server has drained the calls that use them.

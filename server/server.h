@@ -6,7 +6,9 @@
 #include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
 
+#include <atomic>
 #include <memory>
+#include <set>
 
 #include "absl/status/status.h"
 #include "server/cluster.h"
@@ -18,6 +20,7 @@
 #include "server/peer_service.h"
 #include "server/pending_responses.h"
 #include "server/replica_recovery.h"
+#include "server/table_loader.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -66,6 +69,8 @@ class EngramServer {
   // The UCX engine for --peer_read=auto|rma (left null for gather, or for
   // auto where UCX cannot start).
   absl::Status StartTransport();
+  // Creates the table loader and, with --load, checks the manifest.
+  absl::Status StartLoader();
 
   const ServerConfig config_;
   MemoryBudget budget_;
@@ -90,6 +95,11 @@ class EngramServer {
   std::unique_ptr<ClusterCoordinator> coordinator_;
   // Cluster mode: copies this shard's rows back after a restart.
   std::unique_ptr<ReplicaRecovery> recovery_;
+  // Loads manifests (--load, Load requests); after the services that call it.
+  std::unique_ptr<TableLoader> loader_;
+  // --load: 1 while loading, 2 if it failed (not ready), 0 otherwise.
+  std::atomic<int> start_load_{0};
+  std::set<int64_t> start_load_ids_;  // the --load manifest's layers
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;

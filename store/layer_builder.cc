@@ -128,12 +128,6 @@ int64_t LayerBuilder::OwnedRows(int head) const {
 
 absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
                                     std::string_view data) {
-  if (head < 0 || head >= layout_.num_heads()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("chunk head ", head, " is out of range: layer ", layer_id_,
-                     " has ", layout_.num_heads(), " heads"));
-  }
-  const int64_t rows_in_table = layout_.table_vocab_sizes[head];
   const size_t row_bytes = layout_.row_bytes();
   if (data.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -145,8 +139,21 @@ absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
         " bytes, not a whole number of ", row_bytes, "-byte rows (D = ",
         layout_.embedding_dim, ", ", DTypeName(layout_.dtype), ")"));
   }
-  const int64_t rows = static_cast<int64_t>(data.size() / row_bytes);
-  if (row_offset < 0 || row_offset > rows_in_table - rows) {
+  return FillRows(
+      head, row_offset, static_cast<int64_t>(data.size() / row_bytes),
+      [&data](uint8_t* dst) { std::memcpy(dst, data.data(), data.size()); });
+}
+
+absl::Status LayerBuilder::FillRows(
+    int64_t head, int64_t row_offset, int64_t rows,
+    const std::function<void(uint8_t* dst)>& fill) {
+  if (head < 0 || head >= layout_.num_heads()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk head ", head, " is out of range: layer ", layer_id_,
+                     " has ", layout_.num_heads(), " heads"));
+  }
+  const int64_t rows_in_table = layout_.table_vocab_sizes[head];
+  if (rows <= 0 || row_offset < 0 || row_offset > rows_in_table - rows) {
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk for head ", head, " covers rows [", row_offset, ", ",
         row_offset + rows, ") outside the table's ", rows_in_table, " rows"));
@@ -168,8 +175,7 @@ absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
         "chunk for head ", head, " covers rows [", row_offset, ", ",
         row_offset + rows, ") but row ", dup, " already arrived (overlap)"));
   }
-  std::memcpy(tables_[head].data() + row_offset * row_bytes, data.data(),
-              data.size());
+  fill(tables_[head].data() + row_offset * layout_.row_bytes());
   SetRange(bits, row_offset, row_offset + rows);
   received_per_head_[head] += rows;
   rows_received_ += rows;

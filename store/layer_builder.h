@@ -4,6 +4,7 @@
 #define ENGRAM_STORE_LAYER_BUILDER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string_view>
 #include <utility>
@@ -37,6 +38,12 @@ class LayerBuilder {
   // or rows that already arrived; on error nothing is written.
   absl::Status AddChunk(int64_t head, int64_t row_offset,
                         std::string_view data);
+
+  // Like AddChunk for `rows` rows, but `fill(dst)` writes them in place
+  // (from a checkpoint file: no staging copy). `fill` runs only when the
+  // checks pass.
+  absl::Status FillRows(int64_t head, int64_t row_offset, int64_t rows,
+                        const std::function<void(uint8_t* dst)>& fill);
 
   // INVALID_ARGUMENT naming the first head with missing rows; otherwise the
   // committed-ready layer. The builder is spent afterwards.

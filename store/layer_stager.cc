@@ -28,14 +28,23 @@ LayerStager::~LayerStager() {
   }
 }
 
+absl::Status LayerStager::AbortedByRemove() const {
+  return absl::AbortedError(
+      absl::StrCat("populate of layer ", layer_id_,
+                   " was aborted by a forced Remove; nothing was kept"));
+}
+
 absl::Status LayerStager::AddChunk(int64_t head, int64_t row_offset,
                                    std::string_view data) {
-  if (aborted()) {
-    return absl::AbortedError(
-        absl::StrCat("populate of layer ", layer_id_,
-                     " was aborted by a forced Remove; nothing was kept"));
-  }
+  if (aborted()) return AbortedByRemove();
   return builder_->AddChunk(head, row_offset, data);
+}
+
+absl::Status LayerStager::FillRows(
+    int64_t head, int64_t row_offset, int64_t rows,
+    const std::function<void(uint8_t* dst)>& fill) {
+  if (aborted()) return AbortedByRemove();
+  return builder_->FillRows(head, row_offset, rows, fill);
 }
 
 absl::StatusOr<std::shared_ptr<Layer>> LayerStager::Finish() {

@@ -43,6 +43,9 @@ class LayerStager {
   // LayerBuilder::AddChunk, ABORTED once a forced Remove took the id.
   absl::Status AddChunk(int64_t head, int64_t row_offset,
                         std::string_view data);
+  // LayerBuilder::FillRows, ABORTED once a forced Remove took the id.
+  absl::Status FillRows(int64_t head, int64_t row_offset, int64_t rows,
+                        const std::function<void(uint8_t* dst)>& fill);
   // The complete layer (INVALID_ARGUMENT naming missing rows). The hook is
   // detached: from here on a forced Remove only marks the claim aborted,
   // and Commit answers ABORTED.
@@ -58,6 +61,7 @@ class LayerStager {
  private:
   LayerStager(LayerRegistry* layers, int64_t layer_id)
       : layers_(layers), layer_id_(layer_id) {}
+  absl::Status AbortedByRemove() const;
   LayerRegistry* const layers_;
   const int64_t layer_id_;
   std::shared_ptr<PopulateTicket> ticket_;

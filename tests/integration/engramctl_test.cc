@@ -5,12 +5,16 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "client/npy.h"
+#include "checkpoint/npy.h"
 #include "tests/testing/engramd_process.h"
 #include "tests/testing/random_layer.h"
 
 namespace engram {
 namespace {
+
+using checkpoint::NpyArray;
+using checkpoint::ReadNpy;
+using checkpoint::WriteNpy;
 
 using ::testing::HasSubstr;
 

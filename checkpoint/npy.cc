@@ -1,4 +1,4 @@
-#include "client/npy.h"
+#include "checkpoint/npy.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -11,8 +11,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "checkpoint/mapped_file.h"
 
-namespace engram {
+namespace engram::checkpoint {
 namespace {
 
 constexpr char kMagic[] = "\x93NUMPY";
@@ -57,54 +58,49 @@ int64_t NpyArray::num_elements() const {
   return n;
 }
 
-absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open ", path, ": ", strerror(errno)));
-  }
+absl::StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes, uint64_t size,
+                                         const std::string& path) {
   auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, " is not a readable .npy file: ", why));
   };
-  char magic[8];
-  if (!in.read(magic, 8) || std::memcmp(magic, kMagic, 6) != 0) {
+  if (size < 10 || std::memcmp(bytes, kMagic, 6) != 0) {
     return bad("missing \\x93NUMPY magic");
   }
-  const int major = static_cast<uint8_t>(magic[6]);
-  uint32_t header_len = 0;
+  const int major = bytes[6];
+  uint64_t header_len = 0, pos = 0;
   if (major == 1) {
-    uint8_t len[2];
-    if (!in.read(reinterpret_cast<char*>(len), 2)) return bad("truncated");
-    header_len = len[0] | (len[1] << 8);
+    header_len = bytes[8] | (bytes[9] << 8);
+    pos = 10;
   } else if (major == 2 || major == 3) {
-    uint8_t len[4];
-    if (!in.read(reinterpret_cast<char*>(len), 4)) return bad("truncated");
-    header_len = len[0] | (len[1] << 8) | (len[2] << 16) |
-                 (static_cast<uint32_t>(len[3]) << 24);
+    if (size < 12) return bad("truncated");
+    header_len = bytes[8] | (bytes[9] << 8) | (bytes[10] << 16) |
+                 (static_cast<uint32_t>(bytes[11]) << 24);
+    pos = 12;
   } else {
     return bad(absl::StrCat("format version ", major, " is unknown"));
   }
-  std::string dict(header_len, '\0');
-  if (!in.read(dict.data(), header_len)) return bad("truncated header");
-
-  NpyArray array;
+  if (header_len > size - pos) return bad("truncated header");
+  const std::string dict(reinterpret_cast<const char*>(bytes + pos),
+                         header_len);
+  NpyHeader header;
+  header.data_offset = pos + header_len;
   std::string descr, fortran, shape;
   if (!DictValue(dict, "descr", &descr) ||
       !DictValue(dict, "fortran_order", &fortran) ||
       !DictValue(dict, "shape", &shape)) {
     return bad("header lacks descr, fortran_order or shape");
   }
-  array.descr =
+  header.descr =
       std::string(absl::StripSuffix(absl::StripPrefix(descr, "'"), "'"));
   if (fortran != "False") return bad("Fortran-order arrays are not supported");
-  if (array.descr.empty() || array.descr[0] == '>') {
-    return bad(absl::StrCat("dtype ", array.descr,
+  if (header.descr.empty() || header.descr[0] == '>') {
+    return bad(absl::StrCat("dtype ", header.descr,
                             " is big-endian or missing; use little-endian"));
   }
-  array.item_size = ItemSize(array.descr);
-  if (array.item_size == 0) {
-    return bad(absl::StrCat("dtype ", array.descr, " is not a plain number"));
+  header.item_size = ItemSize(header.descr);
+  if (header.item_size == 0) {
+    return bad(absl::StrCat("dtype ", header.descr, " is not a plain number"));
   }
   std::string dims(absl::StripSuffix(absl::StripPrefix(shape, "("), ")"));
   for (absl::string_view part :
@@ -113,28 +109,34 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
     if (!absl::SimpleAtoi(part, &d) || d < 0) {
       return bad(absl::StrCat("bad shape ", shape));
     }
-    array.shape.push_back(d);
+    header.shape.push_back(d);
   }
-  // Sized from the file before anything is allocated: a header may claim
-  // any shape (its product may even overflow).
-  const std::streamoff data_start = in.tellg();
-  in.seekg(0, std::ios::end);
-  const uint64_t available = static_cast<uint64_t>(
-      std::max<std::streamoff>(0, in.tellg() - data_start));
-  in.seekg(data_start);
-  uint64_t bytes = array.item_size;
-  for (int64_t d : array.shape) {
-    if (d != 0 && bytes > available / static_cast<uint64_t>(d)) {
+  // Checked against the file before anything is allocated: a header may
+  // claim any shape (its product may even overflow).
+  const uint64_t available = size - header.data_offset;
+  uint64_t need = header.item_size;
+  for (int64_t d : header.shape) {
+    if (d != 0 && need > available / static_cast<uint64_t>(d)) {
       return bad(absl::StrCat("shape ", shape, " needs more than the ",
                               available, " data bytes the file holds"));
     }
-    bytes *= static_cast<uint64_t>(d);
+    need *= static_cast<uint64_t>(d);
   }
-  array.data.resize(bytes);
-  if (bytes > 0 && !in.read(reinterpret_cast<char*>(array.data.data()),
-                            static_cast<std::streamsize>(bytes))) {
-    return bad(absl::StrCat("data is shorter than shape ", shape, " needs"));
-  }
+  header.data_bytes = need;
+  return header;
+}
+
+absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
+  auto file = MappedFile::Open(path);
+  if (!file.ok()) return file.status();
+  auto header = ParseNpyHeader((*file)->data(), (*file)->size(), path);
+  if (!header.ok()) return header.status();
+  NpyArray array;
+  array.descr = header->descr;
+  array.shape = header->shape;
+  array.item_size = header->item_size;
+  const uint8_t* data = (*file)->data() + header->data_offset;
+  array.data.assign(data, data + header->data_bytes);
   return array;
 }
 
@@ -169,4 +171,4 @@ absl::Status WriteNpy(const std::string& path, const std::string& descr,
   return absl::OkStatus();
 }
 
-}  // namespace engram
+}  // namespace engram::checkpoint

@@ -1,11 +1,11 @@
-#include "client/npy.h"
+#include "checkpoint/npy.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <fstream>
 
-namespace engram {
+namespace engram::checkpoint {
 namespace {
 
 TEST(NpyTest, WriteThenReadRoundTrips) {
@@ -50,4 +50,4 @@ TEST(NpyTest, HugeClaimedShapesAreRefusedWithoutAllocating) {
 }
 
 }  // namespace
-}  // namespace engram
+}  // namespace engram::checkpoint

@@ -1,0 +1,322 @@
+#include "checkpoint/manifest.h"
+
+#include <limits.h>
+#include <stdlib.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "checkpoint/json.h"
+
+namespace engram::checkpoint {
+namespace {
+
+// "a/./b/../c" -> "a/c" on an absolute path, without touching the disk.
+std::string Normalize(const std::string& path) {
+  std::vector<std::string> parts;
+  for (absl::string_view p : absl::StrSplit(path, '/', absl::SkipEmpty())) {
+    if (p == ".") continue;
+    if (p == "..") {
+      if (!parts.empty()) parts.pop_back();
+      continue;
+    }
+    parts.emplace_back(p);
+  }
+  return "/" + absl::StrJoin(parts, "/");
+}
+
+bool Under(const std::string& path, const std::string& root) {
+  return root == "/" || path == root || absl::StartsWith(path, root + "/");
+}
+
+std::string Dirname(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+absl::StatusOr<std::string> RealPath(const std::string& path) {
+  char resolved[PATH_MAX];
+  if (::realpath(path.c_str(), resolved) == nullptr) {
+    const std::string why =
+        absl::StrCat("cannot resolve ", path, ": ", std::strerror(errno));
+    return errno == ENOENT || errno == ENOTDIR
+               ? absl::NotFoundError(why)
+               : absl::FailedPreconditionError(why);
+  }
+  return std::string(resolved);
+}
+
+const char* const kDTypes[] = {"float32", "bfloat16", "float16", "uint8"};
+constexpr DType kDTypeValues[] = {DType::kFloat32, DType::kBFloat16,
+                                  DType::kFloat16, DType::kUInt8};
+
+// Reads one layer object; `where` prefixes every message.
+class LayerParser {
+ public:
+  LayerParser(const JsonValue& v, std::string where, const std::string& base,
+              const std::string& root)
+      : v_(v), where_(std::move(where)), base_(base), root_(root) {}
+
+  absl::StatusOr<LayerSpec> Parse() {
+    if (!v_.is_object()) return Bad("is not an object");
+    LayerSpec spec;
+    auto id = Int("layer_id");
+    if (!id.ok()) return id.status();
+    spec.layer_id = *id;
+    where_ = absl::StrCat("layer ", spec.layer_id);
+    for (const auto& [name, value] : v_.members()) {
+      static const std::set<std::string> kKnown = {
+          "layer_id",          "dtype",   "embedding_dim",
+          "table_vocab_sizes", "replace", "source"};
+      if (!kKnown.count(name)) {
+        return Bad(absl::StrCat("has an unknown member \"", name,
+                                "\" (known: layer_id, dtype, embedding_dim, "
+                                "table_vocab_sizes, replace, source)"));
+      }
+    }
+    const JsonValue* dtype = v_.Find("dtype");
+    if (dtype == nullptr || !dtype->is_string()) {
+      return Bad("needs \"dtype\": one of float32, bfloat16, float16, uint8");
+    }
+    bool known = false;
+    for (int i = 0; i < 4; ++i) {
+      if (dtype->text() == kDTypes[i]) {
+        spec.layout.dtype = kDTypeValues[i];
+        known = true;
+      }
+    }
+    if (!known) {
+      return Bad(absl::StrCat("dtype \"", dtype->text(),
+                              "\" is not one of float32, bfloat16, float16, "
+                              "uint8"));
+    }
+    auto dim = Int("embedding_dim");
+    if (!dim.ok()) return dim.status();
+    spec.layout.embedding_dim = *dim;
+    const JsonValue* sizes = v_.Find("table_vocab_sizes");
+    if (sizes == nullptr || !sizes->is_array()) {
+      return Bad("needs \"table_vocab_sizes\": rows per head, in head order");
+    }
+    for (const JsonValue& n : sizes->items()) {
+      auto rows = n.AsInt64();
+      if (!rows.ok()) {
+        return Bad(
+            absl::StrCat("table_vocab_sizes: ", rows.status().message()));
+      }
+      spec.layout.table_vocab_sizes.push_back(*rows);
+    }
+    if (absl::Status s = ValidateLayout(spec.layout); !s.ok()) {
+      return Bad(s.message());
+    }
+    if (const JsonValue* r = v_.Find("replace"); r != nullptr) {
+      if (!r->is_bool()) return Bad("\"replace\" must be true or false");
+      spec.replace = r->boolean();
+    }
+    auto source = Source(spec.layout.num_heads());
+    if (!source.ok()) return source.status();
+    spec.source = *std::move(source);
+    return spec;
+  }
+
+ private:
+  absl::Status Bad(absl::string_view why) const {
+    return absl::InvalidArgumentError(absl::StrCat(where_, ": ", why));
+  }
+  absl::StatusOr<int64_t> Int(const char* name) const {
+    const JsonValue* n = v_.Find(name);
+    if (n == nullptr) return Bad(absl::StrCat("needs \"", name, "\""));
+    auto v = n->AsInt64();
+    if (!v.ok()) return Bad(absl::StrCat(name, ": ", v.status().message()));
+    return *v;
+  }
+  absl::StatusOr<std::vector<std::string>> Strings(const JsonValue& s,
+                                                   const char* name) const {
+    const JsonValue* list = s.Find(name);
+    std::vector<std::string> out;
+    if (list == nullptr) return out;
+    if (!list->is_array()) return Bad(absl::StrCat(name, " must be a list"));
+    for (const JsonValue& item : list->items()) {
+      if (!item.is_string() || item.text().empty()) {
+        return Bad(absl::StrCat(name, " must list non-empty strings"));
+      }
+      out.push_back(item.text());
+    }
+    return out;
+  }
+  absl::StatusOr<std::string> Path(const std::string& path) const {
+    auto resolved = ResolvePath(path, base_, root_);
+    if (!resolved.ok()) {
+      return absl::Status(
+          resolved.status().code(),
+          absl::StrCat(where_, ": ", resolved.status().message()));
+    }
+    return resolved;
+  }
+  absl::StatusOr<LayerSource> Source(int heads) const {
+    const JsonValue* s = v_.Find("source");
+    if (s == nullptr || !s->is_object()) {
+      return Bad("needs a \"source\" object");
+    }
+    for (const auto& [name, value] : s->members()) {
+      if (name != "format" && name != "files" && name != "index" &&
+          name != "tensors") {
+        return Bad(absl::StrCat("source has an unknown member \"", name,
+                                "\" (known: format, files, index, tensors)"));
+      }
+    }
+    LayerSource source;
+    const JsonValue* format = s->Find("format");
+    if (format == nullptr || !format->is_string() ||
+        (format->text() != "safetensors" && format->text() != "npy")) {
+      return Bad("source.format must be \"safetensors\" or \"npy\"");
+    }
+    auto files = Strings(*s, "files");
+    if (!files.ok()) return files.status();
+    auto tensors = Strings(*s, "tensors");
+    if (!tensors.ok()) return tensors.status();
+    const JsonValue* index = s->Find("index");
+    if (index != nullptr && (!index->is_string() || index->text().empty())) {
+      return Bad("source.index must be a file name");
+    }
+    for (const std::string& f : *files) {
+      auto p = Path(f);
+      if (!p.ok()) return p.status();
+      source.files.push_back(*std::move(p));
+    }
+    if (format->text() == "npy") {
+      source.format = LayerSource::Format::kNpy;
+      if (index != nullptr || !tensors->empty()) {
+        return Bad("an npy source names files only (one per head)");
+      }
+      if (static_cast<int>(source.files.size()) != heads) {
+        return Bad(
+            absl::StrCat("an npy source needs one file per head: ", heads,
+                         " heads, ", source.files.size(), " files"));
+      }
+      return source;
+    }
+    source.format = LayerSource::Format::kSafetensors;
+    if ((index == nullptr) == source.files.empty()) {
+      return Bad("a safetensors source names either \"files\" or \"index\"");
+    }
+    if (index != nullptr) {
+      auto p = Path(index->text());
+      if (!p.ok()) return p.status();
+      source.index = *std::move(p);
+    }
+    if (tensors->empty()) {
+      return Bad(
+          "a safetensors source lists its \"tensors\" (e.g. the "
+          "weight, then the scale)");
+    }
+    source.tensors = *std::move(tensors);
+    return source;
+  }
+
+  const JsonValue& v_;
+  std::string where_;
+  const std::string& base_;
+  const std::string& root_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> ResolvePath(const std::string& path,
+                                        const std::string& base_dir,
+                                        const std::string& root) {
+  std::string absolute = path;
+  if (path.empty() || path[0] != '/') {
+    std::string base = base_dir;
+    if (base.empty() || base[0] != '/') {
+      char cwd[PATH_MAX];
+      if (::getcwd(cwd, sizeof cwd) == nullptr) {
+        return absl::InternalError("cannot read the working directory");
+      }
+      base = base.empty() ? cwd : absl::StrCat(cwd, "/", base);
+    }
+    absolute = absl::StrCat(base, "/", path);
+  }
+  absolute = Normalize(absolute);
+  std::string real_root;
+  if (!root.empty()) {
+    auto r = RealPath(root);
+    if (!r.ok()) return r.status();
+    real_root = *r;
+    // Checked before the file is looked at, so that nothing is learnt about
+    // paths outside the root.
+    if (!Under(absolute, Normalize(root)) && !Under(absolute, real_root)) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          path, " is outside the load root ", root, " (--load_root)"));
+    }
+  }
+  auto real = RealPath(absolute);
+  if (!real.ok()) return real.status();
+  if (!root.empty() && !Under(*real, real_root)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(path, " leads outside the load root ", root,
+                     " (through a symbolic link)"));
+  }
+  return real;
+}
+
+absl::StatusOr<LoadManifest> ParseLoadManifest(absl::string_view json,
+                                               const std::string& base_dir,
+                                               const std::string& root) {
+  auto doc = ParseJson(json, "load manifest");
+  if (!doc.ok()) return doc.status();
+  const JsonValue* layers = doc->is_object() ? doc->Find("layers") : nullptr;
+  if (layers == nullptr || !layers->is_array() || layers->items().empty()) {
+    return absl::InvalidArgumentError(
+        "a load manifest is an object with a non-empty \"layers\" list");
+  }
+  for (const auto& [name, value] : doc->members()) {
+    if (name != "layers") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "load manifest: unknown member \"", name, "\" (known: layers)"));
+    }
+  }
+  LoadManifest manifest;
+  std::set<int64_t> ids;
+  for (size_t i = 0; i < layers->items().size(); ++i) {
+    auto spec = LayerParser(layers->items()[i], absl::StrCat("layers[", i, "]"),
+                            base_dir, root)
+                    .Parse();
+    if (!spec.ok()) return spec.status();
+    if (!ids.insert(spec->layer_id).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "load manifest: layer ", spec->layer_id, " is listed twice"));
+    }
+    manifest.layers.push_back(*std::move(spec));
+  }
+  return manifest;
+}
+
+absl::StatusOr<LoadManifest> ReadLoadManifest(const std::string& path,
+                                              const std::string& root) {
+  auto resolved = ResolvePath(path, "", root);
+  if (!resolved.ok()) return resolved.status();
+  std::ifstream in(*resolved, std::ios::binary);
+  if (!in) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read ", *resolved, ": ", std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  auto manifest = ParseLoadManifest(text.str(), Dirname(*resolved), root);
+  if (!manifest.ok()) {
+    return absl::Status(manifest.status().code(),
+                        absl::StrCat(path, ": ", manifest.status().message()));
+  }
+  manifest->path = *resolved;
+  return manifest;
+}
+
+}  // namespace engram::checkpoint

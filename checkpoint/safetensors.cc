@@ -1,0 +1,189 @@
+#include "checkpoint/safetensors.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "checkpoint/json.h"
+
+namespace engram::checkpoint {
+namespace {
+
+// The safetensors format caps its header at 100 MB.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+std::string Dirname(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const std::string why =
+        absl::StrCat("cannot open ", path, ": ", std::strerror(errno));
+    return errno == ENOENT ? absl::NotFoundError(why)
+                           : absl::FailedPreconditionError(why);
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+size_t SafetensorsDTypeSize(const std::string& dtype) {
+  static const std::map<std::string, size_t> kSizes = {
+      {"BOOL", 1},    {"U8", 1},      {"I8", 1},  {"F8_E4M3", 1},
+      {"F8_E5M2", 1}, {"F8_E8M0", 1}, {"I16", 2}, {"U16", 2},
+      {"F16", 2},     {"BF16", 2},    {"I32", 4}, {"U32", 4},
+      {"F32", 4},     {"I64", 8},     {"U64", 8}, {"F64", 8}};
+  auto it = kSizes.find(dtype);
+  return it == kSizes.end() ? 0 : it->second;
+}
+
+absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
+    const std::string& path) {
+  auto file = MappedFile::Open(path);
+  if (!file.ok()) return file.status();
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is not a valid safetensors file: ", why));
+  };
+  const uint64_t size = (*file)->size();
+  if (size < 8) return bad(absl::StrCat("it has ", size, " bytes"));
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i)
+    header_len = header_len << 8 | (*file)->data()[i];
+  if (header_len > kMaxHeaderBytes || header_len > size - 8) {
+    return bad(absl::StrCat("its header claims ", header_len,
+                            " bytes but the file has ", size));
+  }
+  auto header = ParseJson(
+      absl::string_view(reinterpret_cast<const char*>((*file)->data() + 8),
+                        header_len),
+      path);
+  if (!header.ok()) return header.status();
+  if (!header->is_object()) return bad("the header is not a JSON object");
+  auto result = std::make_shared<SafetensorsFile>();
+  result->file_ = *std::move(file);
+  const uint64_t data_start = 8 + header_len;
+  const uint64_t data_size = size - data_start;
+  for (const auto& [name, t] : header->members()) {
+    if (name == "__metadata__") continue;
+    auto bad_tensor = [&](const std::string& why) {
+      return bad(absl::StrCat("tensor ", name, ": ", why));
+    };
+    const JsonValue* dtype = t.Find("dtype");
+    const JsonValue* shape = t.Find("shape");
+    const JsonValue* offsets = t.Find("data_offsets");
+    if (!t.is_object() || dtype == nullptr || !dtype->is_string() ||
+        shape == nullptr || !shape->is_array() || offsets == nullptr ||
+        !offsets->is_array() || offsets->items().size() != 2) {
+      return bad_tensor("needs dtype, shape and data_offsets [begin, end]");
+    }
+    SafetensorInfo info;
+    info.dtype = dtype->text();
+    const size_t item = SafetensorsDTypeSize(info.dtype);
+    if (item == 0) {
+      return bad_tensor(
+          absl::StrCat("dtype ", info.dtype, " is not supported"));
+    }
+    auto begin = offsets->items()[0].AsInt64();
+    auto end = offsets->items()[1].AsInt64();
+    if (!begin.ok() || !end.ok() || *begin < 0 || *end < *begin) {
+      return bad_tensor("data_offsets must be 0 <= begin <= end");
+    }
+    if (static_cast<uint64_t>(*end) > data_size) {
+      return bad_tensor(absl::StrCat(
+          "its data ends at byte ", *end, " of the data section but the file",
+          " holds only ", data_size, " (truncated?)"));
+    }
+    const uint64_t bytes = static_cast<uint64_t>(*end - *begin);
+    uint64_t elements = 1;
+    bool fits = true;
+    for (const JsonValue& d : shape->items()) {
+      auto n = d.AsInt64();
+      if (!n.ok() || *n < 0) return bad_tensor("shape has a bad dimension");
+      info.shape.push_back(*n);
+      if (*n != 0 && elements > bytes / static_cast<uint64_t>(*n)) {
+        fits = false;  // more elements than bytes: no overflow below
+      } else {
+        elements *= static_cast<uint64_t>(*n);
+      }
+    }
+    if (!fits || elements * item != bytes) {
+      return bad_tensor(absl::StrCat(
+          "shape [", absl::StrJoin(info.shape, ", "), "] of ", info.dtype,
+          " does not match its ", bytes, " data bytes"));
+    }
+    info.begin = data_start + static_cast<uint64_t>(*begin);
+    info.end = data_start + static_cast<uint64_t>(*end);
+    result->tensors_.emplace(name, std::move(info));
+  }
+  return std::shared_ptr<const SafetensorsFile>(std::move(result));
+}
+
+const SafetensorInfo* SafetensorsFile::Find(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : &it->second;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsIndex(
+    const std::string& path) {
+  auto text = ReadWholeFile(path);
+  if (!text.ok()) return text.status();
+  auto index = ParseJson(*text, path);
+  if (!index.ok()) return index.status();
+  const JsonValue* map =
+      index->is_object() ? index->Find("weight_map") : nullptr;
+  if (map == nullptr || !map->is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " has no \"weight_map\" object"));
+  }
+  std::map<std::string, std::string> files;
+  const std::string dir = Dirname(path);
+  for (const auto& [tensor, file] : map->members()) {
+    if (!file.is_string() || file.text().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": weight_map[\"", tensor, "\"] is not a file name"));
+    }
+    files[tensor] =
+        file.text()[0] == '/' ? file.text() : dir + "/" + file.text();
+  }
+  return files;
+}
+
+absl::Status WriteSafetensors(
+    const std::string& path,
+    const std::vector<std::pair<std::string, SafetensorInfo>>& tensors,
+    const std::map<std::string, std::string>& data) {
+  std::string header = "{";
+  std::string body;
+  for (const auto& [name, info] : tensors) {
+    const std::string& bytes = data.at(name);
+    absl::StrAppend(&header, header.size() > 1 ? "," : "", "\"", name,
+                    "\":{\"dtype\":\"", info.dtype, "\",\"shape\":[",
+                    absl::StrJoin(info.shape, ","), "],\"data_offsets\":[",
+                    body.size(), ",", body.size() + bytes.size(), "]}");
+    body += bytes;
+  }
+  header += "}";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  uint8_t len[8];
+  for (int i = 0; i < 8; ++i)
+    len[i] = static_cast<uint8_t>(header.size() >> (8 * i));
+  out.write(reinterpret_cast<const char*>(len), 8);
+  out << header << body;
+  out.flush();
+  if (!out) {
+    return absl::DataLossError(absl::StrCat("writing ", path, " failed"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace engram::checkpoint

@@ -1,0 +1,217 @@
+#include "server/table_loader.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/log.h"
+#include "store/layer_stager.h"
+
+namespace engram {
+namespace {
+
+// Rows read per step: big enough for sequential reads, small enough that a
+// cancel or a forced Remove is noticed soon.
+constexpr uint64_t kStepBytes = 16 << 20;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+      .count();
+}
+
+}  // namespace
+
+TableLoader::TableLoader(PopulateEnv env, const ClusterContext* cluster,
+                         std::string root)
+    : env_(env), cluster_(cluster), root_(std::move(root)) {}
+
+TableLoader::~TableLoader() { stopping_ = true; }
+
+void TableLoader::Submit(std::function<absl::StatusOr<Layers>()> work,
+                         Done done) {
+  ++pending_;
+  worker_.Submit([this, work = std::move(work), done = std::move(done)] {
+    absl::StatusOr<Layers> result =
+        stopping_ ? absl::UnavailableError("the server is shutting down")
+                  : work();
+    --pending_;
+    done(std::move(result));
+  });
+}
+
+void TableLoader::LoadRequested(std::string manifest_path,
+                                std::string manifest_json, Done done) {
+  if (root_.empty()) {
+    done(absl::FailedPreconditionError(
+        "this server loads no files on request: start engramd with "
+        "--load_root=DIR to allow manifests under DIR"));
+    return;
+  }
+  if (manifest_path.empty() == manifest_json.empty()) {
+    done(absl::InvalidArgumentError(
+        "a LoadRequest sets exactly one of manifest_path and manifest_json"));
+    return;
+  }
+  Submit(
+      [this, path = std::move(manifest_path),
+       json = std::move(manifest_json)]() -> absl::StatusOr<Layers> {
+        absl::StatusOr<checkpoint::LoadManifest> manifest =
+            json.empty()
+                ? checkpoint::ReadLoadManifest(
+                      path[0] == '/' ? path : root_ + "/" + path, root_)
+                : checkpoint::ParseLoadManifest(json, root_, root_);
+        if (!manifest.ok()) return manifest.status();
+        auto readers = OpenAll(*manifest, root_);
+        if (!readers.ok()) return readers.status();
+        return LoadAll(*readers);
+      },
+      std::move(done));
+}
+
+absl::StatusOr<std::set<int64_t>> TableLoader::PrepareStartLoad(
+    const std::string& manifest_path) {
+  absl::StatusOr<checkpoint::LoadManifest> manifest =
+      checkpoint::ReadLoadManifest(manifest_path, "");
+  if (!manifest.ok()) return manifest.status();
+  auto readers = OpenAll(*manifest, "");
+  if (!readers.ok()) {
+    return absl::Status(
+        readers.status().code(),
+        absl::StrCat(manifest_path, ": ", readers.status().message()));
+  }
+  uint64_t bytes = 0;
+  std::set<int64_t> ids;
+  for (const auto& r : *readers) {
+    bytes += r->source_bytes();
+    ids.insert(r->layer_id());
+  }
+  LogInfo(absl::StrCat("--load ", manifest_path, ": ", readers->size(),
+                       " layers, ", bytes,
+                       " bytes in checkpoint files; "
+                       "not ready until they are in"));
+  start_readers_ = *std::move(readers);
+  return ids;
+}
+
+void TableLoader::StartPreparedLoad(Done done) {
+  auto readers =
+      std::make_shared<std::vector<std::unique_ptr<checkpoint::LayerReader>>>(
+          std::move(start_readers_));
+  Submit([this, readers] { return LoadAll(*readers); }, std::move(done));
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<checkpoint::LayerReader>>>
+TableLoader::OpenAll(const checkpoint::LoadManifest& manifest,
+                     const std::string& root) const {
+  std::vector<std::unique_ptr<checkpoint::LayerReader>> readers;
+  for (const checkpoint::LayerSpec& spec : manifest.layers) {
+    if (spec.replace) {
+      return absl::UnimplementedError(absl::StrCat(
+          "layer ", spec.layer_id,
+          ": \"replace\" is not supported yet; Remove the layer first"));
+    }
+    auto reader = checkpoint::LayerReader::Open(spec, root);
+    if (!reader.ok()) return reader.status();
+    readers.push_back(*std::move(reader));
+  }
+  return readers;
+}
+
+absl::StatusOr<TableLoader::Layers> TableLoader::LoadAll(
+    const std::vector<std::unique_ptr<checkpoint::LayerReader>>& readers) {
+  Layers loaded;
+  for (const auto& reader : readers) {
+    absl::StatusOr<std::shared_ptr<const Layer>> layer = LoadLayer(*reader);
+    if (!layer.ok()) {
+      std::vector<int64_t> ids;
+      for (const auto& l : loaded) ids.push_back(l->id());
+      return absl::Status(
+          layer.status().code(),
+          absl::StrCat(layer.status().message(),
+                       ids.empty()
+                           ? std::string(" (no layer was loaded)")
+                           : absl::StrCat(" (loaded before it: layers ",
+                                          absl::StrJoin(ids, ", "), ")")));
+    }
+    loaded.push_back(*std::move(layer));
+  }
+  return loaded;
+}
+
+absl::StatusOr<std::shared_ptr<const Layer>> TableLoader::LoadLayer(
+    const checkpoint::LayerReader& reader) {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t id = reader.layer_id();
+  const LayerLayout& layout = reader.layout();
+  LayerStager::Options options;
+  options.pin_memory = env_.pin_memory;
+  options.exporter = env_.exporter;
+  if (cluster_ != nullptr) {
+    options.owned.resize(layout.num_heads());
+    for (int h = 0; h < layout.num_heads(); ++h) {
+      options.owned[h] = cluster_->placement().OwnedRanges(
+          id, h, layout.table_vocab_sizes[h], cluster_->self());
+    }
+  }
+  std::vector<std::vector<RowRange>> ranges = options.owned;
+  auto stager = LayerStager::Begin(env_.layers, env_.budget, id, layout,
+                                   std::move(options));
+  if (!stager.ok()) {
+    return absl::Status(
+        stager.status().code(),
+        absl::StrCat("layer ", id, ": ", stager.status().message()));
+  }
+  const int64_t step = std::max<int64_t>(
+      1, static_cast<int64_t>(kStepBytes / layout.row_bytes()));
+  uint64_t bytes = 0;
+  auto last_log = start;
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    const std::vector<RowRange> head_ranges =
+        ranges.empty() ? std::vector<RowRange>{{0, layout.table_vocab_sizes[h]}}
+                       : ranges[h];
+    for (RowRange r : head_ranges) {
+      for (int64_t row = r.begin; row < r.end; row += step) {
+        if (stopping_) {
+          return absl::UnavailableError(absl::StrCat(
+              "layer ", id, ": the server is shutting down; nothing kept"));
+        }
+        const int64_t n = std::min(step, r.end - row);
+        if (row + n < r.end) {
+          reader.Prefetch(h, row + n, std::min(step, r.end - row - n));
+        }
+        absl::Status s = (*stager)->FillRows(
+            h, row, n, [&](uint8_t* dst) { reader.ReadRows(h, row, n, dst); });
+        if (!s.ok()) {
+          return absl::Status(s.code(),
+                              absl::StrCat("layer ", id, ": ", s.message()));
+        }
+        bytes += n * layout.row_bytes();
+        bytes_loaded_ += n * layout.row_bytes();
+        if (SecondsSince(last_log) > 5) {
+          last_log = std::chrono::steady_clock::now();
+          LogInfo(absl::StrCat("load: layer ", id, ": ", bytes >> 20,
+                               " MiB in ", SecondsSince(start), " s"));
+        }
+      }
+    }
+  }
+  absl::StatusOr<std::shared_ptr<Layer>> layer = (*stager)->Finish();
+  if (!layer.ok()) return layer.status();
+  std::shared_ptr<const Layer> committed = *layer;
+  if (absl::Status s = MirrorAndCommit(env_.gpu, env_.layers,
+                                       (*stager)->ticket(), *std::move(layer));
+      !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("layer ", id, ": ", s.message()));
+  }
+  const double seconds = SecondsSince(start);
+  LogInfo(
+      absl::StrCat("layer ", id, " loaded: ", bytes, " bytes in ", seconds,
+                   " s (", bytes / 1e6 / std::max(seconds, 1e-9),
+                   " MB/s), pinned: ", PinModeName(committed->pin_mode()),
+                   committed->gpu_mirror() != nullptr ? ", on the GPU" : ""));
+  return committed;
+}
+
+}  // namespace engram

@@ -1,0 +1,85 @@
+// Loading layers from checkpoint files (load manifests) into this process's
+// store: engramd --load at start and the Load RPC.
+#ifndef ENGRAM_SERVER_TABLE_LOADER_H_
+#define ENGRAM_SERVER_TABLE_LOADER_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/layer_reader.h"
+#include "checkpoint/manifest.h"
+#include "server/cluster.h"
+#include "server/populate_reactor.h"
+#include "store/thread_pool.h"
+
+namespace engram {
+
+// Loads manifests one at a time on a thread of its own, so that no gRPC
+// reactor waits on disk. Every layer is all-or-nothing: its rows are read
+// straight from the mapped checkpoint files into the staged tables (one
+// copy, or one conversion), and it is committed like a Populate. In a
+// cluster (`cluster` not null) only the rows this shard owns are read.
+// Borrows `env` and `cluster`; both must outlive it. Thread-safe.
+class TableLoader {
+ public:
+  using Layers = std::vector<std::shared_ptr<const Layer>>;
+  using Done = std::function<void(absl::StatusOr<Layers>)>;
+
+  // `root`: the folder Load requests may read under ("" refuses them;
+  // the operator's own --load manifest may be anywhere).
+  TableLoader(PopulateEnv env, const ClusterContext* cluster, std::string root);
+  // Cancels the load in progress (between chunks: nothing of it is kept)
+  // and answers the queued ones UNAVAILABLE.
+  ~TableLoader();
+
+  // The Load RPC: a manifest path (relative to the root) or JSON text;
+  // FAILED_PRECONDITION without a root. `done` runs on the loader thread.
+  void LoadRequested(std::string manifest_path, std::string manifest_json,
+                     Done done);
+  // --load, in two steps. First the operator's manifest (any path) is read
+  // and every source checked (headers only); returns that check's error or
+  // the manifest's layer ids. Then StartPreparedLoad loads the rows in the
+  // background; `done` runs when they are in.
+  absl::StatusOr<std::set<int64_t>> PrepareStartLoad(
+      const std::string& manifest_path);
+  void StartPreparedLoad(Done done);
+
+  // Ends the load in progress at its next step and every queued one,
+  // UNAVAILABLE, nothing of them kept (server shutdown).
+  void Cancel() { stopping_ = true; }
+
+  // Manifests queued or loading.
+  int pending() const { return pending_.load(); }
+  // Row bytes read from checkpoint files since start.
+  uint64_t bytes_loaded() const { return bytes_loaded_.load(); }
+
+ private:
+  // Opens every layer's reader: the whole manifest is checked before any
+  // row is read, so a bad entry loads nothing.
+  absl::StatusOr<std::vector<std::unique_ptr<checkpoint::LayerReader>>> OpenAll(
+      const checkpoint::LoadManifest& manifest, const std::string& root) const;
+  // Loads each layer in turn; stops at the first failure.
+  absl::StatusOr<Layers> LoadAll(
+      const std::vector<std::unique_ptr<checkpoint::LayerReader>>& readers);
+  absl::StatusOr<std::shared_ptr<const Layer>> LoadLayer(
+      const checkpoint::LayerReader& reader);
+  void Submit(std::function<absl::StatusOr<Layers>()> work, Done done);
+
+  const PopulateEnv env_;
+  const ClusterContext* const cluster_;
+  const std::string root_;
+  std::vector<std::unique_ptr<checkpoint::LayerReader>> start_readers_;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> bytes_loaded_{0};
+  std::atomic<bool> stopping_{false};
+  ThreadPool worker_{1};  // last: its thread uses the members above
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_TABLE_LOADER_H_

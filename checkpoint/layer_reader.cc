@@ -1,5 +1,6 @@
 #include "checkpoint/layer_reader.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -211,36 +212,54 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
   return reader;
 }
 
-void LayerReader::ReadRows(int head, int64_t row, int64_t rows,
-                           uint8_t* dst) const {
+absl::Status LayerReader::ReadRows(int head, int64_t row, int64_t rows,
+                                   uint8_t* dst) const {
   const size_t row_bytes = layout_.row_bytes();
+  // A column that is the whole row, unconverted, is read straight into
+  // place; the others go through a small buffer that stays in cache.
+  constexpr size_t kScratchBytes = 2 << 20;
+  thread_local std::vector<uint8_t> scratch;
   for (const Column& c : columns_) {
     if (c.head >= 0 && c.head != head) continue;  // npy: another head's file
-    const uint64_t offset = c.head_offset[head];
-    const uint8_t* src = c.file->data() + offset + row * c.src_row_bytes;
-    const size_t dst_width =
-        c.from_float32 ? c.src_row_bytes / 4 * DTypeSize(layout_.dtype)
-                       : c.src_row_bytes;
-    if (dst_width == row_bytes) {  // the whole row: one block
-      if (c.from_float32) {
-        ConvertElements(src, DType::kFloat32, dst, layout_.dtype,
-                        static_cast<size_t>(rows) * c.src_row_bytes / 4);
-      } else {
-        std::memcpy(dst, src, static_cast<size_t>(rows) * row_bytes);
+    const uint64_t offset = c.head_offset[head] + row * c.src_row_bytes;
+    if (!c.from_float32 && c.src_row_bytes == row_bytes) {
+      if (absl::Status s = c.file->ReadAt(offset, rows * row_bytes, dst);
+          !s.ok()) {
+        return s;
       }
       continue;
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      uint8_t* out = dst + r * row_bytes + c.dst_offset;
-      const uint8_t* in = src + r * c.src_row_bytes;
-      if (c.from_float32) {
-        ConvertElements(in, DType::kFloat32, out, layout_.dtype,
-                        c.src_row_bytes / 4);
-      } else {
-        std::memcpy(out, in, c.src_row_bytes);
+    const int64_t step = std::max<int64_t>(
+        1, static_cast<int64_t>(kScratchBytes / c.src_row_bytes));
+    scratch.resize(static_cast<size_t>(step) * c.src_row_bytes);
+    const size_t dst_width =
+        c.from_float32 ? c.src_row_bytes / 4 * DTypeSize(layout_.dtype)
+                       : c.src_row_bytes;
+    for (int64_t done = 0; done < rows; done += step) {
+      const int64_t n = std::min(step, rows - done);
+      if (absl::Status s = c.file->ReadAt(offset + done * c.src_row_bytes,
+                                          n * c.src_row_bytes, scratch.data());
+          !s.ok()) {
+        return s;
+      }
+      uint8_t* out = dst + done * row_bytes + c.dst_offset;
+      if (c.from_float32 && dst_width == row_bytes) {
+        ConvertElements(scratch.data(), DType::kFloat32, out, layout_.dtype,
+                        n * c.src_row_bytes / 4);
+        continue;
+      }
+      for (int64_t r = 0; r < n; ++r) {
+        const uint8_t* in = scratch.data() + r * c.src_row_bytes;
+        if (c.from_float32) {
+          ConvertElements(in, DType::kFloat32, out + r * row_bytes,
+                          layout_.dtype, c.src_row_bytes / 4);
+        } else {
+          std::memcpy(out + r * row_bytes, in, c.src_row_bytes);
+        }
       }
     }
   }
+  return absl::OkStatus();
 }
 
 void LayerReader::Prefetch(int head, int64_t row, int64_t rows) const {

@@ -33,8 +33,10 @@ class LayerReader {
   int64_t layer_id() const { return layer_id_; }
   // Writes rows [row, row + rows) of `head` to `dst` (rows x row_bytes),
   // converting float32 sources to a 16-bit layer dtype (nearest even).
-  // Requires a valid range.
-  void ReadRows(int head, int64_t row, int64_t rows, uint8_t* dst) const;
+  // Requires a valid range; DATA_LOSS on an I/O error. Safe from several
+  // threads at once.
+  absl::Status ReadRows(int head, int64_t row, int64_t rows,
+                        uint8_t* dst) const;
   // Asks the kernel to read those rows' bytes ahead; best effort.
   void Prefetch(int head, int64_t row, int64_t rows) const;
   // Bytes of the source files that hold the layer's rows.

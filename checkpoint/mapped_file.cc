@@ -36,26 +36,42 @@ absl::StatusOr<std::shared_ptr<const MappedFile>> MappedFile::Open(
     data = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
     if (data == MAP_FAILED) {
       const int err = errno;
-      ::close(fd);
+      ::close(fd);  // NOLINT: not owned yet
       return absl::FailedPreconditionError(
           absl::StrCat("cannot map ", path, ": ", std::strerror(err)));
     }
   }
-  ::close(fd);  // the mapping keeps the file
   return std::shared_ptr<const MappedFile>(
-      new MappedFile(path, static_cast<const uint8_t*>(data), size));
+      new MappedFile(path, fd, static_cast<const uint8_t*>(data), size));
 }
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+  ::close(fd_);
+}
+
+absl::Status MappedFile::ReadAt(uint64_t offset, size_t bytes,
+                                uint8_t* dst) const {
+  while (bytes > 0) {
+    const ssize_t n = ::pread(fd_, dst, bytes, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return absl::DataLossError(absl::StrCat(
+          "reading ", bytes, " bytes at offset ", offset, " of ", path_,
+          " failed: ", n == 0 ? "the file ended" : std::strerror(errno)));
+    }
+    dst += n;
+    offset += static_cast<uint64_t>(n);
+    bytes -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
 }
 
 void MappedFile::WillReadSequentially(uint64_t offset, uint64_t bytes) const {
-  if (data_ == nullptr || offset >= size_) return;
-  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t begin = offset / page * page;
-  const uint64_t end = std::min(size_, offset + bytes);
-  ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_WILLNEED);
+  if (offset >= size_) return;
+  ::posix_fadvise(fd_, static_cast<off_t>(offset),
+                  static_cast<off_t>(std::min(bytes, size_ - offset)),
+                  POSIX_FADV_WILLNEED);
 }
 
 }  // namespace engram::checkpoint

@@ -31,6 +31,13 @@ LayerDescription FromProto(const v1::LayerInfo& info) {
   return d;
 }
 
+std::vector<LayerDescription> FromProto(
+    const google::protobuf::RepeatedPtrField<v1::LayerInfo>& infos) {
+  std::vector<LayerDescription> layers;
+  for (const v1::LayerInfo& info : infos) layers.push_back(FromProto(info));
+  return layers;
+}
+
 // State of one asynchronous lookup, freed by its completion callback.
 struct LookupCall {
   grpc::ClientContext context;
@@ -335,11 +342,7 @@ absl::StatusOr<std::vector<LayerDescription>> Client::ListLayers() {
       !s.ok()) {
     return s;
   }
-  std::vector<LayerDescription> layers;
-  for (const v1::LayerInfo& info : response.layers()) {
-    layers.push_back(FromProto(info));
-  }
-  return layers;
+  return FromProto(response.layers());
 }
 
 absl::StatusOr<std::vector<LayerDescription>> Client::Load(
@@ -354,11 +357,7 @@ absl::StatusOr<std::vector<LayerDescription>> Client::Load(
       !s.ok()) {
     return s;
   }
-  std::vector<LayerDescription> layers;
-  for (const v1::LayerInfo& info : response.layers()) {
-    layers.push_back(FromProto(info));
-  }
-  return layers;
+  return FromProto(response.layers());
 }
 
 absl::Status Client::CheckHealth(const std::string& service) {

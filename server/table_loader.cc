@@ -180,8 +180,9 @@ absl::StatusOr<std::shared_ptr<const Layer>> TableLoader::LoadLayer(
         if (row + n < r.end) {
           reader.Prefetch(h, row + n, std::min(step, r.end - row - n));
         }
-        absl::Status s = (*stager)->FillRows(
-            h, row, n, [&](uint8_t* dst) { reader.ReadRows(h, row, n, dst); });
+        absl::Status s = (*stager)->FillRows(h, row, n, [&](uint8_t* dst) {
+          return reader.ReadRows(h, row, n, dst);
+        });
         if (!s.ok()) {
           return absl::Status(s.code(),
                               absl::StrCat("layer ", id, ": ", s.message()));

@@ -139,14 +139,17 @@ absl::Status LayerBuilder::AddChunk(int64_t head, int64_t row_offset,
         " bytes, not a whole number of ", row_bytes, "-byte rows (D = ",
         layout_.embedding_dim, ", ", DTypeName(layout_.dtype), ")"));
   }
-  return FillRows(
-      head, row_offset, static_cast<int64_t>(data.size() / row_bytes),
-      [&data](uint8_t* dst) { std::memcpy(dst, data.data(), data.size()); });
+  return FillRows(head, row_offset,
+                  static_cast<int64_t>(data.size() / row_bytes),
+                  [&data](uint8_t* dst) {
+                    std::memcpy(dst, data.data(), data.size());
+                    return absl::OkStatus();
+                  });
 }
 
 absl::Status LayerBuilder::FillRows(
     int64_t head, int64_t row_offset, int64_t rows,
-    const std::function<void(uint8_t* dst)>& fill) {
+    const std::function<absl::Status(uint8_t* dst)>& fill) {
   if (head < 0 || head >= layout_.num_heads()) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk head ", head, " is out of range: layer ", layer_id_,
@@ -175,7 +178,11 @@ absl::Status LayerBuilder::FillRows(
         "chunk for head ", head, " covers rows [", row_offset, ", ",
         row_offset + rows, ") but row ", dup, " already arrived (overlap)"));
   }
-  fill(tables_[head].data() + row_offset * layout_.row_bytes());
+  if (absl::Status s =
+          fill(tables_[head].data() + row_offset * layout_.row_bytes());
+      !s.ok()) {
+    return s;  // rows not marked: a retry may fill them again
+  }
   SetRange(bits, row_offset, row_offset + rows);
   received_per_head_[head] += rows;
   rows_received_ += rows;

@@ -41,9 +41,9 @@ class LayerBuilder {
 
   // Like AddChunk for `rows` rows, but `fill(dst)` writes them in place
   // (from a checkpoint file: no staging copy). `fill` runs only when the
-  // checks pass.
+  // checks pass; its error is returned and the rows stay missing.
   absl::Status FillRows(int64_t head, int64_t row_offset, int64_t rows,
-                        const std::function<void(uint8_t* dst)>& fill);
+                        const std::function<absl::Status(uint8_t* dst)>& fill);
 
   // INVALID_ARGUMENT naming the first head with missing rows; otherwise the
   // committed-ready layer. The builder is spent afterwards.

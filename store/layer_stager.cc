@@ -42,7 +42,7 @@ absl::Status LayerStager::AddChunk(int64_t head, int64_t row_offset,
 
 absl::Status LayerStager::FillRows(
     int64_t head, int64_t row_offset, int64_t rows,
-    const std::function<void(uint8_t* dst)>& fill) {
+    const std::function<absl::Status(uint8_t* dst)>& fill) {
   if (aborted()) return AbortedByRemove();
   return builder_->FillRows(head, row_offset, rows, fill);
 }

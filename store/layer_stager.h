@@ -45,7 +45,7 @@ class LayerStager {
                         std::string_view data);
   // LayerBuilder::FillRows, ABORTED once a forced Remove took the id.
   absl::Status FillRows(int64_t head, int64_t row_offset, int64_t rows,
-                        const std::function<void(uint8_t* dst)>& fill);
+                        const std::function<absl::Status(uint8_t* dst)>& fill);
   // The complete layer (INVALID_ARGUMENT naming missing rows). The hook is
   // detached: from here on a forced Remove only marks the claim aborted,
   // and Commit answers ABORTED.

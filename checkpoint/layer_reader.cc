@@ -60,6 +60,7 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
     const LayerSpec& spec, const std::string& root) {
   std::unique_ptr<LayerReader> reader(new LayerReader());
   reader->layer_id_ = spec.layer_id;
+  reader->replace_ = spec.replace;
   reader->layout_ = spec.layout;
   const LayerLayout& layout = reader->layout_;
   const std::string where = absl::StrCat("layer ", spec.layer_id);

@@ -31,6 +31,8 @@ class LayerReader {
 
   const LayerLayout& layout() const { return layout_; }
   int64_t layer_id() const { return layer_id_; }
+  // The manifest asks to swap out a committed layer of this id.
+  bool replace() const { return replace_; }
   // Writes rows [row, row + rows) of `head` to `dst` (rows x row_bytes),
   // converting float32 sources to a 16-bit layer dtype (nearest even).
   // Requires a valid range; DATA_LOSS on an I/O error. Safe from several
@@ -57,6 +59,7 @@ class LayerReader {
   LayerReader() = default;
 
   int64_t layer_id_ = 0;
+  bool replace_ = false;
   LayerLayout layout_;
   std::vector<Column> columns_;
   uint64_t source_bytes_ = 0;

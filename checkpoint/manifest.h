@@ -1,5 +1,5 @@
 // Load manifests: which layers to load from which checkpoint files
-// (docs/loading.md has the format).
+// (docs/tables.md has the format).
 #ifndef ENGRAM_CHECKPOINT_MANIFEST_H_
 #define ENGRAM_CHECKPOINT_MANIFEST_H_
 

@@ -72,7 +72,9 @@ absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
   result->file_ = *std::move(file);
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = size - data_start;
-  for (const auto& [name, t] : header->members()) {
+  for (const auto& member : header->members()) {
+    const std::string& name = member.first;
+    const JsonValue& t = member.second;
     if (name == "__metadata__") continue;
     auto bad_tensor = [&](const std::string& why) {
       return bad(absl::StrCat("tensor ", name, ": ", why));

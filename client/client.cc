@@ -28,6 +28,7 @@ LayerDescription FromProto(const v1::LayerInfo& info) {
   d.layout = LayoutOf(info.config());
   d.store_keys.assign(info.store_keys().begin(), info.store_keys().end());
   d.bytes = info.bytes();
+  d.version = info.version();
   return d;
 }
 
@@ -169,6 +170,20 @@ absl::StatusOr<LayerDescription> Client::Populate(
     int64_t layer_id, const LayerLayout& layout,
     const std::vector<std::span<const uint8_t>>& tables,
     const PopulateProgress& progress) {
+  return PopulateOrReplace(layer_id, layout, tables, progress, false);
+}
+
+absl::StatusOr<LayerDescription> Client::Replace(
+    int64_t layer_id, const LayerLayout& layout,
+    const std::vector<std::span<const uint8_t>>& tables,
+    const PopulateProgress& progress) {
+  return PopulateOrReplace(layer_id, layout, tables, progress, true);
+}
+
+absl::StatusOr<LayerDescription> Client::PopulateOrReplace(
+    int64_t layer_id, const LayerLayout& layout,
+    const std::vector<std::span<const uint8_t>>& tables,
+    const PopulateProgress& progress, bool replace) {
   if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
   if (tables.size() != static_cast<size_t>(layout.num_heads())) {
     return absl::InvalidArgumentError(
@@ -186,7 +201,7 @@ absl::StatusOr<LayerDescription> Client::Populate(
   if (impl_->router != nullptr) {  // straight to the owners
     absl::Status s = impl_->router->Populate(
         layer_id, layout, tables, impl_->options.populate_chunk_bytes,
-        impl_->options.populate_timeout, progress);
+        impl_->options.populate_timeout, progress, replace);
     if (!s.ok()) return s;
     LayerDescription d;
     d.layer_id = layer_id;
@@ -205,6 +220,7 @@ absl::StatusOr<LayerDescription> Client::Populate(
   v1::PopulateRequest message;
   v1::PopulateHeader* header = message.mutable_header();
   header->set_layer_id(layer_id);
+  header->set_replace(replace);
   LayoutToConfig(layout, header->mutable_config());
   bool open = writer->Write(message);
 

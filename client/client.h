@@ -52,6 +52,7 @@ struct LayerDescription {
   LayerLayout layout;
   std::vector<std::string> store_keys;  // engram:l{layer}:h{head}
   int64_t bytes = 0;
+  uint64_t version = 0;  // 1 at first commit, +1 per replace (0: unknown)
 };
 
 // Called during Populate with row bytes sent so far and the total.
@@ -84,6 +85,13 @@ class Client {
       int64_t layer_id, const LayerLayout& layout,
       const std::vector<std::span<const uint8_t>>& tables,
       const PopulateProgress& progress = nullptr);
+  // Populate that replaces layer `layer_id` if it exists: the new version
+  // is built beside the old one, which serves until the swap at commit and
+  // stays if this fails. (In a cluster each shard swaps at its own commit.)
+  absl::StatusOr<LayerDescription> Replace(
+      int64_t layer_id, const LayerLayout& layout,
+      const std::vector<std::span<const uint8_t>>& tables,
+      const PopulateProgress& progress = nullptr);
 
   // Gathers rows for `ids` of logical `shape` [B, L, H] into `output`, which
   // must hold exactly B*L*H*D elements of the output dtype (the stored one
@@ -112,7 +120,7 @@ class Client {
   absl::StatusOr<std::vector<LayerDescription>> ListLayers();
   // Asks the server to load the layers of a load manifest from checkpoint
   // files it can read: `manifest_path` is on the server, relative to its
-  // --load_root (docs/loading.md). Waits up to populate_timeout; returns the
+  // --load_root (docs/tables.md). Waits up to populate_timeout; returns the
   // layers loaded.
   absl::StatusOr<std::vector<LayerDescription>> Load(
       const std::string& manifest_path);
@@ -124,6 +132,10 @@ class Client {
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
+  absl::StatusOr<LayerDescription> PopulateOrReplace(
+      int64_t layer_id, const LayerLayout& layout,
+      const std::vector<std::span<const uint8_t>>& tables,
+      const PopulateProgress& progress, bool replace);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -130,13 +130,15 @@ absl::Status ClusterRouter::Populate(
     int64_t layer_id, const LayerLayout& layout,
     const std::vector<std::span<const uint8_t>>& tables, size_t chunk_bytes,
     absl::Duration timeout,
-    const std::function<void(uint64_t, uint64_t)>& progress) {
+    const std::function<void(uint64_t, uint64_t)>& progress, bool replace) {
   std::vector<internal::v1::EngramPeer::Stub*> stubs;
   for (auto& stub : stubs_) stubs.push_back(stub.get());
   PopulateFanout fanout(
       std::move(stubs), placement_, [this](int s) { MarkDown(s); },
       std::chrono::seconds(absl::ToInt64Seconds(timeout)));
-  if (absl::Status s = fanout.Begin(layer_id, layout); !s.ok()) return s;
+  if (absl::Status s = fanout.Begin(layer_id, layout, replace); !s.ok()) {
+    return s;
+  }
   const size_t row_bytes = layout.row_bytes();
   const size_t rows_per_chunk = std::max<size_t>(1, chunk_bytes / row_bytes);
   const uint64_t total = layout.total_bytes();

@@ -46,11 +46,11 @@ class ClusterRouter {
   ~ClusterRouter();
 
   // Populates through the owners directly (two phases, see PopulateFanout).
-  absl::Status Populate(
-      int64_t layer_id, const LayerLayout& layout,
-      const std::vector<std::span<const uint8_t>>& tables, size_t chunk_bytes,
-      absl::Duration timeout,
-      const std::function<void(uint64_t, uint64_t)>& progress);
+  absl::Status Populate(int64_t layer_id, const LayerLayout& layout,
+                        const std::vector<std::span<const uint8_t>>& tables,
+                        size_t chunk_bytes, absl::Duration timeout,
+                        const std::function<void(uint64_t, uint64_t)>& progress,
+                        bool replace = false);
 
   // Validates like the server, then gathers. `done` runs once.
   void Lookup(int64_t layer_id, std::span<const int64_t> ids,

@@ -34,10 +34,12 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
   describe --layer=N                      one layer in detail
   remove   --layer=N [--force]            drop a layer (--force also aborts
                                           a populate in progress)
-  populate --layer=N [--dtype=T] H0.npy H1.npy ...
+  populate --layer=N [--dtype=T] [--replace] H0.npy H1.npy ...
                                           create a layer: one [N_h, D] .npy
                                           per head (float32, float16, uint8;
-                                          --dtype=bfloat16 for uint16 bits)
+                                          --dtype=bfloat16 for uint16 bits);
+                                          --replace swaps out an existing
+                                          layer at commit
   load     MANIFEST                       the server loads a load manifest's
                                           layers from checkpoint files it
                                           reads (MANIFEST is on the server,
@@ -148,7 +150,7 @@ void PrintLayer(const LayerDescription& d) {
             << " heads, D = " << d.layout.embedding_dim << " "
             << DTypeName(d.layout.dtype) << ", vocab sizes ["
             << absl::StrJoin(d.layout.table_vocab_sizes, ", ") << "], "
-            << d.bytes << " bytes\n";
+            << d.bytes << " bytes, version " << d.version << "\n";
 }
 
 int Populate(Client& client, const Args& args) {
@@ -210,7 +212,9 @@ int Populate(Client& client, const Args& args) {
     };
   }
   absl::StatusOr<LayerDescription> d =
-      client.Populate(layer, layout, tables, progress);
+      args.flags.count("replace")
+          ? client.Replace(layer, layout, tables, progress)
+          : client.Populate(layer, layout, tables, progress);
   if (tty) std::fprintf(stderr, "\n");
   Check(d.status());
   PrintLayer(*d);

@@ -49,8 +49,8 @@ PopulateFanout::~PopulateFanout() {
   if (!finished_) Abort();
 }
 
-absl::Status PopulateFanout::Begin(int64_t layer_id,
-                                   const LayerLayout& layout) {
+absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout,
+                                   bool replace) {
   if (!txn_id_.empty()) {
     return absl::InvalidArgumentError(
         "a second PopulateHeader arrived; send one header, then chunks");
@@ -81,6 +81,7 @@ absl::Status PopulateFanout::Begin(int64_t layer_id,
   internal::v1::StageHeader* header = stage.mutable_header();
   header->set_txn_id(txn_id_);
   header->set_layer_id(layer_id);
+  header->set_replace(replace);
   LayoutToConfig(layout, header->mutable_config());
   for (size_t s = 0; s < stubs_.size(); ++s) {
     auto peer = std::make_unique<PeerStream>();

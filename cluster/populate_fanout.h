@@ -34,8 +34,12 @@ class PopulateFanout {
                  std::chrono::seconds stage_timeout = std::chrono::hours(2));
   ~PopulateFanout();  // aborts if neither Commit succeeded nor Abort ran
 
-  // Validates the layout and opens a Stage stream to every shard.
-  absl::Status Begin(int64_t layer_id, const LayerLayout& layout);
+  // Validates the layout and opens a Stage stream to every shard. With
+  // `replace`, every shard swaps out its committed copy of the id at commit
+  // (each shard at its own commit: during the commit round a lookup may
+  // combine old rows of one shard with new rows of another).
+  absl::Status Begin(int64_t layer_id, const LayerLayout& layout,
+                     bool replace = false);
   // Validates whole rows of `head` from `row_offset`, and sends each
   // owner (R copies) its part.
   absl::Status AddChunk(int64_t head, int64_t row_offset,

@@ -36,7 +36,7 @@ void LayoutToConfig(const LayerLayout& layout, v1::LayerConfig* config) {
 }
 
 void FillLayerInfo(int64_t layer_id, const LayerLayout& layout,
-                   v1::LayerInfo* info) {
+                   v1::LayerInfo* info, uint64_t version) {
   info->set_layer_id(layer_id);
   LayoutToConfig(layout, info->mutable_config());
   for (int h = 0; h < layout.num_heads(); ++h) {
@@ -44,6 +44,7 @@ void FillLayerInfo(int64_t layer_id, const LayerLayout& layout,
   }
   info->set_num_heads(layout.num_heads());
   info->set_bytes(static_cast<int64_t>(layout.total_bytes()));
+  info->set_version(version);
 }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {

@@ -24,9 +24,10 @@ LayerLayout LayoutOf(const v1::LayerConfig& config);
 // broken invariant (unknown dtype values included).
 absl::StatusOr<LayerLayout> LayoutFromConfig(const v1::LayerConfig& config);
 void LayoutToConfig(const LayerLayout& layout, v1::LayerConfig* config);
-// The public description of a layer: config, store keys, head count, bytes.
+// The public description of a layer: config, store keys, head count, bytes
+// and version (0: not known here, e.g. a cluster populate's reply).
 void FillLayerInfo(int64_t layer_id, const LayerLayout& layout,
-                   v1::LayerInfo* info);
+                   v1::LayerInfo* info, uint64_t version = 0);
 
 // absl -> gRPC status, same code; the message is cut to 1 KiB so no request
 // can make the server echo megabytes back.

@@ -89,7 +89,8 @@ class ClusterPopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
     absl::StatusOr<LayerLayout> layout = LayoutFromConfig(header.config());
     if (!layout.ok()) return layout.status();
     layout_ = *std::move(layout);
-    if (coordinator_->layers()->Find(layer_id_) != nullptr) {
+    if (!header.replace() &&
+        coordinator_->layers()->Find(layer_id_) != nullptr) {
       return absl::AlreadyExistsError(absl::StrCat(
           "layer ", layer_id_,
           " already exists; populate is create-only (Remove it first)"));
@@ -100,7 +101,7 @@ class ClusterPopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
     fanout_ = std::make_unique<PopulateFanout>(
         std::move(stubs), cluster_->placement(),
         [c = cluster_](int s) { c->MarkDown(s); });
-    return fanout_->Begin(layer_id_, layout_);
+    return fanout_->Begin(layer_id_, layout_, header.replace());
   }
 
   absl::Status OnChunk(const v1::TableChunk& chunk) {

@@ -190,6 +190,7 @@ grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
   env.watchdog = watchdog_;
   env.exporter = exporter_;
   env.pin_memory = limits_.pin_memory;
+  env.data_dir = limits_.data_dir;
   return NewPopulateReactor(context, response, env);
 }
 
@@ -267,6 +268,15 @@ void EngramService::GatherInto(const std::shared_ptr<LookupCall>& call,
       return;
     }
     case Backend::kLocal:
+      if (call->layer->may_fault() && n < kParallelGatherMinRows) {
+        // Rows of a table bigger than memory may wait on the disk: never
+        // on the reactor (big gathers go to the pool anyway).
+        pool_->Submit([call, n, out_dtype, rows, done = std::move(done)] {
+          GatherRows(*call->layer, call->ids, 0, n, out_dtype, rows);
+          done(absl::OkStatus(), false);
+        });
+        return;
+      }
       GatherAsync(pool_, *call->layer, call->ids, n, out_dtype, rows,
                   [done = std::move(done)] { done(absl::OkStatus(), false); });
       return;
@@ -425,7 +435,7 @@ grpc::ServerUnaryReactor* EngramService::DescribeLayer(
               absl::StrCat("layer ", req.layer_id(), " not found")));
           return;
         }
-        FillLayerInfo(layer->id(), layer->layout(), info);
+        FillLayerInfo(layer->id(), layer->layout(), info, layer->version());
         done(absl::OkStatus());
       },
       Observer(Rpc::kDescribeLayer));
@@ -439,7 +449,8 @@ grpc::ServerUnaryReactor* EngramService::ListLayers(
       [this](const v1::ListLayersRequest&, v1::ListLayersResponse* list,
              RawDone done) {
         for (const auto& layer : layers_->List()) {
-          FillLayerInfo(layer->id(), layer->layout(), list->add_layers());
+          FillLayerInfo(layer->id(), layer->layout(), list->add_layers(),
+                        layer->version());
         }
         done(absl::OkStatus());
       },
@@ -474,7 +485,8 @@ grpc::ServerUnaryReactor* EngramService::Load(
                                  if (layers.ok()) {
                                    for (const auto& l : *layers)
                                      FillLayerInfo(l->id(), l->layout(),
-                                                   resp->add_layers());
+                                                   resp->add_layers(),
+                                                   l->version());
                                  }
                                  done(layers.status());
                                });

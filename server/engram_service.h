@@ -28,6 +28,7 @@ struct ServiceLimits {
   int64_t max_message_bytes = int64_t{256} << 20;
   bool pin_memory = true;
   int64_t gpu_min_rows = 16384;  // smaller lookups stay on the CPU
+  std::string data_dir;          // --data_dir ("" keeps tables in memory)
 };
 
 // Lookup is registered raw: the request is parsed with protobuf, but the

@@ -90,7 +90,7 @@ const std::vector<FlagSpec>& Flags() {
        },
        [](const ServerConfig& c) { return c.demo ? "true" : "false"; }},
       {"load",
-       "a load manifest (docs/loading.md) whose layers are loaded at start; "
+       "a load manifest (docs/tables.md) whose layers are loaded at start; "
        "not ready until they are in",
        false,
        [](ServerConfig* c, const std::string& v) {
@@ -107,6 +107,26 @@ const std::vector<FlagSpec>& Flags() {
          return true;
        },
        [](const ServerConfig& c) { return c.load_root; }},
+      {"data_dir",
+       "keep committed layers as files in this folder (local NVMe, or /dev/shm "
+       "for a node-local shared copy) and serve them again after a restart; "
+       "tables may then exceed the memory budget",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->data_dir = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.data_dir; }},
+      {"verify_data_dir",
+       "at start, check every stored table's checksums before serving it "
+       "(reads every row once)",
+       true,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseBool(v, &c->verify_data_dir);
+       },
+       [](const ServerConfig& c) {
+         return c.verify_data_dir ? "true" : "false";
+       }},
       {"pin_memory", "lock table memory in RAM (mlock), best effort", true,
        [](ServerConfig* c, const std::string& v) {
          return ParseBool(v, &c->pin_memory);

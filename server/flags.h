@@ -23,6 +23,11 @@ struct ServerConfig {
   // the folder Load requests may read under ("" refuses them).
   std::string load;
   std::string load_root;
+  // Durable tables: committed layers are files under data_dir, mapped back
+  // at start ("" keeps tables in memory only); verify_data_dir checks every
+  // stored table's checksums before serving it.
+  std::string data_dir;
+  bool verify_data_dir = true;
   bool pin_memory = true;
   double drain_seconds = 10;
   int gpu = -1;                         // CUDA device for the GPU tier; -1 off

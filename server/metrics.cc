@@ -2,6 +2,7 @@
 
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
+#include <sys/resource.h>
 
 #include <string>
 #include <vector>
@@ -12,9 +13,8 @@ namespace engram {
 namespace {
 
 const char* RpcName(int rpc) {
-  static const char* kNames[kNumRpcs] = {"Populate", "Lookup", "Remove",
-                                         "DescribeLayer", "ListLayers",
-                                         "Load"};
+  static const char* kNames[kNumRpcs] = {
+      "Populate", "Lookup", "Remove", "DescribeLayer", "ListLayers", "Load"};
   return kNames[rpc];
 }
 
@@ -86,6 +86,13 @@ class LiveCollectable : public prometheus::Collectable {
     prometheus::MetricFamily resident =
         Gauge("engram_layer_gpu_resident",
               "1 when the layer is mirrored in GPU memory.");
+    prometheus::MetricFamily stored = Gauge(
+        "engram_layer_stored_bytes",
+        "Bytes of row data in --data_dir files, by layer (0: memory only).");
+    prometheus::MetricFamily in_ram =
+        Gauge("engram_layer_resident_bytes",
+              "Bytes of row data in RAM now, by layer (below stored for an "
+              "unpinned table bigger than memory).");
     for (const auto& layer : layers) {
       std::string id = absl::StrCat(layer->id());
       AddSample(&bytes, static_cast<double>(layer->data_bytes()),
@@ -95,6 +102,25 @@ class LiveCollectable : public prometheus::Collectable {
                 {{"layer", id}, {"mode", PinModeName(mode)}});
       AddSample(&resident, layer->gpu_mirror() != nullptr ? 1 : 0,
                 {{"layer", id}});
+      AddSample(&stored,
+                layer->files() != nullptr
+                    ? static_cast<double>(layer->data_bytes())
+                    : 0,
+                {{"layer", id}});
+      AddSample(&in_ram, static_cast<double>(layer->resident_bytes()),
+                {{"layer", id}});
+    }
+    out.push_back(std::move(stored));
+    out.push_back(std::move(in_ram));
+    {
+      struct rusage usage;
+      getrusage(RUSAGE_SELF, &usage);
+      prometheus::MetricFamily faults =
+          Gauge("engram_major_page_faults",
+                "Page faults that waited on the disk since start (rows of "
+                "tables bigger than memory read from --data_dir).");
+      AddSample(&faults, static_cast<double>(usage.ru_majflt));
+      out.push_back(std::move(faults));
     }
     out.push_back(std::move(bytes));
     out.push_back(std::move(pinned));

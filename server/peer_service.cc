@@ -102,6 +102,7 @@ class StageReactor : public MessageReadReactor<StageRequest> {
           layer_id_, h, layout->table_vocab_sizes[h], cluster.self());
     }
     options.on_abort = [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); };
+    options.replace = header.replace();
     auto stager =
         LayerStager::Begin(service_->layers(), service_->budget(), layer_id_,
                            *std::move(layout), std::move(options));

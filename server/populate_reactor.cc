@@ -60,6 +60,8 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
     options.pin_memory = pin_;
     options.exporter = env_.exporter;
     options.on_abort = [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); };
+    options.replace = header.replace();
+    options.data_dir = env_.data_dir;
     absl::StatusOr<std::unique_ptr<LayerStager>> stager = LayerStager::Begin(
         layers_, budget_, layer_id_, *std::move(layout), std::move(options));
     if (!stager.ok()) return stager.status();
@@ -117,7 +119,7 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
     }
     stager_.reset();  // committed: nothing left to give back
     FillLayerInfo(committed->id(), committed->layout(),
-                  response_->mutable_layer());
+                  response_->mutable_layer(), committed->version());
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
             .count();

@@ -28,6 +28,7 @@ struct PopulateEnv {
   StreamWatchdog* watchdog = nullptr;      // null: no idle limit
   const ExportMapper* exporter = nullptr;  // null: tables not exported
   bool pin_memory = true;
+  std::string data_dir;  // --data_dir: tables are durable files there
 };
 
 // Calls `on_header` or `on_chunk` for one PopulateRequest; INVALID_ARGUMENT

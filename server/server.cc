@@ -75,7 +75,8 @@ EngramServer::EngramServer(ServerConfig config)
       service_(std::make_unique<EngramService>(
           &layers_, &budget_, &pool_, &metrics_, gpu_.get(),
           ServiceLimits{config_.max_lookup_rows, config_.max_message_bytes,
-                        config_.pin_memory, config_.gpu_min_rows})) {
+                        config_.pin_memory, config_.gpu_min_rows,
+                        config_.data_dir})) {
   service_->SetStreamWatchdog(&watchdog_);
   service_->SetPendingResponses(&pending_);
   metrics_.AddGaugeSource(
@@ -125,6 +126,7 @@ absl::Status EngramServer::StartLoader() {
   env.gpu = gpu_.get();
   env.exporter = peer_service_->exporter();
   env.pin_memory = config_.pin_memory;
+  env.data_dir = config_.data_dir;
   loader_ =
       std::make_unique<TableLoader>(env, cluster_.get(), config_.load_root);
   service_->SetLoader(loader_.get());
@@ -135,6 +137,14 @@ absl::Status EngramServer::StartLoader() {
   metrics_.AddGaugeSource("engram_loads_pending",
                           "Load manifests queued or loading.",
                           [l = loader_.get()] { return l->pending(); });
+  if (!config_.data_dir.empty()) {
+    // Claimed before listening: no populate can take a stored layer's id.
+    absl::StatusOr<std::set<int64_t>> ids =
+        loader_->PrepareRestore(config_.data_dir, config_.verify_data_dir);
+    if (!ids.ok()) return ids.status();
+    start_load_ids_ = *std::move(ids);
+    start_load_ = 1;
+  }
   if (config_.load.empty()) return absl::OkStatus();
   // Checked before listening: a bad manifest stops engramd at once.
   absl::StatusOr<std::set<int64_t>> ids =
@@ -143,7 +153,7 @@ absl::Status EngramServer::StartLoader() {
     return absl::Status(ids.status().code(),
                         absl::StrCat("--load: ", ids.status().message()));
   }
-  start_load_ids_ = *std::move(ids);
+  start_load_ids_.insert(ids->begin(), ids->end());
   start_load_ = 1;
   return absl::OkStatus();
 }
@@ -151,6 +161,11 @@ absl::Status EngramServer::StartLoader() {
 absl::Status EngramServer::Start() {
   absl::StatusOr<std::vector<std::string>> peers = ClusterPeers(config_);
   if (!peers.ok()) return peers.status();
+  if (!config_.data_dir.empty() && (!peers->empty() || config_.direct_reads)) {
+    return absl::InvalidArgumentError(
+        "--data_dir keeps a single node's tables; it does not combine with "
+        "--peers or --direct_reads yet");
+  }
   if (!peers->empty()) {
     absl::StatusOr<Placement> placement =
         Placement::Create(static_cast<int>(peers->size()), config_.replication);
@@ -219,7 +234,9 @@ absl::Status EngramServer::Start() {
     service_->SetExporter(peer_service_->exporter());
     if (absl::Status s = StartLoader(); !s.ok()) return s;
   }
-  if (config_.demo) {
+  if (config_.demo && start_load_ids_.count(kDemoLayerId)) {
+    LogInfo("--demo: layer 0 comes from --data_dir or --load instead");
+  } else if (config_.demo) {
     if (absl::Status s = AddDemoLayer(
             &layers_, &budget_, config_.pin_memory, gpu_.get(),
             peer_service_ != nullptr ? peer_service_->exporter() : nullptr);
@@ -275,12 +292,12 @@ absl::Status EngramServer::Start() {
         kRecoveryService,
         recovered && (recovery_ == nullptr || recovery_->unrecoverable() == 0));
   };
-  if (!config_.load.empty()) {
+  if (start_load_ == 1) {
     loader_->StartPreparedLoad([this, update_health](
                                    absl::StatusOr<TableLoader::Layers> layers) {
       if (layers.ok()) {
-        LogInfo(absl::StrCat("--load ", config_.load, ": ", layers->size(),
-                             " layers in; ready"));
+        LogInfo(absl::StrCat("start: ", layers->size(),
+                             " layers in (--data_dir, --load); ready"));
       } else {
         LogError(absl::StrCat("--load ", config_.load, " failed; not ready: ",
                               layers.status().ToString()));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -82,10 +83,19 @@ absl::StatusOr<std::set<int64_t>> TableLoader::PrepareStartLoad(
   }
   uint64_t bytes = 0;
   std::set<int64_t> ids;
-  for (const auto& r : *readers) {
+  std::vector<std::unique_ptr<checkpoint::LayerReader>> kept;
+  for (auto& r : *readers) {
+    if (restored_ids_.count(r->layer_id()) && !r->replace()) {
+      LogInfo(absl::StrCat("--load: layer ", r->layer_id(),
+                           " is stored in --data_dir; the stored version "
+                           "serves (use \"replace\" to load it again)"));
+      continue;
+    }
     bytes += r->source_bytes();
     ids.insert(r->layer_id());
+    kept.push_back(std::move(r));
   }
+  *readers = std::move(kept);
   LogInfo(absl::StrCat("--load ", manifest_path, ": ", readers->size(),
                        " layers, ", bytes,
                        " bytes in checkpoint files; "
@@ -94,11 +104,83 @@ absl::StatusOr<std::set<int64_t>> TableLoader::PrepareStartLoad(
   return ids;
 }
 
+absl::StatusOr<std::set<int64_t>> TableLoader::PrepareRestore(
+    const std::string& dir, bool verify) {
+  absl::StatusOr<DataDirScan> scan = ScanDataDir(dir);
+  if (!scan.ok()) return scan.status();
+  for (const std::string& line : scan->removed) LogInfo("--data_dir: " + line);
+  for (const std::string& line : scan->refused) LogError("--data_dir: " + line);
+  verify_ = verify;
+  for (StoredLayer& stored : scan->layers) {
+    auto ticket = env_.layers->BeginPopulate(stored.layer_id);
+    if (!ticket.ok()) {
+      LogError(absl::StrCat("--data_dir: layer ", stored.layer_id, ": ",
+                            ticket.status().message()));
+      continue;
+    }
+    restored_ids_.insert(stored.layer_id);
+    restores_.push_back({std::move(stored), *std::move(ticket)});
+  }
+  if (!restores_.empty()) {
+    LogInfo(absl::StrCat("--data_dir ", dir, ": ", restores_.size(),
+                         " stored layers to serve again",
+                         verify ? " (checksums verified first)" : ""));
+  }
+  return restored_ids_;
+}
+
+TableLoader::Layers TableLoader::RestoreAll() {
+  Layers restored;
+  for (Restore& r : restores_) {
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t id = r.stored.layer_id;
+    absl::StatusOr<std::shared_ptr<Layer>> layer =
+        stopping_
+            ? absl::UnavailableError("shutting down")
+            : OpenStoredLayer(r.stored, env_.budget, env_.pin_memory, verify_);
+    absl::Status s = layer.status();
+    if (layer.ok()) {
+      std::shared_ptr<const Layer> committed = *layer;
+      env_.layers->SeedVersion(id, r.stored.version);
+      s = MirrorAndCommit(env_.gpu, env_.layers, r.ticket, *std::move(layer));
+      if (s.ok()) {
+        LogInfo(absl::StrCat(
+            "--data_dir: layer ", id, " v", r.stored.version, " serves again (",
+            r.stored.path, ", ", committed->data_bytes(),
+            " bytes, pinned: ", PinModeName(committed->pin_mode()), ", in ",
+            SecondsSince(start), " s)"));
+        restored.push_back(std::move(committed));
+        continue;
+      }
+    }
+    env_.layers->Abandon(r.ticket);
+    if (s.code() == absl::StatusCode::kDataLoss) {  // damaged: moved aside
+      const std::filesystem::path path(r.stored.path);
+      std::error_code ec;
+      std::filesystem::rename(
+          path, path.parent_path() / (".refused-" + path.filename().string()),
+          ec);
+    }
+    LogError(absl::StrCat("--data_dir: layer ", id, " v", r.stored.version,
+                          " is not served: ", s.ToString()));
+  }
+  restores_.clear();
+  return restored;
+}
+
 void TableLoader::StartPreparedLoad(Done done) {
   auto readers =
       std::make_shared<std::vector<std::unique_ptr<checkpoint::LayerReader>>>(
           std::move(start_readers_));
-  Submit([this, readers] { return LoadAll(*readers); }, std::move(done));
+  Submit(
+      [this, readers]() -> absl::StatusOr<Layers> {
+        Layers all = RestoreAll();
+        absl::StatusOr<Layers> loaded = LoadAll(*readers);
+        if (!loaded.ok()) return loaded.status();
+        all.insert(all.end(), loaded->begin(), loaded->end());
+        return all;
+      },
+      std::move(done));
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<checkpoint::LayerReader>>>
@@ -106,11 +188,6 @@ TableLoader::OpenAll(const checkpoint::LoadManifest& manifest,
                      const std::string& root) const {
   std::vector<std::unique_ptr<checkpoint::LayerReader>> readers;
   for (const checkpoint::LayerSpec& spec : manifest.layers) {
-    if (spec.replace) {
-      return absl::UnimplementedError(absl::StrCat(
-          "layer ", spec.layer_id,
-          ": \"replace\" is not supported yet; Remove the layer first"));
-    }
     auto reader = checkpoint::LayerReader::Open(spec, root);
     if (!reader.ok()) return reader.status();
     readers.push_back(*std::move(reader));
@@ -147,6 +224,8 @@ absl::StatusOr<std::shared_ptr<const Layer>> TableLoader::LoadLayer(
   LayerStager::Options options;
   options.pin_memory = env_.pin_memory;
   options.exporter = env_.exporter;
+  options.replace = reader.replace();
+  options.data_dir = env_.data_dir;
   if (cluster_ != nullptr) {
     options.owned.resize(layout.num_heads());
     for (int h = 0; h < layout.num_heads(); ++h) {

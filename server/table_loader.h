@@ -15,6 +15,7 @@
 #include "checkpoint/manifest.h"
 #include "server/cluster.h"
 #include "server/populate_reactor.h"
+#include "store/table_files.h"
 #include "store/thread_pool.h"
 
 namespace engram {
@@ -45,8 +46,17 @@ class TableLoader {
   // and every source checked (headers only); returns that check's error or
   // the manifest's layer ids. Then StartPreparedLoad loads the rows in the
   // background; `done` runs when they are in.
+  // Layers restored from --data_dir (PrepareRestore, before) are skipped:
+  // the stored version wins (a manifest layer with "replace" still loads).
   absl::StatusOr<std::set<int64_t>> PrepareStartLoad(
       const std::string& manifest_path);
+  // --data_dir: scans the folder (logging every folder it refuses or
+  // removes), claims each stored layer's id before the server listens and
+  // returns the ids. StartPreparedLoad maps them back first (verifying
+  // their checksums with `verify`); one that fails is logged, moved aside
+  // and not served, and the others still load.
+  absl::StatusOr<std::set<int64_t>> PrepareRestore(const std::string& dir,
+                                                   bool verify);
   void StartPreparedLoad(Done done);
 
   // Ends the load in progress at its next step and every queued one,
@@ -73,7 +83,17 @@ class TableLoader {
   const PopulateEnv env_;
   const ClusterContext* const cluster_;
   const std::string root_;
+  // Restores each stored layer under its claimed id; returns those in.
+  Layers RestoreAll();
+
   std::vector<std::unique_ptr<checkpoint::LayerReader>> start_readers_;
+  struct Restore {
+    StoredLayer stored;
+    std::shared_ptr<PopulateTicket> ticket;
+  };
+  std::vector<Restore> restores_;
+  std::set<int64_t> restored_ids_;
+  bool verify_ = true;
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> bytes_loaded_{0};
   std::atomic<bool> stopping_{false};

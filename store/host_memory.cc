@@ -82,6 +82,23 @@ absl::StatusOr<HostBuffer> HostBuffer::Allocate(size_t bytes, bool try_pin) {
   return buffer;
 }
 
+absl::StatusOr<HostBuffer> HostBuffer::MapFile(int fd, size_t bytes,
+                                               bool writable) {
+  const size_t page = PageSize();
+  const size_t mapped = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
+  void* p = mmap(nullptr, mapped, PROT_READ | (writable ? PROT_WRITE : 0),
+                 MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot map ", bytes, " bytes of a table file: ", strerror(errno)));
+  }
+  HostBuffer buffer;
+  buffer.data_ = static_cast<uint8_t*>(p);
+  buffer.size_ = bytes;
+  buffer.mapped_ = mapped;
+  return buffer;
+}
+
 absl::StatusOr<HostBuffer> HostBuffer::AllocateSparse(
     size_t bytes, const std::vector<std::pair<size_t, size_t>>& resident,
     bool try_pin, const ExportMapper* exporter) {
@@ -144,6 +161,16 @@ void HostBuffer::Pin(const std::vector<std::pair<size_t, size_t>>& resident) {
     all &= mlock(data_ + first, last - first) == 0;
   }
   if (all) pin_mode_ = PinMode::kMlock;
+}
+
+size_t HostBuffer::ResidentNow() const {
+  if (data_ == nullptr) return 0;
+  const size_t page = PageSize();
+  std::vector<unsigned char> in_core(mapped_ / page);
+  if (mincore(data_, mapped_, in_core.data()) != 0) return 0;
+  size_t pages = 0;
+  for (unsigned char c : in_core) pages += c & 1;
+  return std::min(size_, pages * page);
 }
 
 HostBuffer::HostBuffer(HostBuffer&& other) noexcept

@@ -42,6 +42,10 @@ class HostBuffer {
   // resident ranges (page-rounded, overlaps merged) are mapped through it so
   // other shards can read them; a range it cannot map stays private (then
   // `exports()` lacks it and readers fall back to asking this process).
+  // Maps `bytes` of the file open as `fd` from offset 0, shared (writes
+  // go to the file), writable or read-only. The fd may be closed after.
+  static absl::StatusOr<HostBuffer> MapFile(int fd, size_t bytes,
+                                            bool writable);
   static absl::StatusOr<HostBuffer> AllocateSparse(
       size_t bytes, const std::vector<std::pair<size_t, size_t>>& resident,
       bool try_pin, const ExportMapper* exporter = nullptr);
@@ -54,6 +58,9 @@ class HostBuffer {
   // pin_mode(). Tables are pinned when complete, so a stream that stalls
   // mid-populate holds no locked memory.
   void Pin(const std::vector<std::pair<size_t, size_t>>& resident);
+  // Bytes of the buffer in RAM right now (mincore; a file-backed buffer's
+  // pages come and go with the page cache).
+  size_t ResidentNow() const;
   // Process-wide switch, set by the server when its GPU tier opens.
   static void EnableCudaPinning(bool enabled);
   HostBuffer(HostBuffer&& other) noexcept;

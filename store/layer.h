@@ -13,6 +13,7 @@
 namespace engram {
 
 class GpuLayerMirror;
+class LayerFiles;
 
 // Immutable once published: LayerBuilder builds it, the server may attach a
 // GPU mirror, and only then is it shared as shared_ptr<const Layer>; shared
@@ -53,6 +54,7 @@ class Layer {
   const uint8_t* const* table_ptrs() const { return table_ptrs_.data(); }
   // The ranges of head h's table other shards may read remotely (shards
   // with a transport only; empty otherwise).
+  const std::vector<HostBuffer>& tables() const { return tables_; }
   const std::vector<ExportedRange>& exports(int head) const {
     return tables_[head].exports();
   }
@@ -65,6 +67,31 @@ class Layer {
   uint64_t data_bytes() const { return data_bytes_; }
   // False for a Placeholder: nothing may be read from table().
   bool has_rows() const { return has_rows_; }
+  // Which commit of this id it is (LayerRegistry::Commit sets it before
+  // publishing the layer; 0 before that).
+  uint64_t version() const { return version_; }
+  // --data_dir: the files that hold the tables (nullptr: memory only).
+  // Only before the layer is published.
+  void AttachFiles(std::shared_ptr<LayerFiles> files) {
+    files_ = std::move(files);
+  }
+  const std::shared_ptr<LayerFiles>& files() const { return files_; }
+  // Deletes the layer's files (it was removed or replaced); the memory
+  // lives on for in-flight readers. No-op for a memory-only layer.
+  void ReleaseStorage() const;
+  // Row bytes in RAM now: all of them unless the layer is file-backed and
+  // unpinned (then what the page cache holds).
+  uint64_t resident_bytes() const {
+    if (!may_fault()) return data_bytes_;
+    uint64_t n = 0;
+    for (const HostBuffer& t : tables_) n += t.ResidentNow();
+    return n;
+  }
+  // True when reading rows may wait on the disk (an unpinned file-backed
+  // layer): such lookups are kept off the gRPC threads.
+  bool may_fault() const {
+    return files_ != nullptr && pin_mode() == PinMode::kNone;
+  }
   // Device copy of the tables, or nullptr when the layer is host-only.
   const GpuLayerMirror* gpu_mirror() const { return gpu_mirror_.get(); }
   // Only before the layer is published (the registry's lock orders it
@@ -88,7 +115,12 @@ class Layer {
   MemoryReservation reservation_;
   const uint64_t data_bytes_;
   bool has_rows_;  // set before the layer is shared
+  friend class LayerRegistry;
+  // Written once by the registry under its lock, before the layer is
+  // published (publication orders it before any reader).
+  mutable uint64_t version_ = 0;
   std::shared_ptr<const GpuLayerMirror> gpu_mirror_;
+  std::shared_ptr<LayerFiles> files_;
 };
 
 }  // namespace engram

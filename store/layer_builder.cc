@@ -52,8 +52,13 @@ void SetRange(std::vector<uint64_t>& bits, int64_t begin, int64_t end) {
 
 absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
     int64_t layer_id, LayerLayout layout, MemoryBudget* budget, bool pin_memory,
-    std::vector<std::vector<RowRange>> owned, const ExportMapper* exporter) {
+    std::vector<std::vector<RowRange>> owned, const ExportMapper* exporter,
+    const std::string& data_dir) {
   if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
+  const bool to_files = !data_dir.empty();
+  if (to_files && (!owned.empty() || exporter != nullptr)) {
+    return absl::InternalError("--data_dir holds whole, unexported tables");
+  }
   if (!owned.empty() && owned.size() != layout.table_vocab_sizes.size()) {
     return absl::InternalError("owned ranges must list every head");
   }
@@ -79,7 +84,13 @@ absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
     bytes += HostBuffer::ResidentBytes(layout.table_bytes(h), resident[h]);
     staging += (layout.table_vocab_sizes[h] + 63) / 64 * sizeof(uint64_t);
   }
-  if (!budget->TryReserve(bytes + staging)) {
+  bool charged = budget->TryReserve(bytes + staging);
+  if (!charged && to_files && budget->TryReserve(staging)) {
+    bytes = 0;  // stored in files only: served from the page cache
+    pin_memory = false;
+    charged = true;
+  }
+  if (!charged) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "layer ", layer_id, " needs ", bytes + staging,
         " bytes (tables page-rounded, plus staging); memory budget has ",
@@ -95,7 +106,18 @@ absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
   // Plain whole tables may be pinned for CUDA; the rest are sparse.
   builder->whole_tables_ = builder->owned_.empty() && exporter == nullptr;
   const LayerLayout& l = builder->layout_;
+  if (to_files) {
+    auto files = LayerFiles::Create(data_dir, layer_id, l, &builder->tables_);
+    if (!files.ok()) return files.status();
+    builder->files_ = *std::move(files);
+  }
   for (int h = 0; h < l.num_heads(); ++h) {
+    if (to_files) {
+      builder->received_.emplace_back((l.table_vocab_sizes[h] + 63) / 64, 0);
+      builder->received_per_head_.push_back(0);
+      builder->rows_total_ += builder->OwnedRows(h);
+      continue;
+    }
     absl::StatusOr<HostBuffer> table =
         builder->whole_tables_
             ? HostBuffer::Allocate(l.table_bytes(h), /*try_pin=*/false)
@@ -216,9 +238,11 @@ absl::StatusOr<std::shared_ptr<Layer>> LayerBuilder::Finish() {
   }
   received_.clear();
   reservation_.Shrink(staging_bytes_);
-  return std::make_shared<Layer>(
+  auto layer = std::make_shared<Layer>(
       layer_id_, layout_, std::move(tables_), std::move(reservation_),
       static_cast<uint64_t>(rows_total_) * layout_.row_bytes());
+  layer->AttachFiles(std::move(files_));
+  return layer;
 }
 
 }  // namespace engram

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "common/layout.h"
 #include "store/host_memory.h"
 #include "store/layer.h"
+#include "store/table_files.h"
 
 namespace engram {
 
@@ -28,10 +30,14 @@ class LayerBuilder {
   // of row ranges per head: a shard of a cluster), only those rows are stored,
   // charged and expected; the others are never written. `exporter` places
   // the stored rows where other processes can read them remotely.
+  // With `data_dir` (whole tables only) the tables are files in a hidden
+  // folder under it (store/table_files.h), sealed by the caller with
+  // files()->Seal; a layer bigger than the budget is then still taken, as
+  // stored bytes served from the page cache (unpinned, uncharged).
   static absl::StatusOr<std::unique_ptr<LayerBuilder>> Create(
       int64_t layer_id, LayerLayout layout, MemoryBudget* budget,
       bool pin_memory, std::vector<std::vector<RowRange>> owned = {},
-      const ExportMapper* exporter = nullptr);
+      const ExportMapper* exporter = nullptr, const std::string& data_dir = "");
 
   // Copies whole rows of `head` starting at `row_offset`. INVALID_ARGUMENT
   // for a bad head, offset, ragged or empty data, rows past the table end,
@@ -65,8 +71,9 @@ class LayerBuilder {
   const std::vector<std::vector<RowRange>> owned_;  // empty: whole tables
   MemoryReservation reservation_;
   bool pin_memory_ = false;
-  bool whole_tables_ = false;   // plain mappings, not sparse/exported
-  uint64_t staging_bytes_ = 0;  // the bitmaps' share of the reservation
+  bool whole_tables_ = false;          // plain mappings, not sparse/exported
+  std::shared_ptr<LayerFiles> files_;  // --data_dir only
+  uint64_t staging_bytes_ = 0;         // the bitmaps' share of the reservation
   // Per head: byte ranges stored here.
   std::vector<std::vector<std::pair<size_t, size_t>>> resident_;
   std::vector<HostBuffer> tables_;

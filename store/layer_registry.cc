@@ -56,12 +56,13 @@ std::vector<std::shared_ptr<const Layer>> LayerRegistry::List() const {
 size_t LayerRegistry::size() const { return Load()->size(); }
 
 absl::StatusOr<std::shared_ptr<PopulateTicket>> LayerRegistry::BeginPopulate(
-    int64_t layer_id, std::function<void()> on_abort) {
+    int64_t layer_id, std::function<void()> on_abort, bool replace) {
   MutexLock lock(&mu_);
-  if (current_->contains(layer_id)) {
+  if (!replace && current_->contains(layer_id)) {
     return absl::AlreadyExistsError(absl::StrCat(
         "layer ", layer_id,
-        " already exists; populate is create-only (Remove it first)"));
+        " already exists; populate is create-only (Remove it first, or "
+        "replace it)"));
   }
   if (populating_.contains(layer_id)) {
     return absl::AlreadyExistsError(absl::StrCat(
@@ -101,14 +102,30 @@ absl::Status LayerRegistry::Commit(
   const bool owned = it != populating_.end() && it->second == ticket;
   if (owned) populating_.erase(it);
   if (!owned || ticket->aborted()) {
+    layer->ReleaseStorage();  // sealed files of a layer never published
     return absl::AbortedError(
         absl::StrCat("populate of layer ", ticket->layer_id(),
                      " was aborted by a forced Remove; nothing was committed"));
   }
+  layer->version_ = ++versions_[ticket->layer_id()];
   auto next = std::make_shared<Snapshot>(*current_);
-  (*next)[ticket->layer_id()] = std::move(layer);
+  std::shared_ptr<const Layer>& slot = (*next)[ticket->layer_id()];
+  if (slot != nullptr) slot->ReleaseStorage();  // replaced
+  slot = std::move(layer);
   Publish(std::move(next));
   return absl::OkStatus();
+}
+
+uint64_t LayerRegistry::NextVersion(int64_t layer_id) const {
+  MutexLock lock(&mu_);
+  auto it = versions_.find(layer_id);
+  return (it == versions_.end() ? 0 : it->second) + 1;
+}
+
+void LayerRegistry::SeedVersion(int64_t layer_id, uint64_t version) {
+  MutexLock lock(&mu_);
+  uint64_t& v = versions_[layer_id];
+  v = std::max(v, version - 1);
 }
 
 void LayerRegistry::Abandon(const std::shared_ptr<PopulateTicket>& ticket) {
@@ -128,6 +145,7 @@ absl::StatusOr<int> LayerRegistry::Remove(int64_t layer_id, bool force) {
   auto committed = current_->find(layer_id);
   if (committed != current_->end()) {
     const int heads = committed->second->layout().num_heads();
+    committed->second->ReleaseStorage();
     auto next = std::make_shared<Snapshot>(*current_);
     next->erase(layer_id);
     Publish(std::move(next));

@@ -68,12 +68,15 @@ class LayerRegistry {
   std::vector<std::shared_ptr<const Layer>> List() const;
   size_t size() const;
 
-  // Claims `layer_id` for a populate. ALREADY_EXISTS when the id is
-  // committed or another populate holds it. `on_abort` (may be empty) runs
-  // if a forced Remove aborts this populate before it commits or is
-  // abandoned; it must not call back into the registry.
+  // Claims `layer_id` for a populate. ALREADY_EXISTS when another populate
+  // holds it, or when it is committed and `replace` is false. With
+  // `replace`, the committed layer keeps serving until Commit swaps the new
+  // one in. `on_abort` (may be empty) runs if a forced Remove aborts this
+  // populate before it commits or is abandoned; it must not call back into
+  // the registry.
   absl::StatusOr<std::shared_ptr<PopulateTicket>> BeginPopulate(
-      int64_t layer_id, std::function<void()> on_abort = nullptr);
+      int64_t layer_id, std::function<void()> on_abort = nullptr,
+      bool replace = false);
   // Claims `layer_id` for a shard that restarted without the rows the rest
   // of the cluster committed: the ticket carries `placeholder` (layout, no
   // rows) until the copied layer is committed with it. Unlike a populate,
@@ -83,10 +86,18 @@ class LayerRegistry {
   // The recovery ticket holding `layer_id`, or nullptr. Takes the writers'
   // lock: for lookups that missed Find only.
   std::shared_ptr<const PopulateTicket> FindRecovering(int64_t layer_id) const;
-  // Publishes `layer` under the ticket's id and releases the claim. ABORTED
-  // (nothing published) when the ticket was aborted by a forced Remove.
+  // Publishes `layer` under the ticket's id (swapping out the layer it
+  // replaces, which lives on until its last reader drops it), gives it the
+  // id's next version, and releases the claim. ABORTED (nothing published)
+  // when the ticket was aborted by a forced Remove.
   absl::Status Commit(const std::shared_ptr<PopulateTicket>& ticket,
                       std::shared_ptr<const Layer> layer);
+  // The version the next Commit of `layer_id` will get (what a populate
+  // holding the id's claim seals its files with).
+  uint64_t NextVersion(int64_t layer_id) const;
+  // Restoring a stored layer: its next Commit gets `version` (versions of
+  // the id keep counting from there).
+  void SeedVersion(int64_t layer_id, uint64_t version);
   // Releases the claim without publishing (the populate failed).
   void Abandon(const std::shared_ptr<PopulateTicket>& ticket);
   // Drops the ticket's abort hook: after this returns the hook is not
@@ -120,6 +131,8 @@ class LayerRegistry {
   std::shared_ptr<const Snapshot> current_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<int64_t, std::shared_ptr<PopulateTicket>> populating_
       ABSL_GUARDED_BY(mu_);
+  // The last version committed per id (kept across Remove).
+  absl::flat_hash_map<int64_t, uint64_t> versions_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace engram

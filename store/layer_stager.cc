@@ -8,13 +8,14 @@ absl::StatusOr<std::unique_ptr<LayerStager>> LayerStager::Begin(
     LayerRegistry* layers, MemoryBudget* budget, int64_t layer_id,
     LayerLayout layout, Options options) {
   absl::StatusOr<std::shared_ptr<PopulateTicket>> ticket =
-      layers->BeginPopulate(layer_id, std::move(options.on_abort));
+      layers->BeginPopulate(layer_id, std::move(options.on_abort),
+                            options.replace);
   if (!ticket.ok()) return ticket.status();
   std::unique_ptr<LayerStager> stager(new LayerStager(layers, layer_id));
   stager->ticket_ = *std::move(ticket);  // given back by ~LayerStager
   absl::StatusOr<std::unique_ptr<LayerBuilder>> builder = LayerBuilder::Create(
       layer_id, std::move(layout), budget, options.pin_memory,
-      std::move(options.owned), options.exporter);
+      std::move(options.owned), options.exporter, options.data_dir);
   if (!builder.ok()) return builder.status();
   stager->builder_ = *std::move(builder);
   return stager;
@@ -49,7 +50,16 @@ absl::Status LayerStager::FillRows(
 
 absl::StatusOr<std::shared_ptr<Layer>> LayerStager::Finish() {
   layers_->DetachAbortHook(ticket_);
-  return builder_->Finish();
+  absl::StatusOr<std::shared_ptr<Layer>> layer = builder_->Finish();
+  if (!layer.ok() || (*layer)->files() == nullptr) return layer;
+  // The claim on the id is held: nothing else commits it before this
+  // layer, so the version it will get is known now.
+  if (absl::Status s = (*layer)->files()->Seal(layers_->NextVersion(layer_id_),
+                                               (*layer)->tables());
+      !s.ok()) {
+    return s;
+  }
+  return layer;
 }
 
 std::shared_ptr<PopulateTicket> LayerStager::TakeTicket() {

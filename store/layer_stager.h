@@ -30,6 +30,9 @@ class LayerStager {
     std::vector<std::vector<RowRange>> owned;  // empty: whole tables
     const ExportMapper* exporter = nullptr;
     std::function<void()> on_abort;  // may be empty
+    bool replace = false;  // swap out a committed layer of the id at commit
+    std::string data_dir;  // --data_dir: tables are files there (sealed
+                           // at Finish)
   };
   // ALREADY_EXISTS (the id is held), RESOURCE_EXHAUSTED (budget) or the
   // layout's INVALID_ARGUMENT; nothing is held then.
@@ -46,7 +49,8 @@ class LayerStager {
   // LayerBuilder::FillRows, ABORTED once a forced Remove took the id.
   absl::Status FillRows(int64_t head, int64_t row_offset, int64_t rows,
                         const std::function<absl::Status(uint8_t* dst)>& fill);
-  // The complete layer (INVALID_ARGUMENT naming missing rows). The hook is
+  // The complete layer (INVALID_ARGUMENT naming missing rows), its files
+  // sealed under the id's next version with --data_dir. The hook is
   // detached: from here on a forced Remove only marks the claim aborted,
   // and Commit answers ABORTED.
   absl::StatusOr<std::shared_ptr<Layer>> Finish();

@@ -18,7 +18,8 @@ import yaml
 
 ENGRAMD = sys.argv[1]
 ROOT = sys.argv[2]
-TARGETS = ["deploy/k8s/base", "deploy/k8s/overlays/gpu", "deploy/k8s/overlays/rdma"]
+TARGETS = ["deploy/k8s/base", "deploy/k8s/overlays/gpu", "deploy/k8s/overlays/rdma",
+           "deploy/k8s/overlays/checkpoint"]
 
 
 def engramd_flags():

@@ -67,7 +67,7 @@ TEST_F(LoadTest, LoadAtStartServesTheCheckpointsRowsOnceReady) {
     EXPECT_EQ(d->layout.embedding_dim, l.layout.embedding_dim);
     EXPECT_EQ(d->layout.dtype, DType::kUInt8);
   }
-  EXPECT_THAT(server->Log(), HasSubstr("2 layers in; ready"));
+  EXPECT_THAT(server->Log(), HasSubstr("2 layers in (--data_dir, --load); ready"));
 }
 
 TEST_F(LoadTest, BadStartManifestStopsEngramdWithTheReason) {

@@ -27,6 +27,39 @@ std::shared_ptr<const Layer> PatternLayer(int64_t id, MemoryBudget* budget) {
   return *(*b)->Finish();
 }
 
+TEST(LayerRegistryTest, ReplaceSwapsAtCommitAndVersionsCount) {
+  MemoryBudget budget(1 << 20);
+  LayerRegistry registry;
+  auto first = registry.BeginPopulate(5);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(registry.Commit(*first, PatternLayer(5, &budget)).ok());
+  std::shared_ptr<const Layer> v1 = registry.Find(5);
+  EXPECT_EQ(v1->version(), 1u);
+  // A replace that fails leaves version 1 serving.
+  auto failed = registry.BeginPopulate(5, nullptr, /*replace=*/true);
+  ASSERT_TRUE(failed.ok());
+  EXPECT_EQ(registry.BeginPopulate(5, nullptr, true).status().code(),
+            absl::StatusCode::kAlreadyExists)
+      << "one populate of an id at a time";
+  EXPECT_EQ(registry.Find(5), v1) << "the old version serves meanwhile";
+  registry.Abandon(*failed);
+  EXPECT_EQ(registry.Find(5), v1);
+  // A replace that commits swaps: readers holding version 1 keep it.
+  auto replace = registry.BeginPopulate(5, nullptr, true);
+  ASSERT_TRUE(replace.ok());
+  ASSERT_TRUE(registry.Commit(*replace, PatternLayer(7, &budget)).ok());
+  std::shared_ptr<const Layer> v2 = registry.Find(5);
+  EXPECT_NE(v2, v1);
+  EXPECT_EQ(v2->version(), 2u);
+  EXPECT_EQ(v1->table(0)[0], 5) << "the old rows live while held";
+  EXPECT_EQ(v2->table(0)[0], 7);
+  // Versions keep counting across Remove.
+  ASSERT_TRUE(registry.Remove(5, false).ok());
+  auto again = registry.BeginPopulate(5);
+  ASSERT_TRUE(registry.Commit(*again, PatternLayer(5, &budget)).ok());
+  EXPECT_EQ(registry.Find(5)->version(), 3u);
+}
+
 TEST(LayerRegistryTest, CreateOnlyAndRemoveSemantics) {
   MemoryBudget budget(1 << 20);
   LayerRegistry registry;

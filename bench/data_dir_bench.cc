@@ -1,0 +1,193 @@
+// --data_dir: how fast a layer serves again after a restart, against
+// pushing it again through Populate (target >= 20x faster), and random
+// lookups of cold rows of a table bigger than the memory budget against a
+// pread loop of the same rows with the same threads (target >= 0.8x).
+// Both floors are measured in the same run.
+//   build/bench/data_dir_bench [--gib=1] [--dir=/tmp] [--seconds=3]
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
+#include "bench/peers.h"
+#include "client/client.h"
+#include "common/malloc_tuning.h"
+
+namespace engram::bench {
+namespace {
+
+constexpr int kHeads = 4, kDim = 64;  // float32: 256-byte rows
+constexpr int kCallers = 2, kBatch = 256;
+
+double Since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void DropFolderFromPageCache(const std::string& folder) {
+  for (const auto& e : std::filesystem::recursive_directory_iterator(folder)) {
+    if (!e.is_regular_file()) continue;
+    const int fd = ::open(e.path().c_str(), O_RDONLY);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
+// Moves every id to another pseudo-random row, so each call reads rows
+// that are cold (the table is far bigger than what a run touches).
+void NextIds(std::vector<int64_t>* ids, int64_t rows) {
+  for (int64_t& id : *ids) {
+    id = static_cast<int64_t>(
+        (static_cast<uint64_t>(id) * 6364136223846793005ull +
+         1442695040888963407ull) %
+        static_cast<uint64_t>(rows));
+  }
+}
+
+// Starts engramd and waits until it is ready; the seconds it took.
+double StartServing(const std::vector<std::string>& argv,
+                    std::unique_ptr<ChildServer>* server,
+                    std::unique_ptr<Client>* client) {
+  const auto start = Clock::now();
+  *server = ChildServer::Start(argv);
+  if (!*server) return -1;
+  auto c = Client::Connect(absl::StrCat("127.0.0.1:", (*server)->port()));
+  while (!(*c)->CheckHealth().ok()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  *client = *std::move(c);
+  return Since(start);
+}
+
+int Run(double gib, const std::string& base, double seconds,
+        const std::string& engramd) {
+  TuneMallocForLargeMessages();
+  const std::string dir =
+      absl::StrCat(base, "/engram_data_dir_bench_", getpid());
+  std::filesystem::create_directories(dir);
+  const int64_t rows = static_cast<int64_t>(gib * (1 << 30)) /
+                       (kHeads * kDim * static_cast<int64_t>(sizeof(float)));
+  LayerLayout layout{std::vector<int64_t>(kHeads, rows), kDim, DType::kFloat32};
+  std::vector<std::vector<uint8_t>> tables(kHeads);
+  std::mt19937_64 rng(1);
+  for (auto& t : tables) {
+    t.resize(layout.table_bytes(0));
+    for (size_t i = 0; i + 8 <= t.size(); i += 8) {
+      const uint64_t v = rng();
+      std::memcpy(&t[i], &v, 8);
+    }
+  }
+  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  const std::vector<std::string> flags = {
+      engramd, "--listen=127.0.0.1:0",
+      "--metrics_listen=", "--data_dir=" + dir};
+
+  std::unique_ptr<ChildServer> server;
+  std::unique_ptr<Client> client;
+  if (StartServing(flags, &server, &client) < 0) return 1;
+  const auto pop_start = Clock::now();
+  if (auto s = client->Populate(1, layout, spans); !s.ok()) {
+    std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
+    return 1;
+  }
+  const double populate = Since(pop_start);
+  std::printf(
+      "data_dir_bench: one layer, %d heads x %lld rows x %d float32 "
+      "(%.2f GiB), --data_dir=%s\n",
+      kHeads, static_cast<long long>(rows), kDim,
+      layout.total_bytes() / double(1 << 30), dir.c_str());
+  std::printf("  %-44s %8.3f s\n", "Populate through the client (floor)",
+              populate);
+  for (bool verify : {true, false}) {
+    client.reset();
+    server.reset();  // SIGTERM: drains and exits
+    std::vector<std::string> argv = flags;
+    argv.push_back(verify ? "--verify_data_dir=true"
+                          : "--verify_data_dir=false");
+    const double restart = StartServing(argv, &server, &client);
+    if (restart < 0) return 1;
+    std::printf("  %-44s %8.3f s   %6.1fx faster (target >= 20x)\n",
+                verify ? "restart until ready, checksums verified"
+                       : "restart until ready, --verify_data_dir=false",
+                restart, populate / restart);
+  }
+
+  // Cold rows: a memory budget far below the table keeps it unpinned.
+  client.reset();
+  server.reset();
+  std::vector<std::string> argv = flags;
+  argv.push_back("--memory_limit_bytes=16777216");
+  argv.push_back("--verify_data_dir=false");
+  if (StartServing(argv, &server, &client) < 0) return 1;
+  std::string folder;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().filename().string().rfind("layer-1.", 0) == 0)
+      folder = e.path();
+  std::vector<std::vector<int64_t>> ids(kCallers);
+  for (auto& v : ids)
+    for (int i = 0; i < kBatch * kHeads; ++i) v.push_back(rng() % rows);
+  std::vector<std::vector<uint8_t>> outs(
+      kCallers, std::vector<uint8_t>(kBatch * kHeads * layout.row_bytes()));
+  const int64_t shape[] = {kBatch, 1, kHeads};
+  DropFolderFromPageCache(folder);
+  RunStats engram = RunClosedLoop(kCallers, seconds, [&](int c) {
+    NextIds(&ids[c], rows);
+    return client->Lookup(1, ids[c], shape, outs[c]).ok();
+  });
+  // The floor: pread of the same rows from the same files, same threads.
+  std::vector<int> fds;
+  for (int h = 0; h < kHeads; ++h)
+    fds.push_back(
+        ::open(absl::StrCat(folder, "/head-", h, ".bin").c_str(), O_RDONLY));
+  DropFolderFromPageCache(folder);
+  RunStats pread_loop = RunClosedLoop(kCallers, seconds, [&](int c) {
+    NextIds(&ids[c], rows);
+    for (int i = 0; i < kBatch * kHeads; ++i) {
+      const int h = i % kHeads;
+      if (::pread(fds[h], outs[c].data() + i * layout.row_bytes(),
+                  layout.row_bytes(),
+                  static_cast<off_t>(ids[c][i] * layout.row_bytes())) < 0) {
+        return false;
+      }
+    }
+    return true;
+  });
+  for (int fd : fds) ::close(fd);
+  const double r = kBatch * kHeads;
+  std::printf("  cold random lookups, B = %d x H = %d, %d callers:\n", kBatch,
+              kHeads, kCallers);
+  std::printf("  %-44s %10.0f rows/s  p50 %8.1f us\n", "engramd Lookup",
+              engram.calls_per_s() * r, engram.p50_us);
+  std::printf("  %-44s %10.0f rows/s  p50 %8.1f us\n",
+              "pread loop of the same rows (floor)",
+              pread_loop.calls_per_s() * r, pread_loop.p50_us);
+  std::printf("  %-44s %9.2fx (target >= 0.8x)\n", "ratio",
+              engram.calls_per_s() / pread_loop.calls_per_s());
+  client.reset();
+  server.reset();
+  std::filesystem::remove_all(dir);
+  return 0;
+}
+
+}  // namespace
+}  // namespace engram::bench
+
+int main(int argc, char** argv) {
+  double gib = 1, seconds = 3;
+  std::string dir = "/tmp", engramd = ENGRAM_BENCH_ENGRAMD;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--gib=", 0) == 0) gib = std::stod(a.substr(6));
+    if (a.rfind("--dir=", 0) == 0) dir = a.substr(6);
+    if (a.rfind("--seconds=", 0) == 0) seconds = std::stod(a.substr(10));
+    if (a.rfind("--engramd=", 0) == 0) engramd = a.substr(10);
+  }
+  return engram::bench::Run(gib, dir, seconds, engramd);
+}

@@ -1,0 +1,413 @@
+#include "store/table_files.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "store/layer.h"
+
+namespace engram {
+namespace {
+
+constexpr char kMetaMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'M', '1'};
+constexpr uint32_t kMetaFormat = 1;
+
+std::string HeadFile(const std::string& folder, int head) {
+  return absl::StrCat(folder, "/head-", head, ".bin");
+}
+
+std::string Errno(const std::string& what) {
+  return absl::StrCat(what, ": ", std::strerror(errno));
+}
+
+// Syncs a folder's entries (a rename or unlink in it) to disk.
+absl::Status SyncDir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return absl::DataLossError(Errno("cannot open " + dir));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0 && errno != EINVAL) {
+    return absl::DataLossError(Errno("cannot sync " + dir));
+  }
+  return absl::OkStatus();
+}
+
+std::string Nonce() {
+  static std::atomic<uint64_t> counter{0};
+  std::random_device rd;
+  return absl::StrCat(::getpid(), "-", counter.fetch_add(1), "-",
+                      rd() % 100000);
+}
+
+void Append(std::string* out, const void* p, size_t n) {
+  out->append(static_cast<const char*>(p), n);
+}
+
+std::string EncodeMeta(int64_t id, uint64_t version, const LayerLayout& l,
+                       const std::vector<uint64_t>& checksums) {
+  std::string m(kMetaMagic, 8);
+  const uint32_t format = kMetaFormat, heads = l.num_heads();
+  const int32_t dtype = static_cast<int32_t>(l.dtype), pad = 0;
+  Append(&m, &format, 4);
+  Append(&m, &heads, 4);
+  Append(&m, &id, 8);
+  Append(&m, &version, 8);
+  Append(&m, &dtype, 4);
+  Append(&m, &pad, 4);
+  Append(&m, &l.embedding_dim, 8);
+  for (int h = 0; h < l.num_heads(); ++h) {
+    Append(&m, &l.table_vocab_sizes[h], 8);
+    Append(&m, &checksums[h], 8);
+  }
+  const uint64_t sum =
+      TableChecksum(reinterpret_cast<const uint8_t*>(m.data()), m.size());
+  Append(&m, &sum, 8);
+  return m;
+}
+
+// Parses meta; INVALID_ARGUMENT saying what is wrong.
+absl::StatusOr<StoredLayer> DecodeMeta(const std::string& m) {
+  auto bad = [](const std::string& why) {
+    return absl::InvalidArgumentError("meta " + why);
+  };
+  if (m.size() < 56 || std::memcmp(m.data(), kMetaMagic, 8) != 0) {
+    return bad(
+        absl::StrCat("is not an engram layer meta (", m.size(), " bytes)"));
+  }
+  auto read = [&](size_t at, void* out, size_t n) {
+    std::memcpy(out, m.data() + at, n);
+  };
+  uint32_t format, heads;
+  read(8, &format, 4);
+  read(12, &heads, 4);
+  if (format != kMetaFormat) return bad(absl::StrCat("format ", format));
+  if (heads == 0 || heads > static_cast<uint32_t>(kMaxHeads) ||
+      m.size() != 48 + 16 * static_cast<size_t>(heads) + 8) {
+    return bad(absl::StrCat("is truncated or damaged (", m.size(),
+                            " bytes for ", heads, " heads)"));
+  }
+  uint64_t sum;
+  read(m.size() - 8, &sum, 8);
+  if (sum !=
+      TableChecksum(reinterpret_cast<const uint8_t*>(m.data()), m.size() - 8)) {
+    return bad("checksum does not match (damaged)");
+  }
+  StoredLayer s;
+  int32_t dtype;
+  read(16, &s.layer_id, 8);
+  read(24, &s.version, 8);
+  read(32, &dtype, 4);
+  read(40, &s.layout.embedding_dim, 8);
+  s.layout.dtype = static_cast<DType>(dtype);
+  for (uint32_t h = 0; h < heads; ++h) {
+    int64_t vocab;
+    uint64_t check;
+    read(48 + 16 * h, &vocab, 8);
+    read(56 + 16 * h, &check, 8);
+    s.layout.table_vocab_sizes.push_back(vocab);
+    s.checksums.push_back(check);
+  }
+  if (absl::Status v = ValidateLayout(s.layout); !v.ok()) {
+    return bad(std::string(v.message()));
+  }
+  return s;
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(Errno("cannot open " + path));
+  std::string out;
+  char buf[1 << 16];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, n);
+  ::close(fd);
+  if (n < 0) return absl::DataLossError(Errno("cannot read " + path));
+  return out;
+}
+
+absl::Status WriteFileSynced(const std::string& path, const std::string& data) {
+  const int fd =
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::DataLossError(Errno("cannot create " + path));
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      return absl::DataLossError(Errno("cannot write " + path));
+    }
+    done += static_cast<size_t>(n);
+  }
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return absl::DataLossError(Errno("cannot sync " + path));
+  return absl::OkStatus();
+}
+
+// "layer-<id>.v<version>" -> (id, version).
+bool ParseFolderName(const std::string& name, int64_t* id, uint64_t* version) {
+  if (!absl::StartsWith(name, "layer-")) return false;
+  const size_t dot = name.find(".v");
+  return dot != std::string::npos &&
+         absl::SimpleAtoi(name.substr(6, dot - 6), id) &&
+         absl::SimpleAtoi(name.substr(dot + 2), version);
+}
+
+}  // namespace
+
+uint64_t TableChecksum(const uint8_t* data, size_t bytes) {
+  constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
+  uint64_t lane[4] = {1, 2, 3, 4};
+  size_t i = 0;
+  for (; i + 32 <= bytes; i += 32) {
+    for (int k = 0; k < 4; ++k) {
+      uint64_t w;
+      std::memcpy(&w, data + i + 8 * k, 8);
+      lane[k] = (lane[k] ^ w) * kMul;
+      lane[k] ^= lane[k] >> 29;
+    }
+  }
+  uint64_t tail = bytes;
+  for (; i < bytes; ++i) tail = (tail ^ data[i]) * kMul;
+  uint64_t h = tail;
+  for (uint64_t l : lane) h = (h ^ l) * kMul ^ (h >> 31);
+  return h;
+}
+
+void Layer::ReleaseStorage() const {
+  if (files_ != nullptr) files_->Delete();
+}
+
+absl::StatusOr<std::shared_ptr<LayerFiles>> LayerFiles::Create(
+    const std::string& dir, int64_t layer_id, const LayerLayout& layout,
+    std::vector<HostBuffer>* tables) {
+  const std::string folder =
+      absl::StrCat(dir, "/.tmp-layer-", layer_id, "-", Nonce());
+  if (::mkdir(folder.c_str(), 0755) != 0) {
+    return absl::FailedPreconditionError(
+        Errno("--data_dir: cannot create " + folder));
+  }
+  std::shared_ptr<LayerFiles> files(
+      new LayerFiles(dir, folder, layer_id, layout));
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    const std::string path = HeadFile(folder, h);
+    const int fd =
+        ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      return absl::FailedPreconditionError(Errno("cannot create " + path));
+    }
+    if (::ftruncate(fd, static_cast<off_t>(layout.table_bytes(h))) != 0) {
+      const std::string why = Errno("cannot size " + path);
+      ::close(fd);
+      return absl::ResourceExhaustedError(why);
+    }
+    absl::StatusOr<HostBuffer> table =
+        HostBuffer::MapFile(fd, layout.table_bytes(h), /*writable=*/true);
+    ::close(fd);
+    if (!table.ok()) return table.status();
+    tables->push_back(*std::move(table));
+  }
+  return files;
+}
+
+absl::Status LayerFiles::Seal(uint64_t version,
+                              const std::vector<HostBuffer>& tables) {
+  MutexLock lock(&mu_);
+  if (sealed_ || deleted_) {
+    return absl::InternalError("a layer folder is sealed once");
+  }
+  std::vector<uint64_t> checksums;
+  for (int h = 0; h < layout_.num_heads(); ++h) {
+    const HostBuffer& t = tables[h];
+    checksums.push_back(TableChecksum(t.data(), t.size()));
+    if (::msync(const_cast<uint8_t*>(t.data()), t.size(), MS_SYNC) != 0) {
+      return absl::DataLossError(Errno("cannot sync " + HeadFile(path_, h)));
+    }
+  }
+  if (absl::Status s = WriteFileSynced(
+          path_ + "/meta", EncodeMeta(layer_id_, version, layout_, checksums));
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = SyncDir(path_); !s.ok()) return s;
+  const std::string final_path =
+      absl::StrCat(dir_, "/layer-", layer_id_, ".v", version);
+  if (::rename(path_.c_str(), final_path.c_str()) != 0) {
+    return absl::DataLossError(
+        Errno("cannot rename " + path_ + " to " + final_path));
+  }
+  path_ = final_path;
+  sealed_ = true;
+  return SyncDir(dir_);
+}
+
+void LayerFiles::Delete() {
+  MutexLock lock(&mu_);
+  if (deleted_) return;
+  deleted_ = true;
+  // Renamed first: a crash before the files are gone leaves a .trash-*
+  // folder, which the next start removes instead of serving.
+  const std::string trash =
+      absl::StrCat(dir_, "/.trash-layer-", layer_id_, "-", Nonce());
+  if (::rename(path_.c_str(), trash.c_str()) == 0) {
+    (void)SyncDir(dir_);
+    path_ = trash;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+LayerFiles::~LayerFiles() {
+  bool sealed;
+  {
+    MutexLock lock(&mu_);
+    sealed = sealed_;
+  }
+  if (!sealed) Delete();
+}
+
+std::string LayerFiles::path() const {
+  MutexLock lock(&mu_);
+  return path_;
+}
+
+absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--data_dir ", dir, ": ", ec.message()));
+  }
+  DataDirScan scan;
+  std::map<int64_t, StoredLayer> newest;
+  auto refuse = [&](const std::string& path, const std::string& why) {
+    const std::string name = std::filesystem::path(path).filename();
+    const std::string moved =
+        absl::StrCat(dir, "/.refused-", name, "-", Nonce());
+    std::filesystem::rename(path, moved, ec);
+    scan.refused.push_back(
+        absl::StrCat(path, ": ", why, "; not served (moved to ", moved, ")"));
+  };
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename();
+    const std::string path = entry.path();
+    if (absl::StartsWith(name, ".tmp-") || absl::StartsWith(name, ".trash-")) {
+      std::filesystem::remove_all(path, ec);
+      scan.removed.push_back(
+          absl::StrCat(path, ": an interrupted write or delete; removed"));
+      continue;
+    }
+    int64_t id;
+    uint64_t version;
+    if (!entry.is_directory() || !ParseFolderName(name, &id, &version)) {
+      continue;  // not ours (e.g. .refused-*): left alone
+    }
+    absl::StatusOr<std::string> meta = ReadFile(path + "/meta");
+    if (!meta.ok()) {
+      refuse(path, std::string(meta.status().message()));
+      continue;
+    }
+    absl::StatusOr<StoredLayer> stored = DecodeMeta(*meta);
+    if (!stored.ok()) {
+      refuse(path, std::string(stored.status().message()));
+      continue;
+    }
+    if (stored->layer_id != id || stored->version != version) {
+      refuse(path, absl::StrCat("meta names layer ", stored->layer_id, " v",
+                                stored->version));
+      continue;
+    }
+    std::string size_error;
+    for (int h = 0; h < stored->layout.num_heads(); ++h) {
+      const std::string head = HeadFile(path, h);
+      const uint64_t want = stored->layout.table_bytes(h);
+      const auto got = std::filesystem::file_size(head, ec);
+      if (ec || got != want) {
+        size_error = absl::StrCat(head, " has ", ec ? 0 : got, " bytes, not ",
+                                  want, " (truncated?)");
+        break;
+      }
+    }
+    if (!size_error.empty()) {
+      refuse(path, size_error);
+      continue;
+    }
+    stored->path = path;
+    auto it = newest.find(id);
+    if (it == newest.end() || it->second.version < version) {
+      if (it != newest.end()) {
+        scan.removed.push_back(absl::StrCat(
+            it->second.path, ": superseded by v", version, "; removed"));
+        std::filesystem::remove_all(it->second.path, ec);
+      }
+      newest[id] = *std::move(stored);
+    } else {
+      scan.removed.push_back(absl::StrCat(path, ": superseded by v",
+                                          it->second.version, "; removed"));
+      std::filesystem::remove_all(path, ec);
+    }
+  }
+  for (auto& [id, layer] : newest) scan.layers.push_back(std::move(layer));
+  return scan;
+}
+
+absl::StatusOr<std::shared_ptr<Layer>> OpenStoredLayer(
+    const StoredLayer& stored, MemoryBudget* budget, bool pin, bool verify) {
+  const LayerLayout& layout = stored.layout;
+  std::vector<HostBuffer> tables;
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    const std::string path = HeadFile(stored.path, h);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return absl::DataLossError(Errno("cannot open " + path));
+    absl::StatusOr<HostBuffer> table =
+        HostBuffer::MapFile(fd, layout.table_bytes(h), /*writable=*/false);
+    ::close(fd);
+    if (!table.ok()) return table.status();
+    if (verify &&
+        TableChecksum(table->data(), table->size()) != stored.checksums[h]) {
+      return absl::DataLossError(absl::StrCat(
+          path, ": checksum does not match its meta (the file is damaged)"));
+    }
+    tables.push_back(*std::move(table));
+  }
+  uint64_t bytes = 0;
+  for (int h = 0; h < layout.num_heads(); ++h)
+    bytes += HostBuffer::ResidentBytes(layout.table_bytes(h),
+                                       {{0, layout.table_bytes(h)}});
+  // Pinned and charged when it fits; a bigger table is served from the
+  // page cache (stored, not resident).
+  MemoryReservation reservation;
+  if (budget->TryReserve(bytes)) {
+    reservation = MemoryReservation(budget, bytes);
+    if (pin) {
+      for (HostBuffer& t : tables) t.Pin({});
+    }
+  }
+  auto layer =
+      std::make_shared<Layer>(stored.layer_id, layout, std::move(tables),
+                              std::move(reservation), layout.total_bytes());
+  std::shared_ptr<LayerFiles> files(
+      new LayerFiles(std::filesystem::path(stored.path).parent_path(),
+                     stored.path, stored.layer_id, layout));
+  {
+    MutexLock lock(&files->mu_);
+    files->sealed_ = true;
+  }
+  layer->AttachFiles(std::move(files));
+  return layer;
+}
+
+}  // namespace engram

@@ -1,0 +1,106 @@
+// Durable tables (--data_dir): a committed layer is a folder of files that
+// are also its memory. DIR/layer-<id>.v<version>/ holds head-<h>.bin (head
+// h's table, row-major, mapped shared) and meta (layout, version, sizes and
+// a checksum per head, itself checksummed). Populate writes rows straight
+// into the mapped head files of a hidden DIR/.tmp-* folder; sealing syncs
+// them, writes meta and renames the folder into place, so a crash at any
+// moment leaves the old state or the new one, never a half-written layer.
+#ifndef ENGRAM_STORE_TABLE_FILES_H_
+#define ENGRAM_STORE_TABLE_FILES_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/layout.h"
+#include "common/mutex.h"
+#include "store/host_memory.h"
+
+namespace engram {
+
+// The on-disk folder of one layer version, from creation (hidden, being
+// written) through sealing (visible under its final name) to deletion
+// (Remove, or a newer version committed). Deleting unlinks the files; the
+// mappings made from them stay valid until unmapped, so in-flight lookups
+// finish. Thread-safe.
+class LayerFiles {
+ public:
+  // Creates DIR/.tmp-layer-<id>-<nonce>/ with one sparse file per head,
+  // sized to its table and mapped writable into `tables` (one HostBuffer
+  // per head). RESOURCE_EXHAUSTED / FAILED_PRECONDITION naming the path
+  // when the folder or a file cannot be made.
+  static absl::StatusOr<std::shared_ptr<LayerFiles>> Create(
+      const std::string& dir, int64_t layer_id, const LayerLayout& layout,
+      std::vector<HostBuffer>* tables);
+  // Makes the written tables durable under their final name: checksums
+  // every head, syncs the head files, writes meta, renames the folder to
+  // DIR/layer-<id>.v<version> and syncs DIR. DATA_LOSS on an I/O error
+  // (nothing visible then).
+  absl::Status Seal(uint64_t version, const std::vector<HostBuffer>& tables);
+  // Takes the folder off the disk (renamed away first, so a crash midway
+  // cannot bring the layer back). Idempotent.
+  void Delete();
+  // An unsealed folder is deleted.
+  ~LayerFiles();
+  LayerFiles(const LayerFiles&) = delete;
+  LayerFiles& operator=(const LayerFiles&) = delete;
+
+  std::string path() const;
+
+ private:
+  LayerFiles(std::string dir, std::string path, int64_t layer_id,
+             LayerLayout layout)
+      : dir_(std::move(dir)),
+        layer_id_(layer_id),
+        layout_(std::move(layout)),
+        path_(std::move(path)) {}
+  friend absl::StatusOr<std::shared_ptr<class Layer>> OpenStoredLayer(
+      const struct StoredLayer& stored, MemoryBudget* budget, bool pin,
+      bool verify);
+
+  const std::string dir_;
+  const int64_t layer_id_;
+  const LayerLayout layout_;
+  mutable Mutex mu_;
+  std::string path_ ABSL_GUARDED_BY(mu_);
+  bool sealed_ ABSL_GUARDED_BY(mu_) = false;
+  bool deleted_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// A sealed layer folder found under --data_dir.
+struct StoredLayer {
+  int64_t layer_id = 0;
+  uint64_t version = 0;
+  LayerLayout layout;
+  std::string path;
+  std::vector<uint64_t> checksums;  // per head
+};
+
+// What a scan of --data_dir found: the newest sealed version of each id,
+// and a line for every folder refused (bad or truncated meta, a head file
+// of the wrong size) or superseded by a newer version. Leftovers of
+// interrupted writes and deletes (.tmp-*, .trash-*) are removed, refused
+// folders are renamed to .refused-* (kept for inspection, never loaded).
+struct DataDirScan {
+  std::vector<StoredLayer> layers;
+  std::vector<std::string> refused;
+  std::vector<std::string> removed;
+};
+absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir);
+
+// Maps a stored layer's heads shared and read-only; with `verify`, reads
+// every row once and compares the checksums (DATA_LOSS naming the head and
+// file). Charged to `budget` and pinned when it fits; else (a layer bigger
+// than the memory budget) served from the page cache, unpinned.
+absl::StatusOr<std::shared_ptr<Layer>> OpenStoredLayer(
+    const StoredLayer& stored, MemoryBudget* budget, bool pin, bool verify);
+
+// The 64-bit checksum heads are sealed with (four lanes of multiply-xor
+// over 8-byte words, memory speed).
+uint64_t TableChecksum(const uint8_t* data, size_t bytes);
+
+}  // namespace engram
+
+#endif  // ENGRAM_STORE_TABLE_FILES_H_

@@ -1,0 +1,242 @@
+// Durable tables (--data_dir) on real engramd processes and real files:
+// restarts serve the same rows and versions, a kill -9 mid-populate or
+// mid-replace never leaves a half-written layer, damaged files are refused
+// while the others load, Remove deletes, and a table bigger than the memory
+// budget is served from the page cache.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "client/client.h"
+#include "engram/v1/engram.grpc.pb.h"
+#include "proto/convert.h"
+#include "tests/testing/checkpoint_files.h"
+#include "tests/testing/engramd_process.h"
+#include "tests/testing/lookup_check.h"
+#include "tests/testing/random_layer.h"
+
+namespace engram {
+namespace {
+
+using testing::EngramdProcess;
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+class DataDirTest : public ::testing::Test {
+ protected:
+  void Start(std::vector<std::string> extra = {}) {
+    extra.push_back("--data_dir=" + dir_.path());
+    auto p = EngramdProcess::Start(extra);
+    ASSERT_TRUE(p.ok()) << p.status();
+    server_ = *std::move(p);
+    ASSERT_TRUE(testing::WaitServing(server_->address(), 30).ok())
+        << server_->Log();
+    auto c = Client::Connect(server_->address());
+    ASSERT_TRUE(c.ok());
+    client_ = *std::move(c);
+  }
+  void Restart(bool kill = false) {
+    std::vector<std::string> flags = server_->flags();
+    client_.reset();
+    if (kill) {
+      server_->Kill();
+    } else {
+      EXPECT_EQ(server_->Stop(), 0) << server_->Log();
+    }
+    server_.reset();
+    auto p = EngramdProcess::Start(flags);
+    ASSERT_TRUE(p.ok()) << p.status();
+    server_ = *std::move(p);
+    ASSERT_TRUE(testing::WaitServing(server_->address(), 30).ok())
+        << server_->Log();
+    auto c = Client::Connect(server_->address());
+    ASSERT_TRUE(c.ok());
+    client_ = *std::move(c);
+  }
+  void Populate(int64_t id, const LayerLayout& layout, uint32_t seed) {
+    tables_[id] = testing::RandomTables(layout, seed);
+    layouts_[id] = layout;
+    auto info = client_->Populate(id, layout, testing::Spans(tables_[id]));
+    ASSERT_TRUE(info.ok()) << info.status();
+  }
+  absl::Status Exact(int64_t id, uint32_t seed = 1) {
+    return testing::LookupExact(*client_, id, layouts_[id], tables_[id], 4, 8,
+                                seed);
+  }
+  // Opens a Populate stream for `id` and sends the header and the first
+  // `rows` rows of head 0, then leaves it open.
+  struct OpenStream {
+    grpc::ClientContext context;
+    v1::PopulateResponse response;
+    std::unique_ptr<grpc::ClientWriter<v1::PopulateRequest>> writer;
+  };
+  std::unique_ptr<OpenStream> StartPopulate(int64_t id,
+                                            const LayerLayout& layout,
+                                            bool replace, int64_t rows) {
+    stub_ = v1::EngramStore::NewStub(grpc::CreateChannel(
+        server_->address(), grpc::InsecureChannelCredentials()));
+    auto s = std::make_unique<OpenStream>();
+    s->writer = stub_->Populate(&s->context, &s->response);
+    v1::PopulateRequest header;
+    header.mutable_header()->set_layer_id(id);
+    header.mutable_header()->set_replace(replace);
+    LayoutToConfig(layout, header.mutable_header()->mutable_config());
+    EXPECT_TRUE(s->writer->Write(header));
+    v1::PopulateRequest chunk;
+    chunk.mutable_chunk()->set_head(0);
+    chunk.mutable_chunk()->set_data(
+        std::string(rows * layout.row_bytes(), 'x'));
+    EXPECT_TRUE(s->writer->Write(chunk));
+    return s;
+  }
+  int Folders(const std::string& prefix) {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(dir_.path()))
+      n += e.path().filename().string().rfind(prefix, 0) == 0;
+    return n;
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<EngramdProcess> server_;
+  std::unique_ptr<Client> client_;
+  std::unique_ptr<v1::EngramStore::Stub> stub_;
+  std::map<int64_t, std::vector<std::vector<uint8_t>>> tables_;
+  std::map<int64_t, LayerLayout> layouts_;
+};
+
+TEST_F(DataDirTest, RestartServesTheSameRowsAndVersionsWithoutAnyClient) {
+  Start({"--load_root=" + dir_.path()});
+  Populate(1, {{1009, 13, 997}, 24, DType::kBFloat16}, 1);
+  Populate(2, {{4001}, 64, DType::kFloat32}, 2);
+  // Layer 2 replaced: version 2 must come back, not version 1.
+  tables_[2] = testing::RandomTables(layouts_[2], 22);
+  auto replaced = client_->Replace(2, layouts_[2], testing::Spans(tables_[2]));
+  ASSERT_TRUE(replaced.ok()) << replaced.status();
+  EXPECT_EQ(replaced->version, 2u);
+  // A layer loaded from a checkpoint is stored too.
+  fs::create_directories(dir_.path() + "/ckpt");
+  auto fp8 = testing::MakeFusedFp8Layer(3, {101, 53}, 32, 4);
+  testing::WriteShardedCheckpoint(dir_.path() + "/ckpt", {fp8});
+  testing::WriteText(dir_.path() + "/ckpt/m.json",
+                     testing::Manifest({testing::ManifestLayer(fp8)}));
+  ASSERT_TRUE(client_->Load("ckpt/m.json").ok());
+  tables_[3] = fp8.tables;
+  layouts_[3] = fp8.layout;
+  EXPECT_EQ(Folders("layer-"), 3) << "one folder per layer (v1 of 2 deleted)";
+
+  for (bool kill : {false, true}) {
+    Restart(kill);
+    for (int64_t id : {1, 2, 3}) {
+      for (uint32_t i = 0; i < 3; ++i) {
+        absl::Status s = Exact(id, i);
+        ASSERT_TRUE(s.ok()) << "layer " << id << ": " << s << server_->Log();
+      }
+    }
+    EXPECT_EQ(client_->DescribeLayer(2)->version, 2u);
+    EXPECT_EQ(client_->DescribeLayer(1)->version, 1u);
+    EXPECT_THAT(server_->Log(), HasSubstr("layer 2 v2 serves again"));
+  }
+  // Versions keep counting after a restart.
+  tables_[1] = testing::RandomTables(layouts_[1], 11);
+  auto again = client_->Replace(1, layouts_[1], testing::Spans(tables_[1]));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->version, 2u);
+  ASSERT_TRUE(Exact(1).ok());
+}
+
+TEST_F(DataDirTest, KillDashNineMidPopulateOrReplaceLeavesTheOldState) {
+  Start();
+  const LayerLayout layout{{3001, 7}, 16, DType::kFloat32};
+  Populate(1, layout, 1);
+  auto replace = StartPopulate(1, layout, /*replace=*/true, 1000);
+  auto create = StartPopulate(2, layout, /*replace=*/false, 1000);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(Folders(".tmp-"), 2) << "both populates write into hidden folders";
+  Restart(/*kill=*/true);
+  replace.reset();
+  create.reset();
+  EXPECT_EQ(Folders(".tmp-"), 0) << "leftovers removed at start";
+  EXPECT_THAT(server_->Log(), HasSubstr("an interrupted write or delete"));
+  ASSERT_TRUE(Exact(1).ok()) << "the old version of layer 1 serves";
+  EXPECT_EQ(client_->DescribeLayer(1)->version, 1u);
+  EXPECT_EQ(client_->DescribeLayer(2).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(DataDirTest, DamagedFilesAreRefusedAndTheOthersStillLoad) {
+  Start();
+  const LayerLayout layout{{2003, 11}, 32, DType::kFloat32};
+  for (int64_t id : {1, 2, 3}) Populate(id, layout, static_cast<uint32_t>(id));
+  EXPECT_EQ(server_->Stop(), 0);
+  {  // one flipped byte in layer 1's data
+    std::fstream f(dir_.path() + "/layer-1.v1/head-0.bin",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(5000);
+    char c = 0;
+    f.read(&c, 1);
+    f.seekp(5000);
+    c ^= 0x10;
+    f.write(&c, 1);
+  }
+  fs::resize_file(dir_.path() + "/layer-2.v1/head-1.bin", 100);  // truncated
+  auto p = EngramdProcess::Start(server_->flags());
+  ASSERT_TRUE(p.ok()) << p.status();
+  server_ = *std::move(p);
+  ASSERT_TRUE(testing::WaitServing(server_->address(), 30).ok());
+  auto c = Client::Connect(server_->address());
+  ASSERT_TRUE(c.ok());
+  client_ = *std::move(c);
+  ASSERT_TRUE(Exact(3).ok());
+  for (int64_t id : {1, 2}) {
+    EXPECT_EQ(client_->DescribeLayer(id).status().code(),
+              absl::StatusCode::kNotFound)
+        << id;
+  }
+  const std::string log = server_->Log();
+  EXPECT_THAT(log, HasSubstr("head-0.bin: checksum does not match"));
+  EXPECT_THAT(log, HasSubstr("head-1.bin has 100 bytes, not 1408"));
+  EXPECT_EQ(Folders(".refused-"), 2) << "kept aside for inspection";
+  // The ids are free again.
+  Populate(1, layout, 9);
+  ASSERT_TRUE(Exact(1).ok());
+}
+
+TEST_F(DataDirTest, RemoveDeletesTheFilesAndTheLayerStaysGone) {
+  Start();
+  Populate(4, {{500}, 8, DType::kFloat32}, 4);
+  ASSERT_EQ(Folders("layer-4."), 1);
+  ASSERT_TRUE(client_->Remove(4).ok());
+  EXPECT_EQ(Folders("layer-4."), 0);
+  Restart();
+  EXPECT_EQ(client_->DescribeLayer(4).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(DataDirTest, ATableBiggerThanTheMemoryBudgetIsServedFromFiles) {
+  Start({"--memory_limit_bytes=8388608", "--metrics_listen=127.0.0.1:0"});
+  Populate(5, {{65537, 65521}, 64, DType::kFloat32}, 5);  // 32 MiB
+  for (uint32_t i = 0; i < 5; ++i) ASSERT_TRUE(Exact(5, i).ok());
+  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_THAT(*metrics,
+              HasSubstr(absl::StrCat("engram_layer_stored_bytes{layer=\"5\"} ",
+                                     layouts_[5].total_bytes())));
+  EXPECT_THAT(*metrics, HasSubstr("engram_layer_resident_bytes{layer=\"5\"}"));
+  EXPECT_THAT(*metrics,
+              HasSubstr("engram_layer_pinned{layer=\"5\",mode=\"none\"} 0"));
+  Restart();
+  for (uint32_t i = 0; i < 5; ++i) ASSERT_TRUE(Exact(5, 10 + i).ok());
+  // Without --data_dir the same table does not fit.
+  auto memory_only = EngramdProcess::Start({"--memory_limit_bytes=8388608"});
+  ASSERT_TRUE(memory_only.ok());
+  auto c = Client::Connect((*memory_only)->address());
+  EXPECT_EQ((*c)->Populate(5, layouts_[5], testing::Spans(tables_[5]))
+                .status()
+                .code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+}  // namespace
+}  // namespace engram

@@ -4,11 +4,13 @@
 // client pushing the same rows through Populate.
 //
 //   build/bench/load_bench [--gib=1] [--dir=/tmp] [--engramd=PATH]
+//   build/bench/load_bench --push [--gib=1]   # engramctl populate vs floor
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -17,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
 #include "bench/peers.h"
+#include "checkpoint/npy.h"
 #include "checkpoint/safetensors.h"
 #include "client/client.h"
 
@@ -67,6 +70,69 @@ double ReadIntoFreshMemorySeconds(const std::string& path, size_t bytes) {
   const double s = Seconds(start);
   ::munmap(p, bytes);
   return s;
+}
+
+// engramctl populate of two .npy heads of `gib` GiB together into a fresh
+// engramd, against the floor the issue names: raw TCP loopback of the same
+// bytes plus a first touch of as much fresh memory (measured here).
+int RunPush(double gib, const std::string& dir, const std::string& engramd,
+            const std::string& engramctl) {
+  const int64_t dim = 64;  // float32: 256-byte rows
+  const int64_t rows = static_cast<int64_t>(gib * (1 << 30)) / 2 / (dim * 4);
+  const std::string root = absl::StrCat(dir, "/engram_push_bench_", getpid());
+  std::filesystem::create_directories(root);
+  std::vector<float> table(rows * dim);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<float>(i);
+  for (int h = 0; h < 2; ++h) {
+    if (!checkpoint::WriteNpy(absl::StrCat(root, "/h", h, ".npy"), "<f4",
+                              {rows, dim}, table.data(), table.size() * 4)
+             .ok()) {
+      return 1;
+    }
+  }
+  table = {};
+  const double bytes = 2.0 * rows * dim * 4;
+  auto server = ChildServer::Start(
+      {engramd, "--listen=127.0.0.1:0", "--metrics_listen="});
+  if (!server) return 1;
+  const std::string command = absl::StrCat(
+      engramctl, " --address=127.0.0.1:", server->port(),
+      " populate --layer=1 ", root, "/h0.npy ", root, "/h1.npy > /dev/null");
+  auto start = Clock::now();
+  if (std::system(command.c_str()) != 0) return 1;
+  const double push = Seconds(start);
+  // Floor: the bytes over loopback TCP, then a first touch of fresh pages.
+  TcpBlaster blaster;
+  TcpFetcher fetcher(blaster.port());
+  std::vector<uint8_t> buffer;
+  start = Clock::now();
+  for (double sent = 0; sent < bytes; sent += 64 << 20) {
+    if (!fetcher.Fetch(64 << 20, &buffer)) return 1;
+  }
+  const double tcp = Seconds(start);
+  start = Clock::now();
+  void* fresh =
+      ::mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ::madvise(fresh, static_cast<size_t>(bytes), MADV_HUGEPAGE);
+  for (size_t i = 0; i < static_cast<size_t>(bytes); i += 4096)
+    static_cast<volatile char*>(fresh)[i] = 1;
+  const double touch = Seconds(start);
+  ::munmap(fresh, static_cast<size_t>(bytes));
+  std::printf("push: engramctl populate of two .npy heads, %.2f GiB\n",
+              bytes / (1 << 30));
+  std::printf("  %-34s %10s %10s\n", "", "seconds", "GB/s");
+  auto row = [&](const char* name, double s) {
+    std::printf("  %-34s %10.3f %10.2f\n", name, s, bytes / s / 1e9);
+  };
+  row("engramctl populate", push);
+  row("raw TCP loopback", tcp);
+  row("first touch of fresh memory", touch);
+  row("floor (TCP + first touch)", tcp + touch);
+  std::printf("  %-34s %9.2fx (target >= 0.5x)\n", "ratio push / floor",
+              (tcp + touch) / push);
+  std::filesystem::remove_all(root);
+  return 0;
 }
 
 int Run(double gib, const std::string& dir, const std::string& engramd) {
@@ -198,12 +264,17 @@ int Run(double gib, const std::string& dir, const std::string& engramd) {
 
 int main(int argc, char** argv) {
   double gib = 1;
-  std::string dir = "/tmp", engramd = ENGRAM_BENCH_ENGRAMD;
+  std::string dir = "/tmp", engramd = ENGRAM_BENCH_ENGRAMD,
+              engramctl = ENGRAM_BENCH_ENGRAMCTL;
+  bool push = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--gib=", 0) == 0) gib = std::stod(a.substr(6));
     if (a.rfind("--dir=", 0) == 0) dir = a.substr(6);
     if (a.rfind("--engramd=", 0) == 0) engramd = a.substr(10);
+    if (a.rfind("--engramctl=", 0) == 0) engramctl = a.substr(12);
+    if (a == "--push") push = true;
   }
+  if (push) return engram::bench::RunPush(gib, dir, engramd, engramctl);
   return engram::bench::Run(gib, dir, engramd);
 }

@@ -198,9 +198,24 @@ absl::StatusOr<LayerDescription> Client::PopulateOrReplace(
           DTypeName(layout.dtype), " needs ", layout.table_bytes(h)));
     }
   }
+  const size_t row_bytes = layout.row_bytes();
+  return PopulateFrom(
+      layer_id, layout,
+      [&tables, row_bytes](int head, int64_t row, int64_t rows, uint8_t* dst) {
+        std::memcpy(dst, tables[head].data() + row * row_bytes,
+                    rows * row_bytes);
+        return absl::OkStatus();
+      },
+      progress, replace);
+}
+
+absl::StatusOr<LayerDescription> Client::PopulateFrom(
+    int64_t layer_id, const LayerLayout& layout, const RowSource& source,
+    const PopulateProgress& progress, bool replace) {
+  if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
   if (impl_->router != nullptr) {  // straight to the owners
     absl::Status s = impl_->router->Populate(
-        layer_id, layout, tables, impl_->options.populate_chunk_bytes,
+        layer_id, layout, source, impl_->options.populate_chunk_bytes,
         impl_->options.populate_timeout, progress, replace);
     if (!s.ok()) return s;
     LayerDescription d;
@@ -229,6 +244,7 @@ absl::StatusOr<LayerDescription> Client::PopulateOrReplace(
       std::max<size_t>(1, impl_->options.populate_chunk_bytes / row_bytes);
   const uint64_t total = layout.total_bytes();
   uint64_t sent = 0;
+  absl::Status read_error;
   for (int h = 0; open && h < layout.num_heads(); ++h) {
     const size_t rows = static_cast<size_t>(layout.table_vocab_sizes[h]);
     for (size_t r = 0; open && r < rows; r += rows_per_chunk) {
@@ -236,7 +252,15 @@ absl::StatusOr<LayerDescription> Client::PopulateOrReplace(
       v1::TableChunk* chunk = message.mutable_chunk();
       chunk->set_head(h);
       chunk->set_row_offset(static_cast<int64_t>(r));
-      chunk->set_data(tables[h].data() + r * row_bytes, n * row_bytes);
+      std::string* data = chunk->mutable_data();
+      data->resize(n * row_bytes);  // reused: grown once, never zeroed again
+      read_error = source(h, static_cast<int64_t>(r), static_cast<int64_t>(n),
+                          reinterpret_cast<uint8_t*>(data->data()));
+      if (!read_error.ok()) {
+        context.TryCancel();
+        open = false;
+        break;
+      }
       open = writer->Write(message);
       sent += n * row_bytes;
       if (progress) progress(sent, total);
@@ -245,7 +269,9 @@ absl::StatusOr<LayerDescription> Client::PopulateOrReplace(
   if (open) writer->WritesDone();
   // A closed stream means the server already ended the call: its status
   // says why.
-  if (absl::Status s = FromGrpcStatus(writer->Finish()); !s.ok()) return s;
+  absl::Status s = FromGrpcStatus(writer->Finish());
+  if (!read_error.ok()) return read_error;
+  if (!s.ok()) return s;
   return FromProto(response.layer());
 }
 

@@ -58,6 +58,11 @@ struct LayerDescription {
 // Called during Populate with row bytes sent so far and the total.
 using PopulateProgress = std::function<void(uint64_t sent, uint64_t total)>;
 
+// Writes rows [row, row + rows) of table `head` to `dst` (rows x row bytes,
+// little-endian); an error ends the populate (nothing is kept).
+using RowSource = std::function<absl::Status(int head, int64_t row,
+                                             int64_t rows, uint8_t* dst)>;
+
 // One channel to one engramd. Thread-safe: any number of threads may call
 // it at once, and calls share the channel. Errors are the server's gRPC
 // status carried as absl::Status (same code and message).
@@ -92,6 +97,13 @@ class Client {
       int64_t layer_id, const LayerLayout& layout,
       const std::vector<std::span<const uint8_t>>& tables,
       const PopulateProgress& progress = nullptr);
+  // Populate (`replace`: Replace) reading rows chunk by chunk from `rows`
+  // instead of whole tables in memory: tables bigger than the client's
+  // memory stream straight from their files (engramctl populate --manifest
+  // reads checkpoints this way).
+  absl::StatusOr<LayerDescription> PopulateFrom(
+      int64_t layer_id, const LayerLayout& layout, const RowSource& rows,
+      const PopulateProgress& progress = nullptr, bool replace = false);
 
   // Gathers rows for `ids` of logical `shape` [B, L, H] into `output`, which
   // must hold exactly B*L*H*D elements of the output dtype (the stored one

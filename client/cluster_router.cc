@@ -128,8 +128,8 @@ void ClusterRouter::MarkDown(int shard) {
 
 absl::Status ClusterRouter::Populate(
     int64_t layer_id, const LayerLayout& layout,
-    const std::vector<std::span<const uint8_t>>& tables, size_t chunk_bytes,
-    absl::Duration timeout,
+    const std::function<absl::Status(int, int64_t, int64_t, uint8_t*)>& source,
+    size_t chunk_bytes, absl::Duration timeout,
     const std::function<void(uint64_t, uint64_t)>& progress, bool replace) {
   std::vector<internal::v1::EngramPeer::Stub*> stubs;
   for (auto& stub : stubs_) stubs.push_back(stub.get());
@@ -143,16 +143,22 @@ absl::Status ClusterRouter::Populate(
   const size_t rows_per_chunk = std::max<size_t>(1, chunk_bytes / row_bytes);
   const uint64_t total = layout.total_bytes();
   uint64_t sent = 0;
+  std::string buffer;
   for (int h = 0; h < layout.num_heads(); ++h) {
     const size_t rows = static_cast<size_t>(layout.table_vocab_sizes[h]);
     for (size_t r = 0; r < rows; r += rows_per_chunk) {
       const size_t n = std::min(rows_per_chunk, rows - r);
-      if (absl::Status s = fanout.AddChunk(
-              h, static_cast<int64_t>(r),
-              {reinterpret_cast<const char*>(tables[h].data()) + r * row_bytes,
-               n * row_bytes});
+      buffer.resize(n * row_bytes);
+      // Either error leaves the fan-out to abort everywhere when destroyed.
+      if (absl::Status s =
+              source(h, static_cast<int64_t>(r), static_cast<int64_t>(n),
+                     reinterpret_cast<uint8_t*>(buffer.data()));
           !s.ok()) {
-        return s;  // the fan-out aborts everywhere when destroyed
+        return s;
+      }
+      if (absl::Status s = fanout.AddChunk(h, static_cast<int64_t>(r), buffer);
+          !s.ok()) {
+        return s;
       }
       sent += n * row_bytes;
       if (progress) progress(sent, total);

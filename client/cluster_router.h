@@ -46,11 +46,13 @@ class ClusterRouter {
   ~ClusterRouter();
 
   // Populates through the owners directly (two phases, see PopulateFanout).
-  absl::Status Populate(int64_t layer_id, const LayerLayout& layout,
-                        const std::vector<std::span<const uint8_t>>& tables,
-                        size_t chunk_bytes, absl::Duration timeout,
-                        const std::function<void(uint64_t, uint64_t)>& progress,
-                        bool replace = false);
+  // `rows(head, row, n, dst)` writes rows [row, row + n) of `head` to dst.
+  absl::Status Populate(
+      int64_t layer_id, const LayerLayout& layout,
+      const std::function<absl::Status(int, int64_t, int64_t, uint8_t*)>& rows,
+      size_t chunk_bytes, absl::Duration timeout,
+      const std::function<void(uint64_t, uint64_t)>& progress,
+      bool replace = false);
 
   // Validates like the server, then gathers. `done` runs once.
   void Lookup(int64_t layer_id, std::span<const int64_t> ids,

@@ -12,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "checkpoint/layer_reader.h"
+#include "checkpoint/manifest.h"
 #include "checkpoint/npy.h"
 #include "client/client.h"
 #include "common/malloc_tuning.h"
@@ -35,11 +37,15 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
   remove   --layer=N [--force]            drop a layer (--force also aborts
                                           a populate in progress)
   populate --layer=N [--dtype=T] [--replace] H0.npy H1.npy ...
+  populate --manifest=MANIFEST [--replace]
                                           create a layer: one [N_h, D] .npy
                                           per head (float32, float16, uint8;
                                           --dtype=bfloat16 for uint16 bits);
                                           --replace swaps out an existing
-                                          layer at commit
+                                          layer at commit; --manifest pushes
+                                          a load manifest's layers read here
+                                          (for servers that cannot see the
+                                          files)
   load     MANIFEST                       the server loads a load manifest's
                                           layers from checkpoint files it
                                           reads (MANIFEST is on the server,
@@ -153,13 +159,67 @@ void PrintLayer(const LayerDescription& d) {
             << d.bytes << " bytes, version " << d.version << "\n";
 }
 
+// Streams one layer from its files through Populate (or Replace), chunk
+// by chunk: the tables are read straight from the mapped files, never held
+// whole in memory. Prints the layer.
+void PushLayer(Client& client, const checkpoint::LayerReader& reader,
+               bool replace) {
+  const int64_t layer = reader.layer_id();
+  const bool tty = isatty(STDERR_FILENO);
+  PopulateProgress progress = nullptr;
+  int last_percent = -1;
+  if (tty) {
+    progress = [&](uint64_t sent, uint64_t total) {
+      int percent = static_cast<int>(100 * sent / std::max<uint64_t>(total, 1));
+      if (percent == last_percent) return;
+      last_percent = percent;
+      std::fprintf(stderr, "\rpopulate layer %lld: %3d%% (%.1f of %.1f MiB)",
+                   static_cast<long long>(layer), percent, sent / 1048576.0,
+                   total / 1048576.0);
+    };
+  }
+  absl::StatusOr<LayerDescription> d = client.PopulateFrom(
+      layer, reader.layout(),
+      [&reader](int head, int64_t row, int64_t rows, uint8_t* dst) {
+        return reader.ReadRows(head, row, rows, dst);
+      },
+      progress, replace);
+  if (tty) std::fprintf(stderr, "\n");
+  Check(d.status());
+  PrintLayer(*d);
+}
+
 int Populate(Client& client, const Args& args) {
-  const int64_t layer = IntFlag(args, "layer");
-  if (args.files.empty()) Die("populate needs one .npy file per head", 2);
-  std::vector<NpyArray> heads;
-  LayerLayout layout;
+  const bool replace = args.flags.count("replace") > 0;
+  if (auto m = args.flags.find("manifest"); m != args.flags.end()) {
+    absl::StatusOr<checkpoint::LoadManifest> manifest =
+        checkpoint::ReadLoadManifest(m->second, "");
+    Check(manifest.status());
+    // Every layer checked before the first row is sent.
+    std::vector<std::unique_ptr<checkpoint::LayerReader>> readers;
+    for (const checkpoint::LayerSpec& spec : manifest->layers) {
+      auto reader = checkpoint::LayerReader::Open(spec, "");
+      Check(reader.status());
+      readers.push_back(*std::move(reader));
+    }
+    for (size_t i = 0; i < readers.size(); ++i) {
+      PushLayer(client, *readers[i], replace || manifest->layers[i].replace);
+    }
+    return 0;
+  }
+  if (args.files.empty()) {
+    Die("populate needs one .npy file per head, or --manifest", 2);
+  }
+  checkpoint::LayerSpec spec;
+  spec.layer_id = IntFlag(args, "layer");
+  spec.source.format = checkpoint::LayerSource::Format::kNpy;
+  LayerLayout& layout = spec.layout;
   for (size_t h = 0; h < args.files.size(); ++h) {
-    absl::StatusOr<NpyArray> a = ReadNpy(args.files[h]);
+    // Only the header is read here; the rows stream from the mapped file.
+    auto file = checkpoint::MappedFile::Open(args.files[h]);
+    Check(file.status());
+    auto a = checkpoint::ParseNpyHeader((*file)->data(), (*file)->size(),
+                                        args.files[h]);
     Check(a.status());
     if (a->shape.size() != 2) {
       Die(absl::StrCat(args.files[h], ": head table must be 2-D [N_h, D]; got ",
@@ -194,30 +254,12 @@ int Populate(Client& client, const Args& args) {
                        DTypeName(layout.dtype), ")"));
     }
     layout.table_vocab_sizes.push_back(a->shape[0]);
-    heads.push_back(*std::move(a));
+    spec.source.files.push_back(args.files[h]);
   }
-  std::vector<std::span<const uint8_t>> tables;
-  for (const NpyArray& a : heads) tables.emplace_back(a.data);
-  const bool tty = isatty(STDERR_FILENO);
-  PopulateProgress progress = nullptr;
-  int last_percent = -1;
-  if (tty) {
-    progress = [&](uint64_t sent, uint64_t total) {
-      int percent = static_cast<int>(100 * sent / std::max<uint64_t>(total, 1));
-      if (percent == last_percent) return;
-      last_percent = percent;
-      std::fprintf(stderr, "\rpopulate layer %lld: %3d%% (%.1f of %.1f MiB)",
-                   static_cast<long long>(layer), percent, sent / 1048576.0,
-                   total / 1048576.0);
-    };
-  }
-  absl::StatusOr<LayerDescription> d =
-      args.flags.count("replace")
-          ? client.Replace(layer, layout, tables, progress)
-          : client.Populate(layer, layout, tables, progress);
-  if (tty) std::fprintf(stderr, "\n");
-  Check(d.status());
-  PrintLayer(*d);
+  Check(ValidateLayout(layout));
+  auto reader = checkpoint::LayerReader::Open(spec, "");
+  Check(reader.status());
+  PushLayer(client, **reader, replace);
   return 0;
 }
 

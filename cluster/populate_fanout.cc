@@ -49,6 +49,13 @@ PopulateFanout::~PopulateFanout() {
   if (!finished_) Abort();
 }
 
+std::string PopulateFanout::BeginPrepared(int64_t layer_id, bool replace) {
+  layer_id_ = layer_id;
+  replace_ = replace;
+  txn_id_ = NewTxnId();
+  return txn_id_;
+}
+
 absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout,
                                    bool replace) {
   if (!txn_id_.empty()) {
@@ -57,6 +64,7 @@ absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout,
   }
   if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
   layer_id_ = layer_id;
+  replace_ = replace;
   layout_ = layout;
   txn_id_ = NewTxnId();
   // Reach every shard first, waiting (briefly) for channels that are still
@@ -178,10 +186,12 @@ absl::Status PopulateFanout::Commit() {
     if (!st.ok()) {
       RollBack();
       finished_ = true;
-      return absl::UnavailableError(
-          absl::StrCat("commit of layer ", layer_id_, " failed on shard ", s,
-                       ": ", st.error_message(),
-                       "; the layer was removed from every reachable shard"));
+      return absl::UnavailableError(absl::StrCat(
+          "commit of layer ", layer_id_, " failed on shard ", s, ": ",
+          st.error_message(),
+          replace_ ? "; shards that committed serve the new version, the "
+                     "others the old one: replace again"
+                   : "; the layer was removed from every reachable shard"));
     }
   }
   finished_ = true;
@@ -196,6 +206,9 @@ void PopulateFanout::RollBack() {
     grpc::ClientContext abort_context;
     SetDeadline(&abort_context, kTxnTimeout);
     (void)stubs_[s]->Abort(&abort_context, txn, &ignored);
+    // A replace keeps what each shard serves (removing would drop the old
+    // version too).
+    if (replace_) continue;
     // Create-only: a layer with this id on a shard can only be ours.
     v1::RemoveRequest request;
     request.set_layer_id(layer_id_);

@@ -40,6 +40,10 @@ class PopulateFanout {
   // combine old rows of one shard with new rows of another).
   absl::Status Begin(int64_t layer_id, const LayerLayout& layout,
                      bool replace = false);
+  // For a fan-out whose phase one the shards do themselves (a cluster Load:
+  // each shard stages its rows from files under the returned transaction
+  // id); Commit then runs phase two only, Abort drops it everywhere.
+  std::string BeginPrepared(int64_t layer_id, bool replace);
   // Validates whole rows of `head` from `row_offset`, and sends each
   // owner (R copies) its part.
   absl::Status AddChunk(int64_t head, int64_t row_offset,
@@ -62,6 +66,7 @@ class PopulateFanout {
   const std::chrono::seconds stage_timeout_;
   std::string txn_id_;
   int64_t layer_id_ = 0;
+  bool replace_ = false;
   LayerLayout layout_;
   std::vector<std::unique_ptr<PeerStream>> peers_;
   bool finished_ = false;

@@ -469,12 +469,6 @@ grpc::ServerUnaryReactor* EngramService::Load(
   return ServeRaw<v1::LoadRequest, v1::LoadResponse>(
       context, request, response,
       [this](const v1::LoadRequest& req, v1::LoadResponse* resp, RawDone done) {
-        if (cluster_ != nullptr) {
-          done(absl::FailedPreconditionError(
-              "Load requests load a single node; a cluster loads its "
-              "manifest with engramd --load on every shard"));
-          return;
-        }
         if (loader_ == nullptr) {
           done(absl::FailedPreconditionError("this server cannot load files"));
           return;

@@ -8,6 +8,7 @@
 #include "proto/wire_format.h"
 #include "server/log.h"
 #include "server/read_stream.h"
+#include "server/table_loader.h"
 #include "store/gather.h"
 #include "store/layer_stager.h"
 
@@ -453,6 +454,45 @@ grpc::ServerUnaryReactor* PeerService::RemoveLocal(
             layers_->Remove(req.layer_id(), req.force());
         if (removed.ok()) reply->set_tables_removed(*removed);
         done(removed.status());
+      });
+}
+
+grpc::ServerUnaryReactor* PeerService::StageFiles(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return ServeRaw<internal::v1::StageFilesRequest, internal::v1::StageResponse>(
+      context, request, response,
+      [this](const internal::v1::StageFilesRequest& req,
+             internal::v1::StageResponse* resp, RawDone done) {
+        const std::string& txn = req.txn_id();
+        if (txn.empty() || txn.size() > kMaxTxnIdBytes) {
+          done(absl::InvalidArgumentError(
+              absl::StrCat("txn_id must be 1 to ", kMaxTxnIdBytes,
+                           " bytes; got ", txn.size())));
+          return;
+        }
+        if (loader_ == nullptr) {
+          done(absl::FailedPreconditionError("this shard loads no files"));
+          return;
+        }
+        if (absl::Status s = ClaimTxn(txn); !s.ok()) {
+          done(s);
+          return;
+        }
+        loader_->StageForPeer(
+            req.manifest_path(), req.manifest_json(), req.layer_id(),
+            [this, txn, resp, done = std::move(done)](
+                absl::StatusOr<TableLoader::Staged> staged) {
+              if (!staged.ok()) {
+                ReleaseTxn(txn);
+                done(staged.status());
+                return;
+              }
+              resp->set_rows_staged(staged->stager->rows_received());
+              AddPrepared(txn, staged->stager->TakeTicket(),
+                          std::move(staged->layer));
+              done(absl::OkStatus());
+            });
       });
 }
 

@@ -26,6 +26,10 @@
 #include "transport/ucx_engine.h"
 
 namespace engram {
+class TableLoader;
+}
+
+namespace engram {
 
 // Prepared transactions wait for Commit or Abort; a janitor thread drops
 // those whose coordinator went silent for longer than the staged timeout.
@@ -41,7 +45,10 @@ class PeerService final
                   internal::v1::EngramPeer::WithRawCallbackMethod_Transport<
                       internal::v1::EngramPeer::
                           WithRawCallbackMethod_RemoveLocal<
-                              internal::v1::EngramPeer::CallbackService>>>>> {
+                              internal::v1::EngramPeer::
+                                  WithRawCallbackMethod_StageFiles<
+                                      internal::v1::EngramPeer::
+                                          CallbackService>>>>>> {
  public:
   // `transport` (may be null: nothing exported) places staged rows where
   // other shards can read them and answers Transport.
@@ -68,6 +75,11 @@ class PeerService final
   grpc::ServerUnaryReactor* RemoveLocal(grpc::CallbackServerContext* context,
                                         const grpc::ByteBuffer* request,
                                         grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* StageFiles(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
+  // Reads this shard's rows for StageFiles (borrowed; before serving).
+  void SetLoader(TableLoader* loader) { loader_ = loader; }
 
   // Reserves a transaction id for a Stage stream: ALREADY_EXISTS while
   // another stream or a prepared transaction uses it.
@@ -119,6 +131,7 @@ class PeerService final
   transport::UcxEngine* const transport_;
   ExportMapper exporter_;
   StreamWatchdog* watchdog_ = nullptr;
+  TableLoader* loader_ = nullptr;
   GatherLimits limits_;
   Mutex mu_;
   std::condition_variable_any wake_;

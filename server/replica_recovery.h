@@ -8,8 +8,8 @@
 #include <condition_variable>
 #include <functional>
 #include <memory>
-#include <set>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 

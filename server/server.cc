@@ -130,6 +130,7 @@ absl::Status EngramServer::StartLoader() {
   loader_ =
       std::make_unique<TableLoader>(env, cluster_.get(), config_.load_root);
   service_->SetLoader(loader_.get());
+  peer_service_->SetLoader(loader_.get());
   metrics_.AddGaugeSource(
       "engram_load_bytes",
       "Row bytes loaded from checkpoint files since start.",

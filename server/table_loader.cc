@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "cluster/populate_fanout.h"
+#include "proto/convert.h"
 #include "server/log.h"
 #include "store/layer_stager.h"
 
@@ -23,7 +26,7 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-TableLoader::TableLoader(PopulateEnv env, const ClusterContext* cluster,
+TableLoader::TableLoader(PopulateEnv env, ClusterContext* cluster,
                          std::string root)
     : env_(env), cluster_(cluster), root_(std::move(root)) {}
 
@@ -43,28 +46,18 @@ void TableLoader::Submit(std::function<absl::StatusOr<Layers>()> work,
 
 void TableLoader::LoadRequested(std::string manifest_path,
                                 std::string manifest_json, Done done) {
-  if (root_.empty()) {
-    done(absl::FailedPreconditionError(
-        "this server loads no files on request: start engramd with "
-        "--load_root=DIR to allow manifests under DIR"));
-    return;
-  }
-  if (manifest_path.empty() == manifest_json.empty()) {
-    done(absl::InvalidArgumentError(
-        "a LoadRequest sets exactly one of manifest_path and manifest_json"));
-    return;
-  }
   Submit(
       [this, path = std::move(manifest_path),
        json = std::move(manifest_json)]() -> absl::StatusOr<Layers> {
         absl::StatusOr<checkpoint::LoadManifest> manifest =
-            json.empty()
-                ? checkpoint::ReadLoadManifest(
-                      path[0] == '/' ? path : root_ + "/" + path, root_)
-                : checkpoint::ParseLoadManifest(json, root_, root_);
+            ReadRequested(path, json);
         if (!manifest.ok()) return manifest.status();
+        // Every source is checked here first (headers only), so a bad
+        // manifest loads nothing anywhere.
         auto readers = OpenAll(*manifest, root_);
         if (!readers.ok()) return readers.status();
+        if (cluster_ != nullptr)
+          return LoadAcrossCluster(*manifest, path, json);
         return LoadAll(*readers);
       },
       std::move(done));
@@ -216,7 +209,7 @@ absl::StatusOr<TableLoader::Layers> TableLoader::LoadAll(
   return loaded;
 }
 
-absl::StatusOr<std::shared_ptr<const Layer>> TableLoader::LoadLayer(
+absl::StatusOr<TableLoader::Staged> TableLoader::StageLayer(
     const checkpoint::LayerReader& reader) {
   const auto start = std::chrono::steady_clock::now();
   const int64_t id = reader.layer_id();
@@ -234,16 +227,17 @@ absl::StatusOr<std::shared_ptr<const Layer>> TableLoader::LoadLayer(
     }
   }
   std::vector<std::vector<RowRange>> ranges = options.owned;
+  auto with_layer = [id](const absl::Status& s) {
+    return absl::Status(s.code(),
+                        absl::StrCat("layer ", id, ": ", s.message()));
+  };
+  Staged staged;
   auto stager = LayerStager::Begin(env_.layers, env_.budget, id, layout,
                                    std::move(options));
-  if (!stager.ok()) {
-    return absl::Status(
-        stager.status().code(),
-        absl::StrCat("layer ", id, ": ", stager.status().message()));
-  }
+  if (!stager.ok()) return with_layer(stager.status());
+  staged.stager = *std::move(stager);
   const int64_t step = std::max<int64_t>(
       1, static_cast<int64_t>(kStepBytes / layout.row_bytes()));
-  uint64_t bytes = 0;
   auto last_log = start;
   for (int h = 0; h < layout.num_heads(); ++h) {
     const std::vector<RowRange> head_ranges =
@@ -259,39 +253,141 @@ absl::StatusOr<std::shared_ptr<const Layer>> TableLoader::LoadLayer(
         if (row + n < r.end) {
           reader.Prefetch(h, row + n, std::min(step, r.end - row - n));
         }
-        absl::Status s = (*stager)->FillRows(h, row, n, [&](uint8_t* dst) {
+        absl::Status s = staged.stager->FillRows(h, row, n, [&](uint8_t* dst) {
           return reader.ReadRows(h, row, n, dst);
         });
-        if (!s.ok()) {
-          return absl::Status(s.code(),
-                              absl::StrCat("layer ", id, ": ", s.message()));
-        }
-        bytes += n * layout.row_bytes();
+        if (!s.ok()) return with_layer(s);
+        staged.bytes += n * layout.row_bytes();
         bytes_loaded_ += n * layout.row_bytes();
         if (SecondsSince(last_log) > 5) {
           last_log = std::chrono::steady_clock::now();
-          LogInfo(absl::StrCat("load: layer ", id, ": ", bytes >> 20,
+          LogInfo(absl::StrCat("load: layer ", id, ": ", staged.bytes >> 20,
                                " MiB in ", SecondsSince(start), " s"));
         }
       }
     }
   }
-  absl::StatusOr<std::shared_ptr<Layer>> layer = (*stager)->Finish();
-  if (!layer.ok()) return layer.status();
-  std::shared_ptr<const Layer> committed = *layer;
-  if (absl::Status s = MirrorAndCommit(env_.gpu, env_.layers,
-                                       (*stager)->ticket(), *std::move(layer));
+  absl::StatusOr<std::shared_ptr<Layer>> layer = staged.stager->Finish();
+  if (!layer.ok()) return with_layer(layer.status());
+  staged.layer = *std::move(layer);
+  staged.seconds = SecondsSince(start);
+  return staged;
+}
+
+absl::StatusOr<std::shared_ptr<const Layer>> TableLoader::LoadLayer(
+    const checkpoint::LayerReader& reader) {
+  const int64_t id = reader.layer_id();
+  absl::StatusOr<Staged> staged = StageLayer(reader);
+  if (!staged.ok()) return staged.status();
+  std::shared_ptr<const Layer> committed = staged->layer;
+  if (absl::Status s =
+          MirrorAndCommit(env_.gpu, env_.layers, staged->stager->ticket(),
+                          std::move(staged->layer));
       !s.ok()) {
     return absl::Status(s.code(),
                         absl::StrCat("layer ", id, ": ", s.message()));
   }
-  const double seconds = SecondsSince(start);
-  LogInfo(
-      absl::StrCat("layer ", id, " loaded: ", bytes, " bytes in ", seconds,
-                   " s (", bytes / 1e6 / std::max(seconds, 1e-9),
-                   " MB/s), pinned: ", PinModeName(committed->pin_mode()),
-                   committed->gpu_mirror() != nullptr ? ", on the GPU" : ""));
+  const double seconds = staged->seconds;
+  LogInfo(absl::StrCat(
+      "layer ", id, " loaded: ", staged->bytes, " bytes in ", seconds, " s (",
+      staged->bytes / 1e6 / std::max(seconds, 1e-9),
+      " MB/s), pinned: ", PinModeName(committed->pin_mode()),
+      committed->gpu_mirror() != nullptr ? ", on the GPU" : ""));
   return committed;
+}
+
+absl::StatusOr<checkpoint::LoadManifest> TableLoader::ReadRequested(
+    const std::string& path, const std::string& json) const {
+  if (root_.empty()) {
+    return absl::FailedPreconditionError(
+        "this server loads no files on request: start engramd with "
+        "--load_root=DIR to allow manifests under DIR");
+  }
+  if (path.empty() == json.empty()) {
+    return absl::InvalidArgumentError(
+        "a LoadRequest sets exactly one of manifest_path and manifest_json");
+  }
+  return json.empty() ? checkpoint::ReadLoadManifest(
+                            path[0] == '/' ? path : root_ + "/" + path, root_)
+                      : checkpoint::ParseLoadManifest(json, root_, root_);
+}
+
+void TableLoader::StageForPeer(
+    std::string manifest_path, std::string manifest_json, int64_t layer_id,
+    std::function<void(absl::StatusOr<Staged>)> done) {
+  peer_worker_.Submit([this, path = std::move(manifest_path),
+                       json = std::move(manifest_json), layer_id,
+                       done = std::move(done)] {
+    auto staged = [&]() -> absl::StatusOr<Staged> {
+      if (stopping_) return absl::UnavailableError("shutting down");
+      absl::StatusOr<checkpoint::LoadManifest> manifest =
+          ReadRequested(path, json);
+      if (!manifest.ok()) return manifest.status();
+      for (const checkpoint::LayerSpec& spec : manifest->layers) {
+        if (spec.layer_id != layer_id) continue;
+        auto reader = checkpoint::LayerReader::Open(spec, root_);
+        if (!reader.ok()) return reader.status();
+        return StageLayer(**reader);
+      }
+      return absl::NotFoundError(
+          absl::StrCat("layer ", layer_id, " is not in the manifest on shard ",
+                       cluster_ != nullptr ? cluster_->self() : 0));
+    }();
+    done(std::move(staged));
+  });
+}
+
+absl::StatusOr<TableLoader::Layers> TableLoader::LoadAcrossCluster(
+    const checkpoint::LoadManifest& manifest, const std::string& path,
+    const std::string& json) {
+  Layers loaded;
+  for (const checkpoint::LayerSpec& spec : manifest.layers) {
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<internal::v1::EngramPeer::Stub*> stubs;
+    for (int s = 0; s < cluster_->size(); ++s)
+      stubs.push_back(cluster_->stub(s));
+    PopulateFanout fanout(std::move(stubs), cluster_->placement(),
+                          [c = cluster_](int s) { c->MarkDown(s); });
+    const std::string txn = fanout.BeginPrepared(spec.layer_id, spec.replace);
+    // Phase one: every shard reads its own rows from the files, in
+    // parallel; any failure drops the transaction everywhere.
+    std::vector<absl::Status> results(cluster_->size());
+    std::vector<std::thread> calls;
+    for (int s = 0; s < cluster_->size(); ++s) {
+      calls.emplace_back([&, s] {
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() +
+                             std::chrono::hours(2));
+        internal::v1::StageFilesRequest request;
+        request.set_txn_id(txn);
+        request.set_layer_id(spec.layer_id);
+        request.set_manifest_path(path);
+        request.set_manifest_json(json);
+        internal::v1::StageResponse response;
+        results[s] = FromGrpcStatus(
+            cluster_->stub(s)->StageFiles(&context, request, &response),
+            absl::StrCat("shard ", s));
+      });
+    }
+    for (std::thread& t : calls) t.join();
+    for (const absl::Status& s : results) {
+      if (!s.ok()) {
+        fanout.Abort();
+        return s;
+      }
+    }
+    if (absl::Status s = fanout.Commit(); !s.ok()) return s;
+    std::shared_ptr<const Layer> layer = env_.layers->Find(spec.layer_id);
+    if (layer == nullptr) {
+      return absl::UnavailableError(absl::StrCat(
+          "layer ", spec.layer_id, " committed but removed meanwhile"));
+    }
+    LogInfo(absl::StrCat("layer ", spec.layer_id, " loaded on all ",
+                         cluster_->size(), " shards (txn ", txn, ") in ",
+                         SecondsSince(start), " s"));
+    loaded.push_back(std::move(layer));
+  }
+  return loaded;
 }
 
 }  // namespace engram

@@ -15,6 +15,7 @@
 #include "checkpoint/manifest.h"
 #include "server/cluster.h"
 #include "server/populate_reactor.h"
+#include "store/layer_stager.h"
 #include "store/table_files.h"
 #include "store/thread_pool.h"
 
@@ -30,16 +31,26 @@ class TableLoader {
  public:
   using Layers = std::vector<std::shared_ptr<const Layer>>;
   using Done = std::function<void(absl::StatusOr<Layers>)>;
+  // One layer's rows read into a stager, not committed.
+  struct Staged {
+    std::unique_ptr<LayerStager> stager;
+    std::shared_ptr<Layer> layer;
+    uint64_t bytes = 0;
+    double seconds = 0;
+  };
 
   // `root`: the folder Load requests may read under ("" refuses them;
   // the operator's own --load manifest may be anywhere).
-  TableLoader(PopulateEnv env, const ClusterContext* cluster, std::string root);
+  TableLoader(PopulateEnv env, ClusterContext* cluster, std::string root);
   // Cancels the load in progress (between chunks: nothing of it is kept)
   // and answers the queued ones UNAVAILABLE.
   ~TableLoader();
 
   // The Load RPC: a manifest path (relative to the root) or JSON text;
   // FAILED_PRECONDITION without a root. `done` runs on the loader thread.
+  // In a cluster this shard coordinates: every shard stages its own rows
+  // from the files (StageFiles, under its own --load_root, which must show
+  // the same files) and the layer commits everywhere or nowhere.
   void LoadRequested(std::string manifest_path, std::string manifest_json,
                      Done done);
   // --load, in two steps. First the operator's manifest (any path) is read
@@ -58,6 +69,13 @@ class TableLoader {
   absl::StatusOr<std::set<int64_t>> PrepareRestore(const std::string& dir,
                                                    bool verify);
   void StartPreparedLoad(Done done);
+
+  // A peer's StageFiles: reads this shard's rows of `layer_id` of the
+  // manifest into a stager (not committed); on a thread of its own, so a
+  // coordinator's load waiting on this shard never blocks it.
+  void StageForPeer(std::string manifest_path, std::string manifest_json,
+                    int64_t layer_id,
+                    std::function<void(absl::StatusOr<Staged>)> done);
 
   // Ends the load in progress at its next step and every queued one,
   // UNAVAILABLE, nothing of them kept (server shutdown).
@@ -78,10 +96,16 @@ class TableLoader {
       const std::vector<std::unique_ptr<checkpoint::LayerReader>>& readers);
   absl::StatusOr<std::shared_ptr<const Layer>> LoadLayer(
       const checkpoint::LayerReader& reader);
+  absl::StatusOr<Staged> StageLayer(const checkpoint::LayerReader& reader);
+  absl::StatusOr<checkpoint::LoadManifest> ReadRequested(
+      const std::string& path, const std::string& json) const;
+  absl::StatusOr<Layers> LoadAcrossCluster(
+      const checkpoint::LoadManifest& manifest, const std::string& path,
+      const std::string& json);
   void Submit(std::function<absl::StatusOr<Layers>()> work, Done done);
 
   const PopulateEnv env_;
-  const ClusterContext* const cluster_;
+  ClusterContext* const cluster_;
   const std::string root_;
   // Restores each stored layer under its claimed id; returns those in.
   Layers RestoreAll();
@@ -97,7 +121,8 @@ class TableLoader {
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> bytes_loaded_{0};
   std::atomic<bool> stopping_{false};
-  ThreadPool worker_{1};  // last: its thread uses the members above
+  ThreadPool worker_{1};  // last: their threads use the members above
+  ThreadPool peer_worker_{1};
 };
 
 }  // namespace engram

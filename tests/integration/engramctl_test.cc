@@ -6,7 +6,10 @@
 #include <filesystem>
 
 #include "checkpoint/npy.h"
+#include "client/client.h"
+#include "tests/testing/checkpoint_files.h"
 #include "tests/testing/engramd_process.h"
+#include "tests/testing/lookup_check.h"
 #include "tests/testing/random_layer.h"
 
 namespace engram {
@@ -74,6 +77,53 @@ TEST(EngramctlTest, PopulateLookupDescribeRemoveThroughTheCli) {
       1);
   EXPECT_THAT(out, HasSubstr("cannot open /nonexistent.npy"));
   std::filesystem::remove_all(dir);
+}
+
+// A server that cannot see the checkpoint: engramctl reads it and pushes
+// the layers (fused FP8 weight + scale) through Populate, and --replace
+// swaps a new version in.
+TEST(EngramctlTest, PopulateManifestPushesACheckpointTheServerCannotSee) {
+  auto server = testing::EngramdProcess::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  testing::TempDir dir;
+  auto a = testing::MakeFusedFp8Layer(6, {101, 7, 53}, 16, 2);
+  auto b = testing::MakeFusedFp8Layer(7, {31}, 8, 1);
+  testing::WriteShardedCheckpoint(dir.path(), {a, b});
+  testing::WriteText(dir.path() + "/m.json",
+                     testing::Manifest({testing::ManifestLayer(a),
+                                        testing::ManifestLayer(b)}));
+  const std::string ctl =
+      testing::EngramctlPath() + " --address=" + (*server)->address() + " ";
+  std::string out;
+  ASSERT_EQ(testing::RunCommand(
+                ctl + "populate --manifest=" + dir.path() + "/m.json", &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("layer 6: 3 heads, D = 18 uint8"));
+  EXPECT_THAT(out, HasSubstr("version 1"));
+  auto client = Client::Connect((*server)->address());
+  ASSERT_TRUE(client.ok());
+  for (const auto* l : {&a, &b}) {
+    EXPECT_TRUE(
+        testing::LookupExact(**client, l->id, l->layout, l->tables, 3, 5, 1)
+            .ok());
+  }
+  EXPECT_EQ(testing::RunCommand(
+                ctl + "populate --manifest=" + dir.path() + "/m.json", &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("ALREADY_EXISTS"));
+  ASSERT_EQ(testing::RunCommand(
+                ctl + "populate --replace --manifest=" + dir.path() + "/m.json",
+                &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("version 2"));
+  // A bad manifest is refused before anything is sent.
+  testing::WriteText(dir.path() + "/bad.json", "{\"layers\": [}");
+  EXPECT_EQ(testing::RunCommand(
+                ctl + "populate --manifest=" + dir.path() + "/bad.json", &out),
+            1);
+  EXPECT_THAT(out, HasSubstr("invalid JSON at line 1"));
 }
 
 TEST(EngramctlTest, UnreachableServerFailsCleanly) {

@@ -67,7 +67,8 @@ TEST_F(LoadTest, LoadAtStartServesTheCheckpointsRowsOnceReady) {
     EXPECT_EQ(d->layout.embedding_dim, l.layout.embedding_dim);
     EXPECT_EQ(d->layout.dtype, DType::kUInt8);
   }
-  EXPECT_THAT(server->Log(), HasSubstr("2 layers in (--data_dir, --load); ready"));
+  EXPECT_THAT(server->Log(),
+              HasSubstr("2 layers in (--data_dir, --load); ready"));
 }
 
 TEST_F(LoadTest, BadStartManifestStopsEngramdWithTheReason) {
@@ -177,6 +178,62 @@ TEST_F(LoadTest, ClusterShardsLoadOnlyTheirRanges) {
     for (const FusedFp8Layer& l : layers_)
       ASSERT_TRUE(Exact(*c, l, 7).ok()) << shard->Log();
   }
+  for (auto& shard : *shards) EXPECT_EQ(shard->Stop(), 0);
+}
+
+// A Load request to any shard loads the whole cluster: every shard reads
+// its own ranges from the files, and the layer commits everywhere or
+// nowhere.
+TEST_F(LoadTest, ALoadRequestToOneShardLoadsTheWholeCluster) {
+  auto shards = testing::StartCluster(
+      3, 2, {"--load_root=" + dir_.path(), "--metrics_listen=127.0.0.1:0"});
+  ASSERT_TRUE(shards.ok()) << shards.status();
+  std::vector<std::unique_ptr<Client>> clients;
+  for (auto& shard : *shards) clients.push_back(Connect(*shard));
+  // A manifest with one bad layer: refused, nothing anywhere.
+  FusedFp8Layer wrong = layers_[1];
+  wrong.layout.embedding_dim = 19;
+  testing::WriteText(dir_.path() + "/mixed.json",
+                     testing::Manifest({testing::ManifestLayer(layers_[0]),
+                                        testing::ManifestLayer(wrong)}));
+  auto mixed = clients[1]->Load("mixed.json");
+  EXPECT_EQ(mixed.status().code(), absl::StatusCode::kInvalidArgument)
+      << mixed.status();
+  for (auto& c : clients) EXPECT_TRUE(c->ListLayers()->empty());
+
+  auto loaded = clients[1]->Load("manifest.json");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_EQ(loaded->size(), 2u);
+  uint64_t total = 0, read = 0;
+  for (const FusedFp8Layer& l : layers_) total += l.layout.total_bytes();
+  for (size_t i = 0; i < shards->size(); ++i) {
+    for (const FusedFp8Layer& l : layers_) {
+      absl::Status s = Exact(*clients[i], l, 3);
+      ASSERT_TRUE(s.ok()) << "through shard " << i << ": " << s;
+    }
+    auto metrics = testing::HttpGet((*shards)[i]->metrics_port(), "/metrics");
+    ASSERT_TRUE(metrics.ok());
+    const std::string key = "\nengram_load_bytes ";
+    const size_t at = metrics->find(key);
+    ASSERT_NE(at, std::string::npos);
+    const double bytes = std::stod(metrics->substr(at + key.size()));
+    EXPECT_LT(bytes, total * 0.8)
+        << "shard " << i << " read more than its share";
+    read += static_cast<uint64_t>(bytes);
+  }
+  EXPECT_EQ(read, 2 * total);  // R = 2: every row read on two shards
+  EXPECT_EQ(clients[2]->Load("manifest.json").status().code(),
+            absl::StatusCode::kAlreadyExists);
+  // Replace: a new version on every shard.
+  std::string entry = testing::ManifestLayer(layers_[0]);
+  entry.insert(entry.find("\"source\""), "\"replace\": true, ");
+  testing::WriteText(dir_.path() + "/replace.json", testing::Manifest({entry}));
+  ASSERT_TRUE(clients[0]->Load("replace.json").ok());
+  for (auto& c : clients) {
+    EXPECT_EQ(c->DescribeLayer(layers_[0].id)->version, 2u);
+    ASSERT_TRUE(Exact(*c, layers_[0], 4).ok());
+  }
+  clients.clear();  // open connections hold a shutdown for ~5 s
   for (auto& shard : *shards) EXPECT_EQ(shard->Stop(), 0);
 }
 

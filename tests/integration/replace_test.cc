@@ -120,6 +120,7 @@ TEST_F(ReplaceTest, ManifestReplaceSwapsInTheCheckpointsLayer) {
   testing::WriteText(dir.path() + "/m.json", testing::Manifest({entry}));
   entry.insert(entry.find("\"source\""), "\"replace\": true, ");
   testing::WriteText(dir.path() + "/r.json", testing::Manifest({entry}));
+  client_.reset();  // an open connection holds a shutdown for ~5 s
   server_.reset();
   auto p = EngramdProcess::Start({"--load_root=" + dir.path()});
   ASSERT_TRUE(p.ok()) << p.status();

@@ -17,6 +17,7 @@
 
 #include "cluster/placement.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
+#include "store/table_files.h"
 
 namespace engram {
 
@@ -30,6 +31,22 @@ class ClusterContext {
   ~ClusterContext();
 
   int self() const { return shard_index_; }
+  // This shard's place, as --data_dir folders record it.
+  ShardShape shape() const {
+    return {static_cast<uint32_t>(placement_.num_shards()),
+            static_cast<uint32_t>(placement_.replication()),
+            static_cast<uint32_t>(shard_index_)};
+  }
+  // The rows of each head of `layout` this shard holds.
+  std::vector<std::vector<RowRange>> OwnedRanges(
+      int64_t layer_id, const LayerLayout& layout) const {
+    std::vector<std::vector<RowRange>> owned(layout.num_heads());
+    for (int h = 0; h < layout.num_heads(); ++h) {
+      owned[h] = placement_.OwnedRanges(
+          layer_id, h, layout.table_vocab_sizes[h], shard_index_);
+    }
+    return owned;
+  }
   int size() const { return static_cast<int>(peers_.size()); }
   const Placement& placement() const { return placement_; }
   const std::string& address(int shard) const { return peers_[shard]; }

@@ -97,11 +97,8 @@ class StageReactor : public MessageReadReactor<StageRequest> {
     LayerStager::Options options;
     options.pin_memory = service_->pin_memory();
     options.exporter = service_->exporter();
-    options.owned.resize(layout->num_heads());
-    for (int h = 0; h < layout->num_heads(); ++h) {
-      options.owned[h] = cluster.placement().OwnedRanges(
-          layer_id_, h, layout->table_vocab_sizes[h], cluster.self());
-    }
+    options.owned = cluster.OwnedRanges(layer_id_, *layout);
+    options.files = {service_->data_dir(), cluster.shape()};
     options.on_abort = [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); };
     options.replace = header.replace();
     auto stager =
@@ -188,7 +185,11 @@ PeerService::~PeerService() {
   wake_.notify_all();
   janitor_.join();
   MutexLock lock(&mu_);
-  for (auto& [txn, p] : prepared_) layers_->Abandon(p.ticket);
+  // Never committed: sealed --data_dir folders must not come back.
+  for (auto& [txn, p] : prepared_) {
+    p.layer->ReleaseStorage();
+    layers_->Abandon(p.ticket);
+  }
 }
 
 void PeerService::AddPrepared(const std::string& txn_id,
@@ -232,6 +233,7 @@ void PeerService::JanitorLoop() {
                                 " (txn ", it->first, ") dropped: ",
                                 aborted ? "a forced Remove aborted them"
                                         : "no commit from the coordinator"));
+        it->second.layer->ReleaseStorage();
         layers_->Abandon(it->second.ticket);
         it = prepared_.erase(it);
       } else {
@@ -287,6 +289,7 @@ grpc::ServerUnaryReactor* PeerService::Abort(
                     MutexLock lock(&mu_);
                     auto it = prepared_.find(txn_id);
                     if (it != prepared_.end()) {
+                      it->second.layer->ReleaseStorage();
                       layers_->Abandon(it->second.ticket);
                       prepared_.erase(it);
                     }

@@ -80,6 +80,9 @@ class PeerService final
                                        grpc::ByteBuffer* response) override;
   // Reads this shard's rows for StageFiles (borrowed; before serving).
   void SetLoader(TableLoader* loader) { loader_ = loader; }
+  // --data_dir: staged shard tables are files there (before serving).
+  void SetDataDir(std::string dir) { data_dir_ = std::move(dir); }
+  const std::string& data_dir() const { return data_dir_; }
 
   // Reserves a transaction id for a Stage stream: ALREADY_EXISTS while
   // another stream or a prepared transaction uses it.
@@ -132,6 +135,7 @@ class PeerService final
   ExportMapper exporter_;
   StreamWatchdog* watchdog_ = nullptr;
   TableLoader* loader_ = nullptr;
+  std::string data_dir_;
   GatherLimits limits_;
   Mutex mu_;
   std::condition_variable_any wake_;

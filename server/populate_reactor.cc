@@ -61,7 +61,7 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
     options.exporter = env_.exporter;
     options.on_abort = [this] { FinishOnce(ToGrpcStatus(AbortedByRemove())); };
     options.replace = header.replace();
-    options.data_dir = env_.data_dir;
+    options.files.dir = env_.data_dir;
     absl::StatusOr<std::unique_ptr<LayerStager>> stager = LayerStager::Begin(
         layers_, budget_, layer_id_, *std::move(layout), std::move(options));
     if (!stager.ok()) return stager.status();

@@ -162,10 +162,12 @@ absl::Status EngramServer::StartLoader() {
 absl::Status EngramServer::Start() {
   absl::StatusOr<std::vector<std::string>> peers = ClusterPeers(config_);
   if (!peers.ok()) return peers.status();
-  if (!config_.data_dir.empty() && (!peers->empty() || config_.direct_reads)) {
+  if (!config_.data_dir.empty() &&
+      (config_.direct_reads ||
+       (!peers->empty() && config_.peer_read != "gather"))) {
     return absl::InvalidArgumentError(
-        "--data_dir keeps a single node's tables; it does not combine with "
-        "--peers or --direct_reads yet");
+        "--data_dir tables are files, not exported shared memory: use it "
+        "without --direct_reads, and in a cluster with --peer_read=gather");
   }
   if (!peers->empty()) {
     absl::StatusOr<Placement> placement =
@@ -178,6 +180,7 @@ absl::Status EngramServer::Start() {
     peer_service_ = std::make_unique<PeerService>(
         &layers_, &budget_, cluster_.get(), config_.pin_memory, ucx_.get());
     peer_service_->SetStreamWatchdog(&watchdog_);
+    peer_service_->SetDataDir(config_.data_dir);
     peer_service_->SetGatherLimits({config_.max_lookup_rows,
                                     config_.max_message_bytes, &pending_,
                                     &pool_});
@@ -229,6 +232,7 @@ absl::Status EngramServer::Start() {
         std::make_unique<PeerService>(&layers_, &budget_, local_cluster_.get(),
                                       config_.pin_memory, ucx_.get());
     peer_service_->SetStreamWatchdog(&watchdog_);
+    peer_service_->SetDataDir(config_.data_dir);
     peer_service_->SetGatherLimits({config_.max_lookup_rows,
                                     config_.max_message_bytes, &pending_,
                                     &pool_});

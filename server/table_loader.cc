@@ -99,7 +99,8 @@ absl::StatusOr<std::set<int64_t>> TableLoader::PrepareStartLoad(
 
 absl::StatusOr<std::set<int64_t>> TableLoader::PrepareRestore(
     const std::string& dir, bool verify) {
-  absl::StatusOr<DataDirScan> scan = ScanDataDir(dir);
+  absl::StatusOr<DataDirScan> scan =
+      ScanDataDir(dir, cluster_ != nullptr ? cluster_->shape() : ShardShape{});
   if (!scan.ok()) return scan.status();
   for (const std::string& line : scan->removed) LogInfo("--data_dir: " + line);
   for (const std::string& line : scan->refused) LogError("--data_dir: " + line);
@@ -130,7 +131,11 @@ TableLoader::Layers TableLoader::RestoreAll() {
     absl::StatusOr<std::shared_ptr<Layer>> layer =
         stopping_
             ? absl::UnavailableError("shutting down")
-            : OpenStoredLayer(r.stored, env_.budget, env_.pin_memory, verify_);
+            : OpenStoredLayer(r.stored,
+                              cluster_ != nullptr
+                                  ? cluster_->OwnedRanges(id, r.stored.layout)
+                                  : std::vector<std::vector<RowRange>>{},
+                              env_.budget, env_.pin_memory, verify_);
     absl::Status s = layer.status();
     if (layer.ok()) {
       std::shared_ptr<const Layer> committed = *layer;
@@ -218,13 +223,10 @@ absl::StatusOr<TableLoader::Staged> TableLoader::StageLayer(
   options.pin_memory = env_.pin_memory;
   options.exporter = env_.exporter;
   options.replace = reader.replace();
-  options.data_dir = env_.data_dir;
+  options.files.dir = env_.data_dir;
   if (cluster_ != nullptr) {
-    options.owned.resize(layout.num_heads());
-    for (int h = 0; h < layout.num_heads(); ++h) {
-      options.owned[h] = cluster_->placement().OwnedRanges(
-          id, h, layout.table_vocab_sizes[h], cluster_->self());
-    }
+    options.owned = cluster_->OwnedRanges(id, layout);
+    options.files.shape = cluster_->shape();
   }
   std::vector<std::vector<RowRange>> ranges = options.owned;
   auto with_layer = [id](const absl::Status& s) {

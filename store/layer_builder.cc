@@ -53,11 +53,11 @@ void SetRange(std::vector<uint64_t>& bits, int64_t begin, int64_t end) {
 absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
     int64_t layer_id, LayerLayout layout, MemoryBudget* budget, bool pin_memory,
     std::vector<std::vector<RowRange>> owned, const ExportMapper* exporter,
-    const std::string& data_dir) {
+    const TableFilesTarget* files) {
   if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
-  const bool to_files = !data_dir.empty();
-  if (to_files && (!owned.empty() || exporter != nullptr)) {
-    return absl::InternalError("--data_dir holds whole, unexported tables");
+  const bool to_files = files != nullptr && !files->dir.empty();
+  if (to_files && exporter != nullptr) {
+    return absl::InternalError("--data_dir tables are not exported");
   }
   if (!owned.empty() && owned.size() != layout.table_vocab_sizes.size()) {
     return absl::InternalError("owned ranges must list every head");
@@ -107,9 +107,14 @@ absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
   builder->whole_tables_ = builder->owned_.empty() && exporter == nullptr;
   const LayerLayout& l = builder->layout_;
   if (to_files) {
-    auto files = LayerFiles::Create(data_dir, layer_id, l, &builder->tables_);
-    if (!files.ok()) return files.status();
-    builder->files_ = *std::move(files);
+    auto made = LayerFiles::Create(
+        *files, layer_id, l,
+        builder->owned_.empty()
+            ? std::vector<std::vector<std::pair<size_t, size_t>>>{}
+            : builder->resident_,
+        &builder->tables_);
+    if (!made.ok()) return made.status();
+    builder->files_ = *std::move(made);
   }
   for (int h = 0; h < l.num_heads(); ++h) {
     if (to_files) {

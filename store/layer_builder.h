@@ -30,14 +30,15 @@ class LayerBuilder {
   // of row ranges per head: a shard of a cluster), only those rows are stored,
   // charged and expected; the others are never written. `exporter` places
   // the stored rows where other processes can read them remotely.
-  // With `data_dir` (whole tables only) the tables are files in a hidden
+  // With `files` (not with `exporter`) the tables are files in a hidden
   // folder under it (store/table_files.h), sealed by the caller with
   // files()->Seal; a layer bigger than the budget is then still taken, as
   // stored bytes served from the page cache (unpinned, uncharged).
   static absl::StatusOr<std::unique_ptr<LayerBuilder>> Create(
       int64_t layer_id, LayerLayout layout, MemoryBudget* budget,
       bool pin_memory, std::vector<std::vector<RowRange>> owned = {},
-      const ExportMapper* exporter = nullptr, const std::string& data_dir = "");
+      const ExportMapper* exporter = nullptr,
+      const TableFilesTarget* files = nullptr);
 
   // Copies whole rows of `head` starting at `row_offset`. INVALID_ARGUMENT
   // for a bad head, offset, ragged or empty data, rows past the table end,

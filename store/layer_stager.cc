@@ -15,7 +15,8 @@ absl::StatusOr<std::unique_ptr<LayerStager>> LayerStager::Begin(
   stager->ticket_ = *std::move(ticket);  // given back by ~LayerStager
   absl::StatusOr<std::unique_ptr<LayerBuilder>> builder = LayerBuilder::Create(
       layer_id, std::move(layout), budget, options.pin_memory,
-      std::move(options.owned), options.exporter, options.data_dir);
+      std::move(options.owned), options.exporter,
+      options.files.dir.empty() ? nullptr : &options.files);
   if (!builder.ok()) return builder.status();
   stager->builder_ = *std::move(builder);
   return stager;

@@ -30,9 +30,9 @@ class LayerStager {
     std::vector<std::vector<RowRange>> owned;  // empty: whole tables
     const ExportMapper* exporter = nullptr;
     std::function<void()> on_abort;  // may be empty
-    bool replace = false;  // swap out a committed layer of the id at commit
-    std::string data_dir;  // --data_dir: tables are files there (sealed
-                           // at Finish)
+    bool replace = false;    // swap out a committed layer of the id at commit
+    TableFilesTarget files;  // --data_dir (dir set): tables are files there,
+                             // sealed at Finish
   };
   // ALREADY_EXISTS (the id is held), RESOURCE_EXHAUSTED (budget) or the
   // layout's INVALID_ARGUMENT; nothing is held then.

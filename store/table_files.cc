@@ -23,14 +23,40 @@
 namespace engram {
 namespace {
 
-// TableChecksum over data fed in pieces: every piece but the last must be
-// a multiple of 32 bytes (the four 8-byte lanes).
+// TableChecksum over data fed in pieces of any size: the same value as
+// over their concatenation.
 class ChecksumState {
  public:
   void Add(const uint8_t* data, size_t bytes) {
-    constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
-    size_t i = 0;
-    for (; i + 32 <= bytes; i += 32) {
+    total_ += bytes;
+    if (pending_size_ > 0) {
+      const size_t take = std::min(bytes, sizeof(pending_) - pending_size_);
+      std::memcpy(pending_ + pending_size_, data, take);
+      pending_size_ += take;
+      data += take;
+      bytes -= take;
+      if (pending_size_ < sizeof(pending_)) return;
+      Blocks(pending_, sizeof(pending_));
+      pending_size_ = 0;
+    }
+    const size_t whole = bytes / 32 * 32;
+    Blocks(data, whole);
+    pending_size_ = bytes - whole;
+    std::memcpy(pending_, data + whole, pending_size_);
+  }
+  uint64_t Finish() const {
+    uint64_t tail = 0;
+    for (size_t i = 0; i < pending_size_; ++i)
+      tail = (tail ^ pending_[i]) * kMul;
+    uint64_t h = tail ^ total_;
+    for (uint64_t l : lane_) h = (h ^ l) * kMul ^ (h >> 31);
+    return h;
+  }
+
+ private:
+  static constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
+  void Blocks(const uint8_t* data, size_t bytes) {
+    for (size_t i = 0; i + 32 <= bytes; i += 32) {
       for (int k = 0; k < 4; ++k) {
         uint64_t w;
         std::memcpy(&w, data + i + 8 * k, 8);
@@ -38,21 +64,19 @@ class ChecksumState {
         lane_[k] ^= lane_[k] >> 29;
       }
     }
-    for (; i < bytes; ++i) tail_ = (tail_ ^ data[i]) * kMul;
-    total_ += bytes;
   }
-  uint64_t Finish() const {
-    constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
-    uint64_t h = tail_ ^ total_;
-    for (uint64_t l : lane_) h = (h ^ l) * kMul ^ (h >> 31);
-    return h;
-  }
-
- private:
   uint64_t lane_[4] = {1, 2, 3, 4};
-  uint64_t tail_ = 0;
+  uint8_t pending_[32];
+  size_t pending_size_ = 0;
   uint64_t total_ = 0;
 };
+
+using Ranges = std::vector<std::pair<size_t, size_t>>;
+
+// `resident`, or the whole of `bytes` when it is empty.
+Ranges RangesOrAll(const Ranges& resident, size_t bytes) {
+  return resident.empty() ? Ranges{{0, bytes}} : resident;
+}
 
 constexpr char kMetaMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'M', '1'};
 constexpr uint32_t kMetaFormat = 1;
@@ -89,6 +113,7 @@ void Append(std::string* out, const void* p, size_t n) {
 }
 
 std::string EncodeMeta(int64_t id, uint64_t version, const LayerLayout& l,
+                       const ShardShape& shape,
                        const std::vector<uint64_t>& checksums) {
   std::string m(kMetaMagic, 8);
   const uint32_t format = kMetaFormat, heads = l.num_heads();
@@ -100,6 +125,10 @@ std::string EncodeMeta(int64_t id, uint64_t version, const LayerLayout& l,
   Append(&m, &dtype, 4);
   Append(&m, &pad, 4);
   Append(&m, &l.embedding_dim, 8);
+  Append(&m, &shape.shards, 4);
+  Append(&m, &shape.replication, 4);
+  Append(&m, &shape.index, 4);
+  Append(&m, &pad, 4);
   for (int h = 0; h < l.num_heads(); ++h) {
     Append(&m, &l.table_vocab_sizes[h], 8);
     Append(&m, &checksums[h], 8);
@@ -115,7 +144,7 @@ absl::StatusOr<StoredLayer> DecodeMeta(const std::string& m) {
   auto bad = [](const std::string& why) {
     return absl::InvalidArgumentError("meta " + why);
   };
-  if (m.size() < 56 || std::memcmp(m.data(), kMetaMagic, 8) != 0) {
+  if (m.size() < 72 || std::memcmp(m.data(), kMetaMagic, 8) != 0) {
     return bad(
         absl::StrCat("is not an engram layer meta (", m.size(), " bytes)"));
   }
@@ -127,7 +156,7 @@ absl::StatusOr<StoredLayer> DecodeMeta(const std::string& m) {
   read(12, &heads, 4);
   if (format != kMetaFormat) return bad(absl::StrCat("format ", format));
   if (heads == 0 || heads > static_cast<uint32_t>(kMaxHeads) ||
-      m.size() != 48 + 16 * static_cast<size_t>(heads) + 8) {
+      m.size() != 64 + 16 * static_cast<size_t>(heads) + 8) {
     return bad(absl::StrCat("is truncated or damaged (", m.size(),
                             " bytes for ", heads, " heads)"));
   }
@@ -143,12 +172,15 @@ absl::StatusOr<StoredLayer> DecodeMeta(const std::string& m) {
   read(24, &s.version, 8);
   read(32, &dtype, 4);
   read(40, &s.layout.embedding_dim, 8);
+  read(48, &s.shape.shards, 4);
+  read(52, &s.shape.replication, 4);
+  read(56, &s.shape.index, 4);
   s.layout.dtype = static_cast<DType>(dtype);
   for (uint32_t h = 0; h < heads; ++h) {
     int64_t vocab;
     uint64_t check;
-    read(48 + 16 * h, &vocab, 8);
-    read(56 + 16 * h, &check, 8);
+    read(64 + 16 * h, &vocab, 8);
+    read(72 + 16 * h, &check, 8);
     s.layout.table_vocab_sizes.push_back(vocab);
     s.checksums.push_back(check);
   }
@@ -201,22 +233,24 @@ bool ParseFolderName(const std::string& name, int64_t* id, uint64_t* version) {
 
 // Reads the head file with pread in big blocks (no page-table work, unlike
 // touching a fresh mapping page by page) and compares its checksum.
-absl::Status VerifyHead(int fd, uint64_t bytes, uint64_t want,
+absl::Status VerifyHead(int fd, const Ranges& ranges, uint64_t want,
                         const std::string& path) {
   ChecksumState state;
   std::vector<uint8_t> buffer(8 << 20);
-  for (uint64_t at = 0; at < bytes;) {
-    const size_t n =
-        static_cast<size_t>(std::min<uint64_t>(buffer.size(), bytes - at));
-    const ssize_t got = ::pread(fd, buffer.data(), n, static_cast<off_t>(at));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) {
-      return absl::DataLossError(got == 0
-                                     ? absl::StrCat(path, " ended at byte ", at)
-                                     : Errno("cannot read " + path));
+  for (auto [begin, end] : ranges) {
+    for (uint64_t at = begin; at < end;) {
+      const size_t n =
+          static_cast<size_t>(std::min<uint64_t>(buffer.size(), end - at));
+      const ssize_t got = ::pread(fd, buffer.data(), n, static_cast<off_t>(at));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        return absl::DataLossError(
+            got == 0 ? absl::StrCat(path, " ended at byte ", at)
+                     : Errno("cannot read " + path));
+      }
+      state.Add(buffer.data(), static_cast<size_t>(got));
+      at += static_cast<uint64_t>(got);
     }
-    state.Add(buffer.data(), static_cast<size_t>(got));
-    at += static_cast<uint64_t>(got);
   }
   if (state.Finish() != want) {
     return absl::DataLossError(absl::StrCat(
@@ -226,7 +260,8 @@ absl::Status VerifyHead(int fd, uint64_t bytes, uint64_t want,
 }
 
 // VerifyHead for every head, heads spread over the cores; the first error.
-absl::Status VerifyHeads(const StoredLayer& stored) {
+absl::Status VerifyHeads(const StoredLayer& stored,
+                         const std::vector<Ranges>& resident) {
   const int heads = stored.layout.num_heads();
   const int threads = std::max(
       1, std::min<int>(heads,
@@ -241,8 +276,9 @@ absl::Status VerifyHeads(const StoredLayer& stored) {
         results[h] = absl::DataLossError(Errno("cannot open " + path));
         continue;
       }
-      results[h] = VerifyHead(fd, stored.layout.table_bytes(h),
-                              stored.checksums[h], path);
+      results[h] =
+          VerifyHead(fd, RangesOrAll(resident[h], stored.layout.table_bytes(h)),
+                     stored.checksums[h], path);
       ::close(fd);
     }
   };
@@ -269,16 +305,18 @@ void Layer::ReleaseStorage() const {
 }
 
 absl::StatusOr<std::shared_ptr<LayerFiles>> LayerFiles::Create(
-    const std::string& dir, int64_t layer_id, const LayerLayout& layout,
-    std::vector<HostBuffer>* tables) {
+    const TableFilesTarget& target, int64_t layer_id, const LayerLayout& layout,
+    std::vector<Ranges> resident, std::vector<HostBuffer>* tables) {
+  const std::string& dir = target.dir;
   const std::string folder =
       absl::StrCat(dir, "/.tmp-layer-", layer_id, "-", Nonce());
   if (::mkdir(folder.c_str(), 0755) != 0) {
     return absl::FailedPreconditionError(
         Errno("--data_dir: cannot create " + folder));
   }
-  std::shared_ptr<LayerFiles> files(
-      new LayerFiles(dir, folder, layer_id, layout));
+  if (resident.empty()) resident.resize(layout.num_heads());
+  std::shared_ptr<LayerFiles> files(new LayerFiles(
+      dir, folder, layer_id, layout, target.shape, std::move(resident)));
   for (int h = 0; h < layout.num_heads(); ++h) {
     const std::string path = HeadFile(folder, h);
     const int fd =
@@ -309,13 +347,17 @@ absl::Status LayerFiles::Seal(uint64_t version,
   std::vector<uint64_t> checksums;
   for (int h = 0; h < layout_.num_heads(); ++h) {
     const HostBuffer& t = tables[h];
-    checksums.push_back(TableChecksum(t.data(), t.size()));
+    ChecksumState state;
+    for (auto [begin, end] : RangesOrAll(resident_[h], t.size()))
+      state.Add(t.data() + begin, end - begin);
+    checksums.push_back(state.Finish());
     if (::msync(const_cast<uint8_t*>(t.data()), t.size(), MS_SYNC) != 0) {
       return absl::DataLossError(Errno("cannot sync " + HeadFile(path_, h)));
     }
   }
   if (absl::Status s = WriteFileSynced(
-          path_ + "/meta", EncodeMeta(layer_id_, version, layout_, checksums));
+          path_ + "/meta",
+          EncodeMeta(layer_id_, version, layout_, shape_, checksums));
       !s.ok()) {
     return s;
   }
@@ -361,7 +403,8 @@ std::string LayerFiles::path() const {
   return path_;
 }
 
-absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir) {
+absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
+                                        const ShardShape& shape) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) {
@@ -400,6 +443,15 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir) {
     absl::StatusOr<StoredLayer> stored = DecodeMeta(*meta);
     if (!stored.ok()) {
       refuse(path, std::string(stored.status().message()));
+      continue;
+    }
+    if (stored->shape != shape) {
+      refuse(path,
+             absl::StrCat("stored by shard ", stored->shape.index, " of ",
+                          stored->shape.shards,
+                          " (R = ", stored->shape.replication,
+                          "); this engramd is shard ", shape.index, " of ",
+                          shape.shards, " (R = ", shape.replication, ")"));
       continue;
     }
     if (stored->layer_id != id || stored->version != version) {
@@ -442,8 +494,21 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir) {
 }
 
 absl::StatusOr<std::shared_ptr<Layer>> OpenStoredLayer(
-    const StoredLayer& stored, MemoryBudget* budget, bool pin, bool verify) {
+    const StoredLayer& stored, std::vector<std::vector<RowRange>> owned,
+    MemoryBudget* budget, bool pin, bool verify) {
   const LayerLayout& layout = stored.layout;
+  const size_t row_bytes = layout.row_bytes();
+  // Per head: the stored byte ranges (empty: the whole table).
+  std::vector<Ranges> resident(layout.num_heads());
+  uint64_t data_bytes = owned.empty() ? layout.total_bytes() : 0;
+  if (!owned.empty()) {
+    for (int h = 0; h < layout.num_heads(); ++h) {
+      for (RowRange r : owned[h]) {
+        resident[h].emplace_back(r.begin * row_bytes, r.end * row_bytes);
+        data_bytes += r.size() * row_bytes;
+      }
+    }
+  }
   std::vector<HostBuffer> tables;
   for (int h = 0; h < layout.num_heads(); ++h) {
     const std::string path = HeadFile(stored.path, h);
@@ -456,27 +521,28 @@ absl::StatusOr<std::shared_ptr<Layer>> OpenStoredLayer(
     tables.push_back(*std::move(table));
   }
   if (verify) {
-    if (absl::Status s = VerifyHeads(stored); !s.ok()) return s;
+    if (absl::Status s = VerifyHeads(stored, resident); !s.ok()) return s;
   }
   uint64_t bytes = 0;
-  for (int h = 0; h < layout.num_heads(); ++h)
-    bytes += HostBuffer::ResidentBytes(layout.table_bytes(h),
-                                       {{0, layout.table_bytes(h)}});
+  for (int h = 0; h < layout.num_heads(); ++h) {
+    bytes += HostBuffer::ResidentBytes(
+        layout.table_bytes(h), RangesOrAll(resident[h], layout.table_bytes(h)));
+  }
   // Pinned and charged when it fits; a bigger table is served from the
   // page cache (stored, not resident).
   MemoryReservation reservation;
   if (budget->TryReserve(bytes)) {
     reservation = MemoryReservation(budget, bytes);
     if (pin) {
-      for (HostBuffer& t : tables) t.Pin({});
+      for (int h = 0; h < layout.num_heads(); ++h) tables[h].Pin(resident[h]);
     }
   }
   auto layer =
       std::make_shared<Layer>(stored.layer_id, layout, std::move(tables),
-                              std::move(reservation), layout.total_bytes());
-  std::shared_ptr<LayerFiles> files(
-      new LayerFiles(std::filesystem::path(stored.path).parent_path(),
-                     stored.path, stored.layer_id, layout));
+                              std::move(reservation), data_bytes);
+  std::shared_ptr<LayerFiles> files(new LayerFiles(
+      std::filesystem::path(stored.path).parent_path(), stored.path,
+      stored.layer_id, layout, stored.shape, std::move(resident)));
   {
     MutexLock lock(&files->mu_);
     files->sealed_ = true;

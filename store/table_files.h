@@ -20,6 +20,23 @@
 
 namespace engram {
 
+// Which part of a layer a process stores: a single node stores it all; a
+// cluster shard the ranges placement gives shard `index` of `shards` with
+// `replication` copies. Stored in meta: a folder is only served by the
+// same place in a cluster of the same shape.
+struct ShardShape {
+  uint32_t shards = 1;
+  uint32_t replication = 1;
+  uint32_t index = 0;
+  bool operator==(const ShardShape&) const = default;
+};
+
+// Where a populate's tables go with --data_dir.
+struct TableFilesTarget {
+  std::string dir;
+  ShardShape shape;
+};
+
 // The on-disk folder of one layer version, from creation (hidden, being
 // written) through sealing (visible under its final name) to deletion
 // (Remove, or a newer version committed). Deleting unlinks the files; the
@@ -29,10 +46,14 @@ class LayerFiles {
  public:
   // Creates DIR/.tmp-layer-<id>-<nonce>/ with one sparse file per head,
   // sized to its table and mapped writable into `tables` (one HostBuffer
-  // per head). RESOURCE_EXHAUSTED / FAILED_PRECONDITION naming the path
-  // when the folder or a file cannot be made.
+  // per head); `resident[h]` are the byte ranges of head h that will be
+  // written (empty: all; a shard's share otherwise, the rest stays a hole).
+  // RESOURCE_EXHAUSTED / FAILED_PRECONDITION naming the path when the
+  // folder or a file cannot be made.
   static absl::StatusOr<std::shared_ptr<LayerFiles>> Create(
-      const std::string& dir, int64_t layer_id, const LayerLayout& layout,
+      const TableFilesTarget& target, int64_t layer_id,
+      const LayerLayout& layout,
+      std::vector<std::vector<std::pair<size_t, size_t>>> resident,
       std::vector<HostBuffer>* tables);
   // Makes the written tables durable under their final name: checksums
   // every head, syncs the head files, writes meta, renames the folder to
@@ -51,18 +72,25 @@ class LayerFiles {
 
  private:
   LayerFiles(std::string dir, std::string path, int64_t layer_id,
-             LayerLayout layout)
+             LayerLayout layout, ShardShape shape,
+             std::vector<std::vector<std::pair<size_t, size_t>>> resident)
       : dir_(std::move(dir)),
         layer_id_(layer_id),
         layout_(std::move(layout)),
+        shape_(shape),
+        resident_(std::move(resident)),
         path_(std::move(path)) {}
   friend absl::StatusOr<std::shared_ptr<class Layer>> OpenStoredLayer(
-      const struct StoredLayer& stored, MemoryBudget* budget, bool pin,
+      const struct StoredLayer& stored,
+      std::vector<std::vector<RowRange>> owned, MemoryBudget* budget, bool pin,
       bool verify);
 
   const std::string dir_;
   const int64_t layer_id_;
   const LayerLayout layout_;
+  const ShardShape shape_;
+  // Per head: the byte ranges written and checksummed (empty: all).
+  const std::vector<std::vector<std::pair<size_t, size_t>>> resident_;
   mutable Mutex mu_;
   std::string path_ ABSL_GUARDED_BY(mu_);
   bool sealed_ ABSL_GUARDED_BY(mu_) = false;
@@ -74,8 +102,9 @@ struct StoredLayer {
   int64_t layer_id = 0;
   uint64_t version = 0;
   LayerLayout layout;
+  ShardShape shape;
   std::string path;
-  std::vector<uint64_t> checksums;  // per head
+  std::vector<uint64_t> checksums;  // per head, over its stored ranges
 };
 
 // What a scan of --data_dir found: the newest sealed version of each id,
@@ -88,14 +117,20 @@ struct DataDirScan {
   std::vector<std::string> refused;
   std::vector<std::string> removed;
 };
-absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir);
+// Folders stored for another place in the cluster (`shape` differs) are
+// refused too.
+absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
+                                        const ShardShape& shape = {});
 
-// Maps a stored layer's heads shared and read-only; with `verify`, reads
-// every row once and compares the checksums (DATA_LOSS naming the head and
-// file). Charged to `budget` and pinned when it fits; else (a layer bigger
-// than the memory budget) served from the page cache, unpinned.
+// Maps a stored layer's heads shared and read-only; `owned` (one list per
+// head; empty: whole tables) are the rows this process holds. With
+// `verify`, reads every stored row once and compares the checksums
+// (DATA_LOSS naming the head and file). Charged to `budget` and pinned when
+// it fits; else (a layer bigger than the memory budget) served from the
+// page cache, unpinned.
 absl::StatusOr<std::shared_ptr<Layer>> OpenStoredLayer(
-    const StoredLayer& stored, MemoryBudget* budget, bool pin, bool verify);
+    const StoredLayer& stored, std::vector<std::vector<RowRange>> owned,
+    MemoryBudget* budget, bool pin, bool verify);
 
 // The 64-bit checksum heads are sealed with (four lanes of multiply-xor
 // over 8-byte words, memory speed).

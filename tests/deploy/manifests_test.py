@@ -19,7 +19,7 @@ import yaml
 ENGRAMD = sys.argv[1]
 ROOT = sys.argv[2]
 TARGETS = ["deploy/k8s/base", "deploy/k8s/overlays/gpu", "deploy/k8s/overlays/rdma",
-           "deploy/k8s/overlays/checkpoint"]
+           "deploy/k8s/overlays/checkpoint", "deploy/k8s/overlays/durable"]
 
 
 def engramd_flags():

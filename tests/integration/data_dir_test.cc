@@ -5,6 +5,7 @@
 // budget is served from the page cache.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -237,6 +238,88 @@ TEST_F(DataDirTest, ATableBiggerThanTheMemoryBudgetIsServedFromFiles) {
                 .status()
                 .code(),
             absl::StatusCode::kResourceExhausted);
+}
+
+// Cluster shards keep their own row ranges in their --data_dir (sparse
+// files) and serve them again after a restart: with R = 1 a killed shard's
+// rows come back from its disk, not from a replica (there is none).
+TEST(DataDirClusterTest, ShardsServeTheirStoredRangesAfterRestarts) {
+  testing::TempDir base;
+  std::vector<std::string> dirs;
+  for (int i = 0; i < 3; ++i) {
+    dirs.push_back(absl::StrCat(base.path(), "/shard", i));
+    fs::create_directories(dirs.back());
+  }
+  // Shards differ only in --data_dir, so start them one by one.
+  std::vector<int> ports;
+  std::string peers;
+  for (int i = 0; i < 3; ++i) {
+    ports.push_back(testing::FreePort());
+    peers += absl::StrCat(i ? "," : "", "127.0.0.1:", ports[i]);
+  }
+  auto flags = [&](int i) {
+    return std::vector<std::string>{
+        absl::StrCat("--listen=127.0.0.1:", ports[i]),
+        "--peers=" + peers,
+        absl::StrCat("--shard_index=", i),
+        "--replication=1",
+        "--peer_read=gather",
+        "--data_dir=" + dirs[i]};
+  };
+  std::vector<std::unique_ptr<EngramdProcess>> shards;
+  for (int i = 0; i < 3; ++i) {
+    auto p = EngramdProcess::Start(flags(i));
+    ASSERT_TRUE(p.ok()) << p.status();
+    shards.push_back(*std::move(p));
+  }
+  for (auto& s : shards)
+    ASSERT_TRUE(testing::WaitServing(s->address(), 30).ok()) << s->Log();
+  const LayerLayout layout{{20011, 9973, 7}, 32, DType::kFloat32};
+  auto tables = testing::RandomTables(layout, 5);
+  {
+    auto c = Client::Connect(shards[0]->address());
+    ASSERT_TRUE(c.ok());
+    auto info = (*c)->Populate(1, layout, testing::Spans(tables));
+    ASSERT_TRUE(info.ok()) << info.status();
+  }
+  // Each shard stored only its share (sparse files hold its ranges).
+  uint64_t allocated = 0;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(fs::exists(dirs[i] + "/layer-1.v1/meta")) << i;
+    struct stat st;
+    ASSERT_EQ(::stat((dirs[i] + "/layer-1.v1/head-0.bin").c_str(), &st), 0);
+    EXPECT_LT(st.st_blocks * 512, layout.table_bytes(0) * 0.6) << "shard " << i;
+    allocated += st.st_blocks * 512;
+  }
+  EXPECT_GE(allocated, layout.table_bytes(0));  // together: the whole head
+  auto check_all = [&](uint32_t seed) {
+    for (auto& s : shards) {
+      auto c = Client::Connect(s->address());
+      ASSERT_TRUE(c.ok());
+      absl::Status st =
+          testing::LookupExact(**c, 1, layout, tables, 4, 8, seed);
+      ASSERT_TRUE(st.ok()) << st << s->Log();
+    }
+  };
+  check_all(1);
+  // Kill shard 1 (R = 1: no replica has its rows) and start it again.
+  shards[1]->Kill();
+  auto back = EngramdProcess::Start(flags(1));
+  ASSERT_TRUE(back.ok()) << back.status();
+  shards[1] = *std::move(back);
+  ASSERT_TRUE(testing::WaitServing(shards[1]->address(), 30).ok())
+      << shards[1]->Log();
+  EXPECT_THAT(shards[1]->Log(), HasSubstr("layer 1 v1 serves again"));
+  check_all(2);
+  // A folder stored for another place in the cluster is refused.
+  for (auto& s : shards) EXPECT_EQ(s->Stop(), 0);
+  fs::rename(dirs[2] + "/layer-1.v1", dirs[0] + "/layer-1.v1.moved");
+  fs::remove_all(dirs[0] + "/layer-1.v1");
+  fs::rename(dirs[0] + "/layer-1.v1.moved", dirs[0] + "/layer-1.v1");
+  auto wrong = EngramdProcess::Start(flags(0));
+  ASSERT_TRUE(wrong.ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_THAT((*wrong)->Log(), HasSubstr("stored by shard 2 of 3"));
 }
 
 }  // namespace

@@ -240,35 +240,75 @@ absl::StatusOr<TableLoader::Staged> TableLoader::StageLayer(
   staged.stager = *std::move(stager);
   const int64_t step = std::max<int64_t>(
       1, static_cast<int64_t>(kStepBytes / layout.row_bytes()));
-  auto last_log = start;
+  struct Step {
+    int head;
+    int64_t row, rows;
+  };
+  std::vector<Step> steps;
   for (int h = 0; h < layout.num_heads(); ++h) {
     const std::vector<RowRange> head_ranges =
         ranges.empty() ? std::vector<RowRange>{{0, layout.table_vocab_sizes[h]}}
                        : ranges[h];
     for (RowRange r : head_ranges) {
-      for (int64_t row = r.begin; row < r.end; row += step) {
-        if (stopping_) {
-          return absl::UnavailableError(absl::StrCat(
-              "layer ", id, ": the server is shutting down; nothing kept"));
-        }
-        const int64_t n = std::min(step, r.end - row);
-        if (row + n < r.end) {
-          reader.Prefetch(h, row + n, std::min(step, r.end - row - n));
-        }
-        absl::Status s = staged.stager->FillRows(h, row, n, [&](uint8_t* dst) {
-          return reader.ReadRows(h, row, n, dst);
-        });
-        if (!s.ok()) return with_layer(s);
-        staged.bytes += n * layout.row_bytes();
-        bytes_loaded_ += n * layout.row_bytes();
-        if (SecondsSince(last_log) > 5) {
-          last_log = std::chrono::steady_clock::now();
-          LogInfo(absl::StrCat("load: layer ", id, ": ", staged.bytes >> 20,
-                               " MiB in ", SecondsSince(start), " s"));
-        }
-      }
+      for (int64_t row = r.begin; row < r.end; row += step)
+        steps.push_back({h, row, std::min(step, r.end - row)});
     }
   }
+  // Steps run on every core: the copy (or interleave, or conversion) and
+  // the first touch of the table's pages are CPU work, which a single
+  // thread left half idle on two cores.
+  std::atomic<size_t> next{0};
+  std::atomic<uint64_t> done_bytes{0};
+  Mutex error_mu;
+  absl::Status error;
+  auto last_log = start;
+  auto work = [&](bool log_progress) {
+    for (size_t i; (i = next++) < steps.size();) {
+      {
+        MutexLock lock(&error_mu);
+        if (!error.ok()) return;
+      }
+      const Step& st = steps[i];
+      if (stopping_) {
+        MutexLock lock(&error_mu);
+        error = absl::UnavailableError(absl::StrCat(
+            "layer ", id, ": the server is shutting down; nothing kept"));
+        return;
+      }
+      if (i + 1 < steps.size()) {
+        reader.Prefetch(steps[i + 1].head, steps[i + 1].row, steps[i + 1].rows);
+      }
+      absl::Status s =
+          staged.stager->FillRows(st.head, st.row, st.rows, [&](uint8_t* dst) {
+            return reader.ReadRows(st.head, st.row, st.rows, dst);
+          });
+      if (!s.ok()) {
+        MutexLock lock(&error_mu);
+        if (error.ok()) error = with_layer(s);
+        return;
+      }
+      done_bytes += st.rows * layout.row_bytes();
+      bytes_loaded_ += st.rows * layout.row_bytes();
+      if (log_progress && SecondsSince(last_log) > 5) {
+        last_log = std::chrono::steady_clock::now();
+        LogInfo(absl::StrCat("load: layer ", id, ": ", done_bytes.load() >> 20,
+                             " of ", reader.layout().total_bytes() >> 20,
+                             " MiB in ", SecondsSince(start), " s"));
+      }
+    }
+  };
+  const int threads = std::max(
+      1, std::min<int>(static_cast<int>(std::thread::hardware_concurrency()),
+                       static_cast<int>(steps.size())));
+  std::vector<std::thread> helpers;
+  for (int t = 1; t < threads; ++t) helpers.emplace_back(work, false);
+  work(true);
+  for (std::thread& t : helpers) t.join();
+  {
+    MutexLock lock(&error_mu);
+    if (!error.ok()) return error;
+  }
+  staged.bytes = done_bytes;
   absl::StatusOr<std::shared_ptr<Layer>> layer = staged.stager->Finish();
   if (!layer.ok()) return with_layer(layer.status());
   staged.layer = *std::move(layer);

@@ -36,6 +36,11 @@ int64_t FirstClear(const std::vector<uint64_t>& bits, int64_t begin,
   return -1;
 }
 
+void ClearRange(std::vector<uint64_t>& bits, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i)
+    bits[i >> 6] &= ~(uint64_t{1} << (i & 63));
+}
+
 void SetRange(std::vector<uint64_t>& bits, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end;) {
     if ((i & 63) == 0 && end - i >= 64) {
@@ -116,21 +121,18 @@ absl::StatusOr<std::unique_ptr<LayerBuilder>> LayerBuilder::Create(
     if (!made.ok()) return made.status();
     builder->files_ = *std::move(made);
   }
+  MutexLock lock(&builder->mu_);
   for (int h = 0; h < l.num_heads(); ++h) {
-    if (to_files) {
-      builder->received_.emplace_back((l.table_vocab_sizes[h] + 63) / 64, 0);
-      builder->received_per_head_.push_back(0);
-      builder->rows_total_ += builder->OwnedRows(h);
-      continue;
+    if (!to_files) {
+      absl::StatusOr<HostBuffer> table =
+          builder->whole_tables_
+              ? HostBuffer::Allocate(l.table_bytes(h), /*try_pin=*/false)
+              : HostBuffer::AllocateSparse(l.table_bytes(h),
+                                           builder->resident_[h],
+                                           /*try_pin=*/false, exporter);
+      if (!table.ok()) return table.status();
+      builder->tables_.push_back(*std::move(table));
     }
-    absl::StatusOr<HostBuffer> table =
-        builder->whole_tables_
-            ? HostBuffer::Allocate(l.table_bytes(h), /*try_pin=*/false)
-            : HostBuffer::AllocateSparse(l.table_bytes(h),
-                                         builder->resident_[h],
-                                         /*try_pin=*/false, exporter);
-    if (!table.ok()) return table.status();
-    builder->tables_.push_back(*std::move(table));
     builder->received_.emplace_back((l.table_vocab_sizes[h] + 63) / 64, 0);
     builder->received_per_head_.push_back(0);
     builder->rows_total_ += builder->OwnedRows(h);
@@ -199,24 +201,32 @@ absl::Status LayerBuilder::FillRows(
           row_offset + rows, ") that this shard does not hold"));
     }
   }
-  std::vector<uint64_t>& bits = received_[head];
-  if (int64_t dup = FirstSet(bits, row_offset, row_offset + rows); dup >= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk for head ", head, " covers rows [", row_offset, ", ",
-        row_offset + rows, ") but row ", dup, " already arrived (overlap)"));
+  {  // claim the rows, so that another thread cannot fill them too
+    MutexLock lock(&mu_);
+    std::vector<uint64_t>& bits = received_[head];
+    if (int64_t dup = FirstSet(bits, row_offset, row_offset + rows); dup >= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk for head ", head, " covers rows [", row_offset, ", ",
+          row_offset + rows, ") but row ", dup, " already arrived (overlap)"));
+    }
+    SetRange(bits, row_offset, row_offset + rows);
+    received_per_head_[head] += rows;
+    rows_received_ += rows;
   }
   if (absl::Status s =
           fill(tables_[head].data() + row_offset * layout_.row_bytes());
       !s.ok()) {
-    return s;  // rows not marked: a retry may fill them again
+    MutexLock lock(&mu_);  // give the claim back: a retry may fill them
+    ClearRange(received_[head], row_offset, row_offset + rows);
+    received_per_head_[head] -= rows;
+    rows_received_ -= rows;
+    return s;
   }
-  SetRange(bits, row_offset, row_offset + rows);
-  received_per_head_[head] += rows;
-  rows_received_ += rows;
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<Layer>> LayerBuilder::Finish() {
+  MutexLock lock(&mu_);
   for (int h = 0; h < layout_.num_heads(); ++h) {
     const int64_t n = OwnedRows(h);
     if (received_per_head_[h] != n) {

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/layout.h"
+#include "common/mutex.h"
 #include "store/host_memory.h"
 #include "store/layer.h"
 #include "store/table_files.h"
@@ -20,8 +21,9 @@
 namespace engram {
 
 // Owns the staged tables and their budget charge until Finish hands them to
-// the Layer; dropping an unfinished builder frees everything. Not
-// thread-safe: one populate stream drives it.
+// the Layer; dropping an unfinished builder frees everything. AddChunk and
+// FillRows are thread-safe for disjoint rows; the rest is driven by one
+// thread (one populate stream or load).
 class LayerBuilder {
  public:
   // Validates the layout, charges the memory it maps (page-rounded tables
@@ -48,7 +50,8 @@ class LayerBuilder {
 
   // Like AddChunk for `rows` rows, but `fill(dst)` writes them in place
   // (from a checkpoint file: no staging copy). `fill` runs only when the
-  // checks pass; its error is returned and the rows stay missing.
+  // checks pass; its error is returned and the rows stay missing. Several
+  // threads may fill disjoint rows at once (the rows are claimed first).
   absl::Status FillRows(int64_t head, int64_t row_offset, int64_t rows,
                         const std::function<absl::Status(uint8_t* dst)>& fill);
 
@@ -58,7 +61,10 @@ class LayerBuilder {
 
   int64_t layer_id() const { return layer_id_; }
   const LayerLayout& layout() const { return layout_; }
-  int64_t rows_received() const { return rows_received_; }
+  int64_t rows_received() const {
+    MutexLock lock(&mu_);
+    return rows_received_;
+  }
   int64_t rows_total() const { return rows_total_; }
 
  private:
@@ -79,9 +85,11 @@ class LayerBuilder {
   std::vector<std::vector<std::pair<size_t, size_t>>> resident_;
   std::vector<HostBuffer> tables_;
   // One bit per row per head: set once the row arrived.
-  std::vector<std::vector<uint64_t>> received_;
-  std::vector<int64_t> received_per_head_;
-  int64_t rows_received_ = 0;
+  // Claims of rows by AddChunk/FillRows, which may run on several threads.
+  mutable Mutex mu_;
+  std::vector<std::vector<uint64_t>> received_ ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> received_per_head_ ABSL_GUARDED_BY(mu_);
+  int64_t rows_received_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t rows_total_ = 0;
 };
 

@@ -49,27 +49,19 @@ PopulateFanout::~PopulateFanout() {
   if (!finished_) Abort();
 }
 
-std::string PopulateFanout::BeginPrepared(int64_t layer_id, bool replace) {
+absl::StatusOr<std::string> PopulateFanout::BeginPrepared(int64_t layer_id,
+                                                          bool replace) {
   layer_id_ = layer_id;
   replace_ = replace;
   txn_id_ = NewTxnId();
+  if (absl::Status s = ReachAll(); !s.ok()) return s;
   return txn_id_;
 }
 
-absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout,
-                                   bool replace) {
-  if (!txn_id_.empty()) {
-    return absl::InvalidArgumentError(
-        "a second PopulateHeader arrived; send one header, then chunks");
-  }
-  if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
-  layer_id_ = layer_id;
-  replace_ = replace;
-  layout_ = layout;
-  txn_id_ = NewTxnId();
-  // Reach every shard first, waiting (briefly) for channels that are still
-  // reconnecting, e.g. to a shard that just restarted: an Abort of a fresh
-  // transaction id is a harmless ping.
+absl::Status PopulateFanout::ReachAll() {
+  // Waits (briefly) for channels that are still reconnecting, e.g. to a
+  // shard that just (re)started: an Abort of a fresh transaction id is a
+  // harmless ping.
   for (size_t s = 0; s < stubs_.size(); ++s) {
     grpc::ClientContext context;
     context.set_wait_for_ready(true);
@@ -85,6 +77,21 @@ absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout,
           absl::StrCat("shard ", s, " is unreachable: ", st.error_message()));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status PopulateFanout::Begin(int64_t layer_id, const LayerLayout& layout,
+                                   bool replace) {
+  if (!txn_id_.empty()) {
+    return absl::InvalidArgumentError(
+        "a second PopulateHeader arrived; send one header, then chunks");
+  }
+  if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
+  layer_id_ = layer_id;
+  replace_ = replace;
+  layout_ = layout;
+  txn_id_ = NewTxnId();
+  if (absl::Status s = ReachAll(); !s.ok()) return s;
   internal::v1::StageRequest stage;
   internal::v1::StageHeader* header = stage.mutable_header();
   header->set_txn_id(txn_id_);

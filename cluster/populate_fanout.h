@@ -43,7 +43,8 @@ class PopulateFanout {
   // For a fan-out whose phase one the shards do themselves (a cluster Load:
   // each shard stages its rows from files under the returned transaction
   // id); Commit then runs phase two only, Abort drops it everywhere.
-  std::string BeginPrepared(int64_t layer_id, bool replace);
+  // UNAVAILABLE when a shard cannot be reached.
+  absl::StatusOr<std::string> BeginPrepared(int64_t layer_id, bool replace);
   // Validates whole rows of `head` from `row_offset`, and sends each
   // owner (R copies) its part.
   absl::Status AddChunk(int64_t head, int64_t row_offset,
@@ -58,6 +59,7 @@ class PopulateFanout {
  private:
   struct PeerStream;
   absl::Status PeerFailure(int shard);
+  absl::Status ReachAll();
   void RollBack();
 
   std::vector<internal::v1::EngramPeer::Stub*> stubs_;

@@ -10,6 +10,7 @@ packages=(
   libabsl-dev prometheus-cpp-dev libucx-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-numpy
+  python3-dev pybind11-dev python3-pybind11 python3-pytest
   redis-server curl python3-yaml
   clang
 )

@@ -390,7 +390,10 @@ absl::StatusOr<TableLoader::Layers> TableLoader::LoadAcrossCluster(
       stubs.push_back(cluster_->stub(s));
     PopulateFanout fanout(std::move(stubs), cluster_->placement(),
                           [c = cluster_](int s) { c->MarkDown(s); });
-    const std::string txn = fanout.BeginPrepared(spec.layer_id, spec.replace);
+    absl::StatusOr<std::string> begun =
+        fanout.BeginPrepared(spec.layer_id, spec.replace);
+    if (!begun.ok()) return begun.status();
+    const std::string txn = *begun;
     // Phase one: every shard reads its own rows from the files, in
     // parallel; any failure drops the transaction everywhere.
     std::vector<absl::Status> results(cluster_->size());

@@ -1,0 +1,242 @@
+"""engram_store: the Python client of engram-store.
+
+A thin layer over the C++ client (the zero-copy Lookup path, cluster
+routing and same-host direct reads come with it). Shapes: a layer has one
+table ``[N_h, D]`` per head; a lookup takes int64 ids ``[B, L, H]`` and
+returns rows ``[B, L, H, D]``.
+
+    import engram_store, numpy as np
+    with engram_store.Client("127.0.0.1:50051") as c:
+        rows = c.lookup(0, np.array([[[5, 6, 7, 8]]]))   # the --demo layer
+"""
+import concurrent.futures
+import dataclasses
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from engram_store import _engram_store as _ext
+from engram_store.errors import (  # noqa: F401  (re-exported)
+    AbortedError, AlreadyExistsError, CancelledError, DataLossError,
+    DeadlineExceededError, Error, FailedPreconditionError, InternalError,
+    InvalidArgumentError, NotFoundError, OutOfRangeError,
+    PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError,
+    UnavailableError, UnimplementedError, UnknownError, from_status)
+from engram_store.mooncake import EngramStore, EngramStoreConfig  # noqa: F401
+
+__all__ = ["Client", "LayerInfo", "Error", "EngramStore", "EngramStoreConfig"]
+
+_NUMPY_DTYPES = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(np.uint16),  # numpy has no bfloat16: its bits
+    "uint8": np.dtype(np.uint8),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """A layer as the server describes it."""
+    layer_id: int
+    table_vocab_sizes: List[int]
+    embedding_dim: int
+    dtype: str  # float32, bfloat16, float16 or uint8
+    store_keys: List[str]
+    bytes: int
+    version: int  # 1 at first commit, +1 per replace
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.table_vocab_sizes)
+
+
+def _info(d: dict) -> LayerInfo:
+    return LayerInfo(**d)
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args)
+    except _ext.StatusError as e:
+        code, message = e.args
+        raise from_status(code, message) from None
+
+
+def _dtype_of(array: np.ndarray, dtype: Optional[str]) -> str:
+    if dtype is not None:
+        if dtype not in _NUMPY_DTYPES:
+            raise ValueError(
+                f"dtype must be one of {sorted(_NUMPY_DTYPES)}; got {dtype!r}")
+        return dtype
+    if array.dtype.name == "bfloat16":  # e.g. ml_dtypes
+        return "bfloat16"
+    for name, np_dtype in _NUMPY_DTYPES.items():
+        if name != "bfloat16" and array.dtype == np_dtype:
+            return name
+    raise TypeError(
+        f"tables of dtype {array.dtype} are not stored as such: use float32, "
+        "float16 or uint8 arrays, or dtype='bfloat16' over uint16 bits")
+
+
+class Client:
+    """One connection to engramd (or a cluster, see :meth:`cluster`).
+
+    Thread-safe: any number of threads may call it at once; every call
+    releases the GIL while it waits.
+    """
+
+    def __init__(self, address: str, *, timeout_s: float = 60,
+                 num_channels: int = 1, direct_reads: bool = False):
+        self._c = _call(_ext.Client.connect, address, float(timeout_s),
+                        int(num_channels), bool(direct_reads))
+
+    @classmethod
+    def cluster(cls, addresses: Sequence[str], replication: int, *,
+                timeout_s: float = 60, num_channels: int = 1,
+                direct_reads: bool = False) -> "Client":
+        """A client that routes lookups to the owners of the rows itself."""
+        self = cls.__new__(cls)
+        self._c = _call(_ext.Client.connect_cluster, list(addresses),
+                        int(replication), float(timeout_s), int(num_channels),
+                        bool(direct_reads))
+        return self
+
+    # -- layers ------------------------------------------------------------
+    def populate(self, layer_id: int, tables: Sequence[np.ndarray], *,
+                 dtype: Optional[str] = None, replace: bool = False,
+                 progress: Optional[Callable[[int, int], None]] = None
+                 ) -> LayerInfo:
+        """Creates (or with ``replace`` replaces) a layer.
+
+        ``tables``: one C-contiguous ``[N_h, D]`` array per head, all of one
+        dtype (float32, float16, uint8; bfloat16 as ``dtype='bfloat16'`` over
+        uint16 arrays). ``progress(sent_bytes, total_bytes)`` is called as
+        the rows stream. Create-only unless ``replace``.
+        """
+        if isinstance(tables, np.ndarray) or not len(tables):
+            raise ValueError("tables must be a non-empty list of [N_h, D] "
+                             "arrays, one per head")
+        arrays = [np.asarray(t) for t in tables]
+        name = _dtype_of(arrays[0], dtype)
+        dim = None
+        for h, a in enumerate(arrays):
+            if a.ndim != 2:
+                raise ValueError(f"table {h} has shape {a.shape}; each head "
+                                 "is a 2-D [N_h, D] array")
+            if a.dtype != arrays[0].dtype:
+                raise TypeError(f"table {h} is {a.dtype}, table 0 "
+                                f"{arrays[0].dtype}: one dtype per layer")
+            if dim is None:
+                dim = a.shape[1]
+            elif a.shape[1] != dim:
+                raise ValueError(f"table {h} has D = {a.shape[1]}, table 0 "
+                                 f"D = {dim}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"table {h} is not C-contiguous "
+                                 "(np.ascontiguousarray)")
+        if name == "bfloat16" and arrays[0].dtype.itemsize != 2:
+            raise TypeError("bfloat16 tables are given as uint16 bits")
+        if name != "bfloat16" and arrays[0].dtype != _NUMPY_DTYPES[name]:
+            raise TypeError(f"dtype={name!r} needs {_NUMPY_DTYPES[name]} "
+                            f"arrays; got {arrays[0].dtype}")
+        return _info(_call(self._c.populate, int(layer_id), arrays,
+                           [int(a.shape[0]) for a in arrays], int(dim), name,
+                           bool(replace), progress))
+
+    def _prepare(self, layer_id, ids, out, output_dtype):
+        ids = np.ascontiguousarray(np.asarray(ids))
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers; got {ids.dtype}")
+        if ids.ndim != 3:
+            raise ValueError(f"ids must be [B, L, H]; got shape {ids.shape}")
+        ids = ids.astype(np.int64, copy=False)
+        if output_dtype is not None and output_dtype not in _NUMPY_DTYPES:
+            raise ValueError(f"output_dtype must be one of "
+                             f"{sorted(_NUMPY_DTYPES)}; got {output_dtype!r}")
+        if out is None:
+            info = self.describe(layer_id)
+            name = output_dtype or info.dtype
+            out = np.empty(ids.shape + (info.embedding_dim,),
+                           dtype=_NUMPY_DTYPES[name])
+        else:
+            if not isinstance(out, np.ndarray):
+                raise TypeError("out must be a numpy array")
+            if not out.flags.c_contiguous or not out.flags.writeable:
+                raise ValueError("out must be a writable C-contiguous array")
+            if out.shape[:3] != ids.shape or out.ndim != 4:
+                raise ValueError(f"out has shape {out.shape}; ids {ids.shape} "
+                                 "need [B, L, H, D]")
+            if output_dtype is not None and \
+                    out.dtype != _NUMPY_DTYPES[output_dtype]:
+                raise TypeError(f"out is {out.dtype}; output_dtype "
+                                f"{output_dtype} needs "
+                                f"{_NUMPY_DTYPES[output_dtype]}")
+        return ids, out
+
+    def lookup(self, layer_id: int, ids, *, out: Optional[np.ndarray] = None,
+               output_dtype: Optional[str] = None) -> np.ndarray:
+        """Gathers the rows of ``ids`` (int64 ``[B, L, H]``, any array-like).
+
+        Returns ``[B, L, H, D]`` rows of the stored dtype (or
+        ``output_dtype`` among the float dtypes; bfloat16 as uint16 bits).
+        With ``out`` (C-contiguous, that shape and dtype) the rows land in
+        it and it is returned: no other copy.
+        """
+        ids, out = self._prepare(layer_id, ids, out, output_dtype)
+        _call(self._c.lookup_into, int(layer_id), ids, list(ids.shape), out,
+              output_dtype)
+        return out
+
+    def lookup_async(self, layer_id: int, ids, *,
+                     out: Optional[np.ndarray] = None,
+                     output_dtype: Optional[str] = None
+                     ) -> "concurrent.futures.Future[np.ndarray]":
+        """:meth:`lookup` that returns at once, for prefetching.
+
+        The future's result is ``out`` (allocated if not given); ``ids`` and
+        ``out`` are kept alive until it completes. From asyncio:
+        ``await asyncio.wrap_future(client.lookup_async(...))``.
+        """
+        ids, out = self._prepare(layer_id, ids, out, output_dtype)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+
+        def done(code: int, message: str) -> None:
+            if code == 0:
+                future.set_result(out)
+            else:
+                future.set_exception(from_status(code, message))
+
+        _call(self._c.lookup_into_async, int(layer_id), ids, list(ids.shape),
+              out, output_dtype, done)
+        return future
+
+    def remove(self, layer_id: int, force: bool = False) -> int:
+        """Removes a layer; returns how many tables went (0 when ``force``
+        aborted a populate in progress)."""
+        return _call(self._c.remove, int(layer_id), bool(force))
+
+    def describe(self, layer_id: int) -> LayerInfo:
+        return _info(_call(self._c.describe, int(layer_id)))
+
+    def list_layers(self) -> List[LayerInfo]:
+        return [_info(d) for d in _call(self._c.list_layers)]
+
+    def load(self, manifest_path: str) -> List[LayerInfo]:
+        """Has the server load a load manifest (docs/tables.md) from files
+        under its --load_root."""
+        return [_info(d) for d in _call(self._c.load, str(manifest_path))]
+
+    def health(self, service: str = "") -> bool:
+        """True while the server (or ``service``) is SERVING."""
+        return _call(self._c.health, service)
+
+    def close(self) -> None:
+        """Drops the connection (calls in flight finish first)."""
+        self._c = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

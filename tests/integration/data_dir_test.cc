@@ -29,24 +29,22 @@ class DataDirTest : public ::testing::Test {
  protected:
   void Start(std::vector<std::string> extra = {}) {
     extra.push_back("--data_dir=" + dir_.path());
-    auto p = EngramdProcess::Start(extra);
-    ASSERT_TRUE(p.ok()) << p.status();
-    server_ = *std::move(p);
-    ASSERT_TRUE(testing::WaitServing(server_->address(), 30).ok())
-        << server_->Log();
-    auto c = Client::Connect(server_->address());
-    ASSERT_TRUE(c.ok());
-    client_ = *std::move(c);
+    Launch(extra);
   }
+  // Stops (or kills) engramd and starts it again with the same flags.
   void Restart(bool kill = false) {
     std::vector<std::string> flags = server_->flags();
-    client_.reset();
+    client_.reset();  // an open connection holds a shutdown for ~5 s
     if (kill) {
       server_->Kill();
     } else {
       EXPECT_EQ(server_->Stop(), 0) << server_->Log();
     }
     server_.reset();
+    Launch(flags);
+  }
+  // Starts engramd with `flags`, waits until it serves, connects.
+  void Launch(const std::vector<std::string>& flags) {
     auto p = EngramdProcess::Start(flags);
     ASSERT_TRUE(p.ok()) << p.status();
     server_ = *std::move(p);
@@ -183,13 +181,7 @@ TEST_F(DataDirTest, DamagedFilesAreRefusedAndTheOthersStillLoad) {
     f.write(&c, 1);
   }
   fs::resize_file(dir_.path() + "/layer-2.v1/head-1.bin", 100);  // truncated
-  auto p = EngramdProcess::Start(server_->flags());
-  ASSERT_TRUE(p.ok()) << p.status();
-  server_ = *std::move(p);
-  ASSERT_TRUE(testing::WaitServing(server_->address(), 30).ok());
-  auto c = Client::Connect(server_->address());
-  ASSERT_TRUE(c.ok());
-  client_ = *std::move(c);
+  Launch(server_->flags());
   ASSERT_TRUE(Exact(3).ok());
   for (int64_t id : {1, 2}) {
     EXPECT_EQ(client_->DescribeLayer(id).status().code(),

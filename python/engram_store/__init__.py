@@ -9,8 +9,10 @@ returns rows ``[B, L, H, D]``.
     with engram_store.Client("127.0.0.1:50051") as c:
         rows = c.lookup(0, np.array([[[5, 6, 7, 8]]]))   # the --demo layer
 """
+import atexit
 import concurrent.futures
 import dataclasses
+import threading
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -48,6 +50,20 @@ class LayerInfo:
     @property
     def num_heads(self) -> int:
         return len(self.table_vocab_sizes)
+
+
+# Async lookups still in flight. At interpreter exit they are waited for
+# (atexit runs while threads may still take the GIL), so no completion
+# reaches a Python that is being torn down.
+_pending: set = set()
+_pending_lock = threading.Lock()
+
+
+@atexit.register
+def _drain_pending_lookups(timeout_s: float = 60) -> None:
+    with _pending_lock:
+        futures = list(_pending)
+    concurrent.futures.wait(futures, timeout=timeout_s)
 
 
 def _info(d: dict) -> LayerInfo:
@@ -202,13 +218,22 @@ class Client:
         future.set_running_or_notify_cancel()
 
         def done(code: int, message: str) -> None:
+            with _pending_lock:
+                _pending.discard(future)
             if code == 0:
                 future.set_result(out)
             else:
                 future.set_exception(from_status(code, message))
 
-        _call(self._c.lookup_into_async, int(layer_id), ids, list(ids.shape),
-              out, output_dtype, done)
+        with _pending_lock:
+            _pending.add(future)
+        try:
+            _call(self._c.lookup_into_async, int(layer_id), ids,
+                  list(ids.shape), out, output_dtype, done)
+        except BaseException:
+            with _pending_lock:
+                _pending.discard(future)
+            raise
         return future
 
     def remove(self, layer_id: int, force: bool = False) -> int:

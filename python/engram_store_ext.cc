@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "client/client.h"
 
 namespace py = pybind11;
@@ -72,11 +73,111 @@ ClientOptions Options(double timeout_s, int num_channels, bool direct_reads) {
   return o;
 }
 
-// What an async lookup holds until its callback has run: the Python
-// objects whose memory the client reads and writes, and the callback.
+// One lookup_async in flight, shared by the client's completion callback
+// and the Python handle (PendingLookup). The completion takes the GIL only
+// when Python asked to be told (a done-callback or a waiter) or the handle
+// is already gone (its Python objects must be released): a caller that just
+// waits for the result never competes for the GIL with the thread computing
+// in Python. Thread-safe; the Python objects are touched under the GIL.
 struct AsyncLookup {
-  py::object ids, out, callback;
+  absl::Mutex mu;
+  bool done ABSL_GUARDED_BY(mu) = false;
+  bool handle_gone ABSL_GUARDED_BY(mu) = false;
+  absl::Status status ABSL_GUARDED_BY(mu);
+  py::object notify ABSL_GUARDED_BY(mu);  // called once, under the GIL
+  // The caller's arrays the client reads and writes until `done`.
+  py::object ids, out;
   std::vector<int64_t> shape;
+};
+
+// Lookups in flight in this process, so that interpreter exit can wait for
+// them (a completion must not reach a Python being torn down).
+absl::Mutex in_flight_mu;
+int64_t in_flight ABSL_GUARDED_BY(in_flight_mu) = 0;
+bool NoneInFlight(int64_t* n) { return *n == 0; }
+
+void Complete(const std::shared_ptr<AsyncLookup>& call, absl::Status s) {
+  py::object notify;
+  bool release;
+  {
+    absl::MutexLock lock(&call->mu);
+    call->done = true;
+    call->status = std::move(s);
+    notify = std::move(call->notify);
+    release = call->handle_gone;
+  }
+  if (notify || release) {
+    if (!Py_IsInitialized() || _Py_IsFinalizing()) {
+      notify.release();  // too late for Python: leak, never touch it
+      call->ids.release();
+      call->out.release();
+    } else {
+      py::gil_scoped_acquire gil;
+      if (notify) {
+        try {
+          notify();
+        } catch (py::error_already_set& e) {
+          e.discard_as_unraisable("engram_store lookup_async");
+        }
+        notify = py::object();
+      }
+      if (release) {
+        call->ids = py::object();
+        call->out = py::object();
+      }
+    }
+  }
+  absl::MutexLock lock(&in_flight_mu);
+  --in_flight;
+}
+
+// The Python side of an AsyncLookup; destroyed under the GIL.
+class PendingLookup {
+ public:
+  explicit PendingLookup(std::shared_ptr<AsyncLookup> call)
+      : call_(std::move(call)) {}
+  ~PendingLookup() {
+    absl::MutexLock lock(&call_->mu);
+    if (call_->done) {
+      call_->ids = py::object();
+      call_->out = py::object();
+    } else {
+      call_->handle_gone = true;  // the completion releases them
+    }
+  }
+
+  // Waits (GIL released) up to `timeout_s` (None: forever); true once done.
+  bool Wait(std::optional<double> timeout_s) {
+    py::gil_scoped_release nogil;
+    absl::MutexLock lock(&call_->mu);
+    const absl::Condition done(&call_->done);
+    if (!timeout_s) {
+      call_->mu.Await(done);
+      return true;
+    }
+    return call_->mu.AwaitWithTimeout(done, absl::Seconds(*timeout_s));
+  }
+  bool Done() {
+    absl::MutexLock lock(&call_->mu);
+    return call_->done;
+  }
+  // (code, message) once done.
+  py::tuple Status() {
+    absl::MutexLock lock(&call_->mu);
+    return py::make_tuple(static_cast<int>(call_->status.code()),
+                          std::string(call_->status.message()));
+  }
+  // Has `fn` called (under the GIL, on the completing thread) when the
+  // lookup completes; false, and nothing registered, if it already has.
+  bool OnDone(py::object fn) {
+    absl::MutexLock lock(&call_->mu);
+    if (call_->done) return false;
+    call_->notify = std::move(fn);
+    return true;
+  }
+
+ private:
+  std::shared_ptr<AsyncLookup> call_;
 };
 
 }  // namespace
@@ -95,6 +196,23 @@ PYBIND11_MODULE(_engram_store, m) {
       PyErr_SetObject(status_error.ptr(), args.ptr());
     }
   });
+
+  py::class_<PendingLookup>(m, "PendingLookup")
+      .def("wait", &PendingLookup::Wait, py::arg("timeout_s"))
+      .def("done", &PendingLookup::Done)
+      .def("status", &PendingLookup::Status)
+      .def("on_done", &PendingLookup::OnDone, py::arg("fn"));
+  m.def(
+      "wait_for_lookups",
+      [](double timeout_s) {
+        // Until no lookup_async is in flight (or the timeout); for exit.
+        py::gil_scoped_release nogil;
+        absl::MutexLock lock(&in_flight_mu);
+        return in_flight_mu.AwaitWithTimeout(
+            absl::Condition(&NoneInFlight, &in_flight),
+            absl::Seconds(timeout_s));
+      },
+      py::arg("timeout_s"));
 
   py::class_<Client>(m, "Client")
       .def_static(
@@ -167,38 +285,37 @@ PYBIND11_MODULE(_engram_store, m) {
           "lookup_into_async",
           [](Client& c, int64_t layer_id, py::buffer ids,
              std::vector<int64_t> shape, py::buffer out,
-             std::optional<std::string> output_dtype, py::function callback) {
+             std::optional<std::string> output_dtype) {
             std::span<uint8_t> id_bytes = Bytes(ids, false);
             std::span<uint8_t> out_bytes = Bytes(out, true);
             const std::optional<DType> dtype = ParseDType(output_dtype);
-            auto* call = new AsyncLookup{ids, out, callback, std::move(shape)};
+            auto call = std::make_shared<AsyncLookup>();
+            call->ids = ids;
+            call->out = out;
+            call->shape = std::move(shape);
+            auto handle = std::make_unique<PendingLookup>(call);
+            {
+              absl::MutexLock lock(&in_flight_mu);
+              ++in_flight;
+            }
             py::gil_scoped_release nogil;
-            c.LookupAsync(
-                layer_id,
-                {reinterpret_cast<const int64_t*>(id_bytes.data()),
-                 id_bytes.size() / sizeof(int64_t)},
-                call->shape, out_bytes, dtype, [call](absl::Status s) {
-                  // An interpreter on its way out has no callback to run.
-                  if (!Py_IsInitialized() || _Py_IsFinalizing()) return;
-                  py::gil_scoped_acquire gil;
-                  try {
-                    call->callback(static_cast<int>(s.code()),
-                                   std::string(s.message()));
-                  } catch (py::error_already_set& e) {
-                    e.discard_as_unraisable("engram_store lookup_async");
-                  }
-                  delete call;  // drops the references, under the GIL
-                });
+            c.LookupAsync(layer_id,
+                          {reinterpret_cast<const int64_t*>(id_bytes.data()),
+                           id_bytes.size() / sizeof(int64_t)},
+                          call->shape, out_bytes, dtype,
+                          [call](absl::Status s) { Complete(call, s); });
+            return handle;
           },
           py::arg("layer_id"), py::arg("ids"), py::arg("shape"), py::arg("out"),
-          py::arg("output_dtype"), py::arg("callback"))
+          py::arg("output_dtype"))
       .def(
           "bench_lookups",
           [](Client& c, int64_t layer_id, const py::buffer& ids,
              const std::vector<int64_t>& shape, const py::buffer& out,
-             double seconds) {
+             double seconds, bool async) {
             // The C++ client's own loop, for benchmarks: the floor the
-            // Python call path is measured against in the same run.
+            // Python call path is measured against in the same run
+            // (`async`: LookupAsync, waited for, one at a time).
             std::span<uint8_t> id_bytes = Bytes(ids, false);
             std::span<uint8_t> out_bytes = Bytes(out, true);
             const std::span<const int64_t> id_span(
@@ -209,7 +326,9 @@ PYBIND11_MODULE(_engram_store, m) {
             const absl::Time end = absl::Now() + absl::Seconds(seconds);
             while (absl::Now() < end) {
               if (absl::Status s =
-                      c.Lookup(layer_id, id_span, shape, out_bytes);
+                      async ? c.LookupAsync(layer_id, id_span, shape, out_bytes)
+                                  .get()
+                            : c.Lookup(layer_id, id_span, shape, out_bytes);
                   !s.ok()) {
                 Raise(s);
               }
@@ -218,7 +337,7 @@ PYBIND11_MODULE(_engram_store, m) {
             return calls;
           },
           py::arg("layer_id"), py::arg("ids"), py::arg("shape"), py::arg("out"),
-          py::arg("seconds"))
+          py::arg("seconds"), py::arg("async") = false)
       .def(
           "remove",
           [](Client& c, int64_t layer_id, bool force) {

@@ -12,7 +12,6 @@ returns rows ``[B, L, H, D]``.
 import atexit
 import concurrent.futures
 import dataclasses
-import threading
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -52,18 +51,83 @@ class LayerInfo:
         return len(self.table_vocab_sizes)
 
 
-# Async lookups still in flight. At interpreter exit they are waited for
-# (atexit runs while threads may still take the GIL), so no completion
-# reaches a Python that is being torn down.
-_pending: set = set()
-_pending_lock = threading.Lock()
-
-
 @atexit.register
 def _drain_pending_lookups(timeout_s: float = 60) -> None:
-    with _pending_lock:
-        futures = list(_pending)
-    concurrent.futures.wait(futures, timeout=timeout_s)
+    # Lookups still in flight are waited for at interpreter exit (atexit
+    # runs while threads may still take the GIL), so no completion reaches
+    # a Python that is being torn down.
+    _ext.wait_for_lookups(timeout_s)
+
+
+class _WaiterList(list):
+    """Future._waiters that asks for a completion notice when
+    concurrent.futures.wait() / as_completed() install a waiter."""
+
+    def __init__(self, future):
+        super().__init__()
+        self._future = future
+
+    def append(self, waiter):
+        super().append(waiter)
+        self._future._notify_me()
+
+
+class LookupFuture(concurrent.futures.Future):
+    """The future of :meth:`Client.lookup_async`: a
+    ``concurrent.futures.Future`` whose completion does not need the GIL.
+
+    ``result()`` waits in C++ with the GIL released, and the client's
+    completion thread takes the GIL only if something asked to be told
+    (``add_done_callback``, ``asyncio.wrap_future``,
+    ``concurrent.futures.wait``/``as_completed``): a prefetch never competes
+    with the thread computing in Python. A lookup in flight cannot be
+    cancelled.
+    """
+
+    def __init__(self, pending, out, on_error):
+        super().__init__()
+        self._pending, self._out, self._on_error = pending, out, on_error
+        self._waiters = _WaiterList(self)
+        self.set_running_or_notify_cancel()
+
+    def _settle(self) -> None:
+        # Moves the C++ outcome into the Future (once; any thread).
+        if super().done():
+            return
+        code, message = self._pending.status()
+        try:
+            if code == 0:
+                self.set_result(self._out)
+            else:
+                self._on_error()
+                self.set_exception(from_status(code, message))
+        except concurrent.futures.InvalidStateError:
+            pass  # another thread settled it first
+
+    def _notify_me(self) -> None:
+        if not self._pending.on_done(self._settle):
+            self._settle()  # already complete
+
+    def done(self) -> bool:
+        if self._pending.done():
+            self._settle()
+        return super().done()
+
+    def result(self, timeout: Optional[float] = None):
+        if not self._pending.wait(timeout):
+            raise concurrent.futures.TimeoutError()
+        self._settle()
+        return super().result(0)
+
+    def exception(self, timeout: Optional[float] = None):
+        if not self._pending.wait(timeout):
+            raise concurrent.futures.TimeoutError()
+        self._settle()
+        return super().exception(0)
+
+    def add_done_callback(self, fn) -> None:
+        super().add_done_callback(fn)
+        self._notify_me()
 
 
 def _info(d: dict) -> LayerInfo:
@@ -105,6 +169,7 @@ class Client:
                  num_channels: int = 1, direct_reads: bool = False):
         self._c = _call(_ext.Client.connect, address, float(timeout_s),
                         int(num_channels), bool(direct_reads))
+        self._layouts = {}  # layer id -> (D, dtype), see _layout()
 
     @classmethod
     def cluster(cls, addresses: Sequence[str], replication: int, *,
@@ -115,6 +180,7 @@ class Client:
         self._c = _call(_ext.Client.connect_cluster, list(addresses),
                         int(replication), float(timeout_s), int(num_channels),
                         bool(direct_reads))
+        self._layouts = {}
         return self
 
     # -- layers ------------------------------------------------------------
@@ -155,9 +221,11 @@ class Client:
         if name != "bfloat16" and arrays[0].dtype != _NUMPY_DTYPES[name]:
             raise TypeError(f"dtype={name!r} needs {_NUMPY_DTYPES[name]} "
                             f"arrays; got {arrays[0].dtype}")
-        return _info(_call(self._c.populate, int(layer_id), arrays,
+        info = _info(_call(self._c.populate, int(layer_id), arrays,
                            [int(a.shape[0]) for a in arrays], int(dim), name,
                            bool(replace), progress))
+        self._layouts[info.layer_id] = (info.embedding_dim, info.dtype)
+        return info
 
     def _prepare(self, layer_id, ids, out, output_dtype):
         ids = np.ascontiguousarray(np.asarray(ids))
@@ -170,10 +238,13 @@ class Client:
             raise ValueError(f"output_dtype must be one of "
                              f"{sorted(_NUMPY_DTYPES)}; got {output_dtype!r}")
         if out is None:
-            info = self.describe(layer_id)
-            name = output_dtype or info.dtype
-            out = np.empty(ids.shape + (info.embedding_dim,),
-                           dtype=_NUMPY_DTYPES[name])
+            dim, stored = self._layout(layer_id)
+            # The dtype goes to the server explicitly: if the layer changed
+            # under the cached layout, the server refuses the call (and
+            # lookup() refreshes) instead of filling `out` with other rows.
+            output_dtype = output_dtype or stored
+            out = np.empty(ids.shape + (dim,),
+                           dtype=_NUMPY_DTYPES[output_dtype])
         else:
             if not isinstance(out, np.ndarray):
                 raise TypeError("out must be a numpy array")
@@ -187,7 +258,17 @@ class Client:
                 raise TypeError(f"out is {out.dtype}; output_dtype "
                                 f"{output_dtype} needs "
                                 f"{_NUMPY_DTYPES[output_dtype]}")
-        return ids, out
+        return ids, out, output_dtype
+
+    def _layout(self, layer_id: int, refresh: bool = False):
+        """(D, stored dtype) of a layer, asked once and cached: lookups
+        without ``out`` need it to size their result."""
+        layout = None if refresh else self._layouts.get(layer_id)
+        if layout is None:
+            info = self.describe(layer_id)
+            layout = (info.embedding_dim, info.dtype)
+            self._layouts[layer_id] = layout
+        return layout
 
     def lookup(self, layer_id: int, ids, *, out: Optional[np.ndarray] = None,
                output_dtype: Optional[str] = None) -> np.ndarray:
@@ -198,47 +279,47 @@ class Client:
         With ``out`` (C-contiguous, that shape and dtype) the rows land in
         it and it is returned: no other copy.
         """
-        ids, out = self._prepare(layer_id, ids, out, output_dtype)
-        _call(self._c.lookup_into, int(layer_id), ids, list(ids.shape), out,
-              output_dtype)
+        allocated = out is None
+        ids, out, dtype = self._prepare(layer_id, ids, out, output_dtype)
+        try:
+            _call(self._c.lookup_into, int(layer_id), ids, list(ids.shape),
+                  out, dtype)
+        except (InvalidArgumentError, NotFoundError):
+            if not allocated or layer_id not in self._layouts:
+                raise
+            # Sized from a cached layout that a replace (or remove and
+            # re-create) may have changed: ask again, retry once if it did.
+            cached = self._layouts.pop(layer_id)
+            if self._layout(layer_id, refresh=True) == cached:
+                raise
+            return self.lookup(layer_id, ids, output_dtype=output_dtype)
         return out
 
     def lookup_async(self, layer_id: int, ids, *,
                      out: Optional[np.ndarray] = None,
                      output_dtype: Optional[str] = None
-                     ) -> "concurrent.futures.Future[np.ndarray]":
+                     ) -> "LookupFuture":
         """:meth:`lookup` that returns at once, for prefetching.
 
         The future's result is ``out`` (allocated if not given); ``ids`` and
         ``out`` are kept alive until it completes. From asyncio:
         ``await asyncio.wrap_future(client.lookup_async(...))``.
         """
-        ids, out = self._prepare(layer_id, ids, out, output_dtype)
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()
+        allocated = out is None
+        ids, out, dtype = self._prepare(layer_id, ids, out, output_dtype)
 
-        def done(code: int, message: str) -> None:
-            with _pending_lock:
-                _pending.discard(future)
-            if code == 0:
-                future.set_result(out)
-            else:
-                future.set_exception(from_status(code, message))
+        def on_error() -> None:
+            if allocated:  # the cached layout may be stale: ask next time
+                self._layouts.pop(layer_id, None)
 
-        with _pending_lock:
-            _pending.add(future)
-        try:
-            _call(self._c.lookup_into_async, int(layer_id), ids,
-                  list(ids.shape), out, output_dtype, done)
-        except BaseException:
-            with _pending_lock:
-                _pending.discard(future)
-            raise
-        return future
+        pending = _call(self._c.lookup_into_async, int(layer_id), ids,
+                        list(ids.shape), out, dtype)
+        return LookupFuture(pending, out, on_error)
 
     def remove(self, layer_id: int, force: bool = False) -> int:
         """Removes a layer; returns how many tables went (0 when ``force``
         aborted a populate in progress)."""
+        self._layouts.pop(layer_id, None)
         return _call(self._c.remove, int(layer_id), bool(force))
 
     def describe(self, layer_id: int) -> LayerInfo:

@@ -4,6 +4,7 @@ Run by ctest (python_package_test) with PYTHONPATH at build/python and
 ENGRAM_TEST_ENGRAMD naming the engramd binary.
 """
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -153,6 +154,32 @@ def test_out_is_written_in_place(server):
                  output_dtype="float32")
 
 
+def test_lookup_follows_a_layer_another_client_changed(server):
+    # lookup() without out= caches each layer's D and dtype; a layer
+    # removed and re-created, or replaced, by someone else is asked again.
+    mine = engram_store.Client(server.address)
+    other = engram_store.Client(server.address)
+    other.populate(4, random_tables(SIZES, 8, np.float32, 11))
+    ids = random_ids(SIZES, 2, 2, 12)
+    assert mine.lookup(4, ids).shape == (2, 2, 3, 8)
+    other.remove(4)
+    half = random_tables(SIZES, 12, np.float16, 13)
+    other.populate(4, half)
+    got = mine.lookup(4, ids)
+    assert got.dtype == np.float16 and np.array_equal(got,
+                                                      reference(half, ids))
+    # Same row bytes, other dtype: never uint8 rows labelled float16.
+    raw = random_tables(SIZES, 24, np.uint8, 14)
+    other.populate(4, raw, replace=True)
+    got = mine.lookup(4, ids)
+    assert got.dtype == np.uint8 and np.array_equal(got, reference(raw, ids))
+    other.remove(4)
+    with pytest.raises(NotFoundError):
+        mine.lookup(4, ids)
+    with pytest.raises(NotFoundError):
+        mine.lookup_async(4, ids).result(timeout=30)
+
+
 def test_async_lookups_and_asyncio(server):
     c = engram_store.Client(server.address)
     tables = random_tables(SIZES, 8, np.float32, 7)
@@ -169,6 +196,58 @@ def test_async_lookups_and_asyncio(server):
     with pytest.raises(NotFoundError):
         c.lookup_async(99, all_ids[0], out=np.empty((2, 4, 3, 8),
                                                     np.float32)).result(30)
+
+
+def test_futures_work_with_every_waiting_style(server):
+    c = engram_store.Client(server.address)
+    tables = random_tables(SIZES, 8, np.float32, 15)
+    c.populate(3, tables)
+    ids = [random_ids(SIZES, 3, 2, s) for s in range(8)]
+    want = [reference(tables, i) for i in ids]
+    futures = [c.lookup_async(3, i) for i in ids]
+    done, _ = concurrent.futures.wait(futures, timeout=30)
+    assert len(done) == 8 and all(f.done() for f in futures)
+    futures = {c.lookup_async(3, i): k for k, i in enumerate(ids)}
+    for f in concurrent.futures.as_completed(futures, timeout=30):
+        assert np.array_equal(f.result(), want[futures[f]])
+    # A callback added before or after completion runs exactly once.
+    called = []
+    f = c.lookup_async(3, ids[0])
+    f.add_done_callback(lambda g: called.append(g.result()))
+    f.result(timeout=30)
+    f.add_done_callback(lambda g: called.append(g.result()))
+    deadline = time.time() + 30
+    while len(called) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(called) == 2 and all(np.array_equal(r, want[0])
+                                    for r in called)
+    assert not f.cancel() and f.exception() is None
+    # Futures dropped at once: the call keeps ids and out alive itself.
+    for k in range(20):
+        c.lookup_async(3, random_ids(SIZES, 64, 8, k))
+    assert np.array_equal(c.lookup(3, ids[1]), want[1])
+
+
+def test_a_prefetch_completes_while_python_holds_the_gil(server):
+    # Regression: completions used to take the GIL, so a prefetch waited
+    # for the thread computing in Python to give it up (up to the switch
+    # interval, 5 ms by default) and stole it from that thread.
+    c = engram_store.Client(server.address)
+    tables = random_tables(SIZES, 8, np.float32, 16)
+    c.populate(3, tables)
+    ids = random_ids(SIZES, 4, 4, 17)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)  # this thread keeps the GIL while it spins
+    try:
+        f = c.lookup_async(3, ids)
+        start = time.perf_counter()
+        while not f.done() and time.perf_counter() - start < 2.0:
+            pass
+        spun = time.perf_counter() - start
+    finally:
+        sys.setswitchinterval(interval)
+    assert f.done(), f"not complete after {spun:.2f} s of Python holding the GIL"
+    assert np.array_equal(f.result(), reference(tables, ids))
 
 
 def test_eight_threads_look_up_at_once(server):
@@ -306,3 +385,14 @@ def test_command_line(server):
     assert "[8.0, 9.0, 10.0, 11.0]" in out.stdout
     out = run("describe", "9")
     assert out.returncode == 1 and "NotFoundError" in out.stderr
+
+
+def test_prefetch_example_runs_and_its_rows_are_right():
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "python",
+                           "examples", "prefetch_loop.py")
+    done = subprocess.run(
+        [sys.executable, example, f"--engramd={ENGRAMD}", "--layers=3",
+         "--steps=2", "--rounds=1", "--rows=1000", "--batch=4", "--check"],
+        timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "prefetched rows of 3 layers identical" in done.stdout

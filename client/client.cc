@@ -12,6 +12,7 @@
 #include "client/cluster_router.h"
 #include "client/direct_reads.h"
 #include "engram/v1/engram.grpc.pb.h"
+#include "proto/channel_security.h"
 #include "proto/channel_tuning.h"
 #include "proto/convert.h"
 #include "proto/wire_format.h"
@@ -37,6 +38,19 @@ std::vector<LayerDescription> FromProto(
   std::vector<LayerDescription> layers;
   for (const v1::LayerInfo& info : infos) layers.push_back(FromProto(info));
   return layers;
+}
+
+ChannelSecurity Security(const ClientOptions& options) {
+  ChannelSecurity security;
+  security.tls = options.tls;
+  security.tls_ca_file = options.tls_ca_file;
+  security.tls_cert_file = options.tls_cert_file;
+  security.tls_key_file = options.tls_key_file;
+  security.tls_server_name = options.tls_server_name;
+  if (!options.token.empty()) {
+    security.token = std::make_shared<BearerToken>(options.token);
+  }
+  return security;
 }
 
 // State of one asynchronous lookup, freed by its completion callback.
@@ -103,8 +117,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
     args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    channels.push_back(grpc::CreateCustomChannel(
-        address, grpc::InsecureChannelCredentials(), args));
+    absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+        CreateSecureChannel(address, Security(options), args);
+    if (!channel.ok()) return channel.status();
+    channels.push_back(*std::move(channel));
     impl->shard_stubs.push_back(v1::EngramStore::NewStub(channels.back()));
   }
   impl->router = std::make_unique<ClusterRouter>(
@@ -145,20 +161,19 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  impl->channel = grpc::CreateCustomChannel(
-      address, grpc::InsecureChannelCredentials(), args);
-  if (impl->channel == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot create a channel to '", address, "'"));
-  }
+  const ChannelSecurity security = Security(options);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      CreateSecureChannel(address, security, args);
+  if (!channel.ok()) return channel.status();
+  impl->channel = *std::move(channel);
   impl->stub = v1::EngramStore::NewStub(impl->channel);
   impl->lookup_channels.push_back(impl->channel);
   for (int i = 1; i < options.num_channels; ++i) {
     // A distinct argument keeps gRPC from sharing one connection.
     grpc::ChannelArguments extra = args;
     extra.SetInt("engram.connection_index", i);
-    impl->lookup_channels.push_back(grpc::CreateCustomChannel(
-        address, grpc::InsecureChannelCredentials(), extra));
+    impl->lookup_channels.push_back(
+        *CreateSecureChannel(address, security, extra));
   }
   for (const auto& channel : impl->lookup_channels) {
     impl->lookup_stubs.push_back(std::make_unique<grpc::GenericStub>(channel));

@@ -44,6 +44,20 @@ struct ClientOptions {
   // is set up. Needs the engram::client_direct library (UCX) linked in;
   // without it Connect answers FAILED_PRECONDITION.
   bool direct_reads = false;
+
+  // Security (docs/security.md). TLS to the server, verified with this CA
+  // bundle (PEM file); `tls` without a CA file uses the system's roots.
+  bool tls = false;
+  std::string tls_ca_file;
+  // mTLS: this client's certificate chain and private key (PEM files).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // The name the server's certificate must carry, when it is not the
+  // address's host.
+  std::string tls_server_name;
+  // Sent as "authorization: Bearer <token>" with every call. Use TLS
+  // whenever the server is not on loopback: plaintext shows the token.
+  std::string token;
 };
 
 // A layer as the server describes it.

@@ -17,6 +17,7 @@
 #include "checkpoint/npy.h"
 #include "client/client.h"
 #include "common/malloc_tuning.h"
+#include "proto/channel_security.h"
 #include "proto/channel_tuning.h"
 
 namespace engram {
@@ -29,7 +30,8 @@ using checkpoint::WriteNpy;
 constexpr char kUsage[] = R"(engramctl: talk to an engramd server
 
 Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
-                 COMMAND [flags] [files]
+                 [--tls | --tls_ca_file=F] [--tls_cert_file=F --tls_key_file=F]
+                 [--token_file=F] COMMAND [flags] [files]
 
   health                                  exit 0 when the server is SERVING
   list                                    all layers, one line each
@@ -54,6 +56,11 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
            [--output_dtype=T] [--out=rows.npy]
                                           gather rows; prints them, or
                                           writes a [B, L, H, D] .npy
+
+Security: --tls (system roots) or --tls_ca_file=CA.pem verifies the server;
+--tls_cert_file/--tls_key_file present a client certificate (mTLS);
+--tls_server_name overrides the name checked; --token_file=F (or
+$ENGRAM_TOKEN_FILE) sends F's first line as a bearer token.
 
 --address defaults to $ENGRAM_ADDRESS, else 127.0.0.1:50051; a comma-separated
 list (a cluster's shards) uses the first shard that answers. --timeout_s
@@ -323,6 +330,31 @@ int Lookup(Client& client, const Args& args) {
   return 0;
 }
 
+// TLS and credentials from the flags (and the environment for the token
+// file, so that it stays out of shell history and `ps`).
+ClientOptions SecurityOptions(const Args& args) {
+  ClientOptions options;
+  auto flag = [&args](const char* name) {
+    auto it = args.flags.find(name);
+    return it == args.flags.end() ? std::string() : it->second;
+  };
+  options.tls = args.flags.count("tls") > 0;
+  options.tls_ca_file = flag("tls_ca_file");
+  options.tls_cert_file = flag("tls_cert_file");
+  options.tls_key_file = flag("tls_key_file");
+  options.tls_server_name = flag("tls_server_name");
+  std::string token_file = flag("token_file");
+  if (token_file.empty()) {
+    if (const char* env = std::getenv("ENGRAM_TOKEN_FILE")) token_file = env;
+  }
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> token = ReadSecretFile(token_file);
+    Check(token.status());
+    options.token = *std::move(token);
+  }
+  return options;
+}
+
 int Run(int argc, char** argv) {
   TuneMallocForLargeMessages();
   Args args = ParseArgs(argc, argv);
@@ -331,13 +363,14 @@ int Run(int argc, char** argv) {
   if (auto it = args.flags.find("address"); it != args.flags.end()) {
     address = it->second;
   }
+  ClientOptions options = SecurityOptions(args);
   // A cluster's address list: talk to the first shard that is alive.
   if (address.find(',') != std::string::npos) {
     std::vector<std::string> shards =
         absl::StrSplit(address, ',', absl::SkipEmpty());
     address = shards.front();
     for (const std::string& shard : shards) {
-      ClientOptions probe;
+      ClientOptions probe = options;
       probe.timeout = absl::Seconds(2);
       auto c = Client::Connect(shard, probe);
       if (c.ok() && (*c)->CheckHealth("engram.liveness").ok()) {
@@ -346,7 +379,6 @@ int Run(int argc, char** argv) {
       }
     }
   }
-  ClientOptions options;
   if (args.flags.count("timeout_s")) {
     options.timeout = absl::Seconds(IntFlag(args, "timeout_s"));
   }

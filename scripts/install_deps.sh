@@ -12,6 +12,7 @@ packages=(
   python3 python3-grpcio python3-protobuf python3-numpy
   python3-dev pybind11-dev python3-pybind11 python3-pytest
   redis-server curl python3-yaml
+  libssl-dev openssl iproute2
   clang
 )
 

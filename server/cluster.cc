@@ -34,7 +34,8 @@ bool Answers(grpc::Channel* channel) {
 
 ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
                                Placement placement,
-                               double staged_timeout_seconds)
+                               double staged_timeout_seconds,
+                               const ChannelSecurity& security)
     : shard_index_(shard_index),
       peers_(std::move(peers)),
       placement_(placement),
@@ -48,8 +49,7 @@ ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    channels_.push_back(grpc::CreateCustomChannel(
-        peers_[s], grpc::InsecureChannelCredentials(), args));
+    channels_.push_back(*CreateSecureChannel(peers_[s], security, args));
     stubs_.push_back(internal::v1::EngramPeer::NewStub(channels_.back()));
     // Row data goes over several connections per peer: one HTTP/2
     // connection carrying every concurrent lookup's rows is a bottleneck.
@@ -57,9 +57,8 @@ ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
     for (int c = 0; c < kDataConnections; ++c) {
       grpc::ChannelArguments data_args = args;
       data_args.SetInt("engram.connection_index", c);
-      generic_stubs_.back().push_back(
-          std::make_unique<grpc::GenericStub>(grpc::CreateCustomChannel(
-              peers_[s], grpc::InsecureChannelCredentials(), data_args)));
+      generic_stubs_.back().push_back(std::make_unique<grpc::GenericStub>(
+          *CreateSecureChannel(peers_[s], security, data_args)));
     }
     up_[s].store(false, std::memory_order_relaxed);  // until a probe answers
   }

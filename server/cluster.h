@@ -17,6 +17,7 @@
 
 #include "cluster/placement.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
+#include "proto/channel_security.h"
 #include "store/table_files.h"
 
 namespace engram {
@@ -26,8 +27,11 @@ namespace engram {
 // a peer down at once). Peers count as down until first probed. Thread-safe.
 class ClusterContext {
  public:
+  // `security`: how this shard's channels to the others authenticate
+  // (checked by the caller: ChannelCredentials(security) must be OK).
   ClusterContext(int shard_index, std::vector<std::string> peers,
-                 Placement placement, double staged_timeout_seconds);
+                 Placement placement, double staged_timeout_seconds,
+                 const ChannelSecurity& security = {});
   ~ClusterContext();
 
   int self() const { return shard_index_; }

@@ -180,6 +180,16 @@ EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
 
 grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
     grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
+  if (auth_ != nullptr) {
+    absl::StatusOr<Caller> caller =
+        auth_->Check(*context, kRightWrite, "Populate");
+    if (!caller.ok()) {
+      metrics_->RecordCall(Rpc::kPopulate, static_cast<grpc::StatusCode>(
+                                               caller.status().code()));
+      return new RefusedStream<v1::PopulateRequest>(
+          ToGrpcStatus(caller.status()));
+    }
+  }
   if (cluster_ != nullptr) return cluster_->NewPopulate(context, response);
   PopulateEnv env;
   env.layers = layers_;
@@ -194,6 +204,26 @@ grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
   return NewPopulateReactor(context, response, env);
 }
 
+grpc::ServerUnaryReactor* EngramService::Refuse(
+    grpc::CallbackServerContext* context, Rpc rpc, uint32_t need,
+    Caller* caller) {
+  static constexpr const char* kNames[] = {
+      "Populate", "Lookup", "Remove", "DescribeLayer", "ListLayers", "Load"};
+  if (auth_ == nullptr) {
+    if (caller != nullptr) *caller = Caller{"unchecked", "any", ~uint32_t{0}};
+    return nullptr;
+  }
+  absl::StatusOr<Caller> who =
+      auth_->Check(*context, need, kNames[static_cast<int>(rpc)]);
+  if (who.ok()) {
+    if (caller != nullptr) *caller = *std::move(who);
+    return nullptr;
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  Finish(reactor, rpc, who.status());
+  return reactor;
+}
+
 void EngramService::Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
                            const absl::Status& status) {
   metrics_->RecordCall(rpc, static_cast<grpc::StatusCode>(status.code()));
@@ -203,6 +233,7 @@ void EngramService::Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
 grpc::ServerUnaryReactor* EngramService::Lookup(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (auto* refused = Refuse(context, Rpc::kLookup, kRightRead)) return refused;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto call = std::make_shared<LookupCall>();
   call->start = Clock::now();
@@ -385,10 +416,22 @@ void EngramService::ServeValues(grpc::ServerUnaryReactor* reactor,
 grpc::ServerUnaryReactor* EngramService::Remove(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  Caller caller;
+  if (auto* refused = Refuse(context, Rpc::kRemove, kRightWrite, &caller)) {
+    return refused;
+  }
   return ServeRaw<v1::RemoveRequest, v1::RemoveResponse>(
       context, request, response,
-      [this](const v1::RemoveRequest& req, v1::RemoveResponse* resp,
-             RawDone done) { RemoveParsed(req, resp, std::move(done)); },
+      [this, rights = caller.rights](const v1::RemoveRequest& req,
+                                     v1::RemoveResponse* resp, RawDone done) {
+        if (req.force() && (rights & kRightAdmin) == 0) {
+          done(absl::PermissionDeniedError(
+              "Remove with force (aborting a populate in progress) needs the "
+              "admin role"));
+          return;
+        }
+        RemoveParsed(req, resp, std::move(done));
+      },
       Observer(Rpc::kRemove));
 }
 
@@ -425,6 +468,9 @@ void EngramService::RemoveParsed(const v1::RemoveRequest& request,
 grpc::ServerUnaryReactor* EngramService::DescribeLayer(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (auto* refused = Refuse(context, Rpc::kDescribeLayer, kRightRead)) {
+    return refused;
+  }
   return ServeRaw<v1::DescribeLayerRequest, v1::LayerInfo>(
       context, request, response,
       [this](const v1::DescribeLayerRequest& req, v1::LayerInfo* info,
@@ -444,6 +490,9 @@ grpc::ServerUnaryReactor* EngramService::DescribeLayer(
 grpc::ServerUnaryReactor* EngramService::ListLayers(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (auto* refused = Refuse(context, Rpc::kListLayers, kRightRead)) {
+    return refused;
+  }
   return ServeRaw<v1::ListLayersRequest, v1::ListLayersResponse>(
       context, request, response,
       [this](const v1::ListLayersRequest&, v1::ListLayersResponse* list,
@@ -466,6 +515,7 @@ std::function<void(const absl::Status&)> EngramService::Observer(Rpc rpc) {
 grpc::ServerUnaryReactor* EngramService::Load(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (auto* refused = Refuse(context, Rpc::kLoad, kRightWrite)) return refused;
   return ServeRaw<v1::LoadRequest, v1::LoadResponse>(
       context, request, response,
       [this](const v1::LoadRequest& req, v1::LoadResponse* resp, RawDone done) {

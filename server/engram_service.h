@@ -18,6 +18,7 @@
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
 #include "store/thread_pool.h"
+#include "server/auth.h"
 
 namespace engram {
 
@@ -65,6 +66,9 @@ class EngramService final
   void SetLoader(TableLoader* loader) { loader_ = loader; }
   // Charges hand-encoded responses until sent (borrowed; before serving).
   void SetPendingResponses(PendingResponses* pending) { pending_ = pending; }
+  // Decides who may call what (borrowed; before serving). Without one every
+  // call is allowed.
+  void SetAuthorizer(const Authorizer* auth) { auth_ = auth; }
 
   grpc::ServerReadReactor<v1::PopulateRequest>* Populate(
       grpc::CallbackServerContext* context,
@@ -107,10 +111,16 @@ class EngramService final
               const absl::Status& status);
   void RemoveParsed(const v1::RemoveRequest& request,
                     v1::RemoveResponse* response, RawDone done);
+  // Nullptr when the caller may call `rpc` (needing `need`; fills
+  // `caller`), else the finished reactor of the refused call.
+  grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
+                                   Rpc rpc, uint32_t need,
+                                   Caller* caller = nullptr);
   // Records each final status of `rpc` in the metrics.
   std::function<void(const absl::Status&)> Observer(Rpc rpc);
 
   const ExportMapper* exporter_ = nullptr;
+  const Authorizer* auth_ = nullptr;
   StreamWatchdog* watchdog_ = nullptr;
   PendingResponses* pending_ = nullptr;
   TableLoader* loader_ = nullptr;

@@ -299,6 +299,86 @@ const std::vector<FlagSpec>& Flags() {
          return ParseNumber(v, &c->max_open_files) && c->max_open_files >= 0;
        },
        [](const ServerConfig& c) { return absl::StrCat(c.max_open_files); }},
+      {"tls_cert_file",
+       "serve TLS with this certificate chain (PEM; re-read when it changes)",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->tls_cert_file = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.tls_cert_file; }},
+      {"tls_key_file", "the private key of --tls_cert_file (PEM)", false,
+       [](ServerConfig* c, const std::string& v) {
+         c->tls_key_file = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.tls_key_file; }},
+      {"tls_ca_file",
+       "the CA that signs the shards' certificates: shards verify each other "
+       "with it and present --tls_cert_file to each other",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->tls_ca_file = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.tls_ca_file; }},
+      {"tls_client_ca_file",
+       "verify client certificates signed by this CA (mTLS); a certificate "
+       "from another CA, or expired, is refused in the handshake",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->tls_client_ca_file = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.tls_client_ca_file; }},
+      {"tls_identities_file",
+       "'ROLE IDENTITY' lines: the role of a verified client certificate "
+       "whose common name or subject alternative name is IDENTITY",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->tls_identities_file = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.tls_identities_file; }},
+      {"tokens_file",
+       "'ROLE NAME TOKEN' lines (role read, write, admin or peer): bearer "
+       "tokens clients send as 'authorization: Bearer TOKEN'",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->tokens_file = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.tokens_file; }},
+      {"cluster_token_file",
+       "the secret shards present to each other (its first line); grants "
+       "the peer role",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->cluster_token_file = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.cluster_token_file; }},
+      {"insecure_allow_unauthenticated_remote",
+       "without credentials engramd serves only loopback clients; this "
+       "serves anyone who can reach the port, with every right (insecure)",
+       true,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseBool(v, &c->insecure_allow_unauthenticated_remote);
+       },
+       [](const ServerConfig& c) {
+         return c.insecure_allow_unauthenticated_remote ? "true" : "false";
+       }},
+      {"credentials_reload_seconds",
+       "how often token and identity files are checked for changes (SIGHUP "
+       "reloads at once); 0 only on SIGHUP",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->credentials_reload_seconds) &&
+                c->credentials_reload_seconds >= 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.credentials_reload_seconds);
+       }},
       {"port_file",
        "write 'grpc_port=N' and 'metrics_port=M' here once serving (for "
        "scripts using port 0)",
@@ -416,6 +496,60 @@ absl::StatusOr<std::vector<std::string>> ClusterPeers(
                      peers.size(), " shards in --peers"));
   }
   return peers;
+}
+
+absl::Status CheckSecurityFlags(const ServerConfig& config,
+                                const std::vector<std::string>& peers) {
+  if (config.tls_cert_file.empty() != config.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_cert_file and --tls_key_file go together");
+  }
+  const bool tls = !config.tls_cert_file.empty();
+  if (!tls &&
+      (!config.tls_client_ca_file.empty() || !config.tls_ca_file.empty())) {
+    return absl::InvalidArgumentError(
+        "--tls_client_ca_file and --tls_ca_file need TLS: give "
+        "--tls_cert_file and --tls_key_file");
+  }
+  if (!config.tls_identities_file.empty() &&
+      config.tls_client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_identities_file needs --tls_client_ca_file (client "
+        "certificates are verified only with it)");
+  }
+  if (peers.empty()) return absl::OkStatus();
+  if (tls && config.tls_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a cluster with TLS needs --tls_ca_file: the CA shards verify each "
+        "other's certificates with");
+  }
+  const bool credentials = !config.tokens_file.empty() ||
+                           !config.cluster_token_file.empty() ||
+                           !config.tls_client_ca_file.empty();
+  if (credentials && config.cluster_token_file.empty() &&
+      config.tls_identities_file.empty()) {
+    return absl::InvalidArgumentError(
+        "with credentials configured, shards must prove themselves to each "
+        "other: give --cluster_token_file (or mTLS identities with the peer "
+        "role in --tls_identities_file)");
+  }
+  if (credentials || config.insecure_allow_unauthenticated_remote) {
+    return absl::OkStatus();
+  }
+  for (const std::string& peer : peers) {
+    const absl::string_view host =
+        absl::string_view(peer).substr(0, peer.rfind(':'));
+    if (!absl::StartsWith(host, "127.") && host != "localhost" &&
+        host != "[::1]") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--peers lists ", peer,
+          ", not on loopback, and no credentials are configured: without "
+          "them engramd serves only loopback clients. Give the shards "
+          "--cluster_token_file (and clients --tokens_file) or mTLS, or "
+          "pass --insecure_allow_unauthenticated_remote"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 void ResolveServerDefaults(ServerConfig* config) {

@@ -68,6 +68,26 @@ struct ServerConfig {
   int reserved_fds = 64;
   // RLIMIT_NOFILE soft limit to run with; 0 raises it to the hard limit.
   int64_t max_open_files = 0;
+  // Security (docs/security.md). TLS on the gRPC port with this
+  // certificate chain and key (PEM; re-read when they change).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // The CA that signs the shards' certificates: shard-to-shard channels
+  // verify each other with it (and present tls_cert_file).
+  std::string tls_ca_file;
+  // Verify client certificates signed by this CA (mTLS); their identities
+  // get roles from tls_identities_file.
+  std::string tls_client_ca_file;
+  std::string tls_identities_file;
+  // "ROLE NAME TOKEN" lines; bearer tokens and their roles.
+  std::string tokens_file;
+  // The secret shards present to each other (peer role).
+  std::string cluster_token_file;
+  // Without credentials only loopback clients are served unless this is
+  // set (the name says what it is).
+  bool insecure_allow_unauthenticated_remote = false;
+  // How often credential files are checked for changes (also on SIGHUP).
+  double credentials_reload_seconds = 10;
   std::string port_file;  // written once serving: grpc_port=, metrics_port=
   bool help = false;
 };
@@ -78,6 +98,13 @@ absl::StatusOr<ServerConfig> ParseServerFlags(int argc, char** argv);
 
 // The --help text: every flag with its default and meaning.
 std::string ServerFlagsHelp();
+
+// The security flags agree with each other and with `peers` (the
+// --peers list): INVALID_ARGUMENT naming the flags otherwise. A cluster
+// whose shards are not all on loopback needs credentials (or the
+// insecure flag).
+absl::Status CheckSecurityFlags(const ServerConfig& config,
+                                const std::vector<std::string>& peers);
 
 // Fills defaults that depend on the machine (threads, memory limit).
 void ResolveServerDefaults(ServerConfig* config);

@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);  // reloads credentials, see below
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   engram::LogInfo(absl::StrCat(
@@ -85,7 +86,11 @@ int main(int argc, char** argv) {
                                server.metrics_port()));
 
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  while (sigwait(&stop_signals, &signal_number) == 0 &&
+         signal_number == SIGHUP) {
+    engram::LogInfo("received SIGHUP: reloading credentials");
+    server.ReloadCredentials();
+  }
   engram::LogInfo(absl::StrCat("received ", strsignal(signal_number),
                                "; draining for up to ", config->drain_seconds,
                                " s"));

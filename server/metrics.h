@@ -45,6 +45,8 @@ class ServerMetrics {
   std::shared_ptr<prometheus::Collectable> collectable() const {
     return collectable_;
   }
+  // For families other parts of the server register (the audit counters).
+  prometheus::Registry* registry() const { return registry_.get(); }
 
   void RecordCall(Rpc rpc, grpc::StatusCode code);
   void RecordLookup(double seconds, int64_t rows, int64_t bytes);

@@ -246,12 +246,21 @@ void PeerService::JanitorLoop() {
 grpc::ServerReadReactor<StageRequest>* PeerService::Stage(
     grpc::CallbackServerContext* context,
     internal::v1::StageResponse* response) {
+  if (auth_ != nullptr) {
+    absl::StatusOr<Caller> caller = auth_->Check(*context, kRightPeer, "Stage");
+    if (!caller.ok()) {
+      return new RefusedStream<StageRequest>(ToGrpcStatus(caller.status()));
+    }
+  }
   return new StageReactor(context, response, this);
 }
 
 grpc::ServerUnaryReactor* PeerService::Commit(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (auto* refused = RefuseUnary(auth_, context, kRightPeer, "Commit")) {
+    return refused;
+  }
   return ServeTxn(context, request, response,
                   [this](const std::string& txn_id, RawDone done) {
                     Prepared p;
@@ -284,6 +293,9 @@ grpc::ServerUnaryReactor* PeerService::Commit(
 grpc::ServerUnaryReactor* PeerService::Abort(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (auto* refused = RefuseUnary(auth_, context, kRightPeer, "Abort")) {
+    return refused;
+  }
   return ServeTxn(context, request, response,
                   [this](const std::string& txn_id, RawDone done) {
                     MutexLock lock(&mu_);
@@ -300,6 +312,9 @@ grpc::ServerUnaryReactor* PeerService::Abort(
 grpc::ServerUnaryReactor* PeerService::Gather(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
     grpc::ByteBuffer* response) {
+  if (auto* refused = RefuseUnary(auth_, context, kRightRead, "Gather")) {
+    return refused;
+  }
   auto* reactor = context->DefaultReactor();
   internal::v1::GatherRequest request;
   grpc::ByteBuffer parse_copy(*request_bytes);  // shares slices
@@ -396,6 +411,9 @@ grpc::ServerUnaryReactor* PeerService::Gather(
 grpc::ServerUnaryReactor* PeerService::Transport(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (auto* refused = RefuseUnary(auth_, context, kRightRead, "Transport")) {
+    return refused;
+  }
   return ServeRaw<internal::v1::TransportRequest,
                   internal::v1::TransportResponse>(
       context, request, response,
@@ -449,6 +467,9 @@ absl::Status PeerService::DescribeExports(
 grpc::ServerUnaryReactor* PeerService::RemoveLocal(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (auto* refused = RefuseUnary(auth_, context, kRightPeer, "RemoveLocal")) {
+    return refused;
+  }
   return ServeRaw<v1::RemoveRequest, v1::RemoveResponse>(
       context, request, response,
       [this](const v1::RemoveRequest& req, v1::RemoveResponse* reply,
@@ -463,6 +484,9 @@ grpc::ServerUnaryReactor* PeerService::RemoveLocal(
 grpc::ServerUnaryReactor* PeerService::StageFiles(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  if (auto* refused = RefuseUnary(auth_, context, kRightPeer, "StageFiles")) {
+    return refused;
+  }
   return ServeRaw<internal::v1::StageFilesRequest, internal::v1::StageResponse>(
       context, request, response,
       [this](const internal::v1::StageFilesRequest& req,

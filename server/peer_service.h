@@ -16,6 +16,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "common/mutex.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
+#include "server/auth.h"
 #include "server/cluster.h"
 #include "server/metrics.h"
 #include "server/pending_responses.h"
@@ -80,6 +81,9 @@ class PeerService final
                                        grpc::ByteBuffer* response) override;
   // Reads this shard's rows for StageFiles (borrowed; before serving).
   void SetLoader(TableLoader* loader) { loader_ = loader; }
+  // Gather and Transport need the read right, every other method the peer
+  // right (borrowed; before serving; without one every call is allowed).
+  void SetAuthorizer(const Authorizer* auth) { auth_ = auth; }
   // --data_dir: staged shard tables are files there (before serving).
   void SetDataDir(std::string dir) { data_dir_ = std::move(dir); }
   const std::string& data_dir() const { return data_dir_; }
@@ -135,6 +139,7 @@ class PeerService final
   ExportMapper exporter_;
   StreamWatchdog* watchdog_ = nullptr;
   TableLoader* loader_ = nullptr;
+  const Authorizer* auth_ = nullptr;
   std::string data_dir_;
   GatherLimits limits_;
   Mutex mu_;

@@ -2,6 +2,8 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 
 #include <exception>
 #include <vector>
@@ -159,9 +161,103 @@ absl::Status EngramServer::StartLoader() {
   return absl::OkStatus();
 }
 
+absl::Status EngramServer::StartSecurity(
+    const std::vector<std::string>& peers) {
+  if (absl::Status s = CheckSecurityFlags(config_, peers); !s.ok()) return s;
+  AuthConfig auth;
+  auth.tokens_file = config_.tokens_file;
+  auth.cluster_token_file = config_.cluster_token_file;
+  auth.identities_file = config_.tls_identities_file;
+  auth.mtls = !config_.tls_client_ca_file.empty();
+  auth.allow_remote_unauthenticated =
+      config_.insecure_allow_unauthenticated_remote;
+  absl::StatusOr<std::unique_ptr<Authorizer>> authorizer =
+      Authorizer::Create(auth, metrics_.registry());
+  if (!authorizer.ok()) return authorizer.status();
+  auth_ = *std::move(authorizer);
+  service_->SetAuthorizer(auth_.get());
+
+  const unsigned int reload_seconds = static_cast<unsigned int>(
+      std::max(1.0, config_.credentials_reload_seconds > 0
+                        ? config_.credentials_reload_seconds
+                        : 60.0));
+  server_credentials_ = grpc::InsecureServerCredentials();
+  const bool tls = !config_.tls_cert_file.empty();
+  if (tls) {
+    // Validates the files now (the watcher would only log later).
+    ChannelSecurity probe;
+    probe.tls_ca_file = config_.tls_client_ca_file;
+    probe.tls_cert_file = config_.tls_cert_file;
+    probe.tls_key_file = config_.tls_key_file;
+    probe.tls = true;
+    if (absl::Status s = ChannelCredentials(probe).status(); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("TLS: ", s.message()));
+    }
+    auto provider =
+        std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+            config_.tls_key_file, config_.tls_cert_file,
+            config_.tls_client_ca_file, reload_seconds);
+    grpc::experimental::TlsServerCredentialsOptions options(provider);
+    options.watch_identity_key_cert_pairs();
+    if (auth.mtls) {
+      options.watch_root_certs();
+      // A client may come with a token instead; a certificate it does
+      // present must verify.
+      options.set_cert_request_type(
+          GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY);
+    } else {
+      options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    }
+    server_credentials_ = grpc::experimental::TlsServerCredentials(options);
+  }
+  peer_security_.tls = tls;
+  peer_security_.tls_ca_file = config_.tls_ca_file;
+  if (tls) {
+    peer_security_.tls_cert_file = config_.tls_cert_file;
+    peer_security_.tls_key_file = config_.tls_key_file;
+  }
+  peer_security_.reload_seconds = reload_seconds;
+  if (!config_.cluster_token_file.empty()) {
+    absl::StatusOr<std::string> token =
+        ReadSecretFile(config_.cluster_token_file);
+    if (!token.ok()) return token.status();
+    peer_security_.token = std::make_shared<BearerToken>(*std::move(token));
+  }
+  if (!peers.empty()) {
+    if (absl::Status s = ChannelCredentials(peer_security_).status(); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("channels to the other shards: ", s.message()));
+    }
+  }
+  if (!auth_->credentials_configured()) {
+    LogWarning(config_.insecure_allow_unauthenticated_remote
+                   ? "no credentials configured and "
+                     "--insecure_allow_unauthenticated_remote: anyone who "
+                     "can reach the port may read, write and remove tables"
+                   : "no credentials configured: serving loopback clients "
+                     "only (protected mode; docs/security.md)");
+  }
+  return absl::OkStatus();
+}
+
+void EngramServer::ReloadCredentials() {
+  if (auth_ != nullptr) auth_->Reload();
+  if (peer_security_.token != nullptr) {
+    absl::StatusOr<std::string> token =
+        ReadSecretFile(config_.cluster_token_file);
+    if (token.ok()) {
+      peer_security_.token->Set(*std::move(token));
+    } else {
+      LogError(absl::StrCat("cluster token not reloaded: ",
+                            token.status().message()));
+    }
+  }
+}
+
 absl::Status EngramServer::Start() {
   absl::StatusOr<std::vector<std::string>> peers = ClusterPeers(config_);
   if (!peers.ok()) return peers.status();
+  if (absl::Status s = StartSecurity(*peers); !s.ok()) return s;
   if (!config_.data_dir.empty() &&
       (config_.direct_reads ||
        (!peers->empty() && config_.peer_read != "gather"))) {
@@ -173,13 +269,14 @@ absl::Status EngramServer::Start() {
     absl::StatusOr<Placement> placement =
         Placement::Create(static_cast<int>(peers->size()), config_.replication);
     if (!placement.ok()) return placement.status();
-    cluster_ = std::make_unique<ClusterContext>(config_.shard_index, *peers,
-                                                *placement,
-                                                config_.staged_timeout_seconds);
+    cluster_ = std::make_unique<ClusterContext>(
+        config_.shard_index, *peers, *placement, config_.staged_timeout_seconds,
+        peer_security_);
     if (absl::Status s = StartTransport(); !s.ok()) return s;
     peer_service_ = std::make_unique<PeerService>(
         &layers_, &budget_, cluster_.get(), config_.pin_memory, ucx_.get());
     peer_service_->SetStreamWatchdog(&watchdog_);
+    peer_service_->SetAuthorizer(auth_.get());
     peer_service_->SetDataDir(config_.data_dir);
     peer_service_->SetGatherLimits({config_.max_lookup_rows,
                                     config_.max_message_bytes, &pending_,
@@ -232,6 +329,7 @@ absl::Status EngramServer::Start() {
         std::make_unique<PeerService>(&layers_, &budget_, local_cluster_.get(),
                                       config_.pin_memory, ucx_.get());
     peer_service_->SetStreamWatchdog(&watchdog_);
+    peer_service_->SetAuthorizer(auth_.get());
     peer_service_->SetDataDir(config_.data_dir);
     peer_service_->SetGatherLimits({config_.max_lookup_rows,
                                     config_.max_message_bytes, &pending_,
@@ -269,8 +367,13 @@ absl::Status EngramServer::Start() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(),
-                           &grpc_port_);
+  builder.AddListeningPort(config_.listen, server_credentials_, &grpc_port_);
+  std::vector<
+      std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(
+      std::make_unique<AuditInterceptorFactory>(auth_.get()));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.RegisterService(service_.get());
   if (peer_service_ != nullptr) builder.RegisterService(peer_service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
@@ -312,6 +415,12 @@ absl::Status EngramServer::Start() {
     });
   }
   update_health();
+  auth_->WatchFiles(config_.credentials_reload_seconds, [this] {
+    if (peer_security_.token == nullptr) return;
+    absl::StatusOr<std::string> token =
+        ReadSecretFile(config_.cluster_token_file);
+    if (token.ok()) peer_security_.token->Set(*std::move(token));
+  });
   if (recovery_ != nullptr) recovery_->Start(update_health);
   if (cluster_ != nullptr) {
     cluster_->StartProber(update_health);

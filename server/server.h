@@ -11,6 +11,8 @@
 #include <set>
 
 #include "absl/status/status.h"
+#include "proto/channel_security.h"
+#include "server/auth.h"
 #include "server/cluster.h"
 #include "server/cluster_coordinator.h"
 #include "server/demo_layer.h"
@@ -60,6 +62,10 @@ class EngramServer {
   // Blocks until Shutdown completes.
   void Wait();
 
+  // Re-reads the credential files now (SIGHUP); certificates are re-read
+  // on their own every --credentials_reload_seconds.
+  void ReloadCredentials();
+
   // For gauges main() adds (call before Start).
   ServerMetrics* metrics() { return &metrics_; }
   int grpc_port() const { return grpc_port_; }
@@ -71,6 +77,8 @@ class EngramServer {
   absl::Status StartTransport();
   // Creates the table loader and, with --load, checks the manifest.
   absl::Status StartLoader();
+  // The authorizer, the gRPC port's credentials and the peer channels'.
+  absl::Status StartSecurity(const std::vector<std::string>& peers);
 
   const ServerConfig config_;
   MemoryBudget budget_;
@@ -100,6 +108,11 @@ class EngramServer {
   // --load: 1 while loading, 2 if it failed (not ready), 0 otherwise.
   std::atomic<int> start_load_{0};
   std::set<int64_t> start_load_ids_;  // the --load manifest's layers
+  std::unique_ptr<Authorizer> auth_;
+  std::shared_ptr<grpc::ServerCredentials> server_credentials_;
+  // How this shard's channels to the others authenticate; the token
+  // follows --cluster_token_file as it is rotated.
+  ChannelSecurity peer_security_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<grpc::Server> server_;
   int grpc_port_ = 0;

@@ -149,8 +149,9 @@ std::string EngramdProcess::Log() const {
   return s.str();
 }
 
-absl::Status WaitServing(const std::string& address, int seconds) {
-  auto client = Client::Connect(address);
+absl::Status WaitServing(const std::string& address, int seconds,
+                         const ClientOptions& options) {
+  auto client = Client::Connect(address, options);
   if (!client.ok()) return client.status();
   absl::Status last;
   for (int i = 0; i < seconds * 20; ++i) {
@@ -175,7 +176,8 @@ int FreePort() {
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
-    int shards, int replication, const std::vector<std::string>& extra_flags) {
+    int shards, int replication, const std::vector<std::string>& extra_flags,
+    const ClientOptions& client) {
   std::vector<std::string> addresses;
   for (int i = 0; i < shards; ++i) {
     addresses.push_back(absl::StrCat("127.0.0.1:", FreePort()));
@@ -193,7 +195,9 @@ absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
     cluster.push_back(*std::move(p));
   }
   for (auto& shard : cluster) {
-    if (absl::Status s = WaitServing(shard->address(), 30); !s.ok()) return s;
+    if (absl::Status s = WaitServing(shard->address(), 30, client); !s.ok()) {
+      return s;
+    }
   }
   return cluster;
 }

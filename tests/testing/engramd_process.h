@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "client/client.h"
 
 namespace engram::testing {
 
@@ -46,11 +47,14 @@ class EngramdProcess {
 
 // Starts `shards` engramd processes on free loopback ports forming one
 // cluster (--peers, --shard_index, --replication). `extra_flags` go to each.
+// `client` is how the test reaches them (TLS, a token) to see them serve.
 absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
     int shards, int replication,
-    const std::vector<std::string>& extra_flags = {});
+    const std::vector<std::string>& extra_flags = {},
+    const ClientOptions& client = {});
 // Polls grpc.health.v1 until `address` is SERVING.
-absl::Status WaitServing(const std::string& address, int seconds);
+absl::Status WaitServing(const std::string& address, int seconds,
+                         const ClientOptions& options = {});
 // A free loopback port (bound, then released).
 int FreePort();
 

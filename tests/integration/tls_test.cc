@@ -1,0 +1,201 @@
+// TLS and mTLS against real engramd processes with certificates made by
+// openssl for the test: a single node, a 3-shard cluster whose shards prove
+// themselves with certificates, refused certificates, and certificates
+// rotated without a restart.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/client.h"
+#include "tests/testing/engramd_process.h"
+#include "tests/testing/random_layer.h"
+#include "tests/testing/test_certs.h"
+
+namespace engram {
+namespace {
+
+using testing::CertPair;
+using testing::EngramdProcess;
+using ::testing::HasSubstr;
+using testing::TestCerts;
+
+class TlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/engram-tls-XXXXXX";
+    dir_ = mkdtemp(pattern);
+    absl::StatusOr<TestCerts> certs = testing::MakeTestCerts(dir_);
+    ASSERT_TRUE(certs.ok()) << certs.status();
+    certs_ = *std::move(certs);
+    identities_ = File("identities", "write client-a\npeer shard\n");
+  }
+  void TearDown() override {
+    std::string out;
+    testing::RunCommand("rm -rf " + dir_, &out);
+  }
+  std::string File(const std::string& name, const std::string& text) {
+    const std::string p = dir_ + "/" + name;
+    std::ofstream(p) << text;
+    return p;
+  }
+  // Server flags: TLS with the server certificate, client certificates
+  // verified against the CA and mapped to roles.
+  std::vector<std::string> MtlsFlags(const CertPair& pair) const {
+    return {"--tls_cert_file=" + pair.cert, "--tls_key_file=" + pair.key,
+            "--tls_ca_file=" + certs_.ca, "--tls_client_ca_file=" + certs_.ca,
+            "--tls_identities_file=" + identities_};
+  }
+  ClientOptions Tls(const CertPair* client) const {
+    ClientOptions o;
+    o.timeout = absl::Seconds(5);
+    o.tls_ca_file = certs_.ca;
+    if (client != nullptr) {
+      o.tls_cert_file = client->cert;
+      o.tls_key_file = client->key;
+    }
+    return o;
+  }
+
+  std::string dir_;
+  TestCerts certs_;
+  std::string identities_;
+};
+
+absl::StatusCode DescribeCode(const std::string& address,
+                              const ClientOptions& options) {
+  auto c = Client::Connect(address, options);
+  if (!c.ok()) return c.status().code();
+  return (*c)->DescribeLayer(0).status().code();
+}
+
+TEST_F(TlsTest, MutualTlsOnASingleNode) {
+  std::vector<std::string> flags = MtlsFlags(certs_.server);
+  flags.push_back("--demo");
+  auto server = EngramdProcess::Start(flags);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  ASSERT_TRUE(testing::WaitServing(address, 30, Tls(&certs_.client)).ok());
+
+  EXPECT_EQ(DescribeCode(address, Tls(&certs_.client)), absl::StatusCode::kOk);
+  // Rows through TLS are the demo rows (row r of head h = h*100000 + r).
+  auto c = Client::Connect(address, Tls(&certs_.client));
+  std::vector<float> rows(4 * 8);
+  std::vector<int64_t> ids = {5, 7, 9, 11};
+  ASSERT_TRUE((*c)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4},
+                           {reinterpret_cast<uint8_t*>(rows.data()),
+                            rows.size() * sizeof(float)})
+                  .ok());
+  EXPECT_EQ(rows[0], 5.0f);
+  EXPECT_EQ(rows[8], 100007.0f);
+  EXPECT_EQ(rows[24], 300011.0f);
+  // TLS without a client certificate: no credentials.
+  EXPECT_EQ(DescribeCode(address, Tls(nullptr)),
+            absl::StatusCode::kUnauthenticated);
+  // Plaintext to a TLS port, a certificate from another CA, an expired
+  // one, or the wrong server name: the handshake fails.
+  ClientOptions plain;
+  plain.timeout = absl::Seconds(3);
+  EXPECT_EQ(DescribeCode(address, plain), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(DescribeCode(address, Tls(&certs_.other_client)),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(DescribeCode(address, Tls(&certs_.expired_client)),
+            absl::StatusCode::kUnavailable);
+  ClientOptions wrong_name = Tls(&certs_.client);
+  wrong_name.tls_server_name = "not-this-server.example";
+  EXPECT_EQ(DescribeCode(address, wrong_name), absl::StatusCode::kUnavailable);
+  // A client that trusts another CA does not trust this server.
+  ClientOptions other_trust = Tls(&certs_.client);
+  other_trust.tls_ca_file = certs_.other_ca;
+  EXPECT_EQ(DescribeCode(address, other_trust), absl::StatusCode::kUnavailable);
+  // The peer certificate is a peer, not a writer.
+  auto peer = Client::Connect(address, Tls(&certs_.peer));
+  EXPECT_EQ(
+      peer.ok() ? (*peer)->Remove(0).status().code() : peer.status().code(),
+      absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE((*server)->Alive());
+}
+
+TEST_F(TlsTest, AClusterWhoseShardsProveThemselvesWithCertificates) {
+  auto cluster =
+      testing::StartCluster(3, 2, MtlsFlags(certs_.peer), Tls(&certs_.client));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::vector<std::string> addresses;
+  for (auto& s : *cluster) addresses.push_back(s->address());
+  const LayerLayout layout{{3000, 2000}, 16, DType::kFloat32};
+  const auto tables = testing::RandomTables(layout, 4);
+  auto writer = Client::Connect(addresses[1], Tls(&certs_.client));
+  ASSERT_TRUE(writer.ok());
+  // The coordinator stages on the other shards over mTLS (peer role).
+  ASSERT_TRUE((*writer)->Populate(3, layout, testing::Spans(tables)).ok());
+  const std::vector<int64_t> ids = testing::RandomIds(layout, 64, 4, 9);
+  const auto want =
+      testing::ReferenceGather(layout, tables, ids, DType::kFloat32);
+  for (const std::string& address : addresses) {
+    auto c = Client::Connect(address, Tls(&certs_.client));
+    std::vector<uint8_t> out(want.size());
+    ASSERT_TRUE((*c)->Lookup(3, ids, std::vector<int64_t>{64, 4, 2}, out).ok())
+        << address;
+    EXPECT_EQ(out, want);
+  }
+  // Client-routed lookups reach every shard over TLS too.
+  auto routed = Client::ConnectCluster(addresses, 2, Tls(&certs_.client));
+  ASSERT_TRUE(routed.ok());
+  std::vector<uint8_t> out(want.size());
+  ASSERT_TRUE(
+      (*routed)->Lookup(3, ids, std::vector<int64_t>{64, 4, 2}, out).ok());
+  EXPECT_EQ(out, want);
+  // A client certificate of the right CA is still not a peer.
+  ASSERT_TRUE((*writer)->Remove(3).ok());
+}
+
+TEST_F(TlsTest, CertificatesAreReloadedWithoutARestart) {
+  // The server starts with a certificate from one CA; the files are then
+  // replaced by a certificate from another. New connections get the new
+  // one once it is re-read (--credentials_reload_seconds).
+  const std::string cert = dir_ + "/live.pem", key = dir_ + "/live.key";
+  auto install = [&](const CertPair& pair) {
+    std::string out;
+    // Key first, then certificate, each by rename.
+    testing::RunCommand(
+        absl::StrCat("cp ", pair.key, " ", key, ".new && mv ", key, ".new ",
+                     key, " && cp ", pair.cert, " ", cert, ".new && mv ", cert,
+                     ".new ", cert),
+        &out);
+  };
+  install(certs_.server);
+  auto server = EngramdProcess::Start(
+      {"--demo", "--tls_cert_file=" + cert, "--tls_key_file=" + key,
+       "--credentials_reload_seconds=1",
+       "--tokens_file=" +
+           File("tokens", "read r read-token-0123456789abcdef\n")});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions first = Tls(nullptr);
+  first.token = "read-token-0123456789abcdef";
+  ASSERT_TRUE(testing::WaitServing((*server)->address(), 30, first).ok());
+  EXPECT_EQ(DescribeCode((*server)->address(), first), absl::StatusCode::kOk);
+
+  absl::StatusOr<CertPair> rotated = testing::internal::MakeCert(
+      dir_, "rotated", "engramd", "IP:127.0.0.1", "other-ca");
+  ASSERT_TRUE(rotated.ok()) << rotated.status();
+  install(*rotated);
+  ClientOptions second = first;
+  second.tls_ca_file = certs_.other_ca;
+  absl::StatusCode code = absl::StatusCode::kUnknown;
+  for (int i = 0; i < 100 && code != absl::StatusCode::kOk; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    code = DescribeCode((*server)->address(), second);
+  }
+  EXPECT_EQ(code, absl::StatusCode::kOk);
+  EXPECT_EQ(DescribeCode((*server)->address(), first),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace engram

@@ -65,11 +65,23 @@ std::span<uint8_t> Bytes(const py::buffer& b, bool writable) {
           static_cast<size_t>(info.size * info.itemsize)};
 }
 
-ClientOptions Options(double timeout_s, int num_channels, bool direct_reads) {
+ClientOptions Options(double timeout_s, int num_channels, bool direct_reads,
+                      const py::dict& security) {
   ClientOptions o;
   o.timeout = absl::Seconds(timeout_s);
   o.num_channels = num_channels;
   o.direct_reads = direct_reads;
+  auto text = [&security](const char* key) {
+    return security.contains(key) && !security[key].is_none()
+               ? security[key].cast<std::string>()
+               : std::string();
+  };
+  o.tls = security.contains("tls") && security["tls"].cast<bool>();
+  o.tls_ca_file = text("tls_ca_file");
+  o.tls_cert_file = text("tls_cert_file");
+  o.tls_key_file = text("tls_key_file");
+  o.tls_server_name = text("tls_server_name");
+  o.token = text("token");
   return o;
 }
 
@@ -218,22 +230,25 @@ PYBIND11_MODULE(_engram_store, m) {
       .def_static(
           "connect",
           [](const std::string& address, double timeout_s, int num_channels,
-             bool direct_reads) {
+             bool direct_reads, const py::dict& security) {
             return Unwrap(Client::Connect(
-                address, Options(timeout_s, num_channels, direct_reads)));
+                address,
+                Options(timeout_s, num_channels, direct_reads, security)));
           },
           py::arg("address"), py::arg("timeout_s"), py::arg("num_channels"),
-          py::arg("direct_reads"))
+          py::arg("direct_reads"), py::arg("security"))
       .def_static(
           "connect_cluster",
           [](const std::vector<std::string>& shards, int replication,
-             double timeout_s, int num_channels, bool direct_reads) {
+             double timeout_s, int num_channels, bool direct_reads,
+             const py::dict& security) {
             return Unwrap(Client::ConnectCluster(
                 shards, replication,
-                Options(timeout_s, num_channels, direct_reads)));
+                Options(timeout_s, num_channels, direct_reads, security)));
           },
           py::arg("shards"), py::arg("replication"), py::arg("timeout_s"),
-          py::arg("num_channels"), py::arg("direct_reads"))
+          py::arg("num_channels"), py::arg("direct_reads"),
+          py::arg("security"))
       .def(
           "populate",
           [](Client& c, int64_t layer_id, const std::vector<py::buffer>& tables,

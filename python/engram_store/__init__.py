@@ -130,6 +130,14 @@ class LookupFuture(concurrent.futures.Future):
         self._notify_me()
 
 
+_SECURITY_KEYS = ("token", "tls", "tls_ca_file", "tls_cert_file",
+                  "tls_key_file", "tls_server_name")
+
+
+def _security(args: dict) -> dict:
+    return {k: args[k] for k in _SECURITY_KEYS if args.get(k) is not None}
+
+
 def _info(d: dict) -> LayerInfo:
     return LayerInfo(**d)
 
@@ -166,20 +174,34 @@ class Client:
     """
 
     def __init__(self, address: str, *, timeout_s: float = 60,
-                 num_channels: int = 1, direct_reads: bool = False):
+                 num_channels: int = 1, direct_reads: bool = False,
+                 token: Optional[str] = None, tls: bool = False,
+                 tls_ca_file: Optional[str] = None,
+                 tls_cert_file: Optional[str] = None,
+                 tls_key_file: Optional[str] = None,
+                 tls_server_name: Optional[str] = None):
+        """``token``: sent as a bearer token with every call; ``tls`` /
+        ``tls_ca_file``: TLS, verifying the server (system roots / that CA);
+        ``tls_cert_file`` + ``tls_key_file``: a client certificate (mTLS).
+        See docs/security.md."""
         self._c = _call(_ext.Client.connect, address, float(timeout_s),
-                        int(num_channels), bool(direct_reads))
+                        int(num_channels), bool(direct_reads),
+                        _security(locals()))
         self._layouts = {}  # layer id -> (D, dtype), see _layout()
 
     @classmethod
     def cluster(cls, addresses: Sequence[str], replication: int, *,
                 timeout_s: float = 60, num_channels: int = 1,
-                direct_reads: bool = False) -> "Client":
-        """A client that routes lookups to the owners of the rows itself."""
+                direct_reads: bool = False, **security) -> "Client":
+        """A client that routes lookups to the owners of the rows itself
+        (``security``: the keyword arguments of ``Client``)."""
         self = cls.__new__(cls)
+        unknown = set(security) - set(_SECURITY_KEYS)
+        if unknown:
+            raise TypeError(f"unknown arguments {sorted(unknown)}")
         self._c = _call(_ext.Client.connect_cluster, list(addresses),
                         int(replication), float(timeout_s), int(num_channels),
-                        bool(direct_reads))
+                        bool(direct_reads), _security(security))
         self._layouts = {}
         return self
 

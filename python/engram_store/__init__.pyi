@@ -31,11 +31,20 @@ class LayerInfo:
 
 class Client:
     def __init__(self, address: str, *, timeout_s: float = ...,
-                 num_channels: int = ..., direct_reads: bool = ...) -> None: ...
+                 num_channels: int = ..., direct_reads: bool = ...,
+                 token: Optional[str] = ..., tls: bool = ...,
+                 tls_ca_file: Optional[str] = ...,
+                 tls_cert_file: Optional[str] = ...,
+                 tls_key_file: Optional[str] = ...,
+                 tls_server_name: Optional[str] = ...) -> None: ...
     @classmethod
     def cluster(cls, addresses: Sequence[str], replication: int, *,
                 timeout_s: float = ..., num_channels: int = ...,
-                direct_reads: bool = ...) -> Client: ...
+                direct_reads: bool = ..., token: Optional[str] = ...,
+                tls: bool = ..., tls_ca_file: Optional[str] = ...,
+                tls_cert_file: Optional[str] = ...,
+                tls_key_file: Optional[str] = ...,
+                tls_server_name: Optional[str] = ...) -> Client: ...
     def populate(self, layer_id: int, tables: Sequence[np.ndarray], *,
                  dtype: Optional[str] = ..., replace: bool = ...,
                  progress: Optional[Callable[[int, int], None]] = ...

@@ -19,7 +19,8 @@ import yaml
 ENGRAMD = sys.argv[1]
 ROOT = sys.argv[2]
 TARGETS = ["deploy/k8s/base", "deploy/k8s/overlays/gpu", "deploy/k8s/overlays/rdma",
-           "deploy/k8s/overlays/checkpoint", "deploy/k8s/overlays/durable"]
+           "deploy/k8s/overlays/checkpoint", "deploy/k8s/overlays/durable",
+           "deploy/k8s/overlays/tls"]
 
 
 def engramd_flags():
@@ -176,6 +177,29 @@ class ManifestsTest(unittest.TestCase):
             self.assertGreater(sts["spec"]["template"]["spec"]
                                ["terminationGracePeriodSeconds"], drain)
 
+    def test_credentials_come_from_secrets_and_nothing_is_insecure(self):
+        for target, docs in self.rendered.items():
+            (sts,) = self.by_kind(docs, "StatefulSet")
+            pod = sts["spec"]["template"]["spec"]
+            (c,) = pod["containers"]
+            flags = flag_args(c["args"])
+            self.assertNotIn("insecure_allow_unauthenticated_remote", flags,
+                             target)
+            secrets = {v["name"]: v["secret"]["secretName"]
+                       for v in pod["volumes"] if "secret" in v}
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            for flag in ("tokens_file", "cluster_token_file", "tls_cert_file",
+                         "tls_key_file", "tls_ca_file"):
+                if flag not in flags:
+                    continue
+                folder = os.path.dirname(flags[flag])
+                self.assertIn(mounts.get(folder), secrets,
+                              "%s: --%s is not read from a Secret" % (target, flag))
+            self.assertIn("tokens_file", flags, target)
+            # The Secret's files (mode 0440) must be readable by engramd's group.
+            self.assertEqual(pod["securityContext"]["fsGroup"],
+                             pod["securityContext"]["runAsGroup"], target)
+
     def test_gpu_overlay_asks_for_a_gpu_and_enables_the_tier(self):
         (sts,) = self.by_kind(self.rendered["deploy/k8s/overlays/gpu"], "StatefulSet")
         (c,) = sts["spec"]["template"]["spec"]["containers"]
@@ -201,6 +225,13 @@ class ManifestsTest(unittest.TestCase):
             metrics_port = port_of(flag_args(s["command"])["metrics_listen"])
             self.assertIn("%s:%d" % (name, metrics_port), targets)
             self.assertIn("healthcheck", s)
+            flags = flag_args(s["command"])
+            self.assertNotIn("insecure_allow_unauthenticated_remote", flags)
+            for flag in ("tokens_file", "cluster_token_file"):
+                secret = os.path.basename(flags[flag])
+                self.assertEqual(flags[flag], "/run/secrets/" + secret, name)
+                self.assertIn(secret, s["secrets"], name)
+                self.assertIn(secret, compose["secrets"])
         self.assertIn("prometheus", services)
 
 

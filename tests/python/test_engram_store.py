@@ -396,3 +396,32 @@ def test_prefetch_example_runs_and_its_rows_are_right():
         timeout=120, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "prefetched rows of 3 layers identical" in done.stdout
+
+
+def test_tokens_and_roles():
+    with tempfile.TemporaryDirectory() as d:
+        tokens = os.path.join(d, "tokens")
+        with open(tokens, "w") as f:
+            f.write("read reader read-token-0123456789\n"
+                    "write writer write-token-0123456789\n")
+        s = Engramd(f"--tokens_file={tokens}", "--demo", wait=False)
+        try:
+            reader = engram_store.Client(s.address,
+                                         token="read-token-0123456789")
+            deadline = time.time() + 30
+            while not reader.health() and time.time() < deadline:
+                time.sleep(0.05)
+            rows = reader.lookup(0, [[[5, 6, 7, 8]]])
+            assert rows[0, 0, 1, 0] == 100006.0
+            with pytest.raises(engram_store.PermissionDeniedError,
+                               match="role read may not call Remove"):
+                reader.remove(0)
+            with pytest.raises(engram_store.UnauthenticatedError):
+                engram_store.Client(s.address).list_layers()
+            writer = engram_store.Client(s.address,
+                                         token="write-token-0123456789")
+            assert writer.remove(0) == 4
+            with pytest.raises(TypeError):
+                engram_store.Client.cluster([s.address], 1, tokn="x")
+        finally:
+            s.stop()

@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -331,6 +332,149 @@ TEST(SecurityTest, BadCredentialFilesStopTheStartWithTheReason) {
     for (const std::string& f : c.flags) command += " " + f;
     EXPECT_NE(testing::RunCommand(command + " 2>&1", &out), 0) << command;
     EXPECT_THAT(out, HasSubstr(c.says));
+  }
+}
+
+// A network namespace with a veth pair to this one, made (and removed) by
+// the test: the only non-loopback addresses a test may use.
+class NetworkNamespace {
+ public:
+  NetworkNamespace() {
+    const int n = getpid() % 250;
+    name_ = absl::StrCat("engram-sec-", getpid());
+    const std::string host = absl::StrCat("eh", getpid() % 100000);
+    const std::string inside = absl::StrCat("en", getpid() % 100000);
+    host_address_ = absl::StrCat("198.18.", n, ".1");
+    address_ = absl::StrCat("198.18.", n, ".2");
+    const std::string in_ns = "ip netns exec " + name_ + " ";
+    for (const std::string& command :
+         {"ip netns add " + name_,
+          "ip link add " + host + " type veth peer name " + inside,
+          "ip link set " + inside + " netns " + name_,
+          "ip addr add " + host_address_ + "/30 dev " + host,
+          "ip link set " + host + " up",
+          in_ns + "ip addr add " + address_ + "/30 dev " + inside,
+          in_ns + "ip link set " + inside + " up",
+          in_ns + "ip link set lo up"}) {
+      std::string out;
+      if (testing::RunCommand(command + " 2>&1", &out) != 0) {
+        error_ = command + ": " + out;
+        return;
+      }
+    }
+  }
+  ~NetworkNamespace() {
+    std::string out;
+    testing::RunCommand("ip netns del " + name_ + " 2>&1", &out);
+  }
+  const std::string& error() const { return error_; }
+  const std::string& name() const { return name_; }
+  // engramd's address as seen from this namespace (the veth's far end).
+  const std::string& address() const { return address_; }
+
+ private:
+  std::string name_, address_, host_address_, error_;
+};
+
+// engramd inside `ns`, listening on all of the namespace's addresses
+// (loopback and the test's veth only); stopped when destroyed.
+class EngramdInNamespace {
+ public:
+  EngramdInNamespace(const NetworkNamespace& ns,
+                     const std::vector<std::string>& flags) {
+    std::vector<std::string> args = {"ip",
+                                     "netns",
+                                     "exec",
+                                     ns.name(),
+                                     testing::EngramdPath(),
+                                     "--listen=0.0.0.0:50051",
+                                     "--metrics_listen=",
+                                     "--demo",
+                                     "--drain_seconds=1"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      freopen("/dev/null", "w", stderr);
+      execvp(argv[0], argv.data());
+      _exit(127);
+    }
+    // Serving once health answers on the namespace's loopback (a client
+    // that tried before then would sit in reconnect backoff).
+    for (int i = 0; i < 200; ++i) {
+      std::string out;
+      if (testing::RunCommand("ip netns exec " + ns.name() + " " +
+                                  testing::EngramctlPath() +
+                                  " --address=127.0.0.1:50051 --timeout_s=1 "
+                                  "health 2>&1",
+                              &out) == 0) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ~EngramdInNamespace() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+absl::StatusCode ListFrom(const std::string& address, const std::string& token,
+                          std::string* message = nullptr) {
+  ClientOptions options = WithToken(token);
+  options.timeout = absl::Seconds(2);
+  auto c = Client::Connect(address, options);
+  absl::Status last;
+  for (int i = 0; i < 100; ++i) {  // until it listens
+    last = (*c)->ListLayers().status();
+    if (last.code() != absl::StatusCode::kUnavailable &&
+        last.code() != absl::StatusCode::kDeadlineExceeded) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (message != nullptr) *message = std::string(last.message());
+  return last.code();
+}
+
+TEST(SecurityTest, ProtectedModeServesOnlyLoopbackUntilCredentialsExist) {
+  NetworkNamespace ns;
+  if (!ns.error().empty()) {
+    GTEST_SKIP() << "cannot make a network namespace here: " << ns.error();
+  }
+  const std::string remote = ns.address() + ":50051";
+  {
+    EngramdInNamespace server(ns, {});
+    std::string message;
+    EXPECT_EQ(ListFrom(remote, "", &message),
+              absl::StatusCode::kPermissionDenied);
+    EXPECT_THAT(message, HasSubstr("protected mode"));
+    // Loopback inside the namespace is served.
+    std::string out;
+    EXPECT_EQ(testing::RunCommand("ip netns exec " + ns.name() + " " +
+                                      testing::EngramctlPath() +
+                                      " --address=127.0.0.1:50051 list 2>&1",
+                                  &out),
+              0)
+        << out;
+    EXPECT_THAT(out, HasSubstr("layer 0"));
+  }
+  {
+    EngramdInNamespace server(ns, {"--insecure_allow_unauthenticated_remote"});
+    EXPECT_EQ(ListFrom(remote, ""), absl::StatusCode::kOk);
+  }
+  {
+    TempDir dir;
+    EngramdInNamespace server(ns,
+                              {"--tokens_file=" + TokensFile(dir, kReadToken)});
+    EXPECT_EQ(ListFrom(remote, kReadToken), absl::StatusCode::kOk);
+    EXPECT_EQ(ListFrom(remote, ""), absl::StatusCode::kUnauthenticated);
   }
 }
 

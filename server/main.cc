@@ -1,5 +1,6 @@
 // engramd: the engram-store server process.
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 #include <fstream>
@@ -39,6 +40,9 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGHUP);  // reloads credentials, see below
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // Everything engramd creates (--data_dir tables, POSIX shared memory of
+  // exported tables, the port file) is its user's only (docs/security.md).
+  umask(077);
 
   engram::LogInfo(absl::StrCat(
       "starting: listen=", config->listen,

@@ -204,7 +204,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 
 absl::Status WriteFileSynced(const std::string& path, const std::string& data) {
   const int fd =
-      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return absl::DataLossError(Errno("cannot create " + path));
   size_t done = 0;
   while (done < data.size()) {
@@ -310,7 +310,7 @@ absl::StatusOr<std::shared_ptr<LayerFiles>> LayerFiles::Create(
   const std::string& dir = target.dir;
   const std::string folder =
       absl::StrCat(dir, "/.tmp-layer-", layer_id, "-", Nonce());
-  if (::mkdir(folder.c_str(), 0755) != 0) {
+  if (::mkdir(folder.c_str(), 0700) != 0) {
     return absl::FailedPreconditionError(
         Errno("--data_dir: cannot create " + folder));
   }
@@ -320,7 +320,7 @@ absl::StatusOr<std::shared_ptr<LayerFiles>> LayerFiles::Create(
   for (int h = 0; h < layout.num_heads(); ++h) {
     const std::string path = HeadFile(folder, h);
     const int fd =
-        ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
       return absl::FailedPreconditionError(Errno("cannot create " + path));
     }

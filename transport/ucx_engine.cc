@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/mutex.h"
 #include "transport/descriptor.h"
+#include "transport/shm_permissions.h"
 
 namespace engram::transport {
 
@@ -277,6 +278,7 @@ absl::Status Engine::Init() {
             UCP_MEM_MAP_PROT_REMOTE_READ;
   s = ucp_mem_map(context_, &mp, &control_memh_);
   if (s != UCS_OK) return UcxError("allocating the epoch region", s);
+  if (absl::Status r = RestrictOwnSysvSegments(0600); !r.ok()) return r;
   ucp_mem_attr_t attr{};
   attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS;
   ucp_mem_query(control_memh_, &attr);
@@ -354,7 +356,10 @@ absl::StatusOr<ExportedRange> Engine::Export(uint8_t* address, size_t length) {
   ucp_mem_query(memh, &attr);
   void* rkey = nullptr;
   size_t rkey_length = 0;
-  if (attr.address != address || attr.length < length ||
+  // UCX made the segment group-writable: owner-only before anyone learns
+  // where it is.
+  const bool restricted = RestrictOwnSysvSegments(0600).ok();
+  if (!restricted || attr.address != address || attr.length < length ||
       (s = ucp_rkey_pack(context_, memh, &rkey, &rkey_length)) != UCS_OK) {
     // UCX placed it elsewhere: our reservation at `address` is gone, so
     // put anonymous memory back before reporting the failure.

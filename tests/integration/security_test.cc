@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -332,6 +334,59 @@ TEST(SecurityTest, BadCredentialFilesStopTheStartWithTheReason) {
     for (const std::string& f : c.flags) command += " " + f;
     EXPECT_NE(testing::RunCommand(command + " 2>&1", &out), 0) << command;
     EXPECT_THAT(out, HasSubstr(c.says));
+  }
+}
+
+TEST(SecurityTest, SharedMemoryAndTableFilesAreTheOwnersOnly) {
+  TempDir dir;
+  const std::string data = dir.path() + "/data";
+  ASSERT_EQ(mkdir(data.c_str(), 0755), 0);
+  auto exporting = EngramdProcess::Start({"--demo", "--direct_reads"});
+  ASSERT_TRUE(exporting.ok()) << exporting.status();
+  auto durable = EngramdProcess::Start({"--data_dir=" + data});
+  ASSERT_TRUE(durable.ok()) << durable.status();
+  {
+    auto c = Client::Connect((*durable)->address());
+    const LayerLayout layout{{100, 50}, 8, DType::kFloat32};
+    const auto tables = testing::RandomTables(layout, 2);
+    ASSERT_TRUE((*c)->Populate(1, layout, testing::Spans(tables)).ok());
+  }
+  // Every System V segment the exporting server made (its tables, UCX's
+  // own) is mode 0600 (UCX makes them 0660).
+  std::string segments;
+  testing::RunCommand(absl::StrCat("awk '$5 == ", (*exporting)->pid(),
+                                   " {print $2, $3}' /proc/sysvipc/shm"),
+                      &segments);
+  ASSERT_FALSE(segments.empty()) << "no shared memory was exported";
+  std::istringstream lines(segments);
+  std::string shmid, perms, first;
+  while (lines >> shmid >> perms) {
+    if (first.empty()) first = shmid;
+    EXPECT_EQ(std::stoi(perms, nullptr, 8) & 0777, 0600) << "segment " << shmid;
+  }
+  // Another user in engramd's group (the attack: it attached one
+  // read-write and changed rows) cannot attach one, read-only or not.
+  std::string out;
+  const int rc = testing::RunCommand(
+      "setpriv --reuid=65534 --regid=" + std::to_string(getgid()) +
+          " --clear-groups /usr/bin/python3 "
+          "-c 'import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
+          "libc.shmat.restype = ctypes.c_void_p; "
+          "p = libc.shmat(" +
+          first +
+          ", None, 0o10000); "
+          "sys.exit(3 if p in (None, 2**64 - 1) else 0)' 2>&1",
+      &out);
+  EXPECT_EQ(rc, 3) << out;
+  // --data_dir folders and table files: 0700 and 0600.
+  std::string modes;
+  testing::RunCommand("find " + data + " -mindepth 1 -printf '%m %p\\n'",
+                      &modes);
+  ASSERT_FALSE(modes.empty());
+  std::istringstream entries(modes);
+  std::string mode, path;
+  while (entries >> mode >> path) {
+    EXPECT_TRUE(mode == "600" || mode == "700") << mode << " " << path;
   }
 }
 

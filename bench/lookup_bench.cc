@@ -76,8 +76,8 @@ bool PopulateBenchLayer(std::initializer_list<Client*> clients,
 }
 
 // A client of `server` over `channels` connections.
-std::unique_ptr<Client> ConnectTo(const ChildServer& server, int channels) {
-  ClientOptions options;
+std::unique_ptr<Client> ConnectTo(const ChildServer& server, int channels,
+                                  ClientOptions options = {}) {
   options.num_channels = channels;
   auto client =
       Client::Connect(absl::StrCat("127.0.0.1:", server.port()), options);
@@ -139,30 +139,37 @@ void PrintRow(const char* name, const Shape& s, const RunStats& r) {
 // --gpu_min_rows=1), to find where the GPU pays off.
 std::string engramd_path = ENGRAM_BENCH_ENGRAMD;
 
-int CompareTiers(double seconds, int callers, int channels) {
-  auto cpu = ChildServer::Start(
+// The same lookups against a plain engramd and one started with `flags`
+// (reached with `options`): both figures and their ratio per shape.
+int CompareWith(const char* mode, const char* label,
+                std::vector<std::string> flags, const ClientOptions& options,
+                double seconds, int callers, int channels) {
+  auto plain = ChildServer::Start(
       {engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
-  auto gpu =
-      ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
-                          "--metrics_listen=", "--gpu=0", "--gpu_min_rows=1"});
-  if (!cpu || !gpu) {
+  flags.insert(flags.begin(),
+               {engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
+  auto other = ChildServer::Start(flags);
+  if (!plain || !other) {
     std::fprintf(stderr, "lookup_bench: a server did not start\n");
     return 1;
   }
-  auto cpu_client = ConnectTo(*cpu, channels);
-  auto gpu_client = ConnectTo(*gpu, channels);
+  auto plain_client = ConnectTo(*plain, channels);
+  auto other_client = ConnectTo(*other, channels, options);
   std::mt19937_64 rng(5);
   const BenchLayer bench_layer = MakeBenchLayer(rng);
-  if (!PopulateBenchLayer({cpu_client.get(), gpu_client.get()}, bench_layer)) {
+  if (!PopulateBenchLayer({plain_client.get(), other_client.get()},
+                          bench_layer)) {
     return 1;
   }
   std::printf(
-      "lookup_bench --compare_gpu_tier: H = %d, D = %lld float32, %d callers, "
+      "lookup_bench %s: H = %d, D = %lld float32, %d callers, "
       "%d connection(s)\n",
-      kHeads, static_cast<long long>(kDim), callers, channels);
-  std::printf("  %-22s %8s %12s %12s %10s %10s %7s\n", "shape", "rows",
-              "cpu rows/s", "gpu rows/s", "cpu p50 us", "gpu p50 us",
-              "gpu/cpu");
+      mode, kHeads, static_cast<long long>(kDim), callers, channels);
+  const std::string ratio = absl::StrCat(label, "/plain");
+  std::printf("  %-22s %8s %12s %12s %10s %10s %9s\n", "shape", "rows",
+              "plain rows/s", (std::string(label) + " rows/s").c_str(),
+              "plain p50", (std::string(label) + " p50").c_str(),
+              ratio.c_str());
   const Shape shapes[] = {{"decode B=1", 1, 1},
                           {"decode B=16", 16, 1},
                           {"decode B=64", 64, 1},
@@ -172,14 +179,46 @@ int CompareTiers(double seconds, int callers, int channels) {
                           {"prefill B=8 L=4096", 8, 4096}};
   for (const Shape& s : shapes) {
     CallerLookups lookups = MakeCallerLookups(s, callers, rng);
-    const RunStats r[2] = {RunLookups(*cpu_client, lookups, callers, seconds),
-                           RunLookups(*gpu_client, lookups, callers, seconds)};
-    std::printf("  %-22s %8lld %12.0f %12.0f %10.1f %10.1f %6.2fx\n", s.name,
+    const RunStats r[2] = {
+        RunLookups(*plain_client, lookups, callers, seconds),
+        RunLookups(*other_client, lookups, callers, seconds)};
+    std::printf("  %-22s %8lld %12.0f %12.0f %10.1f %10.1f %8.2fx\n", s.name,
                 static_cast<long long>(s.rows()), r[0].calls_per_s() * s.rows(),
                 r[1].calls_per_s() * s.rows(), r[0].p50_us, r[1].p50_us,
                 r[1].calls_per_s() / r[0].calls_per_s());
   }
   return 0;
+}
+
+// --compare_tls: TLS (a certificate made here by openssl) and a bearer
+// token vs plaintext without credentials.
+int CompareTls(double seconds, int callers, int channels) {
+  char pattern[] = "/tmp/engram-tls-bench-XXXXXX";
+  const std::string dir = mkdtemp(pattern);
+  const std::string make = absl::StrCat(
+      "cd ", dir,
+      " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+      "-nodes -days 1 -subj /CN=bench-ca -keyout ca.key -out ca.pem "
+      "2>/dev/null && openssl req -newkey ec -pkeyopt "
+      "ec_paramgen_curve:P-256 -nodes -subj /CN=engramd -keyout server.key "
+      "-out server.csr 2>/dev/null && echo subjectAltName=IP:127.0.0.1 > ext "
+      "&& openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key "
+      "-CAcreateserial -days 1 -extfile ext -out server.pem 2>/dev/null && "
+      "echo 'write bench 0123456789abcdef0123' > tokens");
+  if (std::system(make.c_str()) != 0) {
+    std::fprintf(stderr, "lookup_bench: openssl could not make certificates\n");
+    return 1;
+  }
+  ClientOptions options;
+  options.tls_ca_file = dir + "/ca.pem";
+  options.token = "0123456789abcdef0123";  // write: the bench populates too
+  const int rc = CompareWith("--compare_tls", "tls",
+                             {"--tls_cert_file=" + dir + "/server.pem",
+                              "--tls_key_file=" + dir + "/server.key",
+                              "--tokens_file=" + dir + "/tokens"},
+                             options, seconds, callers, channels);
+  std::system(("rm -rf " + dir).c_str());
+  return rc;
 }
 
 // --cluster: the same lookups against one engramd and against two 3-shard
@@ -373,6 +412,7 @@ int Main(int argc, char** argv) {
   int callers = 4;
   int channels = 1;
   bool compare_gpu_tier = false;
+  bool compare_tls = false;
   bool cluster = false;
   bool peer_gather = false;
   std::string self = argv[0];
@@ -390,12 +430,18 @@ int Main(int argc, char** argv) {
     if (a.rfind("--callers=", 0) == 0) callers = std::stoi(a.substr(10));
     if (a.rfind("--channels=", 0) == 0) channels = std::stoi(a.substr(11));
     if (a == "--compare_gpu_tier") compare_gpu_tier = true;
+    if (a == "--compare_tls") compare_tls = true;
     if (a == "--cluster") cluster = true;
     if (a == "--peer_gather") peer_gather = true;
     if (a.rfind("--engramd=", 0) == 0) engramd_path = a.substr(10);
   }
   TuneMallocForLargeMessages();  // client side, as an application would
-  if (compare_gpu_tier) return CompareTiers(seconds, callers, channels);
+  if (compare_gpu_tier) {
+    return CompareWith("--compare_gpu_tier", "gpu",
+                       {"--gpu=0", "--gpu_min_rows=1"}, {}, seconds, callers,
+                       channels);
+  }
+  if (compare_tls) return CompareTls(seconds, callers, channels);
   if (cluster) return CompareCluster(seconds, callers, channels);
   if (peer_gather) return ComparePeerGather(seconds, callers);
 

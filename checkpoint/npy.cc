@@ -122,6 +122,10 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes, uint64_t size,
     }
     need *= static_cast<uint64_t>(d);
   }
+  if (need > available) {  // a 0-d array's one item, or the last factor
+    return bad(absl::StrCat("shape ", shape, " needs ", need,
+                            " data bytes; the file holds ", available));
+  }
   header.data_bytes = need;
   return header;
 }

@@ -13,7 +13,7 @@ packages=(
   python3-dev pybind11-dev python3-pybind11 python3-pytest
   redis-server curl python3-yaml
   libssl-dev openssl iproute2
-  clang
+  clang libclang-rt-14-dev
 )
 
 missing=()

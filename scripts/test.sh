@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds engram-store and runs the whole test suite: every unit and
 # integration test, the Python client test, a clang build that checks the
-# lock annotations (-Wthread-safety), then the store's concurrency tests
-# once more under ThreadSanitizer. Installs missing Debian packages
-# first. Usage: bash scripts/test.sh
+# lock annotations (-Wthread-safety), the store's concurrency tests once
+# more under ThreadSanitizer, and every fuzzer (fuzz/) for a bounded time
+# under AddressSanitizer + UBSan. Installs missing Debian packages first.
+# Usage: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
@@ -32,4 +33,6 @@ TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   setarch "$(uname -m)" -R build-tsan/tests/layer_registry_test
 TSAN_OPTIONS="halt_on_error=1" \
   setarch "$(uname -m)" -R build-tsan/tests/gather_test
+echo "== libFuzzer: every request parser and decoder, 15 s each (build-fuzz/)"
+bash scripts/fuzz.sh 15
 echo "== all tests passed"

@@ -11,6 +11,7 @@
 #include "common/layout.h"
 #include "proto/wire_format.h"
 #include "server/log.h"
+#include "server/lookup_request.h"
 #include "server/populate_reactor.h"
 #include "store/gather.h"
 
@@ -18,115 +19,6 @@ namespace engram {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-}  // namespace
-
-// One Lookup between parse and Finish. Holds the layer so a concurrent
-// Remove cannot free the tables under the gather.
-struct LookupCall {
-  v1::LookupRequest request;
-  std::shared_ptr<const Layer> layer;
-  LookupShape shape;
-  const int64_t* ids = nullptr;
-  std::vector<int64_t> ids_copy;  // only for ids that must be realigned
-  DType out_dtype = DType::kFloat32;
-  size_t out_row_bytes = 0;
-  Clock::time_point start;
-};
-
-namespace {
-
-bool ValidDTypeValue(int v) { return v >= 1 && v <= 4; }
-
-// Resolves and checks everything about a Lookup before any row is read.
-absl::Status PrepareLookup(const LayerRegistry& layers,
-                           const ServiceLimits& limits, LookupCall* call) {
-  const v1::LookupRequest& req = call->request;
-  call->layer = layers.Find(req.layer_id());
-  if (call->layer == nullptr) {
-    // A shard recovering the layer coordinates with its layout alone.
-    if (auto recovering = layers.FindRecovering(req.layer_id())) {
-      call->layer = recovering->placeholder();
-    }
-  }
-  if (call->layer == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("layer ", req.layer_id(), " not found"));
-  }
-  const LayerLayout& layout = call->layer->layout();
-  const bool has_bytes = !req.row_ids().empty();
-  const bool has_list = req.row_ids_list_size() > 0;
-  if (has_bytes && has_list) {
-    return absl::InvalidArgumentError(
-        "set exactly one of row_ids (int64 little-endian bytes) and "
-        "row_ids_list; both are set");
-  }
-  if (!has_bytes && !has_list) {
-    return absl::InvalidArgumentError(
-        "no row ids: set row_ids (int64 little-endian bytes) or row_ids_list");
-  }
-  int64_t num_ids;
-  if (has_bytes) {
-    const std::string& bytes = req.row_ids();
-    if (bytes.size() % sizeof(int64_t) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("row_ids has ", bytes.size(),
-                       " bytes, not a multiple of 8 (int64 little-endian)"));
-    }
-    num_ids = static_cast<int64_t>(bytes.size() / sizeof(int64_t));
-    if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(int64_t) == 0) {
-      call->ids = reinterpret_cast<const int64_t*>(bytes.data());
-    } else {
-      call->ids_copy.resize(num_ids);
-      std::memcpy(call->ids_copy.data(), bytes.data(), bytes.size());
-      call->ids = call->ids_copy.data();
-    }
-  } else {
-    num_ids = req.row_ids_list_size();
-    call->ids = req.row_ids_list().data();
-  }
-  if (absl::Status s = ValidateLookupShape(
-          layout, {req.shape().data(), static_cast<size_t>(req.shape_size())},
-          num_ids, &call->shape);
-      !s.ok()) {
-    return s;
-  }
-  if (num_ids > limits.max_lookup_rows) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("lookup asks for ", num_ids, " rows; the limit is ",
-                     limits.max_lookup_rows, " (--max_lookup_rows)"));
-  }
-  const int requested = static_cast<int>(req.output_dtype());
-  if (requested != 0 && !ValidDTypeValue(requested)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("output_dtype ", requested, " is not a known DType"));
-  }
-  call->out_dtype = requested == 0
-                        ? layout.dtype
-                        : DTypeFromProto(static_cast<v1::DType>(requested));
-  if (!CanConvert(layout.dtype, call->out_dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output_dtype ", DTypeName(call->out_dtype),
-        " cannot be produced from ", DTypeName(layout.dtype),
-        " rows; only float layers convert (float32/bfloat16/float16)"));
-  }
-  if (req.as_values() && !IsFloatDType(layout.dtype)) {
-    return absl::InvalidArgumentError(
-        "as_values needs a float layer; this layer holds opaque uint8 rows");
-  }
-  call->out_row_bytes =
-      static_cast<size_t>(layout.embedding_dim) *
-      (req.as_values() ? sizeof(float) : DTypeSize(call->out_dtype));
-  const uint64_t out_bytes =
-      static_cast<uint64_t>(num_ids) * call->out_row_bytes;
-  // 64 bytes covers the response's shape/dtype framing.
-  if (out_bytes + 64 > static_cast<uint64_t>(limits.max_message_bytes)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "lookup response would be ", out_bytes, " bytes; the limit is ",
-        limits.max_message_bytes, " (--max_message_bytes); split the lookup"));
-  }
-  return ValidateRowIds(layout, call->shape, call->ids);
-}
 
 void FreeBuffer(void* p) { std::free(p); }
 

@@ -49,5 +49,19 @@ TEST(NpyTest, HugeClaimedShapesAreRefusedWithoutAllocating) {
   unlink(path.c_str());
 }
 
+// Found by fuzz/npy_fuzz: a 0-d array (shape ()) claims one item, and a
+// file shorter than that item was read past its end.
+TEST(NpyTest, AZeroDimensionalArrayLongerThanTheFileIsRefused) {
+  const std::string path = "/tmp/npy_0d_" + std::to_string(getpid()) + ".npy";
+  const double value = 1.5;
+  ASSERT_TRUE(WriteNpy(path, "<f8", {}, &value, 4).ok());  // half an item
+  EXPECT_EQ(ReadNpy(path).status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(WriteNpy(path, "<f8", {}, &value, 8).ok());
+  auto whole = ReadNpy(path);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->data.size(), 8u);
+  unlink(path.c_str());
+}
+
 }  // namespace
 }  // namespace engram::checkpoint

@@ -210,6 +210,16 @@ const std::vector<FlagSpec>& Flags() {
          return ParseBool(v, &c->direct_reads);
        },
        [](const ServerConfig& c) { return c.direct_reads ? "true" : "false"; }},
+      {"shm_group",
+       "exported tables' shared memory (--direct_reads, --peer_read=rma) is "
+       "owner-only; members of this group may read it (read-only), for "
+       "direct readers running as other users",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->shm_group = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.shm_group; }},
       {"staged_timeout_seconds",
        "populate data staged for a coordinator that never commits is dropped "
        "after this long",

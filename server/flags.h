@@ -49,6 +49,9 @@ struct ServerConfig {
   // this host can read rows directly (ClientOptions::direct_reads). Cluster
   // shards export whenever peer_read is not "gather".
   bool direct_reads = false;
+  // Exported tables' shared memory is owner-only; this group (a name) may
+  // read it (read-only), for direct readers running as other users.
+  std::string shm_group;
   // Abuse limits (docs/operations.md, "Limits").
   // Populate/Stage streams that send nothing for this long are ended.
   double stream_idle_timeout_seconds = 60;

@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <grp.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -39,6 +40,19 @@ std::unique_ptr<GpuTier> OpenGpuTier(const ServerConfig& config) {
       ", budget ", (*tier)->budget().limit(), " bytes, ", options.streams,
       " streams, lookups from ", config.gpu_min_rows, " rows"));
   return *std::move(tier);
+}
+
+absl::StatusOr<gid_t> GroupId(const std::string& name) {
+  std::vector<char> buffer(16384);
+  group entry{};
+  group* found = nullptr;
+  if (getgrnam_r(name.c_str(), &entry, buffer.data(), buffer.size(), &found) !=
+          0 ||
+      found == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shm_group=", name, ": no such group"));
+  }
+  return found->gr_gid;
 }
 
 // Per-connection bounds: streams, keepalive pings that close connections
@@ -98,8 +112,15 @@ EngramServer::~EngramServer() {
 absl::Status EngramServer::StartTransport() {
   const bool single = config_.peers.empty();
   if (!single && config_.peer_read == "gather") return absl::OkStatus();
+  transport::EngineOptions options;
+  if (!config_.shm_group.empty()) {
+    absl::StatusOr<gid_t> group = GroupId(config_.shm_group);
+    if (!group.ok()) return group.status();
+    options.shm_group = *group;
+    options.shm_mode = 0640;
+  }
   absl::StatusOr<std::unique_ptr<transport::UcxEngine>> engine =
-      transport::UcxEngine::Create();
+      transport::UcxEngine::Create(options);
   if (!engine.ok()) {
     if (single || config_.peer_read == "rma") {
       return absl::Status(

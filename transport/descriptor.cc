@@ -7,9 +7,10 @@
 namespace engram::transport {
 namespace {
 
-constexpr uint32_t kMagic = 0x4d52'4e45;  // "ENRM", little endian
-// magic, base, length, slot, generation, rkey length
-constexpr size_t kHeaderBytes = 4 + 8 + 8 + 4 + 8 + 4;
+// "ENR2", little endian (version 2 added the System V segment).
+constexpr uint32_t kMagic = 0x3252'4e45;
+// magic, base, length, slot, generation, shm id, shm offset, rkey length
+constexpr size_t kHeaderBytes = 4 + 8 + 8 + 4 + 8 + 8 + 8 + 4;
 
 template <typename T>
 void Put(std::string* out, T value) {
@@ -36,6 +37,8 @@ std::string RegionDescriptor::Serialize() const {
   Put<uint64_t>(&out, length);
   Put<uint32_t>(&out, epoch_slot);
   Put<uint64_t>(&out, generation);
+  Put<int64_t>(&out, shm_id);
+  Put<uint64_t>(&out, shm_offset);
   Put<uint32_t>(&out, static_cast<uint32_t>(rkey.size()));
   out += rkey;
   return out;
@@ -57,6 +60,8 @@ absl::StatusOr<RegionDescriptor> RegionDescriptor::Parse(
   d.length = Get<uint64_t>(bytes, &at);
   d.epoch_slot = Get<uint32_t>(bytes, &at);
   d.generation = Get<uint64_t>(bytes, &at);
+  d.shm_id = Get<int64_t>(bytes, &at);
+  d.shm_offset = Get<uint64_t>(bytes, &at);
   const uint32_t rkey_bytes = Get<uint32_t>(bytes, &at);
   if (bytes.size() - at != rkey_bytes) {
     return absl::InvalidArgumentError(

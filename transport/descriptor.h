@@ -1,6 +1,7 @@
 // The byte format of an exported range's descriptor: what a reader needs to
 // reach it (owner address, length, packed UCX rkey) and to validate a read
-// (epoch slot and generation). Plain data, no UCX types.
+// (epoch slot and generation), and the shared-memory segment a same-host
+// reader can attach read-only. Plain data, no UCX types.
 #ifndef ENGRAM_TRANSPORT_DESCRIPTOR_H_
 #define ENGRAM_TRANSPORT_DESCRIPTOR_H_
 
@@ -16,8 +17,15 @@ struct RegionDescriptor {
   uint64_t base = 0;    // the range's address in the owner process
   uint64_t length = 0;  // bytes
   uint32_t epoch_slot = 0;
-  uint64_t generation = 0;  // 0 for the control region itself
-  std::string rkey;         // ucp_rkey_pack output
+  // Data ranges: the range's generation. The control region: the
+  // engine's random identity, also stored in its identity slot (a reader
+  // that attached a segment by id checks it is this owner's).
+  uint64_t generation = 0;
+  // The System V segment holding the range and the range's offset in it
+  // (-1: not System V). Same-host readers attach it read-only themselves.
+  int64_t shm_id = -1;
+  uint64_t shm_offset = 0;
+  std::string rkey;  // ucp_rkey_pack output
 
   std::string Serialize() const;
   // INVALID_ARGUMENT when `bytes` is not a descriptor.

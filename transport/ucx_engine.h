@@ -7,11 +7,12 @@
 // control region; the slot holds the range's generation while it lives and
 // 0 once released. Reader side: Attach() connects to the owner's worker and
 // unpacks its keys; Read() copies byte ranges straight into the caller's
-// buffer. Where the range is mapped into this process (UCX rkey_ptr: same
-// host, shared memory) the copy is a memcpy and the mapping keeps the pages
-// alive; otherwise it is ucp_get, and the epoch slots are read after the
-// data, so a range released (and its memory possibly reused) while the data
-// was read is reported as stale instead of returned.
+// buffer. Where the range is mapped into this process (a read-only
+// attachment of its System V segment, or UCX rkey_ptr: same host, shared
+// memory) the copy is a memcpy and the mapping keeps the pages alive; otherwise
+// it is ucp_get, and the epoch slots are read after the data, so a range
+// released (and its memory possibly reused) while the data was read is reported
+// as stale instead of returned.
 #ifndef ENGRAM_TRANSPORT_UCX_ENGINE_H_
 #define ENGRAM_TRANSPORT_UCX_ENGINE_H_
 
@@ -35,6 +36,15 @@ struct EngineOptions {
   // Read mapped ranges with memcpy (rkey_ptr); false forces ucp_get even on
   // one host (tests and the benchmark compare the two).
   bool use_mapped_reads = true;
+  // Owner side: permission bits of the shared-memory segments holding
+  // exported ranges (UCX makes them 0660), and their group (-1: the
+  // process's). A group given read (0640) can read the rows directly;
+  // nobody else can attach them.
+  uint32_t shm_mode = 0600;
+  int64_t shm_group = -1;
+  // Reader side: attach same-host System V segments read-only by id
+  // (needs only read permission) before asking UCX to map them.
+  bool read_only_attach = true;
 };
 
 // A peer's exported ranges after Attach: the endpoint and unpacked keys.

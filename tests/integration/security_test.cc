@@ -390,6 +390,85 @@ TEST(SecurityTest, SharedMemoryAndTableFilesAreTheOwnersOnly) {
   }
 }
 
+// --shm_group: a direct reader running as another user, in that group,
+// reads rows straight from the shared memory through read-only attachments,
+// and cannot attach it writable.
+TEST(SecurityTest, AGroupOfDirectReadersGetsReadOnlySharedMemory) {
+  const std::string python_dir =
+      testing::EngramdPath().substr(0,
+                                    testing::EngramdPath().rfind("/server/")) +
+      "/python";
+  std::string out;
+  if (testing::RunCommand("test -d " + python_dir + "/engram_store", &out) !=
+      0) {
+    GTEST_SKIP() << "no Python package built (pybind11 missing)";
+  }
+  auto server =
+      EngramdProcess::Start({"--demo", "--direct_reads", "--shm_group=nogroup",
+                             "--metrics_listen=127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::string segments;
+  testing::RunCommand(absl::StrCat("awk '$5 == ", (*server)->pid(),
+                                   " {print $2, $3, $9}' /proc/sysvipc/shm"),
+                      &segments);
+  ASSERT_FALSE(segments.empty());
+  std::istringstream lines(segments);
+  std::string shmid, perms, gid, server_ids;
+  while (lines >> shmid >> perms >> gid) {
+    EXPECT_EQ(std::stoi(perms, nullptr, 8) & 0777, 0640);
+    EXPECT_EQ(gid, "65534");  // nogroup
+    absl::StrAppend(&server_ids, server_ids.empty() ? "" : ", ", shmid);
+  }
+  // As nobody:nogroup: lookups are right, and come from the tables'
+  // segments attached read-only in the reader ("r--s" in its maps).
+  const std::string script = absl::StrCat(
+      "import time, numpy as np, engram_store\n"
+      "c = engram_store.Client('",
+      (*server)->address(),
+      "', direct_reads=True)\n"
+      "ids = np.array([[[5, 6, 7, 8]]])\n"
+      "for _ in range(100):\n"
+      "    rows = c.lookup(0, ids)\n"
+      "    assert rows[0, 0, 2, 0] == 200007.0, rows\n"
+      "    time.sleep(0.01)\n"
+      "server = {",
+      server_ids,
+      "}\n"
+      "maps = [l.split() for l in open('/proc/self/maps')]\n"
+      "shared = [m[1] for m in maps if len(m) > 5 and "
+      "m[5].startswith('/SYSV') and int(m[4]) in server]\n"
+      "assert shared and all(p == 'r--s' for p in shared), shared\n"
+      "print('direct reads as', __import__('os').getuid(), shared)\n");
+  const std::string script_file =
+      "/tmp/engram-shm-group-" + std::to_string(getpid()) + ".py";
+  std::ofstream(script_file) << script;
+  chmod(script_file.c_str(), 0644);
+  const int rc = testing::RunCommand(
+      "cd / && PYTHONPATH=" + python_dir +
+          " setpriv --reuid=65534 --regid=65534 --clear-groups "
+          "/usr/bin/python3 " +
+          script_file + " 2>&1",
+      &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("direct reads as 65534"));
+  // The same user cannot attach a segment writable.
+  std::string first;
+  testing::RunCommand(absl::StrCat("awk '$5 == ", (*server)->pid(),
+                                   " {print $2; exit}' /proc/sysvipc/shm"),
+                      &first);
+  const int write_rc = testing::RunCommand(
+      "setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 "
+      "-c 'import ctypes, sys; libc = ctypes.CDLL(None); "
+      "libc.shmat.restype = ctypes.c_void_p; "
+      "p = libc.shmat(" +
+          first.substr(0, first.find('\n')) +
+          ", None, 0); "
+          "sys.exit(3 if p in (None, 2**64 - 1) else 0)' 2>&1",
+      &out);
+  EXPECT_EQ(write_rc, 3) << out;
+  unlink(script_file.c_str());
+}
+
 // A network namespace with a veth pair to this one, made (and removed) by
 // the test: the only non-loopback addresses a test may use.
 class NetworkNamespace {

@@ -39,6 +39,35 @@ def lookup_requests():
         output_dtype=pb.DTYPE_FLOAT16).SerializeToString())
 
 
+def varint(v):
+    out = b""
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def gather_request(layer_id, heads, row_ids):
+    # engram.internal.v1.GatherRequest{layer_id = 1, heads = 2 (packed),
+    # row_ids = 3 (packed)}; no Python stubs are generated for peer.proto.
+    packed = lambda field, values: (
+        varint(field << 3 | 2) + varint(len(b"".join(map(varint, values)))) +
+        b"".join(map(varint, values)))
+    return (varint(1 << 3) + varint(layer_id) + packed(2, heads) +
+            packed(3, row_ids))
+
+
+def gather_requests():
+    # Shard 1 of 3, R = 2, holds most rows of each head; some asked rows are
+    # its, some not.
+    put("gather_request_fuzz", "rows",
+        gather_request(3, [0, 1, 2, 2], [20, 3, 50, 99]))
+    put("gather_request_fuzz", "unpaired", gather_request(3, [0], [1, 2]))
+
+
 def framed(*messages):
     out = b""
     for m in messages:
@@ -115,6 +144,7 @@ def manifests():
 
 if __name__ == "__main__":
     lookup_requests()
+    gather_requests()
     populate_streams()
     lookup_responses()
     npy_files()

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-20}
 JOBS=${JOBS:-2}
-TARGETS="lookup_request_fuzz populate_fuzz wire_format_fuzz npy_fuzz safetensors_fuzz manifest_fuzz"
+TARGETS="lookup_request_fuzz gather_request_fuzz populate_fuzz wire_format_fuzz npy_fuzz safetensors_fuzz manifest_fuzz"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fsanitize=fuzzer-no-link"
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang \

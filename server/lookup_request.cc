@@ -101,4 +101,40 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
   return ValidateRowIds(layout, call->shape, call->ids);
 }
 
+absl::Status CheckGather(const internal::v1::GatherRequest& request,
+                         const Layer& layer, const Placement& placement,
+                         int self, int64_t max_rows,
+                         int64_t max_message_bytes) {
+  const LayerLayout& layout = layer.layout();
+  const int n = request.row_ids_size();
+  if (request.heads_size() != n) {
+    return absl::InvalidArgumentError("heads and row_ids differ in length");
+  }
+  // Sized before anything is allocated: a small request must not make a
+  // large response.
+  const uint64_t data_bytes = static_cast<uint64_t>(n) * layout.row_bytes();
+  if (n > max_rows) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("gather asks for ", n, " rows; the limit is ", max_rows,
+                     " (--max_lookup_rows)"));
+  }
+  if (data_bytes + 16 > static_cast<uint64_t>(max_message_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "gather response would be ", data_bytes, " bytes; the limit is ",
+        max_message_bytes, " (--max_message_bytes)"));
+  }
+  for (int i = 0; i < n; ++i) {
+    const int h = request.heads(i);
+    const int64_t id = request.row_ids(i);
+    if (h < 0 || h >= layout.num_heads() || id < 0 ||
+        id >= layout.table_vocab_sizes[h] ||
+        !placement.Owns(self, layer.id(), h, layout.table_vocab_sizes[h], id)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", self, " does not hold row ", id, " of head ",
+                       h, " of layer ", layer.id()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace engram

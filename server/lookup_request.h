@@ -1,5 +1,5 @@
-// The checks every Lookup request passes before a row is read (shared by
-// the service and the request fuzzer, fuzz/lookup_request_fuzz.cc).
+// The checks every Lookup and peer Gather request passes before a row is
+// read (shared by the services and the request fuzzers in fuzz/).
 #ifndef ENGRAM_SERVER_LOOKUP_REQUEST_H_
 #define ENGRAM_SERVER_LOOKUP_REQUEST_H_
 
@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "cluster/placement.h"
 #include "common/layout.h"
+#include "engram/internal/v1/peer.pb.h"
 #include "engram/v1/engram.pb.h"
 #include "server/engram_service.h"
 #include "store/layer_registry.h"
@@ -32,6 +34,13 @@ struct LookupCall {
 // shape, dtype, limits) before any row is read; fills the rest of `call`.
 absl::Status PrepareLookup(const LayerRegistry& layers,
                            const ServiceLimits& limits, LookupCall* call);
+
+// Checks a peer Gather of `layer`'s rows on shard `self`: heads and ids
+// pair up and are in range, this shard owns every row, and the response
+// fits the limits (RESOURCE_EXHAUSTED before anything is allocated).
+absl::Status CheckGather(const internal::v1::GatherRequest& request,
+                         const Layer& layer, const Placement& placement,
+                         int self, int64_t max_rows, int64_t max_message_bytes);
 
 }  // namespace engram
 

@@ -7,6 +7,7 @@
 #include "proto/convert.h"
 #include "proto/wire_format.h"
 #include "server/log.h"
+#include "server/lookup_request.h"
 #include "server/read_stream.h"
 #include "server/table_loader.h"
 #include "store/gather.h"
@@ -331,43 +332,16 @@ grpc::ServerUnaryReactor* PeerService::Gather(
     reactor->Finish(ToGrpcStatus(Missing(request.layer_id())));
     return reactor;
   }
-  const LayerLayout& layout = layer->layout();
+  if (absl::Status s =
+          CheckGather(request, *layer, cluster_->placement(), cluster_->self(),
+                      limits_.max_rows, limits_.max_message_bytes);
+      !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
   const int n = request.row_ids_size();
-  if (request.heads_size() != n) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                 "heads and row_ids differ in length"));
-    return reactor;
-  }
-  // Sized before anything is allocated: a small request must not make a
-  // large response.
-  const size_t row_bytes = layout.row_bytes();
-  const uint64_t data_bytes = static_cast<uint64_t>(n) * row_bytes;
-  if (n > limits_.max_rows) {
-    reactor->Finish(ToGrpcStatus(absl::ResourceExhaustedError(
-        absl::StrCat("gather asks for ", n, " rows; the limit is ",
-                     limits_.max_rows, " (--max_lookup_rows)"))));
-    return reactor;
-  }
-  if (data_bytes + 16 > static_cast<uint64_t>(limits_.max_message_bytes)) {
-    reactor->Finish(ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
-        "gather response would be ", data_bytes, " bytes; the limit is ",
-        limits_.max_message_bytes, " (--max_message_bytes)"))));
-    return reactor;
-  }
-  for (int i = 0; i < n; ++i) {
-    const int h = request.heads(i);
-    const int64_t id = request.row_ids(i);
-    if (h < 0 || h >= layout.num_heads() || id < 0 ||
-        id >= layout.table_vocab_sizes[h] ||
-        !cluster_->placement().Owns(cluster_->self(), layer->id(), h,
-                                    layout.table_vocab_sizes[h], id)) {
-      reactor->Finish(grpc::Status(
-          grpc::StatusCode::FAILED_PRECONDITION,
-          absl::StrCat("shard ", cluster_->self(), " does not hold row ", id,
-                       " of head ", h, " of layer ", layer->id())));
-      return reactor;
-    }
-  }
+  const uint64_t data_bytes =
+      static_cast<uint64_t>(n) * layer->layout().row_bytes();
   std::shared_ptr<PendingResponses::Charge> charge;
   if (limits_.pending != nullptr) {
     auto reserved = limits_.pending->Reserve(

@@ -333,15 +333,17 @@ absl::StatusOr<Caller> Authorizer::Check(const grpc::ServerContextBase& context,
     if (!who.ok()) return who.status();
     caller = *std::move(who);
   } else {
-    const std::string peer = context.peer();
-    if (!config_.allow_remote_unauthenticated && !IsLoopbackPeer(peer)) {
+    if (!config_.allow_remote_unauthenticated &&
+        !IsLoopbackPeer(context.peer())) {
       return absl::PermissionDeniedError(
           "engramd serves only loopback clients while no credentials are "
           "configured (protected mode): configure --tokens_file or "
           "--tls_client_ca_file, or start it with "
           "--insecure_allow_unauthenticated_remote (docs/security.md)");
     }
-    caller = Caller{"anonymous " + peer, "any", ~uint32_t{0}};
+    // No string built per call (lookups pass here); Identify, for the
+    // audit, adds the address.
+    caller = Caller{"anonymous", "any", ~uint32_t{0}};
   }
   if ((caller.rights & need) != need) {
     return absl::PermissionDeniedError(
@@ -353,7 +355,11 @@ absl::StatusOr<Caller> Authorizer::Check(const grpc::ServerContextBase& context,
 
 Caller Authorizer::Identify(const grpc::ServerContextBase& context) const {
   absl::StatusOr<Caller> who = Check(context, 0, "");
-  if (who.ok()) return *std::move(who);
+  if (who.ok()) {
+    if (!credentials_configured_)
+      absl::StrAppend(&who->name, " ", context.peer());
+    return *std::move(who);
+  }
   return Caller{absl::StrCat("unauthenticated ", context.peer()), "none", 0};
 }
 

@@ -442,9 +442,19 @@ TEST(SecurityTest, AGroupOfDirectReadersGetsReadOnlySharedMemory) {
   const std::string script_file =
       "/tmp/engram-shm-group-" + std::to_string(getpid()) + ".py";
   std::ofstream(script_file) << script;
+  // The build tree may sit in a folder only root can enter (a CI clone in
+  // mktemp -d): nobody imports a copy of the package instead.
+  TempDir readable;
+  ASSERT_EQ(
+      testing::RunCommand("chmod 0755 " + readable.path() + " && cp -r " +
+                              python_dir + "/engram_store " + readable.path() +
+                              " && chmod -R a+rX " + readable.path(),
+                          &out),
+      0)
+      << out;
   chmod(script_file.c_str(), 0644);
   const int rc = testing::RunCommand(
-      "cd / && PYTHONPATH=" + python_dir +
+      "cd / && PYTHONPATH=" + readable.path() +
           " setpriv --reuid=65534 --regid=65534 --clear-groups "
           "/usr/bin/python3 " +
           script_file + " 2>&1",

@@ -60,14 +60,13 @@ absl::StatusOr<std::string> PopulateFanout::BeginPrepared(int64_t layer_id,
 
 absl::Status PopulateFanout::ReachAll() {
   // Waits (briefly) for channels that are still reconnecting, e.g. to a
-  // shard that just (re)started: an Abort of a fresh transaction id is a
-  // harmless ping.
+  // shard that just (re)started: an Abort of the empty transaction id is a
+  // harmless ping (a shard remembers the ids it aborted and refuses them).
   for (size_t s = 0; s < stubs_.size(); ++s) {
     grpc::ClientContext context;
     context.set_wait_for_ready(true);
     SetDeadline(&context, kConnectTimeout);
-    internal::v1::TxnRequest ping;
-    ping.set_txn_id(txn_id_);
+    internal::v1::TxnRequest ping;  // empty txn id
     internal::v1::TxnResponse ignored;
     grpc::Status st = stubs_[s]->Abort(&context, ping, &ignored);
     if (!st.ok()) {

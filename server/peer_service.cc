@@ -19,6 +19,10 @@ namespace {
 using internal::v1::StageRequest;
 
 constexpr size_t kMaxTxnIdBytes = 128;
+// How many aborted transaction ids a shard remembers. A coordinator's late
+// Stage header arrives within moments of its Abort; ids are unique per
+// populate, so a bounded memory of recent ones is enough.
+constexpr size_t kRememberedAborts = 4096;
 
 // A raw TxnRequest → TxnResponse call: `handler(txn_id, done)`.
 template <typename Handler>
@@ -76,9 +80,10 @@ class StageReactor : public MessageReadReactor<StageRequest> {
   void OnEndOfStream() override { EndOfStream(); }
 
   absl::Status AbortedByRemove() const {
-    return absl::AbortedError(
-        absl::StrCat("stage of layer ", layer_id_,
-                     " was aborted by a forced Remove; nothing was kept"));
+    return absl::AbortedError(absl::StrCat(
+        "stage of layer ", layer_id_,
+        " was aborted (a forced Remove, or its coordinator's Abort); nothing "
+        "was kept"));
   }
 
   absl::Status OnHeader(const internal::v1::StageHeader& header) {
@@ -107,7 +112,7 @@ class StageReactor : public MessageReadReactor<StageRequest> {
                            *std::move(layout), std::move(options));
     if (!stager.ok()) return stager.status();
     stager_ = *std::move(stager);
-    return absl::OkStatus();
+    return service_->SetStagingTicket(txn_id_, stager_->ticket());
   }
 
   void EndOfStream() {
@@ -135,10 +140,11 @@ class StageReactor : public MessageReadReactor<StageRequest> {
       Done(AbortedByRemove());
       return;
     }
-    service_->AddPrepared(txn_id_, stager_->TakeTicket(), *std::move(layer));
+    absl::Status prepared = service_->AddPrepared(
+        txn_id_, stager_->TakeTicket(), *std::move(layer));
     stager_.reset();
-    txn_id_.clear();  // the prepared entry holds the claim now
-    FinishOnce(grpc::Status::OK);
+    txn_id_.clear();  // the prepared entry holds the claim now, or nobody
+    FinishOnce(ToGrpcStatus(prepared));
   }
 
   void Done(const absl::Status& status) {
@@ -193,27 +199,62 @@ PeerService::~PeerService() {
   }
 }
 
-void PeerService::AddPrepared(const std::string& txn_id,
-                              std::shared_ptr<PopulateTicket> ticket,
-                              std::shared_ptr<Layer> layer) {
+absl::Status PeerService::AddPrepared(const std::string& txn_id,
+                                      std::shared_ptr<PopulateTicket> ticket,
+                                      std::shared_ptr<Layer> layer) {
   const auto timeout =
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
           std::chrono::duration<double>(cluster_->staged_timeout_seconds()));
   MutexLock lock(&mu_);
   staging_txns_.erase(txn_id);
+  if (aborted_txns_.contains(txn_id)) {
+    layer->ReleaseStorage();
+    layers_->Abandon(ticket);
+    return absl::AbortedError(
+        absl::StrCat("transaction ", txn_id.substr(0, kMaxTxnIdBytes),
+                     " was aborted by its coordinator; nothing was kept"));
+  }
   prepared_[txn_id] = {std::move(ticket), std::move(layer),
                        std::chrono::steady_clock::now() + timeout};
+  return absl::OkStatus();
 }
 
 absl::Status PeerService::ClaimTxn(const std::string& txn_id) {
   MutexLock lock(&mu_);
+  if (aborted_txns_.contains(txn_id)) {
+    return absl::AbortedError(
+        absl::StrCat("transaction ", txn_id.substr(0, kMaxTxnIdBytes),
+                     " was already aborted on shard ", cluster_->self()));
+  }
   if (staging_txns_.contains(txn_id) || prepared_.contains(txn_id)) {
     return absl::AlreadyExistsError(
         absl::StrCat("transaction ", txn_id.substr(0, kMaxTxnIdBytes),
                      " is already in use on shard ", cluster_->self()));
   }
-  staging_txns_.insert(txn_id);
+  staging_txns_.emplace(txn_id, nullptr);
   return absl::OkStatus();
+}
+
+absl::Status PeerService::SetStagingTicket(
+    const std::string& txn_id, std::shared_ptr<PopulateTicket> ticket) {
+  MutexLock lock(&mu_);
+  auto it = staging_txns_.find(txn_id);
+  if (it == staging_txns_.end() || aborted_txns_.contains(txn_id)) {
+    return absl::AbortedError(
+        absl::StrCat("transaction ", txn_id.substr(0, kMaxTxnIdBytes),
+                     " was aborted by its coordinator; nothing was kept"));
+  }
+  it->second = std::move(ticket);
+  return absl::OkStatus();
+}
+
+void PeerService::RememberAborted(const std::string& txn_id) {
+  if (!aborted_txns_.insert(txn_id).second) return;
+  aborted_order_.push_back(txn_id);
+  if (aborted_order_.size() > kRememberedAborts) {
+    aborted_txns_.erase(aborted_order_.front());
+    aborted_order_.pop_front();
+  }
 }
 
 void PeerService::ReleaseTxn(const std::string& txn_id) {
@@ -299,13 +340,32 @@ grpc::ServerUnaryReactor* PeerService::Abort(
   }
   return ServeTxn(context, request, response,
                   [this](const std::string& txn_id, RawDone done) {
-                    MutexLock lock(&mu_);
-                    auto it = prepared_.find(txn_id);
-                    if (it != prepared_.end()) {
-                      it->second.layer->ReleaseStorage();
-                      layers_->Abandon(it->second.ticket);
-                      prepared_.erase(it);
+                    // The empty id is the coordinators' reachability ping.
+                    if (txn_id.empty()) {
+                      done(absl::OkStatus());
+                      return;
                     }
+                    std::shared_ptr<PopulateTicket> staging;
+                    {
+                      MutexLock lock(&mu_);
+                      RememberAborted(txn_id);
+                      auto it = prepared_.find(txn_id);
+                      if (it != prepared_.end()) {
+                        it->second.layer->ReleaseStorage();
+                        layers_->Abandon(it->second.ticket);
+                        prepared_.erase(it);
+                      }
+                      auto open = staging_txns_.find(txn_id);
+                      if (open != staging_txns_.end()) {
+                        staging = std::move(open->second);
+                        staging_txns_.erase(open);
+                      }
+                    }
+                    // A stream the coordinator cancelled may not have seen
+                    // the cancellation yet: free its layer id now and end
+                    // it, so the coordinator's next populate of the id is
+                    // not refused as "being populated".
+                    if (staging != nullptr) layers_->AbortPopulate(staging);
                     done(absl::OkStatus());
                   });
 }
@@ -490,9 +550,8 @@ grpc::ServerUnaryReactor* PeerService::StageFiles(
                 return;
               }
               resp->set_rows_staged(staged->stager->rows_received());
-              AddPrepared(txn, staged->stager->TakeTicket(),
-                          std::move(staged->layer));
-              done(absl::OkStatus());
+              done(AddPrepared(txn, staged->stager->TakeTicket(),
+                               std::move(staged->layer)));
             });
       });
 }

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -13,6 +14,7 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "common/mutex.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
@@ -89,14 +91,21 @@ class PeerService final
   const std::string& data_dir() const { return data_dir_; }
 
   // Reserves a transaction id for a Stage stream: ALREADY_EXISTS while
-  // another stream or a prepared transaction uses it.
+  // another stream or a prepared transaction uses it, ABORTED once the
+  // coordinator aborted it (a late header of a cancelled stream).
   absl::Status ClaimTxn(const std::string& txn_id);
+  // Names the layer claim a claimed transaction's stream holds, so Abort
+  // can end that stream and free the layer id at once. ABORTED (keep
+  // nothing) when Abort came first.
+  absl::Status SetStagingTicket(const std::string& txn_id,
+                                std::shared_ptr<PopulateTicket> ticket);
   void ReleaseTxn(const std::string& txn_id);
   // Called by a Stage stream that ended with every held row; takes over
-  // the stream's claim on `txn_id`.
-  void AddPrepared(const std::string& txn_id,
-                   std::shared_ptr<PopulateTicket> ticket,
-                   std::shared_ptr<Layer> layer);
+  // the stream's claim on `txn_id`. ABORTED when Abort came first: the
+  // rows are dropped and the claim released.
+  absl::Status AddPrepared(const std::string& txn_id,
+                           std::shared_ptr<PopulateTicket> ticket,
+                           std::shared_ptr<Layer> layer);
 
   LayerRegistry* layers() { return layers_; }
   MemoryBudget* budget() { return budget_; }
@@ -145,8 +154,17 @@ class PeerService final
   Mutex mu_;
   std::condition_variable_any wake_;
   std::map<std::string, Prepared> prepared_ ABSL_GUARDED_BY(mu_);
-  // Transactions whose Stage stream is still open.
-  absl::flat_hash_set<std::string> staging_txns_ ABSL_GUARDED_BY(mu_);
+  void RememberAborted(const std::string& txn_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Transactions whose Stage stream (or StageFiles load) is still running,
+  // with the layer claim once the stream holds one.
+  absl::flat_hash_map<std::string, std::shared_ptr<PopulateTicket>>
+      staging_txns_ ABSL_GUARDED_BY(mu_);
+  // Recently aborted transaction ids, oldest first (bounded): their late
+  // Stage headers and finished loads are refused.
+  absl::flat_hash_set<std::string> aborted_txns_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> aborted_order_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread janitor_;
 };

@@ -134,6 +134,15 @@ void LayerRegistry::Abandon(const std::shared_ptr<PopulateTicket>& ticket) {
   if (it != populating_.end() && it->second == ticket) populating_.erase(it);
 }
 
+void LayerRegistry::AbortPopulate(
+    const std::shared_ptr<PopulateTicket>& ticket) {
+  MutexLock lock(&mu_);
+  auto it = populating_.find(ticket->layer_id());
+  if (it != populating_.end() && it->second == ticket) populating_.erase(it);
+  ticket->aborted_.store(true, std::memory_order_release);
+  if (ticket->on_abort_) std::exchange(ticket->on_abort_, nullptr)();
+}
+
 void LayerRegistry::DetachAbortHook(
     const std::shared_ptr<PopulateTicket>& ticket) {
   MutexLock lock(&mu_);

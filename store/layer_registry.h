@@ -100,6 +100,10 @@ class LayerRegistry {
   void SeedVersion(int64_t layer_id, uint64_t version);
   // Releases the claim without publishing (the populate failed).
   void Abandon(const std::shared_ptr<PopulateTicket>& ticket);
+  // Like a forced Remove of this one populate: releases the claim at once,
+  // marks the ticket aborted (Commit answers ABORTED) and runs its abort
+  // hook, so the stream filling it ends now rather than when it notices.
+  void AbortPopulate(const std::shared_ptr<PopulateTicket>& ticket);
   // Drops the ticket's abort hook: after this returns the hook is not
   // running and never runs. A stream calls it before it finishes while its
   // ticket lives on (a staged transaction waiting for Commit).

@@ -189,6 +189,40 @@ TEST_F(HardeningTest, ForcedRemoveEndsAnOpenStageStreamWithAborted) {
   ASSERT_TRUE(server_->Alive()) << server_->Log();
 }
 
+// A coordinator that gives up cancels its Stage streams and sends Abort, and
+// the Abort can arrive before the shard has seen the cancellation. The Abort
+// must free the layer id at once: a populate right after it was refused with
+// ALREADY_EXISTS "being populated by another stream" (a flaky cluster test).
+TEST_F(HardeningTest, AbortEndsAStillOpenStageStreamAndFreesTheLayer) {
+  Start();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(10));
+  internal::v1::StageResponse response;
+  auto writer = peer_->Stage(&ctx, &response);
+  ASSERT_TRUE(writer->Write(StageHeader("txn-open-abort", 20, {10, 20}, 4)));
+  // The header is processed (the layer is claimed) before the Abort.
+  grpc::Status busy = StageWholeLayer("txn-other", 20);
+  ASSERT_EQ(busy.error_code(), grpc::StatusCode::ALREADY_EXISTS)
+      << busy.error_message();
+  grpc::ClientContext abort_ctx;
+  internal::v1::TxnRequest txn;
+  txn.set_txn_id("txn-open-abort");
+  internal::v1::TxnResponse ignored;
+  ASSERT_TRUE(peer_->Abort(&abort_ctx, txn, &ignored).ok());
+  // Nothing of the aborted stage holds layer 20 any more.
+  LayerLayout l{{10, 20}, 4, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 4);
+  EXPECT_TRUE(client_->Populate(20, l, testing::Spans(tables)).ok());
+  grpc::Status st = writer->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
+  // An aborted transaction id cannot be staged again (a late header of the
+  // cancelled stream must not claim the layer after its Abort).
+  grpc::Status late = StageWholeLayer("txn-open-abort", 21);
+  EXPECT_EQ(late.error_code(), grpc::StatusCode::ABORTED)
+      << late.error_message();
+  ASSERT_TRUE(server_->Alive()) << server_->Log();
+}
+
 // Finding 1: a second Stage with a txn id in use is refused and does not
 // leave the first layer id stuck "being populated".
 TEST_F(HardeningTest, ReusedTxnIdIsRefusedAndLeavesNothingStuck) {

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -75,6 +76,110 @@ absl::Status LaunchGather(const GatherLaunch& launch, Stream stream);
 // Device-to-device copy of `bytes` (the benchmark's floor).
 absl::Status LaunchDeviceCopy(void* dst, const void* src, size_t bytes,
                               Stream stream);
+
+// ---- Zero-copy lookups of a co-located client (docs/gpu.md) ----
+
+// The calling thread's current device, or -1.
+int CurrentDevice();
+// The 16 bytes of `device`'s UUID (cudaDeviceProp::uuid): how a client
+// tells whether the server's GPU copy is on its own device.
+absl::StatusOr<std::string> DeviceUuid(int device);
+// The device whose UUID is `uuid`; NOT_FOUND when none here has it.
+absl::StatusOr<int> DeviceWithUuid(const std::string& uuid);
+// The 64-byte CUDA IPC handle of the allocation starting at `device_ptr`
+// (made on `device`).
+absl::StatusOr<std::string> IpcHandleOf(int device, void* device_ptr);
+// Opens another process's allocation on the current device; IpcClose it
+// before the exporter may free it.
+absl::StatusOr<void*> IpcOpen(const std::string& handle);
+void IpcClose(void* ptr);
+// Registers host memory that may be mapped read-only in this process
+// (cudaHostRegisterReadOnly) and returns the address kernels read it at.
+// FAILED_PRECONDITION where the platform cannot register read-only memory.
+absl::StatusOr<const void*> HostRegisterReadOnly(const void* ptr, size_t bytes);
+void HostUnregisterConst(const void* ptr);
+
+// Where a pointer points, as CUDA sees it.
+struct PointerInfo {
+  bool device_memory = false;  // cudaMalloc'd (or IPC/VMM) device memory
+  bool host_mapped = false;    // pinned or registered host memory
+  int device = -1;             // device_memory: its device
+};
+PointerInfo DescribePointer(const void* ptr);
+// True when `stream` is being captured into a CUDA graph.
+bool StreamCapturing(Stream stream);
+
+// An event that tells whether the work before it on a stream is done,
+// without waiting: staging buffers are reused only once it has passed.
+using Event = void*;
+absl::StatusOr<Event> EventCreate();
+void EventDestroy(Event event);
+absl::Status EventRecord(Event event, Stream stream);
+bool EventDone(Event event);  // true also for an event never recorded
+
+// A layer's tables as kernels on one device read them: device copies
+// opened through CUDA IPC, or host tables mapped over UVA. One view per
+// layer version, immutable, in device memory; a view slot (one device
+// word) points at the current view, so a launch (or a CUDA graph replay)
+// reads whichever version is current when it starts.
+inline constexpr int kMaxViewHeads = 128;
+enum ViewState : uint32_t {
+  kViewPresent = 1,
+  kViewRemoved = 2,      // the layer was removed
+  kViewUnavailable = 3,  // the server is gone (or not reachable)
+};
+struct ViewSpec {
+  uint32_t state = kViewPresent;
+  int heads = 0;
+  int64_t dim = 0;
+  int dtype = 1;  // engram::DType of the rows stored
+  uint64_t version = 0;
+  std::vector<const uint8_t*> tables;  // device-readable, one per head
+  std::vector<int64_t> vocab;          // rows per head
+  // Host tables: the server's epoch slot of each head's range (device-
+  // readable) and the generation it holds while the range is exported.
+  // A tripwire only: the server keeps leased ranges alive.
+  std::vector<const uint64_t*> epoch_slots;  // empty for device copies
+  std::vector<uint64_t> generations;
+};
+// Copies `spec` into new device memory (synchronous, off the hot path).
+absl::StatusOr<void*> CreateView(const ViewSpec& spec);
+void FreeView(void* view);
+// A device word holding a view pointer (initially null: unavailable).
+absl::StatusOr<void*> CreateViewSlot();
+void FreeViewSlot(void* slot);
+// Points `slot` at `view` with one atomic device store, ordered on
+// `stream`, and waits for it (the caller's later launches see it).
+absl::Status PublishView(void* slot, void* view, Stream stream);
+
+// A lookup's outcome, written by the launch into its two status words
+// (device memory): word 0 is kStatusOk, an error code below, or the index
+// of the first row whose id was out of range; word 1 holds the view the
+// launch read.
+inline constexpr int kStatusWords = 2;
+inline constexpr uint64_t kStatusOk = ~uint64_t{0};
+inline constexpr uint64_t kStatusRemoved = ~uint64_t{0} - 1;
+inline constexpr uint64_t kStatusUnavailable = ~uint64_t{0} - 2;
+inline constexpr uint64_t kStatusLayoutChanged = ~uint64_t{0} - 3;
+inline constexpr uint64_t kStatusReleased = ~uint64_t{0} - 4;
+// Three stream-ordered kernels (capturable in a graph when every pointer is
+// fixed): pin the slot's current view into status[1], gather num_ids rows
+// (row i = table_{i mod heads}[ids[i]], converted to out_dtype) into
+// `out`, then check the view's state, layout and epoch slots into
+// status[0]. `ids` and `out` must be device-readable/writable (device
+// memory, or pinned host memory).
+struct ViewGather {
+  const void* slot = nullptr;
+  const int64_t* ids = nullptr;
+  int64_t num_ids = 0;
+  int heads = 0;  // the layout the caller sized `out` for
+  int64_t dim = 0;
+  int in_dtype = 1;
+  int out_dtype = 1;
+  uint8_t* out = nullptr;
+  uint64_t* status = nullptr;  // kStatusWords device words
+};
+absl::Status LaunchViewGather(const ViewGather& launch, Stream stream);
 
 // Event-timed milliseconds of `iterations` runs of `fn` on `stream`.
 absl::StatusOr<float> TimeOnStream(Stream stream, int iterations,

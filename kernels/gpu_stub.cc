@@ -40,6 +40,28 @@ absl::Status LaunchGather(const GatherLaunch&, Stream) { return NotBuilt(); }
 absl::Status LaunchDeviceCopy(void*, const void*, size_t, Stream) {
   return NotBuilt();
 }
+int CurrentDevice() { return -1; }
+absl::StatusOr<std::string> DeviceUuid(int) { return NotBuilt(); }
+absl::StatusOr<int> DeviceWithUuid(const std::string&) { return NotBuilt(); }
+absl::StatusOr<std::string> IpcHandleOf(int, void*) { return NotBuilt(); }
+absl::StatusOr<void*> IpcOpen(const std::string&) { return NotBuilt(); }
+void IpcClose(void*) {}
+absl::StatusOr<const void*> HostRegisterReadOnly(const void*, size_t) {
+  return NotBuilt();
+}
+void HostUnregisterConst(const void*) {}
+PointerInfo DescribePointer(const void*) { return {}; }
+bool StreamCapturing(Stream) { return false; }
+absl::StatusOr<Event> EventCreate() { return NotBuilt(); }
+void EventDestroy(Event) {}
+absl::Status EventRecord(Event, Stream) { return NotBuilt(); }
+bool EventDone(Event) { return true; }
+absl::StatusOr<void*> CreateView(const ViewSpec&) { return NotBuilt(); }
+void FreeView(void*) {}
+absl::StatusOr<void*> CreateViewSlot() { return NotBuilt(); }
+void FreeViewSlot(void*) {}
+absl::Status PublishView(void*, void*, Stream) { return NotBuilt(); }
+absl::Status LaunchViewGather(const ViewGather&, Stream) { return NotBuilt(); }
 absl::StatusOr<float> TimeOnStream(Stream, int, absl::Status (*)(void*),
                                    void*) {
   return NotBuilt();

@@ -156,6 +156,16 @@ class RefusedStream : public grpc::ServerReadReactor<Request> {
   void OnDone() override { delete this; }
 };
 
+// The same for a bidirectional stream (a refused WatchLayer).
+template <typename Request, typename Response>
+class RefusedBidiStream : public grpc::ServerBidiReactor<Request, Response> {
+ public:
+  explicit RefusedBidiStream(const grpc::Status& status) {
+    this->Finish(status);
+  }
+  void OnDone() override { delete this; }
+};
+
 // Audits the calls of write, admin and peer methods (who, which method,
 // the status they ended with) as they end; read methods get no
 // interceptor, so lookups pay nothing for it.

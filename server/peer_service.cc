@@ -181,10 +181,12 @@ PeerService::PeerService(LayerRegistry* layers, MemoryBudget* budget,
       pin_memory_(pin_memory),
       transport_(transport) {
   if (transport_ != nullptr) exporter_ = transport_->Mapper();
+  watch_hub_ = LayerWatchHub::Create(layers_, transport_, {});
   janitor_ = std::thread([this] { JanitorLoop(); });
 }
 
 PeerService::~PeerService() {
+  watch_hub_->Close();
   {
     MutexLock lock(&mu_);
     stopping_ = true;
@@ -484,18 +486,23 @@ absl::Status PeerService::DescribeExports(
   }
   std::shared_ptr<const Layer> layer = layers_->Find(layer_id);
   if (layer == nullptr) return Missing(layer_id);
-  response->set_worker_address(transport_->worker_address());
-  response->set_control_descriptor(transport_->control_descriptor());
-  for (int h = 0; h < layer->layout().num_heads(); ++h) {
-    internal::v1::HeadExports* head = response->add_heads();
-    for (const ExportedRange& e : layer->exports(h)) {
-      internal::v1::ExportedRange* r = head->add_ranges();
-      r->set_offset(e.offset);
-      r->set_length(e.length);
-      r->set_access(e.descriptor);
+  DescribeLayerExports(*layer, *transport_, response);
+  return absl::OkStatus();
+}
+
+grpc::ServerBidiReactor<internal::v1::WatchLayerRequest,
+                        internal::v1::LayerMapping>*
+PeerService::WatchLayer(grpc::CallbackServerContext* context) {
+  if (auth_ != nullptr) {
+    absl::StatusOr<Caller> caller =
+        auth_->Check(*context, kRightRead, "WatchLayer");
+    if (!caller.ok()) {
+      return new RefusedBidiStream<internal::v1::WatchLayerRequest,
+                                   internal::v1::LayerMapping>(
+          ToGrpcStatus(caller.status()));
     }
   }
-  return absl::OkStatus();
+  return watch_hub_->Start(context);
 }
 
 grpc::ServerUnaryReactor* PeerService::RemoveLocal(

@@ -20,6 +20,7 @@
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "server/auth.h"
 #include "server/cluster.h"
+#include "server/layer_watch.h"
 #include "server/metrics.h"
 #include "server/pending_responses.h"
 #include "server/raw_unary.h"
@@ -78,6 +79,11 @@ class PeerService final
   grpc::ServerUnaryReactor* RemoveLocal(grpc::CallbackServerContext* context,
                                         const grpc::ByteBuffer* request,
                                         grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<internal::v1::WatchLayerRequest,
+                          internal::v1::LayerMapping>*
+  WatchLayer(grpc::CallbackServerContext* context) override;
+  // Zero-copy readers' streams (created by the constructor).
+  LayerWatchHub* watch_hub() const { return watch_hub_.get(); }
   grpc::ServerUnaryReactor* StageFiles(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
@@ -167,6 +173,7 @@ class PeerService final
   std::deque<std::string> aborted_order_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread janitor_;
+  std::shared_ptr<LayerWatchHub> watch_hub_;
 };
 
 }  // namespace engram

@@ -104,6 +104,7 @@ EngramServer::EngramServer(ServerConfig config)
 EngramServer::~EngramServer() {
   if (loader_ != nullptr) loader_->Cancel();
   if (server_ != nullptr) {
+    if (peer_service_ != nullptr) peer_service_->watch_hub()->Close();
     server_->Shutdown();
     server_->Wait();
   }
@@ -358,6 +359,17 @@ absl::Status EngramServer::Start() {
     service_->SetExporter(peer_service_->exporter());
     if (absl::Status s = StartLoader(); !s.ok()) return s;
   }
+  {
+    LayerWatchHub* hub = peer_service_->watch_hub();
+    metrics_.AddGaugeSource(
+        "engram_watch_streams",
+        "Open WatchLayer streams of same-host zero-copy readers.",
+        [hub] { return hub->open_streams(); });
+    metrics_.AddGaugeSource(
+        "engram_watch_leased_versions",
+        "Layer versions kept alive for zero-copy readers (docs/gpu.md).",
+        [hub] { return static_cast<double>(hub->leased_versions()); });
+  }
   if (config_.demo && start_load_ids_.count(kDemoLayerId)) {
     LogInfo("--demo: layer 0 comes from --data_dir or --load instead");
   } else if (config_.demo) {
@@ -459,6 +471,9 @@ void EngramServer::Shutdown() {
   // Stop the prober (it would flip health back); the peer stubs must stay
   // alive until the server has drained the calls that use them.
   if (cluster_ != nullptr) cluster_->StopProber();
+  // Watch streams never end by themselves: end them (readers reconnect
+  // elsewhere or report the server gone) instead of waiting the drain out.
+  if (peer_service_ != nullptr) peer_service_->watch_hub()->Close();
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(
                             static_cast<int64_t>(config_.drain_seconds * 1000));

@@ -30,6 +30,11 @@ class GpuLayerMirror {
   GpuLayerMirror& operator=(const GpuLayerMirror&) = delete;
 
   uint64_t bytes() const { return reservation_.bytes(); }
+  // The CUDA device holding the copy, and head h's table there (its own
+  // cudaMalloc allocation: what a CUDA IPC handle of it opens).
+  int device() const { return device_; }
+  void* device_table(int head) const { return tables_[head]; }
+  int num_tables() const { return static_cast<int>(tables_.size()); }
 
  private:
   friend class GpuTier;

@@ -97,6 +97,14 @@ std::shared_ptr<const PopulateTicket> LayerRegistry::FindRecovering(
 absl::Status LayerRegistry::Commit(
     const std::shared_ptr<PopulateTicket>& ticket,
     std::shared_ptr<const Layer> layer) {
+  absl::Status s = CommitQuietly(ticket, std::move(layer));
+  if (s.ok() && listener_) listener_(ticket->layer_id());
+  return s;
+}
+
+absl::Status LayerRegistry::CommitQuietly(
+    const std::shared_ptr<PopulateTicket>& ticket,
+    std::shared_ptr<const Layer> layer) {
   MutexLock lock(&mu_);
   auto it = populating_.find(ticket->layer_id());
   const bool owned = it != populating_.end() && it->second == ticket;
@@ -150,6 +158,12 @@ void LayerRegistry::DetachAbortHook(
 }
 
 absl::StatusOr<int> LayerRegistry::Remove(int64_t layer_id, bool force) {
+  absl::StatusOr<int> removed = RemoveQuietly(layer_id, force);
+  if (removed.ok() && listener_) listener_(layer_id);
+  return removed;
+}
+
+absl::StatusOr<int> LayerRegistry::RemoveQuietly(int64_t layer_id, bool force) {
   MutexLock lock(&mu_);
   auto committed = current_->find(layer_id);
   if (committed != current_->end()) {

@@ -115,7 +115,17 @@ class LayerRegistry {
   // populate is aborted and 0 is returned).
   absl::StatusOr<int> Remove(int64_t layer_id, bool force);
 
+  // Called (outside the registry's lock, on the committing or removing
+  // thread) with the id after every successful Commit or Remove. Set once,
+  // before the registry is shared; it must not block.
+  void SetChangeListener(std::function<void(int64_t layer_id)> listener) {
+    listener_ = std::move(listener);
+  }
+
  private:
+  absl::Status CommitQuietly(const std::shared_ptr<PopulateTicket>& ticket,
+                             std::shared_ptr<const Layer> layer);
+  absl::StatusOr<int> RemoveQuietly(int64_t layer_id, bool force);
   using Snapshot = absl::flat_hash_map<int64_t, std::shared_ptr<const Layer>>;
   static constexpr int kStripes = 16;
   struct alignas(64) Stripe {
@@ -131,6 +141,7 @@ class LayerRegistry {
   Stripe stripes_[kStripes];
   // engram::Mutex (a std::mutex), not absl::Mutex: Debian's libabsl is not
   // built for ThreadSanitizer, which must see these locks.
+  std::function<void(int64_t)> listener_;  // const once shared
   mutable Mutex mu_;  // writers only; readers never take it
   std::shared_ptr<const Snapshot> current_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<int64_t, std::shared_ptr<PopulateTicket>> populating_

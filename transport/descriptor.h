@@ -13,6 +13,12 @@
 
 namespace engram::transport {
 
+// The control region's fixed slots (the rest are ranges' epoch slots):
+// the owner's heartbeat, its CLOCK_MONOTONIC nanoseconds refreshed every
+// 50 ms, and its random identity (the control descriptor's generation).
+inline constexpr uint32_t kHeartbeatSlot = 0;
+inline constexpr uint32_t kIdentitySlot = 1;
+
 struct RegionDescriptor {
   uint64_t base = 0;    // the range's address in the owner process
   uint64_t length = 0;  // bytes

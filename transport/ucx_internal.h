@@ -44,9 +44,7 @@ constexpr auto kRetireGrace = std::chrono::seconds(10);
 // read of an owner silent for longer than this is refused: a dead process's
 // mapping stays readable, but its layers may since have been replaced by a
 // restarted process.
-constexpr uint32_t kHeartbeatSlot = 0;
-// Holds the engine's random identity (the control descriptor's generation).
-constexpr uint32_t kIdentitySlot = 1;
+// (kHeartbeatSlot and kIdentitySlot: transport/descriptor.h.)
 constexpr auto kHeartbeatEvery = std::chrono::milliseconds(50);
 constexpr auto kHeartbeatStale = std::chrono::seconds(2);
 

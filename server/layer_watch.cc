@@ -1,0 +1,292 @@
+#include "server/layer_watch.h"
+
+#include "absl/strings/str_cat.h"
+#include "proto/convert.h"
+#include "store/gpu_tier.h"
+
+namespace engram {
+
+using internal::v1::LayerMapping;
+using internal::v1::WatchLayerRequest;
+
+void DescribeLayerExports(const Layer& layer,
+                          const transport::UcxEngine& transport,
+                          internal::v1::TransportResponse* response) {
+  response->set_worker_address(transport.worker_address());
+  response->set_control_descriptor(transport.control_descriptor());
+  for (int h = 0; h < layer.layout().num_heads(); ++h) {
+    internal::v1::HeadExports* head = response->add_heads();
+    for (const ExportedRange& e : layer.exports(h)) {
+      internal::v1::ExportedRange* r = head->add_ranges();
+      r->set_offset(e.offset);
+      r->set_length(e.length);
+      r->set_access(e.descriptor);
+    }
+  }
+}
+
+// One WatchLayer call. gRPC serializes its own callbacks; Notify comes from
+// committing threads (through the hub, under the hub's lock). `mu_` orders
+// the write state between the two. Deletes itself in OnDone, after
+// unregistering (so no Notify reaches it afterwards).
+class LayerWatchHub::Stream
+    : public grpc::ServerBidiReactor<WatchLayerRequest, LayerMapping> {
+ public:
+  explicit Stream(std::shared_ptr<LayerWatchHub> hub) : hub_(std::move(hub)) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the reader closed its side, or left
+      End(grpc::Status::OK);
+      return;
+    }
+    if (layer_id_ < 0) {
+      if (request_.layer_id() < 0) {
+        End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         "layer_id must not be negative"));
+        return;
+      }
+      layer_id_ = request_.layer_id();
+      gpu_ = request_.gpu();
+      if (!hub_->Register(this, layer_id_)) {
+        layer_id_ = -1;
+        End(grpc::Status(
+            grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("this server has ", hub_->options_.max_streams,
+                         " WatchLayer streams open already (or is stopping)")));
+        return;
+      }
+      registered_ = true;
+      Notify();
+    } else if (request_.release_version() != 0) {
+      Release(request_.release_version());
+    }
+    StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      FinishLocked(
+          grpc::Status(grpc::StatusCode::CANCELLED, "the reader went away"));
+      return;
+    }
+    if (finish_after_write_) {
+      finish_after_write_ = false;
+      Finish(final_status_);
+      return;
+    }
+    if (pending_) {
+      pending_ = false;
+      WriteCurrentLocked();
+    }
+  }
+
+  void OnCancel() override {
+    End(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+  }
+
+  void OnDone() override {
+    if (registered_) hub_->Unregister(this, layer_id_);
+    {
+      MutexLock lock(&mu_);
+      hub_->leases_.fetch_sub(static_cast<int64_t>(leases_.size()));
+      leases_.clear();
+    }
+    delete this;
+  }
+
+  // The layer may have changed: send its state unless the reader has it.
+  void Notify() {
+    MutexLock lock(&mu_);
+    if (finished_) return;
+    if (writing_) {
+      pending_ = true;
+      return;
+    }
+    WriteCurrentLocked();
+  }
+
+  void End(const grpc::Status& status) {
+    MutexLock lock(&mu_);
+    FinishLocked(status);
+  }
+
+ private:
+  void Release(uint64_t version) {
+    MutexLock lock(&mu_);
+    if (leases_.erase(version) > 0) hub_->leases_.fetch_sub(1);
+  }
+
+  void FinishLocked(const grpc::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    if (writing_) {
+      finish_after_write_ = true;
+      final_status_ = status;
+    } else {
+      Finish(status);
+    }
+  }
+
+  void WriteCurrentLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::shared_ptr<const Layer> layer = hub_->layers_->Find(layer_id_);
+    out_.Clear();
+    out_.set_layer_id(layer_id_);
+    if (layer == nullptr) {
+      if (sent_state_ == LayerMapping::NOT_FOUND) return;
+      out_.set_state(LayerMapping::NOT_FOUND);
+      sent_state_ = LayerMapping::NOT_FOUND;
+      sent_version_ = 0;
+    } else {
+      if (sent_state_ == LayerMapping::PRESENT &&
+          sent_version_ == layer->version()) {
+        return;
+      }
+      if (static_cast<int>(leases_.size()) >=
+          hub_->options_.max_leases_per_stream) {
+        FinishLocked(
+            grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                         absl::StrCat("the reader holds ", leases_.size(),
+                                      " versions of layer ", layer_id_,
+                                      " without releasing any; reconnect")));
+        return;
+      }
+      Describe(*layer);
+      if (leases_.emplace(layer->version(), layer).second) {
+        hub_->leases_.fetch_add(1);
+      }
+      sent_state_ = LayerMapping::PRESENT;
+      sent_version_ = layer->version();
+    }
+    writing_ = true;
+    StartWrite(&out_);
+  }
+
+  void Describe(const Layer& layer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    out_.set_state(LayerMapping::PRESENT);
+    out_.set_version(layer.version());
+    LayoutToConfig(layer.layout(), out_.mutable_config());
+    std::string note;
+    bool exported = layer.has_rows() && layer.layout().num_heads() > 0;
+    for (int h = 0; exported && h < layer.layout().num_heads(); ++h) {
+      exported = !layer.exports(h).empty();
+    }
+    if (hub_->transport_ == nullptr || !exported) {
+      note = "host tables are not exported (start engramd with --direct_reads)";
+    } else {
+      DescribeLayerExports(layer, *hub_->transport_, out_.mutable_host());
+    }
+    const GpuLayerMirror* mirror = layer.gpu_mirror();
+    if (gpu_ && mirror == nullptr) {
+      absl::StrAppend(&note, note.empty() ? "" : "; ",
+                      "no GPU copy (engramd --gpu holds one)");
+    } else if (gpu_) {
+      absl::StatusOr<std::string> uuid = gpu::DeviceUuid(mirror->device());
+      absl::Status status = uuid.status();
+      for (int h = 0; status.ok() && h < mirror->num_tables(); ++h) {
+        absl::StatusOr<std::string> handle =
+            gpu::IpcHandleOf(mirror->device(), mirror->device_table(h));
+        if (!handle.ok()) {
+          status = handle.status();
+          break;
+        }
+        internal::v1::GpuTable* table = out_.add_gpu_tables();
+        table->set_ipc_handle(*std::move(handle));
+        table->set_offset(0);
+      }
+      if (status.ok()) {
+        out_.set_gpu_uuid(*uuid);
+      } else {
+        out_.clear_gpu_tables();
+        absl::StrAppend(&note, note.empty() ? "" : "; ",
+                        "the GPU copy cannot be shared: ", status.message());
+      }
+    }
+    out_.set_note(note);
+  }
+
+  const std::shared_ptr<LayerWatchHub> hub_;
+  WatchLayerRequest request_;  // gRPC's read callbacks only
+  int64_t layer_id_ = -1;      // set by the first message
+  bool gpu_ = false;
+  bool registered_ = false;
+
+  Mutex mu_;
+  LayerMapping out_ ABSL_GUARDED_BY(mu_);  // the write in flight
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool pending_ ABSL_GUARDED_BY(mu_) = false;  // a change during the write
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_after_write_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+  LayerMapping::State sent_state_ ABSL_GUARDED_BY(mu_) =
+      LayerMapping::STATE_UNSPECIFIED;
+  uint64_t sent_version_ ABSL_GUARDED_BY(mu_) = 0;
+  // The versions the reader may be reading: kept alive here.
+  std::map<uint64_t, std::shared_ptr<const Layer>> leases_ ABSL_GUARDED_BY(mu_);
+};
+
+std::shared_ptr<LayerWatchHub> LayerWatchHub::Create(
+    LayerRegistry* layers, transport::UcxEngine* transport, Options options) {
+  std::shared_ptr<LayerWatchHub> hub(
+      new LayerWatchHub(layers, transport, options));
+  layers->SetChangeListener(
+      [weak = std::weak_ptr<LayerWatchHub>(hub)](int64_t layer_id) {
+        if (std::shared_ptr<LayerWatchHub> h = weak.lock()) {
+          h->Changed(layer_id);
+        }
+      });
+  return hub;
+}
+
+LayerWatchHub::~LayerWatchHub() = default;
+
+grpc::ServerBidiReactor<WatchLayerRequest, LayerMapping>* LayerWatchHub::Start(
+    grpc::CallbackServerContext*) {
+  return new Stream(shared_from_this());
+}
+
+void LayerWatchHub::Close() {
+  MutexLock lock(&mu_);
+  closed_ = true;
+  for (auto& [id, stream] : streams_) {
+    stream->End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                             "the server is shutting down"));
+  }
+}
+
+int LayerWatchHub::open_streams() const {
+  MutexLock lock(&mu_);
+  return static_cast<int>(streams_.size());
+}
+
+void LayerWatchHub::Changed(int64_t layer_id) {
+  MutexLock lock(&mu_);
+  auto [begin, end] = streams_.equal_range(layer_id);
+  for (auto it = begin; it != end; ++it) it->second->Notify();
+}
+
+bool LayerWatchHub::Register(Stream* stream, int64_t layer_id) {
+  MutexLock lock(&mu_);
+  if (closed_ || static_cast<int>(streams_.size()) >= options_.max_streams) {
+    return false;
+  }
+  streams_.emplace(layer_id, stream);
+  return true;
+}
+
+void LayerWatchHub::Unregister(Stream* stream, int64_t layer_id) {
+  MutexLock lock(&mu_);
+  auto [begin, end] = streams_.equal_range(layer_id);
+  for (auto it = begin; it != end; ++it) {
+    if (it->second == stream) {
+      streams_.erase(it);
+      return;
+    }
+  }
+}
+
+}  // namespace engram

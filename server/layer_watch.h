@@ -1,0 +1,83 @@
+// WatchLayer (internal peer API): what a same-host zero-copy reader maps
+// (docs/gpu.md). Each stream watches one layer id and is sent the layer's
+// current version whenever it changes: its exported host tables and, when
+// asked, CUDA IPC handles of its GPU copy. Every version sent is leased to
+// the stream — the stream holds the Layer, so neither its exported memory
+// nor its GPU copy is freed, even after a replace or remove — until the
+// reader releases that version or the stream ends (the reader exited).
+#ifndef ENGRAM_SERVER_LAYER_WATCH_H_
+#define ENGRAM_SERVER_LAYER_WATCH_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+
+#include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
+#include "engram/internal/v1/peer.grpc.pb.h"
+#include "store/layer.h"
+#include "store/layer_registry.h"
+#include "transport/ucx_engine.h"
+
+namespace engram {
+
+class Authorizer;
+
+// Fills `response` with `layer`'s exported ranges as `transport` (the
+// engine that exported them) describes them.
+void DescribeLayerExports(const Layer& layer,
+                          const transport::UcxEngine& transport,
+                          internal::v1::TransportResponse* response);
+
+// The watch streams of one server. Created once, shared with the
+// registry's change listener (which may outlive the peer service, hence
+// the shared_ptr); Close() ends every stream and turns notifications into
+// no-ops. Borrows the registry and the transport (may be null: host tables
+// are then not offered). Thread-safe.
+class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
+ public:
+  struct Options {
+    int max_streams = 1024;
+    // Versions one stream may hold unreleased; past it the stream ends
+    // with RESOURCE_EXHAUSTED (a reader that never releases would keep
+    // every replaced version's memory).
+    int max_leases_per_stream = 16;
+  };
+  // Also installs itself as `layers`' change listener.
+  static std::shared_ptr<LayerWatchHub> Create(LayerRegistry* layers,
+                                               transport::UcxEngine* transport,
+                                               Options options);
+  ~LayerWatchHub();
+
+  grpc::ServerBidiReactor<internal::v1::WatchLayerRequest,
+                          internal::v1::LayerMapping>*
+  Start(grpc::CallbackServerContext* context);
+  // Ends every open stream (server shutdown) and refuses new ones.
+  void Close();
+
+  int open_streams() const;
+  // Versions held for readers that the registry no longer serves.
+  int64_t leased_versions() const { return leases_.load(); }
+
+ private:
+  class Stream;
+  LayerWatchHub(LayerRegistry* layers, transport::UcxEngine* transport,
+                Options options)
+      : layers_(layers), transport_(transport), options_(options) {}
+  void Changed(int64_t layer_id);
+  bool Register(Stream* stream, int64_t layer_id);
+  void Unregister(Stream* stream, int64_t layer_id);
+
+  LayerRegistry* const layers_;
+  transport::UcxEngine* const transport_;
+  const Options options_;
+  std::atomic<int64_t> leases_{0};
+  mutable Mutex mu_;
+  std::multimap<int64_t, Stream*> streams_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_LAYER_WATCH_H_

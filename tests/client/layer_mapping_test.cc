@@ -1,0 +1,218 @@
+// WatchLayer and its client (client/layer_mapping.*) against a real engramd:
+// the mapped tables are the layer's rows, every replace or remove reaches
+// the watch, a replaced version stays mapped and exported (leased) until
+// released, and a killed server is reported without harming the mapping.
+#include "client/layer_mapping.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <thread>
+
+#include "client/client.h"
+#include "common/mutex.h"
+#include "tests/testing/engramd_process.h"
+#include "tests/testing/random_layer.h"
+
+namespace engram {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Collects a watch's updates for the test thread.
+class Updates {
+ public:
+  void Push(MappingUpdate u) {
+    MutexLock lock(&mu_);
+    updates_.push_back(std::move(u));
+    cv_.notify_all();
+  }
+  // The next update, or nullopt after `seconds`.
+  std::optional<MappingUpdate> Next(int seconds = 10) {
+    MutexLock lock(&mu_);
+    if (!cv_.wait_for(lock, std::chrono::seconds(seconds),
+                      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                        return !updates_.empty();
+                      })) {
+      return std::nullopt;
+    }
+    MappingUpdate u = std::move(updates_.front());
+    updates_.pop_front();
+    return u;
+  }
+
+ private:
+  Mutex mu_;
+  std::condition_variable_any cv_;
+  std::deque<MappingUpdate> updates_ ABSL_GUARDED_BY(mu_);
+};
+
+bool SameRows(const MappedVersion& v,
+              const std::vector<std::vector<uint8_t>>& tables) {
+  if (v.tables.size() != tables.size()) return false;
+  for (size_t h = 0; h < tables.size(); ++h) {
+    if (std::memcmp(v.tables[h], tables[h].data(), tables[h].size()) != 0)
+      return false;
+  }
+  return true;
+}
+
+bool Exported(const MappedVersion& v) {
+  for (size_t h = 0; h < v.epoch_slots.size(); ++h) {
+    if (std::atomic_ref<uint64_t>(const_cast<uint64_t&>(*v.epoch_slots[h]))
+            .load() != v.generations[h]) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
+  return grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+}
+
+class LayerMappingTest : public ::testing::Test {
+ protected:
+  void Start(std::vector<std::string> flags = {"--direct_reads"}) {
+    auto server = testing::EngramdProcess::Start(flags);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto client = Client::Connect(server_->address());
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+  std::unique_ptr<LayerMappingWatch> Watch(int64_t layer, Updates* updates) {
+    return std::make_unique<LayerMappingWatch>(
+        Channel(server_->address()), layer, LayerMappingWatch::Options{},
+        [updates](MappingUpdate u) { updates->Push(std::move(u)); });
+  }
+
+  LayerLayout layout_{{300, 200, 100}, 16, DType::kBFloat16};
+  std::unique_ptr<testing::EngramdProcess> server_;
+  std::unique_ptr<Client> client_;
+};
+
+TEST_F(LayerMappingTest, MapsTheRowsAndFollowsReplaceAndRemove) {
+  Start();
+  auto v1 = testing::RandomTables(layout_, 1);
+  ASSERT_TRUE(client_->Populate(3, layout_, testing::Spans(v1)).ok());
+  Updates updates;
+  auto watch = Watch(3, &updates);
+  std::optional<MappingUpdate> first = updates.Next();
+  ASSERT_TRUE(first.has_value());
+  ASSERT_EQ(first->state, MappingUpdate::kPresent);
+  std::shared_ptr<const MappedVersion> old = first->mapped;
+  ASSERT_TRUE(old->host_why.ok()) << old->host_why;
+  EXPECT_EQ(old->version, 1u);
+  EXPECT_EQ(old->layout.num_heads(), 3);
+  EXPECT_TRUE(SameRows(*old, v1));
+  EXPECT_TRUE(Exported(*old));
+  EXPECT_FALSE(old->gpu_why.ok());  // not asked for, and no --gpu
+
+  auto v2 = testing::RandomTables(layout_, 2);
+  ASSERT_TRUE(client_->Replace(3, layout_, testing::Spans(v2)).ok());
+  std::optional<MappingUpdate> second = updates.Next();
+  ASSERT_TRUE(second.has_value());
+  ASSERT_EQ(second->state, MappingUpdate::kPresent);
+  EXPECT_EQ(second->mapped->version, 2u);
+  EXPECT_TRUE(SameRows(*second->mapped, v2));
+  // The old version is leased: still exported, rows unchanged.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(Exported(*old));
+  EXPECT_TRUE(SameRows(*old, v1));
+  // Released, the server frees it: its ranges are withdrawn (our mapping
+  // still reads the old bytes; nothing else can change them).
+  watch->Release(1);
+  bool withdrawn = false;
+  for (int i = 0; i < 100 && !withdrawn; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    withdrawn = !Exported(*old);
+  }
+  EXPECT_TRUE(withdrawn) << "the server kept a released version";
+  EXPECT_TRUE(SameRows(*old, v1));
+
+  ASSERT_TRUE(client_->Remove(3).ok());
+  std::optional<MappingUpdate> removed = updates.Next();
+  ASSERT_TRUE(removed.has_value());
+  EXPECT_EQ(removed->state, MappingUpdate::kNotFound);
+  // Version 2 is still leased, so still exported, after the remove.
+  EXPECT_TRUE(Exported(*second->mapped));
+  EXPECT_TRUE(SameRows(*second->mapped, v2));
+  // A new layer under the id reaches the same watch.
+  ASSERT_TRUE(client_->Populate(3, layout_, testing::Spans(v1)).ok());
+  std::optional<MappingUpdate> again = updates.Next();
+  ASSERT_TRUE(again.has_value());
+  ASSERT_EQ(again->state, MappingUpdate::kPresent);
+  EXPECT_EQ(again->mapped->version, 3u);
+  EXPECT_TRUE(SameRows(*again->mapped, v1));
+  // Ending the watch ends every lease.
+  watch.reset();
+  ASSERT_TRUE(client_->Remove(3).ok());
+  bool freed = false;
+  for (int i = 0; i < 100 && !freed; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    freed = !Exported(*second->mapped) && !Exported(*again->mapped);
+  }
+  EXPECT_TRUE(freed) << "leases outlived their stream";
+}
+
+TEST_F(LayerMappingTest, AMissingLayerAndAnUnexportedServerAreReported) {
+  Start({});  // no --direct_reads: nothing exported
+  Updates updates;
+  auto watch = Watch(9, &updates);
+  std::optional<MappingUpdate> none = updates.Next();
+  ASSERT_TRUE(none.has_value());
+  EXPECT_EQ(none->state, MappingUpdate::kNotFound);
+  auto tables = testing::RandomTables(layout_, 3);
+  ASSERT_TRUE(client_->Populate(9, layout_, testing::Spans(tables)).ok());
+  std::optional<MappingUpdate> present = updates.Next();
+  ASSERT_TRUE(present.has_value());
+  ASSERT_EQ(present->state, MappingUpdate::kPresent);
+  EXPECT_EQ(present->mapped->host_why.code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(present->mapped->host_why.message(), HasSubstr("--direct_reads"));
+  EXPECT_TRUE(present->mapped->tables.empty());
+}
+
+TEST_F(LayerMappingTest, AKilledServerIsReportedAndTheMappingStaysReadable) {
+  Start();
+  auto tables = testing::RandomTables(layout_, 4);
+  ASSERT_TRUE(client_->Populate(5, layout_, testing::Spans(tables)).ok());
+  Updates updates;
+  auto watch = Watch(5, &updates);
+  std::optional<MappingUpdate> first = updates.Next();
+  ASSERT_TRUE(first.has_value());
+  ASSERT_EQ(first->state, MappingUpdate::kPresent);
+  server_->Kill();
+  std::optional<MappingUpdate> gone = updates.Next();
+  ASSERT_TRUE(gone.has_value());
+  EXPECT_EQ(gone->state, MappingUpdate::kUnavailable);
+  EXPECT_THAT(gone->why.message(), HasSubstr("stream ended"));
+  EXPECT_TRUE(SameRows(*first->mapped, tables));
+  watch.reset();  // stops while reconnecting, without hanging
+}
+
+TEST_F(LayerMappingTest, BadWatchRequestsAreRefused) {
+  Start();
+  auto stub = internal::v1::EngramPeer::NewStub(Channel(server_->address()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream = stub->WatchLayer(&ctx);
+  internal::v1::WatchLayerRequest bad;
+  bad.set_layer_id(-4);
+  ASSERT_TRUE(stream->Write(bad));
+  internal::v1::LayerMapping ignored;
+  EXPECT_FALSE(stream->Read(&ignored));
+  grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("negative"));
+  ASSERT_TRUE(server_->Alive());
+  EXPECT_TRUE(client_->CheckHealth().ok());
+}
+
+}  // namespace
+}  // namespace engram

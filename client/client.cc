@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "client/cluster_router.h"
+#include "client/device_reads.h"
 #include "client/direct_reads.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "proto/channel_security.h"
@@ -77,6 +79,10 @@ struct Client::Impl {
 
   // Channel i carries lookup_stubs[i]; both lists rotate together.
   std::vector<std::shared_ptr<grpc::Channel>> lookup_channels;
+
+  // Device lookups, made at the first call (null without client_gpu).
+  std::once_flag device_once;
+  std::unique_ptr<DeviceReads> device;
 
   grpc::GenericStub* generic() { return lookup_stubs[0].get(); }
   size_t NextLookupIndex() {
@@ -359,6 +365,76 @@ absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
   if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
   wire::DecodedLookup decoded;
   return wire::DecodeLookupResponse(response, output, &decoded);
+}
+
+namespace {
+DeviceReadsFactory device_reads_factory = nullptr;  // set at static init
+
+absl::Status NoDeviceReads() {
+  return absl::FailedPreconditionError(
+      "device lookups need the engram::client_gpu library linked into the "
+      "application (it brings the CUDA runtime)");
+}
+}  // namespace
+
+void RegisterDeviceReads(DeviceReadsFactory factory) {
+  device_reads_factory = factory;
+}
+DeviceReadsFactory DeviceReadsFactoryOrNull() { return device_reads_factory; }
+
+const char* DevicePathName(DevicePath path) {
+  switch (path) {
+    case DevicePath::kGpuShared:
+      return "gpu-shared";
+    case DevicePath::kHostMapped:
+      return "host-mapped";
+    case DevicePath::kRpc:
+      return "rpc";
+  }
+  return "unknown";
+}
+
+DeviceReads* Client::Device() {
+  std::call_once(impl_->device_once, [this] {
+    if (device_reads_factory == nullptr) return;
+    DeviceReadsEnv env;
+    env.channel = impl_->channel;
+    env.timeout = impl_->options.timeout;
+    env.rpc_lookup = [this](int64_t layer_id, std::span<const int64_t> ids,
+                            std::span<const int64_t> shape,
+                            std::span<uint8_t> output,
+                            std::optional<DType> output_dtype) {
+      return Lookup(layer_id, ids, shape, output, output_dtype);
+    };
+    impl_->device = device_reads_factory(std::move(env));
+  });
+  return impl_->device.get();
+}
+
+absl::Status Client::LookupToDevice(const DeviceLookupRequest& request,
+                                    DevicePath* path) {
+  DeviceReads* device = Device();
+  if (device == nullptr) return NoDeviceReads();
+  return device->Lookup(request, path);
+}
+
+absl::Status Client::DeviceLookupResult(const DeviceLookupRequest& request) {
+  DeviceReads* device = Device();
+  if (device == nullptr) return NoDeviceReads();
+  return device->Result(request);
+}
+
+absl::StatusOr<DevicePath> Client::PrepareDeviceLookups(int64_t layer_id,
+                                                        int device) {
+  DeviceReads* reads = Device();
+  if (reads == nullptr) return NoDeviceReads();
+  return reads->Prepare(layer_id, device);
+}
+
+std::string Client::DevicePathNote(int64_t layer_id, int device) {
+  DeviceReads* reads = Device();
+  if (reads == nullptr) return std::string(NoDeviceReads().message());
+  return reads->Note(layer_id, device);
 }
 
 absl::StatusOr<int> Client::Remove(int64_t layer_id, bool force) {

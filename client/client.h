@@ -22,6 +22,8 @@
 
 namespace engram {
 
+class DeviceReads;
+
 struct ClientOptions {
   // Deadline of each unary call (Lookup, Remove, Describe, List, health).
   absl::Duration timeout = absl::Seconds(60);
@@ -76,6 +78,36 @@ using PopulateProgress = std::function<void(uint64_t sent, uint64_t total)>;
 // little-endian); an error ends the populate (nothing is kept).
 using RowSource = std::function<absl::Status(int head, int64_t row,
                                              int64_t rows, uint8_t* dst)>;
+
+// A lookup whose rows land in GPU memory, on the caller's CUDA stream
+// (docs/gpu.md). Plain types: `stream` is a cudaStream_t, pointers are CUDA
+// device addresses. Needs the engram::client_gpu library linked in.
+struct DeviceLookupRequest {
+  int64_t layer_id = 0;
+  // B*L*H ids, token-major with heads fastest (as Lookup's). Device memory
+  // of the output's device, pinned host memory, or ordinary host memory
+  // (copied into a pinned buffer first; not capturable in a CUDA graph).
+  const int64_t* ids = nullptr;
+  int64_t num_ids = 0;
+  // Device memory: exactly num_ids * D elements of the output dtype.
+  void* out = nullptr;
+  size_t out_bytes = 0;
+  // The stored dtype unless converting among float32/bfloat16/float16.
+  std::optional<DType> output_dtype;
+  void* stream = nullptr;  // nullptr: the legacy default stream
+  // Two device words (uint64) on the output's device where the launch
+  // records its outcome; DeviceLookupResult reads them. nullptr: the
+  // client's own pair for this layer and device (one stream at a time).
+  uint64_t* status = nullptr;
+};
+
+// How a device lookup reached its rows.
+enum class DevicePath {
+  kGpuShared,   // the server's GPU copy, opened through CUDA IPC
+  kHostMapped,  // the server's host tables, read by the GPU over PCIe
+  kRpc,         // a Lookup RPC into pinned memory, then an async copy
+};
+const char* DevicePathName(DevicePath path);
 
 // One channel to one engramd. Thread-safe: any number of threads may call
 // it at once, and calls share the channel. Errors are the server's gRPC
@@ -139,6 +171,30 @@ class Client {
       std::span<const int64_t> shape, std::span<uint8_t> output,
       std::optional<DType> output_dtype = std::nullopt);
 
+  // Enqueues the lookup on request.stream and returns without waiting for
+  // the GPU. Rows come straight from a co-located server's memory: its GPU
+  // copy of the layer (engramd --gpu, same device) or its host tables
+  // (engramd --direct_reads, same host), else through the RPC path (which
+  // waits for the server, not for the GPU). Synchronous errors: bad
+  // arguments (INVALID_ARGUMENT), an unknown layer (NOT_FOUND), a CUDA
+  // graph capture the chosen path cannot join (FAILED_PRECONDITION). What
+  // the GPU found (an id out of range, a layer removed meanwhile) is in the
+  // status words: DeviceLookupResult. With zero-copy paths, device ids,
+  // output and status at fixed addresses, the launch can be captured in a
+  // CUDA graph; each replay reads the layer's version current at that time.
+  // `path` (may be null) tells which path served.
+  absl::Status LookupToDevice(const DeviceLookupRequest& request,
+                              DevicePath* path = nullptr);
+  // Waits for request.stream and returns the outcome the lookup recorded.
+  absl::Status DeviceLookupResult(const DeviceLookupRequest& request);
+  // Sets up zero-copy lookups of `layer_id` on `device` (-1: the current
+  // one) now rather than at the first LookupToDevice, and says which path
+  // they will take (kRpc: why not, in the log line of DevicePathNote).
+  absl::StatusOr<DevicePath> PrepareDeviceLookups(int64_t layer_id,
+                                                  int device = -1);
+  // Why `layer_id` on `device` uses the path it uses ("" before setup).
+  std::string DevicePathNote(int64_t layer_id, int device = -1);
+
   // Returns the number of tables removed (0 when a populate in progress was
   // aborted with `force`).
   absl::StatusOr<int> Remove(int64_t layer_id, bool force = false);
@@ -158,6 +214,7 @@ class Client {
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
+  DeviceReads* Device();
   absl::StatusOr<LayerDescription> PopulateOrReplace(
       int64_t layer_id, const LayerLayout& layout,
       const std::vector<std::span<const uint8_t>>& tables,

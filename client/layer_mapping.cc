@@ -156,6 +156,16 @@ void LayerMappingWatch::Release(uint64_t version) {
   stream_->Write(request);
 }
 
+void LayerMappingWatch::StopUpdates() {
+  MutexLock lock(&callback_mu_);
+  updates_stopped_ = true;
+}
+
+void LayerMappingWatch::Deliver(MappingUpdate update) {
+  MutexLock lock(&callback_mu_);
+  if (!updates_stopped_) on_update_(std::move(update));
+}
+
 void LayerMappingWatch::Run() {
   std::chrono::milliseconds backoff(100);
   while (true) {
@@ -188,7 +198,7 @@ void LayerMappingWatch::Run() {
         update.why = absl::NotFoundError(
             absl::StrCat("layer ", layer_id_, " not found"));
       }
-      on_update_(std::move(update));
+      Deliver(std::move(update));
     }
     {
       MutexLock lock(&mu_);
@@ -200,10 +210,10 @@ void LayerMappingWatch::Run() {
       context_ = nullptr;
       if (stopping_) return;
     }
-    on_update_({MappingUpdate::kUnavailable, nullptr,
-                absl::UnavailableError(
-                    absl::StrCat("the server's WatchLayer stream ended (",
-                                 status.error_message(), "); reconnecting"))});
+    Deliver({MappingUpdate::kUnavailable, nullptr,
+             absl::UnavailableError(
+                 absl::StrCat("the server's WatchLayer stream ended (",
+                              status.error_message(), "); reconnecting"))});
     MutexLock lock(&mu_);
     wake_.wait_for(lock, backoff, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return stopping_;

@@ -96,11 +96,15 @@ class LayerMappingWatch {
   // The reader no longer reads `version`: the server may free it. A no-op
   // once the stream that leased it is gone (its leases went with it).
   void Release(uint64_t version);
+  // No on_update call starts after this returns (one in progress has
+  // finished); the stream and its leases stay until destruction.
+  void StopUpdates();
 
  private:
   using Stream = grpc::ClientReaderWriter<internal::v1::WatchLayerRequest,
                                           internal::v1::LayerMapping>;
   void Run();
+  void Deliver(MappingUpdate update);
 
   const std::unique_ptr<internal::v1::EngramPeer::Stub> stub_;
   const int64_t layer_id_;
@@ -111,6 +115,8 @@ class LayerMappingWatch {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
   Stream* stream_ ABSL_GUARDED_BY(mu_) = nullptr;  // writes go under mu_
+  Mutex callback_mu_;  // held across each on_update call
+  bool updates_stopped_ ABSL_GUARDED_BY(callback_mu_) = false;
   std::thread thread_;
 };
 

@@ -60,8 +60,7 @@ struct TableSource {
   int64_t expect_dim;
   int expect_dtype;
 
-  __device__ __forceinline__ bool Resolve(int heads,
-                                          const uint8_t* const** t,
+  __device__ __forceinline__ bool Resolve(int heads, const uint8_t* const** t,
                                           const int64_t** v) const {
     if (view_status == nullptr) {
       *t = tables;
@@ -269,9 +268,8 @@ __global__ void CheckViewKernel(int heads, int64_t dim, int dtype,
   }
   for (int h = threadIdx.x; h < heads; h += blockDim.x) {
     const uint64_t* slot = view->epoch_slots[h];
-    if (slot != nullptr &&
-        *reinterpret_cast<const volatile uint64_t*>(slot) !=
-            view->generations[h]) {
+    if (slot != nullptr && *reinterpret_cast<const volatile uint64_t*>(slot) !=
+                               view->generations[h]) {
       released = 1;
     }
   }
@@ -404,6 +402,10 @@ absl::Status StreamSynchronize(Stream stream) {
   return Check(cudaStreamSynchronize(S(stream)), "cudaStreamSynchronize");
 }
 
+absl::Status DeviceSynchronize() {
+  return Check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
 absl::Status ResetErrorFlag(uint64_t* error_flag, Stream stream) {
   return Check(cudaMemsetAsync(error_flag, 0xff, sizeof(uint64_t), S(stream)),
                "cudaMemsetAsync");
@@ -460,8 +462,8 @@ int CurrentDevice() {
 
 absl::StatusOr<std::string> DeviceUuid(int device) {
   cudaDeviceProp p;
-  if (absl::Status s = Check(cudaGetDeviceProperties(&p, device),
-                             "cudaGetDeviceProperties");
+  if (absl::Status s =
+          Check(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");
       !s.ok()) {
     cudaGetLastError();
     return s;
@@ -481,8 +483,8 @@ absl::StatusOr<int> DeviceWithUuid(const std::string& uuid) {
 absl::StatusOr<std::string> IpcHandleOf(int device, void* device_ptr) {
   if (absl::Status s = SetDevice(device); !s.ok()) return s;
   cudaIpcMemHandle_t handle;
-  if (absl::Status s =
-          Check(cudaIpcGetMemHandle(&handle, device_ptr), "cudaIpcGetMemHandle");
+  if (absl::Status s = Check(cudaIpcGetMemHandle(&handle, device_ptr),
+                             "cudaIpcGetMemHandle");
       !s.ok()) {
     cudaGetLastError();
     return s;
@@ -578,8 +580,9 @@ bool StreamCapturing(Stream stream) {
 
 absl::StatusOr<Event> EventCreate() {
   cudaEvent_t e;
-  if (absl::Status s = Check(
-          cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  if (absl::Status s =
+          Check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming),
+                "cudaEventCreate");
       !s.ok()) {
     return s;
   }
@@ -599,7 +602,7 @@ bool EventDone(Event event) {
   return true;
 }
 
-absl::StatusOr<void*> CreateView(const ViewSpec& spec) {
+absl::StatusOr<void*> CreateView(const ViewSpec& spec, Stream stream) {
   if (spec.heads < 0 || spec.heads > kMaxViewHeads ||
       (spec.state == kViewPresent &&
        (static_cast<int>(spec.tables.size()) != spec.heads ||
@@ -627,7 +630,9 @@ absl::StatusOr<void*> CreateView(const ViewSpec& spec) {
   }
   absl::StatusOr<void*> d = DeviceAlloc(sizeof(v));
   if (!d.ok()) return d.status();
-  if (absl::Status s = CopyToDevice(*d, &v, sizeof(v)); !s.ok()) {
+  absl::Status s = CopyToDeviceAsync(*d, &v, sizeof(v), stream);
+  if (s.ok()) s = StreamSynchronize(stream);
+  if (!s.ok()) {
     DeviceFree(*d);
     return s;
   }
@@ -686,6 +691,37 @@ absl::Status LaunchViewGather(const ViewGather& v, Stream stream) {
   CheckViewKernel<<<1, kThreads, 0, S(stream)>>>(v.heads, v.dim, v.in_dtype,
                                                  status);
   return Check(cudaGetLastError(), "view check launch");
+}
+
+absl::Status BeginCapture(Stream stream) {
+  return Check(
+      cudaStreamBeginCapture(S(stream), cudaStreamCaptureModeThreadLocal),
+      "cudaStreamBeginCapture");
+}
+
+absl::StatusOr<GraphExec> EndCapture(Stream stream) {
+  cudaGraph_t graph = nullptr;
+  if (absl::Status s = Check(cudaStreamEndCapture(S(stream), &graph),
+                             "cudaStreamEndCapture");
+      !s.ok()) {
+    cudaGetLastError();
+    return s;
+  }
+  cudaGraphExec_t exec = nullptr;
+  absl::Status s =
+      Check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  cudaGraphDestroy(graph);
+  if (!s.ok()) return s;
+  return static_cast<GraphExec>(exec);
+}
+
+absl::Status GraphLaunch(GraphExec graph, Stream stream) {
+  return Check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), S(stream)),
+               "cudaGraphLaunch");
+}
+
+void GraphDestroy(GraphExec graph) {
+  if (graph) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph));
 }
 
 absl::StatusOr<float> TimeOnStream(Stream stream, int iterations,

@@ -48,6 +48,8 @@ absl::Status CopyToDeviceAsync(void* dst, const void* src, size_t bytes,
 absl::Status CopyToHostAsync(void* dst, const void* src, size_t bytes,
                              Stream stream);
 absl::Status StreamSynchronize(Stream stream);
+// Waits for all work submitted to the current device so far.
+absl::Status DeviceSynchronize();
 
 // Value of *error_flag when every id was in range.
 inline constexpr uint64_t kNoError = ~uint64_t{0};
@@ -142,8 +144,9 @@ struct ViewSpec {
   std::vector<const uint64_t*> epoch_slots;  // empty for device copies
   std::vector<uint64_t> generations;
 };
-// Copies `spec` into new device memory (synchronous, off the hot path).
-absl::StatusOr<void*> CreateView(const ViewSpec& spec);
+// Copies `spec` into new device memory, through `stream`, and waits (off
+// the hot path; a non-blocking stream keeps callers' streams out of it).
+absl::StatusOr<void*> CreateView(const ViewSpec& spec, Stream stream);
 void FreeView(void* view);
 // A device word holding a view pointer (initially null: unavailable).
 absl::StatusOr<void*> CreateViewSlot();
@@ -180,6 +183,15 @@ struct ViewGather {
   uint64_t* status = nullptr;  // kStatusWords device words
 };
 absl::Status LaunchViewGather(const ViewGather& launch, Stream stream);
+
+// CUDA graphs of a stream's work (tests and benchmarks). Capture is
+// thread-local: other threads' CUDA calls (the watch applying an update)
+// are not refused meanwhile.
+using GraphExec = void*;
+absl::Status BeginCapture(Stream stream);
+absl::StatusOr<GraphExec> EndCapture(Stream stream);  // instantiated
+absl::Status GraphLaunch(GraphExec graph, Stream stream);
+void GraphDestroy(GraphExec graph);
 
 // Event-timed milliseconds of `iterations` runs of `fn` on `stream`.
 absl::StatusOr<float> TimeOnStream(Stream stream, int iterations,

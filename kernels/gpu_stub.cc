@@ -35,6 +35,7 @@ absl::Status CopyToHostAsync(void*, const void*, size_t, Stream) {
   return NotBuilt();
 }
 absl::Status StreamSynchronize(Stream) { return NotBuilt(); }
+absl::Status DeviceSynchronize() { return NotBuilt(); }
 absl::Status ResetErrorFlag(uint64_t*, Stream) { return NotBuilt(); }
 absl::Status LaunchGather(const GatherLaunch&, Stream) { return NotBuilt(); }
 absl::Status LaunchDeviceCopy(void*, const void*, size_t, Stream) {
@@ -56,12 +57,16 @@ absl::StatusOr<Event> EventCreate() { return NotBuilt(); }
 void EventDestroy(Event) {}
 absl::Status EventRecord(Event, Stream) { return NotBuilt(); }
 bool EventDone(Event) { return true; }
-absl::StatusOr<void*> CreateView(const ViewSpec&) { return NotBuilt(); }
+absl::StatusOr<void*> CreateView(const ViewSpec&, Stream) { return NotBuilt(); }
 void FreeView(void*) {}
 absl::StatusOr<void*> CreateViewSlot() { return NotBuilt(); }
 void FreeViewSlot(void*) {}
 absl::Status PublishView(void*, void*, Stream) { return NotBuilt(); }
 absl::Status LaunchViewGather(const ViewGather&, Stream) { return NotBuilt(); }
+absl::Status BeginCapture(Stream) { return NotBuilt(); }
+absl::StatusOr<GraphExec> EndCapture(Stream) { return NotBuilt(); }
+absl::Status GraphLaunch(GraphExec, Stream) { return NotBuilt(); }
+void GraphDestroy(GraphExec) {}
 absl::StatusOr<float> TimeOnStream(Stream, int, absl::Status (*)(void*),
                                    void*) {
   return NotBuilt();

@@ -1,0 +1,667 @@
+#include "client/device_lookup.h"
+
+#include <cstring>
+#include <deque>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/layer_mapping.h"
+#include "common/dtype.h"
+#include "kernels/gpu.h"
+
+namespace engram {
+namespace {
+
+// Linking this file (engram::client_gpu) turns device lookups on.
+[[maybe_unused]] const bool registered =
+    (RegisterDeviceReads(&DeviceLookups::Create), true);
+
+using Clock = std::chrono::steady_clock;
+
+// Makes `device` current for a scope, restoring the caller's device.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : device_(device) {
+    previous_ = gpu::CurrentDevice();
+    if (previous_ != device_) status_ = gpu::SetDevice(device_);
+  }
+  ~DeviceGuard() {
+    if (previous_ >= 0 && previous_ != device_) {
+      gpu::SetDevice(previous_).IgnoreError();
+    }
+  }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  const int device_;
+  int previous_ = -1;
+  absl::Status status_;
+};
+
+// Pinned host buffers for ids on their way to a kernel and for the RPC
+// path's rows; a buffer is reused only once the event recorded after its
+// last use has passed. Bound to one device (its events are). Thread-safe.
+class PinnedPool {
+ public:
+  struct Block {
+    void* data = nullptr;
+    size_t capacity = 0;
+    gpu::Event event = nullptr;
+    bool busy = false;
+  };
+  ~PinnedPool() {
+    for (Block& b : blocks_) {
+      gpu::EventDestroy(b.event);
+      gpu::PinnedFree(b.data);
+    }
+  }
+  absl::StatusOr<Block*> Acquire(size_t bytes) {
+    MutexLock lock(&mu_);
+    for (Block& b : blocks_) {
+      if (!b.busy && b.capacity >= bytes && gpu::EventDone(b.event)) {
+        b.busy = true;
+        return &b;
+      }
+    }
+    size_t capacity = 64 << 10;
+    while (capacity < bytes) capacity *= 2;
+    absl::StatusOr<void*> data = gpu::PinnedAlloc(capacity);
+    if (!data.ok()) return data.status();
+    absl::StatusOr<gpu::Event> event = gpu::EventCreate();
+    if (!event.ok()) {
+      gpu::PinnedFree(*data);
+      return event.status();
+    }
+    blocks_.push_back({*data, capacity, *event, true});
+    return &blocks_.back();
+  }
+  // After the block's last use was enqueued on `stream`.
+  void Release(Block* block, gpu::Stream stream) {
+    // A failed record leaves the event as it was: at worst the block waits
+    // for its previous use.
+    gpu::EventRecord(block->event, stream).IgnoreError();
+    MutexLock lock(&mu_);
+    block->busy = false;
+  }
+  // Unused after all (nothing was enqueued).
+  void Return(Block* block) {
+    MutexLock lock(&mu_);
+    block->busy = false;
+  }
+
+ private:
+  Mutex mu_;
+  std::deque<Block> blocks_ ABSL_GUARDED_BY(mu_);  // stable addresses
+};
+
+absl::Status CheckOutput(const LayerLayout& layout,
+                         const DeviceLookupRequest& r, DType* out_dtype) {
+  const int heads = layout.num_heads();
+  if (heads <= 0 || r.num_ids % heads != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_ids ", r.num_ids, " is not a multiple of layer ",
+                     r.layer_id, "'s ", heads, " heads"));
+  }
+  *out_dtype = r.output_dtype.value_or(layout.dtype);
+  if (!CanConvert(layout.dtype, *out_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", r.layer_id, " stores ", DTypeName(layout.dtype),
+        " rows; they cannot be returned as ", DTypeName(*out_dtype)));
+  }
+  const uint64_t want = static_cast<uint64_t>(r.num_ids) *
+                        static_cast<uint64_t>(layout.embedding_dim) *
+                        DTypeSize(*out_dtype);
+  if (r.out_bytes != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "out holds ", r.out_bytes, " bytes; ", r.num_ids, " rows of ",
+        layout.embedding_dim, " ", DTypeName(*out_dtype), " need ", want));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// One layer on one device: its watch, view slot, current view and the
+// versions being retired. The watch thread applies updates; lookups read a
+// snapshot under `mu_`; the janitor frees retired versions.
+class DeviceLookups::LayerOnDevice {
+ public:
+  // What lookups need, captured under the lock.
+  struct Current {
+    MappingUpdate::State state = MappingUpdate::kUnavailable;
+    bool known = false;  // `layout` is set (a version was seen)
+    LayerLayout layout;
+    DevicePath path = DevicePath::kRpc;
+    absl::Status why;
+  };
+
+  LayerOnDevice(int64_t layer_id, int device, const DeviceReadsEnv* env,
+                std::chrono::milliseconds grace)
+      : layer_id_(layer_id), device_(device), env_(env), grace_(grace) {}
+
+  ~LayerOnDevice() {
+    if (watch_ != nullptr) watch_->StopUpdates();  // no Apply from here on
+    DeviceGuard guard(device_);
+    // Kernels still reading must finish, and CUDA IPC mappings must be
+    // closed, before the watch ends (the server then frees the memory). A
+    // failed synchronize means a broken context: nothing reads any more.
+    gpu::DeviceSynchronize().IgnoreError();
+    {
+      MutexLock lock(&mu_);
+      for (auto& r : retiring_) Free(r.get(), /*release=*/false);
+      if (current_ != nullptr) Free(current_.get(), false);
+    }
+    watch_.reset();
+    gpu::FreeViewSlot(slot_);
+    gpu::DeviceFree(default_status_);
+    gpu::PinnedFree(ok_words_);
+    gpu::StreamDestroy(stream_);
+  }
+
+  absl::Status Init() {
+    absl::StatusOr<void*> slot = gpu::CreateViewSlot();
+    if (!slot.ok()) return slot.status();
+    slot_ = *slot;
+    absl::StatusOr<void*> status =
+        gpu::DeviceAlloc(gpu::kStatusWords * sizeof(uint64_t));
+    if (!status.ok()) return status.status();
+    default_status_ = static_cast<uint64_t*>(*status);
+    absl::StatusOr<void*> ok = gpu::PinnedAlloc(2 * sizeof(uint64_t));
+    if (!ok.ok()) return ok.status();
+    ok_words_ = static_cast<uint64_t*>(*ok);
+    ok_words_[0] = gpu::kStatusOk;
+    ok_words_[1] = 0;
+    absl::StatusOr<gpu::Stream> stream = gpu::StreamCreate();
+    if (!stream.ok()) return stream.status();
+    stream_ = *stream;
+    LayerMappingWatch::Options options;
+    options.gpu = true;
+    watch_ = std::make_unique<LayerMappingWatch>(
+        env_->channel, layer_id_, options,
+        [this](MappingUpdate u) { Apply(std::move(u)); });
+    return absl::OkStatus();
+  }
+
+  bool WaitReady(absl::Duration timeout) {
+    MutexLock lock(&mu_);
+    return ready_cv_.wait_for(
+        lock, absl::ToChronoNanoseconds(timeout),
+        [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ready_; });
+  }
+
+  Current Now() {
+    MutexLock lock(&mu_);
+    return current_state_;
+  }
+  std::string note() {
+    MutexLock lock(&mu_);
+    return note_;
+  }
+  uint64_t* default_status() const { return default_status_; }
+
+  absl::Status Lookup(const DeviceLookupRequest& r, DevicePath* path) {
+    const Current c = Now();
+    if (c.state == MappingUpdate::kNotFound) return c.why;
+    if (!c.known) return c.why;  // never reached the server
+    DType out_dtype = c.layout.dtype;
+    if (absl::Status s = CheckOutput(c.layout, r, &out_dtype); !s.ok()) {
+      return s;
+    }
+    uint64_t* status = r.status != nullptr ? r.status : default_status_;
+    const bool capturing = gpu::StreamCapturing(r.stream);
+    if (c.state == MappingUpdate::kPresent && c.path != DevicePath::kRpc) {
+      if (path != nullptr) *path = c.path;
+      return LaunchZeroCopy(r, c.layout, out_dtype, status, capturing);
+    }
+    if (capturing) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "layer ", r.layer_id, " has no zero-copy path to device ", device_,
+          " (", note(), "); the RPC path cannot be captured in a CUDA graph"));
+    }
+    if (path != nullptr) *path = DevicePath::kRpc;
+    return LaunchRpc(r, c.layout, status);
+  }
+
+  // The watch thread: a new state of the layer.
+  void Apply(MappingUpdate u) {
+    DeviceGuard guard(device_);
+    auto next = std::make_unique<Version>();
+    gpu::ViewSpec spec;
+    DevicePath path = DevicePath::kRpc;
+    std::string note;
+    if (u.state == MappingUpdate::kPresent) {
+      const MappedVersion& v = *u.mapped;
+      spec.heads = v.layout.num_heads();
+      spec.dim = v.layout.embedding_dim;
+      spec.dtype = static_cast<int>(v.layout.dtype);
+      spec.version = v.version;
+      spec.vocab = v.layout.table_vocab_sizes;
+      next->version = v.version;
+      next->mapped = u.mapped;
+      if (spec.heads > gpu::kMaxViewHeads) {
+        note = absl::StrCat("zero-copy views hold up to ", gpu::kMaxViewHeads,
+                            " heads; the layer has ", spec.heads);
+        spec.heads = 0;
+      } else {
+        path = Build(v, next.get(), &spec, &note);
+      }
+      if (path == DevicePath::kRpc) {
+        // Nothing of it is read here: the server need not keep it.
+        watch_->Release(v.version);
+        next->mapped.reset();
+        spec.state = gpu::kViewUnavailable;
+      }
+    } else {
+      spec.state = u.state == MappingUpdate::kNotFound ? gpu::kViewRemoved
+                                                       : gpu::kViewUnavailable;
+      note = std::string(u.why.message());
+    }
+    absl::StatusOr<void*> view = gpu::CreateView(spec, stream_);
+    absl::Status published = view.status();
+    if (view.ok()) {
+      next->view = *view;
+      published = gpu::PublishView(slot_, *view, stream_);
+    }
+    if (!published.ok() && path != DevicePath::kRpc) {
+      absl::StrAppend(&note,
+                      "; publishing the view failed: ", published.message());
+      path = DevicePath::kRpc;
+    }
+    MutexLock lock(&mu_);
+    if (current_ != nullptr) {
+      current_->retire_at = Clock::now() + grace_;
+      retiring_.push_back(std::move(current_));
+    }
+    current_ = std::move(next);
+    current_state_.state = u.state;
+    current_state_.path = path;
+    current_state_.why = u.why;
+    if (u.state == MappingUpdate::kPresent) {
+      current_state_.known = true;
+      current_state_.layout = u.mapped->layout;
+    } else if (u.state == MappingUpdate::kNotFound) {
+      current_state_.known = false;
+    }
+    note_ = note.empty() ? DevicePathName(path) : note;
+    ready_ = true;
+    ready_cv_.notify_all();
+  }
+
+  // The janitor: frees retired versions whose grace passed (all: every).
+  void RetireDue(bool all) {
+    std::vector<std::unique_ptr<Version>> due;
+    {
+      MutexLock lock(&mu_);
+      const auto now = Clock::now();
+      for (auto it = retiring_.begin(); it != retiring_.end();) {
+        if (all || (*it)->retire_at <= now) {
+          due.push_back(std::move(*it));
+          it = retiring_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    if (due.empty()) return;
+    DeviceGuard guard(device_);
+    // Launches that pinned these views are long done after the grace; the
+    // synchronize makes sure before anything they read is unmapped.
+    gpu::DeviceSynchronize().IgnoreError();
+    for (auto& v : due) Free(v.get(), /*release=*/true);
+  }
+
+ private:
+  // What one published version holds.
+  struct Version {
+    uint64_t version = 0;
+    std::shared_ptr<const MappedVersion> mapped;  // null: nothing leased
+    std::vector<const void*> registered;          // host extents
+    std::vector<void*> opened;                    // CUDA IPC mappings
+    void* view = nullptr;
+    Clock::time_point retire_at;
+  };
+
+  // Opens `v` for this device: the GPU copy, else the host tables.
+  DevicePath Build(const MappedVersion& v, Version* out, gpu::ViewSpec* spec,
+                   std::string* note) {
+    if (!v.gpu_why.ok()) {
+      *note = absl::StrCat("no GPU copy: ", v.gpu_why.message());
+    } else {
+      absl::StatusOr<int> on = gpu::DeviceWithUuid(v.gpu_uuid);
+      if (!on.ok() || *on != device_) {
+        *note = "the server's GPU copy is on another device";
+      } else {
+        absl::Status s;
+        for (size_t h = 0; s.ok() && h < v.gpu_handles.size(); ++h) {
+          absl::StatusOr<void*> p = gpu::IpcOpen(v.gpu_handles[h]);
+          if (!p.ok()) {
+            s = p.status();
+            break;
+          }
+          out->opened.push_back(*p);
+          spec->tables.push_back(static_cast<const uint8_t*>(*p) +
+                                 v.gpu_offsets[h]);
+        }
+        if (s.ok()) return DevicePath::kGpuShared;
+        for (void* p : out->opened) gpu::IpcClose(p);
+        out->opened.clear();
+        spec->tables.clear();
+        *note = absl::StrCat("the GPU copy cannot be opened: ", s.message());
+      }
+    }
+    if (!v.host_why.ok()) {
+      absl::StrAppend(note, "; host tables: ", v.host_why.message());
+      return DevicePath::kRpc;
+    }
+    std::vector<const uint8_t*> bases;  // device address of each extent
+    absl::Status s;
+    for (const MappedVersion::Extent& e : v.extents) {
+      absl::StatusOr<const void*> d = gpu::HostRegisterReadOnly(e.data, e.size);
+      if (!d.ok()) {
+        s = d.status();
+        break;
+      }
+      out->registered.push_back(e.data);
+      bases.push_back(static_cast<const uint8_t*>(*d));
+    }
+    auto device_address = [&](const void* p) -> const uint8_t* {
+      const auto* b = static_cast<const uint8_t*>(p);
+      for (size_t i = 0; i < v.extents.size(); ++i) {
+        const MappedVersion::Extent& e = v.extents[i];
+        if (b >= e.data && b < e.data + e.size) return bases[i] + (b - e.data);
+      }
+      return nullptr;
+    };
+    for (size_t h = 0; s.ok() && h < v.tables.size(); ++h) {
+      const uint8_t* table = device_address(v.tables[h]);
+      const uint8_t* slot = device_address(v.epoch_slots[h]);
+      if (table == nullptr || slot == nullptr ||
+          reinterpret_cast<uintptr_t>(table) % 16 != 0) {
+        s = absl::FailedPreconditionError(
+            "a table is not 16-byte aligned in its mapping");
+        break;
+      }
+      spec->tables.push_back(table);
+      spec->epoch_slots.push_back(reinterpret_cast<const uint64_t*>(slot));
+      spec->generations.push_back(v.generations[h]);
+    }
+    if (s.ok()) return DevicePath::kHostMapped;
+    for (const void* p : out->registered) gpu::HostUnregisterConst(p);
+    out->registered.clear();
+    spec->tables.clear();
+    spec->epoch_slots.clear();
+    spec->generations.clear();
+    absl::StrAppend(
+        note, "; host tables cannot be mapped for the GPU: ", s.message());
+    return DevicePath::kRpc;
+  }
+
+  // Unmaps what `v` holds (its device is current) and, with `release`,
+  // tells the server it may free the version.
+  void Free(Version* v, bool release) {
+    for (void* p : v->opened) gpu::IpcClose(p);
+    for (const void* p : v->registered) gpu::HostUnregisterConst(p);
+    gpu::FreeView(v->view);
+    if (release && v->mapped != nullptr) watch_->Release(v->version);
+    v->opened.clear();
+    v->registered.clear();
+    v->view = nullptr;
+    v->mapped.reset();
+  }
+
+  absl::Status LaunchZeroCopy(const DeviceLookupRequest& r,
+                              const LayerLayout& layout, DType out_dtype,
+                              uint64_t* status, bool capturing) {
+    const int64_t* ids = r.ids;
+    PinnedPool::Block* staged = nullptr;
+    const gpu::PointerInfo where = gpu::DescribePointer(r.ids);
+    if (where.device_memory && where.device != device_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ids are on device ", where.device,
+                       ", the output on device ", device_));
+    }
+    if (!where.device_memory && !where.host_mapped) {
+      if (capturing) {
+        return absl::FailedPreconditionError(
+            "ids in pageable host memory cannot be captured in a CUDA graph: "
+            "put them in device or pinned memory");
+      }
+      const size_t bytes = static_cast<size_t>(r.num_ids) * sizeof(int64_t);
+      absl::StatusOr<PinnedPool::Block*> block = pool_.Acquire(bytes);
+      if (!block.ok()) return block.status();
+      staged = *block;
+      std::memcpy(staged->data, r.ids, bytes);
+      ids = static_cast<const int64_t*>(staged->data);
+    }
+    gpu::ViewGather g;
+    g.slot = slot_;
+    g.ids = ids;
+    g.num_ids = r.num_ids;
+    g.heads = layout.num_heads();
+    g.dim = layout.embedding_dim;
+    g.in_dtype = static_cast<int>(layout.dtype);
+    g.out_dtype = static_cast<int>(out_dtype);
+    g.out = static_cast<uint8_t*>(r.out);
+    g.status = status;
+    absl::Status s = gpu::LaunchViewGather(g, r.stream);
+    if (staged != nullptr) pool_.Release(staged, r.stream);
+    return s;
+  }
+
+  absl::Status LaunchRpc(const DeviceLookupRequest& r,
+                         const LayerLayout& layout, uint64_t* status) {
+    const size_t id_bytes = static_cast<size_t>(r.num_ids) * sizeof(int64_t);
+    std::vector<int64_t> host_ids;
+    std::span<const int64_t> ids(r.ids, static_cast<size_t>(r.num_ids));
+    if (gpu::DescribePointer(r.ids).device_memory) {
+      host_ids.resize(r.num_ids);
+      if (absl::Status s =
+              gpu::CopyToHostAsync(host_ids.data(), r.ids, id_bytes, r.stream);
+          !s.ok()) {
+        return s;
+      }
+      if (absl::Status s = gpu::StreamSynchronize(r.stream); !s.ok()) return s;
+      ids = host_ids;
+    }
+    absl::StatusOr<PinnedPool::Block*> block = pool_.Acquire(r.out_bytes);
+    if (!block.ok()) return block.status();
+    const int64_t heads = layout.num_heads();
+    const int64_t shape[] = {r.num_ids / heads, 1, heads};
+    absl::Status s = env_->rpc_lookup(
+        r.layer_id, ids, shape,
+        std::span<uint8_t>(static_cast<uint8_t*>((*block)->data), r.out_bytes),
+        r.output_dtype);
+    if (s.ok()) {
+      s = gpu::CopyToDeviceAsync(r.out, (*block)->data, r.out_bytes, r.stream);
+    }
+    if (s.ok()) {
+      s = gpu::CopyToDeviceAsync(
+          status, ok_words_, gpu::kStatusWords * sizeof(uint64_t), r.stream);
+    }
+    pool_.Release(*block, r.stream);
+    return s;
+  }
+
+  const int64_t layer_id_;
+  const int device_;
+  const DeviceReadsEnv* const env_;
+  const std::chrono::milliseconds grace_;
+  void* slot_ = nullptr;
+  uint64_t* default_status_ = nullptr;
+  uint64_t* ok_words_ = nullptr;  // pinned {kStatusOk, 0}
+  gpu::Stream stream_ = nullptr;  // publishes views
+  PinnedPool pool_;
+
+  Mutex mu_;
+  std::condition_variable_any ready_cv_;
+  bool ready_ ABSL_GUARDED_BY(mu_) = false;
+  Current current_state_ ABSL_GUARDED_BY(mu_);
+  std::string note_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Version> current_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Version>> retiring_ ABSL_GUARDED_BY(mu_);
+  // Ended by the destructor only after every mapping is closed: its end
+  // lets the server free the versions.
+  std::unique_ptr<LayerMappingWatch> watch_;
+};
+
+std::unique_ptr<DeviceReads> DeviceLookups::Create(DeviceReadsEnv env) {
+  return std::make_unique<DeviceLookups>(std::move(env), Options{});
+}
+
+DeviceLookups::DeviceLookups(DeviceReadsEnv env, Options options)
+    : env_(std::move(env)), options_(options) {
+  janitor_ = std::thread([this] { JanitorLoop(); });
+}
+
+DeviceLookups::~DeviceLookups() {
+  {
+    MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  janitor_.join();
+  std::map<std::pair<int64_t, int>, std::shared_ptr<LayerOnDevice>> layers;
+  {
+    MutexLock lock(&mu_);
+    layers.swap(layers_);
+  }
+  layers.clear();  // each synchronizes its device and unmaps
+}
+
+void DeviceLookups::JanitorLoop() {
+  MutexLock lock(&mu_);
+  while (!wake_.wait_for(
+      lock, std::chrono::milliseconds(200),
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; })) {
+    std::vector<std::shared_ptr<LayerOnDevice>> layers;
+    for (auto& [key, layer] : layers_) layers.push_back(layer);
+    lock.unlock();
+    for (auto& layer : layers) layer->RetireDue(false);
+    lock.lock();
+  }
+}
+
+absl::StatusOr<std::shared_ptr<DeviceLookups::LayerOnDevice>>
+DeviceLookups::Get(int64_t layer_id, int device, bool create) {
+  std::shared_ptr<LayerOnDevice> layer;
+  {
+    MutexLock lock(&mu_);
+    auto it = layers_.find({layer_id, device});
+    if (it != layers_.end()) {
+      layer = it->second;
+    } else if (!create) {
+      return nullptr;
+    } else {
+      layer = std::make_shared<LayerOnDevice>(layer_id, device, &env_,
+                                              options_.retire_grace);
+      if (absl::Status s = layer->Init(); !s.ok()) return s;
+      layers_[{layer_id, device}] = layer;
+    }
+  }
+  if (!layer->WaitReady(env_.timeout)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the server did not describe layer ", layer_id, " (WatchLayer) within ",
+        absl::FormatDuration(env_.timeout)));
+  }
+  return layer;
+}
+
+absl::Status DeviceLookups::Lookup(const DeviceLookupRequest& r,
+                                   DevicePath* path) {
+  if (r.ids == nullptr || r.num_ids <= 0 || r.out == nullptr ||
+      r.out_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "a device lookup needs ids, num_ids > 0, out and out_bytes");
+  }
+  const gpu::PointerInfo out = gpu::DescribePointer(r.out);
+  if (!out.device_memory) {
+    return absl::InvalidArgumentError(
+        "out must be CUDA device memory (cudaMalloc, or a framework's CUDA "
+        "tensor)");
+  }
+  DeviceGuard guard(out.device);
+  if (!guard.status().ok()) return guard.status();
+  auto layer = Get(r.layer_id, out.device, /*create=*/true);
+  if (!layer.ok()) return layer.status();
+  return (*layer)->Lookup(r, path);
+}
+
+absl::Status DeviceLookups::Result(const DeviceLookupRequest& r) {
+  const gpu::PointerInfo out = gpu::DescribePointer(r.out);
+  if (!out.device_memory) {
+    return absl::InvalidArgumentError("out must be CUDA device memory");
+  }
+  DeviceGuard guard(out.device);
+  auto layer = Get(r.layer_id, out.device, /*create=*/false);
+  if (!layer.ok()) return layer.status();
+  if (*layer == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no device lookup of layer ", r.layer_id,
+                     " was made on device ", out.device));
+  }
+  const uint64_t* status =
+      r.status != nullptr ? r.status : (*layer)->default_status();
+  uint64_t words[gpu::kStatusWords] = {};
+  if (absl::Status s =
+          gpu::CopyToHostAsync(words, status, sizeof(words), r.stream);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = gpu::StreamSynchronize(r.stream); !s.ok()) return s;
+  const uint64_t code = words[0];
+  const LayerOnDevice::Current c = (*layer)->Now();
+  if (code == gpu::kStatusOk) return absl::OkStatus();
+  if (code == gpu::kStatusRemoved) {
+    return absl::NotFoundError(
+        absl::StrCat("layer ", r.layer_id, " was removed"));
+  }
+  if (code == gpu::kStatusUnavailable) {
+    return absl::UnavailableError(
+        absl::StrCat("layer ", r.layer_id, " could not be read on device ",
+                     out.device, ": ", (*layer)->note()));
+  }
+  if (code == gpu::kStatusLayoutChanged) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", r.layer_id,
+        " was replaced by one of another layout; nothing was written"));
+  }
+  if (code == gpu::kStatusReleased) {
+    return absl::AbortedError(absl::StrCat(
+        "a table range of layer ", r.layer_id,
+        " was released while it was read; the rows are not valid"));
+  }
+  const int heads = c.known ? c.layout.num_heads() : 0;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "ids[", code, "] is out of range for head ",
+      heads > 0 ? static_cast<int64_t>(code % heads) : -1, " of layer ",
+      r.layer_id,
+      heads > 0 ? absl::StrCat(" (", c.layout.table_vocab_sizes[code % heads],
+                               " rows)")
+                : ""));
+}
+
+absl::StatusOr<DevicePath> DeviceLookups::Prepare(int64_t layer_id,
+                                                  int device) {
+  if (device < 0) device = gpu::CurrentDevice();
+  std::string why;
+  if (device < 0 || gpu::DeviceCount(&why) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no CUDA device for device lookups: ", why.empty() ? "none" : why));
+  }
+  DeviceGuard guard(device);
+  if (!guard.status().ok()) return guard.status();
+  auto layer = Get(layer_id, device, /*create=*/true);
+  if (!layer.ok()) return layer.status();
+  const LayerOnDevice::Current c = (*layer)->Now();
+  if (c.state == MappingUpdate::kNotFound) return c.why;
+  return c.path;
+}
+
+std::string DeviceLookups::Note(int64_t layer_id, int device) {
+  if (device < 0) device = gpu::CurrentDevice();
+  MutexLock lock(&mu_);
+  auto it = layers_.find({layer_id, device});
+  return it == layers_.end() ? "" : it->second->note();
+}
+
+}  // namespace engram

@@ -1,0 +1,364 @@
+// Client::LookupToDevice (client/device_lookup.*) against a real engramd
+// process: rows in GPU memory from the server's GPU copy (CUDA IPC), its
+// host tables (UVA) or the RPC path, bit-identical to Lookup for every
+// dtype and conversion; ids in device, pinned and pageable memory; a CUDA
+// graph replayed across a replace; remove and a killed server while the
+// client holds the mappings. Cases that need a GPU skip without one.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "client/client.h"
+#include "common/dtype.h"
+#include "kernels/gpu.h"
+#include "tests/testing/engramd_process.h"
+#include "tests/testing/random_layer.h"
+
+namespace engram {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Device memory for a test; freed on destruction.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    absl::StatusOr<void*> p = gpu::DeviceAlloc(bytes);
+    if (p.ok()) data_ = *p;
+  }
+  ~DeviceBuffer() { gpu::DeviceFree(data_); }
+  void* data() const { return data_; }
+  size_t size() const { return bytes_; }
+  // Poisoned, so unwritten bytes show.
+  void Fill(uint8_t byte) {
+    std::vector<uint8_t> host(bytes_, byte);
+    EXPECT_TRUE(gpu::CopyToDevice(data_, host.data(), bytes_).ok());
+  }
+  std::vector<uint8_t> Read() const {
+    std::vector<uint8_t> host(bytes_);
+    EXPECT_TRUE(gpu::CopyToHost(host.data(), data_, bytes_).ok());
+    return host;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_;
+};
+
+class DeviceLookupTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    has_device_ = gpu::DeviceCount(&why) > 0;
+    why_ = why;
+  }
+  void Start(const std::vector<std::string>& flags) {
+    auto server = testing::EngramdProcess::Start(flags);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto client = Client::Connect(server_->address());
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+  // What Lookup (the RPC path) returns for these ids.
+  std::vector<uint8_t> Reference(int64_t layer, const LayerLayout& l,
+                                 const std::vector<int64_t>& ids,
+                                 DType out_dtype) {
+    const int64_t heads = l.num_heads();
+    const int64_t shape[] = {static_cast<int64_t>(ids.size()) / heads, 1,
+                             heads};
+    std::vector<uint8_t> out(ids.size() * l.embedding_dim *
+                             DTypeSize(out_dtype));
+    EXPECT_TRUE(client_->Lookup(layer, ids, shape, out, out_dtype).ok());
+    return out;
+  }
+
+  bool has_device_ = false;
+  std::string why_;
+  std::unique_ptr<testing::EngramdProcess> server_;
+  std::unique_ptr<Client> client_;
+};
+
+// Runs everywhere: without a device, each call says why.
+TEST_F(DeviceLookupTest, CallsSayWhatIsWrong) {
+  Start({"--direct_reads"});
+  LayerLayout l{{100, 50}, 8, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 1);
+  ASSERT_TRUE(client_->Populate(1, l, testing::Spans(tables)).ok());
+  std::vector<int64_t> ids = {1, 2, 3, 4};
+  std::vector<uint8_t> host_out(4 * 8 * 4);
+  DeviceLookupRequest r;
+  r.layer_id = 1;
+  r.ids = ids.data();
+  r.num_ids = 4;
+  r.out = host_out.data();  // not device memory
+  r.out_bytes = host_out.size();
+  absl::Status s = client_->LookupToDevice(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("device memory"));
+  r.ids = nullptr;
+  EXPECT_EQ(client_->LookupToDevice(r).code(),
+            absl::StatusCode::kInvalidArgument);
+  if (!has_device_) {
+    absl::StatusOr<DevicePath> path = client_->PrepareDeviceLookups(1);
+    EXPECT_EQ(path.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(path.status().message(), HasSubstr("no CUDA device"));
+    return;
+  }
+  // With a device: sizes and conversions are checked before any launch.
+  DeviceBuffer out(4 * 8 * 4);
+  r.ids = ids.data();
+  r.out = out.data();
+  r.out_bytes = out.size() - 4;
+  s = client_->LookupToDevice(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("need 128"));
+  r.out_bytes = out.size();
+  r.num_ids = 3;
+  EXPECT_EQ(client_->LookupToDevice(r).code(),
+            absl::StatusCode::kInvalidArgument);
+  r.num_ids = 4;
+  r.output_dtype = DType::kUInt8;
+  EXPECT_EQ(client_->LookupToDevice(r).code(),
+            absl::StatusCode::kInvalidArgument);
+  r.output_dtype.reset();
+  r.layer_id = 77;
+  EXPECT_EQ(client_->LookupToDevice(r).code(), absl::StatusCode::kNotFound);
+}
+
+struct PathCase {
+  std::vector<std::string> flags;
+  DevicePath path;
+};
+
+// Every case needs a device: skipped (in SetUp) without one.
+class DeviceLookupPathTest : public DeviceLookupTest,
+                             public ::testing::WithParamInterface<PathCase> {
+ protected:
+  void SetUp() override {
+    DeviceLookupTest::SetUp();
+    if (!has_device_) GTEST_SKIP() << "no CUDA device: " << why_;
+  }
+};
+
+// Every stored dtype and every conversion, ids in device, pinned and
+// pageable memory: bit-identical to Lookup, on the path the server allows.
+TEST_P(DeviceLookupPathTest, RowsMatchTheRpcLookupForEveryDtype) {
+  Start(GetParam().flags);
+  const std::vector<std::pair<DType, int64_t>> stored = {
+      {DType::kFloat32, 64},
+      {DType::kBFloat16, 64},
+      {DType::kFloat16, 128},
+      {DType::kUInt8, 264}};  // fused FP8 weight + scale rows
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  int64_t layer = 10;
+  for (const auto& [dtype, dim] : stored) {
+    LayerLayout l{{5000, 3000, 7000, 1000}, dim, dtype};
+    auto tables = testing::RandomTables(l, layer);
+    ASSERT_TRUE(client_->Populate(layer, l, testing::Spans(tables)).ok());
+    absl::StatusOr<DevicePath> prepared = client_->PrepareDeviceLookups(layer);
+    ASSERT_TRUE(prepared.ok()) << prepared.status();
+    EXPECT_EQ(*prepared, GetParam().path) << client_->DevicePathNote(layer);
+    const std::vector<int64_t> ids = testing::RandomIds(l, 32, 2, layer);
+    DeviceBuffer device_ids(ids.size() * sizeof(int64_t));
+    ASSERT_TRUE(
+        gpu::CopyToDevice(device_ids.data(), ids.data(), device_ids.size())
+            .ok());
+    auto pinned = gpu::PinnedAlloc(device_ids.size());
+    ASSERT_TRUE(pinned.ok());
+    std::memcpy(*pinned, ids.data(), device_ids.size());
+    std::vector<DType> outs = {dtype};
+    if (IsFloatDType(dtype)) {
+      outs = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
+    }
+    for (DType out_dtype : outs) {
+      const std::vector<uint8_t> want = Reference(layer, l, ids, out_dtype);
+      for (const void* id_source : {static_cast<const void*>(device_ids.data()),
+                                    static_cast<const void*>(*pinned),
+                                    static_cast<const void*>(ids.data())}) {
+        DeviceBuffer out(want.size());
+        out.Fill(0xA5);
+        DeviceLookupRequest r;
+        r.layer_id = layer;
+        r.ids = static_cast<const int64_t*>(id_source);
+        r.num_ids = static_cast<int64_t>(ids.size());
+        r.out = out.data();
+        r.out_bytes = out.size();
+        r.output_dtype = out_dtype;
+        r.stream = *stream;
+        DevicePath path;
+        ASSERT_TRUE(client_->LookupToDevice(r, &path).ok());
+        EXPECT_EQ(path, GetParam().path);
+        ASSERT_TRUE(client_->DeviceLookupResult(r).ok());
+        EXPECT_TRUE(out.Read() == want)
+            << DTypeName(dtype) << " -> " << DTypeName(out_dtype);
+      }
+    }
+    // An id out of range: the status names it, nothing else breaks.
+    std::vector<int64_t> bad = ids;
+    bad[5] = 3000;  // head 1 has 3000 rows
+    DeviceBuffer out(ids.size() * l.row_bytes());
+    DeviceLookupRequest r;
+    r.layer_id = layer;
+    r.ids = bad.data();
+    r.num_ids = static_cast<int64_t>(bad.size());
+    r.out = out.data();
+    r.out_bytes = out.size();
+    r.stream = *stream;
+    absl::Status launched = client_->LookupToDevice(r);
+    if (launched.ok()) {  // zero-copy: the GPU finds it
+      absl::Status s = client_->DeviceLookupResult(r);
+      EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+      EXPECT_THAT(s.message(), HasSubstr("ids[5]"));
+    } else {  // the RPC path: the server refuses it
+      EXPECT_EQ(launched.code(), absl::StatusCode::kInvalidArgument);
+    }
+    gpu::PinnedFree(*pinned);
+    ++layer;
+  }
+  gpu::StreamDestroy(*stream);
+  EXPECT_TRUE(server_->Alive());
+}
+
+// A graph captured once reads the version current at each replay: after a
+// replace, replays return the old rows until the client has mapped the new
+// version, then the new ones; never a mix.
+TEST_P(DeviceLookupPathTest, AGraphReplayAfterReplaceReadsTheNewVersion) {
+  if (GetParam().path == DevicePath::kRpc) GTEST_SKIP() << "not capturable";
+  Start(GetParam().flags);
+  LayerLayout l{{4096, 4096, 4096}, 128, DType::kBFloat16};
+  auto v1 = testing::RandomTables(l, 1);
+  auto v2 = testing::RandomTables(l, 2);
+  ASSERT_TRUE(client_->Populate(4, l, testing::Spans(v1)).ok());
+  ASSERT_TRUE(client_->PrepareDeviceLookups(4).ok());
+  const std::vector<int64_t> ids = testing::RandomIds(l, 64, 1, 9);
+  DeviceBuffer device_ids(ids.size() * sizeof(int64_t));
+  ASSERT_TRUE(
+      gpu::CopyToDevice(device_ids.data(), ids.data(), device_ids.size()).ok());
+  DeviceBuffer status(gpu::kStatusWords * sizeof(uint64_t));
+  const std::vector<uint8_t> want1 =
+      testing::ReferenceGather(l, v1, ids, l.dtype);
+  const std::vector<uint8_t> want2 =
+      testing::ReferenceGather(l, v2, ids, l.dtype);
+  DeviceBuffer out(want1.size());
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  DeviceLookupRequest r;
+  r.layer_id = 4;
+  r.ids = static_cast<const int64_t*>(device_ids.data());
+  r.num_ids = static_cast<int64_t>(ids.size());
+  r.out = out.data();
+  r.out_bytes = out.size();
+  r.stream = *stream;
+  r.status = static_cast<uint64_t*>(status.data());
+  ASSERT_TRUE(gpu::BeginCapture(*stream).ok());
+  ASSERT_TRUE(client_->LookupToDevice(r).ok());
+  auto graph = gpu::EndCapture(*stream);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_TRUE(gpu::GraphLaunch(*graph, *stream).ok());
+  ASSERT_TRUE(client_->DeviceLookupResult(r).ok());
+  EXPECT_TRUE(out.Read() == want1);
+
+  ASSERT_TRUE(client_->Replace(4, l, testing::Spans(v2)).ok());
+  bool saw_new = false;
+  const auto until =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!saw_new && std::chrono::steady_clock::now() < until) {
+    out.Fill(0x5A);
+    ASSERT_TRUE(gpu::GraphLaunch(*graph, *stream).ok());
+    absl::Status s = client_->DeviceLookupResult(r);
+    ASSERT_TRUE(s.ok()) << s;
+    const std::vector<uint8_t> got = out.Read();
+    saw_new = got == want2;
+    ASSERT_TRUE(saw_new || got == want1) << "a replay mixed versions";
+  }
+  EXPECT_TRUE(saw_new) << "replays never reached the new version";
+  gpu::GraphDestroy(*graph);
+  gpu::StreamDestroy(*stream);
+}
+
+// Remove while the client holds the mapping (for the GPU copy: an open
+// CUDA IPC handle): launches report NOT_FOUND, the server lives, and the
+// leased version is released once the client let go of it.
+TEST_P(DeviceLookupPathTest, RemoveWhileMappedIsReportedAndReleased) {
+  Start(GetParam().flags);
+  LayerLayout l{{2048, 2048}, 64, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 5);
+  ASSERT_TRUE(client_->Populate(6, l, testing::Spans(tables)).ok());
+  const std::vector<int64_t> ids = testing::RandomIds(l, 8, 1, 3);
+  DeviceBuffer out(ids.size() * l.row_bytes());
+  DeviceLookupRequest r;
+  r.layer_id = 6;
+  r.ids = ids.data();
+  r.num_ids = static_cast<int64_t>(ids.size());
+  r.out = out.data();
+  r.out_bytes = out.size();
+  ASSERT_TRUE(client_->LookupToDevice(r).ok());
+  ASSERT_TRUE(client_->DeviceLookupResult(r).ok());
+  ASSERT_TRUE(client_->Remove(6).ok());
+  absl::Status s;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  do {
+    s = client_->LookupToDevice(r);
+    if (s.ok()) s = client_->DeviceLookupResult(r);
+  } while (s.ok() && std::chrono::steady_clock::now() < until);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  EXPECT_TRUE(server_->Alive()) << server_->Log();
+  // The lease on the removed version ends after the client's grace.
+  bool released = false;
+  for (int i = 0; i < 100 && !released; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+    released = metrics.ok() &&
+               absl::StrContains(*metrics, "engram_watch_leased_versions 0");
+  }
+  EXPECT_TRUE(released);
+}
+
+// A killed server: calls fail (no hang, no crash), and so do graph replays.
+TEST_P(DeviceLookupPathTest, AKilledServerGivesErrorsNotHangs) {
+  Start(GetParam().flags);
+  LayerLayout l{{2048}, 64, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 6);
+  ASSERT_TRUE(client_->Populate(7, l, testing::Spans(tables)).ok());
+  const std::vector<int64_t> ids = testing::RandomIds(l, 8, 1, 4);
+  DeviceBuffer out(ids.size() * l.row_bytes());
+  DeviceLookupRequest r;
+  r.layer_id = 7;
+  r.ids = ids.data();
+  r.num_ids = static_cast<int64_t>(ids.size());
+  r.out = out.data();
+  r.out_bytes = out.size();
+  ASSERT_TRUE(client_->LookupToDevice(r).ok());
+  ASSERT_TRUE(client_->DeviceLookupResult(r).ok());
+  server_->Kill();
+  absl::Status s;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  do {
+    s = client_->LookupToDevice(r);
+    if (s.ok()) s = client_->DeviceLookupResult(r);
+  } while (s.ok() && std::chrono::steady_clock::now() < until);
+  EXPECT_FALSE(s.ok());
+  client_.reset();  // unmaps everything without hanging
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Paths, DeviceLookupPathTest,
+    ::testing::Values(PathCase{{"--direct_reads", "--gpu=0"},
+                               DevicePath::kGpuShared},
+                      PathCase{{"--direct_reads"}, DevicePath::kHostMapped},
+                      PathCase{{}, DevicePath::kRpc}),
+    [](const auto& info) {
+      return std::string(info.param.path == DevicePath::kGpuShared ? "GpuShared"
+                         : info.param.path == DevicePath::kHostMapped
+                             ? "HostMapped"
+                             : "Rpc");
+    });
+
+}  // namespace
+}  // namespace engram

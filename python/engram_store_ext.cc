@@ -15,36 +15,12 @@
 
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
+#include "python/ext_common.h"
 
 namespace py = pybind11;
 
 namespace engram {
 namespace {
-
-// A non-OK status on its way to Python.
-struct StatusException {
-  absl::Status status;
-};
-
-[[noreturn]] void Raise(const absl::Status& status) {
-  throw StatusException{status};
-}
-
-template <typename T>
-T Unwrap(absl::StatusOr<T> v) {
-  if (!v.ok()) Raise(v.status());
-  return *std::move(v);
-}
-
-std::optional<DType> ParseDType(const std::optional<std::string>& name) {
-  if (!name) return std::nullopt;
-  if (*name == "float32") return DType::kFloat32;
-  if (*name == "bfloat16") return DType::kBFloat16;
-  if (*name == "float16") return DType::kFloat16;
-  if (*name == "uint8") return DType::kUInt8;
-  throw py::value_error(
-      "dtype must be float32, bfloat16, float16 or uint8; got " + *name);
-}
 
 py::dict Describe(const LayerDescription& d) {
   py::dict info;
@@ -226,7 +202,9 @@ PYBIND11_MODULE(_engram_store, m) {
       },
       py::arg("timeout_s"));
 
-  py::class_<Client>(m, "Client")
+  py::class_<Client> client_class(m, "Client");
+  BindDeviceLookups(m, client_class);
+  client_class
       .def_static(
           "connect",
           [](const std::string& address, double timeout_s, int num_channels,

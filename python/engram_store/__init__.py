@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from engram_store import _engram_store as _ext
+from engram_store import cuda as _cuda
 from engram_store.errors import (  # noqa: F401  (re-exported)
     AbortedError, AlreadyExistsError, CancelledError, DataLossError,
     DeadlineExceededError, Error, FailedPreconditionError, InternalError,
@@ -25,7 +26,8 @@ from engram_store.errors import (  # noqa: F401  (re-exported)
     UnavailableError, UnimplementedError, UnknownError, from_status)
 from engram_store.mooncake import EngramStore, EngramStoreConfig  # noqa: F401
 
-__all__ = ["Client", "LayerInfo", "Error", "EngramStore", "EngramStoreConfig"]
+__all__ = ["Client", "DeviceLookup", "LayerInfo", "Error", "EngramStore",
+           "EngramStoreConfig"]
 
 _NUMPY_DTYPES = {
     "float32": np.dtype(np.float32),
@@ -33,6 +35,30 @@ _NUMPY_DTYPES = {
     "bfloat16": np.dtype(np.uint16),  # numpy has no bfloat16: its bits
     "uint8": np.dtype(np.uint8),
 }
+
+
+
+
+class DeviceLookup:
+    """One :meth:`Client.lookup_device` in flight on its stream."""
+
+    def __init__(self, client, layer_id, out, out_ptr, stream, status_ptr,
+                 path, keep):
+        self._client = client
+        self._layer_id = layer_id
+        self._out = out
+        self._out_ptr = out_ptr
+        self._stream = stream
+        self._status_ptr = status_ptr
+        self._keep = keep  # the ids and status stay alive with the call
+        #: "gpu-shared", "host-mapped" or "rpc": where the rows came from.
+        self.path = path
+
+    def result(self):
+        """Waits for the stream, raises what the GPU found, returns out."""
+        _call(self._client._c.device_result, self._layer_id, self._out_ptr,
+              self._stream, self._status_ptr)
+        return self._out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,6 +327,12 @@ class Client:
         With ``out`` (C-contiguous, that shape and dtype) the rows land in
         it and it is returned: no other copy.
         """
+        if out is not None and not isinstance(out, np.ndarray) and \
+                _cuda.device_array(out, "out") is not None:
+            if output_dtype is not None:
+                raise ValueError("with a CUDA out, its dtype is the output "
+                                 "dtype")
+            return self.lookup_device(layer_id, ids, out).result()
         allocated = out is None
         ids, out, dtype = self._prepare(layer_id, ids, out, output_dtype)
         try:
@@ -337,6 +369,73 @@ class Client:
         pending = _call(self._c.lookup_into_async, int(layer_id), ids,
                         list(ids.shape), out, dtype)
         return LookupFuture(pending, out, on_error)
+
+    def lookup_device(self, layer_id: int, ids, out, *, stream=None,
+                      status=None) -> "DeviceLookup":
+        """Gathers rows into ``out``, a CUDA array ``[B, L, H, D]``, on
+        ``stream`` (None: the legacy default stream; an int cudaStream_t or
+        a framework stream object), and returns without waiting for the GPU.
+
+        ``out`` (and ``ids`` when on the GPU) expose
+        ``__cuda_array_interface__`` or ``__dlpack__``; ``ids`` may also be
+        a host array-like. The rows come from the server's GPU copy (CUDA
+        IPC) or its host tables (read over PCIe) when the server is on this
+        host, else through the RPC path (docs/gpu.md). ``out``'s dtype is
+        the output dtype (bfloat16 as a bfloat16 or uint16 array). Errors
+        the GPU finds (an id out of range, the layer removed meanwhile) come
+        from :meth:`DeviceLookup.result`; ``status`` (a CUDA array of two
+        uint64) gives concurrent streams their own status words.
+        """
+        handle = _cuda.stream_handle(stream)
+        dev_out = _cuda.device_array(out, "out", handle)
+        if dev_out is None:
+            raise TypeError("out must be a CUDA array (__cuda_array_interface__"
+                            " or __dlpack__)")
+        dev_ids = _cuda.device_array(ids, "ids", handle)
+        host_ids = None
+        if dev_ids is not None:
+            if dev_ids.dtype != "int64":
+                raise TypeError(f"ids must be int64; got {dev_ids.dtype}")
+            ids_shape, ids_ptr = dev_ids.shape, dev_ids.ptr
+        else:
+            host_ids = np.ascontiguousarray(np.asarray(ids))
+            if host_ids.dtype.kind not in "iu":
+                raise TypeError(f"ids must be integers; got {host_ids.dtype}")
+            host_ids = host_ids.astype(np.int64, copy=False)
+            ids_shape = host_ids.shape
+            ids_ptr = host_ids.ctypes.data
+        if len(ids_shape) != 3:
+            raise ValueError(f"ids must be [B, L, H]; got shape {ids_shape}")
+        if len(dev_out.shape) != 4 or dev_out.shape[:3] != tuple(ids_shape):
+            raise ValueError(f"out has shape {dev_out.shape}; ids "
+                             f"{tuple(ids_shape)} need [B, L, H, D]")
+        out_dtype = "bfloat16" if dev_out.dtype == "uint16" else dev_out.dtype
+        if out_dtype not in _NUMPY_DTYPES:
+            raise TypeError(f"out must be float32, bfloat16, float16 or "
+                            f"uint8; got {dev_out.dtype}")
+        status_ptr = 0
+        if status is not None:
+            dev_status = _cuda.device_array(status, "status", handle)
+            if dev_status is None or dev_status.nbytes < 16 or \
+                    dev_status.dtype not in ("int64", "uint64"):
+                raise TypeError("status must be a CUDA array of two "
+                                "(u)int64")
+            status_ptr = dev_status.ptr
+        num_ids = int(np.prod(ids_shape, dtype=np.int64))
+        path = _call(self._c.lookup_device, int(layer_id), ids_ptr, num_ids,
+                     dev_out.ptr, dev_out.nbytes, out_dtype, handle,
+                     status_ptr)
+        return DeviceLookup(self, int(layer_id), out, dev_out.ptr, handle,
+                            status_ptr, path, (ids, host_ids, status))
+
+    def prepare_device(self, layer_id: int, device: int = -1) -> str:
+        """Sets up device lookups of a layer now (the first lookup_device
+        would) and returns the path they take: "gpu-shared",
+        "host-mapped" or "rpc" (:meth:`device_path_note` says why)."""
+        return _call(self._c.prepare_device, int(layer_id), int(device))
+
+    def device_path_note(self, layer_id: int, device: int = -1) -> str:
+        return self._c.device_path_note(int(layer_id), int(device))
 
     def remove(self, layer_id: int, force: bool = False) -> int:
         """Removes a layer; returns how many tables went (0 when ``force``

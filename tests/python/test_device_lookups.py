@@ -1,0 +1,177 @@
+"""Device lookups from Python (Client.lookup_device, engram_store.cuda).
+
+The CUDA-array parsing and the refusals run everywhere; the lookups into
+GPU memory run where libcudart finds a device (the array type here is a
+ctypes wrapper over cudaMalloc, so no framework is needed).
+"""
+import ctypes
+import ctypes.util
+
+import numpy as np
+import pytest
+
+import engram_store
+from engram_store import InvalidArgumentError, _engram_store, cuda
+
+from test_engram_store import Engramd, random_tables
+
+
+class HostBackedCai:
+    """Claims to be a CUDA array but points at host memory."""
+
+    def __init__(self, array, strides=None):
+        self.array = array
+        self.__cuda_array_interface__ = {
+            "shape": array.shape, "typestr": array.dtype.str,
+            "data": (array.ctypes.data, False), "strides": strides,
+            "version": 3}
+
+
+class LyingDlpack:
+    """A CPU DLPack tensor that says it is on a CUDA device."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, stream=None):
+        return self.array.__dlpack__()
+
+
+def test_cuda_arrays_are_parsed_and_checked():
+    a = np.zeros((2, 3, 4, 8), dtype=np.float16)
+    parsed = cuda.device_array(HostBackedCai(a), "out")
+    assert parsed == cuda.DeviceArray(a.ctypes.data, (2, 3, 4, 8), "float16",
+                                      -1)
+    assert parsed.nbytes == a.nbytes
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cuda.device_array(HostBackedCai(a, strides=(2, 16, 64, 512)), "out")
+    with pytest.raises(TypeError, match="element type"):
+        cuda.device_array(HostBackedCai(a.astype(np.complex64)), "out")
+    assert cuda.device_array(a) is None  # a NumPy array is host memory
+    ids = np.arange(6, dtype=np.int64).reshape(2, 3)
+    info = _engram_store.dlpack_info(ids.__dlpack__())
+    assert info["ptr"] == ids.ctypes.data
+    assert info["shape"] == [2, 3]
+    assert (info["device_type"], info["code"], info["bits"]) == (1, 0, 64)
+    with pytest.raises(TypeError, match="not CUDA memory"):
+        cuda.device_array(LyingDlpack(ids), "ids")
+    assert cuda.stream_handle(None) == 0
+    assert cuda.stream_handle(77) == 77
+
+    class TorchLikeStream:
+        cuda_stream = 1234
+
+    assert cuda.stream_handle(TorchLikeStream()) == 1234
+    with pytest.raises(TypeError, match="stream"):
+        cuda.stream_handle("default")
+
+
+def test_lookup_device_refuses_what_is_not_device_memory():
+    server = Engramd("--direct_reads")
+    try:
+        client = engram_store.Client(server.address)
+        client.populate(1, random_tables([100, 50], 8, np.float32, 1))
+        ids = np.zeros((1, 1, 2), dtype=np.int64)
+        host = np.zeros((1, 1, 2, 8), dtype=np.float32)
+        with pytest.raises(InvalidArgumentError, match="device memory"):
+            client.lookup_device(1, ids, HostBackedCai(host))
+        with pytest.raises(InvalidArgumentError, match="device memory"):
+            client.lookup(1, ids, out=HostBackedCai(host))
+        with pytest.raises(TypeError, match="CUDA array"):
+            client.lookup_device(1, ids, host)
+        with pytest.raises(ValueError, match=r"\[B, L, H, D\]"):
+            client.lookup_device(
+                1, ids, HostBackedCai(np.zeros((1, 2, 8), np.float32)))
+        assert client.health()  # the server lives on
+    finally:
+        server.stop()
+
+
+def _cudart():
+    for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12",
+                 ctypes.util.find_library("cudart")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cudaGetDeviceCount(ctypes.byref(count)) == 0 and count.value:
+            return lib
+    return None
+
+
+CUDART = _cudart()
+
+
+class CudaBuffer:
+    """cudaMalloc'd memory with __cuda_array_interface__ (tests only)."""
+
+    def __init__(self, shape, dtype):
+        self.dtype = np.dtype(dtype)
+        self.shape = tuple(shape)
+        self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
+        self.ptr = ctypes.c_void_p()
+        assert CUDART.cudaMalloc(ctypes.byref(self.ptr), self.nbytes) == 0
+        self.__cuda_array_interface__ = {
+            "shape": self.shape, "typestr": self.dtype.str,
+            "data": (self.ptr.value, False), "version": 3}
+
+    def write(self, array):
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        assert CUDART.cudaMemcpy(self.ptr, array.ctypes.data_as(
+            ctypes.c_void_p), self.nbytes, 1) == 0
+
+    def read(self):
+        host = np.empty(self.shape, dtype=self.dtype)
+        assert CUDART.cudaMemcpy(host.ctypes.data_as(ctypes.c_void_p),
+                                 self.ptr, self.nbytes, 2) == 0
+        return host
+
+    def __del__(self):
+        CUDART.cudaFree(self.ptr)
+
+
+@pytest.mark.skipif(CUDART is None, reason="no CUDA device")
+@pytest.mark.parametrize("flags,path", [
+    (("--direct_reads", "--gpu=0"), "gpu-shared"),
+    (("--direct_reads",), "host-mapped"),
+    ((), "rpc")])
+def test_lookup_device_matches_the_host_lookup(flags, path):
+    server = Engramd(*flags)
+    try:
+        client = engram_store.Client(server.address)
+        tables = random_tables([4000, 3000, 2000], 64, np.uint16, 2)
+        client.populate(3, tables, dtype="bfloat16")
+        assert client.prepare_device(3) == path, client.device_path_note(3)
+        rng = np.random.default_rng(3)
+        ids = np.stack([rng.integers(0, n, (16, 2)) for n in
+                        (4000, 3000, 2000)], axis=-1).astype(np.int64)
+        for out_dtype, np_dtype in (("bfloat16", np.uint16),
+                                    ("float32", np.float32),
+                                    ("float16", np.float16)):
+            want = client.lookup(3, ids, output_dtype=out_dtype)
+            out = CudaBuffer(want.shape, np_dtype)
+            out.write(np.full(want.shape, 0x5A, dtype=np_dtype))
+            call = client.lookup_device(3, ids, out)
+            assert call.path == path
+            call.result()
+            assert np.array_equal(out.read().view(np.uint8),
+                                  want.view(np.uint8)), out_dtype
+        # ids on the GPU, through the synchronous lookup().
+        device_ids = CudaBuffer(ids.shape, np.int64)
+        device_ids.write(ids)
+        out = CudaBuffer(ids.shape + (64,), np.float32)
+        client.lookup(3, device_ids, out=out)
+        assert np.array_equal(out.read(),
+                              client.lookup(3, ids, output_dtype="float32"))
+        bad = ids.copy()
+        bad[0, 0, 2] = 2000
+        with pytest.raises(InvalidArgumentError):
+            client.lookup_device(3, bad, out).result()
+    finally:
+        server.stop()

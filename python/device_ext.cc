@@ -116,8 +116,8 @@ void BindDeviceLookups(py::module_& m, py::class_<Client>& client_class) {
           "device_result",
           [](Client& c, int64_t layer_id, uintptr_t out, uintptr_t stream,
              uintptr_t status) {
-            const DeviceLookupRequest r = Request(
-                layer_id, 0, 0, out, 0, std::nullopt, stream, status);
+            const DeviceLookupRequest r =
+                Request(layer_id, 0, 0, out, 0, std::nullopt, stream, status);
             absl::Status s;
             {
               py::gil_scoped_release nogil;

@@ -225,8 +225,7 @@ PYBIND11_MODULE(_engram_store, m) {
                 Options(timeout_s, num_channels, direct_reads, security)));
           },
           py::arg("shards"), py::arg("replication"), py::arg("timeout_s"),
-          py::arg("num_channels"), py::arg("direct_reads"),
-          py::arg("security"))
+          py::arg("num_channels"), py::arg("direct_reads"), py::arg("security"))
       .def(
           "populate",
           [](Client& c, int64_t layer_id, const std::vector<py::buffer>& tables,

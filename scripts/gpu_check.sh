@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU checks, on the GPU machine, from the repo root, with .device/
+# made by scripts/gpu_bundle.sh carried along: the kernel and GPU-tier
+# tests, the device-lookup tests against real engramd processes, and the
+# device-lookup benchmark. Logs go to $OUT (the device tool's folder) when
+# set. One short run: about 4 minutes.
+set -uo pipefail
+out=${OUT:-/tmp/gpu_check}
+mkdir -p "$out"
+d=$PWD/.device
+export LD_LIBRARY_PATH=$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export ENGRAM_TEST_ENGRAMD=$d/engramd
+nvidia-smi -L || true
+status=0
+for t in gpu_gather_test gpu_tier_test device_lookup_test; do
+  echo "== $t"
+  timeout 300 "$d/$t" --gtest_brief=1 >"$out/$t.log" 2>&1 || status=1
+  tail -n 15 "$out/$t.log"
+done
+echo "== device_lookup_bench"
+timeout 300 "$d/device_lookup_bench" --engramd="$d/engramd" \
+  2>&1 | tee "$out/device_lookup_bench.txt" || status=1
+echo "== gpu_gather_bench"
+timeout 120 "$d/gpu_gather_bench" 2>&1 | tee "$out/gpu_gather_bench.txt" ||
+  status=1
+exit $status

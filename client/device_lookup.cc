@@ -282,7 +282,8 @@ class DeviceLookups::LayerOnDevice {
     } else if (u.state == MappingUpdate::kNotFound) {
       current_state_.known = false;
     }
-    note_ = note.empty() ? DevicePathName(path) : note;
+    note_ = note.empty() ? DevicePathName(path)
+                         : absl::StrCat(DevicePathName(path), " (", note, ")");
     ready_ = true;
     ready_cv_.notify_all();
   }

@@ -32,7 +32,8 @@ void DescribeLayerExports(const Layer& layer,
 class LayerWatchHub::Stream
     : public grpc::ServerBidiReactor<WatchLayerRequest, LayerMapping> {
  public:
-  explicit Stream(std::shared_ptr<LayerWatchHub> hub) : hub_(std::move(hub)) {
+  Stream(std::shared_ptr<LayerWatchHub> hub, bool may_share_gpu)
+      : hub_(std::move(hub)), may_share_gpu_(may_share_gpu) {
     StartRead(&request_);
   }
 
@@ -90,11 +91,13 @@ class LayerWatchHub::Stream
 
   void OnDone() override {
     if (registered_) hub_->Unregister(this, layer_id_);
+    std::map<uint64_t, std::shared_ptr<const Layer>> freed;
     {
       MutexLock lock(&mu_);
       hub_->leases_.fetch_sub(static_cast<int64_t>(leases_.size()));
-      leases_.clear();
+      freed.swap(leases_);
     }
+    freed.clear();  // the versions this reader held may be freed now
     delete this;
   }
 
@@ -116,8 +119,13 @@ class LayerWatchHub::Stream
 
  private:
   void Release(uint64_t version) {
+    std::shared_ptr<const Layer> freed;  // freed outside the lock
     MutexLock lock(&mu_);
-    if (leases_.erase(version) > 0) hub_->leases_.fetch_sub(1);
+    auto it = leases_.find(version);
+    if (it == leases_.end()) return;
+    freed = std::move(it->second);
+    leases_.erase(it);
+    hub_->leases_.fetch_sub(1);
   }
 
   void FinishLocked(const grpc::Status& status)
@@ -181,7 +189,11 @@ class LayerWatchHub::Stream
       DescribeLayerExports(layer, *hub_->transport_, out_.mutable_host());
     }
     const GpuLayerMirror* mirror = layer.gpu_mirror();
-    if (gpu_ && mirror == nullptr) {
+    if (gpu_ && mirror != nullptr && !may_share_gpu_) {
+      absl::StrAppend(&note, note.empty() ? "" : "; ",
+                      "the GPU copy is shared only with callers that have the "
+                      "write right (CUDA IPC maps it writable)");
+    } else if (gpu_ && mirror == nullptr) {
       absl::StrAppend(&note, note.empty() ? "" : "; ",
                       "no GPU copy (engramd --gpu holds one)");
     } else if (gpu_) {
@@ -210,6 +222,7 @@ class LayerWatchHub::Stream
   }
 
   const std::shared_ptr<LayerWatchHub> hub_;
+  const bool may_share_gpu_;
   WatchLayerRequest request_;  // gRPC's read callbacks only
   int64_t layer_id_ = -1;      // set by the first message
   bool gpu_ = false;
@@ -245,8 +258,8 @@ std::shared_ptr<LayerWatchHub> LayerWatchHub::Create(
 LayerWatchHub::~LayerWatchHub() = default;
 
 grpc::ServerBidiReactor<WatchLayerRequest, LayerMapping>* LayerWatchHub::Start(
-    grpc::CallbackServerContext*) {
-  return new Stream(shared_from_this());
+    grpc::CallbackServerContext*, bool may_share_gpu) {
+  return new Stream(shared_from_this(), may_share_gpu);
 }
 
 void LayerWatchHub::Close() {

@@ -50,9 +50,11 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
                                                Options options);
   ~LayerWatchHub();
 
+  // `may_share_gpu`: the caller may get CUDA IPC handles of GPU copies
+  // (which map writable), else it is told why not.
   grpc::ServerBidiReactor<internal::v1::WatchLayerRequest,
                           internal::v1::LayerMapping>*
-  Start(grpc::CallbackServerContext* context);
+  Start(grpc::CallbackServerContext* context, bool may_share_gpu);
   // Ends every open stream (server shutdown) and refuses new ones.
   void Close();
 

@@ -493,6 +493,9 @@ absl::Status PeerService::DescribeExports(
 grpc::ServerBidiReactor<internal::v1::WatchLayerRequest,
                         internal::v1::LayerMapping>*
 PeerService::WatchLayer(grpc::CallbackServerContext* context) {
+  // CUDA IPC maps the GPU copy writable in the reader (there is no read-only
+  // import): its handles go only to callers who may change the layer.
+  bool may_share_gpu = true;
   if (auth_ != nullptr) {
     absl::StatusOr<Caller> caller =
         auth_->Check(*context, kRightRead, "WatchLayer");
@@ -501,8 +504,9 @@ PeerService::WatchLayer(grpc::CallbackServerContext* context) {
                                    internal::v1::LayerMapping>(
           ToGrpcStatus(caller.status()));
     }
+    may_share_gpu = (caller->rights & kRightWrite) != 0;
   }
-  return watch_hub_->Start(context);
+  return watch_hub_->Start(context, may_share_gpu);
 }
 
 grpc::ServerUnaryReactor* PeerService::RemoveLocal(

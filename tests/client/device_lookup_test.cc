@@ -347,6 +347,41 @@ TEST_P(DeviceLookupPathTest, AKilledServerGivesErrorsNotHangs) {
   client_.reset();  // unmaps everything without hanging
 }
 
+// CUDA IPC maps the GPU copy writable: only a caller with the write right
+// gets it; a read-only caller reads the host tables instead.
+TEST_F(DeviceLookupTest, OnlyWritersAreSharedTheGpuCopy) {
+  if (!has_device_) GTEST_SKIP() << "no CUDA device: " << why_;
+  const std::string tokens = ::testing::TempDir() + "/device_tokens";
+  {
+    std::FILE* f = std::fopen(tokens.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(
+        "read reader read-token-0123456789abcdef\n"
+        "write loader write-token-0123456789abcdef\n",
+        f);
+    std::fclose(f);
+  }
+  auto server = testing::EngramdProcess::Start(
+      {"--direct_reads", "--gpu=0", "--tokens_file=" + tokens});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions writer_options, reader_options;
+  writer_options.token = "write-token-0123456789abcdef";
+  reader_options.token = "read-token-0123456789abcdef";
+  auto writer = Client::Connect((*server)->address(), writer_options);
+  auto reader = Client::Connect((*server)->address(), reader_options);
+  ASSERT_TRUE(writer.ok() && reader.ok());
+  LayerLayout l{{1000, 1000}, 64, DType::kFloat32};
+  auto tables = testing::RandomTables(l, 8);
+  ASSERT_TRUE((*writer)->Populate(2, l, testing::Spans(tables)).ok());
+  absl::StatusOr<DevicePath> w = (*writer)->PrepareDeviceLookups(2);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(*w, DevicePath::kGpuShared) << (*writer)->DevicePathNote(2);
+  absl::StatusOr<DevicePath> r = (*reader)->PrepareDeviceLookups(2);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, DevicePath::kHostMapped);
+  EXPECT_THAT((*reader)->DevicePathNote(2), HasSubstr("write right"));
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Paths, DeviceLookupPathTest,
     ::testing::Values(PathCase{{"--direct_reads", "--gpu=0"},

@@ -315,9 +315,10 @@ class DeviceLookups::LayerOnDevice {
   // What one published version holds.
   struct Version {
     uint64_t version = 0;
-    std::shared_ptr<const MappedVersion> mapped;  // null: nothing leased
-    std::vector<const void*> registered;          // host extents
-    std::vector<void*> opened;                    // CUDA IPC mappings
+    std::shared_ptr<const MappedVersion> mapped;       // null: nothing leased
+    std::vector<const void*> registered;               // host extents
+    std::vector<transport::AttachedSegment> writable;  // for registration
+    std::vector<void*> opened;                         // CUDA IPC mappings
     void* view = nullptr;
     Clock::time_point retire_at;
   };
@@ -354,16 +355,18 @@ class DeviceLookups::LayerOnDevice {
       absl::StrAppend(note, "; host tables: ", v.host_why.message());
       return DevicePath::kRpc;
     }
+    // Read-only registration where the platform has it, else the same
+    // segments attached writable (which only the server's user may) and
+    // registered: many x86 hosts cannot register read-only memory.
     std::vector<const uint8_t*> bases;  // device address of each extent
-    absl::Status s;
-    for (const MappedVersion::Extent& e : v.extents) {
-      absl::StatusOr<const void*> d = gpu::HostRegisterReadOnly(e.data, e.size);
-      if (!d.ok()) {
-        s = d.status();
-        break;
+    absl::Status s = RegisterExtents(v, /*writable=*/false, out, &bases);
+    if (s.code() == absl::StatusCode::kFailedPrecondition) {
+      s = RegisterExtents(v, /*writable=*/true, out, &bases);
+      if (s.ok()) {
+        absl::StrAppend(note, note->empty() ? "" : "; ",
+                        "host tables attached read-write for CUDA (this "
+                        "platform cannot register read-only memory)");
       }
-      out->registered.push_back(e.data);
-      bases.push_back(static_cast<const uint8_t*>(*d));
     }
     auto device_address = [&](const void* p) -> const uint8_t* {
       const auto* b = static_cast<const uint8_t*>(p);
@@ -389,6 +392,7 @@ class DeviceLookups::LayerOnDevice {
     if (s.ok()) return DevicePath::kHostMapped;
     for (const void* p : out->registered) gpu::HostUnregisterConst(p);
     out->registered.clear();
+    out->writable.clear();
     spec->tables.clear();
     spec->epoch_slots.clear();
     spec->generations.clear();
@@ -397,11 +401,53 @@ class DeviceLookups::LayerOnDevice {
     return DevicePath::kRpc;
   }
 
+  // Registers every extent of `v` with CUDA (`writable`: through new
+  // read-write attachments of the same segments, kept in `out`); the
+  // device address of each in `bases`. On error nothing stays registered.
+  static absl::Status RegisterExtents(const MappedVersion& v, bool writable,
+                                      Version* out,
+                                      std::vector<const uint8_t*>* bases) {
+    absl::Status s;
+    for (const MappedVersion::Extent& e : v.extents) {
+      const uint8_t* at = e.data;
+      if (writable) {
+        absl::StatusOr<transport::AttachedSegment> segment =
+            transport::AttachedSegment::Attach(e.shm_id, /*writable=*/true);
+        if (!segment.ok()) {
+          s = segment.status();
+          break;
+        }
+        if (segment->size() != e.size) {
+          s = absl::FailedPreconditionError("a segment changed size");
+          break;
+        }
+        at = segment->data();
+        out->writable.push_back(*std::move(segment));
+      }
+      absl::StatusOr<const void*> d =
+          gpu::HostRegisterMapped(at, e.size, /*read_only=*/!writable);
+      if (!d.ok()) {
+        s = d.status();
+        break;
+      }
+      out->registered.push_back(at);
+      bases->push_back(static_cast<const uint8_t*>(*d));
+    }
+    if (!s.ok()) {
+      for (const void* p : out->registered) gpu::HostUnregisterConst(p);
+      out->registered.clear();
+      out->writable.clear();
+      bases->clear();
+    }
+    return s;
+  }
+
   // Unmaps what `v` holds (its device is current) and, with `release`,
   // tells the server it may free the version.
   void Free(Version* v, bool release) {
     for (void* p : v->opened) gpu::IpcClose(p);
     for (const void* p : v->registered) gpu::HostUnregisterConst(p);
+    v->writable.clear();  // detached after unregistering
     gpu::FreeView(v->view);
     if (release && v->mapped != nullptr) watch_->Release(v->version);
     v->opened.clear();

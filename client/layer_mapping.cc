@@ -39,13 +39,13 @@ absl::Status MapHost(const LayerMapping& m, MappedVersion* v) {
   auto locate = [&](const RegionDescriptor& d) -> absl::StatusOr<uint8_t*> {
     auto it = attached.find(d.shm_id);
     if (it == attached.end()) {
-      absl::StatusOr<transport::ReadOnlySegment> segment =
-          transport::ReadOnlySegment::Attach(d.shm_id);
+      absl::StatusOr<transport::AttachedSegment> segment =
+          transport::AttachedSegment::Attach(d.shm_id);
       if (!segment.ok()) return segment.status();
       it = attached.emplace(d.shm_id, v->attachments.size()).first;
       v->attachments.push_back(*std::move(segment));
     }
-    const transport::ReadOnlySegment& s = v->attachments[it->second];
+    const transport::AttachedSegment& s = v->attachments[it->second];
     if (s.creator() != v->attachments.front().creator() ||
         d.shm_offset > s.size() || d.length > s.size() - d.shm_offset) {
       return absl::FailedPreconditionError(
@@ -94,8 +94,9 @@ absl::Status MapHost(const LayerMapping& m, MappedVersion* v) {
     v->epoch_slots.push_back(slots + d->epoch_slot);
     v->generations.push_back(d->generation);
   }
-  for (const transport::ReadOnlySegment& s : v->attachments) {
-    v->extents.push_back({s.data(), s.size()});
+  for (const auto& [shm_id, index] : attached) {
+    const transport::AttachedSegment& s = v->attachments[index];
+    v->extents.push_back({s.data(), s.size(), shm_id});
   }
   return absl::OkStatus();
 }

@@ -48,6 +48,7 @@ struct MappedVersion {
   struct Extent {
     const uint8_t* data;
     uint64_t size;
+    int64_t shm_id;  // the segment attached there
   };
   std::vector<Extent> extents;
   // The server's GPU copy: device UUID and one IPC handle (+ offset) per
@@ -57,7 +58,7 @@ struct MappedVersion {
   std::vector<uint64_t> gpu_offsets;
   absl::Status gpu_why;
 
-  std::vector<transport::ReadOnlySegment> attachments;
+  std::vector<transport::AttachedSegment> attachments;
 };
 
 // What a watch knows of its layer.

@@ -515,24 +515,25 @@ void IpcClose(void* ptr) {
   if (ptr) cudaIpcCloseMemHandle(ptr);
 }
 
-absl::StatusOr<const void*> HostRegisterReadOnly(const void* ptr,
-                                                 size_t bytes) {
-  const int device = CurrentDevice();
-  int read_only = 0;
-  cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported,
-                         device);
-  if (!read_only) {
-    cudaGetLastError();
-    return absl::FailedPreconditionError(
-        "this platform cannot register read-only host memory with CUDA "
-        "(cudaDevAttrHostRegisterReadOnlySupported is 0)");
+absl::StatusOr<const void*> HostRegisterMapped(const void* ptr, size_t bytes,
+                                               bool read_only) {
+  unsigned flags = cudaHostRegisterMapped | cudaHostRegisterPortable;
+  if (read_only) {
+    int supported = 0;
+    cudaDeviceGetAttribute(&supported,
+                           cudaDevAttrHostRegisterReadOnlySupported,
+                           CurrentDevice());
+    if (!supported) {
+      cudaGetLastError();
+      return absl::FailedPreconditionError(
+          "this platform cannot register read-only host memory with CUDA "
+          "(cudaDevAttrHostRegisterReadOnlySupported is 0)");
+    }
+    flags |= cudaHostRegisterReadOnly;
   }
   void* p = const_cast<void*>(ptr);
-  if (absl::Status s = Check(
-          cudaHostRegister(p, bytes,
-                           cudaHostRegisterMapped | cudaHostRegisterPortable |
-                               cudaHostRegisterReadOnly),
-          "cudaHostRegister(read-only)");
+  if (absl::Status s =
+          Check(cudaHostRegister(p, bytes, flags), "cudaHostRegister");
       !s.ok()) {
     cudaGetLastError();
     return s;

@@ -95,10 +95,13 @@ absl::StatusOr<std::string> IpcHandleOf(int device, void* device_ptr);
 // before the exporter may free it.
 absl::StatusOr<void*> IpcOpen(const std::string& handle);
 void IpcClose(void* ptr);
-// Registers host memory that may be mapped read-only in this process
-// (cudaHostRegisterReadOnly) and returns the address kernels read it at.
-// FAILED_PRECONDITION where the platform cannot register read-only memory.
-absl::StatusOr<const void*> HostRegisterReadOnly(const void* ptr, size_t bytes);
+// Registers host memory for kernels to read (mapped, portable) and returns
+// the address they read it at. `read_only`: memory this process maps
+// read-only (cudaHostRegisterReadOnly); FAILED_PRECONDITION where the
+// platform cannot register such memory (many x86 hosts), which then needs
+// a writable mapping.
+absl::StatusOr<const void*> HostRegisterMapped(const void* ptr, size_t bytes,
+                                               bool read_only);
 void HostUnregisterConst(const void* ptr);
 
 // Where a pointer points, as CUDA sees it.

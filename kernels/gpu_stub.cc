@@ -47,7 +47,7 @@ absl::StatusOr<int> DeviceWithUuid(const std::string&) { return NotBuilt(); }
 absl::StatusOr<std::string> IpcHandleOf(int, void*) { return NotBuilt(); }
 absl::StatusOr<void*> IpcOpen(const std::string&) { return NotBuilt(); }
 void IpcClose(void*) {}
-absl::StatusOr<const void*> HostRegisterReadOnly(const void*, size_t) {
+absl::StatusOr<const void*> HostRegisterMapped(const void*, size_t, bool) {
   return NotBuilt();
 }
 void HostUnregisterConst(const void*) {}

@@ -76,7 +76,8 @@ std::optional<SysvLocation> SysvSegmentAt(const void* address) {
   return std::nullopt;
 }
 
-absl::StatusOr<ReadOnlySegment> ReadOnlySegment::Attach(int64_t shm_id) {
+absl::StatusOr<AttachedSegment> AttachedSegment::Attach(int64_t shm_id,
+                                                        bool writable) {
   shmid_ds ds{};
   if (shmctl(static_cast<int>(shm_id), IPC_STAT, &ds) != 0) {
     const int e = errno;
@@ -87,25 +88,25 @@ absl::StatusOr<ReadOnlySegment> ReadOnlySegment::Attach(int64_t shm_id) {
                : absl::NotFoundError(absl::StrCat(
                      "shared-memory segment ", shm_id, ": ", std::strerror(e)));
   }
-  void* p = shmat(static_cast<int>(shm_id), nullptr, SHM_RDONLY);
+  void* p = shmat(static_cast<int>(shm_id), nullptr, writable ? 0 : SHM_RDONLY);
   if (p == reinterpret_cast<void*>(-1)) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("attaching shared-memory segment ", shm_id,
-                     " read-only: ", std::strerror(errno)));
+    return absl::PermissionDeniedError(absl::StrCat(
+        "attaching shared-memory segment ", shm_id,
+        writable ? " read-write: " : " read-only: ", std::strerror(errno)));
   }
-  ReadOnlySegment segment;
+  AttachedSegment segment;
   segment.data_ = static_cast<const uint8_t*>(p);
   segment.size_ = ds.shm_segsz;
   segment.creator_ = ds.shm_cpid;
   return segment;
 }
 
-ReadOnlySegment::ReadOnlySegment(ReadOnlySegment&& other) noexcept
+AttachedSegment::AttachedSegment(AttachedSegment&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(other.size_),
       creator_(other.creator_) {}
 
-ReadOnlySegment& ReadOnlySegment::operator=(ReadOnlySegment&& other) noexcept {
+AttachedSegment& AttachedSegment::operator=(AttachedSegment&& other) noexcept {
   if (this != &other) {
     if (data_ != nullptr) shmdt(data_);
     data_ = std::exchange(other.data_, nullptr);
@@ -115,7 +116,7 @@ ReadOnlySegment& ReadOnlySegment::operator=(ReadOnlySegment&& other) noexcept {
   return *this;
 }
 
-ReadOnlySegment::~ReadOnlySegment() {
+AttachedSegment::~AttachedSegment() {
   if (data_ != nullptr) shmdt(data_);
 }
 

@@ -32,24 +32,27 @@ struct SysvLocation {
 };
 std::optional<SysvLocation> SysvSegmentAt(const void* address);
 
-// One read-only attachment of a segment by id; detached when destroyed.
-// Move-only.
-class ReadOnlySegment {
+// One attachment of a segment by id, read-only unless `writable`; detached
+// when destroyed. Move-only. (Writable attaches serve CUDA registration on
+// platforms that cannot register read-only memory: they need the write
+// permission, i.e. the owner's user.)
+class AttachedSegment {
  public:
   // PERMISSION_DENIED, NOT_FOUND (no such segment in this IPC namespace).
-  static absl::StatusOr<ReadOnlySegment> Attach(int64_t shm_id);
-  ReadOnlySegment(ReadOnlySegment&& other) noexcept;
-  ReadOnlySegment& operator=(ReadOnlySegment&& other) noexcept;
-  ReadOnlySegment(const ReadOnlySegment&) = delete;
-  ReadOnlySegment& operator=(const ReadOnlySegment&) = delete;
-  ~ReadOnlySegment();
+  static absl::StatusOr<AttachedSegment> Attach(int64_t shm_id,
+                                                bool writable = false);
+  AttachedSegment(AttachedSegment&& other) noexcept;
+  AttachedSegment& operator=(AttachedSegment&& other) noexcept;
+  AttachedSegment(const AttachedSegment&) = delete;
+  AttachedSegment& operator=(const AttachedSegment&) = delete;
+  ~AttachedSegment();
 
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
   pid_t creator() const { return creator_; }  // the owner process
 
  private:
-  ReadOnlySegment() = default;
+  AttachedSegment() = default;
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
   pid_t creator_ = 0;

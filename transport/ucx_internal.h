@@ -104,7 +104,7 @@ class Remote final : public RemoteRegions {
 
   // Null for read-only attachments (no UCX involved).
   std::shared_ptr<Endpoint> endpoint;
-  std::vector<ReadOnlySegment> segments;  // read-only attachments
+  std::vector<AttachedSegment> segments;  // read-only attachments
   std::vector<Region> regions;
   RegionDescriptor control;
   ucp_rkey_h control_rkey = nullptr;

@@ -72,13 +72,13 @@ absl::StatusOr<std::shared_ptr<Remote>> Engine::AttachReadOnly(
     if (d.shm_id < 0) return absl::UnavailableError("not System V memory");
     auto it = attached.find(d.shm_id);
     if (it == attached.end()) {
-      absl::StatusOr<ReadOnlySegment> segment =
-          ReadOnlySegment::Attach(d.shm_id);
+      absl::StatusOr<AttachedSegment> segment =
+          AttachedSegment::Attach(d.shm_id);
       if (!segment.ok()) return segment.status();
       it = attached.emplace(d.shm_id, remote->segments.size()).first;
       remote->segments.push_back(*std::move(segment));
     }
-    const ReadOnlySegment& segment = remote->segments[it->second];
+    const AttachedSegment& segment = remote->segments[it->second];
     if (segment.creator() != remote->segments.front().creator() ||
         d.shm_offset > segment.size() ||
         d.length > segment.size() - d.shm_offset) {

@@ -262,10 +262,22 @@ class DeviceLookups::LayerOnDevice {
       next->view = *view;
       published = gpu::PublishView(slot_, *view, stream_);
     }
-    if (!published.ok() && path != DevicePath::kRpc) {
-      absl::StrAppend(&note,
-                      "; publishing the view failed: ", published.message());
-      path = DevicePath::kRpc;
+    if (!published.ok()) {
+      // The slot still points at the current view: keep that alive, drop
+      // the new one (no launch has seen it), serve through the RPC path.
+      Free(next.get(), /*release=*/true);
+      absl::StrAppend(&note, note.empty() ? "" : "; ",
+                      "publishing the view failed: ", published.message());
+      MutexLock lock(&mu_);
+      current_state_.state = u.state;
+      current_state_.path = DevicePath::kRpc;
+      current_state_.why = u.why;
+      current_state_.known = u.state == MappingUpdate::kPresent;
+      if (current_state_.known) current_state_.layout = u.mapped->layout;
+      note_ = absl::StrCat("rpc (", note, ")");
+      ready_ = true;
+      ready_cv_.notify_all();
+      return;
     }
     MutexLock lock(&mu_);
     if (current_ != nullptr) {

@@ -91,6 +91,21 @@ class LayerMappingTest : public ::testing::Test {
         [updates](MappingUpdate u) { updates->Push(std::move(u)); });
   }
 
+  // Populates `layer` with `tables`, starts watching it and returns the
+  // first mapping (which must be present).
+  std::shared_ptr<const MappedVersion> PopulateAndWatch(
+      int64_t layer, const std::vector<std::vector<uint8_t>>& tables,
+      Updates* updates, std::unique_ptr<LayerMappingWatch>* watch) {
+    EXPECT_TRUE(client_->Populate(layer, layout_, testing::Spans(tables)).ok());
+    *watch = Watch(layer, updates);
+    std::optional<MappingUpdate> first = updates->Next();
+    if (!first.has_value() || first->state != MappingUpdate::kPresent) {
+      ADD_FAILURE() << "no mapping of layer " << layer;
+      return nullptr;
+    }
+    return first->mapped;
+  }
+
   LayerLayout layout_{{300, 200, 100}, 16, DType::kBFloat16};
   std::unique_ptr<testing::EngramdProcess> server_;
   std::unique_ptr<Client> client_;
@@ -99,13 +114,11 @@ class LayerMappingTest : public ::testing::Test {
 TEST_F(LayerMappingTest, MapsTheRowsAndFollowsReplaceAndRemove) {
   Start();
   auto v1 = testing::RandomTables(layout_, 1);
-  ASSERT_TRUE(client_->Populate(3, layout_, testing::Spans(v1)).ok());
   Updates updates;
-  auto watch = Watch(3, &updates);
-  std::optional<MappingUpdate> first = updates.Next();
-  ASSERT_TRUE(first.has_value());
-  ASSERT_EQ(first->state, MappingUpdate::kPresent);
-  std::shared_ptr<const MappedVersion> old = first->mapped;
+  std::unique_ptr<LayerMappingWatch> watch;
+  std::shared_ptr<const MappedVersion> old =
+      PopulateAndWatch(3, v1, &updates, &watch);
+  ASSERT_NE(old, nullptr);
   ASSERT_TRUE(old->host_why.ok()) << old->host_why;
   EXPECT_EQ(old->version, 1u);
   EXPECT_EQ(old->layout.num_heads(), 3);
@@ -181,18 +194,17 @@ TEST_F(LayerMappingTest, AMissingLayerAndAnUnexportedServerAreReported) {
 TEST_F(LayerMappingTest, AKilledServerIsReportedAndTheMappingStaysReadable) {
   Start();
   auto tables = testing::RandomTables(layout_, 4);
-  ASSERT_TRUE(client_->Populate(5, layout_, testing::Spans(tables)).ok());
   Updates updates;
-  auto watch = Watch(5, &updates);
-  std::optional<MappingUpdate> first = updates.Next();
-  ASSERT_TRUE(first.has_value());
-  ASSERT_EQ(first->state, MappingUpdate::kPresent);
+  std::unique_ptr<LayerMappingWatch> watch;
+  std::shared_ptr<const MappedVersion> first =
+      PopulateAndWatch(5, tables, &updates, &watch);
+  ASSERT_NE(first, nullptr);
   server_->Kill();
   std::optional<MappingUpdate> gone = updates.Next();
   ASSERT_TRUE(gone.has_value());
   EXPECT_EQ(gone->state, MappingUpdate::kUnavailable);
   EXPECT_THAT(gone->why.message(), HasSubstr("stream ended"));
-  EXPECT_TRUE(SameRows(*first->mapped, tables));
+  EXPECT_TRUE(SameRows(*first, tables));
   watch.reset();  // stops while reconnecting, without hanging
 }
 

@@ -100,6 +100,15 @@ class HardeningTest : public ::testing::Test {
     }
   }
 
+  // The peer Abort of `txn` (the coordinator's phase-two abort).
+  grpc::Status AbortTxn(const std::string& txn) {
+    grpc::ClientContext ctx;
+    internal::v1::TxnRequest request;
+    request.set_txn_id(txn);
+    internal::v1::TxnResponse ignored;
+    return peer_->Abort(&ctx, request, &ignored);
+  }
+
   // A complete Stage stream (every row of a 2-head layer), not committed.
   grpc::Status StageWholeLayer(const std::string& txn, int64_t layer) {
     grpc::ClientContext ctx;
@@ -204,11 +213,7 @@ TEST_F(HardeningTest, AbortEndsAStillOpenStageStreamAndFreesTheLayer) {
   grpc::Status busy = StageWholeLayer("txn-other", 20);
   ASSERT_EQ(busy.error_code(), grpc::StatusCode::ALREADY_EXISTS)
       << busy.error_message();
-  grpc::ClientContext abort_ctx;
-  internal::v1::TxnRequest txn;
-  txn.set_txn_id("txn-open-abort");
-  internal::v1::TxnResponse ignored;
-  ASSERT_TRUE(peer_->Abort(&abort_ctx, txn, &ignored).ok());
+  ASSERT_TRUE(AbortTxn("txn-open-abort").ok());
   // Nothing of the aborted stage holds layer 20 any more.
   LayerLayout l{{10, 20}, 4, DType::kFloat32};
   auto tables = testing::RandomTables(l, 4);
@@ -233,11 +238,7 @@ TEST_F(HardeningTest, ReusedTxnIdIsRefusedAndLeavesNothingStuck) {
       << second.error_message();
   EXPECT_THAT(second.error_message(), HasSubstr("txn-dup"));
   // Abort the first transaction: both ids are free, nothing stuck.
-  grpc::ClientContext ctx;
-  internal::v1::TxnRequest txn;
-  txn.set_txn_id("txn-dup");
-  internal::v1::TxnResponse ignored;
-  ASSERT_TRUE(peer_->Abort(&ctx, txn, &ignored).ok());
+  ASSERT_TRUE(AbortTxn("txn-dup").ok());
   LayerLayout l{{10, 20}, 4, DType::kFloat32};
   auto tables = testing::RandomTables(l, 3);
   EXPECT_TRUE(client_->Populate(7, l, testing::Spans(tables)).ok());

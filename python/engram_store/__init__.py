@@ -318,14 +318,16 @@ class Client:
             self._layouts[layer_id] = layout
         return layout
 
-    def lookup(self, layer_id: int, ids, *, out: Optional[np.ndarray] = None,
-               output_dtype: Optional[str] = None) -> np.ndarray:
+    def lookup(self, layer_id: int, ids, *, out=None,
+               output_dtype: Optional[str] = None):
         """Gathers the rows of ``ids`` (int64 ``[B, L, H]``, any array-like).
 
         Returns ``[B, L, H, D]`` rows of the stored dtype (or
         ``output_dtype`` among the float dtypes; bfloat16 as uint16 bits).
         With ``out`` (C-contiguous, that shape and dtype) the rows land in
-        it and it is returned: no other copy.
+        it and it is returned: no other copy. A CUDA array ``out`` takes the
+        device path (:meth:`lookup_device`, waited for; its dtype is the
+        output dtype).
         """
         if out is not None and not isinstance(out, np.ndarray) and \
                 _cuda.device_array(out, "out") is not None:

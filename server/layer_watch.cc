@@ -91,13 +91,14 @@ class LayerWatchHub::Stream
 
   void OnDone() override {
     if (registered_) hub_->Unregister(this, layer_id_);
-    std::map<uint64_t, std::shared_ptr<const Layer>> freed;
+    std::vector<std::shared_ptr<const Layer>> held;
     {
       MutexLock lock(&mu_);
-      hub_->leases_.fetch_sub(static_cast<int64_t>(leases_.size()));
-      freed.swap(leases_);
+      for (auto& [version, layer] : leases_) held.push_back(std::move(layer));
+      leases_.clear();
     }
-    freed.clear();  // the versions this reader held may be freed now
+    // Still counted as leases until the hub frees them.
+    hub_->HoldAfterEnd(std::move(held));
     delete this;
   }
 
@@ -280,6 +281,31 @@ void LayerWatchHub::Changed(int64_t layer_id) {
   MutexLock lock(&mu_);
   auto [begin, end] = streams_.equal_range(layer_id);
   for (auto it = begin; it != end; ++it) it->second->Notify();
+}
+
+void LayerWatchHub::HoldAfterEnd(
+    std::vector<std::shared_ptr<const Layer>> versions) {
+  if (versions.empty()) return;
+  MutexLock lock(&mu_);
+  held_.push_back(
+      {std::chrono::steady_clock::now() + options_.ended_stream_grace,
+       std::move(versions)});
+}
+
+void LayerWatchHub::ExpireHeld(bool all) {
+  std::vector<Held> due;
+  {
+    MutexLock lock(&mu_);
+    const auto now = std::chrono::steady_clock::now();
+    while (!held_.empty() && (all || held_.front().until <= now)) {
+      due.push_back(std::move(held_.front()));
+      held_.pop_front();
+    }
+  }
+  for (Held& h : due) {
+    leases_.fetch_sub(static_cast<int64_t>(h.versions.size()));
+    h.versions.clear();  // freed here, outside the lock
+  }
 }
 
 bool LayerWatchHub::Register(Stream* stream, int64_t layer_id) {

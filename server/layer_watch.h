@@ -4,14 +4,18 @@
 // asked, CUDA IPC handles of its GPU copy. Every version sent is leased to
 // the stream — the stream holds the Layer, so neither its exported memory
 // nor its GPU copy is freed, even after a replace or remove — until the
-// reader releases that version or the stream ends (the reader exited).
+// reader releases that version or, a grace period after, the stream ends
+// (the reader exited, or its connection broke).
 #ifndef ENGRAM_SERVER_LAYER_WATCH_H_
 #define ENGRAM_SERVER_LAYER_WATCH_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "common/mutex.h"
@@ -43,6 +47,10 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
     // with RESOURCE_EXHAUSTED (a reader that never releases would keep
     // every replaced version's memory).
     int max_leases_per_stream = 16;
+    // How long the versions of a stream that ended stay allocated: a
+    // reader whose stream broke may still be finishing launches over them
+    // (its own grace before unmapping is shorter).
+    std::chrono::milliseconds ended_stream_grace{5000};
   };
   // Also installs itself as `layers`' change listener.
   static std::shared_ptr<LayerWatchHub> Create(LayerRegistry* layers,
@@ -59,6 +67,9 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
   void Close();
 
   int open_streams() const;
+  // Frees the versions of ended streams whose grace passed (a janitor
+  // calls it about once a second; `all`: every one).
+  void ExpireHeld(bool all = false);
   // Versions held for readers that the registry no longer serves.
   int64_t leased_versions() const { return leases_.load(); }
 
@@ -70,6 +81,8 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
   void Changed(int64_t layer_id);
   bool Register(Stream* stream, int64_t layer_id);
   void Unregister(Stream* stream, int64_t layer_id);
+  // Keeps an ended stream's versions for options_.ended_stream_grace.
+  void HoldAfterEnd(std::vector<std::shared_ptr<const Layer>> versions);
 
   LayerRegistry* const layers_;
   transport::UcxEngine* const transport_;
@@ -78,6 +91,11 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
   mutable Mutex mu_;
   std::multimap<int64_t, Stream*> streams_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  struct Held {
+    std::chrono::steady_clock::time_point until;
+    std::vector<std::shared_ptr<const Layer>> versions;
+  };
+  std::deque<Held> held_ ABSL_GUARDED_BY(mu_);  // oldest first
 };
 
 }  // namespace engram

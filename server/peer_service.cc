@@ -193,6 +193,7 @@ PeerService::~PeerService() {
   }
   wake_.notify_all();
   janitor_.join();
+  watch_hub_->ExpireHeld(/*all=*/true);
   MutexLock lock(&mu_);
   // Never committed: sealed --data_dir folders must not come back.
   for (auto& [txn, p] : prepared_) {
@@ -284,6 +285,9 @@ void PeerService::JanitorLoop() {
         ++it;
       }
     }
+    lock.unlock();
+    watch_hub_->ExpireHeld();
+    lock.lock();
   }
 }
 

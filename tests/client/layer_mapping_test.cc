@@ -162,15 +162,19 @@ TEST_F(LayerMappingTest, MapsTheRowsAndFollowsReplaceAndRemove) {
   ASSERT_EQ(again->state, MappingUpdate::kPresent);
   EXPECT_EQ(again->mapped->version, 3u);
   EXPECT_TRUE(SameRows(*again->mapped, v1));
-  // Ending the watch ends every lease.
+  // Ending the watch ends every lease, after a grace (the reader may still
+  // be finishing launches over them when its stream breaks).
   watch.reset();
   ASSERT_TRUE(client_->Remove(3).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_TRUE(Exported(*second->mapped) && Exported(*again->mapped))
+      << "versions freed the moment their stream ended";
   bool freed = false;
-  for (int i = 0; i < 100 && !freed; ++i) {
+  for (int i = 0; i < 200 && !freed; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     freed = !Exported(*second->mapped) && !Exported(*again->mapped);
   }
-  EXPECT_TRUE(freed) << "leases outlived their stream";
+  EXPECT_TRUE(freed) << "leases outlived their stream's grace";
 }
 
 TEST_F(LayerMappingTest, AMissingLayerAndAnUnexportedServerAreReported) {

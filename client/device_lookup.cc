@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -222,8 +223,47 @@ class DeviceLookups::LayerOnDevice {
     return LaunchRpc(r, c.layout, status);
   }
 
-  // The watch thread: a new state of the layer.
+  // The watch thread: a new state of the layer. It supersedes an update
+  // still waiting to be retried.
   void Apply(MappingUpdate u) {
+    uint64_t seq;
+    std::optional<MappingUpdate> dropped;
+    {
+      MutexLock lock(&mu_);
+      seq = ++update_seq_;
+      dropped.swap(retry_);
+    }
+    if (dropped && dropped->state == MappingUpdate::kPresent &&
+        (u.state != MappingUpdate::kPresent ||
+         u.mapped->version != dropped->mapped->version)) {
+      watch_->Release(dropped->mapped->version);  // never published
+    }
+    ApplyInOrder(std::move(u), seq);
+  }
+
+  // The janitor: applies again an update whose view could not be published
+  // (e.g. during another thread's global-mode graph capture).
+  void RetryPending() {
+    std::optional<MappingUpdate> u;
+    uint64_t seq = 0;
+    {
+      MutexLock lock(&mu_);
+      if (!retry_) return;
+      u.swap(retry_);
+      seq = retry_seq_;
+    }
+    ApplyInOrder(*std::move(u), seq);
+  }
+
+ private:
+  // Applies update number `seq` unless a later one was applied already.
+  void ApplyInOrder(MappingUpdate u, uint64_t seq) {
+    MutexLock apply(&apply_mu_);
+    {
+      MutexLock lock(&mu_);
+      if (seq < applied_seq_) return;
+      applied_seq_ = seq;
+    }
     DeviceGuard guard(device_);
     auto next = std::make_unique<Version>();
     gpu::ViewSpec spec;
@@ -264,11 +304,17 @@ class DeviceLookups::LayerOnDevice {
     }
     if (!published.ok()) {
       // The slot still points at the current view: keep that alive, drop
-      // the new one (no launch has seen it), serve through the RPC path.
-      Free(next.get(), /*release=*/true);
-      absl::StrAppend(&note, note.empty() ? "" : "; ",
-                      "publishing the view failed: ", published.message());
+      // the new one (no launch has seen it; its lease stays for the retry)
+      // and serve through the RPC path until the janitor's retry works.
+      Free(next.get(), /*release=*/false);
+      absl::StrAppend(
+          &note, note.empty() ? "" : "; ",
+          "publishing the view failed (retrying): ", published.message());
       MutexLock lock(&mu_);
+      if (seq == update_seq_) {  // nothing newer arrived meanwhile
+        retry_ = u;
+        retry_seq_ = seq;
+      }
       current_state_.state = u.state;
       current_state_.path = DevicePath::kRpc;
       current_state_.why = u.why;
@@ -301,6 +347,7 @@ class DeviceLookups::LayerOnDevice {
   }
 
   // The janitor: frees retired versions whose grace passed (all: every).
+ public:
   void RetireDue(bool all) {
     std::vector<std::unique_ptr<Version>> due;
     {
@@ -558,6 +605,13 @@ class DeviceLookups::LayerOnDevice {
   std::string note_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Version> current_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<Version>> retiring_ ABSL_GUARDED_BY(mu_);
+  // Updates are numbered as they arrive; one whose view could not be
+  // published waits in retry_ (superseded by any later one).
+  uint64_t update_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t applied_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<MappingUpdate> retry_ ABSL_GUARDED_BY(mu_);
+  uint64_t retry_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  Mutex apply_mu_;  // one ApplyInOrder at a time (watch thread, janitor)
   // Ended by the destructor only after every mapping is closed: its end
   // lets the server free the versions.
   std::unique_ptr<LayerMappingWatch> watch_;
@@ -595,7 +649,10 @@ void DeviceLookups::JanitorLoop() {
     std::vector<std::shared_ptr<LayerOnDevice>> layers;
     for (auto& [key, layer] : layers_) layers.push_back(layer);
     lock.unlock();
-    for (auto& layer : layers) layer->RetireDue(false);
+    for (auto& layer : layers) {
+      layer->RetryPending();
+      layer->RetireDue(false);
+    }
     lock.lock();
   }
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/device_mapping.h"
 #include "client/layer_mapping.h"
 #include "common/dtype.h"
 #include "kernels/gpu.h"
@@ -283,7 +284,7 @@ class DeviceLookups::LayerOnDevice {
                             " heads; the layer has ", spec.heads);
         spec.heads = 0;
       } else {
-        path = Build(v, next.get(), &spec, &note);
+        path = next->mapping.Open(v, device_, &spec, &note);
       }
       if (path == DevicePath::kRpc) {
         // Nothing of it is read here: the server need not keep it.
@@ -374,143 +375,18 @@ class DeviceLookups::LayerOnDevice {
   // What one published version holds.
   struct Version {
     uint64_t version = 0;
-    std::shared_ptr<const MappedVersion> mapped;       // null: nothing leased
-    std::vector<const void*> registered;               // host extents
-    std::vector<transport::AttachedSegment> writable;  // for registration
-    std::vector<void*> opened;                         // CUDA IPC mappings
+    std::shared_ptr<const MappedVersion> mapped;  // null: nothing leased
+    DeviceMapping mapping;                        // what CUDA reads
     void* view = nullptr;
     Clock::time_point retire_at;
   };
 
-  // Opens `v` for this device: the GPU copy, else the host tables.
-  DevicePath Build(const MappedVersion& v, Version* out, gpu::ViewSpec* spec,
-                   std::string* note) {
-    if (!v.gpu_why.ok()) {
-      *note = absl::StrCat("no GPU copy: ", v.gpu_why.message());
-    } else {
-      absl::StatusOr<int> on = gpu::DeviceWithUuid(v.gpu_uuid);
-      if (!on.ok() || *on != device_) {
-        *note = "the server's GPU copy is on another device";
-      } else {
-        absl::Status s;
-        for (size_t h = 0; s.ok() && h < v.gpu_handles.size(); ++h) {
-          absl::StatusOr<void*> p = gpu::IpcOpen(v.gpu_handles[h]);
-          if (!p.ok()) {
-            s = p.status();
-            break;
-          }
-          out->opened.push_back(*p);
-          spec->tables.push_back(static_cast<const uint8_t*>(*p) +
-                                 v.gpu_offsets[h]);
-        }
-        if (s.ok()) return DevicePath::kGpuShared;
-        for (void* p : out->opened) gpu::IpcClose(p);
-        out->opened.clear();
-        spec->tables.clear();
-        *note = absl::StrCat("the GPU copy cannot be opened: ", s.message());
-      }
-    }
-    if (!v.host_why.ok()) {
-      absl::StrAppend(note, "; host tables: ", v.host_why.message());
-      return DevicePath::kRpc;
-    }
-    // Read-only registration where the platform has it, else the same
-    // segments attached writable (which only the server's user may) and
-    // registered: many x86 hosts cannot register read-only memory.
-    std::vector<const uint8_t*> bases;  // device address of each extent
-    absl::Status s = RegisterExtents(v, /*writable=*/false, out, &bases);
-    if (s.code() == absl::StatusCode::kFailedPrecondition) {
-      s = RegisterExtents(v, /*writable=*/true, out, &bases);
-      if (s.ok()) {
-        absl::StrAppend(note, note->empty() ? "" : "; ",
-                        "host tables attached read-write for CUDA (this "
-                        "platform cannot register read-only memory)");
-      }
-    }
-    auto device_address = [&](const void* p) -> const uint8_t* {
-      const auto* b = static_cast<const uint8_t*>(p);
-      for (size_t i = 0; i < v.extents.size(); ++i) {
-        const MappedVersion::Extent& e = v.extents[i];
-        if (b >= e.data && b < e.data + e.size) return bases[i] + (b - e.data);
-      }
-      return nullptr;
-    };
-    for (size_t h = 0; s.ok() && h < v.tables.size(); ++h) {
-      const uint8_t* table = device_address(v.tables[h]);
-      const uint8_t* slot = device_address(v.epoch_slots[h]);
-      if (table == nullptr || slot == nullptr ||
-          reinterpret_cast<uintptr_t>(table) % 16 != 0) {
-        s = absl::FailedPreconditionError(
-            "a table is not 16-byte aligned in its mapping");
-        break;
-      }
-      spec->tables.push_back(table);
-      spec->epoch_slots.push_back(reinterpret_cast<const uint64_t*>(slot));
-      spec->generations.push_back(v.generations[h]);
-    }
-    if (s.ok()) return DevicePath::kHostMapped;
-    for (const void* p : out->registered) gpu::HostUnregisterConst(p);
-    out->registered.clear();
-    out->writable.clear();
-    spec->tables.clear();
-    spec->epoch_slots.clear();
-    spec->generations.clear();
-    absl::StrAppend(
-        note, "; host tables cannot be mapped for the GPU: ", s.message());
-    return DevicePath::kRpc;
-  }
-
-  // Registers every extent of `v` with CUDA (`writable`: through new
-  // read-write attachments of the same segments, kept in `out`); the
-  // device address of each in `bases`. On error nothing stays registered.
-  static absl::Status RegisterExtents(const MappedVersion& v, bool writable,
-                                      Version* out,
-                                      std::vector<const uint8_t*>* bases) {
-    absl::Status s;
-    for (const MappedVersion::Extent& e : v.extents) {
-      const uint8_t* at = e.data;
-      if (writable) {
-        absl::StatusOr<transport::AttachedSegment> segment =
-            transport::AttachedSegment::Attach(e.shm_id, /*writable=*/true);
-        if (!segment.ok()) {
-          s = segment.status();
-          break;
-        }
-        if (segment->size() != e.size) {
-          s = absl::FailedPreconditionError("a segment changed size");
-          break;
-        }
-        at = segment->data();
-        out->writable.push_back(*std::move(segment));
-      }
-      absl::StatusOr<const void*> d =
-          gpu::HostRegisterMapped(at, e.size, /*read_only=*/!writable);
-      if (!d.ok()) {
-        s = d.status();
-        break;
-      }
-      out->registered.push_back(at);
-      bases->push_back(static_cast<const uint8_t*>(*d));
-    }
-    if (!s.ok()) {
-      for (const void* p : out->registered) gpu::HostUnregisterConst(p);
-      out->registered.clear();
-      out->writable.clear();
-      bases->clear();
-    }
-    return s;
-  }
-
   // Unmaps what `v` holds (its device is current) and, with `release`,
   // tells the server it may free the version.
   void Free(Version* v, bool release) {
-    for (void* p : v->opened) gpu::IpcClose(p);
-    for (const void* p : v->registered) gpu::HostUnregisterConst(p);
-    v->writable.clear();  // detached after unregistering
+    v->mapping.Close();
     gpu::FreeView(v->view);
     if (release && v->mapped != nullptr) watch_->Release(v->version);
-    v->opened.clear();
-    v->registered.clear();
     v->view = nullptr;
     v->mapped.reset();
   }

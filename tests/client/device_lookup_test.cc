@@ -56,7 +56,8 @@ class DeviceLookupTest : public ::testing::Test {
     has_device_ = gpu::DeviceCount(&why) > 0;
     why_ = why;
   }
-  void Start(const std::vector<std::string>& flags) {
+  void Start(std::vector<std::string> flags) {
+    flags.push_back("--metrics_listen=127.0.0.1:0");
     auto server = testing::EngramdProcess::Start(flags);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);

@@ -178,7 +178,7 @@ TEST_F(LayerMappingTest, MapsTheRowsAndFollowsReplaceAndRemove) {
 }
 
 TEST_F(LayerMappingTest, AMissingLayerAndAnUnexportedServerAreReported) {
-  Start({});  // no --direct_reads: nothing exported
+  Start({"--metrics_listen=127.0.0.1:0"});  // no --direct_reads: no exports
   Updates updates;
   auto watch = Watch(9, &updates);
   std::optional<MappingUpdate> none = updates.Next();
@@ -193,6 +193,11 @@ TEST_F(LayerMappingTest, AMissingLayerAndAnUnexportedServerAreReported) {
             absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(present->mapped->host_why.message(), HasSubstr("--direct_reads"));
   EXPECT_TRUE(present->mapped->tables.empty());
+  // The server counts the stream and the version it leased to it.
+  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_THAT(*metrics, HasSubstr("engram_watch_streams 1"));
+  EXPECT_THAT(*metrics, HasSubstr("engram_watch_leased_versions 1"));
 }
 
 TEST_F(LayerMappingTest, AKilledServerIsReportedAndTheMappingStaysReadable) {

@@ -132,7 +132,8 @@ class DeviceLookups::LayerOnDevice {
   struct Current {
     MappingUpdate::State state = MappingUpdate::kUnavailable;
     bool known = false;  // `layout` is set (a version was seen)
-    LayerLayout layout;
+    // Shared, so a lookup's snapshot copies no vector.
+    std::shared_ptr<const LayerLayout> layout;
     DevicePath path = DevicePath::kRpc;
     absl::Status why;
   };
@@ -205,15 +206,16 @@ class DeviceLookups::LayerOnDevice {
     const Current c = Now();
     if (c.state == MappingUpdate::kNotFound) return c.why;
     if (!c.known) return c.why;  // never reached the server
-    DType out_dtype = c.layout.dtype;
-    if (absl::Status s = CheckOutput(c.layout, r, &out_dtype); !s.ok()) {
+    const LayerLayout& layout = *c.layout;
+    DType out_dtype = layout.dtype;
+    if (absl::Status s = CheckOutput(layout, r, &out_dtype); !s.ok()) {
       return s;
     }
     uint64_t* status = r.status != nullptr ? r.status : default_status_;
     const bool capturing = gpu::StreamCapturing(r.stream);
     if (c.state == MappingUpdate::kPresent && c.path != DevicePath::kRpc) {
       if (path != nullptr) *path = c.path;
-      return LaunchZeroCopy(r, c.layout, out_dtype, status, capturing);
+      return LaunchZeroCopy(r, layout, out_dtype, status, capturing);
     }
     if (capturing) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -221,7 +223,7 @@ class DeviceLookups::LayerOnDevice {
           " (", note(), "); the RPC path cannot be captured in a CUDA graph"));
     }
     if (path != nullptr) *path = DevicePath::kRpc;
-    return LaunchRpc(r, c.layout, status);
+    return LaunchRpc(r, layout, status);
   }
 
   // The watch thread: a new state of the layer. It supersedes an update
@@ -320,7 +322,10 @@ class DeviceLookups::LayerOnDevice {
       current_state_.path = DevicePath::kRpc;
       current_state_.why = u.why;
       current_state_.known = u.state == MappingUpdate::kPresent;
-      if (current_state_.known) current_state_.layout = u.mapped->layout;
+      if (current_state_.known) {
+        current_state_.layout =
+            std::make_shared<const LayerLayout>(u.mapped->layout);
+      }
       note_ = absl::StrCat("rpc (", note, ")");
       ready_ = true;
       ready_cv_.notify_all();
@@ -337,7 +342,8 @@ class DeviceLookups::LayerOnDevice {
     current_state_.why = u.why;
     if (u.state == MappingUpdate::kPresent) {
       current_state_.known = true;
-      current_state_.layout = u.mapped->layout;
+      current_state_.layout =
+          std::make_shared<const LayerLayout>(u.mapped->layout);
     } else if (u.state == MappingUpdate::kNotFound) {
       current_state_.known = false;
     }
@@ -622,12 +628,12 @@ absl::Status DeviceLookups::Result(const DeviceLookupRequest& r) {
         "a table range of layer ", r.layer_id,
         " was released while it was read; the rows are not valid"));
   }
-  const int heads = c.known ? c.layout.num_heads() : 0;
+  const int heads = c.known ? c.layout->num_heads() : 0;
   return absl::InvalidArgumentError(absl::StrCat(
       "ids[", code, "] is out of range for head ",
       heads > 0 ? static_cast<int64_t>(code % heads) : -1, " of layer ",
       r.layer_id,
-      heads > 0 ? absl::StrCat(" (", c.layout.table_vocab_sizes[code % heads],
+      heads > 0 ? absl::StrCat(" (", c.layout->table_vocab_sizes[code % heads],
                                " rows)")
                 : ""));
 }

@@ -11,6 +11,7 @@
 
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <random>
@@ -44,10 +45,20 @@ bool ReadString(int fd, std::string* s) {
   return true;
 }
 
+// UCX's TCP transport only on loopback, and only when UCX_TLS asks for it.
+transport::EngineOptions Options(bool mapped_reads) {
+  transport::EngineOptions options{.use_mapped_reads = mapped_reads};
+  if (const char* tls = std::getenv("UCX_TLS");
+      tls != nullptr && std::strstr(tls, "tcp") != nullptr) {
+    options.tcp_interface = "lo";
+  }
+  return options;
+}
+
 // The owner: exports the table, sends what a Transport call would, and
 // waits for the parent to close the pipe.
 int Owner(int to_parent, int from_parent) {
-  auto engine = transport::UcxEngine::Create();
+  auto engine = transport::UcxEngine::Create(Options(true));
   if (!engine.ok()) return 1;
   ExportMapper mapper = (*engine)->Mapper();
   auto table = HostBuffer::AllocateSparse(
@@ -104,7 +115,7 @@ int Main(int argc, char** argv) {
   std::mt19937_64 rng(3);
   for (bool mapped_reads : {true, false}) {
     auto reader =
-        transport::UcxEngine::Create({.use_mapped_reads = mapped_reads});
+        transport::UcxEngine::Create(Options(mapped_reads));
     if (!reader.ok()) {
       std::fprintf(stderr, "%s\n", reader.status().ToString().c_str());
       return 1;

@@ -76,9 +76,9 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
   if (spec.source.format == LayerSource::Format::kNpy) {
     for (int h = 0; h < heads; ++h) {
       const std::string& path = spec.source.files[h];
-      auto file = MappedFile::Open(path);
+      auto file = CheckpointFile::Open(path);
       if (!file.ok()) return with_layer(file.status());
-      auto header = ParseNpyHeader((*file)->data(), (*file)->size(), path);
+      auto header = ReadNpyHeader(**file);
       if (!header.ok()) return with_layer(header.status());
       const std::string what = absl::StrCat("head ", h, " (", path, ")");
       const std::vector<int64_t>& shape = header->shape;
@@ -184,7 +184,7 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
     const size_t dst_row =
         *convert ? src_row / 4 * DTypeSize(layout.dtype) : src_row;
     Column c;
-    c.file = std::shared_ptr<const MappedFile>(file, &file->file());
+    c.file = std::shared_ptr<const CheckpointFile>(file, &file->file());
     for (int h = 0; h < heads; ++h)
       c.head_offset.push_back(info->begin + head_start[h] * src_row);
     c.src_row_bytes = src_row;

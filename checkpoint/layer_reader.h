@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "checkpoint/manifest.h"
-#include "checkpoint/mapped_file.h"
+#include "checkpoint/checkpoint_file.h"
 #include "common/layout.h"
 
 namespace engram::checkpoint {
@@ -46,10 +46,10 @@ class LayerReader {
 
  private:
   // One source tensor's share of a row: its bytes for head h row r are at
-  // file->data() + head_offset[h] + r * src_row_bytes, and land at
+  // offset head_offset[h] + r * src_row_bytes of file, and land at
   // dst_offset of the layer's row.
   struct Column {
-    std::shared_ptr<const MappedFile> file;
+    std::shared_ptr<const CheckpointFile> file;
     std::vector<uint64_t> head_offset;
     size_t src_row_bytes = 0;
     size_t dst_offset = 0;

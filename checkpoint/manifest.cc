@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "checkpoint/checkpoint_file.h"
 #include "checkpoint/json.h"
 
 namespace engram::checkpoint {
@@ -270,6 +271,11 @@ absl::StatusOr<std::string> ResolvePath(const std::string& path,
 absl::StatusOr<LoadManifest> ParseLoadManifest(absl::string_view json,
                                                const std::string& base_dir,
                                                const std::string& root) {
+  if (json.size() > kMaxManifestBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a load manifest of ", json.size(),
+                     " bytes is over the limit of ", kMaxManifestBytes));
+  }
   auto doc = ParseJson(json, "load manifest");
   if (!doc.ok()) return doc.status();
   const JsonValue* layers = doc->is_object() ? doc->Find("layers") : nullptr;
@@ -303,14 +309,10 @@ absl::StatusOr<LoadManifest> ReadLoadManifest(const std::string& path,
                                               const std::string& root) {
   auto resolved = ResolvePath(path, "", root);
   if (!resolved.ok()) return resolved.status();
-  std::ifstream in(*resolved, std::ios::binary);
-  if (!in) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot read ", *resolved, ": ", std::strerror(errno)));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  auto manifest = ParseLoadManifest(text.str(), Dirname(*resolved), root);
+  absl::StatusOr<std::string> text =
+      CheckpointFile::ReadWhole(*resolved, kMaxManifestBytes, "load manifest");
+  if (!text.ok()) return text.status();
+  auto manifest = ParseLoadManifest(*text, Dirname(*resolved), root);
   if (!manifest.ok()) {
     return absl::Status(manifest.status().code(),
                         absl::StrCat(path, ": ", manifest.status().message()));

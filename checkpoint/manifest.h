@@ -47,6 +47,10 @@ absl::StatusOr<std::string> ResolvePath(const std::string& path,
                                         const std::string& base_dir,
                                         const std::string& root);
 
+// The largest load manifest read or parsed (inline or a file); it lists
+// layers and files, a few KB for any real model.
+inline constexpr uint64_t kMaxManifestBytes = 4ull << 20;
+
 // Parses a manifest's JSON text; relative paths are resolved against
 // `base_dir` and every path must lie under `root` (when not empty).
 // INVALID_ARGUMENT naming the layer and member for anything malformed

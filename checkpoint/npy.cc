@@ -11,7 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "checkpoint/mapped_file.h"
+#include "checkpoint/checkpoint_file.h"
 
 namespace engram::checkpoint {
 namespace {
@@ -59,6 +59,7 @@ int64_t NpyArray::num_elements() const {
 }
 
 absl::StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes, uint64_t size,
+                                         uint64_t file_size,
                                          const std::string& path) {
   auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(
@@ -80,7 +81,13 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes, uint64_t size,
   } else {
     return bad(absl::StrCat("format version ", major, " is unknown"));
   }
-  if (header_len > size - pos) return bad("truncated header");
+  if (header_len > kMaxNpyHeaderBytes) {
+    return bad(absl::StrCat("its header claims ", header_len,
+                            " bytes; the limit is ", kMaxNpyHeaderBytes));
+  }
+  if (header_len > size - pos || file_size < size) {
+    return bad("truncated header");
+  }
   const std::string dict(reinterpret_cast<const char*>(bytes + pos),
                          header_len);
   NpyHeader header;
@@ -113,7 +120,7 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes, uint64_t size,
   }
   // Checked against the file before anything is allocated: a header may
   // claim any shape (its product may even overflow).
-  const uint64_t available = size - header.data_offset;
+  const uint64_t available = file_size - header.data_offset;
   uint64_t need = header.item_size;
   for (int64_t d : header.shape) {
     if (d != 0 && need > available / static_cast<uint64_t>(d)) {
@@ -130,17 +137,43 @@ absl::StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes, uint64_t size,
   return header;
 }
 
+absl::StatusOr<NpyHeader> ReadNpyHeader(const CheckpointFile& file) {
+  absl::StatusOr<std::string> start = file.ReadPrefix(12);
+  if (!start.ok()) return start.status();
+  // The header's length, from the prefix (invalid prefixes are reported by
+  // the parse below).
+  uint64_t header_end = start->size();
+  if (start->size() >= 10) {
+    const auto* b = reinterpret_cast<const uint8_t*>(start->data());
+    const uint64_t len16 = b[8] | (b[9] << 8);
+    const uint64_t len32 =
+        start->size() < 12
+            ? 0
+            : len16 | (b[10] << 16) | (static_cast<uint64_t>(b[11]) << 24);
+    header_end = b[6] == 1 ? 10 + len16 : 12 + len32;
+  }
+  absl::StatusOr<std::string> bytes =
+      file.ReadPrefix(std::min(header_end, 12 + kMaxNpyHeaderBytes));
+  if (!bytes.ok()) return bytes.status();
+  return ParseNpyHeader(reinterpret_cast<const uint8_t*>(bytes->data()),
+                        bytes->size(), file.size(), file.path());
+}
+
 absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
-  auto file = MappedFile::Open(path);
+  auto file = CheckpointFile::Open(path);
   if (!file.ok()) return file.status();
-  auto header = ParseNpyHeader((*file)->data(), (*file)->size(), path);
+  auto header = ReadNpyHeader(**file);
   if (!header.ok()) return header.status();
   NpyArray array;
   array.descr = header->descr;
   array.shape = header->shape;
   array.item_size = header->item_size;
-  const uint8_t* data = (*file)->data() + header->data_offset;
-  array.data.assign(data, data + header->data_bytes);
+  array.data.resize(header->data_bytes);
+  if (absl::Status s = (*file)->ReadAt(header->data_offset, array.data.size(),
+                                       array.data.data());
+      !s.ok()) {
+    return s;
+  }
   return array;
 }
 

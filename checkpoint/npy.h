@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/checkpoint_file.h"
 
 namespace engram::checkpoint {
 
@@ -32,11 +33,25 @@ struct NpyHeader {
   uint64_t data_bytes = 0;   // item_size * product(shape)
 };
 
-// Parses the header at the start of `bytes` (the whole file, `size` bytes).
-// INVALID_ARGUMENT naming `path` for a file that is not a readable .npy
-// (Fortran order, big-endian, object arrays, data shorter than the shape).
+// The largest .npy header read (NumPy writes a few hundred bytes).
+inline constexpr uint64_t kMaxNpyHeaderBytes = 1 << 20;
+
+// Parses the header at the start of `bytes` (`size` bytes of a file of
+// `file_size` bytes; `size` may stop after the header). INVALID_ARGUMENT
+// naming `path` for a file that is not a readable .npy (Fortran order,
+// big-endian, object arrays, data shorter than the shape, a header over
+// kMaxNpyHeaderBytes).
 absl::StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes, uint64_t size,
+                                         uint64_t file_size,
                                          const std::string& path);
+// The same for a whole file in memory.
+inline absl::StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes,
+                                                uint64_t size,
+                                                const std::string& path) {
+  return ParseNpyHeader(bytes, size, size, path);
+}
+// Reads and parses `file`'s header (at most kMaxNpyHeaderBytes, with pread).
+absl::StatusOr<NpyHeader> ReadNpyHeader(const CheckpointFile& file);
 
 // NOT_FOUND for a missing file, INVALID_ARGUMENT for a file that is not a
 // readable .npy (Fortran order, big-endian, object arrays, truncated).

@@ -14,24 +14,14 @@ namespace {
 
 // The safetensors format caps its header at 100 MB.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// An index names each tensor once (a large model's is a few MB).
+constexpr uint64_t kMaxIndexBytes = 64ull << 20;
 
 std::string Dirname(const std::string& path) {
   const size_t slash = path.rfind('/');
   return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    const std::string why =
-        absl::StrCat("cannot open ", path, ": ", std::strerror(errno));
-    return errno == ENOENT ? absl::NotFoundError(why)
-                           : absl::FailedPreconditionError(why);
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 }  // namespace
 
@@ -47,7 +37,7 @@ size_t SafetensorsDTypeSize(const std::string& dtype) {
 
 absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
     const std::string& path) {
-  auto file = MappedFile::Open(path);
+  auto file = CheckpointFile::Open(path);
   if (!file.ok()) return file.status();
   auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(
@@ -55,17 +45,23 @@ absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
   };
   const uint64_t size = (*file)->size();
   if (size < 8) return bad(absl::StrCat("it has ", size, " bytes"));
+  // Read, not mapped: a file truncated meanwhile fails the read (DATA_LOSS)
+  // rather than the process (SIGBUS).
+  uint8_t length_bytes[8];
+  if (absl::Status s = (*file)->ReadAt(0, 8, length_bytes); !s.ok()) return s;
   uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i)
-    header_len = header_len << 8 | (*file)->data()[i];
+  for (int i = 7; i >= 0; --i) header_len = header_len << 8 | length_bytes[i];
   if (header_len > kMaxHeaderBytes || header_len > size - 8) {
     return bad(absl::StrCat("its header claims ", header_len,
                             " bytes but the file has ", size));
   }
-  auto header = ParseJson(
-      absl::string_view(reinterpret_cast<const char*>((*file)->data() + 8),
-                        header_len),
-      path);
+  std::string header_text(header_len, '\0');
+  if (absl::Status s = (*file)->ReadAt(
+          8, header_len, reinterpret_cast<uint8_t*>(header_text.data()));
+      !s.ok()) {
+    return s;
+  }
+  auto header = ParseJson(header_text, path);
   if (!header.ok()) return header.status();
   if (!header->is_object()) return bad("the header is not a JSON object");
   auto result = std::make_shared<SafetensorsFile>();
@@ -136,7 +132,8 @@ const SafetensorInfo* SafetensorsFile::Find(const std::string& name) const {
 
 absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsIndex(
     const std::string& path) {
-  auto text = ReadWholeFile(path);
+  auto text = CheckpointFile::ReadWhole(path, kMaxIndexBytes,
+                                        "safetensors index");
   if (!text.ok()) return text.status();
   auto index = ParseJson(*text, path);
   if (!index.ok()) return index.status();

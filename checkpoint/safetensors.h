@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "checkpoint/mapped_file.h"
+#include "checkpoint/checkpoint_file.h"
 
 namespace engram::checkpoint {
 
@@ -41,7 +41,7 @@ class SafetensorsFile {
       const std::string& path);
 
   const std::string& path() const { return file_->path(); }
-  const MappedFile& file() const { return *file_; }
+  const CheckpointFile& file() const { return *file_; }
   // The tensor named `name`, or nullptr.
   const SafetensorInfo* Find(const std::string& name) const;
   const std::map<std::string, SafetensorInfo>& tensors() const {
@@ -49,7 +49,7 @@ class SafetensorsFile {
   }
 
  private:
-  std::shared_ptr<const MappedFile> file_;
+  std::shared_ptr<const CheckpointFile> file_;
   std::map<std::string, SafetensorInfo> tensors_;
 };
 

@@ -14,7 +14,8 @@ constexpr auto kReadTimeout = std::chrono::seconds(5);
 std::unique_ptr<DirectReads> DirectReader::Create(
     std::vector<internal::v1::EngramPeer::Stub*> stubs) {
   absl::StatusOr<std::unique_ptr<transport::UcxEngine>> engine =
-      transport::UcxEngine::Create();
+      // Same-host mappings only: this process opens no network listener.
+      transport::UcxEngine::Create({.same_host_only = true});
   if (!engine.ok()) return nullptr;
   return std::unique_ptr<DirectReader>(
       new DirectReader(*std::move(engine), std::move(stubs)));

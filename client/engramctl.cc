@@ -222,11 +222,10 @@ int Populate(Client& client, const Args& args) {
   spec.source.format = checkpoint::LayerSource::Format::kNpy;
   LayerLayout& layout = spec.layout;
   for (size_t h = 0; h < args.files.size(); ++h) {
-    // Only the header is read here; the rows stream from the mapped file.
-    auto file = checkpoint::MappedFile::Open(args.files[h]);
+    // Only the header is read here; the rows are read as they are sent.
+    auto file = checkpoint::CheckpointFile::Open(args.files[h]);
     Check(file.status());
-    auto a = checkpoint::ParseNpyHeader((*file)->data(), (*file)->size(),
-                                        args.files[h]);
+    auto a = checkpoint::ReadNpyHeader(**file);
     Check(a.status());
     if (a->shape.size() != 2) {
       Die(absl::StrCat(args.files[h], ": head table must be 2-D [N_h, D]; got ",

@@ -220,6 +220,18 @@ const std::vector<FlagSpec>& Flags() {
          return true;
        },
        [](const ServerConfig& c) { return c.shm_group; }},
+      {"ucx_tcp_interface",
+       "let UCX's TCP transport carry --peer_read=rma between shards, on "
+       "this interface only (auto: the one holding this shard's --peers "
+       "address); empty (default): UCX opens no network listener. TCP cannot "
+       "enforce read-only access: anyone who reaches the interface could "
+       "write into engramd's memory - trusted networks only",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         c->ucx_tcp_interface = v;
+         return true;
+       },
+       [](const ServerConfig& c) { return c.ucx_tcp_interface; }},
       {"staged_timeout_seconds",
        "populate data staged for a coordinator that never commits is dropped "
        "after this long",

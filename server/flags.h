@@ -52,6 +52,11 @@ struct ServerConfig {
   // Exported tables' shared memory is owner-only; this group (a name) may
   // read it (read-only), for direct readers running as other users.
   std::string shm_group;
+  // UCX's TCP transport (rma between hosts without RDMA) is off unless this
+  // names the interface it may use ("auto": the one holding this shard's
+  // --peers address). TCP cannot enforce read-only access to exported
+  // tables: anyone who reaches that interface could write into engramd.
+  std::string ucx_tcp_interface;
   // Abuse limits (docs/operations.md, "Limits").
   // Populate/Stage streams that send nothing for this long are ended.
   double stream_idle_timeout_seconds = 60;

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "proto/convert.h"
 #include "store/gpu_tier.h"
+#include "transport/descriptor.h"
 
 namespace engram {
 
@@ -11,16 +12,26 @@ using internal::v1::WatchLayerRequest;
 
 void DescribeLayerExports(const Layer& layer,
                           const transport::UcxEngine& transport,
+                          ExportAccess access,
                           internal::v1::TransportResponse* response) {
-  response->set_worker_address(transport.worker_address());
-  response->set_control_descriptor(transport.control_descriptor());
+  const bool ucx = access == ExportAccess::kUcx;
+  // Descriptors are this process's own (never malformed); one that did not
+  // parse would be left out rather than passed on whole.
+  auto describe = [ucx](const std::string& descriptor) -> std::string {
+    if (ucx) return descriptor;
+    absl::StatusOr<transport::RegionDescriptor> d =
+        transport::RegionDescriptor::Parse(descriptor);
+    return d.ok() ? d->AttachOnly().Serialize() : std::string();
+  };
+  if (ucx) response->set_worker_address(transport.worker_address());
+  response->set_control_descriptor(describe(transport.control_descriptor()));
   for (int h = 0; h < layer.layout().num_heads(); ++h) {
     internal::v1::HeadExports* head = response->add_heads();
     for (const ExportedRange& e : layer.exports(h)) {
       internal::v1::ExportedRange* r = head->add_ranges();
       r->set_offset(e.offset);
       r->set_length(e.length);
-      r->set_access(e.descriptor);
+      r->set_access(describe(e.descriptor));
     }
   }
 }
@@ -187,7 +198,8 @@ class LayerWatchHub::Stream
     if (hub_->transport_ == nullptr || !exported) {
       note = "host tables are not exported (start engramd with --direct_reads)";
     } else {
-      DescribeLayerExports(layer, *hub_->transport_, out_.mutable_host());
+      DescribeLayerExports(layer, *hub_->transport_, ExportAccess::kAttachOnly,
+                           out_.mutable_host());
     }
     const GpuLayerMirror* mirror = layer.gpu_mirror();
     if (gpu_ && mirror != nullptr && !may_share_gpu_) {

@@ -28,10 +28,21 @@ namespace engram {
 
 class Authorizer;
 
+// How much of an export a caller is given.
+enum class ExportAccess {
+  // Segment ids and offsets only: a same-host reader attaches them
+  // read-only; no UCX worker address, rkeys or addresses (nothing a UCX
+  // put could use). Every caller but a peer.
+  kAttachOnly,
+  // Also the UCX worker address and rkeys: shards' one-sided reads.
+  kUcx,
+};
+
 // Fills `response` with `layer`'s exported ranges as `transport` (the
-// engine that exported them) describes them.
+// engine that exported them) describes them, to the extent `access` says.
 void DescribeLayerExports(const Layer& layer,
                           const transport::UcxEngine& transport,
+                          ExportAccess access,
                           internal::v1::TransportResponse* response);
 
 // The watch streams of one server. Created once, shared with the

@@ -451,15 +451,24 @@ grpc::ServerUnaryReactor* PeerService::Gather(
 grpc::ServerUnaryReactor* PeerService::Transport(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  if (auto* refused = RefuseUnary(auth_, context, kRightRead, "Transport")) {
+  Caller caller;
+  if (auto* refused =
+          RefuseUnary(auth_, context, kRightRead, "Transport", &caller)) {
     return refused;
   }
+  // UCX access (worker address, rkeys) lets its holder post one-sided
+  // operations to this process, and not every UCX transport enforces the
+  // read-only registration: shards only. Readers attach segments read-only.
+  const ExportAccess access = (caller.rights & kRightPeer) != 0
+                                  ? ExportAccess::kUcx
+                                  : ExportAccess::kAttachOnly;
   return ServeRaw<internal::v1::TransportRequest,
                   internal::v1::TransportResponse>(
       context, request, response,
-      [this](const internal::v1::TransportRequest& req,
-             internal::v1::TransportResponse* reply,
-             RawDone done) { done(DescribeExports(req.layer_id(), reply)); });
+      [this, access](const internal::v1::TransportRequest& req,
+                     internal::v1::TransportResponse* reply, RawDone done) {
+        done(DescribeExports(req.layer_id(), access, reply));
+      });
 }
 
 absl::Status PeerService::Missing(int64_t layer_id) const {
@@ -482,7 +491,8 @@ absl::Status PeerService::Missing(int64_t layer_id) const {
 }
 
 absl::Status PeerService::DescribeExports(
-    int64_t layer_id, internal::v1::TransportResponse* response) const {
+    int64_t layer_id, ExportAccess access,
+    internal::v1::TransportResponse* response) const {
   if (transport_ == nullptr) {
     return absl::FailedPreconditionError(
         "this shard exports no rows for remote reads (--peer_read=gather or "
@@ -490,7 +500,7 @@ absl::Status PeerService::DescribeExports(
   }
   std::shared_ptr<const Layer> layer = layers_->Find(layer_id);
   if (layer == nullptr) return Missing(layer_id);
-  DescribeLayerExports(*layer, *transport_, response);
+  DescribeLayerExports(*layer, *transport_, access, response);
   return absl::OkStatus();
 }
 

@@ -143,7 +143,7 @@ class PeerService final
   // Why `layer_id` is not here: NOT_FOUND, or UNAVAILABLE while this shard
   // recovers it from replicas (or cannot).
   absl::Status Missing(int64_t layer_id) const;
-  absl::Status DescribeExports(int64_t layer_id,
+  absl::Status DescribeExports(int64_t layer_id, ExportAccess access,
                                internal::v1::TransportResponse* response) const;
 
   LayerRegistry* const layers_;

@@ -14,6 +14,7 @@
 #include "server/engram_service.h"
 #include "server/log.h"
 #include "store/layer_builder.h"
+#include "transport/ucx_policy.h"
 
 namespace engram {
 namespace {
@@ -114,6 +115,33 @@ absl::Status EngramServer::StartTransport() {
   const bool single = config_.peers.empty();
   if (!single && config_.peer_read == "gather") return absl::OkStatus();
   transport::EngineOptions options;
+  // A single node's exports are read by same-host readers only: no network
+  // transport at all.
+  options.same_host_only = single;
+  if (!config_.ucx_tcp_interface.empty()) {
+    if (single) {
+      return absl::InvalidArgumentError(
+          "--ucx_tcp_interface is for cluster shards (--peers); same-host "
+          "direct readers never use UCX's network transports");
+    }
+    options.tcp_interface = config_.ucx_tcp_interface;
+    if (options.tcp_interface == "auto") {
+      const std::string& self = cluster_->address(cluster_->self());
+      absl::StatusOr<std::string> iface =
+          transport::InterfaceOf(self.substr(0, self.rfind(':')));
+      if (!iface.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--ucx_tcp_interface=auto: this shard's --peers "
+                         "address ", self, ": ", iface.status().message()));
+      }
+      options.tcp_interface = *iface;
+    }
+    LogWarning(absl::StrCat(
+        "UCX's TCP transport is on, on interface ", options.tcp_interface,
+        ": it cannot enforce read-only access to exported tables; anyone who "
+        "reaches that interface can write into this process (trusted "
+        "networks only, docs/security.md)"));
+  }
   if (!config_.shm_group.empty()) {
     absl::StatusOr<gid_t> group = GroupId(config_.shm_group);
     if (!group.ok()) return group.status();

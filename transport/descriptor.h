@@ -34,6 +34,15 @@ struct RegionDescriptor {
   std::string rkey;  // ucp_rkey_pack output
 
   std::string Serialize() const;
+  // This descriptor without what UCX access needs (rkey, owner address):
+  // enough for a same-host read-only attach of its segment, nothing to
+  // write with. What callers without the peer right are given.
+  RegionDescriptor AttachOnly() const {
+    RegionDescriptor d = *this;
+    d.base = 0;
+    d.rkey.clear();
+    return d;
+  }
   // INVALID_ARGUMENT when `bytes` is not a descriptor.
   static absl::StatusOr<RegionDescriptor> Parse(std::string_view bytes);
 };

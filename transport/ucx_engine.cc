@@ -1,6 +1,9 @@
 #include "transport/ucx_engine.h"
 
 #include "transport/ucx_internal.h"
+#include "transport/ucx_policy.h"
+
+#include <cstdlib>
 
 namespace engram::transport {
 
@@ -29,9 +32,21 @@ absl::Status Engine::Init() {
   // operator's own value wins.
   setenv("UCX_SYSV_HUGETLB_MODE", "n", 0);
   setenv("UCX_POSIX_HUGETLB_MODE", "n", 0);
+  absl::StatusOr<UcxSettings> settings =
+      UcxSettingsFor(std::getenv("UCX_TLS"), std::getenv("UCX_NET_DEVICES"),
+                     options_.same_host_only, options_.tcp_interface);
+  if (!settings.ok()) return settings.status();
   ucp_config_t* config = nullptr;
   ucs_status_t s = ucp_config_read(nullptr, nullptr, &config);
   if (s != UCS_OK) return UcxError("ucp_config_read", s);
+  s = ucp_config_modify(config, "TLS", settings->tls.c_str());
+  if (s == UCS_OK && settings->net_devices.has_value()) {
+    s = ucp_config_modify(config, "NET_DEVICES", settings->net_devices->c_str());
+  }
+  if (s != UCS_OK) {
+    ucp_config_release(config);
+    return UcxError("restricting UCX's transports", s);
+  }
   ucp_params_t params{};
   params.field_mask =
       UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;

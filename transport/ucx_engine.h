@@ -45,6 +45,14 @@ struct EngineOptions {
   // Reader side: attach same-host System V segments read-only by id
   // (needs only read permission) before asking UCX to map them.
   bool read_only_attach = true;
+  // The one network interface UCX's TCP transport may listen on and use
+  // (transport/ucx_policy.h); empty (the default): TCP is left out, so the
+  // engine opens no network listener. TCP cannot enforce read-only access
+  // to exported ranges: name an interface on a trusted network only.
+  std::string tcp_interface;
+  // Shared-memory transports only (no network transport at all, whatever
+  // UCX_TLS says): a single node's exports, and same-host readers.
+  bool same_host_only = false;
 };
 
 // A peer's exported ranges after Attach: the endpoint and unpacked keys.

@@ -27,6 +27,14 @@ absl::StatusOr<std::shared_ptr<RemoteRegions>> Engine::Attach(
     absl::StatusOr<std::shared_ptr<Remote>> attached =
         AttachReadOnly(*control, regions);
     if (attached.ok()) return std::shared_ptr<RemoteRegions>(*attached);
+    // No worker address: the owner described its ranges for read-only
+    // attaches only (a caller without the peer right gets no UCX access).
+    if (worker_address.empty()) return attached.status();
+  }
+  if (worker_address.empty()) {
+    return absl::FailedPreconditionError(
+        "the owner gave no UCX address (its ranges are for same-host "
+        "read-only attaches only)");
   }
   // A mapped read never goes through its endpoint, and a failed peer's
   // mapping stays readable, so mapping comes first, over an endpoint

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -189,6 +190,13 @@ absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
         "--listen=" + addresses[i], "--peers=" + peers,
         absl::StrCat("--shard_index=", i),
         absl::StrCat("--replication=", replication)};
+    // A run that selects UCX's TCP transport (UCX_TLS=tcp) lets the shards
+    // use it on their --peers interface (loopback): engramd leaves TCP out
+    // unless an interface is named for it.
+    if (const char* tls = std::getenv("UCX_TLS");
+        tls != nullptr && std::strstr(tls, "tcp") != nullptr) {
+      flags.push_back("--ucx_tcp_interface=auto");
+    }
     flags.insert(flags.end(), extra_flags.begin(), extra_flags.end());
     auto p = EngramdProcess::Start(flags);
     if (!p.ok()) return p.status();

@@ -1,7 +1,10 @@
 #include "checkpoint/checkpoint_file.h"
 
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,11 +15,61 @@
 
 namespace engram::checkpoint {
 
+namespace {
+
+// `path` opened beneath `root`: openat2 with RESOLVE_BENEATH where the
+// kernel has it (Linux 5.6), else opened by name and checked afterwards by
+// where the descriptor really leads (/proc/self/fd). -1 with errno set;
+// EXDEV when it leads outside.
+int OpenBeneath(const std::string& path, const std::string& root, int flags) {
+  char real_root[PATH_MAX];
+  if (::realpath(root.c_str(), real_root) == nullptr) return -1;
+  const std::string prefix = std::string(real_root) + "/";
+  if (path.compare(0, prefix.size(), prefix) != 0) {
+    errno = EXDEV;
+    return -1;
+  }
+  const std::string relative = path.substr(prefix.size());
+  const int dir = ::open(real_root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return -1;
+  open_how how{};
+  how.flags = static_cast<uint64_t>(flags);
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  int fd = static_cast<int>(
+      ::syscall(SYS_openat2, dir, relative.c_str(), &how, sizeof how));
+  const int err = errno;
+  ::close(dir);
+  if (fd >= 0 || err != ENOSYS) {
+    errno = err;
+    return fd;
+  }
+  fd = ::open(path.c_str(), flags);
+  if (fd < 0) return -1;
+  char opened[PATH_MAX];
+  const ssize_t n = ::readlink(absl::StrCat("/proc/self/fd/", fd).c_str(),
+                               opened, sizeof opened - 1);
+  if (n <= 0 || std::string(opened, static_cast<size_t>(n))
+                        .compare(0, prefix.size(), prefix) != 0) {
+    ::close(fd);
+    errno = EXDEV;
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<const CheckpointFile>> CheckpointFile::Open(
-    const std::string& path) {
+    const std::string& path, const std::string& root) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused
   // below); it changes nothing for regular files.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  constexpr int kFlags = O_RDONLY | O_CLOEXEC | O_NONBLOCK;
+  const int fd = root.empty() ? ::open(path.c_str(), kFlags)
+                              : OpenBeneath(path, root, kFlags);
+  if (fd < 0 && errno == EXDEV) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        path, " leads outside the load root ", root, " (--load_root)"));
+  }
   if (fd < 0) {
     const int err = errno;
     const std::string why =
@@ -67,8 +120,9 @@ absl::StatusOr<std::string> CheckpointFile::ReadPrefix(uint64_t bytes) const {
 }
 
 absl::StatusOr<std::string> CheckpointFile::ReadWhole(
-    const std::string& path, uint64_t max_bytes, const std::string& what) {
-  absl::StatusOr<std::shared_ptr<const CheckpointFile>> file = Open(path);
+    const std::string& path, uint64_t max_bytes, const std::string& what,
+    const std::string& root) {
+  absl::StatusOr<std::shared_ptr<const CheckpointFile>> file = Open(path, root);
   if (!file.ok()) return file.status();
   if ((*file)->size() > max_bytes) {
     return absl::InvalidArgumentError(

@@ -19,9 +19,12 @@ class CheckpointFile {
  public:
   // NOT_FOUND (missing), PERMISSION_DENIED, or FAILED_PRECONDITION (not a
   // regular file: a FIFO, a device, a folder), each naming the path. Never
-  // blocks on a FIFO.
+  // blocks on a FIFO. With `root` (--load_root), `path` (resolved, under
+  // root) is opened beneath root in one step (openat2 RESOLVE_BENEATH), so
+  // a folder swapped for a link after the path was checked cannot lead
+  // outside it: PERMISSION_DENIED.
   static absl::StatusOr<std::shared_ptr<const CheckpointFile>> Open(
-      const std::string& path);
+      const std::string& path, const std::string& root = "");
   ~CheckpointFile();
   CheckpointFile(const CheckpointFile&) = delete;
   CheckpointFile& operator=(const CheckpointFile&) = delete;
@@ -43,7 +46,8 @@ class CheckpointFile {
   // size and the limit) before anything is read.
   static absl::StatusOr<std::string> ReadWhole(const std::string& path,
                                                uint64_t max_bytes,
-                                               const std::string& what);
+                                               const std::string& what,
+                                               const std::string& root = "");
 
  private:
   CheckpointFile(std::string path, int fd, uint64_t size)

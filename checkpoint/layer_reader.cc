@@ -76,7 +76,7 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
   if (spec.source.format == LayerSource::Format::kNpy) {
     for (int h = 0; h < heads; ++h) {
       const std::string& path = spec.source.files[h];
-      auto file = CheckpointFile::Open(path);
+      auto file = CheckpointFile::Open(path, root);
       if (!file.ok()) return with_layer(file.status());
       auto header = ReadNpyHeader(**file);
       if (!header.ok()) return with_layer(header.status());
@@ -119,7 +119,7 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
   // safetensors: where each tensor lives.
   std::map<std::string, std::string> weight_map;
   if (!spec.source.index.empty()) {
-    auto m = ReadSafetensorsIndex(spec.source.index);
+    auto m = ReadSafetensorsIndex(spec.source.index, root);
     if (!m.ok()) return with_layer(m.status());
     weight_map = *std::move(m);
   }
@@ -128,7 +128,7 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
       -> absl::StatusOr<std::shared_ptr<const SafetensorsFile>> {
     auto it = opened.find(path);
     if (it != opened.end()) return it->second;
-    auto f = SafetensorsFile::Open(path);
+    auto f = SafetensorsFile::Open(path, root);
     if (!f.ok()) return with_layer(f.status());
     opened[path] = *f;
     return *f;

@@ -310,7 +310,8 @@ absl::StatusOr<LoadManifest> ReadLoadManifest(const std::string& path,
   auto resolved = ResolvePath(path, "", root);
   if (!resolved.ok()) return resolved.status();
   absl::StatusOr<std::string> text =
-      CheckpointFile::ReadWhole(*resolved, kMaxManifestBytes, "load manifest");
+      CheckpointFile::ReadWhole(*resolved, kMaxManifestBytes,
+                                "load manifest", root);
   if (!text.ok()) return text.status();
   auto manifest = ParseLoadManifest(*text, Dirname(*resolved), root);
   if (!manifest.ok()) {

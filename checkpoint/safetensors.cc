@@ -36,8 +36,8 @@ size_t SafetensorsDTypeSize(const std::string& dtype) {
 }
 
 absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
-    const std::string& path) {
-  auto file = CheckpointFile::Open(path);
+    const std::string& path, const std::string& root) {
+  auto file = CheckpointFile::Open(path, root);
   if (!file.ok()) return file.status();
   auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(
@@ -131,9 +131,9 @@ const SafetensorInfo* SafetensorsFile::Find(const std::string& name) const {
 }
 
 absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsIndex(
-    const std::string& path) {
+    const std::string& path, const std::string& root) {
   auto text = CheckpointFile::ReadWhole(path, kMaxIndexBytes,
-                                        "safetensors index");
+                                        "safetensors index", root);
   if (!text.ok()) return text.status();
   auto index = ParseJson(*text, path);
   if (!index.ok()) return index.status();

@@ -37,8 +37,9 @@ class SafetensorsFile {
   // parse or does not fit the file: a header longer than the file, an
   // unknown dtype, offsets out of order, a tensor whose bytes do not match
   // its shape, or data past the end of the file (a truncated file).
+  // `root`: opened beneath it (CheckpointFile::Open).
   static absl::StatusOr<std::shared_ptr<const SafetensorsFile>> Open(
-      const std::string& path);
+      const std::string& path, const std::string& root = "");
 
   const std::string& path() const { return file_->path(); }
   const CheckpointFile& file() const { return *file_; }
@@ -55,9 +56,10 @@ class SafetensorsFile {
 
 // The weight_map of an index file: tensor name -> file path, resolved
 // against the index file's folder. INVALID_ARGUMENT naming the file when it
-// has no weight_map object or a value is not a string.
+// has no weight_map object or a value is not a string; over 64 MiB, or
+// not a regular file, refused before reading. `root`: opened beneath it.
 absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsIndex(
-    const std::string& path);
+    const std::string& path, const std::string& root = "");
 
 // Writes a safetensors file of `tensors` (name -> info with shape and dtype;
 // begin/end ignored) with `data` (name -> bytes). For tests and tools.

@@ -28,8 +28,10 @@ absl::StatusOr<uint32_t> RoleRights(absl::string_view role) {
   if (role == "write") return kRightRead | kRightWrite;
   if (role == "admin") return kRightRead | kRightWrite | kRightAdmin;
   if (role == "peer") return kRightRead | kRightPeer;
+  // The value is not repeated: in a file with its columns swapped it is a
+  // secret token, and this message reaches the log.
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown role '", role, "' (read, write, admin or peer)"));
+      "the first field is not a role (read, write, admin or peer)");
 }
 
 std::array<unsigned char, 32> Digest(absl::string_view token) {
@@ -309,12 +311,14 @@ absl::StatusOr<Caller> Authorizer::Authenticate(
   }
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (config_.mtls && auth != nullptr && auth->IsPeerAuthenticated()) {
-    for (const char* property :
-         {"x509_subject_alternative_name", "x509_common_name"}) {
-      for (const grpc::string_ref& v : auth->FindPropertyValues(property)) {
-        auto it = tables->identities.find(std::string(v.data(), v.size()));
-        if (it != tables->identities.end()) return it->second;
-      }
+    // RFC 6125: a certificate with subject alternative names is identified
+    // by them alone; its common name counts only when it has none.
+    std::vector<grpc::string_ref> names =
+        auth->FindPropertyValues("x509_subject_alternative_name");
+    if (names.empty()) names = auth->FindPropertyValues("x509_common_name");
+    for (const grpc::string_ref& v : names) {
+      auto it = tables->identities.find(std::string(v.data(), v.size()));
+      if (it != tables->identities.end()) return it->second;
     }
     return absl::PermissionDeniedError(
         "this client certificate's identity is not given a role");

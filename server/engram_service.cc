@@ -143,7 +143,7 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
     return reactor;
   }
   if (call->request.as_values()) {
-    ServeValues(reactor, response, call);
+    ServeValues(*context, reactor, response, call);
   } else {
     ServeRows(*context, reactor, response, call);
   }
@@ -270,12 +270,27 @@ void EngramService::ServeRows(const grpc::CallbackServerContext& context,
   }
 }
 
-void EngramService::ServeValues(grpc::ServerUnaryReactor* reactor,
+void EngramService::ServeValues(const grpc::CallbackServerContext& context,
+                                grpc::ServerUnaryReactor* reactor,
                                 grpc::ByteBuffer* response,
                                 std::shared_ptr<LookupCall> call) {
   // Debugging path (grpcurl): readable float32 values in a protobuf.
   const LayerLayout& layout = call->layer->layout();
   const int64_t num_ids = call->shape.num_ids();
+  // Charged like rows: the values (4 bytes each) and, at the peak, their
+  // serialized copy, until gRPC has sent it.
+  const size_t values_bytes =
+      static_cast<size_t>(num_ids * layout.embedding_dim) * sizeof(float);
+  std::shared_ptr<PendingResponses::Charge> charge;
+  if (pending_ != nullptr) {
+    auto reserved = pending_->Reserve(
+        context, static_cast<int64_t>(2 * values_bytes + 64));
+    if (!reserved.ok()) {
+      Finish(reactor, Rpc::kLookup, reserved.status());
+      return;
+    }
+    charge = *std::move(reserved);
+  }
   auto message = std::make_shared<v1::LookupResponse>();
   for (int64_t d : {call->shape.batch, call->shape.length, call->shape.heads,
                     layout.embedding_dim}) {
@@ -289,12 +304,23 @@ void EngramService::ServeValues(grpc::ServerUnaryReactor* reactor,
   // Big gathers finish on the pool, so the serialization runs there too.
   GatherInto(
       call, BackendFor(*call, /*allow_gpu=*/false), DType::kFloat32, values,
-      [this, call, message, reactor, response, num_ids](absl::Status s, bool) {
+      [this, call, message, reactor, response, num_ids,
+       charge](absl::Status s, bool) mutable {
         if (s.ok()) {
-          bool own_buffer;
-          s = FromGrpcStatus(
-              grpc::SerializationTraits<v1::LookupResponse>::Serialize(
-                  *message, response, &own_buffer));
+          // Serialized into a charged slice: the charge ends when gRPC
+          // releases it, not when this call returns.
+          const size_t size = message->ByteSizeLong();
+          auto* bytes = static_cast<uint8_t*>(std::malloc(size));
+          if (bytes == nullptr) {
+            s = absl::ResourceExhaustedError(absl::StrCat(
+                "cannot allocate ", size, " bytes for the lookup response"));
+          } else {
+            message->SerializeWithCachedSizesToArray(bytes);
+            message.reset();
+            grpc::Slice slice = PendingResponses::ChargedSlice(
+                bytes, size, &std::free, bytes, std::move(charge));
+            *response = grpc::ByteBuffer(&slice, 1);
+          }
         }
         if (s.ok()) {
           metrics_->RecordLookup(

@@ -104,7 +104,8 @@ class EngramService final
                  grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response,
                  std::shared_ptr<LookupCall> call);
   // as_values: float32 values in a protobuf (debugging, grpcurl).
-  void ServeValues(grpc::ServerUnaryReactor* reactor,
+  void ServeValues(const grpc::CallbackServerContext& context,
+                   grpc::ServerUnaryReactor* reactor,
                    grpc::ByteBuffer* response,
                    std::shared_ptr<LookupCall> call);
   void Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,

@@ -1,5 +1,9 @@
 #include "server/flags.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <functional>
@@ -520,6 +524,38 @@ absl::StatusOr<std::vector<std::string>> ClusterPeers(
   return peers;
 }
 
+bool IsLoopbackHost(const std::string& host) {
+  std::string name = host;
+  if (name.size() > 2 && name.front() == '[' && name.back() == ']') {
+    name = name.substr(1, name.size() - 2);
+  }
+  auto loopback = [](const sockaddr* a) {
+    if (a->sa_family == AF_INET) {
+      const uint32_t ip =
+          ntohl(reinterpret_cast<const sockaddr_in*>(a)->sin_addr.s_addr);
+      return (ip >> 24) == 127;
+    }
+    if (a->sa_family == AF_INET6) {
+      const in6_addr& ip = reinterpret_cast<const sockaddr_in6*>(a)->sin6_addr;
+      return IN6_IS_ADDR_LOOPBACK(&ip) ||
+             (IN6_IS_ADDR_V4MAPPED(&ip) && ip.s6_addr[12] == 127);
+    }
+    return false;
+  };
+  // Addresses by value, names by what they resolve to (every address).
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* resolved = nullptr;
+  if (getaddrinfo(name.c_str(), nullptr, &hints, &resolved) != 0) return false;
+  bool all = resolved != nullptr;
+  for (addrinfo* a = resolved; a != nullptr; a = a->ai_next) {
+    all = all && loopback(a->ai_addr);
+  }
+  freeaddrinfo(resolved);
+  return all;
+}
+
 absl::Status CheckSecurityFlags(const ServerConfig& config,
                                 const std::vector<std::string>& peers) {
   if (config.tls_cert_file.empty() != config.tls_key_file.empty()) {
@@ -559,10 +595,8 @@ absl::Status CheckSecurityFlags(const ServerConfig& config,
     return absl::OkStatus();
   }
   for (const std::string& peer : peers) {
-    const absl::string_view host =
-        absl::string_view(peer).substr(0, peer.rfind(':'));
-    if (!absl::StartsWith(host, "127.") && host != "localhost" &&
-        host != "[::1]") {
+    const std::string host = peer.substr(0, peer.rfind(':'));
+    if (!IsLoopbackHost(host)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--peers lists ", peer,
           ", not on loopback, and no credentials are configured: without "

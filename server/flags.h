@@ -111,6 +111,11 @@ std::string ServerFlagsHelp();
 // --peers list): INVALID_ARGUMENT naming the flags otherwise. A cluster
 // whose shards are not all on loopback needs credentials (or the
 // insecure flag).
+// True when `host` (an address, "[v6]", or a name) is on loopback: an
+// address in 127/8, ::1 or ::ffff:127/104, or a name whose every address
+// is. Compared by address, never by spelling ("127.evil.example" is not).
+bool IsLoopbackHost(const std::string& host);
+
 absl::Status CheckSecurityFlags(const ServerConfig& config,
                                 const std::vector<std::string>& peers);
 

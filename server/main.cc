@@ -1,10 +1,14 @@
 // engramd: the engram-store server process.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
 #include <iostream>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "common/malloc_tuning.h"
@@ -13,6 +17,43 @@
 #include "server/flags.h"
 #include "server/log.h"
 #include "server/server.h"
+
+namespace {
+
+// Writes the ports to a fresh temporary (O_EXCL | O_NOFOLLOW: never through
+// a link someone planted, never into someone's file), then renames it over
+// `path`, so readers never see a partial file.
+absl::Status WritePortFile(const std::string& path, int grpc_port,
+                           int metrics_port) {
+  const std::string text = absl::StrCat("grpc_port=", grpc_port,
+                                        "\nmetrics_port=", metrics_port, "\n");
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    const std::string tmp = absl::StrCat(path, ".tmp.", getpid(), ".",
+                                         std::random_device()());
+    const int fd = open(tmp.c_str(),
+                        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                        0600);
+    if (fd < 0 && errno == EEXIST) continue;
+    if (fd < 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--port_file: cannot create ", tmp, ": ", std::strerror(errno)));
+    }
+    const bool written =
+        write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    close(fd);
+    if (!written || std::rename(tmp.c_str(), path.c_str()) != 0) {
+      const int err = errno;
+      unlink(tmp.c_str());
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--port_file: cannot write ", path, ": ", std::strerror(err)));
+    }
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("--port_file: no free temporary name next to ", path));
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::StatusOr<engram::ServerConfig> config =
@@ -76,14 +117,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!config->port_file.empty()) {
-    // Write then rename so readers never see a partial file.
-    const std::string tmp = config->port_file + ".tmp";
-    {
-      std::ofstream out(tmp);
-      out << "grpc_port=" << server.grpc_port() << "\n"
-          << "metrics_port=" << server.metrics_port() << "\n";
+    if (absl::Status s = WritePortFile(config->port_file, server.grpc_port(),
+                                       server.metrics_port());
+        !s.ok()) {
+      engram::LogError(s.ToString());
+      server.Shutdown();
+      return 1;
     }
-    std::rename(tmp.c_str(), config->port_file.c_str());
   }
   engram::LogInfo(absl::StrCat("serving engram.v1.EngramStore on port ",
                                server.grpc_port(), "; metrics on port ",

@@ -412,9 +412,26 @@ absl::Status EngramServer::Start() {
         "D = 8 float32 (row r of head h = h*100000 + r + d/8)");
   }
   if (!config_.metrics_listen.empty()) {
+    std::string address = config_.metrics_listen;
+    const std::string host = address.substr(0, address.rfind(':'));
+    if (!auth_->credentials_configured() &&
+        !config_.insecure_allow_unauthenticated_remote &&
+        !IsLoopbackHost(host)) {
+      // Protected mode serves loopback clients only; /metrics has no
+      // credentials of its own, so it follows.
+      address = "127.0.0.1" + address.substr(address.rfind(':'));
+      LogWarning(absl::StrCat(
+          "protected mode: /metrics listens on ", address, ", not ",
+          config_.metrics_listen,
+          " (configure credentials, or pass "
+          "--insecure_allow_unauthenticated_remote, to expose it)"));
+    }
     try {
-      exposer_ = std::make_unique<prometheus::Exposer>(config_.metrics_listen,
-                                                       /*num_threads=*/1);
+      // Several workers and a short request timeout: a connection that
+      // sends nothing holds one worker for seconds, never every scrape.
+      exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+          "listening_ports", address, "num_threads", "8",
+          "request_timeout_ms", "5000"});
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat(
           "cannot serve metrics on --metrics_listen=", config_.metrics_listen,

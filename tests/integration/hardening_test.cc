@@ -469,18 +469,25 @@ TEST_F(HardeningTest, AClientThatNeverReadsCannotGrowTheServer) {
   request.add_shape(1);
   request.add_shape(1);
   for (int i = 0; i < 1024; ++i) request.add_row_ids_list(i % 64);
-  const std::string message = request.SerializeAsString();
-  const int64_t rss_before = RssBytes(server_->pid());
-  NonReadingHttp2Client slow(server_->grpc_port());
-  ASSERT_TRUE(slow.connected());
-  for (int i = 0; i < 24; ++i) {  // 384 MiB of responses asked for
-    slow.Call("/engram.v1.EngramStore/Lookup", message);
+  // Rows, then readable values (as_values: once outside the budget, 64
+  // unread ones took 645 MiB past a 64 MiB cap).
+  for (bool as_values : {false, true}) {
+    SCOPED_TRACE(as_values ? "as_values" : "rows");
+    request.set_as_values(as_values);
+    const std::string message = request.SerializeAsString();
+    const int64_t rss_before = RssBytes(server_->pid());
+    NonReadingHttp2Client slow(server_->grpc_port());
+    ASSERT_TRUE(slow.connected());
+    for (int i = 0; i < 24; ++i) {  // 384 MiB of responses asked for
+      slow.Call("/engram.v1.EngramStore/Lookup", message);
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    const int64_t grown = RssBytes(server_->pid()) - rss_before;
+    EXPECT_LT(grown, int64_t{160} << 20) << "RSS grew by " << grown;
+    std::cout << "never-reading client, 24 x 16 MiB lookups"
+              << (as_values ? " (as_values)" : "") << ": RSS +"
+              << grown / 1048576 << " MiB\n";
   }
-  std::this_thread::sleep_for(std::chrono::seconds(2));
-  const int64_t grown = RssBytes(server_->pid()) - rss_before;
-  EXPECT_LT(grown, int64_t{160} << 20) << "RSS grew by " << grown;
-  std::cout << "never-reading client, 24 x 16 MiB lookups: RSS +"
-            << grown / 1048576 << " MiB\n";
   // Other clients are still served.
   auto ids = testing::RandomIds(l, 4, 1, 3);
   std::vector<uint8_t> out(4 * l.row_bytes());

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
 #include <string>
 #include <thread>
 
@@ -27,9 +28,9 @@ namespace {
 using testing::EngramdProcess;
 using ::testing::HasSubstr;
 
-// A float32 safetensors file of one tensor "t" [16, 8], rows r = r + d/8,
-// whose header is padded with `pad` bytes of metadata (a slow parse).
-std::string SafetensorsBytes(size_t pad) {
+// A float32 safetensors file of one tensor "t" [16, 8], rows r = base + r +
+// d/8, whose header is padded with `pad` bytes of metadata (a slow parse).
+std::string SafetensorsBytes(size_t pad, float base = 0) {
   std::string header = absl::StrCat(
       "{\"__metadata__\": {\"pad\": \"", std::string(pad, 'x'),
       "\"}, \"t\": {\"dtype\": \"F32\", \"shape\": [16, 8], "
@@ -40,7 +41,7 @@ std::string SafetensorsBytes(size_t pad) {
   out += header;
   for (int r = 0; r < 16; ++r) {
     for (int d = 0; d < 8; ++d) {
-      const float v = static_cast<float>(r) + d / 8.0f;
+      const float v = base + static_cast<float>(r) + d / 8.0f;
       out.append(reinterpret_cast<const char*>(&v), sizeof(v));
     }
   }
@@ -133,6 +134,50 @@ TEST_F(HostileFilesTest, ACheckpointTruncatedWhileLoadingFailsTheLoadOnly) {
   stop = true;
   rewriter.join();
   EXPECT_GT(failed, 0);
+  ExpectStillLoading();
+}
+
+// Issue: paths were checked against --load_root, then opened by name; a
+// folder swapped for a link in between made 1 of 150 loads read a file
+// outside the root.
+TEST_F(HostileFilesTest, AFolderSwappedForALinkNeverLeadsOutsideTheRoot) {
+  testing::TempDir outside;
+  testing::WriteText(outside.path() + "/t.safetensors",
+                     SafetensorsBytes(0, 1000));  // rows 1000 + r
+  std::filesystem::create_directory(root_ + "/sub");
+  testing::WriteText(root_ + "/sub/t.safetensors", SafetensorsBytes(0));
+  testing::WriteText(root_ + "/swap.json",
+                     Manifest(5, FileSource("sub/t.safetensors")));
+  std::atomic<bool> stop{false};
+  std::thread swapper([&] {
+    const std::string sub = root_ + "/sub", real = root_ + "/sub.real";
+    while (!stop.load()) {
+      std::rename(sub.c_str(), real.c_str());
+      (void)symlink(outside.path().c_str(), sub.c_str());
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      unlink(sub.c_str());
+      std::rename(real.c_str(), sub.c_str());
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  });
+  int loaded_ok = 0, outside_rows = 0;
+  std::vector<int64_t> ids = {5};
+  std::vector<uint8_t> row(8 * sizeof(float));
+  for (int i = 0; i < 300; ++i) {
+    auto loaded = client_->Load("swap.json");
+    if (!loaded.ok()) continue;
+    ++loaded_ok;
+    ASSERT_TRUE(
+        client_->Lookup(5, ids, std::vector<int64_t>{1, 1, 1}, row).ok());
+    float first;
+    std::memcpy(&first, row.data(), sizeof(first));
+    outside_rows += first != 5.0f;
+    ASSERT_TRUE(client_->Remove(5).ok());
+  }
+  stop = true;
+  swapper.join();
+  EXPECT_EQ(outside_rows, 0) << "of " << loaded_ok << " loads";
+  std::cout << loaded_ok << " of 300 loads succeeded during the swaps\n";
   ExpectStillLoading();
 }
 

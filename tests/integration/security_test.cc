@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <string>
@@ -322,7 +323,7 @@ TEST(SecurityTest, BadCredentialFilesStopTheStartWithTheReason) {
   };
   const std::vector<Case> cases = {
       {{"--tokens_file=" + weak}, "shorter than 16"},
-      {{"--tokens_file=" + bad_role}, "unknown role 'root'"},
+      {{"--tokens_file=" + bad_role}, "line 1: the first field is not a role"},
       {{"--tokens_file=" + dir.path() + "/missing"}, "cannot be read"},
       {{"--tls_cert_file=x.pem"}, "go together"},
       {{"--tls_client_ca_file=ca.pem"}, "need TLS"},
@@ -335,6 +336,48 @@ TEST(SecurityTest, BadCredentialFilesStopTheStartWithTheReason) {
     EXPECT_NE(testing::RunCommand(command + " 2>&1", &out), 0) << command;
     EXPECT_THAT(out, HasSubstr(c.says));
   }
+}
+
+// Issue: a tokens file with its columns swapped put the secret into the
+// error log ("unknown role '<token>'").
+TEST(SecurityTest, ATokensFileWithSwappedColumnsNeverLogsTheToken) {
+  TempDir dir;
+  const std::string secret = "s3cret-token-0123456789abcdef";
+  const std::string swapped = dir.File("tokens", secret + " reader read\n");
+  std::string out;
+  EXPECT_NE(testing::RunCommand(testing::EngramdPath() +
+                                    " --listen=127.0.0.1:0 --metrics_listen= "
+                                    "--tokens_file=" +
+                                    swapped + " 2>&1",
+                                &out),
+            0);
+  EXPECT_THAT(out, HasSubstr("line 1: the first field is not a role"));
+  EXPECT_THAT(out, ::testing::Not(HasSubstr("s3cret")));
+}
+
+// Issue: the port file's temporary (PORT_FILE.tmp) was opened without
+// O_EXCL / O_NOFOLLOW, so engramd (as root) wrote through a planted link.
+TEST(SecurityTest, ThePortFileNeverWritesThroughAPlantedLink) {
+  TempDir dir;
+  const std::string victim = dir.File("victim", "precious\n");
+  const std::string port_file = dir.path() + "/ports";
+  ASSERT_EQ(symlink(victim.c_str(), (port_file + ".tmp").c_str()), 0);
+  std::string out;
+  testing::RunCommand("timeout -s TERM 3 " + testing::EngramdPath() +
+                          " --listen=127.0.0.1:0 --metrics_listen= "
+                          "--port_file=" +
+                          port_file + " 2>&1",
+                      &out);
+  std::ifstream in(victim);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(text, "precious\n");
+  std::ifstream ports(port_file);
+  std::string first;
+  std::getline(ports, first);
+  EXPECT_THAT(first, ::testing::StartsWith("grpc_port=")) << out;
+  struct stat st;
+  ASSERT_EQ(lstat(port_file.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
 }
 
 TEST(SecurityTest, SharedMemoryAndTableFilesAreTheOwnersOnly) {

@@ -122,6 +122,25 @@ TEST_F(TlsTest, MutualTlsOnASingleNode) {
   EXPECT_TRUE((*server)->Alive());
 }
 
+// Issue: the identity fell back to the common name when the certificate
+// had subject alternative names (SAN someone-else.svc + CN client-a got
+// client-a's write role). RFC 6125: SANs alone when there are any.
+TEST_F(TlsTest, ACertificateWithSansIsNeverIdentifiedByItsCommonName) {
+  absl::StatusOr<CertPair> masked = testing::internal::MakeCert(
+      dir_, "masked", "client-a", "DNS:someone-else.svc", "ca");
+  ASSERT_TRUE(masked.ok()) << masked.status();
+  std::vector<std::string> flags = MtlsFlags(certs_.server);
+  flags.push_back("--demo");
+  auto server = EngramdProcess::Start(flags);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  ASSERT_TRUE(testing::WaitServing(address, 30, Tls(&certs_.client)).ok());
+  EXPECT_EQ(DescribeCode(address, Tls(&*masked)),
+            absl::StatusCode::kPermissionDenied);
+  // The client certificate's SAN is client-a: still the writer.
+  EXPECT_EQ(DescribeCode(address, Tls(&certs_.client)), absl::StatusCode::kOk);
+}
+
 TEST_F(TlsTest, AClusterWhoseShardsProveThemselvesWithCertificates) {
   auto cluster =
       testing::StartCluster(3, 2, MtlsFlags(certs_.peer), Tls(&certs_.client));

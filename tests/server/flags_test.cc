@@ -47,5 +47,24 @@ TEST(FlagsTest, DefaultsResolveToTheMachine) {
   EXPECT_THAT(ServerFlagsHelp(), ::testing::HasSubstr("--max_lookup_rows"));
 }
 
+// Issue: the start check compared name prefixes, so a --peers name like
+// 127.attacker.example passed as loopback.
+TEST(FlagsTest, LoopbackPeersAreCheckedByAddressNotSpelling) {
+  EXPECT_TRUE(IsLoopbackHost("127.0.0.1"));
+  EXPECT_TRUE(IsLoopbackHost("127.5.6.7"));
+  EXPECT_TRUE(IsLoopbackHost("[::1]"));
+  EXPECT_TRUE(IsLoopbackHost("[::ffff:127.0.0.1]"));
+  EXPECT_TRUE(IsLoopbackHost("localhost"));
+  EXPECT_FALSE(IsLoopbackHost("127.attacker.example"));
+  EXPECT_FALSE(IsLoopbackHost("127.0.0.1.attacker.example"));
+  EXPECT_FALSE(IsLoopbackHost("192.0.2.2"));
+  EXPECT_FALSE(IsLoopbackHost("[::ffff:10.0.0.1]"));
+  ServerConfig config;
+  absl::Status s =
+      CheckSecurityFlags(config, {"127.0.0.1:1", "127.attacker.example:2"});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(CheckSecurityFlags(config, {"127.0.0.1:1", "[::1]:2"}).ok());
+}
+
 }  // namespace
 }  // namespace engram

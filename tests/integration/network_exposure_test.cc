@@ -1,5 +1,7 @@
-// UCX as an attack surface of engramd (docs/security.md, "UCX and RDMA"),
-// against real engramd processes: no UCX listener on any interface unless
+// What engramd exposes on the network, against real engramd processes.
+// /metrics: bound to loopback in protected mode, and not blocked by one
+// idle connection. UCX (docs/security.md, "UCX and RDMA"): no UCX listener
+// on any interface unless
 // an interface is named for TCP (and then on that one only); callers without
 // the peer right are given nothing a UCX put could use; and the attack that
 // once rewrote rows and crashed engramd (a ucp_put over UCX's TCP transport
@@ -28,6 +30,7 @@
 #include "tests/testing/checkpoint_files.h"
 #include "tests/testing/engramd_process.h"
 #include "tests/testing/random_layer.h"
+#include "tests/testing/raw_http2.h"
 #include "transport/descriptor.h"
 
 namespace engram {
@@ -216,6 +219,43 @@ class UcxAttacker {
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
 };
+
+// Issue: /metrics listened on 0.0.0.0 even in protected mode.
+TEST(MetricsExposureTest, ProtectedModeBindsMetricsToLoopback) {
+  auto server = EngramdProcess::Start({"--metrics_listen=0.0.0.0:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  bool found = false;
+  for (const Listener& l : ListeningSockets((*server)->pid())) {
+    EXPECT_TRUE(l.port == (*server)->grpc_port() || l.loopback) << l.local;
+    found |= l.port == (*server)->metrics_port();
+  }
+  EXPECT_TRUE(found);
+  EXPECT_TRUE(testing::HttpGet((*server)->metrics_port(), "/metrics").ok());
+  EXPECT_THAT((*server)->Log(),
+              ::testing::HasSubstr("protected mode: /metrics listens on "
+                                   "127.0.0.1:0"));
+}
+
+// Issue: one connection that sent nothing blocked every scrape (a single
+// worker thread).
+TEST(MetricsExposureTest, AnIdleConnectionDoesNotBlockScrapes) {
+  auto server = EngramdProcess::Start({"--metrics_listen=127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<int> idle;
+  for (int i = 0; i < 3; ++i) {
+    idle.push_back(testing::ConnectTcp((*server)->metrics_port()));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto start = std::chrono::steady_clock::now();
+  auto metrics = testing::HttpGet((*server)->metrics_port(), "/metrics");
+  const double seconds = std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - start)
+                             .count();
+  for (int fd : idle) close(fd);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_THAT(*metrics, ::testing::HasSubstr("engram_"));
+  EXPECT_LT(seconds, 2.0);
+}
 
 class UcxExposureTest : public ::testing::Test {
  protected:

@@ -69,6 +69,13 @@ void ApplyConnectionLimits(const ServerConfig& config,
   builder->AddChannelArgument(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder->AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 << 10);
+  // gRPC sets SO_REUSEPORT by default: a second engramd on a port in use
+  // would start and take a share of new connections (serving from an empty
+  // store). Off: the bind fails and the second one says so.
+  builder->AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // A connection must finish its (TLS) handshake within this, not gRPC's
+  // 120 s: half-open connections cannot pile up for minutes.
+  builder->AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
   if (config.connection_idle_timeout_seconds > 0) {
     builder->AddChannelArgument(
         GRPC_ARG_MAX_CONNECTION_IDLE_MS,
@@ -463,7 +470,7 @@ absl::Status EngramServer::Start() {
     server_.reset();
     return absl::UnavailableError(
         absl::StrCat("cannot listen on --listen=", config_.listen,
-                     " (address in use or not local?)"));
+                     " (address in use - another engramd? - or not local)"));
   }
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   health->SetServingStatus(kLivenessService, true);

@@ -11,6 +11,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 
@@ -255,6 +257,49 @@ TEST(MetricsExposureTest, AnIdleConnectionDoesNotBlockScrapes) {
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_THAT(*metrics, ::testing::HasSubstr("engram_"));
   EXPECT_LT(seconds, 2.0);
+}
+
+// Issue 25: gRPC's default SO_REUSEPORT let a second engramd on a port in
+// use start and take a share of new connections (3 of 10 listings saw an
+// empty store).
+TEST(PortTest, ASecondEngramdOnAPortInUseRefusesToStart) {
+  auto first = EngramdProcess::Start({"--demo"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  std::string out;
+  const int rc = testing::RunCommand(
+      absl::StrCat("timeout -s KILL 20 ", testing::EngramdPath(),
+                   " --listen=", (*first)->address(), " --metrics_listen= 2>&1"),
+      &out);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_THAT(out, ::testing::HasSubstr("address in use"));
+  // Every new client still reaches the first one (the demo layer).
+  for (int i = 0; i < 10; ++i) {
+    auto c = Client::Connect((*first)->address());
+    ASSERT_TRUE(c.ok());
+    EXPECT_TRUE((*c)->DescribeLayer(0).ok()) << i;
+  }
+}
+
+// Issue: connections that never finished the handshake were kept 120 s.
+TEST(PortTest, AConnectionThatNeverHandshakesIsClosedWithinSeconds) {
+  auto server = EngramdProcess::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int fd = testing::ConnectTcp((*server)->grpc_port());
+  ASSERT_GE(fd, 0);
+  timeval timeout{20, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  const auto start = std::chrono::steady_clock::now();
+  // The server speaks first (its HTTP/2 settings); read until it closes.
+  char buffer[256];
+  ssize_t n;
+  while ((n = read(fd, buffer, sizeof buffer)) > 0) {
+  }
+  const double waited = std::chrono::duration<double>(
+                            std::chrono::steady_clock::now() - start)
+                            .count();
+  close(fd);
+  EXPECT_EQ(n, 0) << "the server did not close the connection";
+  EXPECT_LT(waited, 15.0);
 }
 
 class UcxExposureTest : public ::testing::Test {

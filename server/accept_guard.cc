@@ -7,8 +7,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <netinet/in.h>
+
 #include <atomic>
 #include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/log.h"
@@ -24,6 +29,65 @@ std::atomic<int64_t> refused{0};
 std::atomic<int64_t> open_file_limit{0};
 std::mutex spare_mu;
 int spare_fd = -1;  // guarded by spare_mu
+std::atomic<int> per_address_cap{0};
+std::atomic<int64_t> refused_per_address{0};
+
+// The remote address of socket `fd` (family and address bytes, no port);
+// empty when `fd` is not a connected IP socket.
+std::string PeerAddress(int fd) {
+  sockaddr_storage peer{};
+  socklen_t length = sizeof peer;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0) {
+    return "";
+  }
+  if (peer.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(peer).sin_addr;
+    return std::string("4") +
+           std::string(reinterpret_cast<const char*>(&a), sizeof a);
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr;
+    return std::string("6") +
+           std::string(reinterpret_cast<const char*>(&a), sizeof a);
+  }
+  return "";
+}
+
+// Accepted connections by remote address. Closes are not seen here, so
+// each address's list is checked when that address connects again: a
+// descriptor no longer connected to it (closed, or reused) leaves the list.
+// Bounded by the cap per address; addresses with no live entry are erased.
+std::mutex by_address_mu;
+std::unordered_map<std::string, std::vector<int>>& ByAddress() {
+  static auto* map = new std::unordered_map<std::string, std::vector<int>>();
+  return *map;
+}
+
+// True when `conn` (just accepted) may stay open.
+bool AdmitByAddress(int conn) {
+  const int cap = per_address_cap.load(std::memory_order_relaxed);
+  if (cap <= 0) return true;
+  const std::string address = PeerAddress(conn);
+  if (address.empty()) return true;  // e.g. a Unix socket
+  std::lock_guard<std::mutex> lock(by_address_mu);
+  std::vector<int>& open = ByAddress()[address];
+  std::erase_if(open, [&](int fd) {
+    return fd == conn || PeerAddress(fd) != address;
+  });
+  if (static_cast<int>(open.size()) >= cap) return false;
+  open.push_back(conn);
+  return true;
+}
+
+void NoteRefusedPerAddress() {
+  const int64_t n = refused_per_address.fetch_add(1, std::memory_order_relaxed);
+  if (n < 5 || n % 1000 == 0) {
+    LogWarning(absl::StrCat(
+        "refused a connection: its address has ",
+        per_address_cap.load(), " open already (--max_connections_per_address; ",
+        n + 1, " refused so far)"));
+  }
+}
 
 Accept4Fn RealAccept4() {
   static const Accept4Fn real =
@@ -43,7 +107,9 @@ void NoteRefused() {
 
 }  // namespace
 
-absl::Status InstallAcceptGuard(int64_t max_open_files, int reserved_fds) {
+absl::Status InstallAcceptGuard(int64_t max_open_files, int reserved_fds,
+                                int max_per_address) {
+  per_address_cap.store(max_per_address);
   rlimit limit{};
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
     return absl::InternalError("getrlimit(RLIMIT_NOFILE) failed");
@@ -83,6 +149,7 @@ absl::Status InstallAcceptGuard(int64_t max_open_files, int reserved_fds) {
 }
 
 int64_t ConnectionsRefusedForFds() { return refused.load(); }
+int64_t ConnectionsRefusedPerAddress() { return refused_per_address.load(); }
 int64_t OpenFileLimit() { return open_file_limit.load(); }
 
 }  // namespace engram
@@ -98,9 +165,14 @@ extern "C" int accept4(int fd, sockaddr* addr, socklen_t* addr_len, int flags) {
     if (conn >= 0) {
       // The kernel hands out the lowest free number: `conn` at or past the
       // ceiling means fewer than --reserved_fds descriptors are free.
-      if (conn < fd_ceiling.load(std::memory_order_relaxed)) return conn;
+      if (conn >= fd_ceiling.load(std::memory_order_relaxed)) {
+        close(conn);
+        NoteRefused();
+        continue;
+      }
+      if (AdmitByAddress(conn)) return conn;
       close(conn);
-      NoteRefused();
+      NoteRefusedPerAddress();
       continue;
     }
     if (errno != EMFILE && errno != ENFILE) return conn;

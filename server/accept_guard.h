@@ -9,6 +9,7 @@
 // `reserved_fds` descriptors free is accepted and closed at once, and on
 // EMFILE a spare descriptor is given up to take the pending connection off
 // the backlog and close it. gRPC then only ever sees success or EAGAIN.
+// The same guard caps the connections one remote address holds open.
 #ifndef ENGRAM_SERVER_ACCEPT_GUARD_H_
 #define ENGRAM_SERVER_ACCEPT_GUARD_H_
 
@@ -19,11 +20,16 @@
 namespace engram {
 
 // Sets RLIMIT_NOFILE's soft limit to `max_open_files` (0: raise it to the
-// hard limit) and arms the guard. Call once, before serving.
-absl::Status InstallAcceptGuard(int64_t max_open_files, int reserved_fds);
+// hard limit) and arms the guard; connections beyond
+// `max_per_address` open at once from one remote address (0: no cap) are
+// accepted and closed at once. Call once, before serving.
+absl::Status InstallAcceptGuard(int64_t max_open_files, int reserved_fds,
+                                int max_per_address = 0);
 
 // Connections refused so far because descriptors ran short.
 int64_t ConnectionsRefusedForFds();
+// Connections refused so far because their address had its cap open.
+int64_t ConnectionsRefusedPerAddress();
 // The soft RLIMIT_NOFILE in force.
 int64_t OpenFileLimit();
 

@@ -325,6 +325,18 @@ const std::vector<FlagSpec>& Flags() {
          return ParseNumber(v, &c->max_open_files) && c->max_open_files >= 0;
        },
        [](const ServerConfig& c) { return absl::StrCat(c.max_open_files); }},
+      {"max_connections_per_address",
+       "connections open at once from one remote address (0: no cap); "
+       "raise it behind a proxy or mesh sidecar, where every client has the "
+       "proxy's address",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->max_connections_per_address) &&
+                c->max_connections_per_address >= 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.max_connections_per_address);
+       }},
       {"tls_cert_file",
        "serve TLS with this certificate chain (PEM; re-read when it changes)",
        false,

@@ -76,6 +76,10 @@ struct ServerConfig {
   int reserved_fds = 64;
   // RLIMIT_NOFILE soft limit to run with; 0 raises it to the hard limit.
   int64_t max_open_files = 0;
+  // Connections open at once from one remote address (0: no cap); one
+  // address cannot take every descriptor. Behind a proxy or mesh sidecar
+  // every client has the proxy's address: raise it there.
+  int max_connections_per_address = 512;
   // Security (docs/security.md). TLS on the gRPC port with this
   // certificate chain and key (PEM; re-read when they change).
   std::string tls_cert_file;

@@ -98,8 +98,9 @@ int main(int argc, char** argv) {
           : absl::StrCat(" shard_index=", config->shard_index, " peers=",
                          config->peers, " replication=", config->replication)));
 
-  if (absl::Status s = engram::InstallAcceptGuard(config->max_open_files,
-                                                  config->reserved_fds);
+  if (absl::Status s = engram::InstallAcceptGuard(
+          config->max_open_files, config->reserved_fds,
+          config->max_connections_per_address);
       !s.ok()) {
     engram::LogError(s.ToString());
     return 1;
@@ -109,6 +110,11 @@ int main(int argc, char** argv) {
       "engram_connections_refused_fds",
       "Connections refused because file descriptors ran short.",
       [] { return static_cast<double>(engram::ConnectionsRefusedForFds()); });
+  server.metrics()->AddGaugeSource(
+      "engram_connections_refused_per_address",
+      "Connections refused because their address had "
+      "--max_connections_per_address open.",
+      [] { return static_cast<double>(engram::ConnectionsRefusedPerAddress()); });
   server.metrics()->AddGaugeSource(
       "engram_open_file_limit", "The open-file limit engramd runs with.",
       [] { return static_cast<double>(engram::OpenFileLimit()); });

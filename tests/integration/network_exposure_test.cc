@@ -10,6 +10,8 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -300,6 +302,63 @@ TEST(PortTest, AConnectionThatNeverHandshakesIsClosedWithinSeconds) {
   close(fd);
   EXPECT_EQ(n, 0) << "the server did not close the connection";
   EXPECT_LT(waited, 15.0);
+}
+
+// A raw TCP connection to 127.0.0.1:`port` from `source` (a loopback
+// address); -1 if it cannot connect.
+int ConnectFrom(const char* source, int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in local{};
+  local.sin_family = AF_INET;
+  inet_pton(AF_INET, source, &local.sin_addr);
+  sockaddr_in remote{};
+  remote.sin_family = AF_INET;
+  remote.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &remote.sin_addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 ||
+      connect(fd, reinterpret_cast<sockaddr*>(&remote), sizeof remote) != 0) {
+    close(fd);
+    return -1;
+  }
+  timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  return fd;
+}
+
+// Served: the server speaks first (HTTP/2 settings); refused: closed at once.
+bool Served(int fd) {
+  char buffer[64];
+  return fd >= 0 && read(fd, buffer, sizeof buffer) > 0;
+}
+
+// Issue: connections were capped by nothing but descriptors; 1100 from one
+// address made a legitimate client UNAVAILABLE.
+TEST(PortTest, OneAddressCannotHoldMoreThanItsShareOfConnections) {
+  auto server = EngramdProcess::Start(
+      {"--max_connections_per_address=20", "--metrics_listen=127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->grpc_port();
+  std::vector<int> flood;
+  int served = 0;
+  for (int i = 0; i < 40; ++i) {
+    flood.push_back(ConnectFrom("127.0.0.2", port));
+    served += Served(flood.back());
+  }
+  EXPECT_EQ(served, 20);
+  // Another address is served meanwhile; so is the flooder once its
+  // connections close.
+  const int other = ConnectFrom("127.0.0.3", port);
+  EXPECT_TRUE(Served(other));
+  close(other);
+  for (int fd : flood) close(fd);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int again = ConnectFrom("127.0.0.2", port);
+  EXPECT_TRUE(Served(again));
+  close(again);
+  auto metrics = testing::HttpGet((*server)->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_THAT(*metrics, ::testing::HasSubstr(
+                            "engram_connections_refused_per_address 20"));
 }
 
 class UcxExposureTest : public ::testing::Test {

@@ -337,6 +337,29 @@ const std::vector<FlagSpec>& Flags() {
        [](const ServerConfig& c) {
          return absl::StrCat(c.max_connections_per_address);
        }},
+      {"watch_lease_seconds",
+       "a WatchLayer reader (device lookups) that has not released a "
+       "replaced or removed version after this long has its stream ended, "
+       "and the version freed",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->watch_lease_seconds) &&
+                c->watch_lease_seconds > 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.watch_lease_seconds);
+       }},
+      {"max_watch_streams_per_caller",
+       "WatchLayer streams one caller (credential, or address without "
+       "credentials) may hold open",
+       false,
+       [](ServerConfig* c, const std::string& v) {
+         return ParseNumber(v, &c->max_watch_streams_per_caller) &&
+                c->max_watch_streams_per_caller > 0;
+       },
+       [](const ServerConfig& c) {
+         return absl::StrCat(c.max_watch_streams_per_caller);
+       }},
       {"tls_cert_file",
        "serve TLS with this certificate chain (PEM; re-read when it changes)",
        false,

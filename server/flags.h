@@ -80,6 +80,10 @@ struct ServerConfig {
   // address cannot take every descriptor. Behind a proxy or mesh sidecar
   // every client has the proxy's address: raise it there.
   int max_connections_per_address = 512;
+  // WatchLayer (docs/gpu.md): a replaced version a reader has not released
+  // after this long ends its stream; streams one caller may hold open.
+  double watch_lease_seconds = 60;
+  int max_watch_streams_per_caller = 64;
   // Security (docs/security.md). TLS on the gRPC port with this
   // certificate chain and key (PEM; re-read when they change).
   std::string tls_cert_file;

@@ -43,8 +43,11 @@ void DescribeLayerExports(const Layer& layer,
 class LayerWatchHub::Stream
     : public grpc::ServerBidiReactor<WatchLayerRequest, LayerMapping> {
  public:
-  Stream(std::shared_ptr<LayerWatchHub> hub, bool may_share_gpu)
-      : hub_(std::move(hub)), may_share_gpu_(may_share_gpu) {
+  Stream(std::shared_ptr<LayerWatchHub> hub, bool may_share_gpu,
+         std::string caller)
+      : hub_(std::move(hub)),
+        may_share_gpu_(may_share_gpu),
+        caller_(std::move(caller)) {
     StartRead(&request_);
   }
 
@@ -61,12 +64,9 @@ class LayerWatchHub::Stream
       }
       layer_id_ = request_.layer_id();
       gpu_ = request_.gpu();
-      if (!hub_->Register(this, layer_id_)) {
+      if (absl::Status s = hub_->Register(this, layer_id_, caller_); !s.ok()) {
         layer_id_ = -1;
-        End(grpc::Status(
-            grpc::StatusCode::RESOURCE_EXHAUSTED,
-            absl::StrCat("this server has ", hub_->options_.max_streams,
-                         " WatchLayer streams open already (or is stopping)")));
+        End(ToGrpcStatus(s));
         return;
       }
       registered_ = true;
@@ -101,7 +101,7 @@ class LayerWatchHub::Stream
   }
 
   void OnDone() override {
-    if (registered_) hub_->Unregister(this, layer_id_);
+    if (registered_) hub_->Unregister(this, layer_id_, caller_);
     std::vector<std::shared_ptr<const Layer>> held;
     {
       MutexLock lock(&mu_);
@@ -129,6 +129,21 @@ class LayerWatchHub::Stream
     FinishLocked(status);
   }
 
+  // Ends the stream if it holds a version superseded before `cutoff`.
+  void EndIfHeldSince(std::chrono::steady_clock::time_point cutoff) {
+    MutexLock lock(&mu_);
+    for (const auto& [version, since] : superseded_at_) {
+      if (since < cutoff && leases_.contains(version)) {
+        FinishLocked(grpc::Status(
+            grpc::StatusCode::DEADLINE_EXCEEDED,
+            absl::StrCat("version ", version, " of layer ", layer_id_,
+                         " was replaced and not released in time; reconnect "
+                         "(its memory is freed shortly)")));
+        return;
+      }
+    }
+  }
+
  private:
   void Release(uint64_t version) {
     std::shared_ptr<const Layer> freed;  // freed outside the lock
@@ -137,7 +152,16 @@ class LayerWatchHub::Stream
     if (it == leases_.end()) return;
     freed = std::move(it->second);
     leases_.erase(it);
+    superseded_at_.erase(version);
     hub_->leases_.fetch_sub(1);
+  }
+
+  // The version sent before is no longer current: its lease clock starts.
+  void SupersedeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (sent_state_ == LayerMapping::PRESENT &&
+        leases_.contains(sent_version_)) {
+      superseded_at_.emplace(sent_version_, std::chrono::steady_clock::now());
+    }
   }
 
   void FinishLocked(const grpc::Status& status)
@@ -158,6 +182,7 @@ class LayerWatchHub::Stream
     out_.set_layer_id(layer_id_);
     if (layer == nullptr) {
       if (sent_state_ == LayerMapping::NOT_FOUND) return;
+      SupersedeLocked();
       out_.set_state(LayerMapping::NOT_FOUND);
       sent_state_ = LayerMapping::NOT_FOUND;
       sent_version_ = 0;
@@ -176,6 +201,7 @@ class LayerWatchHub::Stream
         return;
       }
       Describe(*layer);
+      SupersedeLocked();
       if (leases_.emplace(layer->version(), layer).second) {
         hub_->leases_.fetch_add(1);
       }
@@ -236,6 +262,7 @@ class LayerWatchHub::Stream
 
   const std::shared_ptr<LayerWatchHub> hub_;
   const bool may_share_gpu_;
+  const std::string caller_;
   WatchLayerRequest request_;  // gRPC's read callbacks only
   int64_t layer_id_ = -1;      // set by the first message
   bool gpu_ = false;
@@ -253,6 +280,9 @@ class LayerWatchHub::Stream
   uint64_t sent_version_ ABSL_GUARDED_BY(mu_) = 0;
   // The versions the reader may be reading: kept alive here.
   std::map<uint64_t, std::shared_ptr<const Layer>> leases_ ABSL_GUARDED_BY(mu_);
+  // When each leased version stopped being the current one.
+  std::map<uint64_t, std::chrono::steady_clock::time_point> superseded_at_
+      ABSL_GUARDED_BY(mu_);
 };
 
 std::shared_ptr<LayerWatchHub> LayerWatchHub::Create(
@@ -271,8 +301,8 @@ std::shared_ptr<LayerWatchHub> LayerWatchHub::Create(
 LayerWatchHub::~LayerWatchHub() = default;
 
 grpc::ServerBidiReactor<WatchLayerRequest, LayerMapping>* LayerWatchHub::Start(
-    grpc::CallbackServerContext*, bool may_share_gpu) {
-  return new Stream(shared_from_this(), may_share_gpu);
+    grpc::CallbackServerContext*, bool may_share_gpu, std::string caller) {
+  return new Stream(shared_from_this(), may_share_gpu, std::move(caller));
 }
 
 void LayerWatchHub::Close() {
@@ -309,6 +339,9 @@ void LayerWatchHub::ExpireHeld(bool all) {
   {
     MutexLock lock(&mu_);
     const auto now = std::chrono::steady_clock::now();
+    for (auto& [id, stream] : streams_) {
+      stream->EndIfHeldSince(now - options_.superseded_lease);
+    }
     while (!held_.empty() && (all || held_.front().until <= now)) {
       due.push_back(std::move(held_.front()));
       held_.pop_front();
@@ -320,17 +353,33 @@ void LayerWatchHub::ExpireHeld(bool all) {
   }
 }
 
-bool LayerWatchHub::Register(Stream* stream, int64_t layer_id) {
+absl::Status LayerWatchHub::Register(Stream* stream, int64_t layer_id,
+                                     const std::string& caller) {
   MutexLock lock(&mu_);
-  if (closed_ || static_cast<int>(streams_.size()) >= options_.max_streams) {
-    return false;
+  if (closed_) return absl::UnavailableError("the server is shutting down");
+  if (static_cast<int>(streams_.size()) >= options_.max_streams) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("this server has ", options_.max_streams,
+                     " WatchLayer streams open already"));
   }
+  int& mine = streams_by_caller_[caller];
+  if (mine >= options_.max_streams_per_caller) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "this caller has ", mine,
+        " WatchLayer streams open already (--max_watch_streams_per_caller)"));
+  }
+  ++mine;
   streams_.emplace(layer_id, stream);
-  return true;
+  return absl::OkStatus();
 }
 
-void LayerWatchHub::Unregister(Stream* stream, int64_t layer_id) {
+void LayerWatchHub::Unregister(Stream* stream, int64_t layer_id,
+                               const std::string& caller) {
   MutexLock lock(&mu_);
+  if (auto it = streams_by_caller_.find(caller);
+      it != streams_by_caller_.end() && --it->second <= 0) {
+    streams_by_caller_.erase(it);
+  }
   auto [begin, end] = streams_.equal_range(layer_id);
   for (auto it = begin; it != end; ++it) {
     if (it->second == stream) {

@@ -62,6 +62,14 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
     // reader whose stream broke may still be finishing launches over them
     // (its own grace before unmapping is shorter).
     std::chrono::milliseconds ended_stream_grace{5000};
+    // A version the reader still holds this long after it was replaced (or
+    // removed) ends the stream (DEADLINE_EXCEEDED): a reader that never
+    // releases cannot keep replaced versions' memory, and so block
+    // replaces through the budget. Readers release within seconds.
+    std::chrono::milliseconds superseded_lease{60000};
+    // Streams one caller (its credential's name, or its address when
+    // anonymous) may hold open: no caller takes every slot.
+    int max_streams_per_caller = 64;
   };
   // Also installs itself as `layers`' change listener.
   static std::shared_ptr<LayerWatchHub> Create(LayerRegistry* layers,
@@ -70,16 +78,20 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
   ~LayerWatchHub();
 
   // `may_share_gpu`: the caller may get CUDA IPC handles of GPU copies
-  // (which map writable), else it is told why not.
+  // (which map writable), else it is told why not. `caller`: who, for the
+  // per-caller cap.
   grpc::ServerBidiReactor<internal::v1::WatchLayerRequest,
                           internal::v1::LayerMapping>*
-  Start(grpc::CallbackServerContext* context, bool may_share_gpu);
+  Start(grpc::CallbackServerContext* context, bool may_share_gpu,
+        std::string caller);
   // Ends every open stream (server shutdown) and refuses new ones.
   void Close();
 
   int open_streams() const;
-  // Frees the versions of ended streams whose grace passed (a janitor
-  // calls it about once a second; `all`: every one).
+  // Frees the versions of ended streams whose grace passed, and ends the
+  // streams holding a version superseded for longer than
+  // options.superseded_lease (a janitor calls it about once a second;
+  // `all`: frees every held version).
   void ExpireHeld(bool all = false);
   // Versions held for readers that the registry no longer serves.
   int64_t leased_versions() const { return leases_.load(); }
@@ -90,8 +102,10 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
                 Options options)
       : layers_(layers), transport_(transport), options_(options) {}
   void Changed(int64_t layer_id);
-  bool Register(Stream* stream, int64_t layer_id);
-  void Unregister(Stream* stream, int64_t layer_id);
+  // RESOURCE_EXHAUSTED saying which cap is reached.
+  absl::Status Register(Stream* stream, int64_t layer_id,
+                        const std::string& caller);
+  void Unregister(Stream* stream, int64_t layer_id, const std::string& caller);
   // Keeps an ended stream's versions for options_.ended_stream_grace.
   void HoldAfterEnd(std::vector<std::shared_ptr<const Layer>> versions);
 
@@ -101,6 +115,7 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
   std::atomic<int64_t> leases_{0};
   mutable Mutex mu_;
   std::multimap<int64_t, Stream*> streams_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> streams_by_caller_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   struct Held {
     std::chrono::steady_clock::time_point until;

@@ -174,14 +174,15 @@ class StageReactor : public MessageReadReactor<StageRequest> {
 
 PeerService::PeerService(LayerRegistry* layers, MemoryBudget* budget,
                          ClusterContext* cluster, bool pin_memory,
-                         transport::UcxEngine* transport)
+                         transport::UcxEngine* transport,
+                         LayerWatchHub::Options watch)
     : layers_(layers),
       budget_(budget),
       cluster_(cluster),
       pin_memory_(pin_memory),
       transport_(transport) {
   if (transport_ != nullptr) exporter_ = transport_->Mapper();
-  watch_hub_ = LayerWatchHub::Create(layers_, transport_, {});
+  watch_hub_ = LayerWatchHub::Create(layers_, transport_, watch);
   janitor_ = std::thread([this] { JanitorLoop(); });
 }
 
@@ -510,6 +511,9 @@ PeerService::WatchLayer(grpc::CallbackServerContext* context) {
   // CUDA IPC maps the GPU copy writable in the reader (there is no read-only
   // import): its handles go only to callers who may change the layer.
   bool may_share_gpu = true;
+  // Who, for the per-caller stream cap: the credential's name, or the
+  // address (without the port) of a caller that presented none.
+  std::string who = context->peer().substr(0, context->peer().rfind(':'));
   if (auth_ != nullptr) {
     absl::StatusOr<Caller> caller =
         auth_->Check(*context, kRightRead, "WatchLayer");
@@ -519,8 +523,9 @@ PeerService::WatchLayer(grpc::CallbackServerContext* context) {
           ToGrpcStatus(caller.status()));
     }
     may_share_gpu = (caller->rights & kRightWrite) != 0;
+    if (auth_->credentials_configured()) who = caller->name;
   }
-  return watch_hub_->Start(context, may_share_gpu);
+  return watch_hub_->Start(context, may_share_gpu, std::move(who));
 }
 
 grpc::ServerUnaryReactor* PeerService::RemoveLocal(

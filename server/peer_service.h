@@ -58,7 +58,8 @@ class PeerService final
   // other shards can read them and answers Transport.
   PeerService(LayerRegistry* layers, MemoryBudget* budget,
               ClusterContext* cluster, bool pin_memory,
-              transport::UcxEngine* transport = nullptr);
+              transport::UcxEngine* transport = nullptr,
+              LayerWatchHub::Options watch = {});
   ~PeerService() override;
 
   grpc::ServerReadReactor<internal::v1::StageRequest>* Stage(

@@ -83,6 +83,14 @@ void ApplyConnectionLimits(const ServerConfig& config,
   }
 }
 
+LayerWatchHub::Options WatchOptions(const ServerConfig& config) {
+  LayerWatchHub::Options options;
+  options.superseded_lease = std::chrono::milliseconds(
+      static_cast<int64_t>(config.watch_lease_seconds * 1000));
+  options.max_streams_per_caller = config.max_watch_streams_per_caller;
+  return options;
+}
+
 }  // namespace
 
 EngramServer::EngramServer(ServerConfig config)
@@ -331,7 +339,8 @@ absl::Status EngramServer::Start() {
         peer_security_);
     if (absl::Status s = StartTransport(); !s.ok()) return s;
     peer_service_ = std::make_unique<PeerService>(
-        &layers_, &budget_, cluster_.get(), config_.pin_memory, ucx_.get());
+        &layers_, &budget_, cluster_.get(), config_.pin_memory, ucx_.get(),
+                                      WatchOptions(config_));
     peer_service_->SetStreamWatchdog(&watchdog_);
     peer_service_->SetAuthorizer(auth_.get());
     peer_service_->SetDataDir(config_.data_dir);
@@ -384,7 +393,8 @@ absl::Status EngramServer::Start() {
         config_.staged_timeout_seconds);
     peer_service_ =
         std::make_unique<PeerService>(&layers_, &budget_, local_cluster_.get(),
-                                      config_.pin_memory, ucx_.get());
+                                      config_.pin_memory, ucx_.get(),
+                                      WatchOptions(config_));
     peer_service_->SetStreamWatchdog(&watchdog_);
     peer_service_->SetAuthorizer(auth_.get());
     peer_service_->SetDataDir(config_.data_dir);

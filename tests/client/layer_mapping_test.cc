@@ -235,5 +235,89 @@ TEST_F(LayerMappingTest, BadWatchRequestsAreRefused) {
   EXPECT_TRUE(client_->CheckHealth().ok());
 }
 
+// A raw WatchLayer stream of `layer` that reads its first mapping.
+struct RawWatch {
+  grpc::ClientContext context;
+  std::unique_ptr<internal::v1::EngramPeer::Stub> stub;
+  std::unique_ptr<grpc::ClientReaderWriter<internal::v1::WatchLayerRequest,
+                                           internal::v1::LayerMapping>>
+      stream;
+  internal::v1::LayerMapping first;
+  bool Open(const std::string& address, int64_t layer) {
+    stub = internal::v1::EngramPeer::NewStub(Channel(address));
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(60));
+    stream = stub->WatchLayer(&context);
+    internal::v1::WatchLayerRequest request;
+    request.set_layer_id(layer);
+    return stream->Write(request) && stream->Read(&first);
+  }
+};
+
+// Issue: leases never expired on an open stream, so a reader that never
+// released blocked replaces through the memory budget.
+TEST_F(LayerMappingTest, AReaderThatNeverReleasesCannotBlockReplaces) {
+  const LayerLayout big{{4096}, 256, DType::kFloat32};  // 4 MiB a version
+  Start({"--direct_reads", "--watch_lease_seconds=1",
+         "--memory_limit_bytes=14680064", "--metrics_listen=127.0.0.1:0"});
+  auto tables = testing::RandomTables(big, 1);
+  ASSERT_TRUE(client_->Populate(8, big, testing::Spans(tables)).ok());
+  RawWatch hog;
+  ASSERT_TRUE(hog.Open(server_->address(), 8));
+  std::thread drain([&] {
+    internal::v1::LayerMapping m;
+    while (hog.stream->Read(&m)) {
+    }  // reads every version, releases none
+  });
+  // Two replaces fit beside the leased versions; then the budget is full
+  // until the lease runs out and the stream ends.
+  absl::Status last;
+  for (int i = 0; i < 8; ++i) {
+    tables = testing::RandomTables(big, 10 + i);
+    last = client_->Replace(8, big, testing::Spans(tables)).status();
+    if (last.ok()) continue;
+    EXPECT_EQ(last.code(), absl::StatusCode::kResourceExhausted) << last;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  drain.join();
+  grpc::Status ended = hog.stream->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << ended.error_message();
+  EXPECT_THAT(ended.error_message(), HasSubstr("not released in time"));
+  // Its versions are freed after the ended-stream grace; replaces go on.
+  absl::Status replaced = absl::UnknownError("not tried");
+  for (int i = 0; i < 30 && !replaced.ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    replaced = client_->Replace(8, big, testing::Spans(tables)).status();
+  }
+  EXPECT_TRUE(replaced.ok()) << replaced;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(client_->Replace(8, big, testing::Spans(tables)).ok()) << i;
+  }
+}
+
+// Issue: one caller could take all 1024 WatchLayer slots.
+TEST_F(LayerMappingTest, OneCallerCannotTakeEveryWatchSlot) {
+  Start({"--direct_reads", "--max_watch_streams_per_caller=2"});
+  auto tables = testing::RandomTables(layout_, 1);
+  ASSERT_TRUE(client_->Populate(9, layout_, testing::Spans(tables)).ok());
+  auto first = std::make_unique<RawWatch>();
+  RawWatch second, third;
+  ASSERT_TRUE(first->Open(server_->address(), 9));
+  ASSERT_TRUE(second.Open(server_->address(), 9));
+  EXPECT_FALSE(third.Open(server_->address(), 9));
+  grpc::Status refused = third.stream->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(),
+              HasSubstr("--max_watch_streams_per_caller"));
+  // A slot given back is free again.
+  first->context.TryCancel();
+  (void)first->stream->Finish();
+  first.reset();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  RawWatch fourth;
+  EXPECT_TRUE(fourth.Open(server_->address(), 9));
+}
+
 }  // namespace
 }  // namespace engram

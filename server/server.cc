@@ -13,6 +13,7 @@
 #include "proto/channel_tuning.h"
 #include "server/engram_service.h"
 #include "server/log.h"
+#include "server/tls_files.h"
 #include "store/layer_builder.h"
 #include "transport/ucx_policy.h"
 
@@ -258,9 +259,21 @@ absl::Status EngramServer::StartSecurity(
     if (absl::Status s = ChannelCredentials(probe).status(); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("TLS: ", s.message()));
     }
+    // gRPC watches a private copy that only ever holds a pair that checked
+    // out (a key that matches, a certificate valid now): engramd refuses
+    // to start with a bad pair, and keeps the last good one when the files
+    // are replaced by a bad one.
+    absl::StatusOr<std::unique_ptr<TlsKeyPair>> pair = TlsKeyPair::Create(
+        config_.tls_cert_file, config_.tls_key_file,
+        std::chrono::milliseconds(reload_seconds * 1000));
+    if (!pair.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TLS: ", pair.status().message()));
+    }
+    tls_pair_ = *std::move(pair);
     auto provider =
         std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-            config_.tls_key_file, config_.tls_cert_file,
+            tls_pair_->key_copy(), tls_pair_->cert_copy(),
             config_.tls_client_ca_file, reload_seconds);
     grpc::experimental::TlsServerCredentialsOptions options(provider);
     options.watch_identity_key_cert_pairs();
@@ -278,8 +291,8 @@ absl::Status EngramServer::StartSecurity(
   peer_security_.tls = tls;
   peer_security_.tls_ca_file = config_.tls_ca_file;
   if (tls) {
-    peer_security_.tls_cert_file = config_.tls_cert_file;
-    peer_security_.tls_key_file = config_.tls_key_file;
+    peer_security_.tls_cert_file = tls_pair_->cert_copy();
+    peer_security_.tls_key_file = tls_pair_->key_copy();
   }
   peer_security_.reload_seconds = reload_seconds;
   if (!config_.cluster_token_file.empty()) {
@@ -307,6 +320,7 @@ absl::Status EngramServer::StartSecurity(
 
 void EngramServer::ReloadCredentials() {
   if (auth_ != nullptr) auth_->Reload();
+  if (tls_pair_ != nullptr) tls_pair_->Refresh();
   if (peer_security_.token != nullptr) {
     absl::StatusOr<std::string> token =
         ReadSecretFile(config_.cluster_token_file);

@@ -17,6 +17,7 @@
 #include "server/cluster_coordinator.h"
 #include "server/demo_layer.h"
 #include "server/flags.h"
+#include "server/tls_files.h"
 #include "server/metrics.h"
 #include "server/peer_rma.h"
 #include "server/peer_service.h"
@@ -109,6 +110,8 @@ class EngramServer {
   std::atomic<int> start_load_{0};
   std::set<int64_t> start_load_ids_;  // the --load manifest's layers
   std::unique_ptr<Authorizer> auth_;
+  // With TLS: the last good certificate and key, as gRPC reads them.
+  std::unique_ptr<TlsKeyPair> tls_pair_;
   std::shared_ptr<grpc::ServerCredentials> server_credentials_;
   // How this shard's channels to the others authenticate; the token
   // follows --cluster_token_file as it is rotated.

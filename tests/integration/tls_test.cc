@@ -174,6 +174,62 @@ TEST_F(TlsTest, AClusterWhoseShardsProveThemselvesWithCertificates) {
   ASSERT_TRUE((*writer)->Remove(3).ok());
 }
 
+// Issue: engramd started with a key that does not match its certificate,
+// or an expired certificate.
+TEST_F(TlsTest, ABadKeyPairStopsTheStartWithTheReason) {
+  struct Case {
+    CertPair pair;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{certs_.server.cert, certs_.client.key}, "does not match"},
+      {certs_.expired_client, "expired on"},
+      {{File("garbage.pem", "not a certificate\n"), certs_.server.key},
+       "holds no PEM certificate"},
+  };
+  for (const Case& c : cases) {
+    std::string out;
+    const int rc = testing::RunCommand(
+        absl::StrCat(testing::EngramdPath(),
+                     " --listen=127.0.0.1:0 --metrics_listen= --tls_cert_file=",
+                     c.pair.cert, " --tls_key_file=", c.pair.key, " 2>&1"),
+        &out);
+    EXPECT_EQ(rc, 1) << out;
+    EXPECT_THAT(out, HasSubstr(c.says));
+  }
+}
+
+// Issue: a garbage or mismatched pair written over the files broke every
+// new handshake. The last good pair stays in use until a good one comes.
+TEST_F(TlsTest, ABadPairOnDiskKeepsTheLastGoodOneServing) {
+  const std::string cert = dir_ + "/live.pem", key = dir_ + "/live.key";
+  std::string out;
+  testing::RunCommand(absl::StrCat("cp ", certs_.server.cert, " ", cert,
+                                   " && cp ", certs_.server.key, " ", key),
+                      &out);
+  std::vector<std::string> flags = MtlsFlags(certs_.server);
+  flags[0] = "--tls_cert_file=" + cert;
+  flags[1] = "--tls_key_file=" + key;
+  flags.push_back("--credentials_reload_seconds=1");
+  flags.push_back("--demo");
+  auto server = EngramdProcess::Start(flags);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  ASSERT_TRUE(testing::WaitServing(address, 30, Tls(&certs_.client)).ok());
+  // Garbage, then a key of another certificate.
+  for (const std::string& bad_key :
+       {File("junk.key", "garbage\n"), certs_.client.key}) {
+    testing::RunCommand(absl::StrCat("cp ", bad_key, " ", key, ".new && mv ",
+                                     key, ".new ", key),
+                        &out);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+    EXPECT_EQ(DescribeCode(address, Tls(&certs_.client)), absl::StatusCode::kOk)
+        << "a new connection after " << bad_key;
+  }
+  EXPECT_THAT((*server)->Log(), HasSubstr("the last good one stays in use"));
+  EXPECT_TRUE((*server)->Alive());
+}
+
 TEST_F(TlsTest, CertificatesAreReloadedWithoutARestart) {
   // The server starts with a certificate from one CA; the files are then
   // replaced by a certificate from another. New connections get the new

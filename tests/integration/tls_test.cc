@@ -190,7 +190,7 @@ TEST_F(TlsTest, ABadKeyPairStopsTheStartWithTheReason) {
   for (const Case& c : cases) {
     std::string out;
     const int rc = testing::RunCommand(
-        absl::StrCat(testing::EngramdPath(),
+        absl::StrCat("timeout -s KILL 20 ", testing::EngramdPath(),
                      " --listen=127.0.0.1:0 --metrics_listen= --tls_cert_file=",
                      c.pair.cert, " --tls_key_file=", c.pair.key, " 2>&1"),
         &out);

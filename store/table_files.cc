@@ -191,7 +191,7 @@ absl::StatusOr<StoredLayer> DecodeMeta(const std::string& m) {
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) return absl::NotFoundError(Errno("cannot open " + path));
   std::string out;
   char buf[1 << 16];
@@ -403,6 +403,24 @@ std::string LayerFiles::path() const {
   return path_;
 }
 
+// Why `path` (lstat) cannot be this process's own stored entry (a folder
+// when `folder`, else a file); empty when it can: not a link, of that kind,
+// owned by this user and writable by nobody else.
+std::string NotOurs(const std::string& path, bool folder) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return Errno("cannot stat " + path);
+  if (S_ISLNK(st.st_mode)) return "a symbolic link";
+  if (folder ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)) {
+    return folder ? "not a folder" : "not a regular file";
+  }
+  if (st.st_uid != ::geteuid()) {
+    return absl::StrCat("owned by uid ", st.st_uid, ", not engramd's (uid ",
+                        ::geteuid(), ")");
+  }
+  if ((st.st_mode & 022) != 0) return "writable by group or others";
+  return "";
+}
+
 absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
                                         const ShardShape& shape) {
   std::error_code ec;
@@ -410,6 +428,22 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
   if (ec) {
     return absl::FailedPreconditionError(
         absl::StrCat("--data_dir ", dir, ": ", ec.message()));
+  }
+  // Anyone who can create entries here could plant layers (or have the
+  // genuine ones deleted as superseded): a world-writable folder (e.g.
+  // /dev/shm itself) is refused. A group-writable one (a volume with an
+  // fsGroup) is accepted: entries not owned by engramd's user are ignored.
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--data_dir ", dir, " is not a folder"));
+  }
+  if ((st.st_mode & S_IWOTH) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--data_dir ", dir,
+        " is writable by every user: anyone could plant layers in it. Use a "
+        "folder only engramd's user can write (e.g. mkdir -m 700 ",
+        dir == "/" ? "" : dir, "/engram)"));
   }
   DataDirScan scan;
   std::map<int64_t, StoredLayer> newest;
@@ -424,16 +458,27 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename();
     const std::string path = entry.path();
-    if (absl::StartsWith(name, ".tmp-") || absl::StartsWith(name, ".trash-")) {
+    const bool leftover = absl::StartsWith(name, ".tmp-layer-") ||
+                          absl::StartsWith(name, ".trash-layer-");
+    int64_t id;
+    uint64_t version;
+    const bool layer = ParseFolderName(name, &id, &version);
+    if (!leftover && !layer) continue;  // not ours (e.g. .refused-*)
+    // Only entries this user made are trusted, refused or deleted.
+    if (std::string why = NotOurs(path, true); !why.empty()) {
+      scan.refused.push_back(
+          absl::StrCat(path, ": ", why, "; ignored (not served, not touched)"));
+      continue;
+    }
+    if (leftover) {
       std::filesystem::remove_all(path, ec);
       scan.removed.push_back(
           absl::StrCat(path, ": an interrupted write or delete; removed"));
       continue;
     }
-    int64_t id;
-    uint64_t version;
-    if (!entry.is_directory() || !ParseFolderName(name, &id, &version)) {
-      continue;  // not ours (e.g. .refused-*): left alone
+    if (std::string why = NotOurs(path + "/meta", false); !why.empty()) {
+      refuse(path, absl::StrCat(path, "/meta: ", why));
+      continue;
     }
     absl::StatusOr<std::string> meta = ReadFile(path + "/meta");
     if (!meta.ok()) {
@@ -462,6 +507,10 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
     std::string size_error;
     for (int h = 0; h < stored->layout.num_heads(); ++h) {
       const std::string head = HeadFile(path, h);
+      if (std::string why = NotOurs(head, false); !why.empty()) {
+        size_error = absl::StrCat(head, ": ", why);
+        break;
+      }
       const uint64_t want = stored->layout.table_bytes(h);
       const auto got = std::filesystem::file_size(head, ec);
       if (ec || got != want) {
@@ -512,7 +561,8 @@ absl::StatusOr<std::shared_ptr<Layer>> OpenStoredLayer(
   std::vector<HostBuffer> tables;
   for (int h = 0; h < layout.num_heads(); ++h) {
     const std::string path = HeadFile(stored.path, h);
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Never through a link (the scan refused them; this is the open).
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return absl::DataLossError(Errno("cannot open " + path));
     absl::StatusOr<HostBuffer> table =
         HostBuffer::MapFile(fd, layout.table_bytes(h), /*writable=*/false);

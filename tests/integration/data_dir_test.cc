@@ -197,6 +197,70 @@ TEST_F(DataDirTest, DamagedFilesAreRefusedAndTheOthersStillLoad) {
   ASSERT_TRUE(Exact(1).ok());
 }
 
+// Issue: the restart scan trusted whatever was in the folder: another
+// user's planted version was served and the genuine one deleted as
+// superseded, links were followed, and every .tmp-* / .trash-* entry
+// (other programs' too) was deleted.
+TEST_F(DataDirTest, OnlyThisUsersOwnEntriesAreTrustedAtRestart) {
+  Start();
+  const LayerLayout layout{{1009, 13}, 16, DType::kFloat32};
+  for (int64_t id : {1, 2, 3}) Populate(id, layout, static_cast<uint32_t>(id));
+  client_.reset();
+  EXPECT_EQ(server_->Stop(), 0);
+  testing::TempDir aside;
+  const std::string d = dir_.path();
+  fs::copy(d + "/layer-1.v1", aside.path() + "/layer-1.v1");
+  Launch(server_->flags());
+  auto replaced = client_->Replace(
+      1, layout, testing::Spans(testing::RandomTables(layout, 77)));
+  ASSERT_TRUE(replaced.ok()) << replaced.status();
+  client_.reset();
+  EXPECT_EQ(server_->Stop(), 0);
+  // Layer 1: a "newer" version that another user (nobody) planted, beside
+  // the genuine older one.
+  fs::copy(aside.path() + "/layer-1.v1", d + "/layer-1.v1");
+  ASSERT_EQ(std::system(("chown -R 65534 " + d + "/layer-1.v2").c_str()), 0);
+  // Layer 2: its folder a link to a copy elsewhere; layer 3: a head file a
+  // link.
+  fs::rename(d + "/layer-2.v1", aside.path() + "/layer-2.v1");
+  fs::create_directory_symlink(aside.path() + "/layer-2.v1", d + "/layer-2.v1");
+  fs::rename(d + "/layer-3.v1/head-0.bin", aside.path() + "/head-0.bin");
+  fs::create_symlink(aside.path() + "/head-0.bin", d + "/layer-3.v1/head-0.bin");
+  // Leftovers: another program's, and one of engramd's own.
+  testing::WriteText(d + "/.tmp-editor-swap", "someone's\n");
+  fs::create_directory(d + "/.tmp-layer-99-abc");
+  Launch(server_->flags());
+  auto one = client_->DescribeLayer(1);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->version, 1u) << "the genuine version serves";
+  ASSERT_TRUE(Exact(1).ok());
+  EXPECT_TRUE(fs::exists(d + "/layer-1.v1"));
+  EXPECT_TRUE(fs::exists(d + "/layer-1.v2")) << "not ours: left alone";
+  for (int64_t id : {2, 3}) {
+    EXPECT_EQ(client_->DescribeLayer(id).status().code(),
+              absl::StatusCode::kNotFound)
+        << id;
+  }
+  EXPECT_TRUE(fs::exists(d + "/.tmp-editor-swap"));
+  EXPECT_FALSE(fs::exists(d + "/.tmp-layer-99-abc"));
+  const std::string log = server_->Log();
+  EXPECT_THAT(log, HasSubstr("owned by uid 65534"));
+  EXPECT_THAT(log, HasSubstr("a symbolic link"));
+}
+
+TEST(DataDirStartTest, AFolderEveryUserCanWriteIsRefused) {
+  testing::TempDir dir;
+  ASSERT_EQ(chmod(dir.path().c_str(), 01777), 0);
+  std::string out;
+  EXPECT_NE(testing::RunCommand("timeout -s KILL 20 " + testing::EngramdPath() +
+                                    " --listen=127.0.0.1:0 --metrics_listen= "
+                                    "--data_dir=" +
+                                    dir.path() + " 2>&1",
+                                &out),
+            0);
+  EXPECT_THAT(out, HasSubstr("writable by every user"));
+}
+
 TEST_F(DataDirTest, RemoveDeletesTheFilesAndTheLayerStaysGone) {
   Start();
   Populate(4, {{500}, 8, DType::kFloat32}, 4);

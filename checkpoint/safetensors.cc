@@ -52,8 +52,13 @@ absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = header_len << 8 | length_bytes[i];
   if (header_len > kMaxHeaderBytes || header_len > size - 8) {
-    return bad(absl::StrCat("its header claims ", header_len,
-                            " bytes but the file has ", size));
+    // The claimed length is not repeated: for a file that is not a
+    // safetensors file, it would be its first 8 bytes.
+    return bad(absl::StrCat("its header length field exceeds ",
+                            header_len > kMaxHeaderBytes
+                                ? absl::StrCat("the ", kMaxHeaderBytes,
+                                               "-byte limit")
+                                : absl::StrCat("the file's ", size, " bytes")));
   }
   std::string header_text(header_len, '\0');
   if (absl::Status s = (*file)->ReadAt(

@@ -436,12 +436,15 @@ grpc::ServerUnaryReactor* EngramService::Load(
   if (auto* refused = Refuse(context, Rpc::kLoad, kRightWrite)) return refused;
   return ServeRaw<v1::LoadRequest, v1::LoadResponse>(
       context, request, response,
-      [this](const v1::LoadRequest& req, v1::LoadResponse* resp, RawDone done) {
+      [this, deadline = context->deadline()](const v1::LoadRequest& req,
+                                             v1::LoadResponse* resp,
+                                             RawDone done) {
         if (loader_ == nullptr) {
           done(absl::FailedPreconditionError("this server cannot load files"));
           return;
         }
         loader_->LoadRequested(req.manifest_path(), req.manifest_json(),
+                               deadline,
                                [resp, done = std::move(done)](
                                    absl::StatusOr<TableLoader::Layers> layers) {
                                  if (layers.ok()) {

@@ -44,11 +44,27 @@ void TableLoader::Submit(std::function<absl::StatusOr<Layers>()> work,
   });
 }
 
+namespace {
+
+// DEADLINE_EXCEEDED once the caller's deadline passed: nothing more is read
+// or committed for a caller that has given up.
+absl::Status CheckDeadline(std::chrono::system_clock::time_point deadline,
+                           int64_t layer_id) {
+  if (std::chrono::system_clock::now() < deadline) return absl::OkStatus();
+  return absl::DeadlineExceededError(absl::StrCat(
+      "the caller's deadline passed before layer ", layer_id,
+      " was committed; it was not loaded"));
+}
+
+}  // namespace
+
 void TableLoader::LoadRequested(std::string manifest_path,
-                                std::string manifest_json, Done done) {
+                                std::string manifest_json,
+                                std::chrono::system_clock::time_point deadline,
+                                Done done) {
   Submit(
-      [this, path = std::move(manifest_path),
-       json = std::move(manifest_json)]() -> absl::StatusOr<Layers> {
+      [this, path = std::move(manifest_path), json = std::move(manifest_json),
+       deadline]() -> absl::StatusOr<Layers> {
         absl::StatusOr<checkpoint::LoadManifest> manifest =
             ReadRequested(path, json);
         if (!manifest.ok()) return manifest.status();
@@ -57,8 +73,8 @@ void TableLoader::LoadRequested(std::string manifest_path,
         auto readers = OpenAll(*manifest, root_);
         if (!readers.ok()) return readers.status();
         if (cluster_ != nullptr)
-          return LoadAcrossCluster(*manifest, path, json);
-        return LoadAll(*readers);
+          return LoadAcrossCluster(*manifest, path, json, deadline);
+        return LoadAll(*readers, deadline);
       },
       std::move(done));
 }
@@ -194,10 +210,12 @@ TableLoader::OpenAll(const checkpoint::LoadManifest& manifest,
 }
 
 absl::StatusOr<TableLoader::Layers> TableLoader::LoadAll(
-    const std::vector<std::unique_ptr<checkpoint::LayerReader>>& readers) {
+    const std::vector<std::unique_ptr<checkpoint::LayerReader>>& readers,
+    std::chrono::system_clock::time_point deadline) {
   Layers loaded;
   for (const auto& reader : readers) {
-    absl::StatusOr<std::shared_ptr<const Layer>> layer = LoadLayer(*reader);
+    absl::StatusOr<std::shared_ptr<const Layer>> layer =
+        LoadLayer(*reader, deadline);
     if (!layer.ok()) {
       std::vector<int64_t> ids;
       for (const auto& l : loaded) ids.push_back(l->id());
@@ -317,10 +335,14 @@ absl::StatusOr<TableLoader::Staged> TableLoader::StageLayer(
 }
 
 absl::StatusOr<std::shared_ptr<const Layer>> TableLoader::LoadLayer(
-    const checkpoint::LayerReader& reader) {
+    const checkpoint::LayerReader& reader,
+    std::chrono::system_clock::time_point deadline) {
   const int64_t id = reader.layer_id();
+  if (absl::Status s = CheckDeadline(deadline, id); !s.ok()) return s;
   absl::StatusOr<Staged> staged = StageLayer(reader);
   if (!staged.ok()) return staged.status();
+  // The staged rows are dropped (with their claim) on the way out.
+  if (absl::Status s = CheckDeadline(deadline, id); !s.ok()) return s;
   std::shared_ptr<const Layer> committed = staged->layer;
   if (absl::Status s =
           MirrorAndCommit(env_.gpu, env_.layers, staged->stager->ticket(),
@@ -381,7 +403,7 @@ void TableLoader::StageForPeer(
 
 absl::StatusOr<TableLoader::Layers> TableLoader::LoadAcrossCluster(
     const checkpoint::LoadManifest& manifest, const std::string& path,
-    const std::string& json) {
+    const std::string& json, std::chrono::system_clock::time_point deadline) {
   Layers loaded;
   for (const checkpoint::LayerSpec& spec : manifest.layers) {
     const auto start = std::chrono::steady_clock::now();
@@ -420,6 +442,10 @@ absl::StatusOr<TableLoader::Layers> TableLoader::LoadAcrossCluster(
         fanout.Abort();
         return s;
       }
+    }
+    if (absl::Status s = CheckDeadline(deadline, spec.layer_id); !s.ok()) {
+      fanout.Abort();
+      return s;
     }
     if (absl::Status s = fanout.Commit(); !s.ok()) return s;
     std::shared_ptr<const Layer> layer = env_.layers->Find(spec.layer_id);

@@ -4,6 +4,7 @@
 #define ENGRAM_SERVER_TABLE_LOADER_H_
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <set>
@@ -51,7 +52,10 @@ class TableLoader {
   // In a cluster this shard coordinates: every shard stages its own rows
   // from the files (StageFiles, under its own --load_root, which must show
   // the same files) and the layer commits everywhere or nowhere.
+  // Nothing is read or committed once `deadline` (the caller's) has
+  // passed: DEADLINE_EXCEEDED, naming what was not loaded.
   void LoadRequested(std::string manifest_path, std::string manifest_json,
+                     std::chrono::system_clock::time_point deadline,
                      Done done);
   // --load, in two steps. First the operator's manifest (any path) is read
   // and every source checked (headers only); returns that check's error or
@@ -93,15 +97,18 @@ class TableLoader {
       const checkpoint::LoadManifest& manifest, const std::string& root) const;
   // Loads each layer in turn; stops at the first failure.
   absl::StatusOr<Layers> LoadAll(
-      const std::vector<std::unique_ptr<checkpoint::LayerReader>>& readers);
+      const std::vector<std::unique_ptr<checkpoint::LayerReader>>& readers,
+      std::chrono::system_clock::time_point deadline =
+          std::chrono::system_clock::time_point::max());
   absl::StatusOr<std::shared_ptr<const Layer>> LoadLayer(
-      const checkpoint::LayerReader& reader);
+      const checkpoint::LayerReader& reader,
+      std::chrono::system_clock::time_point deadline);
   absl::StatusOr<Staged> StageLayer(const checkpoint::LayerReader& reader);
   absl::StatusOr<checkpoint::LoadManifest> ReadRequested(
       const std::string& path, const std::string& json) const;
   absl::StatusOr<Layers> LoadAcrossCluster(
       const checkpoint::LoadManifest& manifest, const std::string& path,
-      const std::string& json);
+      const std::string& json, std::chrono::system_clock::time_point deadline);
   void Submit(std::function<absl::StatusOr<Layers>()> work, Done done);
 
   const PopulateEnv env_;

@@ -209,6 +209,63 @@ TEST_F(HostileFilesTest, FifosAndDevicesAreRefusedWithoutBlockingTheLoader) {
   ExpectStillLoading();
 }
 
+// Issue: the refusal of a file that is not safetensors printed its first 8
+// bytes (as the "header length" it claimed).
+TEST_F(HostileFilesTest, ARefusedFileIsNotQuotedInTheError) {
+  const std::string secret = "hunter2-and-more-text-of-a-private-file";
+  testing::WriteText(root_ + "/private.safetensors", secret);
+  testing::WriteText(root_ + "/private.json",
+                     Manifest(6, FileSource("private.safetensors")));
+  auto loaded = client_->Load("private.json");
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
+  uint64_t first8;
+  std::memcpy(&first8, secret.data(), 8);
+  const std::string message(loaded.status().message());
+  EXPECT_THAT(message, ::testing::Not(HasSubstr(std::to_string(first8))));
+  EXPECT_THAT(message, ::testing::Not(HasSubstr("hunter2")));
+  EXPECT_THAT(message, HasSubstr("not a valid safetensors file"));
+}
+
+// Issue: a Load whose caller's deadline had passed still committed later.
+TEST_F(HostileFilesTest, ALoadWhoseCallerGaveUpCommitsNothing) {
+  // A 256 MiB layer keeps the (single) loader busy well past 50 ms.
+  {
+    const int64_t rows = 2 << 20;
+    std::string header = absl::StrCat(
+        "{\"t\": {\"dtype\": \"F32\", \"shape\": [", rows,
+        ", 32], \"data_offsets\": [0, ", rows * 128, "]}}");
+    std::string bytes(8, '\0');
+    const uint64_t len = header.size();
+    std::memcpy(bytes.data(), &len, 8);
+    bytes += header;
+    bytes.resize(bytes.size() + rows * 128, '\1');
+    testing::WriteText(root_ + "/big.safetensors", bytes);
+  }
+  testing::WriteText(
+      root_ + "/big.json",
+      absl::StrCat("{\"layers\": [{\"layer_id\": 8, \"dtype\": "
+                   "\"float32\", \"embedding_dim\": 32, "
+                   "\"table_vocab_sizes\": [",
+                   2 << 20, "], \"source\": ",
+                   FileSource("big.safetensors"), "}]}"));
+  std::thread big([&] { EXPECT_TRUE(client_->Load("big.json").ok()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ClientOptions hasty;
+  hasty.populate_timeout = absl::Milliseconds(50);
+  auto impatient = Client::Connect(server_->address(), hasty);
+  ASSERT_TRUE(impatient.ok());
+  auto loaded = (*impatient)->Load("good.json");
+  EXPECT_EQ(loaded.status().code(), absl::StatusCode::kDeadlineExceeded);
+  big.join();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(client_->DescribeLayer(1).status().code(),
+            absl::StatusCode::kNotFound)
+      << "committed for a caller that had given up";
+  EXPECT_TRUE(client_->Remove(8).ok());
+  ExpectStillLoading();
+}
+
 TEST_F(HostileFilesTest, OversizedManifestsAndIndexesAreRefusedBeforeReading) {
   // An index of 80 MiB (real ones are a few MB).
   {

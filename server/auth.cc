@@ -373,9 +373,32 @@ void Authorizer::Audit(const Caller& caller, absl::string_view method,
       result.ok() ? "OK"
                   : std::string(absl::StatusCodeToString(
                         static_cast<absl::StatusCode>(result.error_code())));
-  LogInfo(absl::StrCat("audit: ", caller.name, " (role ", caller.role,
-                       ") called ", method, ": ", code, result.ok() ? "" : " ",
-                       result.error_message()));
+  // Calls without valid credentials are logged at most
+  // kRefusedLogsPerSecond a second (a flood of them would otherwise flood
+  // the log); every one is counted below.
+  bool log = true;
+  std::string note;
+  if (caller.rights == 0) {
+    absl::MutexLock lock(&audit_mu_);
+    const absl::Time now = absl::Now();
+    if (now - refused_window_start_ >= absl::Seconds(1)) {
+      refused_window_start_ = now;
+      refused_in_window_ = 0;
+    }
+    log = ++refused_in_window_ <= kRefusedLogsPerSecond;
+    if (!log) {
+      ++refused_not_logged_;
+    } else if (refused_not_logged_ > 0) {
+      note = absl::StrCat(" (", refused_not_logged_,
+                          " refused calls before it were not logged)");
+      refused_not_logged_ = 0;
+    }
+  }
+  if (log) {
+    LogInfo(absl::StrCat("audit: ", caller.name, " (role ", caller.role,
+                         ") called ", method, ": ", code,
+                         result.ok() ? "" : " ", result.error_message(), note));
+  }
   if (audit_family_ != nullptr) {
     audit_family_
         ->Add({{"method", std::string(method)},

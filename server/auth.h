@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace engram {
 
@@ -126,6 +127,12 @@ class Authorizer {
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const Tables> tables_ ABSL_GUARDED_BY(mu_);
+
+  static constexpr int kRefusedLogsPerSecond = 10;
+  mutable absl::Mutex audit_mu_;
+  mutable absl::Time refused_window_start_ ABSL_GUARDED_BY(audit_mu_);
+  mutable int refused_in_window_ ABSL_GUARDED_BY(audit_mu_) = 0;
+  mutable int64_t refused_not_logged_ ABSL_GUARDED_BY(audit_mu_) = 0;
   std::vector<FileStamp> stamps_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex watch_mu_;

@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <grp.h>
+#include <sys/stat.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "proto/channel_tuning.h"
 #include "server/engram_service.h"
 #include "server/log.h"
@@ -81,6 +83,18 @@ void ApplyConnectionLimits(const ServerConfig& config,
     builder->AddChannelArgument(
         GRPC_ARG_MAX_CONNECTION_IDLE_MS,
         static_cast<int>(config.connection_idle_timeout_seconds * 1000));
+  }
+}
+
+// Credentials readable by every user on the host are as good as published.
+void WarnIfEveryoneCanRead(const std::string& path, const char* flag) {
+  struct stat st;
+  if (path.empty() || ::stat(path.c_str(), &st) != 0) return;
+  if ((st.st_mode & (S_IROTH | S_IWOTH)) != 0) {
+    LogWarning(absl::StrCat(
+        "--", flag, "=", path, " is readable by every user on this host (mode ",
+        absl::StrFormat("%04o", st.st_mode & 07777),
+        "): chmod 600 it (or 640 for a group that needs it)"));
   }
 }
 
@@ -230,6 +244,9 @@ absl::Status EngramServer::StartLoader() {
 absl::Status EngramServer::StartSecurity(
     const std::vector<std::string>& peers) {
   if (absl::Status s = CheckSecurityFlags(config_, peers); !s.ok()) return s;
+  WarnIfEveryoneCanRead(config_.tokens_file, "tokens_file");
+  WarnIfEveryoneCanRead(config_.cluster_token_file, "cluster_token_file");
+  WarnIfEveryoneCanRead(config_.tls_key_file, "tls_key_file");
   AuthConfig auth;
   auth.tokens_file = config_.tokens_file;
   auth.cluster_token_file = config_.cluster_token_file;

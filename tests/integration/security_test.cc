@@ -355,6 +355,43 @@ TEST(SecurityTest, ATokensFileWithSwappedColumnsNeverLogsTheToken) {
   EXPECT_THAT(out, ::testing::Not(HasSubstr("s3cret")));
 }
 
+// Issue: refused unauthenticated calls were each audited in the log (a
+// flood of them flooded it); and credential files readable by everyone
+// went unremarked.
+TEST(SecurityTest, RefusedCallFloodsAreCountedNotLoggedEachAndLooseFilesWarned) {
+  TempDir dir;
+  const std::string tokens = TokensFile(dir, kReadToken);
+  ASSERT_EQ(chmod(tokens.c_str(), 0644), 0);
+  auto server = EngramdProcess::Start(
+      {"--tokens_file=" + tokens, "--metrics_listen=127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_THAT((*server)->Log(), HasSubstr("is readable by every user"));
+  auto anonymous = Client::Connect((*server)->address(), WithToken(""));
+  ASSERT_TRUE(anonymous.ok());
+  for (int i = 0; i < 200; ++i) {
+    EXPECT_EQ((*anonymous)->Remove(1).status().code(),
+              absl::StatusCode::kUnauthenticated);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  EXPECT_EQ((*anonymous)->Remove(1).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const std::string log = (*server)->Log();
+  int lines = 0;
+  for (size_t at = 0; (at = log.find("audit: unauthenticated", at)) !=
+                      std::string::npos;
+       ++at) {
+    ++lines;
+  }
+  EXPECT_LE(lines, 40) << "201 refused calls";
+  EXPECT_GE(lines, 10);
+  EXPECT_THAT(log, HasSubstr("refused calls before it were not logged"));
+  auto metrics = testing::HttpGet((*server)->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_THAT(*metrics,
+              HasSubstr("method=\"/engram.v1.EngramStore/Remove\",role=\"none\"} 201"));
+}
+
 // Issue: the port file's temporary (PORT_FILE.tmp) was opened without
 // O_EXCL / O_NOFOLLOW, so engramd (as root) wrote through a planted link.
 TEST(SecurityTest, ThePortFileNeverWritesThroughAPlantedLink) {

@@ -1,4 +1,4 @@
-// safetensors files as Load maps them: the JSON header checked against the
+// safetensors files as Load reads them (pread, never mapped): the JSON header checked against the
 // file (offsets, dtypes, shapes, truncation). The input is the whole file,
 // handed over as a memfd.
 #include <sys/mman.h>

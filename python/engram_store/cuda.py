@@ -66,6 +66,10 @@ def _from_cai(obj, what: str) -> Optional[DeviceArray]:
         return None  # e.g. PyTorch bfloat16: DLPack below
     shape = tuple(int(n) for n in cai["shape"])
     dtype = _TYPESTRS.get(cai["typestr"])
+    if dtype is None and hasattr(obj, "__dlpack__"):
+        # The array interface has no bfloat16: current PyTorch exports it as
+        # a 2-byte void ("<V2"). DLPack names the real type.
+        return None
     if dtype is None:
         raise TypeError(f"{what} has element type {cai['typestr']!r}; "
                         f"supported: {sorted(set(_TYPESTRS.values()))}")

@@ -40,6 +40,77 @@ class LyingDlpack:
         return self.array.__dlpack__()
 
 
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice),
+                ("ndim", ctypes.c_int32), ("dtype", _DLDataType),
+                ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)),
+                ("byte_offset", ctypes.c_uint64)]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p),
+                ("deleter", ctypes.c_void_p)]
+
+
+class TorchBfloat16Like:
+    """What a CUDA torch.bfloat16 tensor exposes: __cuda_array_interface__
+    with typestr '<V2' (no bfloat16 in that interface) and a __dlpack__ that
+    reports bfloat16 (DLPack code 4, 16 bits) on a CUDA device."""
+
+    def __init__(self, shape, ptr=0x7f0000000000, device=0):
+        self.shape = tuple(shape)
+        self.ptr = ptr
+        self.device = device
+        self.__cuda_array_interface__ = {
+            "shape": self.shape, "typestr": "<V2", "data": (ptr, False),
+            "strides": None, "version": 2}
+
+    def __dlpack_device__(self):
+        return (2, self.device)
+
+    def __dlpack__(self, stream=None):
+        self._shape = (ctypes.c_int64 * len(self.shape))(*self.shape)
+        self._managed = _DLManagedTensor()
+        t = self._managed.dl_tensor
+        t.data = self.ptr
+        t.device = _DLDevice(2, self.device)
+        t.ndim = len(self.shape)
+        t.dtype = _DLDataType(4, 16, 1)
+        t.shape = self._shape
+        new = ctypes.pythonapi.PyCapsule_New
+        new.restype = ctypes.py_object
+        new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+        return new(ctypes.addressof(self._managed), b"dltensor", None)
+
+
+def test_a_torch_bfloat16_out_is_read_through_dlpack():
+    # Issue: '<V2' from __cuda_array_interface__ was refused before DLPack
+    # was asked, so a torch.bfloat16 out (the docs' own example) failed.
+    out = TorchBfloat16Like((2, 1, 4, 8))
+    parsed = cuda.device_array(out, "out")
+    assert parsed == cuda.DeviceArray(0x7f0000000000, (2, 1, 4, 8),
+                                      "bfloat16", 0)
+    assert parsed.nbytes == 2 * 4 * 8 * 2
+
+    class VoidOnly:  # a 2-byte void with nothing to say what it is
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<V2",
+                                    "data": (0x7f0000000000, False),
+                                    "version": 2}
+
+    with pytest.raises(TypeError, match="element type '<V2'"):
+        cuda.device_array(VoidOnly(), "out")
+
+
 def test_cuda_arrays_are_parsed_and_checked():
     a = np.zeros((2, 3, 4, 8), dtype=np.float16)
     parsed = cuda.device_array(HostBackedCai(a), "out")

@@ -3,7 +3,8 @@
 // loopback of the same bytes, and Redis MGET of the same rows.
 //
 //   build/bench/lookup_bench [--seconds=2] [--callers=4] [--channels=1]
-//                            [--compare_gpu_tier | --cluster | --peer_gather]
+//                            [--compare_gpu_tier | --cluster | --peer_gather |
+//                             --baseline_engramd=PATH]
 //                            [--engramd=PATH]
 #include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
@@ -139,13 +140,19 @@ void PrintRow(const char* name, const Shape& s, const RunStats& r) {
 // --gpu_min_rows=1), to find where the GPU pays off.
 std::string engramd_path = ENGRAM_BENCH_ENGRAMD;
 
-// The same lookups against a plain engramd and one started with `flags`
-// (reached with `options`): both figures and their ratio per shape.
+// --baseline_engramd=PATH: the same lookups against another build of
+// engramd (e.g. the previous commit's), to show what a change costs.
+std::string baseline_path;
+
+// The same lookups against a plain engramd (the baseline build, when
+// given) and one started with `flags` (reached with `options`): both
+// figures and their ratio per shape.
 int CompareWith(const char* mode, const char* label,
                 std::vector<std::string> flags, const ClientOptions& options,
                 double seconds, int callers, int channels) {
   auto plain = ChildServer::Start(
-      {engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
+      {baseline_path.empty() ? engramd_path : baseline_path,
+       "--listen=127.0.0.1:0", "--metrics_listen="});
   flags.insert(flags.begin(),
                {engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
   auto other = ChildServer::Start(flags);
@@ -434,8 +441,13 @@ int Main(int argc, char** argv) {
     if (a == "--cluster") cluster = true;
     if (a == "--peer_gather") peer_gather = true;
     if (a.rfind("--engramd=", 0) == 0) engramd_path = a.substr(10);
+    if (a.rfind("--baseline_engramd=", 0) == 0) baseline_path = a.substr(19);
   }
   TuneMallocForLargeMessages();  // client side, as an application would
+  if (!baseline_path.empty()) {
+    return CompareWith("--baseline_engramd", "this", {}, {}, seconds, callers,
+                       channels);
+  }
   if (compare_gpu_tier) {
     return CompareWith("--compare_gpu_tier", "gpu",
                        {"--gpu=0", "--gpu_min_rows=1"}, {}, seconds, callers,

@@ -17,6 +17,14 @@ for t in gpu_gather_test gpu_tier_test device_lookup_test; do
   timeout 300 "$d/$t" --gtest_brief=1 >"$out/$t.log" 2>&1 || status=1
   tail -n 15 "$out/$t.log"
 done
+# The graph-replay-across-replace case once failed half its runs (a test
+# race, fixed): run it many times.
+echo "== device_lookup_test graph replay x16"
+timeout 300 "$d/device_lookup_test" \
+  --gtest_filter='*AGraphReplayAfterReplace*' --gtest_repeat=16 \
+  >"$out/device_lookup_graph_repeat.log" 2>&1 || status=1
+grep -cE '^\[ +OK' "$out/device_lookup_graph_repeat.log" | sed 's/^/passed runs: /'
+grep -E 'FAILED|mixed' "$out/device_lookup_graph_repeat.log" | sort | uniq -c | head
 echo "== device_lookup_bench"
 timeout 300 "$d/device_lookup_bench" --engramd="$d/engramd" \
   2>&1 | tee "$out/device_lookup_bench.txt" || status=1

@@ -150,9 +150,9 @@ std::string baseline_path;
 int CompareWith(const char* mode, const char* label,
                 std::vector<std::string> flags, const ClientOptions& options,
                 double seconds, int callers, int channels) {
-  auto plain = ChildServer::Start(
-      {baseline_path.empty() ? engramd_path : baseline_path,
-       "--listen=127.0.0.1:0", "--metrics_listen="});
+  auto plain =
+      ChildServer::Start({baseline_path.empty() ? engramd_path : baseline_path,
+                          "--listen=127.0.0.1:0", "--metrics_listen="});
   flags.insert(flags.begin(),
                {engramd_path, "--listen=127.0.0.1:0", "--metrics_listen="});
   auto other = ChildServer::Start(flags);

@@ -114,8 +114,7 @@ int Main(int argc, char** argv) {
               "rma Mrows/s", "memcpy Mr/s", "rma GB/s", "ratio");
   std::mt19937_64 rng(3);
   for (bool mapped_reads : {true, false}) {
-    auto reader =
-        transport::UcxEngine::Create(Options(mapped_reads));
+    auto reader = transport::UcxEngine::Create(Options(mapped_reads));
     if (!reader.ok()) {
       std::fprintf(stderr, "%s\n", reader.status().ToString().c_str());
       return 1;

@@ -96,11 +96,11 @@ absl::Status CheckpointFile::ReadAt(uint64_t offset, size_t bytes,
     const ssize_t n = ::pread(fd_, dst, bytes, static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      return absl::DataLossError(absl::StrCat(
-          "reading ", bytes, " bytes at offset ", offset, " of ", path_,
-          " failed: ",
-          n == 0 ? "the file ended (changed since it was opened?)"
-                 : std::strerror(errno)));
+      return absl::DataLossError(
+          absl::StrCat("reading ", bytes, " bytes at offset ", offset, " of ",
+                       path_, " failed: ",
+                       n == 0 ? "the file ended (changed since it was opened?)"
+                              : std::strerror(errno)));
     }
     dst += n;
     offset += static_cast<uint64_t>(n);
@@ -119,9 +119,10 @@ absl::StatusOr<std::string> CheckpointFile::ReadPrefix(uint64_t bytes) const {
   return out;
 }
 
-absl::StatusOr<std::string> CheckpointFile::ReadWhole(
-    const std::string& path, uint64_t max_bytes, const std::string& what,
-    const std::string& root) {
+absl::StatusOr<std::string> CheckpointFile::ReadWhole(const std::string& path,
+                                                      uint64_t max_bytes,
+                                                      const std::string& what,
+                                                      const std::string& root) {
   absl::StatusOr<std::shared_ptr<const CheckpointFile>> file = Open(path, root);
   if (!file.ok()) return file.status();
   if ((*file)->size() > max_bytes) {

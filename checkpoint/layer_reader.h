@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "checkpoint/manifest.h"
 #include "checkpoint/checkpoint_file.h"
+#include "checkpoint/manifest.h"
 #include "common/layout.h"
 
 namespace engram::checkpoint {

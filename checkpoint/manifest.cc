@@ -309,9 +309,8 @@ absl::StatusOr<LoadManifest> ReadLoadManifest(const std::string& path,
                                               const std::string& root) {
   auto resolved = ResolvePath(path, "", root);
   if (!resolved.ok()) return resolved.status();
-  absl::StatusOr<std::string> text =
-      CheckpointFile::ReadWhole(*resolved, kMaxManifestBytes,
-                                "load manifest", root);
+  absl::StatusOr<std::string> text = CheckpointFile::ReadWhole(
+      *resolved, kMaxManifestBytes, "load manifest", root);
   if (!text.ok()) return text.status();
   auto manifest = ParseLoadManifest(*text, Dirname(*resolved), root);
   if (!manifest.ok()) {

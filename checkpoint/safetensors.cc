@@ -22,7 +22,6 @@ std::string Dirname(const std::string& path) {
   return slash == std::string::npos ? "." : path.substr(0, slash);
 }
 
-
 }  // namespace
 
 size_t SafetensorsDTypeSize(const std::string& dtype) {
@@ -54,11 +53,11 @@ absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
   if (header_len > kMaxHeaderBytes || header_len > size - 8) {
     // The claimed length is not repeated: for a file that is not a
     // safetensors file, it would be its first 8 bytes.
-    return bad(absl::StrCat("its header length field exceeds ",
-                            header_len > kMaxHeaderBytes
-                                ? absl::StrCat("the ", kMaxHeaderBytes,
-                                               "-byte limit")
-                                : absl::StrCat("the file's ", size, " bytes")));
+    return bad(
+        absl::StrCat("its header length field exceeds ",
+                     header_len > kMaxHeaderBytes
+                         ? absl::StrCat("the ", kMaxHeaderBytes, "-byte limit")
+                         : absl::StrCat("the file's ", size, " bytes")));
   }
   std::string header_text(header_len, '\0');
   if (absl::Status s = (*file)->ReadAt(

@@ -23,8 +23,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int fd = memfd_create("fuzz.index.json", MFD_CLOEXEC);
   if (fd < 0) return 0;
   if (size == 0 || write(fd, data, size) == static_cast<ssize_t>(size)) {
-    auto index = engram::checkpoint::ReadSafetensorsIndex(
-        "/proc/self/fd/" + std::to_string(fd));
+    auto index = engram::checkpoint::ReadSafetensorsIndex("/proc/self/fd/" +
+                                                          std::to_string(fd));
     if (index.ok()) {
       for (const auto& [tensor, file] : *index) {
         if (file.empty()) __builtin_trap();  // names a file, always

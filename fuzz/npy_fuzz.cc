@@ -19,8 +19,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int fd = memfd_create("fuzz.npy", MFD_CLOEXEC);
   if (fd < 0) return 0;
   if (size == 0 || write(fd, data, size) == static_cast<ssize_t>(size)) {
-    auto file = engram::checkpoint::CheckpointFile::Open(
-        "/proc/self/fd/" + std::to_string(fd));
+    auto file = engram::checkpoint::CheckpointFile::Open("/proc/self/fd/" +
+                                                         std::to_string(fd));
     if (file.ok()) {
       auto read = engram::checkpoint::ReadNpyHeader(**file);
       // Reading must agree with parsing the whole file.

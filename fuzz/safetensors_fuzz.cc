@@ -1,6 +1,6 @@
-// safetensors files as Load reads them (pread, never mapped): the JSON header checked against the
-// file (offsets, dtypes, shapes, truncation). The input is the whole file,
-// handed over as a memfd.
+// safetensors files as Load reads them (pread, never mapped): the JSON header
+// checked against the file (offsets, dtypes, shapes, truncation). The input is
+// the whole file, handed over as a memfd.
 #include <sys/mman.h>
 #include <unistd.h>
 

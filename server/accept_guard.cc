@@ -3,11 +3,10 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <netinet/in.h>
 
 #include <atomic>
 #include <mutex>
@@ -71,9 +70,8 @@ bool AdmitByAddress(int conn) {
   if (address.empty()) return true;  // e.g. a Unix socket
   std::lock_guard<std::mutex> lock(by_address_mu);
   std::vector<int>& open = ByAddress()[address];
-  std::erase_if(open, [&](int fd) {
-    return fd == conn || PeerAddress(fd) != address;
-  });
+  std::erase_if(
+      open, [&](int fd) { return fd == conn || PeerAddress(fd) != address; });
   if (static_cast<int>(open.size()) >= cap) return false;
   open.push_back(conn);
   return true;
@@ -82,10 +80,10 @@ bool AdmitByAddress(int conn) {
 void NoteRefusedPerAddress() {
   const int64_t n = refused_per_address.fetch_add(1, std::memory_order_relaxed);
   if (n < 5 || n % 1000 == 0) {
-    LogWarning(absl::StrCat(
-        "refused a connection: its address has ",
-        per_address_cap.load(), " open already (--max_connections_per_address; ",
-        n + 1, " refused so far)"));
+    LogWarning(absl::StrCat("refused a connection: its address has ",
+                            per_address_cap.load(),
+                            " open already (--max_connections_per_address; ",
+                            n + 1, " refused so far)"));
   }
 }
 

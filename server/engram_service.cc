@@ -283,8 +283,8 @@ void EngramService::ServeValues(const grpc::CallbackServerContext& context,
       static_cast<size_t>(num_ids * layout.embedding_dim) * sizeof(float);
   std::shared_ptr<PendingResponses::Charge> charge;
   if (pending_ != nullptr) {
-    auto reserved = pending_->Reserve(
-        context, static_cast<int64_t>(2 * values_bytes + 64));
+    auto reserved =
+        pending_->Reserve(context, static_cast<int64_t>(2 * values_bytes + 64));
     if (!reserved.ok()) {
       Finish(reactor, Rpc::kLookup, reserved.status());
       return;
@@ -304,8 +304,8 @@ void EngramService::ServeValues(const grpc::CallbackServerContext& context,
   // Big gathers finish on the pool, so the serialization runs there too.
   GatherInto(
       call, BackendFor(*call, /*allow_gpu=*/false), DType::kFloat32, values,
-      [this, call, message, reactor, response, num_ids,
-       charge](absl::Status s, bool) mutable {
+      [this, call, message, reactor, response, num_ids, charge](absl::Status s,
+                                                                bool) mutable {
         if (s.ok()) {
           // Serialized into a charged slice: the charge ends when gRPC
           // releases it, not when this call returns.
@@ -436,25 +436,23 @@ grpc::ServerUnaryReactor* EngramService::Load(
   if (auto* refused = Refuse(context, Rpc::kLoad, kRightWrite)) return refused;
   return ServeRaw<v1::LoadRequest, v1::LoadResponse>(
       context, request, response,
-      [this, deadline = context->deadline()](const v1::LoadRequest& req,
-                                             v1::LoadResponse* resp,
-                                             RawDone done) {
+      [this, deadline = context->deadline()](
+          const v1::LoadRequest& req, v1::LoadResponse* resp, RawDone done) {
         if (loader_ == nullptr) {
           done(absl::FailedPreconditionError("this server cannot load files"));
           return;
         }
-        loader_->LoadRequested(req.manifest_path(), req.manifest_json(),
-                               deadline,
-                               [resp, done = std::move(done)](
-                                   absl::StatusOr<TableLoader::Layers> layers) {
-                                 if (layers.ok()) {
-                                   for (const auto& l : *layers)
-                                     FillLayerInfo(l->id(), l->layout(),
-                                                   resp->add_layers(),
-                                                   l->version());
-                                 }
-                                 done(layers.status());
-                               });
+        loader_->LoadRequested(
+            req.manifest_path(), req.manifest_json(), deadline,
+            [resp, done = std::move(done)](
+                absl::StatusOr<TableLoader::Layers> layers) {
+              if (layers.ok()) {
+                for (const auto& l : *layers)
+                  FillLayerInfo(l->id(), l->layout(), resp->add_layers(),
+                                l->version());
+              }
+              done(layers.status());
+            });
       },
       Observer(Rpc::kLoad));
 }

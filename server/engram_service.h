@@ -8,6 +8,7 @@
 
 #include "engram/v1/engram.grpc.pb.h"
 #include "proto/convert.h"
+#include "server/auth.h"
 #include "server/cluster_coordinator.h"
 #include "server/metrics.h"
 #include "server/pending_responses.h"
@@ -18,7 +19,6 @@
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
 #include "store/thread_pool.h"
-#include "server/auth.h"
 
 namespace engram {
 

@@ -28,18 +28,18 @@ absl::Status WritePortFile(const std::string& path, int grpc_port,
   const std::string text = absl::StrCat("grpc_port=", grpc_port,
                                         "\nmetrics_port=", metrics_port, "\n");
   for (int attempt = 0; attempt < 16; ++attempt) {
-    const std::string tmp = absl::StrCat(path, ".tmp.", getpid(), ".",
-                                         std::random_device()());
-    const int fd = open(tmp.c_str(),
-                        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                        0600);
+    const std::string tmp =
+        absl::StrCat(path, ".tmp.", getpid(), ".", std::random_device()());
+    const int fd =
+        open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+             0600);
     if (fd < 0 && errno == EEXIST) continue;
     if (fd < 0) {
       return absl::FailedPreconditionError(absl::StrCat(
           "--port_file: cannot create ", tmp, ": ", std::strerror(errno)));
     }
-    const bool written =
-        write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    const bool written = write(fd, text.data(), text.size()) ==
+                         static_cast<ssize_t>(text.size());
     close(fd);
     if (!written || std::rename(tmp.c_str(), path.c_str()) != 0) {
       const int err = errno;
@@ -114,7 +114,9 @@ int main(int argc, char** argv) {
       "engram_connections_refused_per_address",
       "Connections refused because their address had "
       "--max_connections_per_address open.",
-      [] { return static_cast<double>(engram::ConnectionsRefusedPerAddress()); });
+      [] {
+        return static_cast<double>(engram::ConnectionsRefusedPerAddress());
+      });
   server.metrics()->AddGaugeSource(
       "engram_open_file_limit", "The open-file limit engramd runs with.",
       [] { return static_cast<double>(engram::OpenFileLimit()); });

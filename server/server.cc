@@ -1,11 +1,11 @@
 #include "server/server.h"
 
 #include <grp.h>
-#include <sys/stat.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
+#include <sys/stat.h>
 
 #include <exception>
 #include <vector>
@@ -162,7 +162,8 @@ absl::Status EngramServer::StartTransport() {
       if (!iface.ok()) {
         return absl::InvalidArgumentError(
             absl::StrCat("--ucx_tcp_interface=auto: this shard's --peers "
-                         "address ", self, ": ", iface.status().message()));
+                         "address ",
+                         self, ": ", iface.status().message()));
       }
       options.tcp_interface = *iface;
     }
@@ -280,9 +281,9 @@ absl::Status EngramServer::StartSecurity(
     // out (a key that matches, a certificate valid now): engramd refuses
     // to start with a bad pair, and keeps the last good one when the files
     // are replaced by a bad one.
-    absl::StatusOr<std::unique_ptr<TlsKeyPair>> pair = TlsKeyPair::Create(
-        config_.tls_cert_file, config_.tls_key_file,
-        std::chrono::milliseconds(reload_seconds * 1000));
+    absl::StatusOr<std::unique_ptr<TlsKeyPair>> pair =
+        TlsKeyPair::Create(config_.tls_cert_file, config_.tls_key_file,
+                           std::chrono::milliseconds(reload_seconds * 1000));
     if (!pair.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("TLS: ", pair.status().message()));
@@ -371,7 +372,7 @@ absl::Status EngramServer::Start() {
     if (absl::Status s = StartTransport(); !s.ok()) return s;
     peer_service_ = std::make_unique<PeerService>(
         &layers_, &budget_, cluster_.get(), config_.pin_memory, ucx_.get(),
-                                      WatchOptions(config_));
+        WatchOptions(config_));
     peer_service_->SetStreamWatchdog(&watchdog_);
     peer_service_->SetAuthorizer(auth_.get());
     peer_service_->SetDataDir(config_.data_dir);
@@ -422,10 +423,9 @@ absl::Status EngramServer::Start() {
     local_cluster_ = std::make_unique<ClusterContext>(
         0, std::vector<std::string>{config_.listen}, *Placement::Create(1, 1),
         config_.staged_timeout_seconds);
-    peer_service_ =
-        std::make_unique<PeerService>(&layers_, &budget_, local_cluster_.get(),
-                                      config_.pin_memory, ucx_.get(),
-                                      WatchOptions(config_));
+    peer_service_ = std::make_unique<PeerService>(
+        &layers_, &budget_, local_cluster_.get(), config_.pin_memory,
+        ucx_.get(), WatchOptions(config_));
     peer_service_->SetStreamWatchdog(&watchdog_);
     peer_service_->SetAuthorizer(auth_.get());
     peer_service_->SetDataDir(config_.data_dir);
@@ -477,9 +477,9 @@ absl::Status EngramServer::Start() {
     try {
       // Several workers and a short request timeout: a connection that
       // sends nothing holds one worker for seconds, never every scrape.
-      exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
-          "listening_ports", address, "num_threads", "8",
-          "request_timeout_ms", "5000"});
+      exposer_ = std::make_unique<prometheus::Exposer>(
+          std::vector<std::string>{"listening_ports", address, "num_threads",
+                                   "8", "request_timeout_ms", "5000"});
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat(
           "cannot serve metrics on --metrics_listen=", config_.metrics_listen,

@@ -51,9 +51,9 @@ namespace {
 absl::Status CheckDeadline(std::chrono::system_clock::time_point deadline,
                            int64_t layer_id) {
   if (std::chrono::system_clock::now() < deadline) return absl::OkStatus();
-  return absl::DeadlineExceededError(absl::StrCat(
-      "the caller's deadline passed before layer ", layer_id,
-      " was committed; it was not loaded"));
+  return absl::DeadlineExceededError(
+      absl::StrCat("the caller's deadline passed before layer ", layer_id,
+                   " was committed; it was not loaded"));
 }
 
 }  // namespace

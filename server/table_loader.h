@@ -55,8 +55,7 @@ class TableLoader {
   // Nothing is read or committed once `deadline` (the caller's) has
   // passed: DEADLINE_EXCEEDED, naming what was not loaded.
   void LoadRequested(std::string manifest_path, std::string manifest_json,
-                     std::chrono::system_clock::time_point deadline,
-                     Done done);
+                     std::chrono::system_clock::time_point deadline, Done done);
   // --load, in two steps. First the operator's manifest (any path) is read
   // and every source checked (headers only); returns that check's error or
   // the manifest's layer ids. Then StartPreparedLoad loads the rows in the

@@ -60,10 +60,12 @@ absl::Status CheckKeyPair(const std::string& cert_pem,
                           const std::string& key_pem,
                           const std::string& cert_file,
                           const std::string& key_file) {
-  BIO* cert_bio = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
+  BIO* cert_bio =
+      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
   X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
   BIO_free(cert_bio);
-  BIO* key_bio = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
+  BIO* key_bio =
+      BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
   EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr);
   BIO_free(key_bio);
   ERR_clear_error();
@@ -97,9 +99,9 @@ absl::StatusOr<std::unique_ptr<TlsKeyPair>> TlsKeyPair::Create(
     std::string cert_file, std::string key_file,
     std::chrono::milliseconds reload) {
   std::string pattern =
-      (::access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm")
-                                       : std::filesystem::temp_directory_path()
-                                             .string()) +
+      (::access("/dev/shm", W_OK) == 0
+           ? std::string("/dev/shm")
+           : std::filesystem::temp_directory_path().string()) +
       "/engramd-tls-XXXXXX";
   if (::mkdtemp(pattern.data()) == nullptr) {
     return absl::FailedPreconditionError(
@@ -151,8 +153,10 @@ absl::Status TlsKeyPair::Install() {
   if (!s.ok()) {
     const std::string why(s.message());
     if (generation_ > 0 && why != rejected_) {
-      LogError(absl::StrCat("TLS certificate not reloaded, the last good one "
-                            "stays in use: ", why));
+      LogError(
+          absl::StrCat("TLS certificate not reloaded, the last good one "
+                       "stays in use: ",
+                       why));
     }
     rejected_ = why;
     return s;

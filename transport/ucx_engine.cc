@@ -1,9 +1,9 @@
 #include "transport/ucx_engine.h"
 
+#include <cstdlib>
+
 #include "transport/ucx_internal.h"
 #include "transport/ucx_policy.h"
-
-#include <cstdlib>
 
 namespace engram::transport {
 
@@ -41,7 +41,8 @@ absl::Status Engine::Init() {
   if (s != UCS_OK) return UcxError("ucp_config_read", s);
   s = ucp_config_modify(config, "TLS", settings->tls.c_str());
   if (s == UCS_OK && settings->net_devices.has_value()) {
-    s = ucp_config_modify(config, "NET_DEVICES", settings->net_devices->c_str());
+    s = ucp_config_modify(config, "NET_DEVICES",
+                          settings->net_devices->c_str());
   }
   if (s != UCS_OK) {
     ucp_config_release(config);

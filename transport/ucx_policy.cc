@@ -116,9 +116,8 @@ absl::StatusOr<std::string> InterfaceOf(std::string_view host) {
   freeifaddrs(interfaces);
   freeaddrinfo(resolved);
   if (found.empty()) {
-    return absl::NotFoundError(
-        absl::StrCat("no interface of this host has the address of '", name,
-                     "'"));
+    return absl::NotFoundError(absl::StrCat(
+        "no interface of this host has the address of '", name, "'"));
   }
   return found;
 }

@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -326,9 +325,9 @@ TEST_P(DeviceLookupPathTest, AGraphReplayAfterReplaceReadsTheNewVersion) {
         filled += is_fill;
         other += !is1 && !is2 && !is_fill;
       }
-      FAIL() << "a replay mixed versions: " << from1 << " rows of v1, "
-             << from2 << " of v2, " << filled << " still the fill pattern, "
-             << other << " other";
+      FAIL() << "a replay mixed versions: " << from1 << " rows of v1, " << from2
+             << " of v2, " << filled << " still the fill pattern, " << other
+             << " other";
     }
   }
   EXPECT_TRUE(saw_new) << "replays never reached the new version";

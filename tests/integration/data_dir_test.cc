@@ -225,7 +225,8 @@ TEST_F(DataDirTest, OnlyThisUsersOwnEntriesAreTrustedAtRestart) {
   fs::rename(d + "/layer-2.v1", aside.path() + "/layer-2.v1");
   fs::create_directory_symlink(aside.path() + "/layer-2.v1", d + "/layer-2.v1");
   fs::rename(d + "/layer-3.v1/head-0.bin", aside.path() + "/head-0.bin");
-  fs::create_symlink(aside.path() + "/head-0.bin", d + "/layer-3.v1/head-0.bin");
+  fs::create_symlink(aside.path() + "/head-0.bin",
+                     d + "/layer-3.v1/head-0.bin");
   // Leftovers: another program's, and one of engramd's own.
   testing::WriteText(d + "/.tmp-editor-swap", "someone's\n");
   fs::create_directory(d + "/.tmp-layer-99-abc");

@@ -31,10 +31,10 @@ using ::testing::HasSubstr;
 // A float32 safetensors file of one tensor "t" [16, 8], rows r = base + r +
 // d/8, whose header is padded with `pad` bytes of metadata (a slow parse).
 std::string SafetensorsBytes(size_t pad, float base = 0) {
-  std::string header = absl::StrCat(
-      "{\"__metadata__\": {\"pad\": \"", std::string(pad, 'x'),
-      "\"}, \"t\": {\"dtype\": \"F32\", \"shape\": [16, 8], "
-      "\"data_offsets\": [0, 512]}}");
+  std::string header =
+      absl::StrCat("{\"__metadata__\": {\"pad\": \"", std::string(pad, 'x'),
+                   "\"}, \"t\": {\"dtype\": \"F32\", \"shape\": [16, 8], "
+                   "\"data_offsets\": [0, 512]}}");
   std::string out(8, '\0');
   uint64_t len = header.size();
   std::memcpy(out.data(), &len, 8);
@@ -57,9 +57,8 @@ std::string Manifest(int64_t id, const std::string& source) {
 }
 
 std::string FileSource(const std::string& file) {
-  return absl::StrCat(
-      "{\"format\": \"safetensors\", \"files\": [\"", file,
-      "\"], \"tensors\": [\"t\"]}");
+  return absl::StrCat("{\"format\": \"safetensors\", \"files\": [\"", file,
+                      "\"], \"tensors\": [\"t\"]}");
 }
 
 class HostileFilesTest : public ::testing::Test {
@@ -87,7 +86,8 @@ class HostileFilesTest : public ::testing::Test {
     ASSERT_TRUE(loaded.ok()) << loaded.status();
     std::vector<int64_t> ids = {5};
     std::vector<uint8_t> row(8 * sizeof(float));
-    ASSERT_TRUE(client_->Lookup(1, ids, std::vector<int64_t>{1, 1, 1}, row).ok());
+    ASSERT_TRUE(
+        client_->Lookup(1, ids, std::vector<int64_t>{1, 1, 1}, row).ok());
     float first;
     std::memcpy(&first, row.data(), sizeof(first));
     EXPECT_EQ(first, 5.0f);
@@ -187,10 +187,10 @@ TEST_F(HostileFilesTest, FifosAndDevicesAreRefusedWithoutBlockingTheLoader) {
   ASSERT_EQ(::mkfifo((root_ + "/fifo.index.json").c_str(), 0600), 0);
   testing::WriteText(root_ + "/fifo_source.json",
                      Manifest(3, FileSource("fifo.safetensors")));
-  testing::WriteText(
-      root_ + "/fifo_index.json",
-      Manifest(3, "{\"format\": \"safetensors\", \"index\": "
-                  "\"fifo.index.json\", \"tensors\": [\"t\"]}"));
+  testing::WriteText(root_ + "/fifo_index.json",
+                     Manifest(3,
+                              "{\"format\": \"safetensors\", \"index\": "
+                              "\"fifo.index.json\", \"tensors\": [\"t\"]}"));
   for (const char* manifest :
        {"fifo.json", "fifo_source.json", "fifo_index.json"}) {
     SCOPED_TRACE(manifest);
@@ -198,7 +198,8 @@ TEST_F(HostileFilesTest, FifosAndDevicesAreRefusedWithoutBlockingTheLoader) {
     ASSERT_FALSE(loaded.ok());
     EXPECT_EQ(loaded.status().code(), absl::StatusCode::kFailedPrecondition)
         << loaded.status();
-    EXPECT_THAT(std::string(loaded.status().message()), HasSubstr("not a regular file"));
+    EXPECT_THAT(std::string(loaded.status().message()),
+                HasSubstr("not a regular file"));
   }
   // /dev/zero through a link under the root: refused, not read forever.
   std::filesystem::create_symlink("/dev/zero", root_ + "/zero.safetensors");
@@ -232,9 +233,9 @@ TEST_F(HostileFilesTest, ALoadWhoseCallerGaveUpCommitsNothing) {
   // A 256 MiB layer keeps the (single) loader busy well past 50 ms.
   {
     const int64_t rows = 2 << 20;
-    std::string header = absl::StrCat(
-        "{\"t\": {\"dtype\": \"F32\", \"shape\": [", rows,
-        ", 32], \"data_offsets\": [0, ", rows * 128, "]}}");
+    std::string header =
+        absl::StrCat("{\"t\": {\"dtype\": \"F32\", \"shape\": [", rows,
+                     ", 32], \"data_offsets\": [0, ", rows * 128, "]}}");
     std::string bytes(8, '\0');
     const uint64_t len = header.size();
     std::memcpy(bytes.data(), &len, 8);
@@ -242,13 +243,12 @@ TEST_F(HostileFilesTest, ALoadWhoseCallerGaveUpCommitsNothing) {
     bytes.resize(bytes.size() + rows * 128, '\1');
     testing::WriteText(root_ + "/big.safetensors", bytes);
   }
-  testing::WriteText(
-      root_ + "/big.json",
-      absl::StrCat("{\"layers\": [{\"layer_id\": 8, \"dtype\": "
-                   "\"float32\", \"embedding_dim\": 32, "
-                   "\"table_vocab_sizes\": [",
-                   2 << 20, "], \"source\": ",
-                   FileSource("big.safetensors"), "}]}"));
+  testing::WriteText(root_ + "/big.json",
+                     absl::StrCat("{\"layers\": [{\"layer_id\": 8, \"dtype\": "
+                                  "\"float32\", \"embedding_dim\": 32, "
+                                  "\"table_vocab_sizes\": [",
+                                  2 << 20, "], \"source\": ",
+                                  FileSource("big.safetensors"), "}]}"));
   std::thread big([&] { EXPECT_TRUE(client_->Load("big.json").ok()); });
   std::this_thread::sleep_for(std::chrono::milliseconds(10));
   ClientOptions hasty;
@@ -269,29 +269,31 @@ TEST_F(HostileFilesTest, ALoadWhoseCallerGaveUpCommitsNothing) {
 TEST_F(HostileFilesTest, OversizedManifestsAndIndexesAreRefusedBeforeReading) {
   // An index of 80 MiB (real ones are a few MB).
   {
-    std::string index = "{\"weight_map\": {\"t\": \"good.safetensors\"}, "
-                        "\"pad\": \"";
+    std::string index =
+        "{\"weight_map\": {\"t\": \"good.safetensors\"}, "
+        "\"pad\": \"";
     index += std::string(80 << 20, 'x');
     index += "\"}";
     testing::WriteText(root_ + "/big.index.json", index);
   }
-  testing::WriteText(
-      root_ + "/big_index.json",
-      Manifest(4, "{\"format\": \"safetensors\", \"index\": "
-                  "\"big.index.json\", \"tensors\": [\"t\"]}"));
+  testing::WriteText(root_ + "/big_index.json",
+                     Manifest(4,
+                              "{\"format\": \"safetensors\", \"index\": "
+                              "\"big.index.json\", \"tensors\": [\"t\"]}"));
   auto loaded = client_->Load("big_index.json");
   ASSERT_FALSE(loaded.ok());
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(loaded.status().message()), HasSubstr("may have at most"));
+  EXPECT_THAT(std::string(loaded.status().message()),
+              HasSubstr("may have at most"));
   // A manifest file of 8 MiB.
-  const std::string big_manifest =
-      absl::StrCat("{\"layers\": [], \"pad\": \"", std::string(8 << 20, 'x'),
-                   "\"}");
+  const std::string big_manifest = absl::StrCat(
+      "{\"layers\": [], \"pad\": \"", std::string(8 << 20, 'x'), "\"}");
   testing::WriteText(root_ + "/big.json", big_manifest);
   loaded = client_->Load("big.json");
   ASSERT_FALSE(loaded.ok());
   EXPECT_EQ(loaded.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(loaded.status().message()), HasSubstr("may have at most"));
+  EXPECT_THAT(std::string(loaded.status().message()),
+              HasSubstr("may have at most"));
   ExpectStillLoading();
 }
 

@@ -7,10 +7,10 @@
 // once rewrote rows and crashed engramd (a ucp_put over UCX's TCP transport
 // with the worker address and rkeys a read token could obtain) is replayed
 // with this process's own UCX, leaving rows unchanged and engramd serving.
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -70,8 +70,8 @@ std::vector<Listener> ListeningSockets(pid_t pid) {
     std::getline(in, line);  // header
     while (std::getline(in, line)) {
       std::istringstream fields(line);
-      std::string slot, local, remote, state, queues, timer, retr, uid,
-          timeout, inode;
+      std::string slot, local, remote, state, queues, timer, retr, uid, timeout,
+          inode;
       fields >> slot >> local >> remote >> state >> queues >> timer >> retr >>
           uid >> timeout >> inode;
       if (state != "0A" || !inodes.contains(inode)) continue;  // LISTEN
@@ -92,8 +92,8 @@ std::vector<Listener> ListeningSockets(pid_t pid) {
 void ExpectOnlyItsOwnPorts(const EngramdProcess& p) {
   for (const Listener& l : ListeningSockets(p.pid())) {
     EXPECT_TRUE(l.port == p.grpc_port() || l.port == p.metrics_port())
-        << "pid " << p.pid() << " listens on " << l.local << " (port "
-        << l.port << "), which is neither --listen nor --metrics_listen";
+        << "pid " << p.pid() << " listens on " << l.local << " (port " << l.port
+        << "), which is neither --listen nor --metrics_listen";
   }
 }
 
@@ -142,7 +142,8 @@ void ExpectAttachOnly(const internal::v1::TransportResponse& reply) {
   EXPECT_TRUE(reply.worker_address().empty());
   std::vector<std::string> descriptors = {reply.control_descriptor()};
   for (const auto& head : reply.heads())
-    for (const auto& range : head.ranges()) descriptors.push_back(range.access());
+    for (const auto& range : head.ranges())
+      descriptors.push_back(range.access());
   EXPECT_GT(descriptors.size(), 1u);
   for (const std::string& bytes : descriptors) {
     auto d = transport::RegionDescriptor::Parse(bytes);
@@ -252,9 +253,9 @@ TEST(MetricsExposureTest, AnIdleConnectionDoesNotBlockScrapes) {
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   const auto start = std::chrono::steady_clock::now();
   auto metrics = testing::HttpGet((*server)->metrics_port(), "/metrics");
-  const double seconds = std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - start)
-                             .count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
   for (int fd : idle) close(fd);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_THAT(*metrics, ::testing::HasSubstr("engram_"));
@@ -269,8 +270,8 @@ TEST(PortTest, ASecondEngramdOnAPortInUseRefusesToStart) {
   ASSERT_TRUE(first.ok()) << first.status();
   std::string out;
   const int rc = testing::RunCommand(
-      absl::StrCat("timeout -s KILL 20 ", testing::EngramdPath(),
-                   " --listen=", (*first)->address(), " --metrics_listen= 2>&1"),
+      absl::StrCat("timeout -s KILL 20 ", testing::EngramdPath(), " --listen=",
+                   (*first)->address(), " --metrics_listen= 2>&1"),
       &out);
   EXPECT_EQ(rc, 1) << out;
   EXPECT_THAT(out, ::testing::HasSubstr("address in use"));
@@ -296,9 +297,9 @@ TEST(PortTest, AConnectionThatNeverHandshakesIsClosedWithinSeconds) {
   ssize_t n;
   while ((n = read(fd, buffer, sizeof buffer)) > 0) {
   }
-  const double waited = std::chrono::duration<double>(
-                            std::chrono::steady_clock::now() - start)
-                            .count();
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
   close(fd);
   EXPECT_EQ(n, 0) << "the server did not close the connection";
   EXPECT_LT(waited, 15.0);
@@ -370,7 +371,8 @@ class UcxExposureTest : public ::testing::Test {
     testing::WriteText(cluster_token_, kClusterToken);
   }
   std::vector<std::string> Credentials() const {
-    return {"--tokens_file=" + tokens_, "--cluster_token_file=" + cluster_token_};
+    return {"--tokens_file=" + tokens_,
+            "--cluster_token_file=" + cluster_token_};
   }
 
   testing::TempDir dir_;
@@ -446,11 +448,13 @@ TEST_F(UcxExposureTest, ReadCallersGetSegmentsToAttachAndNothingToWriteWith) {
   std::vector<int64_t> ids = {1, 2, 3, 4};
   std::vector<uint8_t> rows(4 * 8 * sizeof(float));
   for (int i = 0; i < 20; ++i) {
-    ASSERT_TRUE((*direct)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, rows).ok());
+    ASSERT_TRUE(
+        (*direct)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, rows).ok());
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
-  absl::Status frozen = (*direct)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, rows);
+  absl::Status frozen =
+      (*direct)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, rows);
   ASSERT_EQ(kill((*server)->pid(), SIGCONT), 0);
   EXPECT_TRUE(frozen.ok()) << frozen;
   float first;
@@ -472,30 +476,31 @@ TEST_F(UcxExposureTest, AUcxPutWithWhatCallersGetChangesNoRowAndKillsNothing) {
   ASSERT_TRUE(reader.ok());
   std::vector<int64_t> ids = {0, 1, 2, 3};
   std::vector<uint8_t> before(4 * 8 * sizeof(float));
-  ASSERT_TRUE((*reader)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, before).ok());
+  ASSERT_TRUE(
+      (*reader)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, before).ok());
 
   UcxAttacker attacker;
   ASSERT_TRUE(attacker.ready());
   const std::string forged(8 * sizeof(float), '\x7f');
-  for (const std::string& token : {std::string(kReadToken),
-                                   std::string(kClusterToken)}) {
-    const internal::v1::TransportResponse reply =
-        Transport(address, token, 0);
+  for (const std::string& token :
+       {std::string(kReadToken), std::string(kClusterToken)}) {
+    const internal::v1::TransportResponse reply = Transport(address, token, 0);
     ASSERT_GT(reply.heads_size(), 0);
     ASSERT_GT(reply.heads(0).ranges_size(), 0);
-    auto row0 = transport::RegionDescriptor::Parse(
-        reply.heads(0).ranges(0).access());
+    auto row0 =
+        transport::RegionDescriptor::Parse(reply.heads(0).ranges(0).access());
     ASSERT_TRUE(row0.ok());
-    EXPECT_FALSE(attacker.Put(reply.worker_address(), row0->rkey,
-                              row0->base, forged))
+    EXPECT_FALSE(
+        attacker.Put(reply.worker_address(), row0->rkey, row0->base, forged))
         << "a put of a row was accepted";
-    EXPECT_FALSE(attacker.Put(reply.worker_address(), row0->rkey, 0x10,
-                              forged));
+    EXPECT_FALSE(
+        attacker.Put(reply.worker_address(), row0->rkey, 0x10, forged));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   ASSERT_TRUE((*server)->Alive());
   std::vector<uint8_t> after(before.size());
-  ASSERT_TRUE((*reader)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, after).ok());
+  ASSERT_TRUE(
+      (*reader)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, after).ok());
   EXPECT_EQ(after, before);
 }
 

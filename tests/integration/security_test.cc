@@ -358,7 +358,8 @@ TEST(SecurityTest, ATokensFileWithSwappedColumnsNeverLogsTheToken) {
 // Issue: refused unauthenticated calls were each audited in the log (a
 // flood of them flooded it); and credential files readable by everyone
 // went unremarked.
-TEST(SecurityTest, RefusedCallFloodsAreCountedNotLoggedEachAndLooseFilesWarned) {
+TEST(SecurityTest,
+     RefusedCallFloodsAreCountedNotLoggedEachAndLooseFilesWarned) {
   TempDir dir;
   const std::string tokens = TokensFile(dir, kReadToken);
   ASSERT_EQ(chmod(tokens.c_str(), 0644), 0);
@@ -378,8 +379,8 @@ TEST(SecurityTest, RefusedCallFloodsAreCountedNotLoggedEachAndLooseFilesWarned) 
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   const std::string log = (*server)->Log();
   int lines = 0;
-  for (size_t at = 0; (at = log.find("audit: unauthenticated", at)) !=
-                      std::string::npos;
+  for (size_t at = 0;
+       (at = log.find("audit: unauthenticated", at)) != std::string::npos;
        ++at) {
     ++lines;
   }
@@ -388,8 +389,9 @@ TEST(SecurityTest, RefusedCallFloodsAreCountedNotLoggedEachAndLooseFilesWarned) 
   EXPECT_THAT(log, HasSubstr("refused calls before it were not logged"));
   auto metrics = testing::HttpGet((*server)->metrics_port(), "/metrics");
   ASSERT_TRUE(metrics.ok());
-  EXPECT_THAT(*metrics,
-              HasSubstr("method=\"/engram.v1.EngramStore/Remove\",role=\"none\"} 201"));
+  EXPECT_THAT(
+      *metrics,
+      HasSubstr("method=\"/engram.v1.EngramStore/Remove\",role=\"none\"} 201"));
 }
 
 // Issue: the port file's temporary (PORT_FILE.tmp) was opened without

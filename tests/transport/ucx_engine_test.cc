@@ -1,7 +1,6 @@
 // Two UCX engines in one process, one exporting table ranges and one
 // reading them: over whatever UCX_TLS selects (ctest runs this binary with
 // shared memory and with TCP), through the mapped path and the get path.
-#include "store/host_memory.h"
 #include "transport/ucx_engine.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +13,7 @@
 #include <random>
 #include <string_view>
 
+#include "store/host_memory.h"
 #include "transport/descriptor.h"
 
 namespace engram::transport {
@@ -35,8 +35,8 @@ absl::Status ReadSync(UcxEngine& engine, std::shared_ptr<RemoteRegions> r,
 EngineOptions Options(bool mapped_reads) {
   EngineOptions options{.use_mapped_reads = mapped_reads};
   if (const char* tls = std::getenv("UCX_TLS");
-      tls != nullptr && std::string_view(tls).find("tcp") !=
-                            std::string_view::npos) {
+      tls != nullptr &&
+      std::string_view(tls).find("tcp") != std::string_view::npos) {
     options.tcp_interface = "lo";
   }
   return options;

@@ -31,8 +31,9 @@ TEST(UcxPolicyTest, NamedInterfaceKeepsTcpAndBindsItThere) {
   EXPECT_EQ(s->tls, "tcp");
   EXPECT_EQ(s->net_devices, "lo");
   // Devices the operator lists win (they may add RDMA devices).
-  EXPECT_EQ(UcxSettingsFor(nullptr, "mlx5_0:1,eth1", false, "eth1")->net_devices,
-            "mlx5_0:1,eth1");
+  EXPECT_EQ(
+      UcxSettingsFor(nullptr, "mlx5_0:1,eth1", false, "eth1")->net_devices,
+      "mlx5_0:1,eth1");
 }
 
 TEST(UcxPolicyTest, SameHostOnlyIsSharedMemoryWhateverTheEnvironment) {

@@ -137,7 +137,9 @@ Authorizer::Authorizer(AuthConfig config, prometheus::Registry* registry)
   }
 }
 
-Authorizer::~Authorizer() {
+Authorizer::~Authorizer() { StopWatching(); }
+
+void Authorizer::StopWatching() {
   {
     absl::MutexLock lock(&watch_mu_);
     stopping_ = true;

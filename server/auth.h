@@ -87,6 +87,9 @@ class Authorizer {
   // Polls the files every `seconds` on a thread of its own (until deleted).
   // `reloaded` (may be empty) runs after each reload that took effect.
   void WatchFiles(double seconds, std::function<void()> reloaded = nullptr);
+  // Stops and joins the watcher (the destructor does too): after it,
+  // `reloaded` is never called again.
+  void StopWatching();
 
   // A write/admin/peer call ended: logs "audit: ..." and counts it in
   // engram_audit_calls_total.

@@ -132,14 +132,7 @@ EngramServer::EngramServer(ServerConfig config)
       [p = &pending_] { return static_cast<double>(p->total()); });
 }
 
-EngramServer::~EngramServer() {
-  if (loader_ != nullptr) loader_->Cancel();
-  if (server_ != nullptr) {
-    if (peer_service_ != nullptr) peer_service_->watch_hub()->Close();
-    server_->Shutdown();
-    server_->Wait();
-  }
-}
+EngramServer::~EngramServer() { Stop(/*drain_seconds=*/0); }
 
 absl::Status EngramServer::StartTransport() {
   const bool single = config_.peers.empty();
@@ -517,15 +510,16 @@ absl::Status EngramServer::Start() {
   health->SetServingStatus(kLivenessService, true);
   // Ready once every row range has a reachable owner and this shard holds
   // its own ranges again.
-  auto update_health = [this, health] {
+  health_.Attach(health, [this](const auto& set) {
     const bool recovered = recovery_ == nullptr || recovery_->pending() == 0;
-    health->SetServingStatus(
-        "", recovered && start_load_ == 0 &&
+    set("", recovered && start_load_ == 0 &&
                 (cluster_ == nullptr || !cluster_->SomeRangeUnreachable()));
-    health->SetServingStatus(
-        kRecoveryService,
+    set(kRecoveryService,
         recovered && (recovery_ == nullptr || recovery_->unrecoverable() == 0));
-  };
+  });
+  // Called from the loader, recovery and prober threads: through the
+  // reporter, which Stop() turns into a no-op before the service goes.
+  auto update_health = [h = &health_] { h->Update(); };
   if (start_load_ == 1) {
     loader_->StartPreparedLoad([this, update_health](
                                    absl::StatusOr<TableLoader::Layers> layers) {
@@ -557,19 +551,27 @@ absl::Status EngramServer::Start() {
   return absl::OkStatus();
 }
 
-void EngramServer::Shutdown() {
-  if (server_ == nullptr) return;
-  loader_->Cancel();  // a load would hold its Load call open
-  server_->GetHealthCheckService()->SetServingStatus(false);
-  // Stop the prober (it would flip health back); the peer stubs must stay
-  // alive until the server has drained the calls that use them.
+void EngramServer::Shutdown() { Stop(config_.drain_seconds); }
+
+// The one stop order (the destructor runs it too, without a drain):
+// nothing that runs on its own thread may call into what is freed after it.
+void EngramServer::Stop(double drain_seconds) {
+  // The credential watcher reads peer_security_, destroyed before auth_.
+  if (auth_ != nullptr) auth_->StopWatching();
+  if (loader_ != nullptr) loader_->Cancel();  // it would hold a Load open
+  // NOT_SERVING for the drain, and no thread (prober, recovery, a load
+  // ending) may flip it back or reach the health service afterwards.
+  health_.Stop();
+  // The peer stubs must stay alive until the server has drained the calls
+  // that use them; the prober only stops.
   if (cluster_ != nullptr) cluster_->StopProber();
+  if (server_ == nullptr) return;
   // Watch streams never end by themselves: end them (readers reconnect
   // elsewhere or report the server gone) instead of waiting the drain out.
   if (peer_service_ != nullptr) peer_service_->watch_hub()->Close();
-  const auto deadline = std::chrono::system_clock::now() +
-                        std::chrono::milliseconds(
-                            static_cast<int64_t>(config_.drain_seconds * 1000));
+  const auto deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(drain_seconds * 1000));
   server_->Shutdown(deadline);
   server_->Wait();
   server_.reset();

@@ -17,6 +17,7 @@
 #include "server/cluster_coordinator.h"
 #include "server/demo_layer.h"
 #include "server/flags.h"
+#include "server/health_reporter.h"
 #include "server/metrics.h"
 #include "server/peer_rma.h"
 #include "server/peer_service.h"
@@ -80,6 +81,8 @@ class EngramServer {
   absl::Status StartLoader();
   // The authorizer, the gRPC port's credentials and the peer channels'.
   absl::Status StartSecurity(const std::vector<std::string>& peers);
+  // Shutdown's stop order; the destructor's too (no drain).
+  void Stop(double drain_seconds);
 
   const ServerConfig config_;
   MemoryBudget budget_;
@@ -104,6 +107,9 @@ class EngramServer {
   std::unique_ptr<ClusterCoordinator> coordinator_;
   // Cluster mode: copies this shard's rows back after a restart.
   std::unique_ptr<ReplicaRecovery> recovery_;
+  // What the health service says; outlives the threads that update it
+  // (loader, recovery, prober), which are all destroyed before it.
+  HealthReporter health_;
   // Loads manifests (--load, Load requests); after the services that call it.
   std::unique_ptr<TableLoader> loader_;
   // --load: 1 while loading, 2 if it failed (not ready), 0 otherwise.

@@ -110,17 +110,17 @@ absl::StatusOr<std::unique_ptr<TlsKeyPair>> TlsKeyPair::Create(
   std::unique_ptr<TlsKeyPair> pair(
       new TlsKeyPair(std::move(cert_file), std::move(key_file), pattern));
   {
-    std::lock_guard<std::mutex> lock(pair->mu_);
+    MutexLock lock(&pair->mu_);
     if (absl::Status s = pair->Install(); !s.ok()) return s;
   }
   pair->watcher_ = std::thread([p = pair.get(), reload] {
-    std::unique_lock<std::mutex> lock(p->mu_);
-    while (!p->stopping_) {
-      p->wake_.wait_for(lock, reload);
-      if (p->stopping_) break;
-      lock.unlock();
+    while (true) {
+      {
+        MutexLock lock(&p->mu_);
+        p->wake_.wait_for(lock, reload);
+        if (p->stopping_) return;
+      }
       p->Refresh();
-      lock.lock();
     }
   });
   return pair;
@@ -128,7 +128,7 @@ absl::StatusOr<std::unique_ptr<TlsKeyPair>> TlsKeyPair::Create(
 
 TlsKeyPair::~TlsKeyPair() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   wake_.notify_all();
@@ -138,7 +138,7 @@ TlsKeyPair::~TlsKeyPair() {
 }
 
 void TlsKeyPair::Refresh() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   (void)Install();
 }
 

@@ -8,13 +8,13 @@
 #include <chrono>
 #include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/mutex.h"
 
 namespace engram {
 
@@ -58,12 +58,12 @@ class TlsKeyPair {
   absl::Status Install() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string cert_file_, key_file_, dir_;
-  std::mutex mu_;
+  Mutex mu_;
   std::string installed_ ABSL_GUARDED_BY(mu_);  // cert + key last installed
   std::string rejected_ ABSL_GUARDED_BY(mu_);   // last refused, logged once
   int generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::condition_variable wake_;
+  std::condition_variable_any wake_;
   std::thread watcher_;
 };
 

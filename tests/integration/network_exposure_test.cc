@@ -370,9 +370,18 @@ class UcxExposureTest : public ::testing::Test {
     cluster_token_ = dir_.path() + "/cluster";
     testing::WriteText(cluster_token_, kClusterToken);
   }
-  std::vector<std::string> Credentials() const {
-    return {"--tokens_file=" + tokens_,
-            "--cluster_token_file=" + cluster_token_};
+  // A single node with --direct_reads, the demo layer and credentials,
+  // serving once it returns (nullptr after a test failure).
+  std::unique_ptr<EngramdProcess> StartDemo() {
+    auto server = EngramdProcess::Start(
+        {"--tokens_file=" + tokens_, "--cluster_token_file=" + cluster_token_,
+         "--direct_reads", "--demo"});
+    EXPECT_TRUE(server.ok()) << server.status();
+    if (!server.ok()) return nullptr;
+    EXPECT_TRUE(testing::WaitServing((*server)->address(), 30,
+                                     {.token = kReadToken})
+                    .ok());
+    return *std::move(server);
   }
 
   testing::TempDir dir_;
@@ -424,13 +433,9 @@ TEST_F(UcxExposureTest, ClusterShardsOpenNoUcxListenerUnlessTcpIsNamed) {
 }
 
 TEST_F(UcxExposureTest, ReadCallersGetSegmentsToAttachAndNothingToWriteWith) {
-  std::vector<std::string> flags = Credentials();
-  flags.push_back("--direct_reads");
-  flags.push_back("--demo");
-  auto server = EngramdProcess::Start(flags);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const std::string address = (*server)->address();
-  ASSERT_TRUE(testing::WaitServing(address, 30, {.token = kReadToken}).ok());
+  std::unique_ptr<EngramdProcess> server = StartDemo();
+  ASSERT_NE(server, nullptr);
+  const std::string address = server->address();
   ExpectAttachOnly(Transport(address, kReadToken, 0));
   const internal::v1::LayerMapping mapping = Watch(address, kReadToken, 0);
   EXPECT_EQ(mapping.state(), internal::v1::LayerMapping::PRESENT);
@@ -452,10 +457,10 @@ TEST_F(UcxExposureTest, ReadCallersGetSegmentsToAttachAndNothingToWriteWith) {
         (*direct)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, rows).ok());
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
+  ASSERT_EQ(kill(server->pid(), SIGSTOP), 0);
   absl::Status frozen =
       (*direct)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, rows);
-  ASSERT_EQ(kill((*server)->pid(), SIGCONT), 0);
+  ASSERT_EQ(kill(server->pid(), SIGCONT), 0);
   EXPECT_TRUE(frozen.ok()) << frozen;
   float first;
   std::memcpy(&first, rows.data(), sizeof(first));
@@ -465,13 +470,9 @@ TEST_F(UcxExposureTest, ReadCallersGetSegmentsToAttachAndNothingToWriteWith) {
 // The attack, replayed: everything a read token could obtain (and, harder,
 // what a peer gets) fed to ucp_put over TCP, at a row and at address 0x10.
 TEST_F(UcxExposureTest, AUcxPutWithWhatCallersGetChangesNoRowAndKillsNothing) {
-  std::vector<std::string> flags = Credentials();
-  flags.push_back("--direct_reads");
-  flags.push_back("--demo");
-  auto server = EngramdProcess::Start(flags);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const std::string address = (*server)->address();
-  ASSERT_TRUE(testing::WaitServing(address, 30, {.token = kReadToken}).ok());
+  std::unique_ptr<EngramdProcess> server = StartDemo();
+  ASSERT_NE(server, nullptr);
+  const std::string address = server->address();
   auto reader = Client::Connect(address, {.token = kReadToken});
   ASSERT_TRUE(reader.ok());
   std::vector<int64_t> ids = {0, 1, 2, 3};
@@ -497,7 +498,7 @@ TEST_F(UcxExposureTest, AUcxPutWithWhatCallersGetChangesNoRowAndKillsNothing) {
         attacker.Put(reply.worker_address(), row0->rkey, 0x10, forged));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  ASSERT_TRUE((*server)->Alive());
+  ASSERT_TRUE(server->Alive());
   std::vector<uint8_t> after(before.size());
   ASSERT_TRUE(
       (*reader)->Lookup(0, ids, std::vector<int64_t>{1, 1, 4}, after).ok());

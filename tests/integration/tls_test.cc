@@ -63,6 +63,20 @@ class TlsTest : public ::testing::Test {
     return o;
   }
 
+  // engramd with mTLS (MtlsFlags of the server certificate) and the demo
+  // layer, serving once it returns (nullptr after a test failure).
+  std::unique_ptr<EngramdProcess> StartMtlsDemo() {
+    std::vector<std::string> flags = MtlsFlags(certs_.server);
+    flags.push_back("--demo");
+    auto server = EngramdProcess::Start(flags);
+    EXPECT_TRUE(server.ok()) << server.status();
+    if (!server.ok()) return nullptr;
+    EXPECT_TRUE(
+        testing::WaitServing((*server)->address(), 30, Tls(&certs_.client))
+            .ok());
+    return *std::move(server);
+  }
+
   std::string dir_;
   TestCerts certs_;
   std::string identities_;
@@ -76,12 +90,9 @@ absl::StatusCode DescribeCode(const std::string& address,
 }
 
 TEST_F(TlsTest, MutualTlsOnASingleNode) {
-  std::vector<std::string> flags = MtlsFlags(certs_.server);
-  flags.push_back("--demo");
-  auto server = EngramdProcess::Start(flags);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const std::string address = (*server)->address();
-  ASSERT_TRUE(testing::WaitServing(address, 30, Tls(&certs_.client)).ok());
+  std::unique_ptr<EngramdProcess> server = StartMtlsDemo();
+  ASSERT_NE(server, nullptr);
+  const std::string address = server->address();
 
   EXPECT_EQ(DescribeCode(address, Tls(&certs_.client)), absl::StatusCode::kOk);
   // Rows through TLS are the demo rows (row r of head h = h*100000 + r).
@@ -119,7 +130,7 @@ TEST_F(TlsTest, MutualTlsOnASingleNode) {
   EXPECT_EQ(
       peer.ok() ? (*peer)->Remove(0).status().code() : peer.status().code(),
       absl::StatusCode::kPermissionDenied);
-  EXPECT_TRUE((*server)->Alive());
+  EXPECT_TRUE(server->Alive());
 }
 
 // Issue: the identity fell back to the common name when the certificate
@@ -129,12 +140,9 @@ TEST_F(TlsTest, ACertificateWithSansIsNeverIdentifiedByItsCommonName) {
   absl::StatusOr<CertPair> masked = testing::internal::MakeCert(
       dir_, "masked", "client-a", "DNS:someone-else.svc", "ca");
   ASSERT_TRUE(masked.ok()) << masked.status();
-  std::vector<std::string> flags = MtlsFlags(certs_.server);
-  flags.push_back("--demo");
-  auto server = EngramdProcess::Start(flags);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const std::string address = (*server)->address();
-  ASSERT_TRUE(testing::WaitServing(address, 30, Tls(&certs_.client)).ok());
+  std::unique_ptr<EngramdProcess> server = StartMtlsDemo();
+  ASSERT_NE(server, nullptr);
+  const std::string address = server->address();
   EXPECT_EQ(DescribeCode(address, Tls(&*masked)),
             absl::StatusCode::kPermissionDenied);
   // The client certificate's SAN is client-a: still the writer.

@@ -65,7 +65,8 @@ class HostileFilesTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = dir_.path();
-    auto p = EngramdProcess::Start({"--load_root=" + root_});
+    auto p = EngramdProcess::Start(
+        {"--load_root=" + root_, "--metrics_listen=127.0.0.1:0"});
     ASSERT_TRUE(p.ok()) << p.status();
     server_ = *std::move(p);
     ClientOptions options;
@@ -230,9 +231,9 @@ TEST_F(HostileFilesTest, ARefusedFileIsNotQuotedInTheError) {
 
 // Issue: a Load whose caller's deadline had passed still committed later.
 TEST_F(HostileFilesTest, ALoadWhoseCallerGaveUpCommitsNothing) {
-  // A 256 MiB layer keeps the (single) loader busy well past 50 ms.
+  // A 512 MiB layer keeps the (single) loader busy well past 50 ms.
+  const int64_t rows = 4 << 20;
   {
-    const int64_t rows = 2 << 20;
     std::string header =
         absl::StrCat("{\"t\": {\"dtype\": \"F32\", \"shape\": [", rows,
                      ", 32], \"data_offsets\": [0, ", rows * 128, "]}}");
@@ -247,10 +248,18 @@ TEST_F(HostileFilesTest, ALoadWhoseCallerGaveUpCommitsNothing) {
                      absl::StrCat("{\"layers\": [{\"layer_id\": 8, \"dtype\": "
                                   "\"float32\", \"embedding_dim\": 32, "
                                   "\"table_vocab_sizes\": [",
-                                  2 << 20, "], \"source\": ",
+                                  rows, "], \"source\": ",
                                   FileSource("big.safetensors"), "}]}"));
   std::thread big([&] { EXPECT_TRUE(client_->Load("big.json").ok()); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // The big load has reached the loader before the hasty one is sent.
+  bool busy = false;
+  for (int i = 0; i < 500 && !busy; ++i) {
+    auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+    busy = metrics.ok() &&
+           metrics->find("engram_loads_pending 1") != std::string::npos;
+    if (!busy) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_TRUE(busy);
   ClientOptions hasty;
   hasty.populate_timeout = absl::Milliseconds(50);
   auto impatient = Client::Connect(server_->address(), hasty);

@@ -232,24 +232,7 @@ TEST_F(HostileFilesTest, ARefusedFileIsNotQuotedInTheError) {
 // Issue: a Load whose caller's deadline had passed still committed later.
 TEST_F(HostileFilesTest, ALoadWhoseCallerGaveUpCommitsNothing) {
   // A 512 MiB layer keeps the (single) loader busy well past 50 ms.
-  const int64_t rows = 4 << 20;
-  {
-    std::string header =
-        absl::StrCat("{\"t\": {\"dtype\": \"F32\", \"shape\": [", rows,
-                     ", 32], \"data_offsets\": [0, ", rows * 128, "]}}");
-    std::string bytes(8, '\0');
-    const uint64_t len = header.size();
-    std::memcpy(bytes.data(), &len, 8);
-    bytes += header;
-    bytes.resize(bytes.size() + rows * 128, '\1');
-    testing::WriteText(root_ + "/big.safetensors", bytes);
-  }
-  testing::WriteText(root_ + "/big.json",
-                     absl::StrCat("{\"layers\": [{\"layer_id\": 8, \"dtype\": "
-                                  "\"float32\", \"embedding_dim\": 32, "
-                                  "\"table_vocab_sizes\": [",
-                                  rows, "], \"source\": ",
-                                  FileSource("big.safetensors"), "}]}"));
+  testing::WriteBigLayer(root_, "big", 8, 4 << 20);
   std::thread big([&] { EXPECT_TRUE(client_->Load("big.json").ok()); });
   // The big load has reached the loader before the hasty one is sent.
   bool busy = false;

@@ -26,27 +26,10 @@ constexpr int kRuns = 5;
 
 class ShutdownTest : public ::testing::Test {
  protected:
-  // A float32 layer of `rows` x 32 in a safetensors file, and a manifest.
+  // 128 MiB: long enough to stop engramd mid-load.
   void SetUp() override {
-    const int64_t rows = 1 << 20;  // 128 MiB: long enough to stop mid-load
-    std::string header = absl::StrCat(
-        "{\"t\": {\"dtype\": \"F32\", \"shape\": [", rows,
-        ", 32], \"data_offsets\": [0, ", rows * 128, "]}}");
-    std::string bytes(8, '\0');
-    const uint64_t len = header.size();
-    std::memcpy(bytes.data(), &len, 8);
-    bytes += header;
-    bytes.resize(bytes.size() + rows * 128, '\1');
-    testing::WriteText(dir_.path() + "/big.safetensors", bytes);
+    testing::WriteBigLayer(dir_.path(), "big", 1, 1 << 20);
     manifest_ = dir_.path() + "/big.json";
-    testing::WriteText(
-        manifest_,
-        absl::StrCat("{\"layers\": [{\"layer_id\": 1, \"dtype\": \"float32\", "
-                     "\"embedding_dim\": 32, \"table_vocab_sizes\": [",
-                     rows,
-                     "], \"source\": {\"format\": \"safetensors\", "
-                     "\"files\": [\"big.safetensors\"], \"tensors\": "
-                     "[\"t\"]}}]}"));
   }
 
   testing::TempDir dir_;

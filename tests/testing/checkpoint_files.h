@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -120,6 +121,30 @@ inline std::string Manifest(const std::vector<std::string>& layer_entries) {
 
 inline void WriteText(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+}
+
+// Writes `dir`/`name`.safetensors (one float32 tensor "t" of [rows, 32],
+// every byte 1: big and quick to make) and `dir`/`name`.json, a manifest
+// loading it as layer `layer_id`. For loads that take a while.
+inline void WriteBigLayer(const std::string& dir, const std::string& name,
+                          int64_t layer_id, int64_t rows) {
+  const std::string header =
+      absl::StrCat("{\"t\": {\"dtype\": \"F32\", \"shape\": [", rows,
+                   ", 32], \"data_offsets\": [0, ", rows * 128, "]}}");
+  std::string bytes(8, '\0');
+  const uint64_t len = header.size();
+  std::memcpy(bytes.data(), &len, 8);
+  bytes += header;
+  bytes.resize(bytes.size() + rows * 128, '\1');
+  WriteText(absl::StrCat(dir, "/", name, ".safetensors"), bytes);
+  WriteText(absl::StrCat(dir, "/", name, ".json"),
+            absl::StrCat("{\"layers\": [{\"layer_id\": ", layer_id,
+                         ", \"dtype\": \"float32\", \"embedding_dim\": 32, "
+                         "\"table_vocab_sizes\": [",
+                         rows,
+                         "], \"source\": {\"format\": \"safetensors\", "
+                         "\"files\": [\"",
+                         name, ".safetensors\"], \"tensors\": [\"t\"]}}]}"));
 }
 
 // A fresh folder under /tmp, removed with the object.

@@ -418,6 +418,19 @@ absl::Status Client::LookupToDevice(const DeviceLookupRequest& request,
   return device->Lookup(request, path);
 }
 
+absl::Status Client::LookupToDevice(
+    std::span<const DeviceLookupRequest> requests,
+    std::span<DevicePath> paths) {
+  DeviceReads* device = Device();
+  if (device == nullptr) return NoDeviceReads();
+  if (!paths.empty() && paths.size() != requests.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("paths has ", paths.size(), " entries for ",
+                     requests.size(), " lookups"));
+  }
+  return device->LookupMany(requests, paths);
+}
+
 absl::Status Client::DeviceLookupResult(const DeviceLookupRequest& request) {
   DeviceReads* device = Device();
   if (device == nullptr) return NoDeviceReads();

@@ -95,11 +95,15 @@ struct DeviceLookupRequest {
   // The stored dtype unless converting among float32/bfloat16/float16.
   std::optional<DType> output_dtype;
   void* stream = nullptr;  // nullptr: the legacy default stream
-  // Two device words (uint64) on the output's device where the launch
-  // records its outcome; DeviceLookupResult reads them. nullptr: the
-  // client's own pair for this layer and device (one stream at a time).
+  // kDeviceStatusWords device words (uint64) on the output's device where
+  // the launch records its outcome; DeviceLookupResult reads them. They
+  // need no initial value. nullptr: the client's own words for this layer
+  // and device (one stream at a time).
   uint64_t* status = nullptr;
 };
+
+// Device words per DeviceLookupRequest::status.
+inline constexpr int kDeviceStatusWords = 3;
 
 // How a device lookup reached its rows.
 enum class DevicePath {
@@ -185,6 +189,15 @@ class Client {
   // `path` (may be null) tells which path served.
   absl::Status LookupToDevice(const DeviceLookupRequest& request,
                               DevicePath* path = nullptr);
+  // Several lookups on one stream, all writing to one device (a decode
+  // step's Engram layers): the zero-copy ones with the same dtypes go out
+  // as one kernel launch, so the step pays one launch, not one per layer.
+  // Each request keeps its own outcome (DeviceLookupResult per request);
+  // two requests of one layer need status words of their own. `paths`, when
+  // not empty, gets one entry per request. An error refuses the whole call
+  // (nothing is launched) and names the request it is about.
+  absl::Status LookupToDevice(std::span<const DeviceLookupRequest> requests,
+                              std::span<DevicePath> paths = {});
   // Waits for request.stream and returns the outcome the lookup recorded.
   absl::Status DeviceLookupResult(const DeviceLookupRequest& request);
   // Sets up zero-copy lookups of `layer_id` on `device` (-1: the current

@@ -20,6 +20,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+static_assert(kDeviceStatusWords == gpu::kStatusWords);
+
 // Makes `device` current for a scope, restoring the caller's device.
 class DeviceGuard {
  public:
@@ -169,11 +171,12 @@ class DeviceLookups::LayerOnDevice {
         gpu::DeviceAlloc(gpu::kStatusWords * sizeof(uint64_t));
     if (!status.ok()) return status.status();
     default_status_ = static_cast<uint64_t*>(*status);
-    absl::StatusOr<void*> ok = gpu::PinnedAlloc(2 * sizeof(uint64_t));
+    absl::StatusOr<void*> ok =
+        gpu::PinnedAlloc(gpu::kStatusWords * sizeof(uint64_t));
     if (!ok.ok()) return ok.status();
     ok_words_ = static_cast<uint64_t*>(*ok);
+    for (int i = 0; i < gpu::kStatusWords; ++i) ok_words_[i] = 0;
     ok_words_[0] = gpu::kStatusOk;
-    ok_words_[1] = 0;
     absl::StatusOr<gpu::Stream> stream = gpu::StreamCreate();
     if (!stream.ok()) return stream.status();
     stream_ = *stream;
@@ -202,7 +205,17 @@ class DeviceLookups::LayerOnDevice {
   }
   uint64_t* default_status() const { return default_status_; }
 
-  absl::Status Lookup(const DeviceLookupRequest& r, DevicePath* path) {
+  // A lookup made ready to launch: a zero-copy gather (its ids staged in
+  // pinned memory when they were pageable), or one for the RPC path.
+  struct Planned {
+    DevicePath path = DevicePath::kRpc;
+    gpu::ViewGather gather;                     // zero-copy paths
+    PinnedPool::Block* staged = nullptr;        // ids copied for the launch
+    std::shared_ptr<const LayerLayout> layout;  // the RPC path
+  };
+
+  // Checks `r` against the current layout and says how it will be served.
+  absl::Status Plan(const DeviceLookupRequest& r, Planned* p) {
     const Current c = Now();
     if (c.state == MappingUpdate::kNotFound) return c.why;
     if (!c.known) return c.why;  // never reached the server
@@ -212,18 +225,64 @@ class DeviceLookups::LayerOnDevice {
       return s;
     }
     uint64_t* status = r.status != nullptr ? r.status : default_status_;
-    const bool capturing = gpu::StreamCapturing(r.stream);
     if (c.state == MappingUpdate::kPresent && c.path != DevicePath::kRpc) {
-      if (path != nullptr) *path = c.path;
-      return LaunchZeroCopy(r, layout, out_dtype, status, capturing);
+      p->path = c.path;
+      return PlanZeroCopy(r, layout, out_dtype, status, p);
     }
-    if (capturing) {
+    if (gpu::StreamCapturing(r.stream)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "layer ", r.layer_id, " has no zero-copy path to device ", device_,
           " (", note(), "); the RPC path cannot be captured in a CUDA graph"));
     }
-    if (path != nullptr) *path = DevicePath::kRpc;
-    return LaunchRpc(r, layout, status);
+    p->path = DevicePath::kRpc;
+    p->layout = c.layout;
+    return absl::OkStatus();
+  }
+
+  // After `p`'s launch was enqueued on `stream` (or abandoned: nullopt).
+  void Launched(Planned& p, std::optional<gpu::Stream> stream) {
+    if (p.staged == nullptr) return;
+    if (stream) {
+      pool_.Release(p.staged, *stream);
+    } else {
+      pool_.Return(p.staged);
+    }
+    p.staged = nullptr;
+  }
+
+  absl::Status LaunchRpc(const DeviceLookupRequest& r,
+                         const LayerLayout& layout) {
+    uint64_t* status = r.status != nullptr ? r.status : default_status_;
+    const size_t id_bytes = static_cast<size_t>(r.num_ids) * sizeof(int64_t);
+    std::vector<int64_t> host_ids;
+    std::span<const int64_t> ids(r.ids, static_cast<size_t>(r.num_ids));
+    if (gpu::DescribePointer(r.ids).device_memory) {
+      host_ids.resize(r.num_ids);
+      if (absl::Status s =
+              gpu::CopyToHostAsync(host_ids.data(), r.ids, id_bytes, r.stream);
+          !s.ok()) {
+        return s;
+      }
+      if (absl::Status s = gpu::StreamSynchronize(r.stream); !s.ok()) return s;
+      ids = host_ids;
+    }
+    absl::StatusOr<PinnedPool::Block*> block = pool_.Acquire(r.out_bytes);
+    if (!block.ok()) return block.status();
+    const int64_t heads = layout.num_heads();
+    const int64_t shape[] = {r.num_ids / heads, 1, heads};
+    absl::Status s = env_->rpc_lookup(
+        r.layer_id, ids, shape,
+        std::span<uint8_t>(static_cast<uint8_t*>((*block)->data), r.out_bytes),
+        r.output_dtype);
+    if (s.ok()) {
+      s = gpu::CopyToDeviceAsync(r.out, (*block)->data, r.out_bytes, r.stream);
+    }
+    if (s.ok()) {
+      s = gpu::CopyToDeviceAsync(
+          status, ok_words_, gpu::kStatusWords * sizeof(uint64_t), r.stream);
+    }
+    pool_.Release(*block, r.stream);
+    return s;
   }
 
   // The watch thread: a new state of the layer. It supersedes an update
@@ -397,11 +456,10 @@ class DeviceLookups::LayerOnDevice {
     v->mapped.reset();
   }
 
-  absl::Status LaunchZeroCopy(const DeviceLookupRequest& r,
-                              const LayerLayout& layout, DType out_dtype,
-                              uint64_t* status, bool capturing) {
+  absl::Status PlanZeroCopy(const DeviceLookupRequest& r,
+                            const LayerLayout& layout, DType out_dtype,
+                            uint64_t* status, Planned* p) {
     const int64_t* ids = r.ids;
-    PinnedPool::Block* staged = nullptr;
     const gpu::PointerInfo where = gpu::DescribePointer(r.ids);
     if (where.device_memory && where.device != device_) {
       return absl::InvalidArgumentError(
@@ -409,7 +467,7 @@ class DeviceLookups::LayerOnDevice {
                        ", the output on device ", device_));
     }
     if (!where.device_memory && !where.host_mapped) {
-      if (capturing) {
+      if (gpu::StreamCapturing(r.stream)) {
         return absl::FailedPreconditionError(
             "ids in pageable host memory cannot be captured in a CUDA graph: "
             "put them in device or pinned memory");
@@ -417,11 +475,11 @@ class DeviceLookups::LayerOnDevice {
       const size_t bytes = static_cast<size_t>(r.num_ids) * sizeof(int64_t);
       absl::StatusOr<PinnedPool::Block*> block = pool_.Acquire(bytes);
       if (!block.ok()) return block.status();
-      staged = *block;
-      std::memcpy(staged->data, r.ids, bytes);
-      ids = static_cast<const int64_t*>(staged->data);
+      p->staged = *block;
+      std::memcpy(p->staged->data, r.ids, bytes);
+      ids = static_cast<const int64_t*>(p->staged->data);
     }
-    gpu::ViewGather g;
+    gpu::ViewGather& g = p->gather;
     g.slot = slot_;
     g.ids = ids;
     g.num_ids = r.num_ids;
@@ -431,43 +489,7 @@ class DeviceLookups::LayerOnDevice {
     g.out_dtype = static_cast<int>(out_dtype);
     g.out = static_cast<uint8_t*>(r.out);
     g.status = status;
-    absl::Status s = gpu::LaunchViewGather(g, r.stream);
-    if (staged != nullptr) pool_.Release(staged, r.stream);
-    return s;
-  }
-
-  absl::Status LaunchRpc(const DeviceLookupRequest& r,
-                         const LayerLayout& layout, uint64_t* status) {
-    const size_t id_bytes = static_cast<size_t>(r.num_ids) * sizeof(int64_t);
-    std::vector<int64_t> host_ids;
-    std::span<const int64_t> ids(r.ids, static_cast<size_t>(r.num_ids));
-    if (gpu::DescribePointer(r.ids).device_memory) {
-      host_ids.resize(r.num_ids);
-      if (absl::Status s =
-              gpu::CopyToHostAsync(host_ids.data(), r.ids, id_bytes, r.stream);
-          !s.ok()) {
-        return s;
-      }
-      if (absl::Status s = gpu::StreamSynchronize(r.stream); !s.ok()) return s;
-      ids = host_ids;
-    }
-    absl::StatusOr<PinnedPool::Block*> block = pool_.Acquire(r.out_bytes);
-    if (!block.ok()) return block.status();
-    const int64_t heads = layout.num_heads();
-    const int64_t shape[] = {r.num_ids / heads, 1, heads};
-    absl::Status s = env_->rpc_lookup(
-        r.layer_id, ids, shape,
-        std::span<uint8_t>(static_cast<uint8_t*>((*block)->data), r.out_bytes),
-        r.output_dtype);
-    if (s.ok()) {
-      s = gpu::CopyToDeviceAsync(r.out, (*block)->data, r.out_bytes, r.stream);
-    }
-    if (s.ok()) {
-      s = gpu::CopyToDeviceAsync(
-          status, ok_words_, gpu::kStatusWords * sizeof(uint64_t), r.stream);
-    }
-    pool_.Release(*block, r.stream);
-    return s;
+    return absl::OkStatus();
   }
 
   const int64_t layer_id_;
@@ -476,7 +498,7 @@ class DeviceLookups::LayerOnDevice {
   const std::chrono::milliseconds grace_;
   void* slot_ = nullptr;
   uint64_t* default_status_ = nullptr;
-  uint64_t* ok_words_ = nullptr;  // pinned {kStatusOk, 0}
+  uint64_t* ok_words_ = nullptr;  // pinned {kStatusOk, 0, 0}
   gpu::Stream stream_ = nullptr;  // publishes views
   PinnedPool pool_;
 
@@ -566,22 +588,103 @@ DeviceLookups::Get(int64_t layer_id, int device, bool create) {
 
 absl::Status DeviceLookups::Lookup(const DeviceLookupRequest& r,
                                    DevicePath* path) {
-  if (r.ids == nullptr || r.num_ids <= 0 || r.out == nullptr ||
-      r.out_bytes == 0) {
-    return absl::InvalidArgumentError(
-        "a device lookup needs ids, num_ids > 0, out and out_bytes");
+  return LookupMany(std::span<const DeviceLookupRequest>(&r, 1),
+                    path == nullptr ? std::span<DevicePath>()
+                                    : std::span<DevicePath>(path, 1));
+}
+
+absl::Status DeviceLookups::LookupMany(
+    std::span<const DeviceLookupRequest> requests,
+    std::span<DevicePath> paths) {
+  if (requests.empty()) {
+    return absl::InvalidArgumentError("no device lookups to make");
   }
-  const gpu::PointerInfo out = gpu::DescribePointer(r.out);
-  if (!out.device_memory) {
-    return absl::InvalidArgumentError(
-        "out must be CUDA device memory (cudaMalloc, or a framework's CUDA "
-        "tensor)");
+  const bool one = requests.size() == 1;
+  auto which = [one](size_t i) {
+    return one ? std::string() : absl::StrCat("lookup ", i, ": ");
+  };
+  int device = -1;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const DeviceLookupRequest& r = requests[i];
+    if (r.ids == nullptr || r.num_ids <= 0 || r.out == nullptr ||
+        r.out_bytes == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(which(i),
+                       "a device lookup needs ids, num_ids > 0, out and "
+                       "out_bytes"));
+    }
+    if (r.stream != requests[0].stream) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(which(i), "the lookups of one call share one stream"));
+    }
   }
-  DeviceGuard guard(out.device);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const DeviceLookupRequest& r = requests[i];
+    const gpu::PointerInfo out = gpu::DescribePointer(r.out);
+    if (!out.device_memory) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          which(i),
+          "out must be CUDA device memory (cudaMalloc, or a framework's CUDA "
+          "tensor)"));
+    }
+    if (i > 0 && out.device != device) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          which(i), "out is on device ", out.device, ", lookup 0's on device ",
+          device, ": the lookups of one call write to one device"));
+    }
+    device = out.device;
+    for (size_t j = 0; j < i; ++j) {
+      if (r.status == nullptr && requests[j].status == nullptr &&
+          requests[j].layer_id == r.layer_id) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "lookups ", j, " and ", i, " are both of layer ", r.layer_id,
+            " without status words of their own: give them `status`"));
+      }
+    }
+  }
+  DeviceGuard guard(device);
   if (!guard.status().ok()) return guard.status();
-  auto layer = Get(r.layer_id, out.device, /*create=*/true);
-  if (!layer.ok()) return layer.status();
-  return (*layer)->Lookup(r, path);
+  const gpu::Stream stream = requests[0].stream;
+  std::vector<std::shared_ptr<LayerOnDevice>> layers(requests.size());
+  std::vector<LayerOnDevice::Planned> plans(requests.size());
+  std::vector<gpu::ViewGather> gathers;
+  gathers.reserve(requests.size());
+  absl::Status status;
+  for (size_t i = 0; i < requests.size() && status.ok(); ++i) {
+    auto layer = Get(requests[i].layer_id, device, /*create=*/true);
+    if (!layer.ok()) {
+      status = layer.status();
+      break;
+    }
+    layers[i] = *std::move(layer);
+    status = layers[i]->Plan(requests[i], &plans[i]);
+    if (status.ok() && plans[i].path != DevicePath::kRpc) {
+      gathers.push_back(plans[i].gather);
+    }
+    if (!status.ok() && !one) {
+      status =
+          absl::Status(status.code(), absl::StrCat(which(i), status.message()));
+    }
+  }
+  if (status.ok() && !gathers.empty()) {
+    status = gpu::LaunchViewGathers(gathers.data(), gathers.size(), stream);
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (layers[i] == nullptr) continue;
+    layers[i]->Launched(plans[i],
+                        status.ok() ? std::optional(stream) : std::nullopt);
+  }
+  if (!status.ok()) return status;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (i < paths.size()) paths[i] = plans[i].path;
+    if (plans[i].path != DevicePath::kRpc) continue;
+    if (absl::Status s = layers[i]->LaunchRpc(requests[i], *plans[i].layout);
+        !s.ok()) {
+      return one ? s
+                 : absl::Status(s.code(), absl::StrCat(which(i), s.message()));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DeviceLookups::Result(const DeviceLookupRequest& r) {

@@ -42,6 +42,8 @@ class DeviceLookups final : public DeviceReads {
 
   absl::Status Lookup(const DeviceLookupRequest& request,
                       DevicePath* path) override;
+  absl::Status LookupMany(std::span<const DeviceLookupRequest> requests,
+                          std::span<DevicePath> paths) override;
   absl::Status Result(const DeviceLookupRequest& request) override;
   absl::StatusOr<DevicePath> Prepare(int64_t layer_id, int device) override;
   std::string Note(int64_t layer_id, int device) override;

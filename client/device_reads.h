@@ -27,6 +27,9 @@ class DeviceReads {
   virtual ~DeviceReads() = default;
   virtual absl::Status Lookup(const DeviceLookupRequest& request,
                               DevicePath* path) = 0;
+  // Several lookups on one stream; `paths` gets one entry per request.
+  virtual absl::Status LookupMany(std::span<const DeviceLookupRequest> requests,
+                                  std::span<DevicePath> paths) = 0;
   virtual absl::Status Result(const DeviceLookupRequest& request) = 0;
   virtual absl::StatusOr<DevicePath> Prepare(int64_t layer_id, int device) = 0;
   virtual std::string Note(int64_t layer_id, int device) = 0;

@@ -1,299 +1,24 @@
-// CUDA implementation of kernels/gpu.h: runtime wrappers and the row gather.
+// CUDA implementation of kernels/gpu.h: runtime wrappers, views, IPC and
+// registration (the gathers are in gather.cu).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/float_convert.h"
+#include "kernels/cuda_common.h"
 #include "kernels/gpu.h"
 
 namespace engram::gpu {
 namespace {
 
-absl::Status Check(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  const absl::StatusCode code = err == cudaErrorMemoryAllocation
-                                    ? absl::StatusCode::kResourceExhausted
-                                    : absl::StatusCode::kInternal;
-  return absl::Status(code, absl::StrCat(what, ": ", cudaGetErrorName(err),
-                                         " (", cudaGetErrorString(err), ")"));
-}
-
-cudaStream_t S(Stream s) { return static_cast<cudaStream_t>(s); }
-
-constexpr int kThreads = 256;
-
-int GridFor(uint64_t work) {
-  static int max_blocks = [] {
-    int device = 0, sms = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    return std::max(1, sms) * 16;  // enough resident warps to hide latency
-  }();
-  const uint64_t blocks = (work + kThreads - 1) / kThreads;
-  return static_cast<int>(std::min<uint64_t>(blocks, max_blocks));
-}
-
-// A ViewSpec as kernels read it (gpu.h). Plain data in device memory.
-struct DeviceView {
-  uint32_t state;
-  int32_t heads;
-  int64_t dim;
-  int32_t dtype;
-  int32_t unused;
-  uint64_t version;
-  const uint8_t* tables[kMaxViewHeads];
-  int64_t vocab[kMaxViewHeads];
-  const uint64_t* epoch_slots[kMaxViewHeads];
-  uint64_t generations[kMaxViewHeads];
-};
-
-// Where a gather's tables come from: fixed device arrays (the server's GPU
-// tier), or the view a launch pinned into status[1] (zero-copy lookups).
-// With a view whose state or layout is not the one the launch was sized
-// for, the kernel reads nothing (the check kernel reports why).
-struct TableSource {
-  const uint8_t* const* tables;
-  const int64_t* vocab;
-  const unsigned long long* view_status;  // non-null: use its view
-  int64_t expect_dim;
-  int expect_dtype;
-
-  __device__ __forceinline__ bool Resolve(int heads, const uint8_t* const** t,
-                                          const int64_t** v) const {
-    if (view_status == nullptr) {
-      *t = tables;
-      *v = vocab;
-      return true;
-    }
-    const auto* view = reinterpret_cast<const DeviceView*>(view_status[1]);
-    if (view == nullptr || view->state != kViewPresent ||
-        view->heads != heads || view->dim != expect_dim ||
-        view->dtype != expect_dtype) {
-      return false;
-    }
-    *t = view->tables;
-    *v = view->vocab;
-    return true;
-  }
-};
-
-// Same-dtype gather: each thread moves one V-sized piece of one row, so a
-// warp reads whole rows with wide, coalesced accesses. Index is 32-bit when
-// the piece count allows (cheaper division).
-template <typename V, typename Index>
-__global__ void CopyRowsKernel(TableSource source, int heads,
-                               Index pieces_per_row, Index total,
-                               const int64_t* __restrict__ ids,
-                               uint8_t* __restrict__ out,
-                               unsigned long long* __restrict__ error) {
-  const uint8_t* const* tables;
-  const int64_t* vocab;
-  if (!source.Resolve(heads, &tables, &vocab)) return;
-  const size_t row_bytes = static_cast<size_t>(pieces_per_row) * sizeof(V);
-  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
-  for (Index t = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
-       t < total; t += stride) {
-    const Index row = t / pieces_per_row;
-    const Index piece = t - row * pieces_per_row;
-    const int h = static_cast<int>(row % heads);
-    const int64_t id = __ldg(ids + row);
-    if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(__ldg(vocab + h))) {
-      if (piece == 0) atomicMin(error, static_cast<unsigned long long>(row));
-      continue;  // never read outside the table
-    }
-    const V* src =
-        reinterpret_cast<const V*>(tables[h] + id * row_bytes) + piece;
-    V* dst = reinterpret_cast<V*>(out + static_cast<size_t>(row) * row_bytes) +
-             piece;
-    *dst = __ldg(src);
-  }
-}
-
-template <int kDType>
-__device__ __forceinline__ float LoadAsFloat(const uint8_t* row, int64_t e) {
-  if constexpr (kDType == 1) {
-    return __ldg(reinterpret_cast<const float*>(row) + e);
-  } else if constexpr (kDType == 2) {
-    return convert::BFloat16ToFloat(
-        __ldg(reinterpret_cast<const uint16_t*>(row) + e));
-  } else {
-    return convert::Float16ToFloat(
-        __ldg(reinterpret_cast<const uint16_t*>(row) + e));
-  }
-}
-
-template <int kDType>
-__device__ __forceinline__ void StoreFromFloat(uint8_t* row, int64_t e,
-                                               float v) {
-  if constexpr (kDType == 1) {
-    reinterpret_cast<float*>(row)[e] = v;
-  } else if constexpr (kDType == 2) {
-    reinterpret_cast<uint16_t*>(row)[e] = convert::FloatToBFloat16(v);
-  } else {
-    reinterpret_cast<uint16_t*>(row)[e] = convert::FloatToFloat16(v);
-  }
-}
-
-constexpr int Size(int dtype) { return dtype == 1 ? 4 : 2; }
-
-// Converting gather: one element per thread, through float, with the same
-// rounding as the CPU path (kernels/float_convert.h).
-template <int kIn, int kOut, typename Index>
-__global__ void ConvertRowsKernel(TableSource source, int heads, Index dim,
-                                  Index total, const int64_t* __restrict__ ids,
-                                  uint8_t* __restrict__ out,
-                                  unsigned long long* __restrict__ error) {
-  const uint8_t* const* tables;
-  const int64_t* vocab;
-  if (!source.Resolve(heads, &tables, &vocab)) return;
-  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
-  for (Index t = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
-       t < total; t += stride) {
-    const Index row = t / dim;
-    const Index e = t - row * dim;
-    const int h = static_cast<int>(row % heads);
-    const int64_t id = __ldg(ids + row);
-    if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(__ldg(vocab + h))) {
-      if (e == 0) atomicMin(error, static_cast<unsigned long long>(row));
-      continue;
-    }
-    const float v = LoadAsFloat<kIn>(tables[h] + id * dim * Size(kIn), e);
-    StoreFromFloat<kOut>(out + static_cast<size_t>(row) * dim * Size(kOut), e,
-                         v);
-  }
-}
-
-// One gather as the launchers below take it: GatherLaunch plus, for
-// zero-copy lookups, the status words whose view supplies the tables.
-struct Gather {
-  GatherLaunch g;
-  const unsigned long long* view_status = nullptr;
-
-  TableSource Source() const {
-    return {g.tables, g.vocab, view_status, g.dim, g.in_dtype};
-  }
-};
-
-template <typename V, typename Index>
-void LaunchCopy(const Gather& x, size_t row_bytes, Stream stream) {
-  const GatherLaunch& g = x.g;
-  const Index pieces = static_cast<Index>(row_bytes / sizeof(V));
-  const Index total = static_cast<Index>(g.num_ids) * pieces;
-  CopyRowsKernel<V, Index><<<GridFor(total), kThreads, 0, S(stream)>>>(
-      x.Source(), g.heads, pieces, total, g.ids, g.out,
-      reinterpret_cast<unsigned long long*>(g.error_flag));
-}
-
-template <typename Index>
-void DispatchCopy(const Gather& g, size_t row_bytes, Stream stream) {
-  // Widest access that divides the row (bases are >= 256-byte aligned).
-  if (row_bytes % 16 == 0)
-    return LaunchCopy<uint4, Index>(g, row_bytes, stream);
-  if (row_bytes % 8 == 0) return LaunchCopy<uint2, Index>(g, row_bytes, stream);
-  if (row_bytes % 4 == 0)
-    return LaunchCopy<uint32_t, Index>(g, row_bytes, stream);
-  if (row_bytes % 2 == 0)
-    return LaunchCopy<uint16_t, Index>(g, row_bytes, stream);
-  LaunchCopy<uint8_t, Index>(g, row_bytes, stream);
-}
-
-template <int kIn, int kOut, typename Index>
-void LaunchConvert(const Gather& x, Stream stream) {
-  const GatherLaunch& g = x.g;
-  const Index total = static_cast<Index>(g.num_ids * g.dim);
-  ConvertRowsKernel<kIn, kOut, Index>
-      <<<GridFor(total), kThreads, 0, S(stream)>>>(
-          x.Source(), g.heads, static_cast<Index>(g.dim), total, g.ids, g.out,
-          reinterpret_cast<unsigned long long*>(g.error_flag));
-}
-
-template <typename Index>
-bool DispatchConvert(const Gather& x, Stream stream) {
-  const GatherLaunch& g = x.g;
-  const int pair = g.in_dtype * 10 + g.out_dtype;
-  switch (pair) {
-    case 12:
-      LaunchConvert<1, 2, Index>(x, stream);
-      return true;
-    case 13:
-      LaunchConvert<1, 3, Index>(x, stream);
-      return true;
-    case 21:
-      LaunchConvert<2, 1, Index>(x, stream);
-      return true;
-    case 23:
-      LaunchConvert<2, 3, Index>(x, stream);
-      return true;
-    case 31:
-      LaunchConvert<3, 1, Index>(x, stream);
-      return true;
-    case 32:
-      LaunchConvert<3, 2, Index>(x, stream);
-      return true;
-    default:
-      return false;
-  }
-}
-
-// Pins the slot's current view for one launch: every row of the launch
-// comes from that one version, even if the slot moves meanwhile.
-__global__ void BeginViewKernel(unsigned long long* slot,
-                                unsigned long long* status) {
-  status[1] = atomicAdd(slot, 0ull);  // an atomic read of the slot
-  status[0] = kStatusOk;
-}
-
-// After the gather (stream order): why the view was not read, or whether
-// one of the ranges it read was released meanwhile (a tripwire: the server
-// keeps leased versions alive).
-__global__ void CheckViewKernel(int heads, int64_t dim, int dtype,
-                                unsigned long long* status) {
-  const auto* view = reinterpret_cast<const DeviceView*>(status[1]);
-  __shared__ int released;
-  if (threadIdx.x == 0) released = 0;
-  __syncthreads();
-  if (view == nullptr || view->state != kViewPresent) {
-    if (threadIdx.x == 0) {
-      status[0] = view != nullptr && view->state == kViewRemoved
-                      ? kStatusRemoved
-                      : kStatusUnavailable;
-    }
-    return;
-  }
-  if (view->heads != heads || view->dim != dim || view->dtype != dtype) {
-    if (threadIdx.x == 0) status[0] = kStatusLayoutChanged;
-    return;
-  }
-  for (int h = threadIdx.x; h < heads; h += blockDim.x) {
-    const uint64_t* slot = view->epoch_slots[h];
-    if (slot != nullptr && *reinterpret_cast<const volatile uint64_t*>(slot) !=
-                               view->generations[h]) {
-      released = 1;
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x == 0 && released) status[0] = kStatusReleased;
-}
+using internal::Check;
+using internal::DeviceView;
+using internal::S;
 
 __global__ void PublishViewKernel(unsigned long long* slot,
                                   unsigned long long view) {
   atomicExch(slot, view);
-}
-
-size_t DTypeBytes(int dtype) {
-  switch (dtype) {
-    case 1:
-      return 4;
-    case 2:
-    case 3:
-      return 2;
-    case 4:
-      return 1;
-    default:
-      return 0;
-  }
 }
 
 }  // namespace
@@ -406,44 +131,6 @@ absl::Status DeviceSynchronize() {
   return Check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
-absl::Status ResetErrorFlag(uint64_t* error_flag, Stream stream) {
-  return Check(cudaMemsetAsync(error_flag, 0xff, sizeof(uint64_t), S(stream)),
-               "cudaMemsetAsync");
-}
-
-static absl::Status LaunchGatherFrom(const Gather& x, Stream stream) {
-  const GatherLaunch& g = x.g;
-  const size_t in_size = DTypeBytes(g.in_dtype),
-               out_size = DTypeBytes(g.out_dtype);
-  if (in_size == 0 || out_size == 0 || g.heads <= 0 || g.dim <= 0) {
-    return absl::InvalidArgumentError("bad gather launch arguments");
-  }
-  if (g.num_ids == 0) return absl::OkStatus();
-  const size_t row_bytes = g.dim * in_size;
-  const uint64_t work =
-      static_cast<uint64_t>(g.num_ids) * row_bytes;  // upper bound
-  const bool small_index = work < (uint64_t{1} << 31);
-  if (g.in_dtype == g.out_dtype) {
-    if (small_index) {
-      DispatchCopy<uint32_t>(x, row_bytes, stream);
-    } else {
-      DispatchCopy<uint64_t>(x, row_bytes, stream);
-    }
-  } else {
-    const bool ok = small_index ? DispatchConvert<uint32_t>(x, stream)
-                                : DispatchConvert<uint64_t>(x, stream);
-    if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "no conversion from dtype ", g.in_dtype, " to ", g.out_dtype));
-    }
-  }
-  return Check(cudaGetLastError(), "gather kernel launch");
-}
-
-absl::Status LaunchGather(const GatherLaunch& g, Stream stream) {
-  return LaunchGatherFrom(Gather{g, nullptr}, stream);
-}
-
 absl::Status LaunchDeviceCopy(void* dst, const void* src, size_t bytes,
                               Stream stream) {
   return Check(
@@ -520,8 +207,7 @@ absl::StatusOr<const void*> HostRegisterMapped(const void* ptr, size_t bytes,
   unsigned flags = cudaHostRegisterMapped | cudaHostRegisterPortable;
   if (read_only) {
     int supported = 0;
-    cudaDeviceGetAttribute(&supported,
-                           cudaDevAttrHostRegisterReadOnlySupported,
+    cudaDeviceGetAttribute(&supported, cudaDevAttrHostRegisterReadOnlySupported,
                            CurrentDevice());
     if (!supported) {
       cudaGetLastError();
@@ -663,35 +349,6 @@ absl::Status PublishView(void* slot, void* view, Stream stream) {
     return s;
   }
   return StreamSynchronize(stream);
-}
-
-absl::Status LaunchViewGather(const ViewGather& v, Stream stream) {
-  if (v.slot == nullptr || v.status == nullptr || v.heads <= 0 ||
-      v.heads > kMaxViewHeads || v.dim <= 0 || v.num_ids < 0 ||
-      v.num_ids % v.heads != 0) {
-    return absl::InvalidArgumentError("bad view gather arguments");
-  }
-  auto* status = reinterpret_cast<unsigned long long*>(v.status);
-  BeginViewKernel<<<1, 1, 0, S(stream)>>>(
-      static_cast<unsigned long long*>(const_cast<void*>(v.slot)), status);
-  if (absl::Status s = Check(cudaGetLastError(), "view begin launch");
-      !s.ok()) {
-    return s;
-  }
-  Gather x;
-  x.g.heads = v.heads;
-  x.g.dim = v.dim;
-  x.g.in_dtype = v.in_dtype;
-  x.g.out_dtype = v.out_dtype;
-  x.g.ids = v.ids;
-  x.g.num_ids = v.num_ids;
-  x.g.out = v.out;
-  x.g.error_flag = v.status;  // word 0: atomicMin of failing rows
-  x.view_status = status;
-  if (absl::Status s = LaunchGatherFrom(x, stream); !s.ok()) return s;
-  CheckViewKernel<<<1, kThreads, 0, S(stream)>>>(v.heads, v.dim, v.in_dtype,
-                                                 status);
-  return Check(cudaGetLastError(), "view check launch");
 }
 
 absl::Status BeginCapture(Stream stream) {

@@ -158,22 +158,21 @@ void FreeViewSlot(void* slot);
 // `stream`, and waits for it (the caller's later launches see it).
 absl::Status PublishView(void* slot, void* view, Stream stream);
 
-// A lookup's outcome, written by the launch into its two status words
-// (device memory): word 0 is kStatusOk, an error code below, or the index
-// of the first row whose id was out of range; word 1 holds the view the
-// launch read.
-inline constexpr int kStatusWords = 2;
+// A lookup's outcome, written by the launch into its status words (device
+// memory): word 0 is kStatusOk, an error code below, or the index of the
+// first row whose id was out of range; word 1 holds the view the launch
+// read; word 2 is the launch's own scratch. The launch sets all three, so
+// they need no initial value.
+inline constexpr int kStatusWords = 3;
 inline constexpr uint64_t kStatusOk = ~uint64_t{0};
 inline constexpr uint64_t kStatusRemoved = ~uint64_t{0} - 1;
 inline constexpr uint64_t kStatusUnavailable = ~uint64_t{0} - 2;
 inline constexpr uint64_t kStatusLayoutChanged = ~uint64_t{0} - 3;
 inline constexpr uint64_t kStatusReleased = ~uint64_t{0} - 4;
-// Three stream-ordered kernels (capturable in a graph when every pointer is
-// fixed): pin the slot's current view into status[1], gather num_ids rows
-// (row i = table_{i mod heads}[ids[i]], converted to out_dtype) into
-// `out`, then check the view's state, layout and epoch slots into
-// status[0]. `ids` and `out` must be device-readable/writable (device
-// memory, or pinned host memory).
+// One zero-copy lookup: num_ids rows (row i = table_{i mod heads}[ids[i]],
+// converted to out_dtype) from the view `slot` points at when the launch
+// starts, into `out`, its outcome into `status`. `ids` and `out` must be
+// device-readable/writable (device memory, or pinned host memory).
 struct ViewGather {
   const void* slot = nullptr;
   const int64_t* ids = nullptr;
@@ -185,6 +184,13 @@ struct ViewGather {
   uint8_t* out = nullptr;
   uint64_t* status = nullptr;  // kStatusWords device words
 };
+// Enqueues `gathers` on `stream` as one cooperative kernel per group of up
+// to 8 lookups with the same dtypes (a decode step's layers: one launch).
+// Each lookup reads one version, whatever is published meanwhile; no host
+// synchronisation; capturable in a CUDA graph when every pointer is fixed.
+// Lookups of one call must not share status words.
+absl::Status LaunchViewGathers(const ViewGather* gathers, size_t count,
+                               Stream stream);
 absl::Status LaunchViewGather(const ViewGather& launch, Stream stream);
 
 // CUDA graphs of a stream's work (tests and benchmarks). Capture is

@@ -62,6 +62,9 @@ void FreeView(void*) {}
 absl::StatusOr<void*> CreateViewSlot() { return NotBuilt(); }
 void FreeViewSlot(void*) {}
 absl::Status PublishView(void*, void*, Stream) { return NotBuilt(); }
+absl::Status LaunchViewGathers(const ViewGather*, size_t, Stream) {
+  return NotBuilt();
+}
 absl::Status LaunchViewGather(const ViewGather&, Stream) { return NotBuilt(); }
 absl::Status BeginCapture(Stream) { return NotBuilt(); }
 absl::StatusOr<GraphExec> EndCapture(Stream) { return NotBuilt(); }

@@ -3,7 +3,8 @@
 // host tables (UVA) or the RPC path, bit-identical to Lookup for every
 // dtype and conversion; ids in device, pinned and pageable memory; a CUDA
 // graph replayed across a replace; remove and a killed server while the
-// client holds the mappings. Cases that need a GPU skip without one.
+// client holds the mappings; several layers in one call. Cases that need a
+// GPU skip without one.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -132,6 +133,20 @@ TEST_F(DeviceLookupTest, CallsSayWhatIsWrong) {
   absl::Status s = client_->LookupToDevice(r);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_THAT(s.message(), HasSubstr("device memory"));
+  // Several lookups in one call: each refusal names its request.
+  const DeviceLookupRequest good = r;
+  std::vector<DeviceLookupRequest> several = {good, good};
+  several[1].num_ids = 0;
+  s = client_->LookupToDevice(several);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("lookup 1: "));
+  std::vector<DevicePath> one_path(1);
+  s = client_->LookupToDevice(several, one_path);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("paths has 1 entries for 2 lookups"));
+  EXPECT_EQ(
+      client_->LookupToDevice(std::span<const DeviceLookupRequest>()).code(),
+      absl::StatusCode::kInvalidArgument);
   r.ids = nullptr;
   EXPECT_EQ(client_->LookupToDevice(r).code(),
             absl::StatusCode::kInvalidArgument);
@@ -333,6 +348,102 @@ TEST_P(DeviceLookupPathTest, AGraphReplayAfterReplaceReadsTheNewVersion) {
   EXPECT_TRUE(saw_new) << "replays never reached the new version";
   gpu::GraphDestroy(*graph);
   gpu::StreamDestroy(*stream);
+}
+
+// A decode step's layers in one call (one launch on the zero-copy paths):
+// each request gets exactly its own rows and outcome, captured in a graph
+// too; a bad id in one request is reported by that request only.
+TEST_P(DeviceLookupPathTest, SeveralLayersInOneCallGetTheirOwnRows) {
+  Start(GetParam().flags);
+  const LayerLayout fp8{{3000, 5000, 4000, 2000}, 264, DType::kUInt8};
+  const LayerLayout f32{{1000, 1000}, 64, DType::kFloat32};
+  const std::vector<std::pair<int64_t, LayerLayout>> layers = {
+      {21, fp8}, {22, fp8}, {23, f32}};
+  std::vector<std::vector<std::vector<uint8_t>>> tables;
+  std::vector<std::vector<int64_t>> ids;
+  std::vector<std::unique_ptr<DeviceBuffer>> device_ids, outs, statuses;
+  std::vector<DeviceLookupRequest> requests;
+  std::vector<std::vector<uint8_t>> want;
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  for (const auto& [layer, l] : layers) {
+    tables.push_back(testing::RandomTables(l, layer));
+    ASSERT_TRUE(
+        client_->Populate(layer, l, testing::Spans(tables.back())).ok());
+    ids.push_back(testing::RandomIds(l, 16, 1, layer));
+    const DType out_dtype =
+        l.dtype == DType::kFloat32 ? DType::kBFloat16 : l.dtype;
+    want.push_back(
+        testing::ReferenceGather(l, tables.back(), ids.back(), out_dtype));
+    device_ids.push_back(std::make_unique<DeviceBuffer>(ids.back().size() * 8));
+    ASSERT_TRUE(gpu::CopyToDevice(device_ids.back()->data(), ids.back().data(),
+                                  device_ids.back()->size())
+                    .ok());
+    outs.push_back(std::make_unique<DeviceBuffer>(want.back().size()));
+    statuses.push_back(
+        std::make_unique<DeviceBuffer>(kDeviceStatusWords * sizeof(uint64_t)));
+    DeviceLookupRequest r;
+    r.layer_id = layer;
+    r.ids = static_cast<const int64_t*>(device_ids.back()->data());
+    r.num_ids = static_cast<int64_t>(ids.back().size());
+    r.out = outs.back()->data();
+    r.out_bytes = outs.back()->size();
+    if (out_dtype != l.dtype) r.output_dtype = out_dtype;
+    r.stream = *stream;
+    r.status = static_cast<uint64_t*>(statuses.back()->data());
+    requests.push_back(r);
+  }
+  auto check_rows = [&](const char* how) {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      absl::Status s = client_->DeviceLookupResult(requests[i]);
+      EXPECT_TRUE(s.ok()) << how << " lookup " << i << ": " << s;
+      EXPECT_TRUE(outs[i]->Read() == want[i]) << how << " lookup " << i;
+      outs[i]->Fill(0xA5);
+    }
+  };
+  for (auto& out : outs) out->Fill(0xA5);
+  std::vector<DevicePath> paths(requests.size());
+  ASSERT_TRUE(client_->LookupToDevice(requests, paths).ok());
+  for (DevicePath path : paths) EXPECT_EQ(path, GetParam().path);
+  check_rows("eager");
+  if (GetParam().path != DevicePath::kRpc) {
+    ASSERT_TRUE(gpu::BeginCapture(*stream).ok());
+    ASSERT_TRUE(client_->LookupToDevice(requests).ok());
+    auto graph = gpu::EndCapture(*stream);
+    ASSERT_TRUE(graph.ok()) << graph.status();
+    for (int replay = 0; replay < 3; ++replay) {
+      ASSERT_TRUE(gpu::GraphLaunch(*graph, *stream).ok());
+      check_rows("replayed");
+    }
+    gpu::GraphDestroy(*graph);
+  }
+  // A bad id in request 1 only.
+  std::vector<int64_t> bad = ids[1];
+  bad[6] = 4000;  // head 2 has 4000 rows
+  ASSERT_TRUE(
+      gpu::CopyToDevice(device_ids[1]->data(), bad.data(), bad.size() * 8)
+          .ok());
+  absl::Status launched = client_->LookupToDevice(requests);
+  if (GetParam().path == DevicePath::kRpc) {
+    EXPECT_EQ(launched.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(launched.message(), HasSubstr("lookup 1: "));
+  } else {
+    ASSERT_TRUE(launched.ok()) << launched;
+    EXPECT_TRUE(client_->DeviceLookupResult(requests[0]).ok());
+    absl::Status s = client_->DeviceLookupResult(requests[1]);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(s.message(), HasSubstr("ids[6]"));
+    EXPECT_TRUE(client_->DeviceLookupResult(requests[2]).ok());
+    EXPECT_TRUE(outs[2]->Read() == want[2]);
+  }
+  // Two lookups of one layer need status words of their own.
+  std::vector<DeviceLookupRequest> twice = {requests[0], requests[0]};
+  twice[0].status = twice[1].status = nullptr;
+  absl::Status s = client_->LookupToDevice(twice);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("status words of their own"));
+  gpu::StreamDestroy(*stream);
+  EXPECT_TRUE(server_->Alive());
 }
 
 // Remove while the client holds the mapping (for the GPU copy: an open

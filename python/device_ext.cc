@@ -1,12 +1,15 @@
-// Device lookups for Python (docs/gpu.md, docs/python.md): Client methods
-// over Client::LookupToDevice taking raw device addresses (the package reads
-// them from __cuda_array_interface__ or __dlpack__), and dlpack_info, which
-// reads a DLPack capsule without taking ownership of the tensor's memory.
+// Device lookups for Python (docs/gpu.md, docs/python.md): DeviceLookupPlan
+// over Client::LookupToDevice, built from CUDA array objects
+// (python/cuda_arrays.h), and the parsing helpers engram_store.cuda uses.
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
+#include "python/cuda_arrays.h"
 #include "python/ext_common.h"
 
 namespace py = pybind11;
@@ -14,119 +17,179 @@ namespace py = pybind11;
 namespace engram {
 namespace {
 
-// The DLPack C ABI (v0.x, "dltensor" capsules), as its specification lays
-// it out: the fields read here.
-struct DLDevice {
-  int32_t device_type;  // 1 CPU, 2 CUDA, 3 CUDA host (pinned)
-  int32_t device_id;
-};
-struct DLDataType {
-  uint8_t code;  // 0 int, 1 uint, 2 float, 4 bfloat
-  uint8_t bits;
-  uint16_t lanes;
-};
-struct DLTensor {
-  void* data;
-  DLDevice device;
-  int32_t ndim;
-  DLDataType dtype;
-  int64_t* shape;
-  int64_t* strides;  // in elements; null: C-contiguous
-  uint64_t byte_offset;
-};
-struct DLManagedTensor {
-  DLTensor dl_tensor;
-  void* manager_ctx;
-  void (*deleter)(DLManagedTensor* self);
-};
+using python::CudaArray;
+using python::ReadCudaArray;
 
-py::dict DlpackInfo(const py::capsule& capsule) {
-  if (std::string(capsule.name() == nullptr ? "" : capsule.name()) !=
-      "dltensor") {
-    throw py::value_error("not an unused DLPack capsule (\"dltensor\")");
-  }
-  auto* managed = static_cast<DLManagedTensor*>(capsule.get_pointer());
-  const DLTensor& t = managed->dl_tensor;
-  py::dict info;
-  info["ptr"] = reinterpret_cast<uintptr_t>(static_cast<uint8_t*>(t.data) +
-                                            t.byte_offset);
-  info["device_type"] = t.device.device_type;
-  info["device_id"] = t.device.device_id;
-  std::vector<int64_t> shape(t.shape, t.shape + t.ndim);
-  info["shape"] = shape;
-  if (t.strides != nullptr) {
-    info["strides"] = std::vector<int64_t>(t.strides, t.strides + t.ndim);
-  } else {
-    info["strides"] = py::none();
-  }
-  info["code"] = t.dtype.code;
-  info["bits"] = t.dtype.bits;
-  info["lanes"] = t.dtype.lanes;
-  // Consumed: the caller keeps the producing object (and so the memory)
-  // alive for as long as it uses the address.
-  PyCapsule_SetName(capsule.ptr(), "used_dltensor");
-  if (managed->deleter != nullptr) managed->deleter(managed);
-  return info;
+std::string ShapeRepr(const std::vector<int64_t>& shape) {
+  return py::repr(py::tuple(py::cast(shape))).cast<std::string>();
 }
 
-DeviceLookupRequest Request(int64_t layer_id, uintptr_t ids, int64_t num_ids,
-                            uintptr_t out, size_t out_bytes,
-                            const std::optional<std::string>& output_dtype,
-                            uintptr_t stream, uintptr_t status) {
-  DeviceLookupRequest r;
-  r.layer_id = layer_id;
-  r.ids = reinterpret_cast<const int64_t*>(ids);
-  r.num_ids = num_ids;
-  r.out = reinterpret_cast<void*>(out);
-  r.out_bytes = out_bytes;
-  r.output_dtype = ParseDType(output_dtype);
-  r.stream = reinterpret_cast<void*>(stream);
-  r.status = reinterpret_cast<uint64_t*>(status);
-  return r;
-}
+// Device lookups read from Python objects once and launched any number of
+// times (Client.device_lookups; lookup_device makes a one-lookup plan per
+// call). The plan holds references to its arrays, so their addresses stay
+// valid for its life, and to the client. Launches of one plan are
+// serialized; launch() releases the GIL.
+class DeviceLookupPlan {
+ public:
+  DeviceLookupPlan(py::object client, const py::sequence& lookups,
+                   const py::object& stream)
+      : client_(client.cast<Client*>()), owner_(std::move(client)) {
+    const uintptr_t handle = python::StreamHandle(stream);
+    if (py::len(lookups) == 0) {
+      throw py::value_error("no lookups given");
+    }
+    for (py::handle item : lookups) {
+      const py::tuple t = py::reinterpret_borrow<py::object>(item);
+      if (t.size() != 3 && t.size() != 4) {
+        throw py::value_error(
+            "each lookup is (layer_id, ids, out) or (layer_id, ids, out, "
+            "status)");
+      }
+      Add(t[0].cast<int64_t>(), t[1], t[2],
+          t.size() == 4 ? py::object(t[3]) : py::object(py::none()), handle);
+    }
+    paths_.resize(requests_.size(), DevicePath::kRpc);
+  }
+
+  void Launch() {
+    absl::Status s;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lock(mu_);
+      s = client_->LookupToDevice(requests_, paths_);
+    }
+    if (!s.ok()) Raise(s);
+  }
+
+  // Waits for the stream; the outcome of lookup `index` (all: -1, the first
+  // failure raised).
+  void Result(int index) {
+    if (index >= static_cast<int>(requests_.size())) {
+      throw py::index_error("no lookup " + std::to_string(index));
+    }
+    absl::Status s;
+    {
+      py::gil_scoped_release nogil;
+      for (size_t i = 0; i < requests_.size() && s.ok(); ++i) {
+        if (index < 0 || static_cast<size_t>(index) == i) {
+          s = client_->DeviceLookupResult(requests_[i]);
+        }
+      }
+    }
+    if (!s.ok()) Raise(s);
+  }
+
+  std::vector<std::string> Paths() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::string> names;
+    for (DevicePath p : paths_) names.emplace_back(DevicePathName(p));
+    return names;
+  }
+
+ private:
+  void Add(int64_t layer_id, py::handle ids, py::handle out,
+           const py::object& status, uintptr_t stream) {
+    const std::optional<CudaArray> dev_out = ReadCudaArray(out, "out", stream);
+    if (!dev_out) {
+      throw py::type_error(
+          "out must be a CUDA array (__cuda_array_interface__ or "
+          "__dlpack__)");
+    }
+    DeviceLookupRequest r;
+    r.layer_id = layer_id;
+    std::vector<int64_t> ids_shape;
+    if (std::optional<CudaArray> dev_ids = ReadCudaArray(ids, "ids", stream)) {
+      if (dev_ids->dtype != "int64") {
+        throw py::type_error("ids must be int64; got " + dev_ids->dtype);
+      }
+      ids_shape = dev_ids->shape;
+      r.ids = reinterpret_cast<const int64_t*>(dev_ids->ptr);
+      keep_.push_back(py::reinterpret_borrow<py::object>(ids));
+    } else {
+      // Leaked on purpose: a static py::object would be released after the
+      // interpreter is gone.
+      static const py::handle np = py::module_::import("numpy").release();
+      py::array host = np.attr("ascontiguousarray")(ids);
+      const char kind = host.dtype().kind();
+      if (kind != 'i' && kind != 'u') {
+        throw py::type_error("ids must be integers; got " +
+                             py::str(host.dtype()).cast<std::string>());
+      }
+      host = host.attr("astype")(np.attr("int64"), py::arg("copy") = false);
+      ids_shape.assign(host.shape(), host.shape() + host.ndim());
+      r.ids = static_cast<const int64_t*>(host.data());
+      keep_.push_back(std::move(host));
+    }
+    if (ids_shape.size() != 3) {
+      throw py::value_error("ids must be [B, L, H]; got shape " +
+                            ShapeRepr(ids_shape));
+    }
+    if (dev_out->shape.size() != 4 ||
+        !std::equal(ids_shape.begin(), ids_shape.end(),
+                    dev_out->shape.begin())) {
+      throw py::value_error("out has shape " + ShapeRepr(dev_out->shape) +
+                            "; ids " + ShapeRepr(ids_shape) +
+                            " need [B, L, H, D]");
+    }
+    const std::string out_dtype =
+        dev_out->dtype == "uint16" ? "bfloat16" : dev_out->dtype;
+    if (out_dtype != "float32" && out_dtype != "bfloat16" &&
+        out_dtype != "float16" && out_dtype != "uint8") {
+      throw py::type_error(
+          "out must be float32, bfloat16, float16 or uint8; got " +
+          dev_out->dtype);
+    }
+    keep_.push_back(py::reinterpret_borrow<py::object>(out));
+    r.num_ids = ids_shape[0] * ids_shape[1] * ids_shape[2];
+    r.out = reinterpret_cast<void*>(dev_out->ptr);
+    r.out_bytes = dev_out->nbytes();
+    r.output_dtype = ParseDType(out_dtype);
+    r.stream = reinterpret_cast<void*>(stream);
+    if (!status.is_none()) {
+      const std::optional<CudaArray> words =
+          ReadCudaArray(status, "status", stream);
+      if (!words || words->nbytes() < kDeviceStatusWords * sizeof(uint64_t) ||
+          (words->dtype != "int64" && words->dtype != "uint64")) {
+        throw py::type_error("status must be a CUDA array of " +
+                             std::to_string(kDeviceStatusWords) + " (u)int64");
+      }
+      r.status = reinterpret_cast<uint64_t*>(words->ptr);
+      keep_.push_back(status);
+    }
+    requests_.push_back(r);
+  }
+
+  Client* const client_;
+  const py::object owner_;  // keeps client_ alive
+  std::vector<DeviceLookupRequest> requests_;
+  std::vector<py::object> keep_;  // the arrays requests_ point into
+  std::mutex mu_;
+  std::vector<DevicePath> paths_;  // guarded by mu_ (GIL released)
+};
 
 }  // namespace
 
 void BindDeviceLookups(py::module_& m, py::class_<Client>& client_class) {
-  m.def("dlpack_info", &DlpackInfo, py::arg("capsule"));
-  m.attr("STATUS_WORDS") = 2;
+  m.def("dlpack_info", &python::DlpackInfo, py::arg("capsule"));
+  m.def(
+      "cuda_array",
+      [](py::handle obj, const std::string& what,
+         uintptr_t stream) -> py::object {
+        std::optional<CudaArray> a = ReadCudaArray(obj, what, stream);
+        if (!a) return py::none();
+        return py::make_tuple(a->ptr, py::tuple(py::cast(a->shape)), a->dtype,
+                              a->device);
+      },
+      py::arg("obj"), py::arg("what") = "array", py::arg("stream") = 0);
+  m.def("stream_handle", &python::StreamHandle, py::arg("stream"));
+  m.attr("STATUS_WORDS") = kDeviceStatusWords;
+  py::class_<DeviceLookupPlan>(m, "DeviceLookupPlan")
+      .def(py::init<py::object, const py::sequence&, const py::object&>(),
+           py::arg("client"), py::arg("lookups"), py::arg("stream"))
+      .def("launch", &DeviceLookupPlan::Launch)
+      .def("result", &DeviceLookupPlan::Result, py::arg("index") = -1)
+      .def("paths", &DeviceLookupPlan::Paths);
   client_class
-      .def(
-          "lookup_device",
-          [](Client& c, int64_t layer_id, uintptr_t ids, int64_t num_ids,
-             uintptr_t out, size_t out_bytes,
-             std::optional<std::string> output_dtype, uintptr_t stream,
-             uintptr_t status) {
-            const DeviceLookupRequest r =
-                Request(layer_id, ids, num_ids, out, out_bytes, output_dtype,
-                        stream, status);
-            DevicePath path = DevicePath::kRpc;
-            absl::Status s;
-            {
-              py::gil_scoped_release nogil;
-              s = c.LookupToDevice(r, &path);
-            }
-            if (!s.ok()) Raise(s);
-            return std::string(DevicePathName(path));
-          },
-          py::arg("layer_id"), py::arg("ids"), py::arg("num_ids"),
-          py::arg("out"), py::arg("out_bytes"), py::arg("output_dtype"),
-          py::arg("stream"), py::arg("status"))
-      .def(
-          "device_result",
-          [](Client& c, int64_t layer_id, uintptr_t out, uintptr_t stream,
-             uintptr_t status) {
-            const DeviceLookupRequest r =
-                Request(layer_id, 0, 0, out, 0, std::nullopt, stream, status);
-            absl::Status s;
-            {
-              py::gil_scoped_release nogil;
-              s = c.DeviceLookupResult(r);
-            }
-            if (!s.ok()) Raise(s);
-          },
-          py::arg("layer_id"), py::arg("out"), py::arg("stream"),
-          py::arg("status"))
       .def(
           "prepare_device",
           [](Client& c, int64_t layer_id, int device) {

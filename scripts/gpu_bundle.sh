@@ -4,11 +4,23 @@
 # shared libraries they load that a CUDA image lacks. Then, from the repo
 # root, the device tool runs `bash scripts/gpu_check.sh` with carry
 # [".device"] (docs/gpu.md, "Checking on a GPU").
+#
+# The GPU machine's python3 (with PyTorch) is 3.12; Debian 12's is 3.11. With
+# a Python 3.12 that has its headers here (GPU_PYTHON, default: pyenv's
+# 3.12 when present), the package is built for it too (ENGRAM_EXTRA_PYTHON)
+# and packed into .device/python, for the torch test and bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build}
+gpu_python=${GPU_PYTHON:-$(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3 2>/dev/null | tail -n 1 || true)}
 targets=(engramd device_lookup_test gpu_gather_test gpu_tier_test
          device_lookup_bench gpu_gather_bench)
+if [ -n "$gpu_python" ]; then
+  cmake "$build" -DENGRAM_EXTRA_PYTHON="$gpu_python" >/dev/null
+  targets+=(_engram_store_extra)
+else
+  echo "no Python 3.12 with headers (GPU_PYTHON): the torch check will skip"
+fi
 cmake --build "$build" -j2 --target "${targets[@]}"
 rm -rf .device
 mkdir -p .device/lib
@@ -16,6 +28,13 @@ bins=("$build/server/engramd" "$build/tests/device_lookup_test"
       "$build/tests/gpu_gather_test" "$build/tests/gpu_tier_test"
       "$build/bench/device_lookup_bench" "$build/bench/gpu_gather_bench")
 for b in "${bins[@]}"; do strip -o ".device/$(basename "$b")" "$b"; done
+if [ -n "$gpu_python" ]; then
+  version=$("$gpu_python" -c 'import sysconfig; print(sysconfig.get_python_version())')
+  mkdir -p .device/python
+  cp -r "$build/python$version/engram_store" .device/python/
+  strip .device/python/engram_store/_engram_store*.so
+  bins+=(.device/python/engram_store/_engram_store*.so)
+fi
 # Everything they load but the C/C++ runtime, which the image has (newer).
 ldd "${bins[@]}" | awk '/=>/ {print $3}' | sort -u |
   grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|ld-linux[^/]*|libpthread|libdl|librt|libcuda)\.so' |

@@ -2,8 +2,8 @@
 # The GPU checks, on the GPU machine, from the repo root, with .device/
 # made by scripts/gpu_bundle.sh carried along: the kernel and GPU-tier
 # tests, the device-lookup tests against real engramd processes, and the
-# device-lookup benchmark. Logs go to $OUT (the device tool's folder) when
-# set. One short run: about 4 minutes.
+# device-lookup benchmarks, C++ and (with .device/python) from PyTorch.
+# Logs go to $OUT (the device tool's folder) when set. About 6 minutes.
 set -uo pipefail
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
@@ -28,6 +28,19 @@ grep -E 'FAILED|mixed' "$out/device_lookup_graph_repeat.log" | sort | uniq -c | 
 echo "== device_lookup_bench"
 timeout 300 "$d/device_lookup_bench" --engramd="$d/engramd" \
   2>&1 | tee "$out/device_lookup_bench.txt" || status=1
+if [ -d "$d/python/engram_store" ]; then
+  # The Python device path from PyTorch (the package built for this
+  # machine's python3 by gpu_bundle.sh): tests, then the figures.
+  echo "== torch device test"
+  PYTHONPATH=$d/python timeout 300 python3 tests/python/test_torch_device.py \
+    2>&1 | tee "$out/torch_device_test.txt" || status=1
+  echo "== python_device_bench"
+  PYTHONPATH=$d/python timeout 400 python3 bench/python_device_bench.py \
+    --engramd="$d/engramd" 2>&1 | tee "$out/python_device_bench.txt" ||
+    status=1
+else
+  echo "== torch device test: no .device/python (see gpu_bundle.sh)"
+fi
 echo "== gpu_gather_bench"
 timeout 120 "$d/gpu_gather_bench" 2>&1 | tee "$out/gpu_gather_bench.txt" ||
   status=1

@@ -26,7 +26,7 @@ from engram_store.errors import (  # noqa: F401  (re-exported)
     UnavailableError, UnimplementedError, UnknownError, from_status)
 from engram_store.mooncake import EngramStore, EngramStoreConfig  # noqa: F401
 
-__all__ = ["Client", "DeviceLookup", "LayerInfo", "Error", "EngramStore",
+__all__ = ["Client", "DeviceLookup", "DeviceLookups", "LayerInfo", "Error", "EngramStore",
            "EngramStoreConfig"]
 
 _NUMPY_DTYPES = {
@@ -42,23 +42,56 @@ _NUMPY_DTYPES = {
 class DeviceLookup:
     """One :meth:`Client.lookup_device` in flight on its stream."""
 
-    def __init__(self, client, layer_id, out, out_ptr, stream, status_ptr,
-                 path, keep):
-        self._client = client
-        self._layer_id = layer_id
+    __slots__ = ("_plan", "_index", "_out", "path")
+
+    def __init__(self, plan, index, out, path):
+        self._plan = plan  # holds ids, out and status alive
+        self._index = index
         self._out = out
-        self._out_ptr = out_ptr
-        self._stream = stream
-        self._status_ptr = status_ptr
-        self._keep = keep  # the ids and status stay alive with the call
         #: "gpu-shared", "host-mapped" or "rpc": where the rows came from.
         self.path = path
 
     def result(self):
         """Waits for the stream, raises what the GPU found, returns out."""
-        _call(self._client._c.device_result, self._layer_id, self._out_ptr,
-              self._stream, self._status_ptr)
+        _call(self._plan.result, self._index)
         return self._out
+
+
+class DeviceLookups:
+    """Device lookups read once and launched at every step
+    (:meth:`Client.device_lookups`): the arrays' interfaces, the stream and
+    the layers are resolved when it is made, so :meth:`launch` goes straight
+    to C++. The zero-copy lookups with the same dtypes go out as one kernel
+    launch. It keeps its arrays alive; reuse it for as long as they are the
+    step's buffers (what a CUDA graph captures, too)."""
+
+    __slots__ = ("_plan", "_outs")
+
+    def __init__(self, plan, outs):
+        self._plan = plan
+        self._outs = outs
+
+    def launch(self) -> "DeviceLookups":
+        """Enqueues every lookup on the stream; returns at once."""
+        try:
+            self._plan.launch()
+        except _ext.StatusError as e:
+            code, message = e.args
+            raise from_status(code, message) from None
+        return self
+
+    __call__ = launch
+
+    @property
+    def paths(self) -> List[str]:
+        """Where each lookup's rows came from at the last launch."""
+        return self._plan.paths()
+
+    def result(self) -> list:
+        """Waits for the stream, raises the first error the GPU found,
+        returns the outs."""
+        _call(self._plan.result, -1)
+        return list(self._outs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,50 +418,26 @@ class Client:
         host, else through the RPC path (docs/gpu.md). ``out``'s dtype is
         the output dtype (bfloat16 as a bfloat16 or uint16 array). Errors
         the GPU finds (an id out of range, the layer removed meanwhile) come
-        from :meth:`DeviceLookup.result`; ``status`` (a CUDA array of two
-        uint64) gives concurrent streams their own status words.
+        from :meth:`DeviceLookup.result`; ``status`` (a CUDA array of
+        ``engram_store.cuda.STATUS_WORDS`` (u)int64) gives concurrent
+        streams their own status words. For the same buffers at every step,
+        :meth:`device_lookups` reads them once.
         """
-        handle = _cuda.stream_handle(stream)
-        dev_out = _cuda.device_array(out, "out", handle)
-        if dev_out is None:
-            raise TypeError("out must be a CUDA array (__cuda_array_interface__"
-                            " or __dlpack__)")
-        dev_ids = _cuda.device_array(ids, "ids", handle)
-        host_ids = None
-        if dev_ids is not None:
-            if dev_ids.dtype != "int64":
-                raise TypeError(f"ids must be int64; got {dev_ids.dtype}")
-            ids_shape, ids_ptr = dev_ids.shape, dev_ids.ptr
-        else:
-            host_ids = np.ascontiguousarray(np.asarray(ids))
-            if host_ids.dtype.kind not in "iu":
-                raise TypeError(f"ids must be integers; got {host_ids.dtype}")
-            host_ids = host_ids.astype(np.int64, copy=False)
-            ids_shape = host_ids.shape
-            ids_ptr = host_ids.ctypes.data
-        if len(ids_shape) != 3:
-            raise ValueError(f"ids must be [B, L, H]; got shape {ids_shape}")
-        if len(dev_out.shape) != 4 or dev_out.shape[:3] != tuple(ids_shape):
-            raise ValueError(f"out has shape {dev_out.shape}; ids "
-                             f"{tuple(ids_shape)} need [B, L, H, D]")
-        out_dtype = "bfloat16" if dev_out.dtype == "uint16" else dev_out.dtype
-        if out_dtype not in _NUMPY_DTYPES:
-            raise TypeError(f"out must be float32, bfloat16, float16 or "
-                            f"uint8; got {dev_out.dtype}")
-        status_ptr = 0
-        if status is not None:
-            dev_status = _cuda.device_array(status, "status", handle)
-            if dev_status is None or dev_status.nbytes < 16 or \
-                    dev_status.dtype not in ("int64", "uint64"):
-                raise TypeError("status must be a CUDA array of two "
-                                "(u)int64")
-            status_ptr = dev_status.ptr
-        num_ids = int(np.prod(ids_shape, dtype=np.int64))
-        path = _call(self._c.lookup_device, int(layer_id), ids_ptr, num_ids,
-                     dev_out.ptr, dev_out.nbytes, out_dtype, handle,
-                     status_ptr)
-        return DeviceLookup(self, int(layer_id), out, dev_out.ptr, handle,
-                            status_ptr, path, (ids, host_ids, status))
+        plan = _ext.DeviceLookupPlan(self._c, ((layer_id, ids, out, status),),
+                                     stream)
+        _call(plan.launch)
+        return DeviceLookup(plan, 0, out, plan.paths()[0])
+
+    def device_lookups(self, lookups, *, stream=None) -> "DeviceLookups":
+        """Prepares lookups of several layers (a decode step's Engram
+        layers) for :meth:`DeviceLookups.launch`: ``lookups`` is a sequence
+        of ``(layer_id, ids, out)`` or ``(layer_id, ids, out, status)`` as
+        :meth:`lookup_device` takes them, all on ``stream`` and one device.
+        Two lookups of one layer need a ``status`` each. Nothing is launched
+        yet."""
+        lookups = tuple(tuple(x) for x in lookups)
+        plan = _ext.DeviceLookupPlan(self._c, lookups, stream)
+        return DeviceLookups(plan, tuple(x[2] for x in lookups))
 
     def prepare_device(self, layer_id: int, device: int = -1) -> str:
         """Sets up device lookups of a layer now (the first lookup_device

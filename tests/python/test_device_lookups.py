@@ -161,6 +161,38 @@ def test_lookup_device_refuses_what_is_not_device_memory():
         server.stop()
 
 
+def test_device_lookups_are_checked_when_made():
+    server = Engramd("--direct_reads")
+    try:
+        client = engram_store.Client(server.address)
+        client.populate(1, random_tables([100, 50], 8, np.float32, 1))
+        client.populate(2, random_tables([100, 50], 8, np.float32, 2))
+        ids = np.zeros((1, 1, 2), dtype=np.int64)
+        host = np.zeros((1, 1, 2, 8), dtype=np.float32)
+        with pytest.raises(ValueError, match="no lookups"):
+            client.device_lookups([])
+        with pytest.raises(ValueError, match=r"\(layer_id, ids, out\)"):
+            client.device_lookups([(1, ids)])
+        with pytest.raises(TypeError, match="CUDA array"):
+            client.device_lookups([(1, ids, host)])
+        with pytest.raises(TypeError, match="integers"):
+            client.device_lookups([(1, ids.astype(np.float32),
+                                    HostBackedCai(host))])
+        # The status words grew from two to three: two are refused.
+        assert cuda.STATUS_WORDS == 3
+        with pytest.raises(TypeError, match="3 \\(u\\)int64"):
+            client.lookup_device(1, ids, HostBackedCai(host),
+                                 status=HostBackedCai(np.zeros(2, np.uint64)))
+        # Made without a launch; the launch names the lookup it refuses.
+        plan = client.device_lookups(
+            [(1, ids, HostBackedCai(host)), (2, ids, HostBackedCai(host))])
+        with pytest.raises(InvalidArgumentError, match="lookup 0: .*device"):
+            plan.launch()
+        assert client.health()
+    finally:
+        server.stop()
+
+
 def _cudart():
     for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12",
                  ctypes.util.find_library("cudart")):
@@ -244,5 +276,48 @@ def test_lookup_device_matches_the_host_lookup(flags, path):
         bad[0, 0, 2] = 2000
         with pytest.raises(InvalidArgumentError):
             client.lookup_device(3, bad, out).result()
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(CUDART is None, reason="no CUDA device")
+@pytest.mark.parametrize("flags,path", [
+    (("--direct_reads", "--gpu=0"), "gpu-shared"),
+    (("--direct_reads",), "host-mapped"),
+    ((), "rpc")])
+def test_device_lookups_of_two_layers_launch_together(flags, path):
+    server = Engramd(*flags)
+    try:
+        client = engram_store.Client(server.address)
+        layers = {5: random_tables([3000, 2000], 264, np.uint8, 5),
+                  6: random_tables([1000, 4000], 264, np.uint8, 6)}
+        for layer_id, tables in layers.items():
+            client.populate(layer_id, tables)
+        rng = np.random.default_rng(5)
+        lookups, wants, ids_buffers = [], [], []
+        for layer_id in layers:
+            ids = np.stack([rng.integers(0, n, (4, 1)) for n in
+                            (1000, 2000)], axis=-1).astype(np.int64)
+            device_ids = CudaBuffer(ids.shape, np.int64)
+            device_ids.write(ids)
+            ids_buffers.append((device_ids, ids))
+            want = client.lookup(layer_id, ids)
+            out = CudaBuffer(want.shape, np.uint8)
+            lookups.append((layer_id, device_ids, out))
+            wants.append(want)
+        step = client.device_lookups(lookups)
+        for _ in range(3):  # one plan, launched at every step
+            for _, _, out in lookups:
+                out.write(np.zeros(out.shape, np.uint8))
+            step.launch()
+            assert step.paths == [path, path]
+            for out, want in zip(step.result(), wants):
+                assert np.array_equal(out.read(), want)
+        # New ids in the same buffers: the next launch reads them.
+        device_ids, ids = ids_buffers[0]
+        device_ids.write(ids[::-1].copy())
+        step.launch()
+        assert np.array_equal(step.result()[0].read(),
+                              client.lookup(5, ids[::-1].copy()))
     finally:
         server.stop()

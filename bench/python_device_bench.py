@@ -15,34 +15,18 @@ H2D copy (host-mapped). Then a two-layer plan against a one-layer plan of
 the same total rows (target <= 1.2x).
 """
 import argparse
-import socket
-import subprocess
+import os
+import sys
 import time
 
 import torch
 
-import engram_store
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests",
+                                "python"))
+from engramd_process import Server  # noqa: E402
 
 HEADS, ROW, VOCAB = 16, 264, 115_000
 CALLS, GRAPH_CALLS = 200, 20
-
-
-def start(engramd, flags):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-    proc = subprocess.Popen([engramd, f"--listen={address}",
-                             "--metrics_listen=", *flags],
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            if engram_store.Client(address, timeout_s=1).health():
-                return proc, address
-        except engram_store.Error:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("engramd did not start")
 
 
 def host_us(fn, calls=CALLS):
@@ -100,9 +84,9 @@ def main():
     print("| --- | --- | --- | --- | --- | --- |")
     for flags, path in ((("--direct_reads", "--gpu=0"), "gpu-shared"),
                         (("--direct_reads",), "host-mapped")):
-        proc, address = start(args.engramd, flags)
+        server = Server(*flags, engramd=args.engramd)
         try:
-            client = engram_store.Client(address)
+            client = server.client()
             client.populate(1, [t.numpy() for t in tables])
             client.populate(2, [t.numpy() for t in tables])
             assert client.prepare_device(1) == path
@@ -163,8 +147,7 @@ def main():
                   f"graph {g_two:.1f} / {g_one:.1f} us = "
                   f"{g_two / g_one:.2f}x")
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            server.stop()
 
 
 if __name__ == "__main__":

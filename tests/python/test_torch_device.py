@@ -8,9 +8,6 @@ scripts/gpu_check.sh runs it with that machine's python3, which may lack
 pytest: ``python3 tests/python/test_torch_device.py`` runs every case too.
 Needs ENGRAM_TEST_ENGRAMD and the package on PYTHONPATH.
 """
-import os
-import socket
-import subprocess
 import sys
 import time
 
@@ -20,8 +17,8 @@ except ImportError:  # CI: no torch
     torch = None
 
 import engram_store
+from engramd_process import Server
 
-ENGRAMD = os.environ.get("ENGRAM_TEST_ENGRAMD", "engramd")
 SKIP = ("no torch" if torch is None else
         "no CUDA device" if not torch.cuda.is_available() else None)
 
@@ -33,33 +30,6 @@ except ImportError:  # run as a script
 
 PATHS = ((("--direct_reads", "--gpu=0"), "gpu-shared"),
          (("--direct_reads",), "host-mapped"))
-
-
-class Server:
-    """One engramd on loopback, stopped by stop()."""
-
-    def __init__(self, *flags):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.address = f"127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [ENGRAMD, f"--listen={self.address}", "--metrics_listen=", *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if engram_store.Client(self.address, timeout_s=1).health():
-                    return
-            except engram_store.Error:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("engramd did not start")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
 
 def _fp8_tables(sizes, seed):
@@ -85,7 +55,7 @@ def test_rows_equal_torchs_gather_on_both_paths():
     for flags, path in PATHS:
         server = Server(*flags)
         try:
-            client = engram_store.Client(server.address)
+            client = server.client()
             tables = _fp8_tables(sizes, 1)
             client.populate(1, [t.numpy() for t in tables])
             f32 = [torch.randn(n, 64) for n in sizes]
@@ -126,7 +96,7 @@ def test_a_graph_of_a_decode_step_follows_a_replace():
     for flags, path in PATHS:
         server = Server(*flags)
         try:
-            client = engram_store.Client(server.address)
+            client = server.client()
             v1, v2 = _fp8_tables(sizes, 1), _fp8_tables(sizes, 2)
             other = _fp8_tables(sizes, 3)
             client.populate(1, [t.numpy() for t in v1])

@@ -73,17 +73,6 @@ absl::Status ForEachEntry(
   return absl::OkStatus();
 }
 
-const char* const kAuditedMethods[] = {
-    "/engram.v1.EngramStore/Populate",
-    "/engram.v1.EngramStore/Remove",
-    "/engram.v1.EngramStore/Load",
-    "/engram.internal.v1.EngramPeer/Stage",
-    "/engram.internal.v1.EngramPeer/Commit",
-    "/engram.internal.v1.EngramPeer/Abort",
-    "/engram.internal.v1.EngramPeer/RemoveLocal",
-    "/engram.internal.v1.EngramPeer/StageFiles",
-};
-
 class AuditInterceptor : public grpc::experimental::Interceptor {
  public:
   AuditInterceptor(const Authorizer* authorizer,
@@ -331,8 +320,14 @@ absl::StatusOr<Caller> Authorizer::Authenticate(
 }
 
 absl::StatusOr<Caller> Authorizer::Check(const grpc::ServerContextBase& context,
-                                         uint32_t need,
-                                         absl::string_view method) const {
+                                         Method method) const {
+  const MethodInfo& info = Describe(method);
+  return CheckRights(context, info.need, info.name);
+}
+
+absl::StatusOr<Caller> Authorizer::CheckRights(
+    const grpc::ServerContextBase& context, uint32_t need,
+    absl::string_view method) const {
   Caller caller;
   if (credentials_configured_) {
     absl::StatusOr<Caller> who = Authenticate(context);
@@ -360,7 +355,7 @@ absl::StatusOr<Caller> Authorizer::Check(const grpc::ServerContextBase& context,
 }
 
 Caller Authorizer::Identify(const grpc::ServerContextBase& context) const {
-  absl::StatusOr<Caller> who = Check(context, 0, "");
+  absl::StatusOr<Caller> who = CheckRights(context, 0, "");
   if (who.ok()) {
     if (!credentials_configured_)
       absl::StrAppend(&who->name, " ", context.peer());
@@ -410,15 +405,17 @@ void Authorizer::Audit(const Caller& caller, absl::string_view method,
   }
 }
 
+absl::StatusOr<Caller> Authorize(const Authorizer* authorizer,
+                                 const grpc::ServerContextBase& context,
+                                 Method method) {
+  if (authorizer == nullptr) return Caller{"unchecked", "any", ~uint32_t{0}};
+  return authorizer->Check(context, method);
+}
+
 grpc::ServerUnaryReactor* RefuseUnary(const Authorizer* authorizer,
                                       grpc::CallbackServerContext* context,
-                                      uint32_t need, absl::string_view method,
-                                      Caller* caller) {
-  if (authorizer == nullptr) {
-    if (caller != nullptr) *caller = Caller{"unchecked", "any", ~uint32_t{0}};
-    return nullptr;
-  }
-  absl::StatusOr<Caller> who = authorizer->Check(*context, need, method);
+                                      Method method, Caller* caller) {
+  absl::StatusOr<Caller> who = Authorize(authorizer, *context, method);
   if (who.ok()) {
     if (caller != nullptr) *caller = *std::move(who);
     return nullptr;
@@ -433,11 +430,9 @@ grpc::ServerUnaryReactor* RefuseUnary(const Authorizer* authorizer,
 grpc::experimental::Interceptor*
 AuditInterceptorFactory::CreateServerInterceptor(
     grpc::experimental::ServerRpcInfo* info) {
-  const absl::string_view method = info->method();
-  for (const char* audited : kAuditedMethods) {
-    if (method == audited) return new AuditInterceptor(authorizer_, info);
-  }
-  return nullptr;
+  const MethodInfo* method = FindMethod(info->method());
+  if (method == nullptr || !method->audited) return nullptr;
+  return new AuditInterceptor(authorizer_, info);
 }
 
 }  // namespace engram

@@ -26,17 +26,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/methods.h"
 
 namespace engram {
-
-// What a call needs. A role is a set of rights: read = {read},
-// write = {read, write}, admin = {read, write, admin}, peer = {read, peer}.
-enum Right : uint32_t {
-  kRightRead = 1,   // Lookup, DescribeLayer, ListLayers, peer Gather/Transport
-  kRightWrite = 2,  // Populate, Remove, Load
-  kRightAdmin = 4,  // Remove(force) of another caller's populate
-  kRightPeer = 8,   // Stage, Commit, Abort, RemoveLocal, StageFiles
-};
 
 struct AuthConfig {
   // Lines "ROLE NAME TOKEN" (role read|write|admin|peer; NAME is what the
@@ -74,12 +66,12 @@ class Authorizer {
       AuthConfig config, prometheus::Registry* registry);
   ~Authorizer();
 
-  // The caller if it may call `method` (needing `need`), else
-  // UNAUTHENTICATED (no or unknown credentials) or PERMISSION_DENIED (not
-  // allowed, or a remote caller in protected mode). Messages say what is
-  // missing, never what was presented.
+  // The caller if it may call `method` (the rights its MethodInfo needs),
+  // else UNAUTHENTICATED (no or unknown credentials) or PERMISSION_DENIED
+  // (not allowed, or a remote caller in protected mode). Messages say what
+  // is missing, never what was presented.
   absl::StatusOr<Caller> Check(const grpc::ServerContextBase& context,
-                               uint32_t need, absl::string_view method) const;
+                               Method method) const;
 
   // Re-reads files that changed since the last read; a file that no longer
   // parses keeps the tables in use (and says why in the log).
@@ -123,6 +115,9 @@ class Authorizer {
   std::vector<FileStamp> Stamps() const;
   absl::StatusOr<Caller> Authenticate(
       const grpc::ServerContextBase& context) const;
+  absl::StatusOr<Caller> CheckRights(const grpc::ServerContextBase& context,
+                                     uint32_t need,
+                                     absl::string_view method) const;
 
   const AuthConfig config_;
   const bool credentials_configured_;
@@ -148,14 +143,19 @@ class Authorizer {
 // ("ipv4:127.x.x.x:port", "ipv6:[::1]:port", "unix:...").
 bool IsLoopbackPeer(absl::string_view peer);
 
-// Checks a unary call against `authorizer` (nullptr allows everything).
-// Allowed: returns nullptr and fills `caller` (may be null). Refused:
-// finishes the call with the refusal and returns its reactor, which the
-// handler returns.
+// The one authorization every handler calls, unary and streaming, public
+// and peer: Authorizer::Check, or with no authorizer (tests that build the
+// services alone) an unchecked caller with every right.
+absl::StatusOr<Caller> Authorize(const Authorizer* authorizer,
+                                 const grpc::ServerContextBase& context,
+                                 Method method);
+
+// Authorize for a unary handler. Allowed: returns nullptr and fills
+// `caller` (may be null). Refused: finishes the call with the refusal and
+// returns its reactor, which the handler returns.
 grpc::ServerUnaryReactor* RefuseUnary(const Authorizer* authorizer,
                                       grpc::CallbackServerContext* context,
-                                      uint32_t need, absl::string_view method,
-                                      Caller* caller = nullptr);
+                                      Method method, Caller* caller = nullptr);
 
 // A reactor that ends a client-streaming call at once with `status` (a
 // refused Populate or Stage).

@@ -145,7 +145,7 @@ class ClusterPopulateReactor : public EndableReadReactor<v1::PopulateRequest> {
                            ")"));
     }
     coordinator_->metrics()->RecordCall(
-        Rpc::kPopulate, static_cast<grpc::StatusCode>(status.code()));
+        Method::kPopulate, static_cast<grpc::StatusCode>(status.code()));
     FinishOnce(ToGrpcStatus(status));
   }
 

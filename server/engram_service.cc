@@ -72,15 +72,13 @@ EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
 
 grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
     grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
-  if (auth_ != nullptr) {
-    absl::StatusOr<Caller> caller =
-        auth_->Check(*context, kRightWrite, "Populate");
-    if (!caller.ok()) {
-      metrics_->RecordCall(Rpc::kPopulate, static_cast<grpc::StatusCode>(
-                                               caller.status().code()));
-      return new RefusedStream<v1::PopulateRequest>(
-          ToGrpcStatus(caller.status()));
-    }
+  if (absl::StatusOr<Caller> caller =
+          Authorize(auth_, *context, Method::kPopulate);
+      !caller.ok()) {
+    metrics_->RecordCall(Method::kPopulate,
+                         static_cast<grpc::StatusCode>(caller.status().code()));
+    return new RefusedStream<v1::PopulateRequest>(
+        ToGrpcStatus(caller.status()));
   }
   if (cluster_ != nullptr) return cluster_->NewPopulate(context, response);
   PopulateEnv env;
@@ -97,16 +95,8 @@ grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
 }
 
 grpc::ServerUnaryReactor* EngramService::Refuse(
-    grpc::CallbackServerContext* context, Rpc rpc, uint32_t need,
-    Caller* caller) {
-  static constexpr const char* kNames[] = {
-      "Populate", "Lookup", "Remove", "DescribeLayer", "ListLayers", "Load"};
-  if (auth_ == nullptr) {
-    if (caller != nullptr) *caller = Caller{"unchecked", "any", ~uint32_t{0}};
-    return nullptr;
-  }
-  absl::StatusOr<Caller> who =
-      auth_->Check(*context, need, kNames[static_cast<int>(rpc)]);
+    grpc::CallbackServerContext* context, Method rpc, Caller* caller) {
+  absl::StatusOr<Caller> who = Authorize(auth_, *context, rpc);
   if (who.ok()) {
     if (caller != nullptr) *caller = *std::move(who);
     return nullptr;
@@ -116,7 +106,7 @@ grpc::ServerUnaryReactor* EngramService::Refuse(
   return reactor;
 }
 
-void EngramService::Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
+void EngramService::Finish(grpc::ServerUnaryReactor* reactor, Method rpc,
                            const absl::Status& status) {
   metrics_->RecordCall(rpc, static_cast<grpc::StatusCode>(status.code()));
   reactor->Finish(ToGrpcStatus(status));
@@ -125,7 +115,7 @@ void EngramService::Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
 grpc::ServerUnaryReactor* EngramService::Lookup(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  if (auto* refused = Refuse(context, Rpc::kLookup, kRightRead)) return refused;
+  if (auto* refused = Refuse(context, Method::kLookup)) return refused;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto call = std::make_shared<LookupCall>();
   call->start = Clock::now();
@@ -133,13 +123,13 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
   if (!grpc::SerializationTraits<v1::LookupRequest>::Deserialize(&parse_copy,
                                                                  &call->request)
            .ok()) {
-    Finish(reactor, Rpc::kLookup,
+    Finish(reactor, Method::kLookup,
            absl::InvalidArgumentError(
                "the request does not parse as engram.v1.LookupRequest"));
     return reactor;
   }
   if (absl::Status s = PrepareLookup(*layers_, limits_, call.get()); !s.ok()) {
-    Finish(reactor, Rpc::kLookup, s);
+    Finish(reactor, Method::kLookup, s);
     return reactor;
   }
   if (call->request.as_values()) {
@@ -221,7 +211,7 @@ void EngramService::ServeRows(const grpc::CallbackServerContext& context,
     auto reserved = pending_->Reserve(
         context, static_cast<int64_t>(header_bytes + out_bytes));
     if (!reserved.ok()) {
-      Finish(reactor, Rpc::kLookup, reserved.status());
+      Finish(reactor, Method::kLookup, reserved.status());
       return;
     }
     charge = *std::move(reserved);
@@ -234,7 +224,7 @@ void EngramService::ServeRows(const grpc::CallbackServerContext& context,
     ResponseBuffer buffer = AllocateResponse(
         backend == Backend::kGpu ? gpu_ : nullptr, header_bytes + out_bytes);
     if (buffer.data == nullptr) {
-      Finish(reactor, Rpc::kLookup,
+      Finish(reactor, Method::kLookup,
              absl::ResourceExhaustedError(
                  absl::StrCat("cannot allocate ", out_bytes,
                               " bytes for the lookup response")));
@@ -248,7 +238,7 @@ void EngramService::ServeRows(const grpc::CallbackServerContext& context,
          charge, buffer](absl::Status s, bool on_gpu) {
           if (!s.ok()) {
             buffer.destroy(buffer.user_data);
-            Finish(reactor, Rpc::kLookup, s);
+            Finish(reactor, Method::kLookup, s);
             return;
           }
           grpc::Slice slice = PendingResponses::ChargedSlice(
@@ -259,7 +249,7 @@ void EngramService::ServeRows(const grpc::CallbackServerContext& context,
               std::chrono::duration<double>(Clock::now() - call->start).count(),
               num_ids, static_cast<int64_t>(out_bytes));
           metrics_->RecordTier(on_gpu);
-          Finish(reactor, Rpc::kLookup, absl::OkStatus());
+          Finish(reactor, Method::kLookup, absl::OkStatus());
         });
   };
   // Pinned allocation and the device copy block: never on the reactor.
@@ -286,7 +276,7 @@ void EngramService::ServeValues(const grpc::CallbackServerContext& context,
     auto reserved =
         pending_->Reserve(context, static_cast<int64_t>(2 * values_bytes + 64));
     if (!reserved.ok()) {
-      Finish(reactor, Rpc::kLookup, reserved.status());
+      Finish(reactor, Method::kLookup, reserved.status());
       return;
     }
     charge = *std::move(reserved);
@@ -327,7 +317,7 @@ void EngramService::ServeValues(const grpc::CallbackServerContext& context,
               std::chrono::duration<double>(Clock::now() - call->start).count(),
               num_ids, num_ids * call->out_row_bytes);
         }
-        Finish(reactor, Rpc::kLookup, s);
+        Finish(reactor, Method::kLookup, s);
       });
 }
 
@@ -335,7 +325,7 @@ grpc::ServerUnaryReactor* EngramService::Remove(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   Caller caller;
-  if (auto* refused = Refuse(context, Rpc::kRemove, kRightWrite, &caller)) {
+  if (auto* refused = Refuse(context, Method::kRemove, &caller)) {
     return refused;
   }
   return ServeRaw<v1::RemoveRequest, v1::RemoveResponse>(
@@ -350,7 +340,7 @@ grpc::ServerUnaryReactor* EngramService::Remove(
         }
         RemoveParsed(req, resp, std::move(done));
       },
-      Observer(Rpc::kRemove));
+      Observer(Method::kRemove));
 }
 
 void EngramService::RemoveParsed(const v1::RemoveRequest& request,
@@ -386,7 +376,7 @@ void EngramService::RemoveParsed(const v1::RemoveRequest& request,
 grpc::ServerUnaryReactor* EngramService::DescribeLayer(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  if (auto* refused = Refuse(context, Rpc::kDescribeLayer, kRightRead)) {
+  if (auto* refused = Refuse(context, Method::kDescribeLayer)) {
     return refused;
   }
   return ServeRaw<v1::DescribeLayerRequest, v1::LayerInfo>(
@@ -402,13 +392,13 @@ grpc::ServerUnaryReactor* EngramService::DescribeLayer(
         FillLayerInfo(layer->id(), layer->layout(), info, layer->version());
         done(absl::OkStatus());
       },
-      Observer(Rpc::kDescribeLayer));
+      Observer(Method::kDescribeLayer));
 }
 
 grpc::ServerUnaryReactor* EngramService::ListLayers(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  if (auto* refused = Refuse(context, Rpc::kListLayers, kRightRead)) {
+  if (auto* refused = Refuse(context, Method::kListLayers)) {
     return refused;
   }
   return ServeRaw<v1::ListLayersRequest, v1::ListLayersResponse>(
@@ -421,10 +411,10 @@ grpc::ServerUnaryReactor* EngramService::ListLayers(
         }
         done(absl::OkStatus());
       },
-      Observer(Rpc::kListLayers));
+      Observer(Method::kListLayers));
 }
 
-std::function<void(const absl::Status&)> EngramService::Observer(Rpc rpc) {
+std::function<void(const absl::Status&)> EngramService::Observer(Method rpc) {
   return [this, rpc](const absl::Status& s) {
     metrics_->RecordCall(rpc, static_cast<grpc::StatusCode>(s.code()));
   };
@@ -433,7 +423,7 @@ std::function<void(const absl::Status&)> EngramService::Observer(Rpc rpc) {
 grpc::ServerUnaryReactor* EngramService::Load(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  if (auto* refused = Refuse(context, Rpc::kLoad, kRightWrite)) return refused;
+  if (auto* refused = Refuse(context, Method::kLoad)) return refused;
   return ServeRaw<v1::LoadRequest, v1::LoadResponse>(
       context, request, response,
       [this, deadline = context->deadline()](
@@ -454,7 +444,7 @@ grpc::ServerUnaryReactor* EngramService::Load(
               done(layers.status());
             });
       },
-      Observer(Rpc::kLoad));
+      Observer(Method::kLoad));
 }
 
 }  // namespace engram

@@ -108,17 +108,16 @@ class EngramService final
                    grpc::ServerUnaryReactor* reactor,
                    grpc::ByteBuffer* response,
                    std::shared_ptr<LookupCall> call);
-  void Finish(grpc::ServerUnaryReactor* reactor, Rpc rpc,
+  void Finish(grpc::ServerUnaryReactor* reactor, Method rpc,
               const absl::Status& status);
   void RemoveParsed(const v1::RemoveRequest& request,
                     v1::RemoveResponse* response, RawDone done);
-  // Nullptr when the caller may call `rpc` (needing `need`; fills
-  // `caller`), else the finished reactor of the refused call.
+  // Nullptr when the caller may call `rpc` (fills `caller`), else the
+  // finished reactor of the refused call.
   grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context,
-                                   Rpc rpc, uint32_t need,
-                                   Caller* caller = nullptr);
+                                   Method rpc, Caller* caller = nullptr);
   // Records each final status of `rpc` in the metrics.
-  std::function<void(const absl::Status&)> Observer(Rpc rpc);
+  std::function<void(const absl::Status&)> Observer(Method rpc);
 
   const ExportMapper* exporter_ = nullptr;
   const Authorizer* auth_ = nullptr;

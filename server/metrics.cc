@@ -12,11 +12,7 @@
 namespace engram {
 namespace {
 
-const char* RpcName(int rpc) {
-  static const char* kNames[kNumRpcs] = {
-      "Populate", "Lookup", "Remove", "DescribeLayer", "ListLayers", "Load"};
-  return kNames[rpc];
-}
+const char* RpcName(int rpc) { return Describe(static_cast<Method>(rpc)).name; }
 
 const char* CodeName(int code) {
   static const char* kNames[kNumStatusCodes] = {"OK",
@@ -202,7 +198,7 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
                      .Name("engram_errors_total")
                      .Help("RPCs finished with a status other than OK.")
                      .Register(*registry_);
-  for (int r = 0; r < kNumRpcs; ++r) {
+  for (int r = 0; r < kNumPublicMethods; ++r) {
     for (int c = 0; c < kNumStatusCodes; ++c) {
       requests_[r][c] =
           &requests.Add({{"rpc", RpcName(r)}, {"code", CodeName(c)}});
@@ -291,10 +287,11 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
                                                    pin_requested, gpu);
 }
 
-void ServerMetrics::RecordCall(Rpc rpc, grpc::StatusCode code) {
+void ServerMetrics::RecordCall(Method method, grpc::StatusCode code) {
+  const int r = static_cast<int>(method);
+  if (r >= kNumPublicMethods) return;  // peer calls: their own metrics
   int c = static_cast<int>(code);
   if (c < 0 || c >= kNumStatusCodes) c = static_cast<int>(grpc::UNKNOWN);
-  const int r = static_cast<int>(rpc);
   requests_[r][c]->Increment();
   if (c != 0) errors_[r][c]->Increment();
 }

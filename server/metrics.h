@@ -13,23 +13,15 @@
 #include <functional>
 #include <memory>
 
+#include "server/methods.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
 
 namespace engram {
 
-enum class Rpc {
-  kPopulate,
-  kLookup,
-  kRemove,
-  kDescribeLayer,
-  kListLayers,
-  kLoad
-};
 // How rows owned by another shard were read.
 enum class PeerPath { kGather = 0, kRma = 1 };
-inline constexpr int kNumRpcs = 6;
 inline constexpr int kNumStatusCodes = 17;
 
 // Owns the prometheus registry. Every counter a call touches is created up
@@ -48,7 +40,7 @@ class ServerMetrics {
   // For families other parts of the server register (the audit counters).
   prometheus::Registry* registry() const { return registry_.get(); }
 
-  void RecordCall(Rpc rpc, grpc::StatusCode code);
+  void RecordCall(Method method, grpc::StatusCode code);  // public ones
   void RecordLookup(double seconds, int64_t rows, int64_t bytes);
   void RecordPopulateBytes(int64_t bytes) { populate_bytes_->Increment(bytes); }
   // Which tier served a successful lookup.
@@ -71,9 +63,11 @@ class ServerMetrics {
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<prometheus::Collectable> collectable_;
-  std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kNumRpcs>
+  std::array<std::array<prometheus::Counter*, kNumStatusCodes>,
+             kNumPublicMethods>
       requests_{};
-  std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kNumRpcs>
+  std::array<std::array<prometheus::Counter*, kNumStatusCodes>,
+             kNumPublicMethods>
       errors_{};
   prometheus::Histogram* lookup_latency_ = nullptr;
   prometheus::Counter* lookup_rows_ = nullptr;

@@ -295,11 +295,10 @@ void PeerService::JanitorLoop() {
 grpc::ServerReadReactor<StageRequest>* PeerService::Stage(
     grpc::CallbackServerContext* context,
     internal::v1::StageResponse* response) {
-  if (auth_ != nullptr) {
-    absl::StatusOr<Caller> caller = auth_->Check(*context, kRightPeer, "Stage");
-    if (!caller.ok()) {
-      return new RefusedStream<StageRequest>(ToGrpcStatus(caller.status()));
-    }
+  if (absl::StatusOr<Caller> caller =
+          Authorize(auth_, *context, Method::kStage);
+      !caller.ok()) {
+    return new RefusedStream<StageRequest>(ToGrpcStatus(caller.status()));
   }
   return new StageReactor(context, response, this);
 }
@@ -307,7 +306,7 @@ grpc::ServerReadReactor<StageRequest>* PeerService::Stage(
 grpc::ServerUnaryReactor* PeerService::Commit(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  if (auto* refused = RefuseUnary(auth_, context, kRightPeer, "Commit")) {
+  if (auto* refused = RefuseUnary(auth_, context, Method::kCommit)) {
     return refused;
   }
   return ServeTxn(context, request, response,
@@ -342,7 +341,7 @@ grpc::ServerUnaryReactor* PeerService::Commit(
 grpc::ServerUnaryReactor* PeerService::Abort(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  if (auto* refused = RefuseUnary(auth_, context, kRightPeer, "Abort")) {
+  if (auto* refused = RefuseUnary(auth_, context, Method::kAbort)) {
     return refused;
   }
   return ServeTxn(context, request, response,
@@ -380,7 +379,7 @@ grpc::ServerUnaryReactor* PeerService::Abort(
 grpc::ServerUnaryReactor* PeerService::Gather(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request_bytes,
     grpc::ByteBuffer* response) {
-  if (auto* refused = RefuseUnary(auth_, context, kRightRead, "Gather")) {
+  if (auto* refused = RefuseUnary(auth_, context, Method::kGather)) {
     return refused;
   }
   auto* reactor = context->DefaultReactor();
@@ -454,7 +453,7 @@ grpc::ServerUnaryReactor* PeerService::Transport(
     grpc::ByteBuffer* response) {
   Caller caller;
   if (auto* refused =
-          RefuseUnary(auth_, context, kRightRead, "Transport", &caller)) {
+          RefuseUnary(auth_, context, Method::kTransport, &caller)) {
     return refused;
   }
   // UCX access (worker address, rkeys) lets its holder post one-sided
@@ -510,28 +509,25 @@ grpc::ServerBidiReactor<internal::v1::WatchLayerRequest,
 PeerService::WatchLayer(grpc::CallbackServerContext* context) {
   // CUDA IPC maps the GPU copy writable in the reader (there is no read-only
   // import): its handles go only to callers who may change the layer.
-  bool may_share_gpu = true;
   // Who, for the per-caller stream cap: the credential's name, or the
   // address (without the port) of a caller that presented none.
   std::string who = context->peer().substr(0, context->peer().rfind(':'));
-  if (auth_ != nullptr) {
-    absl::StatusOr<Caller> caller =
-        auth_->Check(*context, kRightRead, "WatchLayer");
-    if (!caller.ok()) {
-      return new RefusedBidiStream<internal::v1::WatchLayerRequest,
-                                   internal::v1::LayerMapping>(
-          ToGrpcStatus(caller.status()));
-    }
-    may_share_gpu = (caller->rights & kRightWrite) != 0;
-    if (auth_->credentials_configured()) who = caller->name;
+  absl::StatusOr<Caller> caller =
+      Authorize(auth_, *context, Method::kWatchLayer);
+  if (!caller.ok()) {
+    return new RefusedBidiStream<internal::v1::WatchLayerRequest,
+                                 internal::v1::LayerMapping>(
+        ToGrpcStatus(caller.status()));
   }
+  const bool may_share_gpu = (caller->rights & kRightWrite) != 0;
+  if (auth_ != nullptr && auth_->credentials_configured()) who = caller->name;
   return watch_hub_->Start(context, may_share_gpu, std::move(who));
 }
 
 grpc::ServerUnaryReactor* PeerService::RemoveLocal(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  if (auto* refused = RefuseUnary(auth_, context, kRightPeer, "RemoveLocal")) {
+  if (auto* refused = RefuseUnary(auth_, context, Method::kRemoveLocal)) {
     return refused;
   }
   return ServeRaw<v1::RemoveRequest, v1::RemoveResponse>(
@@ -548,7 +544,7 @@ grpc::ServerUnaryReactor* PeerService::RemoveLocal(
 grpc::ServerUnaryReactor* PeerService::StageFiles(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  if (auto* refused = RefuseUnary(auth_, context, kRightPeer, "StageFiles")) {
+  if (auto* refused = RefuseUnary(auth_, context, Method::kStageFiles)) {
     return refused;
   }
   return ServeRaw<internal::v1::StageFilesRequest, internal::v1::StageResponse>(

@@ -130,7 +130,7 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
         " bytes, pinned: ", PinModeName(committed->pin_mode()),
         committed->gpu_mirror() != nullptr ? ", on the GPU" : "", ", in ",
         seconds, " s"));
-    metrics_->RecordCall(Rpc::kPopulate, grpc::OK);
+    metrics_->RecordCall(Method::kPopulate, grpc::OK);
     FinishOnce(grpc::Status::OK);
   }
 
@@ -145,7 +145,7 @@ class PopulateReactor : public MessageReadReactor<v1::PopulateRequest> {
     LogWarning(absl::StrCat("populate of layer ", layer_id_,
                             " failed, nothing kept: ", status.ToString()));
     stager_.reset();  // frees staged tables, budget charge and the claim
-    metrics_->RecordCall(Rpc::kPopulate,
+    metrics_->RecordCall(Method::kPopulate,
                          static_cast<grpc::StatusCode>(status.code()));
     FinishOnce(ToGrpcStatus(status));
   }

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cluster/populate_fanout.h"
+#include "common/lookup_plan.h"
 
 namespace engram {
 
@@ -197,29 +198,16 @@ void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
                            std::function<void(absl::Status)> done) {
   absl::StatusOr<LayerLayout> layout = Layout(layer_id);
   if (!layout.ok()) return done(layout.status());
-  LookupShape parsed;
-  if (ids.empty()) {
-    return done(absl::InvalidArgumentError(
-        "no row ids: set row_ids (int64 little-endian bytes) or row_ids_list"));
-  }
-  if (absl::Status s = ValidateLookupShape(
-          *layout, shape, static_cast<int64_t>(ids.size()), &parsed);
+  LookupArgs args;
+  args.layer_id = layer_id;
+  args.num_ids = static_cast<int64_t>(ids.size());
+  args.shape = shape;
+  args.output_dtype = output_dtype;
+  args.out_bytes = output.size();
+  absl::StatusOr<LookupPlan> plan = PlanLookup(*layout, args);
+  if (!plan.ok()) return done(plan.status());
+  if (absl::Status s = ValidateRowIds(*layout, plan->shape, ids.data());
       !s.ok()) {
-    return done(s);
-  }
-  const DType out_dtype = output_dtype.value_or(layout->dtype);
-  if (!CanConvert(layout->dtype, out_dtype)) {
-    return done(absl::InvalidArgumentError(absl::StrCat(
-        "output_dtype ", DTypeName(out_dtype), " cannot be produced from ",
-        DTypeName(layout->dtype), " rows")));
-  }
-  const size_t need = ids.size() * layout->embedding_dim * DTypeSize(out_dtype);
-  if (output.size() != need) {
-    return done(absl::InvalidArgumentError(absl::StrCat(
-        "lookup returns ", need, " bytes of rows; the output buffer holds ",
-        output.size())));
-  }
-  if (absl::Status s = ValidateRowIds(*layout, parsed, ids.data()); !s.ok()) {
     return done(s);
   }
   auto held = std::make_shared<LayerLayout>(*std::move(layout));
@@ -230,7 +218,7 @@ void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
   lookup.ids = ids.data();
   lookup.positions.resize(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) lookup.positions[i] = i;
-  lookup.out_dtype = out_dtype;
+  lookup.out_dtype = plan->out_dtype;
   lookup.out = output.data();
   lookup.reader = reader_;
   rows_.Read(std::move(lookup),

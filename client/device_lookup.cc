@@ -9,6 +9,7 @@
 #include "client/device_mapping.h"
 #include "client/layer_mapping.h"
 #include "common/dtype.h"
+#include "common/lookup_plan.h"
 #include "kernels/gpu.h"
 
 namespace engram {
@@ -100,26 +101,14 @@ class PinnedPool {
 
 absl::Status CheckOutput(const LayerLayout& layout,
                          const DeviceLookupRequest& r, DType* out_dtype) {
-  const int heads = layout.num_heads();
-  if (heads <= 0 || r.num_ids % heads != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("num_ids ", r.num_ids, " is not a multiple of layer ",
-                     r.layer_id, "'s ", heads, " heads"));
-  }
-  *out_dtype = r.output_dtype.value_or(layout.dtype);
-  if (!CanConvert(layout.dtype, *out_dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer ", r.layer_id, " stores ", DTypeName(layout.dtype),
-        " rows; they cannot be returned as ", DTypeName(*out_dtype)));
-  }
-  const uint64_t want = static_cast<uint64_t>(r.num_ids) *
-                        static_cast<uint64_t>(layout.embedding_dim) *
-                        DTypeSize(*out_dtype);
-  if (r.out_bytes != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "out holds ", r.out_bytes, " bytes; ", r.num_ids, " rows of ",
-        layout.embedding_dim, " ", DTypeName(*out_dtype), " need ", want));
-  }
+  LookupArgs args;
+  args.layer_id = r.layer_id;
+  args.num_ids = r.num_ids;
+  args.output_dtype = r.output_dtype;
+  args.out_bytes = r.out_bytes;
+  absl::StatusOr<LookupPlan> plan = PlanLookup(layout, args);
+  if (!plan.ok()) return plan.status();
+  *out_dtype = plan->out_dtype;
   return absl::OkStatus();
 }
 

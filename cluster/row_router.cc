@@ -20,20 +20,11 @@ ShardRead::ShardRead(int64_t layer_id, const LayerLayout* layout,
       layout_(layout),
       ids_(ids),
       positions_(std::move(positions)),
-      out_dtype_(out_dtype),
       out_(out),
-      out_row_bytes_(static_cast<size_t>(layout->embedding_dim) *
-                     DTypeSize(out_dtype)),
-      converting_(out_dtype != layout->dtype) {}
+      plan_(RowPlan(*layout, out_dtype)) {}
 
 void ShardRead::Put(size_t j, const uint8_t* stored_row) const {
-  uint8_t* to = out_ + positions_[j] * out_row_bytes_;
-  if (!converting_) {
-    std::memcpy(to, stored_row, out_row_bytes_);
-  } else {
-    ConvertElements(stored_row, layout_->dtype, to, out_dtype_,
-                    static_cast<size_t>(layout_->embedding_dim));
-  }
+  plan_.PutRow(stored_row, out_ + positions_[j] * plan_.out_row_bytes);
 }
 
 // One lookup in flight: positions grouped by the shard asked for them; a

@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "cluster/placement.h"
 #include "common/layout.h"
+#include "common/lookup_plan.h"
 
 namespace engram {
 
@@ -43,7 +44,8 @@ class ShardRead {
   // Where row j's stored bytes may be written directly, or nullptr when
   // the caller asked for another dtype (then use Put).
   uint8_t* dst(size_t j) const {
-    return converting_ ? nullptr : out_ + positions_[j] * out_row_bytes_;
+    return plan_.converts() ? nullptr
+                            : out_ + positions_[j] * plan_.out_row_bytes;
   }
   // Lands row j from its stored bytes (converting when asked).
   void Put(size_t j, const uint8_t* stored_row) const;
@@ -53,10 +55,8 @@ class ShardRead {
   const LayerLayout* const layout_;
   const int64_t* const ids_;
   const std::vector<int64_t> positions_;
-  const DType out_dtype_;
   uint8_t* const out_;
-  const size_t out_row_bytes_;
-  const bool converting_;
+  const LookupPlan plan_;  // the row op
 };
 
 // Reads rows of one shard (rma, a gather RPC, direct reads, ...).

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "cluster/populate_fanout.h"
 #include "cluster/row_router.h"
+#include "common/lookup_plan.h"
 #include "proto/convert.h"
 #include "proto/wire_format.h"
 #include "server/log.h"
@@ -284,8 +285,7 @@ void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
   const LayerLayout& l = layer->layout();
   const int heads = l.num_heads();
   const size_t row_bytes = l.row_bytes();
-  const size_t out_row_bytes =
-      static_cast<size_t>(l.embedding_dim) * DTypeSize(out_dtype);
+  const LookupPlan plan = RowPlan(l, out_dtype);
   // This shard's own rows are copied here; the rest go through the router.
   // A shard recovering the layer holds none and never asks itself.
   std::vector<int64_t> remote;
@@ -294,13 +294,8 @@ void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
     if (layer->has_rows() &&
         cluster_->placement().Owns(cluster_->self(), layer->id(), h,
                                    l.table_vocab_sizes[h], ids[i])) {
-      const uint8_t* src = layer->table(h) + ids[i] * row_bytes;
-      if (out_dtype == l.dtype) {
-        std::memcpy(out + i * out_row_bytes, src, row_bytes);
-      } else {
-        ConvertElements(src, l.dtype, out + i * out_row_bytes, out_dtype,
-                        static_cast<size_t>(l.embedding_dim));
-      }
+      plan.PutRow(layer->table(h) + ids[i] * row_bytes,
+                  out + i * plan.out_row_bytes);
     } else {
       remote.push_back(i);
     }

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/lookup_plan.h"
 #include "proto/convert.h"
 
 namespace engram {
@@ -34,11 +35,7 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
         "set exactly one of row_ids (int64 little-endian bytes) and "
         "row_ids_list; both are set");
   }
-  if (!has_bytes && !has_list) {
-    return absl::InvalidArgumentError(
-        "no row ids: set row_ids (int64 little-endian bytes) or row_ids_list");
-  }
-  int64_t num_ids;
+  int64_t num_ids;  // none: PlanLookup says what to set
   if (has_bytes) {
     const std::string& bytes = req.row_ids();
     if (bytes.size() % sizeof(int64_t) != 0) {
@@ -58,46 +55,29 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
     num_ids = req.row_ids_list_size();
     call->ids = req.row_ids_list().data();
   }
-  if (absl::Status s = ValidateLookupShape(
-          layout, {req.shape().data(), static_cast<size_t>(req.shape_size())},
-          num_ids, &call->shape);
-      !s.ok()) {
-    return s;
-  }
-  if (num_ids > limits.max_lookup_rows) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("lookup asks for ", num_ids, " rows; the limit is ",
-                     limits.max_lookup_rows, " (--max_lookup_rows)"));
-  }
   const int requested = static_cast<int>(req.output_dtype());
   if (requested != 0 && !ValidDTypeValue(requested)) {
     return absl::InvalidArgumentError(
         absl::StrCat("output_dtype ", requested, " is not a known DType"));
   }
-  call->out_dtype = requested == 0
-                        ? layout.dtype
-                        : DTypeFromProto(static_cast<v1::DType>(requested));
-  if (!CanConvert(layout.dtype, call->out_dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output_dtype ", DTypeName(call->out_dtype),
-        " cannot be produced from ", DTypeName(layout.dtype),
-        " rows; only float layers convert (float32/bfloat16/float16)"));
+  LookupArgs args;
+  args.layer_id = req.layer_id();
+  args.num_ids = num_ids;
+  args.shape = {req.shape().data(), static_cast<size_t>(req.shape_size())};
+  if (requested != 0) {
+    args.output_dtype = DTypeFromProto(static_cast<v1::DType>(requested));
   }
-  if (req.as_values() && !IsFloatDType(layout.dtype)) {
-    return absl::InvalidArgumentError(
-        "as_values needs a float layer; this layer holds opaque uint8 rows");
-  }
-  call->out_row_bytes =
-      static_cast<size_t>(layout.embedding_dim) *
-      (req.as_values() ? sizeof(float) : DTypeSize(call->out_dtype));
-  const uint64_t out_bytes =
-      static_cast<uint64_t>(num_ids) * call->out_row_bytes;
+  args.as_values = req.as_values();
+  args.max_rows = limits.max_lookup_rows;
+  args.max_rows_flag = "--max_lookup_rows";
   // 64 bytes covers the response's shape/dtype framing.
-  if (out_bytes + 64 > static_cast<uint64_t>(limits.max_message_bytes)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "lookup response would be ", out_bytes, " bytes; the limit is ",
-        limits.max_message_bytes, " (--max_message_bytes); split the lookup"));
-  }
+  args.max_out_bytes = limits.max_message_bytes - 64;
+  args.max_out_bytes_flag = "--max_message_bytes";
+  absl::StatusOr<LookupPlan> plan = PlanLookup(layout, args);
+  if (!plan.ok()) return plan.status();
+  call->shape = plan->shape;
+  call->out_dtype = plan->out_dtype;
+  call->out_row_bytes = plan->out_row_bytes;
   return ValidateRowIds(layout, call->shape, call->ids);
 }
 

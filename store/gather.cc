@@ -5,6 +5,8 @@
 #include <cstring>
 #include <future>
 
+#include "common/lookup_plan.h"
+
 namespace engram {
 namespace {
 
@@ -47,11 +49,10 @@ void GatherRows(const Layer& layer, const int64_t* ids, int64_t begin,
     CopyRows(layer.table_ptrs(), heads, row_bytes, ids, begin, end, out);
     return;
   }
-  const size_t dim = static_cast<size_t>(layout.embedding_dim);
-  const size_t out_row_bytes = dim * DTypeSize(out_dtype);
+  const LookupPlan plan = RowPlan(layout, out_dtype);
   for (int64_t i = begin; i < end; ++i) {
-    ConvertElements(layer.table(i % heads) + ids[i] * row_bytes, layout.dtype,
-                    out + i * out_row_bytes, out_dtype, dim);
+    plan.PutRow(layer.table(i % heads) + ids[i] * row_bytes,
+                out + i * plan.out_row_bytes);
   }
 }
 

@@ -1,0 +1,100 @@
+// PlanLookup: the checks every lookup path shares, and the row op.
+#include "common/lookup_plan.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+namespace engram {
+namespace {
+
+using ::testing::HasSubstr;
+
+const LayerLayout kFloatLayer{{10, 20, 30}, 4, DType::kFloat32};
+
+void ExpectRefused(const absl::StatusOr<LookupPlan>& plan,
+                   absl::StatusCode code, const char* text) {
+  ASSERT_FALSE(plan.ok()) << text;
+  EXPECT_EQ(plan.status().code(), code) << plan.status();
+  EXPECT_THAT(plan.status().message(), HasSubstr(text));
+}
+
+TEST(LookupPlanTest, AShapedLookupGetsItsShapeDtypeAndBytes) {
+  const int64_t shape[] = {2, 1, 3};
+  LookupArgs args{.layer_id = 7, .num_ids = 6, .shape = shape};
+  args.output_dtype = DType::kBFloat16;
+  absl::StatusOr<LookupPlan> plan = PlanLookup(kFloatLayer, args);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->shape.batch, 2);
+  EXPECT_EQ(plan->shape.heads, 3);
+  EXPECT_EQ(plan->out_dtype, DType::kBFloat16);
+  EXPECT_EQ(plan->out_row_bytes, 8u);
+  EXPECT_EQ(plan->out_bytes, 48u);
+  EXPECT_TRUE(plan->converts());
+}
+
+TEST(LookupPlanTest, WithoutAShapeTheIdsAreWholeRowsOfHeads) {
+  absl::StatusOr<LookupPlan> plan =
+      PlanLookup(kFloatLayer, {.layer_id = 7, .num_ids = 9});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->shape.batch, 3);
+  EXPECT_EQ(plan->shape.length, 1);
+  EXPECT_EQ(plan->out_bytes, 9u * 16);
+  ExpectRefused(PlanLookup(kFloatLayer, {.layer_id = 7, .num_ids = 8}),
+                absl::StatusCode::kInvalidArgument,
+                "8 ids are not a multiple of layer 7's 3 heads");
+}
+
+TEST(LookupPlanTest, EachRefusalSaysWhatIsWrong) {
+  ExpectRefused(PlanLookup(kFloatLayer, {.layer_id = 7, .num_ids = 0}),
+                absl::StatusCode::kInvalidArgument, "no row ids");
+  const int64_t wrong_h[] = {3, 1, 2};
+  ExpectRefused(
+      PlanLookup(kFloatLayer, {.layer_id = 7, .num_ids = 6, .shape = wrong_h}),
+      absl::StatusCode::kInvalidArgument, "H = 2 must equal");
+  LookupArgs to_bytes{.layer_id = 7, .num_ids = 3};
+  to_bytes.output_dtype = DType::kUInt8;
+  ExpectRefused(PlanLookup(kFloatLayer, to_bytes),
+                absl::StatusCode::kInvalidArgument,
+                "output_dtype uint8 cannot be produced from layer 7's float32");
+  const LayerLayout bytes_layer{{4}, 264, DType::kUInt8};
+  ExpectRefused(
+      PlanLookup(bytes_layer, {.layer_id = 9, .num_ids = 1, .as_values = true}),
+      absl::StatusCode::kInvalidArgument, "as_values needs a float");
+  LookupArgs small{.layer_id = 7, .num_ids = 3};
+  small.out_bytes = 10;
+  ExpectRefused(
+      PlanLookup(kFloatLayer, small), absl::StatusCode::kInvalidArgument,
+      "the output buffer holds 10 bytes; 3 rows of 4 float32 need 48");
+  ExpectRefused(PlanLookup(kFloatLayer, {.layer_id = 7,
+                                         .num_ids = 30,
+                                         .max_rows = 27,
+                                         .max_rows_flag = "--max_lookup_rows"}),
+                absl::StatusCode::kResourceExhausted,
+                "30 rows; the limit is 27 (--max_lookup_rows)");
+  ExpectRefused(
+      PlanLookup(kFloatLayer, {.layer_id = 7,
+                               .num_ids = 30,
+                               .max_out_bytes = 100,
+                               .max_out_bytes_flag = "--max_message_bytes"}),
+      absl::StatusCode::kResourceExhausted,
+      "480 bytes; the limit is 100 (--max_message_bytes)");
+}
+
+TEST(LookupPlanTest, PutRowCopiesOrConverts) {
+  const float row[4] = {1.5f, -2.0f, 0.25f, 3.0f};
+  std::vector<uint8_t> out(16);
+  RowPlan(kFloatLayer, DType::kFloat32)
+      .PutRow(reinterpret_cast<const uint8_t*>(row), out.data());
+  EXPECT_EQ(std::memcmp(out.data(), row, 16), 0);
+  const LookupPlan to_bf16 = RowPlan(kFloatLayer, DType::kBFloat16);
+  to_bf16.PutRow(reinterpret_cast<const uint8_t*>(row), out.data());
+  uint16_t halves[4];
+  std::memcpy(halves, out.data(), 8);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(BFloat16ToFloat(halves[i]), row[i]);
+}
+
+}  // namespace
+}  // namespace engram

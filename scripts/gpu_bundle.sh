@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Packs what the GPU checks need into .device/ (git-ignored) for the GPU
 # machine, which has CUDA but no gRPC: stripped binaries built here and the
-# shared libraries they load that a CUDA image lacks. Then, from the repo
+# shared libraries they load that a CUDA image lacks: every test binary
+# ctest labels `gpu` (listed in .device/gpu_tests), engramd and the GPU
+# benches. Then, from the repo
 # root, the device tool runs `bash scripts/gpu_check.sh` with carry
 # [".device"] (docs/gpu.md, "Checking on a GPU").
 #
@@ -13,20 +15,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build}
 gpu_python=${GPU_PYTHON:-$(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3 2>/dev/null | tail -n 1 || true)}
-targets=(engramd device_lookup_test gpu_gather_test gpu_tier_test
-         device_lookup_bench gpu_gather_bench)
 if [ -n "$gpu_python" ]; then
   cmake "$build" -DENGRAM_EXTRA_PYTHON="$gpu_python" >/dev/null
-  targets+=(_engram_store_extra)
 else
   echo "no Python 3.12 with headers (GPU_PYTHON): the torch check will skip"
 fi
-cmake --build "$build" -j2 --target "${targets[@]}"
+# Everything: ctest's test list (and so its labels) exists once the test
+# binaries are built.
+cmake --build "$build" -j2
 rm -rf .device
 mkdir -p .device/lib
-bins=("$build/server/engramd" "$build/tests/device_lookup_test"
-      "$build/tests/gpu_gather_test" "$build/tests/gpu_tier_test"
-      "$build/bench/device_lookup_bench" "$build/bench/gpu_gather_bench")
+ctest --test-dir "$build" -L gpu --show-only=json-v1 | python3 -c '
+import json, os, sys
+seen = []
+for t in json.load(sys.stdin)["tests"]:
+    b = t["command"][0]
+    if b not in seen: seen.append(b)
+print("\n".join(seen))' >.device/gpu_test_paths
+[ -s .device/gpu_test_paths ] || { echo "ctest lists no gpu tests"; exit 1; }
+xargs -n1 basename <.device/gpu_test_paths >.device/gpu_tests
+mapfile -t bins < <(cat .device/gpu_test_paths)
+rm .device/gpu_test_paths
+bins+=("$build/server/engramd" "$build/bench/device_lookup_bench"
+       "$build/bench/gpu_gather_bench")
 for b in "${bins[@]}"; do strip -o ".device/$(basename "$b")" "$b"; done
 if [ -n "$gpu_python" ]; then
   version=$("$gpu_python" -c 'import sysconfig; print(sysconfig.get_python_version())')

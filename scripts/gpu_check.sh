@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, on the GPU machine, from the repo root, with .device/
-# made by scripts/gpu_bundle.sh carried along: the kernel and GPU-tier
-# tests, the device-lookup tests against real engramd processes, and the
-# device-lookup benchmarks, C++ and (with .device/python) from PyTorch.
+# made by scripts/gpu_bundle.sh carried along: every test ctest labels
+# `gpu` (.device/gpu_tests: kernels, GPU tier, device lookups against
+# real engramd processes), and the device-lookup benchmarks, C++ and (with
+# .device/python) from PyTorch.
 # Logs go to $OUT (the device tool's folder) when set. About 6 minutes.
 set -uo pipefail
 out=${OUT:-/tmp/gpu_check}
@@ -12,11 +13,12 @@ export LD_LIBRARY_PATH=$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export ENGRAM_TEST_ENGRAMD=$d/engramd
 nvidia-smi -L || true
 status=0
-for t in gpu_gather_test gpu_tier_test device_lookup_test; do
+while read -r t; do
   echo "== $t"
-  timeout 300 "$d/$t" --gtest_brief=1 >"$out/$t.log" 2>&1 || status=1
+  timeout 300 "$d/$t" --gtest_brief=1 </dev/null >"$out/$t.log" 2>&1 ||
+    status=1
   tail -n 15 "$out/$t.log"
-done
+done <"$d/gpu_tests"
 # The graph-replay-across-replace case once failed half its runs (a test
 # race, fixed): run it many times.
 echo "== device_lookup_test graph replay x16"

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "kernels/float_convert.h"
+#include "common/float_convert.h"
 
 namespace engram {
 namespace {

@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda_common.h"
-#include "kernels/float_convert.h"
+#include "common/float_convert.h"
 #include "kernels/gpu.h"
 
 namespace engram::gpu {
@@ -75,7 +75,7 @@ __device__ __forceinline__ void StoreFromFloat(uint8_t* row, int64_t e,
 constexpr int64_t FloatSize(int dtype) { return dtype == 1 ? 4 : 2; }
 
 // Converting rows: one element per item, through float, with the same
-// rounding as the CPU path (kernels/float_convert.h).
+// rounding as the CPU path (common/float_convert.h).
 template <int kIn, int kOut>
 struct ConvertRow {
   static RowGeometry Geometry(int64_t dim, size_t /*in_size*/) {

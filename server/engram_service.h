@@ -10,6 +10,7 @@
 #include "proto/convert.h"
 #include "server/auth.h"
 #include "server/cluster_coordinator.h"
+#include "server/lookup_request.h"
 #include "server/metrics.h"
 #include "server/pending_responses.h"
 #include "server/raw_unary.h"
@@ -21,16 +22,6 @@
 #include "store/thread_pool.h"
 
 namespace engram {
-
-struct LookupCall;  // engram_service.cc
-
-struct ServiceLimits {
-  int64_t max_lookup_rows = int64_t{1} << 22;
-  int64_t max_message_bytes = int64_t{256} << 20;
-  bool pin_memory = true;
-  int64_t gpu_min_rows = 16384;  // smaller lookups stay on the CPU
-  std::string data_dir;          // --data_dir ("" keeps tables in memory)
-};
 
 // Lookup is registered raw: the request is parsed with protobuf, but the
 // response is hand-encoded around a slice that owns the gathered rows, so

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -12,10 +13,18 @@
 #include "common/layout.h"
 #include "engram/internal/v1/peer.pb.h"
 #include "engram/v1/engram.pb.h"
-#include "server/engram_service.h"
 #include "store/layer_registry.h"
 
 namespace engram {
+
+// The service's limits and settings (flags of the same names).
+struct ServiceLimits {
+  int64_t max_lookup_rows = int64_t{1} << 22;
+  int64_t max_message_bytes = int64_t{256} << 20;
+  bool pin_memory = true;
+  int64_t gpu_min_rows = 16384;  // smaller lookups stay on the CPU
+  std::string data_dir;          // --data_dir ("" keeps tables in memory)
+};
 
 // One Lookup between parse and Finish. Holds the layer so a concurrent
 // Remove cannot free the tables under the gather.

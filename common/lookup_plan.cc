@@ -39,21 +39,22 @@ absl::StatusOr<LookupPlan> PlanLookup(const LayerLayout& layout,
         absl::StrCat("lookup asks for ", args.num_ids, " rows; the limit is ",
                      args.max_rows, " (", args.max_rows_flag, ")"));
   }
-  const DType out_dtype = args.as_values
-                              ? DType::kFloat32
-                              : args.output_dtype.value_or(layout.dtype);
+  // The requested dtype must be producible even when as_values replaces it
+  // with float32 values.
+  const DType requested = args.output_dtype.value_or(layout.dtype);
+  if (!CanConvert(layout.dtype, requested)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output_dtype ", DTypeName(requested),
+        " cannot be produced from layer ", args.layer_id, "'s ",
+        DTypeName(layout.dtype),
+        " rows; only float layers convert (float32/bfloat16/float16)"));
+  }
   if (args.as_values && !IsFloatDType(layout.dtype)) {
     return absl::InvalidArgumentError(
         absl::StrCat("as_values needs a float layer; layer ", args.layer_id,
                      " holds opaque uint8 rows"));
   }
-  if (!CanConvert(layout.dtype, out_dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output_dtype ", DTypeName(out_dtype),
-        " cannot be produced from layer ", args.layer_id, "'s ",
-        DTypeName(layout.dtype),
-        " rows; only float layers convert (float32/bfloat16/float16)"));
-  }
+  const DType out_dtype = args.as_values ? DType::kFloat32 : requested;
   LookupPlan plan = RowPlan(layout, out_dtype);
   plan.shape = shape;
   plan.out_bytes = static_cast<uint64_t>(args.num_ids) * plan.out_row_bytes;

@@ -1,8 +1,9 @@
 // The one place a lookup's request is checked against its layer and turned
 // into what it returns (shape, output dtype, bytes), and the one row op
 // that lands a stored row in the output (a copy, or a dtype conversion).
-// Every lookup path uses it: the server's Lookup, the cluster router
-// (direct reads), peer gathers and device lookups; their messages agree.
+// PlanLookup serves the server's Lookup, the cluster router (direct reads)
+// and device lookups, so their messages agree; the row op serves the CPU
+// gather, peer reads (ShardRead) and the coordinator's own rows.
 #ifndef ENGRAM_COMMON_LOOKUP_PLAN_H_
 #define ENGRAM_COMMON_LOOKUP_PLAN_H_
 

@@ -63,6 +63,11 @@ TEST(LookupPlanTest, EachRefusalSaysWhatIsWrong) {
   ExpectRefused(
       PlanLookup(bytes_layer, {.layer_id = 9, .num_ids = 1, .as_values = true}),
       absl::StatusCode::kInvalidArgument, "as_values needs a float");
+  LookupArgs values_as_bytes{.layer_id = 7, .num_ids = 3, .as_values = true};
+  values_as_bytes.output_dtype = DType::kUInt8;
+  ExpectRefused(PlanLookup(kFloatLayer, values_as_bytes),
+                absl::StatusCode::kInvalidArgument,
+                "output_dtype uint8 cannot be produced");
   LookupArgs small{.layer_id = 7, .num_ids = 3};
   small.out_bytes = 10;
   ExpectRefused(

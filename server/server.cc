@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "proto/channel_tuning.h"
 #include "server/engram_service.h"
+#include "server/graceful_stop.h"
 #include "server/log.h"
 #include "server/tls_files.h"
 #include "store/layer_builder.h"
@@ -572,7 +573,7 @@ void EngramServer::Stop(double drain_seconds) {
   const auto deadline =
       std::chrono::system_clock::now() +
       std::chrono::milliseconds(static_cast<int64_t>(drain_seconds * 1000));
-  server_->Shutdown(deadline);
+  StopGracefully(server_.get(), deadline);
   server_->Wait();
   server_.reset();
   exposer_.reset();

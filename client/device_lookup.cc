@@ -516,16 +516,16 @@ std::unique_ptr<DeviceReads> DeviceLookups::Create(DeviceReadsEnv env) {
 
 DeviceLookups::DeviceLookups(DeviceReadsEnv env, Options options)
     : env_(std::move(env)), options_(options) {
-  janitor_ = std::thread([this] { JanitorLoop(); });
+  janitor_.Start(std::chrono::milliseconds(200),
+                 PeriodicThread::First::kAfterOnePeriod,
+                 [this](const std::stop_token&) {
+                   Tidy();
+                   return true;
+                 });
 }
 
 DeviceLookups::~DeviceLookups() {
-  {
-    MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
-  janitor_.join();
+  janitor_.Stop();
   std::map<std::pair<int64_t, int>, std::shared_ptr<LayerOnDevice>> layers;
   {
     MutexLock lock(&mu_);
@@ -534,19 +534,15 @@ DeviceLookups::~DeviceLookups() {
   layers.clear();  // each synchronizes its device and unmaps
 }
 
-void DeviceLookups::JanitorLoop() {
-  MutexLock lock(&mu_);
-  while (!wake_.wait_for(
-      lock, std::chrono::milliseconds(200),
-      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; })) {
-    std::vector<std::shared_ptr<LayerOnDevice>> layers;
+void DeviceLookups::Tidy() {
+  std::vector<std::shared_ptr<LayerOnDevice>> layers;
+  {
+    MutexLock lock(&mu_);
     for (auto& [key, layer] : layers_) layers.push_back(layer);
-    lock.unlock();
-    for (auto& layer : layers) {
-      layer->RetryPending();
-      layer->RetireDue(false);
-    }
-    lock.lock();
+  }
+  for (auto& layer : layers) {
+    layer->RetryPending();
+    layer->RetireDue(false);
   }
 }
 

@@ -14,15 +14,14 @@
 #define ENGRAM_CLIENT_DEVICE_LOOKUP_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <map>
 #include <memory>
-#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "client/device_reads.h"
 #include "common/mutex.h"
+#include "common/periodic_thread.h"
 
 namespace engram {
 
@@ -55,16 +54,15 @@ class DeviceLookups final : public DeviceReads {
   // on first use; `create` false: null when there is none.
   absl::StatusOr<std::shared_ptr<LayerOnDevice>> Get(int64_t layer_id,
                                                      int device, bool create);
-  void JanitorLoop();
+  // Retries pending version switches and retires versions no longer used.
+  void Tidy();
 
   const DeviceReadsEnv env_;
   const Options options_;
   Mutex mu_;
-  std::condition_variable_any wake_;
   std::map<std::pair<int64_t, int>, std::shared_ptr<LayerOnDevice>> layers_
       ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread janitor_;
+  PeriodicThread janitor_;  // Tidy every 200 ms
 };
 
 }  // namespace engram

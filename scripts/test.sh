@@ -18,11 +18,20 @@ cmake --build build -j"$JOBS"
 echo "== tests"
 (cd build && ctest -j"$JOBS" --output-on-failure)
 
-echo "== clang -Wthread-safety: the lock annotations of every library (build-tsa/)"
+echo "== clang -Wthread-safety + AddressSanitizer: every library and engramd (build-tsa/)"
 cmake -S . -B build-tsa -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
   -DENGRAM_WITH_CUDA=OFF -DENGRAM_BUILD_TESTS=OFF -DENGRAM_BUILD_BENCH=OFF \
+  -DENGRAM_SANITIZE=address \
   "-DCMAKE_CXX_FLAGS=-O0 -Wthread-safety -Werror=thread-safety" >/dev/null
 cmake --build build-tsa -j"$JOBS"
+
+echo "== AddressSanitizer: engramd started and stopped with work in flight"
+# The shutdown suite (loads, Load requests, credential reloads, probers,
+# recovery, watch streams, idle clients) against the ASan engramd: any
+# use after free or leak at exit makes it exit non-zero, which fails it.
+ENGRAM_TEST_ENGRAMD=build-tsa/server/engramd \
+  ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=86" \
+  build/tests/shutdown_test
 
 echo "== ThreadSanitizer: store concurrency tests (build-tsan/)"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -129,11 +129,7 @@ Authorizer::Authorizer(AuthConfig config, prometheus::Registry* registry)
 Authorizer::~Authorizer() { StopWatching(); }
 
 void Authorizer::StopWatching() {
-  {
-    absl::MutexLock lock(&watch_mu_);
-    stopping_ = true;
-  }
-  if (watcher_.joinable()) watcher_.join();
+  watcher_.Stop();
 }
 
 absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(
@@ -257,18 +253,12 @@ void Authorizer::Reload() {
 void Authorizer::WatchFiles(double seconds, std::function<void()> reloaded) {
   reloaded_ = std::move(reloaded);
   if (!credentials_configured_ || seconds <= 0) return;
-  watcher_ = std::thread([this, seconds] {
-    while (true) {
-      {
-        absl::MutexLock lock(&watch_mu_);
-        if (watch_mu_.AwaitWithTimeout(absl::Condition(&stopping_),
-                                       absl::Seconds(seconds))) {
-          return;
-        }
-      }
-      Reload();
-    }
-  });
+  watcher_.Start(std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)),
+                 PeriodicThread::First::kAfterOnePeriod,
+                 [this](const std::stop_token&) {
+                   Reload();
+                   return true;
+                 });
 }
 
 absl::StatusOr<Caller> Authorizer::Authenticate(

@@ -12,13 +12,11 @@
 #include <sys/stat.h>
 
 #include <array>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -26,6 +24,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/periodic_thread.h"
 #include "server/methods.h"
 
 namespace engram {
@@ -133,10 +132,8 @@ class Authorizer {
   mutable int64_t refused_not_logged_ ABSL_GUARDED_BY(audit_mu_) = 0;
   std::vector<FileStamp> stamps_ ABSL_GUARDED_BY(mu_);
 
-  absl::Mutex watch_mu_;
-  bool stopping_ ABSL_GUARDED_BY(watch_mu_) = false;
   std::function<void()> reloaded_;  // set before the watcher starts
-  std::thread watcher_;
+  PeriodicThread watcher_;          // Reload every --credentials_reload
 };
 
 // True for loopback peers as grpc::ServerContext::peer() spells them

@@ -66,14 +66,7 @@ ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
 
 ClusterContext::~ClusterContext() { StopProber(); }
 
-void ClusterContext::StopProber() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
-  if (prober_.joinable()) prober_.join();
-}
+void ClusterContext::StopProber() { prober_.Stop(); }
 
 int ClusterContext::peers_up() const {
   int n = 0;
@@ -92,28 +85,27 @@ bool ClusterContext::SomeRangeUnreachable() const {
   return false;
 }
 
-void ClusterContext::StartProber(std::function<void()> on_change) {
-  on_change_ = std::move(on_change);
-  prober_ = std::thread([this] { ProbeLoop(); });
+void ClusterContext::StartProber(std::function<void()> on_round) {
+  on_change_ = std::move(on_round);
+  prober_.Start(kProbeInterval, PeriodicThread::First::kAtOnce,
+                [this](const std::stop_token&) {
+                  ProbeRound();
+                  return true;
+                });
 }
 
-void ClusterContext::ProbeLoop() {
-  while (true) {
-    for (int s = 0; s < size(); ++s) {
-      if (s == shard_index_) continue;
-      const bool now = Answers(channels_[s].get());
-      const bool before = up_[s].exchange(now, std::memory_order_relaxed);
-      if (now != before) {
-        LogInfo(absl::StrCat("shard ", s, " (", peers_[s], ") is ",
-                             now ? "up" : "down"));
-      }
+void ClusterContext::ProbeRound() {
+  for (int s = 0; s < size(); ++s) {
+    if (s == shard_index_) continue;
+    const bool now = Answers(channels_[s].get());
+    const bool before = up_[s].exchange(now, std::memory_order_relaxed);
+    if (now != before) {
+      LogInfo(absl::StrCat("shard ", s, " (", peers_[s], ") is ",
+                           now ? "up" : "down"));
     }
-    // Every round: lookups may have marked peers down in between.
-    if (on_change_) on_change_();
-    std::unique_lock<std::mutex> lock(mu_);
-    if (wake_.wait_for(lock, kProbeInterval, [this] { return stopping_; }))
-      return;
   }
+  // Every round: lookups may have marked peers down in between.
+  if (on_change_) on_change_();
 }
 
 }  // namespace engram

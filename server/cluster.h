@@ -7,15 +7,13 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "cluster/placement.h"
+#include "common/periodic_thread.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "proto/channel_security.h"
 #include "store/table_files.h"
@@ -81,14 +79,14 @@ class ClusterContext {
   // have no owner left.
   bool SomeRangeUnreachable() const;
 
-  // Starts probing; `on_change` runs on the prober thread after every round
+  // Starts probing; `on_round` runs on the prober thread after every round
   // (to re-derive health from the peers' state).
   void StartProber(std::function<void()> on_round);
   // Stops and joins the prober (idempotent); the stubs stay usable.
   void StopProber();
 
  private:
-  void ProbeLoop();
+  void ProbeRound();
 
   const int shard_index_;
   const std::vector<std::string> peers_;
@@ -101,10 +99,7 @@ class ClusterContext {
   std::atomic<unsigned> next_data_{0};
   std::unique_ptr<std::atomic<bool>[]> up_;
   std::function<void()> on_change_;
-  std::mutex mu_;
-  std::condition_variable wake_;
-  bool stopping_ = false;
-  std::thread prober_;
+  PeriodicThread prober_;  // ProbeRound every 500 ms
 };
 
 }  // namespace engram

@@ -18,7 +18,7 @@
 #include "server/read_stream.h"
 #include "store/layer.h"
 #include "store/layer_registry.h"
-#include "store/thread_pool.h"
+#include "common/thread_pool.h"
 
 namespace engram {
 

@@ -183,17 +183,17 @@ PeerService::PeerService(LayerRegistry* layers, MemoryBudget* budget,
       transport_(transport) {
   if (transport_ != nullptr) exporter_ = transport_->Mapper();
   watch_hub_ = LayerWatchHub::Create(layers_, transport_, watch);
-  janitor_ = std::thread([this] { JanitorLoop(); });
+  janitor_.Start(std::chrono::seconds(1),
+                 PeriodicThread::First::kAfterOnePeriod,
+                 [this](const std::stop_token&) {
+                   DropExpired();
+                   return true;
+                 });
 }
 
 PeerService::~PeerService() {
   watch_hub_->Close();
-  {
-    MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
-  janitor_.join();
+  janitor_.Stop();
   watch_hub_->ExpireHeld(/*all=*/true);
   MutexLock lock(&mu_);
   // Never committed: sealed --data_dir folders must not come back.
@@ -266,11 +266,9 @@ void PeerService::ReleaseTxn(const std::string& txn_id) {
   staging_txns_.erase(txn_id);
 }
 
-void PeerService::JanitorLoop() {
-  MutexLock lock(&mu_);
-  while (!wake_.wait_for(
-      lock, std::chrono::seconds(1),
-      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; })) {
+void PeerService::DropExpired() {
+  {
+    MutexLock lock(&mu_);
     const auto now = std::chrono::steady_clock::now();
     for (auto it = prepared_.begin(); it != prepared_.end();) {
       const bool aborted = it->second.ticket->aborted();
@@ -286,10 +284,8 @@ void PeerService::JanitorLoop() {
         ++it;
       }
     }
-    lock.unlock();
-    watch_hub_->ExpireHeld();
-    lock.lock();
   }
+  watch_hub_->ExpireHeld();
 }
 
 grpc::ServerReadReactor<StageRequest>* PeerService::Stage(

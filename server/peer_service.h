@@ -5,13 +5,11 @@
 #define ENGRAM_SERVER_PEER_SERVICE_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -26,7 +24,8 @@
 #include "server/raw_unary.h"
 #include "server/read_stream.h"
 #include "store/layer_registry.h"
-#include "store/thread_pool.h"
+#include "common/periodic_thread.h"
+#include "common/thread_pool.h"
 #include "transport/ucx_engine.h"
 
 namespace engram {
@@ -140,7 +139,8 @@ class PeerService final
     std::shared_ptr<Layer> layer;
     std::chrono::steady_clock::time_point expires;
   };
-  void JanitorLoop();
+  // Drops staged rows whose commit never came; expires held versions.
+  void DropExpired();
   // Why `layer_id` is not here: NOT_FOUND, or UNAVAILABLE while this shard
   // recovers it from replicas (or cannot).
   absl::Status Missing(int64_t layer_id) const;
@@ -159,7 +159,6 @@ class PeerService final
   std::string data_dir_;
   GatherLimits limits_;
   Mutex mu_;
-  std::condition_variable_any wake_;
   std::map<std::string, Prepared> prepared_ ABSL_GUARDED_BY(mu_);
   void RememberAborted(const std::string& txn_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -172,9 +171,8 @@ class PeerService final
   // Stage headers and finished loads are refused.
   absl::flat_hash_set<std::string> aborted_txns_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> aborted_order_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread janitor_;
   std::shared_ptr<LayerWatchHub> watch_hub_;
+  PeriodicThread janitor_;  // DropExpired every second
 };
 
 }  // namespace engram

@@ -13,7 +13,7 @@
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
-#include "store/thread_pool.h"
+#include "common/thread_pool.h"
 
 namespace engram {
 

@@ -14,16 +14,17 @@ int64_t MonotonicNowNs() {
 StreamWatchdog::StreamWatchdog(std::chrono::milliseconds idle_timeout,
                                int max_streams)
     : idle_timeout_(idle_timeout), max_streams_(max_streams) {
-  if (idle_timeout_.count() > 0) thread_ = std::thread([this] { Loop(); });
-}
-
-StreamWatchdog::~StreamWatchdog() {
-  {
-    MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  if (idle_timeout_.count() <= 0) return;
+  // Checks a few times per timeout, at most every second.
+  const auto period = std::min<std::chrono::milliseconds>(
+      std::chrono::seconds(1),
+      std::max<std::chrono::milliseconds>(std::chrono::milliseconds(10),
+                                          idle_timeout_ / 4));
+  checker_.Start(period, PeriodicThread::First::kAfterOnePeriod,
+                 [this](const std::stop_token&) {
+                   EndIdleStreams();
+                   return true;
+                 });
 }
 
 bool StreamWatchdog::Watch(IdleStream* stream) {
@@ -40,30 +41,22 @@ void StreamWatchdog::Forget(IdleStream* stream) {
   streams_.erase(stream);
 }
 
-void StreamWatchdog::Loop() {
-  // Checks a few times per timeout, at most every second.
-  const auto period = std::min<std::chrono::milliseconds>(
-      std::chrono::seconds(1),
-      std::max<std::chrono::milliseconds>(std::chrono::milliseconds(10),
-                                          idle_timeout_ / 4));
+void StreamWatchdog::EndIdleStreams() {
   const int64_t timeout_ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(idle_timeout_)
           .count();
+  const int64_t now = MonotonicNowNs();
   MutexLock lock(&mu_);
-  while (!wake_.wait_for(
-      lock, period,
-      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; })) {
-    const int64_t now = MonotonicNowNs();
-    std::vector<IdleStream*> idle;
-    for (IdleStream* s : streams_) {
-      const int64_t since = s->last_activity_ns();
-      if (since != IdleStream::kBusy && now - since > timeout_ns)
-        idle.push_back(s);
+  std::vector<IdleStream*> idle;
+  for (IdleStream* s : streams_) {
+    const int64_t since = s->last_activity_ns();
+    if (since != IdleStream::kBusy && now - since > timeout_ns) {
+      idle.push_back(s);
     }
-    for (IdleStream* s : idle) {
-      streams_.erase(s);
-      s->EndIdle();  // under mu_: OnDone's Forget waits for this
-    }
+  }
+  for (IdleStream* s : idle) {
+    streams_.erase(s);
+    s->EndIdle();  // under mu_: OnDone's Forget waits for this
   }
 }
 

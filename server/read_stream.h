@@ -8,14 +8,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <unordered_set>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "common/mutex.h"
+#include "common/periodic_thread.h"
 
 namespace engram {
 
@@ -40,7 +38,6 @@ class StreamWatchdog {
   // `idle_timeout` <= 0 disables the idle check (no thread); `max_streams`
   // <= 0 disables the cap.
   StreamWatchdog(std::chrono::milliseconds idle_timeout, int max_streams);
-  ~StreamWatchdog();
   StreamWatchdog(const StreamWatchdog&) = delete;
   StreamWatchdog& operator=(const StreamWatchdog&) = delete;
 
@@ -50,14 +47,12 @@ class StreamWatchdog {
   std::chrono::milliseconds idle_timeout() const { return idle_timeout_; }
 
  private:
-  void Loop();
+  void EndIdleStreams();
   const std::chrono::milliseconds idle_timeout_;
   const int max_streams_;
   Mutex mu_;
-  std::condition_variable_any wake_;
   std::unordered_set<IdleStream*> streams_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  PeriodicThread checker_;  // last: stopped before the set goes
 };
 
 int64_t MonotonicNowNs();

@@ -35,12 +35,7 @@ ReplicaRecovery::ReplicaRecovery(ClusterContext* cluster, LayerRegistry* layers,
       exporter_(exporter) {}
 
 ReplicaRecovery::~ReplicaRecovery() {
-  {
-    MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  copier_.Stop();
   for (const auto& ticket : tickets_) layers_->Abandon(ticket);
 }
 
@@ -84,62 +79,58 @@ int ReplicaRecovery::unrecoverable() const {
 void ReplicaRecovery::Start(std::function<void()> on_progress) {
   on_progress_ = std::move(on_progress);
   if (tickets_.empty()) return;
-  thread_ = std::thread([this] { Run(); });
+  todo_ = tickets_;
+  copier_.Start(kRetryAfter, PeriodicThread::First::kAtOnce,
+                [this](const std::stop_token& stop) {
+                  return RecoverPass(stop);
+                });
 }
 
-void ReplicaRecovery::Run() {
-  std::vector<std::shared_ptr<PopulateTicket>> todo = tickets_;
-  while (!todo.empty()) {
-    std::vector<std::shared_ptr<PopulateTicket>> retry;
-    for (const auto& ticket : todo) {
-      {
-        MutexLock lock(&mu_);
-        if (stopping_) return;
-      }
-      const int64_t id = ticket->layer_id();
-      const auto start = std::chrono::steady_clock::now();
-      const int64_t copied_before = bytes_copied();
-      absl::Status s = Recover(ticket);
-      if (s.ok()) {
-        LogInfo(absl::StrCat("recovery: layer ", id,
-                             " back: ", bytes_copied() - copied_before,
-                             " bytes copied from replicas in ",
-                             std::chrono::duration<double>(
-                                 std::chrono::steady_clock::now() - start)
-                                 .count(),
-                             " s"));
-      } else if (ticket->aborted()) {
-        LogInfo(absl::StrCat("recovery: layer ", id,
-                             " was removed meanwhile; not recovered"));
-        layers_->Abandon(ticket);
-      } else if (ticket->unrecoverable()) {
-        LogError(absl::StrCat(
-            "recovery: layer ", id, " cannot be recovered: ", s.message(),
-            "; its rows here answer UNAVAILABLE until the layer is removed "
-            "and populated again"));
-      } else {
-        LogWarning(absl::StrCat("recovery: layer ", id,
-                                " not copied yet, will retry: ", s.message()));
-        retry.push_back(ticket);
-        continue;
-      }
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
-      if (on_progress_) on_progress_();
+bool ReplicaRecovery::RecoverPass(const std::stop_token& stop) {
+  std::vector<std::shared_ptr<PopulateTicket>> retry;
+  for (const auto& ticket : todo_) {
+    if (stop.stop_requested()) return false;
+    const int64_t id = ticket->layer_id();
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t copied_before = bytes_copied();
+    absl::Status s = Recover(ticket, stop);
+    if (stop.stop_requested()) return false;
+    if (s.ok()) {
+      LogInfo(absl::StrCat("recovery: layer ", id,
+                           " back: ", bytes_copied() - copied_before,
+                           " bytes copied from replicas in ",
+                           std::chrono::duration<double>(
+                               std::chrono::steady_clock::now() - start)
+                               .count(),
+                           " s"));
+    } else if (ticket->aborted()) {
+      LogInfo(absl::StrCat("recovery: layer ", id,
+                           " was removed meanwhile; not recovered"));
+      layers_->Abandon(ticket);
+    } else if (ticket->unrecoverable()) {
+      LogError(absl::StrCat(
+          "recovery: layer ", id, " cannot be recovered: ", s.message(),
+          "; its rows here answer UNAVAILABLE until the layer is removed "
+          "and populated again"));
+    } else {
+      LogWarning(absl::StrCat("recovery: layer ", id,
+                              " not copied yet, will retry: ", s.message()));
+      retry.push_back(ticket);
+      continue;
     }
-    todo = std::move(retry);
-    if (todo.empty()) break;
-    MutexLock lock(&mu_);
-    if (wake_.wait_for(
-            lock, kRetryAfter,
-            [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; }))
-      return;
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    if (on_progress_) on_progress_();
   }
+  todo_ = std::move(retry);
+  if (!todo_.empty()) return true;
   LogInfo(absl::StrCat("recovery: done; ", unrecoverable(),
                        " layers unrecoverable"));
+  return false;
 }
 
 absl::Status ReplicaRecovery::Recover(
-    const std::shared_ptr<PopulateTicket>& ticket) {
+    const std::shared_ptr<PopulateTicket>& ticket,
+    const std::stop_token& stop) {
   const Layer& placeholder = *ticket->placeholder();
   const int64_t id = placeholder.id();
   const LayerLayout& layout = placeholder.layout();
@@ -171,6 +162,7 @@ absl::Status ReplicaRecovery::Recover(
       }
       for (int64_t begin = range.begin; begin < range.end; begin += batch) {
         if (ticket->aborted()) return absl::AbortedError("removed");
+        if (stop.stop_requested()) return absl::CancelledError("stopping");
         const int64_t n = std::min(batch, range.end - begin);
         internal::v1::GatherRequest request;
         request.set_layer_id(id);

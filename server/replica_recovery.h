@@ -5,16 +5,13 @@
 #define ENGRAM_SERVER_REPLICA_RECOVERY_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <set>
-#include <thread>
+#include <stop_token>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
-#include "common/mutex.h"
+#include "common/periodic_thread.h"
 #include "server/cluster.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -52,9 +49,12 @@ class ReplicaRecovery {
   }
 
  private:
-  void Run();
+  // One pass over the layers still to copy; false once none is left (every
+  // other pass retries those that failed for now).
+  bool RecoverPass(const std::stop_token& stop);
   // Copies one claimed layer; OK, or why it could not.
-  absl::Status Recover(const std::shared_ptr<PopulateTicket>& ticket);
+  absl::Status Recover(const std::shared_ptr<PopulateTicket>& ticket,
+                       const std::stop_token& stop);
 
   ClusterContext* const cluster_;
   LayerRegistry* const layers_;
@@ -65,10 +65,9 @@ class ReplicaRecovery {
   std::atomic<int> pending_{0};
   std::atomic<int64_t> bytes_copied_{0};
   std::function<void()> on_progress_;
-  Mutex mu_;
-  std::condition_variable_any wake_;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  // Only the copying thread touches it.
+  std::vector<std::shared_ptr<PopulateTicket>> todo_;
+  PeriodicThread copier_;
 };
 
 }  // namespace engram

@@ -18,7 +18,7 @@
 #include "server/populate_reactor.h"
 #include "store/layer_stager.h"
 #include "store/table_files.h"
-#include "store/thread_pool.h"
+#include "common/thread_pool.h"
 
 namespace engram {
 

@@ -113,26 +113,16 @@ absl::StatusOr<std::unique_ptr<TlsKeyPair>> TlsKeyPair::Create(
     MutexLock lock(&pair->mu_);
     if (absl::Status s = pair->Install(); !s.ok()) return s;
   }
-  pair->watcher_ = std::thread([p = pair.get(), reload] {
-    while (true) {
-      {
-        MutexLock lock(&p->mu_);
-        p->wake_.wait_for(lock, reload);
-        if (p->stopping_) return;
-      }
-      p->Refresh();
-    }
-  });
+  pair->watcher_.Start(reload, PeriodicThread::First::kAfterOnePeriod,
+                       [p = pair.get()](const std::stop_token&) {
+                         p->Refresh();
+                         return true;
+                       });
   return pair;
 }
 
 TlsKeyPair::~TlsKeyPair() {
-  {
-    MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
-  if (watcher_.joinable()) watcher_.join();
+  watcher_.Stop();
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
 }

@@ -6,15 +6,14 @@
 #define ENGRAM_SERVER_TLS_FILES_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/mutex.h"
+#include "common/periodic_thread.h"
 
 namespace engram {
 
@@ -62,9 +61,7 @@ class TlsKeyPair {
   std::string installed_ ABSL_GUARDED_BY(mu_);  // cert + key last installed
   std::string rejected_ ABSL_GUARDED_BY(mu_);   // last refused, logged once
   int generation_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::condition_variable_any wake_;
-  std::thread watcher_;
+  PeriodicThread watcher_;  // Refresh every `reload`
 };
 
 }  // namespace engram

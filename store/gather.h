@@ -7,7 +7,7 @@
 #include <memory>
 
 #include "store/layer.h"
-#include "store/thread_pool.h"
+#include "common/thread_pool.h"
 
 namespace engram {
 

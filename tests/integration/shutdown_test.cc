@@ -1,6 +1,8 @@
 // engramd stops cleanly (SIGTERM: exit 0) whatever is in flight when it is
 // told to: a startup --load, a Load request, credential files being
-// watched, a cluster's prober. The first was a use after free (the loader
+// watched, a cluster's prober, a replica recovery, zero-copy readers' watch
+// streams, idle client connections. scripts/test.sh runs this suite against
+// an AddressSanitizer engramd too. The first was a use after free (the loader
 // updated the health service after the gRPC server that owns it was gone:
 // SIGSEGV in 9 of 12 SIGTERMs during a --load, 5 of 5 here before the
 // fix); the others hold the rest of the stop order (EngramServer::Stop).
@@ -17,6 +19,7 @@
 #include "tests/testing/checkpoint_files.h"
 #include "tests/testing/engramd_process.h"
 #include "tests/testing/random_layer.h"
+#include "transport/ucx_engine.h"
 
 namespace engram {
 namespace {
@@ -123,6 +126,63 @@ TEST_F(ShutdownTest, ACallInFlightAtTheStopStillFinishes) {
   stop.join();
   EXPECT_TRUE(populated.ok()) << populated.status() << (*server)->Log();
   EXPECT_EQ(exit_code, 0) << (*server)->Log();
+}
+
+// Zero-copy readers hold WatchLayer streams that never end by themselves:
+// the stop ends them instead of waiting the drain out.
+TEST_F(ShutdownTest, SigtermWithWatchStreamsOpenExitsPromptly) {
+  auto server =
+      EngramdProcess::Start({"--direct_reads", "--drain_seconds=20"});
+  if (!server.ok() && !transport::UcxCompiledIn()) {
+    GTEST_SKIP() << "built without UCX";
+  }
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions options;
+  options.direct_reads = true;
+  auto client = Client::Connect((*server)->address(), options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  const LayerLayout layout{{2000, 7}, 16, DType::kFloat32};
+  const auto tables = testing::RandomTables(layout, 3);
+  ASSERT_TRUE((*client)->Populate(5, layout, testing::Spans(tables)).ok());
+  std::vector<uint8_t> out(4 * 2 * layout.row_bytes());
+  const int64_t shape[] = {4, 1, 2};
+  for (int i = 0; i < 10; ++i) {  // the first lookups set the mapping up
+    const auto ids = testing::RandomIds(layout, 4, 1, i);
+    ASSERT_TRUE((*client)->Lookup(5, ids, shape, out).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ((*server)->Stop(), 0) << (*server)->Log();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                          start)
+                .count(),
+            3.0);
+}
+
+// A shard restarted empty copies its rows back from replicas on its own
+// thread; a SIGTERM in the middle of that stops it cleanly.
+TEST_F(ShutdownTest, SigtermDuringReplicaRecoveryExitsCleanly) {
+  auto shards = testing::StartCluster(3, 2, {"--peer_read=gather"});
+  ASSERT_TRUE(shards.ok()) << shards.status();
+  auto client = Client::Connect((*shards)[0]->address());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const LayerLayout layout{{1 << 15, 1 << 15}, 256};  // 64 MiB
+  const auto tables = testing::RandomTables(layout, 9);
+  ASSERT_TRUE((*client)->Populate(1, layout, testing::Spans(tables)).ok());
+  for (int i = 0; i < 3; ++i) {
+    (*shards)[1]->Kill();
+    auto restarted = EngramdProcess::Start((*shards)[1]->flags());
+    ASSERT_TRUE(restarted.ok()) << restarted.status();
+    (*shards)[1] = *std::move(restarted);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20 * i));
+    EXPECT_EQ((*shards)[1]->Stop(), 0) << "run " << i << ":\n"
+                                       << (*shards)[1]->Log();
+  }
+  for (auto& shard : *shards) {
+    if (shard->Alive()) {
+      EXPECT_EQ(shard->Stop(), 0) << shard->Log();
+    }
+  }
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // A fixed-size pool of worker threads running queued closures.
-#ifndef ENGRAM_STORE_THREAD_POOL_H_
-#define ENGRAM_STORE_THREAD_POOL_H_
+#ifndef ENGRAM_COMMON_THREAD_POOL_H_
+#define ENGRAM_COMMON_THREAD_POOL_H_
 
 #include <condition_variable>
 #include <deque>
@@ -38,4 +38,4 @@ class ThreadPool {
 
 }  // namespace engram
 
-#endif  // ENGRAM_STORE_THREAD_POOL_H_
+#endif  // ENGRAM_COMMON_THREAD_POOL_H_

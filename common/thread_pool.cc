@@ -1,4 +1,4 @@
-#include "store/thread_pool.h"
+#include "common/thread_pool.h"
 
 #include <utility>
 

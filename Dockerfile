@@ -19,7 +19,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential cmake ninja-build pkg-config ca-certificates \
       libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev \
-      libabsl-dev prometheus-cpp-dev libucx-dev \
+      libabsl-dev prometheus-cpp-dev libucx-dev libxxhash-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN if [ "$ENGRAM_GPU" = "1" ]; then \
       apt-get update && apt-get install -y --no-install-recommends curl gnupg && \
@@ -40,7 +40,7 @@ FROM ${RUNTIME_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends \
       libgrpc++1.51 libprotobuf32 libabsl20220623 \
-      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libucx0 \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libucx0 libxxhash0 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin engram
 COPY --from=build /build/server/engramd /build/client/engramctl /usr/local/bin/

@@ -144,6 +144,7 @@ TableLoader::Layers TableLoader::RestoreAll() {
   for (Restore& r : restores_) {
     const auto start = std::chrono::steady_clock::now();
     const int64_t id = r.stored.layer_id;
+    bool upgraded = false;
     absl::StatusOr<std::shared_ptr<Layer>> layer =
         stopping_
             ? absl::UnavailableError("shutting down")
@@ -151,7 +152,18 @@ TableLoader::Layers TableLoader::RestoreAll() {
                               cluster_ != nullptr
                                   ? cluster_->OwnedRanges(id, r.stored.layout)
                                   : std::vector<std::vector<RowRange>>{},
-                              env_.budget, env_.pin_memory, verify_);
+                              env_.budget, env_.pin_memory, verify_,
+                              &upgraded);
+    if (upgraded) {
+      LogInfo(absl::StrCat("--data_dir: layer ", id, " v", r.stored.version,
+                           ": verified with its format-1 checksums; meta "
+                           "upgraded to format 2 (XXH3)"));
+    } else if (layer.ok() &&
+               r.stored.checksum_kind != ChecksumKind::kXxh3) {
+      LogInfo(absl::StrCat("--data_dir: layer ", id, " v", r.stored.version,
+                           " is stored in meta format 1; start once with "
+                           "--verify_data_dir to verify and upgrade it"));
+    }
     absl::Status s = layer.status();
     if (layer.ok()) {
       std::shared_ptr<const Layer> committed = *layer;

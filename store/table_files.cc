@@ -23,54 +23,6 @@
 namespace engram {
 namespace {
 
-// TableChecksum over data fed in pieces of any size: the same value as
-// over their concatenation.
-class ChecksumState {
- public:
-  void Add(const uint8_t* data, size_t bytes) {
-    total_ += bytes;
-    if (pending_size_ > 0) {
-      const size_t take = std::min(bytes, sizeof(pending_) - pending_size_);
-      std::memcpy(pending_ + pending_size_, data, take);
-      pending_size_ += take;
-      data += take;
-      bytes -= take;
-      if (pending_size_ < sizeof(pending_)) return;
-      Blocks(pending_, sizeof(pending_));
-      pending_size_ = 0;
-    }
-    const size_t whole = bytes / 32 * 32;
-    Blocks(data, whole);
-    pending_size_ = bytes - whole;
-    std::memcpy(pending_, data + whole, pending_size_);
-  }
-  uint64_t Finish() const {
-    uint64_t tail = 0;
-    for (size_t i = 0; i < pending_size_; ++i)
-      tail = (tail ^ pending_[i]) * kMul;
-    uint64_t h = tail ^ total_;
-    for (uint64_t l : lane_) h = (h ^ l) * kMul ^ (h >> 31);
-    return h;
-  }
-
- private:
-  static constexpr uint64_t kMul = 0x9E3779B97F4A7C15ull;
-  void Blocks(const uint8_t* data, size_t bytes) {
-    for (size_t i = 0; i + 32 <= bytes; i += 32) {
-      for (int k = 0; k < 4; ++k) {
-        uint64_t w;
-        std::memcpy(&w, data + i + 8 * k, 8);
-        lane_[k] = (lane_[k] ^ w) * kMul;
-        lane_[k] ^= lane_[k] >> 29;
-      }
-    }
-  }
-  uint64_t lane_[4] = {1, 2, 3, 4};
-  uint8_t pending_[32];
-  size_t pending_size_ = 0;
-  uint64_t total_ = 0;
-};
-
 using Ranges = std::vector<std::pair<size_t, size_t>>;
 
 // `resident`, or the whole of `bytes` when it is empty.
@@ -79,7 +31,9 @@ Ranges RangesOrAll(const Ranges& resident, size_t bytes) {
 }
 
 constexpr char kMetaMagic[8] = {'E', 'N', 'G', 'R', 'A', 'M', 'M', '1'};
-constexpr uint32_t kMetaFormat = 1;
+// The format written; format 1 (ChecksumKind::kLanes) is still read. The
+// format number is the checksum kind of the meta and of its heads.
+constexpr uint32_t kMetaFormat = static_cast<uint32_t>(ChecksumKind::kXxh3);
 
 std::string HeadFile(const std::string& folder, int head) {
   return absl::StrCat(folder, "/head-", head, ".bin");
@@ -133,8 +87,9 @@ std::string EncodeMeta(int64_t id, uint64_t version, const LayerLayout& l,
     Append(&m, &l.table_vocab_sizes[h], 8);
     Append(&m, &checksums[h], 8);
   }
-  const uint64_t sum =
-      TableChecksum(reinterpret_cast<const uint8_t*>(m.data()), m.size());
+  const uint64_t sum = TableChecksum::Of(
+      ChecksumKind::kXxh3, reinterpret_cast<const uint8_t*>(m.data()),
+      m.size());
   Append(&m, &sum, 8);
   return m;
 }
@@ -154,7 +109,12 @@ absl::StatusOr<StoredLayer> DecodeMeta(const std::string& m) {
   uint32_t format, heads;
   read(8, &format, 4);
   read(12, &heads, 4);
-  if (format != kMetaFormat) return bad(absl::StrCat("format ", format));
+  if (format != static_cast<uint32_t>(ChecksumKind::kLanes) &&
+      format != static_cast<uint32_t>(ChecksumKind::kXxh3)) {
+    return bad(absl::StrCat("format ", format, " (this engramd reads 1 and ",
+                            kMetaFormat, ")"));
+  }
+  const ChecksumKind kind = static_cast<ChecksumKind>(format);
   if (heads == 0 || heads > static_cast<uint32_t>(kMaxHeads) ||
       m.size() != 64 + 16 * static_cast<size_t>(heads) + 8) {
     return bad(absl::StrCat("is truncated or damaged (", m.size(),
@@ -162,11 +122,13 @@ absl::StatusOr<StoredLayer> DecodeMeta(const std::string& m) {
   }
   uint64_t sum;
   read(m.size() - 8, &sum, 8);
-  if (sum !=
-      TableChecksum(reinterpret_cast<const uint8_t*>(m.data()), m.size() - 8)) {
+  if (sum != TableChecksum::Of(kind,
+                               reinterpret_cast<const uint8_t*>(m.data()),
+                               m.size() - 8)) {
     return bad("checksum does not match (damaged)");
   }
   StoredLayer s;
+  s.checksum_kind = kind;
   int32_t dtype;
   read(16, &s.layer_id, 8);
   read(24, &s.version, 8);
@@ -232,10 +194,14 @@ bool ParseFolderName(const std::string& name, int64_t* id, uint64_t* version) {
 }
 
 // Reads the head file with pread in big blocks (no page-table work, unlike
-// touching a fresh mapping page by page) and compares its checksum.
-absl::Status VerifyHead(int fd, const Ranges& ranges, uint64_t want,
-                        const std::string& path) {
-  ChecksumState state;
+// touching a fresh mapping page by page) and compares its checksum of
+// `kind`. Sets *xxh3 to the file's XXH3 (the format-2 checksum), computed in
+// the same pass when `kind` is another.
+absl::Status VerifyHead(int fd, const Ranges& ranges, ChecksumKind kind,
+                        uint64_t want, const std::string& path,
+                        uint64_t* xxh3) {
+  TableChecksum stored(kind);
+  TableChecksum current(ChecksumKind::kXxh3);
   std::vector<uint8_t> buffer(8 << 20);
   for (auto [begin, end] : ranges) {
     for (uint64_t at = begin; at < end;) {
@@ -248,25 +214,31 @@ absl::Status VerifyHead(int fd, const Ranges& ranges, uint64_t want,
             got == 0 ? absl::StrCat(path, " ended at byte ", at)
                      : Errno("cannot read " + path));
       }
-      state.Add(buffer.data(), static_cast<size_t>(got));
+      stored.Add(buffer.data(), static_cast<size_t>(got));
+      if (kind != ChecksumKind::kXxh3) {
+        current.Add(buffer.data(), static_cast<size_t>(got));
+      }
       at += static_cast<uint64_t>(got);
     }
   }
-  if (state.Finish() != want) {
+  if (stored.Finish() != want) {
     return absl::DataLossError(absl::StrCat(
         path, ": checksum does not match its meta (the file is damaged)"));
   }
+  *xxh3 = kind == ChecksumKind::kXxh3 ? want : current.Finish();
   return absl::OkStatus();
 }
 
-// VerifyHead for every head, heads spread over the cores; the first error.
-absl::Status VerifyHeads(const StoredLayer& stored,
-                         const std::vector<Ranges>& resident) {
+// VerifyHead for every head, heads spread over the cores; the first error,
+// or every head's XXH3.
+absl::StatusOr<std::vector<uint64_t>> VerifyHeads(
+    const StoredLayer& stored, const std::vector<Ranges>& resident) {
   const int heads = stored.layout.num_heads();
   const int threads = std::max(
       1, std::min<int>(heads,
                        static_cast<int>(std::thread::hardware_concurrency())));
   std::vector<absl::Status> results(heads);
+  std::vector<uint64_t> xxh3(heads);
   std::atomic<int> next{0};
   auto work = [&] {
     for (int h; (h = next++) < heads;) {
@@ -278,7 +250,7 @@ absl::Status VerifyHeads(const StoredLayer& stored,
       }
       results[h] =
           VerifyHead(fd, RangesOrAll(resident[h], stored.layout.table_bytes(h)),
-                     stored.checksums[h], path);
+                     stored.checksum_kind, stored.checksums[h], path, &xxh3[h]);
       ::close(fd);
     }
   };
@@ -289,16 +261,30 @@ absl::Status VerifyHeads(const StoredLayer& stored,
   for (const absl::Status& s : results) {
     if (!s.ok()) return s;
   }
-  return absl::OkStatus();
+  return xxh3;
+}
+
+// Rewrites a verified older-format meta in the current format (new
+// checksums of the same verified bytes): a temporary, synced, renamed over.
+absl::Status UpgradeMeta(const StoredLayer& stored,
+                         const std::vector<uint64_t>& xxh3) {
+  const std::string tmp = absl::StrCat(stored.path, "/.meta-", Nonce());
+  if (absl::Status s = WriteFileSynced(
+          tmp, EncodeMeta(stored.layer_id, stored.version, stored.layout,
+                          stored.shape, xxh3));
+      !s.ok()) {
+    return s;
+  }
+  const std::string meta = stored.path + "/meta";
+  if (::rename(tmp.c_str(), meta.c_str()) != 0) {
+    const std::string why = Errno("cannot rename " + tmp + " to " + meta);
+    ::unlink(tmp.c_str());
+    return absl::DataLossError(why);
+  }
+  return SyncDir(stored.path);
 }
 
 }  // namespace
-
-uint64_t TableChecksum(const uint8_t* data, size_t bytes) {
-  ChecksumState state;
-  state.Add(data, bytes);
-  return state.Finish();
-}
 
 void Layer::ReleaseStorage() const {
   if (files_ != nullptr) files_->Delete();
@@ -347,10 +333,11 @@ absl::Status LayerFiles::Seal(uint64_t version,
   std::vector<uint64_t> checksums;
   for (int h = 0; h < layout_.num_heads(); ++h) {
     const HostBuffer& t = tables[h];
-    ChecksumState state;
-    for (auto [begin, end] : RangesOrAll(resident_[h], t.size()))
-      state.Add(t.data() + begin, end - begin);
-    checksums.push_back(state.Finish());
+    TableChecksum sum(ChecksumKind::kXxh3);
+    for (auto [begin, end] : RangesOrAll(resident_[h], t.size())) {
+      sum.Add(t.data() + begin, end - begin);
+    }
+    checksums.push_back(sum.Finish());
     if (::msync(const_cast<uint8_t*>(t.data()), t.size(), MS_SYNC) != 0) {
       return absl::DataLossError(Errno("cannot sync " + HeadFile(path_, h)));
     }
@@ -460,8 +447,8 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
     const std::string path = entry.path();
     const bool leftover = absl::StartsWith(name, ".tmp-layer-") ||
                           absl::StartsWith(name, ".trash-layer-");
-    int64_t id;
-    uint64_t version;
+    int64_t id = 0;
+    uint64_t version = 0;
     const bool layer = ParseFolderName(name, &id, &version);
     if (!leftover && !layer) continue;  // not ours (e.g. .refused-*)
     // Only entries this user made are trusted, refused or deleted.
@@ -544,7 +531,8 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
 
 absl::StatusOr<std::shared_ptr<Layer>> OpenStoredLayer(
     const StoredLayer& stored, std::vector<std::vector<RowRange>> owned,
-    MemoryBudget* budget, bool pin, bool verify) {
+    MemoryBudget* budget, bool pin, bool verify, bool* upgraded) {
+  if (upgraded != nullptr) *upgraded = false;
   const LayerLayout& layout = stored.layout;
   const size_t row_bytes = layout.row_bytes();
   // Per head: the stored byte ranges (empty: the whole table).
@@ -571,7 +559,12 @@ absl::StatusOr<std::shared_ptr<Layer>> OpenStoredLayer(
     tables.push_back(*std::move(table));
   }
   if (verify) {
-    if (absl::Status s = VerifyHeads(stored, resident); !s.ok()) return s;
+    absl::StatusOr<std::vector<uint64_t>> xxh3 = VerifyHeads(stored, resident);
+    if (!xxh3.ok()) return xxh3.status();
+    if (stored.checksum_kind != ChecksumKind::kXxh3) {
+      if (absl::Status s = UpgradeMeta(stored, *xxh3); !s.ok()) return s;
+      if (upgraded != nullptr) *upgraded = true;
+    }
   }
   uint64_t bytes = 0;
   for (int h = 0; h < layout.num_heads(); ++h) {

@@ -17,6 +17,7 @@
 #include "common/layout.h"
 #include "common/mutex.h"
 #include "store/host_memory.h"
+#include "store/table_checksum.h"
 
 namespace engram {
 
@@ -83,7 +84,7 @@ class LayerFiles {
   friend absl::StatusOr<std::shared_ptr<class Layer>> OpenStoredLayer(
       const struct StoredLayer& stored,
       std::vector<std::vector<RowRange>> owned, MemoryBudget* budget, bool pin,
-      bool verify);
+      bool verify, bool* upgraded);
 
   const std::string dir_;
   const int64_t layer_id_;
@@ -105,6 +106,8 @@ struct StoredLayer {
   ShardShape shape;
   std::string path;
   std::vector<uint64_t> checksums;  // per head, over its stored ranges
+  // The meta's format: what `checksums` (and the meta's own sum) are.
+  ChecksumKind checksum_kind = ChecksumKind::kXxh3;
 };
 
 // What a scan of --data_dir found: the newest sealed version of each id,
@@ -125,16 +128,13 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
 // Maps a stored layer's heads shared and read-only; `owned` (one list per
 // head; empty: whole tables) are the rows this process holds. With
 // `verify`, reads every stored row once and compares the checksums
-// (DATA_LOSS naming the head and file). Charged to `budget` and pinned when
-// it fits; else (a layer bigger than the memory budget) served from the
-// page cache, unpinned.
+// (DATA_LOSS naming the head and file); a layer stored in meta format 1 is
+// then upgraded to the current format in place (*upgraded set). Charged to
+// `budget` and pinned when it fits; else (a layer bigger than the memory
+// budget) served from the page cache, unpinned.
 absl::StatusOr<std::shared_ptr<Layer>> OpenStoredLayer(
     const StoredLayer& stored, std::vector<std::vector<RowRange>> owned,
-    MemoryBudget* budget, bool pin, bool verify);
-
-// The 64-bit checksum heads are sealed with (four lanes of multiply-xor
-// over 8-byte words, memory speed).
-uint64_t TableChecksum(const uint8_t* data, size_t bytes);
+    MemoryBudget* budget, bool pin, bool verify, bool* upgraded = nullptr);
 
 }  // namespace engram
 

@@ -23,6 +23,7 @@ namespace {
 
 using testing::EngramdProcess;
 using ::testing::HasSubstr;
+using ::testing::Not;
 namespace fs = std::filesystem;
 
 class DataDirTest : public ::testing::Test {
@@ -34,8 +35,7 @@ class DataDirTest : public ::testing::Test {
   // Stops (or kills) engramd and starts it again with the same flags.
   void Restart(bool kill = false) {
     std::vector<std::string> flags = server_->flags();
-    client_.reset();  // an open connection holds a shutdown for ~5 s
-    if (kill) {
+      if (kill) {
       server_->Kill();
     } else {
       EXPECT_EQ(server_->Stop(), 0) << server_->Log();
@@ -168,7 +168,6 @@ TEST_F(DataDirTest, DamagedFilesAreRefusedAndTheOthersStillLoad) {
   Start();
   const LayerLayout layout{{2003, 11}, 32, DType::kFloat32};
   for (int64_t id : {1, 2, 3}) Populate(id, layout, static_cast<uint32_t>(id));
-  client_.reset();  // an open connection holds a shutdown for ~5 s
   EXPECT_EQ(server_->Stop(), 0);
   {  // one flipped byte in layer 1's data
     std::fstream f(dir_.path() + "/layer-1.v1/head-0.bin",
@@ -195,6 +194,81 @@ TEST_F(DataDirTest, DamagedFilesAreRefusedAndTheOthersStillLoad) {
   // The ids are free again.
   Populate(1, layout, 9);
   ASSERT_TRUE(Exact(1).ok());
+}
+
+// Folders written before the checksums moved to XXH3 (meta format 1;
+// tests/data/data_dir_format1 was written by that engramd) still serve;
+// --verify_data_dir checks them with their own checksums and upgrades the
+// meta, and a damaged one is refused like any other.
+TEST_F(DataDirTest, FolderOfTheOlderFormatServesAndIsUpgradedWhenVerified) {
+  const std::string folder = dir_.path() + "/layer-7.v1";
+  auto install = [&] {
+    fs::remove_all(folder);
+    fs::copy(std::string(ENGRAM_TEST_DATA) + "/data_dir_format1/layer-7.v1",
+             folder);
+    fs::permissions(folder, fs::perms::owner_all);
+    for (const auto& e : fs::directory_iterator(folder)) {
+      fs::permissions(e.path(), fs::perms::owner_read | fs::perms::owner_write);
+    }
+  };
+  auto format = [&] {
+    std::ifstream meta(folder + "/meta", std::ios::binary);
+    char bytes[12] = {};
+    meta.read(bytes, sizeof bytes);
+    return static_cast<int>(bytes[8]);
+  };
+  // Written as: head h row r element d = h * 1000 + r * 8 + d.
+  auto exact = [&] {
+    const int64_t ids[] = {3, 5};
+    const int64_t shape[] = {1, 1, 2};
+    std::vector<float> rows(16);
+    absl::Status s = client_->Lookup(
+        7, ids, shape,
+        {reinterpret_cast<uint8_t*>(rows.data()), rows.size() * 4});
+    if (!s.ok()) return s;
+    for (int d = 0; d < 8; ++d) {
+      if (rows[d] != 24 + d || rows[8 + d] != 1040 + d) {
+        return absl::DataLossError(absl::StrCat("element ", d, " differs"));
+      }
+    }
+    return absl::OkStatus();
+  };
+  install();
+  ASSERT_EQ(format(), 1);
+  Start({"--verify_data_dir=false"});
+  EXPECT_TRUE(exact().ok()) << exact() << server_->Log();
+  EXPECT_EQ(format(), 1) << "not verified: left as it is";
+  EXPECT_THAT(server_->Log(), HasSubstr("start once with --verify_data_dir"));
+
+  std::vector<std::string> verify = server_->flags();
+  for (std::string& flag : verify) {
+    if (flag == "--verify_data_dir=false") flag = "--verify_data_dir=true";
+  }
+  client_.reset();
+  EXPECT_EQ(server_->Stop(), 0);
+  Launch(verify);
+  EXPECT_TRUE(exact().ok()) << exact() << server_->Log();
+  EXPECT_EQ(format(), 2);
+  EXPECT_THAT(server_->Log(), HasSubstr("upgraded to format 2"));
+  Restart();  // verified again, now with XXH3
+  EXPECT_TRUE(exact().ok()) << exact() << server_->Log();
+  EXPECT_THAT(server_->Log(), Not(HasSubstr("upgraded")));
+
+  // A damaged format-1 folder: refused, its meta not upgraded.
+  client_.reset();
+  EXPECT_EQ(server_->Stop(), 0);
+  install();
+  {
+    std::fstream f(folder + "/head-1.bin",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x7f');
+  }
+  Launch(verify);
+  EXPECT_EQ(client_->DescribeLayer(7).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_THAT(server_->Log(), HasSubstr("head-1.bin: checksum does not match"));
+  EXPECT_EQ(Folders(".refused-"), 1);
 }
 
 // Issue: the restart scan trusted whatever was in the folder: another

@@ -9,11 +9,11 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "client/cluster_router.h"
 #include "client/device_reads.h"
 #include "client/direct_reads.h"
 #include "engram/v1/engram.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "proto/channel_security.h"
 #include "proto/channel_tuning.h"
 #include "proto/convert.h"
@@ -23,7 +23,6 @@ namespace engram {
 namespace {
 
 constexpr char kLookupMethod[] = "/engram.v1.EngramStore/Lookup";
-constexpr char kHealthMethod[] = "/grpc.health.v1.Health/Check";
 
 LayerDescription FromProto(const v1::LayerInfo& info) {
   LayerDescription d;
@@ -507,36 +506,24 @@ absl::StatusOr<std::vector<LayerDescription>> Client::Load(
 }
 
 absl::Status Client::CheckHealth(const std::string& service) {
-  // grpc.health.v1.HealthCheckRequest{string service = 1} (empty: no
-  // bytes); the response is {status = 1 (SERVING)} -> 08 01.
+  grpc::health::v1::Health::Stub stub(impl_->channel);
   grpc::ClientContext context;
   impl_->SetDeadline(&context);
-  const std::string encoded = wire::EncodeField1Message(service);
-  grpc::Slice slice(encoded.data(), encoded.size());
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
-  absl::Notification finished;
-  grpc::Status status;
-  impl_->generic()->UnaryCall(&context, kHealthMethod, grpc::StubOptions(),
-                              &request, &response, [&](grpc::Status s) {
-                                status = std::move(s);
-                                finished.Notify();
-                              });
-  finished.WaitForNotification();
-  if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
-  std::vector<grpc::Slice> slices;
-  std::string bytes;
-  if (response.Dump(&slices).ok()) {
-    for (const grpc::Slice& slice : slices) {
-      bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-    }
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  if (absl::Status s = FromGrpcStatus(stub.Check(&context, request, &response));
+      !s.ok()) {
+    return s;
   }
-  int serving_status = 0;  // UNKNOWN
-  if (bytes.size() >= 2 && bytes[0] == 0x08) serving_status = bytes[1];
-  if (serving_status == 1) return absl::OkStatus();
-  return absl::UnavailableError(
-      absl::StrCat("server health is not SERVING (status ", serving_status,
-                   ": 0 UNKNOWN, 2 NOT_SERVING)"));
+  if (response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+    return absl::OkStatus();
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "server health is ",
+      grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
+          response.status()),
+      ", not SERVING"));
 }
 
 }  // namespace engram

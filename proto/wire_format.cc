@@ -141,15 +141,6 @@ size_t EncodeGatherResponseHeader(size_t data_bytes, uint8_t* out) {
   return static_cast<size_t>(p - out);
 }
 
-std::string EncodeField1Message(std::string_view value) {
-  if (value.empty()) return std::string();
-  std::string encoded(1 + VarintSize(value.size()) + value.size(), '\0');
-  auto* p = reinterpret_cast<uint8_t*>(encoded.data());
-  p = PutVarint(value.size(), PutTag(1, kLengthDelimited, p));
-  std::memcpy(p, value.data(), value.size());
-  return encoded;
-}
-
 absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
                                   std::span<uint8_t> out,
                                   DecodedLookup* result) {

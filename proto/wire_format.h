@@ -47,10 +47,6 @@ absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
 size_t GatherResponseHeaderSize(size_t data_bytes);
 size_t EncodeGatherResponseHeader(size_t data_bytes, uint8_t* out);
 
-// A message whose only field is the string/bytes field 1, e.g.
-// grpc.health.v1.HealthCheckRequest{service}; empty for an empty value.
-std::string EncodeField1Message(std::string_view value);
-
 // Encodes an engram.v1.LookupRequest with the ids as the `row_ids` bytes
 // field. The ids are not copied: the returned buffer aliases `ids`, which must
 // outlive every use of it (the RPC).

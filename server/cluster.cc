@@ -2,9 +2,9 @@
 
 #include <grpcpp/generic/generic_stub.h>
 
-#include <future>
 
 #include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "proto/channel_tuning.h"
 #include "server/log.h"
 
@@ -14,20 +14,17 @@ namespace {
 constexpr auto kProbeInterval = std::chrono::milliseconds(500);
 constexpr auto kProbeTimeout = std::chrono::milliseconds(400);
 
-// grpc.health.v1 Check with an empty request; true when SERVING or
+// grpc.health.v1 Check of the server as a whole; true when SERVING or
 // NOT_SERVING (the process answers; NOT_SERVING may only mean that it sees
 // a range unreachable itself).
 bool Answers(grpc::Channel* channel) {
-  grpc::GenericStub stub(std::shared_ptr<grpc::Channel>(channel, [](auto*) {}));
+  grpc::health::v1::Health::Stub stub(
+      std::shared_ptr<grpc::Channel>(channel, [](auto*) {}));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + kProbeTimeout);
-  grpc::Slice empty;
-  grpc::ByteBuffer request(&empty, 1), response;
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
-                 &request, &response,
-                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
-  return done.get_future().get().ok();
+  grpc::health::v1::HealthCheckResponse response;
+  return stub.Check(&context, grpc::health::v1::HealthCheckRequest(), &response)
+      .ok();
 }
 
 }  // namespace

@@ -133,14 +133,5 @@ TEST(WireFormatTest, GatherResponseHeaderPlusRowsParsesAsProtobuf) {
   }
 }
 
-TEST(WireFormatTest, Field1MessageParsesAsProtobuf) {
-  for (const std::string& value :
-       {std::string(), std::string("engram"), std::string(300, 'x')}) {
-    internal::v1::TxnRequest parsed;
-    ASSERT_TRUE(parsed.ParseFromString(EncodeField1Message(value)));
-    EXPECT_EQ(parsed.txn_id(), value);
-  }
-}
-
 }  // namespace
 }  // namespace engram::wire

@@ -1,7 +1,8 @@
-// engramd's command-line flags. Their names are a deployment contract:
+// engramd's configuration. Each member is the flag of the same name
+// (server/main.cc defines them): the names are a deployment contract,
 // manifests and scripts pass them.
-#ifndef ENGRAM_SERVER_FLAGS_H_
-#define ENGRAM_SERVER_FLAGS_H_
+#ifndef ENGRAM_SERVER_CONFIG_H_
+#define ENGRAM_SERVER_CONFIG_H_
 
 #include <cstdint>
 #include <string>
@@ -105,25 +106,21 @@ struct ServerConfig {
   // How often credential files are checked for changes (also on SIGHUP).
   double credentials_reload_seconds = 10;
   std::string port_file;  // written once serving: grpc_port=, metrics_port=
-  bool help = false;
 };
 
-// Parses --name=value / --name value / --bool_flag arguments. Unknown flags,
-// bad values and positional arguments are INVALID_ARGUMENT naming the flag.
-absl::StatusOr<ServerConfig> ParseServerFlags(int argc, char** argv);
+// Every value is in its flag's range (threads >= 0, a known peer_read,
+// ...): INVALID_ARGUMENT naming the flag, its value and the range.
+absl::Status CheckServerConfig(const ServerConfig& config);
 
-// The --help text: every flag with its default and meaning.
-std::string ServerFlagsHelp();
-
-// The security flags agree with each other and with `peers` (the
-// --peers list): INVALID_ARGUMENT naming the flags otherwise. A cluster
-// whose shards are not all on loopback needs credentials (or the
-// insecure flag).
 // True when `host` (an address, "[v6]", or a name) is on loopback: an
 // address in 127/8, ::1 or ::ffff:127/104, or a name whose every address
 // is. Compared by address, never by spelling ("127.evil.example" is not).
 bool IsLoopbackHost(const std::string& host);
 
+// The security flags agree with each other and with `peers` (the
+// --peers list): INVALID_ARGUMENT naming the flags otherwise. A cluster
+// whose shards are not all on loopback needs credentials (or the
+// insecure flag).
 absl::Status CheckSecurityFlags(const ServerConfig& config,
                                 const std::vector<std::string>& peers);
 
@@ -138,4 +135,4 @@ absl::StatusOr<std::vector<std::string>> ClusterPeers(
 
 }  // namespace engram
 
-#endif  // ENGRAM_SERVER_FLAGS_H_
+#endif  // ENGRAM_SERVER_CONFIG_H_

@@ -16,7 +16,7 @@
 #include "server/cluster.h"
 #include "server/cluster_coordinator.h"
 #include "server/demo_layer.h"
-#include "server/flags.h"
+#include "server/config.h"
 #include "server/health_reporter.h"
 #include "server/metrics.h"
 #include "server/peer_rma.h"

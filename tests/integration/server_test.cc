@@ -661,18 +661,43 @@ TEST(ServerProcessTest, DirectReadsFromASingleNode) {
 }
 
 TEST(ServerProcessTest, BadFlagsExitNonZeroWithOneLine) {
+  const std::string engramd = testing::EngramdPath();
   std::string out;
-  EXPECT_EQ(
-      testing::RunCommand(testing::EngramdPath() + " --threads=abc", &out), 2);
+  EXPECT_EQ(testing::RunCommand(engramd + " --threads=abc", &out), 2);
   EXPECT_THAT(out, HasSubstr("bad value 'abc' for --threads"));
-  EXPECT_EQ(testing::RunCommand(testing::EngramdPath() + " --nope", &out), 2);
+  EXPECT_EQ(testing::RunCommand(engramd + " --threads=-2", &out), 2);
+  EXPECT_THAT(out, HasSubstr("bad value -2 for --threads: must be at least 0"));
+  EXPECT_EQ(testing::RunCommand(engramd + " --nope", &out), 2);
   EXPECT_THAT(out, HasSubstr("unknown flag --nope"));
-  EXPECT_EQ(testing::RunCommand(testing::EngramdPath() + " --help", &out), 0);
+  EXPECT_EQ(testing::RunCommand(engramd + " --listen", &out), 2);
+  EXPECT_THAT(out, HasSubstr("flag --listen needs a value"));
+  EXPECT_EQ(testing::RunCommand(engramd + " positional", &out), 2);
+  EXPECT_THAT(out, HasSubstr("unexpected argument 'positional'"));
+  EXPECT_EQ(testing::RunCommand(engramd + " --nodemo=true", &out), 2);
+  EXPECT_THAT(out, HasSubstr("--nodemo takes no value"));
+  EXPECT_EQ(testing::RunCommand(engramd + " --help", &out), 0);
   for (const char* flag :
-       {"--listen", "--metrics_listen", "--memory_limit_bytes", "--threads",
-        "--max_message_bytes", "--demo"}) {
+       {"--listen (default: \"0.0.0.0:50051\")", "--metrics_listen",
+        "--memory_limit_bytes", "--threads", "--max_message_bytes", "--demo",
+        "--verify_data_dir (default: \"true\")", "--port_file"}) {
     EXPECT_THAT(out, HasSubstr(flag));
   }
+}
+
+// Every form a flag can take reaches the server: the start log echoes the
+// flags given values other than their defaults.
+TEST(ServerProcessTest, EveryFlagFormReachesTheConfigAndTheStartLog) {
+  auto p = testing::EngramdProcess::Start(
+      {"--threads", "3", "--nopin_memory", "--demo",
+       "--max_lookup_rows=1000", "--verify_data_dir=false"});
+  ASSERT_TRUE(p.ok()) << p.status();
+  const std::string log = (*p)->Log();
+  EXPECT_THAT(log, HasSubstr(" threads=3 "));
+  for (const char* echoed : {"demo=true", "max_lookup_rows=1000",
+                             "pin_memory=false", "verify_data_dir=false"}) {
+    EXPECT_THAT(log, HasSubstr(echoed));
+  }
+  EXPECT_EQ((*p)->Stop(), 0);
 }
 
 }  // namespace

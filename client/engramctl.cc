@@ -4,10 +4,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
-#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -16,9 +17,47 @@
 #include "checkpoint/manifest.h"
 #include "checkpoint/npy.h"
 #include "client/client.h"
+#include "common/command_line.h"
 #include "common/malloc_tuning.h"
 #include "proto/channel_security.h"
 #include "proto/channel_tuning.h"
+
+ABSL_FLAG(std::string, address, "",
+          "HOST:PORT of engramd, or a cluster's shards comma-separated (the "
+          "first that answers); default $ENGRAM_ADDRESS, else "
+          "127.0.0.1:50051");
+ABSL_FLAG(int64_t, timeout_s, 60, "seconds each call may take");
+ABSL_FLAG(int64_t, populate_timeout_s, 7200,
+          "seconds a populate stream or a load may take");
+ABSL_FLAG(bool, tls, false, "TLS, verifying the server with system roots");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "TLS, verifying the server with this CA (PEM)");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "client certificate to present (mTLS), PEM");
+ABSL_FLAG(std::string, tls_key_file, "", "the key of --tls_cert_file (PEM)");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "the name checked in the server's certificate (default: the host)");
+ABSL_FLAG(std::string, token_file, "",
+          "send this file's first line as a bearer token (default "
+          "$ENGRAM_TOKEN_FILE)");
+ABSL_FLAG(std::optional<int64_t>, layer, std::nullopt,
+          "layer id (describe, remove, populate from .npy files, lookup)");
+ABSL_FLAG(std::string, dtype, "",
+          "populate: the tables' dtype (float32, bfloat16, float16, uint8); "
+          "default from the .npy files");
+ABSL_FLAG(bool, replace, false,
+          "populate: swap out an existing layer at commit");
+ABSL_FLAG(bool, force, false, "remove: also abort a populate in progress");
+ABSL_FLAG(std::string, manifest, "",
+          "populate: push a load manifest's layers, read here");
+ABSL_FLAG(std::string, ids, "", "lookup: row ids, comma-separated");
+ABSL_FLAG(std::string, shape, "",
+          "lookup: B,L,H of --ids (default 1,1,number of ids)");
+ABSL_FLAG(std::string, ids_npy, "", "lookup: ids from an int64 .npy [B, L, H]");
+ABSL_FLAG(std::string, output_dtype, "",
+          "lookup: rows converted to this dtype (default: the layer's)");
+ABSL_FLAG(std::string, out, "",
+          "lookup: write rows to this .npy [B, L, H, D] instead of printing");
 
 namespace engram {
 namespace {
@@ -62,15 +101,13 @@ Security: --tls (system roots) or --tls_ca_file=CA.pem verifies the server;
 --tls_server_name overrides the name checked; --token_file=F (or
 $ENGRAM_TOKEN_FILE) sends F's first line as a bearer token.
 
---address defaults to $ENGRAM_ADDRESS, else 127.0.0.1:50051; a comma-separated
-list (a cluster's shards) uses the first shard that answers. --timeout_s
-(default 60) bounds each call; a populate stream gets --populate_timeout_s
-(default 7200).
+A cluster's --address list (comma-separated) uses the first shard that
+answers.
 )";
 
+// The command and the files after it; the flags are the ABSL_FLAGs above.
 struct Args {
   std::string command;
-  std::map<std::string, std::string> flags;
   std::vector<std::string> files;
 };
 
@@ -86,39 +123,25 @@ void Check(const absl::Status& s) {
 }
 
 Args ParseArgs(int argc, char** argv) {
-  Args args;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    if (a.rfind("--", 0) == 0) {
-      std::string name = a.substr(2), value = "true";
-      if (size_t eq = name.find('='); eq != std::string::npos) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-      }
-      args.flags[name] = value;
-    } else if (args.command.empty()) {
-      args.command = a;
-    } else {
-      args.files.push_back(a);
-    }
+  absl::StatusOr<CommandLine> line = ParseCommandLine(argc, argv);
+  if (!line.ok()) Die(std::string(line.status().message()), 2);
+  if (line->help) {
+    std::cout << FlagsHelp(kUsage);
+    std::exit(0);
   }
-  if (args.command.empty())
+  if (line->positional.empty()) {
     Die(absl::StrCat("no command given\n\n", kUsage), 2);
+  }
+  Args args;
+  args.command = line->positional.front();
+  args.files.assign(line->positional.begin() + 1, line->positional.end());
   return args;
 }
 
-int64_t IntFlag(const Args& args, const std::string& name) {
-  auto it = args.flags.find(name);
-  if (it == args.flags.end()) Die(absl::StrCat("missing --", name), 2);
-  int64_t v;
-  if (!absl::SimpleAtoi(it->second, &v)) {
-    Die(absl::StrCat("--", name, "=", it->second, " is not an integer"), 2);
-  }
-  return v;
+int64_t LayerFlag() {
+  std::optional<int64_t> layer = absl::GetFlag(FLAGS_layer);
+  if (!layer.has_value()) Die("missing --layer", 2);
+  return *layer;
 }
 
 std::vector<int64_t> IntList(const std::string& name, const std::string& text) {
@@ -197,10 +220,10 @@ void PushLayer(Client& client, const checkpoint::LayerReader& reader,
 }
 
 int Populate(Client& client, const Args& args) {
-  const bool replace = args.flags.count("replace") > 0;
-  if (auto m = args.flags.find("manifest"); m != args.flags.end()) {
+  const bool replace = absl::GetFlag(FLAGS_replace);
+  if (const std::string m = absl::GetFlag(FLAGS_manifest); !m.empty()) {
     absl::StatusOr<checkpoint::LoadManifest> manifest =
-        checkpoint::ReadLoadManifest(m->second, "");
+        checkpoint::ReadLoadManifest(m, "");
     Check(manifest.status());
     // Every layer checked before the first row is sent.
     std::vector<std::unique_ptr<checkpoint::LayerReader>> readers;
@@ -218,7 +241,7 @@ int Populate(Client& client, const Args& args) {
     Die("populate needs one .npy file per head, or --manifest", 2);
   }
   checkpoint::LayerSpec spec;
-  spec.layer_id = IntFlag(args, "layer");
+  spec.layer_id = LayerFlag();
   spec.source.format = checkpoint::LayerSource::Format::kNpy;
   LayerLayout& layout = spec.layout;
   for (size_t h = 0; h < args.files.size(); ++h) {
@@ -232,8 +255,8 @@ int Populate(Client& client, const Args& args) {
                        a->shape.size(), "-D"));
     }
     DType dtype;
-    if (auto it = args.flags.find("dtype"); it != args.flags.end()) {
-      dtype = ParseDType(it->second);
+    if (const std::string d = absl::GetFlag(FLAGS_dtype); !d.empty()) {
+      dtype = ParseDType(d);
     } else if (a->descr == "<f4") {
       dtype = DType::kFloat32;
     } else if (a->descr == "<f2") {
@@ -269,31 +292,33 @@ int Populate(Client& client, const Args& args) {
   return 0;
 }
 
-int Lookup(Client& client, const Args& args) {
-  const int64_t layer = IntFlag(args, "layer");
+int Lookup(Client& client) {
+  const int64_t layer = LayerFlag();
   std::vector<int64_t> ids, shape;
-  if (auto it = args.flags.find("ids_npy"); it != args.flags.end()) {
-    absl::StatusOr<NpyArray> a = ReadNpy(it->second);
+  if (const std::string ids_npy = absl::GetFlag(FLAGS_ids_npy);
+      !ids_npy.empty()) {
+    absl::StatusOr<NpyArray> a = ReadNpy(ids_npy);
     Check(a.status());
-    if (a->descr != "<i8")
-      Die(absl::StrCat(it->second, ": ids must be int64 (<i8)"));
+    if (a->descr != "<i8") {
+      Die(absl::StrCat(ids_npy, ": ids must be int64 (<i8)"));
+    }
     ids.resize(a->num_elements());
     std::memcpy(ids.data(), a->data.data(), a->data.size());
     shape = a->shape;
   } else {
-    auto ids_flag = args.flags.find("ids");
-    if (ids_flag == args.flags.end()) Die("lookup needs --ids or --ids_npy", 2);
-    ids = IntList("ids", ids_flag->second);
-    auto shape_flag = args.flags.find("shape");
-    shape = shape_flag == args.flags.end()
+    const std::string ids_flag = absl::GetFlag(FLAGS_ids);
+    if (ids_flag.empty()) Die("lookup needs --ids or --ids_npy", 2);
+    ids = IntList("ids", ids_flag);
+    const std::string shape_flag = absl::GetFlag(FLAGS_shape);
+    shape = shape_flag.empty()
                 ? std::vector<int64_t>{1, 1, static_cast<int64_t>(ids.size())}
-                : IntList("shape", shape_flag->second);
+                : IntList("shape", shape_flag);
   }
   absl::StatusOr<LayerDescription> d = client.DescribeLayer(layer);
   Check(d.status());
   std::optional<DType> out_dtype;
-  if (auto it = args.flags.find("output_dtype"); it != args.flags.end()) {
-    out_dtype = ParseDType(it->second);
+  if (const std::string d = absl::GetFlag(FLAGS_output_dtype); !d.empty()) {
+    out_dtype = ParseDType(d);
   }
   const DType dtype = out_dtype.value_or(d->layout.dtype);
   const int64_t dim = d->layout.embedding_dim;
@@ -302,11 +327,10 @@ int Lookup(Client& client, const Args& args) {
 
   std::vector<int64_t> out_shape = shape;
   out_shape.push_back(dim);
-  if (auto it = args.flags.find("out"); it != args.flags.end()) {
-    Check(WriteNpy(it->second, NpyDescr(dtype), out_shape, rows.data(),
-                   rows.size()));
+  if (const std::string out = absl::GetFlag(FLAGS_out); !out.empty()) {
+    Check(WriteNpy(out, NpyDescr(dtype), out_shape, rows.data(), rows.size()));
     std::cout << "wrote [" << absl::StrJoin(out_shape, ", ") << "] "
-              << DTypeName(dtype) << " to " << it->second << "\n";
+              << DTypeName(dtype) << " to " << out << "\n";
     return 0;
   }
   const int64_t heads = shape.empty() ? 1 : shape.back();
@@ -331,18 +355,14 @@ int Lookup(Client& client, const Args& args) {
 
 // TLS and credentials from the flags (and the environment for the token
 // file, so that it stays out of shell history and `ps`).
-ClientOptions SecurityOptions(const Args& args) {
+ClientOptions SecurityOptions() {
   ClientOptions options;
-  auto flag = [&args](const char* name) {
-    auto it = args.flags.find(name);
-    return it == args.flags.end() ? std::string() : it->second;
-  };
-  options.tls = args.flags.count("tls") > 0;
-  options.tls_ca_file = flag("tls_ca_file");
-  options.tls_cert_file = flag("tls_cert_file");
-  options.tls_key_file = flag("tls_key_file");
-  options.tls_server_name = flag("tls_server_name");
-  std::string token_file = flag("token_file");
+  options.tls = absl::GetFlag(FLAGS_tls);
+  options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  std::string token_file = absl::GetFlag(FLAGS_token_file);
   if (token_file.empty()) {
     if (const char* env = std::getenv("ENGRAM_TOKEN_FILE")) token_file = env;
   }
@@ -359,10 +379,10 @@ int Run(int argc, char** argv) {
   Args args = ParseArgs(argc, argv);
   std::string address = "127.0.0.1:50051";
   if (const char* env = std::getenv("ENGRAM_ADDRESS")) address = env;
-  if (auto it = args.flags.find("address"); it != args.flags.end()) {
-    address = it->second;
+  if (std::string flag = absl::GetFlag(FLAGS_address); !flag.empty()) {
+    address = std::move(flag);
   }
-  ClientOptions options = SecurityOptions(args);
+  ClientOptions options = SecurityOptions();
   // A cluster's address list: talk to the first shard that is alive.
   if (address.find(',') != std::string::npos) {
     std::vector<std::string> shards =
@@ -378,13 +398,9 @@ int Run(int argc, char** argv) {
       }
     }
   }
-  if (args.flags.count("timeout_s")) {
-    options.timeout = absl::Seconds(IntFlag(args, "timeout_s"));
-  }
-  if (args.flags.count("populate_timeout_s")) {
-    options.populate_timeout =
-        absl::Seconds(IntFlag(args, "populate_timeout_s"));
-  }
+  options.timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  options.populate_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_populate_timeout_s));
   absl::StatusOr<std::unique_ptr<Client>> client =
       Client::Connect(address, options);
   Check(client.status());
@@ -404,7 +420,7 @@ int Run(int argc, char** argv) {
   }
   if (cmd == "describe") {
     absl::StatusOr<LayerDescription> d =
-        c.DescribeLayer(IntFlag(args, "layer"));
+        c.DescribeLayer(LayerFlag());
     Check(d.status());
     PrintLayer(*d);
     for (const std::string& key : d->store_keys)
@@ -413,7 +429,7 @@ int Run(int argc, char** argv) {
   }
   if (cmd == "remove") {
     absl::StatusOr<int> n =
-        c.Remove(IntFlag(args, "layer"), args.flags.count("force") > 0);
+        c.Remove(LayerFlag(), absl::GetFlag(FLAGS_force));
     Check(n.status());
     std::cout << "removed " << *n << " tables\n";
     return 0;
@@ -427,7 +443,7 @@ int Run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "populate") return Populate(c, args);
-  if (cmd == "lookup") return Lookup(c, args);
+  if (cmd == "lookup") return Lookup(c);
   Die(absl::StrCat("unknown command '", cmd, "'\n\n", kUsage), 2);
 }
 

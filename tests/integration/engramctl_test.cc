@@ -126,6 +126,35 @@ TEST(EngramctlTest, PopulateManifestPushesACheckpointTheServerCannotSee) {
   EXPECT_THAT(out, HasSubstr("invalid JSON at line 1"));
 }
 
+// Issue 25: unknown flags were ignored (--shap ran with an inferred shape)
+// and "--layer 0" was read as --layer=true.
+TEST(EngramctlTest, FlagsAreTypedAndUnknownOnesRefused) {
+  auto server = testing::EngramdProcess::Start({"--demo"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string ctl =
+      testing::EngramctlPath() + " --address=" + (*server)->address() + " ";
+  std::string out;
+  EXPECT_EQ(testing::RunCommand(ctl + "lookup --layer=0 --ids=1,2,3,4 "
+                                      "--shap=1,1,4",
+                                &out),
+            2);
+  EXPECT_THAT(out, HasSubstr("unknown flag --shap"));
+  ASSERT_EQ(testing::RunCommand(ctl + "describe --layer 0", &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("layer 0: 4 heads"));
+  ASSERT_EQ(testing::RunCommand(ctl + "lookup --layer 0 --ids 1,2,3,4", &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("[0, h3] id 4:"));
+  EXPECT_EQ(testing::RunCommand(ctl + "describe --layer=true", &out), 2);
+  EXPECT_THAT(out, HasSubstr("bad value 'true' for --layer"));
+  EXPECT_EQ(testing::RunCommand(ctl + "describe", &out), 2);
+  EXPECT_THAT(out, HasSubstr("missing --layer"));
+  EXPECT_EQ(testing::RunCommand(ctl + "--timeout_s=soon list", &out), 2);
+  EXPECT_THAT(out, HasSubstr("bad value 'soon' for --timeout_s"));
+  EXPECT_EQ(testing::RunCommand(testing::EngramctlPath() + " --help", &out), 0);
+  EXPECT_THAT(out, HasSubstr("--populate_timeout_s (default: \"7200\")"));
+}
+
 TEST(EngramctlTest, UnreachableServerFailsCleanly) {
   std::string out;
   EXPECT_EQ(testing::RunCommand(testing::EngramctlPath() +

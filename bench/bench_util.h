@@ -1,4 +1,5 @@
-// Small helpers shared by the benchmarks: timing loops and percentiles.
+// Small helpers shared by the benchmarks: flags, timing loops and
+// percentiles.
 #ifndef ENGRAM_BENCH_BENCH_UTIL_H_
 #define ENGRAM_BENCH_BENCH_UTIL_H_
 
@@ -6,13 +7,37 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
+
+#include "common/command_line.h"
 
 namespace engram::bench {
 
 using Clock = std::chrono::steady_clock;
+
+// Reads argv into the bench's ABSL_FLAGs: --help prints `usage` and the
+// flags and exits 0; an unknown flag, a bad value or an argument exits 2.
+inline void ParseBenchFlags(int argc, char** argv, const char* usage) {
+  absl::StatusOr<CommandLine> line = ParseCommandLine(argc, argv);
+  if (line.ok() && line->help) {
+    std::printf("%s", FlagsHelp(usage).c_str());
+    std::exit(0);
+  }
+  if (line.ok() && !line->positional.empty()) {
+    line = absl::InvalidArgumentError("unexpected argument '" +
+                                      line->positional.front() + "'");
+  }
+  if (!line.ok()) {
+    std::fprintf(stderr, "%s: %s\n", argv[0],
+                 std::string(line.status().message()).c_str());
+    std::exit(2);
+  }
+}
 
 struct RunStats {
   int64_t calls = 0;

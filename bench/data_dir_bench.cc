@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
 #include "bench/peers.h"
@@ -199,15 +200,17 @@ int Run(double gib, const std::string& base, double seconds,
 }  // namespace
 }  // namespace engram::bench
 
+ABSL_FLAG(double, gib, 1, "size of the layer, GiB");
+ABSL_FLAG(std::string, dir, "/tmp", "where the --data_dir folder is made");
+ABSL_FLAG(double, seconds, 3, "seconds of lookups per measurement");
+ABSL_FLAG(std::string, engramd, ENGRAM_BENCH_ENGRAMD, "the engramd to run");
+
 int main(int argc, char** argv) {
-  double gib = 1, seconds = 3;
-  std::string dir = "/tmp", engramd = ENGRAM_BENCH_ENGRAMD;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--gib=", 0) == 0) gib = std::stod(a.substr(6));
-    if (a.rfind("--dir=", 0) == 0) dir = a.substr(6);
-    if (a.rfind("--seconds=", 0) == 0) seconds = std::stod(a.substr(10));
-    if (a.rfind("--engramd=", 0) == 0) engramd = a.substr(10);
-  }
-  return engram::bench::Run(gib, dir, seconds, engramd);
+  engram::bench::ParseBenchFlags(
+      argc, argv,
+      "data_dir_bench: populate, restart (verified and not) and cold-row "
+      "lookups of a --data_dir layer");
+  return engram::bench::Run(absl::GetFlag(FLAGS_gib), absl::GetFlag(FLAGS_dir),
+                            absl::GetFlag(FLAGS_seconds),
+                            absl::GetFlag(FLAGS_engramd));
 }

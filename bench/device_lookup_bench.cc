@@ -26,11 +26,17 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
 #include "bench/peers.h"
 #include "client/client.h"
 #include "common/dtype.h"
 #include "kernels/gpu.h"
+
+ABSL_FLAG(int64_t, rows_per_head, 262144, "rows of each of the 16 heads");
+ABSL_FLAG(int, reps, 5, "repetitions per shape (the best is reported)");
+ABSL_FLAG(std::string, engramd, ENGRAM_BENCH_ENGRAMD, "the engramd to run");
 
 namespace engram {
 namespace {
@@ -96,19 +102,12 @@ struct Servers {
 };
 
 int Main(int argc, char** argv) {
-  int64_t rows_per_head = 262144;
-  int reps = 5;
-  std::string engramd = ENGRAM_BENCH_ENGRAMD;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--rows_per_head=", 0) == 0) {
-      rows_per_head = std::stoll(a.substr(16));
-    } else if (a.rfind("--reps=", 0) == 0) {
-      reps = std::stoi(a.substr(7));
-    } else if (a.rfind("--engramd=", 0) == 0) {
-      engramd = a.substr(10);
-    }
-  }
+  bench::ParseBenchFlags(argc, argv,
+                  "device_lookup_bench: rows into GPU memory by every path, "
+                  "one run");
+  const int64_t rows_per_head = absl::GetFlag(FLAGS_rows_per_head);
+  const int reps = absl::GetFlag(FLAGS_reps);
+  const std::string engramd = absl::GetFlag(FLAGS_engramd);
   std::string why;
   if (gpu::DeviceCount(&why) == 0) {
     std::printf("device_lookup_bench: skipped (%s)\n", why.c_str());

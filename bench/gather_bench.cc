@@ -7,9 +7,13 @@
 #include <random>
 #include <string>
 
+#include "absl/flags/flag.h"
 #include "bench/bench_util.h"
 #include "store/gather.h"
 #include "store/layer_builder.h"
+
+ABSL_FLAG(int64_t, rows_per_head, 1 << 18, "rows of each of the 16 heads");
+ABSL_FLAG(int, threads, 2, "gather threads");
 
 namespace engram {
 namespace {
@@ -26,14 +30,9 @@ double Best(int reps, const std::function<void()>& fn) {
 }
 
 int Main(int argc, char** argv) {
-  int64_t rows_per_head = 1 << 18;
-  int threads = 2;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--rows_per_head=", 0) == 0)
-      rows_per_head = std::stoll(a.substr(16));
-    if (a.rfind("--threads=", 0) == 0) threads = std::stoi(a.substr(10));
-  }
+  bench::ParseBenchFlags(argc, argv, "gather_bench: the CPU gather, in process");
+  const int64_t rows_per_head = absl::GetFlag(FLAGS_rows_per_head);
+  const int threads = absl::GetFlag(FLAGS_threads);
   const int heads = 16;
   std::printf("gather_bench: H = %d, %lld rows per head, %d threads\n", heads,
               static_cast<long long>(rows_per_head), threads);

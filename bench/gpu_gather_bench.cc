@@ -8,8 +8,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "bench/bench_util.h"
 #include "common/dtype.h"
 #include "kernels/gpu.h"
+
+ABSL_FLAG(int64_t, rows_per_head, 1 << 20, "rows of each head");
 
 namespace engram {
 namespace {
@@ -53,12 +57,8 @@ T* Alloc(size_t bytes) {
 }
 
 int Main(int argc, char** argv) {
-  int64_t rows_per_head = 1 << 20;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--rows_per_head=", 0) == 0)
-      rows_per_head = std::stoll(a.substr(16));
-  }
+  bench::ParseBenchFlags(argc, argv, "gpu_gather_bench: the GPU gather, in process");
+  const int64_t rows_per_head = absl::GetFlag(FLAGS_rows_per_head);
   std::string why;
   if (gpu::DeviceCount(&why) == 0) {
     std::printf("gpu_gather_bench: skipped (%s)\n", why.c_str());

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
 #include "bench/peers.h"
@@ -262,19 +263,24 @@ int Run(double gib, const std::string& dir, const std::string& engramd) {
 }  // namespace
 }  // namespace engram::bench
 
+ABSL_FLAG(double, gib, 1, "size of the checkpoint, GiB");
+ABSL_FLAG(std::string, dir, "/tmp", "where the checkpoint files are written");
+ABSL_FLAG(std::string, engramd, ENGRAM_BENCH_ENGRAMD, "the engramd to run");
+ABSL_FLAG(std::string, engramctl, ENGRAM_BENCH_ENGRAMCTL,
+          "the engramctl to run (--push)");
+ABSL_FLAG(bool, push, false,
+          "measure engramctl populate --manifest (the client reads the "
+          "files) instead of the server's Load");
+
 int main(int argc, char** argv) {
-  double gib = 1;
-  std::string dir = "/tmp", engramd = ENGRAM_BENCH_ENGRAMD,
-              engramctl = ENGRAM_BENCH_ENGRAMCTL;
-  bool push = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--gib=", 0) == 0) gib = std::stod(a.substr(6));
-    if (a.rfind("--dir=", 0) == 0) dir = a.substr(6);
-    if (a.rfind("--engramd=", 0) == 0) engramd = a.substr(10);
-    if (a.rfind("--engramctl=", 0) == 0) engramctl = a.substr(12);
-    if (a == "--push") push = true;
+  engram::bench::ParseBenchFlags(
+      argc, argv, "load_bench: checkpoint loads against the disk's speed");
+  const double gib = absl::GetFlag(FLAGS_gib);
+  const std::string dir = absl::GetFlag(FLAGS_dir);
+  const std::string engramd = absl::GetFlag(FLAGS_engramd);
+  if (absl::GetFlag(FLAGS_push)) {
+    return engram::bench::RunPush(gib, dir, engramd,
+                                  absl::GetFlag(FLAGS_engramctl));
   }
-  if (push) return engram::bench::RunPush(gib, dir, engramd, engramctl);
   return engram::bench::Run(gib, dir, engramd);
 }

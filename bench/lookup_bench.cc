@@ -18,6 +18,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
 #include "bench/peers.h"
@@ -28,6 +29,24 @@
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "proto/channel_tuning.h"
 #include "proto/wire_format.h"
+
+ABSL_FLAG(double, seconds, 2, "seconds per measurement");
+ABSL_FLAG(int, callers, 4, "concurrent callers");
+ABSL_FLAG(int, channels, 1, "gRPC channels the callers share");
+ABSL_FLAG(std::string, engramd, ENGRAM_BENCH_ENGRAMD, "the engramd to run");
+ABSL_FLAG(std::string, baseline_engramd, "",
+          "also run this engramd build (e.g. the previous commit's) on the "
+          "same lookups: both figures and their ratio");
+ABSL_FLAG(bool, compare_gpu_tier, false,
+          "host memory against the GPU tier (--gpu=0 --gpu_min_rows=1)");
+ABSL_FLAG(bool, compare_tls, false, "plaintext against TLS");
+ABSL_FLAG(bool, cluster, false,
+          "a single node against a 3-shard cluster, by peer read path");
+ABSL_FLAG(bool, peer_gather, false,
+          "the peer Gather call against raw TCP of the same bytes");
+ABSL_FLAG(bool, serve_echo, false,
+          "(internal) serve the echo service the comparison runs against");
+ABSL_FLAG(std::string, port_file, "", "(internal) with --serve_echo");
 
 namespace engram::bench {
 namespace {
@@ -135,14 +154,8 @@ void PrintRow(const char* name, const Shape& s, const RunStats& r) {
               r.calls_per_s(), r.p50_us, r.p99_us);
 }
 
-// --compare_gpu_tier: the same lookups against two engramd processes, one
-// serving from host memory and one from the GPU tier (--gpu=0,
-// --gpu_min_rows=1), to find where the GPU pays off.
-std::string engramd_path = ENGRAM_BENCH_ENGRAMD;
-
-// --baseline_engramd=PATH: the same lookups against another build of
-// engramd (e.g. the previous commit's), to show what a change costs.
-std::string baseline_path;
+std::string engramd_path;  // --engramd
+std::string baseline_path;  // --baseline_engramd
 
 // The same lookups against a plain engramd (the baseline build, when
 // given) and one started with `flags` (reached with `options`): both
@@ -415,47 +428,31 @@ int ComparePeerGather(double seconds, int callers) {
 }
 
 int Main(int argc, char** argv) {
-  double seconds = 2;
-  int callers = 4;
-  int channels = 1;
-  bool compare_gpu_tier = false;
-  bool compare_tls = false;
-  bool cluster = false;
-  bool peer_gather = false;
-  std::string self = argv[0];
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--serve_echo", 0) == 0) {
-      std::string port_file;
-      for (int j = 1; j < argc; ++j) {
-        std::string b = argv[j];
-        if (b.rfind("--port_file=", 0) == 0) port_file = b.substr(12);
-      }
-      return ServeEcho(port_file);
-    }
-    if (a.rfind("--seconds=", 0) == 0) seconds = std::stod(a.substr(10));
-    if (a.rfind("--callers=", 0) == 0) callers = std::stoi(a.substr(10));
-    if (a.rfind("--channels=", 0) == 0) channels = std::stoi(a.substr(11));
-    if (a == "--compare_gpu_tier") compare_gpu_tier = true;
-    if (a == "--compare_tls") compare_tls = true;
-    if (a == "--cluster") cluster = true;
-    if (a == "--peer_gather") peer_gather = true;
-    if (a.rfind("--engramd=", 0) == 0) engramd_path = a.substr(10);
-    if (a.rfind("--baseline_engramd=", 0) == 0) baseline_path = a.substr(19);
+  ParseBenchFlags(argc, argv,
+                  "lookup_bench: Lookup RPCs against a plain gRPC echo of the "
+                  "same bytes, in one run");
+  if (absl::GetFlag(FLAGS_serve_echo)) {
+    return ServeEcho(absl::GetFlag(FLAGS_port_file));
   }
+  const double seconds = absl::GetFlag(FLAGS_seconds);
+  const int callers = absl::GetFlag(FLAGS_callers);
+  const int channels = absl::GetFlag(FLAGS_channels);
+  engramd_path = absl::GetFlag(FLAGS_engramd);
+  baseline_path = absl::GetFlag(FLAGS_baseline_engramd);
+  const std::string self = argv[0];
   TuneMallocForLargeMessages();  // client side, as an application would
   if (!baseline_path.empty()) {
     return CompareWith("--baseline_engramd", "this", {}, {}, seconds, callers,
                        channels);
   }
-  if (compare_gpu_tier) {
+  if (absl::GetFlag(FLAGS_compare_gpu_tier)) {
     return CompareWith("--compare_gpu_tier", "gpu",
                        {"--gpu=0", "--gpu_min_rows=1"}, {}, seconds, callers,
                        channels);
   }
-  if (compare_tls) return CompareTls(seconds, callers, channels);
-  if (cluster) return CompareCluster(seconds, callers, channels);
-  if (peer_gather) return ComparePeerGather(seconds, callers);
+  if (absl::GetFlag(FLAGS_compare_tls)) return CompareTls(seconds, callers, channels);
+  if (absl::GetFlag(FLAGS_cluster)) return CompareCluster(seconds, callers, channels);
+  if (absl::GetFlag(FLAGS_peer_gather)) return ComparePeerGather(seconds, callers);
 
   auto engramd = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
                                      "--metrics_listen=", "--nopin_memory"});

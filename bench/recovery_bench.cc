@@ -12,8 +12,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "bench/bench_util.h"
 #include "bench/peers.h"
 #include "client/client.h"
 #include "common/malloc_tuning.h"
@@ -22,7 +24,6 @@
 namespace engram::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -112,11 +113,10 @@ int Run(double gib) {
 }  // namespace
 }  // namespace engram::bench
 
+ABSL_FLAG(double, gib, 1, "size of the layer a restarted replica recovers, GiB");
+
 int main(int argc, char** argv) {
-  double gib = 1.0;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--gib=", 0) == 0) gib = std::stod(a.substr(6));
-  }
-  return engram::bench::Run(gib);
+  engram::bench::ParseBenchFlags(
+      argc, argv, "recovery_bench: a restarted replica's recovery rate");
+  return engram::bench::Run(absl::GetFlag(FLAGS_gib));
 }

@@ -17,9 +17,12 @@
 #include <random>
 #include <string>
 
+#include "absl/flags/flag.h"
 #include "bench/bench_util.h"
 #include "store/host_memory.h"
 #include "transport/ucx_engine.h"
+
+ABSL_FLAG(double, seconds, 2, "seconds per measurement");
 
 namespace engram {
 namespace {
@@ -79,11 +82,9 @@ int Owner(int to_parent, int from_parent) {
 }
 
 int Main(int argc, char** argv) {
-  double seconds = 2;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--seconds=", 0) == 0) seconds = std::stod(a.substr(10));
-  }
+  bench::ParseBenchFlags(argc, argv,
+                  "rma_bench: UCX one-sided reads against a memcpy floor");
+  const double seconds = absl::GetFlag(FLAGS_seconds);
   int up[2], down[2];
   if (pipe(up) != 0 || pipe(down) != 0) return 1;
   const pid_t child = fork();

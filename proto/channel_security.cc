@@ -4,14 +4,13 @@
 #include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/support/client_interceptor.h>
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/files.h"
 
 namespace engram {
 namespace {
@@ -50,17 +49,23 @@ class TokenInterceptorFactory
   std::shared_ptr<BearerToken> token_;
 };
 
-absl::Status CheckReadable(const std::string& path, const char* what) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " '", path, "' cannot be read"));
+// The file's text, or INVALID_ARGUMENT saying which file and why.
+absl::StatusOr<std::string> ReadCredentialFile(const std::string& path,
+                                               const char* what) {
+  absl::StatusOr<std::string> text = ReadWholeFile(path);
+  if (!text.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " '", path, "' cannot be read (", text.status().message(), ")"));
   }
-  if (in.peek() == std::ifstream::traits_type::eof()) {
+  if (text->empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " '", path, "' is empty"));
   }
-  return absl::OkStatus();
+  return text;
+}
+
+absl::Status CheckReadable(const std::string& path, const char* what) {
+  return ReadCredentialFile(path, what).status();
 }
 
 }  // namespace
@@ -76,11 +81,9 @@ std::string BearerToken::Get() const {
 }
 
 absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
-  if (absl::Status s = CheckReadable(path, "secret file"); !s.ok()) return s;
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  for (absl::string_view line : absl::StrSplit(text.str(), '\n')) {
+  absl::StatusOr<std::string> text = ReadCredentialFile(path, "secret file");
+  if (!text.ok()) return text.status();
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
     absl::string_view trimmed = absl::StripAsciiWhitespace(line);
     if (!trimmed.empty()) return std::string(trimmed);
   }

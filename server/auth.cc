@@ -3,8 +3,6 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -13,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "common/files.h"
 #include "proto/channel_security.h"
 #include "server/log.h"
 
@@ -41,23 +40,15 @@ std::array<unsigned char, 32> Digest(absl::string_view token) {
   return digest;
 }
 
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", path, "' cannot be read"));
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // Calls `line(number, fields)` for each line that is not blank or a comment.
 absl::Status ForEachEntry(
     const std::string& path,
     const std::function<absl::Status(std::vector<absl::string_view>)>& line) {
   absl::StatusOr<std::string> text = ReadWholeFile(path);
-  if (!text.ok()) return text.status();
+  if (!text.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", path, "' cannot be read (", text.status().message(), ")"));
+  }
   int number = 0;
   for (absl::string_view raw : absl::StrSplit(*text, '\n')) {
     ++number;

@@ -12,9 +12,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "server/log.h"
 
 namespace engram {
@@ -22,14 +22,13 @@ namespace {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  absl::StatusOr<std::string> text = ReadWholeFile(path);
+  if (!text.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the TLS ", what, " file ", path, " cannot be read"));
+        absl::StrCat("the TLS ", what, " file ", path, " cannot be read (",
+                     text.status().message(), ")"));
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return text;
 }
 
 // Writes `text` to `path` (0600) through a temporary and a rename.

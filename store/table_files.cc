@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "store/layer.h"
 
 namespace engram {
@@ -150,18 +151,6 @@ absl::StatusOr<StoredLayer> DecodeMeta(const std::string& m) {
     return bad(std::string(v.message()));
   }
   return s;
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) return absl::NotFoundError(Errno("cannot open " + path));
-  std::string out;
-  char buf[1 << 16];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, n);
-  ::close(fd);
-  if (n < 0) return absl::DataLossError(Errno("cannot read " + path));
-  return out;
 }
 
 absl::Status WriteFileSynced(const std::string& path, const std::string& data) {
@@ -467,7 +456,7 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
       refuse(path, absl::StrCat(path, "/meta: ", why));
       continue;
     }
-    absl::StatusOr<std::string> meta = ReadFile(path + "/meta");
+    absl::StatusOr<std::string> meta = ReadWholeFile(path + "/meta", {.no_follow = true});
     if (!meta.ok()) {
       refuse(path, std::string(meta.status().message()));
       continue;

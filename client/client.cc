@@ -120,8 +120,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
   for (const std::string& address : shards) {
     grpc::ChannelArguments args = TunedChannelArguments();
     args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    SetReconnectBackoff(kServerReconnect, &args);
     absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
         CreateSecureChannel(address, Security(options), args);
     if (!channel.ok()) return channel.status();

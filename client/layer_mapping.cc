@@ -168,7 +168,7 @@ void LayerMappingWatch::Deliver(MappingUpdate update) {
 }
 
 void LayerMappingWatch::Run() {
-  std::chrono::milliseconds backoff(100);
+  Backoff backoff(options_.reconnect);
   while (true) {
     grpc::ClientContext context;
     if (options_.decorate) options_.decorate(&context);
@@ -189,7 +189,7 @@ void LayerMappingWatch::Run() {
     }
     LayerMapping mapping;
     while (ok && stream->Read(&mapping)) {
-      backoff = std::chrono::milliseconds(100);
+      backoff.Reset();
       MappingUpdate update;
       if (mapping.state() == LayerMapping::PRESENT) {
         update.state = MappingUpdate::kPresent;
@@ -216,11 +216,10 @@ void LayerMappingWatch::Run() {
                  absl::StrCat("the server's WatchLayer stream ended (",
                               status.error_message(), "); reconnecting"))});
     MutexLock lock(&mu_);
-    wake_.wait_for(lock, backoff, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    wake_.wait_for(lock, backoff.Next(), [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return stopping_;
     });
     if (stopping_) return;
-    backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
 

@@ -24,6 +24,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/backoff.h"
 #include "common/layout.h"
 #include "common/mutex.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
@@ -83,7 +84,9 @@ class LayerMappingWatch {
  public:
   struct Options {
     bool gpu = false;  // ask for the GPU copy's IPC handles
-    std::chrono::milliseconds max_backoff{2000};
+    // Reconnecting after the stream breaks.
+    BackoffPolicy reconnect{std::chrono::milliseconds(100),
+                            std::chrono::milliseconds(2000), 2};
     // Adds call credentials and the like to each stream's context.
     std::function<void(grpc::ClientContext*)> decorate;
   };

@@ -40,4 +40,12 @@ grpc::ChannelArguments TunedChannelArguments() {
   return args;
 }
 
+void SetReconnectBackoff(const BackoffPolicy& policy,
+                         grpc::ChannelArguments* args) {
+  const int initial = static_cast<int>(policy.initial.count());
+  args->SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, initial);
+  args->SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+               static_cast<int>(policy.max.count()));
+}
+
 }  // namespace engram

@@ -7,10 +7,16 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "common/backoff.h"
+
 namespace engram {
 
 void ApplyTransportTuning(grpc::ServerBuilder* builder);
 grpc::ChannelArguments TunedChannelArguments();
+// A channel reconnects after a lost connection on `policy`'s waits (gRPC
+// adds its jitter).
+void SetReconnectBackoff(const BackoffPolicy& policy,
+                         grpc::ChannelArguments* args);
 }  // namespace engram
 
 #endif  // ENGRAM_PROTO_CHANNEL_TUNING_H_

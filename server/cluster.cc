@@ -42,10 +42,10 @@ ClusterContext::ClusterContext(int shard_index, std::vector<std::string> peers,
     grpc::ChannelArguments args = TunedChannelArguments();
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
-    // A restarted peer must be reachable again within a probe or two.
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    SetReconnectBackoff(kServerReconnect, &args);
+    // A connect attempt to a restarted peer is not held to gRPC's 20 s.
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+                static_cast<int>(kServerReconnect.initial.count()));
     channels_.push_back(*CreateSecureChannel(peers_[s], security, args));
     stubs_.push_back(internal::v1::EngramPeer::NewStub(channels_.back()));
     // Row data goes over several connections per peer: one HTTP/2

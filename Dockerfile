@@ -19,7 +19,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential cmake ninja-build pkg-config ca-certificates \
       libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev \
-      libabsl-dev prometheus-cpp-dev libucx-dev libxxhash-dev grpc-proto \
+      libabsl-dev prometheus-cpp-dev libucx-dev libxxhash-dev grpc-proto nlohmann-json3-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN if [ "$ENGRAM_GPU" = "1" ]; then \
       apt-get update && apt-get install -y --no-install-recommends curl gnupg && \

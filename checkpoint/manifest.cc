@@ -62,7 +62,7 @@ constexpr DType kDTypeValues[] = {DType::kFloat32, DType::kBFloat16,
 // Reads one layer object; `where` prefixes every message.
 class LayerParser {
  public:
-  LayerParser(const JsonValue& v, std::string where, const std::string& base,
+  LayerParser(const Json& v, std::string where, const std::string& base,
               const std::string& root)
       : v_(v), where_(std::move(where)), base_(base), root_(root) {}
 
@@ -73,7 +73,7 @@ class LayerParser {
     if (!id.ok()) return id.status();
     spec.layer_id = *id;
     where_ = absl::StrCat("layer ", spec.layer_id);
-    for (const auto& [name, value] : v_.members()) {
+    for (const auto& [name, value] : v_.items()) {
       static const std::set<std::string> kKnown = {
           "layer_id",          "dtype",   "embedding_dim",
           "table_vocab_sizes", "replace", "source"};
@@ -83,31 +83,31 @@ class LayerParser {
                                 "table_vocab_sizes, replace, source)"));
       }
     }
-    const JsonValue* dtype = v_.Find("dtype");
+    const Json* dtype = JsonMember(v_, "dtype");
     if (dtype == nullptr || !dtype->is_string()) {
       return Bad("needs \"dtype\": one of float32, bfloat16, float16, uint8");
     }
     bool known = false;
     for (int i = 0; i < 4; ++i) {
-      if (dtype->text() == kDTypes[i]) {
+      if (dtype->get<std::string>() == kDTypes[i]) {
         spec.layout.dtype = kDTypeValues[i];
         known = true;
       }
     }
     if (!known) {
-      return Bad(absl::StrCat("dtype \"", dtype->text(),
+      return Bad(absl::StrCat("dtype \"", dtype->get<std::string>(),
                               "\" is not one of float32, bfloat16, float16, "
                               "uint8"));
     }
     auto dim = Int("embedding_dim");
     if (!dim.ok()) return dim.status();
     spec.layout.embedding_dim = *dim;
-    const JsonValue* sizes = v_.Find("table_vocab_sizes");
+    const Json* sizes = JsonMember(v_, "table_vocab_sizes");
     if (sizes == nullptr || !sizes->is_array()) {
       return Bad("needs \"table_vocab_sizes\": rows per head, in head order");
     }
-    for (const JsonValue& n : sizes->items()) {
-      auto rows = n.AsInt64();
+    for (const Json& n : *sizes) {
+      auto rows = JsonInt64(n);
       if (!rows.ok()) {
         return Bad(
             absl::StrCat("table_vocab_sizes: ", rows.status().message()));
@@ -117,9 +117,9 @@ class LayerParser {
     if (absl::Status s = ValidateLayout(spec.layout); !s.ok()) {
       return Bad(s.message());
     }
-    if (const JsonValue* r = v_.Find("replace"); r != nullptr) {
-      if (!r->is_bool()) return Bad("\"replace\" must be true or false");
-      spec.replace = r->boolean();
+    if (const Json* r = JsonMember(v_, "replace"); r != nullptr) {
+      if (!r->is_boolean()) return Bad("\"replace\" must be true or false");
+      spec.replace = r->get<bool>();
     }
     auto source = Source(spec.layout.num_heads());
     if (!source.ok()) return source.status();
@@ -132,23 +132,23 @@ class LayerParser {
     return absl::InvalidArgumentError(absl::StrCat(where_, ": ", why));
   }
   absl::StatusOr<int64_t> Int(const char* name) const {
-    const JsonValue* n = v_.Find(name);
+    const Json* n = JsonMember(v_, name);
     if (n == nullptr) return Bad(absl::StrCat("needs \"", name, "\""));
-    auto v = n->AsInt64();
+    auto v = JsonInt64(*n);
     if (!v.ok()) return Bad(absl::StrCat(name, ": ", v.status().message()));
     return *v;
   }
-  absl::StatusOr<std::vector<std::string>> Strings(const JsonValue& s,
+  absl::StatusOr<std::vector<std::string>> Strings(const Json& s,
                                                    const char* name) const {
-    const JsonValue* list = s.Find(name);
+    const Json* list = JsonMember(s, name);
     std::vector<std::string> out;
     if (list == nullptr) return out;
     if (!list->is_array()) return Bad(absl::StrCat(name, " must be a list"));
-    for (const JsonValue& item : list->items()) {
-      if (!item.is_string() || item.text().empty()) {
+    for (const Json& item : *list) {
+      if (!item.is_string() || item.get_ref<const std::string&>().empty()) {
         return Bad(absl::StrCat(name, " must list non-empty strings"));
       }
-      out.push_back(item.text());
+      out.push_back(item.get<std::string>());
     }
     return out;
   }
@@ -162,11 +162,11 @@ class LayerParser {
     return resolved;
   }
   absl::StatusOr<LayerSource> Source(int heads) const {
-    const JsonValue* s = v_.Find("source");
+    const Json* s = JsonMember(v_, "source");
     if (s == nullptr || !s->is_object()) {
       return Bad("needs a \"source\" object");
     }
-    for (const auto& [name, value] : s->members()) {
+    for (const auto& [name, value] : s->items()) {
       if (name != "format" && name != "files" && name != "index" &&
           name != "tensors") {
         return Bad(absl::StrCat("source has an unknown member \"", name,
@@ -174,17 +174,18 @@ class LayerParser {
       }
     }
     LayerSource source;
-    const JsonValue* format = s->Find("format");
+    const Json* format = JsonMember(*s, "format");
     if (format == nullptr || !format->is_string() ||
-        (format->text() != "safetensors" && format->text() != "npy")) {
+        (*format != "safetensors" && *format != "npy")) {
       return Bad("source.format must be \"safetensors\" or \"npy\"");
     }
     auto files = Strings(*s, "files");
     if (!files.ok()) return files.status();
     auto tensors = Strings(*s, "tensors");
     if (!tensors.ok()) return tensors.status();
-    const JsonValue* index = s->Find("index");
-    if (index != nullptr && (!index->is_string() || index->text().empty())) {
+    const Json* index = JsonMember(*s, "index");
+    if (index != nullptr &&
+        (!index->is_string() || index->get_ref<const std::string&>().empty())) {
       return Bad("source.index must be a file name");
     }
     for (const std::string& f : *files) {
@@ -192,7 +193,7 @@ class LayerParser {
       if (!p.ok()) return p.status();
       source.files.push_back(*std::move(p));
     }
-    if (format->text() == "npy") {
+    if (*format == "npy") {
       source.format = LayerSource::Format::kNpy;
       if (index != nullptr || !tensors->empty()) {
         return Bad("an npy source names files only (one per head)");
@@ -209,7 +210,7 @@ class LayerParser {
       return Bad("a safetensors source names either \"files\" or \"index\"");
     }
     if (index != nullptr) {
-      auto p = Path(index->text());
+      auto p = Path(index->get<std::string>());
       if (!p.ok()) return p.status();
       source.index = *std::move(p);
     }
@@ -222,7 +223,7 @@ class LayerParser {
     return source;
   }
 
-  const JsonValue& v_;
+  const Json& v_;
   std::string where_;
   const std::string& base_;
   const std::string& root_;
@@ -278,12 +279,12 @@ absl::StatusOr<LoadManifest> ParseLoadManifest(absl::string_view json,
   }
   auto doc = ParseJson(json, "load manifest");
   if (!doc.ok()) return doc.status();
-  const JsonValue* layers = doc->is_object() ? doc->Find("layers") : nullptr;
-  if (layers == nullptr || !layers->is_array() || layers->items().empty()) {
+  const Json* layers = JsonMember(*doc, "layers");
+  if (layers == nullptr || !layers->is_array() || layers->empty()) {
     return absl::InvalidArgumentError(
         "a load manifest is an object with a non-empty \"layers\" list");
   }
-  for (const auto& [name, value] : doc->members()) {
+  for (const auto& [name, value] : doc->items()) {
     if (name != "layers") {
       return absl::InvalidArgumentError(absl::StrCat(
           "load manifest: unknown member \"", name, "\" (known: layers)"));
@@ -291,8 +292,8 @@ absl::StatusOr<LoadManifest> ParseLoadManifest(absl::string_view json,
   }
   LoadManifest manifest;
   std::set<int64_t> ids;
-  for (size_t i = 0; i < layers->items().size(); ++i) {
-    auto spec = LayerParser(layers->items()[i], absl::StrCat("layers[", i, "]"),
+  for (size_t i = 0; i < layers->size(); ++i) {
+    auto spec = LayerParser((*layers)[i], absl::StrCat("layers[", i, "]"),
                             base_dir, root)
                     .Parse();
     if (!spec.ok()) return spec.status();

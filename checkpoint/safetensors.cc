@@ -72,30 +72,28 @@ absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
   result->file_ = *std::move(file);
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = size - data_start;
-  for (const auto& member : header->members()) {
-    const std::string& name = member.first;
-    const JsonValue& t = member.second;
+  for (const auto& [name, t] : header->items()) {
     if (name == "__metadata__") continue;
     auto bad_tensor = [&](const std::string& why) {
       return bad(absl::StrCat("tensor ", name, ": ", why));
     };
-    const JsonValue* dtype = t.Find("dtype");
-    const JsonValue* shape = t.Find("shape");
-    const JsonValue* offsets = t.Find("data_offsets");
-    if (!t.is_object() || dtype == nullptr || !dtype->is_string() ||
-        shape == nullptr || !shape->is_array() || offsets == nullptr ||
-        !offsets->is_array() || offsets->items().size() != 2) {
+    const Json* dtype = JsonMember(t, "dtype");
+    const Json* shape = JsonMember(t, "shape");
+    const Json* offsets = JsonMember(t, "data_offsets");
+    if (dtype == nullptr || !dtype->is_string() || shape == nullptr ||
+        !shape->is_array() || offsets == nullptr || !offsets->is_array() ||
+        offsets->size() != 2) {
       return bad_tensor("needs dtype, shape and data_offsets [begin, end]");
     }
     SafetensorInfo info;
-    info.dtype = dtype->text();
+    info.dtype = dtype->get<std::string>();
     const size_t item = SafetensorsDTypeSize(info.dtype);
     if (item == 0) {
       return bad_tensor(
           absl::StrCat("dtype ", info.dtype, " is not supported"));
     }
-    auto begin = offsets->items()[0].AsInt64();
-    auto end = offsets->items()[1].AsInt64();
+    auto begin = JsonInt64((*offsets)[0]);
+    auto end = JsonInt64((*offsets)[1]);
     if (!begin.ok() || !end.ok() || *begin < 0 || *end < *begin) {
       return bad_tensor("data_offsets must be 0 <= begin <= end");
     }
@@ -107,8 +105,8 @@ absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
     const uint64_t bytes = static_cast<uint64_t>(*end - *begin);
     uint64_t elements = 1;
     bool fits = true;
-    for (const JsonValue& d : shape->items()) {
-      auto n = d.AsInt64();
+    for (const Json& d : *shape) {
+      auto n = JsonInt64(d);
       if (!n.ok() || *n < 0) return bad_tensor("shape has a bad dimension");
       info.shape.push_back(*n);
       if (*n != 0 && elements > bytes / static_cast<uint64_t>(*n)) {
@@ -141,21 +139,20 @@ absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsIndex(
   if (!text.ok()) return text.status();
   auto index = ParseJson(*text, path);
   if (!index.ok()) return index.status();
-  const JsonValue* map =
-      index->is_object() ? index->Find("weight_map") : nullptr;
+  const Json* map = JsonMember(*index, "weight_map");
   if (map == nullptr || !map->is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, " has no \"weight_map\" object"));
   }
   std::map<std::string, std::string> files;
   const std::string dir = Dirname(path);
-  for (const auto& [tensor, file] : map->members()) {
-    if (!file.is_string() || file.text().empty()) {
+  for (const auto& [tensor, file] : map->items()) {
+    if (!file.is_string() || file.get_ref<const std::string&>().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           path, ": weight_map[\"", tensor, "\"] is not a file name"));
     }
-    files[tensor] =
-        file.text()[0] == '/' ? file.text() : dir + "/" + file.text();
+    const std::string& name = file.get_ref<const std::string&>();
+    files[tensor] = name[0] == '/' ? name : dir + "/" + name;
   }
   return files;
 }
@@ -164,17 +161,16 @@ absl::Status WriteSafetensors(
     const std::string& path,
     const std::vector<std::pair<std::string, SafetensorInfo>>& tensors,
     const std::map<std::string, std::string>& data) {
-  std::string header = "{";
+  Json entries = Json::object();
   std::string body;
   for (const auto& [name, info] : tensors) {
     const std::string& bytes = data.at(name);
-    absl::StrAppend(&header, header.size() > 1 ? "," : "", "\"", name,
-                    "\":{\"dtype\":\"", info.dtype, "\",\"shape\":[",
-                    absl::StrJoin(info.shape, ","), "],\"data_offsets\":[",
-                    body.size(), ",", body.size() + bytes.size(), "]}");
+    entries[name] = {{"dtype", info.dtype},
+                     {"shape", info.shape},
+                     {"data_offsets", {body.size(), body.size() + bytes.size()}}};
     body += bytes;
   }
-  header += "}";
+  std::string header = entries.dump();
   header.append((8 - header.size() % 8) % 8, ' ');
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   uint8_t len[8];

@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
-  libabsl-dev prometheus-cpp-dev libucx-dev libxxhash-dev grpc-proto
+  libabsl-dev prometheus-cpp-dev libucx-dev libxxhash-dev grpc-proto nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-numpy
   python3-dev pybind11-dev python3-pybind11 python3-pytest

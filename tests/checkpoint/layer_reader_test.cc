@@ -48,17 +48,43 @@ absl::StatusOr<std::unique_ptr<LayerReader>> OpenOne(const std::string& json,
 
 TEST(JsonTest, ParsesValuesAndNamesWhereItBreaks) {
   auto v = ParseJson(
-      R"({"a": [1, -2.5e3, "x\u00e9\n", true, null], "big": 9007199254740993})",
+      R"({"a": [1, -2.5e3, "x\u00e9\n", true, null], "big": 9007199254740993,
+          "top": 9223372036854775807, "over": 9223372036854775808})",
       "t");
   ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_EQ(v->Find("a")->items()[2].text(), "x\xc3\xa9\n");
-  EXPECT_EQ(*v->Find("big")->AsInt64(), 9007199254740993);  // past 2^53
-  EXPECT_FALSE(v->Find("a")->items()[1].AsInt64().ok());
+  EXPECT_EQ((*v)["a"][2], "x\xc3\xa9\n");
+  EXPECT_EQ(*JsonInt64(*JsonMember(*v, "big")), 9007199254740993);  // past 2^53
+  EXPECT_EQ(*JsonInt64(*JsonMember(*v, "top")), INT64_MAX);
+  EXPECT_THAT(JsonInt64(*JsonMember(*v, "over")).status().message(),
+              HasSubstr("9223372036854775808 is not an integer in int64"));
+  EXPECT_EQ(JsonInt64((*v)["a"][1]).status().message(),
+            "-2500.0 is not an integer");
+  EXPECT_EQ(JsonInt64((*v)["a"][2]).status().message(),
+            "a string is not an integer");
+  EXPECT_EQ(JsonMember(*v, "missing"), nullptr);
+  EXPECT_EQ(JsonMember((*v)["a"], "a"), nullptr);  // not an object
   auto bad = ParseJson("{\n  \"a\": [1,]\n}", "m.json");
   EXPECT_THAT(bad.status().message(),
               HasSubstr("m.json: invalid JSON at line 2"));
-  EXPECT_FALSE(ParseJson(R"({"a": 1, "a": 2})", "t").ok());
-  EXPECT_FALSE(ParseJson(std::string(100, '['), "t").ok());
+  EXPECT_FALSE(ParseJson("{\"a\": 1} // comment", "t").ok());
+}
+
+// nlohmann-json keeps the last of repeated keys and nests without limit;
+// ParseJson refuses both, at any depth.
+TEST(JsonTest, RepeatedKeysAndDeepNestingAreRefused) {
+  EXPECT_THAT(ParseJson(R"({"a": 1, "a": 2})", "t").status().message(),
+              HasSubstr("the key \"a\" appears twice"));
+  EXPECT_THAT(
+      ParseJson(R"({"x": [{"b": {}, "c": 1, "b": 3}], "b": 0})", "t")
+          .status()
+          .message(),
+      HasSubstr("the key \"b\" appears twice"));
+  EXPECT_TRUE(ParseJson(R"({"a": {"a": {"a": 1}}, "b": [{"a": 1}, {"a": 2}]})",
+                        "t")
+                  .ok());
+  EXPECT_THAT(ParseJson(std::string(100, '['), "t").status().message(),
+              HasSubstr("nesting deeper than 64"));
+  EXPECT_TRUE(ParseJson(std::string(60, '[') + std::string(60, ']'), "t").ok());
 }
 
 TEST(LayerReaderTest, FusedFp8WeightAndScaleBecomeOneRowAcrossShardFiles) {

@@ -72,7 +72,9 @@ absl::StatusOr<std::shared_ptr<const SafetensorsFile>> SafetensorsFile::Open(
   result->file_ = *std::move(file);
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = size - data_start;
-  for (const auto& [name, t] : header->items()) {
+  for (auto member = header->begin(); member != header->end(); ++member) {
+    const std::string& name = member.key();
+    const Json& t = member.value();
     if (name == "__metadata__") continue;
     auto bad_tensor = [&](const std::string& why) {
       return bad(absl::StrCat("tensor ", name, ": ", why));

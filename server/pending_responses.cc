@@ -19,6 +19,18 @@ PendingResponses::Stripe& PendingResponses::StripeOf(const std::string& peer) {
 absl::StatusOr<std::shared_ptr<PendingResponses::Charge>>
 PendingResponses::Reserve(const grpc::CallbackServerContext& context,
                           int64_t bytes) {
+  return Reserve(context.peer(), bytes);
+}
+
+int64_t PendingResponses::HeldBy(const std::string& peer) {
+  Stripe& stripe = StripeOf(peer);
+  MutexLock lock(&stripe.mu);
+  auto it = stripe.by_peer.find(peer);
+  return it == stripe.by_peer.end() ? 0 : it->second;
+}
+
+absl::StatusOr<std::shared_ptr<PendingResponses::Charge>>
+PendingResponses::Reserve(std::string peer, int64_t bytes) {
   int64_t total = total_.load(std::memory_order_relaxed);
   do {
     if (total + bytes > total_limit_) {
@@ -31,7 +43,6 @@ PendingResponses::Reserve(const grpc::CallbackServerContext& context,
     }
   } while (!total_.compare_exchange_weak(total, total + bytes,
                                          std::memory_order_relaxed));
-  std::string peer = context.peer();
   Stripe& stripe = StripeOf(peer);
   MutexLock lock(&stripe.mu);
   int64_t& held = stripe.by_peer[peer];

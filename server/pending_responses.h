@@ -47,6 +47,11 @@ class PendingResponses {
   // limit (and flag) it would pass.
   absl::StatusOr<std::shared_ptr<Charge>> Reserve(
       const grpc::CallbackServerContext& context, int64_t bytes);
+  // The same for the connection named `peer` (gRPC's peer string).
+  absl::StatusOr<std::shared_ptr<Charge>> Reserve(std::string peer,
+                                                  int64_t bytes);
+  // Bytes held for `peer` now (0 when none).
+  int64_t HeldBy(const std::string& peer);
 
   // A slice over `data` that runs `destroy(user_data)` and then drops
   // `charge` once gRPC is done with it.

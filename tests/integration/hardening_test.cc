@@ -122,6 +122,21 @@ class HardeningTest : public ::testing::Test {
     return writer->Finish();
   }
 
+  // Polls (up to 10 s) until an unforced Remove of `layer` is refused because
+  // a populate holds it; such a Remove never changes anything.
+  bool WaitUntilBeingPopulated(int64_t layer) {
+    const auto give_up =
+        std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < give_up) {
+      if (RemoveRpc(layer, /*force=*/false).error_code() ==
+          grpc::StatusCode::FAILED_PRECONDITION) {
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+  }
+
   grpc::Status RemoveRpc(int64_t layer, bool force) {
     grpc::ClientContext ctx;
     ctx.set_deadline(In(10));
@@ -190,7 +205,7 @@ TEST_F(HardeningTest, ForcedRemoveEndsAnOpenStageStreamWithAborted) {
   internal::v1::StageResponse response;
   auto writer = peer_->Stage(&ctx, &response);
   ASSERT_TRUE(writer->Write(StageHeader("txn-open", 6, {10, 20}, 4)));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_TRUE(WaitUntilBeingPopulated(6));
   EXPECT_TRUE(RemoveRpc(6, true).ok());
   grpc::Status st = writer->Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
@@ -209,7 +224,10 @@ TEST_F(HardeningTest, AbortEndsAStillOpenStageStreamAndFreesTheLayer) {
   internal::v1::StageResponse response;
   auto writer = peer_->Stage(&ctx, &response);
   ASSERT_TRUE(writer->Write(StageHeader("txn-open-abort", 20, {10, 20}, 4)));
-  // The header is processed (the layer is claimed) before the Abort.
+  // Write only queues the header: wait until the server has claimed layer 20
+  // (a plain Remove, which changes nothing, says "still being populated") so
+  // that the second stream below cannot overtake it.
+  ASSERT_TRUE(WaitUntilBeingPopulated(20));
   grpc::Status busy = StageWholeLayer("txn-other", 20);
   ASSERT_EQ(busy.error_code(), grpc::StatusCode::ALREADY_EXISTS)
       << busy.error_message();
@@ -261,7 +279,7 @@ TEST_F(HardeningTest, ForcedRemoveGivesThePopulatingClientAborted) {
   auto writer = stub_->Populate(&ctx, &response);
   const v1::PopulateRequest header = PopulateHeader(11, 100, 4);
   ASSERT_TRUE(writer->Write(header));
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_TRUE(WaitUntilBeingPopulated(11));
   EXPECT_TRUE(RemoveRpc(11, true).ok());
   grpc::Status st = writer->Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
@@ -428,7 +446,7 @@ TEST_F(HardeningTest, IdlePopulateStreamsAreEndedAndLockNothing) {
   auto writer = stub_->Populate(&ctx, &response);
   const v1::PopulateRequest header = PopulateHeader(12, 1 << 20, 16);  // 64 MiB
   ASSERT_TRUE(writer->Write(header));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(WaitUntilBeingPopulated(12));
   EXPECT_LT(ProcStatus(server_->pid(), "VmLck") - locked_before,
             int64_t{4} << 20);
   const auto start = std::chrono::steady_clock::now();

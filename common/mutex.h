@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace engram {
 
@@ -53,6 +54,15 @@ class ABSL_SCOPED_LOCKABLE MutexLock {
   Mutex* const mu_;
   bool held_ = true;
 };
+
+// Debian's libabsl is built without NDEBUG, so every absl::Mutex acquire
+// (gRPC's locks, on every call) also updates absl's global lock-order graph
+// under a global lock: ~2 % of engramd's time in lookup_bench, and a point
+// where all threads meet. Serving processes (engramd, the benches' servers)
+// turn it off at start; TSan and the clang build check lock order instead.
+inline void SkipAbseilDeadlockDetection() {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+}
 
 }  // namespace engram
 

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/command_line.h"
 #include "common/malloc_tuning.h"
+#include "common/mutex.h"
 #include "proto/channel_tuning.h"
 #include "server/accept_guard.h"
 #include "server/config.h"
@@ -272,6 +273,7 @@ int main(int argc, char** argv) {
   }
   engram::ResolveServerDefaults(&config);
   engram::TuneMallocForLargeMessages();
+  engram::SkipAbseilDeadlockDetection();
   if (auto peers = engram::ClusterPeers(config); !peers.ok()) {
     std::cerr << "engramd: " << peers.status().message() << "\n";
     return 2;

@@ -60,15 +60,19 @@ void LogGpuFallback(const absl::Status& status) {
 
 }  // namespace
 
-EngramService::EngramService(LayerRegistry* layers, MemoryBudget* budget,
-                             ThreadPool* pool, ServerMetrics* metrics,
-                             GpuTier* gpu, ServiceLimits limits)
-    : layers_(layers),
-      budget_(budget),
-      pool_(pool),
-      metrics_(metrics),
-      gpu_(gpu),
-      limits_(limits) {}
+EngramService::EngramService(const Parts& parts)
+    : layers_(parts.layers),
+      budget_(parts.budget),
+      pool_(parts.pool),
+      metrics_(parts.metrics),
+      gpu_(parts.gpu),
+      limits_(parts.limits),
+      cluster_(parts.cluster),
+      exporter_(parts.exporter),
+      watchdog_(parts.watchdog),
+      pending_(parts.pending),
+      loader_(parts.loader),
+      auth_(parts.auth) {}
 
 grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
     grpc::CallbackServerContext* context, v1::PopulateResponse* response) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "common/thread_pool.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "proto/convert.h"
 #include "server/auth.h"
@@ -19,7 +20,6 @@
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
-#include "common/thread_pool.h"
 
 namespace engram {
 
@@ -41,25 +41,31 @@ class EngramService final
                       v1::EngramStore::WithRawCallbackMethod_Load<
                           v1::EngramStore::CallbackService>>>>> {
  public:
-  EngramService(LayerRegistry* layers, MemoryBudget* budget, ThreadPool* pool,
-                ServerMetrics* metrics, GpuTier* gpu, ServiceLimits limits);
-  // Makes this shard a cluster member: Populate, Lookup and Remove go
-  // through `cluster` (call before serving).
-  void SetCluster(ClusterCoordinator* cluster) { cluster_ = cluster; }
-  // Single node with --direct_reads: populated tables are exported through
-  // `exporter` (borrowed; call before serving).
-  void SetExporter(const ExportMapper* exporter) { exporter_ = exporter; }
+  // What the service serves with, all borrowed (they must outlive it) and
+  // fixed before it serves. Optional parts may be null.
+  struct Parts {
+    LayerRegistry* layers = nullptr;
+    MemoryBudget* budget = nullptr;
+    ThreadPool* pool = nullptr;
+    ServerMetrics* metrics = nullptr;
+    GpuTier* gpu = nullptr;  // optional: the GPU tier
+    ServiceLimits limits;
+    // Cluster mode: Populate, Lookup and Remove go through the coordinator.
+    ClusterCoordinator* cluster = nullptr;
+    // Single node with --direct_reads: populated tables are exported.
+    const ExportMapper* exporter = nullptr;
+    // Ends populate streams that go idle.
+    StreamWatchdog* watchdog = nullptr;
+    // Charges hand-encoded responses until sent.
+    PendingResponses* pending = nullptr;
+    // Serves Load requests; without one, or in a cluster, Load is
+    // FAILED_PRECONDITION.
+    TableLoader* loader = nullptr;
+    // Decides who may call what; without one every call is allowed.
+    const Authorizer* auth = nullptr;
+  };
+  explicit EngramService(const Parts& parts);
   const ExportMapper* exporter() const { return exporter_; }
-  // Ends populate streams that go idle (borrowed; call before serving).
-  void SetStreamWatchdog(StreamWatchdog* watchdog) { watchdog_ = watchdog; }
-  // Serves Load requests (borrowed; call before serving). Without one, or
-  // in a cluster, Load is FAILED_PRECONDITION.
-  void SetLoader(TableLoader* loader) { loader_ = loader; }
-  // Charges hand-encoded responses until sent (borrowed; before serving).
-  void SetPendingResponses(PendingResponses* pending) { pending_ = pending; }
-  // Decides who may call what (borrowed; before serving). Without one every
-  // call is allowed.
-  void SetAuthorizer(const Authorizer* auth) { auth_ = auth; }
 
   grpc::ServerReadReactor<v1::PopulateRequest>* Populate(
       grpc::CallbackServerContext* context,
@@ -110,18 +116,18 @@ class EngramService final
   // Records each final status of `rpc` in the metrics.
   std::function<void(const absl::Status&)> Observer(Method rpc);
 
-  const ExportMapper* exporter_ = nullptr;
-  const Authorizer* auth_ = nullptr;
-  StreamWatchdog* watchdog_ = nullptr;
-  PendingResponses* pending_ = nullptr;
-  TableLoader* loader_ = nullptr;
   LayerRegistry* const layers_;
   MemoryBudget* const budget_;
   ThreadPool* const pool_;
   ServerMetrics* const metrics_;
   GpuTier* const gpu_;
   const ServiceLimits limits_;
-  ClusterCoordinator* cluster_ = nullptr;
+  ClusterCoordinator* const cluster_;
+  const ExportMapper* const exporter_;
+  StreamWatchdog* const watchdog_;
+  PendingResponses* const pending_;
+  TableLoader* const loader_;
+  const Authorizer* const auth_;
 };
 
 }  // namespace engram

@@ -172,17 +172,19 @@ class StageReactor : public MessageReadReactor<StageRequest> {
 
 }  // namespace
 
-PeerService::PeerService(LayerRegistry* layers, MemoryBudget* budget,
-                         ClusterContext* cluster, bool pin_memory,
-                         transport::UcxEngine* transport,
-                         LayerWatchHub::Options watch)
-    : layers_(layers),
-      budget_(budget),
-      cluster_(cluster),
-      pin_memory_(pin_memory),
-      transport_(transport) {
+PeerService::PeerService(Parts parts)
+    : layers_(parts.layers),
+      budget_(parts.budget),
+      cluster_(parts.cluster),
+      pin_memory_(parts.pin_memory),
+      transport_(parts.transport),
+      watchdog_(parts.watchdog),
+      loader_(parts.loader),
+      auth_(parts.auth),
+      data_dir_(std::move(parts.data_dir)),
+      limits_(parts.limits) {
   if (transport_ != nullptr) exporter_ = transport_->Mapper();
-  watch_hub_ = LayerWatchHub::Create(layers_, transport_, watch);
+  watch_hub_ = LayerWatchHub::Create(layers_, transport_, parts.watch);
   janitor_.Start(std::chrono::seconds(1),
                  PeriodicThread::First::kAfterOnePeriod,
                  [this](const std::stop_token&) {

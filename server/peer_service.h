@@ -15,6 +15,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "common/mutex.h"
+#include "common/periodic_thread.h"
+#include "common/thread_pool.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "server/auth.h"
 #include "server/cluster.h"
@@ -24,8 +26,6 @@
 #include "server/raw_unary.h"
 #include "server/read_stream.h"
 #include "store/layer_registry.h"
-#include "common/periodic_thread.h"
-#include "common/thread_pool.h"
 #include "transport/ucx_engine.h"
 
 namespace engram {
@@ -53,12 +53,36 @@ class PeerService final
                                       internal::v1::EngramPeer::
                                           CallbackService>>>>>> {
  public:
-  // `transport` (may be null: nothing exported) places staged rows where
-  // other shards can read them and answers Transport.
-  PeerService(LayerRegistry* layers, MemoryBudget* budget,
-              ClusterContext* cluster, bool pin_memory,
-              transport::UcxEngine* transport = nullptr,
-              LayerWatchHub::Options watch = {});
+  // What one Gather may ask for, and the charge for unsent responses.
+  struct GatherLimits {
+    int64_t max_rows = int64_t{1} << 22;
+    int64_t max_message_bytes = int64_t{256} << 20;
+    PendingResponses* pending = nullptr;  // borrowed; may be null
+    ThreadPool* pool = nullptr;           // big gathers copy there; may be null
+  };
+  // What the service works with, all borrowed (they must outlive it) and
+  // fixed before it serves. Optional parts may be null.
+  struct Parts {
+    LayerRegistry* layers = nullptr;
+    MemoryBudget* budget = nullptr;
+    ClusterContext* cluster = nullptr;
+    bool pin_memory = false;
+    // Optional: places staged rows where other shards can read them and
+    // answers Transport (null: nothing exported).
+    transport::UcxEngine* transport = nullptr;
+    LayerWatchHub::Options watch;
+    // Gather and Transport need the read right, every other method the
+    // peer right; without an authorizer every call is allowed.
+    const Authorizer* auth = nullptr;
+    // Ends idle Stage streams.
+    StreamWatchdog* watchdog = nullptr;
+    // Reads this shard's rows for StageFiles.
+    TableLoader* loader = nullptr;
+    // --data_dir: staged shard tables are files there.
+    std::string data_dir;
+    GatherLimits limits;
+  };
+  explicit PeerService(Parts parts);
   ~PeerService() override;
 
   grpc::ServerReadReactor<internal::v1::StageRequest>* Stage(
@@ -87,13 +111,6 @@ class PeerService final
   grpc::ServerUnaryReactor* StageFiles(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
-  // Reads this shard's rows for StageFiles (borrowed; before serving).
-  void SetLoader(TableLoader* loader) { loader_ = loader; }
-  // Gather and Transport need the read right, every other method the peer
-  // right (borrowed; before serving; without one every call is allowed).
-  void SetAuthorizer(const Authorizer* auth) { auth_ = auth; }
-  // --data_dir: staged shard tables are files there (before serving).
-  void SetDataDir(std::string dir) { data_dir_ = std::move(dir); }
   const std::string& data_dir() const { return data_dir_; }
 
   // Reserves a transaction id for a Stage stream: ALREADY_EXISTS while
@@ -118,16 +135,6 @@ class PeerService final
   ClusterContext* cluster() { return cluster_; }
   bool pin_memory() const { return pin_memory_; }
   StreamWatchdog* watchdog() const { return watchdog_; }
-  // What one Gather may ask for, and the charge for unsent responses.
-  struct GatherLimits {
-    int64_t max_rows = int64_t{1} << 22;
-    int64_t max_message_bytes = int64_t{256} << 20;
-    PendingResponses* pending = nullptr;  // borrowed; may be null
-    ThreadPool* pool = nullptr;           // big gathers copy there; may be null
-  };
-  void SetGatherLimits(GatherLimits limits) { limits_ = limits; }
-  // Ends idle Stage streams (borrowed; call before serving).
-  void SetStreamWatchdog(StreamWatchdog* watchdog) { watchdog_ = watchdog; }
   // For LayerBuilder; null without a transport.
   const ExportMapper* exporter() const {
     return transport_ != nullptr ? &exporter_ : nullptr;
@@ -153,11 +160,11 @@ class PeerService final
   const bool pin_memory_;
   transport::UcxEngine* const transport_;
   ExportMapper exporter_;
-  StreamWatchdog* watchdog_ = nullptr;
-  TableLoader* loader_ = nullptr;
-  const Authorizer* auth_ = nullptr;
-  std::string data_dir_;
-  GatherLimits limits_;
+  StreamWatchdog* const watchdog_;
+  TableLoader* const loader_;
+  const Authorizer* const auth_;
+  const std::string data_dir_;
+  const GatherLimits limits_;
   Mutex mu_;
   std::map<std::string, Prepared> prepared_ ABSL_GUARDED_BY(mu_);
   void RememberAborted(const std::string& txn_id)

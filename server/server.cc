@@ -119,14 +119,7 @@ EngramServer::EngramServer(ServerConfig config)
                     config_.stream_idle_timeout_seconds * 1000)),
                 config_.max_populate_streams),
       pending_(config_.max_pending_response_bytes,
-               config_.max_pending_response_bytes_per_connection),
-      service_(std::make_unique<EngramService>(
-          &layers_, &budget_, &pool_, &metrics_, gpu_.get(),
-          ServiceLimits{config_.max_lookup_rows, config_.max_message_bytes,
-                        config_.pin_memory, config_.gpu_min_rows,
-                        config_.data_dir})) {
-  service_->SetStreamWatchdog(&watchdog_);
-  service_->SetPendingResponses(&pending_);
+               config_.max_pending_response_bytes_per_connection) {
   metrics_.AddGaugeSource(
       "engram_pending_response_bytes",
       "Response bytes allocated and not yet read by their clients.",
@@ -201,13 +194,11 @@ absl::Status EngramServer::StartLoader() {
   env.metrics = &metrics_;
   env.pool = &pool_;
   env.gpu = gpu_.get();
-  env.exporter = peer_service_->exporter();
+  env.exporter = exporter();
   env.pin_memory = config_.pin_memory;
   env.data_dir = config_.data_dir;
   loader_ =
       std::make_unique<TableLoader>(env, cluster_.get(), config_.load_root);
-  service_->SetLoader(loader_.get());
-  peer_service_->SetLoader(loader_.get());
   metrics_.AddGaugeSource(
       "engram_load_bytes",
       "Row bytes loaded from checkpoint files since start.",
@@ -253,7 +244,6 @@ absl::Status EngramServer::StartSecurity(
       Authorizer::Create(auth, metrics_.registry());
   if (!authorizer.ok()) return authorizer.status();
   auth_ = *std::move(authorizer);
-  service_->SetAuthorizer(auth_.get());
 
   const unsigned int reload_seconds = static_cast<unsigned int>(
       std::max(1.0, config_.credentials_reload_seconds > 0
@@ -345,6 +335,11 @@ void EngramServer::ReloadCredentials() {
   }
 }
 
+// Builds the parts bottom-up, each given everything it needs once: the
+// security, the cluster (or the single node's one-shard view of itself),
+// the transport, the loader, the peer service, the cluster's coordinator
+// and recovery, and last the public service. Then listens, and only then
+// starts the background work that reports through the health service.
 absl::Status EngramServer::Start() {
   absl::StatusOr<std::vector<std::string>> peers = ClusterPeers(config_);
   if (!peers.ok()) return peers.status();
@@ -356,38 +351,106 @@ absl::Status EngramServer::Start() {
         "--data_dir tables are files, not exported shared memory: use it "
         "without --direct_reads, and in a cluster with --peer_read=gather");
   }
+  ClusterContext* cluster = nullptr;
   if (!peers->empty()) {
+    if (config_.demo) {
+      return absl::InvalidArgumentError(
+          "--demo serves a single-node layer; populate a cluster instead");
+    }
     absl::StatusOr<Placement> placement =
         Placement::Create(static_cast<int>(peers->size()), config_.replication);
     if (!placement.ok()) return placement.status();
     cluster_ = std::make_unique<ClusterContext>(
         config_.shard_index, *peers, *placement, config_.staged_timeout_seconds,
         peer_security_);
+    cluster = cluster_.get();
+  } else {
+    // A single node serves the internal peer API as a one-shard cluster:
+    // cluster clients (ConnectCluster, direct reads) read and populate
+    // through it; with --direct_reads its tables are exported.
+    local_cluster_ = std::make_unique<ClusterContext>(
+        0, std::vector<std::string>{config_.listen}, *Placement::Create(1, 1),
+        config_.staged_timeout_seconds);
+    cluster = local_cluster_.get();
+  }
+  if (cluster_ != nullptr || config_.direct_reads) {
     if (absl::Status s = StartTransport(); !s.ok()) return s;
-    peer_service_ = std::make_unique<PeerService>(
-        &layers_, &budget_, cluster_.get(), config_.pin_memory, ucx_.get(),
-        WatchOptions(config_));
-    peer_service_->SetStreamWatchdog(&watchdog_);
-    peer_service_->SetAuthorizer(auth_.get());
-    peer_service_->SetDataDir(config_.data_dir);
-    peer_service_->SetGatherLimits({config_.max_lookup_rows,
-                                    config_.max_message_bytes, &pending_,
-                                    &pool_});
-    if (ucx_ != nullptr) {
-      rma_ = std::make_unique<PeerRmaReader>(ucx_.get(), cluster_.get(),
-                                             config_.peer_read == "auto");
+  }
+  if (ucx_ != nullptr) exporter_ = ucx_->Mapper();
+  // Before listening: a bad --load manifest stops engramd at once, and
+  // stored layers' ids are claimed before any populate can take them.
+  if (absl::Status s = StartLoader(); !s.ok()) return s;
+  PeerService::Parts peer;
+  peer.layers = &layers_;
+  peer.budget = &budget_;
+  peer.cluster = cluster;
+  peer.pin_memory = config_.pin_memory;
+  peer.transport = ucx_.get();
+  peer.watch = WatchOptions(config_);
+  peer.auth = auth_.get();
+  peer.watchdog = &watchdog_;
+  peer.loader = loader_.get();
+  peer.data_dir = config_.data_dir;
+  peer.limits = {config_.max_lookup_rows, config_.max_message_bytes, &pending_,
+                 &pool_};
+  peer_service_ = std::make_unique<PeerService>(std::move(peer));
+  if (cluster_ != nullptr) StartClusterParts();
+  EngramService::Parts parts;
+  parts.layers = &layers_;
+  parts.budget = &budget_;
+  parts.pool = &pool_;
+  parts.metrics = &metrics_;
+  parts.gpu = gpu_.get();
+  parts.limits =
+      ServiceLimits{config_.max_lookup_rows, config_.max_message_bytes,
+                    config_.pin_memory, config_.gpu_min_rows, config_.data_dir};
+  parts.cluster = coordinator_.get();
+  // A single node exports what it is populated with; a shard's coordinator
+  // stages through the peer service, which exports.
+  parts.exporter = cluster_ == nullptr ? exporter() : nullptr;
+  parts.watchdog = &watchdog_;
+  parts.pending = &pending_;
+  parts.loader = loader_.get();
+  parts.auth = auth_.get();
+  service_ = std::make_unique<EngramService>(parts);
+  AddServiceGauges();
+  if (config_.demo && start_load_ids_.count(kDemoLayerId)) {
+    LogInfo("--demo: layer 0 comes from --data_dir or --load instead");
+  } else if (config_.demo) {
+    if (absl::Status s = AddDemoLayer(&layers_, &budget_, config_.pin_memory,
+                                      gpu_.get(), exporter());
+        !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("demo layer: ", s.message()));
     }
-    coordinator_ = std::make_unique<ClusterCoordinator>(
-        cluster_.get(), &layers_, &metrics_, rma_.get(), &watchdog_);
-    service_->SetCluster(coordinator_.get());
+    LogInfo(
+        "demo layer 0 committed: heads of 1000, 1003, 1009, 1013 rows, "
+        "D = 8 float32 (row r of head h = h*100000 + r + d/8)");
+  }
+  if (absl::Status s = StartMetricsEndpoint(); !s.ok()) return s;
+  if (absl::Status s = Listen(); !s.ok()) return s;
+  StartBackgroundWork();
+  return absl::OkStatus();
+}
+
+void EngramServer::StartClusterParts() {
+  if (ucx_ != nullptr) {
+    rma_ = std::make_unique<PeerRmaReader>(ucx_.get(), cluster_.get(),
+                                           config_.peer_read == "auto");
+  }
+  coordinator_ = std::make_unique<ClusterCoordinator>(
+      cluster_.get(), &layers_, &metrics_, rma_.get(), &watchdog_);
+  // From the first call on, this shard must not answer for rows of
+  // committed layers that it lost in a restart.
+  recovery_ = std::make_unique<ReplicaRecovery>(
+      cluster_.get(), &layers_, &budget_, config_.pin_memory, exporter());
+  recovery_->Plan(start_load_ids_);
+}
+
+void EngramServer::AddServiceGauges() {
+  if (cluster_ != nullptr) {
     metrics_.SetPeersUpSource([c = cluster_.get()] { return c->peers_up(); });
-    // Before listening: from the first call on, this shard must not answer
-    // for rows of committed layers that it lost in a restart.
-    if (absl::Status s = StartLoader(); !s.ok()) return s;
-    recovery_ = std::make_unique<ReplicaRecovery>(cluster_.get(), &layers_,
-                                                  &budget_, config_.pin_memory,
-                                                  peer_service_->exporter());
-    recovery_->Plan(start_load_ids_);
+  }
+  if (recovery_ != nullptr) {
     metrics_.AddGaugeSource(
         "engram_recovery_layers_pending",
         "Layers this shard is still copying from replicas after a restart.",
@@ -402,88 +465,51 @@ absl::Status EngramServer::Start() {
         [r = recovery_.get()] {
           return static_cast<double>(r->bytes_copied());
         });
-    if (config_.demo) {
-      return absl::InvalidArgumentError(
-          "--demo serves a single-node layer; populate a cluster instead");
-    }
   }
-  if (peers->empty()) {
-    // A single node serves the internal peer API as a one-shard cluster:
-    // cluster clients (ConnectCluster, direct reads) read and populate
-    // through it; with --direct_reads its tables are exported.
-    if (config_.direct_reads) {
-      if (absl::Status s = StartTransport(); !s.ok()) return s;
-    }
-    local_cluster_ = std::make_unique<ClusterContext>(
-        0, std::vector<std::string>{config_.listen}, *Placement::Create(1, 1),
-        config_.staged_timeout_seconds);
-    peer_service_ = std::make_unique<PeerService>(
-        &layers_, &budget_, local_cluster_.get(), config_.pin_memory,
-        ucx_.get(), WatchOptions(config_));
-    peer_service_->SetStreamWatchdog(&watchdog_);
-    peer_service_->SetAuthorizer(auth_.get());
-    peer_service_->SetDataDir(config_.data_dir);
-    peer_service_->SetGatherLimits({config_.max_lookup_rows,
-                                    config_.max_message_bytes, &pending_,
-                                    &pool_});
-    service_->SetExporter(peer_service_->exporter());
-    if (absl::Status s = StartLoader(); !s.ok()) return s;
-  }
-  {
-    LayerWatchHub* hub = peer_service_->watch_hub();
-    metrics_.AddGaugeSource(
-        "engram_watch_streams",
-        "Open WatchLayer streams of same-host zero-copy readers.",
-        [hub] { return hub->open_streams(); });
-    metrics_.AddGaugeSource(
-        "engram_watch_leased_versions",
-        "Layer versions kept alive for zero-copy readers (docs/gpu.md).",
-        [hub] { return static_cast<double>(hub->leased_versions()); });
-  }
-  if (config_.demo && start_load_ids_.count(kDemoLayerId)) {
-    LogInfo("--demo: layer 0 comes from --data_dir or --load instead");
-  } else if (config_.demo) {
-    if (absl::Status s = AddDemoLayer(
-            &layers_, &budget_, config_.pin_memory, gpu_.get(),
-            peer_service_ != nullptr ? peer_service_->exporter() : nullptr);
-        !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("demo layer: ", s.message()));
-    }
-    LogInfo(
-        "demo layer 0 committed: heads of 1000, 1003, 1009, 1013 rows, "
-        "D = 8 float32 (row r of head h = h*100000 + r + d/8)");
-  }
-  if (!config_.metrics_listen.empty()) {
-    std::string address = config_.metrics_listen;
-    const std::string host = address.substr(0, address.rfind(':'));
-    if (!auth_->credentials_configured() &&
-        !config_.insecure_allow_unauthenticated_remote &&
-        !IsLoopbackHost(host)) {
-      // Protected mode serves loopback clients only; /metrics has no
-      // credentials of its own, so it follows.
-      address = "127.0.0.1" + address.substr(address.rfind(':'));
-      LogWarning(absl::StrCat(
-          "protected mode: /metrics listens on ", address, ", not ",
-          config_.metrics_listen,
-          " (configure credentials, or pass "
-          "--insecure_allow_unauthenticated_remote, to expose it)"));
-    }
-    try {
-      // Several workers and a short request timeout: a connection that
-      // sends nothing holds one worker for seconds, never every scrape.
-      exposer_ = std::make_unique<prometheus::Exposer>(
-          std::vector<std::string>{"listening_ports", address, "num_threads",
-                                   "8", "request_timeout_ms", "5000"});
-    } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot serve metrics on --metrics_listen=", config_.metrics_listen,
-          ": ", e.what()));
-    }
-    exposer_->RegisterCollectable(metrics_.collectable());
-    std::vector<int> ports = exposer_->GetListeningPorts();
-    metrics_port_ = ports.empty() ? 0 : ports[0];
-  }
+  LayerWatchHub* hub = peer_service_->watch_hub();
+  metrics_.AddGaugeSource(
+      "engram_watch_streams",
+      "Open WatchLayer streams of same-host zero-copy readers.",
+      [hub] { return hub->open_streams(); });
+  metrics_.AddGaugeSource(
+      "engram_watch_leased_versions",
+      "Layer versions kept alive for zero-copy readers (docs/gpu.md).",
+      [hub] { return static_cast<double>(hub->leased_versions()); });
+}
 
+absl::Status EngramServer::StartMetricsEndpoint() {
+  if (config_.metrics_listen.empty()) return absl::OkStatus();
+  std::string address = config_.metrics_listen;
+  const std::string host = address.substr(0, address.rfind(':'));
+  if (!auth_->credentials_configured() &&
+      !config_.insecure_allow_unauthenticated_remote && !IsLoopbackHost(host)) {
+    // Protected mode serves loopback clients only; /metrics has no
+    // credentials of its own, so it follows.
+    address = "127.0.0.1" + address.substr(address.rfind(':'));
+    LogWarning(
+        absl::StrCat("protected mode: /metrics listens on ", address, ", not ",
+                     config_.metrics_listen,
+                     " (configure credentials, or pass "
+                     "--insecure_allow_unauthenticated_remote, to expose it)"));
+  }
+  try {
+    // Several workers and a short request timeout: a connection that
+    // sends nothing holds one worker for seconds, never every scrape.
+    exposer_ = std::make_unique<prometheus::Exposer>(
+        std::vector<std::string>{"listening_ports", address, "num_threads", "8",
+                                 "request_timeout_ms", "5000"});
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot serve metrics on --metrics_listen=", config_.metrics_listen,
+        ": ", e.what()));
+  }
+  exposer_->RegisterCollectable(metrics_.collectable());
+  std::vector<int> ports = exposer_->GetListeningPorts();
+  metrics_port_ = ports.empty() ? 0 : ports[0];
+  return absl::OkStatus();
+}
+
+absl::Status EngramServer::Listen() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -507,6 +533,10 @@ absl::Status EngramServer::Start() {
         absl::StrCat("cannot listen on --listen=", config_.listen,
                      " (address in use - another engramd? - or not local)"));
   }
+  return absl::OkStatus();
+}
+
+void EngramServer::StartBackgroundWork() {
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   health->SetServingStatus(kLivenessService, true);
   // Ready once every row range has a reachable owner and this shard holds
@@ -549,7 +579,6 @@ absl::Status EngramServer::Start() {
                          cluster_->size(), ", replication ",
                          config_.replication));
   }
-  return absl::OkStatus();
 }
 
 void EngramServer::Shutdown() { Stop(config_.drain_seconds); }

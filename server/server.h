@@ -11,12 +11,13 @@
 #include <set>
 
 #include "absl/status/status.h"
+#include "common/thread_pool.h"
 #include "proto/channel_security.h"
 #include "server/auth.h"
 #include "server/cluster.h"
 #include "server/cluster_coordinator.h"
-#include "server/demo_layer.h"
 #include "server/config.h"
+#include "server/demo_layer.h"
 #include "server/health_reporter.h"
 #include "server/metrics.h"
 #include "server/peer_rma.h"
@@ -28,7 +29,6 @@
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
-#include "common/thread_pool.h"
 #include "transport/ucx_engine.h"
 
 namespace engram {
@@ -48,8 +48,11 @@ inline constexpr char kLivenessService[] = "engram.liveness";
 // once on a fresh start); readiness ("") waits for it too.
 inline constexpr char kRecoveryService[] = "engram.recovery";
 
-// Owns everything engramd serves with. Start once, then Shutdown once (both
-// from one thread); the accessors are safe from any thread after Start.
+// Owns everything engramd serves with. Start builds every part once,
+// bottom-up (no part is changed after it is built), and listens; Shutdown
+// (or the destructor) runs the one stop order. Start once, then Shutdown
+// once, both from one thread; the accessors are safe from any thread after
+// Start.
 class EngramServer {
  public:
   explicit EngramServer(ServerConfig config);
@@ -81,6 +84,22 @@ class EngramServer {
   absl::Status StartLoader();
   // The authorizer, the gRPC port's credentials and the peer channels'.
   absl::Status StartSecurity(const std::vector<std::string>& peers);
+  // Cluster mode: the peer reader, the coordinator and replica recovery.
+  void StartClusterParts();
+  // Gauges read from the parts Start built.
+  void AddServiceGauges();
+  // /metrics (--metrics_listen; none when empty).
+  absl::Status StartMetricsEndpoint();
+  // The gRPC server with every service, on --listen.
+  absl::Status Listen();
+  // Health, the start load, the credential watcher, recovery and the
+  // prober: what runs on its own threads once the server listens.
+  void StartBackgroundWork();
+  // Where populated tables are exported for direct readers (null without a
+  // transport).
+  const ExportMapper* exporter() const {
+    return ucx_ != nullptr ? &exporter_ : nullptr;
+  }
   // Shutdown's stop order; the destructor's too (no drain).
   void Stop(double drain_seconds);
 
@@ -90,6 +109,7 @@ class EngramServer {
   std::unique_ptr<GpuTier> gpu_;
   // Before layers_ too: shard layers' exported ranges are unmapped by it.
   std::unique_ptr<transport::UcxEngine> ucx_;
+  ExportMapper exporter_;  // ucx_'s, when there is one
   LayerRegistry layers_;
   ThreadPool pool_;
   ServerMetrics metrics_;

@@ -9,6 +9,7 @@
 #include "checkpoint/npy.h"
 #include "checkpoint/safetensors.h"
 #include "common/dtype.h"
+#include "common/status_context.h"
 
 namespace engram::checkpoint {
 namespace {
@@ -68,7 +69,7 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", why));
   };
   auto with_layer = [&](const absl::Status& s) {
-    return absl::Status(s.code(), absl::StrCat(where, ": ", s.message()));
+    return WithContext(s, where);
   };
   size_t row_bytes = 0;  // what the columns add up to
   const int heads = layout.num_heads();

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "checkpoint/checkpoint_file.h"
 #include "checkpoint/json.h"
+#include "common/status_context.h"
 
 namespace engram::checkpoint {
 namespace {
@@ -155,9 +156,7 @@ class LayerParser {
   absl::StatusOr<std::string> Path(const std::string& path) const {
     auto resolved = ResolvePath(path, base_, root_);
     if (!resolved.ok()) {
-      return absl::Status(
-          resolved.status().code(),
-          absl::StrCat(where_, ": ", resolved.status().message()));
+      return WithContext(resolved.status(), where_);
     }
     return resolved;
   }
@@ -315,8 +314,7 @@ absl::StatusOr<LoadManifest> ReadLoadManifest(const std::string& path,
   if (!text.ok()) return text.status();
   auto manifest = ParseLoadManifest(*text, Dirname(*resolved), root);
   if (!manifest.ok()) {
-    return absl::Status(manifest.status().code(),
-                        absl::StrCat(path, ": ", manifest.status().message()));
+    return WithContext(manifest.status(), path);
   }
   manifest->path = *resolved;
   return manifest;

@@ -10,6 +10,7 @@
 #include "client/layer_mapping.h"
 #include "common/dtype.h"
 #include "common/lookup_plan.h"
+#include "common/status_context.h"
 #include "kernels/gpu.h"
 
 namespace engram {
@@ -647,8 +648,7 @@ absl::Status DeviceLookups::LookupMany(
       gathers.push_back(plans[i].gather);
     }
     if (!status.ok() && !one) {
-      status =
-          absl::Status(status.code(), absl::StrCat(which(i), status.message()));
+      status = WithContext(status, "lookup ", i);
     }
   }
   if (status.ok() && !gathers.empty()) {
@@ -665,8 +665,7 @@ absl::Status DeviceLookups::LookupMany(
     if (plans[i].path != DevicePath::kRpc) continue;
     if (absl::Status s = layers[i]->LaunchRpc(requests[i], *plans[i].layout);
         !s.ok()) {
-      return one ? s
-                 : absl::Status(s.code(), absl::StrCat(which(i), s.message()));
+      return one ? s : WithContext(s, "lookup ", i);
     }
   }
   return absl::OkStatus();

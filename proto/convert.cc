@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_context.h"
 
 namespace engram {
 
@@ -65,8 +66,7 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
 absl::Status FromGrpcStatus(const grpc::Status& status,
                             absl::string_view context) {
   if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(context, ": ", status.error_message()));
+  return WithContext(FromGrpcStatus(status), context);
 }
 
 }  // namespace engram

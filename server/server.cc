@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status_context.h"
 #include "proto/channel_tuning.h"
 #include "server/engram_service.h"
 #include "server/graceful_stop.h"
@@ -170,10 +171,8 @@ absl::Status EngramServer::StartTransport() {
       transport::UcxEngine::Create(options);
   if (!engine.ok()) {
     if (single || config_.peer_read == "rma") {
-      return absl::Status(
-          engine.status().code(),
-          absl::StrCat(single ? "--direct_reads: " : "--peer_read=rma: ",
-                       engine.status().message()));
+      return WithContext(engine.status(),
+                         single ? "--direct_reads" : "--peer_read=rma");
     }
     LogWarning(absl::StrCat("no UCX transport (", engine.status().message(),
                             "); peer reads use the gather path"));
@@ -219,8 +218,7 @@ absl::Status EngramServer::StartLoader() {
   absl::StatusOr<std::set<int64_t>> ids =
       loader_->PrepareStartLoad(config_.load);
   if (!ids.ok()) {
-    return absl::Status(ids.status().code(),
-                        absl::StrCat("--load: ", ids.status().message()));
+    return WithContext(ids.status(), "--load");
   }
   start_load_ids_.insert(ids->begin(), ids->end());
   start_load_ = 1;
@@ -420,7 +418,7 @@ absl::Status EngramServer::Start() {
     if (absl::Status s = AddDemoLayer(&layers_, &budget_, config_.pin_memory,
                                       gpu_.get(), exporter());
         !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("demo layer: ", s.message()));
+      return WithContext(s, "demo layer");
     }
     LogInfo(
         "demo layer 0 committed: heads of 1000, 1003, 1009, 1013 rows, "

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cluster/populate_fanout.h"
+#include "common/status_context.h"
 #include "proto/convert.h"
 #include "server/log.h"
 #include "store/layer_stager.h"
@@ -86,9 +87,7 @@ absl::StatusOr<std::set<int64_t>> TableLoader::PrepareStartLoad(
   if (!manifest.ok()) return manifest.status();
   auto readers = OpenAll(*manifest, "");
   if (!readers.ok()) {
-    return absl::Status(
-        readers.status().code(),
-        absl::StrCat(manifest_path, ": ", readers.status().message()));
+    return WithContext(readers.status(), manifest_path);
   }
   uint64_t bytes = 0;
   std::set<int64_t> ids;
@@ -152,14 +151,12 @@ TableLoader::Layers TableLoader::RestoreAll() {
                               cluster_ != nullptr
                                   ? cluster_->OwnedRanges(id, r.stored.layout)
                                   : std::vector<std::vector<RowRange>>{},
-                              env_.budget, env_.pin_memory, verify_,
-                              &upgraded);
+                              env_.budget, env_.pin_memory, verify_, &upgraded);
     if (upgraded) {
       LogInfo(absl::StrCat("--data_dir: layer ", id, " v", r.stored.version,
                            ": verified with its format-1 checksums; meta "
                            "upgraded to format 2 (XXH3)"));
-    } else if (layer.ok() &&
-               r.stored.checksum_kind != ChecksumKind::kXxh3) {
+    } else if (layer.ok() && r.stored.checksum_kind != ChecksumKind::kXxh3) {
       LogInfo(absl::StrCat("--data_dir: layer ", id, " v", r.stored.version,
                            " is stored in meta format 1; start once with "
                            "--verify_data_dir to verify and upgrade it"));
@@ -260,8 +257,7 @@ absl::StatusOr<TableLoader::Staged> TableLoader::StageLayer(
   }
   std::vector<std::vector<RowRange>> ranges = options.owned;
   auto with_layer = [id](const absl::Status& s) {
-    return absl::Status(s.code(),
-                        absl::StrCat("layer ", id, ": ", s.message()));
+    return WithContext(s, "layer ", id);
   };
   Staged staged;
   auto stager = LayerStager::Begin(env_.layers, env_.budget, id, layout,
@@ -360,8 +356,7 @@ absl::StatusOr<std::shared_ptr<const Layer>> TableLoader::LoadLayer(
           MirrorAndCommit(env_.gpu, env_.layers, staged->stager->ticket(),
                           std::move(staged->layer));
       !s.ok()) {
-    return absl::Status(s.code(),
-                        absl::StrCat("layer ", id, ": ", s.message()));
+    return WithContext(s, "layer ", id);
   }
   const double seconds = staged->seconds;
   LogInfo(absl::StrCat(

@@ -1,18 +1,11 @@
 #include "checkpoint/manifest.h"
 
-#include <limits.h>
-#include <stdlib.h>
-
-#include <cerrno>
-#include <cstring>
-#include <fstream>
+#include <algorithm>
+#include <filesystem>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "checkpoint/checkpoint_file.h"
 #include "checkpoint/json.h"
 #include "common/status_context.h"
@@ -20,40 +13,37 @@
 namespace engram::checkpoint {
 namespace {
 
-// "a/./b/../c" -> "a/c" on an absolute path, without touching the disk.
-std::string Normalize(const std::string& path) {
-  std::vector<std::string> parts;
-  for (absl::string_view p : absl::StrSplit(path, '/', absl::SkipEmpty())) {
-    if (p == ".") continue;
-    if (p == "..") {
-      if (!parts.empty()) parts.pop_back();
-      continue;
-    }
-    parts.emplace_back(p);
+namespace fs = std::filesystem;
+
+// "/a/./b/../c/" -> "/a/c", without touching the disk.
+fs::path Normal(const fs::path& path) {
+  fs::path normal = path.lexically_normal();
+  if (!normal.has_filename() && normal != normal.root_path()) {
+    normal = normal.parent_path();  // the trailing separator
   }
-  return "/" + absl::StrJoin(parts, "/");
+  return normal;
 }
 
-bool Under(const std::string& path, const std::string& root) {
-  return root == "/" || path == root || absl::StartsWith(path, root + "/");
+// Whether `path` is `root` or beneath it, component by component (both
+// absolute and normal): "/a/bc" is not under "/a/b".
+bool Under(const fs::path& path, const fs::path& root) {
+  return std::mismatch(root.begin(), root.end(), path.begin(), path.end())
+             .first == root.end();
 }
 
-std::string Dirname(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-absl::StatusOr<std::string> RealPath(const std::string& path) {
-  char resolved[PATH_MAX];
-  if (::realpath(path.c_str(), resolved) == nullptr) {
+// The path with every link resolved (realpath).
+absl::StatusOr<fs::path> RealPath(const fs::path& path) {
+  std::error_code error;
+  fs::path real = fs::canonical(path, error);
+  if (error) {
     const std::string why =
-        absl::StrCat("cannot resolve ", path, ": ", std::strerror(errno));
-    return errno == ENOENT || errno == ENOTDIR
+        absl::StrCat("cannot resolve ", path.string(), ": ", error.message());
+    return error == std::errc::no_such_file_or_directory ||
+                   error == std::errc::not_a_directory
                ? absl::NotFoundError(why)
                : absl::FailedPreconditionError(why);
   }
-  return std::string(resolved);
+  return real;
 }
 
 const char* const kDTypes[] = {"float32", "bfloat16", "float16", "uint8"};
@@ -233,39 +223,42 @@ class LayerParser {
 absl::StatusOr<std::string> ResolvePath(const std::string& path,
                                         const std::string& base_dir,
                                         const std::string& root) {
-  std::string absolute = path;
-  if (path.empty() || path[0] != '/') {
-    std::string base = base_dir;
-    if (base.empty() || base[0] != '/') {
-      char cwd[PATH_MAX];
-      if (::getcwd(cwd, sizeof cwd) == nullptr) {
-        return absl::InternalError("cannot read the working directory");
+  std::error_code error;
+  fs::path absolute = path;
+  if (absolute.is_relative()) {
+    fs::path base = base_dir;
+    if (base.is_relative()) {
+      const fs::path cwd = fs::current_path(error);
+      if (error) {
+        return absl::InternalError(absl::StrCat(
+            "cannot read the working directory: ", error.message()));
       }
-      base = base.empty() ? cwd : absl::StrCat(cwd, "/", base);
+      base = cwd / base;
     }
-    absolute = absl::StrCat(base, "/", path);
+    absolute = base / path;
   }
-  absolute = Normalize(absolute);
-  std::string real_root;
+  absolute = Normal(absolute);
+  fs::path real_root;
   if (!root.empty()) {
-    auto r = RealPath(root);
+    absl::StatusOr<fs::path> r = RealPath(root);
     if (!r.ok()) return r.status();
-    real_root = *r;
+    real_root = *std::move(r);
     // Checked before the file is looked at, so that nothing is learnt about
     // paths outside the root.
-    if (!Under(absolute, Normalize(root)) && !Under(absolute, real_root)) {
+    const fs::path given_root = Normal(fs::absolute(root, error));
+    if (!Under(absolute, given_root) && !Under(absolute, real_root)) {
       return absl::PermissionDeniedError(absl::StrCat(
           path, " is outside the load root ", root, " (--load_root)"));
     }
   }
-  auto real = RealPath(absolute);
+  absl::StatusOr<fs::path> real = RealPath(absolute);
   if (!real.ok()) return real.status();
   if (!root.empty() && !Under(*real, real_root)) {
     return absl::PermissionDeniedError(
         absl::StrCat(path, " leads outside the load root ", root,
                      " (through a symbolic link)"));
   }
-  return real;
+  return real->string();
 }
 
 absl::StatusOr<LoadManifest> ParseLoadManifest(absl::string_view json,
@@ -312,7 +305,8 @@ absl::StatusOr<LoadManifest> ReadLoadManifest(const std::string& path,
   absl::StatusOr<std::string> text = CheckpointFile::ReadWhole(
       *resolved, kMaxManifestBytes, "load manifest", root);
   if (!text.ok()) return text.status();
-  auto manifest = ParseLoadManifest(*text, Dirname(*resolved), root);
+  auto manifest = ParseLoadManifest(
+      *text, fs::path(*resolved).parent_path().string(), root);
   if (!manifest.ok()) {
     return WithContext(manifest.status(), path);
   }

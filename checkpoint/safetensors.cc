@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -16,11 +17,6 @@ namespace {
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 // An index names each tensor once (a large model's is a few MB).
 constexpr uint64_t kMaxIndexBytes = 64ull << 20;
-
-std::string Dirname(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
-}
 
 }  // namespace
 
@@ -147,14 +143,15 @@ absl::StatusOr<std::map<std::string, std::string>> ReadSafetensorsIndex(
         absl::StrCat(path, " has no \"weight_map\" object"));
   }
   std::map<std::string, std::string> files;
-  const std::string dir = Dirname(path);
+  // Names are relative to the index's folder (an absolute one stays).
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
   for (const auto& [tensor, file] : map->items()) {
     if (!file.is_string() || file.get_ref<const std::string&>().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           path, ": weight_map[\"", tensor, "\"] is not a file name"));
     }
     const std::string& name = file.get_ref<const std::string&>();
-    files[tensor] = name[0] == '/' ? name : dir + "/" + name;
+    files[tensor] = (dir / name).string();
   }
   return files;
 }
@@ -167,9 +164,10 @@ absl::Status WriteSafetensors(
   std::string body;
   for (const auto& [name, info] : tensors) {
     const std::string& bytes = data.at(name);
-    entries[name] = {{"dtype", info.dtype},
-                     {"shape", info.shape},
-                     {"data_offsets", {body.size(), body.size() + bytes.size()}}};
+    entries[name] = {
+        {"dtype", info.dtype},
+        {"shape", info.shape},
+        {"data_offsets", {body.size(), body.size() + bytes.size()}}};
     body += bytes;
   }
   std::string header = entries.dump();

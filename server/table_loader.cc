@@ -378,9 +378,11 @@ absl::StatusOr<checkpoint::LoadManifest> TableLoader::ReadRequested(
     return absl::InvalidArgumentError(
         "a LoadRequest sets exactly one of manifest_path and manifest_json");
   }
-  return json.empty() ? checkpoint::ReadLoadManifest(
-                            path[0] == '/' ? path : root_ + "/" + path, root_)
-                      : checkpoint::ParseLoadManifest(json, root_, root_);
+  // A relative manifest_path is under the load root (an absolute one stays).
+  return json.empty()
+             ? checkpoint::ReadLoadManifest(
+                   (std::filesystem::path(root_) / path).string(), root_)
+             : checkpoint::ParseLoadManifest(json, root_, root_);
 }
 
 void TableLoader::StageForPeer(

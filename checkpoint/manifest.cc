@@ -66,12 +66,13 @@ class LayerParser {
     where_ = absl::StrCat("layer ", spec.layer_id);
     for (const auto& [name, value] : v_.items()) {
       static const std::set<std::string> kKnown = {
-          "layer_id",          "dtype",   "embedding_dim",
-          "table_vocab_sizes", "replace", "source"};
+          "layer_id", "dtype",  "embedding_dim", "table_vocab_sizes",
+          "replace",  "source", "quant"};
       if (!kKnown.count(name)) {
         return Bad(absl::StrCat("has an unknown member \"", name,
                                 "\" (known: layer_id, dtype, embedding_dim, "
-                                "table_vocab_sizes, replace, source)"));
+                                "table_vocab_sizes, quant, replace, "
+                                "source)"));
       }
     }
     const Json* dtype = JsonMember(v_, "dtype");
@@ -105,6 +106,11 @@ class LayerParser {
       }
       spec.layout.table_vocab_sizes.push_back(*rows);
     }
+    if (const Json* q = JsonMember(v_, "quant"); q != nullptr) {
+      auto quant = Quant(*q);
+      if (!quant.ok()) return quant.status();
+      spec.layout.quant = *quant;
+    }
     if (absl::Status s = ValidateLayout(spec.layout); !s.ok()) {
       return Bad(s.message());
     }
@@ -128,6 +134,35 @@ class LayerParser {
     auto v = JsonInt64(*n);
     if (!v.ok()) return Bad(absl::StrCat(name, ": ", v.status().message()));
     return *v;
+  }
+  // {"format": "fp8_e4m3", "scale": "ue8m0", "block": 32}
+  absl::StatusOr<engram::Quant> Quant(const Json& q) const {
+    constexpr absl::string_view kShape =
+        "\"quant\" must be {\"format\": \"fp8_e4m3\", \"scale\": \"ue8m0\", "
+        "\"block\": 32}";
+    if (!q.is_object()) return Bad(kShape);
+    for (const auto& [name, value] : q.items()) {
+      if (name != "format" && name != "scale" && name != "block") {
+        return Bad(absl::StrCat("quant has an unknown member \"", name,
+                                "\" (known: format, scale, block)"));
+      }
+    }
+    const Json* format = JsonMember(q, "format");
+    const Json* scale = JsonMember(q, "scale");
+    const Json* block = JsonMember(q, "block");
+    if (format == nullptr || !format->is_string() || scale == nullptr ||
+        !scale->is_string() || block == nullptr) {
+      return Bad(kShape);
+    }
+    auto block_size = JsonInt64(*block);
+    if (!block_size.ok()) {
+      return Bad(absl::StrCat("quant.block: ", block_size.status().message()));
+    }
+    auto quant =
+        QuantFromNames(format->get_ref<const std::string&>(),
+                       scale->get_ref<const std::string&>(), *block_size);
+    if (!quant.ok()) return Bad(quant.status().message());
+    return *quant;
   }
   absl::StatusOr<std::vector<std::string>> Strings(const Json& s,
                                                    const char* name) const {

@@ -100,17 +100,14 @@ class PinnedPool {
   std::deque<Block> blocks_ ABSL_GUARDED_BY(mu_);  // stable addresses
 };
 
-absl::Status CheckOutput(const LayerLayout& layout,
-                         const DeviceLookupRequest& r, DType* out_dtype) {
+absl::StatusOr<LookupPlan> CheckOutput(const LayerLayout& layout,
+                                       const DeviceLookupRequest& r) {
   LookupArgs args;
   args.layer_id = r.layer_id;
   args.num_ids = r.num_ids;
   args.output_dtype = r.output_dtype;
   args.out_bytes = r.out_bytes;
-  absl::StatusOr<LookupPlan> plan = PlanLookup(layout, args);
-  if (!plan.ok()) return plan.status();
-  *out_dtype = plan->out_dtype;
-  return absl::OkStatus();
+  return PlanLookup(layout, args);
 }
 
 }  // namespace
@@ -210,14 +207,12 @@ class DeviceLookups::LayerOnDevice {
     if (c.state == MappingUpdate::kNotFound) return c.why;
     if (!c.known) return c.why;  // never reached the server
     const LayerLayout& layout = *c.layout;
-    DType out_dtype = layout.dtype;
-    if (absl::Status s = CheckOutput(layout, r, &out_dtype); !s.ok()) {
-      return s;
-    }
+    absl::StatusOr<LookupPlan> plan = CheckOutput(layout, r);
+    if (!plan.ok()) return plan.status();
     uint64_t* status = r.status != nullptr ? r.status : default_status_;
     if (c.state == MappingUpdate::kPresent && c.path != DevicePath::kRpc) {
       p->path = c.path;
-      return PlanZeroCopy(r, layout, out_dtype, status, p);
+      return PlanZeroCopy(r, layout, *plan, status, p);
     }
     if (gpu::StreamCapturing(r.stream)) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -326,6 +321,7 @@ class DeviceLookups::LayerOnDevice {
       spec.heads = v.layout.num_heads();
       spec.dim = v.layout.embedding_dim;
       spec.dtype = static_cast<int>(v.layout.dtype);
+      spec.quant_block = v.layout.quant.block;
       spec.version = v.version;
       spec.vocab = v.layout.table_vocab_sizes;
       next->version = v.version;
@@ -447,8 +443,14 @@ class DeviceLookups::LayerOnDevice {
   }
 
   absl::Status PlanZeroCopy(const DeviceLookupRequest& r,
-                            const LayerLayout& layout, DType out_dtype,
+                            const LayerLayout& layout, const LookupPlan& plan,
                             uint64_t* status, Planned* p) {
+    if (plan.dequantizes() && !gpu::CanDequantizeBlock(layout.quant.block)) {
+      return absl::UnimplementedError(absl::StrCat(
+          "layer ", r.layer_id, "'s quantization block ", layout.quant.block,
+          " is not dequantized on the GPU (blocks of 16, 32, 64 or 128 are); "
+          "ask for its uint8 rows"));
+    }
     const int64_t* ids = r.ids;
     const gpu::PointerInfo where = gpu::DescribePointer(r.ids);
     if (where.device_memory && where.device != device_) {
@@ -476,7 +478,9 @@ class DeviceLookups::LayerOnDevice {
     g.heads = layout.num_heads();
     g.dim = layout.embedding_dim;
     g.in_dtype = static_cast<int>(layout.dtype);
-    g.out_dtype = static_cast<int>(out_dtype);
+    g.out_dtype = static_cast<int>(plan.out_dtype);
+    g.quant_block = layout.quant.block;
+    g.dequantize = plan.dequantizes();
     g.out = static_cast<uint8_t*>(r.out);
     g.status = status;
     return absl::OkStatus();

@@ -45,6 +45,9 @@ ABSL_FLAG(std::optional<int64_t>, layer, std::nullopt,
 ABSL_FLAG(std::string, dtype, "",
           "populate: the tables' dtype (float32, bfloat16, float16, uint8); "
           "default from the .npy files");
+ABSL_FLAG(std::string, quant, "",
+          "populate: the uint8 rows are quantized numbers, FORMAT:SCALE:BLOCK "
+          "(DeepSeek's 264-byte rows: fp8_e4m3:ue8m0:32)");
 ABSL_FLAG(bool, replace, false,
           "populate: swap out an existing layer at commit");
 ABSL_FLAG(bool, force, false, "remove: also abort a populate in progress");
@@ -77,11 +80,13 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
   describe --layer=N                      one layer in detail
   remove   --layer=N [--force]            drop a layer (--force also aborts
                                           a populate in progress)
-  populate --layer=N [--dtype=T] [--replace] H0.npy H1.npy ...
+  populate --layer=N [--dtype=T] [--quant=Q] [--replace] H0.npy H1.npy ...
   populate --manifest=MANIFEST [--replace]
                                           create a layer: one [N_h, D] .npy
                                           per head (float32, float16, uint8;
-                                          --dtype=bfloat16 for uint16 bits);
+                                          --dtype=bfloat16 for uint16 bits;
+                                          --quant=fp8_e4m3:ue8m0:32 for
+                                          quantized uint8 rows);
                                           --replace swaps out an existing
                                           layer at commit; --manifest pushes
                                           a load manifest's layers read here
@@ -181,10 +186,20 @@ std::string NpyDescr(DType dtype) {
   return "|u1";
 }
 
+// " (fp8_e4m3 weights, ue8m0 scales per 32: 256 values)" or "".
+std::string QuantNote(const LayerLayout& layout) {
+  if (!layout.quant.enabled()) return "";
+  return absl::StrCat(" (", QuantFormatName(layout.quant.format), " weights, ",
+                      QuantScaleName(layout.quant.format), " scales per ",
+                      layout.quant.block, ": ", layout.values_per_row(),
+                      " values)");
+}
+
 void PrintLayer(const LayerDescription& d) {
   std::cout << "layer " << d.layer_id << ": " << d.layout.num_heads()
             << " heads, D = " << d.layout.embedding_dim << " "
-            << DTypeName(d.layout.dtype) << ", vocab sizes ["
+            << DTypeName(d.layout.dtype) << QuantNote(d.layout)
+            << ", vocab sizes ["
             << absl::StrJoin(d.layout.table_vocab_sizes, ", ") << "], "
             << d.bytes << " bytes, version " << d.version << "\n";
 }
@@ -285,6 +300,18 @@ int Populate(Client& client, const Args& args) {
     layout.table_vocab_sizes.push_back(a->shape[0]);
     spec.source.files.push_back(args.files[h]);
   }
+  if (const std::string q = absl::GetFlag(FLAGS_quant); !q.empty()) {
+    const std::vector<std::string> parts = absl::StrSplit(q, ':');
+    int64_t block = 0;
+    if (parts.size() != 3 || !absl::SimpleAtoi(parts[2], &block)) {
+      Die(absl::StrCat("--quant=", q, " is not FORMAT:SCALE:BLOCK (e.g. ",
+                       "fp8_e4m3:ue8m0:32)"),
+          2);
+    }
+    absl::StatusOr<Quant> quant = QuantFromNames(parts[0], parts[1], block);
+    Check(quant.status());
+    layout.quant = *quant;
+  }
   Check(ValidateLayout(layout));
   auto reader = checkpoint::LayerReader::Open(spec, "");
   Check(reader.status());
@@ -321,7 +348,9 @@ int Lookup(Client& client) {
     out_dtype = ParseDType(d);
   }
   const DType dtype = out_dtype.value_or(d->layout.dtype);
-  const int64_t dim = d->layout.embedding_dim;
+  // A quantized layer's float rows are its dequantized values.
+  const int64_t dim = dtype == DType::kUInt8 ? d->layout.embedding_dim
+                                             : d->layout.values_per_row();
   std::vector<uint8_t> rows(ids.size() * dim * DTypeSize(dtype));
   Check(client.Lookup(layer, ids, shape, rows, out_dtype));
 
@@ -419,8 +448,7 @@ int Run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "describe") {
-    absl::StatusOr<LayerDescription> d =
-        c.DescribeLayer(LayerFlag());
+    absl::StatusOr<LayerDescription> d = c.DescribeLayer(LayerFlag());
     Check(d.status());
     PrintLayer(*d);
     for (const std::string& key : d->store_keys)
@@ -428,8 +456,7 @@ int Run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "remove") {
-    absl::StatusOr<int> n =
-        c.Remove(LayerFlag(), absl::GetFlag(FLAGS_force));
+    absl::StatusOr<int> n = c.Remove(LayerFlag(), absl::GetFlag(FLAGS_force));
     Check(n.status());
     std::cout << "removed " << *n << " tables\n";
     return 0;

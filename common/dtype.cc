@@ -1,5 +1,6 @@
 #include "common/dtype.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/float_convert.h"
@@ -100,6 +101,65 @@ void ConvertElements(const void* src, DType from, void* dst, DType to,
       return;
     case DType::kUInt8:
       return;  // only the identity case reaches here (handled above)
+  }
+}
+
+namespace {
+
+// Every E4M3 code as float32, the NaNs canonical.
+const float* Fp8E4M3Table() {
+  static const auto* table = [] {
+    auto* t = new float[256];
+    for (int v = 0; v < 256; ++v) {
+      t[v] = convert::DequantFp8(convert::Fp8E4M3ToFloat(v), 1.0f);
+    }
+    return t;
+  }();
+  return table;
+}
+
+template <typename Out, Out (*kRound)(float)>
+void DequantizeBlocks(const uint8_t* row, size_t weights, size_t block,
+                      Out* out) {
+  const float* table = Fp8E4M3Table();
+  const uint8_t* scales = row + weights;
+  for (size_t b = 0; b * block < weights; ++b) {
+    const float scale = convert::Ue8m0ToFloat(scales[b]);
+    const size_t end = std::min(weights, (b + 1) * block);
+    if (scale != scale) {
+      for (size_t i = b * block; i < end; ++i) {
+        out[i] = kRound(convert::BitsFloat(0x7fc00000u));
+      }
+      continue;
+    }
+    // A NaN weight times a number stays that (canonical) NaN.
+    for (size_t i = b * block; i < end; ++i) {
+      out[i] = kRound(table[row[i]] * scale);
+    }
+  }
+}
+
+float Identity(float f) { return f; }
+
+}  // namespace
+
+void DequantizeFp8Row(const uint8_t* row, size_t weights, size_t block,
+                      void* dst, DType to) {
+  switch (to) {
+    case DType::kFloat32:
+      DequantizeBlocks<float, Identity>(row, weights, block,
+                                        static_cast<float*>(dst));
+      return;
+    case DType::kBFloat16:
+      DequantizeBlocks<uint16_t, convert::FloatToBFloat16>(
+          row, weights, block, static_cast<uint16_t*>(dst));
+      return;
+    case DType::kFloat16:
+      DequantizeBlocks<uint16_t, convert::FloatToFloat16>(
+          row, weights, block, static_cast<uint16_t*>(dst));
+      return;
+    case DType::kUInt8:
+      return;  // not a value dtype; PlanLookup never asks for it
   }
 }
 

@@ -36,6 +36,13 @@ uint16_t FloatToFloat16(float f);
 void ConvertElements(const void* src, DType from, void* dst, DType to,
                      size_t count);
 
+// Dequantizes one FP8 E4M3 / UE8M0 row (QuantFormat::kFp8E4M3Ue8m0):
+// `weights` weight bytes at `row`, then weights / block scale bytes; writes
+// `weights` values of the float dtype `to` at `dst` (rounded to nearest
+// even from the exact float32 product).
+void DequantizeFp8Row(const uint8_t* row, size_t weights, size_t block,
+                      void* dst, DType to);
+
 }  // namespace engram
 
 #endif  // ENGRAM_COMMON_DTYPE_H_

@@ -78,6 +78,37 @@ ENGRAM_HOST_DEVICE uint16_t FloatToFloat16(float f) {
   return sign | static_cast<uint16_t>(r - (112u << 10));
 }
 
+// OCP FP8 E4M3 as float32, exactly: bias 7, subnormals below 2^-6, no
+// infinities, 0x7F and 0xFF NaN.
+ENGRAM_HOST_DEVICE float Fp8E4M3ToFloat(uint8_t v) {
+  const uint32_t sign = static_cast<uint32_t>(v & 0x80u) << 24;
+  const uint32_t exp = (v >> 3) & 0xfu;
+  const uint32_t mant = v & 0x7u;
+  if (exp == 0xfu && mant == 0x7u) return BitsFloat(sign | 0x7fc00000u);
+  if (exp == 0) {
+    // Subnormal: mant * 2^-9, exact in float32.
+    const float mag = static_cast<float>(mant) * BitsFloat(0x3b000000u);
+    return BitsFloat(sign | FloatBits(mag));
+  }
+  return BitsFloat(sign | ((exp + 120u) << 23) | (mant << 20));
+}
+
+// OCP E8M0 (UE8M0) scale as float32, exactly: 2^(v - 127); 0 is 2^-127 (a
+// float32 subnormal), 0xFF NaN.
+ENGRAM_HOST_DEVICE float Ue8m0ToFloat(uint8_t v) {
+  if (v == 0xffu) return BitsFloat(0x7fc00000u);
+  if (v == 0) return BitsFloat(0x00400000u);
+  return BitsFloat(static_cast<uint32_t>(v) << 23);
+}
+
+// One dequantized value: weight times scale in float32 (exact but for
+// overflow to infinity, since the scale is a power of two); a NaN weight or
+// scale gives the canonical quiet NaN, on the CPU and the GPU alike.
+ENGRAM_HOST_DEVICE float DequantFp8(float weight, float scale) {
+  if (weight != weight || scale != scale) return BitsFloat(0x7fc00000u);
+  return weight * scale;
+}
+
 }  // namespace engram::convert
 
 #endif  // ENGRAM_KERNELS_FLOAT_CONVERT_H_

@@ -51,7 +51,66 @@ absl::Status ValidateLayout(const LayerLayout& layout) {
       return absl::InvalidArgumentError(absl::StrCat(
           "dtype ", static_cast<int>(layout.dtype), " is not a known DType"));
   }
+  switch (layout.quant.format) {
+    case QuantFormat::kNone:
+      if (layout.quant.block != 0) {
+        return absl::InvalidArgumentError(
+            "a quantization block without a quantization format");
+      }
+      return absl::OkStatus();
+    case QuantFormat::kFp8E4M3Ue8m0:
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("quantization format ",
+                       static_cast<int>(layout.quant.format), " is not known"));
+  }
+  const int64_t block = layout.quant.block;
+  if (block <= 0 || block > kMaxQuantBlock) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantization block = ", block, " must be in [1, ",
+                     kMaxQuantBlock, "]"));
+  }
+  if (layout.dtype != DType::kUInt8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a quantized layer stores uint8 row bytes, not ",
+                     DTypeName(layout.dtype)));
+  }
+  if (layout.embedding_dim % (block + 1) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "embedding_dim = ", layout.embedding_dim,
+        " is not W weight bytes plus one scale byte per block of ", block,
+        " (a multiple of ", block + 1, ", e.g. 264 = 256 + 8 for block 32)"));
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<Quant> QuantFromNames(absl::string_view format,
+                                     absl::string_view scale, int64_t block) {
+  if (format != "fp8_e4m3") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantization format \"", format.substr(0, 32),
+                     "\" is not known (known: fp8_e4m3)"));
+  }
+  if (scale != "ue8m0") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantization scale \"", scale.substr(0, 32),
+                     "\" is not known (fp8_e4m3 takes ue8m0)"));
+  }
+  if (block <= 0 || block > kMaxQuantBlock) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantization block = ", block, " must be in [1, ",
+                     kMaxQuantBlock, "]"));
+  }
+  return Quant{QuantFormat::kFp8E4M3Ue8m0, static_cast<int32_t>(block)};
+}
+
+const char* QuantFormatName(QuantFormat format) {
+  return format == QuantFormat::kFp8E4M3Ue8m0 ? "fp8_e4m3" : "none";
+}
+
+const char* QuantScaleName(QuantFormat format) {
+  return format == QuantFormat::kFp8E4M3Ue8m0 ? "ue8m0" : "none";
 }
 
 std::string StoreKey(int64_t layer_id, int head) {

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "common/dtype.h"
 
 namespace engram {
@@ -21,12 +23,39 @@ struct RowRange {
   bool operator==(const RowRange&) const = default;
 };
 
+// How a uint8 layer's row bytes encode numbers, when they do.
+enum class QuantFormat : int32_t {
+  kNone = 0,
+  // DeepSeek's Engram rows: W FP8 E4M3 weight bytes, then one UE8M0 scale
+  // byte per block of `block` weights (W = 256, block = 32: 264 bytes).
+  // Value i = E4M3(w[i]) * 2^(scale[i / block] - 127), in float32.
+  kFp8E4M3Ue8m0 = 1,
+};
+
+// A layer's quantization: none, or a format and its block size.
+struct Quant {
+  QuantFormat format = QuantFormat::kNone;
+  int32_t block = 0;  // weights per scale byte
+  bool enabled() const { return format != QuantFormat::kNone; }
+  bool operator==(const Quant&) const = default;
+};
+inline constexpr int32_t kMaxQuantBlock = 1 << 16;
+
 // Shape of one layer: a table [N_h, D] per head h, elements of `dtype`.
 // A plain value type.
 struct LayerLayout {
   std::vector<int64_t> table_vocab_sizes;  // N_h per head
   int64_t embedding_dim = 0;               // D
   DType dtype = DType::kFloat32;
+  // With a format: uint8 rows of D = W + W / block bytes that lookups may
+  // also return dequantized (W values of a float dtype).
+  Quant quant;
+
+  // Values a row holds: D, or W for a quantized layer.
+  int64_t values_per_row() const {
+    return quant.enabled() ? embedding_dim / (quant.block + 1) * quant.block
+                           : embedding_dim;
+  }
 
   int num_heads() const { return static_cast<int>(table_vocab_sizes.size()); }
   size_t row_bytes() const {
@@ -46,6 +75,13 @@ inline constexpr int64_t kMaxTableRows = int64_t{1} << 40;
 
 // INVALID_ARGUMENT naming the broken invariant, or OK.
 absl::Status ValidateLayout(const LayerLayout& layout);
+
+// The spellings of load manifests, the API and the Python package:
+// "fp8_e4m3" weights with "ue8m0" scales. INVALID_ARGUMENT for others.
+absl::StatusOr<Quant> QuantFromNames(absl::string_view format,
+                                     absl::string_view scale, int64_t block);
+const char* QuantFormatName(QuantFormat format);  // "fp8_e4m3"
+const char* QuantScaleName(QuantFormat format);   // "ue8m0"
 
 // The store key of table `head` of `layer_id`: engram:l{layer}:h{head}.
 std::string StoreKey(int64_t layer_id, int head);

@@ -9,6 +9,10 @@ LookupPlan RowPlan(const LayerLayout& layout, DType out_dtype) {
   plan.stored_dtype = layout.dtype;
   plan.out_dtype = out_dtype;
   plan.dim = static_cast<size_t>(layout.embedding_dim);
+  if (layout.quant.enabled() && IsFloatDType(out_dtype)) {
+    plan.dim = static_cast<size_t>(layout.values_per_row());
+    plan.dequant_block = static_cast<size_t>(layout.quant.block);
+  }
   plan.stored_row_bytes = layout.row_bytes();
   plan.out_row_bytes = plan.dim * DTypeSize(out_dtype);
   return plan;
@@ -42,14 +46,16 @@ absl::StatusOr<LookupPlan> PlanLookup(const LayerLayout& layout,
   // The requested dtype must be producible even when as_values replaces it
   // with float32 values.
   const DType requested = args.output_dtype.value_or(layout.dtype);
-  if (!CanConvert(layout.dtype, requested)) {
+  // A quantized layer gives its bytes, or values of any float dtype.
+  const bool quantized = layout.quant.enabled();
+  if (!quantized && !CanConvert(layout.dtype, requested)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "output_dtype ", DTypeName(requested),
         " cannot be produced from layer ", args.layer_id, "'s ",
         DTypeName(layout.dtype),
         " rows; only float layers convert (float32/bfloat16/float16)"));
   }
-  if (args.as_values && !IsFloatDType(layout.dtype)) {
+  if (args.as_values && !IsFloatDType(layout.dtype) && !quantized) {
     return absl::InvalidArgumentError(
         absl::StrCat("as_values needs a float layer; layer ", args.layer_id,
                      " holds opaque uint8 rows"));

@@ -41,15 +41,22 @@ struct LookupPlan {
   LookupShape shape;
   DType stored_dtype = DType::kFloat32;
   DType out_dtype = DType::kFloat32;  // kFloat32 for as_values
-  size_t dim = 0;
+  size_t dim = 0;  // values per output row (W when dequantizing)
   size_t stored_row_bytes = 0;
   size_t out_row_bytes = 0;
   uint64_t out_bytes = 0;
+  // Set when a quantized layer's rows are returned as values: the block
+  // size of its scales (dim weights, then dim / block scale bytes).
+  size_t dequant_block = 0;
 
+  bool dequantizes() const { return dequant_block != 0; }
   bool converts() const { return out_dtype != stored_dtype; }
-  // Lands one stored row at `out` (out_row_bytes): a copy, or a conversion.
+  // Lands one stored row at `out` (out_row_bytes): a copy, a conversion or
+  // a dequantization.
   void PutRow(const uint8_t* stored, uint8_t* out) const {
-    if (converts()) {
+    if (dequantizes()) {
+      DequantizeFp8Row(stored, dim, dequant_block, out, out_dtype);
+    } else if (converts()) {
       ConvertElements(stored, stored_dtype, out, out_dtype, dim);
     } else {
       std::memcpy(out, stored, out_row_bytes);
@@ -65,7 +72,8 @@ absl::StatusOr<LookupPlan> PlanLookup(const LayerLayout& layout,
                                       const LookupArgs& args);
 
 // The plan of rows read for another lookup (peer reads, cluster routing):
-// no shape, only the conversion.
+// no shape, only the conversion (a float `out_dtype` of a quantized layer
+// dequantizes).
 LookupPlan RowPlan(const LayerLayout& layout, DType out_dtype);
 
 }  // namespace engram

@@ -42,13 +42,20 @@ inline size_t DTypeBytes(int dtype) {
   }
 }
 
+// The rows' dtype a view and a lookup compare: the quantization block is
+// part of it, so a layer replaced by one of another format is a changed
+// layout, never rows decoded the wrong way.
+inline int32_t ViewDType(int dtype, int quant_block) {
+  return dtype | (quant_block << 8);
+}
+
 // A ViewSpec as kernels read it (gpu.h). Plain data in device memory,
 // immutable once published.
 struct DeviceView {
   uint32_t state;
   int32_t heads;
   int64_t dim;
-  int32_t dtype;
+  int32_t dtype;  // ViewDType(dtype, quant_block)
   int32_t unused;
   uint64_t version;
   const uint8_t* tables[kMaxViewHeads];

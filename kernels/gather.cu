@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cuda_common.h"
 #include "common/float_convert.h"
+#include "kernels/cuda_common.h"
 #include "kernels/gpu.h"
 
 namespace engram::gpu {
@@ -22,6 +22,7 @@ using internal::DeviceView;
 using internal::DTypeBytes;
 using internal::kThreads;
 using internal::S;
+using internal::ViewDType;
 
 // How a row's work items map to bytes: a copy moves row_bytes / sizeof(V)
 // pieces, a conversion one element per item.
@@ -41,7 +42,7 @@ struct CopyRow {
   }
   template <typename Index>
   __device__ __forceinline__ static void Move(const uint8_t* src, uint8_t* dst,
-                                              Index item) {
+                                              Index item, Index /*items*/) {
     reinterpret_cast<V*>(dst)[item] =
         __ldg(reinterpret_cast<const V*>(src) + item);
   }
@@ -83,8 +84,26 @@ struct ConvertRow {
   }
   template <typename Index>
   __device__ __forceinline__ static void Move(const uint8_t* src, uint8_t* dst,
-                                              Index e) {
+                                              Index e, Index /*items*/) {
     StoreFromFloat<kOut>(dst, e, LoadAsFloat<kIn>(src, e));
+  }
+};
+
+// Dequantizing FP8 E4M3 / UE8M0 rows (W weight bytes, then W / kBlock
+// scale bytes): one value per item, computed as the CPU path computes it.
+template <int kOut, int kBlock>
+struct DequantRow {
+  static RowGeometry Geometry(int64_t dim, size_t /*in_size*/) {
+    const int64_t weights = dim / (kBlock + 1) * kBlock;
+    return {weights, dim, weights * FloatSize(kOut)};
+  }
+  template <typename Index>
+  __device__ __forceinline__ static void Move(const uint8_t* src, uint8_t* dst,
+                                              Index e, Index weights) {
+    const float weight = convert::Fp8E4M3ToFloat(__ldg(src + e));
+    const float scale =
+        convert::Ue8m0ToFloat(__ldg(src + weights + e / kBlock));
+    StoreFromFloat<kOut>(dst, e, convert::DequantFp8(weight, scale));
   }
 };
 
@@ -131,6 +150,40 @@ bool WithRowOp(int in_dtype, int out_dtype, uint64_t align, Fn&& fn) {
   }
 }
 
+// Calls fn(Op{}) with the dequantization of `block`-weight blocks to
+// out_dtype; false for blocks or dtypes without one.
+template <int kBlock, typename Fn>
+bool WithDequantOut(int out_dtype, Fn&& fn) {
+  switch (out_dtype) {
+    case 1:
+      fn(DequantRow<1, kBlock>{});
+      return true;
+    case 2:
+      fn(DequantRow<2, kBlock>{});
+      return true;
+    case 3:
+      fn(DequantRow<3, kBlock>{});
+      return true;
+    default:
+      return false;
+  }
+}
+template <typename Fn>
+bool WithDequantOp(int block, int out_dtype, Fn&& fn) {
+  switch (block) {
+    case 16:
+      return WithDequantOut<16>(out_dtype, fn);
+    case 32:
+      return WithDequantOut<32>(out_dtype, fn);
+    case 64:
+      return WithDequantOut<64>(out_dtype, fn);
+    case 128:
+      return WithDequantOut<128>(out_dtype, fn);
+    default:
+      return false;
+  }
+}
+
 // The grid-strided loop every gather runs: output row r (of total /
 // items_per_row) = tables[r mod heads][ids[r]]. An id outside the table is
 // never read: its row is left unwritten and *error becomes min(*error, r).
@@ -152,7 +205,8 @@ __device__ __forceinline__ void GatherRows(
       continue;
     }
     Op::Move(tables[h] + id * in_row_bytes,
-             out + static_cast<size_t>(row) * out_row_bytes, item);
+             out + static_cast<size_t>(row) * out_row_bytes, item,
+             items_per_row);
   }
 }
 
@@ -310,34 +364,39 @@ absl::Status LaunchViewGroup(const ViewGather* const* gathers, size_t count,
     align |= static_cast<uint64_t>(v->dim) * in_size | AddressBits(v->out);
   }
   absl::Status status;
+  auto launch = [&](auto op) {
+    using Op = decltype(op);
+    ViewParts parts{};
+    parts.count = static_cast<int>(count);
+    uint64_t largest = 0;
+    for (size_t i = 0; i < count; ++i) {
+      const ViewGather& v = *gathers[i];
+      ViewPart& p = parts.part[i];
+      p.slot = static_cast<unsigned long long*>(const_cast<void*>(v.slot));
+      p.ids = v.ids;
+      p.out = v.out;
+      p.status = reinterpret_cast<unsigned long long*>(v.status);
+      p.geo = Op::Geometry(v.dim, in_size);
+      p.total = static_cast<uint64_t>(v.num_ids) *
+                static_cast<uint64_t>(p.geo.items_per_row);
+      p.dim = v.dim;
+      p.heads = v.heads;
+      p.dtype = ViewDType(v.in_dtype, v.quant_block);
+      largest = std::max(largest, p.total);
+    }
+    status = largest < kSmallIndex
+                 ? LaunchViewParts<Op, uint32_t>(parts, largest, stream)
+                 : LaunchViewParts<Op, uint64_t>(parts, largest, stream);
+  };
   const bool known =
-      WithRowOp(first.in_dtype, first.out_dtype, align, [&](auto op) {
-        using Op = decltype(op);
-        ViewParts parts{};
-        parts.count = static_cast<int>(count);
-        uint64_t largest = 0;
-        for (size_t i = 0; i < count; ++i) {
-          const ViewGather& v = *gathers[i];
-          ViewPart& p = parts.part[i];
-          p.slot = static_cast<unsigned long long*>(const_cast<void*>(v.slot));
-          p.ids = v.ids;
-          p.out = v.out;
-          p.status = reinterpret_cast<unsigned long long*>(v.status);
-          p.geo = Op::Geometry(v.dim, in_size);
-          p.total = static_cast<uint64_t>(v.num_ids) *
-                    static_cast<uint64_t>(p.geo.items_per_row);
-          p.dim = v.dim;
-          p.heads = v.heads;
-          p.dtype = v.in_dtype;
-          largest = std::max(largest, p.total);
-        }
-        status = largest < kSmallIndex
-                     ? LaunchViewParts<Op, uint32_t>(parts, largest, stream)
-                     : LaunchViewParts<Op, uint64_t>(parts, largest, stream);
-      });
+      first.dequantize
+          ? WithDequantOp(first.quant_block, first.out_dtype, launch)
+          : WithRowOp(first.in_dtype, first.out_dtype, align, launch);
   if (!known) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "no conversion from dtype ", first.in_dtype, " to ", first.out_dtype));
+    return absl::InvalidArgumentError(
+        absl::StrCat("no ", first.dequantize ? "dequantization" : "conversion",
+                     " from dtype ", first.in_dtype, " (quantization block ",
+                     first.quant_block, ") to ", first.out_dtype));
   }
   return status;
 }
@@ -405,16 +464,21 @@ absl::Status LaunchViewGathers(const ViewGather* gathers, size_t count,
   std::vector<const ViewGather*> order;
   order.reserve(count);
   for (size_t i = 0; i < count; ++i) order.push_back(&gathers[i]);
-  std::stable_sort(order.begin(), order.end(),
-                   [](const ViewGather* a, const ViewGather* b) {
-                     return std::tie(a->in_dtype, a->out_dtype) <
-                            std::tie(b->in_dtype, b->out_dtype);
-                   });
+  std::stable_sort(
+      order.begin(), order.end(), [](const ViewGather* a, const ViewGather* b) {
+        return std::tie(a->in_dtype, a->out_dtype, a->dequantize,
+                        a->quant_block) < std::tie(b->in_dtype, b->out_dtype,
+                                                   b->dequantize,
+                                                   b->quant_block);
+      });
   for (size_t begin = 0; begin < order.size();) {
     size_t end = begin + 1;
     while (end < order.size() && end - begin < kMaxViewParts &&
            order[end]->in_dtype == order[begin]->in_dtype &&
-           order[end]->out_dtype == order[begin]->out_dtype) {
+           order[end]->out_dtype == order[begin]->out_dtype &&
+           order[end]->dequantize == order[begin]->dequantize &&
+           (!order[begin]->dequantize ||
+            order[end]->quant_block == order[begin]->quant_block)) {
       ++end;
     }
     if (absl::Status s =
@@ -425,6 +489,10 @@ absl::Status LaunchViewGathers(const ViewGather* gathers, size_t count,
     begin = end;
   }
   return absl::OkStatus();
+}
+
+bool CanDequantizeBlock(int block) {
+  return WithDequantOp(block, 1, [](auto) {});
 }
 
 absl::Status LaunchViewGather(const ViewGather& launch, Stream stream) {

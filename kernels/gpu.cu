@@ -305,7 +305,7 @@ absl::StatusOr<void*> CreateView(const ViewSpec& spec, Stream stream) {
   v.state = spec.state;
   v.heads = spec.heads;
   v.dim = spec.dim;
-  v.dtype = spec.dtype;
+  v.dtype = internal::ViewDType(spec.dtype, spec.quant_block);
   v.version = spec.version;
   for (size_t h = 0; h < spec.tables.size(); ++h) {
     v.tables[h] = spec.tables[h];

@@ -137,7 +137,8 @@ struct ViewSpec {
   uint32_t state = kViewPresent;
   int heads = 0;
   int64_t dim = 0;
-  int dtype = 1;  // engram::DType of the rows stored
+  int dtype = 1;        // engram::DType of the rows stored
+  int quant_block = 0;  // the layer's quantization block; 0: none
   uint64_t version = 0;
   std::vector<const uint8_t*> tables;  // device-readable, one per head
   std::vector<int64_t> vocab;          // rows per head
@@ -181,9 +182,18 @@ struct ViewGather {
   int64_t dim = 0;
   int in_dtype = 1;
   int out_dtype = 1;
+  // The layer's quantization block as the caller knows it (0: none): a
+  // view of another one is a changed layout.
+  int quant_block = 0;
+  // Rows are FP8 E4M3 weights plus UE8M0 scales (dim = W + W / quant_block
+  // bytes), returned as W values of the float out_dtype (common/dtype.h's
+  // DequantizeFp8Row, bit for bit). Blocks of 16, 32, 64 or 128.
+  bool dequantize = false;
   uint8_t* out = nullptr;
   uint64_t* status = nullptr;  // kStatusWords device words
 };
+// Whether the view gathers dequantize blocks of `block` weights.
+bool CanDequantizeBlock(int block);
 // Enqueues `gathers` on `stream` as one cooperative kernel per group of up
 // to 8 lookups with the same dtypes (a decode step's layers: one launch).
 // Each lookup reads one version, whatever is published meanwhile; no host

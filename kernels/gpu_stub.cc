@@ -66,6 +66,7 @@ absl::Status LaunchViewGathers(const ViewGather*, size_t, Stream) {
   return NotBuilt();
 }
 absl::Status LaunchViewGather(const ViewGather&, Stream) { return NotBuilt(); }
+bool CanDequantizeBlock(int) { return false; }
 absl::Status BeginCapture(Stream) { return NotBuilt(); }
 absl::StatusOr<GraphExec> EndCapture(Stream) { return NotBuilt(); }
 absl::Status GraphLaunch(GraphExec, Stream) { return NotBuilt(); }

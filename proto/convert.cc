@@ -20,11 +20,25 @@ LayerLayout LayoutOf(const v1::LayerConfig& config) {
                                   config.table_vocab_sizes().end());
   layout.embedding_dim = config.embedding_dim();
   layout.dtype = DTypeFromProto(config.dtype());
+  if (config.has_quant()) {
+    // A server's own reply spells a known format; anything else reads as
+    // unquantized here and is refused by LayoutFromConfig.
+    absl::StatusOr<Quant> quant =
+        QuantFromNames(config.quant().format(), config.quant().scale(),
+                       config.quant().block());
+    if (quant.ok()) layout.quant = *quant;
+  }
   return layout;
 }
 
 absl::StatusOr<LayerLayout> LayoutFromConfig(const v1::LayerConfig& config) {
   LayerLayout layout = LayoutOf(config);
+  if (config.has_quant()) {
+    absl::StatusOr<Quant> quant =
+        QuantFromNames(config.quant().format(), config.quant().scale(),
+                       config.quant().block());
+    if (!quant.ok()) return WithContext(quant.status(), "config.quant");
+  }
   if (absl::Status s = ValidateLayout(layout); !s.ok()) return s;
   return layout;
 }
@@ -34,6 +48,13 @@ void LayoutToConfig(const LayerLayout& layout, v1::LayerConfig* config) {
   for (int64_t n : layout.table_vocab_sizes) config->add_table_vocab_sizes(n);
   config->set_embedding_dim(layout.embedding_dim);
   config->set_dtype(DTypeToProto(layout.dtype));
+  config->clear_quant();
+  if (layout.quant.enabled()) {
+    v1::QuantConfig* quant = config->mutable_quant();
+    quant->set_format(QuantFormatName(layout.quant.format));
+    quant->set_scale(QuantScaleName(layout.quant.format));
+    quant->set_block(layout.quant.block);
+  }
 }
 
 void FillLayerInfo(int64_t layer_id, const LayerLayout& layout,

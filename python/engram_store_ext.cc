@@ -28,6 +28,15 @@ py::dict Describe(const LayerDescription& d) {
   info["table_vocab_sizes"] = d.layout.table_vocab_sizes;
   info["embedding_dim"] = d.layout.embedding_dim;
   info["dtype"] = std::string(DTypeName(d.layout.dtype));
+  if (d.layout.quant.enabled()) {
+    py::dict quant;
+    quant["format"] = std::string(QuantFormatName(d.layout.quant.format));
+    quant["scale"] = std::string(QuantScaleName(d.layout.quant.format));
+    quant["block"] = d.layout.quant.block;
+    info["quant"] = quant;
+  } else {
+    info["quant"] = py::none();
+  }
   info["store_keys"] = d.store_keys;
   info["bytes"] = d.bytes;
   info["version"] = d.version;
@@ -231,8 +240,15 @@ PYBIND11_MODULE(_engram_store, m) {
           [](Client& c, int64_t layer_id, const std::vector<py::buffer>& tables,
              const std::vector<int64_t>& vocab, int64_t dim,
              const std::string& dtype, bool replace,
-             std::optional<py::function> progress) {
+             std::optional<py::function> progress,
+             std::optional<std::tuple<std::string, std::string, int64_t>>
+                 quant) {
             LayerLayout layout{vocab, dim, *ParseDType(dtype)};
+            if (quant) {
+              layout.quant = Unwrap(QuantFromNames(std::get<0>(*quant),
+                                                   std::get<1>(*quant),
+                                                   std::get<2>(*quant)));
+            }
             std::vector<std::span<const uint8_t>> spans;
             for (const py::buffer& t : tables) spans.push_back(Bytes(t, false));
             PopulateProgress on_progress = nullptr;
@@ -252,7 +268,7 @@ PYBIND11_MODULE(_engram_store, m) {
           },
           py::arg("layer_id"), py::arg("tables"), py::arg("vocab"),
           py::arg("dim"), py::arg("dtype"), py::arg("replace"),
-          py::arg("progress"))
+          py::arg("progress"), py::arg("quant"))
       .def(
           "lookup_into",
           [](Client& c, int64_t layer_id, const py::buffer& ids,

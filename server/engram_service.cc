@@ -147,8 +147,9 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
 EngramService::Backend EngramService::BackendFor(const LookupCall& call,
                                                  bool allow_gpu) const {
   if (cluster_ != nullptr) return Backend::kCluster;
+  // The GPU tier's gather copies and converts; dequantizing stays here.
   if (allow_gpu && gpu_ != nullptr && call.layer->gpu_mirror() != nullptr &&
-      call.shape.num_ids() >= limits_.gpu_min_rows) {
+      !call.dequantizes && call.shape.num_ids() >= limits_.gpu_min_rows) {
     return Backend::kGpu;
   }
   return Backend::kLocal;
@@ -204,10 +205,9 @@ void EngramService::ServeRows(const grpc::CallbackServerContext& context,
                               grpc::ServerUnaryReactor* reactor,
                               grpc::ByteBuffer* response,
                               std::shared_ptr<LookupCall> call) {
-  const LayerLayout& layout = call->layer->layout();
   const int64_t num_ids = call->shape.num_ids();
   const std::vector<int64_t> shape = {call->shape.batch, call->shape.length,
-                                      call->shape.heads, layout.embedding_dim};
+                                      call->shape.heads, call->out_dim};
   const size_t out_bytes = static_cast<size_t>(num_ids) * call->out_row_bytes;
   const size_t header_bytes = wire::LookupResponseHeaderSize(shape, out_bytes);
   std::shared_ptr<PendingResponses::Charge> charge;
@@ -269,12 +269,11 @@ void EngramService::ServeValues(const grpc::CallbackServerContext& context,
                                 grpc::ByteBuffer* response,
                                 std::shared_ptr<LookupCall> call) {
   // Debugging path (grpcurl): readable float32 values in a protobuf.
-  const LayerLayout& layout = call->layer->layout();
   const int64_t num_ids = call->shape.num_ids();
   // Charged like rows: the values (4 bytes each) and, at the peak, their
   // serialized copy, until gRPC has sent it.
   const size_t values_bytes =
-      static_cast<size_t>(num_ids * layout.embedding_dim) * sizeof(float);
+      static_cast<size_t>(num_ids * call->out_dim) * sizeof(float);
   std::shared_ptr<PendingResponses::Charge> charge;
   if (pending_ != nullptr) {
     auto reserved =
@@ -287,12 +286,12 @@ void EngramService::ServeValues(const grpc::CallbackServerContext& context,
   }
   auto message = std::make_shared<v1::LookupResponse>();
   for (int64_t d : {call->shape.batch, call->shape.length, call->shape.heads,
-                    layout.embedding_dim}) {
+                    call->out_dim}) {
     message->add_shape(d);
   }
   message->set_dtype(v1::DTYPE_FLOAT32);
-  message->mutable_values()->Resize(
-      static_cast<int>(num_ids * layout.embedding_dim), 0.0f);
+  message->mutable_values()->Resize(static_cast<int>(num_ids * call->out_dim),
+                                    0.0f);
   auto* values =
       reinterpret_cast<uint8_t*>(message->mutable_values()->mutable_data());
   // Big gathers finish on the pool, so the serialization runs there too.

@@ -77,6 +77,8 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
   if (!plan.ok()) return plan.status();
   call->shape = plan->shape;
   call->out_dtype = plan->out_dtype;
+  call->out_dim = static_cast<int64_t>(plan->dim);
+  call->dequantizes = plan->dequantizes();
   call->out_row_bytes = plan->out_row_bytes;
   return ValidateRowIds(layout, call->shape, call->ids);
 }

@@ -35,6 +35,8 @@ struct LookupCall {
   const int64_t* ids = nullptr;
   std::vector<int64_t> ids_copy;  // only for ids that must be realigned
   DType out_dtype = DType::kFloat32;
+  int64_t out_dim = 0;  // values per returned row (W when dequantizing)
+  bool dequantizes = false;
   size_t out_row_bytes = 0;
   std::chrono::steady_clock::time_point start;
 };

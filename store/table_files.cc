@@ -73,12 +73,16 @@ std::string EncodeMeta(int64_t id, uint64_t version, const LayerLayout& l,
   std::string m(kMetaMagic, 8);
   const uint32_t format = kMetaFormat, heads = l.num_heads();
   const int32_t dtype = static_cast<int32_t>(l.dtype), pad = 0;
+  // Once padding: 0, or the quantization format | block << 8 (an engramd
+  // from before quantized layers reads the same rows as plain uint8).
+  const uint32_t quant = static_cast<uint32_t>(l.quant.format) |
+                         (static_cast<uint32_t>(l.quant.block) << 8);
   Append(&m, &format, 4);
   Append(&m, &heads, 4);
   Append(&m, &id, 8);
   Append(&m, &version, 8);
   Append(&m, &dtype, 4);
-  Append(&m, &pad, 4);
+  Append(&m, &quant, 4);
   Append(&m, &l.embedding_dim, 8);
   Append(&m, &shape.shards, 4);
   Append(&m, &shape.replication, 4);
@@ -88,9 +92,9 @@ std::string EncodeMeta(int64_t id, uint64_t version, const LayerLayout& l,
     Append(&m, &l.table_vocab_sizes[h], 8);
     Append(&m, &checksums[h], 8);
   }
-  const uint64_t sum = TableChecksum::Of(
-      ChecksumKind::kXxh3, reinterpret_cast<const uint8_t*>(m.data()),
-      m.size());
+  const uint64_t sum =
+      TableChecksum::Of(ChecksumKind::kXxh3,
+                        reinterpret_cast<const uint8_t*>(m.data()), m.size());
   Append(&m, &sum, 8);
   return m;
 }
@@ -123,17 +127,20 @@ absl::StatusOr<StoredLayer> DecodeMeta(const std::string& m) {
   }
   uint64_t sum;
   read(m.size() - 8, &sum, 8);
-  if (sum != TableChecksum::Of(kind,
-                               reinterpret_cast<const uint8_t*>(m.data()),
+  if (sum != TableChecksum::Of(kind, reinterpret_cast<const uint8_t*>(m.data()),
                                m.size() - 8)) {
     return bad("checksum does not match (damaged)");
   }
   StoredLayer s;
   s.checksum_kind = kind;
   int32_t dtype;
+  uint32_t quant;
   read(16, &s.layer_id, 8);
   read(24, &s.version, 8);
   read(32, &dtype, 4);
+  read(36, &quant, 4);
+  s.layout.quant.format = static_cast<QuantFormat>(quant & 0xffu);
+  s.layout.quant.block = static_cast<int32_t>(quant >> 8);
   read(40, &s.layout.embedding_dim, 8);
   read(48, &s.shape.shards, 4);
   read(52, &s.shape.replication, 4);
@@ -258,9 +265,9 @@ absl::StatusOr<std::vector<uint64_t>> VerifyHeads(
 absl::Status UpgradeMeta(const StoredLayer& stored,
                          const std::vector<uint64_t>& xxh3) {
   const std::string tmp = absl::StrCat(stored.path, "/.meta-", Nonce());
-  if (absl::Status s = WriteFileSynced(
-          tmp, EncodeMeta(stored.layer_id, stored.version, stored.layout,
-                          stored.shape, xxh3));
+  if (absl::Status s =
+          WriteFileSynced(tmp, EncodeMeta(stored.layer_id, stored.version,
+                                          stored.layout, stored.shape, xxh3));
       !s.ok()) {
     return s;
   }
@@ -456,7 +463,8 @@ absl::StatusOr<DataDirScan> ScanDataDir(const std::string& dir,
       refuse(path, absl::StrCat(path, "/meta: ", why));
       continue;
     }
-    absl::StatusOr<std::string> meta = ReadWholeFile(path + "/meta", {.no_follow = true});
+    absl::StatusOr<std::string> meta =
+        ReadWholeFile(path + "/meta", {.no_follow = true});
     if (!meta.ok()) {
       refuse(path, std::string(meta.status().message()));
       continue;

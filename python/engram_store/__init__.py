@@ -104,10 +104,22 @@ class LayerInfo:
     store_keys: List[str]
     bytes: int
     version: int  # 1 at first commit, +1 per replace
+    # None, or how uint8 rows encode numbers: {"format": "fp8_e4m3",
+    # "scale": "ue8m0", "block": 32} (docs/tables.md, quantized layers).
+    quant: Optional[dict] = None
 
     @property
     def num_heads(self) -> int:
         return len(self.table_vocab_sizes)
+
+    @property
+    def values_per_row(self) -> int:
+        """Values a float lookup returns per row: D, or the weights of a
+        quantized row (256 of DeepSeek's 264 bytes)."""
+        if self.quant is None:
+            return self.embedding_dim
+        block = self.quant["block"]
+        return self.embedding_dim // (block + 1) * block
 
 
 @atexit.register
@@ -201,6 +213,21 @@ def _info(d: dict) -> LayerInfo:
     return LayerInfo(**d)
 
 
+def _layout_of(info: LayerInfo):
+    return (info.embedding_dim, info.dtype, info.values_per_row)
+
+
+def _quant_triple(quant: Optional[dict]):
+    """(format, scale, block) of a ``quant`` argument, or None."""
+    if quant is None:
+        return None
+    if not isinstance(quant, dict) or set(quant) != {"format", "scale",
+                                                      "block"}:
+        raise ValueError('quant must be {"format": "fp8_e4m3", "scale": '
+                         f'"ue8m0", "block": 32}}; got {quant!r}')
+    return (str(quant["format"]), str(quant["scale"]), int(quant["block"]))
+
+
 def _call(fn, *args):
     try:
         return fn(*args)
@@ -246,7 +273,7 @@ class Client:
         self._c = _call(_ext.Client.connect, address, float(timeout_s),
                         int(num_channels), bool(direct_reads),
                         _security(locals()))
-        self._layouts = {}  # layer id -> (D, dtype), see _layout()
+        self._layouts = {}  # layer id -> (D, dtype, values), see _layout()
 
     @classmethod
     def cluster(cls, addresses: Sequence[str], replication: int, *,
@@ -267,14 +294,19 @@ class Client:
     # -- layers ------------------------------------------------------------
     def populate(self, layer_id: int, tables: Sequence[np.ndarray], *,
                  dtype: Optional[str] = None, replace: bool = False,
-                 progress: Optional[Callable[[int, int], None]] = None
-                 ) -> LayerInfo:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 quant: Optional[dict] = None) -> LayerInfo:
         """Creates (or with ``replace`` replaces) a layer.
 
         ``tables``: one C-contiguous ``[N_h, D]`` array per head, all of one
         dtype (float32, float16, uint8; bfloat16 as ``dtype='bfloat16'`` over
         uint16 arrays). ``progress(sent_bytes, total_bytes)`` is called as
         the rows stream. Create-only unless ``replace``.
+
+        ``quant``: uint8 rows that are quantized numbers, e.g. DeepSeek's
+        ``{"format": "fp8_e4m3", "scale": "ue8m0", "block": 32}`` over
+        ``[N_h, 264]`` rows (256 weights, 8 scales); float lookups of such a
+        layer return the 256 dequantized values.
         """
         if isinstance(tables, np.ndarray) or not len(tables):
             raise ValueError("tables must be a non-empty list of [N_h, D] "
@@ -304,8 +336,8 @@ class Client:
                             f"arrays; got {arrays[0].dtype}")
         info = _info(_call(self._c.populate, int(layer_id), arrays,
                            [int(a.shape[0]) for a in arrays], int(dim), name,
-                           bool(replace), progress))
-        self._layouts[info.layer_id] = (info.embedding_dim, info.dtype)
+                           bool(replace), progress, _quant_triple(quant)))
+        self._layouts[info.layer_id] = _layout_of(info)
         return info
 
     def _prepare(self, layer_id, ids, out, output_dtype):
@@ -319,11 +351,13 @@ class Client:
             raise ValueError(f"output_dtype must be one of "
                              f"{sorted(_NUMPY_DTYPES)}; got {output_dtype!r}")
         if out is None:
-            dim, stored = self._layout(layer_id)
+            dim, stored, values = self._layout(layer_id)
             # The dtype goes to the server explicitly: if the layer changed
             # under the cached layout, the server refuses the call (and
             # lookup() refreshes) instead of filling `out` with other rows.
             output_dtype = output_dtype or stored
+            if output_dtype != "uint8":
+                dim = values  # a quantized layer's values, dequantized
             out = np.empty(ids.shape + (dim,),
                            dtype=_NUMPY_DTYPES[output_dtype])
         else:
@@ -342,12 +376,11 @@ class Client:
         return ids, out, output_dtype
 
     def _layout(self, layer_id: int, refresh: bool = False):
-        """(D, stored dtype) of a layer, asked once and cached: lookups
-        without ``out`` need it to size their result."""
+        """(D, stored dtype, values per row) of a layer, asked once and
+        cached: lookups without ``out`` need it to size their result."""
         layout = None if refresh else self._layouts.get(layer_id)
         if layout is None:
-            info = self.describe(layer_id)
-            layout = (info.embedding_dim, info.dtype)
+            layout = _layout_of(self.describe(layer_id))
             self._layouts[layer_id] = layout
         return layout
 

@@ -74,14 +74,13 @@ TEST(JsonTest, ParsesValuesAndNamesWhereItBreaks) {
 TEST(JsonTest, RepeatedKeysAndDeepNestingAreRefused) {
   EXPECT_THAT(ParseJson(R"({"a": 1, "a": 2})", "t").status().message(),
               HasSubstr("the key \"a\" appears twice"));
-  EXPECT_THAT(
-      ParseJson(R"({"x": [{"b": {}, "c": 1, "b": 3}], "b": 0})", "t")
-          .status()
-          .message(),
-      HasSubstr("the key \"b\" appears twice"));
-  EXPECT_TRUE(ParseJson(R"({"a": {"a": {"a": 1}}, "b": [{"a": 1}, {"a": 2}]})",
-                        "t")
-                  .ok());
+  EXPECT_THAT(ParseJson(R"({"x": [{"b": {}, "c": 1, "b": 3}], "b": 0})", "t")
+                  .status()
+                  .message(),
+              HasSubstr("the key \"b\" appears twice"));
+  EXPECT_TRUE(
+      ParseJson(R"({"a": {"a": {"a": 1}}, "b": [{"a": 1}, {"a": 2}]})", "t")
+          .ok());
   EXPECT_THAT(ParseJson(std::string(100, '['), "t").status().message(),
               HasSubstr("nesting deeper than 64"));
   EXPECT_TRUE(ParseJson(std::string(60, '[') + std::string(60, ']'), "t").ok());
@@ -204,6 +203,44 @@ TEST(LayerReaderTest, MismatchesAreRefusedWithTheNumbers) {
   const std::string shard = dir.path() + "/model-00002-of-00002.safetensors";
   std::filesystem::resize_file(shard, std::filesystem::file_size(shard) - 3);
   EXPECT_THAT(refuse(entry), HasSubstr("(truncated?)"));
+}
+
+TEST(ManifestTest, AQuantMemberDeclaresQuantizedRows) {
+  TempDir dir;
+  testing::WriteText(dir.path() + "/a.npy", "x");
+  auto parse = [&](const std::string& quant, const std::string& dim = "264") {
+    return ParseLoadManifest(
+        absl::StrCat(R"({"layers": [{"layer_id": 4, "dtype": "uint8",
+                     "embedding_dim": )",
+                     dim, R"(, "table_vocab_sizes": [3], "quant": )", quant,
+                     R"(, "source": {"format": "npy", "files": ["a.npy"]}}]})"),
+        dir.path(), dir.path());
+  };
+  auto good = parse(R"({"format": "fp8_e4m3", "scale": "ue8m0", "block": 32})");
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(good->layers[0].layout.quant,
+            (Quant{QuantFormat::kFp8E4M3Ue8m0, 32}));
+  auto refused = [&](const std::string& quant, const std::string& dim = "264") {
+    auto m = parse(quant, dim);
+    EXPECT_FALSE(m.ok()) << quant;
+    return std::string(m.status().message());
+  };
+  EXPECT_THAT(refused("32"), HasSubstr("\"quant\" must be {"));
+  EXPECT_THAT(refused(R"({"format": "fp8_e4m3", "scale": "ue8m0"})"),
+              HasSubstr("\"quant\" must be {"));
+  EXPECT_THAT(refused(R"({"format": "fp8_e4m3", "scale": "ue8m0", "block": 32,
+                  "zero_point": 0})"),
+              HasSubstr("quant has an unknown member \"zero_point\""));
+  EXPECT_THAT(refused(R"({"format": "fp8_e5m2", "scale": "ue8m0",
+                          "block": 32})"),
+              HasSubstr("layer 4: quantization format \"fp8_e5m2\""));
+  EXPECT_THAT(refused(R"({"format": "fp8_e4m3", "scale": "ue8m0",
+                          "block": 1.5})"),
+              HasSubstr("quant.block"));
+  EXPECT_THAT(refused(R"({"format": "fp8_e4m3", "scale": "ue8m0",
+                          "block": 32})",
+                      "256"),
+              HasSubstr("a multiple of 33"));
 }
 
 TEST(ManifestTest, RefusesMalformedEntriesAndPathsOutsideTheRoot) {

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstring>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "client/client.h"
@@ -79,8 +80,9 @@ class DeviceLookupTest : public ::testing::Test {
     const int64_t heads = l.num_heads();
     const int64_t shape[] = {static_cast<int64_t>(ids.size()) / heads, 1,
                              heads};
-    std::vector<uint8_t> out(ids.size() * l.embedding_dim *
-                             DTypeSize(out_dtype));
+    const int64_t dim =
+        out_dtype == DType::kUInt8 ? l.embedding_dim : l.values_per_row();
+    std::vector<uint8_t> out(ids.size() * dim * DTypeSize(out_dtype));
     EXPECT_TRUE(client_->Lookup(layer, ids, shape, out, out_dtype).ok());
     return out;
   }
@@ -192,20 +194,25 @@ class DeviceLookupPathTest : public DeviceLookupTest,
   }
 };
 
-// Every stored dtype and every conversion, ids in device, pinned and
-// pageable memory: bit-identical to Lookup, on the path the server allows.
+// Every stored dtype and every conversion (and dequantization), ids in
+// device, pinned and pageable memory: bit-identical to Lookup, on the path
+// the server allows.
 TEST_P(DeviceLookupPathTest, RowsMatchTheRpcLookupForEveryDtype) {
   Start(GetParam().flags);
-  const std::vector<std::pair<DType, int64_t>> stored = {
-      {DType::kFloat32, 64},
-      {DType::kBFloat16, 64},
-      {DType::kFloat16, 128},
-      {DType::kUInt8, 264}};  // fused FP8 weight + scale rows
+  constexpr Quant kDeepSeek{QuantFormat::kFp8E4M3Ue8m0, 32};
+  const std::vector<std::tuple<DType, int64_t, Quant>> stored = {
+      {DType::kFloat32, 64, {}},
+      {DType::kBFloat16, 64, {}},
+      {DType::kFloat16, 128, {}},
+      {DType::kUInt8, 264, {}},         // opaque FP8 weight + scale rows
+      {DType::kUInt8, 264, kDeepSeek},  // the same, dequantized
+      {DType::kUInt8, 258, {QuantFormat::kFp8E4M3Ue8m0, 128}}};
   auto stream = gpu::StreamCreate();
   ASSERT_TRUE(stream.ok());
   int64_t layer = 10;
-  for (const auto& [dtype, dim] : stored) {
+  for (const auto& [dtype, dim, quant] : stored) {
     LayerLayout l{{5000, 3000, 7000, 1000}, dim, dtype};
+    l.quant = quant;
     auto tables = testing::RandomTables(l, layer);
     ASSERT_TRUE(client_->Populate(layer, l, testing::Spans(tables)).ok());
     absl::StatusOr<DevicePath> prepared = client_->PrepareDeviceLookups(layer);
@@ -222,6 +229,9 @@ TEST_P(DeviceLookupPathTest, RowsMatchTheRpcLookupForEveryDtype) {
     std::vector<DType> outs = {dtype};
     if (IsFloatDType(dtype)) {
       outs = {DType::kFloat32, DType::kBFloat16, DType::kFloat16};
+    } else if (quant.enabled()) {
+      outs = {DType::kUInt8, DType::kFloat32, DType::kBFloat16,
+              DType::kFloat16};
     }
     for (DType out_dtype : outs) {
       const std::vector<uint8_t> want = Reference(layer, l, ids, out_dtype);
@@ -243,7 +253,8 @@ TEST_P(DeviceLookupPathTest, RowsMatchTheRpcLookupForEveryDtype) {
         EXPECT_EQ(path, GetParam().path);
         ASSERT_TRUE(client_->DeviceLookupResult(r).ok());
         EXPECT_TRUE(out.Read() == want)
-            << DTypeName(dtype) << " -> " << DTypeName(out_dtype);
+            << DTypeName(dtype) << " (quant block " << quant.block << ") -> "
+            << DTypeName(out_dtype);
       }
     }
     // An id out of range: the status names it, nothing else breaks.

@@ -76,5 +76,44 @@ TEST(LayoutTest, RowIdsNameTheOffendingPosition) {
   ExpectInvalid(ValidateRowIds(l, shape, ids.data()), "row_ids[0, 2, 0] = -1");
 }
 
+TEST(LayoutTest, QuantizedLayersAreUint8RowsOfWeightsAndScales) {
+  LayerLayout l{{10}, 264, DType::kUInt8};
+  l.quant = {QuantFormat::kFp8E4M3Ue8m0, 32};
+  EXPECT_TRUE(ValidateLayout(l).ok()) << ValidateLayout(l);
+  EXPECT_EQ(l.values_per_row(), 256);
+  EXPECT_EQ(l.row_bytes(), 264u);
+  l.quant.block = 128;  // 258 is not 256 + 2: 264 % 129 != 0
+  ExpectInvalid(ValidateLayout(l), "multiple of 129");
+  l.embedding_dim = 258;
+  EXPECT_TRUE(ValidateLayout(l).ok());
+  EXPECT_EQ(l.values_per_row(), 256);
+  l.quant.block = 0;
+  ExpectInvalid(ValidateLayout(l), "block = 0 must be in [1, 65536]");
+  l.quant = {QuantFormat::kFp8E4M3Ue8m0, 32};
+  l.embedding_dim = 264;
+  l.dtype = DType::kBFloat16;
+  ExpectInvalid(ValidateLayout(l), "stores uint8 row bytes, not bfloat16");
+  l.dtype = DType::kUInt8;
+  l.quant = {QuantFormat::kNone, 32};
+  ExpectInvalid(ValidateLayout(l), "block without a quantization format");
+  l.quant = {static_cast<QuantFormat>(9), 32};
+  ExpectInvalid(ValidateLayout(l), "format 9 is not known");
+}
+
+TEST(LayoutTest, QuantSpellings) {
+  absl::StatusOr<Quant> q = QuantFromNames("fp8_e4m3", "ue8m0", 32);
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ(*q, (Quant{QuantFormat::kFp8E4M3Ue8m0, 32}));
+  EXPECT_STREQ(QuantFormatName(q->format), "fp8_e4m3");
+  EXPECT_STREQ(QuantScaleName(q->format), "ue8m0");
+  ExpectInvalid(QuantFromNames("int4", "ue8m0", 32).status(),
+                "format \"int4\" is not known");
+  ExpectInvalid(QuantFromNames("fp8_e4m3", "e5m2", 32).status(),
+                "scale \"e5m2\" is not known");
+  ExpectInvalid(QuantFromNames("fp8_e4m3", "ue8m0", -1).status(), "block = -1");
+  ExpectInvalid(QuantFromNames("fp8_e4m3", "ue8m0", int64_t{1} << 40).status(),
+                "block = 1099511627776");
+}
+
 }  // namespace
 }  // namespace engram

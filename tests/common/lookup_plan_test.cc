@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -99,6 +100,73 @@ TEST(LookupPlanTest, PutRowCopiesOrConverts) {
   uint16_t halves[4];
   std::memcpy(halves, out.data(), 8);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(BFloat16ToFloat(halves[i]), row[i]);
+}
+
+LayerLayout QuantLayer() {
+  LayerLayout l{{5, 6}, 264, DType::kUInt8};
+  l.quant = {QuantFormat::kFp8E4M3Ue8m0, 32};
+  return l;
+}
+
+TEST(LookupPlanTest, AQuantizedLayerGivesBytesOrDequantizedValues) {
+  const LayerLayout layer = QuantLayer();
+  absl::StatusOr<LookupPlan> bytes =
+      PlanLookup(layer, {.layer_id = 3, .num_ids = 4});
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  EXPECT_FALSE(bytes->dequantizes());
+  EXPECT_EQ(bytes->out_row_bytes, 264u);
+  for (DType to : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    LookupArgs args{.layer_id = 3, .num_ids = 4};
+    args.output_dtype = to;
+    absl::StatusOr<LookupPlan> values = PlanLookup(layer, args);
+    ASSERT_TRUE(values.ok()) << values.status();
+    EXPECT_TRUE(values->dequantizes());
+    EXPECT_EQ(values->dim, 256u);
+    EXPECT_EQ(values->out_row_bytes, 256 * DTypeSize(to));
+    EXPECT_EQ(values->out_bytes, 4 * 256 * DTypeSize(to));
+  }
+  LookupArgs as_values{.layer_id = 3, .num_ids = 2, .as_values = true};
+  absl::StatusOr<LookupPlan> v = PlanLookup(layer, as_values);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->out_dtype, DType::kFloat32);
+  EXPECT_EQ(v->dim, 256u);
+  // A plain uint8 layer still has no values.
+  LayerLayout plain = layer;
+  plain.quant = {};
+  ExpectRefused(PlanLookup(plain, as_values),
+                absl::StatusCode::kInvalidArgument, "as_values needs");
+}
+
+TEST(LookupPlanTest, PutRowDequantizesBlockByBlock) {
+  // Block 0 scale 2^0, block 1 2^-127 (code 0), block 2 NaN, the rest 2^3.
+  std::vector<uint8_t> row(264, 0);
+  for (int i = 0; i < 256; ++i) row[i] = static_cast<uint8_t>(i);
+  row[256] = 127;
+  row[257] = 0;
+  row[258] = 255;
+  for (int b = 3; b < 8; ++b) row[256 + b] = 130;
+  std::vector<float> out(256);
+  RowPlan(QuantLayer(), DType::kFloat32)
+      .PutRow(row.data(), reinterpret_cast<uint8_t*>(out.data()));
+  EXPECT_EQ(out[0], 0.0f);
+  EXPECT_EQ(out[1], std::ldexp(1.0f, -9));  // smallest subnormal
+  EXPECT_EQ(out[8], std::ldexp(1.0f, -6));  // smallest normal
+  EXPECT_EQ(out[0x1f], 1.875f * std::ldexp(1.0f, -4));
+  EXPECT_EQ(out[0x20], std::ldexp(1.0f, -3 - 127));  // 2^-3 * 2^-127
+  for (int i = 64; i < 96; ++i) EXPECT_TRUE(std::isnan(out[i])) << i;
+  EXPECT_EQ(out[0x78], 256.0f * 8);    // 2^8 * 2^3
+  EXPECT_EQ(out[0x7e], 448.0f * 8);    // the largest E4M3
+  EXPECT_TRUE(std::isnan(out[0x7f]));  // S.1111.111
+  EXPECT_EQ(out[0xb8], -1.0f * 8);     // 0xb8 = -1.0
+  EXPECT_TRUE(std::isnan(out[0xff]));
+  uint32_t nan_bits;
+  std::memcpy(&nan_bits, &out[0xff], 4);
+  EXPECT_EQ(nan_bits, 0x7fc00000u);  // canonical, not negative
+  std::vector<uint16_t> bf16(256);
+  RowPlan(QuantLayer(), DType::kBFloat16)
+      .PutRow(row.data(), reinterpret_cast<uint8_t*>(bf16.data()));
+  EXPECT_EQ(bf16[0x7e], 0x4560);  // 3584 = 1.75 * 2^11
+  EXPECT_EQ(bf16[0xff], 0x7fc0);
 }
 
 }  // namespace

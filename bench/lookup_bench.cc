@@ -4,7 +4,7 @@
 //
 //   build/bench/lookup_bench [--seconds=2] [--callers=4] [--channels=1]
 //                            [--compare_gpu_tier | --cluster | --peer_gather |
-//                             --baseline_engramd=PATH]
+//                             --quant | --baseline_engramd=PATH]
 //                            [--engramd=PATH]
 #include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
@@ -46,6 +46,8 @@ ABSL_FLAG(bool, cluster, false,
           "a single node against a 3-shard cluster, by peer read path");
 ABSL_FLAG(bool, peer_gather, false,
           "the peer Gather call against raw TCP of the same bytes");
+ABSL_FLAG(bool, quant, false,
+          "DeepSeek-shaped FP8 rows returned packed against dequantized");
 ABSL_FLAG(bool, serve_echo, false,
           "(internal) serve the echo service the comparison runs against");
 ABSL_FLAG(std::string, port_file, "", "(internal) with --serve_echo");
@@ -162,7 +164,7 @@ void PrintRow(const char* name, const Shape& s, const RunStats& r) {
               r.calls_per_s(), r.p50_us, r.p99_us);
 }
 
-std::string engramd_path;  // --engramd
+std::string engramd_path;   // --engramd
 std::string baseline_path;  // --baseline_engramd
 
 // The same lookups against a plain engramd (the baseline build, when
@@ -437,6 +439,77 @@ int ComparePeerGather(double seconds, int callers) {
   return 0;
 }
 
+// --quant: DeepSeek-shaped quantized rows (264 bytes: 256 FP8 E4M3
+// weights, 8 UE8M0 scales per row) from one engramd, returned packed
+// (uint8, the bytes as stored) and dequantized (bfloat16, float32): rows/s
+// of each, and dequantized over packed.
+int CompareQuant(double seconds, int callers, int channels) {
+  auto server = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
+                                    "--metrics_listen=", "--nopin_memory"});
+  if (!server) {
+    std::fprintf(stderr, "lookup_bench: engramd did not start\n");
+    return 1;
+  }
+  auto client = ConnectTo(*server, channels);
+  constexpr int64_t kRowBytesQ = 264;
+  LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kRowBytesQ,
+                     DType::kUInt8};
+  layout.quant = {QuantFormat::kFp8E4M3Ue8m0, 32};
+  std::mt19937_64 rng(5);
+  std::vector<std::vector<uint8_t>> tables(kHeads);
+  for (auto& t : tables) {
+    t.resize(layout.table_bytes(0));
+    for (size_t i = 0; i < t.size(); ++i) {
+      // Weights of any code; scales near 2^0, as trained tables have them.
+      t[i] =
+          static_cast<uint8_t>(i % kRowBytesQ < 256 ? rng() : 110 + rng() % 20);
+    }
+  }
+  std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());
+  if (auto s = client->Populate(2, layout, spans); !s.ok()) {
+    std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
+    return 1;
+  }
+  std::printf(
+      "lookup_bench --quant: H = %d, 264-byte FP8 E4M3 + UE8M0 rows (256 "
+      "values), %lld rows per head, %d callers, %d connection(s)\n",
+      kHeads, static_cast<long long>(kRowsPerHead), callers, channels);
+  std::printf("  %-22s %8s %13s %13s %13s %10s %10s %9s\n", "shape", "rows",
+              "packed rows/s", "bf16 rows/s", "f32 rows/s", "packed p50",
+              "bf16 p50", "bf16/pack");
+  const Shape shapes[] = {{"decode B=1", 1, 1},
+                          {"decode B=16", 16, 1},
+                          {"decode B=64", 64, 1},
+                          {"decode B=256", 256, 1},
+                          {"prefill B=1 L=1024", 1, 1024},
+                          {"prefill B=1 L=4096", 1, 4096}};
+  for (const Shape& s : shapes) {
+    CallerLookups l = MakeCallerLookups(s, callers, rng);
+    auto run = [&](DType out_dtype, size_t out_row_bytes) {
+      std::atomic<bool> reported{false};
+      return RunClosedLoop(callers, seconds, [&](int c) {
+        std::span<uint8_t> out(l.outs[c].data(), s.rows() * out_row_bytes);
+        absl::Status st = client->Lookup(2, l.ids[c], l.shape, out, out_dtype);
+        if (!st.ok() && !reported.exchange(true)) {
+          std::fprintf(stderr, "lookup_bench: a lookup failed: %s\n",
+                       st.ToString().c_str());
+        }
+        return st.ok();
+      });
+    };
+    for (auto& out : l.outs) out.resize(s.rows() * 256 * 4);
+    const RunStats packed = run(DType::kUInt8, kRowBytesQ);
+    const RunStats bf16 = run(DType::kBFloat16, 256 * 2);
+    const RunStats f32 = run(DType::kFloat32, 256 * 4);
+    std::printf("  %-22s %8lld %13.0f %13.0f %13.0f %10.1f %10.1f %8.2fx\n",
+                s.name, static_cast<long long>(s.rows()),
+                packed.calls_per_s() * s.rows(), bf16.calls_per_s() * s.rows(),
+                f32.calls_per_s() * s.rows(), packed.p50_us, bf16.p50_us,
+                bf16.calls_per_s() / packed.calls_per_s());
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   ParseBenchFlags(argc, argv,
                   "lookup_bench: Lookup RPCs against a plain gRPC echo of the "
@@ -462,9 +535,14 @@ int Main(int argc, char** argv) {
                        {"--gpu=0", "--gpu_min_rows=1"}, {}, seconds, callers,
                        channels);
   }
-  if (absl::GetFlag(FLAGS_compare_tls)) return CompareTls(seconds, callers, channels);
-  if (absl::GetFlag(FLAGS_cluster)) return CompareCluster(seconds, callers, channels);
-  if (absl::GetFlag(FLAGS_peer_gather)) return ComparePeerGather(seconds, callers);
+  if (absl::GetFlag(FLAGS_compare_tls))
+    return CompareTls(seconds, callers, channels);
+  if (absl::GetFlag(FLAGS_cluster))
+    return CompareCluster(seconds, callers, channels);
+  if (absl::GetFlag(FLAGS_peer_gather))
+    return ComparePeerGather(seconds, callers);
+  if (absl::GetFlag(FLAGS_quant))
+    return CompareQuant(seconds, callers, channels);
 
   auto engramd = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
                                      "--metrics_listen=", "--nopin_memory"});

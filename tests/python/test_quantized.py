@@ -222,3 +222,21 @@ def test_cluster_lookups_dequantize():
     finally:
         for s in shards:
             s.stop()
+
+
+def test_direct_reads_dequantize():
+    s = Engramd("--direct_reads")
+    try:
+        tables = quant_tables()
+        engram_store.Client(s.address).populate(28, tables, quant=DEEPSEEK)
+        c = engram_store.Client(s.address, direct_reads=True)
+        ids = all_ids(tables)
+        want = dequantize(gathered(tables, ids))
+        got = c.lookup(28, ids, output_dtype="float32")
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(got[~np.isnan(want)], want[~np.isnan(want)])
+        bf16 = c.lookup(28, ids, output_dtype="bfloat16")
+        nan = np.isnan(want)
+        assert np.array_equal(bf16[~nan], to_bfloat16_bits(want)[~nan])
+    finally:
+        s.stop()

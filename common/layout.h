@@ -49,7 +49,7 @@ struct LayerLayout {
   DType dtype = DType::kFloat32;
   // With a format: uint8 rows of D = W + W / block bytes that lookups may
   // also return dequantized (W values of a float dtype).
-  Quant quant;
+  Quant quant{};
 
   // Values a row holds: D, or W for a quantized layer.
   int64_t values_per_row() const {

@@ -94,7 +94,10 @@ class StageReactor : public MessageReadReactor<StageRequest> {
           absl::StrCat("txn_id must be 1 to ", kMaxTxnIdBytes, " bytes; got ",
                        header.txn_id().size()));
     }
-    if (absl::Status s = service_->ClaimTxn(header.txn_id()); !s.ok()) return s;
+    if (absl::Status s = service_->ClaimTxn(header.txn_id(), /*stream=*/true);
+        !s.ok()) {
+      return s;
+    }
     txn_id_ = header.txn_id();
     layer_id_ = header.layer_id();
     absl::StatusOr<LayerLayout> layout = LayoutFromConfig(header.config());
@@ -212,7 +215,7 @@ absl::Status PeerService::AddPrepared(const std::string& txn_id,
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
           std::chrono::duration<double>(cluster_->staged_timeout_seconds()));
   MutexLock lock(&mu_);
-  staging_txns_.erase(txn_id);
+  staging_txns_.erase(txn_id);  // named its ticket: no Abort waits
   if (aborted_txns_.contains(txn_id)) {
     layer->ReleaseStorage();
     layers_->Abandon(ticket);
@@ -225,7 +228,7 @@ absl::Status PeerService::AddPrepared(const std::string& txn_id,
   return absl::OkStatus();
 }
 
-absl::Status PeerService::ClaimTxn(const std::string& txn_id) {
+absl::Status PeerService::ClaimTxn(const std::string& txn_id, bool stream) {
   MutexLock lock(&mu_);
   if (aborted_txns_.contains(txn_id)) {
     return absl::AbortedError(
@@ -237,7 +240,7 @@ absl::Status PeerService::ClaimTxn(const std::string& txn_id) {
         absl::StrCat("transaction ", txn_id.substr(0, kMaxTxnIdBytes),
                      " is already in use on shard ", cluster_->self()));
   }
-  staging_txns_.emplace(txn_id, nullptr);
+  staging_txns_[txn_id].setting_up = stream;
   return absl::OkStatus();
 }
 
@@ -250,7 +253,8 @@ absl::Status PeerService::SetStagingTicket(
         absl::StrCat("transaction ", txn_id.substr(0, kMaxTxnIdBytes),
                      " was aborted by its coordinator; nothing was kept"));
   }
-  it->second = std::move(ticket);
+  it->second.ticket = std::move(ticket);
+  it->second.setting_up = false;
   return absl::OkStatus();
 }
 
@@ -264,8 +268,15 @@ void PeerService::RememberAborted(const std::string& txn_id) {
 }
 
 void PeerService::ReleaseTxn(const std::string& txn_id) {
-  MutexLock lock(&mu_);
-  staging_txns_.erase(txn_id);
+  std::vector<RawDone> waiting;
+  {
+    MutexLock lock(&mu_);
+    auto it = staging_txns_.find(txn_id);
+    if (it == staging_txns_.end()) return;
+    waiting = std::move(it->second.waiting_aborts);
+    staging_txns_.erase(it);
+  }
+  for (RawDone& done : waiting) done(absl::OkStatus());
 }
 
 void PeerService::DropExpired() {
@@ -342,36 +353,43 @@ grpc::ServerUnaryReactor* PeerService::Abort(
   if (auto* refused = RefuseUnary(auth_, context, Method::kAbort)) {
     return refused;
   }
-  return ServeTxn(context, request, response,
-                  [this](const std::string& txn_id, RawDone done) {
-                    // The empty id is the coordinators' reachability ping.
-                    if (txn_id.empty()) {
-                      done(absl::OkStatus());
-                      return;
-                    }
-                    std::shared_ptr<PopulateTicket> staging;
-                    {
-                      MutexLock lock(&mu_);
-                      RememberAborted(txn_id);
-                      auto it = prepared_.find(txn_id);
-                      if (it != prepared_.end()) {
-                        it->second.layer->ReleaseStorage();
-                        layers_->Abandon(it->second.ticket);
-                        prepared_.erase(it);
-                      }
-                      auto open = staging_txns_.find(txn_id);
-                      if (open != staging_txns_.end()) {
-                        staging = std::move(open->second);
-                        staging_txns_.erase(open);
-                      }
-                    }
-                    // A stream the coordinator cancelled may not have seen
-                    // the cancellation yet: free its layer id now and end
-                    // it, so the coordinator's next populate of the id is
-                    // not refused as "being populated".
-                    if (staging != nullptr) layers_->AbortPopulate(staging);
-                    done(absl::OkStatus());
-                  });
+  return ServeTxn(
+      context, request, response,
+      [this](const std::string& txn_id, RawDone done) {
+        // The empty id is the coordinators' reachability ping.
+        if (txn_id.empty()) {
+          done(absl::OkStatus());
+          return;
+        }
+        std::shared_ptr<PopulateTicket> staging;
+        {
+          MutexLock lock(&mu_);
+          RememberAborted(txn_id);
+          auto it = prepared_.find(txn_id);
+          if (it != prepared_.end()) {
+            it->second.layer->ReleaseStorage();
+            layers_->Abandon(it->second.ticket);
+            prepared_.erase(it);
+          }
+          auto open = staging_txns_.find(txn_id);
+          if (open != staging_txns_.end() && open->second.setting_up) {
+            // Its header is being handled: answered by
+            // ReleaseTxn once the stream let go of the layer.
+            open->second.waiting_aborts.push_back(std::move(done));
+            return;
+          }
+          if (open != staging_txns_.end()) {
+            staging = std::move(open->second.ticket);
+            staging_txns_.erase(open);
+          }
+        }
+        // A stream the coordinator cancelled may not have seen
+        // the cancellation yet: free its layer id now and end
+        // it, so the coordinator's next populate of the id is
+        // not refused as "being populated".
+        if (staging != nullptr) layers_->AbortPopulate(staging);
+        done(absl::OkStatus());
+      });
 }
 
 grpc::ServerUnaryReactor* PeerService::Gather(
@@ -560,7 +578,7 @@ grpc::ServerUnaryReactor* PeerService::StageFiles(
           done(absl::FailedPreconditionError("this shard loads no files"));
           return;
         }
-        if (absl::Status s = ClaimTxn(txn); !s.ok()) {
+        if (absl::Status s = ClaimTxn(txn, /*stream=*/false); !s.ok()) {
           done(s);
           return;
         }

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -113,15 +114,19 @@ class PeerService final
                                        grpc::ByteBuffer* response) override;
   const std::string& data_dir() const { return data_dir_; }
 
-  // Reserves a transaction id for a Stage stream: ALREADY_EXISTS while
-  // another stream or a prepared transaction uses it, ABORTED once the
-  // coordinator aborted it (a late header of a cancelled stream).
-  absl::Status ClaimTxn(const std::string& txn_id);
+  // Reserves a transaction id for a Stage stream (`stream`) or a StageFiles
+  // load: ALREADY_EXISTS while another stream or a prepared transaction
+  // uses it, ABORTED once the coordinator aborted it (a late header of a
+  // cancelled stream). Until a stream names its layer claim
+  // (SetStagingTicket) or lets go (ReleaseTxn), an Abort of its id waits.
+  absl::Status ClaimTxn(const std::string& txn_id, bool stream);
   // Names the layer claim a claimed transaction's stream holds, so Abort
   // can end that stream and free the layer id at once. ABORTED (keep
-  // nothing) when Abort came first.
+  // nothing, then ReleaseTxn) when Abort came first.
   absl::Status SetStagingTicket(const std::string& txn_id,
                                 std::shared_ptr<PopulateTicket> ticket);
+  // Drops the claim on `txn_id`; call after freeing its layer claim: Aborts
+  // that waited for it are answered here.
   void ReleaseTxn(const std::string& txn_id);
   // Called by a Stage stream that ended with every held row; takes over
   // the stream's claim on `txn_id`. ABORTED when Abort came first: the
@@ -170,10 +175,16 @@ class PeerService final
   void RememberAborted(const std::string& txn_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Transactions whose Stage stream (or StageFiles load) is still running,
-  // with the layer claim once the stream holds one.
-  absl::flat_hash_map<std::string, std::shared_ptr<PopulateTicket>>
-      staging_txns_ ABSL_GUARDED_BY(mu_);
+  // A transaction whose Stage stream (or StageFiles load) is still running.
+  struct StagingTxn {
+    std::shared_ptr<PopulateTicket> ticket;  // once the stream names it
+    // A stream between ClaimTxn and SetStagingTicket: it may be taking the
+    // layer claim right now, so an Abort answers only once it lets go.
+    bool setting_up = false;
+    std::vector<RawDone> waiting_aborts;
+  };
+  absl::flat_hash_map<std::string, StagingTxn> staging_txns_
+      ABSL_GUARDED_BY(mu_);
   // Recently aborted transaction ids, oldest first (bounded): their late
   // Stage headers and finished loads are refused.
   absl::flat_hash_set<std::string> aborted_txns_ ABSL_GUARDED_BY(mu_);

@@ -246,6 +246,37 @@ TEST_F(HardeningTest, AbortEndsAStillOpenStageStreamAndFreesTheLayer) {
   ASSERT_TRUE(server_->Alive()) << server_->Log();
 }
 
+// The Abort can also arrive while the shard is still setting up the stage
+// its header asked for (between claiming the transaction and recording its
+// layer claim). The Abort must not answer until the layer id is free again:
+// it answered at once, and the coordinator's next populate of the id was
+// refused as "being populated by another stream" (a flaky cluster test over
+// UCX/TCP, where setting up a stage is slow). A big sparse layer (8 GiB,
+// never touched) makes the set-up take long enough to land in.
+TEST_F(HardeningTest, AbortDuringAStageSetUpAnswersOnlyOnceTheLayerIsFree) {
+  Start({"--memory_limit_bytes=" + std::to_string(int64_t{64} << 30)});
+  int refused = 0;
+  for (int round = 0; round < 20; ++round) {
+    const std::string txn = "txn-setup-" + std::to_string(round);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(10));
+    internal::v1::StageResponse response;
+    auto writer = peer_->Stage(&ctx, &response);
+    ASSERT_TRUE(writer->Write(
+        StageHeader(txn, 40, {int64_t{1} << 32, int64_t{1} << 32}, 1)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(round % 5));
+    ASSERT_TRUE(AbortTxn(txn).ok());
+    grpc::Status next = StageWholeLayer(txn + "-next", 40);
+    if (next.error_code() == grpc::StatusCode::ALREADY_EXISTS) ++refused;
+    EXPECT_TRUE(next.ok()) << "round " << round << ": " << next.error_message();
+    ASSERT_TRUE(AbortTxn(txn + "-next").ok());
+    ctx.TryCancel();
+    (void)writer->Finish();
+  }
+  EXPECT_EQ(refused, 0);
+  ASSERT_TRUE(server_->Alive()) << server_->Log();
+}
+
 // Finding 1: a second Stage with a txn id in use is refused and does not
 // leave the first layer id stuck "being populated".
 TEST_F(HardeningTest, ReusedTxnIdIsRefusedAndLeavesNothingStuck) {

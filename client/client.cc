@@ -294,20 +294,42 @@ absl::StatusOr<LayerDescription> Client::PopulateFrom(
   return FromProto(response.layer());
 }
 
+namespace {
+
+grpc::ByteBuffer EncodeLookup(int64_t layer_id, std::span<const int64_t> shape,
+                              std::span<const int64_t> ids,
+                              const LookupOptions& options) {
+  return wire::EncodeLookupRequest(
+      layer_id, shape, ids,
+      options.output_dtype ? static_cast<int>(*options.output_dtype) : 0,
+      static_cast<int>(options.id_form), options.head_begin, options.head_end);
+}
+
+}  // namespace
+
 void Client::LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
                          std::span<const int64_t> shape,
                          std::span<uint8_t> output,
                          std::optional<DType> output_dtype,
                          std::function<void(absl::Status)> done) {
+  LookupOptions options;
+  options.output_dtype = output_dtype;
+  LookupAsync(layer_id, ids, shape, output, options, std::move(done));
+}
+
+void Client::LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
+                         std::span<const int64_t> shape,
+                         std::span<uint8_t> output,
+                         const LookupOptions& options,
+                         std::function<void(absl::Status)> done) {
   if (impl_->router != nullptr) {
-    impl_->router->Lookup(layer_id, ids, shape, output, output_dtype,
+    impl_->router->Lookup(layer_id, ids, shape, output, options,
                           std::move(done));
     return;
   }
   auto* call = new LookupCall;
   impl_->SetDeadline(&call->context);
-  call->request = wire::EncodeLookupRequest(
-      layer_id, shape, ids, output_dtype ? static_cast<int>(*output_dtype) : 0);
+  call->request = EncodeLookup(layer_id, shape, ids, options);
   call->output = output;
   call->done = std::move(done);
   impl_->lookup_stubs[impl_->NextLookupIndex()]->UnaryCall(
@@ -340,10 +362,19 @@ absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
                             std::span<const int64_t> shape,
                             std::span<uint8_t> output,
                             std::optional<DType> output_dtype) {
+  LookupOptions options;
+  options.output_dtype = output_dtype;
+  return Lookup(layer_id, ids, shape, output, options);
+}
+
+absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
+                            std::span<const int64_t> shape,
+                            std::span<uint8_t> output,
+                            const LookupOptions& options) {
   if (impl_->router != nullptr) {
     std::promise<absl::Status> result;
     impl_->router->Lookup(
-        layer_id, ids, shape, output, output_dtype,
+        layer_id, ids, shape, output, options,
         [&result](absl::Status s) { result.set_value(std::move(s)); });
     return result.get_future().get();
   }
@@ -351,8 +382,7 @@ absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
   // callback thread, which matters for small decode lookups.
   grpc::ClientContext context;
   impl_->SetDeadline(&context);
-  grpc::ByteBuffer request = wire::EncodeLookupRequest(
-      layer_id, shape, ids, output_dtype ? static_cast<int>(*output_dtype) : 0);
+  grpc::ByteBuffer request = EncodeLookup(layer_id, shape, ids, options);
   grpc::ByteBuffer response;
   const grpc::internal::RpcMethod method(kLookupMethod,
                                          grpc::internal::RpcMethod::NORMAL_RPC);
@@ -518,11 +548,11 @@ absl::Status Client::CheckHealth(const std::string& service) {
   if (response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
     return absl::OkStatus();
   }
-  return absl::UnavailableError(absl::StrCat(
-      "server health is ",
-      grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
-          response.status()),
-      ", not SERVING"));
+  return absl::UnavailableError(
+      absl::StrCat("server health is ",
+                   grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
+                       response.status()),
+                   ", not SERVING"));
 }
 
 }  // namespace engram

@@ -82,6 +82,15 @@ using RowSource = std::function<absl::Status(int head, int64_t row,
 // A lookup whose rows land in GPU memory, on the caller's CUDA stream
 // (docs/gpu.md). Plain types: `stream` is a cudaStream_t, pointers are CUDA
 // device addresses. Needs the engram::client_gpu library linked in.
+// How a Lookup's ids name rows, and which heads it reads (see
+// engram.v1.LookupRequest).
+struct LookupOptions {
+  std::optional<DType> output_dtype;  // unset: the stored dtype
+  IdForm id_form = IdForm::kPerHead;
+  int64_t head_begin = 0;
+  int64_t head_end = 0;  // 0: the last head
+};
+
 struct DeviceLookupRequest {
   int64_t layer_id = 0;
   // B*L*H ids, token-major with heads fastest (as Lookup's). Device memory
@@ -161,6 +170,11 @@ class Client {
   absl::Status Lookup(int64_t layer_id, std::span<const int64_t> ids,
                       std::span<const int64_t> shape, std::span<uint8_t> output,
                       std::optional<DType> output_dtype = std::nullopt);
+  // The same with the ids' form and a head slice (LookupOptions): fused ids
+  // [B, L, H], entries [n] (rows [n, D]), heads [head_begin, head_end).
+  absl::Status Lookup(int64_t layer_id, std::span<const int64_t> ids,
+                      std::span<const int64_t> shape, std::span<uint8_t> output,
+                      const LookupOptions& options);
 
   // Asynchronous Lookup for prefetching: returns at once; `done` runs once
   // on a gRPC thread when `output` is filled or the call failed. `ids`,
@@ -168,6 +182,10 @@ class Client {
   void LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
                    std::span<const int64_t> shape, std::span<uint8_t> output,
                    std::optional<DType> output_dtype,
+                   std::function<void(absl::Status)> done);
+  void LookupAsync(int64_t layer_id, std::span<const int64_t> ids,
+                   std::span<const int64_t> shape, std::span<uint8_t> output,
+                   const LookupOptions& options,
                    std::function<void(absl::Status)> done);
   // The same as a future.
   std::future<absl::Status> LookupAsync(

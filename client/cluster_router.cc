@@ -194,7 +194,7 @@ void ClusterRouter::Forget(int64_t layer_id) {
 void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
                            std::span<const int64_t> shape,
                            std::span<uint8_t> output,
-                           std::optional<DType> output_dtype,
+                           const LookupOptions& options,
                            std::function<void(absl::Status)> done) {
   absl::StatusOr<LayerLayout> layout = Layout(layer_id);
   if (!layout.ok()) return done(layout.status());
@@ -202,20 +202,30 @@ void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
   args.layer_id = layer_id;
   args.num_ids = static_cast<int64_t>(ids.size());
   args.shape = shape;
-  args.output_dtype = output_dtype;
+  args.output_dtype = options.output_dtype;
+  args.id_form = options.id_form;
+  args.head_begin = options.head_begin;
+  args.head_end = options.head_end;
   args.out_bytes = output.size();
   absl::StatusOr<LookupPlan> plan = PlanLookup(*layout, args);
   if (!plan.ok()) return done(plan.status());
-  if (absl::Status s = ValidateRowIds(*layout, plan->shape, ids.data());
+  // Held with the layout until the read is done (the router borrows them).
+  struct Held {
+    LayerLayout layout;
+    ResolvedIds resolved;
+  };
+  auto held = std::make_shared<Held>();
+  if (absl::Status s = ResolveIds(*layout, *plan, ids.data(), &held->resolved);
       !s.ok()) {
     return done(s);
   }
-  auto held = std::make_shared<LayerLayout>(*std::move(layout));
+  held->layout = *std::move(layout);
   RowRouter::Lookup lookup;
   lookup.layer_id = layer_id;
-  lookup.layout = held.get();
+  lookup.layout = &held->layout;
   lookup.keep_alive = held;
-  lookup.ids = ids.data();
+  lookup.ids = plan->plain ? ids.data() : held->resolved.rows.data();
+  if (!held->resolved.heads.empty()) lookup.heads = held->resolved.heads.data();
   lookup.positions.resize(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) lookup.positions[i] = i;
   lookup.out_dtype = plan->out_dtype;

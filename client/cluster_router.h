@@ -22,6 +22,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/client.h"
 #include "client/direct_reads.h"
 #include "cluster/placement.h"
 #include "cluster/row_router.h"
@@ -57,7 +58,7 @@ class ClusterRouter {
   // Validates like the server, then gathers. `done` runs once.
   void Lookup(int64_t layer_id, std::span<const int64_t> ids,
               std::span<const int64_t> shape, std::span<uint8_t> output,
-              std::optional<DType> output_dtype,
+              const LookupOptions& options,
               std::function<void(absl::Status)> done);
 
  private:

@@ -13,9 +13,9 @@
 
 namespace engram {
 
-ShardRead::ShardRead(int64_t layer_id, const LayerLayout* layout,
-                     const int64_t* ids, std::vector<int64_t> positions,
-                     DType out_dtype, uint8_t* out)
+ShardRead::ShardRead(int64_t layer_id, const LayerLayout* layout, RowIds ids,
+                     std::vector<int64_t> positions, DType out_dtype,
+                     uint8_t* out)
     : layer_id_(layer_id),
       layout_(layout),
       ids_(ids),
@@ -55,7 +55,8 @@ struct RowRouter::Flight : std::enable_shared_from_this<Flight> {
     const Placement& p = *router->placement_;
     std::map<int, std::vector<Position>> by_shard;
     for (Position pos : positions) {
-      const int h = static_cast<int>(pos.index % l.num_heads());
+      const int h = static_cast<int>(
+          RowIds(lookup.ids, lookup.heads).head(pos.index, l.num_heads()));
       const int64_t id = lookup.ids[pos.index];
       const int range = p.RangeOf(l.table_vocab_sizes[h], id);
       int chosen = -1;
@@ -86,9 +87,9 @@ struct RowRouter::Flight : std::enable_shared_from_this<Flight> {
     std::vector<int64_t> indexes;
     indexes.reserve(positions.size());
     for (Position pos : positions) indexes.push_back(pos.index);
-    auto read = std::make_shared<ShardRead>(lookup.layer_id, lookup.layout,
-                                            lookup.ids, std::move(indexes),
-                                            lookup.out_dtype, lookup.out);
+    auto read = std::make_shared<ShardRead>(
+        lookup.layer_id, lookup.layout, RowIds(lookup.ids, lookup.heads),
+        std::move(indexes), lookup.out_dtype, lookup.out);
     outstanding.fetch_add(1, std::memory_order_relaxed);
     auto self = shared_from_this();
     lookup.reader->Read(shard, *read,

@@ -29,16 +29,16 @@ namespace engram {
 // reader uses it; readers may be called from any thread.
 class ShardRead {
  public:
-  ShardRead(int64_t layer_id, const LayerLayout* layout, const int64_t* ids,
+  ShardRead(int64_t layer_id, const LayerLayout* layout, RowIds ids,
             std::vector<int64_t> positions, DType out_dtype, uint8_t* out);
 
   int64_t layer_id() const { return layer_id_; }
   const LayerLayout& layout() const { return *layout_; }
   size_t size() const { return positions_.size(); }
   int head(size_t j) const {
-    return static_cast<int>(positions_[j] % layout_->num_heads());
+    return static_cast<int>(ids_.head(positions_[j], layout_->num_heads()));
   }
-  int64_t row(size_t j) const { return ids_[positions_[j]]; }
+  int64_t row(size_t j) const { return ids_.rows[positions_[j]]; }
   int64_t position(size_t j) const { return positions_[j]; }
   const std::vector<int64_t>& positions() const { return positions_; }
   // Where row j's stored bytes may be written directly, or nullptr when
@@ -53,7 +53,7 @@ class ShardRead {
  private:
   const int64_t layer_id_;
   const LayerLayout* const layout_;
-  const int64_t* const ids_;
+  const RowIds ids_;
   const std::vector<int64_t> positions_;
   uint8_t* const out_;
   const LookupPlan plan_;  // the row op
@@ -99,6 +99,7 @@ class RowRouter {
     const LayerLayout* layout = nullptr;
     std::shared_ptr<const void> keep_alive;  // holds layout (and more)
     const int64_t* ids = nullptr;
+    const int32_t* heads = nullptr;  // null: head = index mod H
     // Indexes into ids to read (the others are the caller's business).
     std::vector<int64_t> positions;
     DType out_dtype = DType::kFloat32;

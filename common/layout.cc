@@ -131,8 +131,14 @@ std::string ShapeText(std::span<const int64_t> shape) {
 
 }  // namespace
 
-absl::Status ValidateLookupShape(const LayerLayout& layout,
-                                 std::span<const int64_t> shape,
+std::vector<int64_t> FusedOffsets(const LayerLayout& layout) {
+  std::vector<int64_t> offsets(layout.table_vocab_sizes.size() + 1, 0);
+  for (size_t h = 0; h < layout.table_vocab_sizes.size(); ++h)
+    offsets[h + 1] = offsets[h] + layout.table_vocab_sizes[h];
+  return offsets;
+}
+
+absl::Status ValidateLookupShape(int64_t heads, std::span<const int64_t> shape,
                                  int64_t num_ids, LookupShape* out) {
   if (shape.size() != 3) {
     return absl::InvalidArgumentError(
@@ -143,10 +149,10 @@ absl::Status ValidateLookupShape(const LayerLayout& layout,
     return absl::InvalidArgumentError(absl::StrCat(
         "shape ", ShapeText(shape), " must have B >= 1 and L >= 1"));
   }
-  if (shape[2] != layout.num_heads()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shape H = ", shape[2], " must equal the layer's head count ",
-        layout.num_heads()));
+  if (shape[2] != heads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shape H = ", shape[2], " must equal the ", heads,
+                     " heads looked up (the layer's, or the head slice's)"));
   }
   // Guard the product against overflow before comparing with num_ids.
   const int64_t limit = int64_t{1} << 40;

@@ -87,6 +87,19 @@ const char* QuantScaleName(QuantFormat format);   // "ue8m0"
 std::string StoreKey(int64_t layer_id, int head);
 
 // Logical shape [B, L, H] of a lookup.
+// How a lookup's ids name rows.
+enum class IdForm {
+  // ids [B, L, H]: column h is a row of head h (0 <= id < N_h).
+  kPerHead,
+  // ids [B, L, H] in the layer's fused id space (head h's rows start at the
+  // exclusive prefix sum of table_vocab_sizes): column h must fall in head
+  // h's range. The ids engines' hash kernels emit.
+  kFused,
+  // ids [n], each any fused id (its head follows from the id); rows [n, D]
+  // (SGLang's entry_gather).
+  kEntries,
+};
+
 struct LookupShape {
   int64_t batch = 0;
   int64_t length = 0;
@@ -94,11 +107,15 @@ struct LookupShape {
   int64_t num_ids() const { return batch * length * heads; }
 };
 
-// Checks that `shape` is [B, L, H] with B, L >= 1, H equal to the layer's
-// head count and B*L*H equal to `num_ids`, and returns it parsed.
-absl::Status ValidateLookupShape(const LayerLayout& layout,
-                                 std::span<const int64_t> shape,
+// Checks that `shape` is [B, L, H] with B, L >= 1, H equal to `heads` (the
+// layer's head count, or a head slice's) and B*L*H equal to `num_ids`, and
+// returns it parsed.
+absl::Status ValidateLookupShape(int64_t heads, std::span<const int64_t> shape,
                                  int64_t num_ids, LookupShape* out);
+
+// Head h's first id in the layer's fused id space (the exclusive prefix sum
+// of table_vocab_sizes); entry H is the total.
+std::vector<int64_t> FusedOffsets(const LayerLayout& layout);
 
 // Checks 0 <= ids[i] < N_{i mod H} for every id; the error names the
 // position [b, l, h], the value and the table size.

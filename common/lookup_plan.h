@@ -12,6 +12,7 @@
 #include <cstring>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/dtype.h"
@@ -21,9 +22,17 @@ namespace engram {
 
 // A lookup as its path received it. Plain value; spans are borrowed.
 struct LookupArgs {
-  int64_t layer_id = 0;               // for messages
-  int64_t num_ids = 0;                // ids given
-  std::span<const int64_t> shape;     // [B, L, H]; empty: [num_ids / H, 1, H]
+  int64_t layer_id = 0;  // for messages
+  int64_t num_ids = 0;   // ids given
+  // [B, L, H] (H: the heads looked up); empty: [num_ids / H, 1, H]. [n] or
+  // empty for kEntries.
+  std::span<const int64_t> shape;
+  IdForm id_form = IdForm::kPerHead;
+  // Heads [head_begin, head_end) only (a tensor-parallel rank's slice):
+  // column c is head head_begin + c; entries must fall in the slice's fused
+  // range. head_end 0: to the last head.
+  int64_t head_begin = 0;
+  int64_t head_end = 0;
   std::optional<DType> output_dtype;  // unset: the layer's dtype
   bool as_values = false;             // float32 values (the RPC's as_values)
   // The caller's output buffer in bytes, when it brings one: it must hold
@@ -38,7 +47,13 @@ struct LookupArgs {
 
 // What a checked lookup returns and how each row lands. Plain value.
 struct LookupPlan {
-  LookupShape shape;
+  LookupShape shape;  // kEntries: [n, 1, 1]
+  IdForm id_form = IdForm::kPerHead;
+  int64_t head_begin = 0;
+  int64_t head_end = 0;  // resolved: never 0
+  // The ids name rows as the gathers read them (column h = head h): no
+  // ResolveIds pass is needed.
+  bool plain = true;
   DType stored_dtype = DType::kFloat32;
   DType out_dtype = DType::kFloat32;  // kFloat32 for as_values
   size_t dim = 0;  // values per output row (W when dequantizing)
@@ -50,6 +65,8 @@ struct LookupPlan {
   size_t dequant_block = 0;
 
   bool dequantizes() const { return dequant_block != 0; }
+  // The returned rows' shape: [B, L, H, D], or [n, D] for entries.
+  std::vector<int64_t> OutShape() const;
   bool converts() const { return out_dtype != stored_dtype; }
   // Lands one stored row at `out` (out_row_bytes): a copy, a conversion or
   // a dequantization.
@@ -70,6 +87,34 @@ struct LookupPlan {
 // by ValidateRowIds (on the GPU by the gather).
 absl::StatusOr<LookupPlan> PlanLookup(const LayerLayout& layout,
                                       const LookupArgs& args);
+
+// A lookup's ids as the gathers read them: row `rows[i]` of head
+// `heads[i]` (heads empty: head i mod H). Filled by ResolveIds for a plan
+// that is not plain.
+struct ResolvedIds {
+  std::vector<int32_t> heads;
+  std::vector<int64_t> rows;
+};
+
+// The rows a gather reads: row rows[i] of head heads[i], or of head i mod H
+// when heads is null (ids [B, L, H]). Borrowed pointers.
+struct RowIds {
+  RowIds(const int64_t* rows, const int32_t* heads = nullptr)  // NOLINT
+      : rows(rows), heads(heads) {}
+  const int64_t* rows;
+  const int32_t* heads;
+  int64_t head(int64_t i, int64_t num_heads) const {
+    return heads != nullptr ? heads[i] : i % num_heads;
+  }
+};
+
+// Checks every id of a planned lookup against its layer and, for a plan
+// that is not plain, translates them into `resolved` (fused ids lose their
+// head's offset; slices and entries name their heads). INVALID_ARGUMENT
+// naming the first bad id, its position (and column) and the range it had
+// to fall in.
+absl::Status ResolveIds(const LayerLayout& layout, const LookupPlan& plan,
+                        const int64_t* ids, ResolvedIds* resolved);
 
 // The plan of rows read for another lookup (peer reads, cluster routing):
 // no shape, only the conversion (a float `out_dtype` of a quantized layer

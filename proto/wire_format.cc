@@ -242,10 +242,11 @@ absl::Status ForEachGatheredRow(
 grpc::ByteBuffer EncodeLookupRequest(int64_t layer_id,
                                      std::span<const int64_t> shape,
                                      std::span<const int64_t> ids,
-                                     int output_dtype) {
+                                     int output_dtype, int id_form,
+                                     int64_t head_begin, int64_t head_end) {
   const size_t id_bytes = ids.size_bytes();
   const size_t packed = PackedSize(shape);
-  std::vector<uint8_t> header(32 + 10 * shape.size());
+  std::vector<uint8_t> header(96 + 10 * shape.size());
   uint8_t* p = header.data();
   if (layer_id != 0) {
     p = PutTag(1, kVarint, p);
@@ -257,6 +258,13 @@ grpc::ByteBuffer EncodeLookupRequest(int64_t layer_id,
   if (output_dtype != 0) {
     p = PutTag(5, kVarint, p);
     p = PutVarint(static_cast<uint64_t>(output_dtype), p);
+  }
+  // Fields 7-9 go before the ids: the ids must stay the last slice.
+  const int64_t trailing[] = {id_form, head_begin, head_end};
+  for (int f = 0; f < 3; ++f) {
+    if (trailing[f] == 0) continue;
+    p = PutTag(7 + f, kVarint, p);
+    p = PutVarint(static_cast<uint64_t>(trailing[f]), p);
   }
   p = PutTag(3, kLengthDelimited, p);
   p = PutVarint(id_bytes, p);

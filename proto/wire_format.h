@@ -50,10 +50,14 @@ size_t EncodeGatherResponseHeader(size_t data_bytes, uint8_t* out);
 // Encodes an engram.v1.LookupRequest with the ids as the `row_ids` bytes
 // field. The ids are not copied: the returned buffer aliases `ids`, which must
 // outlive every use of it (the RPC).
+// `id_form`, `head_begin`, `head_end`: the request's fields of those names
+// (0: unset).
 grpc::ByteBuffer EncodeLookupRequest(int64_t layer_id,
                                      std::span<const int64_t> shape,
                                      std::span<const int64_t> ids,
-                                     int output_dtype);
+                                     int output_dtype, int id_form = 0,
+                                     int64_t head_begin = 0,
+                                     int64_t head_end = 0);
 
 // Walks an engram.internal.v1.GatherResponse (`bytes data = 1`, rows back to
 // back) without copying the data field: `row(j, bytes)` gets a pointer to

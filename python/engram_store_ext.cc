@@ -273,30 +273,37 @@ PYBIND11_MODULE(_engram_store, m) {
           "lookup_into",
           [](Client& c, int64_t layer_id, const py::buffer& ids,
              const std::vector<int64_t>& shape, const py::buffer& out,
-             std::optional<std::string> output_dtype) {
+             std::optional<std::string> output_dtype,
+             const std::string& id_form,
+             std::optional<std::pair<int64_t, int64_t>> heads) {
             std::span<uint8_t> id_bytes = Bytes(ids, false);
             std::span<uint8_t> out_bytes = Bytes(out, true);
-            const std::optional<DType> dtype = ParseDType(output_dtype);
+            const LookupOptions options =
+                ParseLookupOptions(output_dtype, id_form, heads);
             absl::Status s;
             {
               py::gil_scoped_release nogil;
               s = c.Lookup(layer_id,
                            {reinterpret_cast<const int64_t*>(id_bytes.data()),
                             id_bytes.size() / sizeof(int64_t)},
-                           shape, out_bytes, dtype);
+                           shape, out_bytes, options);
             }
             if (!s.ok()) Raise(s);
           },
           py::arg("layer_id"), py::arg("ids"), py::arg("shape"), py::arg("out"),
-          py::arg("output_dtype"))
+          py::arg("output_dtype"), py::arg("id_form") = "per_head",
+          py::arg("heads") = py::none())
       .def(
           "lookup_into_async",
           [](Client& c, int64_t layer_id, py::buffer ids,
              std::vector<int64_t> shape, py::buffer out,
-             std::optional<std::string> output_dtype) {
+             std::optional<std::string> output_dtype,
+             const std::string& id_form,
+             std::optional<std::pair<int64_t, int64_t>> heads) {
             std::span<uint8_t> id_bytes = Bytes(ids, false);
             std::span<uint8_t> out_bytes = Bytes(out, true);
-            const std::optional<DType> dtype = ParseDType(output_dtype);
+            const LookupOptions options =
+                ParseLookupOptions(output_dtype, id_form, heads);
             auto call = std::make_shared<AsyncLookup>();
             call->ids = ids;
             call->out = out;
@@ -310,12 +317,13 @@ PYBIND11_MODULE(_engram_store, m) {
             c.LookupAsync(layer_id,
                           {reinterpret_cast<const int64_t*>(id_bytes.data()),
                            id_bytes.size() / sizeof(int64_t)},
-                          call->shape, out_bytes, dtype,
+                          call->shape, out_bytes, options,
                           [call](absl::Status s) { Complete(call, s); });
             return handle;
           },
           py::arg("layer_id"), py::arg("ids"), py::arg("shape"), py::arg("out"),
-          py::arg("output_dtype"))
+          py::arg("output_dtype"), py::arg("id_form") = "per_head",
+          py::arg("heads") = py::none())
       .def(
           "bench_lookups",
           [](Client& c, int64_t layer_id, const py::buffer& ids,

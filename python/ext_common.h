@@ -38,6 +38,28 @@ inline std::optional<DType> ParseDType(const std::optional<std::string>& name) {
       "dtype must be float32, bfloat16, float16 or uint8; got " + *name);
 }
 
+// Lookup options from Python's keywords: id_form "per_head" | "fused" |
+// "entries", heads (head_begin, head_end) or None.
+inline LookupOptions ParseLookupOptions(
+    const std::optional<std::string>& output_dtype, const std::string& id_form,
+    const std::optional<std::pair<int64_t, int64_t>>& heads) {
+  LookupOptions options;
+  options.output_dtype = ParseDType(output_dtype);
+  if (id_form == "fused") {
+    options.id_form = IdForm::kFused;
+  } else if (id_form == "entries") {
+    options.id_form = IdForm::kEntries;
+  } else if (id_form != "per_head") {
+    throw pybind11::value_error(
+        "id_form must be per_head, fused or entries; got " + id_form);
+  }
+  if (heads) {
+    options.head_begin = heads->first;
+    options.head_end = heads->second;
+  }
+  return options;
+}
+
 // Adds the device-lookup methods to Client and dlpack_info to the module
 // (python/device_ext.cc).
 void BindDeviceLookups(pybind11::module_& m,

@@ -278,9 +278,8 @@ grpc::ServerReadReactor<v1::PopulateRequest>* ClusterCoordinator::NewPopulate(
   return new ClusterPopulateReactor(context, response, this);
 }
 
-void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
-                                const int64_t* ids, int64_t n, DType out_dtype,
-                                uint8_t* out,
+void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer, RowIds ids,
+                                int64_t n, DType out_dtype, uint8_t* out,
                                 std::function<void(absl::Status)> done) {
   const LayerLayout& l = layer->layout();
   const int heads = l.num_heads();
@@ -290,11 +289,12 @@ void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
   // A shard recovering the layer holds none and never asks itself.
   std::vector<int64_t> remote;
   for (int64_t i = 0; i < n; ++i) {
-    const int h = static_cast<int>(i % heads);
+    const int h = static_cast<int>(ids.head(i, heads));
+    const int64_t row = ids.rows[i];
     if (layer->has_rows() &&
         cluster_->placement().Owns(cluster_->self(), layer->id(), h,
-                                   l.table_vocab_sizes[h], ids[i])) {
-      plan.PutRow(layer->table(h) + ids[i] * row_bytes,
+                                   l.table_vocab_sizes[h], row)) {
+      plan.PutRow(layer->table(h) + row * row_bytes,
                   out + i * plan.out_row_bytes);
     } else {
       remote.push_back(i);
@@ -308,7 +308,8 @@ void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer,
   lookup.layer_id = layer->id();
   lookup.layout = &layer->layout();
   lookup.keep_alive = layer;
-  lookup.ids = ids;
+  lookup.ids = ids.rows;
+  lookup.heads = ids.heads;
   lookup.positions = std::move(remote);
   lookup.out_dtype = out_dtype;
   lookup.out = out;

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "cluster/row_router.h"
+#include "common/thread_pool.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/cluster.h"
 #include "server/metrics.h"
@@ -18,7 +19,6 @@
 #include "server/read_stream.h"
 #include "store/layer.h"
 #include "store/layer_registry.h"
-#include "common/thread_pool.h"
 
 namespace engram {
 
@@ -41,7 +41,7 @@ class ClusterCoordinator {
   // ranges are read locally, the rest from their owners), converted to
   // `out_dtype`; `done` runs once, on some thread. UNAVAILABLE naming the
   // shards when no owner of some row answers.
-  void Gather(std::shared_ptr<const Layer> layer, const int64_t* ids, int64_t n,
+  void Gather(std::shared_ptr<const Layer> layer, RowIds ids, int64_t n,
               DType out_dtype, uint8_t* out,
               std::function<void(absl::Status)> done);
 

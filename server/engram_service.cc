@@ -147,9 +147,11 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
 EngramService::Backend EngramService::BackendFor(const LookupCall& call,
                                                  bool allow_gpu) const {
   if (cluster_ != nullptr) return Backend::kCluster;
-  // The GPU tier's gather copies and converts; dequantizing stays here.
+  // The GPU tier's gather copies and converts rows of ids [B, L, H];
+  // dequantizing, head slices and entries stay here.
   if (allow_gpu && gpu_ != nullptr && call.layer->gpu_mirror() != nullptr &&
-      !call.dequantizes && call.shape.num_ids() >= limits_.gpu_min_rows) {
+      !call.dequantizes && call.heads == nullptr &&
+      call.shape.num_ids() >= limits_.gpu_min_rows) {
     return Backend::kGpu;
   }
   return Backend::kLocal;
@@ -164,7 +166,8 @@ void EngramService::GatherInto(const std::shared_ptr<LookupCall>& call,
       // Local rows and mapped remote rows are copied by the caller of
       // Gather: big lookups hand that to the pool instead of the reactor.
       auto run = [this, call, n, out_dtype, rows, done = std::move(done)] {
-        cluster_->Gather(call->layer, call->ids, n, out_dtype, rows,
+        cluster_->Gather(call->layer, {call->ids, call->heads}, n, out_dtype,
+                         rows,
                          [done](absl::Status s) { done(std::move(s), false); });
       };
       if (n >= kParallelGatherMinRows) {
@@ -180,7 +183,8 @@ void EngramService::GatherInto(const std::shared_ptr<LookupCall>& call,
       if (!s.ok()) {
         metrics_->RecordGpuFallback();
         LogGpuFallback(s);
-        GatherRows(*call->layer, call->ids, 0, n, out_dtype, rows);
+        GatherRows(*call->layer, {call->ids, call->heads}, 0, n, out_dtype,
+                   rows);
       }
       done(absl::OkStatus(), s.ok());
       return;
@@ -190,12 +194,14 @@ void EngramService::GatherInto(const std::shared_ptr<LookupCall>& call,
         // Rows of a table bigger than memory may wait on the disk: never
         // on the reactor (big gathers go to the pool anyway).
         pool_->Submit([call, n, out_dtype, rows, done = std::move(done)] {
-          GatherRows(*call->layer, call->ids, 0, n, out_dtype, rows);
+          GatherRows(*call->layer, {call->ids, call->heads}, 0, n, out_dtype,
+                     rows);
           done(absl::OkStatus(), false);
         });
         return;
       }
-      GatherAsync(pool_, *call->layer, call->ids, n, out_dtype, rows,
+      GatherAsync(pool_, *call->layer, {call->ids, call->heads}, n, out_dtype,
+                  rows,
                   [done = std::move(done)] { done(absl::OkStatus(), false); });
       return;
   }
@@ -206,8 +212,7 @@ void EngramService::ServeRows(const grpc::CallbackServerContext& context,
                               grpc::ByteBuffer* response,
                               std::shared_ptr<LookupCall> call) {
   const int64_t num_ids = call->shape.num_ids();
-  const std::vector<int64_t> shape = {call->shape.batch, call->shape.length,
-                                      call->shape.heads, call->out_dim};
+  const std::vector<int64_t>& shape = call->out_shape;
   const size_t out_bytes = static_cast<size_t>(num_ids) * call->out_row_bytes;
   const size_t header_bytes = wire::LookupResponseHeaderSize(shape, out_bytes);
   std::shared_ptr<PendingResponses::Charge> charge;
@@ -285,10 +290,7 @@ void EngramService::ServeValues(const grpc::CallbackServerContext& context,
     charge = *std::move(reserved);
   }
   auto message = std::make_shared<v1::LookupResponse>();
-  for (int64_t d : {call->shape.batch, call->shape.length, call->shape.heads,
-                    call->out_dim}) {
-    message->add_shape(d);
-  }
+  for (int64_t d : call->out_shape) message->add_shape(d);
   message->set_dtype(v1::DTYPE_FLOAT32);
   message->mutable_values()->Resize(static_cast<int>(num_ids * call->out_dim),
                                     0.0f);

@@ -68,6 +68,22 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
     args.output_dtype = DTypeFromProto(static_cast<v1::DType>(requested));
   }
   args.as_values = req.as_values();
+  switch (req.id_form()) {
+    case v1::ID_FORM_PER_HEAD:
+      break;
+    case v1::ID_FORM_FUSED:
+      args.id_form = IdForm::kFused;
+      break;
+    case v1::ID_FORM_ENTRIES:
+      args.id_form = IdForm::kEntries;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("id_form ", static_cast<int>(req.id_form()),
+                       " is not a known IdForm"));
+  }
+  args.head_begin = req.head_begin();
+  args.head_end = req.head_end();
   args.max_rows = limits.max_lookup_rows;
   args.max_rows_flag = "--max_lookup_rows";
   // 64 bytes covers the response's shape/dtype framing.
@@ -80,7 +96,17 @@ absl::Status PrepareLookup(const LayerRegistry& layers,
   call->out_dim = static_cast<int64_t>(plan->dim);
   call->dequantizes = plan->dequantizes();
   call->out_row_bytes = plan->out_row_bytes;
-  return ValidateRowIds(layout, call->shape, call->ids);
+  call->out_shape = plan->OutShape();
+  if (absl::Status s = ResolveIds(layout, *plan, call->ids, &call->resolved);
+      !s.ok()) {
+    return s;
+  }
+  if (!plan->plain) {
+    call->ids = call->resolved.rows.data();
+    if (!call->resolved.heads.empty())
+      call->heads = call->resolved.heads.data();
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckGather(const internal::v1::GatherRequest& request,

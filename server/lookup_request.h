@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "cluster/placement.h"
 #include "common/layout.h"
+#include "common/lookup_plan.h"
 #include "engram/internal/v1/peer.pb.h"
 #include "engram/v1/engram.pb.h"
 #include "store/layer_registry.h"
@@ -32,8 +33,13 @@ struct LookupCall {
   v1::LookupRequest request;
   std::shared_ptr<const Layer> layer;
   LookupShape shape;
+  std::vector<int64_t> out_shape;  // the response's
+  // The rows to gather: the request's ids as given, or as ResolveIds
+  // translated them (fused, head slices, entries: then heads is set).
   const int64_t* ids = nullptr;
+  const int32_t* heads = nullptr;
   std::vector<int64_t> ids_copy;  // only for ids that must be realigned
+  ResolvedIds resolved;
   DType out_dtype = DType::kFloat32;
   int64_t out_dim = 0;  // values per returned row (W when dequantizing)
   bool dequantizes = false;

@@ -40,23 +40,43 @@ void GatherRowsAt(const Layer& layer, const int32_t* heads, const int64_t* rows,
   }
 }
 
-void GatherRows(const Layer& layer, const int64_t* ids, int64_t begin,
-                int64_t end, DType out_dtype, uint8_t* out) {
+// CopyRows for rows that name their heads.
+void CopyRowsAt(const uint8_t* const* tables, size_t row_bytes,
+                const int32_t* heads, const int64_t* ids, int64_t begin,
+                int64_t end, uint8_t* out) {
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + kPrefetchDistance < end) {
+      int64_t j = i + kPrefetchDistance;
+      __builtin_prefetch(tables[heads[j]] + ids[j] * row_bytes);
+    }
+    std::memcpy(out + i * row_bytes, tables[heads[i]] + ids[i] * row_bytes,
+                row_bytes);
+  }
+}
+
+void GatherRows(const Layer& layer, RowIds ids, int64_t begin, int64_t end,
+                DType out_dtype, uint8_t* out) {
   const LayerLayout& layout = layer.layout();
   const int64_t heads = layout.num_heads();
   const size_t row_bytes = layout.row_bytes();
   if (out_dtype == layout.dtype) {
-    CopyRows(layer.table_ptrs(), heads, row_bytes, ids, begin, end, out);
+    if (ids.heads != nullptr) {
+      CopyRowsAt(layer.table_ptrs(), row_bytes, ids.heads, ids.rows, begin, end,
+                 out);
+    } else {
+      CopyRows(layer.table_ptrs(), heads, row_bytes, ids.rows, begin, end, out);
+    }
     return;
   }
   const LookupPlan plan = RowPlan(layout, out_dtype);
   for (int64_t i = begin; i < end; ++i) {
-    plan.PutRow(layer.table(i % heads) + ids[i] * row_bytes,
+    const int64_t h = ids.heads != nullptr ? ids.heads[i] : i % heads;
+    plan.PutRow(layer.table(h) + ids.rows[i] * row_bytes,
                 out + i * plan.out_row_bytes);
   }
 }
 
-void GatherAsync(ThreadPool* pool, const Layer& layer, const int64_t* ids,
+void GatherAsync(ThreadPool* pool, const Layer& layer, RowIds ids,
                  int64_t num_ids, DType out_dtype, uint8_t* out,
                  std::function<void()> done) {
   const int64_t parts = std::min<int64_t>(pool == nullptr ? 1 : pool->size(),
@@ -86,7 +106,7 @@ void GatherAsync(ThreadPool* pool, const Layer& layer, const int64_t* ids,
   }
 }
 
-void GatherParallel(ThreadPool* pool, const Layer& layer, const int64_t* ids,
+void GatherParallel(ThreadPool* pool, const Layer& layer, RowIds ids,
                     int64_t num_ids, DType out_dtype, uint8_t* out) {
   std::promise<void> finished;
   GatherAsync(pool, layer, ids, num_ids, out_dtype, out,

@@ -12,7 +12,7 @@ returns rows ``[B, L, H, D]``.
 import atexit
 import concurrent.futures
 import dataclasses
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,6 +35,8 @@ _NUMPY_DTYPES = {
     "bfloat16": np.dtype(np.uint16),  # numpy has no bfloat16: its bits
     "uint8": np.dtype(np.uint8),
 }
+# How lookup ids name rows (engram.v1.IdForm).
+_ID_FORMS = ("per_head", "fused", "entries")
 
 
 
@@ -340,12 +342,18 @@ class Client:
         self._layouts[info.layer_id] = _layout_of(info)
         return info
 
-    def _prepare(self, layer_id, ids, out, output_dtype):
+    def _prepare(self, layer_id, ids, out, output_dtype, id_form="per_head"):
         ids = np.ascontiguousarray(np.asarray(ids))
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers; got {ids.dtype}")
-        if ids.ndim != 3:
-            raise ValueError(f"ids must be [B, L, H]; got shape {ids.shape}")
+        if id_form not in _ID_FORMS:
+            raise ValueError(f"id_form must be one of {_ID_FORMS}; got "
+                             f"{id_form!r}")
+        rank = 1 if id_form == "entries" else 3
+        if ids.ndim != rank:
+            want = "[n]" if rank == 1 else "[B, L, H]"
+            raise ValueError(f"{id_form} ids must be {want}; got shape "
+                             f"{ids.shape}")
         ids = ids.astype(np.int64, copy=False)
         if output_dtype is not None and output_dtype not in _NUMPY_DTYPES:
             raise ValueError(f"output_dtype must be one of "
@@ -365,9 +373,10 @@ class Client:
                 raise TypeError("out must be a numpy array")
             if not out.flags.c_contiguous or not out.flags.writeable:
                 raise ValueError("out must be a writable C-contiguous array")
-            if out.shape[:3] != ids.shape or out.ndim != 4:
+            if out.shape[:rank] != ids.shape or out.ndim != rank + 1:
+                want = "[n, D]" if rank == 1 else "[B, L, H, D]"
                 raise ValueError(f"out has shape {out.shape}; ids {ids.shape} "
-                                 "need [B, L, H, D]")
+                                 f"need {want}")
             if output_dtype is not None and \
                     out.dtype != _NUMPY_DTYPES[output_dtype]:
                 raise TypeError(f"out is {out.dtype}; output_dtype "
@@ -385,7 +394,8 @@ class Client:
         return layout
 
     def lookup(self, layer_id: int, ids, *, out=None,
-               output_dtype: Optional[str] = None):
+               output_dtype: Optional[str] = None, id_form: str = "per_head",
+               heads: Optional[Tuple[int, int]] = None):
         """Gathers the rows of ``ids`` (int64 ``[B, L, H]``, any array-like).
 
         Returns ``[B, L, H, D]`` rows of the stored dtype (or
@@ -394,18 +404,30 @@ class Client:
         it and it is returned: no other copy. A CUDA array ``out`` takes the
         device path (:meth:`lookup_device`, waited for; its dtype is the
         output dtype).
+
+        ``id_form="fused"``: ids in the layer's fused id space (head h's
+        rows start at ``sum(table_vocab_sizes[:h])``), column h in head h's
+        range. ``id_form="entries"``: ids ``[n]``, each any fused id; rows
+        ``[n, D]``. ``heads=(h0, h1)``: only those heads (a tensor-parallel
+        rank's slice): ids ``[B, L, h1 - h0]``, entries within their range.
         """
+        plain = id_form == "per_head" and heads is None
         if out is not None and not isinstance(out, np.ndarray) and \
                 _cuda.device_array(out, "out") is not None:
             if output_dtype is not None:
                 raise ValueError("with a CUDA out, its dtype is the output "
                                  "dtype")
+            if not plain:
+                raise ValueError("device lookups take per-head ids of every "
+                                 "head; look up into host memory for fused "
+                                 "ids, entries or head slices")
             return self.lookup_device(layer_id, ids, out).result()
         allocated = out is None
-        ids, out, dtype = self._prepare(layer_id, ids, out, output_dtype)
+        ids, out, dtype = self._prepare(layer_id, ids, out, output_dtype,
+                                        id_form)
         try:
             _call(self._c.lookup_into, int(layer_id), ids, list(ids.shape),
-                  out, dtype)
+                  out, dtype, id_form, heads)
         except (InvalidArgumentError, NotFoundError):
             if not allocated or layer_id not in self._layouts:
                 raise
@@ -414,12 +436,15 @@ class Client:
             cached = self._layouts.pop(layer_id)
             if self._layout(layer_id, refresh=True) == cached:
                 raise
-            return self.lookup(layer_id, ids, output_dtype=output_dtype)
+            return self.lookup(layer_id, ids, output_dtype=output_dtype,
+                               id_form=id_form, heads=heads)
         return out
 
     def lookup_async(self, layer_id: int, ids, *,
                      out: Optional[np.ndarray] = None,
-                     output_dtype: Optional[str] = None
+                     output_dtype: Optional[str] = None,
+                     id_form: str = "per_head",
+                     heads: Optional[Tuple[int, int]] = None
                      ) -> "LookupFuture":
         """:meth:`lookup` that returns at once, for prefetching.
 
@@ -428,14 +453,15 @@ class Client:
         ``await asyncio.wrap_future(client.lookup_async(...))``.
         """
         allocated = out is None
-        ids, out, dtype = self._prepare(layer_id, ids, out, output_dtype)
+        ids, out, dtype = self._prepare(layer_id, ids, out, output_dtype,
+                                        id_form)
 
         def on_error() -> None:
             if allocated:  # the cached layout may be stale: ask next time
                 self._layouts.pop(layer_id, None)
 
         pending = _call(self._c.lookup_into_async, int(layer_id), ids,
-                        list(ids.shape), out, dtype)
+                        list(ids.shape), out, dtype, id_form, heads)
         return LookupFuture(pending, out, on_error)
 
     def lookup_device(self, layer_id: int, ids, out, *, stream=None,

@@ -44,20 +44,20 @@ TEST(LayoutTest, LookupShapeInvariants) {
   LayerLayout l = Layout({10, 20, 30});
   LookupShape shape;
   const int64_t good[] = {2, 4, 3};
-  ASSERT_TRUE(ValidateLookupShape(l, good, 24, &shape).ok());
+  ASSERT_TRUE(ValidateLookupShape(l.num_heads(), good, 24, &shape).ok());
   EXPECT_EQ(shape.num_ids(), 24);
   const int64_t rank2[] = {2, 3};
-  ExpectInvalid(ValidateLookupShape(l, rank2, 6, &shape), "rank 2");
-  ExpectInvalid(ValidateLookupShape(l, {}, 0, &shape), "rank 0");
+  ExpectInvalid(ValidateLookupShape(l.num_heads(), rank2, 6, &shape), "rank 2");
+  ExpectInvalid(ValidateLookupShape(l.num_heads(), {}, 0, &shape), "rank 0");
   const int64_t wrong_h[] = {1, 1, 4};
-  ExpectInvalid(ValidateLookupShape(l, wrong_h, 4, &shape),
-                "H = 4 must equal the layer's head count 3");
+  ExpectInvalid(ValidateLookupShape(l.num_heads(), wrong_h, 4, &shape),
+                "H = 4 must equal the 3 heads looked up");
   const int64_t zero_b[] = {0, 1, 3};
-  ExpectInvalid(ValidateLookupShape(l, zero_b, 0, &shape), "B >= 1");
-  ExpectInvalid(ValidateLookupShape(l, good, 23, &shape),
+  ExpectInvalid(ValidateLookupShape(l.num_heads(), zero_b, 0, &shape), "B >= 1");
+  ExpectInvalid(ValidateLookupShape(l.num_heads(), good, 23, &shape),
                 "needs 24 row ids; got 23");
   const int64_t huge[] = {int64_t{1} << 40, int64_t{1} << 40, 3};
-  ExpectInvalid(ValidateLookupShape(l, huge, 3, &shape), "too many");
+  ExpectInvalid(ValidateLookupShape(l.num_heads(), huge, 3, &shape), "too many");
 }
 
 TEST(LayoutTest, RowIdsNameTheOffendingPosition) {

@@ -45,7 +45,7 @@ TEST(LookupPlanTest, WithoutAShapeTheIdsAreWholeRowsOfHeads) {
   EXPECT_EQ(plan->out_bytes, 9u * 16);
   ExpectRefused(PlanLookup(kFloatLayer, {.layer_id = 7, .num_ids = 8}),
                 absl::StatusCode::kInvalidArgument,
-                "8 ids are not a multiple of layer 7's 3 heads");
+                "8 ids are not a multiple of the 3 heads looked up in layer 7");
 }
 
 TEST(LookupPlanTest, EachRefusalSaysWhatIsWrong) {
@@ -167,6 +167,77 @@ TEST(LookupPlanTest, PutRowDequantizesBlockByBlock) {
       .PutRow(row.data(), reinterpret_cast<uint8_t*>(bf16.data()));
   EXPECT_EQ(bf16[0x7e], 0x4560);  // 3584 = 1.75 * 2^11
   EXPECT_EQ(bf16[0xff], 0x7fc0);
+}
+
+// kFloatLayer's fused ids: head 0 [0, 10), head 1 [10, 30), head 2 [30, 60).
+TEST(LookupPlanTest, FusedIdsPerColumnLoseTheirHeadsOffsets) {
+  const int64_t ids[] = {9, 10, 59, 0, 29, 30};
+  LookupArgs args{.layer_id = 7, .num_ids = 6};
+  args.id_form = IdForm::kFused;
+  absl::StatusOr<LookupPlan> plan = PlanLookup(kFloatLayer, args);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(plan->plain);
+  ResolvedIds resolved;
+  ASSERT_TRUE(ResolveIds(kFloatLayer, *plan, ids, &resolved).ok());
+  EXPECT_THAT(resolved.rows, ::testing::ElementsAre(9, 0, 29, 0, 19, 0));
+  EXPECT_TRUE(resolved.heads.empty());  // column h is still head h
+  const int64_t wrong[] = {9, 10, 30, 0, 30, 59};
+  absl::Status s = ResolveIds(kFloatLayer, *plan, wrong, &resolved);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(),
+              HasSubstr("row_ids[1, 0, 1] = 30 is out of range: column 1 is "
+                        "head 1, whose fused ids are [10, 30)"));
+}
+
+TEST(LookupPlanTest, EntriesFindTheirHeadsAndStayInTheSlice) {
+  const int64_t ids[] = {0, 9, 10, 29, 30, 59, 15};
+  LookupArgs args{.layer_id = 7, .num_ids = 7};
+  args.id_form = IdForm::kEntries;
+  absl::StatusOr<LookupPlan> plan = PlanLookup(kFloatLayer, args);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_THAT(plan->OutShape(), ::testing::ElementsAre(7, 4));
+  ResolvedIds resolved;
+  ASSERT_TRUE(ResolveIds(kFloatLayer, *plan, ids, &resolved).ok());
+  EXPECT_THAT(resolved.heads, ::testing::ElementsAre(0, 0, 1, 1, 2, 2, 1));
+  EXPECT_THAT(resolved.rows, ::testing::ElementsAre(0, 9, 0, 19, 0, 29, 5));
+  args.head_begin = 1;
+  args.head_end = 2;
+  plan = PlanLookup(kFloatLayer, args);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  absl::Status s = ResolveIds(kFloatLayer, *plan, ids, &resolved);
+  EXPECT_THAT(s.message(),
+              HasSubstr("row_ids[0] = 0 is outside the fused id range [10, "
+                        "30) of heads [1, 2)"));
+  const int64_t two_d[] = {7, 1};
+  args.shape = two_d;
+  ExpectRefused(PlanLookup(kFloatLayer, args),
+                absl::StatusCode::kInvalidArgument, "shape [n]");
+}
+
+TEST(LookupPlanTest, AHeadSliceNamesItsColumnsHeads) {
+  const int64_t shape[] = {2, 1, 2};
+  const int64_t ids[] = {19, 29, 0, 0};
+  LookupArgs args{.layer_id = 7, .num_ids = 4, .shape = shape};
+  args.head_begin = 1;
+  absl::StatusOr<LookupPlan> plan = PlanLookup(kFloatLayer, args);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->head_end, 3);
+  EXPECT_THAT(plan->OutShape(), ::testing::ElementsAre(2, 1, 2, 4));
+  ResolvedIds resolved;
+  ASSERT_TRUE(ResolveIds(kFloatLayer, *plan, ids, &resolved).ok());
+  EXPECT_THAT(resolved.heads, ::testing::ElementsAre(1, 2, 1, 2));
+  const int64_t past[] = {20, 0, 0, 0};
+  EXPECT_THAT(ResolveIds(kFloatLayer, *plan, past, &resolved).message(),
+              HasSubstr("column 0 is head 1, whose ids are [0, 20)"));
+  args.head_begin = 2;
+  args.head_end = 2;
+  ExpectRefused(PlanLookup(kFloatLayer, args),
+                absl::StatusCode::kInvalidArgument,
+                "head slice [2, 2) is not a non-empty range");
+  args.head_begin = 0;
+  args.head_end = 4;
+  ExpectRefused(PlanLookup(kFloatLayer, args),
+                absl::StatusCode::kInvalidArgument, "of layer 7's 3 heads");
 }
 
 }  // namespace

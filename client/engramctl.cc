@@ -57,6 +57,12 @@ ABSL_FLAG(std::string, ids, "", "lookup: row ids, comma-separated");
 ABSL_FLAG(std::string, shape, "",
           "lookup: B,L,H of --ids (default 1,1,number of ids)");
 ABSL_FLAG(std::string, ids_npy, "", "lookup: ids from an int64 .npy [B, L, H]");
+ABSL_FLAG(std::string, id_form, "per_head",
+          "lookup: per_head (ids [B, L, H]), fused (ids in the layer's fused "
+          "id space, [B, L, H]) or entries (any fused ids [n]: rows [n, D])");
+ABSL_FLAG(std::string, heads, "",
+          "lookup: only heads H0:H1 (a tensor-parallel rank's slice; "
+          "--shape's H is H1 - H0)");
 ABSL_FLAG(std::string, output_dtype, "",
           "lookup: rows converted to this dtype (default: the layer's)");
 ABSL_FLAG(std::string, out, "",
@@ -98,6 +104,7 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
                                           under its --load_root)
   lookup   --layer=N (--ids=1,2,.. --shape=B,L,H | --ids_npy=ids.npy)
            [--output_dtype=T] [--out=rows.npy]
+           [--id_form=fused|entries] [--heads=H0:H1]
                                           gather rows; prints them, or
                                           writes a [B, L, H, D] .npy
 
@@ -341,18 +348,37 @@ int Lookup(Client& client) {
                 ? std::vector<int64_t>{1, 1, static_cast<int64_t>(ids.size())}
                 : IntList("shape", shape_flag);
   }
+  LookupOptions options;
+  if (const std::string form = absl::GetFlag(FLAGS_id_form); form == "fused") {
+    options.id_form = IdForm::kFused;
+  } else if (form == "entries") {
+    options.id_form = IdForm::kEntries;
+    shape = {static_cast<int64_t>(ids.size())};
+  } else if (form != "per_head") {
+    Die(absl::StrCat("--id_form must be per_head, fused or entries; got ",
+                     form),
+        2);
+  }
+  if (const std::string heads = absl::GetFlag(FLAGS_heads); !heads.empty()) {
+    std::vector<std::string> parts = absl::StrSplit(heads, ':');
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &options.head_begin) ||
+        !absl::SimpleAtoi(parts[1], &options.head_end)) {
+      Die(absl::StrCat("--heads must be H0:H1; got ", heads), 2);
+    }
+  }
   absl::StatusOr<LayerDescription> d = client.DescribeLayer(layer);
   Check(d.status());
   std::optional<DType> out_dtype;
   if (const std::string d = absl::GetFlag(FLAGS_output_dtype); !d.empty()) {
     out_dtype = ParseDType(d);
   }
+  options.output_dtype = out_dtype;
   const DType dtype = out_dtype.value_or(d->layout.dtype);
   // A quantized layer's float rows are its dequantized values.
   const int64_t dim = dtype == DType::kUInt8 ? d->layout.embedding_dim
                                              : d->layout.values_per_row();
   std::vector<uint8_t> rows(ids.size() * dim * DTypeSize(dtype));
-  Check(client.Lookup(layer, ids, shape, rows, out_dtype));
+  Check(client.Lookup(layer, ids, shape, rows, options));
 
   std::vector<int64_t> out_shape = shape;
   out_shape.push_back(dim);
@@ -362,14 +388,20 @@ int Lookup(Client& client) {
               << DTypeName(dtype) << " to " << out << "\n";
     return 0;
   }
-  const int64_t heads = shape.empty() ? 1 : shape.back();
+  const bool entries = options.id_form == IdForm::kEntries;
+  const int64_t heads = entries || shape.empty() ? 1 : shape.back();
   std::cout.precision(9);  // every float32 prints exactly (max_digits10)
   const size_t row_bytes = dim * DTypeSize(dtype);
   std::vector<float> values(dim);
   for (size_t i = 0; i < ids.size(); ++i) {
     const uint8_t* row = rows.data() + i * row_bytes;
-    std::cout << "[" << i / heads << ", h" << i % heads << "] id " << ids[i]
-              << ":";
+    if (entries) {
+      std::cout << "[" << i << "] id " << ids[i] << ":";
+    } else {
+      std::cout << "[" << i / heads << ", h"
+                << options.head_begin + static_cast<int64_t>(i) % heads
+                << "] id " << ids[i] << ":";
+    }
     if (dtype == DType::kUInt8) {
       for (int64_t e = 0; e < dim; ++e) std::printf(" %02x", row[e]);
       std::fflush(stdout);

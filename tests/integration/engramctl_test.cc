@@ -62,6 +62,47 @@ TEST(EngramctlTest, PopulateLookupDescribeRemoveThroughTheCli) {
   EXPECT_EQ(rows->data,
             testing::ReferenceGather(layout, tables, ids, DType::kFloat32));
 
+  // The engines' dialect: fused ids (head 1 starts at 30) and entries, and
+  // a head slice; the same rows as per-head ids.
+  const std::string fused = dir + "/fused.npy";
+  ASSERT_EQ(testing::RunCommand(ctl +
+                                    "lookup --layer=3 --ids=29,74,0,37 "
+                                    "--shape=2,1,2 --id_form=fused --out=" +
+                                    fused,
+                                &out),
+            0)
+      << out;
+  auto fused_rows = ReadNpy(fused);
+  ASSERT_TRUE(fused_rows.ok()) << fused_rows.status();
+  EXPECT_EQ(fused_rows->data, rows->data);
+  ASSERT_EQ(testing::RunCommand(ctl +
+                                    "lookup --layer=3 --ids=74,29,37,0 "
+                                    "--id_form=entries --out=" +
+                                    fused,
+                                &out),
+            0)
+      << out;
+  fused_rows = ReadNpy(fused);
+  ASSERT_TRUE(fused_rows.ok()) << fused_rows.status();
+  EXPECT_EQ(fused_rows->shape, (std::vector<int64_t>{4, 6}));
+  std::vector<uint8_t> want;
+  for (auto [h, row] : {std::pair{1, 44}, {0, 29}, {1, 7}, {0, 0}}) {
+    const size_t row_bytes = layout.row_bytes();
+    want.insert(want.end(), tables[h].begin() + row * row_bytes,
+                tables[h].begin() + (row + 1) * row_bytes);
+  }
+  EXPECT_EQ(fused_rows->data, want);
+  ASSERT_EQ(
+      testing::RunCommand(ctl + "lookup --layer=3 --ids=44 --heads=1:2", &out),
+      0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("[0, h1] id 44:"));
+  EXPECT_EQ(testing::RunCommand(
+                ctl + "lookup --layer=3 --ids=30,0 --id_form=fused", &out),
+            1);
+  EXPECT_THAT(out,
+              HasSubstr("column 0 is head 0, whose fused ids are [0, 30)"));
+
   ASSERT_EQ(testing::RunCommand(ctl + "describe --layer=3", &out), 0);
   EXPECT_THAT(out, HasSubstr("engram:l3:h1"));
   EXPECT_EQ(testing::RunCommand(ctl + "populate --layer=3" + files, &out), 1);

@@ -48,6 +48,8 @@ ABSL_FLAG(bool, peer_gather, false,
           "the peer Gather call against raw TCP of the same bytes");
 ABSL_FLAG(bool, quant, false,
           "DeepSeek-shaped FP8 rows returned packed against dequantized");
+ABSL_FLAG(bool, id_forms, false,
+          "per-head ids against fused ids and flat entries of the same rows");
 ABSL_FLAG(bool, serve_echo, false,
           "(internal) serve the echo service the comparison runs against");
 ABSL_FLAG(std::string, port_file, "", "(internal) with --serve_echo");
@@ -510,6 +512,78 @@ int CompareQuant(double seconds, int callers, int channels) {
   return 0;
 }
 
+// The same rows asked for with per-head ids, fused ids and flat entries
+// (the engines' dialects), in one run against one engramd.
+int CompareIdForms(double seconds, int callers, int channels) {
+  auto server = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
+                                    "--metrics_listen=", "--nopin_memory"});
+  if (!server) {
+    std::fprintf(stderr, "lookup_bench: engramd did not start\n");
+    return 1;
+  }
+  auto client = ConnectTo(*server, channels);
+  std::mt19937_64 rng(5);
+  if (!PopulateBenchLayer({client.get()}, MakeBenchLayer(rng))) return 1;
+  std::printf(
+      "lookup_bench --id_forms: H = %d, D = %lld float32, %lld rows per "
+      "head, %d callers, %d connection(s)\n",
+      kHeads, static_cast<long long>(kDim),
+      static_cast<long long>(kRowsPerHead), callers, channels);
+  std::printf("  %-22s %8s %14s %14s %14s %8s %8s\n", "shape", "rows",
+              "per-head rows/s", "fused rows/s", "entries rows/s", "fused/ph",
+              "entr/ph");
+  const Shape shapes[] = {{"decode B=1", 1, 1},
+                          {"decode B=16", 16, 1},
+                          {"decode B=256", 256, 1},
+                          {"prefill B=1 L=4096", 1, 4096}};
+  for (const Shape& s : shapes) {
+    CallerLookups l = MakeCallerLookups(s, callers, rng);
+    // Fused ids of the same rows: head h's rows start at h * N.
+    std::vector<std::vector<int64_t>> fused = l.ids;
+    for (auto& ids : fused) {
+      for (size_t i = 0; i < ids.size(); ++i)
+        ids[i] += static_cast<int64_t>(i % kHeads) * kRowsPerHead;
+    }
+    auto run = [&, seconds = seconds / 5](
+                   const std::vector<std::vector<int64_t>>& ids, IdForm form) {
+      LookupOptions options;
+      options.id_form = form;
+      const int64_t n = s.rows();
+      const std::vector<int64_t> shape =
+          form == IdForm::kEntries ? std::vector<int64_t>{n}
+                                   : std::vector<int64_t>(l.shape, l.shape + 3);
+      std::atomic<bool> reported{false};
+      return RunClosedLoop(callers, seconds, [&](int c) {
+        absl::Status st = client->Lookup(1, ids[c], shape, l.outs[c], options);
+        if (!st.ok() && !reported.exchange(true)) {
+          std::fprintf(stderr, "lookup_bench: a lookup failed: %s\n",
+                       st.ToString().c_str());
+        }
+        return st.ok();
+      });
+    };
+    // Interleaved rounds, summed: drift of the machine over the run falls
+    // on every form alike.
+    RunStats per_head, by_column, entries;
+    auto add = [](RunStats& total, const RunStats& round) {
+      total.calls += round.calls;
+      total.seconds += round.seconds;
+    };
+    for (int round = 0; round < 5; ++round) {
+      add(per_head, run(l.ids, IdForm::kPerHead));
+      add(by_column, run(fused, IdForm::kFused));
+      add(entries, run(fused, IdForm::kEntries));
+    }
+    std::printf(
+        "  %-22s %8lld %15.0f %14.0f %14.0f %7.2fx %7.2fx\n", s.name,
+        static_cast<long long>(s.rows()), per_head.calls_per_s() * s.rows(),
+        by_column.calls_per_s() * s.rows(), entries.calls_per_s() * s.rows(),
+        by_column.calls_per_s() / per_head.calls_per_s(),
+        entries.calls_per_s() / per_head.calls_per_s());
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   ParseBenchFlags(argc, argv,
                   "lookup_bench: Lookup RPCs against a plain gRPC echo of the "
@@ -543,6 +617,8 @@ int Main(int argc, char** argv) {
     return ComparePeerGather(seconds, callers);
   if (absl::GetFlag(FLAGS_quant))
     return CompareQuant(seconds, callers, channels);
+  if (absl::GetFlag(FLAGS_id_forms))
+    return CompareIdForms(seconds, callers, channels);
 
   auto engramd = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
                                      "--metrics_listen=", "--nopin_memory"});

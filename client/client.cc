@@ -12,6 +12,7 @@
 #include "client/cluster_router.h"
 #include "client/device_reads.h"
 #include "client/direct_reads.h"
+#include "common/status_context.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "proto/channel_security.h"
@@ -23,6 +24,7 @@ namespace engram {
 namespace {
 
 constexpr char kLookupMethod[] = "/engram.v1.EngramStore/Lookup";
+constexpr char kLookupManyMethod[] = "/engram.v1.EngramStore/LookupMany";
 
 LayerDescription FromProto(const v1::LayerInfo& info) {
   LayerDescription d;
@@ -393,6 +395,50 @@ absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
   if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
   wire::DecodedLookup decoded;
   return wire::DecodeLookupResponse(response, output, &decoded);
+}
+
+absl::Status Client::LookupMany(std::span<const LookupSpec> lookups) {
+  if (lookups.empty()) {
+    return absl::InvalidArgumentError("LookupMany needs at least one lookup");
+  }
+  if (impl_->router != nullptr) {
+    // Each lookup goes to the owners of its rows; all run at once.
+    std::vector<std::future<absl::Status>> results;
+    for (const LookupSpec& l : lookups) {
+      auto promise = std::make_shared<std::promise<absl::Status>>();
+      results.push_back(promise->get_future());
+      impl_->router->Lookup(
+          l.layer_id, l.ids, l.shape, l.output, l.options,
+          [promise](absl::Status s) { promise->set_value(std::move(s)); });
+    }
+    absl::Status first;
+    for (size_t i = 0; i < results.size(); ++i) {
+      absl::Status s = results[i].get();
+      if (!s.ok() && first.ok()) {
+        first = WithContext(s, absl::StrCat("lookups[", i, "]"));
+      }
+    }
+    return first;
+  }
+  std::vector<grpc::ByteBuffer> encoded;
+  std::vector<std::span<uint8_t>> outs;
+  for (const LookupSpec& l : lookups) {
+    encoded.push_back(EncodeLookup(l.layer_id, l.shape, l.ids, l.options));
+    outs.push_back(l.output);
+  }
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  grpc::ByteBuffer request = wire::EncodeLookupManyRequest(encoded);
+  grpc::ByteBuffer response;
+  const grpc::internal::RpcMethod method(kLookupManyMethod,
+                                         grpc::internal::RpcMethod::NORMAL_RPC);
+  grpc::Status status =
+      grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+          impl_->lookup_channels[impl_->NextLookupIndex()].get(), method,
+          &context, request, &response);
+  if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
+  std::vector<wire::DecodedLookup> decoded;
+  return wire::DecodeLookupManyResponse(response, outs, &decoded);
 }
 
 namespace {

@@ -91,6 +91,15 @@ struct LookupOptions {
   int64_t head_end = 0;  // 0: the last head
 };
 
+// One lookup of a LookupMany call: what Lookup takes. Spans are borrowed.
+struct LookupSpec {
+  int64_t layer_id = 0;
+  std::span<const int64_t> ids;
+  std::span<const int64_t> shape;
+  std::span<uint8_t> output;
+  LookupOptions options;
+};
+
 struct DeviceLookupRequest {
   int64_t layer_id = 0;
   // B*L*H ids, token-major with heads fastest (as Lookup's). Device memory
@@ -175,6 +184,12 @@ class Client {
   absl::Status Lookup(int64_t layer_id, std::span<const int64_t> ids,
                       std::span<const int64_t> shape, std::span<uint8_t> output,
                       const LookupOptions& options);
+
+  // Several lookups (say both Engram layers of a step) in one round trip;
+  // all are checked before any row is read, and either every output is
+  // filled or the call fails (the message names the lookup: "lookups[i]").
+  // A cluster client runs them side by side instead.
+  absl::Status LookupMany(std::span<const LookupSpec> lookups);
 
   // Asynchronous Lookup for prefetching: returns at once; `done` runs once
   // on a gRPC thread when `output` is filled or the call failed. `ids`,

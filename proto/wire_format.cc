@@ -108,6 +108,11 @@ absl::Status Malformed(const char* what) {
   return absl::DataLossError(absl::StrCat("malformed LookupResponse: ", what));
 }
 
+absl::Status WithResultIndex(const absl::Status& s, size_t k) {
+  return absl::Status(s.code(),
+                      absl::StrCat("results[", k, "]: ", s.message()));
+}
+
 }  // namespace
 
 size_t LookupResponseHeaderSize(std::span<const int64_t> shape,
@@ -141,12 +146,13 @@ size_t EncodeGatherResponseHeader(size_t data_bytes, uint8_t* out) {
   return static_cast<size_t>(p - out);
 }
 
-absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
-                                  std::span<uint8_t> out,
-                                  DecodedLookup* result) {
-  SliceReader reader(response);
+namespace {
+
+// Decodes LookupResponse fields until `end` bytes remain in `reader`.
+absl::Status DecodeLookupFields(SliceReader& reader, size_t end,
+                                std::span<uint8_t> out, DecodedLookup* result) {
   bool saw_data = false;
-  while (reader.remaining() > 0) {
+  while (reader.remaining() > end) {
     uint64_t tag;
     if (!reader.ReadVarint(&tag)) return Malformed("truncated tag");
     const uint32_t field = static_cast<uint32_t>(tag >> 3);
@@ -209,7 +215,78 @@ absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
       }
     }
   }
+  if (reader.remaining() != end) return Malformed("field overruns its message");
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
+                                  std::span<uint8_t> out,
+                                  DecodedLookup* result) {
+  SliceReader reader(response);
+  return DecodeLookupFields(reader, 0, out, result);
+}
+
+absl::Status DecodeLookupManyResponse(const grpc::ByteBuffer& response,
+                                      std::span<const std::span<uint8_t>> outs,
+                                      std::vector<DecodedLookup>* results) {
+  SliceReader reader(response);
+  results->assign(outs.size(), DecodedLookup());
+  size_t k = 0;
+  while (reader.remaining() > 0) {
+    uint64_t tag, len;
+    if (!reader.ReadVarint(&tag) || tag != ((1 << 3) | kLengthDelimited) ||
+        !reader.ReadVarint(&len) || len > reader.remaining()) {
+      return Malformed("bad LookupManyResponse.results entry");
+    }
+    if (k == outs.size()) {
+      return absl::DataLossError(
+          absl::StrCat("LookupMany returned more than the ", outs.size(),
+                       " results asked for"));
+    }
+    if (absl::Status s = DecodeLookupFields(reader, reader.remaining() - len,
+                                            outs[k], &(*results)[k]);
+        !s.ok()) {
+      return WithResultIndex(s, k);
+    }
+    ++k;
+  }
+  if (k != outs.size()) {
+    return absl::DataLossError(absl::StrCat(
+        "LookupMany returned ", k, " results for ", outs.size(), " lookups"));
+  }
+  return absl::OkStatus();
+}
+
+size_t LookupManyEntrySize(std::span<const int64_t> shape, size_t data_bytes) {
+  const size_t sub = LookupResponseHeaderSize(shape, data_bytes) + data_bytes;
+  return 1 + VarintSize(sub) + sub;
+}
+
+size_t EncodeLookupManyEntryHeader(std::span<const int64_t> shape, int dtype,
+                                   size_t data_bytes, uint8_t* out) {
+  const size_t sub = LookupResponseHeaderSize(shape, data_bytes) + data_bytes;
+  uint8_t* p = PutTag(1, kLengthDelimited, out);
+  p = PutVarint(sub, p);
+  p += EncodeLookupResponseHeader(shape, dtype, data_bytes, p);
+  return static_cast<size_t>(p - out);
+}
+
+grpc::ByteBuffer EncodeLookupManyRequest(
+    std::span<const grpc::ByteBuffer> lookups) {
+  std::vector<grpc::Slice> slices;
+  for (const grpc::ByteBuffer& lookup : lookups) {
+    uint8_t prefix[16];
+    uint8_t* p = PutTag(1, kLengthDelimited, prefix);
+    p = PutVarint(lookup.Length(), p);
+    slices.emplace_back(prefix, static_cast<size_t>(p - prefix));
+    std::vector<grpc::Slice> parts;
+    if (lookup.Dump(&parts).ok()) {
+      for (grpc::Slice& part : parts) slices.push_back(std::move(part));
+    }
+  }
+  return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
 absl::Status ForEachGatheredRow(

@@ -47,6 +47,24 @@ absl::Status DecodeLookupResponse(const grpc::ByteBuffer& response,
 size_t GatherResponseHeaderSize(size_t data_bytes);
 size_t EncodeGatherResponseHeader(size_t data_bytes, uint8_t* out);
 
+// Decodes an engram.v1.LookupManyResponse: result k's rows into outs[k]
+// (each must match exactly), its shape and dtype into (*results)[k].
+absl::Status DecodeLookupManyResponse(const grpc::ByteBuffer& response,
+                                      std::span<const std::span<uint8_t>> outs,
+                                      std::vector<DecodedLookup>* results);
+
+// The bytes one LookupManyResponse.results entry takes (tag, length, the
+// LookupResponse header and its rows), and the encoding of all but the rows
+// (which follow it).
+size_t LookupManyEntrySize(std::span<const int64_t> shape, size_t data_bytes);
+size_t EncodeLookupManyEntryHeader(std::span<const int64_t> shape, int dtype,
+                                   size_t data_bytes, uint8_t* out);
+
+// An engram.v1.LookupManyRequest of encoded LookupRequests (slices shared,
+// the ids not copied).
+grpc::ByteBuffer EncodeLookupManyRequest(
+    std::span<const grpc::ByteBuffer> lookups);
+
 // Encodes an engram.v1.LookupRequest with the ids as the `row_ids` bytes
 // field. The ids are not copied: the returned buffer aliases `ids`, which must
 // outlive every use of it (the RPC).

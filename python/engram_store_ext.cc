@@ -294,6 +294,44 @@ PYBIND11_MODULE(_engram_store, m) {
           py::arg("output_dtype"), py::arg("id_form") = "per_head",
           py::arg("heads") = py::none())
       .def(
+          "lookup_many_into",
+          [](Client& c, const py::list& lookups) {
+            // Each entry: (layer_id, ids, shape, out, output_dtype, id_form,
+            // heads), as lookup_into takes them.
+            std::vector<py::buffer> keep;  // buffers outlive the call
+            std::vector<std::vector<int64_t>> shapes;
+            std::vector<LookupSpec> specs;
+            shapes.reserve(lookups.size());
+            for (const py::handle& item : lookups) {
+              auto t = item.cast<py::tuple>();
+              if (t.size() != 7) {
+                throw py::value_error("lookup_many_into takes 7-tuples");
+              }
+              LookupSpec spec;
+              spec.layer_id = t[0].cast<int64_t>();
+              keep.push_back(t[1].cast<py::buffer>());
+              std::span<uint8_t> id_bytes = Bytes(keep.back(), false);
+              spec.ids = {reinterpret_cast<const int64_t*>(id_bytes.data()),
+                          id_bytes.size() / sizeof(int64_t)};
+              shapes.push_back(t[2].cast<std::vector<int64_t>>());
+              spec.shape = shapes.back();
+              keep.push_back(t[3].cast<py::buffer>());
+              spec.output = Bytes(keep.back(), true);
+              spec.options = ParseLookupOptions(
+                  t[4].cast<std::optional<std::string>>(),
+                  t[5].cast<std::string>(),
+                  t[6].cast<std::optional<std::pair<int64_t, int64_t>>>());
+              specs.push_back(spec);
+            }
+            absl::Status s;
+            {
+              py::gil_scoped_release nogil;
+              s = c.LookupMany(specs);
+            }
+            if (!s.ok()) Raise(s);
+          },
+          py::arg("lookups"))
+      .def(
           "lookup_into_async",
           [](Client& c, int64_t layer_id, py::buffer ids,
              std::vector<int64_t> shape, py::buffer out,

@@ -5,10 +5,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/layout.h"
+#include "common/status_context.h"
 #include "proto/wire_format.h"
 #include "server/log.h"
 #include "server/lookup_request.h"
@@ -140,6 +142,129 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
     ServeValues(*context, reactor, response, call);
   } else {
     ServeRows(*context, reactor, response, call);
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* EngramService::LookupMany(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  if (auto* refused = Refuse(context, Method::kLookupMany)) return refused;
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const auto start = Clock::now();
+  v1::LookupManyRequest many;
+  grpc::ByteBuffer parse_copy(*request);
+  if (!grpc::SerializationTraits<v1::LookupManyRequest>::Deserialize(
+           &parse_copy, &many)
+           .ok()) {
+    Finish(reactor, Method::kLookupMany,
+           absl::InvalidArgumentError(
+               "the request does not parse as engram.v1.LookupManyRequest"));
+    return reactor;
+  }
+  const int count = many.lookups_size();
+  if (count == 0 || count > kMaxLookupsPerCall) {
+    Finish(reactor, Method::kLookupMany,
+           absl::InvalidArgumentError(absl::StrCat("LookupMany takes 1 to ",
+                                                   kMaxLookupsPerCall,
+                                                   " lookups; got ", count)));
+    return reactor;
+  }
+  // Checked and sized first: all rows or none.
+  std::vector<std::shared_ptr<LookupCall>> calls;
+  std::vector<size_t> offsets;  // of each result's rows in the buffer
+  int64_t rows = 0;
+  size_t bytes = 0;
+  for (int i = 0; i < count; ++i) {
+    auto call = std::make_shared<LookupCall>();
+    call->start = start;
+    call->request = std::move(*many.mutable_lookups(i));
+    absl::Status s =
+        call->request.as_values()
+            ? absl::InvalidArgumentError(
+                  "as_values is for Lookup; LookupMany returns rows as bytes")
+            : PrepareLookup(*layers_, limits_, call.get());
+    if (s.ok()) {
+      rows += call->shape.num_ids();
+      const size_t out_bytes = call->shape.num_ids() * call->out_row_bytes;
+      bytes += wire::LookupManyEntrySize(call->out_shape, out_bytes);
+      if (rows > limits_.max_lookup_rows) {
+        s = absl::ResourceExhaustedError(absl::StrCat(
+            "the lookups ask for ", rows, " rows so far; the limit is ",
+            limits_.max_lookup_rows, " (--max_lookup_rows)"));
+      } else if (bytes + 64 > static_cast<size_t>(limits_.max_message_bytes)) {
+        s = absl::ResourceExhaustedError(absl::StrCat(
+            "the response would pass ", bytes, " bytes; the limit is ",
+            limits_.max_message_bytes, " (--max_message_bytes)"));
+      }
+    }
+    if (!s.ok()) {
+      Finish(reactor, Method::kLookupMany,
+             WithContext(s, absl::StrCat("lookups[", i, "]")));
+      return reactor;
+    }
+    calls.push_back(std::move(call));
+  }
+  std::shared_ptr<PendingResponses::Charge> charge;
+  if (pending_ != nullptr) {
+    auto reserved = pending_->Reserve(*context, static_cast<int64_t>(bytes));
+    if (!reserved.ok()) {
+      Finish(reactor, Method::kLookupMany, reserved.status());
+      return reactor;
+    }
+    charge = *std::move(reserved);
+  }
+  ResponseBuffer buffer = AllocateResponse(nullptr, bytes);
+  if (buffer.data == nullptr) {
+    Finish(reactor, Method::kLookupMany,
+           absl::ResourceExhaustedError(absl::StrCat(
+               "cannot allocate ", bytes, " bytes for the lookup response")));
+    return reactor;
+  }
+  // Every gather reports here; the last one finishes the call.
+  struct Join {
+    std::atomic<int> remaining;
+    std::mutex mu;
+    absl::Status status;  // the first failure, guarded by mu
+  };
+  auto join = std::make_shared<Join>();
+  join->remaining.store(count, std::memory_order_relaxed);
+  auto finish = [this, reactor, response, join, buffer, bytes, charge, rows,
+                 start] {
+    if (!join->status.ok()) {
+      buffer.destroy(buffer.user_data);
+      Finish(reactor, Method::kLookupMany, join->status);
+      return;
+    }
+    grpc::Slice slice = PendingResponses::ChargedSlice(
+        buffer.data, bytes, buffer.destroy, buffer.user_data, charge);
+    *response = grpc::ByteBuffer(&slice, 1);
+    metrics_->RecordLookup(
+        std::chrono::duration<double>(Clock::now() - start).count(), rows,
+        static_cast<int64_t>(bytes));
+    Finish(reactor, Method::kLookupMany, absl::OkStatus());
+  };
+  size_t at = 0;
+  for (int i = 0; i < count; ++i) {
+    const std::shared_ptr<LookupCall>& call = calls[i];
+    const size_t out_bytes = call->shape.num_ids() * call->out_row_bytes;
+    at += wire::EncodeLookupManyEntryHeader(call->out_shape,
+                                            static_cast<int>(call->out_dtype),
+                                            out_bytes, buffer.data + at);
+    GatherInto(
+        call, BackendFor(*call, /*allow_gpu=*/false), call->out_dtype,
+        buffer.data + at, [join, finish, i](absl::Status s, bool) {
+          if (!s.ok()) {
+            std::lock_guard<std::mutex> lock(join->mu);
+            if (join->status.ok()) {
+              join->status = WithContext(s, absl::StrCat("lookups[", i, "]"));
+            }
+          }
+          if (join->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            finish();
+          }
+        });
+    at += out_bytes;
   }
   return reactor;
 }

@@ -39,7 +39,8 @@ class EngramService final
               v1::EngramStore::WithRawCallbackMethod_DescribeLayer<
                   v1::EngramStore::WithRawCallbackMethod_ListLayers<
                       v1::EngramStore::WithRawCallbackMethod_Load<
-                          v1::EngramStore::CallbackService>>>>> {
+                          v1::EngramStore::WithRawCallbackMethod_LookupMany<
+                              v1::EngramStore::CallbackService>>>>>> {
  public:
   // What the service serves with, all borrowed (they must outlive it) and
   // fixed before it serves. Optional parts may be null.
@@ -85,6 +86,12 @@ class EngramService final
   grpc::ServerUnaryReactor* Load(grpc::CallbackServerContext* context,
                                  const grpc::ByteBuffer* request,
                                  grpc::ByteBuffer* response) override;
+  // Every lookup is prepared (checked) first; the rows of all land in one
+  // response buffer, each gathered as Lookup would (never on the GPU tier:
+  // the calls it serves are decode-sized).
+  grpc::ServerUnaryReactor* LookupMany(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
 
  private:
   // Where a lookup's rows come from. Every backend fills the caller's rows

@@ -27,6 +27,9 @@ struct ServiceLimits {
   std::string data_dir;          // --data_dir ("" keeps tables in memory)
 };
 
+// The most lookups one LookupMany call may carry.
+inline constexpr int kMaxLookupsPerCall = 256;
+
 // One Lookup between parse and Finish. Holds the layer so a concurrent
 // Remove cannot free the tables under the gather.
 struct LookupCall {

@@ -16,6 +16,8 @@ constexpr MethodInfo kMethods[kNumMethods] = {
     {Method::kListLayers, ENGRAM_PUBLIC "ListLayers", "ListLayers", kRightRead,
      false},
     {Method::kLoad, ENGRAM_PUBLIC "Load", "Load", kRightWrite, true},
+    {Method::kLookupMany, ENGRAM_PUBLIC "LookupMany", "LookupMany", kRightRead,
+     false},
     {Method::kStage, ENGRAM_PEER "Stage", "Stage", kRightPeer, true},
     {Method::kCommit, ENGRAM_PEER "Commit", "Commit", kRightPeer, true},
     {Method::kAbort, ENGRAM_PEER "Abort", "Abort", kRightPeer, true},

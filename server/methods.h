@@ -29,6 +29,7 @@ enum class Method : int {
   kDescribeLayer,
   kListLayers,
   kLoad,
+  kLookupMany,
   kStage,
   kCommit,
   kAbort,
@@ -38,8 +39,8 @@ enum class Method : int {
   kRemoveLocal,
   kStageFiles,
 };
-inline constexpr int kNumPublicMethods = 6;
-inline constexpr int kNumMethods = 14;
+inline constexpr int kNumPublicMethods = 7;
+inline constexpr int kNumMethods = 15;
 
 struct MethodInfo {
   Method method;

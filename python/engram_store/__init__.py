@@ -440,6 +440,33 @@ class Client:
                                id_form=id_form, heads=heads)
         return out
 
+    def lookup_many(self, lookups, *, output_dtype: Optional[str] = None,
+                    id_form: str = "per_head",
+                    heads: Optional[Tuple[int, int]] = None) -> list:
+        """Several lookups in one round trip (say both Engram layers of a
+        step): ``lookups`` is a sequence of ``(layer_id, ids)`` or
+        ``(layer_id, ids, out)``; returns their rows in order, as
+        :meth:`lookup` would. ``output_dtype``, ``id_form`` and ``heads``
+        apply to each. All are checked before any row is read: every result
+        is filled, or the call raises naming the lookup (``lookups[i]``).
+        """
+        entries, results = [], []
+        for item in lookups:
+            if len(item) not in (2, 3):
+                raise ValueError("each lookup is (layer_id, ids) or "
+                                 "(layer_id, ids, out)")
+            layer_id, ids = int(item[0]), item[1]
+            out = item[2] if len(item) == 3 else None
+            ids, out, dtype = self._prepare(layer_id, ids, out, output_dtype,
+                                            id_form)
+            entries.append((layer_id, ids, list(ids.shape), out, dtype,
+                            id_form, heads))
+            results.append(out)
+        if not entries:
+            raise ValueError("lookup_many needs at least one lookup")
+        _call(self._c.lookup_many_into, entries)
+        return results
+
     def lookup_async(self, layer_id: int, ids, *,
                      out: Optional[np.ndarray] = None,
                      output_dtype: Optional[str] = None,

@@ -65,6 +65,10 @@ class Client:
                output_dtype: Optional[str] = ...,
                id_form: str = ...,
                heads: Optional[Tuple[int, int]] = ...) -> object: ...
+    def lookup_many(self, lookups: Sequence[tuple], *,
+                    output_dtype: Optional[str] = ...,
+                    id_form: str = ...,
+                    heads: Optional[Tuple[int, int]] = ...) -> list: ...
     def lookup_async(self, layer_id: int, ids: object, *,
                      out: Optional[np.ndarray] = ...,
                      output_dtype: Optional[str] = ...,

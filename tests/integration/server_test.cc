@@ -373,6 +373,64 @@ TEST_F(ServerTest, BadPopulateStreamsLeaveNothingBehind) {
   ExpectCanaryIntact();
 }
 
+// Both layers of a step in one call (on a cluster: shard 0 coordinates
+// every lookup), fused ids included; a bad lookup fails the whole call and
+// names itself.
+TEST_F(ServerTest, LookupManyAnswersEveryLayerInOneCall) {
+  EnsureCanary();
+  Populate(70, {{40, 70, 10}, 8, DType::kFloat32});
+  Populate(71, {{33, 5}, 16, DType::kBFloat16});
+  auto ids60 = testing::RandomIds(layouts_[70], 3, 2, 1);
+  auto ids61 = testing::RandomIds(layouts_[71], 1, 4, 2);
+  auto want60 = testing::ReferenceGather(layouts_[70], tables_[70], ids60,
+                                         DType::kBFloat16);
+  auto want61 = testing::ReferenceGather(layouts_[71], tables_[71], ids61,
+                                         DType::kBFloat16);
+  // Layer 71 asked with fused ids (head 1 starts at 33).
+  std::vector<int64_t> fused61 = ids61;
+  for (size_t i = 1; i < fused61.size(); i += 2) fused61[i] += 33;
+  std::vector<uint8_t> got60(want60.size()), got61(want61.size());
+  const int64_t shape60[] = {3, 2, 3}, shape61[] = {1, 4, 2};
+  LookupSpec specs[2];
+  specs[0] = {70, ids60, shape60, got60, {DType::kBFloat16}};
+  specs[1] = {71, fused61, shape61, got61, {}};
+  specs[1].options.id_form = IdForm::kFused;
+  ASSERT_TRUE(client_->LookupMany(specs).ok());
+  EXPECT_EQ(got60, want60);
+  EXPECT_EQ(got61, want61);
+
+  fused61[0] = 33;  // column 0 is head 0: [0, 33)
+  ExpectStatus(client_->LookupMany(specs), absl::StatusCode::kInvalidArgument,
+               "lookups[1]: row_ids[0, 0, 0] = 33 is out of range");
+  specs[1].layer_id = 999;
+  ExpectStatus(client_->LookupMany(specs), absl::StatusCode::kNotFound,
+               "lookups[1]: layer 999 not found");
+
+  grpc::ClientContext empty_context;
+  v1::LookupManyRequest many;
+  v1::LookupManyResponse response;
+  ExpectStatus(stub_->LookupMany(&empty_context, many, &response),
+               grpc::StatusCode::INVALID_ARGUMENT, "takes 1 to 256 lookups");
+  v1::LookupRequest* values = many.add_lookups();
+  values->set_layer_id(70);
+  values->add_row_ids_list(0);
+  values->add_row_ids_list(0);
+  values->add_row_ids_list(0);
+  values->set_as_values(true);
+  grpc::ClientContext values_context;
+  ExpectStatus(stub_->LookupMany(&values_context, many, &response),
+               grpc::StatusCode::INVALID_ARGUMENT,
+               "lookups[0]: as_values is for Lookup");
+  // A well-formed protobuf request decodes with the generated classes too.
+  values->set_as_values(false);
+  grpc::ClientContext rows_context;
+  ASSERT_TRUE(stub_->LookupMany(&rows_context, many, &response).ok());
+  ASSERT_EQ(response.results_size(), 1);
+  EXPECT_THAT(response.results(0).shape(), ::testing::ElementsAre(1, 1, 3, 8));
+  EXPECT_EQ(response.results(0).data().size(), 3u * 8 * 4);
+  ExpectCanaryIntact();
+}
+
 TEST_F(ServerTest, RemoveHidesLayerAndFreesTheId) {
   Populate(30, {{100, 200}, 8});
   ExpectLookupsExact(30, 2, 2);
@@ -687,9 +745,9 @@ TEST(ServerProcessTest, BadFlagsExitNonZeroWithOneLine) {
 // Every form a flag can take reaches the server: the start log echoes the
 // flags given values other than their defaults.
 TEST(ServerProcessTest, EveryFlagFormReachesTheConfigAndTheStartLog) {
-  auto p = testing::EngramdProcess::Start(
-      {"--threads", "3", "--nopin_memory", "--demo",
-       "--max_lookup_rows=1000", "--verify_data_dir=false"});
+  auto p = testing::EngramdProcess::Start({"--threads", "3", "--nopin_memory",
+                                           "--demo", "--max_lookup_rows=1000",
+                                           "--verify_data_dir=false"});
   ASSERT_TRUE(p.ok()) << p.status();
   const std::string log = (*p)->Log();
   EXPECT_THAT(log, HasSubstr(" threads=3 "));

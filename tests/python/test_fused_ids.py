@@ -1,6 +1,7 @@
 """Lookups in the engines' dialect against real engramd processes: ids in
 the layer's fused id space (per column, or flat entries as SGLang's
-entry_gather asks), and head slices as tensor-parallel ranks ask, on the
+entry_gather asks), head slices as tensor-parallel ranks ask, and several
+lookups in one call (lookup_many), on the
 single-server RPC path, the cluster paths (a shard gathering, the client
 routing itself) and direct reads. Every answer is checked against a numpy
 gather of the fused table.
@@ -71,6 +72,30 @@ def check_every_form(client, layer, tables):
     assert np.array_equal(got, fused_table[entries])
 
 
+def check_lookup_many(client, layer, tables):
+    """Two layers of a step in one call: the same rows as one lookup
+    each; a bad lookup fails the call, naming it."""
+    rng = np.random.default_rng(8)
+    off = offsets()
+    ids = per_head_ids(rng, 2, 3)
+    entries = rng.integers(0, off[-1], 40).astype(np.int64)
+    first, second = client.lookup_many([(layer, ids), (layer, ids + 0)],
+                                       output_dtype="bfloat16")
+    want = client.lookup(layer, ids, output_dtype="bfloat16")
+    assert np.array_equal(first, want) and np.array_equal(second, want)
+    out = np.empty((40, DIM), np.float32)
+    got = client.lookup_many([(layer, entries, out), (layer, entries)],
+                             id_form="entries")
+    assert got[0] is out
+    fused_table = np.concatenate(tables)
+    assert np.array_equal(out, fused_table[entries])
+    assert np.array_equal(got[1], fused_table[entries])
+    with pytest.raises(InvalidArgumentError) as e:
+        client.lookup_many([(layer, entries),
+                            (layer, np.array([off[-1]]))], id_form="entries")
+    assert "lookups[1]: row_ids[0]" in str(e.value)
+
+
 def check_bad_ids(client, layer):
     off = offsets()
     ids = np.zeros((1, 1, len(SIZES)), np.int64) + off[:-1]
@@ -103,6 +128,7 @@ def test_single_server(tables):
         c = engram_store.Client(s.address)
         c.populate(3, tables)
         check_every_form(c, 3, tables)
+        check_lookup_many(c, 3, tables)
         check_bad_ids(c, 3)
         # The server kept serving and kept its rows.
         ids = per_head_ids(np.random.default_rng(9), 2, 2)
@@ -125,6 +151,7 @@ def test_cluster_shard_and_routed_client(tables):
         routed.populate(4, tables)
         for c in (routed, engram_store.Client(shards[2].address)):
             check_every_form(c, 4, tables)
+            check_lookup_many(c, 4, tables)
             check_bad_ids(c, 4)
     finally:
         for s in shards:
@@ -137,6 +164,7 @@ def test_direct_reads(tables):
         engram_store.Client(s.address).populate(5, tables)
         c = engram_store.Client(s.address, direct_reads=True)
         check_every_form(c, 5, tables)
+        check_lookup_many(c, 5, tables)
         check_bad_ids(c, 5)
     finally:
         s.stop()

@@ -50,6 +50,8 @@ ABSL_FLAG(bool, quant, false,
           "DeepSeek-shaped FP8 rows returned packed against dequantized");
 ABSL_FLAG(bool, id_forms, false,
           "per-head ids against fused ids and flat entries of the same rows");
+ABSL_FLAG(bool, many, false,
+          "two layers per step: one LookupMany against two Lookup calls");
 ABSL_FLAG(bool, serve_echo, false,
           "(internal) serve the echo service the comparison runs against");
 ABSL_FLAG(std::string, port_file, "", "(internal) with --serve_echo");
@@ -584,6 +586,74 @@ int CompareIdForms(double seconds, int callers, int channels) {
   return 0;
 }
 
+// Both Engram layers of a decode step: one LookupMany call against two
+// Lookup calls one after the other (what a caller without it does), in one
+// run against one engramd.
+int CompareLookupMany(double seconds, int callers, int channels) {
+  auto server = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
+                                    "--metrics_listen=", "--nopin_memory"});
+  if (!server) {
+    std::fprintf(stderr, "lookup_bench: engramd did not start\n");
+    return 1;
+  }
+  auto client = ConnectTo(*server, channels);
+  std::mt19937_64 rng(5);
+  const BenchLayer layer = MakeBenchLayer(rng);
+  if (!PopulateBenchLayer({client.get()}, layer)) return 1;
+  if (auto s = client->Populate(2, layer.layout, layer.spans); !s.ok()) {
+    std::fprintf(stderr, "populate: %s\n", s.status().ToString().c_str());
+    return 1;
+  }
+  std::printf(
+      "lookup_bench --many: two layers (H = %d, D = %lld float32) per step, "
+      "%d callers, %d connection(s)\n",
+      kHeads, static_cast<long long>(kDim), callers, channels);
+  std::printf("  %-16s %8s %14s %14s %9s %9s %7s\n", "shape", "rows",
+              "2x Lookup st/s", "LookupMany st/s", "2x p50", "many p50",
+              "ratio");
+  const Shape shapes[] = {{"decode B=1", 1, 1},
+                          {"decode B=16", 16, 1},
+                          {"decode B=64", 64, 1},
+                          {"decode B=256", 256, 1}};
+  for (const Shape& s : shapes) {
+    CallerLookups first = MakeCallerLookups(s, callers, rng);
+    CallerLookups second = MakeCallerLookups(s, callers, rng);
+    std::atomic<bool> reported{false};
+    auto report = [&](const absl::Status& st) {
+      if (!st.ok() && !reported.exchange(true)) {
+        std::fprintf(stderr, "lookup_bench: a lookup failed: %s\n",
+                     st.ToString().c_str());
+      }
+      return st.ok();
+    };
+    RunStats separate, many;
+    auto add = [](RunStats& total, const RunStats& round) {
+      total.calls += round.calls;
+      total.seconds += round.seconds;
+      total.p50_us = round.p50_us;  // the last round's
+    };
+    for (int round = 0; round < 5; ++round) {
+      add(separate, RunClosedLoop(callers, seconds / 5, [&](int c) {
+            return report(client->Lookup(1, first.ids[c], first.shape,
+                                         first.outs[c])) &&
+                   report(client->Lookup(2, second.ids[c], second.shape,
+                                         second.outs[c]));
+          }));
+      add(many, RunClosedLoop(callers, seconds / 5, [&](int c) {
+            const LookupSpec specs[2] = {
+                {1, first.ids[c], first.shape, first.outs[c], {}},
+                {2, second.ids[c], second.shape, second.outs[c], {}}};
+            return report(client->LookupMany(specs));
+          }));
+    }
+    std::printf("  %-16s %8lld %14.0f %15.0f %9.1f %9.1f %6.2fx\n", s.name,
+                static_cast<long long>(2 * s.rows()), separate.calls_per_s(),
+                many.calls_per_s(), separate.p50_us, many.p50_us,
+                many.calls_per_s() / separate.calls_per_s());
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   ParseBenchFlags(argc, argv,
                   "lookup_bench: Lookup RPCs against a plain gRPC echo of the "
@@ -619,6 +689,8 @@ int Main(int argc, char** argv) {
     return CompareQuant(seconds, callers, channels);
   if (absl::GetFlag(FLAGS_id_forms))
     return CompareIdForms(seconds, callers, channels);
+  if (absl::GetFlag(FLAGS_many))
+    return CompareLookupMany(seconds, callers, channels);
 
   auto engramd = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
                                      "--metrics_listen=", "--nopin_memory"});

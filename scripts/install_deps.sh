@@ -11,7 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-numpy
   python3-dev pybind11-dev python3-pybind11 python3-pytest
-  redis-server curl python3-yaml
+  redis-server curl python3-yaml python3-torch
   libssl-dev openssl iproute2
   clang libclang-rt-14-dev
 )

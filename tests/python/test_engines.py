@@ -68,6 +68,24 @@ def test_vllm_packed_and_dequantized_rows(store):
     assert np.array_equal(bf16_bits(again), want)
 
 
+def test_vllm_step_buffers_reused_with_new_ids(store):
+    """An engine's step reuses its buffers: the adapter keeps their views,
+    and every step's rows follow that step's ids (int64 in place, and
+    int32 ids, which are copied each step)."""
+    client, fused = store
+    adapter = EngramLookup(client, 11)
+    out = torch.empty((4, 4, ROW), dtype=torch.uint8)
+    indices = torch.empty((4, 4), dtype=torch.int64)
+    narrow = torch.empty((4, 4), dtype=torch.int32)
+    for step in range(3):
+        indices.copy_(fused_indices(4, seed=step))
+        adapter.lookup(indices, out, packed=True)
+        assert np.array_equal(out.numpy(), fused[indices.numpy()])
+        narrow.copy_(fused_indices(4, seed=10 + step))
+        adapter.lookup(narrow, out, packed=True)
+        assert np.array_equal(out.numpy(), fused[narrow.numpy()])
+
+
 def test_vllm_tensor_parallel_rank_reads_its_heads(store):
     client, fused = store
     rank = EngramLookup(client, 11, heads=(1, 3))
@@ -110,6 +128,11 @@ def test_sglang_entry_gather(store):
     assert np.array_equal(bf16_bits(values),
                           to_bfloat16_bits(dequantize(fused[ids.numpy()])))
     assert gather.entry_gather(dst, ids, 0, 3, "cpu") is dst
+    # The same buffers at the next step, with other ids.
+    ids.copy_(torch.from_numpy(
+        np.random.default_rng(3).integers(0, fused.shape[0], 50)))
+    gather.entry_gather(dst, ids, 45, 3, "cpu")
+    assert np.array_equal(dst[:45].numpy(), fused[ids[:45].numpy()])
     with pytest.raises(KeyError):
         gather.entry_gather(dst, ids, 4, 5, "cpu")
     with pytest.raises(ValueError):

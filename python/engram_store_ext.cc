@@ -15,6 +15,8 @@
 
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
+#include "hash/engram_hash.h"
+#include "hash/numpy_random.h"
 #include "python/ext_common.h"
 
 namespace py = pybind11;
@@ -193,6 +195,60 @@ PYBIND11_MODULE(_engram_store, m) {
       PyErr_SetObject(status_error.ptr(), args.ptr());
     }
   });
+
+  // The multipliers' generator, for tests against numpy itself.
+  m.def(
+      "numpy_integers",
+      [](uint64_t seed, int64_t high, int n) {
+        if (high < 1 || n < 0) throw py::value_error("high >= 1, n >= 0");
+        return numpy_random::Integers(seed, high, n);
+      },
+      py::arg("seed"), py::arg("high"), py::arg("n"));
+  py::class_<EngramHasher>(m, "EngramHasher")
+      .def(py::init([](const std::string& config, const std::string& map) {
+             return Unwrap(EngramHasher::Load(config, map));
+           }),
+           py::arg("config_path"), py::arg("token_map_path"))
+      .def_property_readonly("ids_per_position",
+                             &EngramHasher::ids_per_position)
+      .def_property_readonly(
+          "layer_ids",
+          [](const EngramHasher& h) { return h.config().layer_ids; })
+      .def("multipliers",
+           [](const EngramHasher& h, int64_t layer) {
+             auto m = h.multipliers(layer);
+             return std::vector<int64_t>(m.begin(), m.end());
+           })
+      .def("table_sizes",
+           [](const EngramHasher& h, int64_t layer) {
+             auto s = h.table_sizes(layer);
+             return std::vector<int64_t>(s.begin(), s.end());
+           })
+      .def(
+          "hash_into",
+          [](const EngramHasher& h, int64_t layer, const py::buffer& tokens,
+             int64_t batch, const py::buffer& history, bool fused,
+             const py::buffer& out, bool compressed, int64_t history_length) {
+            std::span<uint8_t> t = Bytes(tokens, false);
+            std::span<uint8_t> hist = Bytes(history, false);
+            std::span<uint8_t> o = Bytes(out, true);
+            auto ids = [](std::span<uint8_t> b) {
+              return std::span<int64_t>(reinterpret_cast<int64_t*>(b.data()),
+                                        b.size() / sizeof(int64_t));
+            };
+            absl::Status s;
+            {
+              py::gil_scoped_release nogil;
+              s = compressed
+                      ? h.HashCompressed(layer, ids(t), batch, history_length,
+                                         fused, ids(o))
+                      : h.Hash(layer, ids(t), batch, ids(hist), fused, ids(o));
+            }
+            if (!s.ok()) Raise(s);
+          },
+          py::arg("layer_id"), py::arg("tokens"), py::arg("batch"),
+          py::arg("history"), py::arg("fused"), py::arg("out"),
+          py::arg("compressed"), py::arg("history_length"));
 
   py::class_<PendingLookup>(m, "PendingLookup")
       .def("wait", &PendingLookup::Wait, py::arg("timeout_s"))

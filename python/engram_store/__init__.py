@@ -27,7 +27,7 @@ from engram_store.errors import (  # noqa: F401  (re-exported)
 from engram_store.mooncake import EngramStore, EngramStoreConfig  # noqa: F401
 
 __all__ = ["Client", "DeviceLookup", "DeviceLookups", "LayerInfo", "Error", "EngramStore",
-           "EngramStoreConfig"]
+           "EngramStoreConfig", "EngramHasher"]
 
 _NUMPY_DTYPES = {
     "float32": np.dtype(np.float32),
@@ -39,6 +39,64 @@ _NUMPY_DTYPES = {
 _ID_FORMS = ("per_head", "fused", "entries")
 
 
+
+
+class EngramHasher:
+    """DeepSeek's Engram n-gram hash of a model (docs/tokens.md): raw token
+    ids in, the row ids of every Engram table out, bit-identical with the
+    reference. ``config_path``: the model's config.json (``engram_*`` keys,
+    under ``text_config`` or at the top level); ``token_map_path``: raw id
+    -> compressed id, a 1-D int32/int64 ``.npy`` or raw int32 ``.i32``."""
+
+    def __init__(self, config_path: str, token_map_path: str):
+        self._h = _call(_ext.EngramHasher, str(config_path),
+                        str(token_map_path))
+        #: Engram layer ids, in config order.
+        self.layer_ids = list(self._h.layer_ids)
+        #: (N - 1) * H: ids per position, order 2's heads first.
+        self.ids_per_position = self._h.ids_per_position
+
+    def multipliers(self, layer_id: int) -> List[int]:
+        return list(self._h.multipliers(int(layer_id)))
+
+    def table_sizes(self, layer_id: int) -> List[int]:
+        return list(self._h.table_sizes(int(layer_id)))
+
+    def hash(self, layer_id: int, tokens, history=None,
+             fused: bool = False) -> np.ndarray:
+        """int64 ``[B, T, ids_per_position]`` for raw ``tokens`` ``[B, T]``;
+        ``history`` ``[B, h]`` (h <= N - 1): each sequence's previous raw
+        ids, oldest first (None: every sequence starts here). ``fused``:
+        ids into the layer's fused table."""
+        tokens = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64))
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [B, T]; got shape "
+                             f"{tokens.shape}")
+        batch = tokens.shape[0]
+        if history is None:
+            history = np.empty((batch, 0), np.int64)
+        history = np.ascontiguousarray(np.asarray(history, dtype=np.int64))
+        if history.ndim != 2 or history.shape[0] != batch:
+            raise ValueError(f"history must be [B = {batch}, h]; got shape "
+                             f"{history.shape}")
+        out = np.empty(tokens.shape + (self.ids_per_position,), np.int64)
+        _call(self._h.hash_into, int(layer_id), tokens, batch, history,
+              bool(fused), out, False, 0)
+        return out
+
+    def hash_compressed(self, layer_id: int, values, history_length: int,
+                        fused: bool = False) -> np.ndarray:
+        """The hash over compressed ids ``[B, h + T]`` (history then
+        tokens, no token map), for engines with their own map and tests."""
+        values = np.ascontiguousarray(np.asarray(values, dtype=np.int64))
+        if values.ndim != 2:
+            raise ValueError("values must be [B, h + T]")
+        batch, tokens = values.shape[0], values.shape[1] - history_length
+        out = np.empty((batch, tokens, self.ids_per_position), np.int64)
+        _call(self._h.hash_into, int(layer_id), values, batch,
+              np.empty(0, np.int64), bool(fused), out, True,
+              int(history_length))
+        return out
 
 
 class DeviceLookup:

@@ -19,6 +19,7 @@
 #include "client/client.h"
 #include "common/command_line.h"
 #include "common/malloc_tuning.h"
+#include "hash/engram_hash.h"
 #include "proto/channel_security.h"
 #include "proto/channel_tuning.h"
 
@@ -63,6 +64,15 @@ ABSL_FLAG(std::string, id_form, "per_head",
 ABSL_FLAG(std::string, heads, "",
           "lookup: only heads H0:H1 (a tensor-parallel rank's slice; "
           "--shape's H is H1 - H0)");
+ABSL_FLAG(std::string, config, "",
+          "hash: the model's config.json (engram_* keys)");
+ABSL_FLAG(std::string, token_map, "",
+          "hash: raw id -> compressed id (.npy int32/int64, or .i32)");
+ABSL_FLAG(std::string, tokens, "", "hash: raw token ids, comma-separated");
+ABSL_FLAG(std::string, history, "",
+          "hash: the sequence's previous raw ids, oldest first (at most "
+          "N - 1; none: the sequence starts at --tokens)");
+ABSL_FLAG(bool, fused, false, "hash: ids in the layer's fused table");
 ABSL_FLAG(std::string, output_dtype, "",
           "lookup: rows converted to this dtype (default: the layer's)");
 ABSL_FLAG(std::string, out, "",
@@ -107,6 +117,11 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
            [--id_form=fused|entries] [--heads=H0:H1]
                                           gather rows; prints them, or
                                           writes a [B, L, H, D] .npy
+  hash     --config=config.json --token_map=map.npy --layer=N
+           --tokens=1,2,.. [--history=..] [--fused]
+                                          DeepSeek's Engram hash of the
+                                          tokens, here (no server): each
+                                          position's (N-1)*H table ids
 
 Security: --tls (system roots) or --tls_ca_file=CA.pem verifies the server;
 --tls_cert_file/--tls_key_file present a client certificate (mTLS);
@@ -435,9 +450,37 @@ ClientOptions SecurityOptions() {
   return options;
 }
 
+// engramctl hash: the hash of one sequence, computed here.
+int Hash() {
+  const std::string config = absl::GetFlag(FLAGS_config);
+  const std::string map = absl::GetFlag(FLAGS_token_map);
+  const std::string tokens_flag = absl::GetFlag(FLAGS_tokens);
+  if (config.empty() || map.empty() || tokens_flag.empty()) {
+    Die("hash needs --config, --token_map and --tokens", 2);
+  }
+  absl::StatusOr<EngramHasher> hasher = EngramHasher::Load(config, map);
+  Check(hasher.status());
+  const std::vector<int64_t> tokens = IntList("tokens", tokens_flag);
+  std::vector<int64_t> history;
+  if (const std::string h = absl::GetFlag(FLAGS_history); !h.empty()) {
+    history = IntList("history", h);
+  }
+  const int per = hasher->ids_per_position();
+  std::vector<int64_t> ids(tokens.size() * per);
+  Check(hasher->Hash(LayerFlag(), tokens, 1, history,
+                     absl::GetFlag(FLAGS_fused), ids));
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    std::cout << "[" << t << "] token " << tokens[t] << ":";
+    for (int c = 0; c < per; ++c) std::cout << " " << ids[t * per + c];
+    std::cout << "\n";
+  }
+  return 0;
+}
+
 int Run(int argc, char** argv) {
   TuneMallocForLargeMessages();
   Args args = ParseArgs(argc, argv);
+  if (args.command == "hash") return Hash();  // no server
   std::string address = "127.0.0.1:50051";
   if (const char* env = std::getenv("ENGRAM_ADDRESS")) address = env;
   if (std::string flag = absl::GetFlag(FLAGS_address); !flag.empty()) {

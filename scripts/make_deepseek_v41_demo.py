@@ -13,8 +13,11 @@ OUT gets
   layers.L.engram.embed.scale [N_total, 8] F8_E8M0, each layer's tables
   (one per n-gram order and head, sized by distinct primes) one after the
   other,
+- token_map.npy: raw token id -> compressed id (int32, a stand-in for
+  the tokenizer-derived map engines ship),
 - engram_manifest.json: a load manifest serving each Engram layer as its
-  layer id, 264-byte rows with the FP8 quant declared.
+  layer id, 264-byte rows with the FP8 quant declared, and the model's
+  hash (config.json and token_map.npy) for token lookups.
 
 Only numpy is needed. Deterministic: the same OUT every run.
 """
@@ -135,6 +138,16 @@ def main():
         json.dump({"metadata": {},
                    "weight_map": {name: shard for name in tensors}}, f,
                   indent=2)
+    # The token map engines ship beside the model (raw id -> compressed
+    # id; here a deterministic stand-in with V distinct values, since the
+    # real one comes from the tokenizer).
+    text = config["text_config"]
+    rng = np.random.default_rng(41)
+    v, vocab = text["engram_compressed_vocab_size"], text["vocab_size"]
+    token_map = np.concatenate([np.arange(v), rng.integers(0, v, vocab - v)])
+    rng.shuffle(token_map)
+    np.save(os.path.join(args.out, "token_map.npy"),
+            token_map.astype(np.int32))
     manifest = os.path.join(args.out, "engram_manifest.json")
     with open(manifest, "w") as f:
         json.dump({"layers": layers}, f, indent=2)

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "checkpoint/checkpoint_file.h"
 #include "checkpoint/json.h"
@@ -296,6 +297,48 @@ absl::StatusOr<std::string> ResolvePath(const std::string& path,
   return real->string();
 }
 
+static absl::StatusOr<ModelSpec> ParseModel(const Json& model,
+                                            const std::string& base_dir,
+                                            const std::string& root) {
+  auto bad = [](std::string message) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("load manifest: model: ", message));
+  };
+  if (!model.is_object()) return bad("must be an object");
+  ModelSpec spec;
+  for (const auto& [name, value] : model.items()) {
+    if (name == "config" || name == "token_map") {
+      if (!value.is_string()) return bad(absl::StrCat(name, " must be a path"));
+      absl::StatusOr<std::string> path =
+          ResolvePath(value.get<std::string>(), base_dir, root);
+      if (!path.ok()) return WithContext(path.status(), "load manifest: model");
+      (name == "config" ? spec.config : spec.token_map) = *path;
+    } else if (name == "engram_layers") {
+      if (!value.is_object()) {
+        return bad(
+            "engram_layers maps Engram layer ids (as strings) to "
+            "layer_ids");
+      }
+      for (const auto& [engram, served] : value.items()) {
+        int64_t e;
+        absl::StatusOr<int64_t> s = JsonInt64(served);
+        if (!absl::SimpleAtoi(engram, &e) || !s.ok()) {
+          return bad(absl::StrCat("engram_layers[\"", engram,
+                                  "\"] must map an integer to a layer_id"));
+        }
+        spec.engram_layers[e] = *s;
+      }
+    } else {
+      return bad(absl::StrCat("unknown member \"", name,
+                              "\" (known: config, token_map, engram_layers)"));
+    }
+  }
+  if (spec.config.empty() || spec.token_map.empty()) {
+    return bad("needs config (config.json) and token_map");
+  }
+  return spec;
+}
+
 absl::StatusOr<LoadManifest> ParseLoadManifest(absl::string_view json,
                                                const std::string& base_dir,
                                                const std::string& root) {
@@ -312,12 +355,18 @@ absl::StatusOr<LoadManifest> ParseLoadManifest(absl::string_view json,
         "a load manifest is an object with a non-empty \"layers\" list");
   }
   for (const auto& [name, value] : doc->items()) {
-    if (name != "layers") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "load manifest: unknown member \"", name, "\" (known: layers)"));
+    if (name != "layers" && name != "model") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("load manifest: unknown member \"", name,
+                       "\" (known: layers, model)"));
     }
   }
   LoadManifest manifest;
+  if (const Json* model = JsonMember(*doc, "model"); model != nullptr) {
+    absl::StatusOr<ModelSpec> spec = ParseModel(*model, base_dir, root);
+    if (!spec.ok()) return spec.status();
+    manifest.model = *std::move(spec);
+  }
   std::set<int64_t> ids;
   for (size_t i = 0; i < layers->size(); ++i) {
     auto spec = LayerParser((*layers)[i], absl::StrCat("layers[", i, "]"),
@@ -329,6 +378,15 @@ absl::StatusOr<LoadManifest> ParseLoadManifest(absl::string_view json,
           "load manifest: layer ", spec->layer_id, " is listed twice"));
     }
     manifest.layers.push_back(*std::move(spec));
+  }
+  for (const auto& [engram, served] : manifest.model
+                                          ? manifest.model->engram_layers
+                                          : std::map<int64_t, int64_t>{}) {
+    if (!ids.contains(served)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "load manifest: model.engram_layers maps Engram layer ", engram,
+          " to layer ", served, ", which the manifest does not list"));
+    }
   }
   return manifest;
 }

@@ -4,6 +4,8 @@
 #define ENGRAM_CHECKPOINT_MANIFEST_H_
 
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,9 +36,21 @@ struct LayerSpec {
   LayerSource source;
 };
 
+// The model a manifest's layers come from, for token lookups: its
+// config.json and token map (paths resolved) and which served layer holds
+// which Engram layer of the model.
+struct ModelSpec {
+  std::string config;
+  std::string token_map;
+  // Engram layer id (engram_layer_ids) -> the manifest layer_id serving it;
+  // by default each Engram layer id the manifest lists as a layer_id.
+  std::map<int64_t, int64_t> engram_layers;
+};
+
 struct LoadManifest {
   std::string path;  // where it was read from ("" when given inline)
   std::vector<LayerSpec> layers;
+  std::optional<ModelSpec> model;
 };
 
 // Resolves `path` (relative ones against `base_dir`) and, when `root` is

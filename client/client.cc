@@ -441,6 +441,53 @@ absl::Status Client::LookupMany(std::span<const LookupSpec> lookups) {
   return wire::DecodeLookupManyResponse(response, outs, &decoded);
 }
 
+absl::Status Client::LookupTokens(std::span<const int64_t> layer_ids,
+                                  std::span<const int64_t> tokens,
+                                  std::span<const int64_t> shape,
+                                  std::span<const int64_t> history,
+                                  std::span<const std::span<uint8_t>> outputs,
+                                  std::optional<DType> output_dtype) {
+  if (shape.size() != 2 || layer_ids.size() != outputs.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "LookupTokens takes shape {B, T} and one output per layer; got rank ",
+        shape.size(), ", ", layer_ids.size(), " layers and ", outputs.size(),
+        " outputs"));
+  }
+  if (shape[0] < 1 || history.size() % shape[0] != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("history holds ", history.size(),
+                     " ids: not whole rows of B = ", shape[0], " sequences"));
+  }
+  v1::LookupTokensRequest request;
+  for (int64_t layer : layer_ids) request.add_layer_ids(layer);
+  for (int64_t d : shape) request.add_shape(d);
+  request.set_tokens(tokens.data(), tokens.size_bytes());
+  request.set_history(history.data(), history.size_bytes());
+  request.set_history_length(static_cast<int32_t>(history.size() / shape[0]));
+  if (output_dtype) {
+    request.set_output_dtype(static_cast<v1::DType>(*output_dtype));
+  }
+  grpc::ByteBuffer raw;
+  bool own = false;
+  if (!grpc::SerializationTraits<v1::LookupTokensRequest>::Serialize(request,
+                                                                     &raw, &own)
+           .ok()) {
+    return absl::InternalError("cannot encode the LookupTokens request");
+  }
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  grpc::ByteBuffer response;
+  const grpc::internal::RpcMethod method("/engram.v1.EngramStore/LookupTokens",
+                                         grpc::internal::RpcMethod::NORMAL_RPC);
+  grpc::Status status =
+      grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+          impl_->lookup_channels[impl_->NextLookupIndex()].get(), method,
+          &context, raw, &response);
+  if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
+  std::vector<wire::DecodedLookup> decoded;
+  return wire::DecodeLookupManyResponse(response, outputs, &decoded);
+}
+
 namespace {
 DeviceReadsFactory device_reads_factory = nullptr;  // set at static init
 

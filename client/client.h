@@ -191,6 +191,19 @@ class Client {
   // A cluster client runs them side by side instead.
   absl::Status LookupMany(std::span<const LookupSpec> lookups);
 
+  // Token ids in, rows out (docs/tokens.md): `tokens` [B, T] raw ids
+  // (`shape` = {B, T}), `history` [B, history_length] each sequence's
+  // previous raw ids (oldest first; empty at sequence starts); each layer
+  // of `layer_ids` (loaded with its model's hash) fills outputs[i], [B, T,
+  // H, D] of its output dtype. Only through a server (a cluster client
+  // asks its first shard).
+  absl::Status LookupTokens(std::span<const int64_t> layer_ids,
+                            std::span<const int64_t> tokens,
+                            std::span<const int64_t> shape,
+                            std::span<const int64_t> history,
+                            std::span<const std::span<uint8_t>> outputs,
+                            std::optional<DType> output_dtype = std::nullopt);
+
   // Asynchronous Lookup for prefetching: returns at once; `done` runs once
   // on a gRPC thread when `output` is filled or the call failed. `ids`,
   // `shape` and `output` must stay valid until then.

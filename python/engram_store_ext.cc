@@ -388,6 +388,35 @@ PYBIND11_MODULE(_engram_store, m) {
           },
           py::arg("lookups"))
       .def(
+          "lookup_tokens_into",
+          [](Client& c, const std::vector<int64_t>& layer_ids,
+             const py::buffer& tokens, const std::vector<int64_t>& shape,
+             const py::buffer& history, const py::list& outs,
+             std::optional<std::string> output_dtype) {
+            std::span<uint8_t> t = Bytes(tokens, false);
+            std::span<uint8_t> h = Bytes(history, false);
+            std::vector<py::buffer> keep;
+            std::vector<std::span<uint8_t>> spans;
+            for (const py::handle& o : outs) {
+              keep.push_back(o.cast<py::buffer>());
+              spans.push_back(Bytes(keep.back(), true));
+            }
+            const std::optional<DType> dtype = ParseDType(output_dtype);
+            absl::Status s;
+            {
+              py::gil_scoped_release nogil;
+              s = c.LookupTokens(
+                  layer_ids,
+                  {reinterpret_cast<const int64_t*>(t.data()), t.size() / 8},
+                  shape,
+                  {reinterpret_cast<const int64_t*>(h.data()), h.size() / 8},
+                  spans, dtype);
+            }
+            if (!s.ok()) Raise(s);
+          },
+          py::arg("layer_ids"), py::arg("tokens"), py::arg("shape"),
+          py::arg("history"), py::arg("outs"), py::arg("output_dtype"))
+      .def(
           "lookup_into_async",
           [](Client& c, int64_t layer_id, py::buffer ids,
              std::vector<int64_t> shape, py::buffer out,

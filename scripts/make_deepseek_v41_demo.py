@@ -150,7 +150,9 @@ def main():
             token_map.astype(np.int32))
     manifest = os.path.join(args.out, "engram_manifest.json")
     with open(manifest, "w") as f:
-        json.dump({"layers": layers}, f, indent=2)
+        json.dump({"layers": layers,
+                   "model": {"config": "config.json",
+                             "token_map": "token_map.npy"}}, f, indent=2)
     print(f"wrote {args.out}: Engram layers {layer_ids}, "
           f"{len(sizes[0])} tables each, "
           f"{config['text_config']['engram_num_embeddings']} rows of "

@@ -119,9 +119,7 @@ Authorizer::Authorizer(AuthConfig config, prometheus::Registry* registry)
 
 Authorizer::~Authorizer() { StopWatching(); }
 
-void Authorizer::StopWatching() {
-  watcher_.Stop();
-}
+void Authorizer::StopWatching() { watcher_.Stop(); }
 
 absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(
     AuthConfig config, prometheus::Registry* registry) {
@@ -244,12 +242,12 @@ void Authorizer::Reload() {
 void Authorizer::WatchFiles(double seconds, std::function<void()> reloaded) {
   reloaded_ = std::move(reloaded);
   if (!credentials_configured_ || seconds <= 0) return;
-  watcher_.Start(std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)),
-                 PeriodicThread::First::kAfterOnePeriod,
-                 [this](const std::stop_token&) {
-                   Reload();
-                   return true;
-                 });
+  watcher_.Start(
+      std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)),
+      PeriodicThread::First::kAfterOnePeriod, [this](const std::stop_token&) {
+        Reload();
+        return true;
+      });
 }
 
 absl::StatusOr<Caller> Authorizer::Authenticate(

@@ -2,7 +2,6 @@
 
 #include <grpcpp/generic/generic_stub.h>
 
-
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "proto/channel_tuning.h"

@@ -33,10 +33,9 @@ template <typename T>
 absl::Status CheckRanges(std::initializer_list<Range<T>> ranges) {
   for (const Range<T>& r : ranges) {
     if (r.value >= r.min && r.value <= r.max) continue;
-    std::string range =
-        r.max == std::numeric_limits<T>::max()
-            ? absl::StrCat("at least ", r.min)
-            : absl::StrCat("from ", r.min, " to ", r.max);
+    std::string range = r.max == std::numeric_limits<T>::max()
+                            ? absl::StrCat("at least ", r.min)
+                            : absl::StrCat("from ", r.min, " to ", r.max);
     return absl::InvalidArgumentError(absl::StrCat(
         "bad value ", r.value, " for --", r.flag, ": must be ", range));
   }
@@ -81,10 +80,9 @@ absl::Status CheckServerConfig(const ServerConfig& c) {
       !s.ok()) {
     return s;
   }
-  for (auto [flag, seconds] : {std::pair("staged_timeout_seconds",
-                                          c.staged_timeout_seconds),
-                                std::pair("watch_lease_seconds",
-                                          c.watch_lease_seconds)}) {
+  for (auto [flag, seconds] :
+       {std::pair("staged_timeout_seconds", c.staged_timeout_seconds),
+        std::pair("watch_lease_seconds", c.watch_lease_seconds)}) {
     if (!(seconds > 0)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "bad value ", seconds, " for --", flag, ": must be more than 0"));
@@ -97,8 +95,7 @@ absl::Status CheckServerConfig(const ServerConfig& c) {
        kForever},
       {"connection_idle_timeout_seconds", c.connection_idle_timeout_seconds, 0,
        kForever},
-      {"credentials_reload_seconds", c.credentials_reload_seconds, 0,
-       kForever},
+      {"credentials_reload_seconds", c.credentials_reload_seconds, 0, kForever},
   });
 }
 

@@ -1,11 +1,14 @@
 #include "server/engram_service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -74,7 +77,8 @@ EngramService::EngramService(const Parts& parts)
       watchdog_(parts.watchdog),
       pending_(parts.pending),
       loader_(parts.loader),
-      auth_(parts.auth) {}
+      auth_(parts.auth),
+      hashes_(parts.hashes) {}
 
 grpc::ServerReadReactor<v1::PopulateRequest>* EngramService::Populate(
     grpc::CallbackServerContext* context, v1::PopulateResponse* response) {
@@ -170,20 +174,142 @@ grpc::ServerUnaryReactor* EngramService::LookupMany(
                                                    " lookups; got ", count)));
     return reactor;
   }
-  // Checked and sized first: all rows or none.
   std::vector<std::shared_ptr<LookupCall>> calls;
-  std::vector<size_t> offsets;  // of each result's rows in the buffer
-  int64_t rows = 0;
-  size_t bytes = 0;
   for (int i = 0; i < count; ++i) {
     auto call = std::make_shared<LookupCall>();
     call->start = start;
     call->request = std::move(*many.mutable_lookups(i));
+    calls.push_back(std::move(call));
+  }
+  ServeMany(*context, reactor, response, Method::kLookupMany, calls, nullptr);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* EngramService::LookupTokens(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  if (auto* refused = Refuse(context, Method::kLookupTokens)) return refused;
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const auto start = Clock::now();
+  v1::LookupTokensRequest req;
+  grpc::ByteBuffer parse_copy(*request);
+  if (!grpc::SerializationTraits<v1::LookupTokensRequest>::Deserialize(
+           &parse_copy, &req)
+           .ok()) {
+    Finish(reactor, Method::kLookupTokens,
+           absl::InvalidArgumentError(
+               "the request does not parse as engram.v1.LookupTokensRequest"));
+    return reactor;
+  }
+  absl::Status s = [&]() -> absl::Status {
+    if (req.layer_ids_size() == 0 ||
+        req.layer_ids_size() > kMaxLookupsPerCall) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LookupTokens takes 1 to ", kMaxLookupsPerCall,
+                       " layer_ids; got ", req.layer_ids_size()));
+    }
+    if (req.shape_size() != 2 || req.shape(0) < 1 || req.shape(1) < 1 ||
+        req.shape(0) > limits_.max_lookup_rows ||
+        req.shape(1) > limits_.max_lookup_rows) {
+      return absl::InvalidArgumentError(
+          "shape must be [B, T] with B, T >= 1 (token ids of B sequences)");
+    }
+    const int64_t batch = req.shape(0), tokens = req.shape(1);
+    if (req.tokens().size() != static_cast<size_t>(batch * tokens * 8)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokens has ", req.tokens().size(), " bytes; [", batch,
+                       ", ", tokens, "] int64 ids need ", batch * tokens * 8));
+    }
+    if (req.history_length() < 0 ||
+        req.history().size() !=
+            static_cast<size_t>(batch * req.history_length() * 8)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("history has ", req.history().size(), " bytes; [", batch,
+                       ", ", req.history_length(), "] int64 ids need ",
+                       batch * std::max(0, req.history_length()) * 8));
+    }
+    return absl::OkStatus();
+  }();
+  if (!s.ok()) {
+    Finish(reactor, Method::kLookupTokens, s);
+    return reactor;
+  }
+  const int64_t batch = req.shape(0), tokens = req.shape(1);
+  std::vector<int64_t> token_ids(batch * tokens);
+  std::memcpy(token_ids.data(), req.tokens().data(), req.tokens().size());
+  std::vector<int64_t> history(batch * req.history_length());
+  std::memcpy(history.data(), req.history().data(), req.history().size());
+  std::vector<std::shared_ptr<LookupCall>> calls;
+  std::vector<TokenHashes::Entry> hashes;
+  for (int i = 0; i < req.layer_ids_size(); ++i) {
+    const int64_t layer = req.layer_ids(i);
+    std::optional<TokenHashes::Entry> entry =
+        hashes_ != nullptr ? hashes_->Find(layer) : std::nullopt;
+    if (!entry) {
+      Finish(reactor, Method::kLookupTokens,
+             absl::FailedPreconditionError(absl::StrCat(
+                 "lookups[", i, "]: layer ", layer,
+                 " has no model hash: load it with a manifest whose "
+                 "\"model\" names config.json and the token map "
+                 "(docs/tokens.md)")));
+      return reactor;
+    }
+    const int per = entry->hasher->ids_per_position();
+    std::vector<int64_t> ids(batch * tokens * per);
+    if (absl::Status h = entry->hasher->Hash(entry->engram_layer, token_ids,
+                                             batch, history, true, ids);
+        !h.ok()) {
+      Finish(reactor, Method::kLookupTokens, h);
+      return reactor;
+    }
+    auto call = std::make_shared<LookupCall>();
+    call->start = start;
+    call->request.set_layer_id(layer);
+    for (int64_t d : {batch, tokens, static_cast<int64_t>(per)})
+      call->request.add_shape(d);
+    call->request.set_row_ids(ids.data(), ids.size() * sizeof(int64_t));
+    call->request.set_id_form(v1::ID_FORM_FUSED);
+    call->request.set_output_dtype(req.output_dtype());
+    calls.push_back(std::move(call));
+    hashes.push_back(*std::move(entry));
+  }
+  // The tables must still be the ones the hash addresses: a layer
+  // populated again with other sizes is refused, not misread.
+  ServeMany(*context, reactor, response, Method::kLookupTokens, calls,
+            [hashes](int i, const LookupCall& call) -> absl::Status {
+              std::span<const int64_t> primes =
+                  hashes[i].hasher->table_sizes(hashes[i].engram_layer);
+              const auto& sizes = call.layer->layout().table_vocab_sizes;
+              if (std::equal(primes.begin(), primes.end(), sizes.begin(),
+                             sizes.end())) {
+                return absl::OkStatus();
+              }
+              return absl::FailedPreconditionError(absl::StrCat(
+                  "layer ", call.layer->id(),
+                  " no longer has the tables its model hash addresses (it "
+                  "was populated again); load it with its model again"));
+            });
+  return reactor;
+}
+
+void EngramService::ServeMany(
+    const grpc::CallbackServerContext& context,
+    grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response,
+    Method method, const std::vector<std::shared_ptr<LookupCall>>& calls,
+    const std::function<absl::Status(int, const LookupCall&)>& check) {
+  const int count = static_cast<int>(calls.size());
+  const auto start = calls.front()->start;
+  // Checked and sized first: all rows or none.
+  int64_t rows = 0;
+  size_t bytes = 0;
+  for (int i = 0; i < count; ++i) {
+    LookupCall* call = calls[i].get();
     absl::Status s =
         call->request.as_values()
             ? absl::InvalidArgumentError(
                   "as_values is for Lookup; LookupMany returns rows as bytes")
-            : PrepareLookup(*layers_, limits_, call.get());
+            : PrepareLookup(*layers_, limits_, call);
+    if (s.ok() && check) s = check(i, *call);
     if (s.ok()) {
       rows += call->shape.num_ids();
       const size_t out_bytes = call->shape.num_ids() * call->out_row_bytes;
@@ -199,27 +325,25 @@ grpc::ServerUnaryReactor* EngramService::LookupMany(
       }
     }
     if (!s.ok()) {
-      Finish(reactor, Method::kLookupMany,
-             WithContext(s, absl::StrCat("lookups[", i, "]")));
-      return reactor;
+      Finish(reactor, method, WithContext(s, absl::StrCat("lookups[", i, "]")));
+      return;
     }
-    calls.push_back(std::move(call));
   }
   std::shared_ptr<PendingResponses::Charge> charge;
   if (pending_ != nullptr) {
-    auto reserved = pending_->Reserve(*context, static_cast<int64_t>(bytes));
+    auto reserved = pending_->Reserve(context, static_cast<int64_t>(bytes));
     if (!reserved.ok()) {
-      Finish(reactor, Method::kLookupMany, reserved.status());
-      return reactor;
+      Finish(reactor, method, reserved.status());
+      return;
     }
     charge = *std::move(reserved);
   }
   ResponseBuffer buffer = AllocateResponse(nullptr, bytes);
   if (buffer.data == nullptr) {
-    Finish(reactor, Method::kLookupMany,
+    Finish(reactor, method,
            absl::ResourceExhaustedError(absl::StrCat(
                "cannot allocate ", bytes, " bytes for the lookup response")));
-    return reactor;
+    return;
   }
   // Every gather reports here; the last one finishes the call.
   struct Join {
@@ -230,10 +354,10 @@ grpc::ServerUnaryReactor* EngramService::LookupMany(
   auto join = std::make_shared<Join>();
   join->remaining.store(count, std::memory_order_relaxed);
   auto finish = [this, reactor, response, join, buffer, bytes, charge, rows,
-                 start] {
+                 start, method] {
     if (!join->status.ok()) {
       buffer.destroy(buffer.user_data);
-      Finish(reactor, Method::kLookupMany, join->status);
+      Finish(reactor, method, join->status);
       return;
     }
     grpc::Slice slice = PendingResponses::ChargedSlice(
@@ -242,7 +366,7 @@ grpc::ServerUnaryReactor* EngramService::LookupMany(
     metrics_->RecordLookup(
         std::chrono::duration<double>(Clock::now() - start).count(), rows,
         static_cast<int64_t>(bytes));
-    Finish(reactor, Method::kLookupMany, absl::OkStatus());
+    Finish(reactor, method, absl::OkStatus());
   };
   size_t at = 0;
   for (int i = 0; i < count; ++i) {
@@ -266,7 +390,6 @@ grpc::ServerUnaryReactor* EngramService::LookupMany(
         });
     at += out_bytes;
   }
-  return reactor;
 }
 
 EngramService::Backend EngramService::BackendFor(const LookupCall& call,

@@ -17,6 +17,7 @@
 #include "server/raw_unary.h"
 #include "server/read_stream.h"
 #include "server/table_loader.h"
+#include "server/token_hashes.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -40,7 +41,9 @@ class EngramService final
                   v1::EngramStore::WithRawCallbackMethod_ListLayers<
                       v1::EngramStore::WithRawCallbackMethod_Load<
                           v1::EngramStore::WithRawCallbackMethod_LookupMany<
-                              v1::EngramStore::CallbackService>>>>>> {
+                              v1::EngramStore::
+                                  WithRawCallbackMethod_LookupTokens<
+                                      v1::EngramStore::CallbackService>>>>>>> {
  public:
   // What the service serves with, all borrowed (they must outlive it) and
   // fixed before it serves. Optional parts may be null.
@@ -64,6 +67,8 @@ class EngramService final
     TableLoader* loader = nullptr;
     // Decides who may call what; without one every call is allowed.
     const Authorizer* auth = nullptr;
+    // The model hashes of loaded layers (LookupTokens); may be null.
+    const TokenHashes* hashes = nullptr;
   };
   explicit EngramService(const Parts& parts);
   const ExportMapper* exporter() const { return exporter_; }
@@ -92,6 +97,11 @@ class EngramService final
   grpc::ServerUnaryReactor* LookupMany(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
+  // Token ids in: each layer's model hash (TokenHashes) turns them into
+  // fused ids, then the rows are served as LookupMany serves them.
+  grpc::ServerUnaryReactor* LookupTokens(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
  private:
   // Where a lookup's rows come from. Every backend fills the caller's rows
@@ -107,6 +117,14 @@ class EngramService final
   void ServeRows(const grpc::CallbackServerContext& context,
                  grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response,
                  std::shared_ptr<LookupCall> call);
+  // Prepares every call (then `check`, may be empty), sizes the one
+  // response and gathers each call's rows into it: LookupMany's and
+  // LookupTokens' serving. `calls` is not empty.
+  void ServeMany(
+      const grpc::CallbackServerContext& context,
+      grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response,
+      Method method, const std::vector<std::shared_ptr<LookupCall>>& calls,
+      const std::function<absl::Status(int, const LookupCall&)>& check);
   // as_values: float32 values in a protobuf (debugging, grpcurl).
   void ServeValues(const grpc::CallbackServerContext& context,
                    grpc::ServerUnaryReactor* reactor,
@@ -135,6 +153,7 @@ class EngramService final
   PendingResponses* const pending_;
   TableLoader* const loader_;
   const Authorizer* const auth_;
+  const TokenHashes* const hashes_;
 };
 
 }  // namespace engram

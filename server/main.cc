@@ -27,7 +27,8 @@ ABSL_FLAG(std::string, listen, engram::ServerConfig().listen,
           "gRPC address, HOST:PORT (port 0 picks a free port)");
 ABSL_FLAG(std::string, metrics_listen, engram::ServerConfig().metrics_listen,
           "Prometheus /metrics address, HOST:PORT; empty disables it");
-ABSL_FLAG(uint64_t, memory_limit_bytes, engram::ServerConfig().memory_limit_bytes,
+ABSL_FLAG(uint64_t, memory_limit_bytes,
+          engram::ServerConfig().memory_limit_bytes,
           "budget for table memory in bytes; 0 means 80% of physical memory");
 ABSL_FLAG(int, threads, engram::ServerConfig().threads,
           "gather worker threads; 0 means one per core");
@@ -59,7 +60,8 @@ ABSL_FLAG(double, drain_seconds, engram::ServerConfig().drain_seconds,
 ABSL_FLAG(int, gpu, engram::ServerConfig().gpu,
           "CUDA device to mirror layers to and serve lookups from; -1 keeps "
           "everything on the CPU");
-ABSL_FLAG(uint64_t, gpu_memory_limit_bytes, engram::ServerConfig().gpu_memory_limit_bytes,
+ABSL_FLAG(uint64_t, gpu_memory_limit_bytes,
+          engram::ServerConfig().gpu_memory_limit_bytes,
           "GPU memory budget for mirrored layers; 0 means 90% of the device's"
           " free memory");
 ABSL_FLAG(int64_t, gpu_min_rows, engram::ServerConfig().gpu_min_rows,
@@ -86,29 +88,37 @@ ABSL_FLAG(std::string, shm_group, engram::ServerConfig().shm_group,
           "exported tables' shared memory (--direct_reads, --peer_read=rma) "
           "is owner-only; members of this group may read it (read-only), for "
           "direct readers running as other users");
-ABSL_FLAG(std::string, ucx_tcp_interface, engram::ServerConfig().ucx_tcp_interface,
+ABSL_FLAG(std::string, ucx_tcp_interface,
+          engram::ServerConfig().ucx_tcp_interface,
           "let UCX's TCP transport carry --peer_read=rma between shards, on "
           "this interface only (auto: the one holding this shard's --peers "
           "address); empty (default): UCX opens no network listener. TCP "
           "cannot enforce read-only access: anyone who reaches the interface "
           "could write into engramd's memory - trusted networks only");
-ABSL_FLAG(double, staged_timeout_seconds, engram::ServerConfig().staged_timeout_seconds,
+ABSL_FLAG(double, staged_timeout_seconds,
+          engram::ServerConfig().staged_timeout_seconds,
           "populate data staged for a coordinator that never commits is "
           "dropped after this long");
-ABSL_FLAG(double, stream_idle_timeout_seconds, engram::ServerConfig().stream_idle_timeout_seconds,
+ABSL_FLAG(double, stream_idle_timeout_seconds,
+          engram::ServerConfig().stream_idle_timeout_seconds,
           "a Populate or Stage stream that sends nothing for this long is "
           "ended (DEADLINE_EXCEEDED) and its staged rows dropped; 0 disables");
-ABSL_FLAG(int, max_populate_streams, engram::ServerConfig().max_populate_streams,
+ABSL_FLAG(int, max_populate_streams,
+          engram::ServerConfig().max_populate_streams,
           "Populate and Stage streams open at once; more are "
           "RESOURCE_EXHAUSTED");
-ABSL_FLAG(int64_t, max_pending_response_bytes, engram::ServerConfig().max_pending_response_bytes,
+ABSL_FLAG(int64_t, max_pending_response_bytes,
+          engram::ServerConfig().max_pending_response_bytes,
           "lookup/gather response bytes held for all clients that have not "
           "read them yet; past it lookups are RESOURCE_EXHAUSTED");
-ABSL_FLAG(int64_t, max_pending_response_bytes_per_connection, engram::ServerConfig().max_pending_response_bytes_per_connection,
+ABSL_FLAG(int64_t, max_pending_response_bytes_per_connection,
+          engram::ServerConfig().max_pending_response_bytes_per_connection,
           "the same, for one client connection");
-ABSL_FLAG(int, max_concurrent_streams, engram::ServerConfig().max_concurrent_streams,
+ABSL_FLAG(int, max_concurrent_streams,
+          engram::ServerConfig().max_concurrent_streams,
           "concurrent calls per client connection");
-ABSL_FLAG(double, connection_idle_timeout_seconds, engram::ServerConfig().connection_idle_timeout_seconds,
+ABSL_FLAG(double, connection_idle_timeout_seconds,
+          engram::ServerConfig().connection_idle_timeout_seconds,
           "a client connection without calls for this long is closed (clients"
           " reconnect on their next call); 0 disables");
 ABSL_FLAG(int, reserved_fds, engram::ServerConfig().reserved_fds,
@@ -117,15 +127,18 @@ ABSL_FLAG(int, reserved_fds, engram::ServerConfig().reserved_fds,
 ABSL_FLAG(int64_t, max_open_files, engram::ServerConfig().max_open_files,
           "open-file limit (RLIMIT_NOFILE) to run with; 0 raises it to the "
           "hard limit");
-ABSL_FLAG(int, max_connections_per_address, engram::ServerConfig().max_connections_per_address,
+ABSL_FLAG(int, max_connections_per_address,
+          engram::ServerConfig().max_connections_per_address,
           "connections open at once from one remote address (0: no cap); "
           "raise it behind a proxy or mesh sidecar, where every client has "
           "the proxy's address");
-ABSL_FLAG(double, watch_lease_seconds, engram::ServerConfig().watch_lease_seconds,
+ABSL_FLAG(double, watch_lease_seconds,
+          engram::ServerConfig().watch_lease_seconds,
           "a WatchLayer reader (device lookups) that has not released a "
           "replaced or removed version after this long has its stream ended, "
           "and the version freed");
-ABSL_FLAG(int, max_watch_streams_per_caller, engram::ServerConfig().max_watch_streams_per_caller,
+ABSL_FLAG(int, max_watch_streams_per_caller,
+          engram::ServerConfig().max_watch_streams_per_caller,
           "WatchLayer streams one caller (credential, or address without "
           "credentials) may hold open");
 ABSL_FLAG(std::string, tls_cert_file, engram::ServerConfig().tls_cert_file,
@@ -136,22 +149,27 @@ ABSL_FLAG(std::string, tls_key_file, engram::ServerConfig().tls_key_file,
 ABSL_FLAG(std::string, tls_ca_file, engram::ServerConfig().tls_ca_file,
           "the CA that signs the shards' certificates: shards verify each "
           "other with it and present --tls_cert_file to each other");
-ABSL_FLAG(std::string, tls_client_ca_file, engram::ServerConfig().tls_client_ca_file,
+ABSL_FLAG(std::string, tls_client_ca_file,
+          engram::ServerConfig().tls_client_ca_file,
           "verify client certificates signed by this CA (mTLS); a certificate"
           " from another CA, or expired, is refused in the handshake");
-ABSL_FLAG(std::string, tls_identities_file, engram::ServerConfig().tls_identities_file,
+ABSL_FLAG(std::string, tls_identities_file,
+          engram::ServerConfig().tls_identities_file,
           "'ROLE IDENTITY' lines: the role of a verified client certificate "
           "whose common name or subject alternative name is IDENTITY");
 ABSL_FLAG(std::string, tokens_file, engram::ServerConfig().tokens_file,
           "'ROLE NAME TOKEN' lines (role read, write, admin or peer): bearer "
           "tokens clients send as 'authorization: Bearer TOKEN'");
-ABSL_FLAG(std::string, cluster_token_file, engram::ServerConfig().cluster_token_file,
+ABSL_FLAG(std::string, cluster_token_file,
+          engram::ServerConfig().cluster_token_file,
           "the secret shards present to each other (its first line); grants "
           "the peer role");
-ABSL_FLAG(bool, insecure_allow_unauthenticated_remote, engram::ServerConfig().insecure_allow_unauthenticated_remote,
+ABSL_FLAG(bool, insecure_allow_unauthenticated_remote,
+          engram::ServerConfig().insecure_allow_unauthenticated_remote,
           "without credentials engramd serves only loopback clients; this "
           "serves anyone who can reach the port, with every right (insecure)");
-ABSL_FLAG(double, credentials_reload_seconds, engram::ServerConfig().credentials_reload_seconds,
+ABSL_FLAG(double, credentials_reload_seconds,
+          engram::ServerConfig().credentials_reload_seconds,
           "how often token and identity files are checked for changes (SIGHUP"
           " reloads at once); 0 only on SIGHUP");
 ABSL_FLAG(std::string, port_file, engram::ServerConfig().port_file,
@@ -191,17 +209,23 @@ engram::ServerConfig ConfigFromFlags() {
   c.shm_group = absl::GetFlag(FLAGS_shm_group);
   c.ucx_tcp_interface = absl::GetFlag(FLAGS_ucx_tcp_interface);
   c.staged_timeout_seconds = absl::GetFlag(FLAGS_staged_timeout_seconds);
-  c.stream_idle_timeout_seconds = absl::GetFlag(FLAGS_stream_idle_timeout_seconds);
+  c.stream_idle_timeout_seconds =
+      absl::GetFlag(FLAGS_stream_idle_timeout_seconds);
   c.max_populate_streams = absl::GetFlag(FLAGS_max_populate_streams);
-  c.max_pending_response_bytes = absl::GetFlag(FLAGS_max_pending_response_bytes);
-  c.max_pending_response_bytes_per_connection = absl::GetFlag(FLAGS_max_pending_response_bytes_per_connection);
+  c.max_pending_response_bytes =
+      absl::GetFlag(FLAGS_max_pending_response_bytes);
+  c.max_pending_response_bytes_per_connection =
+      absl::GetFlag(FLAGS_max_pending_response_bytes_per_connection);
   c.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
-  c.connection_idle_timeout_seconds = absl::GetFlag(FLAGS_connection_idle_timeout_seconds);
+  c.connection_idle_timeout_seconds =
+      absl::GetFlag(FLAGS_connection_idle_timeout_seconds);
   c.reserved_fds = absl::GetFlag(FLAGS_reserved_fds);
   c.max_open_files = absl::GetFlag(FLAGS_max_open_files);
-  c.max_connections_per_address = absl::GetFlag(FLAGS_max_connections_per_address);
+  c.max_connections_per_address =
+      absl::GetFlag(FLAGS_max_connections_per_address);
   c.watch_lease_seconds = absl::GetFlag(FLAGS_watch_lease_seconds);
-  c.max_watch_streams_per_caller = absl::GetFlag(FLAGS_max_watch_streams_per_caller);
+  c.max_watch_streams_per_caller =
+      absl::GetFlag(FLAGS_max_watch_streams_per_caller);
   c.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   c.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   c.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
@@ -209,8 +233,10 @@ engram::ServerConfig ConfigFromFlags() {
   c.tls_identities_file = absl::GetFlag(FLAGS_tls_identities_file);
   c.tokens_file = absl::GetFlag(FLAGS_tokens_file);
   c.cluster_token_file = absl::GetFlag(FLAGS_cluster_token_file);
-  c.insecure_allow_unauthenticated_remote = absl::GetFlag(FLAGS_insecure_allow_unauthenticated_remote);
-  c.credentials_reload_seconds = absl::GetFlag(FLAGS_credentials_reload_seconds);
+  c.insecure_allow_unauthenticated_remote =
+      absl::GetFlag(FLAGS_insecure_allow_unauthenticated_remote);
+  c.credentials_reload_seconds =
+      absl::GetFlag(FLAGS_credentials_reload_seconds);
   c.port_file = absl::GetFlag(FLAGS_port_file);
   return c;
 }
@@ -294,14 +320,13 @@ int main(int argc, char** argv) {
   // Where it listens, what the machine-dependent defaults resolved to, and
   // every flag given a value other than its default.
   engram::LogInfo(absl::StrCat(
-      "starting: listen=", config.listen,
-      " metrics_listen=", config.metrics_listen,
-      " memory_limit_bytes=", config.memory_limit_bytes,
+      "starting: listen=", config.listen, " metrics_listen=",
+      config.metrics_listen, " memory_limit_bytes=", config.memory_limit_bytes,
       " threads=", config.threads, " flags: ", engram::ChangedFlags()));
 
-  if (absl::Status s = engram::InstallAcceptGuard(
-          config.max_open_files, config.reserved_fds,
-          config.max_connections_per_address);
+  if (absl::Status s =
+          engram::InstallAcceptGuard(config.max_open_files, config.reserved_fds,
+                                     config.max_connections_per_address);
       !s.ok()) {
     engram::LogError(s.ToString());
     return 1;

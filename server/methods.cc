@@ -18,6 +18,8 @@ constexpr MethodInfo kMethods[kNumMethods] = {
     {Method::kLoad, ENGRAM_PUBLIC "Load", "Load", kRightWrite, true},
     {Method::kLookupMany, ENGRAM_PUBLIC "LookupMany", "LookupMany", kRightRead,
      false},
+    {Method::kLookupTokens, ENGRAM_PUBLIC "LookupTokens", "LookupTokens",
+     kRightRead, false},
     {Method::kStage, ENGRAM_PEER "Stage", "Stage", kRightPeer, true},
     {Method::kCommit, ENGRAM_PEER "Commit", "Commit", kRightPeer, true},
     {Method::kAbort, ENGRAM_PEER "Abort", "Abort", kRightPeer, true},

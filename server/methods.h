@@ -30,6 +30,7 @@ enum class Method : int {
   kListLayers,
   kLoad,
   kLookupMany,
+  kLookupTokens,
   kStage,
   kCommit,
   kAbort,
@@ -39,8 +40,8 @@ enum class Method : int {
   kRemoveLocal,
   kStageFiles,
 };
-inline constexpr int kNumPublicMethods = 7;
-inline constexpr int kNumMethods = 15;
+inline constexpr int kNumPublicMethods = 8;
+inline constexpr int kNumMethods = 16;
 
 struct MethodInfo {
   Method method;

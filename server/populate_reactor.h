@@ -7,13 +7,13 @@
 
 #include <memory>
 
+#include "common/thread_pool.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/read_stream.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
-#include "common/thread_pool.h"
 
 namespace engram {
 

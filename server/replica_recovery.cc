@@ -80,10 +80,9 @@ void ReplicaRecovery::Start(std::function<void()> on_progress) {
   on_progress_ = std::move(on_progress);
   if (tickets_.empty()) return;
   todo_ = tickets_;
-  copier_.Start(kRetryAfter, PeriodicThread::First::kAtOnce,
-                [this](const std::stop_token& stop) {
-                  return RecoverPass(stop);
-                });
+  copier_.Start(
+      kRetryAfter, PeriodicThread::First::kAtOnce,
+      [this](const std::stop_token& stop) { return RecoverPass(stop); });
 }
 
 bool ReplicaRecovery::RecoverPass(const std::stop_token& stop) {

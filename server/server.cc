@@ -196,8 +196,8 @@ absl::Status EngramServer::StartLoader() {
   env.exporter = exporter();
   env.pin_memory = config_.pin_memory;
   env.data_dir = config_.data_dir;
-  loader_ =
-      std::make_unique<TableLoader>(env, cluster_.get(), config_.load_root);
+  loader_ = std::make_unique<TableLoader>(env, cluster_.get(),
+                                          config_.load_root, &token_hashes_);
   metrics_.AddGaugeSource(
       "engram_load_bytes",
       "Row bytes loaded from checkpoint files since start.",
@@ -410,6 +410,7 @@ absl::Status EngramServer::Start() {
   parts.pending = &pending_;
   parts.loader = loader_.get();
   parts.auth = auth_.get();
+  parts.hashes = &token_hashes_;
   service_ = std::make_unique<EngramService>(parts);
   AddServiceGauges();
   if (config_.demo && start_load_ids_.count(kDemoLayerId)) {

@@ -26,6 +26,7 @@
 #include "server/replica_recovery.h"
 #include "server/table_loader.h"
 #include "server/tls_files.h"
+#include "server/token_hashes.h"
 #include "store/gpu_tier.h"
 #include "store/host_memory.h"
 #include "store/layer_registry.h"
@@ -131,6 +132,7 @@ class EngramServer {
   // (loader, recovery, prober), which are all destroyed before it.
   HealthReporter health_;
   // Loads manifests (--load, Load requests); after the services that call it.
+  TokenHashes token_hashes_;  // before loader_, which fills it
   std::unique_ptr<TableLoader> loader_;
   // --load: 1 while loading, 2 if it failed (not ready), 0 otherwise.
   std::atomic<int> start_load_{0};

@@ -28,8 +28,8 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 TableLoader::TableLoader(PopulateEnv env, ClusterContext* cluster,
-                         std::string root)
-    : env_(env), cluster_(cluster), root_(std::move(root)) {}
+                         std::string root, TokenHashes* hashes)
+    : env_(env), cluster_(cluster), root_(std::move(root)), hashes_(hashes) {}
 
 TableLoader::~TableLoader() { stopping_ = true; }
 
@@ -73,9 +73,14 @@ void TableLoader::LoadRequested(std::string manifest_path,
         // manifest loads nothing anywhere.
         auto readers = OpenAll(*manifest, root_);
         if (!readers.ok()) return readers.status();
-        if (cluster_ != nullptr)
-          return LoadAcrossCluster(*manifest, path, json, deadline);
-        return LoadAll(*readers, deadline);
+        auto hashes = TokenHashes::Prepare(*manifest);
+        if (!hashes.ok()) return hashes.status();
+        absl::StatusOr<Layers> loaded =
+            cluster_ != nullptr
+                ? LoadAcrossCluster(*manifest, path, json, deadline)
+                : LoadAll(*readers, deadline);
+        if (loaded.ok() && hashes_ != nullptr) hashes_->Register(*hashes);
+        return loaded;
       },
       std::move(done));
 }
@@ -89,6 +94,9 @@ absl::StatusOr<std::set<int64_t>> TableLoader::PrepareStartLoad(
   if (!readers.ok()) {
     return WithContext(readers.status(), manifest_path);
   }
+  auto hashes = TokenHashes::Prepare(*manifest);
+  if (!hashes.ok()) return WithContext(hashes.status(), manifest_path);
+  start_hashes_ = *std::move(hashes);
   uint64_t bytes = 0;
   std::set<int64_t> ids;
   std::vector<std::unique_ptr<checkpoint::LayerReader>> kept;
@@ -200,6 +208,7 @@ void TableLoader::StartPreparedLoad(Done done) {
         Layers all = RestoreAll();
         absl::StatusOr<Layers> loaded = LoadAll(*readers);
         if (!loaded.ok()) return loaded.status();
+        if (hashes_ != nullptr) hashes_->Register(start_hashes_);
         all.insert(all.end(), loaded->begin(), loaded->end());
         return all;
       },

@@ -14,11 +14,12 @@
 #include "absl/status/statusor.h"
 #include "checkpoint/layer_reader.h"
 #include "checkpoint/manifest.h"
+#include "common/thread_pool.h"
 #include "server/cluster.h"
 #include "server/populate_reactor.h"
+#include "server/token_hashes.h"
 #include "store/layer_stager.h"
 #include "store/table_files.h"
-#include "common/thread_pool.h"
 
 namespace engram {
 
@@ -42,7 +43,10 @@ class TableLoader {
 
   // `root`: the folder Load requests may read under ("" refuses them;
   // the operator's own --load manifest may be anywhere).
-  TableLoader(PopulateEnv env, ClusterContext* cluster, std::string root);
+  // `hashes` (may be null) learns the model hash of manifests that name
+  // their model, once their layers are in.
+  TableLoader(PopulateEnv env, ClusterContext* cluster, std::string root,
+              TokenHashes* hashes = nullptr);
   // Cancels the load in progress (between chunks: nothing of it is kept)
   // and answers the queued ones UNAVAILABLE.
   ~TableLoader();
@@ -113,6 +117,8 @@ class TableLoader {
   const PopulateEnv env_;
   ClusterContext* const cluster_;
   const std::string root_;
+  TokenHashes* const hashes_;
+  std::map<int64_t, TokenHashes::Entry> start_hashes_;  // --load's model
   // Restores each stored layer under its claimed id; returns those in.
   Layers RestoreAll();
 

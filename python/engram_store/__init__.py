@@ -525,6 +525,41 @@ class Client:
         _call(self._c.lookup_many_into, entries)
         return results
 
+    def lookup_tokens(self, layer_ids, tokens, *, history=None,
+                      output_dtype: Optional[str] = None) -> list:
+        """Token ids in, rows out (docs/tokens.md): ``tokens`` int64
+        ``[B, T]`` raw ids; ``history`` ``[B, h]`` each sequence's previous
+        raw ids, oldest first (None: every sequence starts here). Each layer
+        of ``layer_ids`` (loaded with its model's hash) gives ``[B, T, H,
+        D]`` rows, in order: the server hashes the tokens as the model
+        does, then gathers."""
+        if isinstance(layer_ids, int):
+            layer_ids = [layer_ids]
+        tokens = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64))
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [B, T]; got shape "
+                             f"{tokens.shape}")
+        if history is None:
+            history = np.empty((tokens.shape[0], 0), np.int64)
+        history = np.ascontiguousarray(np.asarray(history, dtype=np.int64))
+        if history.ndim != 2 or history.shape[0] != tokens.shape[0]:
+            raise ValueError(f"history must be [B = {tokens.shape[0]}, h]; "
+                             f"got shape {history.shape}")
+        if output_dtype is not None and output_dtype not in _NUMPY_DTYPES:
+            raise ValueError(f"output_dtype must be one of "
+                             f"{sorted(_NUMPY_DTYPES)}; got {output_dtype!r}")
+        outs = []
+        for layer in layer_ids:
+            info = self.describe(int(layer))
+            dtype = output_dtype or info.dtype
+            dim = info.embedding_dim if dtype == "uint8" else \
+                info.values_per_row
+            outs.append(np.empty(tokens.shape + (
+                len(info.table_vocab_sizes), dim), _NUMPY_DTYPES[dtype]))
+        _call(self._c.lookup_tokens_into, [int(l) for l in layer_ids], tokens,
+              list(tokens.shape), history, outs, output_dtype)
+        return outs
+
     def lookup_async(self, layer_id: int, ids, *,
                      out: Optional[np.ndarray] = None,
                      output_dtype: Optional[str] = None,

@@ -69,6 +69,9 @@ class Client:
                     output_dtype: Optional[str] = ...,
                     id_form: str = ...,
                     heads: Optional[Tuple[int, int]] = ...) -> list: ...
+    def lookup_tokens(self, layer_ids: object, tokens: object, *,
+                      history: object = ...,
+                      output_dtype: Optional[str] = ...) -> list: ...
     def lookup_async(self, layer_id: int, ids: object, *,
                      out: Optional[np.ndarray] = ...,
                      output_dtype: Optional[str] = ...,

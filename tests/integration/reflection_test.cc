@@ -46,7 +46,7 @@ TEST(ReflectionTest, ListsAndDescribesTheEngramService) {
   for (const auto& m : file.service(0).method()) methods.push_back(m.name());
   EXPECT_THAT(methods, ::testing::UnorderedElementsAre(
                            "Populate", "Lookup", "Remove", "DescribeLayer",
-                           "ListLayers", "Load", "LookupMany"));
+                           "ListLayers", "Load", "LookupMany", "LookupTokens"));
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }

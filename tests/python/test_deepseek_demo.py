@@ -13,7 +13,10 @@ import tempfile
 
 import numpy as np
 
+import pytest
+
 import engram_store
+from engram_store import FailedPreconditionError, InvalidArgumentError
 from test_engram_store import Engramd, to_bfloat16_bits
 from test_quantized import DEEPSEEK, dequantize
 
@@ -74,5 +77,50 @@ def test_demo_checkpoint_loads_and_serves_the_engines_dialect():
                 want = fused[layer][ids]
                 assert np.array_equal(rows, want)
                 assert np.array_equal(bf16, to_bfloat16_bits(dequantize(want)))
+        finally:
+            s.stop()
+
+
+def test_lookup_tokens_hashes_as_the_model_does():
+    """Token ids in: the server hashes them with the model the manifest
+    names and returns the rows EngramHasher's ids address, for both layers
+    in one call, with and without history."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, SCRIPT, d], check=True,
+                       stdout=subprocess.DEVNULL)
+        tensors = read_safetensors(
+            os.path.join(d, "model-00001-of-00001.safetensors"))
+        hasher = engram_store.EngramHasher(os.path.join(d, "config.json"),
+                                           os.path.join(d, "token_map.npy"))
+        s = Engramd(f"--load={d}/engram_manifest.json")
+        try:
+            c = engram_store.Client(s.address)
+            rng = np.random.default_rng(5)
+            tokens = rng.integers(0, 129280, (2, 6))
+            tokens[1, 2] = 129264  # the image token
+            history = rng.integers(0, 129280, (2, 3))
+            for hist in (None, history, history[:, 1:]):
+                packed = c.lookup_tokens([1, 14], tokens, history=hist,
+                                         output_dtype="uint8")
+                values = c.lookup_tokens([14], tokens, history=hist,
+                                         output_dtype="bfloat16")
+                for layer, rows in zip((1, 14), packed):
+                    fused = np.concatenate(
+                        [tensors[f"layers.{layer}.engram.embed.weight"][1],
+                         tensors[f"layers.{layer}.engram.embed.scale"][1]],
+                        axis=1)
+                    ids = hasher.hash(layer, tokens, hist, fused=True)
+                    assert rows.shape == (2, 6, 6, 264)
+                    assert np.array_equal(rows, fused[ids])
+                    if layer == 14:
+                        assert np.array_equal(
+                            values[0], to_bfloat16_bits(dequantize(fused[ids])))
+            with pytest.raises(InvalidArgumentError) as e:
+                c.lookup_tokens([1], [[129280]])
+            assert "tokens[0, 0] = 129280 is not a raw token id" in str(e.value)
+            c.populate(3, [np.zeros((4, 8), np.float32)])
+            with pytest.raises(FailedPreconditionError) as e:
+                c.lookup_tokens([1, 3], tokens)
+            assert "lookups[1]: layer 3 has no model hash" in str(e.value)
         finally:
             s.stop()

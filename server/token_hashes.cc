@@ -1,0 +1,70 @@
+#include "server/token_hashes.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace engram {
+
+absl::StatusOr<std::map<int64_t, TokenHashes::Entry>> TokenHashes::Prepare(
+    const checkpoint::LoadManifest& manifest) {
+  std::map<int64_t, Entry> entries;
+  if (!manifest.model) return entries;
+  const checkpoint::ModelSpec& model = *manifest.model;
+  absl::StatusOr<EngramHasher> loaded =
+      EngramHasher::Load(model.config, model.token_map);
+  if (!loaded.ok()) return loaded.status();
+  auto hasher = std::make_shared<const EngramHasher>(*std::move(loaded));
+  std::map<int64_t, const checkpoint::LayerSpec*> specs;
+  for (const checkpoint::LayerSpec& spec : manifest.layers)
+    specs[spec.layer_id] = &spec;
+  for (int64_t engram : hasher->config().layer_ids) {
+    auto mapped = model.engram_layers.find(engram);
+    const int64_t served =
+        mapped != model.engram_layers.end() ? mapped->second : engram;
+    auto spec = specs.find(served);
+    if (spec == specs.end()) {
+      if (mapped == model.engram_layers.end()) continue;  // not served here
+      return absl::InvalidArgumentError(
+          absl::StrCat("model: Engram layer ", engram, " maps to layer ",
+                       served, ", which the manifest does not list"));
+    }
+    std::span<const int64_t> primes = hasher->table_sizes(engram);
+    const std::vector<int64_t>& sizes = spec->second->layout.table_vocab_sizes;
+    if (!std::equal(primes.begin(), primes.end(), sizes.begin(), sizes.end())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model: layer ", served, " (Engram layer ", engram, ") has tables [",
+          absl::StrJoin(sizes, ", "), "]; the model's hash addresses [",
+          absl::StrJoin(primes, ", "), "]"));
+    }
+    entries[served] = {hasher, engram};
+  }
+  for (const auto& [engram, served] : model.engram_layers) {
+    if (hasher->table_sizes(engram).empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model: engram_layers names Engram layer ", engram,
+                       ", which the model's engram_layer_ids do not list"));
+    }
+  }
+  if (entries.empty()) {
+    return absl::InvalidArgumentError(
+        "model: none of the model's engram_layer_ids is a layer of this "
+        "manifest (map them with model.engram_layers)");
+  }
+  return entries;
+}
+
+void TokenHashes::Register(const std::map<int64_t, Entry>& entries) {
+  MutexLock lock(&mu_);
+  for (const auto& [layer, entry] : entries) by_layer_[layer] = entry;
+}
+
+std::optional<TokenHashes::Entry> TokenHashes::Find(int64_t layer_id) const {
+  MutexLock lock(&mu_);
+  auto it = by_layer_.find(layer_id);
+  if (it == by_layer_.end()) return std::nullopt;
+  return it->second;
+}
+
+}  // namespace engram

@@ -1,0 +1,49 @@
+// Which served layers can be looked up by token ids: the Engram hash of
+// the model each came from (a load manifest's "model" section) and which
+// Engram layer of that model it is.
+#ifndef ENGRAM_SERVER_TOKEN_HASHES_H_
+#define ENGRAM_SERVER_TOKEN_HASHES_H_
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "checkpoint/manifest.h"
+#include "common/mutex.h"
+#include "hash/engram_hash.h"
+
+namespace engram {
+
+// Owns the hashers; thread-safe (LookupTokens reads while loads register).
+class TokenHashes {
+ public:
+  struct Entry {
+    std::shared_ptr<const EngramHasher> hasher;
+    int64_t engram_layer = 0;
+  };
+  // The served layers a manifest's model covers, with its hasher: reads
+  // config.json and the token map, maps every Engram layer of the model to
+  // its manifest layer (model.engram_layers, else the same id) and checks
+  // that layer's table sizes are the hash's primes. INVALID_ARGUMENT naming
+  // the layer and both sizes; nothing is registered yet.
+  static absl::StatusOr<std::map<int64_t, Entry>> Prepare(
+      const checkpoint::LoadManifest& manifest);
+  // Makes `entries` (from Prepare) answer token lookups, replacing what
+  // those layer ids had.
+  void Register(const std::map<int64_t, Entry>& entries);
+  // The hash of served layer `layer_id`, if it has one. (Callers check the
+  // layer's current tables against the hash: a layer populated again
+  // differently is refused, not misread.)
+  std::optional<Entry> Find(int64_t layer_id) const;
+
+ private:
+  mutable Mutex mu_;
+  std::map<int64_t, Entry> by_layer_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace engram
+
+#endif  // ENGRAM_SERVER_TOKEN_HASHES_H_

@@ -68,10 +68,12 @@ ABSL_FLAG(std::string, config, "",
           "hash: the model's config.json (engram_* keys)");
 ABSL_FLAG(std::string, token_map, "",
           "hash: raw id -> compressed id (.npy int32/int64, or .i32)");
-ABSL_FLAG(std::string, tokens, "", "hash: raw token ids, comma-separated");
-ABSL_FLAG(std::string, history, "",
-          "hash: the sequence's previous raw ids, oldest first (at most "
-          "N - 1; none: the sequence starts at --tokens)");
+ABSL_FLAG(std::string, tokens, "",
+          "hash, lookup: raw token ids of one sequence, comma-separated");
+ABSL_FLAG(
+    std::string, history, "",
+    "hash, lookup: the sequence's previous raw ids, oldest first (at most "
+    "N - 1; none: the sequence starts at --tokens)");
 ABSL_FLAG(bool, fused, false, "hash: ids in the layer's fused table");
 ABSL_FLAG(std::string, output_dtype, "",
           "lookup: rows converted to this dtype (default: the layer's)");
@@ -117,6 +119,10 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
            [--id_form=fused|entries] [--heads=H0:H1]
                                           gather rows; prints them, or
                                           writes a [B, L, H, D] .npy
+  lookup   --layer=N --tokens=1,2,.. [--history=..] [--output_dtype=T]
+                                          token ids in: the server hashes
+                                          them with the layer's model
+                                          (loaded with a "model" manifest)
   hash     --config=config.json --token_map=map.npy --layer=N
            --tokens=1,2,.. [--history=..] [--fused]
                                           DeepSeek's Engram hash of the
@@ -341,8 +347,53 @@ int Populate(Client& client, const Args& args) {
   return 0;
 }
 
+// engramctl lookup --tokens: the server hashes one sequence's tokens with
+// the layer's model and returns each position's rows.
+int LookupTokens(Client& client, int64_t layer) {
+  const std::vector<int64_t> tokens =
+      IntList("tokens", absl::GetFlag(FLAGS_tokens));
+  std::vector<int64_t> history;
+  if (const std::string h = absl::GetFlag(FLAGS_history); !h.empty()) {
+    history = IntList("history", h);
+  }
+  absl::StatusOr<LayerDescription> d = client.DescribeLayer(layer);
+  Check(d.status());
+  std::optional<DType> out_dtype;
+  if (const std::string name = absl::GetFlag(FLAGS_output_dtype);
+      !name.empty()) {
+    out_dtype = ParseDType(name);
+  }
+  const DType dtype = out_dtype.value_or(d->layout.dtype);
+  const int64_t dim = dtype == DType::kUInt8 ? d->layout.embedding_dim
+                                             : d->layout.values_per_row();
+  const int64_t heads = d->layout.num_heads();
+  const size_t row_bytes = dim * DTypeSize(dtype);
+  std::vector<uint8_t> rows(tokens.size() * heads * row_bytes);
+  const int64_t layers[] = {layer};
+  const int64_t shape[] = {1, static_cast<int64_t>(tokens.size())};
+  const std::span<uint8_t> outs[] = {rows};
+  Check(client.LookupTokens(layers, tokens, shape, history, outs, out_dtype));
+  std::cout.precision(9);
+  std::vector<float> values(dim);
+  for (size_t i = 0; i < tokens.size() * heads; ++i) {
+    const uint8_t* row = rows.data() + i * row_bytes;
+    std::cout << "[t" << i / heads << ", h" << i % heads << "] token "
+              << tokens[i / heads] << ":";
+    if (dtype == DType::kUInt8) {
+      for (int64_t e = 0; e < dim; ++e) std::printf(" %02x", row[e]);
+      std::fflush(stdout);
+    } else {
+      ConvertElements(row, dtype, values.data(), DType::kFloat32, dim);
+      for (float v : values) std::cout << " " << v;
+    }
+    std::cout << "\n";
+  }
+  return 0;
+}
+
 int Lookup(Client& client) {
   const int64_t layer = LayerFlag();
+  if (!absl::GetFlag(FLAGS_tokens).empty()) return LookupTokens(client, layer);
   std::vector<int64_t> ids, shape;
   if (const std::string ids_npy = absl::GetFlag(FLAGS_ids_npy);
       !ids_npy.empty()) {

@@ -243,6 +243,49 @@ TEST(ManifestTest, AQuantMemberDeclaresQuantizedRows) {
               HasSubstr("a multiple of 33"));
 }
 
+TEST(ManifestTest, AModelSectionNamesTheHashFiles) {
+  TempDir dir;
+  testing::WriteText(dir.path() + "/a.npy", "x");
+  testing::WriteText(dir.path() + "/config.json", "{}");
+  testing::WriteText(dir.path() + "/map.npy", "x");
+  auto parse = [&](const std::string& model) {
+    return ParseLoadManifest(
+        absl::StrCat(
+            R"({"layers": [{"layer_id": 4, "dtype": "uint8", "embedding_dim": 2,
+                     "table_vocab_sizes": [3],
+                     "source": {"format": "npy", "files": ["a.npy"]}}],
+                     "model": )",
+            model, "}"),
+        dir.path(), dir.path());
+  };
+  auto good = parse(R"({"config": "config.json", "token_map": "map.npy",
+                        "engram_layers": {"14": 4}})");
+  ASSERT_TRUE(good.ok()) << good.status();
+  ASSERT_TRUE(good->model.has_value());
+  EXPECT_EQ(good->model->config, dir.path() + "/config.json");
+  EXPECT_EQ(good->model->token_map, dir.path() + "/map.npy");
+  EXPECT_EQ(good->model->engram_layers, (std::map<int64_t, int64_t>{{14, 4}}));
+  auto refused = [&](const std::string& model) {
+    auto m = parse(model);
+    EXPECT_FALSE(m.ok()) << model;
+    return std::string(m.status().message());
+  };
+  EXPECT_THAT(refused(R"({"config": "config.json"})"),
+              HasSubstr("model: needs config (config.json) and token_map"));
+  EXPECT_THAT(refused(R"({"config": "config.json", "token_map": "map.npy",
+                          "tokenizer": "t.json"})"),
+              HasSubstr("model: unknown member \"tokenizer\""));
+  EXPECT_THAT(refused(R"({"config": "config.json", "token_map": "map.npy",
+                          "engram_layers": {"14": 5}})"),
+              HasSubstr("maps Engram layer 14 to layer 5, which the manifest "
+                        "does not list"));
+  EXPECT_THAT(
+      refused(R"({"config": "../config.json", "token_map": "map.npy"})"),
+      HasSubstr("outside"));
+  EXPECT_FALSE(
+      parse(R"({"config": "missing.json", "token_map": "map.npy"})").ok());
+}
+
 TEST(ManifestTest, RefusesMalformedEntriesAndPathsOutsideTheRoot) {
   TempDir dir;
   auto bad = [&](const std::string& json, const std::string& root = "") {

@@ -377,7 +377,9 @@ void EngramService::ServeMany(
                                             out_bytes, buffer.data + at);
     GatherInto(
         call, BackendFor(*call, /*allow_gpu=*/false), call->out_dtype,
-        buffer.data + at, [join, finish, i](absl::Status s, bool) {
+        // `call` rides along: a big gather runs on the pool after this
+        // returns and reads the call's ids until it is done.
+        buffer.data + at, [join, finish, i, call](absl::Status s, bool) {
           if (!s.ok()) {
             std::lock_guard<std::mutex> lock(join->mu);
             if (join->status.ok()) {

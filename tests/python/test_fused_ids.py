@@ -94,6 +94,13 @@ def check_lookup_many(client, layer, tables):
         client.lookup_many([(layer, entries),
                             (layer, np.array([off[-1]]))], id_form="entries")
     assert "lookups[1]: row_ids[0]" in str(e.value)
+    # Big lookups are gathered on the server's pool after the call's
+    # handler returned: their ids must live until then (they did not, and
+    # the server read freed ids, or crashed).
+    big = [per_head_ids(rng, 1, 4000) for _ in range(3)]
+    got = client.lookup_many([(layer, ids) for ids in big])
+    for ids, rows in zip(big, got):
+        assert np.array_equal(rows, gather(tables, ids))
 
 
 def check_bad_ids(client, layer):

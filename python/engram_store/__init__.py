@@ -274,7 +274,8 @@ def _info(d: dict) -> LayerInfo:
 
 
 def _layout_of(info: LayerInfo):
-    return (info.embedding_dim, info.dtype, info.values_per_row)
+    return (info.embedding_dim, info.dtype, info.values_per_row,
+            len(info.table_vocab_sizes))
 
 
 def _quant_triple(quant: Optional[dict]):
@@ -333,7 +334,7 @@ class Client:
         self._c = _call(_ext.Client.connect, address, float(timeout_s),
                         int(num_channels), bool(direct_reads),
                         _security(locals()))
-        self._layouts = {}  # layer id -> (D, dtype, values), see _layout()
+        self._layouts = {}  # layer id -> (D, dtype, values, H): _layout()
 
     @classmethod
     def cluster(cls, addresses: Sequence[str], replication: int, *,
@@ -417,7 +418,7 @@ class Client:
             raise ValueError(f"output_dtype must be one of "
                              f"{sorted(_NUMPY_DTYPES)}; got {output_dtype!r}")
         if out is None:
-            dim, stored, values = self._layout(layer_id)
+            dim, stored, values, _ = self._layout(layer_id)
             # The dtype goes to the server explicitly: if the layer changed
             # under the cached layout, the server refuses the call (and
             # lookup() refreshes) instead of filling `out` with other rows.
@@ -548,16 +549,25 @@ class Client:
         if output_dtype is not None and output_dtype not in _NUMPY_DTYPES:
             raise ValueError(f"output_dtype must be one of "
                              f"{sorted(_NUMPY_DTYPES)}; got {output_dtype!r}")
-        outs = []
-        for layer in layer_ids:
-            info = self.describe(int(layer))
-            dtype = output_dtype or info.dtype
-            dim = info.embedding_dim if dtype == "uint8" else \
-                info.values_per_row
-            outs.append(np.empty(tokens.shape + (
-                len(info.table_vocab_sizes), dim), _NUMPY_DTYPES[dtype]))
-        _call(self._c.lookup_tokens_into, [int(l) for l in layer_ids], tokens,
-              list(tokens.shape), history, outs, output_dtype)
+        # Sized from the cached layouts: a layer changed meanwhile answers
+        # rows of another size, which are refused; then asked again, once.
+        for attempt in (0, 1):
+            outs = []
+            for layer in layer_ids:
+                dim, stored, values, heads = self._layout(
+                    int(layer), refresh=attempt == 1)
+                dtype = output_dtype or stored
+                outs.append(np.empty(
+                    tokens.shape + (heads, dim if dtype == "uint8" else
+                                    values), _NUMPY_DTYPES[dtype]))
+            try:
+                _call(self._c.lookup_tokens_into,
+                      [int(l) for l in layer_ids], tokens,
+                      list(tokens.shape), history, outs, output_dtype)
+                return outs
+            except (InvalidArgumentError, NotFoundError):
+                if attempt == 1:
+                    raise
         return outs
 
     def lookup_async(self, layer_id: int, ids, *,

@@ -612,6 +612,20 @@ absl::StatusOr<std::vector<LayerDescription>> Client::ListLayers() {
   return FromProto(response.layers());
 }
 
+absl::StatusOr<Client::ServerInfo> Client::GetServerInfo() {
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  v1::ServerInfoResponse response;
+  if (absl::Status s = FromGrpcStatus(impl_->stub->ServerInfo(
+          &context, v1::ServerInfoRequest(), &response));
+      !s.ok()) {
+    return s;
+  }
+  return ServerInfo{response.version(), response.uptime_seconds(),
+                    response.shard_index(), response.shards(),
+                    response.layers()};
+}
+
 absl::StatusOr<std::vector<LayerDescription>> Client::Load(
     const std::string& manifest_path) {
   grpc::ClientContext context;

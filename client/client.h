@@ -259,6 +259,15 @@ class Client {
   absl::StatusOr<int> Remove(int64_t layer_id, bool force = false);
   absl::StatusOr<LayerDescription> DescribeLayer(int64_t layer_id);
   absl::StatusOr<std::vector<LayerDescription>> ListLayers();
+  // The server's build and state at a glance (ServerInfo).
+  struct ServerInfo {
+    std::string version;
+    double uptime_seconds = 0;
+    int shard_index = 0;
+    int shards = 0;  // 0: a single node
+    int64_t layers = 0;
+  };
+  absl::StatusOr<ServerInfo> GetServerInfo();
   // Asks the server to load the layers of a load manifest from checkpoint
   // files it can read: `manifest_path` is on the server, relative to its
   // --load_root (docs/tables.md). Waits up to populate_timeout; returns the

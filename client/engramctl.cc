@@ -19,6 +19,7 @@
 #include "client/client.h"
 #include "common/command_line.h"
 #include "common/malloc_tuning.h"
+#include "common/version.h"
 #include "hash/engram_hash.h"
 #include "proto/channel_security.h"
 #include "proto/channel_tuning.h"
@@ -114,6 +115,8 @@ Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
                                           layers from checkpoint files it
                                           reads (MANIFEST is on the server,
                                           under its --load_root)
+  version                                 this engramctl's version and the
+                                          server's (build, uptime, layers)
   lookup   --layer=N (--ids=1,2,.. --shape=B,L,H | --ids_npy=ids.npy)
            [--output_dtype=T] [--out=rows.npy]
            [--id_form=fused|entries] [--heads=H0:H1]
@@ -160,6 +163,10 @@ Args ParseArgs(int argc, char** argv) {
   if (!line.ok()) Die(std::string(line.status().message()), 2);
   if (line->help) {
     std::cout << FlagsHelp(kUsage);
+    std::exit(0);
+  }
+  if (line->version) {
+    std::cout << "engramctl " << Version() << "\n";
     std::exit(0);
   }
   if (line->positional.empty()) {
@@ -564,6 +571,19 @@ int Run(int argc, char** argv) {
   if (cmd == "health") {
     Check(c.CheckHealth());
     std::cout << "SERVING\n";
+    return 0;
+  }
+  if (cmd == "version") {
+    std::cout << "engramctl " << Version() << "\n";
+    absl::StatusOr<Client::ServerInfo> info = c.GetServerInfo();
+    Check(info.status());
+    std::cout << "engramd   " << info->version << " at " << address << ", up "
+              << static_cast<int64_t>(info->uptime_seconds) << " s, "
+              << info->layers << (info->layers == 1 ? " layer" : " layers");
+    if (info->shards > 0) {
+      std::cout << ", shard " << info->shard_index << " of " << info->shards;
+    }
+    std::cout << "\n";
     return 0;
   }
   if (cmd == "list") {

@@ -18,9 +18,8 @@ std::vector<absl::CommandLineFlag*> ProgramFlags() {
       flags.push_back(flag);
     }
   }
-  std::sort(flags.begin(), flags.end(), [](auto* a, auto* b) {
-    return a->Name() < b->Name();
-  });
+  std::sort(flags.begin(), flags.end(),
+            [](auto* a, auto* b) { return a->Name() < b->Name(); });
   return flags;
 }
 
@@ -45,6 +44,10 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
     }
     if (arg == "--help" || arg == "-h" || arg == "--helpfull") {
       line.help = true;
+      continue;
+    }
+    if (arg == "--version") {
+      line.version = true;
       continue;
     }
     if (!absl::StartsWith(arg, "--") || arg.size() == 2) {
@@ -72,8 +75,8 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
     }
     if (negated && has_value) {
       return absl::InvalidArgumentError(
-          absl::StrCat("--", name, " takes no value (use --", flag->Name(),
-                       "=", value, ")"));
+          absl::StrCat("--", name, " takes no value (use --", flag->Name(), "=",
+                       value, ")"));
     }
     if (!has_value) {
       if (flag->IsOfType<bool>()) {
@@ -100,7 +103,8 @@ std::string FlagsHelp(absl::string_view usage) {
     absl::StrAppend(&out, "  --", flag->Name(), " (default: \"",
                     flag->DefaultValue(), "\")\n      ", flag->Help(), "\n");
   }
-  absl::StrAppend(&out, "  --help\n      print this text and exit\n");
+  absl::StrAppend(&out, "  --help\n      print this text and exit\n",
+                  "  --version\n      print the version and exit\n");
   return out;
 }
 

@@ -20,6 +20,7 @@ namespace engram {
 struct CommandLine {
   std::vector<std::string> positional;  // arguments that are not flags
   bool help = false;                    // --help or -h was given
+  bool version = false;                 // --version was given
 };
 
 // Sets the program's flags from argv[1..]: --name=value, --name value (not

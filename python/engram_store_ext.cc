@@ -15,6 +15,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
+#include "common/version.h"
 #include "hash/engram_hash.h"
 #include "hash/numpy_random.h"
 #include "python/ext_common.h"
@@ -196,6 +197,7 @@ PYBIND11_MODULE(_engram_store, m) {
     }
   });
 
+  m.attr("__version__") = Version();
   // The multipliers' generator, for tests against numpy itself.
   m.def(
       "numpy_integers",
@@ -387,6 +389,22 @@ PYBIND11_MODULE(_engram_store, m) {
             if (!s.ok()) Raise(s);
           },
           py::arg("lookups"))
+      .def("server_info",
+           [](Client& c) {
+             absl::StatusOr<Client::ServerInfo> info;
+             {
+               py::gil_scoped_release nogil;
+               info = c.GetServerInfo();
+             }
+             if (!info.ok()) Raise(info.status());
+             py::dict d;
+             d["version"] = info->version;
+             d["uptime_seconds"] = info->uptime_seconds;
+             d["shard_index"] = info->shard_index;
+             d["shards"] = info->shards;
+             d["layers"] = info->layers;
+             return d;
+           })
       .def(
           "lookup_tokens_into",
           [](Client& c, const std::vector<int64_t>& layer_ids,

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/layout.h"
 #include "common/status_context.h"
+#include "common/version.h"
 #include "proto/wire_format.h"
 #include "server/log.h"
 #include "server/lookup_request.h"
@@ -667,6 +668,27 @@ grpc::ServerUnaryReactor* EngramService::ListLayers(
         done(absl::OkStatus());
       },
       Observer(Method::kListLayers));
+}
+
+grpc::ServerUnaryReactor* EngramService::ServerInfo(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  if (auto* refused = Refuse(context, Method::kServerInfo)) return refused;
+  return ServeRaw<v1::ServerInfoRequest, v1::ServerInfoResponse>(
+      context, request, response,
+      [this](const v1::ServerInfoRequest&, v1::ServerInfoResponse* info,
+             RawDone done) {
+        info->set_version(Version());
+        info->set_uptime_seconds(
+            std::chrono::duration<double>(Clock::now() - started_).count());
+        if (cluster_ != nullptr) {
+          info->set_shard_index(cluster_->cluster()->self());
+          info->set_shards(cluster_->cluster()->size());
+        }
+        info->set_layers(static_cast<int64_t>(layers_->size()));
+        done(absl::OkStatus());
+      },
+      Observer(Method::kServerInfo));
 }
 
 std::function<void(const absl::Status&)> EngramService::Observer(Method rpc) {

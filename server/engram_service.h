@@ -43,7 +43,10 @@ class EngramService final
                           v1::EngramStore::WithRawCallbackMethod_LookupMany<
                               v1::EngramStore::
                                   WithRawCallbackMethod_LookupTokens<
-                                      v1::EngramStore::CallbackService>>>>>>> {
+                                      v1::EngramStore::
+                                          WithRawCallbackMethod_ServerInfo<
+                                              v1::EngramStore::
+                                                  CallbackService>>>>>>>> {
  public:
   // What the service serves with, all borrowed (they must outlive it) and
   // fixed before it serves. Optional parts may be null.
@@ -102,6 +105,9 @@ class EngramService final
   grpc::ServerUnaryReactor* LookupTokens(grpc::CallbackServerContext* context,
                                          const grpc::ByteBuffer* request,
                                          grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* ServerInfo(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
 
  private:
   // Where a lookup's rows come from. Every backend fills the caller's rows
@@ -154,6 +160,8 @@ class EngramService final
   TableLoader* const loader_;
   const Authorizer* const auth_;
   const TokenHashes* const hashes_;
+  const std::chrono::steady_clock::time_point started_ =
+      std::chrono::steady_clock::now();
 };
 
 }  // namespace engram

@@ -16,6 +16,7 @@
 #include "common/command_line.h"
 #include "common/malloc_tuning.h"
 #include "common/mutex.h"
+#include "common/version.h"
 #include "proto/channel_tuning.h"
 #include "server/accept_guard.h"
 #include "server/config.h"
@@ -281,6 +282,10 @@ int main(int argc, char** argv) {
       engram::ParseCommandLine(argc, argv);
   if (line.ok() && line->help) {
     std::cout << engram::FlagsHelp(kUsage);
+    return 0;
+  }
+  if (line.ok() && line->version) {
+    std::cout << "engramd " << engram::Version() << "\n";
     return 0;
   }
   if (line.ok() && !line->positional.empty()) {

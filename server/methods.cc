@@ -20,6 +20,8 @@ constexpr MethodInfo kMethods[kNumMethods] = {
      false},
     {Method::kLookupTokens, ENGRAM_PUBLIC "LookupTokens", "LookupTokens",
      kRightRead, false},
+    {Method::kServerInfo, ENGRAM_PUBLIC "ServerInfo", "ServerInfo", kRightRead,
+     false},
     {Method::kStage, ENGRAM_PEER "Stage", "Stage", kRightPeer, true},
     {Method::kCommit, ENGRAM_PEER "Commit", "Commit", kRightPeer, true},
     {Method::kAbort, ENGRAM_PEER "Abort", "Abort", kRightPeer, true},

@@ -31,6 +31,7 @@ enum class Method : int {
   kLoad,
   kLookupMany,
   kLookupTokens,
+  kServerInfo,
   kStage,
   kCommit,
   kAbort,
@@ -40,8 +41,8 @@ enum class Method : int {
   kRemoveLocal,
   kStageFiles,
 };
-inline constexpr int kNumPublicMethods = 8;
-inline constexpr int kNumMethods = 16;
+inline constexpr int kNumPublicMethods = 9;
+inline constexpr int kNumMethods = 17;
 
 struct MethodInfo {
   Method method;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/version.h"
 
 namespace engram {
 namespace {
@@ -283,6 +284,12 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
                "Peer reads moved to another owner after a failure or timeout.")
            .Register(*registry_)
            .Add({});
+  prometheus::BuildGauge()
+      .Name("engram_build_info")
+      .Help("1, labelled with the build's version (--version).")
+      .Register(*registry_)
+      .Add({{"version", Version()}})
+      .Set(1);
   collectable_ = std::make_shared<LiveCollectable>(registry_, layers, budget,
                                                    pin_requested, gpu);
 }

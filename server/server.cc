@@ -202,6 +202,13 @@ absl::Status EngramServer::StartLoader() {
       "engram_load_bytes",
       "Row bytes loaded from checkpoint files since start.",
       [l = loader_.get()] { return static_cast<double>(l->bytes_loaded()); });
+  metrics_.AddGaugeSource("engram_uptime_seconds",
+                          "Seconds since this engramd started.",
+                          [start = std::chrono::steady_clock::now()] {
+                            return std::chrono::duration<double>(
+                                       std::chrono::steady_clock::now() - start)
+                                .count();
+                          });
   metrics_.AddGaugeSource("engram_loads_pending",
                           "Load manifests queued or loading.",
                           [l = loader_.get()] { return l->pending(); });

@@ -29,6 +29,9 @@ from engram_store.mooncake import EngramStore, EngramStoreConfig  # noqa: F401
 __all__ = ["Client", "DeviceLookup", "DeviceLookups", "LayerInfo", "Error", "EngramStore",
            "EngramStoreConfig", "EngramHasher"]
 
+#: The build's version (the same string as ``engramd --version``).
+__version__ = _ext.__version__
+
 _NUMPY_DTYPES = {
     "float32": np.dtype(np.float32),
     "float16": np.dtype(np.float16),
@@ -525,6 +528,12 @@ class Client:
             raise ValueError("lookup_many needs at least one lookup")
         _call(self._c.lookup_many_into, entries)
         return results
+
+    def server_info(self) -> dict:
+        """The server's build and state: ``version``, ``uptime_seconds``,
+        ``shard_index`` / ``shards`` (0 shards: a single node),
+        ``layers``."""
+        return _call(self._c.server_info)
 
     def lookup_tokens(self, layer_ids, tokens, *, history=None,
                       output_dtype: Optional[str] = None) -> list:

@@ -7,6 +7,7 @@
 
 #include "checkpoint/npy.h"
 #include "client/client.h"
+#include "common/version.h"
 #include "tests/testing/checkpoint_files.h"
 #include "tests/testing/engramd_process.h"
 #include "tests/testing/lookup_check.h"
@@ -194,6 +195,33 @@ TEST(EngramctlTest, FlagsAreTypedAndUnknownOnesRefused) {
   EXPECT_THAT(out, HasSubstr("bad value 'soon' for --timeout_s"));
   EXPECT_EQ(testing::RunCommand(testing::EngramctlPath() + " --help", &out), 0);
   EXPECT_THAT(out, HasSubstr("--populate_timeout_s (default: \"7200\")"));
+}
+
+// One version everywhere: engramd and engramctl --version, the ServerInfo
+// call (engramctl version), and the engram_build_info metric.
+TEST(EngramctlTest, EveryPartReportsTheSameVersion) {
+  auto server = testing::EngramdProcess::Start(
+      {"--demo", "--metrics_listen=127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::string out;
+  ASSERT_EQ(testing::RunCommand(testing::EngramdPath() + " --version", &out),
+            0);
+  EXPECT_EQ(out, absl::StrCat("engramd ", Version(), "\n"));
+  ASSERT_EQ(testing::RunCommand(testing::EngramctlPath() + " --version", &out),
+            0);
+  EXPECT_EQ(out, absl::StrCat("engramctl ", Version(), "\n"));
+  ASSERT_EQ(testing::RunCommand(testing::EngramctlPath() + " --address=" +
+                                    (*server)->address() + " version",
+                                &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr(absl::StrCat("engramd   ", Version(), " at ")));
+  EXPECT_THAT(out, HasSubstr(", 1 layer"));  // the demo layer
+  auto metrics = testing::HttpGet((*server)->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_THAT(*metrics, HasSubstr(absl::StrCat("engram_build_info{version=\"",
+                                               Version(), "\"} 1")));
+  EXPECT_THAT(*metrics, HasSubstr("engram_uptime_seconds "));
 }
 
 TEST(EngramctlTest, UnreachableServerFailsCleanly) {

@@ -425,3 +425,12 @@ def test_tokens_and_roles():
                 engram_store.Client.cluster([s.address], 1, tokn="x")
         finally:
             s.stop()
+
+
+def test_version_and_server_info(server):
+    """The package, engramd and the ServerInfo call agree on one version."""
+    info = engram_store.Client(server.address).server_info()
+    assert info["version"] == engram_store.__version__
+    assert engram_store.__version__.startswith("0.")
+    assert info["shards"] == 0 and info["layers"] == 0
+    assert info["uptime_seconds"] >= 0

@@ -191,24 +191,15 @@ ServerMetrics::ServerMetrics(const LayerRegistry* layers,
                              const MemoryBudget* budget, bool pin_requested,
                              const GpuTier* gpu)
     : registry_(std::make_shared<prometheus::Registry>()) {
-  auto& requests = prometheus::BuildCounter()
-                       .Name("engram_requests_total")
-                       .Help("RPCs finished, by method and gRPC status code.")
-                       .Register(*registry_);
-  auto& errors = prometheus::BuildCounter()
-                     .Name("engram_errors_total")
-                     .Help("RPCs finished with a status other than OK.")
-                     .Register(*registry_);
-  for (int r = 0; r < kNumPublicMethods; ++r) {
-    for (int c = 0; c < kNumStatusCodes; ++c) {
-      requests_[r][c] =
-          &requests.Add({{"rpc", RpcName(r)}, {"code", CodeName(c)}});
-      if (c != 0) {
-        errors_[r][c] =
-            &errors.Add({{"rpc", RpcName(r)}, {"code", CodeName(c)}});
-      }
-    }
-  }
+  requests_family_ =
+      &prometheus::BuildCounter()
+           .Name("engram_requests_total")
+           .Help("RPCs finished, by method and gRPC status code.")
+           .Register(*registry_);
+  errors_family_ = &prometheus::BuildCounter()
+                        .Name("engram_errors_total")
+                        .Help("RPCs finished with a status other than OK.")
+                        .Register(*registry_);
   lookup_latency_ =
       &prometheus::BuildHistogram()
            .Name("engram_lookup_latency_seconds")
@@ -299,8 +290,17 @@ void ServerMetrics::RecordCall(Method method, grpc::StatusCode code) {
   if (r >= kNumPublicMethods) return;  // peer calls: their own metrics
   int c = static_cast<int>(code);
   if (c < 0 || c >= kNumStatusCodes) c = static_cast<int>(grpc::UNKNOWN);
-  requests_[r][c]->Increment();
-  if (c != 0) errors_[r][c]->Increment();
+  auto counter = [&](std::atomic<prometheus::Counter*>& slot,
+                     prometheus::Family<prometheus::Counter>* family) {
+    prometheus::Counter* made = slot.load(std::memory_order_acquire);
+    if (made == nullptr) {
+      made = &family->Add({{"rpc", RpcName(r)}, {"code", CodeName(c)}});
+      slot.store(made, std::memory_order_release);
+    }
+    return made;
+  };
+  counter(requests_[r][c], requests_family_)->Increment();
+  if (c != 0) counter(errors_[r][c], errors_family_)->Increment();
 }
 
 void ServerMetrics::RecordPeerRead(PeerPath path, double seconds,

@@ -9,6 +9,7 @@
 #include <prometheus/registry.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -63,10 +64,15 @@ class ServerMetrics {
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<prometheus::Collectable> collectable_;
-  std::array<std::array<prometheus::Counter*, kNumStatusCodes>,
+  // Per (rpc, code), created at the first call that ends so: an idle
+  // server exports no zero series for every pair. Family::Add is
+  // thread-safe and returns the existing counter for the same labels.
+  prometheus::Family<prometheus::Counter>* requests_family_ = nullptr;
+  prometheus::Family<prometheus::Counter>* errors_family_ = nullptr;
+  std::array<std::array<std::atomic<prometheus::Counter*>, kNumStatusCodes>,
              kNumPublicMethods>
       requests_{};
-  std::array<std::array<prometheus::Counter*, kNumStatusCodes>,
+  std::array<std::array<std::atomic<prometheus::Counter*>, kNumStatusCodes>,
              kNumPublicMethods>
       errors_{};
   prometheus::Histogram* lookup_latency_ = nullptr;

@@ -21,6 +21,7 @@ using checkpoint::ReadNpy;
 using checkpoint::WriteNpy;
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(EngramctlTest, PopulateLookupDescribeRemoveThroughTheCli) {
   auto server = testing::EngramdProcess::Start();
@@ -222,6 +223,18 @@ TEST(EngramctlTest, EveryPartReportsTheSameVersion) {
   EXPECT_THAT(*metrics, HasSubstr(absl::StrCat("engram_build_info{version=\"",
                                                Version(), "\"} 1")));
   EXPECT_THAT(*metrics, HasSubstr("engram_uptime_seconds "));
+  // Call counters appear with their first call: only ServerInfo's here,
+  // not a zero series for every (rpc, code) pair.
+  EXPECT_THAT(*metrics, HasSubstr("engram_requests_total{code=\"OK\","
+                                  "rpc=\"ServerInfo\"} 1"));
+  size_t series = 0;
+  for (size_t p = metrics->find("\nengram_requests_total{");
+       p != std::string::npos;
+       p = metrics->find("\nengram_requests_total{", p + 1)) {
+    ++series;
+  }
+  EXPECT_EQ(series, 1u) << *metrics;
+  EXPECT_THAT(*metrics, Not(HasSubstr("engram_errors_total{")));
 }
 
 TEST(EngramctlTest, UnreachableServerFailsCleanly) {

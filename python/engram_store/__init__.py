@@ -16,7 +16,15 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from engram_store import _engram_store as _ext
+try:
+    from engram_store import _engram_store as _ext
+except ImportError as e:  # the package without its C++ extension
+    raise ImportError(
+        "engram_store's C++ extension (_engram_store) is missing or does not "
+        "load: build it with `cmake --build build --target _engram_store` "
+        "(needs pybind11-dev; scripts/install_deps.sh installs it) and put "
+        f"build/python on PYTHONPATH, or install it as README says ({e})"
+    ) from e
 from engram_store import cuda as _cuda
 from engram_store.errors import (  # noqa: F401  (re-exported)
     AbortedError, AlreadyExistsError, CancelledError, DataLossError,
@@ -444,7 +452,26 @@ class Client:
                 raise TypeError(f"out is {out.dtype}; output_dtype "
                                 f"{output_dtype} needs "
                                 f"{_NUMPY_DTYPES[output_dtype]}")
+            self._check_out_rows(layer_id, out, output_dtype)
         return ids, out, output_dtype
+
+    def _check_out_rows(self, layer_id, out, output_dtype):
+        """Refuses, before anything is sent, an ``out`` whose rows cannot be
+        the layer's: the wrong dtype for the stored rows, or the wrong D
+        (checked against the cached layout, asked again once if it seems
+        to have changed)."""
+        for refresh in (False, True):
+            dim, stored, values, _ = self._layout(layer_id, refresh=refresh)
+            dtype = output_dtype or stored
+            want = dim if dtype == "uint8" else values
+            if out.dtype == _NUMPY_DTYPES[dtype] and out.shape[-1] == want:
+                return
+        if out.dtype != _NUMPY_DTYPES[dtype]:
+            raise TypeError(f"out is {out.dtype}; layer {layer_id}'s rows "
+                            f"are {dtype} ({_NUMPY_DTYPES[dtype]}): pass "
+                            f"output_dtype to convert")
+        raise ValueError(f"out's rows have {out.shape[-1]} values; layer "
+                         f"{layer_id}'s {dtype} rows have {want}")
 
     def _layout(self, layer_id: int, refresh: bool = False):
         """(D, stored dtype, values per row) of a layer, asked once and

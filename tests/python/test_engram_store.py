@@ -152,6 +152,16 @@ def test_out_is_written_in_place(server):
     with pytest.raises(TypeError):
         c.lookup(2, ids, out=np.zeros((3, 2, 3, 8), np.float16),
                  output_dtype="float32")
+    # Without output_dtype the layer's rows decide, checked before the call
+    # (these were sent, and failed on the byte count afterwards).
+    with pytest.raises(TypeError) as e:
+        c.lookup(2, ids, out=np.zeros((3, 2, 3, 8), np.float16))
+    assert "layer 2's rows are float32" in str(e.value)
+    with pytest.raises(ValueError) as e:
+        c.lookup(2, ids, out=np.zeros((3, 2, 3, 7), np.float32))
+    assert "out's rows have 7 values; layer 2's float32 rows have 8" in \
+        str(e.value)
+    assert np.array_equal(out, reference(tables, ids))  # untouched
 
 
 def test_lookup_follows_a_layer_another_client_changed(server):

@@ -7,15 +7,11 @@ DeepSeek-shaped layer (24 heads of FP8 264-byte rows).
     PYTHONPATH=build/python /usr/bin/python3 bench/engines_bench.py \\
         [--engramd=build/server/engramd] [--seconds=3] [--rounds=5]
 """
-import argparse
-import socket
-import subprocess
-import time
-
 import numpy as np
 import torch
 
 import engram_store
+from bench_common import bench_args, calls_per_s, engramd
 from engram_store.engines.sglang import EntryGather
 from engram_store.engines.vllm import EngramLookup
 
@@ -23,44 +19,10 @@ HEADS, ROWS, ROW = 24, 32768, 264
 QUANT = {"format": "fp8_e4m3", "scale": "ue8m0", "block": 32}
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def calls_per_s(fn, seconds):
-    for _ in range(3):
-        fn()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        n += 1
-    return n / (time.perf_counter() - start)
-
-
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--engramd", default="build/server/engramd")
-    p.add_argument("--seconds", type=float, default=3,
-                   help="per figure, split over the rounds")
-    p.add_argument("--rounds", type=int, default=5)
-    args = p.parse_args()
-    address = f"127.0.0.1:{free_port()}"
-    server = subprocess.Popen([args.engramd, f"--listen={address}",
-                               "--metrics_listen="])
-    try:
+    args = bench_args(__doc__.splitlines()[0])
+    with engramd(args.engramd) as address:
         client = engram_store.Client(address)
-        deadline = time.time() + 30
-        while True:
-            try:
-                if client.health():
-                    break
-            except engram_store.Error:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("engramd did not start")
-            time.sleep(0.05)
         rng = np.random.default_rng(1)
         tables = [rng.integers(0, 256, (ROWS, ROW), dtype=np.uint8)
                   for _ in range(HEADS)]
@@ -115,9 +77,6 @@ def main():
             label = f"sglang entry_gather n={count}"
             print(f"  {label:34} {adapter / args.rounds:10.0f} "
                   f"{plain / args.rounds:10.0f} {adapter / plain:6.2f}x")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

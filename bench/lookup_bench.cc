@@ -447,13 +447,18 @@ int ComparePeerGather(double seconds, int callers) {
 // weights, 8 UE8M0 scales per row) from one engramd, returned packed
 // (uint8, the bytes as stored) and dequantized (bfloat16, float32): rows/s
 // of each, and dequantized over packed.
-int CompareQuant(double seconds, int callers, int channels) {
+// The one plain engramd a single-server comparison runs against; null
+// (after saying so) when it does not start.
+std::unique_ptr<ChildServer> StartPlainEngramd() {
   auto server = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
                                     "--metrics_listen=", "--nopin_memory"});
-  if (!server) {
-    std::fprintf(stderr, "lookup_bench: engramd did not start\n");
-    return 1;
-  }
+  if (!server) std::fprintf(stderr, "lookup_bench: engramd did not start\n");
+  return server;
+}
+
+int CompareQuant(double seconds, int callers, int channels) {
+  std::unique_ptr<ChildServer> server = StartPlainEngramd();
+  if (!server) return 1;
   auto client = ConnectTo(*server, channels);
   constexpr int64_t kRowBytesQ = 264;
   LayerLayout layout{std::vector<int64_t>(kHeads, kRowsPerHead), kRowBytesQ,
@@ -517,12 +522,8 @@ int CompareQuant(double seconds, int callers, int channels) {
 // The same rows asked for with per-head ids, fused ids and flat entries
 // (the engines' dialects), in one run against one engramd.
 int CompareIdForms(double seconds, int callers, int channels) {
-  auto server = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
-                                    "--metrics_listen=", "--nopin_memory"});
-  if (!server) {
-    std::fprintf(stderr, "lookup_bench: engramd did not start\n");
-    return 1;
-  }
+  std::unique_ptr<ChildServer> server = StartPlainEngramd();
+  if (!server) return 1;
   auto client = ConnectTo(*server, channels);
   std::mt19937_64 rng(5);
   if (!PopulateBenchLayer({client.get()}, MakeBenchLayer(rng))) return 1;
@@ -590,12 +591,8 @@ int CompareIdForms(double seconds, int callers, int channels) {
 // Lookup calls one after the other (what a caller without it does), in one
 // run against one engramd.
 int CompareLookupMany(double seconds, int callers, int channels) {
-  auto server = ChildServer::Start({engramd_path, "--listen=127.0.0.1:0",
-                                    "--metrics_listen=", "--nopin_memory"});
-  if (!server) {
-    std::fprintf(stderr, "lookup_bench: engramd did not start\n");
-    return 1;
-  }
+  std::unique_ptr<ChildServer> server = StartPlainEngramd();
+  if (!server) return 1;
   auto client = ConnectTo(*server, channels);
   std::mt19937_64 rng(5);
   const BenchLayer layer = MakeBenchLayer(rng);

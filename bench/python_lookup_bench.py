@@ -6,57 +6,21 @@ same Python call with direct reads (same host).
     PYTHONPATH=build/python /usr/bin/python3 bench/python_lookup_bench.py \\
         [--engramd=build/server/engramd] [--seconds=3] [--rounds=5]
 """
-import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import time
 
 import numpy as np
 
 import engram_store
+from bench_common import bench_args, calls_per_s, engramd
 
 H, D, ROWS = 16, 64, 65536
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rate(fn, seconds):
-    for _ in range(3):
-        fn()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        n += 1
-    return n / (time.perf_counter() - start)
-
-
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--engramd", default="build/server/engramd")
-    p.add_argument("--seconds", type=float, default=3,
-                   help="per figure, split over the rounds")
-    p.add_argument("--rounds", type=int, default=5)
-    args = p.parse_args()
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    server = subprocess.Popen([args.engramd, f"--listen={address}",
-                               "--metrics_listen=", "--direct_reads"],
-                              stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            try:
-                if engram_store.Client(address, timeout_s=1).health():
-                    break
-            except engram_store.Error:
-                time.sleep(0.05)
+    args = bench_args(__doc__.splitlines()[0])
+    with engramd(args.engramd, "--direct_reads") as address:
         c = engram_store.Client(address)
         direct = engram_store.Client(address, direct_reads=True)
         rng = np.random.default_rng(1)
@@ -89,11 +53,12 @@ def main():
             rows = b * length * H
             slot = args.seconds / args.rounds
             ways = {
-                "py": lambda: rate(lambda: c.lookup(1, ids, out=out), slot),
+                "py": lambda: calls_per_s(lambda: c.lookup(1, ids, out=out),
+                                          slot),
                 "cpp": lambda: c._c.bench_lookups(
                     1, ids, list(ids.shape), out, slot) / slot,
-                "direct": lambda: rate(lambda: direct.lookup(1, ids, out=out),
-                                       slot),
+                "direct": lambda: calls_per_s(
+                    lambda: direct.lookup(1, ids, out=out), slot),
             }
             if stub is not None:
                 req = pb.LookupRequest(layer_id=1, shape=list(ids.shape),
@@ -102,7 +67,7 @@ def main():
                 def via_grpcio():
                     r = stub.Lookup(req)
                     np.frombuffer(r.data, np.float32).reshape(out.shape)
-                ways["grpcio"] = lambda: rate(via_grpcio, slot)
+                ways["grpcio"] = lambda: calls_per_s(via_grpcio, slot)
             # Rounds alternate the ways, so drift on a shared box hits all
             # of them alike; each figure is the median round.
             runs = {way: [] for way in ways}
@@ -115,9 +80,6 @@ def main():
                   f"{g:>12.0f} {fig['direct']:>12.0f} "
                   f"{fig['py'] / fig['cpp']:>6.2f}x {fig['py'] / g:>8.2f}x "
                   f"{fig['direct'] / fig['py']:>6.2f}x")
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

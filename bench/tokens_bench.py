@@ -7,66 +7,30 @@ per layer, like the model).
     PYTHONPATH=build/python /usr/bin/python3 bench/tokens_bench.py \\
         [--engramd=build/server/engramd] [--seconds=3] [--rounds=5]
 """
-import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 import engram_store
+from bench_common import bench_args, calls_per_s, engramd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def calls_per_s(fn, seconds):
-    for _ in range(3):
-        fn()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        n += 1
-    return n / (time.perf_counter() - start)
-
-
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--engramd", default="build/server/engramd")
-    p.add_argument("--seconds", type=float, default=3,
-                   help="per figure, split over the rounds")
-    p.add_argument("--rounds", type=int, default=5)
-    args = p.parse_args()
+    args = bench_args(__doc__.splitlines()[0])
     with tempfile.TemporaryDirectory() as d:
         subprocess.run([sys.executable,
                         os.path.join(HERE, "..", "scripts",
                                      "make_deepseek_v41_demo.py"), d,
                         "--heads=8", "--vocab=20000"], check=True,
                        stdout=subprocess.DEVNULL)
-        address = f"127.0.0.1:{free_port()}"
-        server = subprocess.Popen(
-            [args.engramd, f"--listen={address}", "--metrics_listen=",
-             f"--load={d}/engram_manifest.json"])
-        try:
+        with engramd(args.engramd,
+                     f"--load={d}/engram_manifest.json") as address:
             client = engram_store.Client(address)
-            deadline = time.time() + 60
-            while True:
-                try:
-                    if client.health():
-                        break
-                except engram_store.Error:
-                    pass
-                if time.time() > deadline:
-                    raise RuntimeError("engramd did not start")
-                time.sleep(0.05)
             hasher = engram_store.EngramHasher(f"{d}/config.json",
                                                f"{d}/token_map.npy")
             rng = np.random.default_rng(1)
@@ -102,9 +66,6 @@ def main():
                         spec, id_form="fused", output_dtype="bfloat16"), per)
                 print(f"  {name:22} {tok / args.rounds:15.0f} "
                       f"{many / args.rounds:14.0f} {tok / many:6.2f}x")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 if __name__ == "__main__":

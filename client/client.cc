@@ -97,6 +97,21 @@ struct Client::Impl {
   void SetDeadline(grpc::ClientContext* context) const {
     SetDeadline(context, options.timeout);
   }
+
+  // One blocking raw unary call of `method` on the next lookup channel, on
+  // this thread (as generated sync stubs do: no hop to a callback thread,
+  // which matters for small decode lookups).
+  absl::Status CallRaw(const char* method, const grpc::ByteBuffer& request,
+                       grpc::ByteBuffer* response) {
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    const grpc::internal::RpcMethod rpc(method,
+                                        grpc::internal::RpcMethod::NORMAL_RPC);
+    return FromGrpcStatus(
+        grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+            lookup_channels[NextLookupIndex()].get(), rpc, &context, request,
+            response));
+  }
 };
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -380,19 +395,13 @@ absl::Status Client::Lookup(int64_t layer_id, std::span<const int64_t> ids,
         [&result](absl::Status s) { result.set_value(std::move(s)); });
     return result.get_future().get();
   }
-  // Blocking call on this thread (as generated sync stubs do): no hop to a
-  // callback thread, which matters for small decode lookups.
-  grpc::ClientContext context;
-  impl_->SetDeadline(&context);
-  grpc::ByteBuffer request = EncodeLookup(layer_id, shape, ids, options);
   grpc::ByteBuffer response;
-  const grpc::internal::RpcMethod method(kLookupMethod,
-                                         grpc::internal::RpcMethod::NORMAL_RPC);
-  grpc::Status status =
-      grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
-          impl_->lookup_channels[impl_->NextLookupIndex()].get(), method,
-          &context, request, &response);
-  if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
+  if (absl::Status s = impl_->CallRaw(
+          kLookupMethod, EncodeLookup(layer_id, shape, ids, options),
+          &response);
+      !s.ok()) {
+    return s;
+  }
   wire::DecodedLookup decoded;
   return wire::DecodeLookupResponse(response, output, &decoded);
 }
@@ -426,17 +435,12 @@ absl::Status Client::LookupMany(std::span<const LookupSpec> lookups) {
     encoded.push_back(EncodeLookup(l.layer_id, l.shape, l.ids, l.options));
     outs.push_back(l.output);
   }
-  grpc::ClientContext context;
-  impl_->SetDeadline(&context);
-  grpc::ByteBuffer request = wire::EncodeLookupManyRequest(encoded);
   grpc::ByteBuffer response;
-  const grpc::internal::RpcMethod method(kLookupManyMethod,
-                                         grpc::internal::RpcMethod::NORMAL_RPC);
-  grpc::Status status =
-      grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
-          impl_->lookup_channels[impl_->NextLookupIndex()].get(), method,
-          &context, request, &response);
-  if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
+  if (absl::Status s = impl_->CallRaw(
+          kLookupManyMethod, wire::EncodeLookupManyRequest(encoded), &response);
+      !s.ok()) {
+    return s;
+  }
   std::vector<wire::DecodedLookup> decoded;
   return wire::DecodeLookupManyResponse(response, outs, &decoded);
 }
@@ -474,16 +478,12 @@ absl::Status Client::LookupTokens(std::span<const int64_t> layer_ids,
            .ok()) {
     return absl::InternalError("cannot encode the LookupTokens request");
   }
-  grpc::ClientContext context;
-  impl_->SetDeadline(&context);
   grpc::ByteBuffer response;
-  const grpc::internal::RpcMethod method("/engram.v1.EngramStore/LookupTokens",
-                                         grpc::internal::RpcMethod::NORMAL_RPC);
-  grpc::Status status =
-      grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
-          impl_->lookup_channels[impl_->NextLookupIndex()].get(), method,
-          &context, raw, &response);
-  if (absl::Status s = FromGrpcStatus(status); !s.ok()) return s;
+  if (absl::Status s =
+          impl_->CallRaw("/engram.v1.EngramStore/LookupTokens", raw, &response);
+      !s.ok()) {
+    return s;
+  }
   std::vector<wire::DecodedLookup> decoded;
   return wire::DecodeLookupManyResponse(response, outputs, &decoded);
 }

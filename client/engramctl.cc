@@ -354,6 +354,21 @@ int Populate(Client& client, const Args& args) {
   return 0;
 }
 
+// One row's values after its label: bytes as hex, floats exactly
+// (max_digits10), then a newline.
+void PrintRow(const uint8_t* row, DType dtype, int64_t dim) {
+  if (dtype == DType::kUInt8) {
+    for (int64_t e = 0; e < dim; ++e) std::printf(" %02x", row[e]);
+    std::fflush(stdout);
+  } else {
+    std::vector<float> values(dim);
+    ConvertElements(row, dtype, values.data(), DType::kFloat32, dim);
+    std::cout.precision(9);
+    for (float v : values) std::cout << " " << v;
+  }
+  std::cout << "\n";
+}
+
 // engramctl lookup --tokens: the server hashes one sequence's tokens with
 // the layer's model and returns each position's rows.
 int LookupTokens(Client& client, int64_t layer) {
@@ -380,20 +395,11 @@ int LookupTokens(Client& client, int64_t layer) {
   const int64_t shape[] = {1, static_cast<int64_t>(tokens.size())};
   const std::span<uint8_t> outs[] = {rows};
   Check(client.LookupTokens(layers, tokens, shape, history, outs, out_dtype));
-  std::cout.precision(9);
-  std::vector<float> values(dim);
   for (size_t i = 0; i < tokens.size() * heads; ++i) {
     const uint8_t* row = rows.data() + i * row_bytes;
     std::cout << "[t" << i / heads << ", h" << i % heads << "] token "
               << tokens[i / heads] << ":";
-    if (dtype == DType::kUInt8) {
-      for (int64_t e = 0; e < dim; ++e) std::printf(" %02x", row[e]);
-      std::fflush(stdout);
-    } else {
-      ConvertElements(row, dtype, values.data(), DType::kFloat32, dim);
-      for (float v : values) std::cout << " " << v;
-    }
-    std::cout << "\n";
+    PrintRow(row, dtype, dim);
   }
   return 0;
 }
@@ -463,9 +469,7 @@ int Lookup(Client& client) {
   }
   const bool entries = options.id_form == IdForm::kEntries;
   const int64_t heads = entries || shape.empty() ? 1 : shape.back();
-  std::cout.precision(9);  // every float32 prints exactly (max_digits10)
   const size_t row_bytes = dim * DTypeSize(dtype);
-  std::vector<float> values(dim);
   for (size_t i = 0; i < ids.size(); ++i) {
     const uint8_t* row = rows.data() + i * row_bytes;
     if (entries) {
@@ -475,14 +479,7 @@ int Lookup(Client& client) {
                 << options.head_begin + static_cast<int64_t>(i) % heads
                 << "] id " << ids[i] << ":";
     }
-    if (dtype == DType::kUInt8) {
-      for (int64_t e = 0; e < dim; ++e) std::printf(" %02x", row[e]);
-      std::fflush(stdout);
-    } else {
-      ConvertElements(row, dtype, values.data(), DType::kFloat32, dim);
-      for (float v : values) std::cout << " " << v;
-    }
-    std::cout << "\n";
+    PrintRow(row, dtype, dim);
   }
   return 0;
 }

@@ -62,6 +62,39 @@ class Engramd:
             self.proc.wait(timeout=30)
 
 
+class Cluster:
+    """Three engramd shards on loopback (R = 2) as one cluster: ``shards``,
+    their ``addresses``; a context manager that stops them all."""
+
+    def __init__(self, shards=3, replication=2):
+        ports = [free_port() for _ in range(shards)]
+        peers = ",".join(f"127.0.0.1:{p}" for p in ports)
+        self.addresses = [f"127.0.0.1:{p}" for p in ports]
+        self.replication = replication
+        self.shards = [Engramd(f"--peers={peers}", f"--shard_index={i}",
+                               f"--replication={replication}", port=ports[i],
+                               wait=False) for i in range(shards)]
+        try:
+            for s in self.shards:
+                s.wait()
+        except Exception:
+            self.stop()
+            raise
+
+    def routed_client(self):
+        return engram_store.Client.cluster(self.addresses, self.replication)
+
+    def stop(self):
+        for s in self.shards:
+            s.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 @pytest.fixture
 def server():
     s = Engramd()
@@ -363,22 +396,12 @@ def test_interpreter_exit_with_calls_in_flight(server):
 
 
 def test_cluster_client_routes_lookups():
-    ports = [free_port() for _ in range(3)]
-    peers = ",".join(f"127.0.0.1:{p}" for p in ports)
-    shards = [Engramd(f"--peers={peers}", f"--shard_index={i}",
-                      "--replication=2", port=ports[i], wait=False)
-              for i in range(3)]
-    try:
-        for s in shards:
-            s.wait()
-        c = engram_store.Client.cluster([f"127.0.0.1:{p}" for p in ports], 2)
+    with Cluster() as cluster:
+        c = cluster.routed_client()
         tables = random_tables(SIZES, 16, np.float32, 14)
         c.populate(8, tables)
         ids = random_ids(SIZES, 8, 4, 15)
         assert np.array_equal(c.lookup(8, ids), reference(tables, ids))
-    finally:
-        for s in shards:
-            s.stop()
 
 
 def test_command_line(server):

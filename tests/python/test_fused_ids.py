@@ -11,7 +11,7 @@ import pytest
 
 import engram_store
 from engram_store import InvalidArgumentError
-from test_engram_store import Engramd, free_port
+from test_engram_store import Cluster, Engramd
 
 SIZES = [97, 13, 211, 64, 5]
 DIM = 12
@@ -145,24 +145,13 @@ def test_single_server(tables):
 
 
 def test_cluster_shard_and_routed_client(tables):
-    ports = [free_port() for _ in range(3)]
-    peers = ",".join(f"127.0.0.1:{p}" for p in ports)
-    shards = [Engramd(f"--peers={peers}", f"--shard_index={i}",
-                      "--replication=2", port=ports[i], wait=False)
-              for i in range(3)]
-    try:
-        for s in shards:
-            s.wait()
-        routed = engram_store.Client.cluster(
-            [f"127.0.0.1:{p}" for p in ports], 2)
+    with Cluster() as cluster:
+        routed = cluster.routed_client()
         routed.populate(4, tables)
-        for c in (routed, engram_store.Client(shards[2].address)):
+        for c in (routed, engram_store.Client(cluster.addresses[2])):
             check_every_form(c, 4, tables)
             check_lookup_many(c, 4, tables)
             check_bad_ids(c, 4)
-    finally:
-        for s in shards:
-            s.stop()
 
 
 def test_direct_reads(tables):

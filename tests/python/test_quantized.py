@@ -12,7 +12,7 @@ import pytest
 
 import engram_store
 from engram_store import InvalidArgumentError
-from test_engram_store import Engramd, free_port, to_bfloat16_bits
+from test_engram_store import Cluster, Engramd, free_port, to_bfloat16_bits
 
 DEEPSEEK = {"format": "fp8_e4m3", "scale": "ue8m0", "block": 32}
 WEIGHTS, BLOCK = 256, 32
@@ -198,30 +198,19 @@ def test_a_manifest_declares_quant():
 
 
 def test_cluster_lookups_dequantize():
-    ports = [free_port() for _ in range(3)]
-    peers = ",".join(f"127.0.0.1:{p}" for p in ports)
-    shards = [Engramd(f"--peers={peers}", f"--shard_index={i}",
-                      "--replication=2", port=ports[i], wait=False)
-              for i in range(3)]
-    try:
-        for s in shards:
-            s.wait()
+    with Cluster() as cluster:
         tables = quant_tables()
         ids = all_ids(tables)
         want = dequantize(gathered(tables, ids))
-        routed = engram_store.Client.cluster(
-            [f"127.0.0.1:{p}" for p in ports], 2)
+        routed = cluster.routed_client()
         routed.populate(27, tables, quant=DEEPSEEK)
         # The client routing rows itself, and one shard gathering for it.
-        for c in (routed, engram_store.Client(shards[1].address)):
+        for c in (routed, engram_store.Client(cluster.addresses[1])):
             got = c.lookup(27, ids, output_dtype="float32")
             assert np.array_equal(np.isnan(got), np.isnan(want))
             assert np.array_equal(got[~np.isnan(want)],
                                   want[~np.isnan(want)])
             assert c.describe(27).quant == DEEPSEEK
-    finally:
-        for s in shards:
-            s.stop()
 
 
 def test_direct_reads_dequantize():

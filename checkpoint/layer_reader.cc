@@ -14,6 +14,28 @@
 namespace engram::checkpoint {
 namespace {
 
+// "; tensors there like it: a, b, c" — the (at most 6) names sharing the
+// longest prefix with `wanted`, so a typo shows its fix.
+std::string NamesLike(std::vector<std::string> names,
+                      const std::string& wanted) {
+  if (names.empty()) return "; it holds no tensors";
+  auto shared = [&](const std::string& n) {
+    size_t k = 0;
+    while (k < n.size() && k < wanted.size() && n[k] == wanted[k]) ++k;
+    return k;
+  };
+  std::stable_sort(names.begin(), names.end(),
+                   [&](const std::string& a, const std::string& b) {
+                     return shared(a) > shared(b);
+                   });
+  const size_t shown = std::min<size_t>(names.size(), 6);
+  return absl::StrCat("; tensors there like it: ",
+                      absl::StrJoin(names.begin(), names.begin() + shown, ", "),
+                      names.size() > shown
+                          ? absl::StrCat(" (", names.size(), " in all)")
+                          : std::string());
+}
+
 // True when a source element type (safetensors name) is the layer's own
 // float type, stored without conversion.
 bool SameFloat(const std::string& st_dtype, DType layer) {
@@ -147,7 +169,10 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
     if (!weight_map.empty()) {
       auto it = weight_map.find(name);
       if (it == weight_map.end()) {
-        return bad(absl::StrCat(what, " is not in ", spec.source.index));
+        std::vector<std::string> names;
+        for (const auto& [n, file] : weight_map) names.push_back(n);
+        return bad(absl::StrCat(what, " is not in ", spec.source.index,
+                                NamesLike(names, name)));
       }
       auto path = ResolvePath(it->second, "", root);
       if (!path.ok()) return with_layer(path.status());
@@ -169,8 +194,15 @@ absl::StatusOr<std::unique_ptr<LayerReader>> LayerReader::Open(
         }
       }
       if (info == nullptr) {
+        std::vector<std::string> names;
+        for (const std::string& path : spec.source.files) {
+          auto f = open(path);
+          if (!f.ok()) continue;
+          for (const auto& [n, tensor] : (*f)->tensors()) names.push_back(n);
+        }
         return bad(absl::StrCat(what, " is in none of ",
-                                absl::StrJoin(spec.source.files, ", ")));
+                                absl::StrJoin(spec.source.files, ", "),
+                                NamesLike(names, name)));
       }
     }
     if (info->shape.empty() || info->shape[0] != total_rows) {

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/status_context.h"
 #include "proto/channel_tuning.h"
 #include "server/engram_service.h"
@@ -561,8 +562,12 @@ void EngramServer::StartBackgroundWork() {
     loader_->StartPreparedLoad([this, update_health](
                                    absl::StatusOr<TableLoader::Layers> layers) {
       if (layers.ok()) {
-        LogInfo(absl::StrCat("start: ", layers->size(),
-                             " layers in (--data_dir, --load); ready"));
+        std::vector<int64_t> ids;
+        for (const auto& layer : *layers) ids.push_back(layer->id());
+        LogInfo(absl::StrCat(
+            "start: ", ids.size(), ids.size() == 1 ? " layer" : " layers",
+            " in (--data_dir, --load)", ids.empty() ? "" : ": ",
+            absl::StrJoin(ids, ", "), "; ready"));
       } else {
         LogError(absl::StrCat("--load ", config_.load, " failed; not ready: ",
                               layers.status().ToString()));

@@ -113,7 +113,7 @@ absl::StatusOr<std::set<int64_t>> TableLoader::PrepareStartLoad(
   }
   *readers = std::move(kept);
   LogInfo(absl::StrCat("--load ", manifest_path, ": ", readers->size(),
-                       " layers, ", bytes,
+                       readers->size() == 1 ? " layer, " : " layers, ", bytes,
                        " bytes in checkpoint files; "
                        "not ready until they are in"));
   start_readers_ = *std::move(readers);

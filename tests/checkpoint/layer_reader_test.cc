@@ -184,9 +184,15 @@ TEST(LayerReaderTest, MismatchesAreRefusedWithTheNumbers) {
     e.replace(e.find(from), from.size(), to);
     return e;
   };
+  // A wrong name lists the names there most like it (a typo shows its fix).
+  const std::string missing =
+      refuse(with(".engram.embed.scale", ".engram.embed.bias"));
   EXPECT_THAT(
-      refuse(with(".engram.embed.scale", ".engram.embed.bias")),
+      missing,
       HasSubstr("layer 5: tensor layers.5.engram.embed.bias is not in"));
+  EXPECT_THAT(missing, HasSubstr("; tensors there like it: "
+                                 "layers.5.engram.embed.scale, "
+                                 "layers.5.engram.embed.weight"));
   EXPECT_THAT(refuse(with("[7, 11]", "[7, 12]")),
               HasSubstr("layer 5: tensor layers.5.engram.embed.weight has "
                         "shape [18, 16] (F8_E4M3); table_vocab_sizes add up "

@@ -68,7 +68,9 @@ TEST_F(LoadTest, LoadAtStartServesTheCheckpointsRowsOnceReady) {
     EXPECT_EQ(d->layout.dtype, DType::kUInt8);
   }
   EXPECT_THAT(server->Log(),
-              HasSubstr("2 layers in (--data_dir, --load); ready"));
+              HasSubstr(absl::StrCat(
+                  "2 layers in (--data_dir, --load): ", layers_[0].id, ", ",
+                  layers_[1].id, "; ready")));
 }
 
 TEST_F(LoadTest, BadStartManifestStopsEngramdWithTheReason) {

@@ -64,6 +64,18 @@ void LogGpuFallback(const absl::Status& status) {
   }
 }
 
+// Parses a raw request as `T` (the ByteBuffer copy shares its slices;
+// Deserialize consumes it): INVALID_ARGUMENT naming the message type.
+template <typename T>
+absl::Status ParseRequest(const grpc::ByteBuffer& request, T* message) {
+  grpc::ByteBuffer parse_copy(request);
+  if (grpc::SerializationTraits<T>::Deserialize(&parse_copy, message).ok()) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the request does not parse as ", T::descriptor()->full_name()));
+}
+
 }  // namespace
 
 EngramService::EngramService(const Parts& parts)
@@ -130,13 +142,8 @@ grpc::ServerUnaryReactor* EngramService::Lookup(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto call = std::make_shared<LookupCall>();
   call->start = Clock::now();
-  grpc::ByteBuffer parse_copy(*request);  // shares slices; Deserialize eats it
-  if (!grpc::SerializationTraits<v1::LookupRequest>::Deserialize(&parse_copy,
-                                                                 &call->request)
-           .ok()) {
-    Finish(reactor, Method::kLookup,
-           absl::InvalidArgumentError(
-               "the request does not parse as engram.v1.LookupRequest"));
+  if (absl::Status s = ParseRequest(*request, &call->request); !s.ok()) {
+    Finish(reactor, Method::kLookup, s);
     return reactor;
   }
   if (absl::Status s = PrepareLookup(*layers_, limits_, call.get()); !s.ok()) {
@@ -158,13 +165,8 @@ grpc::ServerUnaryReactor* EngramService::LookupMany(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const auto start = Clock::now();
   v1::LookupManyRequest many;
-  grpc::ByteBuffer parse_copy(*request);
-  if (!grpc::SerializationTraits<v1::LookupManyRequest>::Deserialize(
-           &parse_copy, &many)
-           .ok()) {
-    Finish(reactor, Method::kLookupMany,
-           absl::InvalidArgumentError(
-               "the request does not parse as engram.v1.LookupManyRequest"));
+  if (absl::Status s = ParseRequest(*request, &many); !s.ok()) {
+    Finish(reactor, Method::kLookupMany, s);
     return reactor;
   }
   const int count = many.lookups_size();
@@ -193,13 +195,8 @@ grpc::ServerUnaryReactor* EngramService::LookupTokens(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const auto start = Clock::now();
   v1::LookupTokensRequest req;
-  grpc::ByteBuffer parse_copy(*request);
-  if (!grpc::SerializationTraits<v1::LookupTokensRequest>::Deserialize(
-           &parse_copy, &req)
-           .ok()) {
-    Finish(reactor, Method::kLookupTokens,
-           absl::InvalidArgumentError(
-               "the request does not parse as engram.v1.LookupTokensRequest"));
+  if (absl::Status s = ParseRequest(*request, &req); !s.ok()) {
+    Finish(reactor, Method::kLookupTokens, s);
     return reactor;
   }
   absl::Status s = [&]() -> absl::Status {

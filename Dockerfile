@@ -52,8 +52,13 @@ EXPOSE 50051 9464
 # Pinned tables need a memlock limit at least their size (docker run
 # --ulimit memlock=-1, or a Kubernetes node/runtime setting); without it
 # engramd still serves, unpinned, and metrics say so.
+#
+# The HEALTHCHECK follows whatever flags engramd is given: engramd writes
+# its ports to /tmp/engramd.ports, and a loopback-only plaintext health
+# listener answers even when the gRPC port wants TLS. Arguments after the
+# image name replace CMD; a later --health_listen replaces the one here.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["engramctl", "--address=127.0.0.1:50051", "--timeout_s=4", "health"]
+  CMD ["engramctl", "--port_file=/tmp/engramd.ports", "--timeout_s=4", "health"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["engramd"]
+ENTRYPOINT ["engramd", "--port_file=/tmp/engramd.ports", "--health_listen=127.0.0.1:0"]
 CMD ["--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464"]

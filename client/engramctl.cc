@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,7 +19,9 @@
 #include "checkpoint/npy.h"
 #include "client/client.h"
 #include "common/command_line.h"
+#include "common/files.h"
 #include "common/malloc_tuning.h"
+#include "common/status_context.h"
 #include "common/version.h"
 #include "hash/engram_hash.h"
 #include "proto/channel_security.h"
@@ -28,6 +31,9 @@ ABSL_FLAG(std::string, address, "",
           "HOST:PORT of engramd, or a cluster's shards comma-separated (the "
           "first that answers); default $ENGRAM_ADDRESS, else "
           "127.0.0.1:50051");
+ABSL_FLAG(std::string, port_file, "",
+          "take the address from engramd's --port_file instead (health: its "
+          "plaintext --health_listen when it has one)");
 ABSL_FLAG(int64_t, timeout_s, 60, "seconds each call may take");
 ABSL_FLAG(int64_t, populate_timeout_s, 7200,
           "seconds a populate stream or a load may take");
@@ -90,11 +96,13 @@ using checkpoint::WriteNpy;
 
 constexpr char kUsage[] = R"(engramctl: talk to an engramd server
 
-Usage: engramctl [--address=HOST:PORT] [--timeout_s=N] [--populate_timeout_s=N]
+Usage: engramctl [--address=HOST:PORT | --port_file=F] [--timeout_s=N] [--populate_timeout_s=N]
                  [--tls | --tls_ca_file=F] [--tls_cert_file=F --tls_key_file=F]
                  [--token_file=F] COMMAND [flags] [files]
 
-  health                                  exit 0 when the server is SERVING
+  health   [SERVICE]                      exit 0 when the server is SERVING
+                                          (ready; SERVICE engram.liveness:
+                                          the process serves)
   list                                    all layers, one line each
   describe --layer=N                      one layer in detail
   remove   --layer=N [--force]            drop a layer (--force also aborts
@@ -138,7 +146,9 @@ Security: --tls (system roots) or --tls_ca_file=CA.pem verifies the server;
 $ENGRAM_TOKEN_FILE) sends F's first line as a bearer token.
 
 A cluster's --address list (comma-separated) uses the first shard that
-answers.
+answers. --port_file=F reads the address from the file engramd --port_file=F
+writes (the image's HEALTHCHECK: `engramctl --port_file=F health` follows
+whatever --listen / --health_listen engramd was given).
 )";
 
 // The command and the files after it; the flags are the ABSL_FLAGs above.
@@ -542,6 +552,26 @@ int Run(int argc, char** argv) {
     address = std::move(flag);
   }
   ClientOptions options = SecurityOptions();
+  if (std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
+    absl::StatusOr<std::string> text = ReadWholeFile(path);
+    Check(WithContext(text.status(), "--port_file"));
+    std::map<std::string, std::string> values;
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+      std::pair<std::string, std::string> kv = absl::StrSplit(line, '=');
+      values[kv.first] = kv.second;
+    }
+    const bool probe_listener = args.command == "health" &&
+                                values["health_port"] != "" &&
+                                values["health_port"] != "0";
+    address = values[probe_listener ? "health_address" : "grpc_address"];
+    if (address.empty()) {
+      Check(absl::InvalidArgumentError(absl::StrCat(
+          "--port_file=", path, " names no address (written by engramd ",
+          "--port_file of this version?)")));
+    }
+    // The probe listener is plaintext and asks for no token.
+    if (probe_listener) options = ClientOptions();
+  }
   // A cluster's address list: talk to the first shard that is alive.
   if (address.find(',') != std::string::npos) {
     std::vector<std::string> shards =
@@ -566,7 +596,8 @@ int Run(int argc, char** argv) {
   Client& c = **client;
   const std::string& cmd = args.command;
   if (cmd == "health") {
-    Check(c.CheckHealth());
+    if (args.files.size() > 1) Die("health takes at most one SERVICE", 2);
+    Check(c.CheckHealth(args.files.empty() ? "" : args.files[0]));
     std::cout << "SERVING\n";
     return 0;
   }

@@ -56,14 +56,17 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 PORT=$(free_port); MPORT=$(free_port)
 ctr=$($B from "$IMAGE")
 cleanup() {
-  pkill -TERM -f "^/usr/local/bin/engramd --listen=127.0.0.1:$PORT" 2>/dev/null || true
+  pkill -TERM -f "^/usr/local/bin/engramd .*--listen=127.0.0.1:$PORT" 2>/dev/null || true
   sleep 2
   $B rm "$ctr" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 step "run engramd from the image (uid $($B run --isolation chroot "$ctr" -- id -u))"
-$B run --isolation chroot "$ctr" -- engramd --listen=127.0.0.1:$PORT \
+# As the image's ENTRYPOINT starts it (port file, loopback health listener),
+# with this test's ports in place of CMD.
+entrypoint=$(sed -n 's/^ENTRYPOINT \[\(.*\)\]/\1/p' Dockerfile | tr -d '",')
+$B run --isolation chroot "$ctr" -- $entrypoint --listen=127.0.0.1:$PORT \
   --metrics_listen=127.0.0.1:$MPORT --demo >"$CACHE/engramd.log" 2>&1 &
 for i in $(seq 100); do
   "$CTL" --address=127.0.0.1:$PORT --timeout_s=1 health >/dev/null 2>&1 && break
@@ -72,7 +75,8 @@ done
 
 step "health from the host, and the image's HEALTHCHECK command inside it"
 "$CTL" --address=127.0.0.1:$PORT health
-$B run --isolation chroot "$ctr" -- engramctl --address=127.0.0.1:$PORT --timeout_s=4 health
+healthcheck=$(sed -n 's/^  CMD \[\(.*\)\]/\1/p' Dockerfile | tr -d '",')
+$B run --isolation chroot "$ctr" -- $healthcheck
 
 step "demo lookup"
 "$CTL" --address=127.0.0.1:$PORT lookup --layer=0 --ids=5,6,7,8 --shape=1,1,4
@@ -101,8 +105,8 @@ step "metrics"
 curl -fsS "http://127.0.0.1:$MPORT/metrics" | grep -E '^engram_(layers|requests_total\{code="OK",rpc="Lookup"\})'
 
 step "SIGTERM drains and exits 0"
-pkill -TERM -f "^/usr/local/bin/engramd --listen=127.0.0.1:$PORT"
-for i in $(seq 50); do pgrep -f "^/usr/local/bin/engramd --listen=127.0.0.1:$PORT" >/dev/null || break; sleep 0.2; done
+pkill -TERM -f "^/usr/local/bin/engramd .*--listen=127.0.0.1:$PORT"
+for i in $(seq 50); do pgrep -f "^/usr/local/bin/engramd .*--listen=127.0.0.1:$PORT" >/dev/null || break; sleep 0.2; done
 grep -E "draining|stopped" "$CACHE/engramd.log"
 grep -q "engramd: stopped" "$CACHE/engramd.log"
 echo "== image test passed"

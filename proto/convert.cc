@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_context.h"
 
@@ -80,8 +81,20 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
+  std::string message = status.error_message();
+  // gRPC's words when one side speaks TLS and the other does not say
+  // nothing about TLS: add what to check.
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+      (absl::StrContains(message, "Socket closed") ||
+       absl::StrContains(message, "Handshake failed") ||
+       absl::StrContains(message, "handshake"))) {
+    absl::StrAppend(&message,
+                    " (the connection closed while it was set up: if the "
+                    "server uses TLS, connect with TLS (engramctl --tls or "
+                    "--tls_ca_file, Python tls_ca_file=); if not, without it)");
+  }
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      status.error_message());
+                      message);
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status,

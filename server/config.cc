@@ -136,6 +136,14 @@ absl::StatusOr<std::vector<std::string>> ClusterPeers(
   return peers;
 }
 
+std::string LocalDialAddress(const std::string& listen, int port) {
+  const size_t colon = listen.rfind(':');
+  std::string host = colon == std::string::npos ? "" : listen.substr(0, colon);
+  if (host.empty() || host == "0.0.0.0" || host == "*") host = "127.0.0.1";
+  if (host == "[::]") host = "[::1]";
+  return absl::StrCat(host, ":", port);
+}
+
 bool IsLoopbackHost(const std::string& host) {
   std::string name = host;
   if (name.size() > 2 && name.front() == '[' && name.back() == ']') {

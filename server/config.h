@@ -15,8 +15,11 @@ namespace engram {
 struct ServerConfig {
   std::string listen = "0.0.0.0:50051";
   std::string metrics_listen = "0.0.0.0:9464";  // empty disables /metrics
-  uint64_t memory_limit_bytes = 0;              // 0: 80% of physical memory
-  int threads = 0;                              // 0: one per core
+  // A plaintext listener serving only grpc.health.v1.Health, for probes
+  // that cannot speak TLS (kubelet's gRPC probes); empty: none.
+  std::string health_listen;
+  uint64_t memory_limit_bytes = 0;  // 0: 80% of physical memory
+  int threads = 0;                  // 0: one per core
   int64_t max_message_bytes = int64_t{256} << 20;
   int64_t max_lookup_rows = int64_t{1} << 22;
   bool demo = false;
@@ -105,7 +108,9 @@ struct ServerConfig {
   bool insecure_allow_unauthenticated_remote = false;
   // How often credential files are checked for changes (also on SIGHUP).
   double credentials_reload_seconds = 10;
-  std::string port_file;  // written once serving: grpc_port=, metrics_port=
+  // Written once serving: the ports and the addresses a local probe dials
+  // (docs/operations.md, "Port file").
+  std::string port_file;
 };
 
 // Every value is in its flag's range (threads >= 0, a known peer_read,
@@ -116,6 +121,11 @@ absl::Status CheckServerConfig(const ServerConfig& config);
 // address in 127/8, ::1 or ::ffff:127/104, or a name whose every address
 // is. Compared by address, never by spelling ("127.evil.example" is not).
 bool IsLoopbackHost(const std::string& host);
+
+// The address a client on this host dials to reach a listener bound to
+// `listen` (HOST:PORT) on `port`: loopback for a wildcard host (0.0.0.0,
+// [::], empty), the host itself otherwise.
+std::string LocalDialAddress(const std::string& listen, int port);
 
 // The security flags agree with each other and with `peers` (the
 // --peers list): INVALID_ARGUMENT naming the flags otherwise. A cluster

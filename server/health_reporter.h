@@ -8,13 +8,15 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "common/mutex.h"
 
 namespace engram {
 
-// Borrows the health service from Attach until Stop. Each Update reads the
+// Borrows the health services from Attach (the main listener's and the
+// --health_listen one's, which say the same) until Stop. Each Update reads the
 // server's state through `compute` and publishes it; after Stop every
 // service reads NOT_SERVING and Update does nothing, so a load or a
 // recovery that ends during the drain (or after it) neither flips health
@@ -25,30 +27,34 @@ class HealthReporter {
   using Compute =
       std::function<void(const std::function<void(const char*, bool)>&)>;
 
-  void Attach(grpc::HealthCheckServiceInterface* health, Compute compute) {
+  void Attach(std::vector<grpc::HealthCheckServiceInterface*> health,
+              Compute compute) {
     MutexLock lock(&mu_);
-    health_ = health;
+    health_ = std::move(health);
     compute_ = std::move(compute);
   }
   void Update() {
     MutexLock lock(&mu_);
-    if (health_ == nullptr || stopped_) return;
-    grpc::HealthCheckServiceInterface* health = health_;  // held under mu_
-    compute_([health](const char* service, bool serving) {
-      health->SetServingStatus(service, serving);
-    });
+    if (stopped_) return;
+    for (grpc::HealthCheckServiceInterface* health : health_) {
+      compute_([health](const char* service, bool serving) {
+        health->SetServingStatus(service, serving);
+      });
+    }
   }
   // NOT_SERVING everywhere, and no more updates.
   void Stop() {
     MutexLock lock(&mu_);
     stopped_ = true;
-    if (health_ != nullptr) health_->SetServingStatus(false);
-    health_ = nullptr;
+    for (grpc::HealthCheckServiceInterface* health : health_) {
+      health->SetServingStatus(false);
+    }
+    health_.clear();
   }
 
  private:
   Mutex mu_;
-  grpc::HealthCheckServiceInterface* health_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<grpc::HealthCheckServiceInterface*> health_ ABSL_GUARDED_BY(mu_);
   Compute compute_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 };

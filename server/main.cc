@@ -28,6 +28,10 @@ ABSL_FLAG(std::string, listen, engram::ServerConfig().listen,
           "gRPC address, HOST:PORT (port 0 picks a free port)");
 ABSL_FLAG(std::string, metrics_listen, engram::ServerConfig().metrics_listen,
           "Prometheus /metrics address, HOST:PORT; empty disables it");
+ABSL_FLAG(std::string, health_listen, engram::ServerConfig().health_listen,
+          "plaintext address, HOST:PORT, serving only grpc.health.v1.Health "
+          "for probes that cannot use TLS (kubelet's gRPC probes, the image's "
+          "HEALTHCHECK); empty: none");
 ABSL_FLAG(uint64_t, memory_limit_bytes,
           engram::ServerConfig().memory_limit_bytes,
           "budget for table memory in bytes; 0 means 80% of physical memory");
@@ -187,6 +191,7 @@ engram::ServerConfig ConfigFromFlags() {
   engram::ServerConfig c;
   c.listen = absl::GetFlag(FLAGS_listen);
   c.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  c.health_listen = absl::GetFlag(FLAGS_health_listen);
   c.memory_limit_bytes = absl::GetFlag(FLAGS_memory_limit_bytes);
   c.threads = absl::GetFlag(FLAGS_threads);
   c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
@@ -245,10 +250,21 @@ engram::ServerConfig ConfigFromFlags() {
 // Writes the ports to a fresh temporary (O_EXCL | O_NOFOLLOW: never through
 // a link someone planted, never into someone's file), then renames it over
 // `path`, so readers never see a partial file.
-absl::Status WritePortFile(const std::string& path, int grpc_port,
-                           int metrics_port) {
-  const std::string text = absl::StrCat("grpc_port=", grpc_port,
-                                        "\nmetrics_port=", metrics_port, "\n");
+absl::Status WritePortFile(const engram::ServerConfig& config,
+                           const engram::EngramServer& server) {
+  const std::string grpc_address =
+      engram::LocalDialAddress(config.listen, server.grpc_port());
+  const std::string text =
+      absl::StrCat("grpc_port=", server.grpc_port(),
+                   "\nmetrics_port=", server.metrics_port(),
+                   "\nhealth_port=", server.health_port(),
+                   "\ngrpc_address=", grpc_address, "\nhealth_address=",
+                   server.health_port() == 0
+                       ? grpc_address
+                       : engram::LocalDialAddress(config.health_listen,
+                                                  server.health_port()),
+                   "\n");
+  const std::string& path = config.port_file;
   for (int attempt = 0; attempt < 16; ++attempt) {
     const std::string tmp =
         absl::StrCat(path, ".tmp.", getpid(), ".", std::random_device()());
@@ -356,17 +372,18 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!config.port_file.empty()) {
-    if (absl::Status s = WritePortFile(config.port_file, server.grpc_port(),
-                                       server.metrics_port());
-        !s.ok()) {
+    if (absl::Status s = WritePortFile(config, server); !s.ok()) {
       engram::LogError(s.ToString());
       server.Shutdown();
       return 1;
     }
   }
-  engram::LogInfo(absl::StrCat("serving engram.v1.EngramStore on port ",
-                               server.grpc_port(), "; metrics on port ",
-                               server.metrics_port()));
+  engram::LogInfo(absl::StrCat(
+      "serving engram.v1.EngramStore on port ", server.grpc_port(),
+      "; metrics on port ", server.metrics_port(),
+      server.health_port() == 0 ? ""
+                                : absl::StrCat("; health (plaintext) on port ",
+                                               server.health_port())));
 
   int signal_number = 0;
   while (sigwait(&stop_signals, &signal_number) == 0 &&

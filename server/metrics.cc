@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/version.h"
+#include "server/process_stats.h"
 
 namespace engram {
 namespace {
@@ -50,6 +51,36 @@ void AddSample(prometheus::MetricFamily* family, double value,
   m.label = std::move(labels);
   m.gauge.value = value;
   family->metric.push_back(std::move(m));
+}
+
+// The process_* families Prometheus client libraries export (same names and
+// meanings), so standard dashboards and alerts work on engramd.
+void AddProcessFamilies(std::vector<prometheus::MetricFamily>* out) {
+  const ProcessStats stats = ReadProcessStats();
+  auto add = [out](const char* name, const char* help, double value) {
+    prometheus::MetricFamily family = Gauge(name, help);
+    AddSample(&family, value);
+    out->push_back(std::move(family));
+  };
+  add("process_resident_memory_bytes", "Resident memory size in bytes.",
+      static_cast<double>(stats.resident_bytes));
+  add("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+      static_cast<double>(stats.virtual_bytes));
+  add("process_open_fds", "Open file descriptors.",
+      static_cast<double>(stats.open_fds));
+  add("process_max_fds", "The open-file limit (soft).",
+      static_cast<double>(stats.max_fds));
+  add("process_start_time_seconds",
+      "Start time of the process since the Unix epoch, in seconds.",
+      stats.start_time_seconds);
+  prometheus::MetricFamily cpu;
+  cpu.name = "process_cpu_seconds_total";
+  cpu.help = "User and system CPU time spent, in seconds.";
+  cpu.type = prometheus::MetricType::Counter;
+  prometheus::ClientMetric sample;
+  sample.counter.value = stats.cpu_seconds;
+  cpu.metric.push_back(std::move(sample));
+  out->push_back(std::move(cpu));
 }
 
 // Gauges computed at scrape time from the live registry and budget, so they
@@ -122,6 +153,7 @@ class LiveCollectable : public prometheus::Collectable {
     out.push_back(std::move(bytes));
     out.push_back(std::move(pinned));
     out.push_back(std::move(resident));
+    AddProcessFamilies(&out);
 
     prometheus::MetricFamily available = Gauge(
         "engram_gpu_available", "1 when the GPU tier is serving (--gpu).");

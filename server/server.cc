@@ -435,6 +435,7 @@ absl::Status EngramServer::Start() {
   }
   if (absl::Status s = StartMetricsEndpoint(); !s.ok()) return s;
   if (absl::Status s = Listen(); !s.ok()) return s;
+  if (absl::Status s = ListenForProbes(); !s.ok()) return s;
   StartBackgroundWork();
   return absl::OkStatus();
 }
@@ -506,9 +507,13 @@ absl::Status EngramServer::StartMetricsEndpoint() {
         std::vector<std::string>{"listening_ports", address, "num_threads", "8",
                                  "request_timeout_ms", "5000"});
   } catch (const std::exception& e) {
+    // CivetServer's own words ("null context ...") name neither the cause
+    // nor the flag; a failed bind is nearly always a port in use.
     return absl::UnavailableError(absl::StrCat(
-        "cannot serve metrics on --metrics_listen=", config_.metrics_listen,
-        ": ", e.what()));
+        "cannot listen on --metrics_listen=", address,
+        " (address in use - another engramd? - or not local; pick another "
+        "port, or --metrics_listen= to serve no /metrics). CivetServer: ",
+        e.what()));
   }
   exposer_->RegisterCollectable(metrics_.collectable());
   std::vector<int> ports = exposer_->GetListeningPorts();
@@ -543,12 +548,41 @@ absl::Status EngramServer::Listen() {
   return absl::OkStatus();
 }
 
+absl::Status EngramServer::ListenForProbes() {
+  if (config_.health_listen.empty()) return absl::OkStatus();
+  // Health only (what the service says is no secret, and it changes
+  // nothing): no credentials, so probes that cannot do TLS reach it.
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config_.health_listen,
+                           grpc::InsecureServerCredentials(), &health_port_);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 16);
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 60000);
+  health_server_ = builder.BuildAndStart();
+  if (health_server_ == nullptr || health_port_ == 0 ||
+      health_server_->GetHealthCheckService() == nullptr) {
+    health_server_.reset();
+    health_port_ = 0;
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on --health_listen=", config_.health_listen,
+                     " (address in use - another engramd? - or not local)"));
+  }
+  return absl::OkStatus();
+}
+
 void EngramServer::StartBackgroundWork() {
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  health->SetServingStatus(kLivenessService, true);
+  std::vector<grpc::HealthCheckServiceInterface*> health = {
+      server_->GetHealthCheckService()};
+  if (health_server_ != nullptr) {
+    health.push_back(health_server_->GetHealthCheckService());
+  }
+  for (grpc::HealthCheckServiceInterface* h : health) {
+    h->SetServingStatus(kLivenessService, true);
+  }
   // Ready once every row range has a reachable owner and this shard holds
   // its own ranges again.
-  health_.Attach(health, [this](const auto& set) {
+  health_.Attach(std::move(health), [this](const auto& set) {
     const bool recovered = recovery_ == nullptr || recovery_->pending() == 0;
     set("", recovered && start_load_ == 0 &&
                 (cluster_ == nullptr || !cluster_->SomeRangeUnreachable()));
@@ -616,6 +650,11 @@ void EngramServer::Stop(double drain_seconds) {
   StopGracefully(server_.get(), deadline);
   server_->Wait();
   server_.reset();
+  // Probes saw NOT_SERVING through the drain; they see the port close now.
+  if (health_server_ != nullptr) {
+    health_server_->Shutdown(std::chrono::system_clock::now());
+    health_server_.reset();
+  }
   exposer_.reset();
 }
 

@@ -76,6 +76,8 @@ class EngramServer {
   ServerMetrics* metrics() { return &metrics_; }
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
+  // --health_listen's port; 0 without one.
+  int health_port() const { return health_port_; }
 
  private:
   // The UCX engine for --peer_read=auto|rma (left null for gather, or for
@@ -93,6 +95,8 @@ class EngramServer {
   absl::Status StartMetricsEndpoint();
   // The gRPC server with every service, on --listen.
   absl::Status Listen();
+  // The plaintext health-only listener (--health_listen; none when empty).
+  absl::Status ListenForProbes();
   // Health, the start load, the credential watcher, recovery and the
   // prober: what runs on its own threads once the server listens.
   void StartBackgroundWork();
@@ -146,7 +150,9 @@ class EngramServer {
   ChannelSecurity peer_security_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;
   int grpc_port_ = 0;
+  int health_port_ = 0;
   int metrics_port_ = 0;
 };
 

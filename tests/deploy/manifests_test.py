@@ -2,25 +2,39 @@
 checks what breaks deployments in practice: selectors match labels, every
 container / probe / Service port is one engramd listens on, every flag is
 one `engramd --help` lists, $(VAR) flags resolve from the ConfigMap, the
-replica count agrees with --peers, the grace period covers the drain. Also
-checks the compose file.
+replica count agrees with --peers, the grace period covers the drain. Each
+target's probes are run against a real engramd started with that target's
+flags (TLS certificates, tokens and ports made here), the way kubelet runs
+them (plaintext gRPC health checks); so are the image's HEALTHCHECK and the
+compose file's.
 
-Usage: manifests_test.py ENGRAMD_PATH REPO_ROOT
+Usage: manifests_test.py ENGRAMD_PATH ENGRAMCTL_PATH REPO_ROOT
 """
 import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import unittest
 
 import yaml
 
 ENGRAMD = sys.argv[1]
-ROOT = sys.argv[2]
+ENGRAMCTL = sys.argv[2]
+ROOT = sys.argv[3]
 TARGETS = ["deploy/k8s/base", "deploy/k8s/overlays/gpu", "deploy/k8s/overlays/rdma",
            "deploy/k8s/overlays/checkpoint", "deploy/k8s/overlays/durable",
-           "deploy/k8s/overlays/tls"]
+           "deploy/k8s/overlays/tls", "deploy/k8s/overlays/production",
+           "deploy/k8s/overlays/single-node"]
+# Flags a test engramd here cannot take as the pod has them: no GPU, no
+# checkpoint volume, no other shards (the probes' port, service and
+# credentials are what is checked).
+UNRUNNABLE_FLAGS = {"gpu", "gpu_min_rows", "load", "load_root", "peers",
+                    "shard_index", "replication"}
 
 
 def engramd_flags():
@@ -50,6 +64,109 @@ def flag_args(args):
 
 def port_of(address):
     return int(address.rsplit(":", 1)[1])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Credentials:
+    """A self-signed certificate for 127.0.0.1 and token files, in a folder."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.cert = os.path.join(folder, "tls.crt")
+        self.key = os.path.join(folder, "tls.key")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=engramd", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", self.key, "-out", self.cert],
+            check=True, capture_output=True)
+        self.tokens = self.write("tokens", "read probe-reader %s\n" % ("r" * 32))
+        self.cluster_token = self.write("cluster-token", "c" * 32 + "\n")
+
+    def write(self, name, text):
+        path = os.path.join(self.folder, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o600)
+        return path
+
+    def file_for(self, flag):
+        return {"tokens_file": self.tokens, "cluster_token_file": self.cluster_token,
+                "tls_cert_file": self.cert, "tls_key_file": self.key,
+                "tls_ca_file": self.cert}.get(flag)
+
+
+class LocalEngramd:
+    """engramd started here with a pod's (or an image's) flags rewritten for
+    this host: listeners on 127.0.0.1 free ports (`ports` maps the manifest's
+    port to the one used here), credential files made here."""
+
+    def __init__(self, args, folder, creds):
+        self.ports = {}
+        self.port_file = os.path.join(folder, "ports")
+        local = []
+        for a in args:
+            name, _, value = a[2:].partition("=")
+            if name in UNRUNNABLE_FLAGS:
+                continue
+            if name in ("listen", "metrics_listen", "health_listen"):
+                port = port_of(value)
+                if port not in self.ports:
+                    self.ports[port] = free_port() if port else 0
+                value = "127.0.0.1:%d" % self.ports[port]
+            elif name == "port_file":
+                value = self.port_file
+            elif name == "data_dir":
+                value = os.path.join(folder, "data")
+            elif creds.file_for(name):
+                value = creds.file_for(name)
+            local.append("--%s=%s" % (name, value))
+        if not any(a.startswith("--port_file=") for a in local):
+            local.append("--port_file=" + self.port_file)
+        self.log = open(os.path.join(folder, "engramd.log"), "w+")
+        self.process = subprocess.Popen([ENGRAMD] + local, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while not os.path.exists(self.port_file):
+            if self.process.poll() is not None or time.time() > deadline:
+                raise AssertionError("engramd %s did not start: %s" % (local, self.output()))
+            time.sleep(0.05)
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def run_until_ok(command, seconds=20):
+    """Runs `command` until it exits 0 (a probe's retries); its last result."""
+    deadline = time.time() + seconds
+    while True:
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode == 0 or time.time() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def dockerfile_instruction(name):
+    """The exec-form JSON array of the Dockerfile's `name` (HEALTHCHECK: its CMD)."""
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        text = f.read().replace("\\\n", " ")
+    pattern = r"^HEALTHCHECK .*?CMD (\[.*\])$" if name == "HEALTHCHECK" else \
+        r"^%s (\[.*\])$" % name
+    return yaml.safe_load(re.search(pattern, text, re.M).group(1))
 
 
 def matches(selector, labels):
@@ -103,7 +220,9 @@ class ManifestsTest(unittest.TestCase):
             pod = sts["spec"]["template"]
             (c,) = pod["spec"]["containers"]
             flags = flag_args(c["args"])
-            listening = {port_of(flags["listen"]), port_of(flags["metrics_listen"])}
+            listening = {port_of(flags[f]) for f in
+                         ("listen", "metrics_listen", "health_listen") if f in flags}
+            probe_port = port_of(flags.get("health_listen", flags["listen"]))
             named = {}
             for p in c["ports"]:
                 self.assertIn(p["containerPort"], listening, target)
@@ -112,8 +231,9 @@ class ManifestsTest(unittest.TestCase):
                 spec = c[probe]
                 port = spec["grpc"]["port"] if "grpc" in spec else spec["httpGet"]["port"]
                 port = named.get(port, port)
-                self.assertEqual(port, port_of(flags["listen"]),
-                                 "%s: %s must probe the gRPC health port" % (target, probe))
+                self.assertEqual(port, probe_port,
+                                 "%s: %s must probe the plaintext health port"
+                                 % (target, probe))
             for s in self.by_kind(docs, "Service"):
                 for p in s["spec"]["ports"]:
                     target_port = named.get(p["targetPort"], p["targetPort"])
@@ -150,13 +270,14 @@ class ManifestsTest(unittest.TestCase):
             expand = lambda v: re.sub(r"\$\(([A-Z_]+)\)",
                                       lambda m: cm["data"].get(m.group(1), m.group(0)), v)
             peers = flags.get("peers")
+            peers = expand(peers) if peers is not None else None
             replicas = sts["spec"]["replicas"]
-            if peers is None:
+            if not peers:
                 self.assertEqual(replicas, 1,
                                  "%s: without --peers each pod is a separate store"
                                  % target)
             else:
-                peers = expand(peers).split(",")
+                peers = peers.split(",")
                 self.assertEqual(len(peers), replicas, target)
                 grpc_port = port_of(flags["listen"])
                 headless = sts["spec"]["serviceName"]
@@ -200,12 +321,94 @@ class ManifestsTest(unittest.TestCase):
             self.assertEqual(pod["securityContext"]["fsGroup"],
                              pod["securityContext"]["runAsGroup"], target)
 
+    def test_probes_pass_against_an_engramd_configured_like_each_target(self):
+        for target, docs in self.rendered.items():
+            with self.subTest(target=target), tempfile.TemporaryDirectory() as folder:
+                (cm,) = self.by_kind(docs, "ConfigMap")
+                (sts,) = self.by_kind(docs, "StatefulSet")
+                (c,) = sts["spec"]["template"]["spec"]["containers"]
+                env = dict(cm["data"], ENGRAM_SHARD_INDEX="0")
+                args = [re.sub(r"\$\(([A-Z_]+)\)", lambda m: env[m.group(1)], a)
+                        for a in c["args"]]
+                server = LocalEngramd(args, folder, Credentials(folder))
+                try:
+                    named = {p["name"]: p["containerPort"] for p in c["ports"]}
+                    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                        grpc = c[probe]["grpc"]
+                        port = server.ports[named.get(grpc["port"], grpc["port"])]
+                        # kubelet: plaintext, no credentials, this service.
+                        command = [ENGRAMCTL, "--address=127.0.0.1:%d" % port,
+                                   "--timeout_s=2", "health"]
+                        if grpc.get("service"):
+                            command.append(grpc["service"])
+                        out = run_until_ok(command)
+                        self.assertEqual(out.returncode, 0, "%s %s: %s\n%s" % (
+                            target, probe, out.stdout + out.stderr, server.output()))
+                finally:
+                    server.stop()
+
+    def test_image_healthcheck_follows_the_configured_port_with_tls_on(self):
+        entrypoint = dockerfile_instruction("ENTRYPOINT")
+        healthcheck = dockerfile_instruction("HEALTHCHECK")
+        self.assertEqual(entrypoint[0], "engramd")
+        self.assertEqual(healthcheck[0], "engramctl")
+        port_file = flag_args(entrypoint[1:])["port_file"]
+        cmd_listen = flag_args(dockerfile_instruction("CMD"))["listen"]
+        with tempfile.TemporaryDirectory() as folder:
+            creds = Credentials(folder)
+            # Another port than CMD's, and TLS: what `docker run IMAGE args`
+            # may give it.
+            args = entrypoint[1:] + [
+                "--listen=127.0.0.1:%d" % (port_of(cmd_listen) + 7),
+                "--metrics_listen=127.0.0.1:0", "--tls_cert_file=x",
+                "--tls_key_file=x", "--tokens_file=x"]
+            server = LocalEngramd(args, folder, creds)
+            try:
+                command = [ENGRAMCTL] + [
+                    "--port_file=" + server.port_file if a == "--port_file=" + port_file
+                    else a for a in healthcheck[1:]]
+                out = run_until_ok(command)
+                self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+                self.assertIn("SERVING", out.stdout)
+                # The gRPC port itself refuses a plaintext client.
+                listen = server.ports[port_of(cmd_listen) + 7]
+                plain = subprocess.run([ENGRAMCTL, "--address=127.0.0.1:%d" % listen,
+                                        "--timeout_s=2", "health"], capture_output=True)
+                self.assertNotEqual(plain.returncode, 0)
+            finally:
+                server.stop()
+
     def test_gpu_overlay_asks_for_a_gpu_and_enables_the_tier(self):
         (sts,) = self.by_kind(self.rendered["deploy/k8s/overlays/gpu"], "StatefulSet")
         (c,) = sts["spec"]["template"]["spec"]["containers"]
         self.assertEqual(c["resources"]["limits"]["nvidia.com/gpu"], 1)
         self.assertIn("gpu", flag_args(c["args"]))
         self.assertTrue(c["image"].endswith(":gpu"))
+
+    def test_components_stack_gpu_durable_and_tls(self):
+        docs = self.rendered["deploy/k8s/overlays/production"]
+        (sts,) = self.by_kind(docs, "StatefulSet")
+        pod = sts["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        flags = flag_args(c["args"])
+        for flag in ("gpu", "data_dir", "tls_cert_file", "tokens_file", "health_listen"):
+            self.assertIn(flag, flags)
+        self.assertEqual(len(c["args"]), len(flags), "a flag given twice")
+        self.assertEqual(c["resources"]["limits"]["nvidia.com/gpu"], 1)
+        self.assertTrue(c["image"].endswith(":gpu"))
+        self.assertEqual([t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]],
+                         ["tables"])
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        self.assertTrue({"/data", "/etc/engram/tls", "/etc/engram/credentials",
+                         "/tmp"} <= mounts, mounts)
+
+    def test_single_node_overlay_is_one_pod_without_a_cluster(self):
+        docs = self.rendered["deploy/k8s/overlays/single-node"]
+        (sts,) = self.by_kind(docs, "StatefulSet")
+        (cm,) = self.by_kind(docs, "ConfigMap")
+        self.assertEqual(sts["spec"]["replicas"], 1)
+        self.assertEqual(cm["data"]["ENGRAM_PEERS"], "")
+        self.assertEqual(cm["data"]["ENGRAM_REPLICATION"], "1")
 
     def test_compose_file(self):
         with open(os.path.join(ROOT, "deploy/compose/compose.yaml")) as f:
@@ -224,7 +427,9 @@ class ManifestsTest(unittest.TestCase):
                 self.assertIn(name_flag, self.known_flags, name)
             metrics_port = port_of(flag_args(s["command"])["metrics_listen"])
             self.assertIn("%s:%d" % (name, metrics_port), targets)
-            self.assertIn("healthcheck", s)
+            self.assertEqual(s["healthcheck"]["test"][1:],
+                             ["engramctl"] + dockerfile_instruction("HEALTHCHECK")[1:],
+                             "%s: the compose healthcheck is the image's" % name)
             flags = flag_args(s["command"])
             self.assertNotIn("insecure_allow_unauthenticated_remote", flags)
             for flag in ("tokens_file", "cluster_token_file"):

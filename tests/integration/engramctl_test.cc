@@ -5,6 +5,10 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "checkpoint/npy.h"
 #include "client/client.h"
 #include "common/version.h"
@@ -235,6 +239,48 @@ TEST(EngramctlTest, EveryPartReportsTheSameVersion) {
   }
   EXPECT_EQ(series, 1u) << *metrics;
   EXPECT_THAT(*metrics, Not(HasSubstr("engram_errors_total{")));
+}
+
+// Issue 25: /metrics had no process RSS, CPU, descriptors or start time.
+TEST(EngramctlTest, MetricsDescribeTheServerProcess) {
+  auto server = testing::EngramdProcess::Start(
+      {"--demo", "--metrics_listen=127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto metrics = testing::HttpGet((*server)->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  auto value = [&](const std::string& name) {
+    const size_t at = metrics->find("\n" + name + " ");
+    double v = -1;
+    if (at == std::string::npos) return v;
+    const size_t start = at + name.size() + 2;
+    EXPECT_TRUE(absl::SimpleAtod(
+        metrics->substr(start, metrics->find('\n', start) - start), &v))
+        << name;
+    return v;
+  };
+  // The kernel's own figures for the same process.
+  std::string status;
+  ASSERT_EQ(testing::RunCommand(
+                absl::StrCat("grep VmRSS /proc/", (*server)->pid(), "/status"),
+                &status),
+            0);
+  double rss_kib = 0;
+  ASSERT_TRUE(absl::SimpleAtod(
+      absl::StripAsciiWhitespace(absl::StripSuffix(
+          absl::StripPrefix(absl::StripAsciiWhitespace(status), "VmRSS:"),
+          "kB")),
+      &rss_kib))
+      << status;
+  const double rss = value("process_resident_memory_bytes");
+  EXPECT_GT(rss, 0.5 * rss_kib * 1024);
+  EXPECT_LT(rss, 2.0 * rss_kib * 1024);
+  EXPECT_GE(value("process_cpu_seconds_total"), 0);
+  EXPECT_GT(value("process_open_fds"), 3);
+  EXPECT_GT(value("process_max_fds"), value("process_open_fds"));
+  EXPECT_GT(value("process_virtual_memory_bytes"), rss);
+  const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  EXPECT_NEAR(value("process_start_time_seconds"), now, 60);
+  EXPECT_THAT(*metrics, HasSubstr("# TYPE process_cpu_seconds_total counter"));
 }
 
 TEST(EngramctlTest, UnreachableServerFailsCleanly) {

@@ -283,6 +283,38 @@ TEST(PortTest, ASecondEngramdOnAPortInUseRefusesToStart) {
   }
 }
 
+// Issue 25: the metrics and health ports in use gave CivetServer's "null
+// context" (no flag, no cause) and nothing (a second health listener).
+TEST(PortTest, AMetricsOrHealthPortInUseStopsTheStartNamingTheFlag) {
+  auto first = EngramdProcess::Start(
+      {"--metrics_listen=127.0.0.1:0", "--health_listen=127.0.0.1:0"});
+  ASSERT_TRUE(first.ok()) << first.status();
+  std::string out;
+  EXPECT_EQ(
+      testing::RunCommand(
+          absl::StrCat("timeout -s KILL 20 ", testing::EngramdPath(),
+                       " --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:",
+                       (*first)->metrics_port(), " 2>&1"),
+          &out),
+      1)
+      << out;
+  EXPECT_THAT(out, ::testing::HasSubstr(absl::StrCat(
+                       "cannot listen on --metrics_listen=127.0.0.1:",
+                       (*first)->metrics_port(), " (address in use")));
+  EXPECT_EQ(testing::RunCommand(
+                absl::StrCat("timeout -s KILL 20 ", testing::EngramdPath(),
+                             " --listen=127.0.0.1:0 --metrics_listen= "
+                             "--health_listen=127.0.0.1:",
+                             (*first)->health_port(), " 2>&1"),
+                &out),
+            1)
+      << out;
+  EXPECT_THAT(out, ::testing::HasSubstr(absl::StrCat(
+                       "cannot listen on --health_listen=127.0.0.1:",
+                       (*first)->health_port(), " (address in use")));
+  EXPECT_TRUE((*first)->Alive());
+}
+
 // Issue: connections that never finished the handshake were kept 120 s.
 TEST(PortTest, AConnectionThatNeverHandshakesIsClosedWithinSeconds) {
   auto server = EngramdProcess::Start();
@@ -378,9 +410,9 @@ class UcxExposureTest : public ::testing::Test {
          "--direct_reads", "--demo"});
     EXPECT_TRUE(server.ok()) << server.status();
     if (!server.ok()) return nullptr;
-    EXPECT_TRUE(testing::WaitServing((*server)->address(), 30,
-                                     {.token = kReadToken})
-                    .ok());
+    EXPECT_TRUE(
+        testing::WaitServing((*server)->address(), 30, {.token = kReadToken})
+            .ok());
     return *std::move(server);
   }
 

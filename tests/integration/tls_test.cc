@@ -133,6 +133,60 @@ TEST_F(TlsTest, MutualTlsOnASingleNode) {
   EXPECT_TRUE(server->Alive());
 }
 
+// Issue 25: kubelet's gRPC probes and the image's HEALTHCHECK speak
+// plaintext only, so with TLS on they could never pass. --health_listen
+// serves health (and nothing else) without TLS; engramctl --port_file
+// finds it the way the image's HEALTHCHECK does.
+TEST_F(TlsTest, AProbeReachesHealthInPlaintextWhileEverythingElseNeedsTls) {
+  std::vector<std::string> flags = MtlsFlags(certs_.server);
+  flags.push_back("--demo");
+  flags.push_back("--health_listen=127.0.0.1:0");
+  auto server = EngramdProcess::Start(flags);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(
+      testing::WaitServing((*server)->address(), 30, Tls(&certs_.client)).ok());
+  ASSERT_GT((*server)->health_port(), 0);
+  ClientOptions plain;
+  plain.timeout = absl::Seconds(3);
+  const std::string probe_address =
+      absl::StrCat("127.0.0.1:", (*server)->health_port());
+  auto probe = Client::Connect(probe_address, plain);
+  ASSERT_TRUE(probe.ok());
+  EXPECT_TRUE((*probe)->CheckHealth().ok());
+  EXPECT_TRUE((*probe)->CheckHealth("engram.liveness").ok());
+  // Health only: no rows, no layer names in plaintext.
+  EXPECT_EQ((*probe)->DescribeLayer(0).status().code(),
+            absl::StatusCode::kUnimplemented);
+  // The TLS port still refuses a plaintext health check.
+  auto main_port = Client::Connect((*server)->address(), plain);
+  ASSERT_TRUE(main_port.ok());
+  const absl::Status plaintext = (*main_port)->CheckHealth();
+  EXPECT_EQ(plaintext.code(), absl::StatusCode::kUnavailable);
+  // gRPC says only "Socket closed": the message says what to check.
+  EXPECT_THAT(plaintext.message(), HasSubstr("connect with TLS")) << plaintext;
+  // The HEALTHCHECK's command, as the image runs it.
+  std::string out;
+  EXPECT_EQ(
+      testing::RunCommand(
+          absl::StrCat(testing::EngramctlPath(), " --timeout_s=4 --port_file=",
+                       (*server)->port_file(), " health 2>&1"),
+          &out),
+      0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("SERVING"));
+  // Without --health_listen the port file names the TLS port, where a
+  // plaintext probe fails: the exit status says so.
+  EXPECT_NE(testing::RunCommand(
+                absl::StrCat(testing::EngramctlPath(),
+                             " --timeout_s=4 --address=", (*server)->address(),
+                             " health 2>&1"),
+                &out),
+            0);
+  // Stopping: the probe port goes NOT_SERVING with the rest, then closes.
+  EXPECT_EQ((*server)->Stop(), 0);
+  EXPECT_FALSE((*probe)->CheckHealth().ok());
+}
+
 // Issue: the identity fell back to the common name when the certificate
 // had subject alternative names (SAN someone-else.svc + CN client-a got
 // client-a's write role). RFC 6125: SANs alone when there are any.

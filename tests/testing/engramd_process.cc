@@ -45,7 +45,7 @@ absl::StatusOr<std::unique_ptr<EngramdProcess>> EngramdProcess::Start(
   if (mkdtemp(dir_template) == nullptr) return absl::InternalError("mkdtemp");
   p->dir_ = dir_template;
   p->flags_ = extra_flags;
-  const std::string port_file = p->dir_ + "/ports";
+  const std::string port_file = p->port_file();
   std::vector<std::string> args = {EngramdPath(), "--port_file=" + port_file};
   bool metrics_set = false, listen_set = false;
   for (const std::string& f : extra_flags) {
@@ -85,6 +85,8 @@ absl::StatusOr<std::unique_ptr<EngramdProcess>> EngramdProcess::Start(
         if (kv[0] == "grpc_port") (void)absl::SimpleAtoi(kv[1], &p->grpc_port_);
         if (kv[0] == "metrics_port")
           (void)absl::SimpleAtoi(kv[1], &p->metrics_port_);
+        if (kv[0] == "health_port")
+          (void)absl::SimpleAtoi(kv[1], &p->health_port_);
       }
       if (p->grpc_port_ > 0) return p;
     }

@@ -28,6 +28,9 @@ class EngramdProcess {
   const std::vector<std::string>& flags() const { return flags_; }
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
+  int health_port() const { return health_port_; }  // 0: no --health_listen
+  // The --port_file engramd wrote (engramctl --port_file reads it).
+  std::string port_file() const { return dir_ + "/ports"; }
   pid_t pid() const { return pid_; }
   bool Alive() const;
   // SIGTERM and wait; returns the exit status (-1 when killed by a signal).
@@ -41,6 +44,7 @@ class EngramdProcess {
   pid_t pid_ = -1;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
+  int health_port_ = 0;
   std::string dir_;
   std::vector<std::string> flags_;
 };

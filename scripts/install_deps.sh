@@ -14,6 +14,7 @@ packages=(
   redis-server curl python3-yaml python3-torch
   libssl-dev openssl iproute2
   clang libclang-rt-14-dev
+  prometheus  # promtool and a real Prometheus for the monitoring test
 )
 
 missing=()
@@ -23,12 +24,13 @@ for p in "${packages[@]}"; do
   fi
 done
 
-# The manifest test renders with kubectl kustomize: use the kubectl that is
-# there, else Debian's.
-command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+# The manifest tests render with kubectl kustomize (components: kubectl
+# >= 1.21, newer than Debian 12's kubernetes-client).
+kubectl_step() { bash "$(dirname "$0")/install_kubectl.sh"; }
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install_deps: all ${#packages[@]} packages present"
+  kubectl_step
   exit 0
 fi
 
@@ -39,3 +41,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "install_deps: done"
+kubectl_step

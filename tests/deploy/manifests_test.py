@@ -438,6 +438,15 @@ class ManifestsTest(unittest.TestCase):
                 self.assertIn(secret, s["secrets"], name)
                 self.assertIn(secret, compose["secrets"])
         self.assertIn("prometheus", services)
+        self.assertIn("grafana", services)
+        # Every file compose mounts is in the repository.
+        for name, s in services.items():
+            for volume in s.get("volumes", []):
+                source = volume.split(":")[0]
+                if source.startswith("."):
+                    self.assertTrue(
+                        os.path.exists(os.path.join(ROOT, "deploy/compose", source)),
+                        "%s mounts %s, which is missing" % (name, source))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@
 #include "client/cluster_router.h"
 #include "client/device_reads.h"
 #include "client/direct_reads.h"
+#include "client/from_proto.h"
 #include "common/status_context.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -26,20 +27,12 @@ namespace {
 constexpr char kLookupMethod[] = "/engram.v1.EngramStore/Lookup";
 constexpr char kLookupManyMethod[] = "/engram.v1.EngramStore/LookupMany";
 
-LayerDescription FromProto(const v1::LayerInfo& info) {
-  LayerDescription d;
-  d.layer_id = info.layer_id();
-  d.layout = LayoutOf(info.config());
-  d.store_keys.assign(info.store_keys().begin(), info.store_keys().end());
-  d.bytes = info.bytes();
-  d.version = info.version();
-  return d;
-}
-
 std::vector<LayerDescription> FromProto(
     const google::protobuf::RepeatedPtrField<v1::LayerInfo>& infos) {
   std::vector<LayerDescription> layers;
-  for (const v1::LayerInfo& info : infos) layers.push_back(FromProto(info));
+  for (const v1::LayerInfo& info : infos) {
+    layers.push_back(LayerDescriptionFromProto(info));
+  }
   return layers;
 }
 
@@ -156,7 +149,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
           request.set_layer_id(layer_id);
           v1::LayerInfo info;
           last = FromGrpcStatus(stub->DescribeLayer(&context, request, &info));
-          if (last.ok()) return FromProto(info).layout;
+          if (last.ok()) return LayerDescriptionFromProto(info).layout;
           if (last.code() != absl::StatusCode::kUnavailable &&
               last.code() != absl::StatusCode::kDeadlineExceeded) {
             return last;
@@ -308,7 +301,7 @@ absl::StatusOr<LayerDescription> Client::PopulateFrom(
   absl::Status s = FromGrpcStatus(writer->Finish());
   if (!read_error.ok()) return read_error;
   if (!s.ok()) return s;
-  return FromProto(response.layer());
+  return LayerDescriptionFromProto(response.layer());
 }
 
 namespace {
@@ -597,7 +590,7 @@ absl::StatusOr<LayerDescription> Client::DescribeLayer(int64_t layer_id) {
       !s.ok()) {
     return s;
   }
-  return FromProto(response);
+  return LayerDescriptionFromProto(response);
 }
 
 absl::StatusOr<std::vector<LayerDescription>> Client::ListLayers() {
@@ -624,6 +617,18 @@ absl::StatusOr<Client::ServerInfo> Client::GetServerInfo() {
   return ServerInfo{response.version(), response.uptime_seconds(),
                     response.shard_index(), response.shards(),
                     response.layers()};
+}
+
+absl::StatusOr<ServerStatus> Client::GetStatus() {
+  grpc::ClientContext context;
+  impl_->SetDeadline(&context);
+  v1::StatusResponse response;
+  if (absl::Status s = FromGrpcStatus(
+          impl_->stub->Status(&context, v1::StatusRequest(), &response));
+      !s.ok()) {
+    return s;
+  }
+  return ServerStatusFromProto(response);
 }
 
 absl::StatusOr<std::vector<LayerDescription>> Client::Load(

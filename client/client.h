@@ -71,6 +71,76 @@ struct LayerDescription {
   uint64_t version = 0;  // 1 at first commit, +1 per replace (0: unknown)
 };
 
+// One Status answer. Counters are totals since the server started; a rate
+// is the difference of two answers over the time between them. A value
+// type, no shared state.
+struct ServerStatus {
+  std::string version;
+  double uptime_seconds = 0;
+  int shard_index = 0;
+  int shards = 0;  // 0: a single node
+  bool ready = false;
+  std::string not_ready_reason;  // empty when ready
+  int64_t memory_used_bytes = 0;
+  int64_t memory_limit_bytes = 0;
+  int64_t gpu_memory_used_bytes = 0;
+  int64_t gpu_memory_limit_bytes = 0;  // 0: no GPU tier
+  struct Layer {
+    LayerDescription description;
+    bool pinned = false;
+    bool gpu_resident = false;
+    int64_t stored_bytes = 0;  // in --data_dir files
+    int64_t resident_bytes = 0;
+  };
+  std::vector<Layer> layers;
+  struct Calls {
+    std::string rpc;
+    int64_t calls = 0;
+    int64_t errors = 0;
+  };
+  std::vector<Calls> calls;  // RPCs called at least once
+  // counts[i]: calls of at most upper_bounds[i] seconds (and more than the
+  // bound before); the one extra count is above every bound.
+  struct Latency {
+    std::vector<double> upper_bounds;
+    std::vector<int64_t> counts;
+    double sum_seconds = 0;
+    int64_t count = 0;
+  };
+  Latency lookup_latency;
+  int64_t lookup_rows = 0;
+  int64_t lookup_bytes = 0;
+  int64_t populate_bytes = 0;
+  struct Load {
+    std::string manifest;
+    int layers_total = 0;
+    int layers_done = 0;
+    int64_t bytes_total = 0;
+    int64_t bytes_done = 0;
+    double seconds = 0;
+  };
+  std::vector<Load> loads;  // in progress
+  int peers_up = 0;
+  int64_t recovery_layers_pending = 0;
+  int64_t pending_response_bytes = 0;
+  int64_t resident_bytes = 0;  // the process's RSS
+  double cpu_seconds = 0;
+  int64_t open_fds = 0;
+  int64_t max_fds = 0;
+  double start_time_seconds = 0;
+
+  // Calls of `rpc` so far (0 when never called).
+  const Calls* FindCalls(const std::string& rpc) const;
+};
+
+// The lookups between two answers (`before` the earlier one).
+ServerStatus::Latency LatencySince(const ServerStatus::Latency& now,
+                                   const ServerStatus::Latency& before);
+// The q-quantile (0 < q < 1) of a histogram, interpolated linearly inside
+// the bucket it falls in, as Prometheus' histogram_quantile does; 0 with
+// no calls; the highest bound when it falls above every bound.
+double LatencyQuantile(const ServerStatus::Latency& latency, double q);
+
 // Called during Populate with row bytes sent so far and the total.
 using PopulateProgress = std::function<void(uint64_t sent, uint64_t total)>;
 
@@ -268,6 +338,8 @@ class Client {
     int64_t layers = 0;
   };
   absl::StatusOr<ServerInfo> GetServerInfo();
+  // Everything at a glance (the Status RPC; engramctl status / top).
+  absl::StatusOr<ServerStatus> GetStatus();
   // Asks the server to load the layers of a load manifest from checkpoint
   // files it can read: `manifest_path` is on the server, relative to its
   // --load_root (docs/tables.md). Waits up to populate_timeout; returns the

@@ -1,6 +1,7 @@
 // engramctl: command-line client of engramd.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -18,6 +19,7 @@
 #include "checkpoint/manifest.h"
 #include "checkpoint/npy.h"
 #include "client/client.h"
+#include "client/engramctl_status.h"
 #include "common/command_line.h"
 #include "common/files.h"
 #include "common/malloc_tuning.h"
@@ -34,6 +36,11 @@ ABSL_FLAG(std::string, address, "",
 ABSL_FLAG(std::string, port_file, "",
           "take the address from engramd's --port_file instead (health: its "
           "plaintext --health_listen when it has one)");
+ABSL_FLAG(double, interval_s, 1,
+          "status / top: seconds between the two answers rates come from "
+          "(status) or between screens (top); status --interval_s=0: totals "
+          "only, at once");
+ABSL_FLAG(int, count, 0, "top: screens to show (0: until interrupted)");
 ABSL_FLAG(int64_t, timeout_s, 60, "seconds each call may take");
 ABSL_FLAG(int64_t, populate_timeout_s, 7200,
           "seconds a populate stream or a load may take");
@@ -123,6 +130,11 @@ Usage: engramctl [--address=HOST:PORT | --port_file=F] [--timeout_s=N] [--popula
                                           layers from checkpoint files it
                                           reads (MANIFEST is on the server,
                                           under its --load_root)
+  status   [--interval_s=1]               one screen: readiness and why not,
+                                          memory, calls and errors (totals,
+                                          per second), lookup p50/p99, loads
+                                          in progress, layers, process
+  top      [--interval_s=1] [--count=N]   the status screen, redrawn
   version                                 this engramctl's version and the
                                           server's (build, uptime, layers)
   lookup   --layer=N (--ids=1,2,.. --shape=B,L,H | --ids_npy=ids.npy)
@@ -258,14 +270,19 @@ void PushLayer(Client& client, const checkpoint::LayerReader& reader,
   const bool tty = isatty(STDERR_FILENO);
   PopulateProgress progress = nullptr;
   int last_percent = -1;
+  const auto start = std::chrono::steady_clock::now();
   if (tty) {
     progress = [&](uint64_t sent, uint64_t total) {
       int percent = static_cast<int>(100 * sent / std::max<uint64_t>(total, 1));
       if (percent == last_percent) return;
       last_percent = percent;
-      std::fprintf(stderr, "\rpopulate layer %lld: %3d%% (%.1f of %.1f MiB)",
-                   static_cast<long long>(layer), percent, sent / 1048576.0,
-                   total / 1048576.0);
+      const double seconds = std::chrono::duration<double>(
+                                 std::chrono::steady_clock::now() - start)
+                                 .count();
+      std::fprintf(stderr, "\r%s   ",
+                   ProgressLine(absl::StrCat("populate layer ", layer), sent,
+                                total, seconds)
+                       .c_str());
     };
   }
   absl::StatusOr<LayerDescription> d = client.PopulateFrom(
@@ -614,6 +631,11 @@ int Run(int argc, char** argv) {
     std::cout << "\n";
     return 0;
   }
+  if (cmd == "status" || cmd == "top") {
+    return RunStatus(c, address, absl::GetFlag(FLAGS_interval_s),
+                     cmd == "top" ? absl::GetFlag(FLAGS_count) : 1,
+                     cmd == "top");
+  }
   if (cmd == "list") {
     absl::StatusOr<std::vector<LayerDescription>> layers = c.ListLayers();
     Check(layers.status());
@@ -638,7 +660,7 @@ int Run(int argc, char** argv) {
   if (cmd == "load") {
     if (args.files.size() != 1) Die("load takes one manifest path", 2);
     absl::StatusOr<std::vector<LayerDescription>> layers =
-        c.Load(args.files[0]);
+        LoadWithProgress(c, args.files[0]);
     Check(layers.status());
     for (const LayerDescription& d : *layers) PrintLayer(d);
     return 0;

@@ -180,6 +180,74 @@ class PendingLookup {
   std::shared_ptr<AsyncLookup> call_;
 };
 
+// The Status answer as nested dicts and lists (Client.status()).
+py::dict StatusDict(const ServerStatus& s) {
+  py::dict d;
+  d["version"] = s.version;
+  d["uptime_seconds"] = s.uptime_seconds;
+  d["shard_index"] = s.shard_index;
+  d["shards"] = s.shards;
+  d["ready"] = s.ready;
+  d["not_ready_reason"] = s.not_ready_reason;
+  d["memory_used_bytes"] = s.memory_used_bytes;
+  d["memory_limit_bytes"] = s.memory_limit_bytes;
+  d["gpu_memory_used_bytes"] = s.gpu_memory_used_bytes;
+  d["gpu_memory_limit_bytes"] = s.gpu_memory_limit_bytes;
+  py::list layers;
+  for (const ServerStatus::Layer& l : s.layers) {
+    py::dict layer;
+    layer["layer_id"] = l.description.layer_id;
+    layer["bytes"] = l.description.bytes;
+    layer["version"] = l.description.version;
+    layer["pinned"] = l.pinned;
+    layer["gpu_resident"] = l.gpu_resident;
+    layer["stored_bytes"] = l.stored_bytes;
+    layer["resident_bytes"] = l.resident_bytes;
+    layers.append(layer);
+  }
+  d["layers"] = layers;
+  py::dict calls;
+  for (const ServerStatus::Calls& c : s.calls) {
+    py::dict counts;
+    counts["calls"] = c.calls;
+    counts["errors"] = c.errors;
+    calls[py::str(c.rpc)] = counts;
+  }
+  d["calls"] = calls;
+  py::dict latency;
+  latency["count"] = s.lookup_latency.count;
+  latency["sum_seconds"] = s.lookup_latency.sum_seconds;
+  latency["p50_seconds"] = LatencyQuantile(s.lookup_latency, 0.5);
+  latency["p99_seconds"] = LatencyQuantile(s.lookup_latency, 0.99);
+  d["lookup_latency"] = latency;
+  d["lookup_rows"] = s.lookup_rows;
+  d["lookup_bytes"] = s.lookup_bytes;
+  d["populate_bytes"] = s.populate_bytes;
+  py::list loads;
+  for (const ServerStatus::Load& l : s.loads) {
+    py::dict load;
+    load["manifest"] = l.manifest;
+    load["layers_total"] = l.layers_total;
+    load["layers_done"] = l.layers_done;
+    load["bytes_total"] = l.bytes_total;
+    load["bytes_done"] = l.bytes_done;
+    load["seconds"] = l.seconds;
+    loads.append(load);
+  }
+  d["loads"] = loads;
+  d["peers_up"] = s.peers_up;
+  d["recovery_layers_pending"] = s.recovery_layers_pending;
+  d["pending_response_bytes"] = s.pending_response_bytes;
+  py::dict process;
+  process["resident_bytes"] = s.resident_bytes;
+  process["cpu_seconds"] = s.cpu_seconds;
+  process["open_fds"] = s.open_fds;
+  process["max_fds"] = s.max_fds;
+  process["start_time_seconds"] = s.start_time_seconds;
+  d["process"] = process;
+  return d;
+}
+
 }  // namespace
 }  // namespace engram
 
@@ -404,6 +472,16 @@ PYBIND11_MODULE(_engram_store, m) {
              d["shards"] = info->shards;
              d["layers"] = info->layers;
              return d;
+           })
+      .def("status",
+           [](Client& c) {
+             absl::StatusOr<ServerStatus> st;
+             {
+               py::gil_scoped_release nogil;
+               st = c.GetStatus();
+             }
+             if (!st.ok()) Raise(st.status());
+             return StatusDict(*st);
            })
       .def(
           "lookup_tokens_into",

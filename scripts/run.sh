@@ -9,5 +9,7 @@ JOBS=${JOBS:-2}
 
 bash scripts/install_deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$JOBS" --target engramd engramctl
+# The Python package's extension too, so `import engram_store` works at once.
+cmake --build build -j"$JOBS" --target engramd engramctl _engram_store
+echo "run.sh: engramctl: build/client/engramctl; Python: PYTHONPATH=$PWD/build/python /usr/bin/python3"
 exec build/server/engramd --demo "$@"

@@ -41,12 +41,13 @@ class EngramService final
                   v1::EngramStore::WithRawCallbackMethod_ListLayers<
                       v1::EngramStore::WithRawCallbackMethod_Load<
                           v1::EngramStore::WithRawCallbackMethod_LookupMany<
-                              v1::EngramStore::
-                                  WithRawCallbackMethod_LookupTokens<
-                                      v1::EngramStore::
-                                          WithRawCallbackMethod_ServerInfo<
-                                              v1::EngramStore::
-                                                  CallbackService>>>>>>>> {
+                              v1::EngramStore::WithRawCallbackMethod_LookupTokens<
+                                  v1::EngramStore::
+                                      WithRawCallbackMethod_ServerInfo<
+                                          v1::EngramStore::
+                                              WithRawCallbackMethod_Status<
+                                                  v1::EngramStore::
+                                                      CallbackService>>>>>>>>> {
  public:
   // What the service serves with, all borrowed (they must outlive it) and
   // fixed before it serves. Optional parts may be null.
@@ -72,6 +73,9 @@ class EngramService final
     const Authorizer* auth = nullptr;
     // The model hashes of loaded layers (LookupTokens); may be null.
     const TokenHashes* hashes = nullptr;
+    // Fills what the server (not the service) knows into a Status answer:
+    // readiness, loads, recovery, cluster, process. May be empty.
+    std::function<void(v1::StatusResponse*)> server_status;
   };
   explicit EngramService(const Parts& parts);
   const ExportMapper* exporter() const { return exporter_; }
@@ -108,6 +112,9 @@ class EngramService final
   grpc::ServerUnaryReactor* ServerInfo(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
 
  private:
   // Where a lookup's rows come from. Every backend fills the caller's rows
@@ -136,6 +143,7 @@ class EngramService final
                    grpc::ServerUnaryReactor* reactor,
                    grpc::ByteBuffer* response,
                    std::shared_ptr<LookupCall> call);
+  void FillServerInfo(v1::ServerInfoResponse* info) const;
   void Finish(grpc::ServerUnaryReactor* reactor, Method rpc,
               const absl::Status& status);
   void RemoveParsed(const v1::RemoveRequest& request,
@@ -160,6 +168,7 @@ class EngramService final
   TableLoader* const loader_;
   const Authorizer* const auth_;
   const TokenHashes* const hashes_;
+  const std::function<void(v1::StatusResponse*)> server_status_;
   const std::chrono::steady_clock::time_point started_ =
       std::chrono::steady_clock::now();
 };

@@ -22,6 +22,7 @@ constexpr MethodInfo kMethods[kNumMethods] = {
      kRightRead, false},
     {Method::kServerInfo, ENGRAM_PUBLIC "ServerInfo", "ServerInfo", kRightRead,
      false},
+    {Method::kStatus, ENGRAM_PUBLIC "Status", "Status", kRightRead, false},
     {Method::kStage, ENGRAM_PEER "Stage", "Stage", kRightPeer, true},
     {Method::kCommit, ENGRAM_PEER "Commit", "Commit", kRightPeer, true},
     {Method::kAbort, ENGRAM_PEER "Abort", "Abort", kRightPeer, true},

@@ -32,6 +32,7 @@ enum class Method : int {
   kLookupMany,
   kLookupTokens,
   kServerInfo,
+  kStatus,
   kStage,
   kCommit,
   kAbort,
@@ -41,8 +42,8 @@ enum class Method : int {
   kRemoveLocal,
   kStageFiles,
 };
-inline constexpr int kNumPublicMethods = 9;
-inline constexpr int kNumMethods = 17;
+inline constexpr int kNumPublicMethods = 10;
+inline constexpr int kNumMethods = 18;
 
 struct MethodInfo {
   Method method;

@@ -335,6 +335,27 @@ void ServerMetrics::RecordCall(Method method, grpc::StatusCode code) {
   if (c != 0) counter(errors_[r][c], errors_family_)->Increment();
 }
 
+ServerMetrics::Snapshot ServerMetrics::TakeSnapshot() const {
+  Snapshot snapshot;
+  for (int r = 0; r < kNumPublicMethods; ++r) {
+    Snapshot::Calls calls{RpcName(r)};
+    for (int c = 0; c < kNumStatusCodes; ++c) {
+      const prometheus::Counter* counter =
+          requests_[r][c].load(std::memory_order_acquire);
+      if (counter == nullptr) continue;
+      const auto n = static_cast<int64_t>(counter->Value());
+      calls.calls += n;
+      if (c != 0) calls.errors += n;
+    }
+    if (calls.calls > 0) snapshot.calls.push_back(calls);
+  }
+  snapshot.lookup_latency = lookup_latency_->Collect().histogram;
+  snapshot.lookup_rows = static_cast<int64_t>(lookup_rows_->Value());
+  snapshot.lookup_bytes = static_cast<int64_t>(lookup_bytes_->Value());
+  snapshot.populate_bytes = static_cast<int64_t>(populate_bytes_->Value());
+  return snapshot;
+}
+
 void ServerMetrics::RecordPeerRead(PeerPath path, double seconds,
                                    uint64_t bytes) {
   const int i = static_cast<int>(path);

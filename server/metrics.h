@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "server/methods.h"
 #include "store/gpu_tier.h"
@@ -57,6 +58,20 @@ class ServerMetrics {
   void RecordFailover() { failovers_->Increment(); }
   // Reports engram_peers_up from `peers_up` at scrape time.
   void SetPeersUpSource(std::function<int()> peers_up);
+  // Totals since start, for the Status RPC.
+  struct Snapshot {
+    struct Calls {
+      const char* rpc;
+      int64_t calls = 0;
+      int64_t errors = 0;
+    };
+    std::vector<Calls> calls;  // RPCs called at least once
+    prometheus::ClientMetric::Histogram lookup_latency;
+    int64_t lookup_rows = 0;
+    int64_t lookup_bytes = 0;
+    int64_t populate_bytes = 0;
+  };
+  Snapshot TakeSnapshot() const;
   // Reports gauge `name` from `value` at scrape time (call before serving).
   void AddGaugeSource(std::string name, std::string help,
                       std::function<double()> value);

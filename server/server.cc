@@ -18,6 +18,7 @@
 #include "server/engram_service.h"
 #include "server/graceful_stop.h"
 #include "server/log.h"
+#include "server/process_stats.h"
 #include "server/tls_files.h"
 #include "store/layer_builder.h"
 #include "transport/ucx_policy.h"
@@ -419,6 +420,9 @@ absl::Status EngramServer::Start() {
   parts.loader = loader_.get();
   parts.auth = auth_.get();
   parts.hashes = &token_hashes_;
+  parts.server_status = [this](v1::StatusResponse* status) {
+    FillServerStatus(status);
+  };
   service_ = std::make_unique<EngramService>(parts);
   AddServiceGauges();
   if (config_.demo && start_load_ids_.count(kDemoLayerId)) {
@@ -584,8 +588,7 @@ void EngramServer::StartBackgroundWork() {
   // its own ranges again.
   health_.Attach(std::move(health), [this](const auto& set) {
     const bool recovered = recovery_ == nullptr || recovery_->pending() == 0;
-    set("", recovered && start_load_ == 0 &&
-                (cluster_ == nullptr || !cluster_->SomeRangeUnreachable()));
+    set("", NotReadyReason().empty());
     set(kRecoveryService,
         recovered && (recovery_ == nullptr || recovery_->unrecoverable() == 0));
   });
@@ -626,11 +629,63 @@ void EngramServer::StartBackgroundWork() {
   }
 }
 
+std::string EngramServer::NotReadyReason() const {
+  if (stopping_) return "shutting down: calls in flight are draining";
+  if (start_load_ == 1) {
+    return "loading the start tables (--load / --data_dir); not ready until "
+           "they are in";
+  }
+  if (start_load_ == 2) {
+    return absl::StrCat("--load ", config_.load,
+                        " failed (the log says why): restart with a manifest "
+                        "that loads");
+  }
+  if (recovery_ != nullptr && recovery_->pending() > 0) {
+    return absl::StrCat("copying the row ranges of ", recovery_->pending(),
+                        " layer(s) back from replicas (a restarted shard)");
+  }
+  if (cluster_ != nullptr && cluster_->SomeRangeUnreachable()) {
+    return absl::StrCat(
+        "some row ranges have no reachable owner: ", cluster_->peers_up(),
+        " of ", cluster_->size(), " shards answer");
+  }
+  return "";
+}
+
+void EngramServer::FillServerStatus(v1::StatusResponse* status) const {
+  const std::string reason = NotReadyReason();
+  status->set_ready(reason.empty());
+  status->set_not_ready_reason(reason);
+  if (loader_ != nullptr) {
+    if (std::optional<TableLoader::Progress> p = loader_->progress()) {
+      v1::LoadProgress* load = status->add_loads();
+      load->set_manifest(p->manifest);
+      load->set_layers_total(p->layers_total);
+      load->set_layers_done(p->layers_done);
+      load->set_bytes_total(static_cast<int64_t>(p->bytes_total));
+      load->set_bytes_done(static_cast<int64_t>(p->bytes_done));
+      load->set_seconds(p->seconds);
+    }
+  }
+  if (cluster_ != nullptr) status->set_peers_up(cluster_->peers_up());
+  if (recovery_ != nullptr) {
+    status->set_recovery_layers_pending(recovery_->pending());
+  }
+  const ProcessStats process = ReadProcessStats();
+  v1::ProcessFigures* p = status->mutable_process();
+  p->set_resident_bytes(static_cast<int64_t>(process.resident_bytes));
+  p->set_cpu_seconds(process.cpu_seconds);
+  p->set_open_fds(process.open_fds);
+  p->set_max_fds(process.max_fds);
+  p->set_start_time_seconds(process.start_time_seconds);
+}
+
 void EngramServer::Shutdown() { Stop(config_.drain_seconds); }
 
 // The one stop order (the destructor runs it too, without a drain):
 // nothing that runs on its own thread may call into what is freed after it.
 void EngramServer::Stop(double drain_seconds) {
+  stopping_ = true;
   // The credential watcher reads peer_security_, destroyed before auth_.
   if (auth_ != nullptr) auth_->StopWatching();
   if (loader_ != nullptr) loader_->Cancel();  // it would hold a Load open

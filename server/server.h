@@ -105,6 +105,11 @@ class EngramServer {
   const ExportMapper* exporter() const {
     return ucx_ != nullptr ? &exporter_ : nullptr;
   }
+  // Why the default health service says NOT_SERVING ("" when ready).
+  std::string NotReadyReason() const;
+  // The Status RPC's server-wide part (readiness, loads, recovery,
+  // cluster, process).
+  void FillServerStatus(v1::StatusResponse* status) const;
   // Shutdown's stop order; the destructor's too (no drain).
   void Stop(double drain_seconds);
 
@@ -140,7 +145,8 @@ class EngramServer {
   std::unique_ptr<TableLoader> loader_;
   // --load: 1 while loading, 2 if it failed (not ready), 0 otherwise.
   std::atomic<int> start_load_{0};
-  std::set<int64_t> start_load_ids_;  // the --load manifest's layers
+  std::atomic<bool> stopping_{false};  // Stop began
+  std::set<int64_t> start_load_ids_;   // the --load manifest's layers
   std::unique_ptr<Authorizer> auth_;
   // With TLS: the last good certificate and key, as gRPC reads them.
   std::unique_ptr<TlsKeyPair> tls_pair_;

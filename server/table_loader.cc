@@ -40,6 +40,10 @@ void TableLoader::Submit(std::function<absl::StatusOr<Layers>()> work,
     absl::StatusOr<Layers> result =
         stopping_ ? absl::UnavailableError("the server is shutting down")
                   : work();
+    {
+      MutexLock lock(&progress_mu_);
+      progress_.reset();
+    }
     --pending_;
     done(std::move(result));
   });
@@ -59,6 +63,41 @@ absl::Status CheckDeadline(std::chrono::system_clock::time_point deadline,
 
 }  // namespace
 
+void TableLoader::BeginProgress(
+    std::string manifest,
+    const std::vector<std::unique_ptr<checkpoint::LayerReader>>& readers) {
+  Progress p;
+  p.manifest = std::move(manifest);
+  p.layers_total = static_cast<int>(readers.size());
+  for (const auto& reader : readers) {
+    const LayerLayout& layout = reader->layout();
+    if (cluster_ == nullptr) {
+      p.bytes_total += layout.total_bytes();
+      continue;
+    }
+    for (const std::vector<RowRange>& head :
+         cluster_->OwnedRanges(reader->layer_id(), layout)) {
+      for (RowRange r : head)
+        p.bytes_total += (r.end - r.begin) * layout.row_bytes();
+    }
+  }
+  layers_done_ = 0;
+  MutexLock lock(&progress_mu_);
+  progress_ = std::move(p);
+  progress_base_bytes_ = bytes_loaded_.load();
+  progress_start_ = std::chrono::steady_clock::now();
+}
+
+std::optional<TableLoader::Progress> TableLoader::progress() const {
+  MutexLock lock(&progress_mu_);
+  if (!progress_.has_value()) return std::nullopt;
+  Progress p = *progress_;
+  p.layers_done = layers_done_.load();
+  p.bytes_done = bytes_loaded_.load() - progress_base_bytes_;
+  p.seconds = SecondsSince(progress_start_);
+  return p;
+}
+
 void TableLoader::LoadRequested(std::string manifest_path,
                                 std::string manifest_json,
                                 std::chrono::system_clock::time_point deadline,
@@ -73,6 +112,7 @@ void TableLoader::LoadRequested(std::string manifest_path,
         // manifest loads nothing anywhere.
         auto readers = OpenAll(*manifest, root_);
         if (!readers.ok()) return readers.status();
+        BeginProgress(path.empty() ? "(inline manifest)" : path, *readers);
         auto hashes = TokenHashes::Prepare(*manifest);
         if (!hashes.ok()) return hashes.status();
         absl::StatusOr<Layers> loaded =
@@ -97,6 +137,7 @@ absl::StatusOr<std::set<int64_t>> TableLoader::PrepareStartLoad(
   auto hashes = TokenHashes::Prepare(*manifest);
   if (!hashes.ok()) return WithContext(hashes.status(), manifest_path);
   start_hashes_ = *std::move(hashes);
+  start_manifest_ = manifest_path;
   uint64_t bytes = 0;
   std::set<int64_t> ids;
   std::vector<std::unique_ptr<checkpoint::LayerReader>> kept;
@@ -205,6 +246,10 @@ void TableLoader::StartPreparedLoad(Done done) {
           std::move(start_readers_));
   Submit(
       [this, readers]() -> absl::StatusOr<Layers> {
+        BeginProgress(start_manifest_.empty()
+                          ? std::string("--data_dir")
+                          : absl::StrCat("--load ", start_manifest_),
+                      *readers);
         Layers all = RestoreAll();
         absl::StatusOr<Layers> loaded = LoadAll(*readers);
         if (!loaded.ok()) return loaded.status();
@@ -246,6 +291,7 @@ absl::StatusOr<TableLoader::Layers> TableLoader::LoadAll(
                                           absl::StrJoin(ids, ", "), ")")));
     }
     loaded.push_back(*std::move(layer));
+    ++layers_done_;
   }
   return loaded;
 }
@@ -475,6 +521,7 @@ absl::StatusOr<TableLoader::Layers> TableLoader::LoadAcrossCluster(
                          cluster_->size(), " shards (txn ", txn, ") in ",
                          SecondsSince(start), " s"));
     loaded.push_back(std::move(layer));
+    ++layers_done_;
   }
   return loaded;
 }

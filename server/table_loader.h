@@ -7,6 +7,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "checkpoint/layer_reader.h"
 #include "checkpoint/manifest.h"
+#include "common/mutex.h"
 #include "common/thread_pool.h"
 #include "server/cluster.h"
 #include "server/populate_reactor.h"
@@ -90,6 +92,16 @@ class TableLoader {
 
   // Manifests queued or loading.
   int pending() const { return pending_.load(); }
+  // The load in progress (engramctl status): what, how far.
+  struct Progress {
+    std::string manifest;
+    int layers_total = 0;
+    int layers_done = 0;
+    uint64_t bytes_total = 0;  // this server's rows
+    uint64_t bytes_done = 0;
+    double seconds = 0;
+  };
+  std::optional<Progress> progress() const;
   // Row bytes read from checkpoint files since start.
   uint64_t bytes_loaded() const { return bytes_loaded_.load(); }
 
@@ -113,12 +125,18 @@ class TableLoader {
       const checkpoint::LoadManifest& manifest, const std::string& path,
       const std::string& json, std::chrono::system_clock::time_point deadline);
   void Submit(std::function<absl::StatusOr<Layers>()> work, Done done);
+  // Progress of the load starting now (on the worker), until Submit's
+  // work returns.
+  void BeginProgress(
+      std::string manifest,
+      const std::vector<std::unique_ptr<checkpoint::LayerReader>>& readers);
 
   const PopulateEnv env_;
   ClusterContext* const cluster_;
   const std::string root_;
   TokenHashes* const hashes_;
   std::map<int64_t, TokenHashes::Entry> start_hashes_;  // --load's model
+  std::string start_manifest_;                          // --load's path
   // Restores each stored layer under its claimed id; returns those in.
   Layers RestoreAll();
 
@@ -133,6 +151,12 @@ class TableLoader {
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> bytes_loaded_{0};
   std::atomic<bool> stopping_{false};
+  mutable Mutex progress_mu_;
+  std::optional<Progress> progress_ ABSL_GUARDED_BY(progress_mu_);
+  std::atomic<int> layers_done_{0};  // of the load in progress
+  uint64_t progress_base_bytes_ ABSL_GUARDED_BY(progress_mu_) = 0;
+  std::chrono::steady_clock::time_point progress_start_
+      ABSL_GUARDED_BY(progress_mu_);
   ThreadPool worker_{1};  // last: their threads use the members above
   ThreadPool peer_worker_{1};
 };

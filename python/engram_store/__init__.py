@@ -556,6 +556,13 @@ class Client:
         _call(self._c.lookup_many_into, entries)
         return results
 
+    def status(self) -> dict:
+        """Everything at a glance (the Status RPC, `engramctl status`):
+        ready / not_ready_reason, memory, layers, calls per RPC since start,
+        lookup_latency (p50/p99 since start), loads in progress (bytes done
+        and total), cluster and process figures."""
+        return _call(self._c.status)
+
     def server_info(self) -> dict:
         """The server's build and state: ``version``, ``uptime_seconds``,
         ``shard_index`` / ``shards`` (0 shards: a single node),

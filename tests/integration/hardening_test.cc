@@ -333,6 +333,7 @@ TEST_F(HardeningTest, UnparsableRequestsAreInvalidArgument) {
            "/engram.v1.EngramStore/LookupMany",
            "/engram.v1.EngramStore/LookupTokens",
            "/engram.v1.EngramStore/ServerInfo",
+           "/engram.v1.EngramStore/Status",
            "/engram.internal.v1.EngramPeer/Gather",
            "/engram.internal.v1.EngramPeer/Commit",
            "/engram.internal.v1.EngramPeer/Abort",

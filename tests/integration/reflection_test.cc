@@ -44,10 +44,10 @@ TEST(ReflectionTest, ListsAndDescribesTheEngramService) {
   EXPECT_EQ(file.package(), "engram.v1");
   std::vector<std::string> methods;
   for (const auto& m : file.service(0).method()) methods.push_back(m.name());
-  EXPECT_THAT(methods,
-              ::testing::UnorderedElementsAre(
-                  "Populate", "Lookup", "Remove", "DescribeLayer", "ListLayers",
-                  "Load", "LookupMany", "ServerInfo", "LookupTokens"));
+  EXPECT_THAT(methods, ::testing::UnorderedElementsAre(
+                           "Populate", "Lookup", "Remove", "DescribeLayer",
+                           "ListLayers", "Load", "LookupMany", "ServerInfo",
+                           "LookupTokens", "Status"));
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }

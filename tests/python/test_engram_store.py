@@ -467,3 +467,25 @@ def test_version_and_server_info(server):
     assert engram_store.__version__.startswith("0.")
     assert info["shards"] == 0 and info["layers"] == 0
     assert info["uptime_seconds"] >= 0
+
+
+def test_status(server):
+    """Client.status(): readiness, calls, latency, layers and process, as
+    the Status RPC reports them."""
+    c = engram_store.Client(server.address)
+    rows = np.arange(6 * 4, dtype=np.float32).reshape(6, 4)
+    c.populate(31, [rows, rows])
+    c.lookup(31, np.array([[[1, 2]]], dtype=np.int64))
+    with pytest.raises(engram_store.InvalidArgumentError):
+        c.lookup(31, np.array([[[1, 99]]], dtype=np.int64))
+    s = c.status()
+    assert s["ready"] and s["not_ready_reason"] == ""
+    assert s["version"] == engram_store.__version__
+    assert s["calls"]["Lookup"] == {"calls": 2, "errors": 1}
+    assert s["lookup_latency"]["count"] == 1
+    assert 0 < s["lookup_latency"]["p99_seconds"] < 10
+    layer = [l for l in s["layers"] if l["layer_id"] == 31][0]
+    assert layer["bytes"] == 2 * rows.nbytes and layer["version"] == 1
+    assert s["memory_used_bytes"] >= 2 * rows.nbytes
+    assert s["process"]["resident_bytes"] > 0 and s["loads"] == []
+    c.remove(31)

@@ -10,6 +10,7 @@ compose file's.
 
 Usage: manifests_test.py ENGRAMD_PATH ENGRAMCTL_PATH REPO_ROOT
 """
+import json
 import os
 import re
 import shlex
@@ -105,13 +106,14 @@ class LocalEngramd:
     this host: listeners on 127.0.0.1 free ports (`ports` maps the manifest's
     port to the one used here), credential files made here."""
 
-    def __init__(self, args, folder, creds):
+    def __init__(self, args, folder, creds, keep=()):
+        self.keep = set(keep)  # UNRUNNABLE_FLAGS to run anyway
         self.ports = {}
         self.port_file = os.path.join(folder, "ports")
         local = []
         for a in args:
             name, _, value = a[2:].partition("=")
-            if name in UNRUNNABLE_FLAGS:
+            if name in UNRUNNABLE_FLAGS and name not in self.keep:
                 continue
             if name in ("listen", "metrics_listen", "health_listen"):
                 port = port_of(value)
@@ -122,6 +124,8 @@ class LocalEngramd:
                 value = self.port_file
             elif name == "data_dir":
                 value = os.path.join(folder, "data")
+            elif name in ("load", "load_root") and name in self.keep:
+                value = value.replace("/checkpoints", os.path.join(folder, "checkpoints"))
             elif creds.file_for(name):
                 value = creds.file_for(name)
             local.append("--%s=%s" % (name, value))
@@ -347,6 +351,50 @@ class ManifestsTest(unittest.TestCase):
                 finally:
                     server.stop()
 
+    def test_a_pod_terminated_while_loading_exits_within_its_grace_period(self):
+        """A rollout (or a scale-down) may SIGTERM a pod of the checkpoint
+        overlay while its --load runs: engramd must exit 0 well within
+        terminationGracePeriodSeconds, not be killed (or crash: issue 25
+        saw SIGSEGV in 9 of 12 tries)."""
+        docs = self.rendered["deploy/k8s/overlays/checkpoint"]
+        (cm,) = self.by_kind(docs, "ConfigMap")
+        (sts,) = self.by_kind(docs, "StatefulSet")
+        pod = sts["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        env = dict(cm["data"], ENGRAM_SHARD_INDEX="0")
+        args = [re.sub(r"\$\(([A-Z_]+)\)", lambda m: env[m.group(1)], a)
+                for a in c["args"]]
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoints = os.path.join(folder, "checkpoints")
+            os.mkdir(checkpoints)
+            rows = 1 << 21  # 256 MiB of float32 [rows, 32]
+            header = json.dumps({"t": {"dtype": "F32", "shape": [rows, 32],
+                                       "data_offsets": [0, rows * 128]}}).encode()
+            with open(os.path.join(checkpoints, "table.safetensors"), "wb") as f:
+                f.write(len(header).to_bytes(8, "little") + header)
+                f.truncate(8 + len(header) + rows * 128)
+            with open(os.path.join(checkpoints, cm["data"]["ENGRAM_LOAD_MANIFEST"]),
+                      "w") as f:
+                json.dump({"layers": [{
+                    "layer_id": 1, "dtype": "float32", "embedding_dim": 32,
+                    "table_vocab_sizes": [rows],
+                    "source": {"format": "safetensors", "files": ["table.safetensors"],
+                               "tensors": ["t"]}}]}, f)
+            grace = pod["terminationGracePeriodSeconds"]
+            for delay in (0.0, 0.05, 0.2):
+                server = LocalEngramd(args, folder, Credentials(folder),
+                                      keep=("load", "load_root"))
+                try:
+                    time.sleep(delay)
+                    start = time.time()
+                    server.process.terminate()
+                    code = server.process.wait(grace)
+                    self.assertEqual(code, 0, server.output())
+                    self.assertLess(time.time() - start, grace / 2, server.output())
+                finally:
+                    server.stop()
+                os.remove(server.port_file)
+
     def test_image_healthcheck_follows_the_configured_port_with_tls_on(self):
         entrypoint = dockerfile_instruction("ENTRYPOINT")
         healthcheck = dockerfile_instruction("HEALTHCHECK")
@@ -384,6 +432,15 @@ class ManifestsTest(unittest.TestCase):
         self.assertEqual(c["resources"]["limits"]["nvidia.com/gpu"], 1)
         self.assertIn("gpu", flag_args(c["args"]))
         self.assertTrue(c["image"].endswith(":gpu"))
+
+    def test_every_target_the_docs_apply_renders(self):
+        named = set()
+        for doc in ["README.md"] + ["docs/" + f for f in os.listdir(os.path.join(ROOT, "docs"))]:
+            with open(os.path.join(ROOT, doc)) as f:
+                named |= set(re.findall(r"kubectl apply -k (deploy/[\w/.-]+)", f.read()))
+        self.assertIn("deploy/k8s/overlays/production", named)
+        for target in sorted(named):
+            render(target.rstrip("/"))  # raises naming the target
 
     def test_components_stack_gpu_durable_and_tls(self):
         docs = self.rendered["deploy/k8s/overlays/production"]

@@ -77,6 +77,31 @@ absl::Status ParseRequest(const grpc::ByteBuffer& request, T* message) {
       "the request does not parse as ", T::descriptor()->full_name()));
 }
 
+// `bytes` as int64s: in place when 8-byte aligned, else copied into
+// `copy`.
+std::span<const int64_t> AlignedInt64s(const std::string& bytes,
+                                       std::vector<int64_t>* copy) {
+  const size_t n = bytes.size() / sizeof(int64_t);
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(int64_t) == 0) {
+    return {reinterpret_cast<const int64_t*>(bytes.data()), n};
+  }
+  copy->resize(n);
+  std::memcpy(copy->data(), bytes.data(), n * sizeof(int64_t));
+  return *copy;
+}
+
+// Where to write int64s into `bytes` (sized already): in place when 8-byte
+// aligned, else into `copy` (the caller copies it back).
+std::span<int64_t> MutableAlignedInt64s(std::string* bytes,
+                                        std::vector<int64_t>* copy) {
+  const size_t n = bytes->size() / sizeof(int64_t);
+  if (reinterpret_cast<uintptr_t>(bytes->data()) % alignof(int64_t) == 0) {
+    return {reinterpret_cast<int64_t*>(bytes->data()), n};
+  }
+  copy->resize(n);
+  return *copy;
+}
+
 }  // namespace
 
 EngramService::EngramService(const Parts& parts)
@@ -235,10 +260,12 @@ grpc::ServerUnaryReactor* EngramService::LookupTokens(
     return reactor;
   }
   const int64_t batch = req.shape(0), tokens = req.shape(1);
-  std::vector<int64_t> token_ids(batch * tokens);
-  std::memcpy(token_ids.data(), req.tokens().data(), req.tokens().size());
-  std::vector<int64_t> history(batch * req.history_length());
-  std::memcpy(history.data(), req.history().data(), req.history().size());
+  // The request's own bytes when they are 8-byte aligned (a parsed
+  // request's strings are heap blocks): no copy on the decode path.
+  std::vector<int64_t> token_copy, history_copy;
+  std::span<const int64_t> token_ids = AlignedInt64s(req.tokens(), &token_copy);
+  std::span<const int64_t> history =
+      AlignedInt64s(req.history(), &history_copy);
   std::vector<std::shared_ptr<LookupCall>> calls;
   std::vector<TokenHashes::Entry> hashes;
   for (int i = 0; i < req.layer_ids_size(); ++i) {
@@ -255,20 +282,26 @@ grpc::ServerUnaryReactor* EngramService::LookupTokens(
       return reactor;
     }
     const int per = entry->hasher->ids_per_position();
-    std::vector<int64_t> ids(batch * tokens * per);
-    if (absl::Status h = entry->hasher->Hash(entry->engram_layer, token_ids,
-                                             batch, history, true, ids);
-        !h.ok()) {
-      Finish(reactor, Method::kLookupTokens, h);
-      return reactor;
-    }
     auto call = std::make_shared<LookupCall>();
     call->start = start;
     call->request.set_layer_id(layer);
     for (int64_t d : {batch, tokens, static_cast<int64_t>(per)})
       call->request.add_shape(d);
-    call->request.set_row_ids(ids.data(), ids.size() * sizeof(int64_t));
-    call->request.set_id_form(v1::ID_FORM_FUSED);
+    // Hashed straight into the request the lookup reads, as per-head ids
+    // (column h in table h): no fused offsets to add and take off again.
+    std::string* row_ids = call->request.mutable_row_ids();
+    row_ids->resize(batch * tokens * per * sizeof(int64_t));
+    std::vector<int64_t> ids_copy;
+    std::span<int64_t> ids = MutableAlignedInt64s(row_ids, &ids_copy);
+    if (absl::Status h = entry->hasher->Hash(entry->engram_layer, token_ids,
+                                             batch, history, false, ids);
+        !h.ok()) {
+      Finish(reactor, Method::kLookupTokens, h);
+      return reactor;
+    }
+    if (!ids_copy.empty()) {
+      std::memcpy(row_ids->data(), ids_copy.data(), row_ids->size());
+    }
     call->request.set_output_dtype(req.output_dtype());
     calls.push_back(std::move(call));
     hashes.push_back(*std::move(entry));

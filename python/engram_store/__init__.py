@@ -570,13 +570,16 @@ class Client:
         return _call(self._c.server_info)
 
     def lookup_tokens(self, layer_ids, tokens, *, history=None,
-                      output_dtype: Optional[str] = None) -> list:
+                      output_dtype: Optional[str] = None,
+                      out: Optional[list] = None) -> list:
         """Token ids in, rows out (docs/tokens.md): ``tokens`` int64
         ``[B, T]`` raw ids; ``history`` ``[B, h]`` each sequence's previous
         raw ids, oldest first (None: every sequence starts here). Each layer
         of ``layer_ids`` (loaded with its model's hash) gives ``[B, T, H,
         D]`` rows, in order: the server hashes the tokens as the model
-        does, then gathers."""
+        does, then gathers. ``out``: one C-contiguous array per layer to
+        fill (a step's reused buffers), checked before anything is sent;
+        returned."""
         if isinstance(layer_ids, int):
             layer_ids = [layer_ids]
         tokens = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64))
@@ -592,6 +595,25 @@ class Client:
         if output_dtype is not None and output_dtype not in _NUMPY_DTYPES:
             raise ValueError(f"output_dtype must be one of "
                              f"{sorted(_NUMPY_DTYPES)}; got {output_dtype!r}")
+        if out is not None:
+            out = list(out)
+            if len(out) != len(layer_ids):
+                raise ValueError(f"out has {len(out)} arrays for "
+                                 f"{len(layer_ids)} layers")
+            for layer, o in zip(layer_ids, out):
+                if not isinstance(o, np.ndarray) or not o.flags.c_contiguous \
+                        or not o.flags.writeable:
+                    raise TypeError("out must be writeable C-contiguous "
+                                    "numpy arrays")
+                self._check_out_rows(int(layer), o, output_dtype)
+                heads = self._layout(int(layer))[3]
+                if o.shape[:-1] != tokens.shape + (heads,):
+                    raise ValueError(
+                        f"out for layer {layer} is {o.shape}; its rows are "
+                        f"[B, T, H, D] = {tokens.shape + (heads,)} + [D]")
+            _call(self._c.lookup_tokens_into, [int(l) for l in layer_ids],
+                  tokens, list(tokens.shape), history, out, output_dtype)
+            return out
         # Sized from the cached layouts: a layer changed meanwhile answers
         # rows of another size, which are refused; then asked again, once.
         for attempt in (0, 1):

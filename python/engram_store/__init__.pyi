@@ -73,7 +73,8 @@ class Client:
     def server_info(self) -> dict: ...
     def lookup_tokens(self, layer_ids: object, tokens: object, *,
                       history: object = ...,
-                      output_dtype: Optional[str] = ...) -> list: ...
+                      output_dtype: Optional[str] = ...,
+                      out: Optional[list] = ...) -> list: ...
     def lookup_async(self, layer_id: int, ids: object, *,
                      out: Optional[np.ndarray] = ...,
                      output_dtype: Optional[str] = ...,

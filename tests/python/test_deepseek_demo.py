@@ -115,6 +115,21 @@ def test_lookup_tokens_hashes_as_the_model_does():
                     if layer == 14:
                         assert np.array_equal(
                             values[0], to_bfloat16_bits(dequantize(fused[ids])))
+                # Into reused step buffers: the same rows, the buffers back.
+                bufs = [np.full((2, 6, 6, 264), 7, np.uint8) for _ in range(2)]
+                got = c.lookup_tokens([1, 14], tokens, history=hist,
+                                      output_dtype="uint8", out=bufs)
+                assert got[0] is bufs[0] and got[1] is bufs[1]
+                assert all(np.array_equal(a, b) for a, b in zip(bufs, packed))
+            with pytest.raises(ValueError, match=r"out for layer 1 is \(2, 5, 6, 264\)"):
+                c.lookup_tokens([1], tokens, output_dtype="uint8",
+                                out=[np.empty((2, 5, 6, 264), np.uint8)])
+            with pytest.raises(TypeError, match="pass output_dtype"):
+                c.lookup_tokens([14], tokens, output_dtype="bfloat16",
+                                out=[np.empty((2, 6, 6, 256), np.float32)])
+            with pytest.raises(ValueError, match="out has 1 arrays for 2 layers"):
+                c.lookup_tokens([1, 14], tokens,
+                                out=[np.empty((2, 6, 6, 264), np.uint8)])
             with pytest.raises(InvalidArgumentError) as e:
                 c.lookup_tokens([1], [[129280]])
             assert "tokens[0, 0] = 129280 is not a raw token id" in str(e.value)

@@ -119,7 +119,9 @@ void TableLoader::LoadRequested(std::string manifest_path,
             cluster_ != nullptr
                 ? LoadAcrossCluster(*manifest, path, json, deadline)
                 : LoadAll(*readers, deadline);
-        if (loaded.ok() && hashes_ != nullptr) hashes_->Register(*hashes);
+        if (loaded.ok() && hashes_ != nullptr) {
+          hashes_->Register(*hashes, *loaded);
+        }
         return loaded;
       },
       std::move(done));
@@ -253,8 +255,8 @@ void TableLoader::StartPreparedLoad(Done done) {
         Layers all = RestoreAll();
         absl::StatusOr<Layers> loaded = LoadAll(*readers);
         if (!loaded.ok()) return loaded.status();
-        if (hashes_ != nullptr) hashes_->Register(start_hashes_);
         all.insert(all.end(), loaded->begin(), loaded->end());
+        if (hashes_ != nullptr) hashes_->Register(start_hashes_, all);
         return all;
       },
       std::move(done));

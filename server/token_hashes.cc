@@ -55,9 +55,17 @@ absl::StatusOr<std::map<int64_t, TokenHashes::Entry>> TokenHashes::Prepare(
   return entries;
 }
 
-void TokenHashes::Register(const std::map<int64_t, Entry>& entries) {
+void TokenHashes::Register(
+    const std::map<int64_t, Entry>& entries,
+    const std::vector<std::shared_ptr<const Layer>>& served) {
   MutexLock lock(&mu_);
-  for (const auto& [layer, entry] : entries) by_layer_[layer] = entry;
+  for (const auto& [layer, entry] : entries) {
+    Entry e = entry;
+    for (const auto& l : served) {
+      if (l->id() == layer) e.layer_version = l->version();
+    }
+    by_layer_[layer] = e;
+  }
 }
 
 std::optional<TokenHashes::Entry> TokenHashes::Find(int64_t layer_id) const {

@@ -14,6 +14,7 @@
 #include "checkpoint/manifest.h"
 #include "common/mutex.h"
 #include "hash/engram_hash.h"
+#include "store/layer.h"
 
 namespace engram {
 
@@ -23,6 +24,9 @@ class TokenHashes {
   struct Entry {
     std::shared_ptr<const EngramHasher> hasher;
     int64_t engram_layer = 0;
+    // The layer version the model came with (0: not known yet); a layer
+    // populated or replaced since, without a model, is another version.
+    uint64_t layer_version = 0;
   };
   // The served layers a manifest's model covers, with its hasher: reads
   // config.json and the token map, maps every Engram layer of the model to
@@ -32,11 +36,13 @@ class TokenHashes {
   static absl::StatusOr<std::map<int64_t, Entry>> Prepare(
       const checkpoint::LoadManifest& manifest);
   // Makes `entries` (from Prepare) answer token lookups, replacing what
-  // those layer ids had.
-  void Register(const std::map<int64_t, Entry>& entries);
+  // those layer ids had; each is tied to its layer's version in `served`
+  // (the layers the load brought in or kept).
+  void Register(const std::map<int64_t, Entry>& entries,
+                const std::vector<std::shared_ptr<const Layer>>& served);
   // The hash of served layer `layer_id`, if it has one. (Callers check the
-  // layer's current tables against the hash: a layer populated again
-  // differently is refused, not misread.)
+  // layer's current version and tables against the entry: a layer
+  // populated again is refused, not misread.)
   std::optional<Entry> Find(int64_t layer_id) const;
 
  private:

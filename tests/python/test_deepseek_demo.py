@@ -133,6 +133,16 @@ def test_lookup_tokens_hashes_as_the_model_does():
             with pytest.raises(InvalidArgumentError) as e:
                 c.lookup_tokens([1], [[129280]])
             assert "tokens[0, 0] = 129280 is not a raw token id" in str(e.value)
+            # Populated again with the same table sizes (so the primes
+            # match) but without a model: another version, refused rather
+            # than hashed with the old model (found in review: it was read).
+            sizes = c.describe(1).table_vocab_sizes
+            c.remove(1)
+            c.populate(1, [np.zeros((n, 264), np.uint8) for n in sizes])
+            with pytest.raises(FailedPreconditionError) as e:
+                c.lookup_tokens([1], tokens, output_dtype="uint8")
+            assert ("layer 1 is version 2; its model hash came with "
+                    "version 1") in str(e.value)
             c.populate(3, [np.zeros((4, 8), np.float32)])
             with pytest.raises(FailedPreconditionError) as e:
                 c.lookup_tokens([1, 3], tokens)

@@ -208,9 +208,10 @@ PeerService::~PeerService() {
   }
 }
 
-absl::Status PeerService::AddPrepared(const std::string& txn_id,
-                                      std::shared_ptr<PopulateTicket> ticket,
-                                      std::shared_ptr<Layer> layer) {
+absl::Status PeerService::AddPrepared(
+    const std::string& txn_id, std::shared_ptr<PopulateTicket> ticket,
+    std::shared_ptr<Layer> layer,
+    std::function<void(const std::shared_ptr<const Layer>&)> on_commit) {
   const auto timeout =
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(
           std::chrono::duration<double>(cluster_->staged_timeout_seconds()));
@@ -224,7 +225,8 @@ absl::Status PeerService::AddPrepared(const std::string& txn_id,
                      " was aborted by its coordinator; nothing was kept"));
   }
   prepared_[txn_id] = {std::move(ticket), std::move(layer),
-                       std::chrono::steady_clock::now() + timeout};
+                       std::chrono::steady_clock::now() + timeout,
+                       std::move(on_commit)};
   return absl::OkStatus();
 }
 
@@ -336,8 +338,10 @@ grpc::ServerUnaryReactor* PeerService::Commit(
                     }
                     const int64_t id = p.layer->id();
                     const uint64_t bytes = p.layer->bytes();
+                    std::shared_ptr<const Layer> layer = p.layer;
                     absl::Status s =
                         layers_->Commit(p.ticket, std::move(p.layer));
+                    if (s.ok() && p.on_commit) p.on_commit(layer);
                     if (s.ok()) {
                       LogInfo(absl::StrCat("layer ", id, " committed on shard ",
                                            cluster_->self(), ": ", bytes,
@@ -593,7 +597,8 @@ grpc::ServerUnaryReactor* PeerService::StageFiles(
               }
               resp->set_rows_staged(staged->stager->rows_received());
               done(AddPrepared(txn, staged->stager->TakeTicket(),
-                               std::move(staged->layer)));
+                               std::move(staged->layer),
+                               std::move(staged->on_commit)));
             });
       });
 }

@@ -131,9 +131,12 @@ class PeerService final
   // Called by a Stage stream that ended with every held row; takes over
   // the stream's claim on `txn_id`. ABORTED when Abort came first: the
   // rows are dropped and the claim released.
-  absl::Status AddPrepared(const std::string& txn_id,
-                           std::shared_ptr<PopulateTicket> ticket,
-                           std::shared_ptr<Layer> layer);
+  // `on_commit` (may be empty) runs after the layer is committed.
+  absl::Status AddPrepared(
+      const std::string& txn_id, std::shared_ptr<PopulateTicket> ticket,
+      std::shared_ptr<Layer> layer,
+      std::function<void(const std::shared_ptr<const Layer>&)> on_commit =
+          nullptr);
 
   LayerRegistry* layers() { return layers_; }
   MemoryBudget* budget() { return budget_; }
@@ -150,6 +153,8 @@ class PeerService final
     std::shared_ptr<PopulateTicket> ticket;
     std::shared_ptr<Layer> layer;
     std::chrono::steady_clock::time_point expires;
+    // After a successful commit (TableLoader::Staged::on_commit).
+    std::function<void(const std::shared_ptr<const Layer>&)> on_commit;
   };
   // Drops staged rows whose commit never came; expires held versions.
   void DropExpired();

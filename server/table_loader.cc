@@ -457,7 +457,18 @@ void TableLoader::StageForPeer(
         if (spec.layer_id != layer_id) continue;
         auto reader = checkpoint::LayerReader::Open(spec, root_);
         if (!reader.ok()) return reader.status();
-        return StageLayer(**reader);
+        auto hashes = TokenHashes::Prepare(*manifest);
+        if (!hashes.ok()) return hashes.status();
+        absl::StatusOr<Staged> staged = StageLayer(**reader);
+        auto model = hashes->find(layer_id);
+        if (staged.ok() && hashes_ != nullptr && model != hashes->end()) {
+          staged->on_commit = [registry = hashes_, layer_id,
+                               entry = model->second](
+                                  const std::shared_ptr<const Layer>& layer) {
+            registry->Register({{layer_id, entry}}, {layer});
+          };
+        }
+        return staged;
       }
       return absl::NotFoundError(
           absl::StrCat("layer ", layer_id, " is not in the manifest on shard ",

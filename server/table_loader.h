@@ -41,6 +41,10 @@ class TableLoader {
     std::shared_ptr<Layer> layer;
     uint64_t bytes = 0;
     double seconds = 0;
+    // Run with the committed layer once the coordinator commits it (a
+    // peer's StageFiles: registers the manifest's model hash here too, so
+    // every shard answers LookupTokens). May be empty.
+    std::function<void(const std::shared_ptr<const Layer>&)> on_commit;
   };
 
   // `root`: the folder Load requests may read under ("" refuses them;

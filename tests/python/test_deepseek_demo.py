@@ -17,7 +17,7 @@ import pytest
 
 import engram_store
 from engram_store import FailedPreconditionError, InvalidArgumentError
-from test_engram_store import Engramd, to_bfloat16_bits
+from test_engram_store import Cluster, Engramd, to_bfloat16_bits
 from test_quantized import DEEPSEEK, dequantize
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts",
@@ -149,3 +149,24 @@ def test_lookup_tokens_hashes_as_the_model_does():
             assert "lookups[1]: layer 3 has no model hash" in str(e.value)
         finally:
             s.stop()
+
+
+def test_every_shard_learns_the_model_of_a_cluster_load():
+    """A Load through one shard registers the model's hash on every shard
+    that staged the layer (before: only on the coordinator, so the other
+    shards refused LookupTokens with "has no model hash")."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, SCRIPT, d], check=True,
+                       stdout=subprocess.DEVNULL)
+        hasher = engram_store.EngramHasher(os.path.join(d, "config.json"),
+                                           os.path.join(d, "token_map.npy"))
+        with Cluster(3, 2, flags=(f"--load_root={d}",)) as cluster:
+            engram_store.Client(cluster.addresses[0]).load("engram_manifest.json")
+            tokens = np.random.default_rng(9).integers(0, 129280, (2, 5))
+            ids = hasher.hash(14, tokens, None, fused=True)
+            want = engram_store.Client(cluster.addresses[0]).lookup(
+                14, ids, id_form="fused", output_dtype="uint8")
+            for address in cluster.addresses:
+                (got,) = engram_store.Client(address).lookup_tokens(
+                    [14], tokens, output_dtype="uint8")
+                assert np.array_equal(got, want), address

@@ -66,14 +66,15 @@ class Cluster:
     """Three engramd shards on loopback (R = 2) as one cluster: ``shards``,
     their ``addresses``; a context manager that stops them all."""
 
-    def __init__(self, shards=3, replication=2):
+    def __init__(self, shards=3, replication=2, flags=()):
         ports = [free_port() for _ in range(shards)]
         peers = ",".join(f"127.0.0.1:{p}" for p in ports)
         self.addresses = [f"127.0.0.1:{p}" for p in ports]
         self.replication = replication
         self.shards = [Engramd(f"--peers={peers}", f"--shard_index={i}",
-                               f"--replication={replication}", port=ports[i],
-                               wait=False) for i in range(shards)]
+                               f"--replication={replication}", *flags,
+                               port=ports[i], wait=False)
+                       for i in range(shards)]
         try:
             for s in self.shards:
                 s.wait()

@@ -155,10 +155,16 @@ absl::StatusOr<std::set<int64_t>> TableLoader::PrepareStartLoad(
     kept.push_back(std::move(r));
   }
   *readers = std::move(kept);
-  LogInfo(absl::StrCat("--load ", manifest_path, ": ", readers->size(),
-                       readers->size() == 1 ? " layer, " : " layers, ", bytes,
-                       " bytes in checkpoint files; "
-                       "not ready until they are in"));
+  if (readers->empty()) {
+    LogInfo(absl::StrCat("--load ", manifest_path,
+                         ": nothing to read, every layer is stored in "
+                         "--data_dir"));
+  } else {
+    LogInfo(absl::StrCat("--load ", manifest_path, ": ", readers->size(),
+                         readers->size() == 1 ? " layer, " : " layers, ", bytes,
+                         " bytes in checkpoint files; "
+                         "not ready until they are in"));
+  }
   start_readers_ = *std::move(readers);
   return ids;
 }
@@ -182,9 +188,10 @@ absl::StatusOr<std::set<int64_t>> TableLoader::PrepareRestore(
     restores_.push_back({std::move(stored), *std::move(ticket)});
   }
   if (!restores_.empty()) {
-    LogInfo(absl::StrCat("--data_dir ", dir, ": ", restores_.size(),
-                         " stored layers to serve again",
-                         verify ? " (checksums verified first)" : ""));
+    LogInfo(absl::StrCat(
+        "--data_dir ", dir, ": ", restores_.size(),
+        restores_.size() == 1 ? " stored layer" : " stored layers",
+        " to serve again", verify ? " (checksums verified first)" : ""));
   }
   return restored_ids_;
 }

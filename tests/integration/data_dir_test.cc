@@ -35,7 +35,7 @@ class DataDirTest : public ::testing::Test {
   // Stops (or kills) engramd and starts it again with the same flags.
   void Restart(bool kill = false) {
     std::vector<std::string> flags = server_->flags();
-      if (kill) {
+    if (kill) {
       server_->Kill();
     } else {
       EXPECT_EQ(server_->Stop(), 0) << server_->Log();
@@ -143,6 +143,33 @@ TEST_F(DataDirTest, RestartServesTheSameRowsAndVersionsWithoutAnyClient) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->version, 2u);
   ASSERT_TRUE(Exact(1).ok());
+}
+
+// Issue 25: a restart with --load and --data_dir logged "--load M: 0
+// layers, 0 bytes in checkpoint files; not ready until they are in" (and
+// "1 stored layers").
+TEST_F(DataDirTest, ARestartWithLoadSaysWhichLayersTheStoredVersionsServe) {
+  fs::create_directories(dir_.path() + "/ckpt");
+  auto fp8 = testing::MakeFusedFp8Layer(3, {101, 53}, 32, 4);
+  testing::WriteShardedCheckpoint(dir_.path() + "/ckpt", {fp8});
+  const std::string manifest = dir_.path() + "/ckpt/m.json";
+  testing::WriteText(manifest,
+                     testing::Manifest({testing::ManifestLayer(fp8)}));
+  Start({"--load=" + manifest});
+  tables_[3] = fp8.tables;
+  layouts_[3] = fp8.layout;
+  ASSERT_TRUE(Exact(3).ok());
+  Restart();
+  ASSERT_TRUE(Exact(3).ok()) << server_->Log();
+  const std::string log = server_->Log();
+  EXPECT_THAT(log, HasSubstr(": 1 stored layer to serve again"));
+  EXPECT_THAT(log, HasSubstr("--load: layer 3 is stored in --data_dir; the "
+                             "stored version serves"));
+  EXPECT_THAT(log, HasSubstr("--load " + manifest +
+                             ": nothing to read, every layer is stored in "
+                             "--data_dir"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("0 layers")));
+  EXPECT_THAT(log, HasSubstr("start: 1 layer in (--data_dir, --load): 3"));
 }
 
 TEST_F(DataDirTest, KillDashNineMidPopulateOrReplaceLeavesTheOldState) {

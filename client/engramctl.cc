@@ -569,6 +569,16 @@ int Run(int argc, char** argv) {
     address = std::move(flag);
   }
   ClientOptions options = SecurityOptions();
+  // A cluster's status: every shard's line, then the first one's screen.
+  if ((args.command == "status" || args.command == "top") &&
+      address.find(',') != std::string::npos) {
+    ClientOptions each = options;
+    each.timeout =
+        absl::Seconds(std::min<int64_t>(absl::GetFlag(FLAGS_timeout_s), 5));
+    return RunClusterStatus(absl::StrSplit(address, ',', absl::SkipEmpty()),
+                            each, absl::GetFlag(FLAGS_interval_s),
+                            absl::GetFlag(FLAGS_count), args.command == "top");
+  }
   if (std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
     absl::StatusOr<std::string> text = ReadWholeFile(path);
     Check(WithContext(text.status(), "--port_file"));

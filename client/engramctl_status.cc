@@ -203,6 +203,97 @@ int RunStatus(Client& client, const std::string& address, double interval_s,
   return 0;
 }
 
+namespace {
+
+// One line of the cluster screen.
+std::string ShardLine(int index, const std::string& address,
+                      const absl::StatusOr<ServerStatus>& now,
+                      const ServerStatus* before, double interval_s) {
+  std::string line = absl::StrFormat("  %-3d %-28s ", index, address);
+  if (!now.ok()) {
+    return absl::StrCat(line, "UNREACHABLE (",
+                        absl::StatusCodeToString(now.status().code()), ")");
+  }
+  int64_t calls = 0, calls_before = 0;
+  for (const ServerStatus::Calls& c : now->calls) calls += c.calls;
+  if (before != nullptr) {
+    for (const ServerStatus::Calls& c : before->calls) calls_before += c.calls;
+  }
+  absl::StrAppend(&line, absl::StrFormat("%-9s %9s of %-9s %6d",
+                                         now->ready ? "ready" : "NOT READY",
+                                         HumanBytes(now->memory_used_bytes),
+                                         HumanBytes(now->memory_limit_bytes),
+                                         now->layers.size()));
+  if (before != nullptr && interval_s > 0) {
+    absl::StrAppend(
+        &line, absl::StrFormat(" %10.1f", (calls - calls_before) / interval_s));
+  }
+  if (!now->ready) absl::StrAppend(&line, "  ", now->not_ready_reason);
+  return line;
+}
+
+}  // namespace
+
+int RunClusterStatus(const std::vector<std::string>& addresses,
+                     const ClientOptions& options, double interval_s, int count,
+                     bool top) {
+  std::vector<std::unique_ptr<Client>> clients;
+  for (const std::string& address : addresses) {
+    absl::StatusOr<std::unique_ptr<Client>> c =
+        Client::Connect(address, options);
+    if (!c.ok()) {
+      std::cerr << "engramctl: " << address << ": " << c.status() << "\n";
+      return 1;
+    }
+    clients.push_back(*std::move(c));
+  }
+  auto ask = [&] {
+    std::vector<absl::StatusOr<ServerStatus>> all;
+    for (auto& c : clients) all.push_back(c->GetStatus());
+    return all;
+  };
+  std::vector<absl::StatusOr<ServerStatus>> before = ask();
+  const int frames = top ? count : 1;
+  for (int frame = 0; frames == 0 || frame < frames; ++frame) {
+    const auto start = std::chrono::steady_clock::now();
+    if (interval_s > 0) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(interval_s));
+    }
+    std::vector<absl::StatusOr<ServerStatus>> now =
+        interval_s > 0 ? ask() : before;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
+    std::string out = absl::StrFormat(
+        "cluster of %d shards\n  %-3s %-28s %-9s %22s %6s%s\n",
+        static_cast<int>(addresses.size()), "#", "address", "state",
+        "table memory", "layers", interval_s > 0 ? "    calls/s" : "");
+    int first = -1, ready = 0;
+    for (size_t i = 0; i < addresses.size(); ++i) {
+      const ServerStatus* b =
+          interval_s > 0 && before[i].ok() ? &*before[i] : nullptr;
+      absl::StrAppend(
+          &out,
+          ShardLine(static_cast<int>(i), addresses[i], now[i], b, seconds),
+          "\n");
+      if (now[i].ok() && first < 0) first = static_cast<int>(i);
+      if (now[i].ok() && now[i]->ready) ++ready;
+    }
+    absl::StrAppend(&out, ready, " of ", addresses.size(), " ready\n");
+    if (first >= 0) {
+      const ServerStatus* b =
+          interval_s > 0 && before[first].ok() ? &*before[first] : nullptr;
+      absl::StrAppend(&out, "\n",
+                      StatusScreen(addresses[first], *now[first], b, seconds));
+    }
+    if (top && isatty(STDOUT_FILENO)) std::cout << "\033[H\033[2J";
+    std::cout << out << (top ? "\n" : "") << std::flush;
+    if (first < 0 && !top) return 1;
+    before = std::move(now);
+  }
+  return 0;
+}
+
 absl::StatusOr<std::vector<LayerDescription>> LoadWithProgress(
     Client& client, const std::string& manifest) {
   if (!isatty(STDERR_FILENO)) return client.Load(manifest);

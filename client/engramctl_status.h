@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "client/client.h"
 
@@ -28,6 +29,13 @@ std::string StatusScreen(const std::string& address, const ServerStatus& now,
 // status: 0, or 1 when a Status call fails.
 int RunStatus(Client& client, const std::string& address, double interval_s,
               int count, bool top);
+
+// `engramctl status` / `top` given a cluster's addresses: one line per
+// shard (reachable, ready or why not, memory, layers, calls/s), then the
+// full screen of the first shard that answers.
+int RunClusterStatus(const std::vector<std::string>& addresses,
+                     const ClientOptions& options, double interval_s, int count,
+                     bool top);
 
 // `engramctl load`: runs the Load call, showing the server's progress on
 // stderr while it runs when stderr is a terminal.

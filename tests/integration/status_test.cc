@@ -142,6 +142,17 @@ TEST(StatusTest, AShardReportsItsClusterAndWhyItIsNotReady) {
   EXPECT_EQ(s->shards, 2);
   EXPECT_EQ(s->peers_up, 2);
   EXPECT_TRUE(s->ready) << s->not_ready_reason;
+  const std::string both =
+      absl::StrCat((*shards)[0]->address(), ",", (*shards)[1]->address());
+  const std::string ctl = absl::StrCat(testing::EngramctlPath(),
+                                       " --address=", both, " --timeout_s=3 ");
+  std::string out;
+  ASSERT_EQ(testing::RunCommand(ctl + "status --interval_s=0.2", &out), 0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("cluster of 2 shards"));
+  EXPECT_THAT(out, HasSubstr("2 of 2 ready"));
+  EXPECT_THAT(out,
+              ::testing::ContainsRegex("\n  1 +127\.0\.0\.1:[0-9]+ +ready "));
   // Shard 1 gone: its row ranges (R = 1) have no owner.
   (*shards)[1]->Kill();
   const auto deadline =
@@ -155,6 +166,14 @@ TEST(StatusTest, AShardReportsItsClusterAndWhyItIsNotReady) {
   EXPECT_FALSE(s->ready);
   EXPECT_THAT(s->not_ready_reason,
               HasSubstr("no reachable owner: 1 of 2 shards answer"));
+  // The cluster screen names the dead shard and why the other is not ready.
+  EXPECT_EQ(testing::RunCommand(ctl + "status --interval_s=0", &out), 0) << out;
+  EXPECT_THAT(out, HasSubstr("0 of 2 ready"));
+  EXPECT_THAT(
+      out, ::testing::ContainsRegex("\n  1 +127\.0\.0\.1:[0-9]+ +UNREACHABLE"));
+  EXPECT_THAT(out, HasSubstr("NOT READY  "));
+  EXPECT_THAT(
+      out, HasSubstr("ready:   NO - some row ranges have no reachable owner"));
 }
 
 }  // namespace

@@ -93,7 +93,8 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
   // options.superseded_lease (a janitor calls it about once a second;
   // `all`: frees every held version).
   void ExpireHeld(bool all = false);
-  // Versions held for readers that the registry no longer serves.
+  // Versions leased to readers (each stream's current one included) or
+  // held for ended streams' grace.
   int64_t leased_versions() const { return leases_.load(); }
 
  private:

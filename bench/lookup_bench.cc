@@ -469,9 +469,13 @@ int CompareQuant(double seconds, int callers, int channels) {
   for (auto& t : tables) {
     t.resize(layout.table_bytes(0));
     for (size_t i = 0; i < t.size(); ++i) {
-      // Weights of any code; scales near 2^0, as trained tables have them.
-      t[i] =
-          static_cast<uint8_t>(i % kRowBytesQ < 256 ? rng() : 110 + rng() % 20);
+      // Weights as a trained block's are: either sign, normal magnitudes
+      // (exponents 4..15: a block's largest weights near 448 and its
+      // smallest far above E4M3's subnormals); scales near 2^0.
+      const uint64_t r = rng();
+      t[i] = static_cast<uint8_t>(i % kRowBytesQ < 256
+                                      ? (r & 0x80) | (0x20 + (r >> 8) % 0x5e)
+                                      : 110 + r % 20);
     }
   }
   std::vector<std::span<const uint8_t>> spans(tables.begin(), tables.end());

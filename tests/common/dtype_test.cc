@@ -6,6 +6,9 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <vector>
+
+#include "common/float_convert.h"
 
 namespace engram {
 namespace {
@@ -108,6 +111,81 @@ TEST(DTypeTest, ConvertElementsMatchesScalarConversions) {
     EXPECT_EQ(h[i], FloatToFloat16(src[i]));
     EXPECT_EQ(h_from_bf[i], FloatToFloat16(BFloat16ToFloat(bf[i])));
     EXPECT_EQ(Bits(back[i]), Bits(Float16ToFloat(h[i])));
+  }
+}
+
+}  // namespace
+}  // namespace engram
+
+namespace engram {
+namespace {
+
+// Every (scale, weight) pair, in every position of a block, through the
+// row dequantizer (its fast lane path and its table) against the scalar
+// reference: decode both codes exactly, multiply in float32, round.
+TEST(DequantizeFp8RowTest, EveryScaleAndWeightMatchesTheReference) {
+  for (size_t block : {16, 32, 64, 128}) {
+    const size_t weights = 256;
+    for (int s = 0; s < 256; ++s) {
+      for (int rotate = 0; rotate < 2; ++rotate) {
+        // Every block of the row has scale s; the weights run through all
+        // 256 codes (rotated so each code meets other neighbours).
+        std::vector<uint8_t> row(weights + weights / block);
+        for (size_t i = 0; i < weights; ++i) {
+          row[i] = static_cast<uint8_t>(i * (rotate ? 7 : 1) + rotate * 13);
+        }
+        std::fill(row.begin() + weights, row.end(), static_cast<uint8_t>(s));
+        const float scale = convert::Ue8m0ToFloat(static_cast<uint8_t>(s));
+        for (DType to : {DType::kBFloat16, DType::kFloat16}) {
+          std::vector<uint16_t> got(weights, 0x5555);
+          DequantizeFp8Row(row.data(), weights, block, got.data(), to);
+          for (size_t i = 0; i < weights; ++i) {
+            const float value =
+                convert::DequantFp8(convert::Fp8E4M3ToFloat(row[i]), scale);
+            const uint16_t want = to == DType::kBFloat16
+                                      ? convert::FloatToBFloat16(value)
+                                      : convert::FloatToFloat16(value);
+            ASSERT_EQ(got[i], want)
+                << DTypeName(to) << " block " << block << " scale " << s
+                << " weight 0x" << std::hex << int{row[i]};
+          }
+        }
+        std::vector<float> f32(weights);
+        DequantizeFp8Row(row.data(), weights, block, f32.data(),
+                         DType::kFloat32);
+        for (size_t i = 0; i < weights; ++i) {
+          const float want =
+              convert::DequantFp8(convert::Fp8E4M3ToFloat(row[i]), scale);
+          uint32_t a, b;
+          std::memcpy(&a, &f32[i], 4);
+          std::memcpy(&b, &want, 4);
+          ASSERT_EQ(a, b) << "float32 scale " << s;
+        }
+      }
+    }
+  }
+}
+
+// A block with one subnormal or NaN weight among normal ones (the lane
+// path hands the block to the table) and blocks of different scales in
+// one row.
+TEST(DequantizeFp8RowTest, MixedBlocksInOneRow) {
+  const size_t weights = 256, block = 32;
+  std::vector<uint8_t> row(weights + weights / block);
+  for (size_t i = 0; i < weights; ++i)
+    row[i] = static_cast<uint8_t>(0x38 + i % 64);
+  row[40] = 0x03;   // subnormal in block 1
+  row[100] = 0x7f;  // NaN in block 3
+  row[200] = 0x80;  // -0 in block 6
+  const uint8_t scales[8] = {127, 7, 246, 130, 6, 247, 255, 0};
+  std::memcpy(row.data() + weights, scales, 8);
+  std::vector<uint16_t> got(weights);
+  DequantizeFp8Row(row.data(), weights, block, got.data(), DType::kBFloat16);
+  for (size_t i = 0; i < weights; ++i) {
+    const float value =
+        convert::DequantFp8(convert::Fp8E4M3ToFloat(row[i]),
+                            convert::Ue8m0ToFloat(scales[i / block]));
+    ASSERT_EQ(got[i], convert::FloatToBFloat16(value)) << i;
   }
 }
 

@@ -46,12 +46,9 @@ bool DirectReader::TryRead(int shard, int64_t layer_id,
     return false;  // this lookup uses an RPC
   }
   if (entry->remote == nullptr) return false;
-  std::vector<RemoteLayers::Row> ops;
-  ops.reserve(rows.size());
-  for (const Row& row : rows) ops.push_back({row.head, row.row, row.dst});
   // Mapped reads complete before Read returns.
   absl::Status status = absl::UnknownError("read did not complete");
-  layers_.Read(shard, layer_id, entry, layout.row_bytes(), ops,
+  layers_.Read(shard, layer_id, entry, layout.row_bytes(), rows,
                std::chrono::steady_clock::now() + kReadTimeout,
                [&status](absl::Status s) { status = std::move(s); });
   return status.ok();

@@ -21,11 +21,7 @@ namespace engram {
 class DirectReads {
  public:
   virtual ~DirectReads() = default;
-  struct Row {
-    int head;
-    int64_t row;
-    uint8_t* dst;  // row_bytes of the layer's stored dtype
-  };
+  using Row = RowCopy;  // dst: row_bytes of the layer's stored dtype
   // True when every row was copied and validated; false when direct reads
   // are not (yet) possible for this shard and layer: use an RPC.
   virtual bool TryRead(int shard, int64_t layer_id, const LayerLayout& layout,

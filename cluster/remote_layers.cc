@@ -131,7 +131,7 @@ void RemoteLayers::Fetch(
 
 void RemoteLayers::Read(int shard, int64_t layer_id,
                         const std::shared_ptr<const Entry>& entry,
-                        uint64_t row_bytes, const std::vector<Row>& rows,
+                        uint64_t row_bytes, std::span<const Row> rows,
                         std::chrono::steady_clock::time_point deadline,
                         std::function<void(absl::Status)> done) {
   std::vector<transport::ReadOp> ops;

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cluster/exported_layer.h"
+#include "common/layout.h"
 #include "common/mutex.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
 #include "transport/ucx_engine.h"
@@ -52,11 +54,7 @@ class RemoteLayers {
     std::weak_ptr<const void> version;  // the local copy it was fetched for
     bool versioned = false;
   };
-  struct Row {
-    int head;
-    int64_t row;
-    uint8_t* dst;  // row_bytes of the layer's stored dtype
-  };
+  using Row = RowCopy;  // dst: row_bytes of the layer's stored dtype
 
   RemoteLayers(transport::UcxEngine* engine,
                std::vector<internal::v1::EngramPeer::Stub*> stubs,
@@ -82,7 +80,7 @@ class RemoteLayers {
   // before Read returns.
   void Read(int shard, int64_t layer_id,
             const std::shared_ptr<const Entry>& entry, uint64_t row_bytes,
-            const std::vector<Row>& rows,
+            std::span<const Row> rows,
             std::chrono::steady_clock::time_point deadline,
             std::function<void(absl::Status)> done);
   // Drops every entry of `layer_id`.

@@ -23,6 +23,14 @@ struct RowRange {
   bool operator==(const RowRange&) const = default;
 };
 
+// One stored row to copy (row `row` of head table `head`) and where its
+// row_bytes land: what every cluster and direct-read path moves.
+struct RowCopy {
+  int head = 0;
+  int64_t row = 0;
+  uint8_t* dst = nullptr;
+};
+
 // How a uint8 layer's row bytes encode numbers, when they do.
 enum class QuantFormat : int32_t {
   kNone = 0,

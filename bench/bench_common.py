@@ -9,9 +9,12 @@ import time
 import engram_store
 
 
-def bench_args(description: str):
-    """--engramd, --seconds (per figure, split over the rounds), --rounds."""
+def bench_args(description: str, add_flags=None):
+    """--engramd, --seconds (per figure, split over the rounds), --rounds;
+    ``add_flags(parser)`` adds a benchmark's own."""
     p = argparse.ArgumentParser(description=description)
+    if add_flags is not None:
+        add_flags(p)
     p.add_argument("--engramd", default="build/server/engramd")
     p.add_argument("--seconds", type=float, default=3,
                    help="per figure, split over the rounds")

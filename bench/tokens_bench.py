@@ -5,7 +5,12 @@ serving the V4.1-shaped demo checkpoint with 8 heads per order (24 tables
 per layer, like the model).
 
     PYTHONPATH=build/python /usr/bin/python3 bench/tokens_bench.py \\
-        [--engramd=build/server/engramd] [--seconds=3] [--rounds=5]
+        [--engramd=build/server/engramd] [--seconds=3] [--rounds=5] \\
+        [--direct_reads]
+
+--direct_reads: engramd --direct_reads and a direct-reads client, which
+hashes the tokens itself and copies rows out of engramd's memory; the
+comparison is that client's lookup_many of ids hashed beforehand.
 """
 import os
 import subprocess
@@ -21,22 +26,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main():
-    args = bench_args(__doc__.splitlines()[0])
+    args = bench_args(
+        __doc__.splitlines()[0],
+        lambda p: p.add_argument("--direct_reads", action="store_true"))
     with tempfile.TemporaryDirectory() as d:
         subprocess.run([sys.executable,
                         os.path.join(HERE, "..", "scripts",
                                      "make_deepseek_v41_demo.py"), d,
                         "--heads=8", "--vocab=20000"], check=True,
                        stdout=subprocess.DEVNULL)
-        with engramd(args.engramd,
-                     f"--load={d}/engram_manifest.json") as address:
-            client = engram_store.Client(address)
+        flags = [f"--load={d}/engram_manifest.json"]
+        if args.direct_reads:
+            flags.append("--direct_reads")
+        with engramd(args.engramd, *flags) as address:
+            client = engram_store.Client(address,
+                                         direct_reads=args.direct_reads)
             hasher = engram_store.EngramHasher(f"{d}/config.json",
                                                f"{d}/token_map.npy")
             rng = np.random.default_rng(1)
             print(f"tokens_bench: two layers of 24 FP8 tables, bfloat16 "
                   f"rows, {args.rounds} interleaved rounds, "
-                  f"{args.seconds:.1f} s per figure")
+                  f"{args.seconds:.1f} s per figure"
+                  + (", direct reads" if args.direct_reads else ""))
             print(f"  {'shape':22} {'LookupTokens/s':>15} "
                   f"{'hashed+Many/s':>14} {'ratio':>7}")
             per = args.seconds / args.rounds

@@ -13,6 +13,7 @@
 #include "client/device_reads.h"
 #include "client/direct_reads.h"
 #include "client/from_proto.h"
+#include "client/token_lookups.h"
 #include "common/status_context.h"
 #include "engram/v1/engram.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -73,6 +74,9 @@ struct Client::Impl {
 
   // Channel i carries lookup_stubs[i]; both lists rotate together.
   std::vector<std::shared_ptr<grpc::Channel>> lookup_channels;
+
+  // Token lookups hashed here and routed (with `router` only).
+  std::unique_ptr<RoutedTokenLookups> token_lookups;
 
   // Device lookups, made at the first call (null without client_gpu).
   std::once_flag device_once;
@@ -158,6 +162,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::ConnectCluster(
         return last;
       },
       options.direct_reads);
+  impl->token_lookups =
+      std::make_unique<RoutedTokenLookups>(impl->router.get(), options.timeout);
   return client;
 }
 Client::~Client() = default;
@@ -454,6 +460,15 @@ absl::Status Client::LookupTokens(std::span<const int64_t> layer_ids,
     return absl::InvalidArgumentError(
         absl::StrCat("history holds ", history.size(),
                      " ids: not whole rows of B = ", shape[0], " sequences"));
+  }
+  if (impl_->token_lookups != nullptr) {
+    if (static_cast<int64_t>(tokens.size()) != shape[0] * shape[1]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokens has ", tokens.size(), " ids; shape [", shape[0],
+                       ", ", shape[1], "] needs ", shape[0] * shape[1]));
+    }
+    return impl_->token_lookups->Lookup(layer_ids, tokens, shape[0], history,
+                                        outputs, output_dtype);
   }
   v1::LookupTokensRequest request;
   for (int64_t layer : layer_ids) request.add_layer_ids(layer);

@@ -265,8 +265,9 @@ class Client {
   // (`shape` = {B, T}), `history` [B, history_length] each sequence's
   // previous raw ids (oldest first; empty at sequence starts); each layer
   // of `layer_ids` (loaded with its model's hash) fills outputs[i], [B, T,
-  // H, D] of its output dtype. Only through a server (a cluster client
-  // asks its first shard).
+  // H, D] of its output dtype. A direct-reads or cluster client hashes the
+  // tokens itself with each layer's model (fetched once) and reads the
+  // rows from their owners; others send one LookupTokens call.
   absl::Status LookupTokens(std::span<const int64_t> layer_ids,
                             std::span<const int64_t> tokens,
                             std::span<const int64_t> shape,

@@ -52,8 +52,8 @@ class ClusterRouter::Reader final : public ShardReader {
       rows.push_back({read.head(j), read.row(j),
                       convert ? staging.data() + j * row_bytes : read.dst(j)});
     }
-    if (!router_->direct_->TryRead(shard, read.layer_id(), read.layout(),
-                                   rows)) {
+    if (!router_->direct_->TryRead(shard, read.layer_id(), read.layout(), rows,
+                                   read.token_model())) {
       return false;
     }
     if (convert) {
@@ -195,7 +195,8 @@ void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
                            std::span<const int64_t> shape,
                            std::span<uint8_t> output,
                            const LookupOptions& options,
-                           std::function<void(absl::Status)> done) {
+                           std::function<void(absl::Status)> done,
+                           uint64_t token_model) {
   absl::StatusOr<LayerLayout> layout = Layout(layer_id);
   if (!layout.ok()) return done(layout.status());
   LookupArgs args;
@@ -231,6 +232,7 @@ void ClusterRouter::Lookup(int64_t layer_id, std::span<const int64_t> ids,
   lookup.out_dtype = plan->out_dtype;
   lookup.out = output.data();
   lookup.reader = reader_;
+  lookup.token_model = token_model;
   rows_.Read(std::move(lookup),
              [this, layer_id, done = std::move(done)](absl::Status s) {
                // A removed or re-populated layer: fetch its layout afresh next

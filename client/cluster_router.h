@@ -56,10 +56,19 @@ class ClusterRouter {
       bool replace = false);
 
   // Validates like the server, then gathers. `done` runs once.
+  // `token_model` (non-zero): the ids were hashed with it, and only owners
+  // whose layer still has that model answer (else FAILED_PRECONDITION
+  // inside the NOT_FOUND the router reports).
   void Lookup(int64_t layer_id, std::span<const int64_t> ids,
               std::span<const int64_t> shape, std::span<uint8_t> output,
               const LookupOptions& options,
-              std::function<void(absl::Status)> done);
+              std::function<void(absl::Status)> done, uint64_t token_model = 0);
+  // The stubs, for calls the router does not make itself (TokenModel).
+  internal::v1::EngramPeer::Stub* stub(int shard) const {
+    return stubs_[shard].get();
+  }
+  int num_shards() const { return static_cast<int>(stubs_.size()); }
+  bool shard_up(int shard) const { return up(shard); }
 
  private:
   absl::StatusOr<LayerLayout> Layout(int64_t layer_id);

@@ -37,8 +37,8 @@ DirectReader::DirectReader(std::unique_ptr<transport::UcxEngine> engine,
 void DirectReader::Forget(int64_t layer_id) { layers_.Forget(layer_id); }
 
 bool DirectReader::TryRead(int shard, int64_t layer_id,
-                           const LayerLayout& layout,
-                           std::span<const Row> rows) {
+                           const LayerLayout& layout, std::span<const Row> rows,
+                           uint64_t token_model) {
   std::shared_ptr<const RemoteLayers::Entry> entry =
       layers_.Find(shard, layer_id, nullptr);
   if (entry == nullptr) {
@@ -46,6 +46,10 @@ bool DirectReader::TryRead(int shard, int64_t layer_id,
     return false;  // this lookup uses an RPC
   }
   if (entry->remote == nullptr) return false;
+  // Ids hashed with another model than this version's: the owner decides.
+  if (token_model != 0 && entry->exports->token_model() != token_model) {
+    return false;
+  }
   // Mapped reads complete before Read returns.
   absl::Status status = absl::UnknownError("read did not complete");
   layers_.Read(shard, layer_id, entry, layout.row_bytes(), rows,

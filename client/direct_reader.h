@@ -38,7 +38,7 @@ class DirectReader final : public DirectReads {
       std::vector<internal::v1::EngramPeer::Stub*> stubs);
 
   bool TryRead(int shard, int64_t layer_id, const LayerLayout& layout,
-               std::span<const Row> rows) override;
+               std::span<const Row> rows, uint64_t token_model) override;
   void Forget(int64_t layer_id) override;
 
  private:

@@ -23,9 +23,10 @@ class DirectReads {
   virtual ~DirectReads() = default;
   using Row = RowCopy;  // dst: row_bytes of the layer's stored dtype
   // True when every row was copied and validated; false when direct reads
-  // are not (yet) possible for this shard and layer: use an RPC.
+  // are not (yet) possible for this shard and layer, or `token_model` (when
+  // non-zero) is not the one the mapped version has: use an RPC.
   virtual bool TryRead(int shard, int64_t layer_id, const LayerLayout& layout,
-                       std::span<const Row> rows) = 0;
+                       std::span<const Row> rows, uint64_t token_model) = 0;
   virtual void Forget(int64_t layer_id) = 0;
 };
 

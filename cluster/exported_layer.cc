@@ -3,7 +3,8 @@
 namespace engram {
 
 ExportedLayer::ExportedLayer(const internal::v1::TransportResponse& response,
-                             std::vector<std::string>* descriptors) {
+                             std::vector<std::string>* descriptors)
+    : token_model_(response.token_model()) {
   heads_.resize(response.heads_size());
   for (int h = 0; h < response.heads_size(); ++h) {
     for (const auto& r : response.heads(h).ranges()) {

@@ -23,6 +23,8 @@ class ExportedLayer {
                 std::vector<std::string>* descriptors);
 
   int num_heads() const { return static_cast<int>(heads_.size()); }
+  // The token model of the layer version described (0: none).
+  uint64_t token_model() const { return token_model_; }
   // The read that copies row `row` of head `head` (`row_bytes` wide) to
   // `dst`; nullopt when no exported range holds the whole row.
   std::optional<transport::ReadOp> Op(int head, int64_t row, uint64_t row_bytes,
@@ -35,6 +37,7 @@ class ExportedLayer {
     uint32_t region;
   };
   std::vector<std::vector<Range>> heads_;
+  uint64_t token_model_ = 0;
 };
 
 }  // namespace engram

@@ -15,12 +15,13 @@ namespace engram {
 
 ShardRead::ShardRead(int64_t layer_id, const LayerLayout* layout, RowIds ids,
                      std::vector<int64_t> positions, DType out_dtype,
-                     uint8_t* out)
+                     uint8_t* out, uint64_t token_model)
     : layer_id_(layer_id),
       layout_(layout),
       ids_(ids),
       positions_(std::move(positions)),
       out_(out),
+      token_model_(token_model),
       plan_(RowPlan(*layout, out_dtype)) {}
 
 void ShardRead::Put(size_t j, const uint8_t* stored_row) const {
@@ -89,7 +90,7 @@ struct RowRouter::Flight : std::enable_shared_from_this<Flight> {
     for (Position pos : positions) indexes.push_back(pos.index);
     auto read = std::make_shared<ShardRead>(
         lookup.layer_id, lookup.layout, RowIds(lookup.ids, lookup.heads),
-        std::move(indexes), lookup.out_dtype, lookup.out);
+        std::move(indexes), lookup.out_dtype, lookup.out, lookup.token_model);
     outstanding.fetch_add(1, std::memory_order_relaxed);
     auto self = shared_from_this();
     lookup.reader->Read(shard, *read,
@@ -183,6 +184,7 @@ void GatherRowsRpc(grpc::GenericStub* stub,
   call->done = std::move(done);
   internal::v1::GatherRequest request;
   request.set_layer_id(read.layer_id());
+  request.set_token_model(read.token_model());
   request.mutable_heads()->Reserve(static_cast<int>(read.size()));
   request.mutable_row_ids()->Reserve(static_cast<int>(read.size()));
   for (size_t j = 0; j < read.size(); ++j) {

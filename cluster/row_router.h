@@ -30,10 +30,14 @@ namespace engram {
 class ShardRead {
  public:
   ShardRead(int64_t layer_id, const LayerLayout* layout, RowIds ids,
-            std::vector<int64_t> positions, DType out_dtype, uint8_t* out);
+            std::vector<int64_t> positions, DType out_dtype, uint8_t* out,
+            uint64_t token_model = 0);
 
   int64_t layer_id() const { return layer_id_; }
   const LayerLayout& layout() const { return *layout_; }
+  // Non-zero: the ids were hashed with this token model; only a shard
+  // whose layer still has it may answer (GatherRequest.token_model).
+  uint64_t token_model() const { return token_model_; }
   size_t size() const { return positions_.size(); }
   int head(size_t j) const {
     return static_cast<int>(ids_.head(positions_[j], layout_->num_heads()));
@@ -56,6 +60,7 @@ class ShardRead {
   const RowIds ids_;
   const std::vector<int64_t> positions_;
   uint8_t* const out_;
+  const uint64_t token_model_;
   const LookupPlan plan_;  // the row op
 };
 
@@ -105,7 +110,8 @@ class RowRouter {
     DType out_dtype = DType::kFloat32;
     uint8_t* out = nullptr;  // [n, D] of out_dtype, indexed by position
     std::shared_ptr<ShardReader> reader;
-    int skip_shard = -1;  // never asked (a shard that lacks its rows)
+    int skip_shard = -1;       // never asked (a shard that lacks its rows)
+    uint64_t token_model = 0;  // ShardRead::token_model
   };
   // `done` runs once, on any thread, after no row is written any more.
   void Read(Lookup lookup, std::function<void(absl::Status)> done);

@@ -1,5 +1,7 @@
 #include "hash/engram_hash.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
 #include <cstring>
 #include <fstream>
@@ -244,7 +246,40 @@ absl::StatusOr<EngramHasher> EngramHasher::Create(
   }
   hasher.config_ = std::move(config);
   hasher.token_map_ = std::move(token_map);
+  hasher.fingerprint_ = Fingerprint(hasher.config_, hasher.token_map_);
   return hasher;
+}
+
+uint64_t EngramHasher::Fingerprint(const EngramHashConfig& config,
+                                   std::span<const int64_t> token_map) {
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  auto add = [state](std::span<const int64_t> values) {
+    const int64_t n = static_cast<int64_t>(values.size());
+    XXH3_64bits_update(state, &n, sizeof n);  // lists cannot run together
+    XXH3_64bits_update(state, values.data(), values.size_bytes());
+  };
+  add(config.layer_ids);
+  add(config.order_vocab);
+  add(config.num_embeddings);
+  const int64_t image = config.image_token_id.value_or(-1);
+  const int64_t scalars[] = {config.max_ngram,
+                             config.heads,
+                             config.pad_token_id,
+                             config.compressed_vocab,
+                             config.image_token_id.has_value() ? 1 : 0,
+                             image};
+  add(scalars);
+  add(token_map);
+  const uint64_t digest = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return digest == 0 ? 1 : digest;  // 0 means "no model" on the wire
+}
+
+uint64_t EngramHasher::TokenModel(int64_t layer_id) const {
+  const int64_t words[] = {static_cast<int64_t>(fingerprint_), layer_id};
+  const uint64_t id = XXH3_64bits(words, sizeof words);
+  return id == 0 ? 1 : id;
 }
 
 absl::StatusOr<EngramHasher> EngramHasher::Load(

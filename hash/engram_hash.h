@@ -61,6 +61,17 @@ class EngramHasher {
   // mult[k] multiplies the token k positions back; empty when unknown.
   std::span<const int64_t> multipliers(int64_t layer_id) const;
   int64_t compressed_pad() const { return compressed_pad_; }
+  // Identifies the model: equal for an equal config and token map (XXH3 of
+  // both; never 0).
+  uint64_t fingerprint() const { return fingerprint_; }
+  static uint64_t Fingerprint(const EngramHashConfig& config,
+                              std::span<const int64_t> token_map);
+  // Identifies what `layer_id`'s ids mean: the model and the layer (never
+  // 0). A reader that hashed with it asks owners to serve only rows of
+  // that meaning (docs/tokens.md "Direct reads and clusters").
+  uint64_t TokenModel(int64_t layer_id) const;
+  // The raw id -> compressed id map the model was created with.
+  std::span<const int64_t> token_map() const { return token_map_; }
 
   // Hashes tokens [batch, T] (raw ids, row-major) of `layer_id` into out
   // [batch, T, ids_per_position()]. `history` [batch, h] (h <= N - 1, may
@@ -92,6 +103,7 @@ class EngramHasher {
   EngramHashConfig config_;
   std::vector<int64_t> token_map_;
   int64_t compressed_pad_ = 0;
+  uint64_t fingerprint_ = 0;
   std::vector<Layer> layers_;
 };
 

@@ -310,26 +310,7 @@ grpc::ServerUnaryReactor* EngramService::LookupTokens(
   // populated or replaced since (another version) is refused, not misread.
   ServeMany(*context, reactor, response, Method::kLookupTokens, calls,
             [hashes](int i, const LookupCall& call) -> absl::Status {
-              const uint64_t loaded = hashes[i].layer_version;
-              if (loaded != 0 && call.layer->version() != loaded) {
-                return absl::FailedPreconditionError(absl::StrCat(
-                    "layer ", call.layer->id(), " is version ",
-                    call.layer->version(), "; its model hash came with version ",
-                    loaded,
-                    " (populated or replaced since, without a model): load it "
-                    "with a manifest that names its model"));
-              }
-              std::span<const int64_t> primes =
-                  hashes[i].hasher->table_sizes(hashes[i].engram_layer);
-              const auto& sizes = call.layer->layout().table_vocab_sizes;
-              if (std::equal(primes.begin(), primes.end(), sizes.begin(),
-                             sizes.end())) {
-                return absl::OkStatus();
-              }
-              return absl::FailedPreconditionError(absl::StrCat(
-                  "layer ", call.layer->id(),
-                  " no longer has the tables its model hash addresses (it "
-                  "was populated again); load it with its model again"));
+              return TokenHashes::CheckCurrent(hashes[i], *call.layer);
             });
   return reactor;
 }

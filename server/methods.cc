@@ -37,6 +37,9 @@ constexpr MethodInfo kMethods[kNumMethods] = {
      true},
     {Method::kStageFiles, ENGRAM_PEER "StageFiles", "StageFiles", kRightPeer,
      true},
+    // Clients that hash token ids themselves (direct reads, cluster).
+    {Method::kTokenModel, ENGRAM_PEER "TokenModel", "TokenModel", kRightRead,
+     false},
 };
 
 #undef ENGRAM_PUBLIC

@@ -41,9 +41,10 @@ enum class Method : int {
   kWatchLayer,
   kRemoveLocal,
   kStageFiles,
+  kTokenModel,
 };
 inline constexpr int kNumPublicMethods = 10;
-inline constexpr int kNumMethods = 18;
+inline constexpr int kNumMethods = 19;
 
 struct MethodInfo {
   Method method;

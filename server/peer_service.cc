@@ -183,6 +183,7 @@ PeerService::PeerService(Parts parts)
       transport_(parts.transport),
       watchdog_(parts.watchdog),
       loader_(parts.loader),
+      hashes_(parts.hashes),
       auth_(parts.auth),
       data_dir_(std::move(parts.data_dir)),
       limits_(parts.limits) {
@@ -425,6 +426,13 @@ grpc::ServerUnaryReactor* PeerService::Gather(
     reactor->Finish(ToGrpcStatus(s));
     return reactor;
   }
+  if (request.token_model() != 0) {
+    if (absl::Status s = CheckTokenModel(*layer, request.token_model());
+        !s.ok()) {
+      reactor->Finish(ToGrpcStatus(s));
+      return reactor;
+    }
+  }
   const int n = request.row_ids_size();
   const uint64_t data_bytes =
       static_cast<uint64_t>(n) * layer->layout().row_bytes();
@@ -521,7 +529,71 @@ absl::Status PeerService::DescribeExports(
   std::shared_ptr<const Layer> layer = layers_->Find(layer_id);
   if (layer == nullptr) return Missing(layer_id);
   DescribeLayerExports(*layer, *transport_, access, response);
+  if (hashes_ != nullptr) {
+    absl::StatusOr<TokenHashes::Entry> model = hashes_->FindCurrent(*layer);
+    if (model.ok()) {
+      response->set_token_model(model->hasher->TokenModel(model->engram_layer));
+    }
+  }
   return absl::OkStatus();
+}
+
+absl::Status PeerService::CheckTokenModel(const Layer& layer,
+                                          uint64_t token_model) const {
+  absl::StatusOr<TokenHashes::Entry> model =
+      hashes_ != nullptr ? hashes_->FindCurrent(layer)
+                         : absl::FailedPreconditionError(absl::StrCat(
+                               "layer ", layer.id(), " has no model hash"));
+  if (!model.ok()) return model.status();
+  if (model->hasher->TokenModel(model->engram_layer) != token_model) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer.id(), " on shard ", cluster_->self(),
+        " was loaded with another model hash than the ids were hashed with: "
+        "fetch its model again"));
+  }
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* PeerService::TokenModel(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  if (auto* refused = RefuseUnary(auth_, context, Method::kTokenModel)) {
+    return refused;
+  }
+  return ServeRaw<internal::v1::TokenModelRequest,
+                  internal::v1::TokenModelResponse>(
+      context, request, response,
+      [this](const internal::v1::TokenModelRequest& req,
+             internal::v1::TokenModelResponse* reply, RawDone done) {
+        std::shared_ptr<const Layer> layer = layers_->Find(req.layer_id());
+        if (layer == nullptr) return done(Missing(req.layer_id()));
+        absl::StatusOr<TokenHashes::Entry> model =
+            hashes_ != nullptr
+                ? hashes_->FindCurrent(*layer)
+                : absl::FailedPreconditionError(absl::StrCat(
+                      "layer ", layer->id(), " has no model hash"));
+        if (!model.ok()) return done(model.status());
+        const EngramHasher& hasher = *model->hasher;
+        const EngramHashConfig& c = hasher.config();
+        internal::v1::HashConfig* config = reply->mutable_config();
+        config->mutable_layer_ids()->Add(c.layer_ids.begin(),
+                                         c.layer_ids.end());
+        config->set_max_ngram(c.max_ngram);
+        config->set_heads(c.heads);
+        config->mutable_order_vocab()->Add(c.order_vocab.begin(),
+                                           c.order_vocab.end());
+        config->mutable_num_embeddings()->Add(c.num_embeddings.begin(),
+                                              c.num_embeddings.end());
+        config->set_pad_token_id(c.pad_token_id);
+        config->set_compressed_vocab(c.compressed_vocab);
+        config->set_has_image_token(c.image_token_id.has_value());
+        config->set_image_token_id(c.image_token_id.value_or(0));
+        std::span<const int64_t> map = hasher.token_map();
+        reply->set_token_map(map.data(), map.size_bytes());
+        reply->set_engram_layer(model->engram_layer);
+        reply->set_token_model(hasher.TokenModel(model->engram_layer));
+        done(absl::OkStatus());
+      });
 }
 
 grpc::ServerBidiReactor<internal::v1::WatchLayerRequest,

@@ -26,6 +26,7 @@
 #include "server/pending_responses.h"
 #include "server/raw_unary.h"
 #include "server/read_stream.h"
+#include "server/token_hashes.h"
 #include "store/layer_registry.h"
 #include "transport/ucx_engine.h"
 
@@ -52,7 +53,9 @@ class PeerService final
                               internal::v1::EngramPeer::
                                   WithRawCallbackMethod_StageFiles<
                                       internal::v1::EngramPeer::
-                                          CallbackService>>>>>> {
+                                          WithRawCallbackMethod_TokenModel<
+                                              internal::v1::EngramPeer::
+                                                  CallbackService>>>>>>> {
  public:
   // What one Gather may ask for, and the charge for unsent responses.
   struct GatherLimits {
@@ -79,6 +82,9 @@ class PeerService final
     StreamWatchdog* watchdog = nullptr;
     // Reads this shard's rows for StageFiles.
     TableLoader* loader = nullptr;
+    // Model hashes of served layers: TokenModel answers from them, Gather
+    // and Transport check and name a reader's token model against them.
+    const TokenHashes* hashes = nullptr;
     // --data_dir: staged shard tables are files there.
     std::string data_dir;
     GatherLimits limits;
@@ -101,6 +107,9 @@ class PeerService final
   grpc::ServerUnaryReactor* Transport(grpc::CallbackServerContext* context,
                                       const grpc::ByteBuffer* request,
                                       grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* TokenModel(grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* RemoveLocal(grpc::CallbackServerContext* context,
                                         const grpc::ByteBuffer* request,
                                         grpc::ByteBuffer* response) override;
@@ -161,6 +170,8 @@ class PeerService final
   // Why `layer_id` is not here: NOT_FOUND, or UNAVAILABLE while this shard
   // recovers it from replicas (or cannot).
   absl::Status Missing(int64_t layer_id) const;
+  // OK when `layer` still has the model `token_model` names.
+  absl::Status CheckTokenModel(const Layer& layer, uint64_t token_model) const;
   absl::Status DescribeExports(int64_t layer_id, ExportAccess access,
                                internal::v1::TransportResponse* response) const;
 
@@ -172,6 +183,7 @@ class PeerService final
   ExportMapper exporter_;
   StreamWatchdog* const watchdog_;
   TableLoader* const loader_;
+  const TokenHashes* const hashes_;
   const Authorizer* const auth_;
   const std::string data_dir_;
   const GatherLimits limits_;

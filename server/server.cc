@@ -397,6 +397,7 @@ absl::Status EngramServer::Start() {
   peer.auth = auth_.get();
   peer.watchdog = &watchdog_;
   peer.loader = loader_.get();
+  peer.hashes = &token_hashes_;
   peer.data_dir = config_.data_dir;
   peer.limits = {config_.max_lookup_rows, config_.max_message_bytes, &pending_,
                  &pool_};

@@ -68,6 +68,40 @@ void TokenHashes::Register(
   }
 }
 
+absl::Status TokenHashes::CheckCurrent(const Entry& entry, const Layer& layer) {
+  const uint64_t loaded = entry.layer_version;
+  if (loaded != 0 && layer.version() != loaded) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer.id(), " is version ", layer.version(),
+        "; its model hash came with version ", loaded,
+        " (populated or replaced since, without a model): load it with a "
+        "manifest that names its model"));
+  }
+  std::span<const int64_t> primes =
+      entry.hasher->table_sizes(entry.engram_layer);
+  const auto& sizes = layer.layout().table_vocab_sizes;
+  if (!std::equal(primes.begin(), primes.end(), sizes.begin(), sizes.end())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer.id(),
+        " no longer has the tables its model hash addresses (it was "
+        "populated again); load it with its model again"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TokenHashes::Entry> TokenHashes::FindCurrent(
+    const Layer& layer) const {
+  std::optional<Entry> entry = Find(layer.id());
+  if (!entry) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer.id(),
+        " has no model hash: load it with a manifest whose \"model\" names "
+        "config.json and the token map (docs/tokens.md)"));
+  }
+  if (absl::Status s = CheckCurrent(*entry, layer); !s.ok()) return s;
+  return *std::move(entry);
+}
+
 std::optional<TokenHashes::Entry> TokenHashes::Find(int64_t layer_id) const {
   MutexLock lock(&mu_);
   auto it = by_layer_.find(layer_id);

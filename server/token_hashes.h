@@ -44,6 +44,13 @@ class TokenHashes {
   // layer's current version and tables against the entry: a layer
   // populated again is refused, not misread.)
   std::optional<Entry> Find(int64_t layer_id) const;
+  // OK when `entry` still describes `layer` (the layer version the model
+  // came with, the tables its hash addresses); FAILED_PRECONDITION naming
+  // both versions, or the tables, otherwise.
+  static absl::Status CheckCurrent(const Entry& entry, const Layer& layer);
+  // The served layer's entry when it is current: FAILED_PRECONDITION when
+  // it has no model ("has no model hash") or CheckCurrent fails.
+  absl::StatusOr<Entry> FindCurrent(const Layer& layer) const;
 
  private:
   mutable Mutex mu_;

@@ -577,7 +577,8 @@ class Client:
         raw ids, oldest first (None: every sequence starts here). Each layer
         of ``layer_ids`` (loaded with its model's hash) gives ``[B, T, H,
         D]`` rows, in order: the server hashes the tokens as the model
-        does, then gathers. ``out``: one C-contiguous array per layer to
+        does, then gathers (a direct-reads or cluster client hashes them
+        itself and reads the rows from their owners). ``out``: one C-contiguous array per layer to
         fill (a step's reused buffers), checked before anything is sent;
         returned."""
         if isinstance(layer_ids, int):

@@ -6,10 +6,12 @@ parser.
 """
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -170,3 +172,98 @@ def test_every_shard_learns_the_model_of_a_cluster_load():
                 (got,) = engram_store.Client(address).lookup_tokens(
                     [14], tokens, output_dtype="uint8")
                 assert np.array_equal(got, want), address
+
+
+def _rpc_rows(address, layers, tokens, hist):
+    return engram_store.Client(address).lookup_tokens(
+        layers, tokens, history=hist, output_dtype="uint8")
+
+
+def test_a_direct_reads_client_hashes_tokens_itself_and_reads_shard_memory():
+    """With direct reads the client hashes token ids with the layer's model
+    (fetched once from the server) and copies the rows out of engramd's
+    memory: the same rows as the server's LookupTokens, no LookupTokens
+    call reaches the server, and they keep coming while it is frozen. A
+    layer populated again without a model is refused with the server's
+    reason, not read with the old model's ids."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, SCRIPT, d], check=True,
+                       stdout=subprocess.DEVNULL)
+        s = Engramd("--direct_reads", f"--load={d}/engram_manifest.json")
+        try:
+            rpc = engram_store.Client(s.address)
+            direct = engram_store.Client(s.address, direct_reads=True,
+                                         timeout_s=10)
+            rng = np.random.default_rng(11)
+            tokens = rng.integers(0, 129280, (3, 4))
+            tokens[2, 1] = 129264  # the image token
+            history = rng.integers(0, 129280, (3, 2))
+            for hist in (None, history):
+                want = _rpc_rows(s.address, [1, 14], tokens, hist)
+                got = direct.lookup_tokens([1, 14], tokens, history=hist,
+                                           output_dtype="uint8")
+                assert all(np.array_equal(a, b) for a, b in zip(got, want))
+                bf16 = direct.lookup_tokens([14], tokens, history=hist,
+                                            output_dtype="bfloat16")
+                assert np.array_equal(
+                    bf16[0], rpc.lookup_tokens([14], tokens, history=hist,
+                                               output_dtype="bfloat16")[0])
+            calls = rpc.status()["calls"]["LookupTokens"]["calls"]
+            assert calls == 4, calls  # the RPC client's, none of direct's
+            # Frozen server: every row still comes from its memory (the
+            # first direct lookups attached it).
+            want = _rpc_rows(s.address, [1, 14], tokens, None)
+            for _ in range(20):  # attachments are made in the background
+                direct.lookup_tokens([1, 14], tokens, output_dtype="uint8")
+                time.sleep(0.05)
+            s.proc.send_signal(signal.SIGSTOP)
+            try:
+                got = direct.lookup_tokens([1, 14], tokens,
+                                           output_dtype="uint8")
+                assert all(np.array_equal(a, b) for a, b in zip(got, want))
+            finally:
+                s.proc.send_signal(signal.SIGCONT)
+            # Populated again with the same sizes but no model.
+            sizes = rpc.describe(1).table_vocab_sizes
+            rpc.remove(1)
+            rpc.populate(1, [np.zeros((n, 264), np.uint8) for n in sizes])
+            with pytest.raises(FailedPreconditionError) as e:
+                direct.lookup_tokens([14, 1], tokens, output_dtype="uint8")
+            assert ("lookups[1]: layer 1 is version 2; its model hash came "
+                    "with version 1") in str(e.value)
+            # The other layer is untouched and still served.
+            (got,) = direct.lookup_tokens([14], tokens, output_dtype="uint8")
+            assert np.array_equal(got, want[1])
+        finally:
+            s.stop()
+
+
+def test_a_cluster_client_hashes_tokens_itself_and_asks_the_owners():
+    """A cluster client hashes with the model every shard learnt from the
+    Load and reads from the rows' owners: the same rows as a shard's
+    LookupTokens, and no shard serves a LookupTokens call for it."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, SCRIPT, d], check=True,
+                       stdout=subprocess.DEVNULL)
+        with Cluster(3, 2, flags=(f"--load_root={d}",)) as cluster:
+            engram_store.Client(cluster.addresses[0]).load(
+                "engram_manifest.json")
+            tokens = np.random.default_rng(3).integers(0, 129280, (2, 5))
+            routed = engram_store.Client.cluster(cluster.addresses, 2)
+            got = routed.lookup_tokens([1, 14], tokens, output_dtype="uint8")
+            want = _rpc_rows(cluster.addresses[1], [1, 14], tokens, None)
+            assert all(np.array_equal(a, b) for a, b in zip(got, want))
+            served = [engram_store.Client(a).status()["calls"]
+                      .get("LookupTokens", {"calls": 0})["calls"]
+                      for a in cluster.addresses]
+            assert served == [0, 1, 0], served
+            # Populated again (zeros, same sizes) without a model: the
+            # owners refuse the cached model's ids (before, the client got
+            # the new zero rows), and the reason is the server's.
+            c = engram_store.Client(cluster.addresses[0])
+            sizes = c.describe(1).table_vocab_sizes
+            c.remove(1)
+            c.populate(1, [np.zeros((n, 264), np.uint8) for n in sizes])
+            with pytest.raises(FailedPreconditionError) as e:
+                routed.lookup_tokens([1], tokens, output_dtype="uint8")
+            assert "its model hash came with version" in str(e.value)

@@ -47,7 +47,8 @@ bool DirectReader::TryRead(int shard, int64_t layer_id,
   }
   if (entry->remote == nullptr) return false;
   // Ids hashed with another model than this version's: the owner decides.
-  if (token_model != 0 && entry->exports->token_model() != token_model) {
+  const uint64_t exported = entry->exports->token_model();
+  if (token_model != 0 && exported != 0 && exported != token_model) {
     return false;
   }
   // Mapped reads complete before Read returns.

@@ -23,7 +23,8 @@ class ExportedLayer {
                 std::vector<std::string>* descriptors);
 
   int num_heads() const { return static_cast<int>(heads_.size()); }
-  // The token model of the layer version described (0: none).
+  // The token model of the layer version described (0: the owner knows
+  // none; kStaleTokenModel: its model is stale there).
   uint64_t token_model() const { return token_model_; }
   // The read that copies row `row` of head `head` (`row_bytes` wide) to
   // `dst`; nullopt when no exported range holds the whole row.

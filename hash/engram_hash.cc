@@ -279,7 +279,7 @@ uint64_t EngramHasher::Fingerprint(const EngramHashConfig& config,
 uint64_t EngramHasher::TokenModel(int64_t layer_id) const {
   const int64_t words[] = {static_cast<int64_t>(fingerprint_), layer_id};
   const uint64_t id = XXH3_64bits(words, sizeof words);
-  return id == 0 ? 1 : id;
+  return id == 0 || id == kStaleTokenModel ? 1 : id;
 }
 
 absl::StatusOr<EngramHasher> EngramHasher::Load(

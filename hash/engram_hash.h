@@ -36,6 +36,11 @@ struct EngramHashConfig {
                                                    std::string_view what);
 };
 
+// What an owner exports for a layer whose model is stale there (populated
+// again since without one): no token model matches it. 0 means the owner
+// never learnt a model for the layer.
+inline constexpr uint64_t kStaleTokenModel = ~uint64_t{0};
+
 // One model's hash: its config, its token map (raw id -> compressed id)
 // and, per Engram layer, the multipliers and table sizes derived from
 // them. Immutable after Create; thread-safe.
@@ -67,8 +72,8 @@ class EngramHasher {
   static uint64_t Fingerprint(const EngramHashConfig& config,
                               std::span<const int64_t> token_map);
   // Identifies what `layer_id`'s ids mean: the model and the layer (never
-  // 0). A reader that hashed with it asks owners to serve only rows of
-  // that meaning (docs/tokens.md "Direct reads and clusters").
+  // 0 or kStaleTokenModel). A reader that hashed with it asks owners to serve
+  // only rows of that meaning (docs/tokens.md "Direct reads and clusters").
   uint64_t TokenModel(int64_t layer_id) const;
   // The raw id -> compressed id map the model was created with.
   std::span<const int64_t> token_map() const { return token_map_; }

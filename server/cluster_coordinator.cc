@@ -225,7 +225,8 @@ class CoordinatorReader final : public ShardReader {
     }
     const Clock::time_point start = Clock::now();
     rma_->Read(
-        shard, layer_, std::move(rows), start + kPeerReadTimeout,
+        shard, layer_, std::move(rows), read.token_model(),
+        start + kPeerReadTimeout,
         [this, shard, &read, staging, start, row_bytes,
          done = std::move(done)](absl::Status s) mutable {
           if (!s.ok()) {
@@ -280,7 +281,8 @@ grpc::ServerReadReactor<v1::PopulateRequest>* ClusterCoordinator::NewPopulate(
 
 void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer, RowIds ids,
                                 int64_t n, DType out_dtype, uint8_t* out,
-                                std::function<void(absl::Status)> done) {
+                                std::function<void(absl::Status)> done,
+                                uint64_t token_model) {
   const LayerLayout& l = layer->layout();
   const int heads = l.num_heads();
   const size_t row_bytes = l.row_bytes();
@@ -316,6 +318,7 @@ void ClusterCoordinator::Gather(std::shared_ptr<const Layer> layer, RowIds ids,
   lookup.reader =
       std::make_shared<CoordinatorReader>(cluster_, metrics_, rma_, layer);
   lookup.skip_shard = layer->has_rows() ? -1 : cluster_->self();
+  lookup.token_model = token_model;
   router_.Read(std::move(lookup), std::move(done));
 }
 

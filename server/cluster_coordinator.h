@@ -41,9 +41,11 @@ class ClusterCoordinator {
   // ranges are read locally, the rest from their owners), converted to
   // `out_dtype`; `done` runs once, on some thread. UNAVAILABLE naming the
   // shards when no owner of some row answers.
+  // `token_model` (non-zero): the ids were hashed with it; other shards
+  // serve only while their layer has it (ShardRead::token_model).
   void Gather(std::shared_ptr<const Layer> layer, RowIds ids, int64_t n,
               DType out_dtype, uint8_t* out,
-              std::function<void(absl::Status)> done);
+              std::function<void(absl::Status)> done, uint64_t token_model = 0);
 
   void Remove(int64_t layer_id, bool force,
               std::function<void(absl::StatusOr<int>)> done);

@@ -303,6 +303,7 @@ grpc::ServerUnaryReactor* EngramService::LookupTokens(
       std::memcpy(row_ids->data(), ids_copy.data(), row_ids->size());
     }
     call->request.set_output_dtype(req.output_dtype());
+    call->token_model = entry->hasher->TokenModel(entry->engram_layer);
     calls.push_back(std::move(call));
     hashes.push_back(*std::move(entry));
   }
@@ -439,9 +440,10 @@ void EngramService::GatherInto(const std::shared_ptr<LookupCall>& call,
       // Local rows and mapped remote rows are copied by the caller of
       // Gather: big lookups hand that to the pool instead of the reactor.
       auto run = [this, call, n, out_dtype, rows, done = std::move(done)] {
-        cluster_->Gather(call->layer, {call->ids, call->heads}, n, out_dtype,
-                         rows,
-                         [done](absl::Status s) { done(std::move(s), false); });
+        cluster_->Gather(
+            call->layer, {call->ids, call->heads}, n, out_dtype, rows,
+            [done](absl::Status s) { done(std::move(s), false); },
+            call->token_model);
       };
       if (n >= kParallelGatherMinRows) {
         pool_->Submit(std::move(run));

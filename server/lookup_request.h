@@ -48,6 +48,9 @@ struct LookupCall {
   bool dequantizes = false;
   size_t out_row_bytes = 0;
   std::chrono::steady_clock::time_point start;
+  // LookupTokens: the model the ids were hashed with (0: plain ids); other
+  // shards serve their rows only while their layer has it.
+  uint64_t token_model = 0;
 };
 
 // Resolves the layer and checks everything about `call->request` (ids,

@@ -37,11 +37,12 @@ PeerRmaReader::PeerRmaReader(transport::UcxEngine* engine,
                   }}) {}
 
 void PeerRmaReader::Read(int shard, std::shared_ptr<const Layer> layer,
-                         std::vector<Row> rows,
+                         std::vector<Row> rows, uint64_t token_model,
                          std::chrono::steady_clock::time_point deadline,
                          std::function<void(absl::Status)> done) {
   if (auto entry = layers_.Find(shard, layer->id(), layer)) {
-    ReadWith(shard, *layer, entry, rows, deadline, std::move(done));
+    ReadWith(shard, *layer, entry, rows, token_model, deadline,
+             std::move(done));
     return;
   }
   const int heads = layer->layout().num_heads();
@@ -51,8 +52,8 @@ void PeerRmaReader::Read(int shard, std::shared_ptr<const Layer> layer,
   std::shared_ptr<const void> version = layer;
   layers_.Fetch(
       shard, id, heads, std::move(version),
-      [this, shard, layer = std::move(layer), rows = std::move(rows), deadline,
-       done = std::move(done)](
+      [this, shard, layer = std::move(layer), rows = std::move(rows),
+       token_model, deadline, done = std::move(done)](
           absl::StatusOr<std::shared_ptr<const RemoteLayers::Entry>>
               entry) mutable {
         if (!entry.ok()) {
@@ -63,18 +64,25 @@ void PeerRmaReader::Read(int shard, std::shared_ptr<const Layer> layer,
                    : absl::UnavailableError(entry.status().message()));
           return;
         }
-        ReadWith(shard, *layer, *entry, rows, deadline, std::move(done));
+        ReadWith(shard, *layer, *entry, rows, token_model, deadline,
+                 std::move(done));
       });
 }
 
 void PeerRmaReader::ReadWith(
     int shard, const Layer& layer,
     const std::shared_ptr<const RemoteLayers::Entry>& entry,
-    const std::vector<Row>& rows,
+    const std::vector<Row>& rows, uint64_t token_model,
     std::chrono::steady_clock::time_point deadline,
     std::function<void(absl::Status)> done) {
   if (entry->remote == nullptr) {
     done(absl::FailedPreconditionError("gather path chosen for this shard"));
+    return;
+  }
+  const uint64_t exported = entry->exports->token_model();
+  if (token_model != 0 && exported != 0 && exported != token_model) {
+    done(absl::FailedPreconditionError(
+        "exported with another token model: the owner decides"));
     return;
   }
   layers_.Read(shard, layer.id(), entry, layer.layout().row_bytes(), rows,

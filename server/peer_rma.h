@@ -39,15 +39,17 @@ class PeerRmaReader {
   // the attachment is being set up, or auto mode found only emulated
   // reads). Other errors: the read failed (some dsts may be written); the
   // caller falls back to gather.
+  // `token_model` (non-zero): only exports of a version with that model are
+  // read (else FAILED_PRECONDITION: the gather path asks the owner).
   void Read(int shard, std::shared_ptr<const Layer> layer,
-            std::vector<Row> rows,
+            std::vector<Row> rows, uint64_t token_model,
             std::chrono::steady_clock::time_point deadline,
             std::function<void(absl::Status)> done);
 
  private:
   void ReadWith(int shard, const Layer& layer,
                 const std::shared_ptr<const RemoteLayers::Entry>& entry,
-                const std::vector<Row>& rows,
+                const std::vector<Row>& rows, uint64_t token_model,
                 std::chrono::steady_clock::time_point deadline,
                 std::function<void(absl::Status)> done);
 

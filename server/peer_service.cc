@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_context.h"
 #include "proto/convert.h"
 #include "proto/wire_format.h"
 #include "server/log.h"
@@ -529,22 +530,29 @@ absl::Status PeerService::DescribeExports(
   std::shared_ptr<const Layer> layer = layers_->Find(layer_id);
   if (layer == nullptr) return Missing(layer_id);
   DescribeLayerExports(*layer, *transport_, access, response);
-  if (hashes_ != nullptr) {
-    absl::StatusOr<TokenHashes::Entry> model = hashes_->FindCurrent(*layer);
-    if (model.ok()) {
-      response->set_token_model(model->hasher->TokenModel(model->engram_layer));
-    }
+  std::optional<TokenHashes::Entry> model =
+      hashes_ != nullptr ? hashes_->Find(layer_id) : std::nullopt;
+  if (model) {
+    response->set_token_model(
+        TokenHashes::CheckCurrent(*model, *layer).ok()
+            ? model->hasher->TokenModel(model->engram_layer)
+            : kStaleTokenModel);
   }
   return absl::OkStatus();
 }
 
 absl::Status PeerService::CheckTokenModel(const Layer& layer,
                                           uint64_t token_model) const {
-  absl::StatusOr<TokenHashes::Entry> model =
-      hashes_ != nullptr ? hashes_->FindCurrent(layer)
-                         : absl::FailedPreconditionError(absl::StrCat(
-                               "layer ", layer.id(), " has no model hash"));
-  if (!model.ok()) return model.status();
+  std::optional<TokenHashes::Entry> model =
+      hashes_ != nullptr ? hashes_->Find(layer.id()) : std::nullopt;
+  // A shard that never learnt the layer's model (restarted without
+  // --load) serves: its rows came from the same cluster-wide populate or
+  // load as every other shard's, and a shard that knew the model says
+  // when the layer changed since.
+  if (!model) return absl::OkStatus();
+  if (absl::Status s = TokenHashes::CheckCurrent(*model, layer); !s.ok()) {
+    return WithContext(s, absl::StrCat("shard ", cluster_->self()));
+  }
   if (model->hasher->TokenModel(model->engram_layer) != token_model) {
     return absl::FailedPreconditionError(absl::StrCat(
         "layer ", layer.id(), " on shard ", cluster_->self(),

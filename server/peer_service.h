@@ -170,7 +170,8 @@ class PeerService final
   // Why `layer_id` is not here: NOT_FOUND, or UNAVAILABLE while this shard
   // recovers it from replicas (or cannot).
   absl::Status Missing(int64_t layer_id) const;
-  // OK when `layer` still has the model `token_model` names.
+  // OK when `layer` still has the model `token_model` names, or this shard
+  // never learnt one for it.
   absl::Status CheckTokenModel(const Layer& layer, uint64_t token_model) const;
   absl::Status DescribeExports(int64_t layer_id, ExportAccess access,
                                internal::v1::TransportResponse* response) const;

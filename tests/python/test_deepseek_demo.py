@@ -257,6 +257,25 @@ def test_a_cluster_client_hashes_tokens_itself_and_asks_the_owners():
                       .get("LookupTokens", {"calls": 0})["calls"]
                       for a in cluster.addresses]
             assert served == [0, 1, 0], served
+            # Shard 2 restarted without the model: it recovers its rows from
+            # replicas and still serves them to readers that hashed with the
+            # model elsewhere (the routed client, shard 0's LookupTokens);
+            # only its own LookupTokens lacks the model.
+            old = cluster.shards[2]
+            old.stop()
+            restarted = Engramd(*old.proc.args[2:], port=old.port)
+            cluster.shards[2] = restarted
+            c2 = engram_store.Client(restarted.address)
+            deadline = time.time() + 30
+            while {1, 14} - {l["layer_id"] for l in c2.status()["layers"]}:
+                assert time.time() < deadline, "shard 2 did not recover"
+                time.sleep(0.1)
+            got = routed.lookup_tokens([1, 14], tokens, output_dtype="uint8")
+            assert all(np.array_equal(a, b) for a, b in zip(got, want))
+            got = _rpc_rows(cluster.addresses[0], [1, 14], tokens, None)
+            assert all(np.array_equal(a, b) for a, b in zip(got, want))
+            with pytest.raises(FailedPreconditionError, match="no model hash"):
+                c2.lookup_tokens([14], tokens)
             # Populated again (zeros, same sizes) without a model: the
             # owners refuse the cached model's ids (before, the client got
             # the new zero rows), and the reason is the server's.

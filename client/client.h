@@ -91,6 +91,10 @@ struct ServerStatus {
     bool gpu_resident = false;
     int64_t stored_bytes = 0;  // in --data_dir files
     int64_t resident_bytes = 0;
+    // Token lookups (docs/tokens.md): no model hash, LookupTokens answers,
+    // or populated again since without a model.
+    enum class TokenModel { kNone, kCurrent, kStale };
+    TokenModel token_model = TokenModel::kNone;
   };
   std::vector<Layer> layers;
   struct Calls {

@@ -65,6 +65,24 @@ std::string ProgressLine(const std::string& label, uint64_t done,
   return line;
 }
 
+namespace {
+
+// "yes": LookupTokens answers for the layer; "stale": its model no longer
+// describes it; "-": no model.
+const char* TokensColumn(ServerStatus::Layer::TokenModel model) {
+  switch (model) {
+    case ServerStatus::Layer::TokenModel::kCurrent:
+      return "yes";
+    case ServerStatus::Layer::TokenModel::kStale:
+      return "stale";
+    case ServerStatus::Layer::TokenModel::kNone:
+      break;
+  }
+  return "-";
+}
+
+}  // namespace
+
 std::string StatusScreen(const std::string& address, const ServerStatus& now,
                          const ServerStatus* before, double interval_s) {
   std::string out = absl::StrCat("engramd ", now.version, " at ", address,
@@ -151,22 +169,24 @@ std::string StatusScreen(const std::string& address, const ServerStatus& now,
         "\n");
   }
 
-  absl::StrAppend(&out, "\n",
-                  absl::StrFormat("%-8s %6s %-9s %6s %11s %8s %7s %4s %11s",
-                                  "layer", "heads", "dtype", "D", "bytes",
-                                  "version", "pinned", "gpu", "in files"),
-                  "\n");
+  absl::StrAppend(
+      &out, "\n",
+      absl::StrFormat("%-8s %6s %-9s %6s %11s %8s %7s %4s %11s %6s", "layer",
+                      "heads", "dtype", "D", "bytes", "version", "pinned",
+                      "gpu", "in files", "tokens"),
+      "\n");
   if (now.layers.empty()) absl::StrAppend(&out, "  (no layers)\n");
   for (const ServerStatus::Layer& l : now.layers) {
     const LayerLayout& layout = l.description.layout;
     absl::StrAppend(
         &out,
-        absl::StrFormat("%-8d %6d %-9s %6d %11s %8d %7s %4s %11s",
+        absl::StrFormat("%-8d %6d %-9s %6d %11s %8d %7s %4s %11s %6s",
                         l.description.layer_id, layout.num_heads(),
                         DTypeName(layout.dtype), layout.embedding_dim,
                         HumanBytes(l.description.bytes), l.description.version,
                         l.pinned ? "yes" : "no", l.gpu_resident ? "yes" : "no",
-                        l.stored_bytes > 0 ? HumanBytes(l.stored_bytes) : "-"),
+                        l.stored_bytes > 0 ? HumanBytes(l.stored_bytes) : "-",
+                        TokensColumn(l.token_model)),
         "\n");
   }
   return out;

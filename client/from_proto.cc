@@ -27,9 +27,13 @@ ServerStatus ServerStatusFromProto(const v1::StatusResponse& r) {
   s.gpu_memory_used_bytes = r.gpu_memory_used_bytes();
   s.gpu_memory_limit_bytes = r.gpu_memory_limit_bytes();
   for (const v1::LayerStatus& l : r.layers()) {
-    s.layers.push_back({LayerDescriptionFromProto(l.info()), l.pinned(),
-                        l.gpu_resident(), l.stored_bytes(),
-                        l.resident_bytes()});
+    using TokenModel = ServerStatus::Layer::TokenModel;
+    s.layers.push_back(
+        {LayerDescriptionFromProto(l.info()), l.pinned(), l.gpu_resident(),
+         l.stored_bytes(), l.resident_bytes(),
+         l.token_model() == v1::LayerStatus::CURRENT ? TokenModel::kCurrent
+         : l.token_model() == v1::LayerStatus::STALE ? TokenModel::kStale
+                                                     : TokenModel::kNone});
   }
   for (const v1::CallCounts& c : r.calls()) {
     s.calls.push_back({c.rpc(), c.calls(), c.errors()});

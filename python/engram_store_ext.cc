@@ -203,6 +203,10 @@ py::dict StatusDict(const ServerStatus& s) {
     layer["gpu_resident"] = l.gpu_resident;
     layer["stored_bytes"] = l.stored_bytes;
     layer["resident_bytes"] = l.resident_bytes;
+    layer["token_model"] =
+        l.token_model == ServerStatus::Layer::TokenModel::kCurrent ? "current"
+        : l.token_model == ServerStatus::Layer::TokenModel::kStale ? "stale"
+                                                                   : "none";
     layers.append(layer);
   }
   d["layers"] = layers;

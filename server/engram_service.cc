@@ -746,6 +746,13 @@ grpc::ServerUnaryReactor* EngramService::Status(
                                   ? static_cast<int64_t>(layer->data_bytes())
                                   : 0);
           l->set_resident_bytes(static_cast<int64_t>(layer->resident_bytes()));
+          if (std::optional<TokenHashes::Entry> model =
+                  hashes_ != nullptr ? hashes_->Find(layer->id())
+                                     : std::nullopt) {
+            l->set_token_model(TokenHashes::CheckCurrent(*model, *layer).ok()
+                                   ? v1::LayerStatus::CURRENT
+                                   : v1::LayerStatus::STALE);
+          }
         }
         const ServerMetrics::Snapshot m = metrics_->TakeSnapshot();
         for (const ServerMetrics::Snapshot::Calls& c : m.calls) {

@@ -22,6 +22,7 @@ from engram_store import FailedPreconditionError, InvalidArgumentError
 from test_engram_store import Cluster, Engramd, to_bfloat16_bits
 from test_quantized import DEEPSEEK, dequantize
 
+ENGRAMCTL = os.environ.get("ENGRAM_TEST_ENGRAMCTL", "build/client/engramctl")
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts",
                       "make_deepseek_v41_demo.py")
 
@@ -149,6 +150,17 @@ def test_lookup_tokens_hashes_as_the_model_does():
             with pytest.raises(FailedPreconditionError) as e:
                 c.lookup_tokens([1, 3], tokens)
             assert "lookups[1]: layer 3 has no model hash" in str(e.value)
+            # Status says which layers answer token lookups, and why not.
+            models = {l["layer_id"]: l["token_model"]
+                      for l in c.status()["layers"]}
+            assert models == {1: "stale", 3: "none", 14: "current"}, models
+            screen = subprocess.run(
+                [ENGRAMCTL, f"--address={s.address}", "status"], check=True,
+                capture_output=True, text=True).stdout
+            rows = {line.split()[0]: line.split()[-1]
+                    for line in screen.splitlines()
+                    if line.split() and line.split()[0] in ("1", "3", "14")}
+            assert rows == {"1": "stale", "3": "-", "14": "yes"}, screen
         finally:
             s.stop()
 

@@ -85,6 +85,37 @@ TEST(EngramHashTest, HistoryIsTheSequencesEarlierTokens) {
   }
 }
 
+// What a routed client and the owners compare: equal models agree, any
+// difference in the token map, the config or the layer does not.
+TEST(EngramHashTest, TokenModelsNameTheModelAndTheLayer) {
+  const EngramHasher a = V41();
+  const EngramHasher b = V41();
+  EXPECT_EQ(a.fingerprint(), b.fingerprint());
+  EXPECT_EQ(a.TokenModel(14), b.TokenModel(14));
+  EXPECT_NE(a.TokenModel(1), a.TokenModel(14));
+  for (const EngramHasher* h : {&a, &b}) {
+    EXPECT_NE(h->TokenModel(14), 0u);
+    EXPECT_NE(h->TokenModel(14), kStaleTokenModel);
+  }
+  auto config = EngramHashConfig::FromJson(kV41, "config.json");
+  ASSERT_TRUE(config.ok());
+  auto map = IdentityMap(99092);
+  map.resize(129280, 5);
+  std::swap(map[10], map[11]);  // two raw ids compress the other way
+  auto swapped = EngramHasher::Create(*config, map);
+  ASSERT_TRUE(swapped.ok()) << swapped.status();
+  EXPECT_NE(swapped->fingerprint(), a.fingerprint());
+  EXPECT_NE(swapped->TokenModel(14), a.TokenModel(14));
+  config->pad_token_id = 3;
+  map.assign(a.token_map().begin(), a.token_map().end());
+  auto other_pad = EngramHasher::Create(*config, map);
+  ASSERT_TRUE(other_pad.ok()) << other_pad.status();
+  EXPECT_NE(other_pad->fingerprint(), a.fingerprint());
+  // The fingerprint is the hash of what the model is, recomputable.
+  EXPECT_EQ(EngramHasher::Fingerprint(a.config(), a.token_map()),
+            a.fingerprint());
+}
+
 TEST(EngramHashTest, RefusalsNameWhatIsWrong) {
   EngramHasher h = V41();
   std::vector<int64_t> out(24);

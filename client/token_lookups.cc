@@ -65,25 +65,49 @@ absl::StatusOr<RoutedTokenLookups::Model> RoutedTokenLookups::Fetch(
   internal::v1::TokenModelRequest request;
   request.set_layer_id(layer_id);
   internal::v1::TokenModelResponse reply;
+  // Shards that hold the layer know its model, but one restarted without
+  // --load knows none (an empty answer) while the others do: the first
+  // that has it decides; else the most telling refusal.
   absl::Status last = absl::UnavailableError("no shard to ask");
-  // Every shard that holds the layer knows its model: the first that
-  // answers decides.
-  for (int shard = 0; shard < router_->num_shards(); ++shard) {
+  absl::Status stale;
+  bool modelless = false;
+  bool answered = false;
+  for (int shard = 0; shard < router_->num_shards() && !answered; ++shard) {
     if (!router_->shard_up(shard) && shard + 1 < router_->num_shards()) {
       continue;
     }
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+    reply.Clear();
     last = FromGrpcStatus(
         router_->stub(shard)->TokenModel(&context, request, &reply));
-    if (last.ok()) break;
-    if (last.code() != absl::StatusCode::kUnavailable &&
-        last.code() != absl::StatusCode::kDeadlineExceeded &&
-        last.code() != absl::StatusCode::kNotFound) {
-      return last;
+    switch (last.code()) {
+      case absl::StatusCode::kOk:
+        answered = reply.token_model() != 0;
+        modelless = modelless || !answered;
+        break;
+      case absl::StatusCode::kFailedPrecondition:
+        if (stale.ok()) stale = last;
+        break;
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kDeadlineExceeded:
+      case absl::StatusCode::kNotFound:
+        break;
+      default:
+        return last;
     }
   }
-  if (!last.ok()) return last;
+  if (!answered) {
+    if (!stale.ok()) return stale;
+    if (modelless) {
+      // As the server's LookupTokens says it.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "layer ", layer_id,
+          " has no model hash: load it with a manifest whose \"model\" "
+          "names config.json and the token map (docs/tokens.md)"));
+    }
+    return last;
+  }
   if (reply.token_map().size() % sizeof(int64_t) != 0) {
     return absl::DataLossError(
         absl::StrCat("the token map of layer ", layer_id, "'s model has ",

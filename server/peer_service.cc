@@ -575,12 +575,14 @@ grpc::ServerUnaryReactor* PeerService::TokenModel(
              internal::v1::TokenModelResponse* reply, RawDone done) {
         std::shared_ptr<const Layer> layer = layers_->Find(req.layer_id());
         if (layer == nullptr) return done(Missing(req.layer_id()));
-        absl::StatusOr<TokenHashes::Entry> model =
-            hashes_ != nullptr
-                ? hashes_->FindCurrent(*layer)
-                : absl::FailedPreconditionError(absl::StrCat(
-                      "layer ", layer->id(), " has no model hash"));
-        if (!model.ok()) return done(model.status());
+        std::optional<TokenHashes::Entry> model =
+            hashes_ != nullptr ? hashes_->Find(layer->id()) : std::nullopt;
+        // No model known here: an empty answer (another shard may know).
+        if (!model) return done(absl::OkStatus());
+        if (absl::Status s = TokenHashes::CheckCurrent(*model, *layer);
+            !s.ok()) {
+          return done(s);
+        }
         const EngramHasher& hasher = *model->hasher;
         const EngramHashConfig& c = hasher.config();
         internal::v1::HashConfig* config = reply->mutable_config();

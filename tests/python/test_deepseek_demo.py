@@ -269,32 +269,42 @@ def test_a_cluster_client_hashes_tokens_itself_and_asks_the_owners():
                       .get("LookupTokens", {"calls": 0})["calls"]
                       for a in cluster.addresses]
             assert served == [0, 1, 0], served
-            # Shard 2 restarted without the model: it recovers its rows from
+            # Shard 0 restarted without the model: it recovers its rows from
             # replicas and still serves them to readers that hashed with the
-            # model elsewhere (the routed client, shard 0's LookupTokens);
-            # only its own LookupTokens lacks the model.
-            old = cluster.shards[2]
+            # model elsewhere (routed clients, shard 1's LookupTokens); a
+            # fresh routed client learns the model from shard 1 (shard 0
+            # knows none); only shard 0's own LookupTokens lacks it.
+            old = cluster.shards[0]
             old.stop()
             restarted = Engramd(*old.proc.args[2:], port=old.port)
-            cluster.shards[2] = restarted
-            c2 = engram_store.Client(restarted.address)
+            cluster.shards[0] = restarted
+            c0 = engram_store.Client(restarted.address)
             deadline = time.time() + 30
-            while {1, 14} - {l["layer_id"] for l in c2.status()["layers"]}:
-                assert time.time() < deadline, "shard 2 did not recover"
+            while {1, 14} - {l["layer_id"] for l in c0.status()["layers"]}:
+                assert time.time() < deadline, "shard 0 did not recover"
                 time.sleep(0.1)
-            got = routed.lookup_tokens([1, 14], tokens, output_dtype="uint8")
-            assert all(np.array_equal(a, b) for a, b in zip(got, want))
-            got = _rpc_rows(cluster.addresses[0], [1, 14], tokens, None)
+            fresh = engram_store.Client.cluster(cluster.addresses, 2)
+            for client in (routed, fresh):
+                got = client.lookup_tokens([1, 14], tokens,
+                                           output_dtype="uint8")
+                assert all(np.array_equal(a, b) for a, b in zip(got, want))
+            got = _rpc_rows(cluster.addresses[1], [1, 14], tokens, None)
             assert all(np.array_equal(a, b) for a, b in zip(got, want))
             with pytest.raises(FailedPreconditionError, match="no model hash"):
-                c2.lookup_tokens([14], tokens)
+                c0.lookup_tokens([14], tokens)
             # Populated again (zeros, same sizes) without a model: the
             # owners refuse the cached model's ids (before, the client got
             # the new zero rows), and the reason is the server's.
-            c = engram_store.Client(cluster.addresses[0])
+            c = engram_store.Client(cluster.addresses[1])
             sizes = c.describe(1).table_vocab_sizes
             c.remove(1)
             c.populate(1, [np.zeros((n, 264), np.uint8) for n in sizes])
             with pytest.raises(FailedPreconditionError) as e:
                 routed.lookup_tokens([1], tokens, output_dtype="uint8")
             assert "its model hash came with version" in str(e.value)
+            (got,) = fresh.lookup_tokens([14], tokens, output_dtype="uint8")
+            assert np.array_equal(got, want[1])
+            c.populate(3, [np.zeros((4, 8), np.float32)])
+            with pytest.raises(FailedPreconditionError) as e:
+                fresh.lookup_tokens([3], tokens)
+            assert "lookups[0]: layer 3 has no model hash" in str(e.value)

@@ -96,6 +96,7 @@ absl::Status CheckServerConfig(const ServerConfig& c) {
       {"connection_idle_timeout_seconds", c.connection_idle_timeout_seconds, 0,
        kForever},
       {"credentials_reload_seconds", c.credentials_reload_seconds, 0, kForever},
+      {"load_max_mib_per_second", c.load_max_mib_per_second, 0, 1e9},
   });
 }
 

@@ -27,6 +27,10 @@ struct ServerConfig {
   // the folder Load requests may read under ("" refuses them).
   std::string load;
   std::string load_root;
+  // Caps how fast checkpoint files are read (--load, Load, a cluster's
+  // staging), so loading does not starve a disk or a shared file system
+  // others use; 0: no cap.
+  double load_max_mib_per_second = 0;
   // Durable tables: committed layers are files under data_dir, mapped back
   // at start ("" keeps tables in memory only); verify_data_dir checks every
   // stored table's checksums before serving it.

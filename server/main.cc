@@ -51,6 +51,11 @@ ABSL_FLAG(std::string, load, engram::ServerConfig().load,
 ABSL_FLAG(std::string, load_root, engram::ServerConfig().load_root,
           "folder whose manifests and checkpoint files Load requests may "
           "read; empty refuses Load requests");
+ABSL_FLAG(double, load_max_mib_per_second,
+          engram::ServerConfig().load_max_mib_per_second,
+          "cap on how fast checkpoint files are read (--load, Load requests, "
+          "a cluster's staging), so loading leaves a shared disk or file "
+          "system to others; 0: no cap");
 ABSL_FLAG(std::string, data_dir, engram::ServerConfig().data_dir,
           "keep committed layers as files in this folder (local NVMe, or "
           "/dev/shm for a node-local shared copy) and serve them again after "
@@ -199,6 +204,7 @@ engram::ServerConfig ConfigFromFlags() {
   c.demo = absl::GetFlag(FLAGS_demo);
   c.load = absl::GetFlag(FLAGS_load);
   c.load_root = absl::GetFlag(FLAGS_load_root);
+  c.load_max_mib_per_second = absl::GetFlag(FLAGS_load_max_mib_per_second);
   c.data_dir = absl::GetFlag(FLAGS_data_dir);
   c.verify_data_dir = absl::GetFlag(FLAGS_verify_data_dir);
   c.pin_memory = absl::GetFlag(FLAGS_pin_memory);

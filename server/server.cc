@@ -199,7 +199,9 @@ absl::Status EngramServer::StartLoader() {
   env.pin_memory = config_.pin_memory;
   env.data_dir = config_.data_dir;
   loader_ = std::make_unique<TableLoader>(env, cluster_.get(),
-                                          config_.load_root, &token_hashes_);
+                                          config_.load_root, &token_hashes_,
+                                          config_.load_max_mib_per_second *
+                                              (1 << 20));
   metrics_.AddGaugeSource(
       "engram_load_bytes",
       "Row bytes loaded from checkpoint files since start.",

@@ -28,8 +28,13 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 TableLoader::TableLoader(PopulateEnv env, ClusterContext* cluster,
-                         std::string root, TokenHashes* hashes)
-    : env_(env), cluster_(cluster), root_(std::move(root)), hashes_(hashes) {}
+                         std::string root, TokenHashes* hashes,
+                         double max_bytes_per_second)
+    : env_(env),
+      cluster_(cluster),
+      root_(std::move(root)),
+      hashes_(hashes),
+      pacer_(max_bytes_per_second) {}
 
 TableLoader::~TableLoader() { stopping_ = true; }
 
@@ -359,7 +364,7 @@ absl::StatusOr<TableLoader::Staged> TableLoader::StageLayer(
         if (!error.ok()) return;
       }
       const Step& st = steps[i];
-      if (stopping_) {
+      if (!pacer_.Wait(st.rows * layout.row_bytes(), stopping_)) {
         MutexLock lock(&error_mu);
         error = absl::UnavailableError(absl::StrCat(
             "layer ", id, ": the server is shutting down; nothing kept"));

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "checkpoint/layer_reader.h"
 #include "checkpoint/manifest.h"
+#include "common/byte_pacer.h"
 #include "common/mutex.h"
 #include "common/thread_pool.h"
 #include "server/cluster.h"
@@ -50,9 +51,10 @@ class TableLoader {
   // `root`: the folder Load requests may read under ("" refuses them;
   // the operator's own --load manifest may be anywhere).
   // `hashes` (may be null) learns the model hash of manifests that name
-  // their model, once their layers are in.
+  // their model, once their layers are in. Checkpoint rows are read at
+  // most `max_bytes_per_second` (0: as fast as the disk goes).
   TableLoader(PopulateEnv env, ClusterContext* cluster, std::string root,
-              TokenHashes* hashes = nullptr);
+              TokenHashes* hashes = nullptr, double max_bytes_per_second = 0);
   // Cancels the load in progress (between chunks: nothing of it is kept)
   // and answers the queued ones UNAVAILABLE.
   ~TableLoader();
@@ -155,6 +157,7 @@ class TableLoader {
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> bytes_loaded_{0};
   std::atomic<bool> stopping_{false};
+  BytePacer pacer_;  // every checkpoint read, all threads
   mutable Mutex progress_mu_;
   std::optional<Progress> progress_ ABSL_GUARDED_BY(progress_mu_);
   std::atomic<int> layers_done_{0};  // of the load in progress

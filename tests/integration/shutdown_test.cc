@@ -49,6 +49,21 @@ TEST_F(ShutdownTest, SigtermDuringAStartupLoadExitsCleanly) {
   }
 }
 
+// A load capped by --load_max_mib_per_second (this one would take two
+// minutes) waits in 50 ms slices: a stop does not wait for it.
+TEST_F(ShutdownTest, SigtermDuringACappedLoadExitsPromptly) {
+  auto server = EngramdProcess::Start(
+      {"--load=" + manifest_, "--load_max_mib_per_second=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ((*server)->Stop(), 0) << (*server)->Log();
+  EXPECT_LT(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count(),
+      10.0);
+}
+
 TEST_F(ShutdownTest, SigtermDuringALoadRequestExitsCleanly) {
   for (int i = 0; i < kRuns; ++i) {
     auto server = EngramdProcess::Start({"--load_root=" + dir_.path()});
@@ -95,9 +110,9 @@ TEST_F(ShutdownTest, AnIdleClientConnectionDoesNotDelayTheStop) {
   ASSERT_TRUE((*client)->ListLayers().ok());
   const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ((*server)->Stop(), 0) << (*server)->Log();
-  const double seconds = std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - start)
-                             .count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
   EXPECT_LT(seconds, 3.0) << (*server)->Log();
 }
 
@@ -131,8 +146,7 @@ TEST_F(ShutdownTest, ACallInFlightAtTheStopStillFinishes) {
 // Zero-copy readers hold WatchLayer streams that never end by themselves:
 // the stop ends them instead of waiting the drain out.
 TEST_F(ShutdownTest, SigtermWithWatchStreamsOpenExitsPromptly) {
-  auto server =
-      EngramdProcess::Start({"--direct_reads", "--drain_seconds=20"});
+  auto server = EngramdProcess::Start({"--direct_reads", "--drain_seconds=20"});
   if (!server.ok() && !transport::UcxCompiledIn()) {
     GTEST_SKIP() << "built without UCX";
   }
@@ -153,10 +167,10 @@ TEST_F(ShutdownTest, SigtermWithWatchStreamsOpenExitsPromptly) {
   }
   const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ((*server)->Stop(), 0) << (*server)->Log();
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                          start)
-                .count(),
-            3.0);
+  EXPECT_LT(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count(),
+      3.0);
 }
 
 // A shard restarted empty copies its rows back from replicas on its own

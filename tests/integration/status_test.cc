@@ -23,9 +23,14 @@ using ::testing::HasSubstr;
 
 TEST(StatusTest, ALoadInProgressIsNotReadyWithItsReasonAndItsBytes) {
   testing::TempDir dir;
-  constexpr int64_t kRows = 1 << 21;  // 256 MiB of float32 [rows, 32]
+  constexpr int64_t kRows = 1 << 19;  // 64 MiB of float32 [rows, 32]
   testing::WriteBigLayer(dir.path(), "big", 1, kRows);
-  auto server = EngramdProcess::Start({"--load=" + dir.path() + "/big.json"});
+  // Capped at 16 MiB/s the load's four 16 MiB steps take at least 3 s on
+  // any machine (uncapped, a fast one loaded 256 MiB before the first
+  // Status answered).
+  const auto started = std::chrono::steady_clock::now();
+  auto server = EngramdProcess::Start(
+      {"--load=" + dir.path() + "/big.json", "--load_max_mib_per_second=16"});
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = Client::Connect((*server)->address());
   ASSERT_TRUE(client.ok());
@@ -38,10 +43,14 @@ TEST(StatusTest, ALoadInProgressIsNotReadyWithItsReasonAndItsBytes) {
     ASSERT_TRUE(s.ok()) << s.status();
     if (s->ready) break;
     during.push_back(*s);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_TRUE(s->ready) << s->not_ready_reason;
-  // The load took long enough to be seen (256 MiB; the first answer comes
-  // within milliseconds of the server listening).
+  EXPECT_GE(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started)
+          .count(),
+      3.0 - 0.01)
+      << "the load was not held to --load_max_mib_per_second";
   ASSERT_FALSE(during.empty());
   const ServerStatus& loading = during.front();
   EXPECT_THAT(loading.not_ready_reason, HasSubstr("loading the start tables"));
@@ -151,8 +160,8 @@ TEST(StatusTest, AShardReportsItsClusterAndWhyItIsNotReady) {
       << out;
   EXPECT_THAT(out, HasSubstr("cluster of 2 shards"));
   EXPECT_THAT(out, HasSubstr("2 of 2 ready"));
-  EXPECT_THAT(out,
-              ::testing::ContainsRegex("\n  1 +127\.0\.0\.1:[0-9]+ +ready "));
+  EXPECT_THAT(
+      out, ::testing::ContainsRegex("\n  1 +127\\.0\\.0\\.1:[0-9]+ +ready "));
   // Shard 1 gone: its row ranges (R = 1) have no owner.
   (*shards)[1]->Kill();
   const auto deadline =
@@ -169,8 +178,8 @@ TEST(StatusTest, AShardReportsItsClusterAndWhyItIsNotReady) {
   // The cluster screen names the dead shard and why the other is not ready.
   EXPECT_EQ(testing::RunCommand(ctl + "status --interval_s=0", &out), 0) << out;
   EXPECT_THAT(out, HasSubstr("0 of 2 ready"));
-  EXPECT_THAT(
-      out, ::testing::ContainsRegex("\n  1 +127\.0\.0\.1:[0-9]+ +UNREACHABLE"));
+  EXPECT_THAT(out, ::testing::ContainsRegex(
+                       "\n  1 +127\\.0\\.0\\.1:[0-9]+ +UNREACHABLE"));
   EXPECT_THAT(out, HasSubstr("NOT READY  "));
   EXPECT_THAT(
       out, HasSubstr("ready:   NO - some row ranges have no reachable owner"));

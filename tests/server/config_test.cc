@@ -35,6 +35,8 @@ TEST(ConfigTest, OutOfRangeValuesNameTheFlagAndTheRange) {
               ::testing::HasSubstr("--drain_seconds"));
   EXPECT_THAT(message([](ServerConfig* c) { c->drain_seconds = NAN; }),
               ::testing::HasSubstr("--drain_seconds"));
+  EXPECT_THAT(message([](ServerConfig* c) { c->load_max_mib_per_second = -1; }),
+              ::testing::HasSubstr("--load_max_mib_per_second"));
   EXPECT_THAT(message([](ServerConfig* c) { c->listen.clear(); }),
               ::testing::HasSubstr("--listen"));
 }

@@ -65,8 +65,11 @@ class HostileFilesTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = dir_.path();
-    auto p = EngramdProcess::Start(
-        {"--load_root=" + root_, "--metrics_listen=127.0.0.1:0"});
+    // The cap holds a big load long enough to act during it on any
+    // machine; the small checkpoints here are one read step, never held.
+    auto p = EngramdProcess::Start({"--load_root=" + root_,
+                                    "--metrics_listen=127.0.0.1:0",
+                                    "--load_max_mib_per_second=128"});
     ASSERT_TRUE(p.ok()) << p.status();
     server_ = *std::move(p);
     ClientOptions options;
@@ -231,8 +234,9 @@ TEST_F(HostileFilesTest, ARefusedFileIsNotQuotedInTheError) {
 
 // Issue: a Load whose caller's deadline had passed still committed later.
 TEST_F(HostileFilesTest, ALoadWhoseCallerGaveUpCommitsNothing) {
-  // A 512 MiB layer keeps the (single) loader busy well past 50 ms.
-  testing::WriteBigLayer(root_, "big", 8, 4 << 20);
+  // 128 MiB at the fixture's 128 MiB/s keeps the (single) loader busy
+  // for at least 0.875 s, well past the hasty call's 50 ms.
+  testing::WriteBigLayer(root_, "big", 8, 1 << 20);
   std::thread big([&] { EXPECT_TRUE(client_->Load("big.json").ok()); });
   // The big load has reached the loader before the hasty one is sent.
   bool busy = false;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/device_mapping.h"
+#include "client/device_versions.h"
 #include "client/layer_mapping.h"
 #include "common/dtype.h"
 #include "common/lookup_plan.h"
@@ -112,38 +113,46 @@ absl::StatusOr<LookupPlan> CheckOutput(const LayerLayout& layout,
 
 }  // namespace
 
-// One layer on one device: its watch, view slot, current view and the
-// versions being retired. The watch thread applies updates; lookups read a
-// snapshot under `mu_`; the janitor frees retired versions.
-class DeviceLookups::LayerOnDevice {
+// What one published version holds on the device: its view and, on the
+// zero-copy paths, the tables it maps. Destroyed only inside Close, with
+// its device current and no launch left that could read it.
+class CudaView final : public DeviceVersions::View {
  public:
-  // What lookups need, captured under the lock.
-  struct Current {
-    MappingUpdate::State state = MappingUpdate::kUnavailable;
-    bool known = false;  // `layout` is set (a version was seen)
-    // Shared, so a lookup's snapshot copies no vector.
-    std::shared_ptr<const LayerLayout> layout;
-    DevicePath path = DevicePath::kRpc;
-    absl::Status why;
-  };
+  ~CudaView() override {
+    mapping.Close();
+    gpu::FreeView(view);
+  }
+  std::shared_ptr<const MappedVersion> mapped;  // what `mapping` points into
+  DeviceMapping mapping;                        // what CUDA reads
+  void* view = nullptr;
+};
+
+// One layer on one device: its watch, view slot, the CUDA side of its
+// versions (DeviceVersions keeps their lifecycle) and the launches. The
+// watch thread applies updates; lookups read a snapshot; the janitor
+// closes retired versions.
+class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
+ public:
+  using Current = DeviceVersions::Current;
 
   LayerOnDevice(int64_t layer_id, int device, const DeviceReadsEnv* env,
                 std::chrono::milliseconds grace)
-      : layer_id_(layer_id), device_(device), env_(env), grace_(grace) {}
+      : layer_id_(layer_id),
+        device_(device),
+        env_(env),
+        versions_(
+            this, [this](uint64_t version) { Release(version); }, grace) {}
 
-  ~LayerOnDevice() {
+  ~LayerOnDevice() override {
     if (watch_ != nullptr) watch_->StopUpdates();  // no Apply from here on
-    DeviceGuard guard(device_);
     // Kernels still reading must finish, and CUDA IPC mappings must be
-    // closed, before the watch ends (the server then frees the memory). A
-    // failed synchronize means a broken context: nothing reads any more.
-    gpu::DeviceSynchronize().IgnoreError();
+    // closed, before the watch ends (the server then frees the memory).
+    versions_.CloseAll();
     {
-      MutexLock lock(&mu_);
-      for (auto& r : retiring_) Free(r.get(), /*release=*/false);
-      if (current_ != nullptr) Free(current_.get(), false);
+      MutexLock lock(&release_mu_);
+      watch_.reset();
     }
-    watch_.reset();
+    DeviceGuard guard(device_);
     gpu::FreeViewSlot(slot_);
     gpu::DeviceFree(default_status_);
     gpu::PinnedFree(ok_words_);
@@ -169,28 +178,30 @@ class DeviceLookups::LayerOnDevice {
     stream_ = *stream;
     LayerMappingWatch::Options options;
     options.gpu = true;
-    watch_ = std::make_unique<LayerMappingWatch>(
+    auto watch = std::make_unique<LayerMappingWatch>(
         env_->channel, layer_id_, options,
-        [this](MappingUpdate u) { Apply(std::move(u)); });
+        [this](MappingUpdate u) { versions_.Apply(std::move(u)); });
+    std::vector<uint64_t> early;
+    {
+      MutexLock lock(&release_mu_);
+      watch_ = std::move(watch);
+      early.swap(early_releases_);
+    }
+    for (uint64_t v : early) watch_->Release(v);
     return absl::OkStatus();
   }
 
   bool WaitReady(absl::Duration timeout) {
-    MutexLock lock(&mu_);
-    return ready_cv_.wait_for(
-        lock, absl::ToChronoNanoseconds(timeout),
-        [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return ready_; });
+    return versions_.WaitReady(timeout);
   }
-
-  Current Now() {
-    MutexLock lock(&mu_);
-    return current_state_;
-  }
-  std::string note() {
-    MutexLock lock(&mu_);
-    return note_;
-  }
+  Current Now() { return versions_.Now(); }
+  std::string note() { return versions_.note(); }
   uint64_t* default_status() const { return default_status_; }
+  // The janitor.
+  void Tidy() {
+    versions_.RetryPending();
+    versions_.RetireDue(false);
+  }
 
   // A lookup made ready to launch: a zero-copy gather (its ids staged in
   // pinned memory when they were pageable), or one for the RPC path.
@@ -270,52 +281,13 @@ class DeviceLookups::LayerOnDevice {
     return s;
   }
 
-  // The watch thread: a new state of the layer. It supersedes an update
-  // still waiting to be retried.
-  void Apply(MappingUpdate u) {
-    uint64_t seq;
-    std::optional<MappingUpdate> dropped;
-    {
-      MutexLock lock(&mu_);
-      seq = ++update_seq_;
-      dropped.swap(retry_);
-    }
-    if (dropped && dropped->state == MappingUpdate::kPresent &&
-        (u.state != MappingUpdate::kPresent ||
-         u.mapped->version != dropped->mapped->version)) {
-      watch_->Release(dropped->mapped->version);  // never published
-    }
-    ApplyInOrder(std::move(u), seq);
-  }
-
-  // The janitor: applies again an update whose view could not be published
-  // (e.g. during another thread's global-mode graph capture).
-  void RetryPending() {
-    std::optional<MappingUpdate> u;
-    uint64_t seq = 0;
-    {
-      MutexLock lock(&mu_);
-      if (!retry_) return;
-      u.swap(retry_);
-      seq = retry_seq_;
-    }
-    ApplyInOrder(*std::move(u), seq);
-  }
-
- private:
-  // Applies update number `seq` unless a later one was applied already.
-  void ApplyInOrder(MappingUpdate u, uint64_t seq) {
-    MutexLock apply(&apply_mu_);
-    {
-      MutexLock lock(&mu_);
-      if (seq < applied_seq_) return;
-      applied_seq_ = seq;
-    }
+  // DeviceVersions::Device: opens `u` on this device and publishes its view
+  // (on the watch thread or the janitor).
+  DeviceVersions::Published Publish(const MappingUpdate& u) override {
     DeviceGuard guard(device_);
-    auto next = std::make_unique<Version>();
+    DeviceVersions::Published out;
+    auto next = std::make_unique<CudaView>();
     gpu::ViewSpec spec;
-    DevicePath path = DevicePath::kRpc;
-    std::string note;
     if (u.state == MappingUpdate::kPresent) {
       const MappedVersion& v = *u.mapped;
       spec.heads = v.layout.num_heads();
@@ -324,122 +296,57 @@ class DeviceLookups::LayerOnDevice {
       spec.quant_block = v.layout.quant.block;
       spec.version = v.version;
       spec.vocab = v.layout.table_vocab_sizes;
-      next->version = v.version;
       next->mapped = u.mapped;
       if (spec.heads > gpu::kMaxViewHeads) {
-        note = absl::StrCat("zero-copy views hold up to ", gpu::kMaxViewHeads,
-                            " heads; the layer has ", spec.heads);
+        out.note =
+            absl::StrCat("zero-copy views hold up to ", gpu::kMaxViewHeads,
+                         " heads; the layer has ", spec.heads);
         spec.heads = 0;
       } else {
-        path = next->mapping.Open(v, device_, &spec, &note);
+        out.path = next->mapping.Open(v, device_, &spec, &out.note);
       }
-      if (path == DevicePath::kRpc) {
-        // Nothing of it is read here: the server need not keep it.
-        watch_->Release(v.version);
-        next->mapped.reset();
+      if (out.path == DevicePath::kRpc) {
+        next->mapped.reset();  // nothing of it is read here
         spec.state = gpu::kViewUnavailable;
       }
     } else {
       spec.state = u.state == MappingUpdate::kNotFound ? gpu::kViewRemoved
                                                        : gpu::kViewUnavailable;
-      note = std::string(u.why.message());
+      out.note = std::string(u.why.message());
     }
     absl::StatusOr<void*> view = gpu::CreateView(spec, stream_);
-    absl::Status published = view.status();
+    out.error = view.status();
     if (view.ok()) {
       next->view = *view;
-      published = gpu::PublishView(slot_, *view, stream_);
+      out.error = gpu::PublishView(slot_, *view, stream_);
     }
-    if (!published.ok()) {
-      // The slot still points at the current view: keep that alive, drop
-      // the new one (no launch has seen it; its lease stays for the retry)
-      // and serve through the RPC path until the janitor's retry works.
-      Free(next.get(), /*release=*/false);
-      absl::StrAppend(
-          &note, note.empty() ? "" : "; ",
-          "publishing the view failed (retrying): ", published.message());
-      MutexLock lock(&mu_);
-      if (seq == update_seq_) {  // nothing newer arrived meanwhile
-        retry_ = u;
-        retry_seq_ = seq;
-      }
-      current_state_.state = u.state;
-      current_state_.path = DevicePath::kRpc;
-      current_state_.why = u.why;
-      current_state_.known = u.state == MappingUpdate::kPresent;
-      if (current_state_.known) {
-        current_state_.layout =
-            std::make_shared<const LayerLayout>(u.mapped->layout);
-      }
-      note_ = absl::StrCat("rpc (", note, ")");
-      ready_ = true;
-      ready_cv_.notify_all();
-      return;
-    }
-    MutexLock lock(&mu_);
-    if (current_ != nullptr) {
-      current_->retire_at = Clock::now() + grace_;
-      retiring_.push_back(std::move(current_));
-    }
-    current_ = std::move(next);
-    current_state_.state = u.state;
-    current_state_.path = path;
-    current_state_.why = u.why;
-    if (u.state == MappingUpdate::kPresent) {
-      current_state_.known = true;
-      current_state_.layout =
-          std::make_shared<const LayerLayout>(u.mapped->layout);
-    } else if (u.state == MappingUpdate::kNotFound) {
-      current_state_.known = false;
-    }
-    note_ = note.empty() ? DevicePathName(path)
-                         : absl::StrCat(DevicePathName(path), " (", note, ")");
-    ready_ = true;
-    ready_cv_.notify_all();
+    // Unpublished, no launch has seen it: closed here, at once.
+    if (out.error.ok()) out.view = std::move(next);
+    return out;
   }
 
-  // The janitor: frees retired versions whose grace passed (all: every).
- public:
-  void RetireDue(bool all) {
-    std::vector<std::unique_ptr<Version>> due;
-    {
-      MutexLock lock(&mu_);
-      const auto now = Clock::now();
-      for (auto it = retiring_.begin(); it != retiring_.end();) {
-        if (all || (*it)->retire_at <= now) {
-          due.push_back(std::move(*it));
-          it = retiring_.erase(it);
-        } else {
-          ++it;
-        }
-      }
-    }
-    if (due.empty()) return;
+  // DeviceVersions::Device: launches that pinned these views may still run
+  // (their grace has passed, but a synchronize makes sure) before anything
+  // they read is unmapped. A failed synchronize means a broken context:
+  // nothing reads any more.
+  void Close(
+      std::vector<std::unique_ptr<DeviceVersions::View>> views) override {
+    if (views.empty()) return;
     DeviceGuard guard(device_);
-    // Launches that pinned these views are long done after the grace; the
-    // synchronize makes sure before anything they read is unmapped.
     gpu::DeviceSynchronize().IgnoreError();
-    for (auto& v : due) Free(v.get(), /*release=*/true);
+    views.clear();
   }
 
  private:
-  // What one published version holds.
-  struct Version {
-    uint64_t version = 0;
-    std::shared_ptr<const MappedVersion> mapped;  // null: nothing leased
-    DeviceMapping mapping;                        // what CUDA reads
-    void* view = nullptr;
-    Clock::time_point retire_at;
-  };
-
-  // Unmaps what `v` holds (its device is current) and, with `release`,
-  // tells the server it may free the version.
-  void Free(Version* v, bool release) {
-    v->mapping.Close();
-    gpu::FreeView(v->view);
-    if (release && v->mapped != nullptr) watch_->Release(v->version);
-    v->view = nullptr;
-    v->mapped.reset();
+  // Tells the server it may free `version`. The watch's first update can
+  // arrive before Init has stored the watch: such releases wait for it.
+  void Release(uint64_t version) {
+    MutexLock lock(&release_mu_);
+    if (watch_ == nullptr) {
+      early_releases_.push_back(version);
+      return;
+    }
+    watch_->Release(version);
   }
 
   absl::Status PlanZeroCopy(const DeviceLookupRequest& r,
@@ -489,29 +396,16 @@ class DeviceLookups::LayerOnDevice {
   const int64_t layer_id_;
   const int device_;
   const DeviceReadsEnv* const env_;
-  const std::chrono::milliseconds grace_;
   void* slot_ = nullptr;
   uint64_t* default_status_ = nullptr;
   uint64_t* ok_words_ = nullptr;  // pinned {kStatusOk, 0, 0}
   gpu::Stream stream_ = nullptr;  // publishes views
   PinnedPool pool_;
-
-  Mutex mu_;
-  std::condition_variable_any ready_cv_;
-  bool ready_ ABSL_GUARDED_BY(mu_) = false;
-  Current current_state_ ABSL_GUARDED_BY(mu_);
-  std::string note_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<Version> current_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::unique_ptr<Version>> retiring_ ABSL_GUARDED_BY(mu_);
-  // Updates are numbered as they arrive; one whose view could not be
-  // published waits in retry_ (superseded by any later one).
-  uint64_t update_seq_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t applied_seq_ ABSL_GUARDED_BY(mu_) = 0;
-  std::optional<MappingUpdate> retry_ ABSL_GUARDED_BY(mu_);
-  uint64_t retry_seq_ ABSL_GUARDED_BY(mu_) = 0;
-  Mutex apply_mu_;  // one ApplyInOrder at a time (watch thread, janitor)
-  // Ended by the destructor only after every mapping is closed: its end
-  // lets the server free the versions.
+  DeviceVersions versions_;
+  Mutex release_mu_;
+  std::vector<uint64_t> early_releases_ ABSL_GUARDED_BY(release_mu_);
+  // Ended by the destructor only after every view is closed: its end
+  // lets the server free the versions. Set once by Init.
   std::unique_ptr<LayerMappingWatch> watch_;
 };
 
@@ -545,10 +439,7 @@ void DeviceLookups::Tidy() {
     MutexLock lock(&mu_);
     for (auto& [key, layer] : layers_) layers.push_back(layer);
   }
-  for (auto& layer : layers) {
-    layer->RetryPending();
-    layer->RetireDue(false);
-  }
+  for (auto& layer : layers) layer->Tidy();
 }
 
 absl::StatusOr<std::shared_ptr<DeviceLookups::LayerOnDevice>>

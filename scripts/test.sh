@@ -33,15 +33,18 @@ ENGRAM_TEST_ENGRAMD=build-tsa/server/engramd \
   ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=86" \
   build/tests/shutdown_test
 
-echo "== ThreadSanitizer: store concurrency tests (build-tsan/)"
+echo "== ThreadSanitizer: store and device-version concurrency tests (build-tsan/)"
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DENGRAM_SANITIZE=thread -DENGRAM_BUILD_BENCH=OFF -DENGRAM_WITH_CUDA=OFF >/dev/null
-cmake --build build-tsan -j"$JOBS" --target layer_registry_test gather_test
+cmake --build build-tsan -j"$JOBS" --target layer_registry_test gather_test \
+  device_versions_test
 # TSan needs a non-randomized address space on some kernels.
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
   setarch "$(uname -m)" -R build-tsan/tests/layer_registry_test
 TSAN_OPTIONS="halt_on_error=1" \
   setarch "$(uname -m)" -R build-tsan/tests/gather_test
+TSAN_OPTIONS="halt_on_error=1" \
+  setarch "$(uname -m)" -R build-tsan/tests/device_versions_test
 echo "== libFuzzer: every request parser and decoder, 15 s each (build-fuzz/)"
 bash scripts/fuzz.sh 15
 echo "== all tests passed"

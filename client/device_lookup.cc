@@ -159,6 +159,40 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
     gpu::StreamDestroy(stream_);
   }
 
+  // Sets the layer up once (CUDA resources, the watch); later calls get
+  // the first one's result. Called outside the lookups' map lock, so one
+  // layer's first use never stalls lookups of the others.
+  absl::Status EnsureInit() {
+    MutexLock lock(&init_mu_);
+    if (!init_done_) {
+      init_status_ = Init();
+      init_done_ = true;
+    }
+    return init_status_;
+  }
+
+  bool WaitReady(absl::Duration timeout) {
+    return versions_.WaitReady(timeout);
+  }
+  Current Now() { return versions_.Now(); }
+  std::string note() { return versions_.note(); }
+  uint64_t* default_status() const { return default_status_; }
+  // The janitor.
+  void Tidy() {
+    versions_.RetryPending();
+    versions_.RetireDue(false);
+  }
+
+  // A lookup made ready to launch: a zero-copy gather (its ids staged in
+  // pinned memory when they were pageable), or one for the RPC path.
+  struct Planned {
+    DevicePath path = DevicePath::kRpc;
+    gpu::ViewGather gather;                     // zero-copy paths
+    PinnedPool::Block* staged = nullptr;        // ids copied for the launch
+    std::shared_ptr<const LayerLayout> layout;  // the RPC path
+  };
+
+ private:
   absl::Status Init() {
     absl::StatusOr<void*> slot = gpu::CreateViewSlot();
     if (!slot.ok()) return slot.status();
@@ -191,27 +225,7 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
     return absl::OkStatus();
   }
 
-  bool WaitReady(absl::Duration timeout) {
-    return versions_.WaitReady(timeout);
-  }
-  Current Now() { return versions_.Now(); }
-  std::string note() { return versions_.note(); }
-  uint64_t* default_status() const { return default_status_; }
-  // The janitor.
-  void Tidy() {
-    versions_.RetryPending();
-    versions_.RetireDue(false);
-  }
-
-  // A lookup made ready to launch: a zero-copy gather (its ids staged in
-  // pinned memory when they were pageable), or one for the RPC path.
-  struct Planned {
-    DevicePath path = DevicePath::kRpc;
-    gpu::ViewGather gather;                     // zero-copy paths
-    PinnedPool::Block* staged = nullptr;        // ids copied for the launch
-    std::shared_ptr<const LayerLayout> layout;  // the RPC path
-  };
-
+ public:
   // Checks `r` against the current layout and says how it will be served.
   absl::Status Plan(const DeviceLookupRequest& r, Planned* p) {
     const Current c = Now();
@@ -402,6 +416,9 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
   gpu::Stream stream_ = nullptr;  // publishes views
   PinnedPool pool_;
   DeviceVersions versions_;
+  Mutex init_mu_;
+  bool init_done_ ABSL_GUARDED_BY(init_mu_) = false;
+  absl::Status init_status_ ABSL_GUARDED_BY(init_mu_);
   Mutex release_mu_;
   std::vector<uint64_t> early_releases_ ABSL_GUARDED_BY(release_mu_);
   // Ended by the destructor only after every view is closed: its end
@@ -455,9 +472,14 @@ DeviceLookups::Get(int64_t layer_id, int device, bool create) {
     } else {
       layer = std::make_shared<LayerOnDevice>(layer_id, device, &env_,
                                               options_.retire_grace);
-      if (absl::Status s = layer->Init(); !s.ok()) return s;
       layers_[{layer_id, device}] = layer;
     }
+  }
+  if (absl::Status s = layer->EnsureInit(); !s.ok()) {
+    MutexLock lock(&mu_);  // a later call tries again
+    auto it = layers_.find({layer_id, device});
+    if (it != layers_.end() && it->second == layer) layers_.erase(it);
+    return s;
   }
   if (!layer->WaitReady(env_.timeout)) {
     return absl::DeadlineExceededError(absl::StrCat(

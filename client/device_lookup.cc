@@ -13,6 +13,7 @@
 #include "common/lookup_plan.h"
 #include "common/status_context.h"
 #include "kernels/gpu.h"
+#include "kernels/gpu_handles.h"
 
 namespace engram {
 namespace {
@@ -51,42 +52,33 @@ class DeviceGuard {
 class PinnedPool {
  public:
   struct Block {
-    void* data = nullptr;
+    gpu::PinnedMemory<> data;
     size_t capacity = 0;
-    gpu::Event event = nullptr;
+    gpu::EventHandle event;
     bool busy = false;
   };
-  ~PinnedPool() {
-    for (Block& b : blocks_) {
-      gpu::EventDestroy(b.event);
-      gpu::PinnedFree(b.data);
-    }
-  }
   absl::StatusOr<Block*> Acquire(size_t bytes) {
     MutexLock lock(&mu_);
     for (Block& b : blocks_) {
-      if (!b.busy && b.capacity >= bytes && gpu::EventDone(b.event)) {
+      if (!b.busy && b.capacity >= bytes && gpu::EventDone(b.event.get())) {
         b.busy = true;
         return &b;
       }
     }
     size_t capacity = 64 << 10;
     while (capacity < bytes) capacity *= 2;
-    absl::StatusOr<void*> data = gpu::PinnedAlloc(capacity);
+    absl::StatusOr<gpu::PinnedMemory<>> data = gpu::NewPinnedMemory(capacity);
     if (!data.ok()) return data.status();
-    absl::StatusOr<gpu::Event> event = gpu::EventCreate();
-    if (!event.ok()) {
-      gpu::PinnedFree(*data);
-      return event.status();
-    }
-    blocks_.push_back({*data, capacity, *event, true});
+    absl::StatusOr<gpu::EventHandle> event = gpu::NewEvent();
+    if (!event.ok()) return event.status();
+    blocks_.push_back({std::move(*data), capacity, std::move(*event), true});
     return &blocks_.back();
   }
   // After the block's last use was enqueued on `stream`.
   void Release(Block* block, gpu::Stream stream) {
     // A failed record leaves the event as it was: at worst the block waits
     // for its previous use.
-    gpu::EventRecord(block->event, stream).IgnoreError();
+    gpu::EventRecord(block->event.get(), stream).IgnoreError();
     MutexLock lock(&mu_);
     block->busy = false;
   }
@@ -94,6 +86,11 @@ class PinnedPool {
   void Return(Block* block) {
     MutexLock lock(&mu_);
     block->busy = false;
+  }
+  // Frees every block; none may be in use (the owner's device current).
+  void Clear() {
+    MutexLock lock(&mu_);
+    blocks_.clear();
   }
 
  private:
@@ -120,11 +117,11 @@ class CudaView final : public DeviceVersions::View {
  public:
   ~CudaView() override {
     mapping.Close();
-    gpu::FreeView(view);
+    view.reset();
   }
   std::shared_ptr<const MappedVersion> mapped;  // what `mapping` points into
   DeviceMapping mapping;                        // what CUDA reads
-  void* view = nullptr;
+  gpu::ViewHandle view;
 };
 
 // One layer on one device: its watch, view slot, the CUDA side of its
@@ -153,10 +150,11 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
       watch_.reset();
     }
     DeviceGuard guard(device_);
-    gpu::FreeViewSlot(slot_);
-    gpu::DeviceFree(default_status_);
-    gpu::PinnedFree(ok_words_);
-    gpu::StreamDestroy(stream_);
+    slot_.reset();
+    default_status_.reset();
+    ok_words_.reset();
+    stream_.reset();
+    pool_.Clear();
   }
 
   // Sets the layer up once (CUDA resources, the watch); later calls get
@@ -176,7 +174,7 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
   }
   Current Now() { return versions_.Now(); }
   std::string note() { return versions_.note(); }
-  uint64_t* default_status() const { return default_status_; }
+  uint64_t* default_status() const { return default_status_.get(); }
   // The janitor.
   void Tidy() {
     versions_.RetryPending();
@@ -194,22 +192,23 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
 
  private:
   absl::Status Init() {
-    absl::StatusOr<void*> slot = gpu::CreateViewSlot();
+    constexpr size_t kStatusBytes = gpu::kStatusWords * sizeof(uint64_t);
+    absl::StatusOr<gpu::ViewSlotHandle> slot = gpu::NewViewSlot();
     if (!slot.ok()) return slot.status();
-    slot_ = *slot;
-    absl::StatusOr<void*> status =
-        gpu::DeviceAlloc(gpu::kStatusWords * sizeof(uint64_t));
+    slot_ = std::move(*slot);
+    absl::StatusOr<gpu::DeviceMemory<uint64_t>> status =
+        gpu::NewDeviceMemory<uint64_t>(kStatusBytes);
     if (!status.ok()) return status.status();
-    default_status_ = static_cast<uint64_t*>(*status);
-    absl::StatusOr<void*> ok =
-        gpu::PinnedAlloc(gpu::kStatusWords * sizeof(uint64_t));
+    default_status_ = std::move(*status);
+    absl::StatusOr<gpu::PinnedMemory<uint64_t>> ok =
+        gpu::NewPinnedMemory<uint64_t>(kStatusBytes);
     if (!ok.ok()) return ok.status();
-    ok_words_ = static_cast<uint64_t*>(*ok);
-    for (int i = 0; i < gpu::kStatusWords; ++i) ok_words_[i] = 0;
-    ok_words_[0] = gpu::kStatusOk;
-    absl::StatusOr<gpu::Stream> stream = gpu::StreamCreate();
+    ok_words_ = std::move(*ok);
+    for (int i = 0; i < gpu::kStatusWords; ++i) ok_words_.get()[i] = 0;
+    ok_words_.get()[0] = gpu::kStatusOk;
+    absl::StatusOr<gpu::StreamHandle> stream = gpu::NewStream();
     if (!stream.ok()) return stream.status();
-    stream_ = *stream;
+    stream_ = std::move(*stream);
     LayerMappingWatch::Options options;
     options.gpu = true;
     auto watch = std::make_unique<LayerMappingWatch>(
@@ -234,7 +233,7 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
     const LayerLayout& layout = *c.layout;
     absl::StatusOr<LookupPlan> plan = CheckOutput(layout, r);
     if (!plan.ok()) return plan.status();
-    uint64_t* status = r.status != nullptr ? r.status : default_status_;
+    uint64_t* status = r.status != nullptr ? r.status : default_status_.get();
     if (c.state == MappingUpdate::kPresent && c.path != DevicePath::kRpc) {
       p->path = c.path;
       return PlanZeroCopy(r, layout, *plan, status, p);
@@ -262,7 +261,7 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
 
   absl::Status LaunchRpc(const DeviceLookupRequest& r,
                          const LayerLayout& layout) {
-    uint64_t* status = r.status != nullptr ? r.status : default_status_;
+    uint64_t* status = r.status != nullptr ? r.status : default_status_.get();
     const size_t id_bytes = static_cast<size_t>(r.num_ids) * sizeof(int64_t);
     std::vector<int64_t> host_ids;
     std::span<const int64_t> ids(r.ids, static_cast<size_t>(r.num_ids));
@@ -282,14 +281,17 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
     const int64_t shape[] = {r.num_ids / heads, 1, heads};
     absl::Status s = env_->rpc_lookup(
         r.layer_id, ids, shape,
-        std::span<uint8_t>(static_cast<uint8_t*>((*block)->data), r.out_bytes),
+        std::span<uint8_t>(static_cast<uint8_t*>((*block)->data.get()),
+                           r.out_bytes),
         r.output_dtype);
     if (s.ok()) {
-      s = gpu::CopyToDeviceAsync(r.out, (*block)->data, r.out_bytes, r.stream);
+      s = gpu::CopyToDeviceAsync(r.out, (*block)->data.get(), r.out_bytes,
+                                 r.stream);
     }
     if (s.ok()) {
-      s = gpu::CopyToDeviceAsync(
-          status, ok_words_, gpu::kStatusWords * sizeof(uint64_t), r.stream);
+      s = gpu::CopyToDeviceAsync(status, ok_words_.get(),
+                                 gpu::kStatusWords * sizeof(uint64_t),
+                                 r.stream);
     }
     pool_.Release(*block, r.stream);
     return s;
@@ -328,11 +330,12 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
                                                        : gpu::kViewUnavailable;
       out.note = std::string(u.why.message());
     }
-    absl::StatusOr<void*> view = gpu::CreateView(spec, stream_);
+    absl::StatusOr<gpu::ViewHandle> view = gpu::NewView(spec, stream_.get());
     out.error = view.status();
     if (view.ok()) {
-      next->view = *view;
-      out.error = gpu::PublishView(slot_, *view, stream_);
+      next->view = std::move(*view);
+      out.error =
+          gpu::PublishView(slot_.get(), next->view.get(), stream_.get());
     }
     // Unpublished, no launch has seen it: closed here, at once.
     if (out.error.ok()) out.view = std::move(next);
@@ -389,11 +392,11 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
       absl::StatusOr<PinnedPool::Block*> block = pool_.Acquire(bytes);
       if (!block.ok()) return block.status();
       p->staged = *block;
-      std::memcpy(p->staged->data, r.ids, bytes);
-      ids = static_cast<const int64_t*>(p->staged->data);
+      std::memcpy(p->staged->data.get(), r.ids, bytes);
+      ids = static_cast<const int64_t*>(p->staged->data.get());
     }
     gpu::ViewGather& g = p->gather;
-    g.slot = slot_;
+    g.slot = slot_.get();
     g.ids = ids;
     g.num_ids = r.num_ids;
     g.heads = layout.num_heads();
@@ -410,10 +413,11 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
   const int64_t layer_id_;
   const int device_;
   const DeviceReadsEnv* const env_;
-  void* slot_ = nullptr;
-  uint64_t* default_status_ = nullptr;
-  uint64_t* ok_words_ = nullptr;  // pinned {kStatusOk, 0, 0}
-  gpu::Stream stream_ = nullptr;  // publishes views
+  // Set once by Init; freed by the destructor with the device current.
+  gpu::ViewSlotHandle slot_;
+  gpu::DeviceMemory<uint64_t> default_status_;
+  gpu::PinnedMemory<uint64_t> ok_words_;  // {kStatusOk, 0, 0}
+  gpu::StreamHandle stream_;              // publishes views
   PinnedPool pool_;
   DeviceVersions versions_;
   Mutex init_mu_;

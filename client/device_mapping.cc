@@ -15,17 +15,16 @@ DevicePath DeviceMapping::Open(const MappedVersion& v, int device,
     } else {
       absl::Status s;
       for (size_t h = 0; s.ok() && h < v.gpu_handles.size(); ++h) {
-        absl::StatusOr<void*> p = gpu::IpcOpen(v.gpu_handles[h]);
+        absl::StatusOr<gpu::IpcMapping> p = gpu::OpenIpc(v.gpu_handles[h]);
         if (!p.ok()) {
           s = p.status();
           break;
         }
-        opened_.push_back(*p);
-        spec->tables.push_back(static_cast<const uint8_t*>(*p) +
+        spec->tables.push_back(static_cast<const uint8_t*>(p->get()) +
                                v.gpu_offsets[h]);
+        opened_.push_back(std::move(*p));
       }
       if (s.ok()) return DevicePath::kGpuShared;
-      for (void* p : opened_) gpu::IpcClose(p);
       opened_.clear();
       spec->tables.clear();
       *note = absl::StrCat("the GPU copy cannot be opened: ", s.message());
@@ -70,7 +69,6 @@ DevicePath DeviceMapping::Open(const MappedVersion& v, int device,
     spec->generations.push_back(v.generations[h]);
   }
   if (s.ok()) return DevicePath::kHostMapped;
-  for (const void* p : registered_) gpu::HostUnregisterConst(p);
   registered_.clear();
   writable_.clear();
   spec->tables.clear();
@@ -106,11 +104,10 @@ absl::Status DeviceMapping::Register(const MappedVersion& v, bool writable,
       s = d.status();
       break;
     }
-    registered_.push_back(at);
+    registered_.emplace_back(at);
     bases->push_back(static_cast<const uint8_t*>(*d));
   }
   if (!s.ok()) {
-    for (const void* p : registered_) gpu::HostUnregisterConst(p);
     registered_.clear();
     writable_.clear();
     bases->clear();
@@ -119,11 +116,9 @@ absl::Status DeviceMapping::Register(const MappedVersion& v, bool writable,
 }
 
 void DeviceMapping::Close() {
-  for (void* p : opened_) gpu::IpcClose(p);
-  for (const void* p : registered_) gpu::HostUnregisterConst(p);
-  writable_.clear();  // detached after unregistering
   opened_.clear();
   registered_.clear();
+  writable_.clear();  // detached after unregistering
 }
 
 }  // namespace engram

@@ -13,6 +13,7 @@
 #include "client/client.h"
 #include "client/layer_mapping.h"
 #include "kernels/gpu.h"
+#include "kernels/gpu_handles.h"
 #include "transport/sysv_segments.h"
 
 namespace engram {
@@ -42,9 +43,11 @@ class DeviceMapping {
   absl::Status Register(const MappedVersion& v, bool writable,
                         std::vector<const uint8_t*>* bases);
 
-  std::vector<const void*> registered_;               // host extents
+  // Declared in this order so that registrations end before the writable
+  // attachments they were made through.
   std::vector<transport::AttachedSegment> writable_;  // for registration
-  std::vector<void*> opened_;                         // CUDA IPC mappings
+  std::vector<gpu::HostRegistration> registered_;     // host extents
+  std::vector<gpu::IpcMapping> opened_;               // CUDA IPC mappings
 };
 
 }  // namespace engram

@@ -35,9 +35,9 @@ struct GpuTier::PinnedBlock {
 
 GpuLayerMirror::~GpuLayerMirror() {
   (void)gpu::SetDevice(device_);
-  for (void* t : tables_) gpu::DeviceFree(t);
-  gpu::DeviceFree(table_ptrs_);
-  gpu::DeviceFree(vocab_);
+  tables_.clear();
+  table_ptrs_.reset();
+  vocab_.reset();
 }
 
 absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Open(const Options& options) {
@@ -60,15 +60,17 @@ absl::StatusOr<std::unique_ptr<GpuTier>> GpuTier::Open(const Options& options) {
   tier->device_name_ = gpu::DeviceName(options.device);
   tier->slots_.resize(std::max(1, options.streams));
   for (Slot& slot : tier->slots_) {
-    absl::StatusOr<gpu::Stream> stream = gpu::StreamCreate();
+    absl::StatusOr<gpu::StreamHandle> stream = gpu::NewStream();
     if (!stream.ok()) return stream.status();
-    slot.stream = *stream;
-    absl::StatusOr<void*> error = gpu::DeviceAlloc(sizeof(uint64_t));
+    slot.stream = std::move(*stream);
+    absl::StatusOr<gpu::DeviceMemory<uint64_t>> error =
+        gpu::NewDeviceMemory<uint64_t>(sizeof(uint64_t));
     if (!error.ok()) return error.status();
-    slot.device_error = static_cast<uint64_t*>(*error);
-    absl::StatusOr<void*> pinned_error = gpu::PinnedAlloc(sizeof(uint64_t));
+    slot.device_error = std::move(*error);
+    absl::StatusOr<gpu::PinnedMemory<uint64_t>> pinned_error =
+        gpu::NewPinnedMemory<uint64_t>(sizeof(uint64_t));
     if (!pinned_error.ok()) return pinned_error.status();
-    slot.pinned_error = static_cast<uint64_t*>(*pinned_error);
+    slot.pinned_error = std::move(*pinned_error);
   }
   MutexLock lock(&tier->mu_);
   for (Slot& slot : tier->slots_) tier->free_slots_.push_back(&slot);
@@ -80,14 +82,7 @@ GpuTier::GpuTier(const Options& options, uint64_t limit)
 
 GpuTier::~GpuTier() {
   (void)gpu::SetDevice(options_.device);
-  for (Slot& slot : slots_) {
-    gpu::StreamDestroy(slot.stream);
-    gpu::DeviceFree(slot.device_ids);
-    gpu::DeviceFree(slot.device_out);
-    gpu::DeviceFree(slot.device_error);
-    gpu::PinnedFree(slot.pinned_ids);
-    gpu::PinnedFree(slot.pinned_error);
-  }
+  slots_.clear();
   MutexLock lock(&mu_);
   for (auto& [capacity, block] : pinned_cache_) {
     gpu::PinnedFree(block);
@@ -109,39 +104,43 @@ absl::StatusOr<std::shared_ptr<const GpuLayerMirror>> GpuTier::Mirror(
   mirror->device_ = options_.device;
   if (absl::Status s = gpu::SetDevice(options_.device); !s.ok()) return s;
   std::vector<const uint8_t*> device_tables;
+  // On an error return the mirror's destructor frees what was allocated.
   for (int h = 0; h < layout.num_heads(); ++h) {
-    absl::StatusOr<void*> table = gpu::DeviceAlloc(layout.table_bytes(h));
-    if (!table.ok()) return table.status();  // mirror's destructor cleans up
-    mirror->tables_.push_back(*table);
-    device_tables.push_back(static_cast<const uint8_t*>(*table));
-    if (absl::Status s =
-            gpu::CopyToDevice(*table, layer.table(h), layout.table_bytes(h));
+    absl::StatusOr<gpu::DeviceMemory<>> table =
+        gpu::NewDeviceMemory(layout.table_bytes(h));
+    if (!table.ok()) return table.status();
+    void* device_table = table->get();
+    mirror->tables_.push_back(std::move(*table));
+    device_tables.push_back(static_cast<const uint8_t*>(device_table));
+    if (absl::Status s = gpu::CopyToDevice(device_table, layer.table(h),
+                                           layout.table_bytes(h));
         !s.ok()) {
       return s;
     }
   }
-  absl::StatusOr<void*> ptrs =
-      gpu::DeviceAlloc(device_tables.size() * sizeof(void*));
+  const size_t ptrs_bytes = device_tables.size() * sizeof(const uint8_t*);
+  absl::StatusOr<gpu::DeviceMemory<const uint8_t*>> ptrs =
+      gpu::NewDeviceMemory<const uint8_t*>(ptrs_bytes);
   if (!ptrs.ok()) return ptrs.status();
-  mirror->table_ptrs_ = *ptrs;
-  absl::StatusOr<void*> vocab =
-      gpu::DeviceAlloc(layout.num_heads() * sizeof(int64_t));
+  mirror->table_ptrs_ = std::move(*ptrs);
+  const size_t vocab_bytes = layout.num_heads() * sizeof(int64_t);
+  absl::StatusOr<gpu::DeviceMemory<int64_t>> vocab =
+      gpu::NewDeviceMemory<int64_t>(vocab_bytes);
   if (!vocab.ok()) return vocab.status();
-  mirror->vocab_ = *vocab;
-  if (absl::Status s = gpu::CopyToDevice(*ptrs, device_tables.data(),
-                                         device_tables.size() * sizeof(void*));
+  mirror->vocab_ = std::move(*vocab);
+  if (absl::Status s = gpu::CopyToDevice(mirror->table_ptrs_.get(),
+                                         device_tables.data(), ptrs_bytes);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s =
-          gpu::CopyToDevice(*vocab, layout.table_vocab_sizes.data(),
-                            layout.num_heads() * sizeof(int64_t));
+  if (absl::Status s = gpu::CopyToDevice(
+          mirror->vocab_.get(), layout.table_vocab_sizes.data(), vocab_bytes);
       !s.ok()) {
     return s;
   }
   gpu::GatherLaunch& g = mirror->launch_;
-  g.tables = static_cast<const uint8_t* const*>(mirror->table_ptrs_);
-  g.vocab = static_cast<const int64_t*>(mirror->vocab_);
+  g.tables = mirror->table_ptrs_.get();
+  g.vocab = mirror->vocab_.get();
   g.heads = layout.num_heads();
   g.dim = layout.embedding_dim;
   g.in_dtype = static_cast<int>(layout.dtype);
@@ -170,27 +169,27 @@ absl::Status GpuTier::PrepareSlot(Slot* slot, size_t id_bytes,
                                   size_t out_bytes) {
   if (slot->ids_capacity < id_bytes) {
     const size_t capacity = RoundUpPow2(id_bytes);
-    gpu::DeviceFree(slot->device_ids);
-    gpu::PinnedFree(slot->pinned_ids);
-    slot->device_ids = nullptr;
-    slot->pinned_ids = nullptr;
+    slot->device_ids.reset();
+    slot->pinned_ids.reset();
     slot->ids_capacity = 0;
-    absl::StatusOr<void*> d = gpu::DeviceAlloc(capacity);
+    absl::StatusOr<gpu::DeviceMemory<int64_t>> d =
+        gpu::NewDeviceMemory<int64_t>(capacity);
     if (!d.ok()) return d.status();
-    slot->device_ids = static_cast<int64_t*>(*d);
-    absl::StatusOr<void*> p = gpu::PinnedAlloc(capacity);
+    absl::StatusOr<gpu::PinnedMemory<int64_t>> p =
+        gpu::NewPinnedMemory<int64_t>(capacity);
     if (!p.ok()) return p.status();
-    slot->pinned_ids = static_cast<int64_t*>(*p);
+    slot->device_ids = std::move(*d);
+    slot->pinned_ids = std::move(*p);
     slot->ids_capacity = capacity;
   }
   if (slot->out_capacity < out_bytes) {
     const size_t capacity = RoundUpPow2(out_bytes);
-    gpu::DeviceFree(slot->device_out);
-    slot->device_out = nullptr;
+    slot->device_out.reset();
     slot->out_capacity = 0;
-    absl::StatusOr<void*> d = gpu::DeviceAlloc(capacity);
+    absl::StatusOr<gpu::DeviceMemory<uint8_t>> d =
+        gpu::NewDeviceMemory<uint8_t>(capacity);
     if (!d.ok()) return d.status();
-    slot->device_out = static_cast<uint8_t*>(*d);
+    slot->device_out = std::move(*d);
     slot->out_capacity = capacity;
   }
   return absl::OkStatus();
@@ -207,39 +206,42 @@ absl::Status GpuTier::Gather(const GpuLayerMirror& mirror, const int64_t* ids,
   absl::Status status = [&]() -> absl::Status {
     if (absl::Status s = PrepareSlot(slot, id_bytes, out_bytes); !s.ok())
       return s;
-    std::memcpy(slot->pinned_ids, ids, id_bytes);
+    const gpu::Stream stream = slot->stream.get();
+    int64_t* const device_ids = slot->device_ids.get();
+    uint8_t* const device_out = slot->device_out.get();
+    uint64_t* const device_error = slot->device_error.get();
+    uint64_t* const pinned_error = slot->pinned_error.get();
+    std::memcpy(slot->pinned_ids.get(), ids, id_bytes);
     gpu::GatherLaunch g = mirror.launch_;
     g.out_dtype = static_cast<int>(out_dtype);
-    g.ids = slot->device_ids;
+    g.ids = device_ids;
     g.num_ids = num_ids;
-    g.out = slot->device_out;
-    g.error_flag = slot->device_error;
+    g.out = device_out;
+    g.error_flag = device_error;
     if (absl::Status s = gpu::CopyToDeviceAsync(
-            slot->device_ids, slot->pinned_ids, id_bytes, slot->stream);
+            device_ids, slot->pinned_ids.get(), id_bytes, stream);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = gpu::ResetErrorFlag(slot->device_error, slot->stream);
-        !s.ok())
-      return s;
-    if (absl::Status s = gpu::LaunchGather(g, slot->stream); !s.ok()) return s;
-    if (absl::Status s = gpu::CopyToHostAsync(host_out, slot->device_out,
-                                              out_bytes, slot->stream);
-        !s.ok()) {
+    if (absl::Status s = gpu::ResetErrorFlag(device_error, stream); !s.ok()) {
       return s;
     }
+    if (absl::Status s = gpu::LaunchGather(g, stream); !s.ok()) return s;
     if (absl::Status s =
-            gpu::CopyToHostAsync(slot->pinned_error, slot->device_error,
-                                 sizeof(uint64_t), slot->stream);
+            gpu::CopyToHostAsync(host_out, device_out, out_bytes, stream);
         !s.ok()) {
       return s;
     }
-    if (absl::Status s = gpu::StreamSynchronize(slot->stream); !s.ok())
+    if (absl::Status s = gpu::CopyToHostAsync(pinned_error, device_error,
+                                              sizeof(uint64_t), stream);
+        !s.ok()) {
       return s;
-    if (*slot->pinned_error != gpu::kNoError) {
+    }
+    if (absl::Status s = gpu::StreamSynchronize(stream); !s.ok()) return s;
+    if (*pinned_error != gpu::kNoError) {
       return absl::InternalError(
-          absl::StrCat("the device bounds check rejected row ",
-                       *slot->pinned_error, " of the gather"));
+          absl::StrCat("the device bounds check rejected row ", *pinned_error,
+                       " of the gather"));
     }
     return absl::OkStatus();
   }();

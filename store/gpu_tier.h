@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "common/mutex.h"
 #include "kernels/gpu.h"
+#include "kernels/gpu_handles.h"
 #include "store/host_memory.h"
 #include "store/layer.h"
 
@@ -33,17 +34,17 @@ class GpuLayerMirror {
   // The CUDA device holding the copy, and head h's table there (its own
   // cudaMalloc allocation: what a CUDA IPC handle of it opens).
   int device() const { return device_; }
-  void* device_table(int head) const { return tables_[head]; }
+  void* device_table(int head) const { return tables_[head].get(); }
   int num_tables() const { return static_cast<int>(tables_.size()); }
 
  private:
   friend class GpuTier;
   GpuLayerMirror() = default;
   int device_ = 0;
-  std::vector<void*> tables_;
-  void* table_ptrs_ = nullptr;  // device array of the table pointers
-  void* vocab_ = nullptr;       // device array of N_h
-  gpu::GatherLaunch launch_;    // filled except ids / num_ids / out / flag
+  std::vector<gpu::DeviceMemory<>> tables_;
+  gpu::DeviceMemory<const uint8_t*> table_ptrs_;  // the tables' addresses
+  gpu::DeviceMemory<int64_t> vocab_;              // N_h
+  gpu::GatherLaunch launch_;  // filled except ids / num_ids / out / flag
   MemoryReservation reservation_;
 };
 
@@ -84,15 +85,17 @@ class GpuTier {
   const MemoryBudget& budget() const { return budget_; }
 
  private:
+  // One stream and its staging buffers; freed by ~GpuTier with the
+  // device current.
   struct Slot {
-    gpu::Stream stream = nullptr;
-    int64_t* device_ids = nullptr;
+    gpu::StreamHandle stream;
+    gpu::DeviceMemory<int64_t> device_ids;
+    gpu::PinnedMemory<int64_t> pinned_ids;
     size_t ids_capacity = 0;
-    uint8_t* device_out = nullptr;
+    gpu::DeviceMemory<uint8_t> device_out;
     size_t out_capacity = 0;
-    uint64_t* device_error = nullptr;
-    int64_t* pinned_ids = nullptr;
-    uint64_t* pinned_error = nullptr;
+    gpu::DeviceMemory<uint64_t> device_error;
+    gpu::PinnedMemory<uint64_t> pinned_error;
   };
   struct PinnedBlock;
 

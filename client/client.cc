@@ -535,6 +535,15 @@ DeviceReads* Client::Device() {
                             std::optional<DType> output_dtype) {
       return Lookup(layer_id, ids, shape, output, output_dtype);
     };
+    env.rpc_lookup_tokens =
+        [this](int64_t layer_id, std::span<const int64_t> tokens,
+               std::span<const int64_t> shape, std::span<const int64_t> history,
+               std::span<uint8_t> output, std::optional<DType> output_dtype) {
+          const int64_t layers[] = {layer_id};
+          const std::span<uint8_t> outputs[] = {output};
+          return LookupTokens(layers, tokens, shape, history, outputs,
+                              output_dtype);
+        };
     impl_->device = device_reads_factory(std::move(env));
   });
   return impl_->device.get();

@@ -174,6 +174,20 @@ struct LookupSpec {
   LookupOptions options;
 };
 
+// Token ids in place of row ids (DeviceLookupRequest::tokens): the layer's
+// Engram hash (the model it was loaded with, docs/tokens.md) runs on the
+// GPU in the same launch as the gather. Pointers follow the rules of
+// DeviceLookupRequest::ids.
+struct DeviceTokens {
+  const int64_t* tokens = nullptr;  // [batch, length] raw token ids
+  int64_t batch = 0;
+  int64_t length = 0;
+  // [batch, history_length]: each sequence's previous raw ids, oldest
+  // first, history_length <= N - 1 (0: every sequence starts here).
+  const int64_t* history = nullptr;
+  int64_t history_length = 0;
+};
+
 struct DeviceLookupRequest {
   int64_t layer_id = 0;
   // B*L*H ids, token-major with heads fastest (as Lookup's). Device memory
@@ -192,6 +206,10 @@ struct DeviceLookupRequest {
   // need no initial value. nullptr: the client's own words for this layer
   // and device (one stream at a time).
   uint64_t* status = nullptr;
+  // Set (ids null, num_ids 0): rows for these token ids, [batch, length,
+  // (N - 1) * H] ids' worth (docs/tokens.md "On the GPU"). Must stay valid
+  // until DeviceLookupResult when it reports a bad token.
+  const DeviceTokens* tokens = nullptr;
 };
 
 // Device words per DeviceLookupRequest::status.

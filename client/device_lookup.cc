@@ -1,5 +1,6 @@
 #include "client/device_lookup.h"
 
+#include <array>
 #include <cstring>
 #include <deque>
 #include <optional>
@@ -7,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/device_mapping.h"
+#include "client/device_resources.h"
+#include "client/device_tokens.h"
 #include "client/device_versions.h"
 #include "client/layer_mapping.h"
 #include "common/dtype.h"
@@ -25,78 +28,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 static_assert(kDeviceStatusWords == gpu::kStatusWords);
-
-// Makes `device` current for a scope, restoring the caller's device.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) : device_(device) {
-    previous_ = gpu::CurrentDevice();
-    if (previous_ != device_) status_ = gpu::SetDevice(device_);
-  }
-  ~DeviceGuard() {
-    if (previous_ >= 0 && previous_ != device_) {
-      gpu::SetDevice(previous_).IgnoreError();
-    }
-  }
-  const absl::Status& status() const { return status_; }
-
- private:
-  const int device_;
-  int previous_ = -1;
-  absl::Status status_;
-};
-
-// Pinned host buffers for ids on their way to a kernel and for the RPC
-// path's rows; a buffer is reused only once the event recorded after its
-// last use has passed. Bound to one device (its events are). Thread-safe.
-class PinnedPool {
- public:
-  struct Block {
-    gpu::PinnedMemory<> data;
-    size_t capacity = 0;
-    gpu::EventHandle event;
-    bool busy = false;
-  };
-  absl::StatusOr<Block*> Acquire(size_t bytes) {
-    MutexLock lock(&mu_);
-    for (Block& b : blocks_) {
-      if (!b.busy && b.capacity >= bytes && gpu::EventDone(b.event.get())) {
-        b.busy = true;
-        return &b;
-      }
-    }
-    size_t capacity = 64 << 10;
-    while (capacity < bytes) capacity *= 2;
-    absl::StatusOr<gpu::PinnedMemory<>> data = gpu::NewPinnedMemory(capacity);
-    if (!data.ok()) return data.status();
-    absl::StatusOr<gpu::EventHandle> event = gpu::NewEvent();
-    if (!event.ok()) return event.status();
-    blocks_.push_back({std::move(*data), capacity, std::move(*event), true});
-    return &blocks_.back();
-  }
-  // After the block's last use was enqueued on `stream`.
-  void Release(Block* block, gpu::Stream stream) {
-    // A failed record leaves the event as it was: at worst the block waits
-    // for its previous use.
-    gpu::EventRecord(block->event.get(), stream).IgnoreError();
-    MutexLock lock(&mu_);
-    block->busy = false;
-  }
-  // Unused after all (nothing was enqueued).
-  void Return(Block* block) {
-    MutexLock lock(&mu_);
-    block->busy = false;
-  }
-  // Frees every block; none may be in use (the owner's device current).
-  void Clear() {
-    MutexLock lock(&mu_);
-    blocks_.clear();
-  }
-
- private:
-  Mutex mu_;
-  std::deque<Block> blocks_ ABSL_GUARDED_BY(mu_);  // stable addresses
-};
 
 absl::StatusOr<LookupPlan> CheckOutput(const LayerLayout& layout,
                                        const DeviceLookupRequest& r) {
@@ -150,6 +81,12 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
       watch_.reset();
     }
     DeviceGuard guard(device_);
+    {
+      // A launch or a captured graph may still read a model's token map.
+      MutexLock lock(&token_models_mu_);
+      if (!token_models_.empty()) gpu::DeviceSynchronize().IgnoreError();
+      token_models_.clear();
+    }
     slot_.reset();
     default_status_.reset();
     ok_words_.reset();
@@ -175,6 +112,30 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
   Current Now() { return versions_.Now(); }
   std::string note() { return versions_.note(); }
   uint64_t* default_status() const { return default_status_.get(); }
+  // Why token lookup `r`'s launch reported row `row` (a token outside the
+  // model's map): its tokens read back and checked against the model.
+  absl::Status ExplainBadToken(const DeviceLookupRequest& r, uint64_t row) {
+    std::shared_ptr<const DeviceTokenModel> model;
+    {
+      MutexLock lock(&token_models_mu_);
+      auto it = token_models_.find(Now().token_model);
+      if (it != token_models_.end()) model = it->second;
+    }
+    const DeviceTokens& t = *r.tokens;
+    std::vector<int64_t> tokens_copy, history_copy;
+    absl::StatusOr<std::span<const int64_t>> tokens =
+        HostView(t.tokens, t.batch * t.length, r.stream, &tokens_copy);
+    absl::StatusOr<std::span<const int64_t>> history = HostView(
+        t.history, t.batch * t.history_length, r.stream, &history_copy);
+    if (model == nullptr || !tokens.ok() || !history.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row ", row, " of layer ", r.layer_id,
+                       "'s token lookup hashes a token that is not a raw id "
+                       "of its model's token map"));
+    }
+    return model->ExplainBadToken(r.layer_id, t, *tokens, *history);
+  }
+
   // The janitor.
   void Tidy() {
     versions_.RetryPending();
@@ -185,8 +146,10 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
   // pinned memory when they were pageable), or one for the RPC path.
   struct Planned {
     DevicePath path = DevicePath::kRpc;
-    gpu::ViewGather gather;                     // zero-copy paths
-    PinnedPool::Block* staged = nullptr;        // ids copied for the launch
+    gpu::ViewGather gather;  // zero-copy paths
+    // Ids, or tokens and history, copied for the launch.
+    std::array<PinnedPool::Block*, 2> staged{};
+    gpu::TokenHashArgs hash;                    // token lookups: gather.tokens
     std::shared_ptr<const LayerLayout> layout;  // the RPC path
   };
 
@@ -226,17 +189,24 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
 
  public:
   // Checks `r` against the current layout and says how it will be served.
-  absl::Status Plan(const DeviceLookupRequest& r, Planned* p) {
+  absl::Status Plan(const DeviceLookupRequest& request, Planned* p) {
     const Current c = Now();
     if (c.state == MappingUpdate::kNotFound) return c.why;
     if (!c.known) return c.why;  // never reached the server
     const LayerLayout& layout = *c.layout;
+    // A token lookup's rows: a row id per table per token.
+    DeviceLookupRequest r = request;
+    if (r.tokens != nullptr) {
+      r.num_ids = r.tokens->batch * r.tokens->length * layout.num_heads();
+    }
     absl::StatusOr<LookupPlan> plan = CheckOutput(layout, r);
     if (!plan.ok()) return plan.status();
     uint64_t* status = r.status != nullptr ? r.status : default_status_.get();
     if (c.state == MappingUpdate::kPresent && c.path != DevicePath::kRpc) {
       p->path = c.path;
-      return PlanZeroCopy(r, layout, *plan, status, p);
+      return r.tokens != nullptr
+                 ? PlanTokens(r, c, *plan, status, p)
+                 : PlanZeroCopy(r, layout, *plan, status, r.ids, p);
     }
     if (gpu::StreamCapturing(r.stream)) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -250,40 +220,48 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
 
   // After `p`'s launch was enqueued on `stream` (or abandoned: nullopt).
   void Launched(Planned& p, std::optional<gpu::Stream> stream) {
-    if (p.staged == nullptr) return;
-    if (stream) {
-      pool_.Release(p.staged, *stream);
-    } else {
-      pool_.Return(p.staged);
+    for (PinnedPool::Block*& staged : p.staged) {
+      if (staged == nullptr) continue;
+      if (stream) {
+        pool_.Release(staged, *stream);
+      } else {
+        pool_.Return(staged);
+      }
+      staged = nullptr;
     }
-    p.staged = nullptr;
   }
 
   absl::Status LaunchRpc(const DeviceLookupRequest& r,
                          const LayerLayout& layout) {
     uint64_t* status = r.status != nullptr ? r.status : default_status_.get();
-    const size_t id_bytes = static_cast<size_t>(r.num_ids) * sizeof(int64_t);
-    std::vector<int64_t> host_ids;
-    std::span<const int64_t> ids(r.ids, static_cast<size_t>(r.num_ids));
-    if (gpu::DescribePointer(r.ids).device_memory) {
-      host_ids.resize(r.num_ids);
-      if (absl::Status s =
-              gpu::CopyToHostAsync(host_ids.data(), r.ids, id_bytes, r.stream);
-          !s.ok()) {
-        return s;
-      }
-      if (absl::Status s = gpu::StreamSynchronize(r.stream); !s.ok()) return s;
-      ids = host_ids;
-    }
+    std::vector<int64_t> ids_copy, tokens_copy, history_copy;
     absl::StatusOr<PinnedPool::Block*> block = pool_.Acquire(r.out_bytes);
     if (!block.ok()) return block.status();
-    const int64_t heads = layout.num_heads();
-    const int64_t shape[] = {r.num_ids / heads, 1, heads};
-    absl::Status s = env_->rpc_lookup(
-        r.layer_id, ids, shape,
-        std::span<uint8_t>(static_cast<uint8_t*>((*block)->data.get()),
-                           r.out_bytes),
-        r.output_dtype);
+    const std::span<uint8_t> rows(static_cast<uint8_t*>((*block)->data.get()),
+                                  r.out_bytes);
+    absl::Status s;
+    if (r.tokens != nullptr) {
+      const DeviceTokens& t = *r.tokens;
+      absl::StatusOr<std::span<const int64_t>> tokens =
+          HostView(t.tokens, t.batch * t.length, r.stream, &tokens_copy);
+      absl::StatusOr<std::span<const int64_t>> history = HostView(
+          t.history, t.batch * t.history_length, r.stream, &history_copy);
+      s = !tokens.ok() ? tokens.status() : history.status();
+      if (s.ok()) {
+        const int64_t shape[] = {t.batch, t.length};
+        s = env_->rpc_lookup_tokens(r.layer_id, *tokens, shape, *history, rows,
+                                    r.output_dtype);
+      }
+    } else {
+      absl::StatusOr<std::span<const int64_t>> ids =
+          HostView(r.ids, r.num_ids, r.stream, &ids_copy);
+      s = ids.status();
+      if (s.ok()) {
+        const int64_t heads = layout.num_heads();
+        const int64_t shape[] = {r.num_ids / heads, 1, heads};
+        s = env_->rpc_lookup(r.layer_id, *ids, shape, rows, r.output_dtype);
+      }
+    }
     if (s.ok()) {
       s = gpu::CopyToDeviceAsync(r.out, (*block)->data.get(), r.out_bytes,
                                  r.stream);
@@ -311,6 +289,7 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
       spec.dtype = static_cast<int>(v.layout.dtype);
       spec.quant_block = v.layout.quant.block;
       spec.version = v.version;
+      spec.token_model = v.token_model;
       spec.vocab = v.layout.table_vocab_sizes;
       next->mapped = u.mapped;
       if (spec.heads > gpu::kMaxViewHeads) {
@@ -366,34 +345,136 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
     watch_->Release(version);
   }
 
+  // `count` int64 at `data` (`what` of the request) where the launch can
+  // read them: as given, or staged in pinned memory when pageable.
+  absl::StatusOr<const int64_t*> Readable(const int64_t* data, int64_t count,
+                                          const char* what,
+                                          const DeviceLookupRequest& r,
+                                          Planned* p) {
+    if (count == 0) return data;
+    const gpu::PointerInfo where = gpu::DescribePointer(data);
+    if (where.device_memory && where.device != device_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " are on device ", where.device,
+                       ", the output on device ", device_));
+    }
+    if (where.device_memory || where.host_mapped) return data;
+    if (gpu::StreamCapturing(r.stream)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what,
+          " in pageable host memory cannot be captured in a CUDA graph: "
+          "put them in device or pinned memory"));
+    }
+    const size_t bytes = static_cast<size_t>(count) * sizeof(int64_t);
+    absl::StatusOr<PinnedPool::Block*> block = pool_.Acquire(bytes);
+    if (!block.ok()) return block.status();
+    PinnedPool::Block*& slot = p->staged[p->staged[0] == nullptr ? 0 : 1];
+    slot = *block;
+    std::memcpy(slot->data.get(), data, bytes);
+    return static_cast<const int64_t*>(slot->data.get());
+  }
+
+  // `count` int64 at `data` as host memory: device memory copied into
+  // `copy` (through `stream`, waited for), host memory as it is.
+  static absl::StatusOr<std::span<const int64_t>> HostView(
+      const int64_t* data, int64_t count, gpu::Stream stream,
+      std::vector<int64_t>* copy) {
+    const size_t n = static_cast<size_t>(count);
+    if (n == 0 || !gpu::DescribePointer(data).device_memory) {
+      return std::span<const int64_t>(data, n);
+    }
+    copy->resize(n);
+    if (absl::Status s = gpu::CopyToHostAsync(copy->data(), data,
+                                              n * sizeof(int64_t), stream);
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = gpu::StreamSynchronize(stream); !s.ok()) return s;
+    return std::span<const int64_t>(*copy);
+  }
+
+  // A token lookup on a zero-copy path: the model the current version's
+  // ids mean, the tokens where the launch reads them, the hash arguments.
+  absl::Status PlanTokens(const DeviceLookupRequest& r, const Current& c,
+                          const LookupPlan& plan, uint64_t* status,
+                          Planned* p) {
+    absl::StatusOr<std::shared_ptr<const DeviceTokenModel>> model =
+        TokenModelFor(r.layer_id, c.token_model);
+    if (!model.ok()) return model.status();
+    if (absl::Status s = (*model)->CheckLayout(r.layer_id, *c.layout);
+        !s.ok()) {
+      return s;
+    }
+    const DeviceTokens& t = *r.tokens;
+    const int max_history = (*model)->max_history();
+    if (t.history_length > max_history) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "history holds ", t.history_length, " tokens per sequence; at most ",
+          max_history, " (N - 1) are used"));
+    }
+    absl::StatusOr<const int64_t*> tokens =
+        Readable(t.tokens, t.batch * t.length, "tokens", r, p);
+    if (!tokens.ok()) return tokens.status();
+    absl::StatusOr<const int64_t*> history =
+        Readable(t.history, t.batch * t.history_length, "history", r, p);
+    if (!history.ok()) return history.status();
+    p->hash = (*model)->Args(t, *tokens, *history);
+    if (absl::Status s =
+            PlanZeroCopy(r, *c.layout, plan, status, /*ids=*/nullptr, p);
+        !s.ok()) {
+      return s;
+    }
+    p->gather.tokens = &p->hash;
+    p->gather.token_model = (*model)->token_model();
+    return absl::OkStatus();
+  }
+
+  // The device copy of the model whose token model id is `token_model`
+  // (what the current version's ids mean), fetched the first time. Kept
+  // until the layer's state ends: a captured graph points at it.
+  absl::StatusOr<std::shared_ptr<const DeviceTokenModel>> TokenModelFor(
+      int64_t layer_id, uint64_t token_model) {
+    if (token_model == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "layer ", layer_id,
+          " has no model hash: load it with a manifest whose \"model\" "
+          "names config.json and the token map (docs/tokens.md)"));
+    }
+    if (token_model == kStaleTokenModel) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "layer ", layer_id,
+          " was populated or replaced since its model hash was loaded, "
+          "without one: load it with a manifest that names its model"));
+    }
+    MutexLock lock(&token_models_mu_);
+    auto it = token_models_.find(token_model);
+    if (it != token_models_.end()) return it->second;
+    absl::StatusOr<std::unique_ptr<DeviceTokenModel>> fetched =
+        DeviceTokenModel::Fetch(env_->channel, layer_id, env_->timeout);
+    if (!fetched.ok()) return fetched.status();
+    // The server may have moved on meanwhile: filed under what it is; the
+    // launch reads only a version of the model it hashes with.
+    std::shared_ptr<const DeviceTokenModel> model = *std::move(fetched);
+    token_models_.emplace(model->token_model(), model);
+    return model;
+  }
+
   absl::Status PlanZeroCopy(const DeviceLookupRequest& r,
                             const LayerLayout& layout, const LookupPlan& plan,
-                            uint64_t* status, Planned* p) {
+                            uint64_t* status, const int64_t* given_ids,
+                            Planned* p) {
     if (plan.dequantizes() && !gpu::CanDequantizeBlock(layout.quant.block)) {
       return absl::UnimplementedError(absl::StrCat(
           "layer ", r.layer_id, "'s quantization block ", layout.quant.block,
           " is not dequantized on the GPU (blocks of 16, 32, 64 or 128 are); "
           "ask for its uint8 rows"));
     }
-    const int64_t* ids = r.ids;
-    const gpu::PointerInfo where = gpu::DescribePointer(r.ids);
-    if (where.device_memory && where.device != device_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("ids are on device ", where.device,
-                       ", the output on device ", device_));
-    }
-    if (!where.device_memory && !where.host_mapped) {
-      if (gpu::StreamCapturing(r.stream)) {
-        return absl::FailedPreconditionError(
-            "ids in pageable host memory cannot be captured in a CUDA graph: "
-            "put them in device or pinned memory");
-      }
-      const size_t bytes = static_cast<size_t>(r.num_ids) * sizeof(int64_t);
-      absl::StatusOr<PinnedPool::Block*> block = pool_.Acquire(bytes);
-      if (!block.ok()) return block.status();
-      p->staged = *block;
-      std::memcpy(p->staged->data.get(), r.ids, bytes);
-      ids = static_cast<const int64_t*>(p->staged->data.get());
+    const int64_t* ids = nullptr;
+    if (given_ids != nullptr) {
+      absl::StatusOr<const int64_t*> readable =
+          Readable(given_ids, r.num_ids, "ids", r, p);
+      if (!readable.ok()) return readable.status();
+      ids = *readable;
     }
     gpu::ViewGather& g = p->gather;
     g.slot = slot_.get();
@@ -425,6 +506,10 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
   absl::Status init_status_ ABSL_GUARDED_BY(init_mu_);
   Mutex release_mu_;
   std::vector<uint64_t> early_releases_ ABSL_GUARDED_BY(release_mu_);
+  // By token model id; never dropped while the layer's state lives.
+  Mutex token_models_mu_;
+  std::map<uint64_t, std::shared_ptr<const DeviceTokenModel>> token_models_
+      ABSL_GUARDED_BY(token_models_mu_);
   // Ended by the destructor only after every view is closed: its end
   // lets the server free the versions. Set once by Init.
   std::unique_ptr<LayerMappingWatch> watch_;
@@ -513,12 +598,23 @@ absl::Status DeviceLookups::LookupMany(
   int device = -1;
   for (size_t i = 0; i < requests.size(); ++i) {
     const DeviceLookupRequest& r = requests[i];
-    if (r.ids == nullptr || r.num_ids <= 0 || r.out == nullptr ||
-        r.out_bytes == 0) {
+    if (r.out == nullptr || r.out_bytes == 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat(which(i),
-                       "a device lookup needs ids, num_ids > 0, out and "
-                       "out_bytes"));
+          absl::StrCat(which(i), "a device lookup needs out and out_bytes"));
+    }
+    if (r.tokens != nullptr) {
+      const DeviceTokens& t = *r.tokens;
+      if (r.ids != nullptr || r.num_ids != 0 || t.tokens == nullptr ||
+          t.batch <= 0 || t.length <= 0 || t.history_length < 0 ||
+          (t.history_length > 0 && t.history == nullptr)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            which(i),
+            "a token lookup needs tokens [batch > 0, length > 0], history "
+            "when history_length > 0, and no ids"));
+      }
+    } else if (r.ids == nullptr || r.num_ids <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          which(i), "a device lookup needs ids and num_ids > 0 (or tokens)"));
     }
     if (r.stream != requests[0].stream) {
       return absl::InvalidArgumentError(
@@ -636,6 +732,15 @@ absl::Status DeviceLookups::Result(const DeviceLookupRequest& r) {
         "a table range of layer ", r.layer_id,
         " was released while it was read; the rows are not valid"));
   }
+  if (code == gpu::kStatusModelChanged) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", r.layer_id,
+        " was loaded again with another model hash (or populated without "
+        "one) before the launch ran; nothing was written (the next call "
+        "hashes with the new model; a captured graph must be captured "
+        "again)"));
+  }
+  if (r.tokens != nullptr) return (*layer)->ExplainBadToken(r, code);
   const int heads = c.known ? c.layout->num_heads() : 0;
   return absl::InvalidArgumentError(absl::StrCat(
       "ids[", code, "] is out of range for head ",

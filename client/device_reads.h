@@ -45,6 +45,12 @@ struct DeviceReadsEnv {
                              std::span<uint8_t> output,
                              std::optional<DType> output_dtype)>
       rpc_lookup;
+  // Token lookups' RPC path: Client::LookupTokens of one layer.
+  std::function<absl::Status(
+      int64_t layer_id, std::span<const int64_t> tokens,
+      std::span<const int64_t> shape, std::span<const int64_t> history,
+      std::span<uint8_t> output, std::optional<DType> output_dtype)>
+      rpc_lookup_tokens;
 };
 
 using DeviceReadsFactory = std::unique_ptr<DeviceReads> (*)(DeviceReadsEnv env);

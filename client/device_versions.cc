@@ -99,6 +99,7 @@ void DeviceVersions::ApplyInOrder(MappingUpdate u, uint64_t seq) {
       if (present) {
         current_state_.layout =
             std::make_shared<const LayerLayout>(u.mapped->layout);
+        current_state_.token_model = u.mapped->token_model;
       }
       note_ = absl::StrCat("rpc (", note, ")");
       ready_ = true;
@@ -128,6 +129,7 @@ void DeviceVersions::ApplyInOrder(MappingUpdate u, uint64_t seq) {
       current_state_.known = true;
       current_state_.layout =
           std::make_shared<const LayerLayout>(u.mapped->layout);
+      current_state_.token_model = u.mapped->token_model;
     } else if (u.state == MappingUpdate::kNotFound) {
       current_state_.known = false;
     }

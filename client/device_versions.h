@@ -73,6 +73,7 @@ class DeviceVersions {
     std::shared_ptr<const LayerLayout> layout;
     DevicePath path = DevicePath::kRpc;
     absl::Status why;
+    uint64_t token_model = 0;  // of the version `layout` describes
   };
 
   // `release` tells the server it may free a version (the watch's Release).

@@ -106,6 +106,7 @@ absl::Status MapHost(const LayerMapping& m, MappedVersion* v) {
 MappedVersion MapLayer(const LayerMapping& m) {
   MappedVersion v;
   v.version = m.version();
+  v.token_model = m.token_model();
   v.layout = LayoutOf(m.config());
   v.host_why = MapHost(m, &v);
   if (!v.host_why.ok()) {
@@ -216,9 +217,9 @@ void LayerMappingWatch::Run() {
                  absl::StrCat("the server's WatchLayer stream ended (",
                               status.error_message(), "); reconnecting"))});
     MutexLock lock(&mu_);
-    wake_.wait_for(lock, backoff.Next(), [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stopping_;
-    });
+    wake_.wait_for(
+        lock, backoff.Next(),
+        [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
     if (stopping_) return;
   }
 }

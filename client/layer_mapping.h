@@ -36,6 +36,8 @@ namespace engram {
 // attachments live as long as it does.
 struct MappedVersion {
   uint64_t version = 0;
+  // What its ids mean to token lookups (LayerMapping.token_model).
+  uint64_t token_model = 0;
   LayerLayout layout;
   // Host tables mapped read-only: head h's [N_h, D] rows at tables[h]. Empty
   // when they could not be mapped (host_why says why).

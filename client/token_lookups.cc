@@ -108,6 +108,11 @@ absl::StatusOr<RoutedTokenLookups::Model> RoutedTokenLookups::Fetch(
     }
     return last;
   }
+  return ParseTokenModel(layer_id, reply);
+}
+
+absl::StatusOr<LayerTokenModel> ParseTokenModel(
+    int64_t layer_id, const internal::v1::TokenModelResponse& reply) {
   if (reply.token_map().size() % sizeof(int64_t) != 0) {
     return absl::DataLossError(
         absl::StrCat("the token map of layer ", layer_id, "'s model has ",
@@ -122,7 +127,7 @@ absl::StatusOr<RoutedTokenLookups::Model> RoutedTokenLookups::Fetch(
     return WithContext(hasher.status(),
                        absl::StrCat("the model of layer ", layer_id));
   }
-  Model model;
+  LayerTokenModel model;
   model.engram_layer = reply.engram_layer();
   model.token_model = hasher->TokenModel(model.engram_layer);
   if (model.token_model != reply.token_model()) {

@@ -22,6 +22,20 @@
 
 namespace engram {
 
+// A served layer's model hash as a TokenModel answer gives it: the hasher,
+// which of the model's Engram layers addresses the served layer, and what
+// ids hashed with it mean (EngramHasher::TokenModel).
+struct LayerTokenModel {
+  std::shared_ptr<const EngramHasher> hasher;
+  int64_t engram_layer = 0;
+  uint64_t token_model = 0;
+};
+// Builds the hasher of a TokenModel answer that names a model
+// (token_model != 0) and checks it hashes as the server's does
+// (DATA_LOSS otherwise).
+absl::StatusOr<LayerTokenModel> ParseTokenModel(
+    int64_t layer_id, const internal::v1::TokenModelResponse& reply);
+
 // Caches each layer's model hash (fetched once with the peer TokenModel
 // call; layers of one model share one hasher) and runs token lookups
 // through a ClusterRouter it borrows. Every read carries the model's token
@@ -41,11 +55,7 @@ class RoutedTokenLookups {
                       std::optional<DType> output_dtype);
 
  private:
-  struct Model {
-    std::shared_ptr<const EngramHasher> hasher;
-    int64_t engram_layer = 0;
-    uint64_t token_model = 0;
-  };
+  using Model = LayerTokenModel;
   // The cached model of `layer_id`, fetched when missing.
   absl::StatusOr<Model> Get(int64_t layer_id);
   absl::StatusOr<Model> Fetch(int64_t layer_id);

@@ -58,6 +58,7 @@ struct DeviceView {
   int32_t dtype;  // ViewDType(dtype, quant_block)
   int32_t unused;
   uint64_t version;
+  uint64_t token_model;  // ViewSpec::token_model
   const uint8_t* tables[kMaxViewHeads];
   int64_t vocab[kMaxViewHeads];
   const uint64_t* epoch_slots[kMaxViewHeads];

@@ -184,23 +184,42 @@ bool WithDequantOp(int block, int out_dtype, Fn&& fn) {
   }
 }
 
+// Row ids given by the caller.
+struct GivenIds {
+  const int64_t* __restrict__ ids;
+  __device__ __forceinline__ int64_t operator()(uint64_t row, int64_t) const {
+    return __ldg(ids + row);
+  }
+};
+// Row ids hashed from token ids (kernels/token_hash.h).
+struct HashedIds {
+  const TokenHashArgs* args;
+  __device__ __forceinline__ int64_t operator()(uint64_t row,
+                                                int64_t table_rows) const {
+    return TokenRowId(*args, row, table_rows);
+  }
+};
+
 // The grid-strided loop every gather runs: output row r (of total /
-// items_per_row) = tables[r mod heads][ids[r]]. An id outside the table is
+// items_per_row) = tables[r mod heads][id(r)]. An id outside the table is
 // never read: its row is left unwritten and *error becomes min(*error, r).
-template <typename Op, typename Index>
-__device__ __forceinline__ void GatherRows(
-    const uint8_t* const* tables, const int64_t* vocab, int heads,
-    Index items_per_row, Index total, int64_t in_row_bytes,
-    int64_t out_row_bytes, const int64_t* __restrict__ ids,
-    uint8_t* __restrict__ out, unsigned long long* error) {
+template <typename Op, typename Index, typename Ids>
+__device__ __forceinline__ void GatherRows(const uint8_t* const* tables,
+                                           const int64_t* vocab, int heads,
+                                           Index items_per_row, Index total,
+                                           int64_t in_row_bytes,
+                                           int64_t out_row_bytes, Ids ids,
+                                           uint8_t* __restrict__ out,
+                                           unsigned long long* error) {
   const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
   for (Index t = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
        t < total; t += stride) {
     const Index row = t / items_per_row;
     const Index item = t - row * items_per_row;
     const int h = static_cast<int>(row % heads);
-    const int64_t id = __ldg(ids + row);
-    if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(__ldg(vocab + h))) {
+    const int64_t rows = __ldg(vocab + h);
+    const int64_t id = ids(row, rows);
+    if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(rows)) {
       if (item == 0) atomicMin(error, static_cast<unsigned long long>(row));
       continue;
     }
@@ -217,9 +236,9 @@ __global__ void TableGatherKernel(const uint8_t* const* tables,
                                   RowGeometry geo, Index total,
                                   const int64_t* ids, uint8_t* out,
                                   unsigned long long* error) {
-  GatherRows<Op, Index>(tables, vocab, heads,
-                        static_cast<Index>(geo.items_per_row), total,
-                        geo.in_row_bytes, geo.out_row_bytes, ids, out, error);
+  GatherRows<Op, Index>(
+      tables, vocab, heads, static_cast<Index>(geo.items_per_row), total,
+      geo.in_row_bytes, geo.out_row_bytes, GivenIds{ids}, out, error);
 }
 
 // One layer's part of a zero-copy launch.
@@ -233,6 +252,9 @@ struct ViewPart {
   int64_t dim;  // the layout the caller sized `out` for
   int32_t heads;
   int32_t dtype;
+  bool hashed;           // ids come from `hash` (a token lookup)
+  uint64_t token_model;  // hashed: the only token model it may read
+  TokenHashArgs hash;
 };
 constexpr int kMaxViewParts = 8;
 struct ViewParts {
@@ -250,6 +272,9 @@ __device__ __forceinline__ unsigned long long ViewProblem(
   if (view->heads != p.heads || view->dim != p.dim || view->dtype != p.dtype) {
     return kStatusLayoutChanged;
   }
+  if (p.hashed && view->token_model != p.token_model) {
+    return kStatusModelChanged;
+  }
   return kStatusOk;
 }
 
@@ -259,7 +284,7 @@ __device__ __forceinline__ unsigned long long ViewProblem(
 // through exactly that view, so a launch never mixes versions; the last
 // block to finish re-reads the epoch slots (the tripwire).
 template <typename Op, typename Index>
-__global__ void ViewGatherKernel(ViewParts parts) {
+__global__ void ViewGatherKernel(const __grid_constant__ ViewParts parts) {
   if (blockIdx.x == 0 && threadIdx.x < parts.count) {
     const ViewPart& p = parts.part[threadIdx.x];
     const unsigned long long view = atomicAdd(p.slot, 0ull);  // atomic read
@@ -273,10 +298,19 @@ __global__ void ViewGatherKernel(ViewParts parts) {
     const auto* view =
         reinterpret_cast<const DeviceView*>(__ldcg(p.status + 1));
     if (ViewProblem(view, p) != kStatusOk) continue;
-    GatherRows<Op, Index>(view->tables, view->vocab, p.heads,
-                          static_cast<Index>(p.geo.items_per_row),
-                          static_cast<Index>(p.total), p.geo.in_row_bytes,
-                          p.geo.out_row_bytes, p.ids, p.out, p.status);
+    if (p.hashed) {
+      GatherRows<Op, Index>(view->tables, view->vocab, p.heads,
+                            static_cast<Index>(p.geo.items_per_row),
+                            static_cast<Index>(p.total), p.geo.in_row_bytes,
+                            p.geo.out_row_bytes, HashedIds{&p.hash}, p.out,
+                            p.status);
+    } else {
+      GatherRows<Op, Index>(view->tables, view->vocab, p.heads,
+                            static_cast<Index>(p.geo.items_per_row),
+                            static_cast<Index>(p.total), p.geo.in_row_bytes,
+                            p.geo.out_row_bytes, GivenIds{p.ids}, p.out,
+                            p.status);
+    }
   }
   __shared__ bool last;
   __syncthreads();
@@ -382,6 +416,11 @@ absl::Status LaunchViewGroup(const ViewGather* const* gathers, size_t count,
       p.dim = v.dim;
       p.heads = v.heads;
       p.dtype = ViewDType(v.in_dtype, v.quant_block);
+      p.hashed = v.tokens != nullptr;
+      if (p.hashed) {
+        p.hash = *v.tokens;
+        p.token_model = v.token_model;
+      }
       largest = std::max(largest, p.total);
     }
     status = largest < kSmallIndex
@@ -451,6 +490,18 @@ absl::Status LaunchViewGathers(const ViewGather* gathers, size_t count,
         DTypeBytes(v.out_dtype) == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("bad view gather arguments (lookup ", i, ")"));
+    }
+    if (v.tokens != nullptr) {
+      const TokenHashArgs& t = *v.tokens;
+      if (t.tokens == nullptr || t.token_map == nullptr || t.batch <= 0 ||
+          t.length <= 0 || t.ngram < 2 || t.ngram > kMaxTokenNgram ||
+          t.heads <= 0 || (t.ngram - 1) * t.heads != v.heads ||
+          t.history_length < 0 || t.history_length > t.ngram - 1 ||
+          (t.history_length > 0 && t.history == nullptr) ||
+          v.num_ids != t.batch * t.length * v.heads) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("bad token hash arguments (lookup ", i, ")"));
+      }
     }
     for (size_t j = 0; j < i; ++j) {
       if (gathers[j].status == v.status) {

@@ -307,6 +307,7 @@ absl::StatusOr<void*> CreateView(const ViewSpec& spec, Stream stream) {
   v.dim = spec.dim;
   v.dtype = internal::ViewDType(spec.dtype, spec.quant_block);
   v.version = spec.version;
+  v.token_model = spec.token_model;
   for (size_t h = 0; h < spec.tables.size(); ++h) {
     v.tables[h] = spec.tables[h];
     v.vocab[h] = spec.vocab[h];

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/token_hash.h"
 
 namespace engram::gpu {
 
@@ -140,6 +141,9 @@ struct ViewSpec {
   int dtype = 1;        // engram::DType of the rows stored
   int quant_block = 0;  // the layer's quantization block; 0: none
   uint64_t version = 0;
+  // What the version's rows mean to token lookups: the server's token
+  // model of it (EngramHasher::TokenModel; 0: none, all ones: stale).
+  uint64_t token_model = 0;
   std::vector<const uint8_t*> tables;  // device-readable, one per head
   std::vector<int64_t> vocab;          // rows per head
   // Host tables: the server's epoch slot of each head's range (device-
@@ -170,6 +174,9 @@ inline constexpr uint64_t kStatusRemoved = ~uint64_t{0} - 1;
 inline constexpr uint64_t kStatusUnavailable = ~uint64_t{0} - 2;
 inline constexpr uint64_t kStatusLayoutChanged = ~uint64_t{0} - 3;
 inline constexpr uint64_t kStatusReleased = ~uint64_t{0} - 4;
+// A token lookup met a version whose token model is not the one it hashes
+// with (the layer was loaded again with another model, or without one).
+inline constexpr uint64_t kStatusModelChanged = ~uint64_t{0} - 5;
 // One zero-copy lookup: num_ids rows (row i = table_{i mod heads}[ids[i]],
 // converted to out_dtype) from the view `slot` points at when the launch
 // starts, into `out`, its outcome into `status`. `ids` and `out` must be
@@ -191,6 +198,13 @@ struct ViewGather {
   bool dequantize = false;
   uint8_t* out = nullptr;
   uint64_t* status = nullptr;  // kStatusWords device words
+  // Token lookups: when set, `ids` is unused and row i's id is the Engram
+  // hash of the tokens (kernels/token_hash.h; num_ids = batch * length *
+  // heads, heads = (N - 1) * H), computed in the same launch. The launch
+  // reads only a view of `token_model`; a token outside the map leaves its
+  // rows unwritten and is reported as an out-of-range row.
+  const TokenHashArgs* tokens = nullptr;
+  uint64_t token_model = 0;
 };
 // Whether the view gathers dequantize blocks of `block` weights.
 bool CanDequantizeBlock(int block);

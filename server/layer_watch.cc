@@ -187,12 +187,12 @@ class LayerWatchHub::Stream
       sent_state_ = LayerMapping::NOT_FOUND;
       sent_version_ = 0;
     } else {
-      if (sent_state_ == LayerMapping::PRESENT &&
-          sent_version_ == layer->version()) {
-        return;
-      }
-      if (static_cast<int>(leases_.size()) >=
-          hub_->options_.max_leases_per_stream) {
+      const uint64_t token_model = hub_->TokenModelOf(*layer);
+      const bool same_version = sent_state_ == LayerMapping::PRESENT &&
+                                sent_version_ == layer->version();
+      if (same_version && sent_token_model_ == token_model) return;
+      if (!same_version && static_cast<int>(leases_.size()) >=
+                               hub_->options_.max_leases_per_stream) {
         FinishLocked(
             grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                          absl::StrCat("the reader holds ", leases_.size(),
@@ -201,12 +201,16 @@ class LayerWatchHub::Stream
         return;
       }
       Describe(*layer);
-      SupersedeLocked();
+      out_.set_token_model(token_model);
+      // The same version sent again (its model registered after the
+      // commit) holds its one lease and is not superseded.
+      if (!same_version) SupersedeLocked();
       if (leases_.emplace(layer->version(), layer).second) {
         hub_->leases_.fetch_add(1);
       }
       sent_state_ = LayerMapping::PRESENT;
       sent_version_ = layer->version();
+      sent_token_model_ = token_model;
     }
     writing_ = true;
     StartWrite(&out_);
@@ -278,6 +282,7 @@ class LayerWatchHub::Stream
   LayerMapping::State sent_state_ ABSL_GUARDED_BY(mu_) =
       LayerMapping::STATE_UNSPECIFIED;
   uint64_t sent_version_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t sent_token_model_ ABSL_GUARDED_BY(mu_) = 0;
   // The versions the reader may be reading: kept alive here.
   std::map<uint64_t, std::shared_ptr<const Layer>> leases_ ABSL_GUARDED_BY(mu_);
   // When each leased version stopped being the current one.
@@ -286,15 +291,15 @@ class LayerWatchHub::Stream
 };
 
 std::shared_ptr<LayerWatchHub> LayerWatchHub::Create(
-    LayerRegistry* layers, transport::UcxEngine* transport, Options options) {
+    LayerRegistry* layers, transport::UcxEngine* transport, TokenHashes* hashes,
+    Options options) {
   std::shared_ptr<LayerWatchHub> hub(
-      new LayerWatchHub(layers, transport, options));
-  layers->SetChangeListener(
-      [weak = std::weak_ptr<LayerWatchHub>(hub)](int64_t layer_id) {
-        if (std::shared_ptr<LayerWatchHub> h = weak.lock()) {
-          h->Changed(layer_id);
-        }
-      });
+      new LayerWatchHub(layers, transport, hashes, options));
+  auto changed = [weak = std::weak_ptr<LayerWatchHub>(hub)](int64_t layer_id) {
+    if (std::shared_ptr<LayerWatchHub> h = weak.lock()) h->Changed(layer_id);
+  };
+  layers->SetChangeListener(changed);
+  if (hashes != nullptr) hashes->SetChangeListener(changed);
   return hub;
 }
 

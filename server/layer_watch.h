@@ -20,6 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "common/mutex.h"
 #include "engram/internal/v1/peer.grpc.pb.h"
+#include "server/token_hashes.h"
 #include "store/layer.h"
 #include "store/layer_registry.h"
 #include "transport/ucx_engine.h"
@@ -72,8 +73,11 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
     int max_streams_per_caller = 64;
   };
   // Also installs itself as `layers`' change listener.
+  // `hashes` (may be null) says what each version's ids mean to token
+  // lookups; the hub also becomes its change listener.
   static std::shared_ptr<LayerWatchHub> Create(LayerRegistry* layers,
                                                transport::UcxEngine* transport,
+                                               TokenHashes* hashes,
                                                Options options);
   ~LayerWatchHub();
 
@@ -100,8 +104,14 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
  private:
   class Stream;
   LayerWatchHub(LayerRegistry* layers, transport::UcxEngine* transport,
-                Options options)
-      : layers_(layers), transport_(transport), options_(options) {}
+                const TokenHashes* hashes, Options options)
+      : layers_(layers),
+        transport_(transport),
+        hashes_(hashes),
+        options_(options) {}
+  uint64_t TokenModelOf(const Layer& layer) const {
+    return hashes_ == nullptr ? 0 : hashes_->TokenModelOf(layer);
+  }
   void Changed(int64_t layer_id);
   // RESOURCE_EXHAUSTED saying which cap is reached.
   absl::Status Register(Stream* stream, int64_t layer_id,
@@ -112,6 +122,7 @@ class LayerWatchHub : public std::enable_shared_from_this<LayerWatchHub> {
 
   LayerRegistry* const layers_;
   transport::UcxEngine* const transport_;
+  const TokenHashes* const hashes_;
   const Options options_;
   std::atomic<int64_t> leases_{0};
   mutable Mutex mu_;

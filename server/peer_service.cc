@@ -189,7 +189,7 @@ PeerService::PeerService(Parts parts)
       data_dir_(std::move(parts.data_dir)),
       limits_(parts.limits) {
   if (transport_ != nullptr) exporter_ = transport_->Mapper();
-  watch_hub_ = LayerWatchHub::Create(layers_, transport_, parts.watch);
+  watch_hub_ = LayerWatchHub::Create(layers_, transport_, hashes_, parts.watch);
   janitor_.Start(std::chrono::seconds(1),
                  PeriodicThread::First::kAfterOnePeriod,
                  [this](const std::stop_token&) {
@@ -530,13 +530,8 @@ absl::Status PeerService::DescribeExports(
   std::shared_ptr<const Layer> layer = layers_->Find(layer_id);
   if (layer == nullptr) return Missing(layer_id);
   DescribeLayerExports(*layer, *transport_, access, response);
-  std::optional<TokenHashes::Entry> model =
-      hashes_ != nullptr ? hashes_->Find(layer_id) : std::nullopt;
-  if (model) {
-    response->set_token_model(
-        TokenHashes::CheckCurrent(*model, *layer).ok()
-            ? model->hasher->TokenModel(model->engram_layer)
-            : kStaleTokenModel);
+  if (hashes_ != nullptr) {
+    response->set_token_model(hashes_->TokenModelOf(*layer));
   }
   return absl::OkStatus();
 }

@@ -84,7 +84,7 @@ class PeerService final
     TableLoader* loader = nullptr;
     // Model hashes of served layers: TokenModel answers from them, Gather
     // and Transport check and name a reader's token model against them.
-    const TokenHashes* hashes = nullptr;
+    TokenHashes* hashes = nullptr;
     // --data_dir: staged shard tables are files there.
     std::string data_dir;
     GatherLimits limits;
@@ -184,7 +184,7 @@ class PeerService final
   ExportMapper exporter_;
   StreamWatchdog* const watchdog_;
   TableLoader* const loader_;
-  const TokenHashes* const hashes_;
+  TokenHashes* const hashes_;
   const Authorizer* const auth_;
   const std::string data_dir_;
   const GatherLimits limits_;

@@ -58,14 +58,34 @@ absl::StatusOr<std::map<int64_t, TokenHashes::Entry>> TokenHashes::Prepare(
 void TokenHashes::Register(
     const std::map<int64_t, Entry>& entries,
     const std::vector<std::shared_ptr<const Layer>>& served) {
-  MutexLock lock(&mu_);
-  for (const auto& [layer, entry] : entries) {
-    Entry e = entry;
-    for (const auto& l : served) {
-      if (l->id() == layer) e.layer_version = l->version();
+  std::function<void(int64_t)> listener;
+  {
+    MutexLock lock(&mu_);
+    for (const auto& [layer, entry] : entries) {
+      Entry e = entry;
+      for (const auto& l : served) {
+        if (l->id() == layer) e.layer_version = l->version();
+      }
+      by_layer_[layer] = e;
     }
-    by_layer_[layer] = e;
+    listener = listener_;
   }
+  if (listener) {
+    for (const auto& [layer, entry] : entries) listener(layer);
+  }
+}
+
+void TokenHashes::SetChangeListener(std::function<void(int64_t)> listener) {
+  MutexLock lock(&mu_);
+  listener_ = std::move(listener);
+}
+
+uint64_t TokenHashes::TokenModelOf(const Layer& layer) const {
+  std::optional<Entry> model = Find(layer.id());
+  if (!model) return 0;
+  return CheckCurrent(*model, layer).ok()
+             ? model->hasher->TokenModel(model->engram_layer)
+             : kStaleTokenModel;
 }
 
 absl::Status TokenHashes::CheckCurrent(const Entry& entry, const Layer& layer) {

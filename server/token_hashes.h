@@ -4,6 +4,7 @@
 #ifndef ENGRAM_SERVER_TOKEN_HASHES_H_
 #define ENGRAM_SERVER_TOKEN_HASHES_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -51,10 +52,18 @@ class TokenHashes {
   // The served layer's entry when it is current: FAILED_PRECONDITION when
   // it has no model ("has no model hash") or CheckCurrent fails.
   absl::StatusOr<Entry> FindCurrent(const Layer& layer) const;
+  // What `layer`'s ids mean to token lookups: its model's
+  // EngramHasher::TokenModel when current, kStaleTokenModel when the layer
+  // changed since, 0 when it has no model here.
+  uint64_t TokenModelOf(const Layer& layer) const;
+  // Called (outside the lock) with each layer id Register gave a model.
+  // Set once, before any Register.
+  void SetChangeListener(std::function<void(int64_t)> listener);
 
  private:
   mutable Mutex mu_;
   std::map<int64_t, Entry> by_layer_ ABSL_GUARDED_BY(mu_);
+  std::function<void(int64_t)> listener_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace engram

@@ -15,6 +15,9 @@
 
 #include "client/client.h"
 #include "common/mutex.h"
+#include "hash/engram_hash.h"
+#include "tests/testing/checkpoint_files.h"
+#include "tests/testing/deepseek_demo.h"
 #include "tests/testing/engramd_process.h"
 #include "tests/testing/random_layer.h"
 
@@ -215,6 +218,48 @@ TEST_F(LayerMappingTest, AKilledServerIsReportedAndTheMappingStaysReadable) {
   EXPECT_THAT(gone->why.message(), HasSubstr("stream ended"));
   EXPECT_TRUE(SameRows(*first, tables));
   watch.reset();  // stops while reconnecting, without hanging
+}
+
+// Token lookups on the GPU read only versions whose ids mean what they
+// hashed: every mapping says so. A load registers its model after the
+// commit, so the version is sent again once it is (same version, one
+// lease); a populate without a model makes the model stale.
+TEST_F(LayerMappingTest, AVersionSaysWhatItsIdsMeanToTokenLookups) {
+  testing::TempDir dir;
+  absl::StatusOr<std::string> manifest = testing::WriteDeepSeekDemo(dir.path());
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  absl::StatusOr<EngramHasher> hasher = EngramHasher::Load(
+      dir.path() + "/config.json", dir.path() + "/token_map.npy");
+  ASSERT_TRUE(hasher.ok()) << hasher.status();
+  const uint64_t expected = hasher->TokenModel(1);
+  Start({"--direct_reads", "--load_root=" + dir.path(),
+         "--metrics_listen=127.0.0.1:0"});
+  Updates updates;
+  auto watch = Watch(1, &updates);
+  std::optional<MappingUpdate> none = updates.Next();
+  ASSERT_TRUE(none.has_value());
+  EXPECT_EQ(none->state, MappingUpdate::kNotFound);
+  ASSERT_TRUE(client_->Load("engram_manifest.json").ok());
+  uint64_t version = 0;
+  for (int i = 0; i < 3 && version == 0; ++i) {
+    std::optional<MappingUpdate> u = updates.Next();
+    ASSERT_TRUE(u.has_value()) << "the model never reached the watch";
+    ASSERT_EQ(u->state, MappingUpdate::kPresent);
+    if (u->mapped->token_model == expected) version = u->mapped->version;
+  }
+  ASSERT_NE(version, 0u);
+  // Sent again or not, the version holds one lease.
+  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_THAT(*metrics, HasSubstr("engram_watch_leased_versions 1"));
+
+  auto tables = testing::RandomTables(layout_, 5);
+  ASSERT_TRUE(client_->Replace(1, layout_, testing::Spans(tables)).ok());
+  std::optional<MappingUpdate> replaced = updates.Next();
+  ASSERT_TRUE(replaced.has_value());
+  ASSERT_EQ(replaced->state, MappingUpdate::kPresent);
+  EXPECT_GT(replaced->mapped->version, version);
+  EXPECT_EQ(replaced->mapped->token_model, kStaleTokenModel);
 }
 
 TEST_F(LayerMappingTest, BadWatchRequestsAreRefused) {

@@ -44,7 +44,7 @@ class WatchOnly : public internal::v1::EngramPeer::CallbackService {
 class LayerWatchTest : public ::testing::Test {
  protected:
   void Serve(LayerWatchHub::Options options) {
-    hub_ = LayerWatchHub::Create(&registry_, nullptr, options);
+    hub_ = LayerWatchHub::Create(&registry_, nullptr, nullptr, options);
     service_ = std::make_unique<WatchOnly>(hub_.get());
     grpc::ServerBuilder builder;
     int port = 0;
@@ -223,6 +223,14 @@ TEST_F(LayerWatchTest, CloseEndsEveryStreamAndRefusesNewOnes) {
   auto late = Start(9);
   EXPECT_FALSE(late->stream->Read(&m));
   EXPECT_FALSE(late->stream->Finish().ok());
+  // A stream unregisters in its reactor's OnDone, which gRPC may run just
+  // after the client has seen Finish.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (hub_->open_streams() != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   EXPECT_EQ(hub_->open_streams(), 0);
 }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -51,6 +52,64 @@ class DeviceLookupPlan {
     paths_.resize(requests_.size(), DevicePath::kRpc);
   }
 
+  // Token lookups: `tokens` [B, T] (and `history` [B, h] or None) hashed
+  // on the GPU for each layer of `layer_ids`, into outs[i] [B, T, H, D]
+  // (statuses[i], when given, its status words).
+  DeviceLookupPlan(py::object client, const std::vector<int64_t>& layer_ids,
+                   py::handle tokens, const py::object& history,
+                   const py::sequence& outs, const py::sequence& statuses,
+                   const py::object& stream)
+      : client_(client.cast<Client*>()),
+        owner_(std::move(client)),
+        tokens_(std::make_unique<DeviceTokens>()) {
+    const uintptr_t handle = python::StreamHandle(stream);
+    if (layer_ids.empty()) throw py::value_error("no layers given");
+    if (py::len(outs) != layer_ids.size()) {
+      throw py::value_error("outs has " + std::to_string(py::len(outs)) +
+                            " arrays for " + std::to_string(layer_ids.size()) +
+                            " layers");
+    }
+    if (py::len(statuses) != 0 && py::len(statuses) != layer_ids.size()) {
+      throw py::value_error("statuses must be empty or one per layer");
+    }
+    std::vector<int64_t> shape;
+    tokens_->tokens = Int64Array(tokens, "tokens", handle, &shape);
+    if (shape.size() != 2) {
+      throw py::value_error("tokens must be [B, T]; got shape " +
+                            ShapeRepr(shape));
+    }
+    tokens_->batch = shape[0];
+    tokens_->length = shape[1];
+    if (!history.is_none()) {
+      std::vector<int64_t> history_shape;
+      tokens_->history = Int64Array(history, "history", handle, &history_shape);
+      if (history_shape.size() != 2 || history_shape[0] != shape[0]) {
+        throw py::value_error(
+            "history must be [B = " + std::to_string(shape[0]) +
+            ", h]; got shape " + ShapeRepr(history_shape));
+      }
+      tokens_->history_length = history_shape[1];
+    }
+    for (size_t i = 0; i < layer_ids.size(); ++i) {
+      DeviceLookupRequest r;
+      r.layer_id = layer_ids[i];
+      r.tokens = tokens_.get();
+      const std::vector<int64_t> out_shape = SetOut(&r, outs[i], handle);
+      if (out_shape.size() != 4 || out_shape[0] != shape[0] ||
+          out_shape[1] != shape[1]) {
+        throw py::value_error("out has shape " + ShapeRepr(out_shape) +
+                              "; tokens " + ShapeRepr(shape) +
+                              " need [B, T, H, D]");
+      }
+      SetStatus(&r,
+                py::len(statuses) != 0 ? py::object(statuses[i])
+                                       : py::object(py::none()),
+                handle);
+      requests_.push_back(r);
+    }
+    paths_.resize(requests_.size(), DevicePath::kRpc);
+  }
+
   void Launch() {
     absl::Status s;
     {
@@ -87,49 +146,65 @@ class DeviceLookupPlan {
   }
 
  private:
+  // int64 values of `obj` (`what`): a CUDA array's own (int64 only), or
+  // a host array-like's as a contiguous int64 copy; kept alive by the plan.
+  const int64_t* Int64Array(py::handle obj, const char* what, uintptr_t stream,
+                            std::vector<int64_t>* shape) {
+    if (std::optional<CudaArray> dev = ReadCudaArray(obj, what, stream)) {
+      if (dev->dtype != "int64") {
+        throw py::type_error(std::string(what) + " must be int64; got " +
+                             dev->dtype);
+      }
+      *shape = dev->shape;
+      keep_.push_back(py::reinterpret_borrow<py::object>(obj));
+      return reinterpret_cast<const int64_t*>(dev->ptr);
+    }
+    // Leaked on purpose: a static py::object would be released after the
+    // interpreter is gone.
+    static const py::handle np = py::module_::import("numpy").release();
+    py::array host = np.attr("ascontiguousarray")(obj);
+    const char kind = host.dtype().kind();
+    if (kind != 'i' && kind != 'u') {
+      throw py::type_error(std::string(what) + " must be integers; got " +
+                           py::str(host.dtype()).cast<std::string>());
+    }
+    host = host.attr("astype")(np.attr("int64"), py::arg("copy") = false);
+    shape->assign(host.shape(), host.shape() + host.ndim());
+    const auto* data = static_cast<const int64_t*>(host.data());
+    keep_.push_back(std::move(host));
+    return data;
+  }
+
   void Add(int64_t layer_id, py::handle ids, py::handle out,
            const py::object& status, uintptr_t stream) {
+    DeviceLookupRequest r;
+    r.layer_id = layer_id;
+    std::vector<int64_t> ids_shape;
+    r.ids = Int64Array(ids, "ids", stream, &ids_shape);
+    if (ids_shape.size() != 3) {
+      throw py::value_error("ids must be [B, L, H]; got shape " +
+                            ShapeRepr(ids_shape));
+    }
+    const std::vector<int64_t> out_shape = SetOut(&r, out, stream);
+    if (out_shape.size() != 4 ||
+        !std::equal(ids_shape.begin(), ids_shape.end(), out_shape.begin())) {
+      throw py::value_error("out has shape " + ShapeRepr(out_shape) + "; ids " +
+                            ShapeRepr(ids_shape) + " need [B, L, H, D]");
+    }
+    r.num_ids = ids_shape[0] * ids_shape[1] * ids_shape[2];
+    SetStatus(&r, status, stream);
+    requests_.push_back(r);
+  }
+
+  // r.out, out_bytes, output_dtype and stream from the CUDA array `out`;
+  // returns its shape.
+  std::vector<int64_t> SetOut(DeviceLookupRequest* r, py::handle out,
+                              uintptr_t stream) {
     const std::optional<CudaArray> dev_out = ReadCudaArray(out, "out", stream);
     if (!dev_out) {
       throw py::type_error(
           "out must be a CUDA array (__cuda_array_interface__ or "
           "__dlpack__)");
-    }
-    DeviceLookupRequest r;
-    r.layer_id = layer_id;
-    std::vector<int64_t> ids_shape;
-    if (std::optional<CudaArray> dev_ids = ReadCudaArray(ids, "ids", stream)) {
-      if (dev_ids->dtype != "int64") {
-        throw py::type_error("ids must be int64; got " + dev_ids->dtype);
-      }
-      ids_shape = dev_ids->shape;
-      r.ids = reinterpret_cast<const int64_t*>(dev_ids->ptr);
-      keep_.push_back(py::reinterpret_borrow<py::object>(ids));
-    } else {
-      // Leaked on purpose: a static py::object would be released after the
-      // interpreter is gone.
-      static const py::handle np = py::module_::import("numpy").release();
-      py::array host = np.attr("ascontiguousarray")(ids);
-      const char kind = host.dtype().kind();
-      if (kind != 'i' && kind != 'u') {
-        throw py::type_error("ids must be integers; got " +
-                             py::str(host.dtype()).cast<std::string>());
-      }
-      host = host.attr("astype")(np.attr("int64"), py::arg("copy") = false);
-      ids_shape.assign(host.shape(), host.shape() + host.ndim());
-      r.ids = static_cast<const int64_t*>(host.data());
-      keep_.push_back(std::move(host));
-    }
-    if (ids_shape.size() != 3) {
-      throw py::value_error("ids must be [B, L, H]; got shape " +
-                            ShapeRepr(ids_shape));
-    }
-    if (dev_out->shape.size() != 4 ||
-        !std::equal(ids_shape.begin(), ids_shape.end(),
-                    dev_out->shape.begin())) {
-      throw py::value_error("out has shape " + ShapeRepr(dev_out->shape) +
-                            "; ids " + ShapeRepr(ids_shape) +
-                            " need [B, L, H, D]");
     }
     const std::string out_dtype =
         dev_out->dtype == "uint16" ? "bfloat16" : dev_out->dtype;
@@ -140,11 +215,15 @@ class DeviceLookupPlan {
           dev_out->dtype);
     }
     keep_.push_back(py::reinterpret_borrow<py::object>(out));
-    r.num_ids = ids_shape[0] * ids_shape[1] * ids_shape[2];
-    r.out = reinterpret_cast<void*>(dev_out->ptr);
-    r.out_bytes = dev_out->nbytes();
-    r.output_dtype = ParseDType(out_dtype);
-    r.stream = reinterpret_cast<void*>(stream);
+    r->out = reinterpret_cast<void*>(dev_out->ptr);
+    r->out_bytes = dev_out->nbytes();
+    r->output_dtype = ParseDType(out_dtype);
+    r->stream = reinterpret_cast<void*>(stream);
+    return dev_out->shape;
+  }
+
+  void SetStatus(DeviceLookupRequest* r, const py::object& status,
+                 uintptr_t stream) {
     if (!status.is_none()) {
       const std::optional<CudaArray> words =
           ReadCudaArray(status, "status", stream);
@@ -153,14 +232,15 @@ class DeviceLookupPlan {
         throw py::type_error("status must be a CUDA array of " +
                              std::to_string(kDeviceStatusWords) + " (u)int64");
       }
-      r.status = reinterpret_cast<uint64_t*>(words->ptr);
+      r->status = reinterpret_cast<uint64_t*>(words->ptr);
       keep_.push_back(status);
     }
-    requests_.push_back(r);
   }
 
   Client* const client_;
   const py::object owner_;  // keeps client_ alive
+  std::unique_ptr<DeviceTokens>
+      tokens_;  // token lookups': requests_ point here
   std::vector<DeviceLookupRequest> requests_;
   std::vector<py::object> keep_;  // the arrays requests_ point into
   std::mutex mu_;
@@ -186,6 +266,12 @@ void BindDeviceLookups(py::module_& m, py::class_<Client>& client_class) {
   py::class_<DeviceLookupPlan>(m, "DeviceLookupPlan")
       .def(py::init<py::object, const py::sequence&, const py::object&>(),
            py::arg("client"), py::arg("lookups"), py::arg("stream"))
+      .def(py::init<py::object, const std::vector<int64_t>&, py::handle,
+                    const py::object&, const py::sequence&, const py::sequence&,
+                    const py::object&>(),
+           py::arg("client"), py::arg("layer_ids"), py::arg("tokens"),
+           py::arg("history"), py::arg("outs"), py::arg("statuses"),
+           py::arg("stream"))
       .def("launch", &DeviceLookupPlan::Launch)
       .def("result", &DeviceLookupPlan::Result, py::arg("index") = -1)
       .def("paths", &DeviceLookupPlan::Paths);

@@ -39,6 +39,8 @@ rm .device/gpu_test_paths
 bins+=("$build/server/engramd" "$build/bench/device_lookup_bench"
        "$build/bench/gpu_gather_bench")
 for b in "${bins[@]}"; do strip -o ".device/$(basename "$b")" "$b"; done
+# The token lookups' checkpoint (the GPU machine's python3 may lack numpy).
+/usr/bin/python3 scripts/make_deepseek_v41_demo.py .device/deepseek_demo >/dev/null
 if [ -n "$gpu_python" ]; then
   version=$("$gpu_python" -c 'import sysconfig; print(sysconfig.get_python_version())')
   mkdir -p .device/python

@@ -11,6 +11,7 @@ mkdir -p "$out"
 d=$PWD/.device
 export LD_LIBRARY_PATH=$d/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export ENGRAM_TEST_ENGRAMD=$d/engramd
+export ENGRAM_TEST_DEEPSEEK_DEMO=$d/deepseek_demo
 nvidia-smi -L || true
 status=0
 while read -r t; do

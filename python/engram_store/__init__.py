@@ -694,6 +694,34 @@ class Client:
         plan = _ext.DeviceLookupPlan(self._c, lookups, stream)
         return DeviceLookups(plan, tuple(x[2] for x in lookups))
 
+    def device_token_lookups(self, layer_ids, tokens, out, *, history=None,
+                             stream=None, status=None) -> "DeviceLookups":
+        """Token lookups on the GPU (docs/tokens.md "On the GPU"), read once
+        for :meth:`DeviceLookups.launch`: ``tokens`` int64 ``[B, T]`` raw
+        ids and ``history`` ``[B, h]`` (None: sequence starts), on the GPU
+        or the host as :meth:`lookup_device`'s ids; ``out`` one CUDA array
+        ``[B, T, H, D]`` per layer of ``layer_ids``. Each layer's model hash
+        runs inside the gather's launch, so a step's Engram layers cost one
+        launch and can be captured in a CUDA graph; ``status``: one status
+        array per layer, or None. Nothing is launched yet."""
+        if isinstance(layer_ids, int):
+            layer_ids = [layer_ids]
+        outs = tuple(out) if isinstance(out, (list, tuple)) else (out,)
+        statuses = () if status is None else tuple(status)
+        plan = _call(_ext.DeviceLookupPlan, self._c,
+                     [int(x) for x in layer_ids], tokens, history, outs,
+                     statuses, stream)
+        return DeviceLookups(plan, outs)
+
+    def lookup_tokens_device(self, layer_ids, tokens, out, *, history=None,
+                             stream=None, status=None) -> "DeviceLookups":
+        """:meth:`device_token_lookups`, launched: returns at once;
+        ``result()`` waits and raises what the GPU found (a token outside
+        the model's map, a layer loaded again with another model)."""
+        return self.device_token_lookups(layer_ids, tokens, out,
+                                         history=history, stream=stream,
+                                         status=status).launch()
+
     def prepare_device(self, layer_id: int, device: int = -1) -> str:
         """Sets up device lookups of a layer now (the first lookup_device
         would) and returns the path they take: "gpu-shared",

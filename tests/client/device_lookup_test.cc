@@ -17,7 +17,10 @@
 #include "absl/strings/match.h"
 #include "client/client.h"
 #include "common/dtype.h"
+#include "hash/engram_hash.h"
 #include "kernels/gpu.h"
+#include "tests/testing/checkpoint_files.h"
+#include "tests/testing/deepseek_demo.h"
 #include "tests/testing/engramd_process.h"
 #include "tests/testing/random_layer.h"
 
@@ -151,6 +154,25 @@ TEST_F(DeviceLookupTest, CallsSayWhatIsWrong) {
       absl::StatusCode::kInvalidArgument);
   r.ids = nullptr;
   EXPECT_EQ(client_->LookupToDevice(r).code(),
+            absl::StatusCode::kInvalidArgument);
+  // Token lookups: tokens in place of ids, never both; a shape.
+  const std::vector<int64_t> tokens = {5, 6, 7};
+  DeviceTokens t{tokens.data(), 1, 3, nullptr, 0};
+  DeviceLookupRequest by_tokens = r;
+  by_tokens.tokens = &t;
+  by_tokens.ids = ids.data();
+  by_tokens.num_ids = 0;
+  s = client_->LookupToDevice(by_tokens);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("no ids"));
+  by_tokens.ids = nullptr;
+  t.history_length = 1;  // and no history
+  s = client_->LookupToDevice(by_tokens);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("history"));
+  t.history_length = 0;
+  t.batch = 0;
+  EXPECT_EQ(client_->LookupToDevice(by_tokens).code(),
             absl::StatusCode::kInvalidArgument);
   if (!has_device_) {
     absl::StatusOr<DevicePath> path = client_->PrepareDeviceLookups(1);
@@ -453,6 +475,139 @@ TEST_P(DeviceLookupPathTest, SeveralLayersInOneCallGetTheirOwnRows) {
   absl::Status s = client_->LookupToDevice(twice);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_THAT(s.message(), HasSubstr("status words of their own"));
+  gpu::StreamDestroy(*stream);
+  EXPECT_TRUE(server_->Alive());
+}
+
+// Token ids in, rows out, hashed on the GPU in the gather's launch: both
+// Engram layers of the DeepSeek demo in one call, bit-identical to the
+// LookupTokens RPC (FP8 rows and dequantized bf16), tokens in device and
+// pageable memory, histories, the image token; captured in a graph; a bad
+// token named; a layer populated again without its model refused, and its
+// captured graph told so instead of reading rows its ids do not address.
+TEST_P(DeviceLookupPathTest, TokenLookupsHashOnTheGpuAsLookupTokensDoes) {
+  testing::TempDir dir;
+  absl::StatusOr<std::string> manifest = testing::WriteDeepSeekDemo(dir.path());
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  auto hasher = EngramHasher::Load(dir.path() + "/config.json",
+                                   dir.path() + "/token_map.npy");
+  ASSERT_TRUE(hasher.ok()) << hasher.status();
+  std::vector<std::string> flags = GetParam().flags;
+  flags.push_back("--load=" + *manifest);
+  Start(flags);
+  const int64_t batch = 3, length = 5, hist = 2;
+  const int per = hasher->ids_per_position();
+  const int64_t vocab = static_cast<int64_t>(hasher->token_map().size());
+  std::vector<int64_t> tokens(batch * length), history(batch * hist);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = (i * 7919) % vocab;
+  for (size_t i = 0; i < history.size(); ++i) history[i] = (i * 104729) % vocab;
+  tokens[4] = hasher->config().image_token_id.value_or(tokens[4]);
+  DeviceBuffer device_tokens(tokens.size() * 8),
+      device_history(history.size() * 8);
+  ASSERT_TRUE(gpu::CopyToDevice(device_tokens.data(), tokens.data(),
+                                device_tokens.size())
+                  .ok());
+  ASSERT_TRUE(gpu::CopyToDevice(device_history.data(), history.data(),
+                                device_history.size())
+                  .ok());
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  const int64_t layers[] = {1, 14};
+  const int64_t shape[] = {batch, length};
+  for (DType out_dtype : {DType::kUInt8, DType::kBFloat16}) {
+    const size_t row = out_dtype == DType::kUInt8 ? 264 : 256 * 2;
+    const size_t bytes = batch * length * per * row;
+    std::vector<std::vector<uint8_t>> want(2, std::vector<uint8_t>(bytes));
+    const std::span<uint8_t> spans[] = {want[0], want[1]};
+    ASSERT_TRUE(
+        client_->LookupTokens(layers, tokens, shape, history, spans, out_dtype)
+            .ok());
+    for (bool on_device : {true, false}) {
+      DeviceTokens t;
+      t.tokens = on_device ? static_cast<const int64_t*>(device_tokens.data())
+                           : tokens.data();
+      t.batch = batch;
+      t.length = length;
+      t.history = on_device ? static_cast<const int64_t*>(device_history.data())
+                            : history.data();
+      t.history_length = hist;
+      std::vector<std::unique_ptr<DeviceBuffer>> outs, statuses;
+      std::vector<DeviceLookupRequest> requests;
+      for (int64_t layer : layers) {
+        outs.push_back(std::make_unique<DeviceBuffer>(bytes));
+        outs.back()->Fill(0xA5);
+        statuses.push_back(std::make_unique<DeviceBuffer>(kDeviceStatusWords *
+                                                          sizeof(uint64_t)));
+        DeviceLookupRequest r;
+        r.layer_id = layer;
+        r.tokens = &t;
+        r.out = outs.back()->data();
+        r.out_bytes = bytes;
+        r.output_dtype = out_dtype;
+        r.stream = *stream;
+        r.status = static_cast<uint64_t*>(statuses.back()->data());
+        requests.push_back(r);
+      }
+      std::vector<DevicePath> paths(2);
+      absl::Status s = client_->LookupToDevice(requests, paths);
+      ASSERT_TRUE(s.ok()) << s;
+      for (int i = 0; i < 2; ++i) {
+        EXPECT_EQ(paths[i], GetParam().path);
+        ASSERT_TRUE(client_->DeviceLookupResult(requests[i]).ok());
+        EXPECT_TRUE(outs[i]->Read() == want[i])
+            << "layer " << layers[i] << " as " << DTypeName(out_dtype)
+            << (on_device ? ", device tokens" : ", pageable tokens");
+      }
+    }
+  }
+  // A token outside the map.
+  std::vector<int64_t> bad = tokens;
+  bad[7] = vocab + 5;
+  DeviceBuffer out(batch * length * per * 264);
+  DeviceTokens t{bad.data(), batch, length, history.data(), hist};
+  DeviceLookupRequest r;
+  r.layer_id = 1;
+  r.tokens = &t;
+  r.out = out.data();
+  r.out_bytes = out.size();
+  r.stream = *stream;
+  absl::Status launched = client_->LookupToDevice(r);
+  if (launched.ok()) {
+    absl::Status s = client_->DeviceLookupResult(r);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(s.message(), HasSubstr("tokens[1, 2]"));
+  } else {
+    EXPECT_EQ(launched.code(), absl::StatusCode::kInvalidArgument) << launched;
+  }
+  if (GetParam().path == DevicePath::kRpc) return;
+  // Captured once; then layer 1 is populated again without its model.
+  t = DeviceTokens{static_cast<const int64_t*>(device_tokens.data()), batch,
+                   length, static_cast<const int64_t*>(device_history.data()),
+                   hist};
+  DeviceBuffer status(kDeviceStatusWords * sizeof(uint64_t));
+  r.status = static_cast<uint64_t*>(status.data());
+  ASSERT_TRUE(gpu::BeginCapture(*stream).ok());
+  ASSERT_TRUE(client_->LookupToDevice(r).ok());
+  auto graph = gpu::EndCapture(*stream);
+  ASSERT_TRUE(graph.ok()) << graph.status();
+  ASSERT_TRUE(gpu::GraphLaunch(*graph, *stream).ok());
+  ASSERT_TRUE(client_->DeviceLookupResult(r).ok());
+  auto layer1 = client_->DescribeLayer(1);
+  ASSERT_TRUE(layer1.ok());
+  auto tables = testing::RandomTables(layer1->layout, 99);
+  ASSERT_TRUE(client_->Replace(1, layer1->layout, testing::Spans(tables)).ok());
+  absl::Status s;
+  const auto until =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (s.ok() && std::chrono::steady_clock::now() < until) {
+    ASSERT_TRUE(gpu::GraphLaunch(*graph, *stream).ok());
+    s = client_->DeviceLookupResult(r);
+  }
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(), HasSubstr("model hash"));
+  s = client_->LookupToDevice(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  gpu::GraphDestroy(*graph);
   gpu::StreamDestroy(*stream);
   EXPECT_TRUE(server_->Alive());
 }

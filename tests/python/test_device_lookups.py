@@ -193,6 +193,36 @@ def test_device_lookups_are_checked_when_made():
         server.stop()
 
 
+def test_device_token_lookups_are_checked_when_made():
+    server = Engramd("--direct_reads")
+    try:
+        client = engram_store.Client(server.address)
+        client.populate(1, random_tables([100, 50], 8, np.float32, 1))
+        tokens = np.zeros((2, 3), dtype=np.int64)
+        out = HostBackedCai(np.zeros((2, 3, 2, 8), np.float32))
+        with pytest.raises(ValueError, match=r"tokens must be \[B, T\]"):
+            client.device_token_lookups(1, tokens[0], out)
+        with pytest.raises(ValueError, match=r"history must be \[B = 2, h\]"):
+            client.device_token_lookups(1, tokens, out,
+                                        history=np.zeros((3, 1), np.int64))
+        with pytest.raises(TypeError, match="tokens must be integers"):
+            client.device_token_lookups(1, tokens.astype(np.float32), out)
+        with pytest.raises(ValueError, match="2 arrays for 1 layers"):
+            client.device_token_lookups([1], tokens, [out, out])
+        with pytest.raises(ValueError, match=r"\[B, T, H, D\]"):
+            client.device_token_lookups(
+                1, tokens, HostBackedCai(np.zeros((2, 4, 2, 8), np.float32)))
+        with pytest.raises(TypeError, match="CUDA array"):
+            client.device_token_lookups(1, tokens, np.zeros((2, 3, 2, 8)))
+        # Made without a launch; the launch refuses host memory as out.
+        plan = client.device_token_lookups([1], tokens, [out])
+        with pytest.raises(InvalidArgumentError, match="device memory"):
+            plan.launch()
+        assert client.health()
+    finally:
+        server.stop()
+
+
 def _cudart():
     for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12",
                  ctypes.util.find_library("cudart")):

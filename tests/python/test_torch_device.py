@@ -8,7 +8,10 @@ scripts/gpu_check.sh runs it with that machine's python3, which may lack
 pytest: ``python3 tests/python/test_torch_device.py`` runs every case too.
 Needs ENGRAM_TEST_ENGRAMD and the package on PYTHONPATH.
 """
+import os
+import subprocess
 import sys
+import tempfile
 import time
 
 try:
@@ -140,6 +143,63 @@ def test_a_graph_of_a_decode_step_follows_a_replace():
             assert seen_new, "replays never reached the new version"
         finally:
             server.stop()
+
+
+def _deepseek_demo(folder):
+    """The token lookups' checkpoint: the one gpu_bundle.sh packed, else
+    made here (needs numpy)."""
+    made = os.environ.get("ENGRAM_TEST_DEEPSEEK_DEMO")
+    if made:
+        return made
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts",
+                          "make_deepseek_v41_demo.py")
+    subprocess.run([sys.executable, script, folder], check=True,
+                   stdout=subprocess.DEVNULL)
+    return folder
+
+
+def test_token_lookups_hash_on_the_gpu_as_lookup_tokens_does():
+    """A decode step's two Engram layers from token ids on the GPU: rows
+    equal to the LookupTokens RPC's, eager and replayed in a CUDA graph."""
+    with tempfile.TemporaryDirectory() as d:
+        demo = _deepseek_demo(d)
+        for flags, path in PATHS:
+            server = Server(*flags, f"--load={demo}/engram_manifest.json")
+            try:
+                client = server.client()
+                g = torch.Generator().manual_seed(3)
+                tokens = torch.randint(0, 129280, (4, 1), generator=g)
+                history = torch.randint(0, 129280, (4, 3), generator=g)
+                want = client.lookup_tokens([1, 14], tokens.numpy(),
+                                            history=history.numpy(),
+                                            output_dtype="bfloat16")
+                outs = [torch.empty(w.shape, dtype=torch.bfloat16,
+                                    device="cuda") for w in want]
+                side = torch.cuda.Stream()
+                with torch.cuda.stream(side):
+                    step = client.device_token_lookups(
+                        [1, 14], tokens.cuda(), outs,
+                        history=history.cuda(), stream=side)
+                    step.launch()
+                    step.result()
+                    assert step.paths == [path, path]
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, stream=side,
+                                          capture_error_mode="thread_local"):
+                        step.launch()
+
+                def same(out, w):
+                    bits = out.view(torch.int16).cpu().numpy()
+                    return (bits.view(w.dtype) == w).all()
+                assert all(same(o, w) for o, w in zip(outs, want))
+                for o in outs:
+                    o.zero_()
+                graph.replay()
+                step.result()
+                torch.cuda.synchronize()
+                assert all(same(o, w) for o, w in zip(outs, want))
+            finally:
+                server.stop()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@
 
 namespace engram::testing {
 
-// Writes the demo into `dir` (Debian's python3 with numpy); returns the
-// manifest's path.
+// Writes the demo into `dir` (Debian's python3 with numpy), or copies the
+// one $ENGRAM_TEST_DEEPSEEK_DEMO names (scripts/gpu_bundle.sh makes one for
+// the GPU machine); returns the manifest's path.
 absl::StatusOr<std::string> WriteDeepSeekDemo(const std::string& dir);
 
 }  // namespace engram::testing

@@ -16,6 +16,9 @@
 // Every path's rows are checked bit-identical to the RPC's first. Needs a
 // GPU; exits 0 with a note otherwise.
 //
+// Then the token lookups' hash inside the gather against the same gather of
+// ids hashed beforehand (tok/ids).
+//
 //   build/bench/device_lookup_bench [--rows_per_head=262144] [--reps=5]
 //       [--engramd=PATH]
 #include <algorithm>
@@ -32,7 +35,9 @@
 #include "bench/peers.h"
 #include "client/client.h"
 #include "common/dtype.h"
+#include "hash/engram_hash.h"
 #include "kernels/gpu.h"
+#include "kernels/gpu_handles.h"
 
 ABSL_FLAG(int64_t, rows_per_head, 262144, "rows of each of the 16 heads");
 ABSL_FLAG(int, reps, 5, "repetitions per shape (the best is reported)");
@@ -96,15 +101,152 @@ double HostMicros(int iters, int reps,
   return us[us.size() / 2];
 }
 
+// Token lookups' hash inside the gather (kernels/token_hash.h) against the
+// same launch reading ids hashed beforehand: a V4.1-shaped hash (N = 4,
+// H = 8: 24 tables of 264-byte rows, 200003+ rows each) over tables in
+// device memory; rows checked equal first. Returns false on a mismatch.
+bool TokenHashBench(gpu::Stream stream, int reps) {
+  constexpr char kConfig[] = R"({"engram_layer_ids": [1],
+    "engram_max_ngram_size": 4, "engram_n_heads": 8,
+    "engram_vocab_size": 200000, "engram_pad_token_id": 2,
+    "engram_compressed_vocab_size": 100000})";
+  constexpr int64_t kRawVocab = 129280;
+  constexpr int64_t kDim = 264;
+  std::mt19937_64 rng(5);
+  std::vector<int64_t> map(kRawVocab);
+  for (int64_t i = 0; i < kRawVocab; ++i) map[i] = i % 100000;
+  std::shuffle(map.begin(), map.end(), rng);
+  const EngramHasher hasher = Must(
+      EngramHasher::Create(
+          Must(EngramHashConfig::FromJson(kConfig, "config"), "config"), map),
+      "hasher");
+  const std::span<const int64_t> sizes = hasher.table_sizes(1);
+  const int heads = hasher.ids_per_position();
+  std::vector<gpu::DeviceMemory<uint8_t>> tables;
+  gpu::ViewSpec spec;
+  spec.heads = heads;
+  spec.dim = kDim;
+  spec.dtype = static_cast<int>(DType::kUInt8);
+  spec.token_model = hasher.TokenModel(1);
+  // Each table a different window of one random buffer.
+  std::vector<uint8_t> random(
+      *std::max_element(sizes.begin(), sizes.end()) * kDim + heads * 8);
+  for (auto& b : random) b = static_cast<uint8_t>(rng());
+  for (int h = 0; h < heads; ++h) {
+    tables.push_back(
+        Must(gpu::NewDeviceMemory<uint8_t>(sizes[h] * kDim), "table"));
+    CHECK_OK(gpu::CopyToDevice(tables.back().get(), random.data() + h * 8,
+                               sizes[h] * kDim));
+    spec.tables.push_back(tables.back().get());
+    spec.vocab.push_back(sizes[h]);
+  }
+  gpu::ViewHandle view = Must(gpu::NewView(spec, stream), "view");
+  gpu::ViewSlotHandle slot = Must(gpu::NewViewSlot(), "slot");
+  CHECK_OK(gpu::PublishView(slot.get(), view.get(), stream));
+  gpu::DeviceMemory<int64_t> device_map =
+      Must(gpu::NewDeviceMemory<int64_t>(map.size() * 8), "token map");
+  CHECK_OK(gpu::CopyToDevice(device_map.get(), hasher.token_map().data(),
+                             map.size() * 8));
+  std::printf(
+      "\ntoken hash in the gather: %d tables of %lld-byte rows, history 3, "
+      "median of %d\n%7s %9s | %8s %8s | %9s\n",
+      heads, static_cast<long long>(kDim), reps, "tokens", "bytes", "ids",
+      "tokens", "tok/ids");
+  bool same = true;
+  for (int64_t batch : {1, 16, 256, 4096}) {
+    const int64_t hist = 3;
+    std::vector<int64_t> tokens(batch), history(batch * hist);
+    for (auto& t : tokens) t = static_cast<int64_t>(rng() % kRawVocab);
+    for (auto& t : history) t = static_cast<int64_t>(rng() % kRawVocab);
+    const int64_t n = batch * heads;
+    std::vector<int64_t> ids(n);
+    CHECK_OK(hasher.Hash(1, tokens, batch, history, false, ids));
+    const size_t out_bytes = n * kDim;
+    auto d_ids = Must(gpu::NewDeviceMemory<int64_t>(n * 8), "ids");
+    auto d_tokens = Must(gpu::NewDeviceMemory<int64_t>(batch * 8), "tokens");
+    auto d_history =
+        Must(gpu::NewDeviceMemory<int64_t>(batch * hist * 8), "history");
+    auto d_out = Must(gpu::NewDeviceMemory<uint8_t>(out_bytes), "out");
+    auto status =
+        Must(gpu::NewDeviceMemory<uint64_t>(gpu::kStatusWords * 8), "status");
+    CHECK_OK(gpu::CopyToDevice(d_ids.get(), ids.data(), n * 8));
+    CHECK_OK(gpu::CopyToDevice(d_tokens.get(), tokens.data(), batch * 8));
+    CHECK_OK(
+        gpu::CopyToDevice(d_history.get(), history.data(), batch * hist * 8));
+    gpu::ViewGather plain;
+    plain.slot = slot.get();
+    plain.ids = d_ids.get();
+    plain.num_ids = n;
+    plain.heads = heads;
+    plain.dim = kDim;
+    plain.in_dtype = plain.out_dtype = static_cast<int>(DType::kUInt8);
+    plain.out = d_out.get();
+    plain.status = status.get();
+    gpu::TokenHashArgs args;
+    args.tokens = d_tokens.get();
+    args.history = d_history.get();
+    args.batch = batch;
+    args.length = 1;
+    args.history_length = hist;
+    args.token_map = device_map.get();
+    args.map_size = kRawVocab;
+    args.pad = hasher.compressed_pad();
+    args.ngram = hasher.config().max_ngram;
+    args.heads = hasher.config().heads;
+    const std::span<const int64_t> mult = hasher.multipliers(1);
+    std::copy(mult.begin(), mult.end(), args.multipliers);
+    gpu::ViewGather hashed = plain;
+    hashed.ids = nullptr;
+    hashed.tokens = &args;
+    hashed.token_model = spec.token_model;
+    std::vector<uint8_t> want(out_bytes), got(out_bytes);
+    uint64_t words[gpu::kStatusWords];
+    for (gpu::ViewGather* g : {&plain, &hashed}) {
+      CHECK_OK(gpu::LaunchViewGather(*g, stream));
+      CHECK_OK(gpu::StreamSynchronize(stream));
+      CHECK_OK(gpu::CopyToHost(words, status.get(), sizeof(words)));
+      CHECK_OK(gpu::CopyToHost(g == &plain ? want.data() : got.data(),
+                               d_out.get(), out_bytes));
+      if (words[0] != gpu::kStatusOk) {
+        std::fprintf(stderr, "token hash bench: status %llx\n",
+                     static_cast<unsigned long long>(words[0]));
+        return false;
+      }
+    }
+    if (got != want) {
+      std::fprintf(stderr, "token hash bench: hashed rows differ (B = %lld)\n",
+                   static_cast<long long>(batch));
+      same = false;
+    }
+    const int iters = batch >= 4096 ? 20 : 200;
+    const double by_ids = GpuMicros(stream, iters, reps, [&] {
+      return gpu::LaunchViewGather(plain, stream);
+    });
+    const double by_tokens = GpuMicros(stream, iters, reps, [&] {
+      return gpu::LaunchViewGather(hashed, stream);
+    });
+    std::printf("%7lld %9zu | %8.1f %8.1f | %8.2fx\n",
+                static_cast<long long>(batch), out_bytes, by_ids, by_tokens,
+                by_tokens / by_ids);
+    std::fflush(stdout);
+  }
+  std::printf(
+      "microseconds per launch. tok/ids: hashing the tokens in the launch "
+      "over reading hashed ids (target <= 1.1x).\n");
+  CHECK_OK(gpu::DeviceSynchronize());
+  return same;
+}
+
 struct Servers {
   std::unique_ptr<ChildServer> host, gpu;
   std::unique_ptr<Client> rpc, direct, gpu_client;
 };
 
 int Main(int argc, char** argv) {
-  bench::ParseBenchFlags(argc, argv,
-                  "device_lookup_bench: rows into GPU memory by every path, "
-                  "one run");
+  bench::ParseBenchFlags(
+      argc, argv,
+      "device_lookup_bench: rows into GPU memory by every path, "
+      "one run");
   const int64_t rows_per_head = absl::GetFlag(FLAGS_rows_per_head);
   const int reps = absl::GetFlag(FLAGS_reps);
   const std::string engramd = absl::GetFlag(FLAGS_engramd);
@@ -301,8 +443,9 @@ int Main(int argc, char** argv) {
       "the mapped one's (target >= 0.9x); pcie frac: the contiguous copy's "
       "time over uva's; ipc/d2d: the device copy's time over ipc's (target "
       ">= 0.8x); ipc/uva and uva/rpc: speedups.\n");
+  const bool hashed_ok = TokenHashBench(stream, reps);
   gpu::StreamDestroy(stream);
-  return 0;
+  return hashed_ok ? 0 : 1;
 }
 
 }  // namespace

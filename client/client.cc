@@ -532,8 +532,8 @@ DeviceReads* Client::Device() {
     env.rpc_lookup = [this](int64_t layer_id, std::span<const int64_t> ids,
                             std::span<const int64_t> shape,
                             std::span<uint8_t> output,
-                            std::optional<DType> output_dtype) {
-      return Lookup(layer_id, ids, shape, output, output_dtype);
+                            const LookupOptions& options) {
+      return Lookup(layer_id, ids, shape, output, options);
     };
     env.rpc_lookup_tokens =
         [this](int64_t layer_id, std::span<const int64_t> tokens,

@@ -190,7 +190,8 @@ struct DeviceTokens {
 
 struct DeviceLookupRequest {
   int64_t layer_id = 0;
-  // B*L*H ids, token-major with heads fastest (as Lookup's). Device memory
+  // B*L*H ids, token-major with heads fastest (as Lookup's; see id_form
+  // below for the other forms). Device memory
   // of the output's device, pinned host memory, or ordinary host memory
   // (copied into a pinned buffer first; not capturable in a CUDA graph).
   const int64_t* ids = nullptr;
@@ -200,6 +201,12 @@ struct DeviceLookupRequest {
   size_t out_bytes = 0;
   // The stored dtype unless converting among float32/bfloat16/float16.
   std::optional<DType> output_dtype;
+  // As LookupOptions: fused ids, a head slice [head_begin, head_end) (ids
+  // and out [.., head_end - head_begin, ..]), or entries (ids [n], out
+  // [n, D]) — what engines' kernels emit, read on the GPU as they are.
+  IdForm id_form = IdForm::kPerHead;
+  int64_t head_begin = 0;
+  int64_t head_end = 0;    // 0: the last head
   void* stream = nullptr;  // nullptr: the legacy default stream
   // kDeviceStatusWords device words (uint64) on the output's device where
   // the launch records its outcome; DeviceLookupResult reads them. They

@@ -2,13 +2,13 @@
 
 #include <array>
 #include <cstring>
-#include <deque>
 #include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "client/device_mapping.h"
 #include "client/device_resources.h"
+#include "client/device_status.h"
 #include "client/device_tokens.h"
 #include "client/device_versions.h"
 #include "client/layer_mapping.h"
@@ -36,6 +36,9 @@ absl::StatusOr<LookupPlan> CheckOutput(const LayerLayout& layout,
   args.num_ids = r.num_ids;
   args.output_dtype = r.output_dtype;
   args.out_bytes = r.out_bytes;
+  args.id_form = r.id_form;
+  args.head_begin = r.head_begin;
+  args.head_end = r.head_end;
   return PlanLookup(layout, args);
 }
 
@@ -134,6 +137,25 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
                        "of its model's token map"));
     }
     return model->ExplainBadToken(r.layer_id, t, *tokens, *history);
+  }
+
+  // Why lookup `r` (fused ids, a head slice or entries) reported row
+  // `row`: its ids read back and checked as the server's Lookup checks them.
+  absl::Status ExplainBadId(const DeviceLookupRequest& r, uint64_t row) {
+    const Current c = Now();
+    std::vector<int64_t> copy;
+    absl::StatusOr<std::span<const int64_t>> ids =
+        HostView(r.ids, r.num_ids, r.stream, &copy);
+    absl::StatusOr<LookupPlan> plan =
+        c.known ? CheckOutput(*c.layout, r) : absl::StatusOr<LookupPlan>(c.why);
+    if (ids.ok() && plan.ok()) {
+      ResolvedIds resolved;
+      absl::Status s = ResolveIds(*c.layout, *plan, ids->data(), &resolved);
+      if (!s.ok()) return s;
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("ids[", row, "] of layer ", r.layer_id,
+                     "'s lookup was out of range when the GPU read it"));
   }
 
   // The janitor.
@@ -257,9 +279,21 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
           HostView(r.ids, r.num_ids, r.stream, &ids_copy);
       s = ids.status();
       if (s.ok()) {
-        const int64_t heads = layout.num_heads();
-        const int64_t shape[] = {r.num_ids / heads, 1, heads};
-        s = env_->rpc_lookup(r.layer_id, *ids, shape, rows, r.output_dtype);
+        LookupOptions options;
+        options.output_dtype = r.output_dtype;
+        options.id_form = r.id_form;
+        options.head_begin = r.head_begin;
+        options.head_end = r.head_end;
+        const int64_t columns =
+            (r.head_end == 0 ? layout.num_heads() : r.head_end) - r.head_begin;
+        const int64_t by_position[] = {
+            r.num_ids / std::max<int64_t>(1, columns), 1, columns};
+        const int64_t entries[] = {r.num_ids};
+        s = env_->rpc_lookup(r.layer_id, *ids,
+                             r.id_form == IdForm::kEntries
+                                 ? std::span<const int64_t>(entries)
+                                 : std::span<const int64_t>(by_position),
+                             rows, options);
       }
     }
     if (s.ok()) {
@@ -486,6 +520,15 @@ class DeviceLookups::LayerOnDevice final : public DeviceVersions::Device {
     g.out_dtype = static_cast<int>(plan.out_dtype);
     g.quant_block = layout.quant.block;
     g.dequantize = plan.dequantizes();
+    if (!plan.plain) {
+      const bool entries = plan.id_form == IdForm::kEntries;
+      g.form.id_form = entries                          ? gpu::kViewEntries
+                       : plan.id_form == IdForm::kFused ? gpu::kViewFused
+                                                        : gpu::kViewPerHead;
+      g.form.head_begin = static_cast<int32_t>(plan.head_begin);
+      g.form.head_end = static_cast<int32_t>(plan.head_end);
+      g.form.columns = entries ? 1 : static_cast<int32_t>(plan.shape.heads);
+    }
     g.out = static_cast<uint8_t*>(r.out);
     g.status = status;
     return absl::OkStatus();
@@ -604,13 +647,15 @@ absl::Status DeviceLookups::LookupMany(
     }
     if (r.tokens != nullptr) {
       const DeviceTokens& t = *r.tokens;
-      if (r.ids != nullptr || r.num_ids != 0 || t.tokens == nullptr ||
+      if (r.ids != nullptr || r.num_ids != 0 || r.id_form != IdForm::kPerHead ||
+          r.head_begin != 0 || r.head_end != 0 || t.tokens == nullptr ||
           t.batch <= 0 || t.length <= 0 || t.history_length < 0 ||
           (t.history_length > 0 && t.history == nullptr)) {
         return absl::InvalidArgumentError(absl::StrCat(
             which(i),
             "a token lookup needs tokens [batch > 0, length > 0], history "
-            "when history_length > 0, and no ids"));
+            "when history_length > 0, and no ids (nor an id form or head "
+            "slice: it reads every head)"));
       }
     } else if (r.ids == nullptr || r.num_ids <= 0) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -712,35 +757,14 @@ absl::Status DeviceLookups::Result(const DeviceLookupRequest& r) {
   if (absl::Status s = gpu::StreamSynchronize(r.stream); !s.ok()) return s;
   const uint64_t code = words[0];
   const LayerOnDevice::Current c = (*layer)->Now();
-  if (code == gpu::kStatusOk) return absl::OkStatus();
-  if (code == gpu::kStatusRemoved) {
-    return absl::NotFoundError(
-        absl::StrCat("layer ", r.layer_id, " was removed"));
-  }
-  if (code == gpu::kStatusUnavailable) {
-    return absl::UnavailableError(
-        absl::StrCat("layer ", r.layer_id, " could not be read on device ",
-                     out.device, ": ", (*layer)->note()));
-  }
-  if (code == gpu::kStatusLayoutChanged) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", r.layer_id,
-        " was replaced by one of another layout; nothing was written"));
-  }
-  if (code == gpu::kStatusReleased) {
-    return absl::AbortedError(absl::StrCat(
-        "a table range of layer ", r.layer_id,
-        " was released while it was read; the rows are not valid"));
-  }
-  if (code == gpu::kStatusModelChanged) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", r.layer_id,
-        " was loaded again with another model hash (or populated without "
-        "one) before the launch ran; nothing was written (the next call "
-        "hashes with the new model; a captured graph must be captured "
-        "again)"));
+  if (std::optional<absl::Status> fixed =
+          StatusOfCode(code, r.layer_id, out.device, (*layer)->note())) {
+    return *fixed;
   }
   if (r.tokens != nullptr) return (*layer)->ExplainBadToken(r, code);
+  if (r.id_form != IdForm::kPerHead || r.head_begin != 0 || r.head_end != 0) {
+    return (*layer)->ExplainBadId(r, code);
+  }
   const int heads = c.known ? c.layout->num_heads() : 0;
   return absl::InvalidArgumentError(absl::StrCat(
       "ids[", code, "] is out of range for head ",

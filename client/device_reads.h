@@ -43,7 +43,7 @@ struct DeviceReadsEnv {
   std::function<absl::Status(int64_t layer_id, std::span<const int64_t> ids,
                              std::span<const int64_t> shape,
                              std::span<uint8_t> output,
-                             std::optional<DType> output_dtype)>
+                             const LookupOptions& options)>
       rpc_lookup;
   // Token lookups' RPC path: Client::LookupTokens of one layer.
   std::function<absl::Status(

@@ -19,15 +19,8 @@ namespace engram {
 // Makes `device` current for a scope, restoring the caller's device.
 class DeviceGuard {
  public:
-  explicit DeviceGuard(int device) : device_(device) {
-    previous_ = gpu::CurrentDevice();
-    if (previous_ != device_) status_ = gpu::SetDevice(device_);
-  }
-  ~DeviceGuard() {
-    if (previous_ >= 0 && previous_ != device_) {
-      gpu::SetDevice(previous_).IgnoreError();
-    }
-  }
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
   const absl::Status& status() const { return status_; }
 
  private:
@@ -47,41 +40,15 @@ class PinnedPool {
     gpu::EventHandle event;
     bool busy = false;
   };
-  absl::StatusOr<Block*> Acquire(size_t bytes) {
-    MutexLock lock(&mu_);
-    for (Block& b : blocks_) {
-      if (!b.busy && b.capacity >= bytes && gpu::EventDone(b.event.get())) {
-        b.busy = true;
-        return &b;
-      }
-    }
-    size_t capacity = 64 << 10;
-    while (capacity < bytes) capacity *= 2;
-    absl::StatusOr<gpu::PinnedMemory<>> data = gpu::NewPinnedMemory(capacity);
-    if (!data.ok()) return data.status();
-    absl::StatusOr<gpu::EventHandle> event = gpu::NewEvent();
-    if (!event.ok()) return event.status();
-    blocks_.push_back({std::move(*data), capacity, std::move(*event), true});
-    return &blocks_.back();
-  }
+  // A free block of at least `bytes` whose last use has passed, or a new
+  // one.
+  absl::StatusOr<Block*> Acquire(size_t bytes);
   // After the block's last use was enqueued on `stream`.
-  void Release(Block* block, gpu::Stream stream) {
-    // A failed record leaves the event as it was: at worst the block waits
-    // for its previous use.
-    gpu::EventRecord(block->event.get(), stream).IgnoreError();
-    MutexLock lock(&mu_);
-    block->busy = false;
-  }
+  void Release(Block* block, gpu::Stream stream);
   // Unused after all (nothing was enqueued).
-  void Return(Block* block) {
-    MutexLock lock(&mu_);
-    block->busy = false;
-  }
+  void Return(Block* block);
   // Frees every block; none may be in use (the owner's device current).
-  void Clear() {
-    MutexLock lock(&mu_);
-    blocks_.clear();
-  }
+  void Clear();
 
  private:
   Mutex mu_;

@@ -61,6 +61,7 @@ struct DeviceView {
   uint64_t token_model;  // ViewSpec::token_model
   const uint8_t* tables[kMaxViewHeads];
   int64_t vocab[kMaxViewHeads];
+  int64_t offsets[kMaxViewHeads + 1];  // fused offsets; the total last
   const uint64_t* epoch_slots[kMaxViewHeads];
   uint64_t generations[kMaxViewHeads];
 };

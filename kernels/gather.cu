@@ -184,25 +184,31 @@ bool WithDequantOp(int block, int out_dtype, Fn&& fn) {
   }
 }
 
-// Row ids given by the caller.
+// Ids given by the caller, in any form (kernels/view_rows.h).
 struct GivenIds {
   const int64_t* __restrict__ ids;
-  __device__ __forceinline__ int64_t operator()(uint64_t row, int64_t) const {
-    return __ldg(ids + row);
+  ViewRowForm form;
+  const int64_t* offsets;  // fused offsets (fused ids and entries only)
+  __device__ __forceinline__ int64_t operator()(uint64_t row, int* table,
+                                                const int64_t*) const {
+    return ViewRow(form, row, __ldg(ids + row), offsets, table);
   }
 };
-// Row ids hashed from token ids (kernels/token_hash.h).
+// Row ids hashed from token ids (kernels/token_hash.h): table row mod H.
 struct HashedIds {
   const TokenHashArgs* args;
-  __device__ __forceinline__ int64_t operator()(uint64_t row,
-                                                int64_t table_rows) const {
-    return TokenRowId(*args, row, table_rows);
+  int heads;
+  __device__ __forceinline__ int64_t operator()(uint64_t row, int* table,
+                                                const int64_t* vocab) const {
+    *table = static_cast<int>(row % heads);
+    return TokenRowId(*args, row, __ldg(vocab + *table));
   }
 };
 
 // The grid-strided loop every gather runs: output row r (of total /
-// items_per_row) = tables[r mod heads][id(r)]. An id outside the table is
-// never read: its row is left unwritten and *error becomes min(*error, r).
+// items_per_row) = row ids(r) of the table ids(r) names. An id outside its
+// table is never read: its row is left unwritten and *error becomes
+// min(*error, r).
 template <typename Op, typename Index, typename Ids>
 __device__ __forceinline__ void GatherRows(const uint8_t* const* tables,
                                            const int64_t* vocab, int heads,
@@ -216,10 +222,9 @@ __device__ __forceinline__ void GatherRows(const uint8_t* const* tables,
        t < total; t += stride) {
     const Index row = t / items_per_row;
     const Index item = t - row * items_per_row;
-    const int h = static_cast<int>(row % heads);
-    const int64_t rows = __ldg(vocab + h);
-    const int64_t id = ids(row, rows);
-    if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(rows)) {
+    int h = 0;
+    const int64_t id = ids(row, &h, vocab);
+    if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(__ldg(vocab + h))) {
       if (item == 0) atomicMin(error, static_cast<unsigned long long>(row));
       continue;
     }
@@ -238,7 +243,9 @@ __global__ void TableGatherKernel(const uint8_t* const* tables,
                                   unsigned long long* error) {
   GatherRows<Op, Index>(
       tables, vocab, heads, static_cast<Index>(geo.items_per_row), total,
-      geo.in_row_bytes, geo.out_row_bytes, GivenIds{ids}, out, error);
+      geo.in_row_bytes, geo.out_row_bytes,
+      GivenIds{ids, ViewRowForm{kViewPerHead, 0, heads, heads}, nullptr}, out,
+      error);
 }
 
 // One layer's part of a zero-copy launch.
@@ -252,6 +259,7 @@ struct ViewPart {
   int64_t dim;  // the layout the caller sized `out` for
   int32_t heads;
   int32_t dtype;
+  ViewRowForm form;      // given ids: their form
   bool hashed;           // ids come from `hash` (a token lookup)
   uint64_t token_model;  // hashed: the only token model it may read
   TokenHashArgs hash;
@@ -302,14 +310,14 @@ __global__ void ViewGatherKernel(const __grid_constant__ ViewParts parts) {
       GatherRows<Op, Index>(view->tables, view->vocab, p.heads,
                             static_cast<Index>(p.geo.items_per_row),
                             static_cast<Index>(p.total), p.geo.in_row_bytes,
-                            p.geo.out_row_bytes, HashedIds{&p.hash}, p.out,
-                            p.status);
+                            p.geo.out_row_bytes, HashedIds{&p.hash, p.heads},
+                            p.out, p.status);
     } else {
-      GatherRows<Op, Index>(view->tables, view->vocab, p.heads,
-                            static_cast<Index>(p.geo.items_per_row),
-                            static_cast<Index>(p.total), p.geo.in_row_bytes,
-                            p.geo.out_row_bytes, GivenIds{p.ids}, p.out,
-                            p.status);
+      GatherRows<Op, Index>(
+          view->tables, view->vocab, p.heads,
+          static_cast<Index>(p.geo.items_per_row), static_cast<Index>(p.total),
+          p.geo.in_row_bytes, p.geo.out_row_bytes,
+          GivenIds{p.ids, p.form, view->offsets}, p.out, p.status);
     }
   }
   __shared__ bool last;
@@ -416,6 +424,10 @@ absl::Status LaunchViewGroup(const ViewGather* const* gathers, size_t count,
       p.dim = v.dim;
       p.heads = v.heads;
       p.dtype = ViewDType(v.in_dtype, v.quant_block);
+      p.form = v.form;
+      if (p.form.columns == 0) {
+        p.form = ViewRowForm{kViewPerHead, 0, v.heads, v.heads};
+      }
       p.hashed = v.tokens != nullptr;
       if (p.hashed) {
         p.hash = *v.tokens;
@@ -486,10 +498,23 @@ absl::Status LaunchViewGathers(const ViewGather* gathers, size_t count,
     const ViewGather& v = gathers[i];
     if (v.slot == nullptr || v.status == nullptr || v.heads <= 0 ||
         v.heads > kMaxViewHeads || v.dim <= 0 || v.num_ids < 0 ||
-        v.num_ids % v.heads != 0 || DTypeBytes(v.in_dtype) == 0 ||
-        DTypeBytes(v.out_dtype) == 0) {
+        (v.form.columns == 0 && v.num_ids % v.heads != 0) ||
+        DTypeBytes(v.in_dtype) == 0 || DTypeBytes(v.out_dtype) == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("bad view gather arguments (lookup ", i, ")"));
+    }
+    const ViewRowForm& f = v.form;
+    const bool entries = f.id_form == kViewEntries;
+    if (f.columns != 0 &&
+        (f.id_form < kViewPerHead || f.id_form > kViewEntries ||
+         f.head_begin < 0 ||
+         (entries ? f.columns != 1 || f.head_end <= f.head_begin ||
+                        f.head_end > v.heads
+                  : f.columns < 1 || f.head_begin + f.columns > v.heads ||
+                        v.num_ids % f.columns != 0) ||
+         v.tokens != nullptr)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad id form arguments (lookup ", i, ")"));
     }
     if (v.tokens != nullptr) {
       const TokenHashArgs& t = *v.tokens;

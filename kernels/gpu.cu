@@ -308,9 +308,11 @@ absl::StatusOr<void*> CreateView(const ViewSpec& spec, Stream stream) {
   v.dtype = internal::ViewDType(spec.dtype, spec.quant_block);
   v.version = spec.version;
   v.token_model = spec.token_model;
+  v.offsets[0] = 0;
   for (size_t h = 0; h < spec.tables.size(); ++h) {
     v.tables[h] = spec.tables[h];
     v.vocab[h] = spec.vocab[h];
+    v.offsets[h + 1] = v.offsets[h] + spec.vocab[h];
   }
   for (size_t h = 0; h < spec.epoch_slots.size(); ++h) {
     v.epoch_slots[h] = spec.epoch_slots[h];

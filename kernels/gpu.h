@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/token_hash.h"
+#include "kernels/view_rows.h"
 
 namespace engram::gpu {
 
@@ -198,6 +199,9 @@ struct ViewGather {
   bool dequantize = false;
   uint8_t* out = nullptr;
   uint64_t* status = nullptr;  // kStatusWords device words
+  // How the ids name rows (fused ids, a head slice, entries); columns 0:
+  // per-head ids of every head. Out-of-range ids are reported by index.
+  ViewRowForm form{kViewPerHead, 0, 0, 0};
   // Token lookups: when set, `ids` is unused and row i's id is the Engram
   // hash of the tokens (kernels/token_hash.h; num_ids = batch * length *
   // heads, heads = (N - 1) * H), computed in the same launch. The launch

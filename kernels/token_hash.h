@@ -8,11 +8,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define ENGRAM_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define ENGRAM_HOST_DEVICE inline
-#endif
+#include "kernels/host_device.h"
 
 namespace engram::gpu {
 

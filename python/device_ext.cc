@@ -32,9 +32,13 @@ std::string ShapeRepr(const std::vector<int64_t>& shape) {
 // serialized; launch() releases the GIL.
 class DeviceLookupPlan {
  public:
+  // `id_form` and `heads` (a head slice) apply to every lookup.
   DeviceLookupPlan(py::object client, const py::sequence& lookups,
-                   const py::object& stream)
-      : client_(client.cast<Client*>()), owner_(std::move(client)) {
+                   const py::object& stream, const std::string& id_form,
+                   const std::optional<std::pair<int64_t, int64_t>>& heads)
+      : client_(client.cast<Client*>()),
+        owner_(std::move(client)),
+        form_(ParseLookupOptions(std::nullopt, id_form, heads)) {
     const uintptr_t handle = python::StreamHandle(stream);
     if (py::len(lookups) == 0) {
       throw py::value_error("no lookups given");
@@ -179,19 +183,26 @@ class DeviceLookupPlan {
            const py::object& status, uintptr_t stream) {
     DeviceLookupRequest r;
     r.layer_id = layer_id;
+    r.id_form = form_.id_form;
+    r.head_begin = form_.head_begin;
+    r.head_end = form_.head_end;
+    const bool entries = form_.id_form == IdForm::kEntries;
     std::vector<int64_t> ids_shape;
     r.ids = Int64Array(ids, "ids", stream, &ids_shape);
-    if (ids_shape.size() != 3) {
-      throw py::value_error("ids must be [B, L, H]; got shape " +
-                            ShapeRepr(ids_shape));
+    if (ids_shape.size() != (entries ? 1u : 3u)) {
+      throw py::value_error(std::string(entries ? "entries ids must be [n]"
+                                                : "ids must be [B, L, H]") +
+                            "; got shape " + ShapeRepr(ids_shape));
     }
     const std::vector<int64_t> out_shape = SetOut(&r, out, stream);
-    if (out_shape.size() != 4 ||
+    if (out_shape.size() != ids_shape.size() + 1 ||
         !std::equal(ids_shape.begin(), ids_shape.end(), out_shape.begin())) {
       throw py::value_error("out has shape " + ShapeRepr(out_shape) + "; ids " +
-                            ShapeRepr(ids_shape) + " need [B, L, H, D]");
+                            ShapeRepr(ids_shape) +
+                            (entries ? " need [n, D]" : " need [B, L, H, D]"));
     }
-    r.num_ids = ids_shape[0] * ids_shape[1] * ids_shape[2];
+    r.num_ids = 1;
+    for (int64_t d : ids_shape) r.num_ids *= d;
     SetStatus(&r, status, stream);
     requests_.push_back(r);
   }
@@ -239,6 +250,7 @@ class DeviceLookupPlan {
 
   Client* const client_;
   const py::object owner_;  // keeps client_ alive
+  LookupOptions form_;      // id form and head slice of every lookup
   std::unique_ptr<DeviceTokens>
       tokens_;  // token lookups': requests_ point here
   std::vector<DeviceLookupRequest> requests_;
@@ -264,8 +276,11 @@ void BindDeviceLookups(py::module_& m, py::class_<Client>& client_class) {
   m.def("stream_handle", &python::StreamHandle, py::arg("stream"));
   m.attr("STATUS_WORDS") = kDeviceStatusWords;
   py::class_<DeviceLookupPlan>(m, "DeviceLookupPlan")
-      .def(py::init<py::object, const py::sequence&, const py::object&>(),
-           py::arg("client"), py::arg("lookups"), py::arg("stream"))
+      .def(py::init<py::object, const py::sequence&, const py::object&,
+                    const std::string&,
+                    const std::optional<std::pair<int64_t, int64_t>>&>(),
+           py::arg("client"), py::arg("lookups"), py::arg("stream"),
+           py::arg("id_form") = "per_head", py::arg("heads") = py::none())
       .def(py::init<py::object, const std::vector<int64_t>&, py::handle,
                     const py::object&, const py::sequence&, const py::sequence&,
                     const py::object&>(),

@@ -661,7 +661,9 @@ class Client:
         return LookupFuture(pending, out, on_error)
 
     def lookup_device(self, layer_id: int, ids, out, *, stream=None,
-                      status=None) -> "DeviceLookup":
+                      status=None, id_form: str = "per_head",
+                      heads: Optional[Tuple[int, int]] = None
+                      ) -> "DeviceLookup":
         """Gathers rows into ``out``, a CUDA array ``[B, L, H, D]``, on
         ``stream`` (None: the legacy default stream; an int cudaStream_t or
         a framework stream object), and returns without waiting for the GPU.
@@ -676,22 +678,29 @@ class Client:
         from :meth:`DeviceLookup.result`; ``status`` (a CUDA array of
         ``engram_store.cuda.STATUS_WORDS`` (u)int64) gives concurrent
         streams their own status words. For the same buffers at every step,
-        :meth:`device_lookups` reads them once.
+        :meth:`device_lookups` reads them once. ``id_form`` ("per_head",
+        "fused" or "entries": ids ``[n]``, out ``[n, D]``) and ``heads`` (a
+        head slice ``(begin, end)``, ids and out of its width) as
+        :meth:`lookup` takes them, read as they are on the GPU.
         """
-        plan = _ext.DeviceLookupPlan(self._c, ((layer_id, ids, out, status),),
-                                     stream)
+        plan = _call(_ext.DeviceLookupPlan, self._c,
+                     ((layer_id, ids, out, status),), stream, id_form, heads)
         _call(plan.launch)
         return DeviceLookup(plan, 0, out, plan.paths()[0])
 
-    def device_lookups(self, lookups, *, stream=None) -> "DeviceLookups":
+    def device_lookups(self, lookups, *, stream=None,
+                       id_form: str = "per_head",
+                       heads: Optional[Tuple[int, int]] = None
+                       ) -> "DeviceLookups":
         """Prepares lookups of several layers (a decode step's Engram
         layers) for :meth:`DeviceLookups.launch`: ``lookups`` is a sequence
         of ``(layer_id, ids, out)`` or ``(layer_id, ids, out, status)`` as
         :meth:`lookup_device` takes them, all on ``stream`` and one device.
-        Two lookups of one layer need a ``status`` each. Nothing is launched
-        yet."""
+        Two lookups of one layer need a ``status`` each; ``id_form`` and
+        ``heads`` apply to every lookup. Nothing is launched yet."""
         lookups = tuple(tuple(x) for x in lookups)
-        plan = _ext.DeviceLookupPlan(self._c, lookups, stream)
+        plan = _call(_ext.DeviceLookupPlan, self._c, lookups, stream, id_form,
+                     heads)
         return DeviceLookups(plan, tuple(x[2] for x in lookups))
 
     def device_token_lookups(self, layer_ids, tokens, out, *, history=None,

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <random>
 #include <thread>
 #include <tuple>
 
@@ -475,6 +476,83 @@ TEST_P(DeviceLookupPathTest, SeveralLayersInOneCallGetTheirOwnRows) {
   absl::Status s = client_->LookupToDevice(twice);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_THAT(s.message(), HasSubstr("status words of their own"));
+  gpu::StreamDestroy(*stream);
+  EXPECT_TRUE(server_->Alive());
+}
+
+// The forms engines send, read on the GPU as they are: fused ids, head
+// slices (a tensor-parallel rank's heads) and entries, bit-identical to
+// Lookup with the same options; a bad fused id named as Lookup names it.
+TEST_P(DeviceLookupPathTest, IdFormsAndHeadSlicesReadAsLookupDoes) {
+  Start(GetParam().flags);
+  const LayerLayout l{{3000, 5000, 4000, 2000}, 264, DType::kUInt8};
+  auto tables = testing::RandomTables(l, 31);
+  ASSERT_TRUE(client_->Populate(31, l, testing::Spans(tables)).ok());
+  const std::vector<int64_t> offsets = FusedOffsets(l);
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  std::mt19937_64 rng(8);
+  struct Form {
+    IdForm form;
+    int64_t begin, end;
+  };
+  for (const Form& f :
+       {Form{IdForm::kFused, 0, 0}, Form{IdForm::kPerHead, 1, 3},
+        Form{IdForm::kFused, 2, 4}, Form{IdForm::kEntries, 0, 0},
+        Form{IdForm::kEntries, 1, 3}}) {
+    const int64_t end = f.end == 0 ? l.num_heads() : f.end;
+    const int64_t columns = end - f.begin;
+    const bool entries = f.form == IdForm::kEntries;
+    std::vector<int64_t> ids(entries ? 40 : 8 * columns);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (entries) {
+        ids[i] =
+            offsets[f.begin] +
+            static_cast<int64_t>(rng() % (offsets[end] - offsets[f.begin]));
+      } else {
+        const int64_t h = f.begin + static_cast<int64_t>(i) % columns;
+        const int64_t row =
+            static_cast<int64_t>(rng() % l.table_vocab_sizes[h]);
+        ids[i] = f.form == IdForm::kFused ? offsets[h] + row : row;
+      }
+    }
+    LookupOptions options;
+    options.id_form = f.form;
+    options.head_begin = f.begin;
+    options.head_end = f.end;
+    const int64_t n = static_cast<int64_t>(ids.size());
+    const int64_t by_position[] = {n / columns, 1, columns};
+    const int64_t by_entry[] = {n};
+    const std::span<const int64_t> shape =
+        entries ? std::span<const int64_t>(by_entry) : by_position;
+    std::vector<uint8_t> want(ids.size() * l.row_bytes());
+    ASSERT_TRUE(client_->Lookup(31, ids, shape, want, options).ok());
+    DeviceBuffer out(want.size());
+    out.Fill(0xA5);
+    DeviceLookupRequest r = Request(31, ids, out);
+    r.id_form = f.form;
+    r.head_begin = f.begin;
+    r.head_end = f.end;
+    r.stream = *stream;
+    DevicePath path;
+    absl::Status s = client_->LookupToDevice(r, &path);
+    ASSERT_TRUE(s.ok()) << s;
+    EXPECT_EQ(path, GetParam().path);
+    ASSERT_TRUE(client_->DeviceLookupResult(r).ok());
+    EXPECT_TRUE(out.Read() == want)
+        << "form " << static_cast<int>(f.form) << " heads [" << f.begin << ", "
+        << end << ")";
+    // An id of another head's range: refused with Lookup's words.
+    std::vector<int64_t> bad = ids;
+    bad[0] = entries ? offsets.back() : offsets[f.begin] + 5000000;
+    const absl::Status rpc = client_->Lookup(31, bad, shape, want, options);
+    ASSERT_EQ(rpc.code(), absl::StatusCode::kInvalidArgument);
+    r.ids = bad.data();
+    s = client_->LookupToDevice(r);
+    if (s.ok()) s = client_->DeviceLookupResult(r);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_EQ(s.message(), rpc.message());
+  }
   gpu::StreamDestroy(*stream);
   EXPECT_TRUE(server_->Alive());
 }

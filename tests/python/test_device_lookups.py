@@ -193,6 +193,35 @@ def test_device_lookups_are_checked_when_made():
         server.stop()
 
 
+def test_device_id_forms_are_checked_when_made():
+    server = Engramd("--direct_reads")
+    try:
+        client = engram_store.Client(server.address)
+        client.populate(1, random_tables([100, 50], 8, np.float32, 1))
+        entries = np.zeros(4, dtype=np.int64)
+        rows = HostBackedCai(np.zeros((4, 8), np.float32))
+        with pytest.raises(ValueError, match="id_form must be"):
+            client.lookup_device(1, entries, rows, id_form="packed")
+        with pytest.raises(ValueError, match=r"entries ids must be \[n\]"):
+            client.lookup_device(1, entries.reshape(2, 1, 2), rows,
+                                 id_form="entries")
+        with pytest.raises(ValueError, match=r"need \[n, D\]"):
+            client.lookup_device(
+                1, entries, HostBackedCai(np.zeros((3, 8), np.float32)),
+                id_form="entries")
+        # Well-formed: checked by the launch like any other lookup.
+        with pytest.raises(InvalidArgumentError, match="device memory"):
+            client.lookup_device(1, entries, rows, id_form="entries")
+        with pytest.raises(InvalidArgumentError, match="device memory"):
+            client.lookup_device(
+                1, np.zeros((1, 1, 1), np.int64),
+                HostBackedCai(np.zeros((1, 1, 1, 8), np.float32)),
+                id_form="fused", heads=(1, 2))
+        assert client.health()
+    finally:
+        server.stop()
+
+
 def test_device_token_lookups_are_checked_when_made():
     server = Engramd("--direct_reads")
     try:

@@ -155,6 +155,12 @@ def test_on_the_gpu(store):
     torch.cuda.synchronize()
     want = to_bfloat16_bits(dequantize(fused[indices.cpu().numpy()]))
     assert np.array_equal(bf16_bits(values.cpu()), want)
+    # A tensor-parallel rank's heads, read on the GPU as fused ids.
+    ranked = indices[:, 1:3].contiguous()
+    part = torch.empty((6, 2, ROW), dtype=torch.uint8, device="cuda")
+    EngramLookup(client, 11, heads=(1, 3)).lookup(ranked, part, packed=True)
+    torch.cuda.synchronize()
+    assert np.array_equal(part.cpu().numpy(), fused[ranked.cpu().numpy()])
     dst = torch.empty((6, ROW), dtype=torch.uint8, device="cuda")
     ids = indices[:, 0].contiguous()
     EntryGather(client).entry_gather(dst, ids, 6, 11, "cuda")

@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -178,7 +179,9 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
-absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
+namespace {
+
+absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartClusterOnce(
     int shards, int replication, const std::vector<std::string>& extra_flags,
     const ClientOptions& client) {
   std::vector<std::string> addresses;
@@ -207,6 +210,25 @@ absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
   for (auto& shard : cluster) {
     if (absl::Status s = WaitServing(shard->address(), 30, client); !s.ok()) {
       return s;
+    }
+  }
+  return cluster;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> StartCluster(
+    int shards, int replication, const std::vector<std::string>& extra_flags,
+    const ClientOptions& client) {
+  // Every shard's port is chosen before any starts (they name each other in
+  // --peers), so another test may take one meanwhile: engramd then refuses
+  // to start ("address in use"), and the cluster starts again on new ports.
+  absl::StatusOr<std::vector<std::unique_ptr<EngramdProcess>>> cluster;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    cluster = StartClusterOnce(shards, replication, extra_flags, client);
+    if (cluster.ok() ||
+        !absl::StrContains(cluster.status().message(), "address in use")) {
+      break;
     }
   }
   return cluster;

@@ -41,6 +41,8 @@ class EntryGather:
         """Gathers ``ids[:count]`` into ``dst[:count]``; returns ``dst``.
         ``device`` is where ``dst`` lives (checked, not moved)."""
         count = int(count)
+        if dst.device.type == "cuda":
+            return self._gather_cuda(dst, ids, count, table_id, device)
         # A step's buffers are checked once and their numpy views kept
         # (engines reuse them; see the package docstring).
         key = (dst.data_ptr(), dst.shape, dst.dtype, ids.data_ptr(),
@@ -67,6 +69,27 @@ class EntryGather:
         self.client.lookup(layer, entries[:count], out=host_view(host, "dst"),
                            output_dtype=dtype, id_form="entries")
         dst[:count].copy_(host, non_blocking=True)
+        return dst
+
+    def _gather_cuda(self, dst, ids, count, table_id, device):
+        """The device path: the entries read on the GPU as they are, on the
+        current stream."""
+        import torch
+        if device is not None and str(dst.device) != str(device) and \
+                dst.device.type != str(device):
+            raise ValueError(f"dst is on {dst.device}, not {device}")
+        if count < 0 or count > ids.shape[0] or count > dst.shape[0]:
+            raise ValueError(f"count {count} must fit ids ({ids.shape[0]}) "
+                             f"and dst ({dst.shape[0]})")
+        if count == 0:
+            return dst
+        sel = ids[:count]
+        if sel.device != dst.device or sel.dtype != torch.int64 or \
+                not sel.is_contiguous():
+            sel = sel.to(dst.device, torch.int64).contiguous()
+        self.client.lookup_device(
+            self.layer_of(table_id), sel, dst[:count], id_form="entries",
+            stream=torch.cuda.current_stream(dst.device))
         return dst
 
     def _check(self, dst, ids, device):

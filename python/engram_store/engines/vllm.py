@@ -52,7 +52,6 @@ class EngramLookup:
         self.client = client
         self.layer_id = int(layer_id)
         self.heads = None if heads is None else (int(heads[0]), int(heads[1]))
-        self._offsets = {}  # device -> fused offsets of the looked-up heads
         self._side_stream = None
         # (buffers) -> their checked numpy views, newest last (bounded).
         self._steps = {}
@@ -119,37 +118,18 @@ class EngramLookup:
             self._side_stream.wait_stream(stream)
             stream = self._side_stream
         with torch.cuda.stream(stream):
-            if self.heads is None:
-                # The device path reads per-head ids of every head: take the
-                # fused offsets off on the GPU (one small elementwise op).
-                local = indices.to(out.device, torch.int64) - \
-                    self._fused_offsets(out.device)
-                rows = out.view(out.shape[0], 1, out.shape[1], out.shape[2])
-                self.client.lookup_device(
-                    self.layer_id, local.view(local.shape[0], 1, -1), rows,
-                    stream=stream)
-            else:
-                # A head slice: rows come by the host path into pinned
-                # memory, then one copy.
-                host = torch.empty(out.shape, dtype=out.dtype,
-                                   pin_memory=True)
-                self.lookup(indices.cpu(), host, packed=out.dtype ==
-                            torch.uint8)
-                out.copy_(host, non_blocking=True)
+            # Fused ids (and a rank's head slice) are read on the GPU as
+            # they are: no offset arithmetic, no host round trip.
+            ids = indices
+            if ids.device != out.device or ids.dtype != torch.int64 or \
+                    not ids.is_contiguous():
+                ids = ids.to(out.device, torch.int64).contiguous()
+            rows = out.view(out.shape[0], 1, out.shape[1], out.shape[2])
+            self.client.lookup_device(
+                self.layer_id, ids.view(ids.shape[0], 1, -1), rows,
+                stream=stream, id_form="fused", heads=self.heads)
         if background:
             event = torch.cuda.Event()
             event.record(stream)
             return PendingLookup(out, event=event)
         return out
-
-    def _fused_offsets(self, device):
-        offsets = self._offsets.get(device)
-        if offsets is None:
-            import torch
-            sizes = self.client.describe(self.layer_id).table_vocab_sizes
-            starts = [0]
-            for n in sizes[:-1]:
-                starts.append(starts[-1] + n)
-            offsets = torch.tensor(starts, dtype=torch.int64, device=device)
-            self._offsets[device] = offsets
-        return offsets

@@ -116,6 +116,8 @@ class EngramServer {
   const ServerConfig config_;
   MemoryBudget budget_;
   // Before layers_: layers hold GPU mirrors charged to the tier's budget.
+  // Before server_ too: lookup responses in flight hold the tier's pinned
+  // buffers (GpuTier::FreeResponse), so the gRPC server must go first.
   std::unique_ptr<GpuTier> gpu_;
   // Before layers_ too: shard layers' exported ranges are unmapped by it.
   std::unique_ptr<transport::UcxEngine> ucx_;
